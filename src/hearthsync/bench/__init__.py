@@ -1,0 +1,1 @@
+"""Benchmarks (``hearth bench SUITE``): every figure beside a baseline measured in the same run."""

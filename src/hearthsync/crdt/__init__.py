@@ -1,0 +1,1 @@
+"""Typed CRDT documents over pycrdt: kinds, replicas, handles."""

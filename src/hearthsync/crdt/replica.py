@@ -1,0 +1,81 @@
+"""One document replica: a pycrdt ``Doc`` with a persisted client id and delta capture.
+
+Every committed local transaction yields exactly one delta (a Yrs v1 update), which the caller
+makes durable before anything else may see it (DESIGN invariant 1).  The client id is chosen
+once per (device, document) and persisted by the store (DESIGN invariant 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from pycrdt import Doc, TransactionEvent
+
+from hearthsync.crdt.kinds import DocInfo
+from hearthsync.errors import CorruptDocumentError
+from hearthsync.ids import LineageId
+
+T = TypeVar("T")
+
+#: Yjs client ids are uint32 in JavaScript; staying below 2**32 keeps us interoperable.
+MAX_CLIENT_ID = 2**32 - 1
+
+
+class Replica:
+    """A document in memory.  Not thread-safe; owned by one event loop."""
+
+    __slots__ = ("_captured", "_sub", "client_id", "doc", "info", "lineage")
+
+    def __init__(self, info: DocInfo, *, client_id: int, lineage: LineageId) -> None:
+        if not 0 < client_id <= MAX_CLIENT_ID:
+            raise ValueError(f"client id out of range: {client_id}")
+        self.info = info
+        self.lineage = lineage
+        self.client_id = client_id
+        self.doc: Doc[Any] = Doc(client_id=client_id)
+        self._captured: list[bytes] = []
+        self._sub = self.doc.observe(self._capture)
+
+    def _capture(self, event: TransactionEvent) -> None:
+        self._captured.append(event.update)
+
+    def transact(self, change: Callable[[], T]) -> tuple[T, bytes | None]:
+        """Run ``change`` in one transaction; return its result and the delta it produced.
+
+        The delta is ``None`` when ``change`` changed nothing.
+        """
+        self._captured.clear()
+        with self.doc.transaction(origin="local"):
+            result = change()
+        return result, self._take()
+
+    def apply(self, update: bytes) -> bytes | None:
+        """Apply an update (from the store or a peer); return the delta it actually added.
+
+        Raises `CorruptDocumentError` if the bytes are not a Yrs update.
+        """
+        self._captured.clear()
+        try:
+            self.doc.apply_update(update)
+        except ValueError as exc:
+            self._captured.clear()
+            raise CorruptDocumentError(self.info.doc_id, str(exc)) from None
+        return self._take()
+
+    def _take(self) -> bytes | None:
+        captured, self._captured = self._captured, []
+        if not captured:
+            return None
+        if len(captured) == 1:
+            return captured[0]
+        from pycrdt import merge_updates
+
+        return merge_updates(*captured)
+
+    def state_vector(self) -> bytes:
+        return self.doc.get_state()
+
+    def encode_state(self) -> bytes:
+        """The whole document as one update (what a snapshot holds)."""
+        return self.doc.get_update()

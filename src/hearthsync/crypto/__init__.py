@@ -1,0 +1,1 @@
+"""Device identity and (later) certificates, scope keys and envelopes."""

@@ -1,0 +1,64 @@
+"""A device's Ed25519 identity (DESIGN: vocabulary, *device*).
+
+The device id is the base32 of a BLAKE2b hash of the public key: 16 characters, shown to people
+in groups of four (``MFZW-K3DP-...``).  The secret key lives in ``device.key`` beside the store,
+created with mode 0600 and never printed: `DeviceIdentity`'s ``repr`` omits it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nacl.signing import SigningKey, VerifyKey
+
+from hearthsync.errors import StoreError
+from hearthsync.ids import DeviceId
+
+KEY_FILE = "device.key"
+_SEED_BYTES = 32
+
+
+def device_id_of(public_key: bytes) -> DeviceId:
+    digest = hashlib.blake2b(public_key, digest_size=10).digest()
+    return DeviceId(base64.b32encode(digest).decode("ascii"))
+
+
+def display(device: DeviceId) -> str:
+    """``MFZWK3DPMFZWK3DP`` → ``MFZW-K3DP-MFZW-K3DP``."""
+    return "-".join(device[i : i + 4] for i in range(0, len(device), 4))
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceIdentity:
+    signing_key: SigningKey = field(repr=False)
+
+    @property
+    def verify_key(self) -> VerifyKey:
+        return self.signing_key.verify_key
+
+    @property
+    def device_id(self) -> DeviceId:
+        return device_id_of(bytes(self.verify_key))
+
+    @classmethod
+    def load_or_create(cls, folder: Path, seed: bytes | None = None) -> DeviceIdentity:
+        """Read ``folder/device.key``, or create it (mode 0600) from ``seed`` or the OS."""
+        path = folder / KEY_FILE
+        if path.exists():
+            raw = path.read_bytes()
+            if len(raw) != _SEED_BYTES:
+                raise StoreError(f"{path} is not a device key ({len(raw)} bytes)")
+            if path.stat().st_mode & 0o077:
+                raise StoreError(f"{path} is readable by others; run: chmod 600 {path}")
+            return cls(SigningKey(raw))
+        key = SigningKey(seed) if seed is not None else SigningKey.generate()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(bytes(key))
+            handle.flush()
+            os.fsync(handle.fileno())
+        return cls(key)

@@ -1,0 +1,56 @@
+"""One root exception and a small tree under it.
+
+``LocalError`` is raised when the caller broke a rule (bad input, wrong state); ``RemoteError``
+when another device or a file we did not write did (a malformed frame, a corrupt document). A
+remote error closes the offending connection or skips the offending document, never the process.
+"""
+
+from __future__ import annotations
+
+
+class HearthError(Exception):
+    """Root of every error hearthsync raises on purpose."""
+
+
+class LocalError(HearthError):
+    """The caller broke a rule: nothing was changed."""
+
+
+class ValidationError(LocalError, ValueError):
+    """A record failed validation at the edge.  ``field`` names the offending field."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class BlockedFieldError(ValidationError):
+    """A record tried to store a blocked category of personal data (email, phone, ...)."""
+
+
+class NotFoundError(LocalError, KeyError):
+    """The requested user, document or record does not exist."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; we want the sentence
+        return str(self.args[0]) if self.args else "not found"
+
+
+class ClosedError(LocalError):
+    """The peer or store was used after it was closed."""
+
+
+class RemoteError(HearthError):
+    """Input from outside the process (a peer, a file on disk) was invalid."""
+
+
+class CorruptDocumentError(RemoteError):
+    """A stored document could not be decoded; ``doc_id`` names it."""
+
+    def __init__(self, doc_id: str, reason: str) -> None:
+        super().__init__(f"document {doc_id!r} is corrupt: {reason}")
+        self.doc_id = doc_id
+        self.reason = reason
+
+
+class StoreError(HearthError):
+    """The SQLite store failed (disk full, locked, wrong format version)."""

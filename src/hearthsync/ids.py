@@ -1,0 +1,58 @@
+"""Identifier types and their validation.
+
+Ids appear in document ids (``user/alice/prefs``), SQLite rows and, later, wire frames, so they
+are restricted to a small, unambiguous alphabet and bounded in length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import NewType
+
+from hearthsync.errors import ValidationError
+
+UserId = NewType("UserId", str)
+DeviceId = NewType("DeviceId", str)
+DocId = NewType("DocId", str)
+Scope = NewType("Scope", str)
+LineageId = NewType("LineageId", str)
+EventId = NewType("EventId", str)
+
+#: lower-case letters, digits, ``_`` and ``-``; starts with a letter or digit; 1-64 characters.
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9_\-]{0,63}")
+#: a preference or record key: ``domain/key`` segments of the name alphabet plus ``.``
+KEY_RE = re.compile(r"[a-z0-9][a-z0-9_\-.]{0,63}(/[a-z0-9][a-z0-9_\-.]{0,63}){0,3}")
+
+
+def check_name(value: str, *, field: str) -> str:
+    """Return ``value`` if it is a well-formed name (user, device, object, region id)."""
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
+        raise ValidationError(
+            f"{field} must be 1-64 characters of a-z, 0-9, '_' or '-', got {value!r:.80}",
+            field=field,
+        )
+    return value
+
+
+def check_key(value: str, *, field: str) -> str:
+    """Return ``value`` if it is a well-formed ``domain/key`` path."""
+    if not isinstance(value, str) or not KEY_RE.fullmatch(value):
+        raise ValidationError(
+            f"{field} must look like 'domain/key' (a-z, 0-9, '_', '-', '.'), got {value!r:.80}",
+            field=field,
+        )
+    return value
+
+
+def user_id(value: str) -> UserId:
+    return UserId(check_name(value, field="user"))
+
+
+def device_id(value: str) -> DeviceId:
+    return DeviceId(check_name(value, field="device"))
+
+
+def genesis_lineage(doc_id: DocId) -> LineageId:
+    """The lineage every replica derives for a document nobody re-seeded (DESIGN: lineage)."""
+    return LineageId("g-" + hashlib.blake2b(doc_id.encode(), digest_size=8).hexdigest())

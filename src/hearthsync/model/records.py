@@ -1,0 +1,336 @@
+"""The records hearthsync stores, validated at the edge (DESIGN: data model, invariant 5).
+
+Every record is a frozen pydantic model.  Construction validates everything: ids are well
+formed, sizes are bounded, blocked categories of personal data are refused with an error naming
+the field (see `hearthsync.model.pii`).  Records are stored in CRDT documents as compact JSON;
+`encode` and `decode` are the only two ways in and out.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import Annotated, Any, Literal, Self, TypeVar
+
+import pydantic
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
+
+from hearthsync.errors import ValidationError
+from hearthsync.ids import KEY_RE, NAME_RE
+from hearthsync.model.pii import check_no_pii
+
+MAX_TEXT = 2_000  #: characters in any free-text field
+MAX_JSON_BYTES = 16_384  #: encoded size of any free-form JSON field (payload, value)
+MAX_LIST = 64  #: items in any list field
+MAX_DEPTH = 5  #: nesting of free-form JSON
+
+
+def _name(value: str) -> str:
+    if not NAME_RE.fullmatch(value):
+        raise ValueError(f"must be 1-64 characters of a-z, 0-9, '_' or '-', got {value!r:.80}")
+    return value
+
+
+def _key(value: str) -> str:
+    if not KEY_RE.fullmatch(value):
+        raise ValueError(
+            f"must look like 'domain/key' (a-z, 0-9, '_', '-', '.'), got {value!r:.80}"
+        )
+    return value
+
+
+def _depth(value: object, level: int = 0) -> int:
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level + 1)
+    return level
+
+
+def _bounded_json(value: JsonValue) -> JsonValue:
+    if _depth(value) > MAX_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+    size = len(json.dumps(value, separators=(",", ":")).encode())
+    if size > MAX_JSON_BYTES:
+        raise ValueError(f"{size} bytes encoded, the limit is {MAX_JSON_BYTES}")
+    return value
+
+
+#: written by the peer, not by people: ids and clocks, whose digits are not personal data
+_SYSTEM_FIELDS = frozenset({"id", "set_at", "device", "hlc", "at", "evidence", "session", "ts"})
+
+Name = Annotated[str, AfterValidator(_name)]
+Key = Annotated[str, AfterValidator(_key)]
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
+ShortText = Annotated[str, Field(min_length=1, max_length=200)]
+Json = Annotated[JsonValue, AfterValidator(_bounded_json)]
+Unit = Annotated[float, Field(ge=0.0, le=1.0)]
+Hlc = Annotated[str, Field(max_length=120)]
+
+
+class Record(BaseModel):
+    """Base of every stored record: frozen, strict about unknown fields, PII-checked."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
+
+    @pydantic.model_validator(mode="after")
+    def _no_blocked_personal_data(self) -> Self:
+        for name in type(self).model_fields:
+            if name not in _SYSTEM_FIELDS:
+                check_no_pii(getattr(self, name), field=name)
+        return self
+
+    @classmethod
+    def build(cls, **fields: Any) -> Self:
+        """Validate ``fields`` into a record or raise `ValidationError` naming the field."""
+        try:
+            return cls(**fields)
+        except pydantic.ValidationError as exc:
+            raise _translate(cls, exc) from None
+
+    def encode(self) -> str:
+        return self.model_dump_json(exclude_defaults=True)
+
+    @classmethod
+    def decode(cls, text: str) -> Self:
+        try:
+            return cls.model_validate_json(text)
+        except pydantic.ValidationError as exc:
+            raise _translate(cls, exc) from None
+
+
+def _translate(cls: type[BaseModel], exc: pydantic.ValidationError) -> ValidationError:
+    first = exc.errors(include_url=False)[0]
+    field = ".".join(str(part) for part in first["loc"]) or None
+    cause = first.get("ctx", {}).get("error")
+    if isinstance(cause, ValidationError):  # ours, raised inside a validator: keep its class
+        return type(cause)(str(cause), field=cause.field or field)
+    msg = first["msg"].removeprefix("Value error, ")
+    where = f"{cls.__name__}.{field}" if field else cls.__name__
+    return ValidationError(f"{where}: {msg}", field=field)
+
+
+# ---------------------------------------------------------------------------------- people
+
+
+class Profile(Record):
+    """Who a person is to the household (``user/<id>/profile``)."""
+
+    user: Name
+    name: ShortText
+    roles: Annotated[list[Name], Field(max_length=MAX_LIST)] = []
+    languages: Annotated[
+        list[Annotated[str, Field(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")]],
+        Field(max_length=16),
+    ] = []
+    accessibility: Annotated[list[ShortText], Field(max_length=MAX_LIST)] = []
+    household_role: Literal[
+        "owner", "adult", "child", "guest", "resident", "patient", "caregiver", "worker", "staff"
+    ] = "adult"
+    attributes: Annotated[dict[Name, Json], Field(max_length=MAX_LIST)] = {}
+    set_at: Hlc = ""
+    device: str = ""
+
+
+class Calibration(Record):
+    """How a robot should behave with this person (``user/<id>/calibration``).
+
+    The three unit values run from 0 (never, terse, slow) to 1 (always, chatty, brisk).
+    """
+
+    user: Name
+    proactivity: Unit = 0.5
+    verbosity: Unit = 0.5
+    pace: Unit = 0.5
+    personal_space_m: Annotated[float, Field(ge=0.0, le=5.0)] = 0.8
+    set_at: Hlc = ""
+    device: str = ""
+
+
+class Condition(Record):
+    """When a preference applies.  An empty condition applies always."""
+
+    days: Literal["weekday", "weekend"] | None = None
+    after: Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")] | None = None
+    before: Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")] | None = None
+    location: Name | None = None
+    with_users: Annotated[list[Name], Field(max_length=16)] = []
+
+    def key(self) -> str:
+        """A canonical string naming this condition ('' when unconditional)."""
+        parts: list[str] = []
+        if self.days:
+            parts.append(self.days)
+        if self.after or self.before:
+            parts.append(f"{self.after or ''}-{self.before or ''}")
+        if self.location:
+            parts.append(f"at:{self.location}")
+        if self.with_users:
+            parts.append("with:" + "+".join(sorted(self.with_users)))
+        return ",".join(parts)
+
+
+Source = Literal["explicit", "correction", "implicit", "learned"]
+
+
+class Preference(Record):
+    """One value a person prefers for ``key`` (``domain/key``) under ``condition``.
+
+    ``set_at`` is the writer's hybrid logical timestamp and ``device`` the robot that wrote it;
+    both are filled in by the peer.  ``evidence`` lists the events that justify the value.
+    """
+
+    user: Name
+    key: Key
+    value: Json
+    source: Source = "explicit"
+    confidence: Unit = 1.0
+    evidence_count: Annotated[int, Field(ge=0, le=10**9)] = 1
+    condition: Condition = Condition()
+    set_at: Hlc = ""
+    device: str = ""
+    evidence: Annotated[list[Annotated[str, Field(max_length=80)]], Field(max_length=MAX_LIST)] = []
+    note: Annotated[str, Field(max_length=MAX_TEXT)] = ""
+    deleted: bool = False
+
+
+class HealthRecord(Record):
+    """A fact in the ``health`` scope (``user/<id>/health``): medication, condition, schedule."""
+
+    user: Name
+    key: Key
+    value: Json
+    note: Annotated[str, Field(max_length=MAX_TEXT)] = ""
+    set_at: Hlc = ""
+    device: str = ""
+    deleted: bool = False
+
+
+# ---------------------------------------------------------------------------------- events
+
+
+class EventType(enum.StrEnum):
+    COMMAND = "COMMAND"
+    CORRECTION = "CORRECTION"
+    FEEDBACK_EXPLICIT = "FEEDBACK_EXPLICIT"
+    FEEDBACK_IMPLICIT = "FEEDBACK_IMPLICIT"
+    OBSERVATION = "OBSERVATION"
+    SYSTEM = "SYSTEM"
+
+
+class ContextSnapshot(Record):
+    """Where and with whom an interaction happened."""
+
+    location: Name | None = None
+    time_of_day: Literal["night", "morning", "afternoon", "evening"] | None = None
+    people_present: Annotated[list[Name], Field(max_length=16)] = []
+    task: Name | None = None
+    ambient: Json = None
+
+
+class InteractionEvent(Record):
+    """One immutable entry of the interaction history (``user/<id>/events/<yyyy-mm>``).
+
+    ``ts`` is when it happened (milliseconds since the epoch, the robot's wall clock, used for
+    time windows); ``hlc`` orders it against other robots' events.  ``text`` is what gets
+    embedded for semantic recall (see `hearthsync.store.embedding`).
+    """
+
+    id: Annotated[str, Field(pattern=r"^ev-[a-z0-9]{6,40}$")]
+    user: Name
+    type: EventType
+    domain: Name
+    text: Text = ""
+    payload: Json = None
+    context: ContextSnapshot = ContextSnapshot()
+    ts: Annotated[int, Field(ge=0, lt=2**53)]
+    hlc: Hlc = ""
+    device: str = ""
+    session: Annotated[str, Field(max_length=80)] = ""
+
+
+# ---------------------------------------------------------------------------------- home
+
+
+class Pose(Record):
+    """A position (metres) and heading (radians) in a named reference frame."""
+
+    frame: Name = "map"
+    x: float = 0.0
+    y: float = 0.0
+    z: float = 0.0
+    yaw: float = 0.0
+
+
+class Region(Record):
+    """A named place: the kitchen, shelf 2, Alice's office.  ``polygon`` is in ``frame``."""
+
+    id: Name
+    label: ShortText
+    frame: Name = "map"
+    polygon: Annotated[list[tuple[float, float]], Field(max_length=256)] = []
+    parent: Name | None = None
+    tags: Annotated[list[Name], Field(max_length=MAX_LIST)] = []
+    set_at: Hlc = ""
+    device: str = ""
+    deleted: bool = False
+
+
+class Placement(Record):
+    """Where an object belongs or was last put: the green mug on shelf 2."""
+
+    object: Name
+    label: ShortText
+    region: Name | None = None
+    pose: Pose | None = None
+    owner: Name | None = None
+    kind: Literal["belongs", "observed"] = "belongs"
+    set_at: Hlc = ""
+    device: str = ""
+    deleted: bool = False
+
+
+class SpatialChange(Record):
+    """One entry of the spatial change history: ``object`` moved from one region to another."""
+
+    object: Name
+    from_region: Name | None = None
+    to_region: Name | None = None
+    at: Hlc = ""
+    device: str = ""
+
+
+class Routine(Record):
+    """A recurring pattern: Bob's late nights, Charlie's Saturday sleep-in."""
+
+    id: Name
+    user: Name | None = None
+    label: ShortText
+    days: Annotated[
+        list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]], Field(max_length=7)
+    ] = []
+    after: Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")] | None = None
+    before: Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")] | None = None
+    actions: Annotated[list[ShortText], Field(max_length=MAX_LIST)] = []
+    constraints: Annotated[list[ShortText], Field(max_length=MAX_LIST)] = []
+    set_at: Hlc = ""
+    device: str = ""
+    deleted: bool = False
+
+
+class Relationship(Record):
+    """An edge of the household graph: user ↔ user, user ↔ object, user ↔ place."""
+
+    subject: Name
+    relation: Name
+    object: Name
+    note: Annotated[str, Field(max_length=MAX_TEXT)] = ""
+    set_at: Hlc = ""
+    device: str = ""
+    deleted: bool = False
+
+    def key(self) -> str:
+        return f"{self.subject}|{self.relation}|{self.object}"
+
+
+R = TypeVar("R", bound=Record)

@@ -1,0 +1,703 @@
+"""The peer: the one place that wires store, documents and vector memory into a robot's memory.
+
+    async with Peer.open("~/.hearth/kitchen", device="kitchen") as peer:
+        await peer.add_user("alice", name="Alice")
+        await peer.set_preference("alice", "beverage/coffee", "oat latte",
+                                  condition=Condition(days="weekday"))
+        peer.preference("alice", "beverage/coffee", Condition(days="weekday")).value
+
+Every ``set_*``/``record_*`` method validates its input first (an invalid record raises
+`ValidationError` naming the field and writes nothing), then returns once the write is durable
+(DESIGN invariant 1).  Reads are synchronous and in memory: they never wait on the disk.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+
+from hearthsync.crdt.handles import (
+    ROOTS,
+    CalibrationDoc,
+    EventsDoc,
+    GraphDoc,
+    HealthDoc,
+    HouseholdDoc,
+    PrefsDoc,
+    ProfileDoc,
+    SpatialDoc,
+)
+from hearthsync.crdt.kinds import Kind, events_doc, parse, user_doc
+from hearthsync.crdt.replica import Replica
+from hearthsync.crypto.identity import DeviceIdentity
+from hearthsync.errors import NotFoundError, ValidationError
+from hearthsync.hlc import HybridClock, Timestamp
+from hearthsync.ids import DeviceId, DocId, UserId, check_name
+from hearthsync.model.records import (
+    Calibration,
+    Condition,
+    ContextSnapshot,
+    EventType,
+    HealthRecord,
+    InteractionEvent,
+    Placement,
+    Pose,
+    Preference,
+    Profile,
+    Region,
+    Relationship,
+    Routine,
+    SpatialChange,
+)
+from hearthsync.store.documents import DocumentSet, ToEmbed
+from hearthsync.store.embedding import Embedder, default_embedder
+from hearthsync.store.sqlite import SqliteStore, VectorRow
+from hearthsync.store.vectors import VectorMemory
+
+DB_FILE = "hearth.db"
+VECTOR_DIR = "vectors"
+HISTORY = "history"
+
+H = TypeVar("H")
+
+
+@dataclass(frozen=True, slots=True)
+class Recalled:
+    """An event found by semantic recall, with its cosine similarity to the query."""
+
+    event: InteractionEvent
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentStatus:
+    doc_id: str
+    scope: str
+    subject: str
+    snapshot_bytes: int
+    log_entries: int
+    log_bytes: int
+    records: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatus:
+    path: Path
+    device: str
+    device_id: DeviceId
+    users: list[str]
+    documents: list[DocumentStatus]
+    corrupt: dict[str, str]
+    file_bytes: int
+    vectors: dict[str, int]
+
+
+class Peer:
+    """One robot's memory.  Open with `Peer.open` (a context manager) or `Peer.start`."""
+
+    def __init__(
+        self,
+        path: Path,
+        identity: DeviceIdentity,
+        device: str,
+        sqlite: SqliteStore,
+        docs: DocumentSet,
+        vectors: VectorMemory,
+        clock: HybridClock,
+        wall: Callable[[], float],
+        rng: random.Random,
+    ) -> None:
+        self.path = path
+        self.identity = identity
+        self.device = device
+        self.device_id = identity.device_id
+        self._sqlite = sqlite
+        self._docs = docs
+        self._vectors = vectors
+        self._clock = clock
+        self._wall = wall
+        self._rng = rng
+        self._handles: dict[DocId, object] = {}
+        self._closed = False
+        docs.on_vectors = self._index_vectors
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(
+        cls,
+        path: str | Path,
+        *,
+        device: str | None = None,
+        embedder: Embedder | None = None,
+        wall: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+    ) -> AsyncIterator[Peer]:
+        """Open (creating if new) the peer stored in the folder ``path``; close on exit."""
+        peer = await cls.start(
+            path, device=device, embedder=embedder, wall=wall, rng=rng, synchronous=synchronous
+        )
+        try:
+            yield peer
+        finally:
+            await peer.close()
+
+    @classmethod
+    async def start(
+        cls,
+        path: str | Path,
+        *,
+        device: str | None = None,
+        embedder: Embedder | None = None,
+        wall: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+    ) -> Peer:
+        """Open the peer in ``path``; the caller must `close` it."""
+        folder = Path(path).expanduser()
+        folder.mkdir(parents=True, exist_ok=True)
+        rng = rng or random.SystemRandom()
+        embedder = embedder or default_embedder()
+        identity = DeviceIdentity.load_or_create(folder)
+        sqlite = await SqliteStore.open(folder / DB_FILE, synchronous=synchronous)
+        try:
+            name = await _device_name(sqlite, device)
+            last = await sqlite.get_meta("hlc")
+            clock = HybridClock(
+                identity.device_id,
+                lambda: int(wall() * 1000),
+                Timestamp.parse(last) if last else None,
+            )
+            docs = DocumentSet(sqlite, embedder, rng)
+            await docs.load()
+            vectors = VectorMemory(sqlite, folder / VECTOR_DIR, embedder)
+        except BaseException:
+            await sqlite.close()
+            raise
+        peer = cls(folder, identity, name, sqlite, docs, vectors, clock, wall, rng)
+        for user in peer.users():
+            await vectors.open_index(user, HISTORY)
+        return peer
+
+    async def close(self) -> None:
+        """Make every queued write durable, save the vector memory, close the file."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._docs.close()
+            self._vectors.save()
+        finally:
+            await self._sqlite.close()
+
+    @property
+    def corrupt(self) -> dict[str, str]:
+        """Documents that could not be loaded, by id, with the reason."""
+        return {doc_id: err.reason for doc_id, err in self._docs.corrupt.items()}
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _handle(self, doc_id: DocId, make: Callable[[Any], H]) -> H:
+        handle = self._handles.get(doc_id)
+        if handle is None:
+            handle = make(self._docs.replica(doc_id).doc)
+            self._handles[doc_id] = handle
+        return handle  # type: ignore[return-value]
+
+    def _peek(self, doc_id: DocId, make: Callable[[Any], H]) -> H | None:
+        """The handle of ``doc_id`` if the document exists, without creating it."""
+        if doc_id not in self._handles and self._docs.get(doc_id) is None:
+            return None
+        return self._handle(doc_id, make)
+
+    def _stamp(self) -> tuple[str, str]:
+        return str(self._clock.now()), self.device_id
+
+    def _meta(self) -> dict[str, str]:
+        return {"hlc": str(self._clock.last)}
+
+    async def _write(
+        self, doc_id: DocId, change: Callable[[Replica], None], embed: Sequence[ToEmbed] = ()
+    ) -> None:
+        await self._docs.write(doc_id, change, embed=embed, meta=self._meta())
+
+    def _require_user(self, user: str) -> UserId:
+        check_name(user, field="user")
+        if user not in self._household().users:
+            raise NotFoundError(f"unknown user {user!r}; add them first with add_user()")
+        return UserId(user)
+
+    def _household(self) -> HouseholdDoc:
+        return self._handle(DocId("household"), HouseholdDoc)
+
+    # ------------------------------------------------------------------ people
+
+    def users(self) -> list[UserId]:
+        return sorted(UserId(u) for u in self._household().users.keys())  # noqa: SIM118
+
+    async def add_user(self, user: str, *, name: str, **profile: Any) -> Profile:
+        """Register ``user`` in the household with a profile (idempotent)."""
+        set_at, device = self._stamp()
+        fields = profile | {"set_at": set_at, "device": device}
+        record = Profile.build(user=user, name=name, **fields)
+        doc_id = user_doc(record.user, Kind.PROFILE)
+        handle = self._handle(doc_id, ProfileDoc)
+        household = self._household()
+
+        def change(_: Replica) -> None:
+            handle.profile.put("profile", record, self.device_id)
+
+        def register(_: Replica) -> None:
+            household.users[record.user] = record.name
+
+        self._docs.write(DocId("household"), register)
+        await self._write(doc_id, change)
+        await self._vectors.open_index(record.user, HISTORY)
+        return record
+
+    async def set_profile(self, user: str, **fields: Any) -> Profile:
+        """Change profile fields of an existing user (unnamed fields keep their value)."""
+        current = self.profile(self._require_user(user))
+        merged = (current.model_dump() if current else {}) | fields
+        for computed in ("user", "set_at", "device"):
+            merged.pop(computed, None)
+        name = merged.pop("name")
+        return await self.add_user(user, name=name, **merged)
+
+    def profile(self, user: str) -> Profile | None:
+        handle = self._peek(user_doc(user, Kind.PROFILE), ProfileDoc)
+        return handle.profile.get("profile") if handle else None
+
+    async def set_calibration(self, user: str, **fields: Any) -> Calibration:
+        uid = self._require_user(user)
+        set_at, device = self._stamp()
+        current = self.calibration(uid).model_dump()
+        record = Calibration.build(
+            **(current | fields | {"user": uid, "set_at": set_at, "device": device})
+        )
+        handle = self._handle(user_doc(uid, Kind.CALIBRATION), CalibrationDoc)
+        await self._write(
+            user_doc(uid, Kind.CALIBRATION),
+            lambda _: handle.calibration.put("calibration", record, device),
+        )
+        return record
+
+    def calibration(self, user: str) -> Calibration:
+        """The user's calibration (defaults if never set)."""
+        handle = self._peek(user_doc(user, Kind.CALIBRATION), CalibrationDoc)
+        found = handle.calibration.get("calibration") if handle else None
+        return found or Calibration(user=user)
+
+    # ------------------------------------------------------------------ preferences
+
+    async def set_preference(
+        self,
+        user: str,
+        key: str,
+        value: Any,
+        *,
+        source: str = "explicit",
+        confidence: float = 1.0,
+        condition: Condition | None = None,
+        evidence: Sequence[str] = (),
+        evidence_count: int = 1,
+        note: str = "",
+    ) -> Preference:
+        """Record that ``user`` prefers ``value`` for ``key`` (under ``condition``)."""
+        uid = self._require_user(user)
+        set_at, device = self._stamp()
+        record = Preference.build(
+            user=uid,
+            key=key,
+            value=value,
+            source=source,
+            confidence=confidence,
+            condition=condition or Condition(),
+            evidence=list(evidence),
+            evidence_count=evidence_count,
+            note=note,
+            set_at=set_at,
+            device=device,
+        )
+        await self._put_preference(record)
+        return record
+
+    async def delete_preference(
+        self, user: str, key: str, condition: Condition | None = None
+    ) -> None:
+        current = self.preference(user, key, condition)
+        if current is None:
+            raise NotFoundError(f"{user} has no preference {key!r} under that condition")
+        set_at, device = self._stamp()
+        tombstone = current.model_copy(update={"deleted": True, "set_at": set_at, "device": device})
+        await self._put_preference(tombstone)
+
+    async def _put_preference(self, record: Preference) -> None:
+        doc_id = user_doc(record.user, Kind.PREFS)
+        handle = self._handle(doc_id, PrefsDoc)
+        slot = PrefsDoc.slot_key(record)
+        await self._write(doc_id, lambda _: handle.prefs.put(slot, record, record.device))
+
+    def preference(
+        self, user: str, key: str, condition: Condition | None = None
+    ) -> Preference | None:
+        """The current value of ``key`` under exactly ``condition`` (unconditional if None)."""
+        handle = self._peek(user_doc(user, Kind.PREFS), PrefsDoc)
+        if handle is None:
+            return None
+        return handle.prefs.get(f"{key}#{(condition or Condition()).key()}")
+
+    def preferences(self, user: str, prefix: str = "") -> list[Preference]:
+        """Every live preference of ``user`` whose key starts with ``prefix``, by key."""
+        handle = self._peek(user_doc(user, Kind.PREFS), PrefsDoc)
+        if handle is None:
+            return []
+        return [pref for slot, pref in handle.prefs.items() if slot.startswith(prefix)]
+
+    def preference_history(
+        self, user: str, key: str, condition: Condition | None = None
+    ) -> list[Preference]:
+        """Every robot's latest version of ``key``, oldest first (for explanations)."""
+        handle = self._peek(user_doc(user, Kind.PREFS), PrefsDoc)
+        if handle is None:
+            return []
+        return handle.prefs.versions(f"{key}#{(condition or Condition()).key()}")
+
+    # ------------------------------------------------------------------ health
+
+    async def set_health(self, user: str, key: str, value: Any, *, note: str = "") -> HealthRecord:
+        uid = self._require_user(user)
+        set_at, device = self._stamp()
+        record = HealthRecord.build(
+            user=uid, key=key, value=value, note=note, set_at=set_at, device=device
+        )
+        doc_id = user_doc(uid, Kind.HEALTH)
+        handle = self._handle(doc_id, HealthDoc)
+        await self._write(doc_id, lambda _: handle.records.put(key, record, device))
+        return record
+
+    def health(self, user: str) -> list[HealthRecord]:
+        handle = self._peek(user_doc(user, Kind.HEALTH), HealthDoc)
+        return [record for _, record in handle.records.items()] if handle else []
+
+    # ------------------------------------------------------------------ events
+
+    async def record_event(
+        self,
+        user: str,
+        type: EventType | str,
+        domain: str,
+        *,
+        text: str = "",
+        payload: Any = None,
+        context: ContextSnapshot | dict[str, Any] | None = None,
+        ts: int | None = None,
+        session: str = "",
+    ) -> InteractionEvent:
+        """Append an immutable event to ``user``'s history; embedded for recall."""
+        uid = self._require_user(user)
+        when = int(self._wall() * 1000) if ts is None else ts
+        hlc, device = self._stamp()
+        event = InteractionEvent.build(
+            id=self._event_id(when),
+            user=uid,
+            type=type,
+            domain=domain,
+            text=text,
+            payload=payload,
+            context=context or ContextSnapshot(),
+            ts=when,
+            hlc=hlc,
+            device=device,
+            session=session,
+        )
+        doc_id = events_doc(uid, _month(when))
+        handle = self._handle(doc_id, EventsDoc)
+        embed = ToEmbed(f"{uid}.{HISTORY}", event.id, when, _embedding_text(event))
+        await self._write(doc_id, lambda _: handle.events.append(event), [embed])
+        return event
+
+    def _event_id(self, ts_ms: int) -> str:
+        raw = ts_ms.to_bytes(6, "big") + self._rng.getrandbits(80).to_bytes(10, "big")
+        return "ev-" + base64.b32encode(raw).decode().rstrip("=").lower()
+
+    def events(
+        self,
+        user: str,
+        *,
+        since: int | None = None,
+        until: int | None = None,
+        domain: str | None = None,
+    ) -> list[InteractionEvent]:
+        """``user``'s events with ``since <= ts < until`` (ms), oldest first."""
+        found: list[InteractionEvent] = []
+        for doc_id in self._event_docs(user, since, until):
+            handle = self._handle(doc_id, EventsDoc)
+            found.extend(
+                event
+                for event in handle.events
+                if (since is None or event.ts >= since)
+                and (until is None or event.ts < until)
+                and (domain is None or event.domain == domain)
+            )
+        return sorted(found, key=lambda event: (event.ts, event.hlc))
+
+    def _event_docs(self, user: str, since: int | None, until: int | None) -> list[DocId]:
+        prefix = f"user/{user}/events/"
+        low = _month(since) if since is not None else ""
+        high = _month(until) if until is not None else "9999-99"
+        return sorted(
+            doc_id
+            for doc_id in self._docs.replicas
+            if doc_id.startswith(prefix) and low <= doc_id[len(prefix) :] <= high
+        )
+
+    async def recall(
+        self,
+        user: str,
+        query: str | np.ndarray,
+        *,
+        k: int = 10,
+        since: int | None = None,
+        until: int | None = None,
+    ) -> list[Recalled]:
+        """The ``k`` events of ``user`` most similar to ``query`` within the time window."""
+        uid = self._require_user(user)
+        index = await self._vectors.open_index(uid, HISTORY)
+        vector = self._vectors.embedder.embed([query])[0] if isinstance(query, str) else query
+        hits = index.search(vector, k=k, since_ms=since, until_ms=until)
+        if not hits:
+            return []
+        ids = await self._sqlite.event_ids([hit.rowid for hit in hits])
+        by_id = self._events_by_id(uid, {ids[h.rowid] for h in hits if h.rowid in ids})
+        return [
+            Recalled(by_id[ids[hit.rowid]], hit.score)
+            for hit in hits
+            if hit.rowid in ids and ids[hit.rowid] in by_id
+        ]
+
+    def _events_by_id(self, user: UserId, wanted: set[str]) -> dict[str, InteractionEvent]:
+        months = {_month(_event_ts(event_id)) for event_id in wanted}
+        found: dict[str, InteractionEvent] = {}
+        for month in months:
+            handle = self._peek(events_doc(user, month), EventsDoc)
+            if handle is not None:
+                found.update((e.id, e) for e in handle.events if e.id in wanted)
+        return found
+
+    def _index_vectors(self, rows: Sequence[VectorRow], matrix: np.ndarray) -> None:
+        """Called by the flusher once embeddings are committed (derived data follows SQLite)."""
+        by_index: dict[str, list[tuple[int, int, bytes]]] = {}
+        for row in rows:
+            by_index.setdefault(row.index_name, []).append((row.rowid, row.ts, row.vec))
+        for name, batch in by_index.items():
+            user, _, scope = name.partition(".")
+            self._vectors.add(user, scope, batch)
+
+    # ------------------------------------------------------------------ home: spatial
+
+    async def set_region(self, region: str, label: str, **fields: Any) -> Region:
+        set_at, device = self._stamp()
+        record = Region.build(id=region, label=label, set_at=set_at, device=device, **fields)
+        handle = self._spatial()
+        await self._write(
+            DocId("home/spatial"), lambda _: handle.regions.put(record.id, record, device)
+        )
+        return record
+
+    def regions(self) -> list[Region]:
+        return [record for _, record in self._spatial().regions.items()]
+
+    async def place(
+        self,
+        object: str,
+        label: str,
+        *,
+        region: str | None = None,
+        pose: Pose | dict[str, Any] | None = None,
+        owner: str | None = None,
+        kind: str = "belongs",
+    ) -> Placement:
+        """Record where ``object`` belongs (or was seen); a move is added to the history.
+
+        Write this when an object moves to another place, not at sensor rate (DESIGN
+        invariant 6): every overwrite leaves bytes in the document forever.
+        """
+        set_at, device = self._stamp()
+        record = Placement.build(
+            object=object,
+            label=label,
+            region=region,
+            pose=pose,
+            owner=owner,
+            kind=kind,
+            set_at=set_at,
+            device=device,
+        )
+        handle = self._spatial()
+
+        def change(_: Replica) -> None:
+            before = handle.placements.get(record.object)
+            handle.placements.put(record.object, record, device)
+            if before is None or before.region != record.region:
+                handle.changes.append(
+                    SpatialChange(
+                        object=record.object,
+                        from_region=before.region if before else None,
+                        to_region=record.region,
+                        at=set_at,
+                        device=device,
+                    )
+                )
+
+        await self._write(DocId("home/spatial"), change)
+        return record
+
+    def placement(self, object: str) -> Placement | None:
+        return self._spatial().placements.get(object)
+
+    def placements(self, *, region: str | None = None, owner: str | None = None) -> list[Placement]:
+        return [
+            record
+            for _, record in self._spatial().placements.items()
+            if (region is None or record.region == region)
+            and (owner is None or record.owner == owner)
+        ]
+
+    def spatial_changes(self, object: str | None = None) -> list[SpatialChange]:
+        changes = self._spatial().changes
+        return [c for c in changes if object is None or c.object == object]
+
+    def _spatial(self) -> SpatialDoc:
+        return self._handle(DocId("home/spatial"), SpatialDoc)
+
+    # ------------------------------------------------------------------ home: graph
+
+    async def set_routine(self, routine: str, label: str, **fields: Any) -> Routine:
+        set_at, device = self._stamp()
+        record = Routine.build(id=routine, label=label, set_at=set_at, device=device, **fields)
+        handle = self._graph()
+        await self._write(
+            DocId("home/graph"), lambda _: handle.routines.put(record.id, record, device)
+        )
+        return record
+
+    def routines(self, user: str | None = None) -> list[Routine]:
+        return [r for _, r in self._graph().routines.items() if user is None or r.user == user]
+
+    async def relate(
+        self, subject: str, relation: str, object: str, *, note: str = ""
+    ) -> Relationship:
+        set_at, device = self._stamp()
+        record = Relationship.build(
+            subject=subject,
+            relation=relation,
+            object=object,
+            note=note,
+            set_at=set_at,
+            device=device,
+        )
+        handle = self._graph()
+        await self._write(
+            DocId("home/graph"), lambda _: handle.relationships.put(record.key(), record, device)
+        )
+        return record
+
+    def relationships(self, subject: str | None = None) -> list[Relationship]:
+        return [
+            r
+            for _, r in self._graph().relationships.items()
+            if subject is None or subject in (r.subject, r.object)
+        ]
+
+    def _graph(self) -> GraphDoc:
+        return self._handle(DocId("home/graph"), GraphDoc)
+
+    # ------------------------------------------------------------------ maintenance
+
+    async def flush(self) -> None:
+        """Wait until every write queued so far is durable."""
+        await self._docs.write_barrier()
+
+    async def compact(self) -> int:
+        """Fold every document's update log into its snapshot and shrink the file."""
+        return await self._docs.compact()
+
+    async def status(self) -> PeerStatus:
+        await self.flush()
+        sizes = await self._sqlite.sizes()
+        documents = [
+            DocumentStatus(
+                doc_id,
+                replica.info.scope,
+                replica.info.subject,
+                *sizes.get(doc_id, (0, 0, 0)),
+                _record_count(replica),
+            )
+            for doc_id, replica in sorted(self._docs.replicas.items())
+        ]
+        files = [self.path / DB_FILE, self.path / f"{DB_FILE}-wal"]
+        return PeerStatus(
+            path=self.path,
+            device=self.device,
+            device_id=self.device_id,
+            users=list(self.users()),
+            documents=documents,
+            corrupt=self.corrupt,
+            file_bytes=sum(f.stat().st_size for f in files if f.exists()),
+            vectors={
+                f"{user}.{HISTORY}": (await self._vectors.open_index(user, HISTORY)).count
+                for user in self.users()
+            },
+        )
+
+
+async def _device_name(sqlite: SqliteStore, device: str | None) -> str:
+    stored = await sqlite.get_meta("device")
+    if stored is None:
+        if device is None:
+            raise ValidationError(
+                "a new peer needs a device name: Peer.open(path, device=...)", field="device"
+            )
+        check_name(device, field="device")
+        await sqlite.commit_meta({"device": device})
+        return device
+    if device is not None and device != stored:
+        raise ValidationError(
+            f"this store belongs to device {stored!r}, not {device!r}", field="device"
+        )
+    return stored
+
+
+def _month(ts_ms: int) -> str:
+    return dt.datetime.fromtimestamp(ts_ms / 1000, tz=dt.UTC).strftime("%Y-%m")
+
+
+def _event_ts(event_id: str) -> int:
+    raw = base64.b32decode(event_id.removeprefix("ev-").upper() + "======")
+    return int.from_bytes(raw[:6], "big")
+
+
+def _embedding_text(event: InteractionEvent) -> str:
+    """What recall matches on: the words, else the domain and payload."""
+    if event.text:
+        return event.text
+    return f"{event.type.value.lower()} {event.domain} {event.payload or ''}"
+
+
+def _record_count(replica: Replica) -> int:
+    return sum(len(replica.doc.get(name, type=kind)) for name, kind in ROOTS[replica.info.kind])
+
+
+__all__ = ["DocumentStatus", "Peer", "PeerStatus", "Recalled", "parse"]

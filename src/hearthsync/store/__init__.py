@@ -1,0 +1,1 @@
+"""Durable storage: SQLite update log and snapshots, group commit, vector memory."""

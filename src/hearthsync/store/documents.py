@@ -1,0 +1,260 @@
+"""The documents of one peer, in memory and durable, with group commit.
+
+``DocumentSet`` owns every `Replica` and the only coroutine that writes to SQLite (the
+flusher).  A write is a small function that changes a replica; `write` queues it and returns
+when the change is durable.  The flusher takes everything queued, applies it with one pycrdt
+transaction per document (one delta each), commits all deltas and embeddings in one SQLite
+transaction, then acknowledges every waiting writer at once.  While it commits, new writes
+queue up for the next batch: the busier the peer, the larger the batches (group commit).
+
+Key invariants:
+
+1. A write's awaitable returns only after the SQLite transaction holding its delta committed.
+2. In memory, a replica never runs ahead of the disk by more than the batch being committed;
+   if that commit fails, its deltas are carried into the next batch, never dropped.
+3. Compaction happens in the flusher, between batches, when each replica equals its durable
+   state; so a snapshot never holds anything that was not committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+
+from hearthsync.crdt.kinds import DocInfo, parse
+from hearthsync.crdt.replica import MAX_CLIENT_ID, Replica
+from hearthsync.errors import ClosedError, CorruptDocumentError
+from hearthsync.ids import DocId
+from hearthsync.store.embedding import Embedder
+from hearthsync.store.sqlite import Batch, DocRow, SqliteStore, StoredDoc, VectorRow
+
+Change = Callable[[Replica], None]
+
+#: compact a document once its log outgrows its snapshot and this many bytes
+COMPACT_MIN_LOG_BYTES = 16_384
+
+
+@dataclass(frozen=True, slots=True)
+class ToEmbed:
+    """An event whose text is embedded in the same transaction as the event itself."""
+
+    index_name: str
+    event_id: str
+    ts: int
+    text: str
+
+
+@dataclass(slots=True)
+class _Queue:
+    changes: dict[DocId, list[Change]] = field(default_factory=dict)
+    embed: list[ToEmbed] = field(default_factory=list)
+    meta: dict[str, str] = field(default_factory=dict)
+    done: asyncio.Future[None] | None = None
+
+
+VectorSink = Callable[[Sequence[VectorRow], np.ndarray], None]
+
+
+class DocumentSet:
+    """Every document of a peer.  Create with `load`, stop with `close`."""
+
+    def __init__(self, sqlite: SqliteStore, embedder: Embedder, rng: random.Random) -> None:
+        self._sqlite = sqlite
+        self._embedder = embedder
+        self._rng = rng
+        self.replicas: dict[DocId, Replica] = {}
+        self.corrupt: dict[DocId, CorruptDocumentError] = {}
+        self._new: list[DocRow] = []  # created in memory, row not yet committed
+        self._log_bytes: dict[DocId, int] = {}
+        self._snapshot_bytes: dict[DocId, int] = {}
+        self._carry: list[tuple[str, bytes]] = []  # deltas of a batch whose commit failed
+        self._queue = _Queue()
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._flusher: asyncio.Task[None] | None = None
+        self._inflight: asyncio.Future[None] | None = None
+        self._lock = asyncio.Lock()
+        self.on_vectors: VectorSink | None = None
+        self.batches_committed = 0
+
+    # ---------------------------------------------------------------------- lifecycle
+
+    async def load(self) -> None:
+        """Read every stored document; a corrupt one is recorded in `corrupt`, not raised."""
+        for stored in await self._sqlite.load():
+            self._load_one(stored)
+        self._flusher = asyncio.create_task(self._flush_forever(), name="hearthsync-flusher")
+
+    def _load_one(self, stored: StoredDoc) -> None:
+        row = stored.row
+        doc_id = DocId(row.doc_id)
+        try:
+            replica = Replica(parse(row.doc_id), client_id=row.client_id, lineage=row.lineage)  # type: ignore[arg-type]
+            if stored.snapshot:
+                replica.apply(stored.snapshot)
+            for update in stored.updates:
+                replica.apply(update)
+        except (CorruptDocumentError, ValueError) as exc:
+            reason = exc.reason if isinstance(exc, CorruptDocumentError) else str(exc)
+            self.corrupt[doc_id] = CorruptDocumentError(doc_id, reason)
+            return
+        self.replicas[doc_id] = replica
+        self._snapshot_bytes[doc_id] = len(stored.snapshot or b"")
+        self._log_bytes[doc_id] = stored.log_bytes
+
+    async def close(self) -> None:
+        """Refuse new writes, make everything queued durable, then stop the flusher."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        if self._flusher is not None:
+            await self._flusher
+
+    # ---------------------------------------------------------------------- documents
+
+    def get(self, doc_id: DocId) -> Replica | None:
+        return self.replicas.get(doc_id)
+
+    def replica(self, doc_id: DocId) -> Replica:
+        """The replica of ``doc_id``, created (empty, with a fresh client id) if new."""
+        replica = self.replicas.get(doc_id)
+        if replica is not None:
+            return replica
+        if doc_id in self.corrupt:
+            raise self.corrupt[doc_id]
+        info: DocInfo = parse(doc_id)
+        replica = Replica(info, client_id=self._rng.randint(1, MAX_CLIENT_ID), lineage=info.genesis)
+        self.replicas[doc_id] = replica
+        self._new.append(
+            DocRow(doc_id, info.scope, info.subject, replica.lineage, replica.client_id)
+        )
+        self._log_bytes[doc_id] = 0
+        self._snapshot_bytes[doc_id] = 0
+        return replica
+
+    # ---------------------------------------------------------------------- writing
+
+    def write(
+        self,
+        doc_id: DocId,
+        change: Change,
+        *,
+        embed: Sequence[ToEmbed] = (),
+        meta: dict[str, str] | None = None,
+    ) -> asyncio.Future[None]:
+        """Queue ``change`` (which must not raise); the future resolves once it is durable."""
+        if self._closed:
+            raise ClosedError("the peer is closed")
+        if doc_id in self.corrupt:
+            raise self.corrupt[doc_id]
+        queue = self._queue
+        queue.changes.setdefault(doc_id, []).append(change)
+        if embed:
+            queue.embed.extend(embed)
+        if meta:
+            queue.meta.update(meta)
+        if queue.done is None:
+            queue.done = asyncio.get_running_loop().create_future()
+            self._wake.set()
+        return queue.done
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            queue = self._queue
+            if queue.done is not None:
+                self._queue = _Queue()
+                self._inflight = queue.done
+                async with self._lock:
+                    try:
+                        await self._flush(queue)
+                    except Exception as exc:  # handed to every waiting writer
+                        queue.done.set_exception(exc)
+                    else:
+                        queue.done.set_result(None)
+                await self._maybe_compact()
+            if self._closed and self._queue.done is None:
+                if self._carry:  # a failed batch's deltas: one last try, errors surface
+                    async with self._lock:
+                        await self._flush(_Queue())
+                return
+
+    async def _flush(self, queue: _Queue) -> None:
+        deltas: list[tuple[str, bytes]] = self._carry
+        for doc_id, changes in queue.changes.items():
+            replica = self.replica(doc_id)
+            _, delta = replica.transact(partial(_run_all, replica, changes))
+            if delta is not None:
+                deltas.append((doc_id, delta))
+        vectors, matrix = self._embed(queue.embed)
+        batch = Batch(docs=self._new, updates=deltas, vectors=vectors, meta=queue.meta)
+        self._new, self._carry = [], []
+        try:
+            await self._sqlite.commit(batch)
+        except BaseException:
+            self._new, self._carry = batch.docs + self._new, deltas
+            raise
+        self.batches_committed += 1
+        for changed, delta in deltas:
+            self._log_bytes[DocId(changed)] = self._log_bytes.get(DocId(changed), 0) + len(delta)
+        if vectors and self.on_vectors is not None:
+            self.on_vectors(vectors, matrix)
+
+    def _embed(self, items: list[ToEmbed]) -> tuple[list[VectorRow], np.ndarray]:
+        if not items:
+            return [], np.zeros((0, self._embedder.dim), dtype=np.float32)
+        matrix = self._embedder.embed([item.text for item in items])
+        blobs = matrix.astype("<f2")
+        rowids = self._sqlite.vector_rowids(len(items))
+        rows = [
+            VectorRow(rowid, item.index_name, item.event_id, item.ts, blobs[i].tobytes())
+            for i, (rowid, item) in enumerate(zip(rowids, items, strict=True))
+        ]
+        return rows, matrix
+
+    # ---------------------------------------------------------------------- compaction
+
+    def _needs_compaction(self, doc_id: DocId, *, force: bool = False) -> bool:
+        log = self._log_bytes.get(doc_id, 0)
+        if force:
+            return log > 0
+        return log > COMPACT_MIN_LOG_BYTES and log > self._snapshot_bytes.get(doc_id, 0)
+
+    async def _maybe_compact(self, *, force: bool = False) -> int:
+        """Fold logs into snapshots where due; only ever called by the flusher or when idle."""
+        async with self._lock:  # no batch is half-applied while we snapshot
+            due = [d for d in self.replicas if self._needs_compaction(d, force=force)]
+            for doc_id in due:
+                snapshot = self.replicas[doc_id].encode_state()
+                await self._sqlite.compact(doc_id, snapshot)
+                self._snapshot_bytes[doc_id] = len(snapshot)
+                self._log_bytes[doc_id] = 0
+            if due:
+                await self._sqlite.reclaim()
+        return len(due)
+
+    async def compact(self) -> int:
+        """Compact every document with a log now; return how many were compacted."""
+        await self.write_barrier()
+        return await self._maybe_compact(force=True)
+
+    async def write_barrier(self) -> None:
+        """Wait until everything queued so far is durable (raises if that batch failed)."""
+        pending = self._queue.done or self._inflight
+        if pending is not None:
+            await asyncio.shield(pending)
+
+    def log_bytes(self, doc_id: DocId) -> int:
+        return self._log_bytes.get(doc_id, 0)
+
+
+def _run_all(replica: Replica, changes: list[Change]) -> None:
+    for change in changes:
+        change(replica)

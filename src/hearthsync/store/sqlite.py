@@ -1,0 +1,278 @@
+"""The SQLite file behind a peer: per document a snapshot plus an update log (DESIGN: storage).
+
+Schema (format version 1)::
+
+    meta(key TEXT PRIMARY KEY, value TEXT)
+    docs(doc_id TEXT PRIMARY KEY, scope, subject, lineage, client_id, snapshot BLOB)
+    updates(seq INTEGER PRIMARY KEY, doc_id TEXT, data BLOB)          -- the update log
+    vectors(rowid INTEGER PRIMARY KEY, index_name, event_id, ts, vec BLOB)  -- event embeddings
+
+Rules this module lives by:
+
+* One writer.  Every write goes through `commit` or `compact`, called by one coroutine (the
+  `DocumentSet` flusher), so transactions never interleave.
+* A batch is one transaction: documents created, deltas appended, embeddings and meta written
+  together commit or vanish together.  The caller acknowledges its writes only after `commit`
+  returns (DESIGN invariant 1).
+* WAL mode with ``synchronous=FULL`` by default: a committed batch survives a power cut, not
+  only a crash.  ``NORMAL`` trades the last batches on power loss for speed.
+* ``auto_vacuum=INCREMENTAL``: compaction returns freed pages to the file system, so the file
+  shrinks (a common complaint about CRDT stores is that they only grow).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import aiosqlite
+
+from hearthsync.errors import StoreError
+
+FORMAT_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS docs (
+    doc_id TEXT PRIMARY KEY,
+    scope TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    lineage TEXT NOT NULL,
+    client_id INTEGER NOT NULL,
+    snapshot BLOB
+);
+CREATE TABLE IF NOT EXISTS updates (
+    seq INTEGER PRIMARY KEY,
+    doc_id TEXT NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS updates_by_doc ON updates (doc_id, seq);
+CREATE TABLE IF NOT EXISTS vectors (
+    rowid INTEGER PRIMARY KEY,
+    index_name TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    vec BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS vectors_by_index ON vectors (index_name, rowid);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class DocRow:
+    doc_id: str
+    scope: str
+    subject: str
+    lineage: str
+    client_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDoc:
+    """A document as read back: its row, its snapshot and its log in commit order."""
+
+    row: DocRow
+    snapshot: bytes | None
+    updates: list[bytes]
+
+    @property
+    def log_bytes(self) -> int:
+        return sum(len(update) for update in self.updates)
+
+
+@dataclass(frozen=True, slots=True)
+class VectorRow:
+    rowid: int
+    index_name: str
+    event_id: str
+    ts: int
+    vec: bytes
+
+
+@dataclass(slots=True)
+class Batch:
+    """Everything one transaction writes."""
+
+    docs: list[DocRow] = field(default_factory=list)
+    updates: list[tuple[str, bytes]] = field(default_factory=list)
+    vectors: list[VectorRow] = field(default_factory=list)
+    meta: dict[str, str] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.docs or self.updates or self.vectors or self.meta)
+
+
+class SqliteStore:
+    """Async access to one peer's SQLite file.  Use `open`, then `close`."""
+
+    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+        self._next_seq = 1
+        self._next_vector = 1
+
+    @classmethod
+    async def open(
+        cls, path: Path, *, synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    ) -> SqliteStore:
+        try:
+            conn = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {path}: {exc}") from exc
+        store = cls(conn, path)
+        try:
+            await store._prepare(synchronous)
+        except (sqlite3.Error, StoreError) as exc:
+            await conn.close()
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(f"{path} is not a usable hearthsync store: {exc}") from exc
+        return store
+
+    async def _prepare(self, synchronous: str) -> None:
+        conn = self._conn
+        await conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # effective only on a new file
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute(f"PRAGMA synchronous={synchronous}")
+        await conn.execute("PRAGMA temp_store=MEMORY")
+        await conn.executescript(_SCHEMA)
+        version = await self.get_meta("format")
+        if version is None:
+            await conn.execute("INSERT INTO meta VALUES ('format', ?)", (FORMAT_VERSION,))
+        elif version != FORMAT_VERSION:
+            raise StoreError(f"{self.path} has store format {version}, this is {FORMAT_VERSION}")
+        self._next_seq = await self._scalar("SELECT coalesce(max(seq), 0) + 1 FROM updates")
+        self._next_vector = await self._scalar("SELECT coalesce(max(rowid), 0) + 1 FROM vectors")
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    async def _scalar(self, sql: str, args: Sequence[object] = ()) -> int:
+        async with self._conn.execute(sql, args) as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    # ------------------------------------------------------------------------ reading
+
+    async def get_meta(self, key: str) -> str | None:
+        async with self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
+            row = await cur.fetchone()
+        return str(row[0]) if row else None
+
+    async def load(self) -> list[StoredDoc]:
+        """Every document with its snapshot and log, the log in commit order."""
+        logs: dict[str, list[bytes]] = {}
+        async with self._conn.execute("SELECT doc_id, data FROM updates ORDER BY seq") as cur:
+            async for doc_id, data in cur:
+                logs.setdefault(doc_id, []).append(bytes(data))
+        docs = []
+        sql = "SELECT doc_id, scope, subject, lineage, client_id, snapshot FROM docs"
+        async with self._conn.execute(sql) as cur:
+            async for doc_id, scope, subject, lineage, client_id, snapshot in cur:
+                row = DocRow(doc_id, scope, subject, lineage, int(client_id))
+                blob = bytes(snapshot) if snapshot is not None else None
+                docs.append(StoredDoc(row, blob, logs.get(doc_id, [])))
+        return docs
+
+    async def vector_stats(self, index_name: str) -> tuple[int, int]:
+        sql = "SELECT count(*), coalesce(max(rowid), 0) FROM vectors WHERE index_name = ?"
+        async with self._conn.execute(sql, (index_name,)) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+    async def vector_rows(
+        self, index_name: str, after_rowid: int, limit: int
+    ) -> list[tuple[int, int, bytes]]:
+        sql = (
+            "SELECT rowid, ts, vec FROM vectors WHERE index_name = ? AND rowid > ? "
+            "ORDER BY rowid LIMIT ?"
+        )
+        async with self._conn.execute(sql, (index_name, after_rowid, limit)) as cur:
+            rows = await cur.fetchall()
+        return [(int(r[0]), int(r[1]), bytes(r[2])) for r in rows]
+
+    async def event_ids(self, rowids: Sequence[int]) -> dict[int, str]:
+        """The event id behind each embedding rowid."""
+        marks = ",".join("?" * len(rowids))
+        sql = f"SELECT rowid, event_id FROM vectors WHERE rowid IN ({marks})"  # noqa: S608
+        async with self._conn.execute(sql, list(rowids)) as cur:
+            rows = await cur.fetchall()
+        return {int(r[0]): str(r[1]) for r in rows}
+
+    async def vector_index_names(self) -> list[str]:
+        async with self._conn.execute("SELECT DISTINCT index_name FROM vectors") as cur:
+            rows = await cur.fetchall()
+        return sorted(str(r[0]) for r in rows)
+
+    async def sizes(self) -> dict[str, tuple[int, int, int]]:
+        """Per document: (snapshot bytes, log entries, log bytes)."""
+        sql = (
+            "SELECT d.doc_id, coalesce(length(d.snapshot), 0), count(u.seq), "
+            "coalesce(sum(length(u.data)), 0) FROM docs d LEFT JOIN updates u "
+            "ON u.doc_id = d.doc_id GROUP BY d.doc_id"
+        )
+        async with self._conn.execute(sql) as cur:
+            rows = await cur.fetchall()
+        return {str(r[0]): (int(r[1]), int(r[2]), int(r[3])) for r in rows}
+
+    # ------------------------------------------------------------------------ writing
+
+    def vector_rowids(self, count: int) -> range:
+        """Reserve ``count`` rowids for embeddings about to be committed."""
+        start = self._next_vector
+        self._next_vector += count
+        return range(start, start + count)
+
+    async def commit(self, batch: Batch) -> None:
+        """Write ``batch`` in one transaction; when this returns, it is durable."""
+        if not batch:
+            return
+        first_seq = self._next_seq
+        updates = [(first_seq + i, doc_id, data) for i, (doc_id, data) in enumerate(batch.updates)]
+        await self._transaction(
+            ("INSERT INTO docs VALUES (?, ?, ?, ?, ?, NULL)", [_doc_tuple(d) for d in batch.docs]),
+            ("INSERT INTO updates VALUES (?, ?, ?)", updates),
+            ("INSERT INTO vectors VALUES (?, ?, ?, ?, ?)", [_vec_tuple(v) for v in batch.vectors]),
+            ("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(batch.meta.items())),
+        )
+        self._next_seq = first_seq + len(updates)
+
+    async def commit_meta(self, meta: dict[str, str]) -> None:
+        await self.commit(Batch(meta=meta))
+
+    async def compact(self, doc_id: str, snapshot: bytes) -> None:
+        """Replace ``doc_id``'s snapshot and log by ``snapshot`` (its whole durable state)."""
+        await self._transaction(
+            ("UPDATE docs SET snapshot = ? WHERE doc_id = ?", [(snapshot, doc_id)]),
+            ("DELETE FROM updates WHERE doc_id = ?", [(doc_id,)]),
+        )
+
+    async def reclaim(self) -> None:
+        """Return free pages to the file system and fold the WAL back into the file."""
+        await self._conn.execute("PRAGMA incremental_vacuum")
+        await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    async def _transaction(self, *steps: tuple[str, Iterable[Sequence[object]]]) -> None:
+        conn = self._conn
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, rows in steps:
+                rows = list(rows)
+                if rows:
+                    await conn.executemany(sql, rows)
+            await conn.execute("COMMIT")
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
+
+
+def _doc_tuple(row: DocRow) -> tuple[str, str, str, str, int]:
+    return (row.doc_id, row.scope, row.subject, row.lineage, row.client_id)
+
+
+def _vec_tuple(row: VectorRow) -> tuple[int, str, str, int, bytes]:
+    return (row.rowid, row.index_name, row.event_id, row.ts, row.vec)

@@ -1,0 +1,762 @@
+"""Vector memory: semantic recall over one user's events, one usearch HNSW index per scope.
+
+The index is **derived** data (DESIGN invariant 4).  The source of truth is the ``vectors`` table
+the SQLite store owns, read through the two-method ``VectorSource`` port; the index files are a
+cache stamped with exactly what they reflect and are never synced.  Opening an index compares
+its stamp with the table and then does the cheapest thing that is still correct:
+
+1. stamp matches the table: search the memory-mapped file as is (milliseconds);
+2. the index holds a strict prefix of the table (only newer rows missing): add just those;
+3. anything else (no files, truncated or garbage file, other embedder, rows deleted): rebuild
+   from every row, because building 100k HNSW vectors costs ~30 s on a robot's two cores.
+
+On disk, per index ``<user>.<scope>``: ``<name>.<gen>.usearch`` (the HNSW graph and vectors),
+``<name>.<gen>.times.npy`` (rowid and timestamp of every vector, for time windows) and
+``<name>.stamp.json``, written last with an atomic replace.  A save writes a new generation and
+only the stamp switches to it, so a crash at any point leaves either the old consistent set or
+the new one, never a stamp that describes files it does not match.  User and scope names cannot
+contain ``.``, so ``<user>.*`` is exactly one user's files and forgetting is a glob and unlink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import random
+import tempfile
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+from usearch.index import Index
+
+from hearthsync.errors import StoreError, ValidationError
+from hearthsync.ids import check_name
+from hearthsync.store.embedding import Embedder, HashingEmbedder
+
+log = logging.getLogger(__name__)
+
+F32Array = npt.NDArray[np.float32]
+I64Array = npt.NDArray[np.int64]
+Row = tuple[int, int, bytes]
+
+INDEX_FORMAT = 1
+DTYPES = ("i8", "f16")
+#: windows holding at most this many vectors are searched exactly (fetching ~3 µs per vector)
+EXACT_WINDOW_LIMIT = 4096
+_STAMP_MAX_BYTES = 64 * 1024  # DESIGN invariant 5: files are size-bounded before parsing
+_CRC_SPAN = 64 * 1024
+_OVERSAMPLE = 2.0
+
+
+class VectorSource(Protocol):
+    """Read-only port onto the ``vectors`` table (owned by the SQLite store)."""
+
+    async def vector_stats(self, index_name: str) -> tuple[int, int]:
+        """(number of rows, greatest rowid or 0) for that index name."""
+        ...
+
+    async def vector_rows(
+        self, index_name: str, after_rowid: int, limit: int
+    ) -> list[tuple[int, int, bytes]]:
+        """Up to `limit` rows (rowid, ts_ms, f16 vector bytes) with rowid > after_rowid, in rowid order."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class HnswParams:
+    """usearch graph parameters, tuned with ``bench_vectors`` (docs/explanation/vector-memory.md)."""
+
+    connectivity: int = 16
+    expansion_add: int = 128
+    expansion_search: int = 40
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One recalled event: its ``vectors`` rowid, timestamp and cosine distance (0 = same)."""
+
+    rowid: int
+    ts_ms: int
+    distance: float
+
+    @property
+    def score(self) -> float:
+        """Cosine similarity, higher is closer."""
+        return 1.0 - self.distance
+
+
+@dataclass(frozen=True, slots=True)
+class IndexStamp:
+    """What a saved index reflects, and a cheap fingerprint of the files it was saved as."""
+
+    format: int
+    embedder: str
+    dim: int
+    dtype: str
+    count: int
+    last_rowid: int
+    generation: int
+    index_bytes: int
+    index_crc: int
+    times_bytes: int
+    times_crc: int
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> IndexStamp:
+        """Parse a stamp, checking every field's type: the file may be anything."""
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("stamp is not a JSON object")
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            value = data.get(field.name)
+            expected = int if field.type == "int" else str
+            if type(value) is not expected:
+                raise ValueError(f"stamp field {field.name!r} is {value!r:.40}")
+            values[field.name] = value
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncReport:
+    """How ``VectorMemory.open_index`` brought an index up to date, for logs and tests."""
+
+    action: Literal["loaded", "caught_up", "rebuilt"]
+    rows_read: int
+    reason: str | None = None
+
+
+def index_name(user: str, scope: str) -> str:
+    """The ``vectors.index_name`` value and file prefix of a (user, scope) index."""
+    return f"{check_name(user, field='user')}.{check_name(scope, field='scope')}"
+
+
+def decode_rows(rows: Sequence[Row], dim: int) -> tuple[I64Array, I64Array, F32Array]:
+    """Split source rows into rowids, timestamps and float32 vectors, rejecting malformed ones."""
+    for rowid, _, blob in rows:
+        if len(blob) != 2 * dim:
+            raise StoreError(f"vectors row {rowid} has {len(blob)} bytes, expected {2 * dim}")
+    rowids = np.array([r[0] for r in rows], dtype=np.int64)
+    ts = np.array([r[1] for r in rows], dtype=np.int64)
+    joined = b"".join(r[2] for r in rows)
+    vectors = np.frombuffer(joined, dtype="<f2").reshape(len(rows), dim).astype(np.float32)
+    return rowids, ts, vectors
+
+
+def _file_fingerprint(path: Path, *, full: bool) -> tuple[int, int]:
+    """(size, crc32): of the whole file, or of its head and tail when it is large.
+
+    Head and tail are enough to catch truncation and a file swapped under the stamp (usearch puts
+    the counts in the header) while keeping ``open`` far below the 0.2 s budget at 100k vectors.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        if full or size <= 2 * _CRC_SPAN:
+            return size, zlib.crc32(f.read())
+        crc = zlib.crc32(f.read(_CRC_SPAN))
+        f.seek(size - _CRC_SPAN)
+        return size, zlib.crc32(f.read(), crc)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class VectorIndex:
+    """One HNSW index (cosine) for one (user, scope), plus rowid/timestamp arrays for windows.
+
+    Create one with ``VectorIndex.open``: it never raises on bad files, it records in ``problem``
+    why they were unusable and starts empty, and ``VectorMemory`` then refills it from the source.
+    Not thread-safe: use one index from one thread (the event loop) at a time.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        name: str,
+        *,
+        embedder: str,
+        dim: int,
+        dtype: str = "i8",
+        params: HnswParams = HnswParams(),  # noqa: B008  (frozen, so sharing it is safe)
+    ) -> None:
+        if dtype not in DTYPES:
+            raise ValidationError(f"dtype must be one of {DTYPES}, got {dtype!r}", field="dtype")
+        self.directory = Path(directory)
+        self.name = name
+        self.embedder = embedder
+        self.dim = dim
+        self.dtype = dtype
+        self.params = params
+        self.problem: str | None = None
+        self._stamp: IndexStamp | None = None
+        self._viewed_path: Path | None = None
+        self._dirty = False
+        self.clear()
+
+    @classmethod
+    def open(
+        cls,
+        directory: str | os.PathLike[str],
+        name: str,
+        *,
+        embedder: str,
+        dim: int,
+        dtype: str = "i8",
+        params: HnswParams = HnswParams(),  # noqa: B008
+    ) -> VectorIndex:
+        """Map the saved index if its files match its stamp; otherwise start empty, see ``problem``."""
+        index = cls(directory, name, embedder=embedder, dim=dim, dtype=dtype, params=params)
+        index.problem = index._load()
+        if index.problem is not None:
+            log.info("vector index %s unusable, starting empty: %s", name, index.problem)
+        return index
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def count(self) -> int:
+        return int(self._keys.size)
+
+    @property
+    def last_rowid(self) -> int:
+        return int(self._keys[-1]) if self._keys.size else 0
+
+    @property
+    def stamp(self) -> IndexStamp | None:
+        """The stamp of the files this index was loaded from or last saved to."""
+        return self._stamp
+
+    @property
+    def dirty(self) -> bool:
+        """True when the index holds vectors its files do not."""
+        return self._dirty
+
+    def clear(self) -> None:
+        """Forget every vector (in memory only; the files stay until the next save)."""
+        self._index = self._new_index()
+        self._keys: I64Array = np.empty(0, dtype=np.int64)
+        self._ts: I64Array = np.empty(0, dtype=np.int64)
+        self._by_ts: tuple[I64Array, I64Array] | None = None
+        self._viewed_path = None
+        self._dirty = self._stamp is not None
+
+    def _new_index(self) -> Index:
+        return Index(
+            ndim=self.dim,
+            metric="cos",
+            dtype=self.dtype,
+            connectivity=self.params.connectivity,
+            expansion_add=self.params.expansion_add,
+            expansion_search=self.params.expansion_search,
+        )
+
+    # -- adding --------------------------------------------------------------------------------
+
+    def add_rows(self, rows: Sequence[Row]) -> int:
+        """Add source rows (rowid, ts_ms, f16 bytes); return how many were new."""
+        if not rows:
+            return 0
+        return self.add(*decode_rows(rows, self.dim))
+
+    def add(self, rowids: npt.ArrayLike, ts_ms: npt.ArrayLike, vectors: npt.ArrayLike) -> int:
+        """Add vectors under their rowids; rowids already present are skipped (idempotent)."""
+        keys, ts, matrix = self._check_batch(rowids, ts_ms, vectors)
+        _, first = np.unique(keys, return_index=True)
+        fresh = np.zeros(keys.size, dtype=bool)
+        fresh[first] = True
+        fresh &= ~np.isin(keys, self._keys)
+        if not fresh.any():
+            return 0
+        self._make_mutable()
+        self._index.add(keys[fresh].astype(np.uint64), matrix[fresh])
+        self._merge_times(keys[fresh], ts[fresh])
+        return int(fresh.sum())
+
+    def _check_batch(
+        self, rowids: npt.ArrayLike, ts_ms: npt.ArrayLike, vectors: npt.ArrayLike
+    ) -> tuple[I64Array, I64Array, F32Array]:
+        keys = np.asarray(rowids, dtype=np.int64).reshape(-1)
+        ts = np.asarray(ts_ms, dtype=np.int64).reshape(-1)
+        matrix = np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+        if not keys.size == ts.size == matrix.shape[0]:
+            raise ValidationError("rowids, timestamps and vectors differ in length")
+        if keys.size and keys.min() < 0:
+            raise ValidationError("rowids must be non-negative", field="rowid")
+        norms = np.linalg.norm(matrix, axis=1)
+        if not np.all(np.isfinite(norms) & (norms > 0)):
+            raise ValidationError("vectors must be finite and non-zero", field="vec")
+        return keys, ts, matrix
+
+    def _make_mutable(self) -> None:
+        """A memory-mapped index is read-only: copy it into memory before the first change."""
+        if self._viewed_path is not None:
+            self._index.load(os.fspath(self._viewed_path))
+            self._viewed_path = None
+        self._dirty = True
+
+    def _merge_times(self, keys: I64Array, ts: I64Array) -> None:
+        appended = keys.size and (not self._keys.size or keys.min() > self._keys[-1])
+        self._keys = np.concatenate((self._keys, keys))
+        self._ts = np.concatenate((self._ts, ts))
+        if not (appended and np.all(np.diff(keys) > 0)):
+            order = np.argsort(self._keys, kind="stable")
+            self._keys, self._ts = self._keys[order], self._ts[order]
+        self._by_ts = None
+
+    # -- searching -----------------------------------------------------------------------------
+
+    def search(
+        self,
+        vector: npt.ArrayLike,
+        *,
+        k: int = 10,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+    ) -> list[Hit]:
+        """The ``k`` nearest vectors, best first, optionally only those with since <= ts <= until.
+
+        Small windows are searched exactly; larger ones through the graph, asking for more
+        candidates than ``k`` in proportion to how much of the index lies outside the window, and
+        falling back to an exact scan when the graph still cannot fill ``k`` hits.
+        """
+        query = self._check_query(vector, k)
+        if not self.count:
+            return []
+        if since_ms is None and until_ms is None:
+            return self._hits(self._index.search(query, min(k, self.count)), k, None, None)
+        lo, hi = self._window(since_ms, until_ms)
+        if hi - lo <= EXACT_WINDOW_LIMIT:
+            return self._exact(query, self._window_keys(lo, hi), k)
+        return self._graph_window(query, k, since_ms, until_ms, hi - lo)
+
+    def _check_query(self, vector: npt.ArrayLike, k: int) -> F32Array:
+        if k < 1:
+            raise ValidationError(f"k must be at least 1, got {k}", field="k")
+        query = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if query.size != self.dim or not np.all(np.isfinite(query)) or not query.any():
+            raise ValidationError(f"query must be a finite non-zero {self.dim}-vector")
+        return query
+
+    def _window(self, since_ms: int | None, until_ms: int | None) -> tuple[int, int]:
+        """Positions [lo, hi) of the window in timestamp order."""
+        ts_sorted, _ = self._time_order()
+        lo = 0 if since_ms is None else int(np.searchsorted(ts_sorted, since_ms, side="left"))
+        hi = ts_sorted.size if until_ms is None else np.searchsorted(ts_sorted, until_ms, "right")
+        return lo, max(lo, int(hi))
+
+    def _time_order(self) -> tuple[I64Array, I64Array]:
+        if self._by_ts is None:
+            order = np.argsort(self._ts, kind="stable")
+            self._by_ts = (self._ts[order], self._keys[order])
+        return self._by_ts
+
+    def _window_keys(self, lo: int, hi: int) -> I64Array:
+        return self._time_order()[1][lo:hi]
+
+    def _exact(self, query: F32Array, keys: I64Array, k: int) -> list[Hit]:
+        """Brute force over the stored (possibly quantised) vectors of ``keys``."""
+        if not keys.size:
+            return []
+        stored = np.stack(self._index.get(keys.astype(np.uint64), dtype=np.float32))
+        stored /= np.linalg.norm(stored, axis=1, keepdims=True)
+        distances = 1.0 - stored @ (query / np.linalg.norm(query))
+        best = np.lexsort((keys, distances))[:k]
+        return [self._hit(int(keys[i]), float(distances[i])) for i in best]
+
+    def _graph_window(
+        self, query: F32Array, k: int, since_ms: int | None, until_ms: int | None, inside: int
+    ) -> list[Hit]:
+        wanted = math.ceil(k * self.count / inside * _OVERSAMPLE)
+        while wanted < self.count:
+            hits = self._hits(self._index.search(query, wanted), k, since_ms, until_ms)
+            if len(hits) >= k:
+                return hits
+            wanted *= 4
+        matches = self._index.search(query, self.count, exact=True)
+        return self._hits(matches, k, since_ms, until_ms)
+
+    def _hits(self, matches: Any, k: int, since_ms: int | None, until_ms: int | None) -> list[Hit]:
+        keys = np.asarray(matches.keys, dtype=np.int64)
+        ts = self._ts[np.searchsorted(self._keys, keys)]
+        distances = np.asarray(matches.distances, dtype=np.float64)
+        if since_ms is not None or until_ms is not None:
+            since = np.iinfo(np.int64).min if since_ms is None else since_ms
+            until = np.iinfo(np.int64).max if until_ms is None else until_ms
+            picked = np.flatnonzero((ts >= since) & (ts <= until))[:k]
+            keys, ts, distances = keys[picked], ts[picked], distances[picked]
+        # .tolist() once: per-element numpy scalars cost more than the HNSW search itself
+        triples = zip(keys[:k].tolist(), ts[:k].tolist(), distances[:k].tolist(), strict=True)
+        return [Hit(key, t, d) for key, t, d in triples]
+
+    def _hit(self, key: int, distance: float) -> Hit:
+        ts = int(self._ts[np.searchsorted(self._keys, key)])
+        return Hit(key, ts, distance)
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def _path(self, suffix: str, generation: int | None = None) -> Path:
+        stem = self.name if generation is None else f"{self.name}.{generation}"
+        return self.directory / f"{stem}.{suffix}"
+
+    def _load(self) -> str | None:
+        """Map the saved files if they match their stamp; return why not otherwise."""
+        try:
+            stamp = self._read_stamp()
+            mismatch = self._stamp_mismatch(stamp)
+            if mismatch:
+                return mismatch
+            keys, ts = self._read_times(stamp)
+            index_path = self._path("usearch", stamp.generation)
+            if _file_fingerprint(index_path, full=False) != (stamp.index_bytes, stamp.index_crc):
+                return "index file truncated or replaced since its stamp was written"
+            self._view(index_path, stamp)
+        except FileNotFoundError as exc:
+            return f"missing file {Path(exc.filename or '?').name} (never saved, or save cut short)"
+        except (OSError, ValueError, RuntimeError) as exc:
+            return f"unreadable: {exc}"
+        self._keys, self._ts, self._stamp = keys, ts, stamp
+        return None
+
+    def _read_stamp(self) -> IndexStamp:
+        with self._path("stamp.json").open("rb") as f:
+            raw = f.read(_STAMP_MAX_BYTES + 1)
+        if len(raw) > _STAMP_MAX_BYTES:
+            raise ValueError("stamp file too large")
+        return IndexStamp.from_json(raw)
+
+    def _stamp_mismatch(self, stamp: IndexStamp) -> str | None:
+        want = (INDEX_FORMAT, self.embedder, self.dim, self.dtype)
+        have = (stamp.format, stamp.embedder, stamp.dim, stamp.dtype)
+        if have != want:
+            return f"built as (format, embedder, dim, dtype) = {have}, want {want}"
+        return None
+
+    def _read_times(self, stamp: IndexStamp) -> tuple[I64Array, I64Array]:
+        path = self._path("times.npy", stamp.generation)
+        if _file_fingerprint(path, full=True) != (stamp.times_bytes, stamp.times_crc):
+            raise ValueError("times file truncated or replaced since its stamp was written")
+        table = np.load(path, allow_pickle=False)
+        if table.dtype != np.int64 or table.shape != (stamp.count, 2):
+            raise ValueError(f"times file holds {table.dtype} {table.shape}")
+        keys, ts = np.ascontiguousarray(table[:, 0]), np.ascontiguousarray(table[:, 1])
+        if keys.size and (np.any(np.diff(keys) <= 0) or keys[-1] != stamp.last_rowid):
+            raise ValueError("times file rowids are not the stamped increasing sequence")
+        return keys, ts
+
+    def _view(self, path: Path, stamp: IndexStamp) -> None:
+        meta = Index.metadata(os.fspath(path))
+        if not meta or meta["dimensions"] != self.dim or meta["count_present"] != stamp.count:
+            raise ValueError(f"index header disagrees with the stamp: {meta}")
+        index = self._new_index()
+        index.view(os.fspath(path))
+        self._index, self._viewed_path = index, path
+
+    def save(self) -> IndexStamp:
+        """Write a new generation of files, then switch the stamp to it (the atomic step).
+
+        Synchronous on purpose: the stamp must describe exactly the vectors written, so nothing
+        may be added while saving.  It writes the whole index (tens of MB at 100k vectors).
+        """
+        if not self._dirty and self._stamp is not None:
+            return self._stamp
+        self.directory.mkdir(parents=True, exist_ok=True)
+        generation = self._next_generation()
+        index_path, times_path = self._write_generation(generation)
+        index_fp = _file_fingerprint(index_path, full=False)
+        times_fp = _file_fingerprint(times_path, full=True)
+        stamp = IndexStamp(
+            INDEX_FORMAT, self.embedder, self.dim, self.dtype, self.count, self.last_rowid,
+            generation, *index_fp, *times_fp,
+        )  # fmt: skip
+        self._write_stamp(stamp)
+        self._stamp, self._dirty = stamp, False
+        self._remove_generations(keep=generation)
+        return stamp
+
+    def _next_generation(self) -> int:
+        numbers = [self._generation_of(p) for p in self.directory.glob(f"{self.name}.*.*")]
+        return max([0, *(n for n in numbers if n is not None)]) + 1
+
+    def _generation_of(self, path: Path) -> int | None:
+        middle = path.name[len(self.name) + 1 :].split(".", 1)[0]
+        return int(middle) if middle.isdigit() else None
+
+    def _write_generation(self, generation: int) -> tuple[Path, Path]:
+        index_path = self._path("usearch", generation)
+        times_path = self._path("times.npy", generation)
+        self._index.save(os.fspath(index_path))
+        with times_path.open("wb") as f:
+            np.save(f, np.stack((self._keys, self._ts), axis=1), allow_pickle=False)
+        _fsync(index_path)
+        _fsync(times_path)
+        return index_path, times_path
+
+    def _write_stamp(self, stamp: IndexStamp) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f"{self.name}.tmp-", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(stamp.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._path("stamp.json"))
+
+    def _remove_generations(self, keep: int) -> None:
+        for path in self.directory.glob(f"{self.name}.*.*"):
+            generation = self._generation_of(path)
+            if generation is not None and generation != keep:
+                path.unlink(missing_ok=True)
+
+    def delete_files(self) -> None:
+        """Remove every file of this index (forgetting) and empty it."""
+        self._stamp = None
+        self.clear()
+        self._dirty = False
+        for path in self.directory.glob(f"{self.name}.*"):
+            path.unlink(missing_ok=True)
+
+
+class VectorMemory:
+    """The vector indexes of one robot, kept in step with the ``vectors`` table.
+
+    Use ``async with VectorMemory(...)``: leaving the block saves what changed.  Call ``add`` after
+    committing rows to the table and ``save`` periodically; a crash before ``save`` only costs a
+    catch-up of the unsaved rows at the next ``open_index``.
+    """
+
+    def __init__(
+        self,
+        source: VectorSource,
+        directory: str | os.PathLike[str],
+        embedder: Embedder,
+        *,
+        dtype: str = "i8",
+        params: HnswParams = HnswParams(),  # noqa: B008
+        batch: int = 4096,
+    ) -> None:
+        self._source = source
+        self.directory = Path(directory)
+        self.embedder = embedder
+        self._dtype = dtype
+        self._params = params
+        self._batch = batch
+        self._open: dict[str, VectorIndex] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._reports: dict[str, SyncReport] = {}
+
+    async def __aenter__(self) -> VectorMemory:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def open_index(self, user: str, scope: str) -> VectorIndex:
+        """The up-to-date index of (user, scope): loaded, caught up or rebuilt (module docstring)."""
+        name = index_name(user, scope)
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            if name not in self._open:
+                index = VectorIndex.open(
+                    self.directory, name, embedder=self.embedder.name, dim=self.embedder.dim,
+                    dtype=self._dtype, params=self._params,
+                )  # fmt: skip
+                report = await self._sync(index, name)
+                # No await between the last read of the source and this line: a row committed
+                # after that read reaches the index through ``add``, one committed before it was read.
+                self._open[name] = index
+                self._reports[name] = report
+            return self._open[name]
+
+    def last_sync(self, user: str, scope: str) -> SyncReport | None:
+        """How the index of (user, scope) was brought up to date when it was opened."""
+        return self._reports.get(index_name(user, scope))
+
+    async def _sync(self, index: VectorIndex, name: str) -> SyncReport:
+        count, max_rowid = await self._source.vector_stats(name)
+        reason = index.problem or self._lost_rows(index, count, max_rowid)
+        if reason is None:
+            before = index.count
+            read, up_to_max = await self._pull(index, name, max_rowid)
+            if before + up_to_max == count:
+                return SyncReport("caught_up" if read else "loaded", read)
+            reason = f"index held {before} rows but the source has {count - up_to_max} up to it"
+        if index.count:
+            index.clear()
+        read, _ = await self._pull(index, name, max_rowid)
+        log.warning("rebuilt vector index %s from %d rows: %s", name, read, reason)
+        return SyncReport("rebuilt", read, reason)
+
+    @staticmethod
+    def _lost_rows(index: VectorIndex, count: int, max_rowid: int) -> str | None:
+        if max_rowid < index.last_rowid or count < index.count:
+            return f"source has {count} rows up to {max_rowid}, index {index.count} up to {index.last_rowid}"
+        return None
+
+    async def _pull(self, index: VectorIndex, name: str, max_rowid: int) -> tuple[int, int]:
+        """Add every source row after the index's last rowid; return (read, read <= max_rowid)."""
+        read = up_to_max = 0
+        after = index.last_rowid
+        while True:
+            rows = await self._source.vector_rows(name, after, self._batch)
+            _check_order(rows, after, name)
+            if rows:
+                await asyncio.to_thread(index.add_rows, rows)  # keeps the loop responsive
+                read += len(rows)
+                up_to_max += sum(1 for row in rows if row[0] <= max_rowid)
+                after = rows[-1][0]
+            if len(rows) < self._batch:
+                break
+        if index.dirty and read:
+            await asyncio.to_thread(index.save)  # nobody else holds the index yet
+        return read, up_to_max
+
+    def add(self, user: str, scope: str, rows: Sequence[Row]) -> int:
+        """Index rows just committed to the table; ignored if the index is not open (it will
+        catch up when opened).  Returns how many vectors were new."""
+        index = self._open.get(index_name(user, scope))
+        return index.add_rows(rows) if index is not None else 0
+
+    async def search(
+        self,
+        user: str,
+        scope: str,
+        query: str | npt.ArrayLike,
+        *,
+        k: int = 10,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+    ) -> list[Hit]:
+        """Semantic recall: embed ``query`` if it is text, then search the (user, scope) index."""
+        index = await self.open_index(user, scope)
+        vector = self.embedder.embed([query])[0] if isinstance(query, str) else query
+        return index.search(vector, k=k, since_ms=since_ms, until_ms=until_ms)
+
+    def save(self) -> None:
+        """Save every open index holding unsaved vectors."""
+        for index in self._open.values():
+            if index.dirty:
+                index.save()
+
+    def drop(self, user: str) -> None:
+        """Forget ``user``: close their indexes and delete all their files (DESIGN: Forgetting)."""
+        prefix = f"{check_name(user, field='user')}."
+        for name in [n for n in self._open if n.startswith(prefix)]:
+            self._open.pop(name).delete_files()
+            self._reports.pop(name, None)
+        for path in self.directory.glob(f"{prefix}*"):
+            path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Save and forget every open index."""
+        self.save()
+        self._open.clear()
+
+
+def _check_order(rows: Sequence[Row], after: int, name: str) -> None:
+    """The port promises rowid order after ``after``; anything else would loop or skip rows."""
+    previous = after
+    for rowid, _, _ in rows:
+        if rowid <= previous:
+            raise StoreError(f"vector source for {name} returned rowid {rowid} after {previous}")
+        previous = rowid
+
+
+# -- benchmark ---------------------------------------------------------------------------------
+
+_WHO = ("alice", "bob", "carol", "dan", "grandma", "the kids", "the guest", "eve")
+_DID = ("asked for", "declined", "corrected", "thanked the robot for", "ignored", "requested",
+        "complained about", "moved", "looked for", "put away")  # fmt: skip
+_WHAT = ("coffee with oat milk", "green tea", "the blue blanket", "jazz music", "the news",
+         "a glass of water", "the green mug", "the lights dimmed", "the window open",
+         "the reading lamp", "her pills", "the tv remote", "a cheese sandwich", "the thermostat",
+         "the car keys", "his glasses", "the dog lead", "a podcast", "the laundry", "fresh towels")  # fmt: skip
+_WHERE = ("in the kitchen", "in the living room", "on the balcony", "in the bedroom",
+          "at the desk", "in the hallway", "by the front door", "in the garden")  # fmt: skip
+_WHEN = ("in the morning", "after lunch", "before bed", "at noon", "on the weekend",
+         "after the walk", "during dinner", "late at night")  # fmt: skip
+_HOW = ("quickly", "politely", "again", "for the first time", "loudly", "while tired", "", "")
+
+
+def synthetic_event_texts(n: int, seed: int = 0) -> list[str]:
+    """Short household event texts with the shape and vocabulary of the interaction log."""
+    rng = random.Random(seed)
+    parts = (_WHO, _DID, _WHAT, _WHERE, _WHEN, _HOW)
+    return [" ".join(rng.choice(p) for p in parts) + f" {rng.randrange(10_000)}" for _ in range(n)]
+
+
+def bench_vectors(n: int = 100_000, dim: int = 384, seed: int = 0) -> dict[str, float]:
+    """Measure recall, speed and size of the product index against numpy brute force.
+
+    Data: HashingEmbedder vectors of ``synthetic_event_texts`` (what the index holds in
+    production), 200 held-out texts as queries.  Recall counts a hit as correct when its exact
+    float32 similarity ties or beats the exact 10th best, so duplicate texts do not count as misses.
+    """
+    embedder = HashingEmbedder(dim)
+    texts = synthetic_event_texts(n + 200, seed)
+    data, queries = embedder.embed(texts[:n]), embedder.embed(texts[n:])
+    with tempfile.TemporaryDirectory() as tmp:
+        figures, found = _bench_index(Path(tmp), data, queries, embedder.name)
+    exact_qps, truth = _bench_bruteforce(data, queries)
+    figures["numpy_bruteforce_qps"] = exact_qps
+    figures["vector_speedup"] = figures["vector_qps"] / exact_qps
+    figures["recall_at_10"] = _recall(data, queries, found, truth)
+    return figures
+
+
+def _bench_index(
+    directory: Path, data: F32Array, queries: F32Array, embedder: str
+) -> tuple[dict[str, float], list[list[int]]]:
+    n, dim = data.shape
+    index = VectorIndex(directory, "bench.history", embedder=embedder, dim=dim)
+    started = time.perf_counter()
+    index.add(np.arange(1, n + 1), np.arange(n), data)
+    build_s = time.perf_counter() - started
+    stamp = index.save()
+    started = time.perf_counter()
+    loaded = VectorIndex.open(directory, "bench.history", embedder=embedder, dim=dim)
+    load_s = time.perf_counter() - started
+    if loaded.problem is not None:
+        raise StoreError(f"benchmark index did not reload: {loaded.problem}")
+    started = time.perf_counter()
+    found = [[hit.rowid - 1 for hit in loaded.search(q, k=10)] for q in queries]
+    qps = len(queries) / (time.perf_counter() - started)
+    figures = {
+        "vector_qps": qps,
+        "vector_bytes_per_item": stamp.index_bytes / n,
+        "index_build_s": build_s,
+        "index_load_s": load_s,
+    }
+    return figures, found
+
+
+def _bench_bruteforce(data: F32Array, queries: F32Array) -> tuple[float, list[F32Array]]:
+    """Single-query exact cosine top-10 (rows are unit vectors, so a dot product)."""
+    started = time.perf_counter()
+    truth = []
+    for query in queries:
+        scores = data @ query
+        top = np.argpartition(-scores, 10)[:10]
+        truth.append(top[np.argsort(-scores[top])])
+    return len(queries) / (time.perf_counter() - started), truth
+
+
+def _recall(data: F32Array, queries: F32Array, found: list[list[int]], truth: list[Any]) -> float:
+    total = 0.0
+    for query, got, best in zip(queries, found, truth, strict=True):
+        tenth = float(data[best[-1]] @ query)
+        total += sum(1 for i in got if float(data[i] @ query) >= tenth - 1e-6) / len(best)
+    return total / len(queries)

@@ -1,0 +1,108 @@
+"""Validation at the edge: every record kind refuses bad input, naming the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from hearthsync.errors import BlockedFieldError, ValidationError
+from hearthsync.hlc import HybridClock, Timestamp
+from hearthsync.model import (
+    Calibration,
+    Condition,
+    InteractionEvent,
+    Placement,
+    Preference,
+    Profile,
+    Region,
+    Relationship,
+    Routine,
+)
+
+GOOD_EVENT = {"id": "ev-abc123", "user": "alice", "type": "COMMAND", "domain": "beverage", "ts": 1}
+
+INVALID = [
+    (Profile, {"user": "Alice!", "name": "Alice"}, "user"),
+    (Profile, {"user": "alice", "name": ""}, "name"),
+    (Profile, {"user": "alice", "name": "A", "languages": ["english"]}, "languages.0"),
+    (Profile, {"user": "alice", "name": "A", "household_role": "king"}, "household_role"),
+    (Calibration, {"user": "alice", "verbosity": 1.5}, "verbosity"),
+    (Calibration, {"user": "alice", "personal_space_m": -1}, "personal_space_m"),
+    (Preference, {"user": "alice", "key": "no spaces", "value": 1}, "key"),
+    (Preference, {"user": "alice", "key": "a/b", "value": 1, "confidence": 2}, "confidence"),
+    (Preference, {"user": "alice", "key": "a/b", "value": 1, "source": "rumour"}, "source"),
+    (Preference, {"user": "alice", "key": "a/b", "value": "x" * 20_000}, "value"),
+    (Preference, {"user": "alice", "key": "a/b", "value": [[[[[[1]]]]]]}, "value"),
+    (Preference, {"user": "alice", "key": "a/b", "value": 1, "unknown": 2}, "unknown"),
+    (Condition, {"after": "25:00"}, "after"),
+    (InteractionEvent, {**GOOD_EVENT, "id": "123"}, "id"),
+    (InteractionEvent, {**GOOD_EVENT, "type": "RUMOUR"}, "type"),
+    (InteractionEvent, {**GOOD_EVENT, "ts": -5}, "ts"),
+    (InteractionEvent, {**GOOD_EVENT, "text": "x" * 5_000}, "text"),
+    (Region, {"id": "shelf 2", "label": "Shelf"}, "id"),
+    (Placement, {"object": "mug", "label": "Mug", "kind": "lost"}, "kind"),
+    (Routine, {"id": "r", "label": "R", "days": ["someday"]}, "days.0"),
+    (Relationship, {"subject": "alice", "relation": "", "object": "bob"}, "relation"),
+]
+
+
+@pytest.mark.parametrize(("record", "fields", "field"), INVALID)
+def test_invalid_records_name_the_field(record: type, fields: dict, field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        record.build(**fields)
+    assert caught.value.field == field
+    assert field.split(".")[0] in str(caught.value)
+
+
+BLOCKED = [
+    ({"value": {"email": "x"}}, "value.email", "email"),
+    ({"value": "write to alice@example.org"}, "value", "email"),
+    ({"value": "call +1 415 555 0100"}, "value", "phone"),
+    ({"value": {"home": {"street": "1 Main St"}}}, "value.home.street", "address"),
+    ({"value": "ssn 123-45-6789"}, "value", "national id"),
+    ({"value": "card 4111 1111 1111 1111"}, "value", "card number"),
+    ({"value": {"wifi": {"password": "hunter2"}}}, "value.wifi.password", "password"),
+    ({"value": 1, "note": "her number is (415) 555-0100"}, "note", "phone"),
+]
+
+
+@pytest.mark.parametrize(("extra", "field", "category"), BLOCKED)
+def test_blocked_personal_data_is_refused(extra: dict, field: str, category: str) -> None:
+    with pytest.raises(BlockedFieldError) as caught:
+        Preference.build(user="alice", key="contact/info", **extra)
+    assert caught.value.field == field
+    assert category in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "text", ["oat latte at 08:00", "2 shots, 60 ml", "room 214", "2026-03-14", "version 1.2.3"]
+)
+def test_ordinary_text_with_numbers_is_accepted(text: str) -> None:
+    assert Preference.build(user="alice", key="a/b", value=text).value == text
+
+
+def test_records_round_trip_through_their_encoding() -> None:
+    pref = Preference.build(
+        user="alice",
+        key="beverage/coffee",
+        value={"milk": "oat", "shots": 2},
+        condition=Condition(days="weekday", after="06:00"),
+        evidence=["ev-abc123"],
+    )
+    assert Preference.decode(pref.encode()) == pref
+    assert pref.condition.key() == "weekday,06:00-"
+
+
+def test_hybrid_clock_is_monotonic_and_follows_what_it_observes() -> None:
+    wall = [1_000]
+    clock = HybridClock("A", lambda: wall[0])
+    first = clock.now()
+    wall[0] = 500  # the wall clock jumps back
+    second = clock.now()
+    assert second > first
+    assert str(second) > str(first)
+    clock.observe(Timestamp(9_000, 3, "B"))
+    third = clock.now()
+    assert (third.ms, third.counter) > (9_000, 3)
+    assert Timestamp.parse(str(third)) == third
+    with pytest.raises(ValidationError):
+        Timestamp.parse("yesterday")
