@@ -13,6 +13,7 @@ Every ``set_*``/``record_*`` method validates its input first (an invalid record
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import datetime as dt
@@ -68,6 +69,7 @@ VECTOR_DIR = "vectors"
 HISTORY = "history"
 
 H = TypeVar("H")
+ALWAYS = Condition()
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +130,13 @@ class Peer:
         self._rng = rng
         self._handles: dict[DocId, object] = {}
         self._closed = False
+        self._users: frozenset[str] | None = None
+        self._unindexed: list[VectorRow] = []
+        self._indexer: asyncio.Task[None] | None = None
+        self._vector_lock = asyncio.Lock()
+        self._users_sub: object | None = None
         docs.on_vectors = self._index_vectors
+        docs.meta = self._meta
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -197,6 +205,7 @@ class Peer:
         self._closed = True
         try:
             await self._docs.close()
+            await self._indexed()
             self._vectors.save()
         finally:
             await self._sqlite.close()
@@ -230,13 +239,24 @@ class Peer:
     async def _write(
         self, doc_id: DocId, change: Callable[[Replica], None], embed: Sequence[ToEmbed] = ()
     ) -> None:
-        await self._docs.write(doc_id, change, embed=embed, meta=self._meta())
+        await self._docs.write(doc_id, change, embed=embed)
 
     def _require_user(self, user: str) -> UserId:
-        check_name(user, field="user")
-        if user not in self._household().users:
+        if user not in self._known_users():
+            check_name(user, field="user")
             raise NotFoundError(f"unknown user {user!r}; add them first with add_user()")
         return UserId(user)
+
+    def _known_users(self) -> frozenset[str]:
+        if self._users is None:
+            users = self._household().users
+            self._users = frozenset(users.keys())
+            if self._users_sub is None:
+                self._users_sub = users.observe(self._forget_users)
+        return self._users
+
+    def _forget_users(self, _: object) -> None:
+        self._users = None
 
     def _household(self) -> HouseholdDoc:
         return self._handle(DocId("household"), HouseholdDoc)
@@ -244,7 +264,7 @@ class Peer:
     # ------------------------------------------------------------------ people
 
     def users(self) -> list[UserId]:
-        return sorted(UserId(u) for u in self._household().users.keys())  # noqa: SIM118
+        return sorted(UserId(u) for u in self._known_users())
 
     async def add_user(self, user: str, *, name: str, **profile: Any) -> Profile:
         """Register ``user`` in the household with a profile (idempotent)."""
@@ -323,7 +343,7 @@ class Peer:
             value=value,
             source=source,
             confidence=confidence,
-            condition=condition or Condition(),
+            condition=condition or ALWAYS,
             evidence=list(evidence),
             evidence_count=evidence_count,
             note=note,
@@ -356,7 +376,7 @@ class Peer:
         handle = self._peek(user_doc(user, Kind.PREFS), PrefsDoc)
         if handle is None:
             return None
-        return handle.prefs.get(f"{key}#{(condition or Condition()).key()}")
+        return handle.prefs.get(f"{key}#{(condition or ALWAYS).key()}")
 
     def preferences(self, user: str, prefix: str = "") -> list[Preference]:
         """Every live preference of ``user`` whose key starts with ``prefix``, by key."""
@@ -372,7 +392,7 @@ class Peer:
         handle = self._peek(user_doc(user, Kind.PREFS), PrefsDoc)
         if handle is None:
             return []
-        return handle.prefs.versions(f"{key}#{(condition or Condition()).key()}")
+        return handle.prefs.versions(f"{key}#{(condition or ALWAYS).key()}")
 
     # ------------------------------------------------------------------ health
 
@@ -476,7 +496,9 @@ class Peer:
         uid = self._require_user(user)
         index = await self._vectors.open_index(uid, HISTORY)
         vector = self._vectors.embedder.embed([query])[0] if isinstance(query, str) else query
-        hits = index.search(vector, k=k, since_ms=since, until_ms=until)
+        await self._indexed()
+        async with self._vector_lock:
+            hits = index.search(vector, k=k, since_ms=since, until_ms=until)
         if not hits:
             return []
         ids = await self._sqlite.event_ids([hit.rowid for hit in hits])
@@ -497,13 +519,30 @@ class Peer:
         return found
 
     def _index_vectors(self, rows: Sequence[VectorRow], matrix: np.ndarray) -> None:
-        """Called by the flusher once embeddings are committed (derived data follows SQLite)."""
-        by_index: dict[str, list[tuple[int, int, bytes]]] = {}
-        for row in rows:
-            by_index.setdefault(row.index_name, []).append((row.rowid, row.ts, row.vec))
-        for name, batch in by_index.items():
-            user, _, scope = name.partition(".")
-            self._vectors.add(user, scope, batch)
+        """Called by the flusher once embeddings are committed (derived data follows SQLite).
+
+        Inserting into an HNSW graph costs far more than the write itself, so it happens off
+        the write path, in a worker thread; `recall` first waits for it to catch up.
+        """
+        self._unindexed.extend(rows)
+        if self._indexer is None or self._indexer.done():
+            self._indexer = asyncio.create_task(self._index_pending(), name="hearthsync-indexer")
+
+    async def _index_pending(self) -> None:
+        while self._unindexed:
+            rows, self._unindexed = self._unindexed, []
+            by_index: dict[str, list[tuple[int, int, bytes]]] = {}
+            for row in rows:
+                by_index.setdefault(row.index_name, []).append((row.rowid, row.ts, row.vec))
+            async with self._vector_lock:
+                for name, batch in by_index.items():
+                    user, _, scope = name.partition(".")
+                    await asyncio.to_thread(self._vectors.add, user, scope, batch)
+
+    async def _indexed(self) -> None:
+        """Wait until every committed embedding is in its index."""
+        while self._indexer is not None and not self._indexer.done():
+            await self._indexer
 
     # ------------------------------------------------------------------ home: spatial
 

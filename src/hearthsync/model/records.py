@@ -9,6 +9,7 @@ the field (see `hearthsync.model.pii`).  Records are stored in CRDT documents as
 from __future__ import annotations
 
 import enum
+import functools
 import json
 from typing import Annotated, Any, Literal, Self, TypeVar
 
@@ -17,7 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 
 from hearthsync.errors import ValidationError
 from hearthsync.ids import KEY_RE, NAME_RE
-from hearthsync.model.pii import check_no_pii
+from hearthsync.model.pii import SUSPECT, check_no_pii
 
 MAX_TEXT = 2_000  #: characters in any free-text field
 MAX_JSON_BYTES = 16_384  #: encoded size of any free-form JSON field (payload, value)
@@ -48,6 +49,12 @@ def _depth(value: object, level: int = 0) -> int:
 
 
 def _bounded_json(value: JsonValue) -> JsonValue:
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        if len(value) * 4 > MAX_JSON_BYTES and len(value.encode()) + 2 > MAX_JSON_BYTES:
+            raise ValueError(f"{len(value.encode())} bytes encoded, the limit is {MAX_JSON_BYTES}")
+        return value
     if _depth(value) > MAX_DEPTH:
         raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
     size = len(json.dumps(value, separators=(",", ":")).encode())
@@ -75,9 +82,13 @@ class Record(BaseModel):
 
     @pydantic.model_validator(mode="after")
     def _no_blocked_personal_data(self) -> Self:
-        for name in type(self).model_fields:
-            if name not in _SYSTEM_FIELDS:
-                check_no_pii(getattr(self, name), field=name)
+        for name in _content_fields(type(self)):
+            value = getattr(self, name)
+            if type(value) is str:
+                if SUSPECT.search(value):  # the cheap test first: most text holds no digits
+                    check_no_pii(value, field=name)
+            elif isinstance(value, dict | list | tuple):  # nested records check themselves
+                check_no_pii(value, field=name)
         return self
 
     @classmethod
@@ -99,6 +110,12 @@ class Record(BaseModel):
             raise _translate(cls, exc) from None
 
 
+@functools.cache
+def _content_fields(cls: type[Record]) -> tuple[str, ...]:
+    """The fields people write (not ids and clocks): the ones checked for personal data."""
+    return tuple(name for name in cls.model_fields if name not in _SYSTEM_FIELDS)
+
+
 def _translate(cls: type[BaseModel], exc: pydantic.ValidationError) -> ValidationError:
     first = exc.errors(include_url=False)[0]
     field = ".".join(str(part) for part in first["loc"]) or None
@@ -118,12 +135,12 @@ class Profile(Record):
 
     user: Name
     name: ShortText
-    roles: Annotated[list[Name], Field(max_length=MAX_LIST)] = []
+    roles: Annotated[tuple[Name, ...], Field(max_length=MAX_LIST)] = ()
     languages: Annotated[
         list[Annotated[str, Field(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")]],
         Field(max_length=16),
     ] = []
-    accessibility: Annotated[list[ShortText], Field(max_length=MAX_LIST)] = []
+    accessibility: Annotated[tuple[ShortText, ...], Field(max_length=MAX_LIST)] = ()
     household_role: Literal[
         "owner", "adult", "child", "guest", "resident", "patient", "caregiver", "worker", "staff"
     ] = "adult"
@@ -154,7 +171,7 @@ class Condition(Record):
     after: Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")] | None = None
     before: Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")] | None = None
     location: Name | None = None
-    with_users: Annotated[list[Name], Field(max_length=16)] = []
+    with_users: Annotated[tuple[Name, ...], Field(max_length=16)] = ()
 
     def key(self) -> str:
         """A canonical string naming this condition ('' when unconditional)."""
@@ -189,7 +206,9 @@ class Preference(Record):
     condition: Condition = Condition()
     set_at: Hlc = ""
     device: str = ""
-    evidence: Annotated[list[Annotated[str, Field(max_length=80)]], Field(max_length=MAX_LIST)] = []
+    evidence: Annotated[
+        tuple[Annotated[str, Field(max_length=80)], ...], Field(max_length=MAX_LIST)
+    ] = ()
     note: Annotated[str, Field(max_length=MAX_TEXT)] = ""
     deleted: bool = False
 
@@ -223,7 +242,7 @@ class ContextSnapshot(Record):
 
     location: Name | None = None
     time_of_day: Literal["night", "morning", "afternoon", "evening"] | None = None
-    people_present: Annotated[list[Name], Field(max_length=16)] = []
+    people_present: Annotated[tuple[Name, ...], Field(max_length=16)] = ()
     task: Name | None = None
     ambient: Json = None
 
@@ -268,9 +287,9 @@ class Region(Record):
     id: Name
     label: ShortText
     frame: Name = "map"
-    polygon: Annotated[list[tuple[float, float]], Field(max_length=256)] = []
+    polygon: Annotated[tuple[tuple[float, float], ...], Field(max_length=256)] = ()
     parent: Name | None = None
-    tags: Annotated[list[Name], Field(max_length=MAX_LIST)] = []
+    tags: Annotated[tuple[Name, ...], Field(max_length=MAX_LIST)] = ()
     set_at: Hlc = ""
     device: str = ""
     deleted: bool = False
@@ -311,8 +330,8 @@ class Routine(Record):
     ] = []
     after: Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")] | None = None
     before: Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")] | None = None
-    actions: Annotated[list[ShortText], Field(max_length=MAX_LIST)] = []
-    constraints: Annotated[list[ShortText], Field(max_length=MAX_LIST)] = []
+    actions: Annotated[tuple[ShortText, ...], Field(max_length=MAX_LIST)] = ()
+    constraints: Annotated[tuple[ShortText, ...], Field(max_length=MAX_LIST)] = ()
     set_at: Hlc = ""
     device: str = ""
     deleted: bool = False

@@ -80,6 +80,8 @@ class DocumentSet:
         self._inflight: asyncio.Future[None] | None = None
         self._lock = asyncio.Lock()
         self.on_vectors: VectorSink | None = None
+        #: meta rows written with every batch (the peer's hybrid clock, so it never goes back)
+        self.meta: Callable[[], dict[str, str]] = dict
         self.batches_committed = 0
 
     # ---------------------------------------------------------------------- lifecycle
@@ -194,7 +196,8 @@ class DocumentSet:
             if delta is not None:
                 deltas.append((doc_id, delta))
         vectors, matrix = self._embed(queue.embed)
-        batch = Batch(docs=self._new, updates=deltas, vectors=vectors, meta=queue.meta)
+        meta = self.meta() | queue.meta
+        batch = Batch(docs=self._new, updates=deltas, vectors=vectors, meta=meta)
         self._new, self._carry = [], []
         try:
             await self._sqlite.commit(batch)

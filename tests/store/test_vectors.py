@@ -1,0 +1,373 @@
+"""Vector memory: derived, stamped, rebuilt only when it must be, correct within time windows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hearthsync.errors import StoreError, ValidationError
+from hearthsync.store import vectors
+from hearthsync.store.embedding import HashingEmbedder
+from hearthsync.store.vectors import (
+    VectorIndex,
+    VectorMemory,
+    bench_vectors,
+    decode_rows,
+    index_name,
+    synthetic_event_texts,
+)
+
+DIM = 32
+EMBEDDER = HashingEmbedder(DIM)
+T0 = 1_773_014_400_000
+NAME = "alice.history"
+
+
+class MemorySource:
+    """The ``vectors`` table in a dict, counting every row it hands out."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, list[tuple[int, int, bytes]]] = {}
+        self.next_rowid = 1
+        self.rows_read = 0
+
+    def insert(self, name: str, texts: list[str], ts_ms: list[int]) -> list[tuple[int, int, bytes]]:
+        blobs = [v.astype("<f2").tobytes() for v in EMBEDDER.embed(texts)]
+        new = [
+            (self.next_rowid + i, ts, b) for i, (ts, b) in enumerate(zip(ts_ms, blobs, strict=True))
+        ]
+        self.next_rowid += len(new)
+        self.rows.setdefault(name, []).extend(new)
+        return new
+
+    def delete(self, name: str, rowid: int) -> None:
+        self.rows[name] = [r for r in self.rows[name] if r[0] != rowid]
+
+    async def vector_stats(self, index_name: str) -> tuple[int, int]:
+        rows = self.rows.get(index_name, [])
+        return len(rows), max((r[0] for r in rows), default=0)
+
+    async def vector_rows(
+        self, index_name: str, after_rowid: int, limit: int
+    ) -> list[tuple[int, int, bytes]]:
+        picked = [r for r in self.rows.get(index_name, []) if r[0] > after_rowid][:limit]
+        self.rows_read += len(picked)
+        return picked
+
+
+def fill(source: MemorySource, n: int, name: str = NAME, seed: int = 0) -> None:
+    source.insert(name, synthetic_event_texts(n, seed), [T0 + 60_000 * i for i in range(n)])
+
+
+def memory(source: MemorySource, directory: Path, dtype: str = "f16") -> VectorMemory:
+    return VectorMemory(source, directory, EMBEDDER, dtype=dtype, batch=128)
+
+
+QUERIES = ["alice asked for green tea in the kitchen", "bob moved the car keys", "grandma 42"]
+
+
+async def recall_all(mem: VectorMemory) -> list[list[int]]:
+    index = await mem.open_index("alice", "history")
+    return [[h.rowid for h in index.search(q, k=5)] for q in EMBEDDER.embed(QUERIES)]
+
+
+async def built(tmp_path: Path, n: int = 300) -> tuple[MemorySource, list[list[int]]]:
+    """A source of ``n`` rows and the results of a saved index over it."""
+    source = MemorySource()
+    fill(source, n)
+    async with memory(source, tmp_path) as mem:
+        results = await recall_all(mem)
+        assert mem.last_sync("alice", "history") == vectors.SyncReport(
+            "rebuilt", n, "missing file alice.history.stamp.json (never saved, or save cut short)"
+        )
+    return source, results
+
+
+# -- stamp, load, catch-up, rebuild ----------------------------------------------------------
+
+
+async def test_matching_stamp_loads_without_reading_rows(tmp_path: Path) -> None:
+    source, before = await built(tmp_path)
+    source.rows_read = 0
+    async with memory(source, tmp_path) as mem:
+        assert await recall_all(mem) == before
+        assert mem.last_sync("alice", "history") == vectors.SyncReport("loaded", 0)
+    assert source.rows_read == 0
+
+
+def _delete_index(d: Path) -> None:
+    next(d.glob("alice.history.*.usearch")).unlink()
+
+
+def _truncate_index(d: Path) -> None:
+    path = next(d.glob("alice.history.*.usearch"))
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def _garbage_index(d: Path) -> None:
+    path = next(d.glob("alice.history.*.usearch"))
+    path.write_bytes(b"\x00garbage" * (path.stat().st_size // 8))
+
+
+def _delete_stamp(d: Path) -> None:
+    (d / "alice.history.stamp.json").unlink()
+
+
+def _garbage_stamp(d: Path) -> None:
+    (d / "alice.history.stamp.json").write_text('{"format": "1"}')
+
+
+def _truncate_times(d: Path) -> None:
+    path = next(d.glob("alice.history.*.times.npy"))
+    path.write_bytes(path.read_bytes()[:-16])
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (_delete_index, "missing file"),
+        (_truncate_index, "truncated or replaced"),
+        (_garbage_index, "truncated or replaced"),
+        (_delete_stamp, "missing file"),
+        (_garbage_stamp, "stamp field"),
+        (_truncate_times, "times file truncated"),
+    ],
+)
+async def test_damaged_files_are_rebuilt_with_the_same_results(
+    tmp_path: Path, damage: Callable[[Path], None], reason: str
+) -> None:
+    source, before = await built(tmp_path)
+    damage(tmp_path)
+    source.rows_read = 0
+    async with memory(source, tmp_path) as mem:
+        assert await recall_all(mem) == before
+        report = mem.last_sync("alice", "history")
+    assert report is not None
+    assert report.action == "rebuilt"
+    assert reason in (report.reason or "")
+    assert source.rows_read == 300
+
+
+async def test_index_of_another_embedder_is_not_used(tmp_path: Path) -> None:
+    await built(tmp_path)
+    index = VectorIndex.open(tmp_path, NAME, embedder="other-model", dim=DIM, dtype="f16")
+    assert index.count == 0
+    assert "other-model" in (index.problem or "")
+
+
+async def test_catch_up_reads_only_the_new_rows(tmp_path: Path) -> None:
+    source, _ = await built(tmp_path)
+    new = source.insert(NAME, ["dan asked for a cheese sandwich on the balcony"] * 25, [T0] * 25)
+    source.rows_read = 0
+    async with memory(source, tmp_path) as mem:
+        index = await mem.open_index("alice", "history")
+        assert mem.last_sync("alice", "history") == vectors.SyncReport("caught_up", 25)
+        assert (index.count, index.last_rowid) == (325, new[-1][0])
+        top = index.search(EMBEDDER.embed(["dan asked for a cheese sandwich"])[0], k=25)
+    assert source.rows_read == 25
+    assert {h.rowid for h in top} == {r[0] for r in new}
+
+
+async def test_deleted_rows_force_a_rebuild(tmp_path: Path) -> None:
+    """Same count and a greater max rowid, but not a prefix: row 7 is gone from the table."""
+    source, _ = await built(tmp_path)
+    source.delete(NAME, 7)
+    fill(source, 1, seed=9)
+    async with memory(source, tmp_path) as mem:
+        index = await mem.open_index("alice", "history")
+        report = mem.last_sync("alice", "history")
+        hits = index.search(np.frombuffer(source.rows[NAME][5][2], "<f2"), k=300)
+    assert report is not None
+    assert report.action == "rebuilt"
+    assert 7 not in {h.rowid for h in hits}
+    assert len(hits) == 300
+
+
+async def test_added_rows_are_searchable_and_saved(tmp_path: Path) -> None:
+    source, _ = await built(tmp_path, n=50)
+    async with memory(source, tmp_path) as mem:
+        await mem.open_index("alice", "history")
+        rows = source.insert(NAME, ["eve put away fresh towels"], [T0 + 1])
+        assert mem.add("alice", "history", rows) == 1
+        assert mem.add("alice", "history", rows) == 0  # idempotent
+        hits = await mem.search("alice", "history", "eve put away fresh towels", k=1)
+        assert [(h.rowid, h.ts_ms) for h in hits] == [(rows[0][0], T0 + 1)]
+        assert hits[0].distance == pytest.approx(0.0, abs=1e-3)
+    source.rows_read = 0
+    async with memory(source, tmp_path) as mem:
+        await mem.open_index("alice", "history")
+        assert mem.last_sync("alice", "history") == vectors.SyncReport("loaded", 0)
+
+
+async def test_add_to_an_unopened_index_waits_for_catch_up(tmp_path: Path) -> None:
+    source = MemorySource()
+    async with memory(source, tmp_path) as mem:
+        rows = source.insert(NAME, ["bob ignored the news"], [T0])
+        assert mem.add("alice", "history", rows) == 0
+        index = await mem.open_index("alice", "history")
+        assert index.count == 1
+
+
+async def test_crash_before_the_stamp_keeps_the_previous_generation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, _ = await built(tmp_path)
+    async with memory(source, tmp_path) as mem:
+        await mem.open_index("alice", "history")
+        mem.add("alice", "history", source.insert(NAME, ["carol asked for jazz music"], [T0]))
+
+        def power_cut(self: VectorIndex, stamp: vectors.IndexStamp) -> None:
+            raise OSError("power cut")
+
+        monkeypatch.setattr(VectorIndex, "_write_stamp", power_cut)
+        with pytest.raises(OSError, match="power cut"):
+            mem.save()
+        monkeypatch.undo()
+        mem._open.clear()  # the process died: nothing left to save
+    source.rows_read = 0
+    async with memory(source, tmp_path) as mem:
+        await mem.open_index("alice", "history")
+        assert mem.last_sync("alice", "history") == vectors.SyncReport("caught_up", 1)
+
+
+async def test_drop_deletes_only_that_users_files(tmp_path: Path) -> None:
+    source = MemorySource()
+    fill(source, 20)
+    fill(source, 20, name="bob.history")
+    async with memory(source, tmp_path) as mem:
+        await mem.open_index("alice", "history")
+        await mem.open_index("bob", "history")
+        mem.save()
+        mem.drop("alice")
+        assert sorted(p.name.split(".")[0] for p in tmp_path.iterdir()) == ["bob"] * 3
+
+
+async def test_malformed_source_rows_are_refused(tmp_path: Path) -> None:
+    source = MemorySource()
+    source.rows[NAME] = [(1, T0, b"\x00" * 10)]
+    with pytest.raises(StoreError, match="row 1 has 10 bytes"):
+        await memory(source, tmp_path).open_index("alice", "history")
+    fill(source, 2, name="bob.history")
+    source.rows["bob.history"].reverse()
+    with pytest.raises(StoreError, match="rowid"):
+        await memory(source, tmp_path).open_index("bob", "history")
+
+
+def test_index_names_are_validated() -> None:
+    assert index_name("alice", "history") == "alice.history"
+    with pytest.raises(ValidationError):
+        index_name("alice.history", "x")
+
+
+# -- search ------------------------------------------------------------------------------------
+
+
+def small_index(tmp_path: Path, n: int = 600) -> tuple[VectorIndex, np.ndarray, np.ndarray]:
+    """An f16 index (stores the f16 vectors exactly) with timestamps one minute apart."""
+    source = MemorySource()
+    fill(source, n)
+    rowids, ts, vecs = decode_rows(source.rows[NAME], DIM)
+    index = VectorIndex(tmp_path, NAME, embedder=EMBEDDER.name, dim=DIM, dtype="f16")
+    index.add(rowids, ts, vecs)
+    return index, ts, vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+
+
+def exact(
+    vecs: np.ndarray, ts: np.ndarray, query: np.ndarray, k: int, lo: int, hi: int
+) -> list[int]:
+    distances = 1.0 - vecs @ (query / np.linalg.norm(query))
+    inside = np.flatnonzero((ts >= lo) & (ts <= hi))
+    best = inside[np.lexsort((inside, distances[inside]))][:k]
+    return [int(i) + 1 for i in best]  # rowids start at 1
+
+
+WINDOWS = [
+    (0, 10**15),
+    (T0, T0 + 60_000 * 9),
+    (T0 + 60_000 * 100, T0 + 60_000 * 400),
+    (T0 + 1, T0 + 59_999),
+]
+
+
+@pytest.mark.parametrize(("since", "until"), WINDOWS)
+def test_small_windows_are_exact(tmp_path: Path, since: int, until: int) -> None:
+    index, ts, vecs = small_index(tmp_path)
+    for query in EMBEDDER.embed(QUERIES):
+        hits = index.search(query, k=10, since_ms=since, until_ms=until)
+        assert [h.rowid for h in hits] == exact(vecs, ts, query, 10, since, until)
+        assert all(since <= h.ts_ms <= until for h in hits)
+
+
+@pytest.mark.parametrize(("since", "until"), WINDOWS)
+def test_large_windows_use_the_graph_and_stay_in_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, since: int, until: int
+) -> None:
+    monkeypatch.setattr(vectors, "EXACT_WINDOW_LIMIT", 0)  # force the graph path on small data
+    index, ts, vecs = small_index(tmp_path)
+    for query in EMBEDDER.embed(QUERIES):
+        hits = index.search(query, k=10, since_ms=since, until_ms=until)
+        want = exact(vecs, ts, query, 10, since, until)
+        assert all(since <= h.ts_ms <= until for h in hits)
+        assert [h.distance for h in hits] == sorted(h.distance for h in hits)
+        assert len(hits) == len(want)
+        assert len({h.rowid for h in hits} & set(want)) >= 0.8 * len(want)
+
+
+def test_one_sided_windows(tmp_path: Path) -> None:
+    index, ts, vecs = small_index(tmp_path)
+    query = EMBEDDER.embed(QUERIES[:1])[0]
+    late = index.search(query, k=5, since_ms=T0 + 60_000 * 590)
+    early = index.search(query, k=5, until_ms=T0 + 60_000 * 2)
+    assert [h.rowid for h in late] == exact(vecs, ts, query, 5, T0 + 60_000 * 590, 10**15)
+    assert sorted(h.rowid for h in early) == [1, 2, 3]
+
+
+def test_unwindowed_search_finds_an_exact_copy_first(tmp_path: Path) -> None:
+    index, _, vecs = small_index(tmp_path)
+    hits = index.search(vecs[123], k=3)
+    assert hits[0].rowid == 124
+    assert hits[0].score == pytest.approx(1.0, abs=1e-3)
+
+
+def test_empty_index_and_empty_window(tmp_path: Path) -> None:
+    query = EMBEDDER.embed(["anything"])[0]
+    empty = VectorIndex(tmp_path, NAME, embedder=EMBEDDER.name, dim=DIM)
+    assert empty.search(query) == []
+    assert empty.search(query, since_ms=0, until_ms=T0) == []
+    index, _, _ = small_index(tmp_path)
+    assert index.search(query, since_ms=T0 - 10, until_ms=T0 - 1) == []
+
+
+def test_bad_queries_are_refused(tmp_path: Path) -> None:
+    index, _, _ = small_index(tmp_path, n=5)
+    for bad in (np.zeros(DIM), np.full(DIM, np.nan), np.ones(DIM + 1)):
+        with pytest.raises(ValidationError):
+            index.search(bad)
+    with pytest.raises(ValidationError):
+        index.search(np.ones(DIM), k=0)
+
+
+def test_quantised_index_saves_and_reopens(tmp_path: Path) -> None:
+    """The default i8 index: reopened from its memory-mapped file, it answers as before."""
+    source = MemorySource()
+    fill(source, 400)
+    index = VectorIndex(tmp_path, NAME, embedder=EMBEDDER.name, dim=DIM)
+    index.add_rows(source.rows[NAME])
+    index.save()
+    again = VectorIndex.open(tmp_path, NAME, embedder=EMBEDDER.name, dim=DIM)
+    assert again.problem is None
+    for query in EMBEDDER.embed(QUERIES):
+        assert again.search(query, k=5, since_ms=T0) == index.search(query, k=5, since_ms=T0)
+
+
+def test_bench_reports_every_figure_on_small_data() -> None:
+    figures = bench_vectors(n=2000, dim=64, seed=1)
+    assert figures["recall_at_10"] >= 0.9
+    assert figures["vector_bytes_per_item"] < 64 * 4 * 2  # i8 vectors plus graph, under f32
+    assert figures["vector_speedup"] == pytest.approx(
+        figures["vector_qps"] / figures["numpy_bruteforce_qps"]
+    )
+    assert {"index_build_s", "index_load_s"} <= figures.keys()

@@ -1,0 +1,83 @@
+"""The ``hearth`` command, run as a user runs it: a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HEARTH = shutil.which("hearth", path=str(Path(sys.executable).parent))
+
+
+def hearth(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    assert HEARTH, "the hearth console script is not installed beside this python"
+    return subprocess.run(
+        [HEARTH, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+        env={"COLUMNS": "160", "PATH": str(Path(sys.executable).parent)},
+    )
+
+
+def test_demo_writes_reopens_and_shows_the_household() -> None:
+    done = hearth("demo")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "reopened from disk" in out
+    for fact in (
+        "oat latte",
+        "cortado",
+        "green-mug",
+        "shelf-2",
+        "camomile",
+        "Bob is up late",
+        "CORRECTION",
+    ):
+        assert fact in out, fact
+
+
+async def test_status_lists_documents_of_a_peer(tmp_path: Path) -> None:
+    from hearthsync import Peer
+
+    async with Peer.open(tmp_path / "robot", device="hall") as peer:
+        await peer.add_user("alice", name="Alice")
+        await peer.set_preference("alice", "tea/mug", "green")
+    done = hearth("status", str(tmp_path / "robot"))
+    assert done.returncode == 0, done.stderr
+    assert "user/alice/prefs" in done.stdout
+    assert "hall" in done.stdout
+
+
+def test_status_of_a_folder_without_a_peer_is_a_clear_error(tmp_path: Path) -> None:
+    done = hearth("status", str(tmp_path))
+    assert done.returncode == 2
+    assert "no hearthsync peer" in done.stderr
+
+
+@pytest.mark.slow
+def test_bench_local_quick_writes_the_named_keys(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = hearth("bench", "local", "--quick", "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(out.read_text())
+    for key in (
+        "write_durable_per_s",
+        "sqlite_batched_insert_per_s",
+        "write_vs_sqlite",
+        "reopen_year_s",
+        "recall_at_10",
+        "vector_speedup",
+        "vector_bytes_per_item",
+        "store_bytes_after_compaction_ratio",
+    ):
+        assert isinstance(figures[key], float), key
+        assert figures[key] > 0, key
+    assert figures["write_vs_sqlite"] == pytest.approx(
+        figures["write_durable_per_s"] / figures["sqlite_batched_insert_per_s"]
+    )

@@ -1,0 +1,186 @@
+"""The public API of one robot's memory."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from hearthsync import BlockedFieldError, Condition, NotFoundError, Peer, ValidationError
+from hearthsync.crypto.identity import KEY_FILE
+from tests.conftest import MONDAY_MS, FakeWall
+
+DAY = 86_400_000
+
+
+def durable_rows(path: Path) -> int:
+    conn = sqlite3.connect(path / "hearth.db")
+    try:
+        return int(conn.execute("SELECT count(*) FROM updates").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def state(peer: Peer) -> dict[str, bytes]:
+    return {doc_id: r.state_vector() for doc_id, r in peer._docs.replicas.items()}
+
+
+@pytest.mark.parametrize(
+    ("write", "field"),
+    [
+        (lambda p: p.set_preference("alice", "Bad Key", 1), "key"),
+        (lambda p: p.set_preference("alice", "a/b", 1, confidence=7), "confidence"),
+        (lambda p: p.set_preference("alice", "contact/x", {"phone": "x"}), "value.phone"),
+        (lambda p: p.set_calibration("alice", verbosity=-1), "verbosity"),
+        (lambda p: p.record_event("alice", "GOSSIP", "social"), "type"),
+        (lambda p: p.record_event("alice", "COMMAND", "x", text="mail a@b.org"), "text"),
+        (lambda p: p.place("Mug!", "Mug"), "object"),
+        (lambda p: p.set_region("r", "R", polygon=[(0, 0)] * 300), "polygon"),
+        (lambda p: p.set_routine("r", "R", days=["caturday"]), "days.0"),
+        (lambda p: p.relate("alice", "", "bob"), "relation"),
+        (lambda p: p.add_user("carol", name="C", household_role="queen"), "household_role"),
+    ],
+)
+async def test_invalid_write_is_refused_and_changes_nothing(
+    peer: Peer, peer_path: Path, write: object, field: str
+) -> None:
+    await peer.set_preference("alice", "beverage/tea", "green")
+    before, rows = state(peer), durable_rows(peer_path)
+    with pytest.raises(ValidationError) as caught:
+        await write(peer)  # type: ignore[operator]
+    assert caught.value.field == field
+    await peer.flush()
+    assert state(peer) == before
+    assert durable_rows(peer_path) == rows
+
+
+async def test_blocked_personal_data_is_its_own_error(peer: Peer) -> None:
+    with pytest.raises(BlockedFieldError, match="card number"):
+        await peer.set_preference("alice", "pay/card", "4111-1111-1111-1111")
+
+
+async def test_writes_for_an_unknown_user_are_refused(peer: Peer) -> None:
+    with pytest.raises(NotFoundError, match="unknown user 'carol'"):
+        await peer.set_preference("carol", "beverage/tea", "green")
+    assert peer.preferences("carol") == []
+
+
+async def test_conditions_select_among_values(peer: Peer) -> None:
+    weekday, weekend = Condition(days="weekday"), Condition(days="weekend")
+    await peer.set_preference("alice", "beverage/coffee", "oat latte", condition=weekday)
+    await peer.set_preference("alice", "beverage/coffee", "cortado", condition=weekend)
+    assert peer.preference("alice", "beverage/coffee", weekday).value == "oat latte"  # type: ignore[union-attr]
+    assert peer.preference("alice", "beverage/coffee", weekend).value == "cortado"  # type: ignore[union-attr]
+    assert peer.preference("alice", "beverage/coffee") is None
+    assert len(peer.preferences("alice", "beverage/")) == 2
+
+
+async def test_the_later_write_wins_and_delete_leaves_nothing(peer: Peer, wall: FakeWall) -> None:
+    await peer.set_preference("alice", "beverage/mug", "blue-mug")
+    wall.advance(60_000)
+    await peer.set_preference("alice", "beverage/mug", "green-mug", source="correction")
+    assert peer.preference("alice", "beverage/mug").value == "green-mug"  # type: ignore[union-attr]
+    await peer.delete_preference("alice", "beverage/mug")
+    assert peer.preference("alice", "beverage/mug") is None
+    assert peer.preferences("alice") == []
+    with pytest.raises(NotFoundError):
+        await peer.delete_preference("alice", "beverage/mug")
+
+
+async def test_a_move_is_recorded_only_when_the_region_changes(peer: Peer) -> None:
+    await peer.place("green-mug", "Green mug", region="shelf-2", owner="alice")
+    await peer.place("green-mug", "Green mug", region="shelf-2", pose={"x": 0.1})
+    await peer.place("green-mug", "Green mug", region="dishwasher")
+    moves = [(c.from_region, c.to_region) for c in peer.spatial_changes("green-mug")]
+    assert moves == [(None, "shelf-2"), ("shelf-2", "dishwasher")]
+    assert [p.object for p in peer.placements(region="dishwasher")] == ["green-mug"]
+
+
+async def test_events_span_months_and_filter_by_window_and_domain(peer: Peer) -> None:
+    for day in range(0, 60, 3):
+        await peer.record_event(
+            "alice",
+            "COMMAND",
+            "beverage" if day % 2 else "lights",
+            text=f"day {day}",
+            ts=MONDAY_MS + day * DAY,
+        )
+    everything = peer.events("alice")
+    assert [e.ts for e in everything] == sorted(e.ts for e in everything)
+    assert len(everything) == 20
+    window = peer.events("alice", since=MONDAY_MS + 30 * DAY, until=MONDAY_MS + 45 * DAY)
+    assert [e.text for e in window] == [f"day {d}" for d in range(30, 45, 3)]
+    assert all(e.domain == "beverage" for e in peer.events("alice", domain="beverage"))
+
+
+async def test_recall_finds_the_similar_event_within_the_window(
+    peer: Peer, peer_path: Path, wall: FakeWall
+) -> None:
+    texts = [
+        "turn the hallway lights off",
+        "play some jazz in the living room",
+        "not the blue one, I want the green mug",
+        "water the plants on the balcony",
+    ]
+    for i, text in enumerate(texts):
+        await peer.record_event("alice", "COMMAND", "misc", text=text, ts=MONDAY_MS + i * DAY)
+    hits = await peer.recall("alice", "which mug, the green one", k=2)
+    assert hits[0].event.text == texts[2]
+    assert hits[0].score > hits[1].score
+    later = await peer.recall("alice", "green mug", k=4, since=MONDAY_MS + 3 * DAY)
+    assert [h.event.text for h in later] == [texts[3]]
+    await peer.close()
+    async with Peer.open(peer_path, wall=wall) as reopened:
+        again = await reopened.recall("alice", "which mug, the green one", k=1)
+        assert again[0].event.id == hits[0].event.id
+
+
+async def test_a_store_belongs_to_one_device(peer: Peer, peer_path: Path) -> None:
+    await peer.close()
+    with pytest.raises(ValidationError, match="belongs to device 'kitchen'"):
+        async with Peer.open(peer_path, device="hall"):
+            pass
+    with pytest.raises(ValidationError, match="needs a device name"):
+        async with Peer.open(peer_path.parent / "fresh"):
+            pass
+
+
+async def test_device_key_is_private_and_never_printed(peer: Peer, peer_path: Path) -> None:
+    key_file = peer_path / KEY_FILE
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    secret = key_file.read_bytes()
+    assert secret.hex() not in repr(peer.identity)
+    assert len(peer.device_id) == 16
+
+
+async def test_clock_never_goes_back_across_a_restart(peer: Peer, peer_path: Path) -> None:
+    first = await peer.set_preference("alice", "a/b", 1)
+    await peer.close()
+    async with Peer.open(peer_path, wall=FakeWall(MONDAY_MS - 10 * DAY)) as reopened:
+        second = await reopened.set_preference("alice", "a/b", 2)
+        assert second.set_at > first.set_at
+        assert reopened.preference("alice", "a/b").value == 2  # type: ignore[union-attr]
+
+
+async def test_profile_and_calibration_round_trip(peer: Peer) -> None:
+    await peer.set_profile("alice", languages=["en", "zh-Hans"], household_role="owner")
+    await peer.set_calibration("alice", proactivity=0.2)
+    await peer.set_calibration("alice", verbosity=0.9)
+    profile, calibration = peer.profile("alice"), peer.calibration("alice")
+    assert profile is not None
+    assert profile.name == "Alice"
+    assert profile.languages == ["en", "zh-Hans"]
+    assert (calibration.proactivity, calibration.verbosity) == (0.2, 0.9)
+    assert peer.calibration("bob").proactivity == 0.5  # defaults when never set
+
+
+async def test_status_counts_documents_and_vectors(peer: Peer) -> None:
+    await peer.record_event("alice", "COMMAND", "beverage", text="tea", ts=MONDAY_MS)
+    status = await peer.status()
+    assert status.users == ["alice", "bob"]
+    docs = {d.doc_id: d for d in status.documents}
+    assert docs["user/alice/events/2026-03"].records == 1
+    assert status.vectors["alice.history"] == 1
+    assert status.file_bytes > 0
