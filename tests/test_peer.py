@@ -184,3 +184,12 @@ async def test_status_counts_documents_and_vectors(peer: Peer) -> None:
     assert docs["user/alice/events/2026-03"].records == 1
     assert status.vectors["alice.history"] == 1
     assert status.file_bytes > 0
+
+
+async def test_a_store_refuses_a_different_embedder(peer: Peer, peer_path: Path) -> None:
+    from hearthsync.store.embedding import HashingEmbedder
+
+    await peer.close()
+    with pytest.raises(ValidationError, match="embedded with 'hashing-v1-384'"):
+        async with Peer.open(peer_path, embedder=HashingEmbedder(dim=128)):
+            pass

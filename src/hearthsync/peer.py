@@ -181,6 +181,7 @@ class Peer:
         sqlite = await SqliteStore.open(folder / DB_FILE, synchronous=synchronous)
         try:
             name = await _device_name(sqlite, device)
+            await _check_embedder(sqlite, embedder)
             last = await sqlite.get_meta("hlc")
             clock = HybridClock(
                 identity.device_id,
@@ -717,6 +718,19 @@ async def _device_name(sqlite: SqliteStore, device: str | None) -> str:
             f"this store belongs to device {stored!r}, not {device!r}", field="device"
         )
     return stored
+
+
+async def _check_embedder(sqlite: SqliteStore, embedder: Embedder) -> None:
+    """Stored embeddings are only comparable with queries from the same embedder."""
+    stored = await sqlite.get_meta("embedder")
+    if stored is None:
+        await sqlite.commit_meta({"embedder": embedder.name})
+    elif stored != embedder.name:
+        raise ValidationError(
+            f"this store's events were embedded with {stored!r}, not {embedder.name!r}; "
+            "open it with the same embedder",
+            field="embedder",
+        )
 
 
 def _month(ts_ms: int) -> str:

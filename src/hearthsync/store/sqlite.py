@@ -5,7 +5,7 @@ Schema (format version 1)::
     meta(key TEXT PRIMARY KEY, value TEXT)
     docs(doc_id TEXT PRIMARY KEY, scope, subject, lineage, client_id, snapshot BLOB)
     updates(seq INTEGER PRIMARY KEY, doc_id TEXT, data BLOB)          -- the update log
-    vectors(rowid INTEGER PRIMARY KEY, index_name, event_id, ts, vec BLOB)  -- event embeddings
+    vectors(rowid INTEGER PRIMARY KEY AUTOINCREMENT, index_name, event_id, ts, vec BLOB)
 
 Rules this module lives by:
 
@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS updates (
 );
 CREATE INDEX IF NOT EXISTS updates_by_doc ON updates (doc_id, seq);
 CREATE TABLE IF NOT EXISTS vectors (
-    rowid INTEGER PRIMARY KEY,
+    rowid INTEGER PRIMARY KEY AUTOINCREMENT,
     index_name TEXT NOT NULL,
     event_id TEXT NOT NULL,
     ts INTEGER NOT NULL,
@@ -145,7 +145,14 @@ class SqliteStore:
         elif version != FORMAT_VERSION:
             raise StoreError(f"{self.path} has store format {version}, this is {FORMAT_VERSION}")
         self._next_seq = await self._scalar("SELECT coalesce(max(seq), 0) + 1 FROM updates")
-        self._next_vector = await self._scalar("SELECT coalesce(max(rowid), 0) + 1 FROM vectors")
+        # AUTOINCREMENT: a rowid is never reused, even after deletions, so a vector index stamped
+        # "up to rowid N" can never mistake new rows for old ones
+        self._next_vector = 1 + max(
+            await self._scalar("SELECT coalesce(max(rowid), 0) FROM vectors"),
+            await self._scalar(
+                "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'vectors'"
+            ),
+        )
 
     async def close(self) -> None:
         await self._conn.close()

@@ -50,7 +50,7 @@ Row = tuple[int, int, bytes]
 
 INDEX_FORMAT = 1
 DTYPES = ("i8", "f16")
-#: windows holding at most this many vectors are searched exactly (fetching ~3 µs per vector)
+#: indexes and windows holding at most this many vectors are searched exactly, not via HNSW
 EXACT_WINDOW_LIMIT = 4096
 _STAMP_MAX_BYTES = 64 * 1024  # DESIGN invariant 5: files are size-bounded before parsing
 _CRC_SPAN = 64 * 1024
@@ -337,15 +337,20 @@ class VectorIndex:
     ) -> list[Hit]:
         """The ``k`` nearest vectors, best first, optionally only those with since <= ts <= until.
 
-        Small windows are searched exactly; larger ones through the graph, asking for more
-        candidates than ``k`` in proportion to how much of the index lies outside the window, and
-        falling back to an exact scan when the graph still cannot fill ``k`` hits.
+        Small indexes and small windows are searched exactly; larger ones through the graph,
+        asking for more candidates than ``k`` in proportion to how much of the index lies outside
+        the window, and falling back to an exact scan when the graph still cannot fill ``k`` hits.
         """
         query = self._check_query(vector, k)
         if not self.count:
             return []
         if since_ms is None and until_ms is None:
-            return self._hits(self._index.search(query, min(k, self.count)), k, None, None)
+            # usearch's exact scan costs 0.14 ms at 4k vectors, and it is the only way to promise
+            # every vector when k covers them all: HNSW may miss a few.  It also makes small
+            # indexes answer identically after a (multi-threaded, so non-deterministic) rebuild.
+            exact = self.count <= EXACT_WINDOW_LIMIT or k >= self.count
+            matches = self._index.search(query, min(k, self.count), exact=exact)
+            return self._hits(matches, k, None, None)
         lo, hi = self._window(since_ms, until_ms)
         if hi - lo <= EXACT_WINDOW_LIMIT:
             return self._exact(query, self._window_keys(lo, hi), k)
@@ -603,7 +608,9 @@ class VectorMemory:
         if index.count:
             index.clear()
         read, _ = await self._pull(index, name, max_rowid)
-        log.warning("rebuilt vector index %s from %d rows: %s", name, read, reason)
+        # a brand-new index (no rows yet) is not news; a rebuild of real rows is
+        report = log.warning if read else log.debug
+        report("rebuilt vector index %s from %d rows: %s", name, read, reason)
         return SyncReport("rebuilt", read, reason)
 
     @staticmethod
