@@ -40,8 +40,9 @@ def shelf_number(region: str | None) -> int:
     return int(region.removeprefix("shelf-")) if region else 0
 
 
-async def writer(peer: Peer, rng: random.Random, prefs: dict[tuple[str, str], int],
-                 places: dict[str, int]) -> None:  # fmt: skip
+async def writer(
+    peer: Peer, rng: random.Random, prefs: dict[tuple[str, str], int], places: dict[str, int]
+) -> None:
     while True:
         roll = rng.random()
         user = rng.choice(USERS)
@@ -71,12 +72,12 @@ async def main(folder: str, seed: int, synchronous: str) -> None:
         for user in USERS:
             if user not in peer.users():
                 await peer.add_user(user, name=user.title())
-        prefs = {}
+        prefs: dict[tuple[str, str], int] = {}
         for user in USERS:
             for key in KEYS:
                 found = peer.preference(user, key)
                 prefs[user, key] = int(found.value) if found else 0
-        places = {}
+        places: dict[str, int] = {}
         for obj in OBJECTS:
             found_place = peer.placement(obj)
             places[obj] = shelf_number(found_place.region) if found_place else 0

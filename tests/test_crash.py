@@ -22,7 +22,7 @@ import pytest
 from hearthsync.peer import HISTORY, Peer
 
 WRITER = Path(__file__).with_name("crash_writer.py")
-CYCLES = 12  # per parametrisation: 24 kill/reopen cycles in all
+CYCLES = 16  # per parametrisation: 32 kill/reopen cycles in all
 LINE_TIMEOUT_S = 30.0  # a healthy writer prints a line every few milliseconds
 
 
@@ -158,4 +158,41 @@ async def test_nothing_acknowledged_is_lost_across_sigkill(
         await run_and_kill(folder, seed * 1000 + cycle, synchronous, stage, acks, acked)
         await check_reopened(folder, acked)
     assert acked.count > 200, "the kills came too early to prove anything"
-    assert acked.events and acked.prefs and acked.places
+    assert acked.events
+    assert acked.prefs
+    assert acked.places
+
+
+# Kill the process right after it creates its first file in the folder (os.open with O_CREAT),
+# before a byte is written: where a SIGKILL lands when it hits a file being created.
+KILL_AFTER_FIRST_CREATE = """
+import asyncio, os, signal, sys
+from hearthsync.peer import Peer
+folder = os.path.abspath(sys.argv[1])
+real_open = os.open
+def open_then_die(path, flags, *args, **kwargs):
+    fd = real_open(path, flags, *args, **kwargs)
+    if flags & os.O_CREAT and os.path.abspath(path).startswith(folder + os.sep):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return fd
+os.open = open_then_die
+async def main():
+    async with Peer.open(folder, device="crash") as peer:
+        await peer.add_user("alice", name="Alice")
+asyncio.run(main())
+"""
+
+
+async def test_kill_while_creating_the_first_file_leaves_a_folder_that_opens(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "robot"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", KILL_AFTER_FIRST_CREATE, str(folder)
+    )
+    await asyncio.wait_for(proc.wait(), LINE_TIMEOUT_S)
+    assert proc.returncode == -signal.SIGKILL, "the injected kill never happened"
+    async with Peer.open(folder, device="crash") as peer:
+        await peer.add_user("alice", name="Alice")
+        assert peer.corrupt == {}
+        assert peer.users() == ["alice"]

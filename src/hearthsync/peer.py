@@ -288,31 +288,56 @@ class Peer:
         return record
 
     async def set_profile(self, user: str, **fields: Any) -> Profile:
-        """Change profile fields of an existing user (unnamed fields keep their value)."""
-        current = self.profile(self._require_user(user))
-        merged = (current.model_dump() if current else {}) | fields
-        for computed in ("user", "set_at", "device"):
-            merged.pop(computed, None)
-        name = merged.pop("name")
-        return await self.add_user(user, name=name, **merged)
+        """Change profile fields of an existing user; the others keep their value.
+
+        As with calibration, the merge happens inside the write's transaction.
+        """
+        uid = self._require_user(user)
+        current = self.profile(uid)
+        set_at, device = self._stamp()
+        stamp = {"user": uid, "set_at": set_at, "device": device}
+        base = current.model_dump() if current else {"name": uid}
+        checked = Profile.build(**(base | fields | stamp))
+        changed = {name: getattr(checked, name) for name in fields}
+        doc_id = user_doc(uid, Kind.PROFILE)
+        handle = self._handle(doc_id, ProfileDoc)
+        written: list[Profile] = []
+
+        def change(_: Replica) -> None:
+            latest = handle.profile.get("profile") or checked
+            record = latest.model_copy(update=changed | stamp)
+            handle.profile.put("profile", record, device)
+            written.append(record)
+
+        await self._write(doc_id, change)
+        return written[0]
 
     def profile(self, user: str) -> Profile | None:
         handle = self._peek(user_doc(user, Kind.PROFILE), ProfileDoc)
         return handle.profile.get("profile") if handle else None
 
     async def set_calibration(self, user: str, **fields: Any) -> Calibration:
+        """Change the named calibration fields; the others keep their value.
+
+        The merge with the current calibration happens inside the write's transaction, so two
+        concurrent changes to different fields both survive.
+        """
         uid = self._require_user(user)
         set_at, device = self._stamp()
-        current = self.calibration(uid).model_dump()
-        record = Calibration.build(
-            **(current | fields | {"user": uid, "set_at": set_at, "device": device})
-        )
-        handle = self._handle(user_doc(uid, Kind.CALIBRATION), CalibrationDoc)
-        await self._write(
-            user_doc(uid, Kind.CALIBRATION),
-            lambda _: handle.calibration.put("calibration", record, device),
-        )
-        return record
+        stamp = {"user": uid, "set_at": set_at, "device": device}
+        checked = Calibration.build(**(self.calibration(uid).model_dump() | fields | stamp))
+        changed = {name: getattr(checked, name) for name in fields}
+        doc_id = user_doc(uid, Kind.CALIBRATION)
+        handle = self._handle(doc_id, CalibrationDoc)
+        written: list[Calibration] = []
+
+        def change(_: Replica) -> None:
+            record = self.calibration(uid).model_copy(update=changed | stamp)
+            handle.calibration.put("calibration", record, device)
+            written.append(record)
+
+        await self._write(doc_id, change)
+        return written[0]
 
     def calibration(self, user: str) -> Calibration:
         """The user's calibration (defaults if never set)."""

@@ -66,8 +66,15 @@ class SlotMap(Generic[R]):
         return self._slots
 
     def put(self, key: str, record: R, device: str) -> None:
-        """Write ``record`` into this device's slot of ``key`` (inside a transaction)."""
-        self._map[f"{key}{SEP}{device}"] = record.encode()
+        """Write ``record`` into this device's slot of ``key`` (inside a transaction).
+
+        The cache and slot index are updated at once, not only by the observer (which runs
+        when the transaction ends), so a later read in the same transaction sees this write.
+        """
+        slot = f"{key}{SEP}{device}"
+        self._map[slot] = record.encode()
+        self._index().setdefault(key, set()).add(slot)
+        self._cache[slot] = record
 
     def versions(self, key: str) -> list[R]:
         """Every device's version of ``key``, oldest first."""

@@ -56,9 +56,27 @@ class DeviceIdentity:
                 raise StoreError(f"{path} is readable by others; run: chmod 600 {path}")
             return cls(SigningKey(raw))
         key = SigningKey(seed) if seed is not None else SigningKey.generate()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # Written beside, then linked into place: a crash mid-write never leaves a partial key
+        # under the real name, and link() fails if another process created one meanwhile.
+        partial = folder / f".{KEY_FILE}.{os.getpid()}.tmp"
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(bytes(key))
             handle.flush()
             os.fsync(handle.fileno())
+        try:
+            os.link(partial, path)
+        except FileExistsError:
+            return cls.load_or_create(folder)
+        finally:
+            partial.unlink(missing_ok=True)
+        _fsync_dir(folder)
         return cls(key)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
