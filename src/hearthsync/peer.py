@@ -701,6 +701,7 @@ class Peer:
 
     async def status(self) -> PeerStatus:
         await self.flush()
+        await self._indexed()
         sizes = await self._sqlite.sizes()
         documents = [
             DocumentStatus(

@@ -195,7 +195,8 @@ class DocumentSet:
             _, delta = replica.transact(partial(_run_all, replica, changes))
             if delta is not None:
                 deltas.append((doc_id, delta))
-        vectors, matrix = self._embed(queue.embed)
+        # embedding is numpy work: done on another core while writers keep queueing
+        vectors, matrix = await asyncio.to_thread(self._embed, queue.embed)
         meta = self.meta() | queue.meta
         batch = Batch(docs=self._new, updates=deltas, vectors=vectors, meta=meta)
         self._new, self._carry = [], []
