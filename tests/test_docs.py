@@ -32,3 +32,15 @@ def test_documented_example_runs(doc: str, expected: list[str], tmp_path: Path) 
     assert done.returncode == 0, done.stderr
     for text in expected:
         assert text in done.stdout
+
+
+def test_examples_run(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "kitchen_robot.py"), str(tmp_path / "k")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "weekdays: oat latte; mug: green-mug (on shelf-2)" in done.stdout
+    assert "the green mug, not the blue one" in done.stdout
