@@ -54,3 +54,34 @@ class CorruptDocumentError(RemoteError):
 
 class StoreError(HearthError):
     """The SQLite store failed (disk full, locked, wrong format version)."""
+
+
+class ProtocolError(RemoteError):
+    """A peer sent a frame that breaks the wire protocol (protocol/SPEC.md §5-§6).
+
+    ``code`` is the number sent back in the ``ERROR`` frame before the connection is closed.
+    """
+
+    def __init__(self, message: str, *, code: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class CryptoError(RemoteError):
+    """A certificate, signature, key grant or envelope failed verification (SPEC §3-§4)."""
+
+
+class CertificateError(CryptoError):
+    """A certificate is malformed, forged, expired, of another household, or revoked."""
+
+
+class SignatureError(CryptoError):
+    """A signature does not verify."""
+
+
+class DecryptionError(CryptoError):
+    """A ciphertext does not decrypt with the key it claims (tampered, or the key is gone)."""
+
+
+class MissingKeyError(LocalError):
+    """This device holds no key for that scope, user or epoch."""
