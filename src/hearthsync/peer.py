@@ -692,6 +692,32 @@ class Peer:
     def _graph(self) -> GraphDoc:
         return self._handle(DocId("home/graph"), GraphDoc)
 
+    # ------------------------------------------------------------------ replication
+    # What household sync builds on: state vectors, diffs, and durable application of a peer's
+    # updates.  Documents are addressed by id (see `hearthsync.crdt.kinds`).
+
+    def document_ids(self) -> list[DocId]:
+        return sorted(self._docs.replicas)
+
+    def state_vector(self, doc_id: str) -> bytes:
+        replica = self._docs.get(DocId(doc_id))
+        return replica.state_vector() if replica else b"\x00"
+
+    def diff(self, doc_id: str, state_vector: bytes = b"\x00") -> bytes:
+        """The update holding everything of ``doc_id`` that ``state_vector`` has not seen."""
+        replica = self._docs.get(DocId(doc_id))
+        if replica is None:
+            raise NotFoundError(f"no document {doc_id!r}")
+        return bytes(replica.doc.get_update(state_vector))
+
+    async def apply_update(self, doc_id: str, update: bytes) -> None:
+        """Merge another replica's update; returns once it is durable here."""
+        parse(doc_id)
+        done = self._docs.apply_remote(DocId(doc_id), update)
+        self._users = None  # the household's user list may have changed
+        if done is not None:
+            await done
+
     # ------------------------------------------------------------------ maintenance
 
     async def flush(self) -> None:

@@ -209,3 +209,39 @@ async def test_client_id_is_persisted_per_document(
     await peer.close()
     async with Peer.open(peer_path, wall=wall, rng=random.Random(99)) as reopened:
         assert {d: r.client_id for d, r in reopened._docs.replicas.items()} == ids
+
+
+async def test_updates_from_another_replica_merge_durably(
+    peer: Peer, peer_path: Path, wall: FakeWall, tmp_path: Path
+) -> None:
+    """Two robots exchange diffs by hand (what sync will do) and converge, durably."""
+    async with Peer.open(tmp_path / "hall", device="hall", wall=wall) as hall:
+        await hall.add_user("alice", name="Alice")
+        await hall.set_preference("alice", "beverage/tea", "green")
+        await peer.set_preference("alice", "beverage/coffee", "oat latte")
+        committed: list[tuple[str, bytes]] = []
+        peer._docs.on_commit.append(committed.extend)
+        for doc_id in hall.document_ids():
+            await peer.apply_update(doc_id, hall.diff(doc_id, peer.state_vector(doc_id)))
+        for doc_id in peer.document_ids():
+            await hall.apply_update(doc_id, peer.diff(doc_id, hall.state_vector(doc_id)))
+        for robot in (peer, hall):
+            assert {p.value for p in robot.preferences("alice")} == {"green", "oat latte"}
+        assert all(peer.state_vector(d) == hall.state_vector(d) for d in hall.document_ids())
+        assert any(doc_id == "user/alice/prefs" for doc_id, _ in committed)
+        # a duplicate changes nothing and is not written again
+        before = peer._docs.batches_committed
+        await peer.apply_update("user/alice/prefs", hall.diff("user/alice/prefs"))
+        assert peer._docs.batches_committed == before
+    await peer.close()
+    async with Peer.open(peer_path, wall=wall) as reopened:
+        assert {p.value for p in reopened.preferences("alice")} == {"green", "oat latte"}
+
+
+async def test_a_garbage_update_changes_nothing(peer: Peer) -> None:
+    before = set(peer.document_ids())
+    with pytest.raises(CorruptDocumentError, match="user/bob/prefs"):
+        await peer.apply_update("user/bob/prefs", b"\x07garbage")
+    assert set(peer.document_ids()) == before
+    await peer.set_preference("bob", "tea/mug", "blue")  # the peer still serves
+    assert peer.preference("bob", "tea/mug") is not None

@@ -52,12 +52,15 @@ class ToEmbed:
 @dataclass(slots=True)
 class _Queue:
     changes: dict[DocId, list[Change]] = field(default_factory=dict)
+    remote: list[tuple[str, bytes]] = field(default_factory=list)  # already applied in memory
     embed: list[ToEmbed] = field(default_factory=list)
     meta: dict[str, str] = field(default_factory=dict)
     done: asyncio.Future[None] | None = None
 
 
 VectorSink = Callable[[Sequence[VectorRow], np.ndarray], None]
+#: told, after each commit, every (document, delta) that just became durable, in commit order
+CommitListener = Callable[[Sequence[tuple[str, bytes]]], None]
 
 
 class DocumentSet:
@@ -80,6 +83,7 @@ class DocumentSet:
         self._inflight: asyncio.Future[None] | None = None
         self._lock = asyncio.Lock()
         self.on_vectors: VectorSink | None = None
+        self.on_commit: list[CommitListener] = []
         #: meta rows written with every batch (the peer's hybrid clock, so it never goes back)
         self.meta: Callable[[], dict[str, str]] = dict
         self.batches_committed = 0
@@ -166,6 +170,38 @@ class DocumentSet:
             self._wake.set()
         return queue.done
 
+    def apply_remote(self, doc_id: DocId, update: bytes) -> asyncio.Future[None] | None:
+        """Apply another replica's update now; the future resolves once its delta is durable.
+
+        Returns ``None`` when the update held nothing new (a duplicate).  Raises
+        `CorruptDocumentError` for bytes that are not a Yrs update, and then changes nothing,
+        not even the creation of a document that did not exist.
+        """
+        if self._closed:
+            raise ClosedError("the peer is closed")
+        created = doc_id not in self.replicas
+        replica = self.replica(doc_id)
+        try:
+            delta = replica.apply(update)
+        except CorruptDocumentError:
+            if created:
+                self._forget_new(doc_id)
+            raise
+        if delta is None:
+            return None
+        queue = self._queue
+        queue.remote.append((doc_id, delta))
+        if queue.done is None:
+            queue.done = asyncio.get_running_loop().create_future()
+            self._wake.set()
+        return queue.done
+
+    def _forget_new(self, doc_id: DocId) -> None:
+        self.replicas.pop(doc_id, None)
+        self._new = [row for row in self._new if row.doc_id != doc_id]
+        self._log_bytes.pop(doc_id, None)
+        self._snapshot_bytes.pop(doc_id, None)
+
     async def _flush_forever(self) -> None:
         while True:
             await self._wake.wait()
@@ -189,7 +225,7 @@ class DocumentSet:
                 return
 
     async def _flush(self, queue: _Queue) -> None:
-        deltas: list[tuple[str, bytes]] = self._carry
+        deltas: list[tuple[str, bytes]] = self._carry + queue.remote
         for doc_id, changes in queue.changes.items():
             replica = self.replica(doc_id)
             _, delta = replica.transact(partial(_run_all, replica, changes))
@@ -210,6 +246,8 @@ class DocumentSet:
             self._log_bytes[DocId(changed)] = self._log_bytes.get(DocId(changed), 0) + len(delta)
         if vectors and self.on_vectors is not None:
             self.on_vectors(vectors, matrix)
+        for listener in self.on_commit:
+            listener(deltas)
 
     def _embed(self, items: list[ToEmbed]) -> tuple[list[VectorRow], np.ndarray]:
         if not items:
