@@ -245,3 +245,18 @@ async def test_a_garbage_update_changes_nothing(peer: Peer) -> None:
     assert set(peer.document_ids()) == before
     await peer.set_preference("bob", "tea/mug", "blue")  # the peer still serves
     assert peer.preference("bob", "tea/mug") is not None
+
+
+async def test_event_log_cache_follows_local_and_remote_appends(
+    peer: Peer, wall: FakeWall, tmp_path: Path
+) -> None:
+    await peer.record_event("alice", "COMMAND", "tea", text="local one", ts=MONDAY_MS)
+    assert [e.text for e in peer.events("alice")] == ["local one"]  # cache built
+    await peer.record_event("alice", "COMMAND", "tea", text="local two", ts=MONDAY_MS + 1)
+    async with Peer.open(tmp_path / "hall", device="hall", wall=wall) as hall:
+        await hall.add_user("alice", name="Alice")
+        await hall.record_event("alice", "COMMAND", "tea", text="from the hall", ts=MONDAY_MS + 2)
+        doc_id = "user/alice/events/2026-03"
+        await peer.apply_update(doc_id, hall.diff(doc_id, peer.state_vector(doc_id)))
+    texts = [e.text for e in peer.events("alice")]
+    assert texts == ["local one", "local two", "from the hall"]

@@ -113,25 +113,33 @@ def _stamp(record: object) -> tuple[str, str]:
 
 
 class Log(Generic[R]):
-    """An append-only array of immutable records."""
+    """An append-only array of immutable records, decoded once and cached until it changes."""
 
     def __init__(self, array: Array[str], record_type: type[R]) -> None:
         self._array = array
         self._type = record_type
+        self._decoded: list[R] | None = None
+        self._sub = array.observe(self._on_change)
+
+    def _on_change(self, _: object) -> None:
+        # Local appends already extended the cache; a peer's entries (which may land anywhere)
+        # make the array longer than the cache, and then we decode again.  Nothing is deleted.
+        if self._decoded is not None and len(self._decoded) != len(self._array):
+            self._decoded = None
 
     def append(self, record: R) -> None:
         self._array.append(record.encode())
-
-    def extend(self, records: list[R]) -> None:
-        self._array.extend([record.encode() for record in records])
+        if self._decoded is not None:
+            self._decoded.append(record)  # local appends go to the end, in this transaction
 
     def __len__(self) -> int:
         return len(self._array)
 
     def __iter__(self) -> Iterator[R]:
-        decode = self._type.decode
-        for text in self._array:
-            yield decode(text)
+        if self._decoded is None:
+            decode = self._type.decode
+            self._decoded = [decode(text) for text in self._array]
+        return iter(self._decoded)
 
 
 # ------------------------------------------------------------------- one handle per kind
