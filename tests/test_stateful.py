@@ -151,7 +151,9 @@ class PeerMachine(RuleBasedStateMachine):
             self.run(self.p.add_user(user, name=user.title()))
 
     async def _start(self, device: str | None = None) -> Peer:
-        return await Peer.start(self.path, device=device, wall=self.wall, rng=self.rng)
+        return await Peer.start(
+            self.path, device=device, wall=self.wall, rng=self.rng, synchronous="NORMAL"
+        )
 
     def teardown(self) -> None:
         try:
@@ -326,8 +328,11 @@ PeerMachine.TestCase.settings = settings(
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
+    report_multiple_bugs=False,  # shrink one failure well rather than several slowly
 )
-TestPeerMatchesTheModel = PeerMachine.TestCase
+# Passing takes ~15 s; a failure is shrunk for up to Hypothesis's own 5 minutes, so leave it
+# the time to report a minimal example instead of being cut off by the suite's timeout.
+TestPeerMatchesTheModel = pytest.mark.timeout(600)(PeerMachine.TestCase)
 
 
 # ---------------------------------------------------------------------- found by the machine
@@ -352,3 +357,12 @@ async def test_concurrent_calibration_changes_both_survive(peer: Peer) -> None:
     )
     calibration = peer.calibration("alice")
     assert (calibration.proactivity, calibration.verbosity) == (0.1, 0.9)
+
+
+async def test_recall_and_events_agree_on_the_time_window(peer: Peer) -> None:
+    first = await peer.record_event("alice", "COMMAND", "beverage", text="tea", ts=MONDAY_MS)
+    await peer.record_event("alice", "COMMAND", "beverage", text="tea", ts=MONDAY_MS + 1000)
+    window = {"since": MONDAY_MS, "until": MONDAY_MS + 1000}
+    assert [e.id for e in peer.events("alice", **window)] == [first.id]
+    hits = await peer.recall("alice", "tea", k=5, **window)
+    assert [hit.event.id for hit in hits] == [first.id]

@@ -279,7 +279,7 @@ def exact(
     vecs: np.ndarray, ts: np.ndarray, query: np.ndarray, k: int, lo: int, hi: int
 ) -> list[int]:
     distances = 1.0 - vecs @ (query / np.linalg.norm(query))
-    inside = np.flatnonzero((ts >= lo) & (ts <= hi))
+    inside = np.flatnonzero((ts >= lo) & (ts < hi))
     best = inside[np.lexsort((inside, distances[inside]))][:k]
     return [int(i) + 1 for i in best]  # rowids start at 1
 
@@ -298,7 +298,7 @@ def test_small_windows_are_exact(tmp_path: Path, since: int, until: int) -> None
     for query in EMBEDDER.embed(QUERIES):
         hits = index.search(query, k=10, since_ms=since, until_ms=until)
         assert [h.rowid for h in hits] == exact(vecs, ts, query, 10, since, until)
-        assert all(since <= h.ts_ms <= until for h in hits)
+        assert all(since <= h.ts_ms < until for h in hits)
 
 
 @pytest.mark.parametrize(("since", "until"), WINDOWS)
@@ -310,7 +310,7 @@ def test_large_windows_use_the_graph_and_stay_in_window(
     for query in EMBEDDER.embed(QUERIES):
         hits = index.search(query, k=10, since_ms=since, until_ms=until)
         want = exact(vecs, ts, query, 10, since, until)
-        assert all(since <= h.ts_ms <= until for h in hits)
+        assert all(since <= h.ts_ms < until for h in hits)
         assert [h.distance for h in hits] == sorted(h.distance for h in hits)
         assert len(hits) == len(want)
         assert len({h.rowid for h in hits} & set(want)) >= 0.8 * len(want)
@@ -322,7 +322,10 @@ def test_one_sided_windows(tmp_path: Path) -> None:
     late = index.search(query, k=5, since_ms=T0 + 60_000 * 590)
     early = index.search(query, k=5, until_ms=T0 + 60_000 * 2)
     assert [h.rowid for h in late] == exact(vecs, ts, query, 5, T0 + 60_000 * 590, 10**15)
-    assert sorted(h.rowid for h in early) == [1, 2, 3]
+    assert sorted(h.rowid for h in early) == [
+        1,
+        2,
+    ]  # half-open: the event at exactly `until` is outside
 
 
 def test_unwindowed_search_finds_an_exact_copy_first(tmp_path: Path) -> None:

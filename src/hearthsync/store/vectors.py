@@ -335,7 +335,8 @@ class VectorIndex:
         since_ms: int | None = None,
         until_ms: int | None = None,
     ) -> list[Hit]:
-        """The ``k`` nearest vectors, best first, optionally only those with since <= ts <= until.
+        """The ``k`` nearest vectors, best first, optionally only those with since <= ts < until
+        (the same half-open window as ``Peer.events``).
 
         Small indexes and small windows are searched exactly; larger ones through the graph,
         asking for more candidates than ``k`` in proportion to how much of the index lies outside
@@ -368,7 +369,7 @@ class VectorIndex:
         """Positions [lo, hi) of the window in timestamp order."""
         ts_sorted, _ = self._time_order()
         lo = 0 if since_ms is None else int(np.searchsorted(ts_sorted, since_ms, side="left"))
-        hi = ts_sorted.size if until_ms is None else np.searchsorted(ts_sorted, until_ms, "right")
+        hi = ts_sorted.size if until_ms is None else np.searchsorted(ts_sorted, until_ms, "left")
         return lo, max(lo, int(hi))
 
     def _time_order(self) -> tuple[I64Array, I64Array]:
@@ -410,7 +411,7 @@ class VectorIndex:
         if since_ms is not None or until_ms is not None:
             since = np.iinfo(np.int64).min if since_ms is None else since_ms
             until = np.iinfo(np.int64).max if until_ms is None else until_ms
-            picked = np.flatnonzero((ts >= since) & (ts <= until))[:k]
+            picked = np.flatnonzero((ts >= since) & (ts < until))[:k]
             keys, ts, distances = keys[picked], ts[picked], distances[picked]
         # .tolist() once: per-element numpy scalars cost more than the HNSW search itself
         triples = zip(keys[:k].tolist(), ts[:k].tolist(), distances[:k].tolist(), strict=True)
