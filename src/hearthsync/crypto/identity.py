@@ -13,9 +13,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nacl.exceptions
+from nacl.public import PrivateKey, PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
-from hearthsync.errors import StoreError
+from hearthsync.errors import CryptoError, StoreError
 from hearthsync.ids import DeviceId
 
 KEY_FILE = "device.key"
@@ -25,6 +27,18 @@ _SEED_BYTES = 32
 def device_id_of(public_key: bytes) -> DeviceId:
     digest = hashlib.blake2b(public_key, digest_size=10).digest()
     return DeviceId(base64.b32encode(digest).decode("ascii"))
+
+
+def x25519_public_key(ed25519_public_key: bytes | VerifyKey) -> PublicKey:
+    """The X25519 key that key grants are sealed to (SPEC §4: libsodium's conversion).
+
+    One Ed25519 key per device is enough: its certificate already vouches for it, so a sealed
+    grant reaches exactly the certified device without a second key to distribute and revoke.
+    """
+    try:
+        return VerifyKey(bytes(ed25519_public_key)).to_curve25519_public_key()
+    except (nacl.exceptions.CryptoError, ValueError, TypeError):
+        raise CryptoError("not a valid Ed25519 public key") from None
 
 
 def display(device: DeviceId) -> str:
@@ -43,6 +57,10 @@ class DeviceIdentity:
     @property
     def device_id(self) -> DeviceId:
         return device_id_of(bytes(self.verify_key))
+
+    def x25519_private_key(self) -> PrivateKey:
+        """The X25519 secret matching `x25519_public_key` of this device's public key."""
+        return self.signing_key.to_curve25519_private_key()
 
     @classmethod
     def load_or_create(cls, folder: Path, seed: bytes | None = None) -> DeviceIdentity:

@@ -1,1 +1,68 @@
-"""Reserved for a later issue; see DESIGN.md (components)."""
+"""The hearthsync wire protocol, sans I/O (protocol/SPEC.md).
+
+``encode`` turns a frame into the bytes of one websocket binary message; ``decode`` turns such a
+message back into a frame or raises ``ProtocolError``, after which the caller sends
+``encode(error_frame(exc))`` and closes the connection.
+"""
+
+from hearthsync.protocol.frames import (
+    MAX_CERTIFICATE_LEN,
+    MAX_ENVELOPE_LEN,
+    MAX_FRAME_LEN,
+    MAX_INVENTORY_ENTRIES,
+    MAX_STATE_VECTOR_LEN,
+    MAX_STR_LEN,
+    NONCE_LEN,
+    SIGNATURE_LEN,
+    SV_HASH_LEN,
+    UINT64_MAX,
+    Ack,
+    Auth,
+    Error,
+    ErrorCode,
+    Frame,
+    FrameType,
+    Hello,
+    Inventory,
+    InventoryEntry,
+    Ping,
+    Pong,
+    SyncDone,
+    SyncStep1,
+    SyncStep2,
+    Update,
+    decode,
+    encode,
+    error_frame,
+)
+
+__all__ = [
+    "MAX_CERTIFICATE_LEN",
+    "MAX_ENVELOPE_LEN",
+    "MAX_FRAME_LEN",
+    "MAX_INVENTORY_ENTRIES",
+    "MAX_STATE_VECTOR_LEN",
+    "MAX_STR_LEN",
+    "NONCE_LEN",
+    "SIGNATURE_LEN",
+    "SV_HASH_LEN",
+    "UINT64_MAX",
+    "Ack",
+    "Auth",
+    "Error",
+    "ErrorCode",
+    "Frame",
+    "FrameType",
+    "Hello",
+    "Inventory",
+    "InventoryEntry",
+    "Ping",
+    "Pong",
+    "SyncDone",
+    "SyncStep1",
+    "SyncStep2",
+    "Update",
+    "decode",
+    "encode",
+    "error_frame",
+]

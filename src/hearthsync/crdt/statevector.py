@@ -1,0 +1,71 @@
+"""Yrs state vectors: decoding, canonical form, comparison.
+
+A state vector is ``varuint(n) • n * (varuint(client) • varuint(clock))`` (lib0 encoding).
+Yrs writes the pairs in hash-map order, so two replicas that have seen exactly the same
+operations can encode different bytes: compare decoded vectors, and hash only the canonical
+encoding (pairs sorted by client id), as the sync inventory does (protocol/SPEC.md §5).
+"""
+
+from __future__ import annotations
+
+from hearthsync.errors import RemoteError
+
+MAX_ENTRIES = 4_096  #: clients one document may have seen; more is not a real document
+
+StateVector = dict[int, int]
+
+
+def _read_varuint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data):
+            raise RemoteError("state vector ends in the middle of a number")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise RemoteError("state vector number longer than 64 bits")
+
+
+def _write_varuint(value: int, out: bytearray) -> None:
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def decode(data: bytes) -> StateVector:
+    """``{client id: clock}``; raises `RemoteError` for anything that is not a state vector."""
+    count, pos = _read_varuint(data, 0)
+    if count > MAX_ENTRIES:
+        raise RemoteError(f"state vector claims {count} clients")
+    vector: StateVector = {}
+    for _ in range(count):
+        client, pos = _read_varuint(data, pos)
+        clock, pos = _read_varuint(data, pos)
+        vector[client] = clock
+    if pos != len(data):
+        raise RemoteError("state vector has trailing bytes")
+    return vector
+
+
+def encode(vector: StateVector) -> bytes:
+    """The canonical encoding: entries sorted by client id."""
+    out = bytearray()
+    _write_varuint(len(vector), out)
+    for client in sorted(vector):
+        _write_varuint(client, out)
+        _write_varuint(vector[client], out)
+    return bytes(out)
+
+
+def canonical(data: bytes) -> bytes:
+    return encode(decode(data))
+
+
+def covers(mine: StateVector, theirs: StateVector) -> bool:
+    """True when ``mine`` has seen everything ``theirs`` has."""
+    return all(mine.get(client, 0) >= clock for client, clock in theirs.items())

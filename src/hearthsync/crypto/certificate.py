@@ -1,0 +1,419 @@
+"""Device certificates, revocation lists and the trust store that checks them (SPEC §3).
+
+The owner's self-signed certificate is the root; the owner and admins certify devices; a signed,
+serial-numbered revocation list removes them.  `TrustStore` answers the one question a session,
+the relay and the keyring ask: *is this certificate good now?*  It holds only certificates that
+verified when added, and re-checks the whole chain on every `TrustStore.verify`, because an
+issuer may have expired or been revoked since.
+
+Checks run in a fixed order: signature, household, issuer authority, revocation, validity
+window.  The signature comes before any field is believed, so a forged
+certificate is reported as forged, not as "expired" because of a flipped bit in ``expires_at``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Self
+
+import nacl.exceptions
+from nacl.signing import VerifyKey
+
+from hearthsync.crypto.household import Household, household_id
+from hearthsync.crypto.identity import DeviceIdentity, device_id_of
+from hearthsync.crypto.wire import (
+    B32_ID_RE,
+    NAME_RE,
+    check_bytes,
+    check_canonical,
+    check_sorted_names,
+    check_text,
+    check_uint,
+    pack,
+    unpack_array,
+)
+from hearthsync.errors import CertificateError, ValidationError
+from hearthsync.ids import DeviceId, Scope
+
+ROLES = ("owner", "admin", "member")
+#: roles whose certificates may issue certificates, revocations and key grants (SPEC §3)
+ISSUING_ROLES = frozenset({"owner", "admin"})
+MAX_CERTIFICATE_BYTES = 1024  # SPEC §1
+MAX_SCOPES = 16
+MAX_DEVICE_NAME_BYTES = 64
+MAX_REVOCATIONS_BYTES = 64 * 1024  # SPEC §3
+MAX_REVOKED = 2048
+#: an issuer chain longer than this is refused (renewals could otherwise form a cycle)
+MAX_CHAIN = 8
+
+CERT_TAG = b"hearth-cert-v1"
+REVOKE_TAG = b"hearth-revoke-v1"
+
+
+def _verify(tag: bytes, signed: bytes, signature: bytes, public_key: bytes, what: str) -> None:
+    try:
+        VerifyKey(public_key).verify(tag + signed, signature)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError):
+        raise CertificateError(f"{what}: signature does not verify") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Certificate:
+    """``[1, household_id, device_pk, device_name, role, scopes, issued_at, expires_at,
+    issuer_pk, signature]`` (SPEC §3).  Construct with `issue` or `self_signed_owner`."""
+
+    household_id: str
+    device_pk: bytes
+    device_name: str
+    role: str
+    scopes: tuple[str, ...]
+    issued_at: int
+    expires_at: int
+    issuer_pk: bytes
+    signature: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        check_text(self.household_id, field="household_id", pattern=B32_ID_RE)
+        check_bytes(self.device_pk, field="device_pk", size=32)
+        check_text(self.device_name, field="device_name", max_bytes=MAX_DEVICE_NAME_BYTES)
+        if self.role not in ROLES:
+            raise ValidationError(f"role must be one of {', '.join(ROLES)}", field="role")
+        check_sorted_names(self.scopes, field="scopes", pattern=NAME_RE, max_items=MAX_SCOPES)
+        check_uint(self.issued_at, field="issued_at")
+        check_uint(self.expires_at, field="expires_at")
+        if self.expires_at <= self.issued_at:
+            raise ValidationError("expires_at must be after issued_at", field="expires_at")
+        check_bytes(self.issuer_pk, field="issuer_pk", size=32)
+        check_bytes(self.signature, field="signature", size=64)
+        if len(self.to_wire()) > MAX_CERTIFICATE_BYTES:
+            raise ValidationError(f"certificate is over {MAX_CERTIFICATE_BYTES} bytes")
+
+    @classmethod
+    def issue(
+        cls,
+        issuer: DeviceIdentity,
+        *,
+        household_id: str,
+        device_pk: bytes,
+        device_name: str,
+        role: str,
+        scopes: Iterable[str],
+        issued_at: int,
+        expires_at: int,
+    ) -> Self:
+        """Sign a certificate for ``device_pk``; ``scopes`` are sorted here (SPEC §3)."""
+        unsigned = cls(
+            household_id,
+            device_pk,
+            device_name,
+            role,
+            tuple(sorted(set(scopes))),
+            issued_at,
+            expires_at,
+            bytes(issuer.verify_key),
+            bytes(64),  # placeholder: validates every field before anything is signed
+        )
+        signature = issuer.signing_key.sign(CERT_TAG + unsigned.signed_part()).signature
+        return replace(unsigned, signature=signature)
+
+    @classmethod
+    def self_signed_owner(
+        cls,
+        owner: DeviceIdentity,
+        household: Household,
+        *,
+        device_name: str,
+        scopes: Iterable[str],
+        issued_at: int,
+        expires_at: int,
+    ) -> Self:
+        """The household's root certificate: role ``owner``, ``issuer_pk = device_pk``."""
+        return cls.issue(
+            owner,
+            household_id=household.id,
+            device_pk=bytes(owner.verify_key),
+            device_name=device_name,
+            role="owner",
+            scopes=scopes,
+            issued_at=issued_at,
+            expires_at=expires_at,
+        )
+
+    @property
+    def device_id(self) -> DeviceId:
+        return device_id_of(self.device_pk)
+
+    @property
+    def issuer_id(self) -> DeviceId:
+        return device_id_of(self.issuer_pk)
+
+    @property
+    def is_self_signed(self) -> bool:
+        return self.issuer_pk == self.device_pk
+
+    @property
+    def verify_key(self) -> VerifyKey:
+        return VerifyKey(self.device_pk)
+
+    def signed_part(self) -> bytes:
+        """``cert_signed_part`` of SPEC §3."""
+        return pack([1, *self._fields()])
+
+    def check_signature(self) -> None:
+        """Raise `CertificateError` unless ``issuer_pk`` signed this certificate."""
+        what = f"certificate of {self.device_id}"
+        _verify(CERT_TAG, self.signed_part(), self.signature, self.issuer_pk, what)
+
+    def to_wire(self) -> bytes:
+        return pack([1, *self._fields(), self.signature])
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> Self:
+        """Decode and validate (not verify) a certificate; `CertificateError` names the fault."""
+        what = "certificate"
+        value = unpack_array(
+            data, what=what, length=10, max_bytes=MAX_CERTIFICATE_BYTES, error=CertificateError
+        )
+        if isinstance(value[5], list):
+            value[5] = tuple(value[5])
+        try:
+            cert = cls(*value[1:])
+        except ValidationError as exc:
+            raise CertificateError(f"{what}: {exc}") from None
+        check_canonical(data, cert.to_wire(), what=what, error=CertificateError)
+        return cert
+
+    def _fields(self) -> list[object]:
+        return [
+            self.household_id,
+            self.device_pk,
+            self.device_name,
+            self.role,
+            list(self.scopes),
+            self.issued_at,
+            self.expires_at,
+            self.issuer_pk,
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class Revocations:
+    """``[1, household_id, serial, revoked, issuer_pk, signature]`` (SPEC §3).
+
+    ``revoked`` is sorted and free of duplicates so that the encoding is canonical.
+    """
+
+    household_id: str
+    serial: int
+    revoked: tuple[str, ...]
+    issuer_pk: bytes
+    signature: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        check_text(self.household_id, field="household_id", pattern=B32_ID_RE)
+        check_uint(self.serial, field="serial")
+        check_sorted_names(self.revoked, field="revoked", pattern=B32_ID_RE, max_items=MAX_REVOKED)
+        check_bytes(self.issuer_pk, field="issuer_pk", size=32)
+        check_bytes(self.signature, field="signature", size=64)
+
+    @classmethod
+    def issue(
+        cls, issuer: DeviceIdentity, *, household_id: str, serial: int, revoked: Iterable[str]
+    ) -> Self:
+        """Sign a revocation list; ``revoked`` must repeat every device of the previous list."""
+        listed = tuple(sorted(set(revoked)))
+        unsigned = cls(household_id, serial, listed, bytes(issuer.verify_key), bytes(64))
+        signature = issuer.signing_key.sign(REVOKE_TAG + unsigned.signed_part()).signature
+        return replace(unsigned, signature=signature)
+
+    @property
+    def issuer_id(self) -> DeviceId:
+        return device_id_of(self.issuer_pk)
+
+    def signed_part(self) -> bytes:
+        return pack([1, self.household_id, self.serial, list(self.revoked), self.issuer_pk])
+
+    def check_signature(self) -> None:
+        what = f"revocation list {self.serial}"
+        _verify(REVOKE_TAG, self.signed_part(), self.signature, self.issuer_pk, what)
+
+    def to_wire(self) -> bytes:
+        fields = [self.household_id, self.serial, list(self.revoked), self.issuer_pk]
+        return pack([1, *fields, self.signature])
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> Self:
+        what = "revocation list"
+        value = unpack_array(
+            data,
+            what=what,
+            length=6,
+            max_bytes=MAX_REVOCATIONS_BYTES,
+            error=CertificateError,
+            max_array=MAX_REVOKED,
+        )
+        if isinstance(value[3], list):
+            value[3] = tuple(value[3])
+        try:
+            revocations = cls(*value[1:])
+        except ValidationError as exc:
+            raise CertificateError(f"{what}: {exc}") from None
+        check_canonical(data, revocations.to_wire(), what=what, error=CertificateError)
+        return revocations
+
+
+class TrustStore:
+    """The certificates of one household and its latest revocation list.
+
+    Built from ``(household_id, household_nonce)``, learned at enrollment: the nonce is what
+    singles out the owner's self-signed certificate among any others (SPEC §2-§3).  Only
+    certificates that verify are stored (`add`), at most one per device: the latest issued.
+    """
+
+    def __init__(self, household_id: str, household_nonce: bytes) -> None:
+        self.household_id = household_id
+        self._nonce = household_nonce
+        self._certs: dict[DeviceId, Certificate] = {}
+        self._revocations: Revocations | None = None
+        self._revoked: frozenset[str] = frozenset()
+
+    @classmethod
+    def for_household(cls, household: Household) -> TrustStore:
+        return cls(household.id, household.nonce)
+
+    def __repr__(self) -> str:
+        serial = None if self._revocations is None else self._revocations.serial
+        return (
+            f"TrustStore({self.household_id}, {len(self._certs)} certificates, "
+            f"{len(self._revoked)} revoked, revocation serial {serial})"
+        )
+
+    @property
+    def revocations(self) -> Revocations | None:
+        return self._revocations
+
+    @property
+    def revoked(self) -> frozenset[str]:
+        return self._revoked
+
+    def is_revoked(self, device: str) -> bool:
+        return device in self._revoked
+
+    def certificate_of(self, device: str) -> Certificate:
+        """The stored certificate of ``device``; `CertificateError` if none was added."""
+        cert = self._certs.get(DeviceId(device))
+        if cert is None:
+            raise CertificateError(f"no certificate known for device {device}")
+        return cert
+
+    def scopes_of(self, device: str) -> frozenset[Scope]:
+        """The scopes ``device`` was granted, revoked or not: what a revocation must rotate."""
+        cert = self._certs.get(DeviceId(device))
+        return frozenset() if cert is None else frozenset(Scope(s) for s in cert.scopes)
+
+    def add(self, cert: Certificate, now: int) -> Certificate:
+        """Verify ``cert`` and keep it unless a later-issued one of that device is held.
+
+        Add the owner's certificate first, then admins, then members: an issuer must be known
+        before what it issued can verify.  Returns the certificate now held for the device.
+        """
+        self.verify(cert, now)
+        held = self._certs.get(cert.device_id)
+        if held is None or cert.issued_at > held.issued_at:
+            self._certs[cert.device_id] = cert
+            return cert
+        return held
+
+    def verify(self, cert: Certificate, now: int) -> Certificate:
+        """Return ``cert`` if it is good at ``now``, else raise `CertificateError` (SPEC §3)."""
+        return self._verify(cert, now, depth=0)
+
+    def author_key(self, device: str, scope: str, now: int) -> VerifyKey:
+        """The key that must have signed an envelope of ``scope`` by ``device`` (SPEC §4)."""
+        cert = self.verify(self.certificate_of(device), now)
+        if scope not in cert.scopes:
+            raise CertificateError(f"device {device} is not granted scope {scope!r}")
+        return cert.verify_key
+
+    def authority(self, issuer_pk: bytes, now: int) -> Certificate:
+        """The good owner/admin certificate of ``issuer_pk``: who may sign certificates,
+        revocations and key grants."""
+        return self._authority(issuer_pk, now, depth=0)
+
+    def accept_revocations(self, revocations: Revocations, now: int) -> bool:
+        """Adopt ``revocations`` if it is newer; return whether it replaced the held list.
+
+        An older or equal serial is ignored (gossip redelivers old lists).  A newer list that
+        forgets a revoked device is refused: ``revoked`` only ever grows (SPEC §3).
+        """
+        revocations.check_signature()
+        if revocations.household_id != self.household_id:
+            raise CertificateError("revocation list: other household")
+        self.authority(revocations.issuer_pk, now)
+        held = self._revocations
+        if held is not None and revocations.serial <= held.serial:
+            return False
+        owners = {d for d, cert in self._certs.items() if cert.is_self_signed}
+        if owners.intersection(revocations.revoked):
+            raise CertificateError(
+                f"revocation list {revocations.serial} revokes the household owner"
+            )
+        dropped = self._revoked.difference(revocations.revoked)
+        if dropped:
+            raise CertificateError(
+                f"revocation list {revocations.serial} un-revokes {', '.join(sorted(dropped))}"
+            )
+        self._revocations = revocations
+        self._revoked = frozenset(revocations.revoked)
+        return True
+
+    def _verify(self, cert: Certificate, now: int, *, depth: int) -> Certificate:
+        who = f"certificate of {cert.device_id}"
+        cert.check_signature()
+        if cert.household_id != self.household_id:
+            raise CertificateError(f"{who}: other household ({cert.household_id})")
+        self._check_issuer(cert, now, depth)
+        if cert.device_id in self._revoked:
+            raise CertificateError(f"{who}: revoked")
+        if now < cert.issued_at:
+            raise CertificateError(f"{who}: not yet valid (from {cert.issued_at}, now {now})")
+        if now >= cert.expires_at:
+            raise CertificateError(f"{who}: expired at {cert.expires_at} (now {now})")
+        return cert
+
+    def _check_issuer(self, cert: Certificate, now: int, depth: int) -> None:
+        if cert.is_self_signed:
+            # SPEC §3: the one self-signed certificate is the owner's, bound by the nonce (§2).
+            if cert.role != "owner" or household_id(cert.device_pk, self._nonce) != (
+                self.household_id
+            ):
+                raise CertificateError(
+                    f"certificate of {cert.device_id}: issued by a device that may not issue "
+                    "(self-signed, but not the household owner)"
+                )
+            return
+        if cert.role == "owner":
+            raise CertificateError(
+                f"certificate of {cert.device_id}: issued by a device that may not issue "
+                "(role owner is only valid self-signed)"
+            )
+        try:
+            self._authority(cert.issuer_pk, now, depth=depth + 1)
+        except CertificateError as exc:
+            raise CertificateError(f"certificate of {cert.device_id}: {exc}") from None
+
+    def _authority(self, issuer_pk: bytes, now: int, *, depth: int) -> Certificate:
+        issuer = device_id_of(issuer_pk)
+        held = self._certs.get(issuer)
+        refuse = f"issued by a device that may not issue ({issuer}"
+        if held is None or held.device_pk != issuer_pk:
+            raise CertificateError(f"{refuse}: no certificate known)")
+        if held.role not in ISSUING_ROLES:
+            raise CertificateError(f"{refuse}: role {held.role})")
+        if depth > MAX_CHAIN:
+            raise CertificateError(f"{refuse}: chain longer than {MAX_CHAIN})")
+        try:
+            return self._verify(held, now, depth=depth)
+        except CertificateError as exc:
+            raise CertificateError(f"{refuse}: {exc})") from None

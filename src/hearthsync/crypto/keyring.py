@@ -1,0 +1,375 @@
+"""Scope keys, per-user data keys, their epochs, and key grants between devices (SPEC §4).
+
+Two kinds of 32-byte key, both per epoch:
+
+- a **scope key** per (scope, epoch) encrypts the household's own documents (``home/*``);
+- a **data key** per (user, scope, epoch) encrypts a user's documents, so that forgetting the
+  user is deleting a handful of keys (crypto-shredding) rather than chasing every copy of every
+  envelope on every robot and the relay.
+
+Revoking a device starts a new epoch of every scope it held (`Keyring.rotate_for_revocation`):
+what is written afterwards uses keys it never received.  Old epochs stay, so history still reads.
+
+Keys travel as **key grants**: sealed to the recipient's X25519 key (its certified Ed25519 key,
+converted) and signed by an owner/admin device, so a grant can neither be read in transit nor
+forged by anyone who merely knows the recipient's public key.  The sealed box is built here from
+libsodium's primitives with an injected ephemeral key (STYLE §1: no hidden randomness); it is
+byte-compatible with ``crypto_box_seal`` and opens with ``nacl.public.SealedBox``.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Self, TypeVar
+
+import nacl.bindings
+import nacl.exceptions
+from nacl.encoding import RawEncoder
+from nacl.hash import blake2b
+from nacl.public import PrivateKey, SealedBox
+from nacl.signing import VerifyKey
+
+from hearthsync.crypto.certificate import TrustStore
+from hearthsync.crypto.identity import DeviceIdentity, device_id_of, x25519_public_key
+from hearthsync.crypto.wire import (
+    B32_ID_RE,
+    ID_RE,
+    NAME_RE,
+    check_bytes,
+    check_canonical,
+    check_text,
+    check_uint,
+    pack,
+    unpack_array,
+)
+from hearthsync.errors import (
+    CryptoError,
+    DecryptionError,
+    MissingKeyError,
+    SignatureError,
+    ValidationError,
+)
+from hearthsync.ids import Scope, UserId
+
+KEY_BYTES = 32
+#: ``crypto_box_seal`` of a 32-byte key: ephemeral public key 32 + MAC 16 + key 32
+SEALED_BYTES = 80
+MAX_GRANT_BYTES = 512
+GRANT_TAG = b"hearth-grant-v1"
+_DOC_PERSON = b"hearth-doc-v1"
+
+RandomBytes = Callable[[int], bytes]
+K = TypeVar("K")
+
+
+def derive_doc_key(base_key: bytes, doc_id: str, lineage: str) -> bytes:
+    """``BLAKE2b-32(doc_id • 0x00 • lineage; key=base_key, person=b"hearth-doc-v1")`` (SPEC §4).
+
+    Derived per (document, lineage): a re-seeded lineage gets a fresh key, and no two documents
+    ever share a (key, nonce) pair even if a nonce generator repeats across documents.
+    """
+    check_bytes(base_key, field="base_key", size=KEY_BYTES)
+    # ids are visible ASCII (SPEC §1), so the 0x00 separator is unambiguous
+    check_text(doc_id, field="doc_id", pattern=ID_RE)
+    check_text(lineage, field="lineage", pattern=ID_RE)
+    data = doc_id.encode() + b"\x00" + lineage.encode()
+    return blake2b(
+        data, digest_size=KEY_BYTES, key=base_key, person=_DOC_PERSON, encoder=RawEncoder
+    )
+
+
+def seal_to(recipient_pk: bytes | VerifyKey, message: bytes, ephemeral_seed: bytes) -> bytes:
+    """libsodium ``crypto_box_seal`` with a caller-chosen ephemeral X25519 secret.
+
+    ``epk • crypto_box(message, nonce=BLAKE2b-24(epk • rpk), rpk, esk)``: the construction of
+    libsodium's sealed box, spelled out so that the ephemeral key is an argument.
+    """
+    rpk = bytes(x25519_public_key(recipient_pk))
+    ephemeral = PrivateKey(check_bytes(ephemeral_seed, field="ephemeral_seed", size=32))
+    epk = bytes(ephemeral.public_key)
+    nonce = blake2b(epk + rpk, digest_size=24, encoder=RawEncoder)
+    return epk + nacl.bindings.crypto_box(message, nonce, rpk, bytes(ephemeral))
+
+
+def unseal(identity: DeviceIdentity, sealed: bytes) -> bytes:
+    """Open a sealed box addressed to ``identity``; `DecryptionError` if it is not for us."""
+    try:
+        return SealedBox(identity.x25519_private_key()).decrypt(sealed)
+    except (nacl.exceptions.CryptoError, ValueError, TypeError):
+        raise DecryptionError("sealed key does not open with this device's key") from None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyGrant:
+    """``[1, kind, scope, user, epoch, recipient, granter_pk, sealed, signature]`` (SPEC §4).
+
+    ``user`` is ``""`` for a scope key.  Nothing here is secret: the key is inside ``sealed``.
+    """
+
+    kind: str
+    scope: str
+    user: str
+    epoch: int
+    recipient: str
+    granter_pk: bytes
+    sealed: bytes
+    signature: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("scope", "data"):
+            raise ValidationError("kind must be 'scope' or 'data'", field="kind")
+        check_text(self.scope, field="scope", pattern=NAME_RE)
+        if self.kind == "data":
+            check_text(self.user, field="user", pattern=NAME_RE)
+        elif self.user != "":
+            raise ValidationError("user must be empty in a scope key grant", field="user")
+        check_uint(self.epoch, field="epoch")
+        check_text(self.recipient, field="recipient", pattern=B32_ID_RE)
+        check_bytes(self.granter_pk, field="granter_pk", size=32)
+        check_bytes(self.sealed, field="sealed", size=SEALED_BYTES)
+        check_bytes(self.signature, field="signature", size=64)
+
+    @property
+    def granter_id(self) -> str:
+        return device_id_of(self.granter_pk)
+
+    def signed_part(self) -> bytes:
+        return pack([1, *self._fields()])
+
+    def to_wire(self) -> bytes:
+        return pack([1, *self._fields(), self.signature])
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> Self:
+        what = "key grant"
+        value = unpack_array(
+            data, what=what, length=9, max_bytes=MAX_GRANT_BYTES, error=CryptoError
+        )
+        try:
+            grant = cls(*value[1:])
+        except ValidationError as exc:
+            raise CryptoError(f"{what}: {exc}") from None
+        check_canonical(data, grant.to_wire(), what=what, error=CryptoError)
+        return grant
+
+    def check_signature(self) -> None:
+        try:
+            VerifyKey(self.granter_pk).verify(GRANT_TAG + self.signed_part(), self.signature)
+        except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError):
+            raise SignatureError("key grant: signature does not verify") from None
+
+    def _fields(self) -> list[object]:
+        return [
+            self.kind,
+            self.scope,
+            self.user,
+            self.epoch,
+            self.recipient,
+            self.granter_pk,
+            self.sealed,
+        ]
+
+
+class Keyring:
+    """The keys this device holds.  ``repr`` lists scopes and epochs, never a key byte."""
+
+    def __init__(self) -> None:
+        self._scope_keys: dict[tuple[Scope, int], bytes] = {}
+        self._data_keys: dict[tuple[UserId, Scope, int], bytes] = {}
+        self._forgotten: set[UserId] = set()
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{scope}@{','.join(str(e) for e in sorted(self._epochs(scope)))}"
+            for scope in sorted(self.scopes)
+        )
+        return (
+            f"Keyring(scopes=[{shown}], data keys={len(self._data_keys)}, "
+            f"forgotten users={len(self._forgotten)})"
+        )
+
+    __str__ = __repr__
+
+    @property
+    def scopes(self) -> frozenset[Scope]:
+        return frozenset(s for s, _ in self._scope_keys) | {s for _, s, _ in self._data_keys}
+
+    def current_epoch(self, scope: str) -> int:
+        """The newest epoch this device holds any key of ``scope`` for: what new writes use."""
+        epochs = self._epochs(scope)
+        if not epochs:
+            raise MissingKeyError(f"no key held for scope {scope!r}")
+        return max(epochs)
+
+    def _epochs(self, scope: str) -> set[int]:
+        epochs = {e for (s, e) in self._scope_keys if s == scope}
+        return epochs | {e for (_, s, e) in self._data_keys if s == scope}
+
+    def scope_key(self, scope: str, epoch: int) -> bytes:
+        key = self._scope_keys.get((Scope(scope), epoch))
+        if key is None:
+            raise MissingKeyError(f"no key held for scope {scope!r} epoch {epoch}")
+        return key
+
+    def data_key(self, user: str, scope: str, epoch: int) -> bytes:
+        key = self._data_keys.get((UserId(user), Scope(scope), epoch))
+        if key is None:
+            gone = " (user forgotten)" if user in self._forgotten else ""
+            raise MissingKeyError(
+                f"no data key held for user {user!r}, scope {scope!r}, epoch {epoch}{gone}"
+            )
+        return key
+
+    def doc_key(
+        self, doc_id: str, lineage: str, scope: str, subject: str | None, epoch: int
+    ) -> bytes:
+        """The key of one document (SPEC §4): from the subject's data key, or the scope key
+        for household documents (``subject`` None).  `MissingKeyError` if the base is absent."""
+        if subject is None:
+            base = self.scope_key(scope, epoch)
+        else:
+            base = self.data_key(subject, scope, epoch)
+        return derive_doc_key(base, doc_id, lineage)
+
+    def create_scope(self, scope: str, random_bytes: RandomBytes) -> int:
+        """Make epoch 0 of a new scope (done once, by the owner, when the household starts)."""
+        check_text(scope, field="scope", pattern=NAME_RE)
+        if scope in self.scopes:
+            raise ValidationError(f"scope {scope!r} already has keys", field="scope")
+        self._scope_keys[(Scope(scope), 0)] = _new_key(random_bytes)
+        return 0
+
+    def create_data_key(self, user: str, scope: str, random_bytes: RandomBytes) -> int:
+        """Make ``user``'s data key for the current epoch of ``scope``; return that epoch."""
+        check_text(user, field="user", pattern=NAME_RE)
+        if user in self._forgotten:
+            raise ValidationError(f"user {user!r} was forgotten", field="user")
+        epoch = self.current_epoch(scope)
+        if (user, scope, epoch) in self._data_keys:
+            raise ValidationError(f"user {user!r} already has a {scope!r} key", field="user")
+        self._data_keys[(UserId(user), Scope(scope), epoch)] = _new_key(random_bytes)
+        return epoch
+
+    def rotate_for_revocation(
+        self, revoked_device_scopes: Iterable[str], random_bytes: RandomBytes
+    ) -> dict[Scope, int]:
+        """Start a new epoch of every scope a revoked device held; return the new epochs.
+
+        The scope key and every (non-forgotten) user's data key of the scope get fresh keys
+        at ``current_epoch + 1``; grant them to the remaining devices (`grants_for`).  All or
+        nothing: a scope this device holds no key for raises `MissingKeyError` before any change.
+        """
+        scopes = sorted({Scope(s) for s in revoked_device_scopes})
+        epochs = {s: self.current_epoch(s) + 1 for s in scopes}
+        new_scope_keys: dict[tuple[Scope, int], bytes] = {}
+        new_data_keys: dict[tuple[UserId, Scope, int], bytes] = {}
+        for scope in scopes:
+            new_scope_keys[(scope, epochs[scope])] = _new_key(random_bytes)
+            for user in sorted({u for (u, s, _) in self._data_keys if s == scope}):
+                new_data_keys[(user, scope, epochs[scope])] = _new_key(random_bytes)
+        self._scope_keys.update(new_scope_keys)
+        self._data_keys.update(new_data_keys)
+        return epochs
+
+    def forget_user(self, user: str) -> int:
+        """Drop every data key of ``user`` and refuse them from now on; return how many.
+
+        This is what makes forgetting structural (DESIGN: Forgetting): envelopes still held by
+        the relay or a lost robot stay undecryptable once no enrolled device keeps these keys.
+        """
+        doomed = [k for k in self._data_keys if k[0] == user]
+        for key in doomed:
+            del self._data_keys[key]
+        self._forgotten.add(UserId(user))
+        return len(doomed)
+
+    def grant(
+        self,
+        granter: DeviceIdentity,
+        recipient_pk: bytes | VerifyKey,
+        *,
+        scope: str,
+        epoch: int,
+        user: str | None = None,
+        random_bytes: RandomBytes,
+    ) -> bytes:
+        """A signed key grant of one held key, sealed to ``recipient_pk`` (SPEC §4)."""
+        key = self.scope_key(scope, epoch) if user is None else self.data_key(user, scope, epoch)
+        unsigned = KeyGrant(
+            kind="scope" if user is None else "data",
+            scope=scope,
+            user=user or "",
+            epoch=epoch,
+            recipient=device_id_of(bytes(recipient_pk)),
+            granter_pk=bytes(granter.verify_key),
+            sealed=seal_to(recipient_pk, key, random_bytes(32)),
+            signature=bytes(64),
+        )
+        signature = granter.signing_key.sign(GRANT_TAG + unsigned.signed_part()).signature
+        return replace(unsigned, signature=signature).to_wire()
+
+    def grants_for(
+        self,
+        granter: DeviceIdentity,
+        recipient_pk: bytes | VerifyKey,
+        scopes: Iterable[str],
+        random_bytes: RandomBytes,
+    ) -> list[bytes]:
+        """Grants of every key (all epochs, scope and data keys) of ``scopes`` that we hold:
+        what a newly enrolled device, or one left after a revocation, needs."""
+        wanted = set(scopes)
+        grants = [
+            self.grant(granter, recipient_pk, scope=s, epoch=e, random_bytes=random_bytes)
+            for (s, e) in sorted(self._scope_keys)
+            if s in wanted
+        ]
+        grants += [
+            self.grant(granter, recipient_pk, scope=s, epoch=e, user=u, random_bytes=random_bytes)
+            for (u, s, e) in sorted(self._data_keys)
+            if s in wanted
+        ]
+        return grants
+
+    def accept_grant(
+        self, data: bytes, identity: DeviceIdentity, *, trust: TrustStore, now: int
+    ) -> KeyGrant:
+        """Check a grant addressed to ``identity`` and hold its key.
+
+        Order: structure, recipient, granter authority (a good owner/admin certificate in
+        ``trust``), signature, then unsealing.  Any failure raises and changes nothing.
+        """
+        grant = KeyGrant.from_wire(data)
+        if grant.recipient != identity.device_id:
+            raise CryptoError(f"key grant is for device {grant.recipient}, not this one")
+        trust.authority(grant.granter_pk, now)
+        grant.check_signature()
+        key = unseal(identity, grant.sealed)
+        if len(key) != KEY_BYTES:
+            raise DecryptionError("key grant does not hold a 32-byte key")
+        self._install(grant, key)
+        return grant
+
+    def _install(self, grant: KeyGrant, key: bytes) -> None:
+        scope = Scope(grant.scope)
+        if grant.kind == "scope":
+            _put_once(self._scope_keys, (scope, grant.epoch), key)
+            return
+        user = UserId(grant.user)
+        if user in self._forgotten:
+            raise CryptoError(f"key grant for forgotten user {user!r}")
+        _put_once(self._data_keys, (user, scope, grant.epoch), key)
+
+
+def _put_once(slot: dict[K, bytes], index: K, key: bytes) -> None:
+    held = slot.get(index)
+    if held is not None and not hmac.compare_digest(held, key):
+        # Two admins rotated concurrently and made the same epoch twice: refuse loudly rather
+        # than encrypt with a key the other devices do not share.
+        raise CryptoError(f"a different key is already held for {index}")
+    slot[index] = key
+
+
+def _new_key(random_bytes: RandomBytes) -> bytes:
+    return check_bytes(random_bytes(KEY_BYTES), field="random_bytes(32)", size=KEY_BYTES)

@@ -1,0 +1,176 @@
+"""Keyring (SPEC §4): document keys, grants, rotation on revocation, crypto-shredding."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from nacl.public import SealedBox
+
+from hearthsync.crypto.identity import x25519_public_key
+from hearthsync.crypto.keyring import GRANT_TAG, KeyGrant, Keyring, derive_doc_key, seal_to
+from hearthsync.errors import (
+    CertificateError,
+    CryptoError,
+    DecryptionError,
+    MissingKeyError,
+    SignatureError,
+    ValidationError,
+)
+
+from .conftest import NOW, SCOPES, Home, enrolled, identity
+
+
+def test_doc_key_is_per_document_lineage_and_base(admin_keys: Keyring) -> None:
+    alice = admin_keys.doc_key("user/alice/prefs", "g-1", "core", "alice", 0)
+    assert alice == derive_doc_key(
+        admin_keys.data_key("alice", "core", 0), "user/alice/prefs", "g-1"
+    )
+    others = {
+        admin_keys.doc_key("user/alice/prefs", "g-2", "core", "alice", 0),
+        admin_keys.doc_key("user/alice/profile", "g-1", "core", "alice", 0),
+        admin_keys.doc_key("user/alice/prefs", "g-1", "core", "bob", 0),
+        admin_keys.doc_key("user/alice/prefs", "g-1", "core", None, 0),
+    }
+    assert alice not in others
+    assert len(others) == 4
+    with pytest.raises(ValidationError, match="doc_id is not well-formed"):
+        derive_doc_key(bytes(32), "a\x00b", "g")
+
+
+def test_missing_keys_raise_missing_key_error(admin_keys: Keyring) -> None:
+    with pytest.raises(MissingKeyError, match="scope 'core' epoch 1"):
+        admin_keys.doc_key("home/spatial", "g", "core", None, 1)
+    with pytest.raises(MissingKeyError, match="user 'carol'"):
+        admin_keys.doc_key("user/carol/prefs", "g", "core", "carol", 0)
+    with pytest.raises(MissingKeyError, match="no key held for scope 'garden'"):
+        admin_keys.current_epoch("garden")
+
+
+def test_our_sealed_box_is_libsodiums(home: Home) -> None:
+    sealed = seal_to(home.kitchen.verify_key, b"k" * 32, b"\x05" * 32)
+    assert SealedBox(home.kitchen.x25519_private_key()).decrypt(sealed) == b"k" * 32
+    with pytest.raises(CryptoError, match="not a valid Ed25519"):
+        x25519_public_key(bytes(32))
+
+
+def test_grants_enroll_a_device_with_exactly_its_scopes(home: Home, admin_keys: Keyring) -> None:
+    kitchen = enrolled(home, admin_keys, home.kitchen)
+    assert kitchen.scopes == {"core", "spatial"}
+    for user in ("alice", "bob"):
+        assert kitchen.doc_key(f"user/{user}/prefs", "g", "core", user, 0) == admin_keys.doc_key(
+            f"user/{user}/prefs", "g", "core", user, 0
+        )
+    with pytest.raises(MissingKeyError):
+        kitchen.data_key("alice", "health", 0)
+
+
+def test_grant_opens_only_with_the_recipients_key(home: Home, admin_keys: Keyring) -> None:
+    grant = admin_keys.grant(
+        home.admin, home.kitchen.verify_key, scope="core", epoch=0, random_bytes=home.random_bytes
+    )
+    hall = Keyring()
+    with pytest.raises(CryptoError, match="is for device"):
+        hall.accept_grant(grant, home.hall, trust=home.trust, now=NOW)
+    # re-addressed to the hall robot: the signature no longer covers it
+    parsed = KeyGrant.from_wire(grant)
+    readdressed = replace(parsed, recipient=home.hall.device_id)
+    with pytest.raises(SignatureError):
+        hall.accept_grant(readdressed.to_wire(), home.hall, trust=home.trust, now=NOW)
+    # and had the admin really addressed it to the hall, the box still only opens for kitchen
+    resigned = _resign(readdressed, home)
+    with pytest.raises(DecryptionError, match="does not open"):
+        hall.accept_grant(resigned, home.hall, trust=home.trust, now=NOW)
+    assert hall.scopes == frozenset()
+    kitchen = Keyring()
+    assert kitchen.accept_grant(grant, home.kitchen, trust=home.trust, now=NOW).scope == "core"
+    assert kitchen.scope_key("core", 0) == admin_keys.scope_key("core", 0)
+
+
+def test_grant_from_a_non_admin_is_refused(home: Home, admin_keys: Keyring) -> None:
+    kitchen = enrolled(home, admin_keys, home.kitchen)
+    forged = kitchen.grant(
+        home.kitchen, home.hall.verify_key, scope="core", epoch=0, random_bytes=home.random_bytes
+    )
+    with pytest.raises(CertificateError, match="may not issue"):
+        Keyring().accept_grant(forged, home.hall, trust=home.trust, now=NOW)
+    stranger = identity(77)
+    by_stranger = admin_keys.grant(
+        stranger, home.hall.verify_key, scope="core", epoch=0, random_bytes=home.random_bytes
+    )
+    with pytest.raises(CertificateError, match="no certificate known"):
+        Keyring().accept_grant(by_stranger, home.hall, trust=home.trust, now=NOW)
+
+
+def test_conflicting_key_for_the_same_epoch_is_refused(home: Home, admin_keys: Keyring) -> None:
+    kitchen = enrolled(home, admin_keys, home.kitchen)
+    rival = Keyring()
+    rival.create_scope("core", lambda n: b"\x09" * n)
+    grant = rival.grant(
+        home.admin, home.kitchen.verify_key, scope="core", epoch=0, random_bytes=home.random_bytes
+    )
+    with pytest.raises(CryptoError, match="different key"):
+        kitchen.accept_grant(grant, home.kitchen, trust=home.trust, now=NOW)
+    assert kitchen.scope_key("core", 0) == admin_keys.scope_key("core", 0)
+
+
+def test_rotation_makes_a_new_epoch_of_every_scope_the_device_held(
+    home: Home, admin_keys: Keyring
+) -> None:
+    held = home.trust.scopes_of(home.hall.device_id)  # core, health
+    assert admin_keys.rotate_for_revocation(held, home.random_bytes) == {"core": 1, "health": 1}
+    assert admin_keys.current_epoch("core") == 1
+    assert admin_keys.current_epoch("spatial") == 0
+    assert admin_keys.data_key("bob", "health", 1) != admin_keys.data_key("bob", "health", 0)
+    assert admin_keys.scope_key("core", 0)  # old epochs stay: history still reads
+    with pytest.raises(MissingKeyError):  # all or nothing
+        admin_keys.rotate_for_revocation(["spatial", "garden"], home.random_bytes)
+    assert admin_keys.current_epoch("spatial") == 0
+
+
+def test_forget_user_drops_every_data_key_and_refuses_them_again(
+    home: Home, admin_keys: Keyring
+) -> None:
+    kitchen = enrolled(home, admin_keys, home.kitchen)
+    regrant = admin_keys.grant(
+        home.admin,
+        home.kitchen.verify_key,
+        scope="core",
+        epoch=0,
+        user="alice",
+        random_bytes=home.random_bytes,
+    )
+    assert kitchen.forget_user("alice") == 2  # core and spatial, epoch 0
+    with pytest.raises(MissingKeyError, match="forgotten"):
+        kitchen.doc_key("user/alice/prefs", "g", "core", "alice", 0)
+    with pytest.raises(CryptoError, match="forgotten"):
+        kitchen.accept_grant(regrant, home.kitchen, trust=home.trust, now=NOW)
+    with pytest.raises(ValidationError, match="forgotten"):
+        kitchen.create_data_key("alice", "core", home.random_bytes)
+    assert kitchen.doc_key("user/bob/prefs", "g", "core", "bob", 0)
+
+
+def test_no_key_bytes_in_repr_str_or_errors(home: Home, admin_keys: Keyring) -> None:
+    secrets = [admin_keys.scope_key(s, 0) for s in SCOPES]
+    secrets += [admin_keys.data_key(u, s, 0) for u in ("alice", "bob") for s in SCOPES]
+    secrets += [home.household.secret, bytes(home.owner.signing_key)]
+    texts = [repr(admin_keys), str(admin_keys), repr(home.household), str(home.household)]
+    texts += [repr(home.owner), repr(home.trust), repr(home.certs["owner"])]
+    for call in (
+        lambda: admin_keys.doc_key("d", "g", "core", None, 9),
+        lambda: admin_keys.rotate_for_revocation(["garden"], home.random_bytes),
+        lambda: KeyGrant.from_wire(b"\x99" + b"\x00" * 9),
+    ):
+        with pytest.raises((CryptoError, MissingKeyError)) as caught:
+            call()
+        texts.append(str(caught.value))
+    assert "core@0" in repr(admin_keys)
+    for text in texts:
+        for secret in secrets:
+            for form in (secret.hex(), repr(secret)[2:-1], secret.hex()[:16]):
+                assert form not in text, text
+
+
+def _resign(grant: KeyGrant, home: Home) -> bytes:
+    signature = home.admin.signing_key.sign(GRANT_TAG + grant.signed_part()).signature
+    return replace(grant, signature=signature).to_wire()
