@@ -1,0 +1,464 @@
+"""One connection's sync session, sans I/O (protocol/SPEC.md §6).
+
+The session is driven like python-websockets' protocol objects: feed it what arrived, then
+collect what to send and what happened::
+
+    session.receive_data(message, now)     # one websocket binary message
+    for data in session.data_to_send(): ...   # send each as one binary message
+    for event in session.events_received(): ...
+
+After ``ApplyUpdate``, the driver makes the update durable and then calls
+``session.applied(doc_id, state_vector)``, which queues the ``ACK``.  After a local write is
+durable, the driver calls ``session.send_update(doc_id, delta)``.  ``tick(now)`` drives
+heartbeats.  Once ``closed`` is true the driver sends what is queued and closes the socket.
+
+Rules this module lives by:
+
+1. Nothing here does I/O, reads a clock or draws randomness: time arrives as ``now`` (seconds),
+   randomness as the ``random_bytes`` callable, documents through the `DocSource` port.
+2. Every input is checked before it changes anything: a bad frame, certificate, signature or
+   envelope produces one ``ERROR`` frame and a closed session, never an ``ApplyUpdate``.
+3. A document is offered, requested or accepted only in a scope both devices' certificates
+   grant, and only with the lineage this device holds.
+
+State table (a frame not listed for a state is a protocol error, code 400)::
+
+    state        frame          -> action                                  -> next
+    HELLO_SENT   HELLO          verify certificate, send AUTH              AUTH_SENT
+    AUTH_SENT    AUTH           verify signature, send INVENTORY           OPEN
+    OPEN         INVENTORY      send SYNC_STEP1 for each differing doc     OPEN
+    OPEN         SYNC_STEP1     send SYNC_STEP2 (if anything) + SYNC_DONE  OPEN
+    OPEN         SYNC_STEP2     open envelope, emit ApplyUpdate            OPEN
+    OPEN         SYNC_DONE      emit SyncDone (+ CaughtUp when all done)   OPEN
+    OPEN         UPDATE         open envelope, emit ApplyUpdate            OPEN
+    OPEN         ACK            emit Acked                                 OPEN
+    any          PING / PONG    answer / note liveness                     same
+    any          ERROR          emit Closed                                CLOSED
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from hearthsync.crypto.certificate import Certificate, TrustStore
+from hearthsync.crypto.envelope import Envelope, Header, open_envelope, seal
+from hearthsync.crypto.identity import DeviceIdentity
+from hearthsync.crypto.keyring import Keyring
+from hearthsync.errors import (
+    CryptoError,
+    MissingKeyError,
+    ProtocolError,
+    RemoteError,
+    ValidationError,
+)
+from hearthsync.ids import DocId, LineageId
+from hearthsync.protocol import frames as f
+
+PROTOCOL_VERSION = 1
+SCHEMA_VERSION = 1
+AUTH_TAG = b"hearth-auth-v1"
+EMPTY_UPDATE = b"\x00\x00"  #: what Yrs encodes when a diff holds nothing
+HEARTBEAT_S = 2.0  #: send a PING after this long without sending anything
+DEAD_AFTER_S = 6.0  #: close after this long without receiving anything (a silent partition)
+
+
+# ------------------------------------------------------------------------------ the port
+
+
+@dataclass(frozen=True, slots=True)
+class DocMeta:
+    """What a document id says: its scope and whose data key encrypts it."""
+
+    scope: str
+    subject: str | None  #: the user whose data key encrypts it; None for household documents
+    genesis: LineageId
+
+
+class DocSource(Protocol):
+    """What a session needs from the peer's documents (all synchronous, all in memory)."""
+
+    def describe(self, doc_id: str) -> DocMeta:
+        """Scope and subject of any well-formed id; `ValidationError` for a malformed one."""
+        ...
+
+    def held(self) -> Sequence[tuple[DocId, LineageId]]:
+        """Every document this device holds, with its lineage."""
+        ...
+
+    def lineage(self, doc_id: DocId) -> LineageId | None: ...
+
+    def state_vector(self, doc_id: DocId) -> bytes:
+        """The canonical state vector (entries sorted by client); ``b"\\x00"`` if absent."""
+        ...
+
+    def diff(self, doc_id: DocId, state_vector: bytes) -> bytes:
+        """Everything of ``doc_id`` that ``state_vector`` has not seen."""
+        ...
+
+
+# ------------------------------------------------------------------------------ events
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAuthenticated:
+    device_id: str
+    certificate: Certificate
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyUpdate:
+    """Apply ``update`` durably, then call ``session.applied(doc_id, state_vector)``."""
+
+    doc_id: DocId
+    lineage: LineageId
+    update: bytes
+    author: str
+
+
+@dataclass(frozen=True, slots=True)
+class SyncDone:
+    doc_id: DocId
+
+
+@dataclass(frozen=True, slots=True)
+class CaughtUp:
+    """Every document requested after the peer's inventory has been received."""
+
+
+@dataclass(frozen=True, slots=True)
+class Acked:
+    """The peer holds, durably, at least ``state_vector`` of ``doc_id``."""
+
+    doc_id: DocId
+    state_vector: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LineageMismatch:
+    """The peer holds another lineage of ``doc_id``: it was re-seeded on one side."""
+
+    doc_id: DocId
+    mine: LineageId
+    theirs: LineageId
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    code: int
+    reason: str
+    by_peer: bool
+
+
+Event = PeerAuthenticated | ApplyUpdate | SyncDone | CaughtUp | Acked | LineageMismatch | Closed
+
+
+class State(enum.Enum):
+    HELLO_SENT = "hello-sent"
+    AUTH_SENT = "auth-sent"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+def sv_hash(state_vector: bytes) -> bytes:
+    """``BLAKE2b-8`` of a canonical state vector (SPEC §5)."""
+    return hashlib.blake2b(state_vector, digest_size=8).digest()
+
+
+# ------------------------------------------------------------------------------ the session
+
+
+@dataclass(slots=True)
+class _Peer:
+    certificate: Certificate
+    nonce: bytes
+
+
+@dataclass
+class Session:
+    """The protocol state of one connection with another device of the household."""
+
+    identity: DeviceIdentity
+    certificate: bytes  #: this device's certificate, as on the wire
+    trust: TrustStore
+    keyring: Keyring
+    docs: DocSource
+    random_bytes: Callable[[int], bytes]
+    now: float
+    state: State = State.HELLO_SENT
+    peer: _Peer | None = None
+    _nonce: bytes = b""
+    _outgoing: list[bytes] = field(default_factory=list)
+    _events: list[Event] = field(default_factory=list)
+    _requested: set[DocId] = field(default_factory=set)
+    _counters: dict[DocId, int] = field(default_factory=dict)
+    _last_received: float = 0.0
+    _last_sent: float = 0.0
+    _ping: int = 0
+
+    def __post_init__(self) -> None:
+        self._nonce = self.random_bytes(f.NONCE_LEN)
+        self._last_received = self._last_sent = self.now
+        self._send(f.Hello(PROTOCOL_VERSION, SCHEMA_VERSION, self.certificate, self._nonce))
+
+    # -------------------------------------------------------------- driver interface
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    @property
+    def peer_id(self) -> str | None:
+        return self.peer.certificate.device_id if self.peer else None
+
+    def data_to_send(self) -> list[bytes]:
+        """Frames to send, in order, each as one binary message.  Call after every input."""
+        out, self._outgoing = self._outgoing, []
+        return out
+
+    def events_received(self) -> list[Event]:
+        out, self._events = self._events, []
+        return out
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        """Handle one received message.  A bad one closes the session with an ``ERROR``."""
+        if self.closed:
+            return
+        self.now = self._last_received = now
+        try:
+            self._dispatch(f.decode(data))
+        except ProtocolError as exc:
+            self._fail(exc.code, str(exc))
+        except CryptoError as exc:
+            self._fail(f.ErrorCode.UNAUTHORIZED, str(exc))
+        except (RemoteError, ValidationError) as exc:
+            self._fail(f.ErrorCode.MALFORMED, str(exc))
+
+    def tick(self, now: float) -> None:
+        """Heartbeats: ping when idle, close when the peer has been silent too long."""
+        if self.closed:
+            return
+        self.now = now
+        if now - self._last_received > DEAD_AFTER_S:
+            self._close(408, f"no frame for {now - self._last_received:.1f} s", by_peer=False)
+        elif now - self._last_sent >= HEARTBEAT_S:
+            self._ping += 1
+            self._send(f.Ping(self._ping))
+
+    def applied(self, doc_id: DocId, state_vector: bytes) -> None:
+        """An update from this peer is durable here: acknowledge it."""
+        if self.state is State.OPEN:
+            self._send(f.Ack(doc_id, state_vector))
+
+    def send_update(self, doc_id: DocId, delta: bytes) -> bool:
+        """Forward a durable local delta if the peer may read it; return whether it was sent."""
+        if self.state is not State.OPEN or not self._shared(doc_id):
+            return False
+        lineage = self.docs.lineage(doc_id)
+        if lineage is None:
+            return False
+        self._send(f.Update(self._seal(doc_id, lineage, delta)))
+        return True
+
+    def close(self, reason: str = "closing") -> None:
+        """Close from this side (the driver then sends what is queued and closes)."""
+        if not self.closed:
+            self._close(1000, reason, by_peer=False)
+
+    # -------------------------------------------------------------- handshake
+
+    def _dispatch(self, frame: f.Frame) -> None:
+        if isinstance(frame, f.Ping):
+            self._send(f.Pong(frame.nonce))
+        elif isinstance(frame, f.Pong):
+            return
+        elif isinstance(frame, f.Error):
+            self._close(frame.code, frame.message, by_peer=True)
+        elif self.state is State.HELLO_SENT and isinstance(frame, f.Hello):
+            self._on_hello(frame)
+        elif self.state is State.AUTH_SENT and isinstance(frame, f.Auth):
+            self._on_auth(frame)
+        elif self.state is State.OPEN:
+            self._on_open(frame)
+        else:
+            raise ProtocolError(f"{frame.TYPE.name} is not expected in state {self.state.value}")
+
+    def _on_hello(self, hello: f.Hello) -> None:
+        if hello.protocol != PROTOCOL_VERSION:
+            raise ProtocolError(f"protocol {hello.protocol} is not supported", code=426)
+        certificate = Certificate.from_wire(hello.certificate)
+        if certificate.device_id == self.identity.device_id:
+            raise ProtocolError("the peer presented this device's own certificate", code=401)
+        self.trust.add(certificate, int(self.now))  # verifies chain, expiry, revocation
+        self.peer = _Peer(certificate, hello.nonce)
+        self._send(f.Auth(self._auth_signature()))
+        self.state = State.AUTH_SENT
+
+    def _auth_message(
+        self, signer: str, other: str, signer_nonce: bytes, other_nonce: bytes
+    ) -> bytes:
+        return AUTH_TAG + signer_nonce + other_nonce + signer.encode() + other.encode()
+
+    def _auth_signature(self) -> bytes:
+        assert self.peer is not None
+        message = self._auth_message(
+            self.identity.device_id, self.peer.certificate.device_id, self._nonce, self.peer.nonce
+        )
+        return bytes(self.identity.signing_key.sign(message).signature)
+
+    def _on_auth(self, auth: f.Auth) -> None:
+        assert self.peer is not None
+        peer = self.peer.certificate
+        message = self._auth_message(
+            peer.device_id, self.identity.device_id, self.peer.nonce, self._nonce
+        )
+        try:
+            peer.verify_key.verify(message, auth.signature)
+        except Exception:  # nacl raises BadSignatureError or ValueError
+            raise ProtocolError("AUTH signature does not verify", code=401) from None
+        self.state = State.OPEN
+        self._events.append(PeerAuthenticated(peer.device_id, peer))
+        self._send(f.Inventory(tuple(self._inventory())))
+
+    # -------------------------------------------------------------- sync
+
+    def _on_open(self, frame: f.Frame) -> None:
+        if isinstance(frame, f.Inventory):
+            self._on_inventory(frame)
+        elif isinstance(frame, f.SyncStep1):
+            self._on_step1(frame)
+        elif isinstance(frame, f.SyncStep2):
+            self._receive_envelope(frame.envelope, expected_doc=frame.doc_id)
+        elif isinstance(frame, f.SyncDone):
+            self._on_done(frame.doc_id)
+        elif isinstance(frame, f.Update):
+            self._receive_envelope(frame.envelope, expected_doc=None)
+        elif isinstance(frame, f.Ack):
+            self._events.append(Acked(frame.doc_id, frame.state_vector))
+        else:
+            raise ProtocolError(f"{frame.TYPE.name} is not expected once the session is open")
+
+    def _inventory(self) -> list[f.InventoryEntry]:
+        entries = []
+        for doc_id, lineage in self.docs.held():
+            if self._shared(doc_id):
+                digest = sv_hash(self.docs.state_vector(doc_id))
+                entries.append(f.InventoryEntry(doc_id, lineage, digest))
+        return entries
+
+    def _on_inventory(self, inventory: f.Inventory) -> None:
+        for entry in inventory.entries:
+            self._require_shared(entry.doc_id)
+            mine = self.docs.lineage(entry.doc_id)
+            if mine is not None and mine != entry.lineage:
+                self._events.append(LineageMismatch(entry.doc_id, mine, entry.lineage))
+                continue
+            state_vector = self.docs.state_vector(entry.doc_id)
+            if mine is None or sv_hash(state_vector) != entry.sv_hash:
+                self._requested.add(entry.doc_id)
+                self._send(f.SyncStep1(entry.doc_id, entry.lineage, state_vector))
+        if not self._requested:
+            self._events.append(CaughtUp())
+
+    def _on_step1(self, step: f.SyncStep1) -> None:
+        self._require_shared(step.doc_id)
+        lineage = self.docs.lineage(step.doc_id)
+        if lineage is None or lineage != step.lineage:
+            raise ProtocolError(f"SYNC_STEP1 asks for {step.doc_id!r}, which is not offered")
+        delta = self.docs.diff(step.doc_id, step.state_vector)
+        if delta != EMPTY_UPDATE:
+            self._send(f.SyncStep2(step.doc_id, self._seal(step.doc_id, lineage, delta)))
+        self._send(f.SyncDone(step.doc_id))
+
+    def _on_done(self, doc_id: DocId) -> None:
+        if doc_id not in self._requested:
+            raise ProtocolError(f"SYNC_DONE for {doc_id!r}, which was not requested")
+        self._requested.discard(doc_id)
+        self._events.append(SyncDone(doc_id))
+        if not self._requested:
+            self._events.append(CaughtUp())
+
+    # -------------------------------------------------------------- envelopes
+
+    def _seal(self, doc_id: DocId, lineage: LineageId, delta: bytes) -> bytes:
+        meta = self.docs.describe(doc_id)
+        epoch = self.keyring.current_epoch(meta.scope)
+        counter = self._counters.get(doc_id, 0) + 1
+        self._counters[doc_id] = counter
+        header = Header(doc_id, lineage, meta.scope, epoch, self.identity.device_id, counter)
+        key = self.keyring.doc_key(doc_id, lineage, meta.scope, meta.subject, epoch)
+        nonce = self.random_bytes(24)
+        return seal(self.identity, header, delta, key, nonce).to_wire()
+
+    def _receive_envelope(self, data: bytes, expected_doc: DocId | None) -> None:
+        envelope = Envelope.from_wire(data)
+        header = envelope.header
+        doc_id = DocId(header.doc_id)
+        if expected_doc is not None and doc_id != expected_doc:
+            raise ProtocolError(f"SYNC_STEP2 for {expected_doc!r} carries {doc_id!r}")
+        self._require_shared(doc_id)
+        meta = self.docs.describe(doc_id)
+        if header.scope != meta.scope:
+            raise ProtocolError(f"envelope of {doc_id!r} claims scope {header.scope!r}", code=403)
+        mine = self.docs.lineage(doc_id)
+        if (mine or meta.genesis) != header.lineage:
+            self._events.append(
+                LineageMismatch(doc_id, mine or meta.genesis, LineageId(header.lineage))
+            )
+            return
+        author_key = self.trust.author_key(header.author, header.scope, int(self.now))
+        try:
+            key = self.keyring.doc_key(
+                doc_id, header.lineage, meta.scope, meta.subject, header.epoch
+            )
+        except MissingKeyError as exc:
+            raise ProtocolError(f"no key for {doc_id!r}: {exc}", code=403) from None
+        update = open_envelope(envelope, key, author_key)
+        self._events.append(ApplyUpdate(doc_id, LineageId(header.lineage), update, header.author))
+
+    # -------------------------------------------------------------- scopes and plumbing
+
+    def _shared(self, doc_id: str) -> bool:
+        """Both certificates grant this document's scope, and this device holds a key for it."""
+        assert self.peer is not None
+        scope = self.docs.describe(doc_id).scope
+        mine = self.trust.scopes_of(self.identity.device_id)
+        return (
+            scope in mine and scope in self.peer.certificate.scopes and scope in self.keyring.scopes
+        )
+
+    def _require_shared(self, doc_id: str) -> None:
+        if not self._shared(doc_id):
+            raise ProtocolError(f"{doc_id!r} is outside the scopes this session shares", code=403)
+
+    def _send(self, frame: f.Frame) -> None:
+        self._outgoing.append(f.encode(frame))
+        self._last_sent = self.now
+
+    def _fail(self, code: int, reason: str) -> None:
+        self._outgoing.append(f.encode(f.error_frame(ProtocolError(reason, code=code))))
+        self._close(code, reason, by_peer=False)
+
+    def _close(self, code: int, reason: str, *, by_peer: bool) -> None:
+        self.state = State.CLOSED
+        self._events.append(Closed(code, reason, by_peer))
+
+
+__all__ = [
+    "Acked",
+    "ApplyUpdate",
+    "CaughtUp",
+    "Closed",
+    "DocMeta",
+    "DocSource",
+    "Event",
+    "LineageMismatch",
+    "PeerAuthenticated",
+    "Session",
+    "State",
+    "SyncDone",
+    "sv_hash",
+]

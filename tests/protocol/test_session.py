@@ -1,0 +1,297 @@
+"""The sync session, driven in memory: handshake, catch-up, live updates, refusals, liveness."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pycrdt import Doc, Map
+
+from hearthsync.crdt import statevector
+from hearthsync.crdt.kinds import HOME, parse
+from hearthsync.crypto.certificate import Certificate, Revocations, TrustStore
+from hearthsync.crypto.identity import DeviceIdentity
+from hearthsync.crypto.keyring import Keyring
+from hearthsync.ids import DocId, LineageId
+from hearthsync.protocol import frames as f
+from hearthsync.protocol.session import (
+    DEAD_AFTER_S,
+    HEARTBEAT_S,
+    Acked,
+    ApplyUpdate,
+    CaughtUp,
+    Closed,
+    DocMeta,
+    Event,
+    PeerAuthenticated,
+    Session,
+    State,
+)
+from tests.crypto.conftest import NOW, YEAR, Home, enrolled, identity
+
+
+class MemoryDocs:
+    """A `DocSource` over real pycrdt documents, keyed by hearthsync document ids."""
+
+    def __init__(self) -> None:
+        self.docs: dict[DocId, Doc] = {}
+
+    def write(self, doc_id: str, key: str, value: str) -> bytes:
+        doc = self.docs.setdefault(DocId(doc_id), Doc())
+        captured: list[bytes] = []
+        sub = doc.observe(lambda e: captured.append(e.update))
+        with doc.transaction():
+            doc.get("m", type=Map)[key] = value
+        doc.unobserve(sub)
+        return captured[0]
+
+    def content(self, doc_id: str) -> dict[str, str]:
+        doc = self.docs.get(DocId(doc_id))
+        return dict(doc.get("m", type=Map)) if doc else {}
+
+    def apply(self, doc_id: DocId, update: bytes) -> bytes:
+        doc = self.docs.setdefault(doc_id, Doc())
+        doc.apply_update(update)
+        return self.state_vector(doc_id)
+
+    # the DocSource port
+    def describe(self, doc_id: str) -> DocMeta:
+        info = parse(doc_id)
+        subject = None if info.subject == HOME else info.subject
+        return DocMeta(info.scope, subject, info.genesis)
+
+    def held(self) -> list[tuple[DocId, LineageId]]:
+        return [(d, parse(d).genesis) for d in sorted(self.docs)]
+
+    def lineage(self, doc_id: DocId) -> LineageId | None:
+        return parse(doc_id).genesis if doc_id in self.docs else None
+
+    def state_vector(self, doc_id: DocId) -> bytes:
+        doc = self.docs.get(doc_id)
+        return statevector.canonical(doc.get_state()) if doc else b"\x00"
+
+    def diff(self, doc_id: DocId, state_vector: bytes) -> bytes:
+        return bytes(self.docs[doc_id].get_update(state_vector))
+
+
+@dataclass
+class Robot:
+    identity: DeviceIdentity
+    cert: Certificate
+    trust: TrustStore
+    keyring: Keyring
+    docs: MemoryDocs = field(default_factory=MemoryDocs)
+    events: list[Event] = field(default_factory=list)
+
+    def session(self, now: float = NOW) -> Session:
+        return Session(
+            self.identity,
+            self.cert.to_wire(),
+            self.trust,
+            self.keyring,
+            self.docs,
+            random.Random(self.identity.device_id).randbytes,
+            now,
+        )
+
+
+def robot(home: Home, admin_keys: Keyring, who: DeviceIdentity, name: str) -> Robot:
+    trust = TrustStore.for_household(home.household)
+    for known in ("owner", "admin", name):
+        trust.add(home.certs[known], NOW)
+    return Robot(who, home.certs[name], trust, enrolled(home, admin_keys, who))
+
+
+@pytest.fixture
+def kitchen(home: Home, admin_keys: Keyring) -> Robot:
+    return robot(home, admin_keys, home.kitchen, "kitchen")  # scopes core, spatial
+
+
+@pytest.fixture
+def hall(home: Home, admin_keys: Keyring) -> Robot:
+    return robot(home, admin_keys, home.hall, "hall")  # scopes core, health
+
+
+def pump(a: tuple[Robot, Session], b: tuple[Robot, Session], now: float = NOW) -> int:
+    """Deliver frames both ways until both sides are quiet; apply updates as a driver would."""
+    sent = 0
+    for _ in range(1_000):
+        moved = False
+        for (_, src), (dst_robot, dst) in ((a, b), (b, a)):
+            for data in src.data_to_send():
+                moved = True
+                sent += len(data)
+                dst.receive_data(data, now)
+            for event in dst.events_received():
+                dst_robot.events.append(event)
+                if isinstance(event, ApplyUpdate):
+                    dst.applied(event.doc_id, dst_robot.docs.apply(event.doc_id, event.update))
+        if not moved:
+            return sent
+    raise AssertionError("the sessions never went quiet")
+
+
+def connect(x: Robot, y: Robot) -> tuple[tuple[Robot, Session], tuple[Robot, Session]]:
+    a, b = (x, x.session()), (y, y.session())
+    pump(a, b)
+    return a, b
+
+
+def of_type(robot: Robot, kind: type) -> list[Event]:
+    return [e for e in robot.events if isinstance(e, kind)]
+
+
+def test_two_robots_authenticate_and_catch_up_in_shared_scopes(kitchen: Robot, hall: Robot) -> None:
+    kitchen.docs.write("user/alice/prefs", "beverage/coffee", "oat latte")
+    kitchen.docs.write("home/spatial", "green-mug", "shelf-2")  # spatial: hall may not read it
+    hall.docs.write("user/alice/prefs", "tea/mug", "green")
+    hall.docs.write("user/alice/health", "medication", "metformin")  # health: kitchen may not
+    a, b = connect(kitchen, hall)
+    assert a[1].state is State.OPEN
+    assert b[1].state is State.OPEN
+    assert [e.device_id for e in of_type(kitchen, PeerAuthenticated)] == [hall.identity.device_id]
+    for robot_ in (kitchen, hall):
+        assert robot_.docs.content("user/alice/prefs") == {
+            "beverage/coffee": "oat latte",
+            "tea/mug": "green",
+        }
+        assert of_type(robot_, CaughtUp)
+    assert "home/spatial" not in hall.docs.docs
+    assert "user/alice/health" not in kitchen.docs.docs
+    # every applied update was acknowledged to its sender
+    assert {e.doc_id for e in of_type(kitchen, Acked)} == {"user/alice/prefs"}
+
+
+def test_steady_state_reconnect_sends_no_sync_steps(kitchen: Robot, hall: Robot) -> None:
+    for i in range(20):
+        kitchen.docs.write(f"user/alice/events/2026-{i % 12 + 1:02d}", f"k{i}", "v")
+    connect(kitchen, hall)
+    kitchen.events.clear()
+    hall.events.clear()
+    a, b = (kitchen, kitchen.session()), (hall, hall.session())
+    wire = pump(a, b)
+    assert not of_type(kitchen, ApplyUpdate)
+    assert not of_type(hall, ApplyUpdate)
+    per_doc = (wire - 2 * 700) / 12  # hellos and auths are ~700 bytes in all; the rest: inventories
+    assert per_doc < 80, wire
+
+
+def test_live_update_is_sealed_applied_and_acknowledged(kitchen: Robot, hall: Robot) -> None:
+    a, b = connect(kitchen, hall)
+    delta = kitchen.docs.write("user/alice/prefs", "tea/mug", "blue")
+    assert a[1].send_update(DocId("user/alice/prefs"), delta)
+    assert not a[1].send_update(DocId("home/spatial"), delta)  # hall may not read spatial
+    pump(a, b)
+    assert hall.docs.content("user/alice/prefs") == {"tea/mug": "blue"}
+    assert of_type(kitchen, Acked)[-1].doc_id == "user/alice/prefs"
+
+
+def test_a_flipped_bit_in_an_envelope_is_refused_and_changes_nothing(
+    kitchen: Robot, hall: Robot
+) -> None:
+    a, b = connect(kitchen, hall)
+    delta = kitchen.docs.write("user/alice/prefs", "tea/mug", "blue")
+    a[1].send_update(DocId("user/alice/prefs"), delta)
+    (frame,) = a[1].data_to_send()
+    tampered = bytearray(frame)
+    tampered[len(frame) // 2] ^= 0x01
+    b[1].receive_data(bytes(tampered), NOW)
+    events = b[1].events_received()
+    assert not [e for e in events if isinstance(e, ApplyUpdate)]
+    (closed,) = [e for e in events if isinstance(e, Closed)]
+    assert closed.code in (400, 401)
+    error = f.decode(b[1].data_to_send()[-1])
+    assert isinstance(error, f.Error)
+    assert "user/alice/prefs" not in hall.docs.docs
+
+
+@pytest.mark.parametrize("problem", ["stranger", "expired", "revoked", "other-household"])
+def test_an_untrusted_device_is_refused(
+    home: Home, admin_keys: Keyring, kitchen: Robot, problem: str
+) -> None:
+    intruder = identity(9)
+    issuer = {"stranger": intruder, "other-household": home.admin}.get(problem, home.admin)
+    cert = home.issue(
+        issuer,
+        intruder,
+        expires_at=NOW + 10 if problem == "expired" else NOW + YEAR,
+        household_id="AAAAAAAAAAAAAAAA" if problem == "other-household" else None,
+    )
+    trust = TrustStore.for_household(home.household)
+    for known in ("owner", "admin"):
+        trust.add(home.certs[known], NOW)
+    if problem == "revoked":
+        kitchen.trust.accept_revocations(
+            Revocations.issue(
+                home.admin, household_id=home.household.id, serial=1, revoked=[intruder.device_id]
+            ),
+            NOW,
+        )
+    bad = Robot(intruder, cert, trust, Keyring())
+    kitchen.docs.write("user/alice/prefs", "tea/mug", "green")
+    later = NOW + 3_600 if problem == "expired" else NOW
+    a = (kitchen, kitchen.session(later))
+    b = (
+        bad,
+        Session(
+            intruder, cert.to_wire(), trust, Keyring(), bad.docs, random.Random(1).randbytes, later
+        ),
+    )
+    pump(a, b, later)
+    (closed,) = of_type(kitchen, Closed)
+    assert closed.code == 401
+    assert not bad.docs.docs  # nothing of the household reached it
+
+
+def test_heartbeats_keep_a_quiet_session_and_drop_a_silent_one(kitchen: Robot, hall: Robot) -> None:
+    a, b = connect(kitchen, hall)
+    a[1].tick(NOW + HEARTBEAT_S)
+    (ping,) = a[1].data_to_send()
+    assert isinstance(f.decode(ping), f.Ping)
+    b[1].receive_data(ping, NOW + HEARTBEAT_S)
+    (pong,) = b[1].data_to_send()
+    a[1].receive_data(pong, NOW + HEARTBEAT_S)
+    a[1].tick(NOW + HEARTBEAT_S + DEAD_AFTER_S - 0.5)
+    assert a[1].state is State.OPEN
+    a[1].tick(NOW + HEARTBEAT_S + DEAD_AFTER_S + 0.5)  # the partition: nothing arrives
+    assert a[1].state is State.CLOSED
+    assert [e.code for e in a[1].events_received() if isinstance(e, Closed)] == [408]
+
+
+def test_frames_out_of_order_are_protocol_errors(kitchen: Robot, hall: Robot) -> None:
+    session = kitchen.session()
+    session.data_to_send()
+    session.receive_data(f.encode(f.Inventory(())), NOW)
+    assert session.closed
+    error = f.decode(session.data_to_send()[-1])
+    assert isinstance(error, f.Error)
+    assert "INVENTORY is not expected" in error.message
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.binary(max_size=300))
+def test_random_input_to_an_open_session_never_escapes_and_never_applies(
+    kitchen: Robot, hall: Robot, data: bytes
+) -> None:
+    kitchen.events.clear()
+    hall.events.clear()
+    _, b = connect(kitchen, hall)
+    b[1].receive_data(data, NOW)
+    events = b[1].events_received()
+    assert not [e for e in events if isinstance(e, ApplyUpdate)]
+    if b[1].closed:
+        assert isinstance(f.decode(b[1].data_to_send()[-1]), f.Error)
+
+
+def test_own_certificate_presented_back_is_refused(kitchen: Robot) -> None:
+    a, b = (kitchen, kitchen.session()), (kitchen, kitchen.session())
+    pump(a, b)
+    assert a[1].closed
+    assert b[1].closed
+
+
