@@ -26,6 +26,7 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
+from hearthsync.crdt import statevector
 from hearthsync.crdt.handles import (
     ROOTS,
     CalibrationDoc,
@@ -37,12 +38,12 @@ from hearthsync.crdt.handles import (
     ProfileDoc,
     SpatialDoc,
 )
-from hearthsync.crdt.kinds import Kind, events_doc, parse, user_doc
+from hearthsync.crdt.kinds import HOME, Kind, events_doc, parse, user_doc
 from hearthsync.crdt.replica import Replica
 from hearthsync.crypto.identity import DeviceIdentity
 from hearthsync.errors import NotFoundError, ValidationError
 from hearthsync.hlc import HybridClock, Timestamp
-from hearthsync.ids import DeviceId, DocId, UserId, check_name
+from hearthsync.ids import DeviceId, DocId, LineageId, UserId, check_name
 from hearthsync.model.records import (
     Calibration,
     Condition,
@@ -59,7 +60,8 @@ from hearthsync.model.records import (
     Routine,
     SpatialChange,
 )
-from hearthsync.store.documents import DocumentSet, ToEmbed
+from hearthsync.protocol.session import DocMeta
+from hearthsync.store.documents import CommitListener, DocumentSet, ToEmbed
 from hearthsync.store.embedding import Embedder, default_embedder
 from hearthsync.store.sqlite import SqliteStore, VectorRow
 from hearthsync.store.vectors import VectorMemory
@@ -243,7 +245,9 @@ class Peer:
     async def _write(
         self, doc_id: DocId, change: Callable[[Replica], None], embed: Sequence[ToEmbed] = ()
     ) -> None:
-        await self._docs.write(doc_id, change, embed=embed)
+        # shielded: the future is shared by the whole batch, and a cancelled writer must not
+        # cancel everyone else's acknowledgement (the write itself still goes ahead)
+        await asyncio.shield(self._docs.write(doc_id, change, embed=embed))
 
     def _require_user(self, user: str) -> UserId:
         if user not in self._known_users():
@@ -700,8 +704,13 @@ class Peer:
         return sorted(self._docs.replicas)
 
     def state_vector(self, doc_id: str) -> bytes:
+        """The canonical state vector of ``doc_id`` (``b"\\x00"``, empty, if absent)."""
         replica = self._docs.get(DocId(doc_id))
-        return replica.state_vector() if replica else b"\x00"
+        return statevector.canonical(replica.state_vector()) if replica else b"\x00"
+
+    def lineage(self, doc_id: str) -> LineageId | None:
+        replica = self._docs.get(DocId(doc_id))
+        return replica.lineage if replica else None
 
     def diff(self, doc_id: str, state_vector: bytes = b"\x00") -> bytes:
         """The update holding everything of ``doc_id`` that ``state_vector`` has not seen."""
@@ -710,13 +719,25 @@ class Peer:
             raise NotFoundError(f"no document {doc_id!r}")
         return bytes(replica.doc.get_update(state_vector))
 
-    async def apply_update(self, doc_id: str, update: bytes) -> None:
-        """Merge another replica's update; returns once it is durable here."""
+    async def apply_update(self, doc_id: str, update: bytes, *, origin: str = "remote") -> bytes:
+        """Merge another replica's update; return the state vector once it is durable here."""
         parse(doc_id)
-        done = self._docs.apply_remote(DocId(doc_id), update)
+        done = self._docs.apply_remote(DocId(doc_id), update, origin)
         self._users = None  # the household's user list may have changed
         if done is not None:
-            await done
+            await asyncio.shield(done)
+        return self.state_vector(doc_id)
+
+    def on_durable(self, listener: CommitListener) -> Callable[[], None]:
+        """Call ``listener`` with each batch of (doc_id, delta, origin) once it is durable;
+        returns the function that unsubscribes it.  Sync forwards only what is on disk."""
+        self._docs.on_commit.append(listener)
+        return lambda: self._docs.on_commit.remove(listener)
+
+    @property
+    def docs(self) -> _PeerDocs:
+        """This peer's documents as the sync session sees them (`DocSource`)."""
+        return _PeerDocs(self)
 
     # ------------------------------------------------------------------ maintenance
 
@@ -756,6 +777,31 @@ class Peer:
                 for user in self.users()
             },
         )
+
+
+class _PeerDocs:
+    """The `hearthsync.protocol.session.DocSource` port over a peer's documents."""
+
+    def __init__(self, peer: Peer) -> None:
+        self._peer = peer
+
+    def describe(self, doc_id: str) -> DocMeta:
+        info = parse(doc_id)
+        subject = None if info.subject == HOME else info.subject
+        return DocMeta(info.scope, subject, info.genesis)
+
+    def held(self) -> list[tuple[DocId, LineageId]]:
+        docs = self._peer._docs.replicas
+        return [(doc_id, docs[doc_id].lineage) for doc_id in sorted(docs)]
+
+    def lineage(self, doc_id: DocId) -> LineageId | None:
+        return self._peer.lineage(doc_id)
+
+    def state_vector(self, doc_id: DocId) -> bytes:
+        return self._peer.state_vector(doc_id)
+
+    def diff(self, doc_id: DocId, state_vector: bytes) -> bytes:
+        return self._peer.diff(doc_id, state_vector)
 
 
 async def _device_name(sqlite: SqliteStore, device: str | None) -> str:

@@ -293,5 +293,3 @@ def test_own_certificate_presented_back_is_refused(kitchen: Robot) -> None:
     pump(a, b)
     assert a[1].closed
     assert b[1].closed
-
-

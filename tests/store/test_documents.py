@@ -220,17 +220,19 @@ async def test_updates_from_another_replica_merge_durably(
         await hall.add_user("alice", name="Alice")
         await hall.set_preference("alice", "beverage/tea", "green")
         await peer.set_preference("alice", "beverage/coffee", "oat latte")
-        committed: list[tuple[str, bytes]] = []
-        peer._docs.on_commit.append(committed.extend)
+        committed: list[tuple[str, bytes, str]] = []
+        peer.on_durable(committed.extend)
         for doc_id in hall.document_ids():
-            await peer.apply_update(doc_id, hall.diff(doc_id, peer.state_vector(doc_id)))
+            await peer.apply_update(
+                doc_id, hall.diff(doc_id, peer.state_vector(doc_id)), origin="hall"
+            )
         for doc_id in peer.document_ids():
             await hall.apply_update(doc_id, peer.diff(doc_id, hall.state_vector(doc_id)))
         for robot in (peer, hall):
             assert {p.value for p in robot.preferences("alice")} == {"green", "oat latte"}
         for doc_id in hall.document_ids():  # Yrs encodes in hash order: compare decoded
             assert sv.decode(peer.state_vector(doc_id)) == sv.decode(hall.state_vector(doc_id))
-        assert any(doc_id == "user/alice/prefs" for doc_id, _ in committed)
+        assert ("user/alice/prefs", "hall") in {(doc_id, origin) for doc_id, _, origin in committed}
         # a duplicate changes nothing and is not written again
         before = peer._docs.batches_committed
         await peer.apply_update("user/alice/prefs", hall.diff("user/alice/prefs"))
@@ -262,3 +264,18 @@ async def test_event_log_cache_follows_local_and_remote_appends(
         await peer.apply_update(doc_id, hall.diff(doc_id, peer.state_vector(doc_id)))
     texts = [e.text for e in peer.events("alice")]
     assert texts == ["local one", "local two", "from the hall"]
+
+
+async def test_a_cancelled_writer_does_not_cancel_the_batch(
+    peer: Peer, peer_path: Path, wall: FakeWall
+) -> None:
+    loser = asyncio.create_task(peer.set_preference("alice", "a/cancelled", 1))
+    keeper = asyncio.create_task(peer.set_preference("alice", "a/kept", 2))
+    await asyncio.sleep(0)  # let both queue into the same batch (no waiting on an event here)
+    loser.cancel()
+    await keeper  # acknowledged although its batch-mate's caller gave up
+    with pytest.raises(asyncio.CancelledError):
+        await loser
+    await peer.close()
+    async with Peer.open(peer_path, wall=wall) as reopened:
+        assert reopened.preference("alice", "a/kept") is not None

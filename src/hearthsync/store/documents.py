@@ -52,15 +52,16 @@ class ToEmbed:
 @dataclass(slots=True)
 class _Queue:
     changes: dict[DocId, list[Change]] = field(default_factory=dict)
-    remote: list[tuple[str, bytes]] = field(default_factory=list)  # already applied in memory
+    remote: list[tuple[str, bytes, str]] = field(default_factory=list)  # applied in memory
     embed: list[ToEmbed] = field(default_factory=list)
     meta: dict[str, str] = field(default_factory=dict)
     done: asyncio.Future[None] | None = None
 
 
 VectorSink = Callable[[Sequence[VectorRow], np.ndarray], None]
-#: told, after each commit, every (document, delta) that just became durable, in commit order
-CommitListener = Callable[[Sequence[tuple[str, bytes]]], None]
+#: told, after each commit, every (document, delta, origin) that just became durable, in
+#: commit order; ``origin`` is "" for local writes, else the device the delta came from
+CommitListener = Callable[[Sequence[tuple[str, bytes, str]]], None]
 
 
 class DocumentSet:
@@ -75,7 +76,7 @@ class DocumentSet:
         self._new: list[DocRow] = []  # created in memory, row not yet committed
         self._log_bytes: dict[DocId, int] = {}
         self._snapshot_bytes: dict[DocId, int] = {}
-        self._carry: list[tuple[str, bytes]] = []  # deltas of a batch whose commit failed
+        self._carry: list[tuple[str, bytes, str]] = []  # deltas of a batch whose commit failed
         self._queue = _Queue()
         self._wake = asyncio.Event()
         self._closed = False
@@ -170,7 +171,9 @@ class DocumentSet:
             self._wake.set()
         return queue.done
 
-    def apply_remote(self, doc_id: DocId, update: bytes) -> asyncio.Future[None] | None:
+    def apply_remote(
+        self, doc_id: DocId, update: bytes, origin: str = "remote"
+    ) -> asyncio.Future[None] | None:
         """Apply another replica's update now; the future resolves once its delta is durable.
 
         Returns ``None`` when the update held nothing new (a duplicate).  Raises
@@ -190,7 +193,7 @@ class DocumentSet:
         if delta is None:
             return None
         queue = self._queue
-        queue.remote.append((doc_id, delta))
+        queue.remote.append((doc_id, delta, origin))
         if queue.done is None:
             queue.done = asyncio.get_running_loop().create_future()
             self._wake.set()
@@ -214,9 +217,9 @@ class DocumentSet:
                     try:
                         await self._flush(queue)
                     except Exception as exc:  # handed to every waiting writer
-                        queue.done.set_exception(exc)
+                        _settle(queue.done, exc)
                     else:
-                        queue.done.set_result(None)
+                        _settle(queue.done, None)
                 await self._maybe_compact()
             if self._closed and self._queue.done is None:
                 if self._carry:  # a failed batch's deltas: one last try, errors surface
@@ -225,16 +228,17 @@ class DocumentSet:
                 return
 
     async def _flush(self, queue: _Queue) -> None:
-        deltas: list[tuple[str, bytes]] = self._carry + queue.remote
+        deltas: list[tuple[str, bytes, str]] = self._carry + queue.remote
         for doc_id, changes in queue.changes.items():
             replica = self.replica(doc_id)
             _, delta = replica.transact(partial(_run_all, replica, changes))
             if delta is not None:
-                deltas.append((doc_id, delta))
+                deltas.append((doc_id, delta, ""))
         # embedding is numpy work: done on another core while writers keep queueing
         vectors, matrix = await asyncio.to_thread(self._embed, queue.embed)
         meta = self.meta() | queue.meta
-        batch = Batch(docs=self._new, updates=deltas, vectors=vectors, meta=meta)
+        updates = [(doc_id, delta) for doc_id, delta, _ in deltas]
+        batch = Batch(docs=self._new, updates=updates, vectors=vectors, meta=meta)
         self._new, self._carry = [], []
         try:
             await self._sqlite.commit(batch)
@@ -242,7 +246,7 @@ class DocumentSet:
             self._new, self._carry = batch.docs + self._new, deltas
             raise
         self.batches_committed += 1
-        for changed, delta in deltas:
+        for changed, delta, _ in deltas:
             self._log_bytes[DocId(changed)] = self._log_bytes.get(DocId(changed), 0) + len(delta)
         if vectors and self.on_vectors is not None:
             self.on_vectors(vectors, matrix)
@@ -295,6 +299,16 @@ class DocumentSet:
 
     def log_bytes(self, doc_id: DocId) -> int:
         return self._log_bytes.get(doc_id, 0)
+
+
+def _settle(done: asyncio.Future[None], error: Exception | None) -> None:
+    """Resolve a batch's future, unless a caller cancelled it (the batch was written anyway)."""
+    if done.done():
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)
 
 
 def _run_all(replica: Replica, changes: list[Change]) -> None:

@@ -1,0 +1,181 @@
+"""One websocket connection driving one `Session`: the thin I/O around the protocol core.
+
+The link only pumps: a received message goes into the session; what the session wants sent
+goes out; its events become calls on the `SyncTarget` (the peer).  It adds three things the
+sans-I/O session cannot do itself:
+
+* **durability before acknowledgement**: an ``ApplyUpdate`` is awaited on the target (which
+  returns once the update is durable) before ``session.applied`` queues the ``ACK``;
+* **forwarding only what is durable**: local deltas reach the link from the target's commit
+  listener, i.e. after they are on disk (DESIGN invariant 1), and a delta is never echoed to
+  the device it came from;
+* **back-pressure**: the outgoing queue of deltas is bounded; a peer too slow to drain it is
+  disconnected and catches up from the inventory when it reconnects, instead of growing this
+  process's memory without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from websockets.asyncio.connection import Connection
+from websockets.exceptions import ConnectionClosed
+
+from hearthsync.ids import DocId
+from hearthsync.protocol.session import (
+    ApplyUpdate,
+    Closed,
+    DocSource,
+    Event,
+    PeerAuthenticated,
+    Session,
+)
+
+log = logging.getLogger(__name__)
+
+#: deltas waiting to be sent to one peer before it counts as too slow
+MAX_PENDING_DELTAS = 10_000
+TICK_S = 0.5
+
+Durable = Sequence[tuple[str, bytes, str]]
+
+
+class SyncTarget(Protocol):
+    """What a link needs from the peer."""
+
+    @property
+    def docs(self) -> DocSource: ...
+
+    async def apply_update(self, doc_id: str, update: bytes, *, origin: str) -> bytes:
+        """Make ``update`` durable; return the document's canonical state vector."""
+        ...
+
+    def on_durable(self, listener: Callable[[Durable], None]) -> Callable[[], None]:
+        """Subscribe to (doc_id, delta, origin) batches once durable; returns unsubscribe."""
+        ...
+
+
+class Link:
+    """Runs one session over one websocket until either side closes it."""
+
+    def __init__(
+        self,
+        websocket: Connection,
+        session: Session,
+        target: SyncTarget,
+        *,
+        dialed: bool,
+        on_event: Callable[[Link, Event], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.websocket = websocket
+        self.session = session
+        self.target = target
+        self.dialed = dialed
+        self._on_event = on_event
+        self._clock = clock
+        self._pending: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self._overflow = False
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    @property
+    def peer_id(self) -> str | None:
+        return self.session.peer_id
+
+    async def run(self) -> None:
+        """Pump until the connection ends; always leaves the websocket closed."""
+        unsubscribe = self.target.on_durable(self._durable)
+        tasks = [
+            asyncio.create_task(self._receive(), name="hearthsync-link-receive"),
+            asyncio.create_task(self._tick(), name="hearthsync-link-tick"),
+            asyncio.create_task(self._forward(), name="hearthsync-link-forward"),
+        ]
+        try:
+            await self._flush()
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            unsubscribe()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                    await task
+            await self._flush_and_close()
+
+    def close(self, reason: str = "closing") -> None:
+        self.session.close(reason)
+        self._pending.put_nowait(("", b""))  # wake the forwarder so it notices
+
+    # -------------------------------------------------------------- the three pumps
+
+    async def _receive(self) -> None:
+        async for message in self.websocket:
+            if isinstance(message, str):  # the protocol is binary only
+                self.session.receive_data(b"\x00not-binary", self._clock())
+            else:
+                self.bytes_received += len(message)
+                self.session.receive_data(message, self._clock())
+            await self._handle_events()
+            await self._flush()
+            if self.session.closed:
+                return
+
+    async def _tick(self) -> None:
+        while not self.session.closed:
+            await asyncio.sleep(TICK_S)  # a timer, not a wait for an event: heartbeats
+            self.session.tick(self._clock())
+            await self._handle_events()
+            await self._flush()
+
+    async def _forward(self) -> None:
+        while not self.session.closed:
+            doc_id, delta = await self._pending.get()
+            if self._overflow:
+                self.session.close("too slow: reconnect and catch up from the inventory")
+            elif delta:
+                self.session.send_update(DocId(doc_id), delta)
+            await self._flush()
+
+    # -------------------------------------------------------------- plumbing
+
+    def _durable(self, batch: Durable) -> None:
+        peer = self.session.peer_id
+        for doc_id, delta, origin in batch:
+            if peer is not None and origin == peer:
+                continue  # the peer sent it: no echo
+            if self._pending.qsize() >= MAX_PENDING_DELTAS:
+                self._overflow = True
+                self._pending.put_nowait(("", b""))
+                return
+            self._pending.put_nowait((doc_id, delta))
+
+    async def _handle_events(self) -> None:
+        for event in self.session.events_received():
+            if isinstance(event, ApplyUpdate):
+                state_vector = await self.target.apply_update(
+                    event.doc_id, event.update, origin=self.session.peer_id or event.author
+                )
+                self.session.applied(event.doc_id, state_vector)
+            elif isinstance(event, Closed):
+                level = logging.INFO if event.code in (1000, 408) else logging.WARNING
+                log.log(level, "link to %s closed (%s): %s", self.peer_id, event.code, event.reason)
+            elif isinstance(event, PeerAuthenticated):
+                log.info("link to %s authenticated", event.device_id)
+            if self._on_event is not None:
+                self._on_event(self, event)
+
+    async def _flush(self) -> None:
+        for data in self.session.data_to_send():
+            self.bytes_sent += len(data)
+            await self.websocket.send(data)  # awaits when the peer does not read: back-pressure
+
+    async def _flush_and_close(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await self._flush()
+        await self.websocket.close()

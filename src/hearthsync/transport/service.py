@@ -1,0 +1,192 @@
+"""The websocket side of household sync: a server for robots that dial in, dialers for the
+robots this one reaches, and one `Link` per authenticated peer.
+
+Connections are symmetric once open (both sides run the same `Session`), so which side dialed
+only matters when two robots end up connected twice (both dialed, or a static address and a
+discovered one name the same robot): the link dialed by the device with the greater id is kept,
+the other is closed.  Both sides apply the same rule, so they agree on which link survives
+without another message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+
+from websockets.asyncio.client import connect
+from websockets.asyncio.connection import Connection
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from hearthsync.crypto.certificate import Certificate, TrustStore
+from hearthsync.crypto.identity import DeviceIdentity
+from hearthsync.crypto.keyring import Keyring
+from hearthsync.protocol.frames import MAX_FRAME_LEN
+from hearthsync.protocol.session import Event, PeerAuthenticated, Session
+from hearthsync.transport.link import Link, SyncTarget
+
+log = logging.getLogger(__name__)
+
+FIRST_RETRY_S = 0.2
+MAX_RETRY_S = 10.0
+OPEN_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a device needs to take part in household sync."""
+
+    identity: DeviceIdentity
+    certificate: Certificate
+    trust: TrustStore
+    keyring: Keyring
+
+
+class SyncService:
+    """``async with SyncService(peer, credentials, listen=("127.0.0.1", 0)) as sync: ...``"""
+
+    def __init__(
+        self,
+        target: SyncTarget,
+        credentials: Credentials,
+        *,
+        listen: tuple[str, int] | None = ("127.0.0.1", 0),
+        peers: tuple[tuple[str, int], ...] = (),
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.target = target
+        self.credentials = credentials
+        self._listen = listen
+        self._static = peers
+        self._random_bytes = random_bytes
+        self._clock = clock
+        self._server: Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.links: dict[str, Link] = {}
+        self._ended: dict[str, asyncio.Event] = {}
+        self._changed = asyncio.Condition()
+        self._closing = False
+
+    # -------------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> SyncService:
+        if self._listen is not None:
+            host, port = self._listen
+            self._server = await serve(
+                self._accept, host, port, max_size=MAX_FRAME_LEN, compression=None,
+                ping_interval=None,  # liveness is the session's heartbeat (SPEC §6)
+            )  # fmt: skip
+        for host, port in self._static:
+            self.dial(host, port)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._closing = True
+        for link in list(self.links.values()):
+            link.close("shutting down")
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on (useful with port 0)."""
+        assert self._server is not None, "this service does not listen"
+        sockets = list(self._server.sockets)
+        return int(sockets[0].getsockname()[1])
+
+    def dial(self, host: str, port: int) -> None:
+        """Keep a connection to ``host:port``, reconnecting with backoff and jitter."""
+        self._spawn(self._dial_forever(host, port), f"hearthsync-dial-{host}:{port}")
+
+    async def wait_for_peers(self, device_ids: set[str]) -> None:
+        """Wait until every device in ``device_ids`` has an authenticated link (wrap it in
+        ``asyncio.timeout``)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: device_ids <= set(self.links))
+
+    # -------------------------------------------------------------- connections
+
+    async def _accept(self, websocket: ServerConnection) -> None:
+        await self._run(websocket, dialed=False)
+
+    async def _dial_forever(self, host: str, port: int) -> None:
+        delay = FIRST_RETRY_S
+        uri = f"ws://{host}:{port}/" if ":" not in host else f"ws://[{host}]:{port}/"
+        while not self._closing:
+            peer: str | None = None
+            try:
+                async with connect(
+                    uri, proxy=None, max_size=MAX_FRAME_LEN, compression=None,
+                    ping_interval=None, open_timeout=OPEN_TIMEOUT_S,
+                ) as websocket:  # fmt: skip
+                    peer = await self._run(websocket, dialed=True)
+                    delay = FIRST_RETRY_S
+            except (OSError, InvalidHandshake, InvalidURI, TimeoutError, ConnectionClosed) as exc:
+                log.debug("dialing %s failed: %s", uri, exc)
+            if peer is not None and peer in self.links:  # kept the other link: wait for its end
+                await self._ended[peer].wait()
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # backoff with jitter
+            delay = min(delay * 2, MAX_RETRY_S)
+
+    async def _run(self, websocket: Connection, *, dialed: bool) -> str | None:
+        creds = self.credentials
+        session = Session(
+            creds.identity, creds.certificate.to_wire(), creds.trust, creds.keyring,
+            self.target.docs, self._random_bytes, self._clock(),
+        )  # fmt: skip
+        link = Link(websocket, session, self.target, dialed=dialed, on_event=self._on_event)
+        try:
+            await link.run()
+        finally:
+            await self._unregister(link)
+        return link.peer_id
+
+    def _on_event(self, link: Link, event: Event) -> None:
+        if isinstance(event, PeerAuthenticated):
+            self._register(link, event.device_id)
+
+    def _register(self, link: Link, device: str) -> None:
+        existing = self.links.get(device)
+        if existing is not None and existing is not link:
+            if self._dialer(existing, device) > self._dialer(link, device):
+                link.close("duplicate connection")
+                return
+            existing.close("duplicate connection")
+        self.links[device] = link
+        self._ended[device] = asyncio.Event()
+        self._notify()
+
+    async def _unregister(self, link: Link) -> None:
+        device = link.peer_id
+        if device is not None and self.links.get(device) is link:
+            del self.links[device]
+            self._ended.pop(device).set()
+            self._notify()
+
+    def _dialer(self, link: Link, device: str) -> str:
+        return self.credentials.identity.device_id if link.dialed else device
+
+    def _notify(self) -> None:
+        async def notify() -> None:
+            async with self._changed:
+                self._changed.notify_all()
+
+        self._spawn(notify(), "hearthsync-notify")
+
+    def _spawn(self, coro: Coroutine[object, object, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,221 @@
+"""Household sync between real peers over real websockets on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+from nacl.signing import SigningKey
+from websockets.asyncio.client import connect
+
+from hearthsync import Peer
+from hearthsync.crdt import statevector
+from hearthsync.crypto.certificate import Certificate, TrustStore
+from hearthsync.crypto.household import Household
+from hearthsync.crypto.identity import DeviceIdentity
+from hearthsync.crypto.keyring import Keyring
+from hearthsync.protocol import frames as f
+from hearthsync.protocol.session import PROTOCOL_VERSION, SCHEMA_VERSION
+from hearthsync.transport.service import Credentials, SyncService
+
+NOW = 1_773_014_400
+YEAR = 365 * 86_400
+SCOPES = ("core", "health", "history", "household", "spatial")
+USERS = ("alice", "bob")
+TIMEOUT = 15.0
+
+
+class Home:
+    """A seeded household: the owner's keys, certificates and key grants for each robot."""
+
+    def __init__(self) -> None:
+        self.random_bytes: Callable[[int], bytes] = random.Random(5).randbytes
+        self.owner = DeviceIdentity(SigningKey(bytes([1]) * 32))
+        self.household = Household.create(self.owner, "Test Home", self.random_bytes)
+        self.owner_cert = Certificate.self_signed_owner(
+            self.owner,
+            self.household,
+            device_name="hub",
+            scopes=SCOPES,
+            issued_at=NOW,
+            expires_at=NOW + YEAR,
+        )
+        self.keys = Keyring()
+        for scope in SCOPES:
+            self.keys.create_scope(scope, self.random_bytes)
+            for user in USERS:
+                self.keys.create_data_key(user, scope, self.random_bytes)
+
+    def trust(self) -> TrustStore:
+        trust = TrustStore.for_household(self.household)
+        trust.add(self.owner_cert, NOW)
+        return trust
+
+    def enrol(self, peer: Peer, scopes: tuple[str, ...] = SCOPES) -> Credentials:
+        cert = Certificate.issue(
+            self.owner,
+            household_id=self.household.id,
+            device_pk=bytes(peer.identity.verify_key),
+            device_name=peer.device,
+            role="member",
+            scopes=scopes,
+            issued_at=NOW,
+            expires_at=NOW + 10 * YEAR,
+        )
+        trust = self.trust()
+        trust.add(cert, NOW)
+        keyring = Keyring()
+        for grant in self.keys.grants_for(
+            self.owner, peer.identity.verify_key, scopes, self.random_bytes
+        ):
+            keyring.accept_grant(grant, peer.identity, trust=trust, now=NOW)
+        return Credentials(peer.identity, cert, trust, keyring)
+
+
+async def until(peers: list[Peer], condition: Callable[[], bool]) -> None:
+    """Wait (loudly bounded) until ``condition`` holds, re-checking after each durable commit."""
+    changed = asyncio.Event()
+    offs = [p.on_durable(lambda _: changed.set()) for p in peers]
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while not condition():
+                changed.clear()
+                await changed.wait()
+    finally:
+        for off in offs:
+            off()
+
+
+def converged(peers: list[Peer]) -> bool:
+    ids = set().union(*(p.document_ids() for p in peers))
+    return all(
+        len({statevector.decode(p.state_vector(d)).__repr__() for p in peers}) == 1 for d in ids
+    )
+
+
+@pytest.fixture
+async def robots(tmp_path: Path) -> AsyncIterator[list[Peer]]:
+    async with AsyncExitStack() as stack:
+        peers = [
+            await stack.enter_async_context(Peer.open(tmp_path / name, device=name))
+            for name in ("kitchen", "hall", "garden")
+        ]
+        yield peers
+
+
+async def test_three_robots_converge_after_concurrent_writes(robots: list[Peer]) -> None:
+    home = Home()
+    kitchen, hall, garden = robots
+    for i, robot in enumerate(robots):  # concurrent, before any connection
+        await robot.add_user("alice", name="Alice")
+        await robot.set_preference("alice", f"robot/{robot.device}", i)
+        await robot.record_event("alice", "COMMAND", "tea", text=f"tea from {robot.device}")
+    async with AsyncExitStack() as stack:
+        hub = await stack.enter_async_context(SyncService(kitchen, home.enrol(kitchen)))
+        for robot in (hall, garden):
+            await stack.enter_async_context(
+                SyncService(robot, home.enrol(robot), listen=None, peers=(("127.0.0.1", hub.port),))
+            )
+        await until(robots, lambda: converged(robots) and len(garden.events("alice")) == 3)
+        for robot in robots:
+            assert {p.key for p in robot.preferences("alice")} == {
+                "robot/kitchen",
+                "robot/hall",
+                "robot/garden",
+            }
+        # live: a write on one edge robot reaches the other through the hub
+        await garden.set_preference("alice", "tea/mug", "green")
+        await until([hall], lambda: hall.preference("alice", "tea/mug") is not None)
+
+
+async def test_a_cut_peer_keeps_writing_and_nothing_is_lost_after_the_heal(
+    robots: list[Peer],
+) -> None:
+    home = Home()
+    kitchen, hall, _ = robots
+    pair = [kitchen, hall]
+    for robot in pair:
+        await robot.add_user("alice", name="Alice")
+    async with SyncService(kitchen, home.enrol(kitchen)) as hub:
+        creds = home.enrol(hall)
+        peers = (("127.0.0.1", hub.port),)
+        async with SyncService(hall, creds, listen=None, peers=peers) as edge:
+            await edge.wait_for_peers({kitchen.device_id})
+            await until(pair, lambda: converged(pair))
+        # the cut: hall's connection is gone; both keep accepting writes
+        acked = []
+        for i in range(20):
+            acked.append(await kitchen.set_preference("alice", f"k/{i}", i))
+            acked.append(await hall.set_preference("alice", f"h/{i}", i))
+        async with SyncService(hall, creds, listen=None, peers=peers):
+            await until(pair, lambda: converged(pair))
+    for robot in pair:
+        for pref in acked:
+            found = robot.preference("alice", pref.key)
+            assert found is not None
+            assert found.value == pref.value
+
+
+async def test_a_bad_device_is_refused_and_the_peer_keeps_serving(robots: list[Peer]) -> None:
+    home = Home()
+    kitchen, hall, _ = robots
+    for robot in (kitchen, hall):
+        await robot.add_user("alice", name="Alice")
+    stranger = DeviceIdentity(SigningKey(bytes([9]) * 32))
+    forged = Certificate.issue(  # signed by itself, not by the household's owner or an admin
+        stranger,
+        household_id=home.household.id,
+        device_pk=bytes(stranger.verify_key),
+        device_name="intruder",
+        role="member",
+        scopes=SCOPES,
+        issued_at=NOW,
+        expires_at=NOW + YEAR,
+    )
+    async with SyncService(kitchen, home.enrol(kitchen)) as hub:
+        uri = f"ws://127.0.0.1:{hub.port}/"
+        async with connect(uri, proxy=None) as intruder:
+            await intruder.recv()  # the hub's HELLO
+            hello = f.Hello(PROTOCOL_VERSION, SCHEMA_VERSION, forged.to_wire(), bytes(32))
+            await intruder.send(f.encode(hello))
+            async with asyncio.timeout(TIMEOUT):
+                error = f.decode(await intruder.recv())
+                assert isinstance(error, f.Error)
+                assert error.code == 401
+                await intruder.wait_closed()
+        async with SyncService(
+            hall, home.enrol(hall), listen=None, peers=(("127.0.0.1", hub.port),)
+        ):
+            await kitchen.set_preference("alice", "tea/mug", "green")
+            await until([hall], lambda: hall.preference("alice", "tea/mug") is not None)
+
+
+async def test_a_restarted_peer_does_not_receive_unchanged_documents_again(
+    robots: list[Peer],
+) -> None:
+    home = Home()
+    kitchen, hall, _ = robots
+    pair = [kitchen, hall]
+    await kitchen.add_user("alice", name="Alice")
+    for i in range(30):
+        await kitchen.record_event("alice", "COMMAND", "tea", text=f"tea {i}", ts=NOW * 1000 + i)
+    creds = home.enrol(hall)
+    async with SyncService(kitchen, home.enrol(kitchen)) as hub:
+        peers = (("127.0.0.1", hub.port),)
+        async with SyncService(hall, creds, listen=None, peers=peers) as edge:
+            await until(pair, lambda: converged(pair))
+            first = edge.links[kitchen.device_id].bytes_received
+        applied: list[str] = []
+        off = hall.on_durable(lambda batch: applied.extend(d for d, _, _ in batch))
+        async with SyncService(hall, creds, listen=None, peers=peers) as edge:
+            await edge.wait_for_peers({kitchen.device_id})
+            await hall.set_preference("alice", "tea/mug", "green")  # something new, after
+            await until([kitchen], lambda: kitchen.preference("alice", "tea/mug") is not None)
+            again = edge.links[kitchen.device_id].bytes_received
+        off()
+        assert "user/alice/events/2026-03" not in applied
+        assert again < first / 5, (again, first)
