@@ -300,6 +300,10 @@ class TrustStore:
     def is_revoked(self, device: str) -> bool:
         return device in self._revoked
 
+    def devices(self) -> list[DeviceId]:
+        """Every device whose certificate is held."""
+        return sorted(self._certs)
+
     def certificate_of(self, device: str) -> Certificate:
         """The stored certificate of ``device``; `CertificateError` if none was added."""
         cert = self._certs.get(DeviceId(device))

@@ -373,3 +373,36 @@ def _put_once(slot: dict[K, bytes], index: K, key: bytes) -> None:
 
 def _new_key(random_bytes: RandomBytes) -> bytes:
     return check_bytes(random_bytes(KEY_BYTES), field="random_bytes(32)", size=KEY_BYTES)
+
+
+# ---------------------------------------------------------------------- keeping keys on disk
+# The store keeps a device's keyring in its 0600 credentials file; these two functions are the
+# only way key bytes leave a Keyring, and they are named so that no one calls them by accident.
+
+_KEYRING_FORMAT = 1
+
+
+def export_secret_keys(keyring: Keyring) -> bytes:
+    """Every key this device holds, for its own private credentials file only."""
+    scope_keys = [[s, e, k] for (s, e), k in sorted(keyring._scope_keys.items())]
+    data_keys = [[u, s, e, k] for (u, s, e), k in sorted(keyring._data_keys.items())]
+    return pack([_KEYRING_FORMAT, scope_keys, data_keys, sorted(keyring._forgotten)])
+
+
+def import_secret_keys(data: bytes) -> Keyring:
+    """The inverse of `export_secret_keys`; `CryptoError` if the bytes are not a keyring."""
+    fields = unpack_array(
+        data, what="keyring", length=4, max_bytes=4 * 1024 * 1024, error=CryptoError,
+        max_array=100_000,
+    )  # fmt: skip
+    keyring = Keyring()
+    try:
+        for scope, epoch, key in fields[1]:
+            keyring._scope_keys[(Scope(scope), int(epoch))] = check_bytes(key, field="key", size=32)
+        for user, scope, epoch, key in fields[2]:
+            index = (UserId(user), Scope(scope), int(epoch))
+            keyring._data_keys[index] = check_bytes(key, field="key", size=32)
+        keyring._forgotten.update(UserId(u) for u in fields[3])
+    except (TypeError, ValueError) as exc:
+        raise CryptoError(f"keyring: malformed entry ({type(exc).__name__})") from None
+    return keyring

@@ -147,13 +147,31 @@ class LineageMismatch:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyMissing:
+    """An envelope of ``doc_id`` arrived for a key this device does not hold; it was skipped."""
+
+    doc_id: DocId
+    scope: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
 class Closed:
     code: int
     reason: str
     by_peer: bool
 
 
-Event = PeerAuthenticated | ApplyUpdate | SyncDone | CaughtUp | Acked | LineageMismatch | Closed
+Event = (
+    PeerAuthenticated
+    | ApplyUpdate
+    | SyncDone
+    | CaughtUp
+    | Acked
+    | LineageMismatch
+    | KeyMissing
+    | Closed
+)
 
 
 class State(enum.Enum):
@@ -255,7 +273,7 @@ class Session:
 
     def send_update(self, doc_id: DocId, delta: bytes) -> bool:
         """Forward a durable local delta if the peer may read it; return whether it was sent."""
-        if self.state is not State.OPEN or not self._shared(doc_id):
+        if self.state is not State.OPEN or not self._sealable(doc_id):
             return False
         lineage = self.docs.lineage(doc_id)
         if lineage is None:
@@ -344,7 +362,7 @@ class Session:
     def _inventory(self) -> list[f.InventoryEntry]:
         entries = []
         for doc_id, lineage in self.docs.held():
-            if self._shared(doc_id):
+            if self._sealable(doc_id):
                 digest = sv_hash(self.docs.state_vector(doc_id))
                 entries.append(f.InventoryEntry(doc_id, lineage, digest))
         return entries
@@ -352,6 +370,8 @@ class Session:
     def _on_inventory(self, inventory: f.Inventory) -> None:
         for entry in inventory.entries:
             self._require_shared(entry.doc_id)
+            if not self._sealable(entry.doc_id):
+                continue  # no key for it here (yet): asking would only bring what cannot open
             mine = self.docs.lineage(entry.doc_id)
             if mine is not None and mine != entry.lineage:
                 self._events.append(LineageMismatch(entry.doc_id, mine, entry.lineage))
@@ -366,7 +386,7 @@ class Session:
     def _on_step1(self, step: f.SyncStep1) -> None:
         self._require_shared(step.doc_id)
         lineage = self.docs.lineage(step.doc_id)
-        if lineage is None or lineage != step.lineage:
+        if lineage is None or lineage != step.lineage or not self._sealable(step.doc_id):
             raise ProtocolError(f"SYNC_STEP1 asks for {step.doc_id!r}, which is not offered")
         delta = self.docs.diff(step.doc_id, step.state_vector)
         if delta != EMPTY_UPDATE:
@@ -422,13 +442,23 @@ class Session:
     # -------------------------------------------------------------- scopes and plumbing
 
     def _shared(self, doc_id: str) -> bool:
-        """Both certificates grant this document's scope, and this device holds a key for it."""
+        """Both certificates grant this document's scope (what the peer may receive)."""
         assert self.peer is not None
         scope = self.docs.describe(doc_id).scope
         mine = self.trust.scopes_of(self.identity.device_id)
-        return (
-            scope in mine and scope in self.peer.certificate.scopes and scope in self.keyring.scopes
-        )
+        return scope in mine and scope in self.peer.certificate.scopes
+
+    def _sealable(self, doc_id: str) -> bool:
+        """Shared, and this device holds the key that encrypts it now."""
+        if not self._shared(doc_id):
+            return False
+        meta = self.docs.describe(doc_id)
+        try:
+            epoch = self.keyring.current_epoch(meta.scope)
+            self.keyring.doc_key(doc_id, meta.genesis, meta.scope, meta.subject, epoch)
+        except MissingKeyError:
+            return False
+        return True
 
     def _require_shared(self, doc_id: str) -> None:
         if not self._shared(doc_id):
@@ -455,6 +485,7 @@ __all__ = [
     "DocMeta",
     "DocSource",
     "Event",
+    "KeyMissing",
     "LineageMismatch",
     "PeerAuthenticated",
     "Session",

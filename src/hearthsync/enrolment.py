@@ -1,0 +1,254 @@
+"""A device's household credentials on disk, and enrolment of new robots (I/O adapter).
+
+Everything a device needs to take part in sync (the household, its certificate, the
+certificates it trusts, the revocation list, its keys, and the invites it has open) lives in
+one file beside the store, ``household.key``, created with mode 0600 and replaced atomically.
+The cryptography is in `hearthsync.crypto` (sans I/O); this module reads and writes the file
+and speaks the two messages of the join exchange over a websocket.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from websockets.asyncio.client import connect
+
+from hearthsync.crypto.certificate import Certificate, Revocations, TrustStore
+from hearthsync.crypto.household import Household
+from hearthsync.crypto.identity import DeviceIdentity
+from hearthsync.crypto.keyring import Keyring, export_secret_keys, import_secret_keys
+from hearthsync.crypto.pairing import (
+    Enrolment,
+    Invite,
+    PairingError,
+    PendingInvite,
+    check_join_request,
+    join_request,
+    join_response,
+    open_join_response,
+)
+from hearthsync.crypto.wire import pack, unpack_array
+from hearthsync.errors import CryptoError, StoreError, ValidationError
+from hearthsync.transport.service import Credentials
+
+CREDENTIALS_FILE = "household.key"
+SCOPES = ("core", "health", "history", "household", "spatial")
+CERT_YEARS = 10
+YEAR_S = 365 * 86_400
+JOIN_PATH = "/join"
+
+
+@dataclass
+class HouseholdState:
+    """The household as this device knows it: load with `load`, change, then `save`."""
+
+    household: Household
+    certificate: Certificate
+    trust: TrustStore
+    keyring: Keyring
+    invites: list[PendingInvite] = field(default_factory=list)
+
+    def credentials(self, identity: DeviceIdentity) -> Credentials:
+        return Credentials(identity, self.certificate, self.trust, self.keyring)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.certificate.role in ("owner", "admin")
+
+
+# ---------------------------------------------------------------------- the file
+
+
+def load(folder: Path, now: int | None = None) -> HouseholdState | None:
+    """The credentials in ``folder``, or None if this device belongs to no household."""
+    path = folder / CREDENTIALS_FILE
+    if not path.exists():
+        return None
+    if path.stat().st_mode & 0o077:
+        raise StoreError(f"{path} is readable by others; run: chmod 600 {path}")
+    fields = unpack_array(
+        path.read_bytes(), what=CREDENTIALS_FILE, length=7, max_bytes=16 * 1024 * 1024,
+        error=CryptoError, max_array=100_000,
+    )  # fmt: skip
+    household = Household(*fields[1])
+    when = int(time.time()) if now is None else now
+    trust = TrustStore.for_household(household)
+    for wire in fields[3]:  # issuers first: the file keeps them in the order they were trusted
+        trust.add(Certificate.from_wire(wire), when)
+    if fields[4]:
+        trust.accept_revocations(Revocations.from_wire(fields[4]), when)
+    return HouseholdState(
+        household,
+        Certificate.from_wire(fields[2]),
+        trust,
+        import_secret_keys(fields[5]),
+        [PendingInvite.from_list(item) for item in fields[6]],
+    )
+
+
+def save(folder: Path, state: HouseholdState) -> None:
+    """Write the credentials file atomically, readable by its owner only."""
+    h = state.household
+    trusted = [state.trust.certificate_of(d).to_wire() for d in _trust_order(state)]
+    revocations = state.trust.revocations
+    data = pack([
+        1, [h.id, h.name, h.owner_pk, h.nonce, h.secret], state.certificate.to_wire(), trusted,
+        revocations.to_wire() if revocations else b"", export_secret_keys(state.keyring),
+        [invite.to_list() for invite in state.invites],
+    ])  # fmt: skip
+    path = folder / CREDENTIALS_FILE
+    partial = folder / f".{CREDENTIALS_FILE}.{os.getpid()}.tmp"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+
+
+def _trust_order(state: HouseholdState) -> list[str]:
+    """Certificates in an order `TrustStore.add` accepts: each issuer before what it issued."""
+    certs = {d: state.trust.certificate_of(d) for d in state.trust.devices()}
+    ordered: list[str] = []
+    placed: set[bytes] = set()
+    while len(ordered) < len(certs):
+        ready = [
+            d for d, c in certs.items()
+            if d not in ordered and (c.is_self_signed or c.issuer_pk in placed)
+        ]  # fmt: skip
+        if not ready:  # an orphan (issuer unknown): keep it last, the load will say why
+            ready = [d for d in certs if d not in ordered]
+        for device in sorted(ready):
+            ordered.append(device)
+            placed.add(certs[device].device_pk)
+    return ordered
+
+
+# ---------------------------------------------------------------------- households and invites
+
+
+def create(
+    folder: Path, identity: DeviceIdentity, name: str, device_name: str, *, now: int,
+    random_bytes: Callable[[int], bytes] = os.urandom,
+) -> HouseholdState:  # fmt: skip
+    """Start a household with this device as its owner (``hearth init``)."""
+    if load(folder) is not None:
+        raise ValidationError(f"{folder} already belongs to a household", field="path")
+    household = Household.create(identity, name, random_bytes)
+    certificate = Certificate.self_signed_owner(
+        identity, household, device_name=device_name, scopes=SCOPES, issued_at=now,
+        expires_at=now + CERT_YEARS * YEAR_S,
+    )  # fmt: skip
+    trust = TrustStore.for_household(household)
+    trust.add(certificate, now)
+    keyring = Keyring()
+    for scope in SCOPES:
+        keyring.create_scope(scope, random_bytes)
+    state = HouseholdState(household, certificate, trust, keyring)
+    save(folder, state)
+    return state
+
+
+def add_invite(
+    folder: Path, state: HouseholdState, host: str, port: int, *, scopes: tuple[str, ...],
+    ttl_s: int, now: int, random_bytes: Callable[[int], bytes] = os.urandom,
+) -> Invite:  # fmt: skip
+    """Make a one-time invite for a new robot (``hearth invite``)."""
+    if not state.is_admin:
+        raise ValidationError("only the owner or an admin device can invite", field="path")
+    unknown = set(scopes) - set(SCOPES)
+    if unknown:
+        raise ValidationError(f"unknown scopes: {', '.join(sorted(unknown))}", field="scopes")
+    secret = random_bytes(16)
+    wanted = tuple(sorted(set(scopes) | {"household"}))
+    state.invites = [i for i in state.invites if i.expires_at > now]
+    state.invites.append(PendingInvite(secret, wanted, "member", now + ttl_s))
+    save(folder, state)
+    return Invite(secret, host, port)
+
+
+def add_user_keys(state: HouseholdState, user: str, random_bytes: Callable[[int], bytes]) -> bool:
+    """Give ``user`` a data key in every scope (admins only); True if any was new."""
+    if not state.is_admin:
+        return False
+    made = False
+    for scope in SCOPES:
+        epoch = state.keyring.current_epoch(scope)
+        try:
+            state.keyring.data_key(user, scope, epoch)
+        except CryptoError:
+            state.keyring.create_data_key(user, scope, random_bytes)
+            made = True
+    return made
+
+
+# ---------------------------------------------------------------------- the join exchange
+
+
+def enrol(
+    folder: Path, identity: DeviceIdentity, request: bytes, *, now: int,
+    random_bytes: Callable[[int], bytes] = os.urandom,
+) -> bytes:  # fmt: skip
+    """Answer a join request (the inviter's side): certify the device, grant its keys."""
+    state = load(folder, now)
+    if state is None:
+        raise PairingError("this device belongs to no household")
+    invite, device_pk, name = check_join_request(request, state.invites, now)
+    state.invites = [i for i in state.invites if i is not invite]  # one use only
+    save(folder, state)  # spent before anything is sent: a crash cannot make it reusable
+    certificate = Certificate.issue(
+        identity, household_id=state.household.id, device_pk=device_pk, device_name=name,
+        role=invite.role, scopes=invite.scopes, issued_at=now,
+        expires_at=now + CERT_YEARS * YEAR_S,
+    )  # fmt: skip
+    state.trust.add(certificate, now)
+    save(folder, state)
+    grants = state.keyring.grants_for(identity, device_pk, invite.scopes, random_bytes)
+    revocations = state.trust.revocations
+    enrolment = Enrolment(
+        state.household, certificate.to_wire(),
+        tuple(state.trust.certificate_of(d).to_wire() for d in _trust_order(state)),
+        revocations.to_wire() if revocations else b"", tuple(grants),
+    )  # fmt: skip
+    return join_response(invite.secret, enrolment, device_pk, random_bytes(32))
+
+
+def adopt(folder: Path, identity: DeviceIdentity, enrolment: Enrolment, now: int) -> HouseholdState:
+    """Install what the inviter sent (the new robot's side) and save it."""
+    trust = TrustStore.for_household(enrolment.household)
+    for wire in enrolment.trusted:
+        trust.add(Certificate.from_wire(wire), now)
+    if enrolment.revocations:
+        trust.accept_revocations(Revocations.from_wire(enrolment.revocations), now)
+    certificate = Certificate.from_wire(enrolment.certificate)
+    if certificate.device_id != identity.device_id:
+        raise PairingError("the inviter certified another device")
+    trust.add(certificate, now)
+    keyring = Keyring()
+    for grant in enrolment.grants:
+        keyring.accept_grant(grant, identity, trust=trust, now=now)
+    state = HouseholdState(enrolment.household, certificate, trust, keyring)
+    save(folder, state)
+    return state
+
+
+async def join(
+    folder: Path, identity: DeviceIdentity, code: str, device_name: str, *, now: int,
+    address: tuple[str, int] | None = None,
+) -> HouseholdState:  # fmt: skip
+    """Enrol this device with an invite code (``hearth join``)."""
+    if load(folder) is not None:
+        raise ValidationError(f"{folder} already belongs to a household", field="path")
+    invite = Invite.parse(code)
+    host, port = address or (invite.host, invite.port)
+    uri = f"ws://[{host}]:{port}{JOIN_PATH}" if ":" in host else f"ws://{host}:{port}{JOIN_PATH}"
+    async with connect(uri, proxy=None, open_timeout=10, max_size=1024 * 1024) as websocket:
+        await websocket.send(join_request(invite.secret, identity, device_name))
+        answer = await websocket.recv()
+    if isinstance(answer, str) or not answer.startswith(b"\x93"):
+        raise PairingError(f"the inviter refused: {answer!r:.200}")
+    return adopt(folder, identity, open_join_response(answer, invite.secret, identity), now)
