@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hearthsync.crypto.identity import display
 from hearthsync.errors import HearthError
 from hearthsync.peer import Peer
 
@@ -60,6 +63,149 @@ async def _status(path: Path) -> None:
         console.print(f"[red]corrupt[/red] {doc_id}: {reason}")
 
 
+def _now() -> int:
+    return int(time.time())
+
+
+def _address(text: str) -> tuple[str, int]:
+    from hearthsync.discovery import parse_peer
+
+    peer = parse_peer(text)
+    return peer.host, peer.port
+
+
+def _listen(text: str) -> tuple[str, int]:
+    """HOST:PORT to serve on; port 0 lets the system choose."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise typer.BadParameter(f"--listen wants HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+@app.command()
+def init(
+    path: Annotated[Path, typer.Argument(help="the new peer's folder")],
+    household: Annotated[str, typer.Option(help="the household's name")],
+    device: Annotated[str, typer.Option(help="this robot's name")],
+) -> None:
+    """Start a household with this robot as its owner."""
+    from hearthsync import enrolment
+
+    async def go() -> None:
+        async with Peer.open(path, device=device) as peer:
+            state = enrolment.create(path, peer.identity, household, device, now=_now())
+            console.print(
+                f"household [bold]{household}[/bold] ({state.household.id}) created; "
+                f"{device} ({display(peer.device_id)}) is its owner"
+            )
+
+    asyncio.run(go())
+
+
+@app.command()
+def invite(
+    path: Annotated[Path, typer.Argument(help="an owner or admin peer's folder")],
+    scopes: Annotated[
+        str, typer.Option(help="comma-separated scopes to grant")
+    ] = "core,history,spatial",
+    ttl: Annotated[str, typer.Option(help="how long the code works: 90s, 10m, 1h")] = "10m",
+    address: Annotated[
+        str | None,
+        typer.Option(help="HOST:PORT the new robot dials (default: where 'hearth run' listens)"),
+    ] = None,
+) -> None:
+    """Print a one-time code (and its QR code) that enrols a new robot."""
+    import io
+
+    import segno
+
+    from hearthsync import enrolment
+    from hearthsync.runner import RUN_FILE
+
+    state = enrolment.load(path, _now())
+    if state is None:
+        raise typer.BadParameter(f"{path} belongs to no household", param_hint="PATH")
+    if address is not None:
+        host, port = _address(address)
+    elif (path / RUN_FILE).exists():
+        running = json.loads((path / RUN_FILE).read_text())
+        host, port = running["host"], int(running["port"])
+    else:
+        raise typer.BadParameter("give --address HOST:PORT, or start 'hearth run' first")
+    made = enrolment.add_invite(
+        path,
+        state,
+        host,
+        port,
+        scopes=tuple(s for s in scopes.split(",") if s),
+        ttl_s=_seconds(ttl),
+        now=_now(),
+    )
+    qr = io.StringIO()
+    segno.make(made.code, error="m").terminal(out=qr, compact=True)
+    console.print(qr.getvalue(), highlight=False)
+    console.print(f"invite code (works once, for {ttl}): [bold]{made.code}[/bold]")
+    print(f"CODE {made.code}", flush=True)
+
+
+@app.command()
+def join(
+    path: Annotated[Path, typer.Argument(help="the new peer's folder")],
+    code: Annotated[str, typer.Argument(help="the invite code")],
+    device: Annotated[str, typer.Option(help="this robot's name")],
+    peer: Annotated[str | None, typer.Option("--peer", help="HOST:PORT, if not the code's")] = None,
+) -> None:
+    """Enrol this robot in a household with an invite code."""
+    from hearthsync import enrolment
+
+    async def go() -> None:
+        async with Peer.open(path, device=device) as opened:
+            state = await enrolment.join(
+                path,
+                opened.identity,
+                code,
+                device,
+                now=_now(),
+                address=_address(peer) if peer else None,
+            )
+            console.print(
+                f"{device} joined household {state.household.name} ({state.household.id})"
+            )
+
+    asyncio.run(go())
+
+
+@app.command()
+def run(
+    path: Annotated[Path, typer.Argument(help="the peer's folder")],
+    listen: Annotated[
+        str, typer.Option(help="HOST:PORT to serve on (port 0: any)")
+    ] = "0.0.0.0:7420",
+    peer: Annotated[
+        list[str] | None, typer.Option("--peer", help="HOST:PORT to dial (repeatable)")
+    ] = None,
+    mdns: Annotated[bool, typer.Option("--mdns/--no-mdns", help="find peers by mDNS")] = True,
+    service_type: Annotated[str | None, typer.Option(help="mDNS service type (tests)")] = None,
+    console_: Annotated[bool, typer.Option("--console", help="read commands on stdin")] = False,
+) -> None:
+    """Run this robot's peer until SIGINT/SIGTERM, syncing with its household."""
+    from hearthsync.discovery import parse_peer
+    from hearthsync.runner import run as run_peer
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    static = [parse_peer(text) for text in peer or []]
+    asyncio.run(run_peer(path, listen=_listen(listen), peers=static, mdns=mdns,
+                         service_type=service_type, console=console_))  # fmt: skip
+
+
+def _seconds(text: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+    except (ValueError, IndexError):
+        raise typer.BadParameter(f"not a duration: {text!r} (try 90s, 10m, 1h)") from None
+
+
 @bench_app.command("local")
 def bench_local(
     json_file: Annotated[Path | None, typer.Option("--json", help="write the figures here")] = None,
@@ -69,6 +215,20 @@ def bench_local(
     from hearthsync.bench.local import run_local
 
     figures = asyncio.run(run_local(console=console, quick=quick))
+    if json_file:
+        json_file.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
+        console.print(f"wrote {json_file}")
+
+
+@bench_app.command("sync")
+def bench_sync(
+    json_file: Annotated[Path | None, typer.Option("--json", help="write the figures here")] = None,
+    quick: Annotated[bool, typer.Option(help="smaller sizes, for a smoke run")] = False,
+) -> None:
+    """Household sync on loopback, against pycrdt-websocket measured in the same run."""
+    from hearthsync.bench.sync import run_sync
+
+    figures = asyncio.run(run_sync(console=console, quick=quick))
     if json_file:
         json_file.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
         console.print(f"wrote {json_file}")

@@ -32,14 +32,16 @@ from hearthsync.crypto.pairing import (
     open_join_response,
 )
 from hearthsync.crypto.wire import pack, unpack_array
-from hearthsync.errors import CryptoError, StoreError, ValidationError
-from hearthsync.transport.service import Credentials
+from hearthsync.errors import CryptoError, MissingKeyError, StoreError, ValidationError
+from hearthsync.transport.service import JOIN_PATH, Credentials
 
 CREDENTIALS_FILE = "household.key"
 SCOPES = ("core", "health", "history", "household", "spatial")
 CERT_YEARS = 10
+#: certificates start this long before they are issued: robots' clocks drift (some have no RTC),
+#: and a certificate must not be "not yet valid" on a robot whose clock is a little behind
+CLOCK_SLACK_S = 86_400
 YEAR_S = 365 * 86_400
-JOIN_PATH = "/join"
 
 
 @dataclass
@@ -140,8 +142,8 @@ def create(
         raise ValidationError(f"{folder} already belongs to a household", field="path")
     household = Household.create(identity, name, random_bytes)
     certificate = Certificate.self_signed_owner(
-        identity, household, device_name=device_name, scopes=SCOPES, issued_at=now,
-        expires_at=now + CERT_YEARS * YEAR_S,
+        identity, household, device_name=device_name, scopes=SCOPES,
+        issued_at=now - CLOCK_SLACK_S, expires_at=now + CERT_YEARS * YEAR_S,
     )  # fmt: skip
     trust = TrustStore.for_household(household)
     trust.add(certificate, now)
@@ -180,7 +182,7 @@ def add_user_keys(state: HouseholdState, user: str, random_bytes: Callable[[int]
         epoch = state.keyring.current_epoch(scope)
         try:
             state.keyring.data_key(user, scope, epoch)
-        except CryptoError:
+        except MissingKeyError:
             state.keyring.create_data_key(user, scope, random_bytes)
             made = True
     return made
@@ -202,7 +204,7 @@ def enrol(
     save(folder, state)  # spent before anything is sent: a crash cannot make it reusable
     certificate = Certificate.issue(
         identity, household_id=state.household.id, device_pk=device_pk, device_name=name,
-        role=invite.role, scopes=invite.scopes, issued_at=now,
+        role=invite.role, scopes=invite.scopes, issued_at=now - CLOCK_SLACK_S,
         expires_at=now + CERT_YEARS * YEAR_S,
     )  # fmt: skip
     state.trust.add(certificate, now)

@@ -45,6 +45,20 @@ def check_key(value: str, *, field: str) -> str:
     return value
 
 
+#: device ids are base32 (upper case); tests and static peers also use plain names
+DEVICE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,63}")
+
+
+def check_device(value: str, *, field: str = "device") -> str:
+    """Return ``value`` if it can be a device id (base32, or a name), else raise."""
+    if not isinstance(value, str) or not DEVICE_RE.fullmatch(value):
+        raise ValidationError(
+            f"{field} must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-', got {value!r:.80}",
+            field=field,
+        )
+    return value
+
+
 def user_id(value: str) -> UserId:
     return UserId(check_name(value, field="user"))
 

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import functools
+import os
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -26,6 +27,7 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
+from hearthsync import enrolment
 from hearthsync.crdt import statevector
 from hearthsync.crdt.handles import (
     ROOTS,
@@ -136,6 +138,8 @@ class Peer:
         self._handles: dict[DocId, object] = {}
         self._closed = False
         self._users: frozenset[str] | None = None
+        #: this device's household credentials, if it belongs to one (``hearth init``/``join``)
+        self.household: enrolment.HouseholdState | None = None
         self._unindexed: list[VectorRow] = []
         self._indexer: asyncio.Task[None] | None = None
         self._vector_lock = asyncio.Lock()
@@ -200,6 +204,7 @@ class Peer:
             await sqlite.close()
             raise
         peer = cls(folder, identity, name, sqlite, docs, vectors, clock, wall, rng)
+        peer.household = enrolment.load(folder, int(wall()))
         for user in peer.users():
             await vectors.open_index(user, HISTORY)
         return peer
@@ -292,6 +297,10 @@ class Peer:
         self._docs.write(DocId("household"), register)
         await self._write(doc_id, change)
         await self._vectors.open_index(record.user, HISTORY)
+        if self.household is not None and enrolment.add_user_keys(
+            self.household, record.user, os.urandom
+        ):
+            enrolment.save(self.path, self.household)  # the user's data keys (crypto-shredding)
         return record
 
     async def set_profile(self, user: str, **fields: Any) -> Profile:

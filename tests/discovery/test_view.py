@@ -68,7 +68,7 @@ async def test_a_closed_view_ends_new_and_old_streams() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
-        ({"device_id": "Kitchen"}, "device"),
+        ({"device_id": "kitchen robot"}, "device"),
         ({"port": 0}, "port"),
         ({"port": 70000}, "port"),
         ({"tag": "my-household"}, "tag"),  # a name, not a derived hex tag

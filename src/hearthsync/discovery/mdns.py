@@ -50,7 +50,7 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 
 from hearthsync.discovery.events import PeerView
 from hearthsync.errors import ValidationError
-from hearthsync.ids import check_name
+from hearthsync.ids import check_device
 from hearthsync.protocol.session import PROTOCOL_VERSION
 
 __all__ = [
@@ -133,7 +133,7 @@ class Advertiser:
         self.reannounce_s = reannounce_s
         self.info = AsyncServiceInfo(
             check_service_type(service_type),
-            f"{check_name(device_id, field='device')}.{service_type}",
+            f"{check_device(device_id)}.{service_type}",
             port=check_port(port),
             properties={"tag": check_tag(tag), "id": device_id, "v": TXT_VERSION},
             server=f"{device_id}.local.",
@@ -236,7 +236,7 @@ class Browser:
         on_ignored: IgnoredCallback | None = None,
     ) -> None:
         self._azc = azc
-        self.device_id = check_name(device_id, field="device")
+        self.device_id = check_device(device_id)
         self.tag = check_tag(tag)
         self.service_type = check_service_type(service_type)
         self.view = view if view is not None else PeerView()
@@ -381,7 +381,7 @@ def _pick_address(info: AsyncServiceInfo) -> str | None:
 
 def _is_name(value: str) -> bool:
     try:
-        check_name(value, field="device")
+        check_device(value)
     except ValidationError:
         return False
     return True

@@ -39,7 +39,7 @@ from hearthsync.discovery.mdns import (
 )
 from hearthsync.discovery.static import STATIC_PREFIX, StaticPeer, StaticPeers, parse_peers
 from hearthsync.errors import ClosedError, LocalError, ValidationError
-from hearthsync.ids import check_name
+from hearthsync.ids import check_device
 
 __all__ = ["Discovery", "default_addresses"]
 
@@ -75,7 +75,7 @@ class Discovery:
         on_event: Callback | None = None,
         on_ignored: IgnoredCallback | None = None,
     ) -> None:
-        self.device_id = check_name(device_id, field="device")
+        self.device_id = check_device(device_id)
         self.port = check_port(port)
         self.tag = check_tag(tag)
         self.service_type = check_service_type(service_type)

@@ -16,7 +16,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 
 from websockets.asyncio.client import connect
@@ -27,6 +27,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from hearthsync.crypto.certificate import Certificate, TrustStore
 from hearthsync.crypto.identity import DeviceIdentity
 from hearthsync.crypto.keyring import Keyring
+from hearthsync.errors import HearthError
 from hearthsync.protocol.frames import MAX_FRAME_LEN
 from hearthsync.protocol.session import Event, PeerAuthenticated, Session
 from hearthsync.transport.link import Link, SyncTarget
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 FIRST_RETRY_S = 0.2
 MAX_RETRY_S = 10.0
 OPEN_TIMEOUT_S = 5.0
+JOIN_PATH = "/join"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +62,11 @@ class SyncService:
         peers: tuple[tuple[str, int], ...] = (),
         random_bytes: Callable[[int], bytes] = os.urandom,
         clock: Callable[[], float] = time.time,
+        join: Callable[[bytes], Awaitable[bytes]] | None = None,
     ) -> None:
         self.target = target
+        self._join = join
+        self._paused = False
         self.credentials = credentials
         self._listen = listen
         self._static = peers
@@ -119,14 +124,48 @@ class SyncService:
 
     # -------------------------------------------------------------- connections
 
+    def pause(self) -> None:
+        """Cut every connection and make no new ones until `resume` (a partition, on demand)."""
+        self._paused = True
+        for link in list(self.links.values()):
+            link.close("paused")
+
+    def resume(self) -> None:
+        self._paused = False
+        self._notify()
+
     async def _accept(self, websocket: ServerConnection) -> None:
-        await self._run(websocket, dialed=False)
+        request = websocket.request
+        if request is not None and request.path == JOIN_PATH:
+            await self._answer_join(websocket)
+        elif not self._paused:
+            await self._run(websocket, dialed=False)
+
+    async def _answer_join(self, websocket: ServerConnection) -> None:
+        """One join exchange (SPEC §7): a request in, the sealed enrolment (or a refusal) out."""
+        if self._join is None:
+            await websocket.close(1008, "this device does not enrol robots")
+            return
+        with contextlib.suppress(ConnectionClosed):
+            request = await asyncio.wait_for(websocket.recv(), OPEN_TIMEOUT_S)
+            try:
+                answer: bytes | str = await self._join(
+                    bytes(request) if isinstance(request, bytes) else b""
+                )
+            except HearthError as exc:
+                log.warning("refused a join request: %s", exc)
+                answer = f"refused: {exc}"
+            await websocket.send(answer)
 
     async def _dial_forever(self, host: str, port: int) -> None:
         delay = FIRST_RETRY_S
         uri = f"ws://{host}:{port}/" if ":" not in host else f"ws://[{host}]:{port}/"
         while not self._closing:
             peer: str | None = None
+            if self._paused:
+                async with self._changed:
+                    await self._changed.wait_for(lambda: not self._paused or self._closing)
+                continue
             try:
                 async with connect(
                     uri, proxy=None, max_size=MAX_FRAME_LEN, compression=None,

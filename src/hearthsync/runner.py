@@ -1,0 +1,210 @@
+"""``hearth run``: one robot's peer in the foreground, syncing with its household.
+
+It opens the peer, serves websockets (sync and enrolment of invited robots), dials static
+peers, finds the others by mDNS (dialing those with a smaller device id: only the greater id
+dials), and runs until SIGINT or SIGTERM, then shuts down cleanly: the mDNS goodbye is sent,
+connections are closed, the store is flushed.  While it runs, ``run.json`` in the peer folder
+says where it listens and whom it is connected to (``hearth status`` and ``hearth invite`` read
+it).
+
+With ``--console`` it also reads one command per line on standard input and answers on
+standard output (an operator's and a test's way in, until the local HTTP API exists)::
+
+    user ID NAME               -> ACK user ID
+    pref USER KEY VALUE        -> ACK pref USER KEY VALUE       (VALUE is JSON, or a word)
+    get USER KEY               -> VALUE USER KEY <json>
+    wait USER KEY SECONDS      -> OK USER KEY | TIMEOUT USER KEY   (waits for sync, no polling)
+    waituser USER SECONDS      -> OK user USER | TIMEOUT user USER
+    peers                      -> PEERS id,id,...
+    partition on|off           -> ACK partition on|off   (cut / restore every connection)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from hearthsync import enrolment
+from hearthsync.discovery import SERVICE_TYPE, Discovery, PeerFound
+from hearthsync.discovery.events import PeerEvent
+from hearthsync.discovery.static import StaticPeer
+from hearthsync.errors import HearthError, ValidationError
+from hearthsync.peer import Peer
+from hearthsync.transport.service import SyncService
+
+log = logging.getLogger(__name__)
+RUN_FILE = "run.json"
+
+
+async def run(
+    path: Path,
+    *,
+    listen: tuple[str, int] | None,
+    peers: Sequence[StaticPeer] = (),
+    mdns: bool = True,
+    service_type: str | None = None,
+    console: bool = False,
+) -> None:
+    async with Peer.open(path) as peer:
+        state = peer.household
+        if state is None:
+            raise ValidationError(
+                f"{path} belongs to no household: run 'hearth init' or 'hearth join' first",
+                field="path",
+            )
+
+        async def join(request: bytes) -> bytes:
+            return enrolment.enrol(path, peer.identity, request, now=int(time.time()))
+
+        service = SyncService(
+            peer, state.credentials(peer.identity), listen=listen,
+            peers=tuple((p.host, p.port) for p in peers), join=join,
+        )  # fmt: skip
+        async with service:
+            await _serve(peer, service, path, mdns=mdns, service_type=service_type,
+                         console=console, listen=listen)  # fmt: skip
+
+
+async def _serve(
+    peer: Peer, service: SyncService, path: Path, *, mdns: bool, service_type: str | None,
+    console: bool, listen: tuple[str, int] | None,
+) -> None:  # fmt: skip
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    port = service.port if listen is not None else 0
+    host = listen[0] if listen is not None else ""
+    assert peer.household is not None
+    async with contextlib.AsyncExitStack() as stack:
+        if mdns and listen is not None:
+            discovery = Discovery(
+                peer.device_id, port, peer.household.household.discovery_tag,
+                interfaces=[host] if host not in ("", "0.0.0.0") else None,  # noqa: S104
+                addresses=[host] if host not in ("", "0.0.0.0") else None,  # noqa: S104
+                service_type=service_type or SERVICE_TYPE,
+            )  # fmt: skip
+            await stack.enter_async_context(discovery)
+            discovery.subscribe(lambda event: _on_discovered(peer, service, event))
+        _write_run_file(path, host, port, peer, service)
+        print(f"READY {peer.device_id} {host}:{port}", flush=True)
+        tasks: list[asyncio.Task[object]] = [asyncio.create_task(_until(stop))]
+        if console:
+            tasks.append(asyncio.create_task(_console(peer, service)))
+        tasks.append(asyncio.create_task(_keep_run_file(path, host, port, peer, service)))
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            task.cancel()
+    (path / RUN_FILE).unlink(missing_ok=True)
+    print("STOPPED", flush=True)
+
+
+async def _until(event: asyncio.Event) -> object:
+    return await event.wait()
+
+
+def _on_discovered(peer: Peer, service: SyncService, event: PeerEvent) -> None:
+    if (
+        isinstance(event, PeerFound)
+        and peer.device_id > event.device_id  # only the device with the greater id dials
+        and event.device_id not in service.links
+    ):
+        service.dial(event.host, event.port)
+
+
+def _write_run_file(path: Path, host: str, port: int, peer: Peer, service: SyncService) -> None:
+    links = {
+        device: {"sent": link.bytes_sent, "received": link.bytes_received}
+        for device, link in service.links.items()
+    }
+    data = {"pid": os.getpid(), "host": host, "port": port, "device_id": peer.device_id,
+            "links": links, "at": time.time()}  # fmt: skip
+    partial = path / f".{RUN_FILE}.tmp"
+    partial.write_text(json.dumps(data))
+    os.replace(partial, path / RUN_FILE)
+
+
+async def _keep_run_file(
+    path: Path, host: str, port: int, peer: Peer, service: SyncService
+) -> None:
+    while True:
+        await asyncio.sleep(2.0)  # a refresh period, not a wait for an event
+        _write_run_file(path, host, port, peer, service)
+
+
+# ------------------------------------------------------------------------------ the console
+
+
+async def _console(peer: Peer, service: SyncService) -> None:
+    reader = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while line := await reader.readline():
+        words = line.decode().split()
+        if not words:
+            continue
+        try:
+            print(await _command(peer, service, words), flush=True)
+        except (HearthError, ValueError, IndexError) as exc:
+            print(f"ERR {exc}", flush=True)
+
+
+async def _command(peer: Peer, service: SyncService, words: list[str]) -> str:
+    match words:
+        case ["user", user, *name]:
+            await peer.add_user(user, name=" ".join(name) or user)
+            return f"ACK user {user}"
+        case ["pref", user, key, *value]:
+            await peer.set_preference(user, key, _value(" ".join(value)))
+            return f"ACK pref {user} {key} {' '.join(value)}"
+        case ["get", user, key]:
+            found = peer.preference(user, key)
+            return f"VALUE {user} {key} {json.dumps(found.value if found else None)}"
+        case ["wait", user, key, seconds]:
+            ok = await _wait_for(
+                peer, lambda: peer.preference(user, key) is not None, float(seconds)
+            )
+            return f"{'OK' if ok else 'TIMEOUT'} {user} {key}"
+        case ["waituser", user, seconds]:
+            ok = await _wait_for(peer, lambda: user in peer.users(), float(seconds))
+            return f"{'OK' if ok else 'TIMEOUT'} user {user}"
+        case ["peers"]:
+            return "PEERS " + ",".join(sorted(service.links))
+        case ["partition", "on"]:
+            service.pause()
+            return "ACK partition on"
+        case ["partition", "off"]:
+            service.resume()
+            return "ACK partition off"
+    raise ValueError(f"unknown command: {' '.join(words)!r}")
+
+
+def _value(text: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+async def _wait_for(peer: Peer, condition: object, seconds: float) -> bool:
+    assert callable(condition)
+    changed = asyncio.Event()
+    off = peer.on_durable(lambda _: changed.set())
+    try:
+        async with asyncio.timeout(seconds):
+            while not condition():
+                changed.clear()
+                await changed.wait()
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        off()

@@ -1,0 +1,160 @@
+"""A household of real ``hearth run`` processes on loopback: pairing, discovery, sync, partitions.
+
+Each robot is a subprocess driven through ``hearth run --console``: a command on stdin, its
+answer on stdout.  Waiting is done by the robots themselves (``wait`` returns when the value
+has arrived and is durable, or after its timeout), never by sleeping here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+HEARTH = shutil.which("hearth", path=str(BIN))
+TIMEOUT = 30.0
+ENV = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "NO_PROXY": "*"}
+
+
+def hearth(*args: str) -> str:
+    assert HEARTH, "the hearth console script is not installed beside this python"
+    done = subprocess.run(
+        [HEARTH, *args], capture_output=True, text=True, timeout=60, env=ENV, check=False
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    return done.stdout
+
+
+class Robot:
+    """One ``hearth run`` process."""
+
+    def __init__(self, path: Path, process: asyncio.subprocess.Process) -> None:
+        self.path = path
+        self.process = process
+        self.device_id = ""
+        self.port = 0
+
+    @classmethod
+    async def start(cls, path: Path, *args: str) -> Robot:
+        assert HEARTH
+        process = await asyncio.create_subprocess_exec(
+            HEARTH, "run", str(path), "--listen", "127.0.0.1:0", "--console", *args,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=ENV,
+        )  # fmt: skip
+        robot = cls(path, process)
+        ready = await robot.line()
+        assert ready.startswith("READY "), ready
+        _, robot.device_id, address = ready.split()
+        robot.port = int(address.rsplit(":", 1)[1])
+        return robot
+
+    async def line(self) -> str:
+        assert self.process.stdout is not None
+        async with asyncio.timeout(TIMEOUT):
+            raw = await self.process.stdout.readline()
+        if not raw:
+            raise AssertionError(f"{self.path.name} exited with {await self.process.wait()}")
+        return raw.decode().strip()
+
+    async def ask(self, command: str) -> str:
+        assert self.process.stdin is not None
+        self.process.stdin.write(command.encode() + b"\n")
+        await self.process.stdin.drain()
+        return await self.line()
+
+    async def stop(self) -> int:
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(TIMEOUT):
+                return await self.process.wait()
+        return self.process.returncode
+
+
+@pytest.fixture
+def household(tmp_path: Path) -> list[Path]:
+    """alpha owns the household; beta and gamma join it with one-time codes."""
+    alpha, beta, gamma = (tmp_path / n for n in ("alpha", "beta", "gamma"))
+    hearth("init", str(alpha), "--household", "Test Home", "--device", "alpha")
+    return [alpha, beta, gamma]
+
+
+async def enrol(owner: Robot, path: Path) -> None:
+    out = hearth("invite", str(owner.path), "--scopes", "core,history,spatial,health")
+    code = next(line.split()[1] for line in out.splitlines() if line.startswith("CODE "))
+    hearth("join", str(path), code, "--device", path.name)
+    with pytest.raises(AssertionError, match="no open invite matches"):  # a code works once
+        hearth("join", str(path.parent / f"{path.name}-again"), code, "--device", "again")
+
+
+@pytest.fixture
+async def robots(household: list[Path]) -> AsyncIterator[list[Robot]]:
+    started: list[Robot] = []
+    try:
+        yield started
+    finally:
+        codes = [await robot.stop() for robot in started]
+        assert all(code == 0 for code in codes), codes  # clean shutdown on SIGTERM
+
+
+async def converge(robots: list[Robot], keys: list[str]) -> None:
+    for robot in robots:
+        assert await robot.ask(f"waituser alice {TIMEOUT}") == "OK user alice"
+        for key in keys:
+            assert await robot.ask(f"wait alice {key} {TIMEOUT}") == f"OK alice {key}"
+
+
+@pytest.mark.parametrize("mode", ["mdns", "static"])
+async def test_three_processes_pair_find_each_other_and_converge(
+    household: list[Path], robots: list[Robot], mode: str
+) -> None:
+    service_type = f"_h{secrets.token_hex(4)}._tcp.local."
+    alpha = await Robot.start(household[0], "--service-type", service_type)
+    robots.append(alpha)
+    assert await alpha.ask("user alice Alice") == "ACK user alice"
+    for path in household[1:]:
+        await enrol(alpha, path)
+    extra = ["--service-type", service_type]
+    if mode == "static":
+        extra = ["--no-mdns", "--peer", f"127.0.0.1:{alpha.port}"]
+    for path in household[1:]:
+        robots.append(await Robot.start(path, *extra))
+    await converge(robots, [])  # alice (added on alpha) has reached everyone
+    writes = [robot.ask(f"pref alice from/{robot.path.name} {i}") for i, robot in enumerate(robots)]
+    assert all(answer.startswith("ACK") for answer in await asyncio.gather(*writes))
+    await converge(robots, [f"from/{robot.path.name}" for robot in robots])
+    if mode == "mdns":  # found by discovery: each pair connected once, by the greater id
+        for robot in robots:
+            peers = (await robot.ask("peers")).removeprefix("PEERS ").split(",")
+            assert len(peers) == 2, peers
+
+
+async def test_a_partitioned_process_keeps_writing_and_converges_after_the_heal(
+    household: list[Path], robots: list[Robot]
+) -> None:
+    service_type = f"_h{secrets.token_hex(4)}._tcp.local."
+    alpha = await Robot.start(household[0], "--service-type", service_type)
+    robots.append(alpha)
+    await alpha.ask("user alice Alice")
+    for path in household[1:]:
+        await enrol(alpha, path)
+        robots.append(await Robot.start(path, "--service-type", service_type))
+    gamma = robots[2]
+    await converge(robots, [])
+    assert await gamma.ask("partition on") == "ACK partition on"
+    acked = []
+    for i, robot in enumerate(robots):
+        answer = await robot.ask(f"pref alice cut/{robot.path.name} {i}")
+        assert answer.startswith("ACK")
+        acked.append(f"cut/{robot.path.name}")
+    assert await gamma.ask("wait alice cut/alpha 1") == "TIMEOUT alice cut/alpha"  # really cut
+    assert await gamma.ask("partition off") == "ACK partition off"
+    await converge(robots, acked)
