@@ -133,7 +133,7 @@ async def test_three_processes_pair_find_each_other_and_converge(
     await converge(robots, [f"from/{robot.path.name}" for robot in robots])
     if mode == "mdns":  # found by discovery: each pair connected once, by the greater id
         for robot in robots:
-            peers = (await robot.ask("peers")).removeprefix("PEERS ").split(",")
+            peers = (await robot.ask(f"waitpeers 2 {TIMEOUT}")).removeprefix("PEERS ").split(",")
             assert len(peers) == 2, peers
 
 

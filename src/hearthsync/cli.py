@@ -61,6 +61,27 @@ async def _status(path: Path) -> None:
         console.print(f"vector index {name}: {count} embeddings")
     for doc_id, reason in status.corrupt.items():
         console.print(f"[red]corrupt[/red] {doc_id}: {reason}")
+    _print_running(path)
+
+
+def _print_running(path: Path) -> None:
+    """What a running ``hearth run`` of this folder reports: its peers, their lag."""
+    from hearthsync.runner import RUN_FILE
+
+    run_file = path / RUN_FILE
+    if not run_file.exists():
+        console.print("not running (no 'hearth run' for this folder)")
+        return
+    running = json.loads(run_file.read_text())
+    console.print(
+        f"running as pid {running['pid']}, listening on {running['host']}:{running['port']}"
+    )
+    table = Table("peer", "bytes sent", "bytes received", "lag (unacknowledged documents)")
+    for device, link in sorted(running["links"].items()):
+        lag = link["unacknowledged_documents"]
+        table.add_row(device, f"{link['sent']:,}", f"{link['received']:,}",
+                      f"{len(lag)}" + (f": {', '.join(lag[:3])}" if lag else ""))  # fmt: skip
+    console.print(table)
 
 
 def _now() -> int:

@@ -16,6 +16,7 @@ standard output (an operator's and a test's way in, until the local HTTP API exi
     wait USER KEY SECONDS      -> OK USER KEY | TIMEOUT USER KEY   (waits for sync, no polling)
     waituser USER SECONDS      -> OK user USER | TIMEOUT user USER
     peers                      -> PEERS id,id,...
+    waitpeers COUNT SECONDS    -> PEERS id,... once COUNT peers are linked | TIMEOUT peers ...
     partition on|off           -> ACK partition on|off   (cut / restore every connection)
 """
 
@@ -122,7 +123,11 @@ def _on_discovered(peer: Peer, service: SyncService, event: PeerEvent) -> None:
 
 def _write_run_file(path: Path, host: str, port: int, peer: Peer, service: SyncService) -> None:
     links = {
-        device: {"sent": link.bytes_sent, "received": link.bytes_received}
+        device: {
+            "sent": link.bytes_sent,
+            "received": link.bytes_received,
+            "unacknowledged_documents": sorted(link.unacked),
+        }
         for device, link in service.links.items()
     }
     data = {"pid": os.getpid(), "host": host, "port": port, "device_id": peer.device_id,
@@ -177,6 +182,13 @@ async def _command(peer: Peer, service: SyncService, words: list[str]) -> str:
             ok = await _wait_for(peer, lambda: user in peer.users(), float(seconds))
             return f"{'OK' if ok else 'TIMEOUT'} user {user}"
         case ["peers"]:
+            return "PEERS " + ",".join(sorted(service.links))
+        case ["waitpeers", count, seconds]:
+            try:
+                async with asyncio.timeout(float(seconds)):
+                    await service.wait_for_links(int(count))
+            except TimeoutError:
+                return "TIMEOUT peers " + ",".join(sorted(service.links))
             return "PEERS " + ",".join(sorted(service.links))
         case ["partition", "on"]:
             service.pause()

@@ -235,7 +235,10 @@ class DocumentSet:
             if delta is not None:
                 deltas.append((doc_id, delta, ""))
         # embedding is numpy work: done on another core while writers keep queueing
-        vectors, matrix = await asyncio.to_thread(self._embed, queue.embed)
+        if queue.embed:
+            vectors, matrix = await asyncio.to_thread(self._embed, queue.embed)
+        else:
+            vectors, matrix = [], np.zeros((0, self._embedder.dim), dtype=np.float32)
         meta = self.meta() | queue.meta
         updates = [(doc_id, delta) for doc_id, delta, _ in deltas]
         batch = Batch(docs=self._new, updates=updates, vectors=vectors, meta=meta)

@@ -23,11 +23,15 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from pycrdt import merge_updates
 from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed
 
+from hearthsync.crdt import statevector
+from hearthsync.errors import RemoteError
 from hearthsync.ids import DocId
 from hearthsync.protocol.session import (
+    Acked,
     ApplyUpdate,
     Closed,
     DocSource,
@@ -83,6 +87,8 @@ class Link:
         self._overflow = False
         self.bytes_sent = 0
         self.bytes_received = 0
+        #: documents sent to the peer and not yet acknowledged durable there: the lag
+        self.unacked: dict[str, dict[int, int]] = {}
 
     @property
     def peer_id(self) -> str | None:
@@ -135,12 +141,25 @@ class Link:
 
     async def _forward(self) -> None:
         while not self.session.closed:
-            doc_id, delta = await self._pending.get()
+            batch = [await self._pending.get()]
+            while not self._pending.empty():
+                batch.append(self._pending.get_nowait())
             if self._overflow:
                 self.session.close("too slow: reconnect and catch up from the inventory")
-            elif delta:
-                self.session.send_update(DocId(doc_id), delta)
+            else:
+                self._send_merged(batch)
             await self._flush()
+
+    def _send_merged(self, batch: list[tuple[str, bytes]]) -> None:
+        """One envelope per document for everything queued meanwhile (one signature each)."""
+        by_doc: dict[str, list[bytes]] = {}
+        for doc_id, delta in batch:
+            if delta:
+                by_doc.setdefault(doc_id, []).append(delta)
+        for doc_id, deltas in by_doc.items():
+            merged = deltas[0] if len(deltas) == 1 else bytes(merge_updates(*deltas))
+            if self.session.send_update(DocId(doc_id), merged):
+                self._sent(doc_id)
 
     # -------------------------------------------------------------- plumbing
 
@@ -155,6 +174,18 @@ class Link:
                 return
             self._pending.put_nowait((doc_id, delta))
 
+    def _sent(self, doc_id: str) -> None:
+        self.unacked[doc_id] = statevector.decode(self.target.docs.state_vector(DocId(doc_id)))
+
+    def _acked(self, doc_id: str, state_vector: bytes) -> None:
+        sent = self.unacked.get(doc_id)
+        try:
+            acked = statevector.decode(state_vector)
+        except RemoteError:
+            return
+        if sent is not None and statevector.covers(acked, sent):
+            del self.unacked[doc_id]
+
     async def _handle_events(self) -> None:
         for event in self.session.events_received():
             if isinstance(event, ApplyUpdate):
@@ -162,6 +193,8 @@ class Link:
                     event.doc_id, event.update, origin=self.session.peer_id or event.author
                 )
                 self.session.applied(event.doc_id, state_vector)
+            elif isinstance(event, Acked):
+                self._acked(event.doc_id, event.state_vector)
             elif isinstance(event, Closed):
                 level = logging.INFO if event.code in (1000, 408) else logging.WARNING
                 log.log(level, "link to %s closed (%s): %s", self.peer_id, event.code, event.reason)

@@ -116,6 +116,11 @@ class SyncService:
         """Keep a connection to ``host:port``, reconnecting with backoff and jitter."""
         self._spawn(self._dial_forever(host, port), f"hearthsync-dial-{host}:{port}")
 
+    async def wait_for_links(self, count: int) -> None:
+        """Wait until at least ``count`` peers have authenticated links."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: len(self.links) >= count)
+
     async def wait_for_peers(self, device_ids: set[str]) -> None:
         """Wait until every device in ``device_ids`` has an authenticated link (wrap it in
         ``asyncio.timeout``)."""
