@@ -158,3 +158,27 @@ async def test_a_partitioned_process_keeps_writing_and_converges_after_the_heal(
     assert await gamma.ask("wait alice cut/alpha 1") == "TIMEOUT alice cut/alpha"  # really cut
     assert await gamma.ask("partition off") == "ACK partition off"
     await converge(robots, acked)
+
+
+async def test_a_user_added_after_enrolment_reaches_every_robot_with_their_keys(
+    household: list[Path], robots: list[Robot]
+) -> None:
+    """bob's data keys are made after beta joined: they travel as KEY_GRANT frames."""
+    alpha = await Robot.start(household[0], "--no-mdns")
+    robots.append(alpha)
+    await alpha.ask("user alice Alice")
+    await enrol(alpha, household[1])
+    beta = await Robot.start(household[1], "--no-mdns", "--peer", f"127.0.0.1:{alpha.port}")
+    robots.append(beta)
+    assert (await beta.ask(f"waitpeers 1 {TIMEOUT}")).startswith("PEERS")
+    assert await alpha.ask("user bob Bob") == "ACK user bob"
+    assert await alpha.ask("pref bob tea/mug blue") == "ACK pref bob tea/mug blue"
+    assert await beta.ask(f"wait bob tea/mug {TIMEOUT}") == "OK bob tea/mug"
+    assert await beta.ask("pref bob tea/milk oat") == "ACK pref bob tea/milk oat"
+    assert await alpha.ask(f"wait bob tea/milk {TIMEOUT}") == "OK bob tea/milk"
+    # beta kept the keys: restarted, it still reads and writes bob's documents
+    assert await beta.stop() == 0
+    robots.remove(beta)
+    beta = await Robot.start(household[1], "--no-mdns", "--peer", f"127.0.0.1:{alpha.port}")
+    robots.append(beta)
+    assert await beta.ask("get bob tea/mug") == 'VALUE bob tea/mug "blue"'

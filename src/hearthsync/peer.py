@@ -140,6 +140,8 @@ class Peer:
         self._users: frozenset[str] | None = None
         #: this device's household credentials, if it belongs to one (``hearth init``/``join``)
         self.household: enrolment.HouseholdState | None = None
+        #: called after this device made keys (sync grants them to the other robots)
+        self.on_keys_made: list[Callable[[], None]] = []
         self._unindexed: list[VectorRow] = []
         self._indexer: asyncio.Task[None] | None = None
         self._vector_lock = asyncio.Lock()
@@ -294,13 +296,17 @@ class Peer:
         def register(_: Replica) -> None:
             household.users[record.user] = record.name
 
-        self._docs.write(DocId("household"), register)
-        await self._write(doc_id, change)
-        await self._vectors.open_index(record.user, HISTORY)
+        # the user's data keys first (crypto-shredding), so that their documents can be sealed
+        # for the other robots as soon as they are written
         if self.household is not None and enrolment.add_user_keys(
             self.household, record.user, os.urandom
         ):
-            enrolment.save(self.path, self.household)  # the user's data keys (crypto-shredding)
+            enrolment.save(self.path, self.household)
+            for listener in self.on_keys_made:
+                listener()
+        self._docs.write(DocId("household"), register)
+        await self._write(doc_id, change)
+        await self._vectors.open_index(record.user, HISTORY)
         return record
 
     async def set_profile(self, user: str, **fields: Any) -> Profile:
@@ -736,6 +742,11 @@ class Peer:
         if done is not None:
             await asyncio.shield(done)
         return self.state_vector(doc_id)
+
+    def keys_changed(self) -> None:
+        """Another robot granted keys: keep them with this device's credentials."""
+        if self.household is not None:
+            enrolment.save(self.path, self.household)
 
     def on_durable(self, listener: CommitListener) -> Callable[[], None]:
         """Call ``listener`` with each batch of (doc_id, delta, origin) once it is durable;

@@ -69,6 +69,7 @@ async def run(
             peer, state.credentials(peer.identity), listen=listen,
             peers=tuple((p.host, p.port) for p in peers), join=join,
         )  # fmt: skip
+        peer.on_keys_made.append(service.send_grants)
         async with service:
             await _serve(peer, service, path, mdns=mdns, service_type=service_type,
                          console=console, listen=listen)  # fmt: skip

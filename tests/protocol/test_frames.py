@@ -49,7 +49,7 @@ from hearthsync.protocol.frames import FRAME_CLASSES
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS_DIR = ROOT / "protocol" / "vectors"
 VECTORS = json.loads((VECTORS_DIR / "frames.json").read_text(encoding="utf-8"))
-BIN_FIELDS = {"certificate", "signature", "sv_hash", "state_vector", "envelope"}
+BIN_FIELDS = {"certificate", "signature", "sv_hash", "state_vector", "envelope", "grant"}
 CLASS_BY_NAME = {cls.TYPE.name: cls for cls in FRAME_CLASSES}
 
 
@@ -204,6 +204,10 @@ def test_limits_agree_with_the_crypto_layer() -> None:
 
     assert MAX_ENVELOPE_LEN == envelope.MAX_ENVELOPE_BYTES
     assert MAX_CERTIFICATE_LEN == certificate.MAX_CERTIFICATE_BYTES
+    from hearthsync.crypto import keyring
+    from hearthsync.protocol.frames import MAX_GRANT_LEN
+
+    assert MAX_GRANT_LEN == keyring.MAX_GRANT_BYTES
 
 
 # --- encode refuses frames that break the spec --------------------------------------------

@@ -26,6 +26,7 @@ from hearthsync.protocol.session import (
     Closed,
     DocMeta,
     Event,
+    KeysChanged,
     PeerAuthenticated,
     Session,
     State,
@@ -293,3 +294,35 @@ def test_own_certificate_presented_back_is_refused(kitchen: Robot) -> None:
     pump(a, b)
     assert a[1].closed
     assert b[1].closed
+
+
+def test_an_admin_grants_keys_made_after_the_session_opened(
+    home: Home, admin_keys: Keyring, kitchen: Robot
+) -> None:
+    trust = TrustStore.for_household(home.household)
+    for known in ("owner", "admin"):
+        trust.add(home.certs[known], NOW)
+    admin = Robot(home.admin, home.certs["admin"], trust, admin_keys)
+    a, b = connect(admin, kitchen)
+    assert of_type(kitchen, KeysChanged) == []  # kitchen already held every key it may hold
+    admin_keys.create_data_key("carol", "core", home.random_bytes)  # a new user
+    admin.docs.write("user/carol/prefs", "tea/mug", "green")
+    assert a[1].send_grants() > 0
+    pump(a, b)
+    assert of_type(kitchen, KeysChanged)
+    assert kitchen.docs.content("user/carol/prefs") == {"tea/mug": "green"}
+
+
+def test_a_grant_from_a_member_is_refused(kitchen: Robot, hall: Robot, home: Home) -> None:
+    _, b = connect(kitchen, hall)
+    forged = kitchen.keyring.grant(
+        kitchen.identity,
+        hall.identity.verify_key,
+        scope="core",
+        epoch=0,
+        user="alice",
+        random_bytes=home.random_bytes,
+    )
+    b[1].receive_data(f.encode(f.KeyGrant(forged)), NOW)
+    assert b[1].closed
+    assert [e.code for e in b[1].events_received() if isinstance(e, Closed)] == [401]

@@ -192,6 +192,10 @@ class Keyring:
 
     __str__ = __repr__
 
+    def key_count(self) -> int:
+        """How many keys this device holds (to tell whether a grant taught it anything)."""
+        return len(self._scope_keys) + len(self._data_keys)
+
     @property
     def scopes(self) -> frozenset[Scope]:
         return frozenset(s for s, _ in self._scope_keys) | {s for _, s, _ in self._data_keys}

@@ -55,6 +55,8 @@ MAX_CERTIFICATE_LEN = 1 * KiB
 #: the crypto layer would accept)
 MAX_ENVELOPE_LEN = 2 * MiB + 1 * KiB
 MAX_STATE_VECTOR_LEN = 64 * KiB
+#: a key grant (SPEC §4); equal to ``hearthsync.crypto.keyring.MAX_GRANT_BYTES``
+MAX_GRANT_LEN = 512
 MAX_INVENTORY_ENTRIES = 10_000
 NONCE_LEN = 32
 SIGNATURE_LEN = 64
@@ -75,6 +77,7 @@ class FrameType(IntEnum):
     PING = 9
     PONG = 10
     ERROR = 11
+    KEY_GRANT = 12
 
 
 class ErrorCode(IntEnum):
@@ -100,6 +103,7 @@ STATE_VECTOR = Blob(0, MAX_STATE_VECTOR_LEN)
 NONCE = Blob(NONCE_LEN, NONCE_LEN)
 SIGNATURE = Blob(SIGNATURE_LEN, SIGNATURE_LEN)
 SV_HASH = Blob(SV_HASH_LEN, SV_HASH_LEN)
+GRANT = Blob(1, MAX_GRANT_LEN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,12 +211,32 @@ class Error:
     message: Annotated[str, TEXT]
 
 
+@dataclass(frozen=True, slots=True)
+class KeyGrant:
+    """A key sealed to the receiving device by an owner or admin device (SPEC §4, §6.6)."""
+
+    TYPE: ClassVar[FrameType] = FrameType.KEY_GRANT
+    grant: Annotated[bytes, GRANT]
+
+
 Frame = (
-    Hello | Auth | Inventory | SyncStep1 | SyncStep2 | SyncDone | Update | Ack | Ping | Pong | Error
+    Hello
+    | Auth
+    | Inventory
+    | SyncStep1
+    | SyncStep2
+    | SyncDone
+    | Update
+    | Ack
+    | Ping
+    | Pong
+    | Error
+    | KeyGrant
 )
 
 FRAME_CLASSES: tuple[type[Any], ...] = (
     Hello, Auth, Inventory, SyncStep1, SyncStep2, SyncDone, Update, Ack, Ping, Pong, Error,
+    KeyGrant,
 )  # fmt: skip
 _BY_TYPE: dict[int, type[Any]] = {cls.TYPE: cls for cls in FRAME_CLASSES}
 

@@ -158,6 +158,13 @@ class KeyMissing:
 
 
 @dataclass(frozen=True, slots=True)
+class KeysChanged:
+    """The peer granted keys this device did not hold: persist the keyring."""
+
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class Closed:
     code: int
     reason: str
@@ -172,6 +179,7 @@ Event = (
     | Acked
     | LineageMismatch
     | KeyMissing
+    | KeysChanged
     | Closed
 )
 
@@ -215,6 +223,7 @@ class Session:
     _events: list[Event] = field(default_factory=list)
     _requested: set[DocId] = field(default_factory=set)
     _counters: dict[DocId, int] = field(default_factory=dict)
+    _their_inventory: tuple[f.InventoryEntry, ...] = ()
     _last_received: float = 0.0
     _last_sent: float = 0.0
     _ping: int = 0
@@ -283,6 +292,22 @@ class Session:
         self._send(f.Update(self._seal(doc_id, lineage, delta)))
         return True
 
+    def send_grants(self) -> int:
+        """Owner/admin devices: grant the peer every key of the shared scopes (SPEC §6.5)."""
+        if self.state is not State.OPEN or self.peer is None:
+            return 0
+        mine = self.trust.certificate_of(self.identity.device_id)
+        if mine.role not in ("owner", "admin"):
+            return 0
+        peer = self.peer.certificate
+        shared = set(mine.scopes) & set(peer.scopes)
+        grants = self.keyring.grants_for(self.identity, peer.verify_key, shared, self.random_bytes)
+        for grant in grants:
+            self._send(f.KeyGrant(grant))
+        if grants:  # the peer may now open documents it skipped: offer them again
+            self._send(f.Inventory(tuple(self._inventory())))
+        return len(grants)
+
     def close(self, reason: str = "closing") -> None:
         """Close from this side (the driver then sends what is queued and closes)."""
         if not self.closed:
@@ -342,6 +367,7 @@ class Session:
         self.state = State.OPEN
         self._events.append(PeerAuthenticated(peer.device_id, peer))
         self._send(f.Inventory(tuple(self._inventory())))
+        self.send_grants()
 
     # -------------------------------------------------------------- sync
 
@@ -358,6 +384,8 @@ class Session:
             self._receive_envelope(frame.envelope, expected_doc=None)
         elif isinstance(frame, f.Ack):
             self._events.append(Acked(frame.doc_id, frame.state_vector))
+        elif isinstance(frame, f.KeyGrant):
+            self._on_grant(frame.grant)
         else:
             raise ProtocolError(f"{frame.TYPE.name} is not expected once the session is open")
 
@@ -369,8 +397,24 @@ class Session:
                 entries.append(f.InventoryEntry(doc_id, lineage, digest))
         return entries
 
+    def _on_grant(self, data: bytes) -> None:
+        before = self.keyring.key_count()
+        self.keyring.accept_grant(data, self.identity, trust=self.trust, now=int(self.now))
+        learned = self.keyring.key_count() - before
+        if learned:
+            self._events.append(KeysChanged(learned))
+            # what could not be opened before may open now: offer and ask again
+            self._send(f.Inventory(tuple(self._inventory())))
+            self._request_missing(self._their_inventory)
+
     def _on_inventory(self, inventory: f.Inventory) -> None:
-        for entry in inventory.entries:
+        self._their_inventory = inventory.entries
+        self._request_missing(inventory.entries)
+        if not self._requested:
+            self._events.append(CaughtUp())
+
+    def _request_missing(self, entries: Sequence[f.InventoryEntry]) -> None:
+        for entry in entries:
             self._require_shared(entry.doc_id)
             if not self._sealable(entry.doc_id):
                 continue  # no key for it here (yet): asking would only bring what cannot open
@@ -379,11 +423,11 @@ class Session:
                 self._events.append(LineageMismatch(entry.doc_id, mine, entry.lineage))
                 continue
             state_vector = self.docs.state_vector(entry.doc_id)
+            if entry.doc_id in self._requested:
+                continue
             if mine is None or sv_hash(state_vector) != entry.sv_hash:
                 self._requested.add(entry.doc_id)
                 self._send(f.SyncStep1(entry.doc_id, entry.lineage, state_vector))
-        if not self._requested:
-            self._events.append(CaughtUp())
 
     def _on_step1(self, step: f.SyncStep1) -> None:
         self._require_shared(step.doc_id)
@@ -488,6 +532,7 @@ __all__ = [
     "DocSource",
     "Event",
     "KeyMissing",
+    "KeysChanged",
     "LineageMismatch",
     "PeerAuthenticated",
     "Session",

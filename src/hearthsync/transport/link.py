@@ -36,6 +36,7 @@ from hearthsync.protocol.session import (
     Closed,
     DocSource,
     Event,
+    KeysChanged,
     PeerAuthenticated,
     Session,
 )
@@ -61,6 +62,10 @@ class SyncTarget(Protocol):
 
     def on_durable(self, listener: Callable[[Durable], None]) -> Callable[[], None]:
         """Subscribe to (doc_id, delta, origin) batches once durable; returns unsubscribe."""
+        ...
+
+    def keys_changed(self) -> None:
+        """A peer granted keys this device did not hold: persist them."""
         ...
 
 
@@ -116,7 +121,15 @@ class Link:
 
     def close(self, reason: str = "closing") -> None:
         self.session.close(reason)
-        self._pending.put_nowait(("", b""))  # wake the forwarder so it notices
+        self.kick()
+
+    def kick(self) -> None:
+        """Wake the forwarder so what the session queued from outside gets sent."""
+        self._pending.put_nowait(("", b""))
+
+    def send_grants(self) -> None:
+        if self.session.send_grants():
+            self.kick()
 
     # -------------------------------------------------------------- the three pumps
 
@@ -193,6 +206,8 @@ class Link:
                     event.doc_id, event.update, origin=self.session.peer_id or event.author
                 )
                 self.session.applied(event.doc_id, state_vector)
+            elif isinstance(event, KeysChanged):
+                self.target.keys_changed()
             elif isinstance(event, Acked):
                 self._acked(event.doc_id, event.state_vector)
             elif isinstance(event, Closed):

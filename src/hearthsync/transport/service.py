@@ -129,6 +129,11 @@ class SyncService:
 
     # -------------------------------------------------------------- connections
 
+    def send_grants(self) -> None:
+        """After this device made keys (a new user's data keys): grant them to every peer."""
+        for link in list(self.links.values()):
+            link.send_grants()
+
     def pause(self) -> None:
         """Cut every connection and make no new ones until `resume` (a partition, on demand)."""
         self._paused = True
