@@ -135,7 +135,7 @@ class Peer:
         self._rng = rng
         # a fast generator for event ids, seeded from ``rng`` (so seeded runs stay reproducible)
         self._ids = random.Random(rng.getrandbits(128))
-        self._handles: dict[DocId, object] = {}
+        self._handles: dict[DocId, tuple[Replica, object]] = {}
         self._closed = False
         self._users: frozenset[str] | None = None
         #: this device's household credentials, if it belongs to one (``hearth init``/``join``)
@@ -146,6 +146,7 @@ class Peer:
         self._indexer: asyncio.Task[None] | None = None
         self._vector_lock = asyncio.Lock()
         self._users_sub: object | None = None
+        self._users_of: Replica | None = None
         docs.on_vectors = self._index_vectors
         docs.meta = self._meta
 
@@ -231,15 +232,19 @@ class Peer:
     # ------------------------------------------------------------------ plumbing
 
     def _handle(self, doc_id: DocId, make: Callable[[Any], H]) -> H:
-        handle = self._handles.get(doc_id)
-        if handle is None:
-            handle = make(self._docs.replica(doc_id).doc)
-            self._handles[doc_id] = handle
-        return handle  # type: ignore[return-value]
+        """The typed view of ``doc_id``'s current replica (rebuilt if the replica was replaced,
+        as when the document takes a new client id: DESIGN invariant 2).  Write closures call
+        this when they run, in the flusher, never before."""
+        replica = self._docs.replica(doc_id)
+        cached = self._handles.get(doc_id)
+        if cached is None or cached[0] is not replica:
+            cached = (replica, make(replica.doc))
+            self._handles[doc_id] = cached
+        return cached[1]  # type: ignore[return-value]
 
     def _peek(self, doc_id: DocId, make: Callable[[Any], H]) -> H | None:
         """The handle of ``doc_id`` if the document exists, without creating it."""
-        if doc_id not in self._handles and self._docs.get(doc_id) is None:
+        if self._docs.get(doc_id) is None:
             return None
         return self._handle(doc_id, make)
 
@@ -263,11 +268,13 @@ class Peer:
         return UserId(user)
 
     def _known_users(self) -> frozenset[str]:
-        if self._users is None:
+        replica = self._docs.replica(DocId("household"))
+        if self._users is None or self._users_of is not replica:
             users = self._household().users
             self._users = frozenset(users.keys())
-            if self._users_sub is None:
+            if self._users_of is not replica:  # a new replica (new client id): observe it
                 self._users_sub = users.observe(self._forget_users)
+                self._users_of = replica
         return self._users
 
     def _forget_users(self, _: object) -> None:
@@ -287,14 +294,12 @@ class Peer:
         fields = profile | {"set_at": set_at, "device": device}
         record = Profile.build(user=user, name=name, **fields)
         doc_id = user_doc(record.user, Kind.PROFILE)
-        handle = self._handle(doc_id, ProfileDoc)
-        household = self._household()
 
         def change(_: Replica) -> None:
-            handle.profile.put("profile", record, self.device_id)
+            self._handle(doc_id, ProfileDoc).profile.put("profile", record, self.device_id)
 
         def register(_: Replica) -> None:
-            household.users[record.user] = record.name
+            self._household().users[record.user] = record.name
 
         # the user's data keys first (crypto-shredding), so that their documents can be sealed
         # for the other robots as soon as they are written
@@ -322,10 +327,10 @@ class Peer:
         checked = Profile.build(**(base | fields | stamp))
         changed = {name: getattr(checked, name) for name in fields}
         doc_id = user_doc(uid, Kind.PROFILE)
-        handle = self._handle(doc_id, ProfileDoc)
         written: list[Profile] = []
 
         def change(_: Replica) -> None:
+            handle = self._handle(doc_id, ProfileDoc)
             latest = handle.profile.get("profile") or checked
             record = latest.model_copy(update=changed | stamp)
             handle.profile.put("profile", record, device)
@@ -350,12 +355,11 @@ class Peer:
         checked = Calibration.build(**(self.calibration(uid).model_dump() | fields | stamp))
         changed = {name: getattr(checked, name) for name in fields}
         doc_id = user_doc(uid, Kind.CALIBRATION)
-        handle = self._handle(doc_id, CalibrationDoc)
         written: list[Calibration] = []
 
         def change(_: Replica) -> None:
             record = self.calibration(uid).model_copy(update=changed | stamp)
-            handle.calibration.put("calibration", record, device)
+            self._handle(doc_id, CalibrationDoc).calibration.put("calibration", record, device)
             written.append(record)
 
         await self._write(doc_id, change)
@@ -413,9 +417,10 @@ class Peer:
 
     async def _put_preference(self, record: Preference) -> None:
         doc_id = user_doc(record.user, Kind.PREFS)
-        handle = self._handle(doc_id, PrefsDoc)
         slot = PrefsDoc.slot_key(record)
-        await self._write(doc_id, lambda _: handle.prefs.put(slot, record, record.device))
+        await self._write(
+            doc_id, lambda _: self._handle(doc_id, PrefsDoc).prefs.put(slot, record, record.device)
+        )
 
     def preference(
         self, user: str, key: str, condition: Condition | None = None
@@ -451,8 +456,9 @@ class Peer:
             user=uid, key=key, value=value, note=note, set_at=set_at, device=device
         )
         doc_id = user_doc(uid, Kind.HEALTH)
-        handle = self._handle(doc_id, HealthDoc)
-        await self._write(doc_id, lambda _: handle.records.put(key, record, device))
+        await self._write(
+            doc_id, lambda _: self._handle(doc_id, HealthDoc).records.put(key, record, device)
+        )
         return record
 
     def health(self, user: str) -> list[HealthRecord]:
@@ -491,9 +497,10 @@ class Peer:
             session=session,
         )
         doc_id = events_doc(uid, _month(when))
-        handle = self._handle(doc_id, EventsDoc)
         embed = ToEmbed(f"{uid}.{HISTORY}", event.id, when, _embedding_text(event))
-        await self._write(doc_id, lambda _: handle.events.append(event), [embed])
+        await self._write(
+            doc_id, lambda _: self._handle(doc_id, EventsDoc).events.append(event), [embed]
+        )
         return event
 
     def _event_id(self, ts_ms: int) -> str:
@@ -597,9 +604,8 @@ class Peer:
     async def set_region(self, region: str, label: str, **fields: Any) -> Region:
         set_at, device = self._stamp()
         record = Region.build(id=region, label=label, set_at=set_at, device=device, **fields)
-        handle = self._spatial()
         await self._write(
-            DocId("home/spatial"), lambda _: handle.regions.put(record.id, record, device)
+            DocId("home/spatial"), lambda _: self._spatial().regions.put(record.id, record, device)
         )
         return record
 
@@ -632,9 +638,9 @@ class Peer:
             set_at=set_at,
             device=device,
         )
-        handle = self._spatial()
 
         def change(_: Replica) -> None:
+            handle = self._spatial()
             before = handle.placements.get(record.object)
             handle.placements.put(record.object, record, device)
             if before is None or before.region != record.region:
@@ -674,9 +680,8 @@ class Peer:
     async def set_routine(self, routine: str, label: str, **fields: Any) -> Routine:
         set_at, device = self._stamp()
         record = Routine.build(id=routine, label=label, set_at=set_at, device=device, **fields)
-        handle = self._graph()
         await self._write(
-            DocId("home/graph"), lambda _: handle.routines.put(record.id, record, device)
+            DocId("home/graph"), lambda _: self._graph().routines.put(record.id, record, device)
         )
         return record
 
@@ -695,9 +700,9 @@ class Peer:
             set_at=set_at,
             device=device,
         )
-        handle = self._graph()
         await self._write(
-            DocId("home/graph"), lambda _: handle.relationships.put(record.key(), record, device)
+            DocId("home/graph"),
+            lambda _: self._graph().relationships.put(record.key(), record, device),
         )
         return record
 
@@ -822,6 +827,9 @@ class _PeerDocs:
 
     def diff(self, doc_id: DocId, state_vector: bytes) -> bytes:
         return self._peer.diff(doc_id, state_vector)
+
+    def peer_state(self, doc_id: DocId, state_vector: bytes) -> None:
+        self._peer._docs.renew_if_stale(doc_id, statevector.decode(state_vector))
 
 
 async def _device_name(sqlite: SqliteStore, device: str | None) -> str:

@@ -77,6 +77,9 @@ class MemoryDocs:
     def diff(self, doc_id: DocId, state_vector: bytes) -> bytes:
         return bytes(self.docs[doc_id].get_update(state_vector))
 
+    def peer_state(self, doc_id: DocId, state_vector: bytes) -> None:
+        statevector.decode(state_vector)  # client ids are not renewed here (see the peer tests)
+
 
 @dataclass
 class Robot:

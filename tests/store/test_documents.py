@@ -13,6 +13,7 @@ from pycrdt import Doc, Map
 from hearthsync.crdt import statevector as sv
 from hearthsync.crdt.handles import SlotMap
 from hearthsync.errors import CorruptDocumentError
+from hearthsync.ids import DocId
 from hearthsync.model import Condition, Pose, Preference
 from hearthsync.peer import Peer
 from tests.conftest import MONDAY_MS, FakeWall
@@ -279,3 +280,45 @@ async def test_a_cancelled_writer_does_not_cancel_the_batch(
     await peer.close()
     async with Peer.open(peer_path, wall=wall) as reopened:
         assert reopened.preference("alice", "a/kept") is not None
+
+
+async def exchange(src: Peer, dst: Peer) -> None:
+    for doc_id in src.document_ids():
+        await dst.apply_update(doc_id, src.diff(doc_id, dst.state_vector(doc_id)), origin="x")
+
+
+async def test_a_store_restored_from_a_backup_takes_a_new_client_id(
+    tmp_path: Path, wall: FakeWall
+) -> None:
+    """DESIGN invariant 2: reusing a client id the household has seen more of corrupts it."""
+    import shutil
+
+    a_path, b_path, backup = tmp_path / "a", tmp_path / "b", tmp_path / "backup"
+    async with Peer.open(a_path, device="a", wall=wall) as a, Peer.open(b_path, device="b") as b:
+        await a.add_user("alice", name="Alice")
+        await a.set_preference("alice", "k/1", "v1")
+        await exchange(a, b)
+    shutil.copytree(a_path, backup)
+    async with Peer.open(a_path, wall=wall) as a, Peer.open(b_path) as b:
+        await a.set_preference("alice", "k/2", "v2")  # b sees this; the backup will not have it
+        await exchange(a, b)
+    shutil.rmtree(a_path)
+    shutil.copytree(backup, a_path)  # the restore
+    doc = "user/alice/prefs"
+    async with Peer.open(a_path, wall=wall) as a, Peer.open(b_path) as b:
+        stale = a._docs.replicas[DocId(doc)].client_id
+        a.docs.peer_state(DocId(doc), b.state_vector(doc))  # first contact with b
+        fresh = a._docs.replicas[DocId(doc)].client_id
+        assert fresh != stale
+        await a.set_preference("alice", "k/3", "v3")  # before catching up with b
+        await exchange(b, a)
+        await exchange(a, b)
+        for robot in (a, b):
+            assert {p.key: p.value for p in robot.preferences("alice")} == {
+                "k/1": "v1",
+                "k/2": "v2",
+                "k/3": "v3",
+            }
+        assert sv.decode(a.state_vector(doc)) == sv.decode(b.state_vector(doc))
+    async with Peer.open(a_path, wall=wall) as a:
+        assert a._docs.replicas[DocId(doc)].client_id == fresh  # the new id was persisted

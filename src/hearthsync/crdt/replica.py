@@ -63,6 +63,11 @@ class Replica:
             raise CorruptDocumentError(self.info.doc_id, str(exc)) from None
         return self._take()
 
+    def adopt(self, state: bytes) -> None:
+        """Load ``state`` that is already durable (no delta to store): a rebuilt replica."""
+        self.doc.apply_update(state)
+        self._captured.clear()
+
     def _take(self) -> bytes | None:
         captured, self._captured = self._captured, []
         if not captured:

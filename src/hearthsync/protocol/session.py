@@ -101,6 +101,12 @@ class DocSource(Protocol):
         """Everything of ``doc_id`` that ``state_vector`` has not seen."""
         ...
 
+    def peer_state(self, doc_id: DocId, state_vector: bytes) -> None:
+        """What the peer holds of ``doc_id``: if it has seen more of this device's client id
+        than this device holds, the document must take a new client id (DESIGN invariant 2).
+        Raises `RemoteError` for bytes that are not a state vector."""
+        ...
+
 
 # ------------------------------------------------------------------------------ events
 
@@ -383,6 +389,8 @@ class Session:
         elif isinstance(frame, f.Update):
             self._receive_envelope(frame.envelope, expected_doc=None)
         elif isinstance(frame, f.Ack):
+            self._require_shared(frame.doc_id)
+            self.docs.peer_state(frame.doc_id, frame.state_vector)
             self._events.append(Acked(frame.doc_id, frame.state_vector))
         elif isinstance(frame, f.KeyGrant):
             self._on_grant(frame.grant)
@@ -434,6 +442,7 @@ class Session:
         lineage = self.docs.lineage(step.doc_id)
         if lineage is None or lineage != step.lineage or not self._sealable(step.doc_id):
             raise ProtocolError(f"SYNC_STEP1 asks for {step.doc_id!r}, which is not offered")
+        self.docs.peer_state(step.doc_id, step.state_vector)
         delta = self.docs.diff(step.doc_id, step.state_vector)
         if delta != EMPTY_UPDATE:
             self._send(f.SyncStep2(step.doc_id, self._seal(step.doc_id, lineage, delta)))

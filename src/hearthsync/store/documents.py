@@ -19,19 +19,23 @@ Key invariants:
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import numpy as np
 
+from hearthsync.crdt import statevector
 from hearthsync.crdt.kinds import DocInfo, parse
 from hearthsync.crdt.replica import MAX_CLIENT_ID, Replica
 from hearthsync.errors import ClosedError, CorruptDocumentError
 from hearthsync.ids import DocId
 from hearthsync.store.embedding import Embedder
 from hearthsync.store.sqlite import Batch, DocRow, SqliteStore, StoredDoc, VectorRow
+
+log = logging.getLogger(__name__)
 
 Change = Callable[[Replica], None]
 
@@ -53,6 +57,7 @@ class ToEmbed:
 class _Queue:
     changes: dict[DocId, list[Change]] = field(default_factory=dict)
     remote: list[tuple[str, bytes, str]] = field(default_factory=list)  # applied in memory
+    client_ids: dict[DocId, int] = field(default_factory=dict)  # renewed (invariant 2)
     embed: list[ToEmbed] = field(default_factory=list)
     meta: dict[str, str] = field(default_factory=dict)
     done: asyncio.Future[None] | None = None
@@ -199,6 +204,46 @@ class DocumentSet:
             self._wake.set()
         return queue.done
 
+    def renew_if_stale(self, doc_id: DocId, remote: dict[int, int]) -> bool:
+        """Take a new client id if another replica has seen more of ours than we hold.
+
+        That happens when this store was restored from an older backup: writing on with the old
+        client id would create structs with ids the household already has, which silently
+        corrupts every replica (DESIGN invariant 2).  The replica is rebuilt under a fresh id
+        from its (durable) state; queued writes resolve their handles when they run, so they
+        land in the new replica.  Returns whether the id changed.
+        """
+        replica = self.replicas.get(doc_id)
+        if replica is None:
+            return False
+        held = statevector.decode(replica.state_vector()).get(replica.client_id, 0)
+        if remote.get(replica.client_id, 0) <= held:
+            return False
+        taken = set(remote) | set(statevector.decode(replica.state_vector()))
+        client_id = self._rng.randint(1, MAX_CLIENT_ID)
+        while client_id in taken:
+            client_id = self._rng.randint(1, MAX_CLIENT_ID)
+        fresh = Replica(replica.info, client_id=client_id, lineage=replica.lineage)
+        fresh.adopt(replica.encode_state())
+        self.replicas[doc_id] = fresh
+        pending = [row for row in self._new if row.doc_id == doc_id]
+        if pending:  # the row is not written yet: write it with the new id
+            self._new = [r for r in self._new if r.doc_id != doc_id]
+            self._new.append(replace(pending[0], client_id=client_id))
+        else:
+            self._queue.client_ids[doc_id] = client_id
+            self._wake_flusher()
+        log.warning(
+            "%s: another replica has seen more of client id %d than this store holds (restored "
+            "from a backup?); writing on as client id %d", doc_id, replica.client_id, client_id,
+        )  # fmt: skip
+        return True
+
+    def _wake_flusher(self) -> None:
+        if self._queue.done is None:
+            self._queue.done = asyncio.get_running_loop().create_future()
+            self._wake.set()
+
     def _forget_new(self, doc_id: DocId) -> None:
         self.replicas.pop(doc_id, None)
         self._new = [row for row in self._new if row.doc_id != doc_id]
@@ -241,7 +286,8 @@ class DocumentSet:
             vectors, matrix = [], np.zeros((0, self._embedder.dim), dtype=np.float32)
         meta = self.meta() | queue.meta
         updates = [(doc_id, delta) for doc_id, delta, _ in deltas]
-        batch = Batch(docs=self._new, updates=updates, vectors=vectors, meta=meta)
+        batch = Batch(docs=self._new, updates=updates, vectors=vectors, meta=meta,
+                      client_ids=list(queue.client_ids.items()))  # fmt: skip
         self._new, self._carry = [], []
         try:
             await self._sqlite.commit(batch)

@@ -100,9 +100,10 @@ class Batch:
     updates: list[tuple[str, bytes]] = field(default_factory=list)
     vectors: list[VectorRow] = field(default_factory=list)
     meta: dict[str, str] = field(default_factory=dict)
+    client_ids: list[tuple[str, int]] = field(default_factory=list)  #: renewed (invariant 2)
 
     def __bool__(self) -> bool:
-        return bool(self.docs or self.updates or self.vectors or self.meta)
+        return bool(self.docs or self.updates or self.vectors or self.meta or self.client_ids)
 
 
 class SqliteStore:
@@ -245,7 +246,9 @@ class SqliteStore:
             ("INSERT INTO updates VALUES (?, ?, ?)", updates),
             ("INSERT INTO vectors VALUES (?, ?, ?, ?, ?)", [_vec_tuple(v) for v in batch.vectors]),
             ("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(batch.meta.items())),
-        )
+            ("UPDATE docs SET client_id = ? WHERE doc_id = ?",
+             [(client_id, doc_id) for doc_id, client_id in batch.client_ids]),
+        )  # fmt: skip
         self._next_seq = first_seq + len(updates)
 
     async def commit_meta(self, meta: dict[str, str]) -> None:
