@@ -182,3 +182,27 @@ async def test_a_user_added_after_enrolment_reaches_every_robot_with_their_keys(
     beta = await Robot.start(household[1], "--no-mdns", "--peer", f"127.0.0.1:{alpha.port}")
     robots.append(beta)
     assert await beta.ask("get bob tea/mug") == 'VALUE bob tea/mug "blue"'
+
+
+async def test_a_revoked_robot_is_dropped_refused_and_left_behind(
+    household: list[Path], robots: list[Robot]
+) -> None:
+    alpha = await Robot.start(household[0], "--no-mdns")
+    robots.append(alpha)
+    await alpha.ask("user alice Alice")
+    for path in household[1:]:
+        await enrol(alpha, path)
+        robots.append(await Robot.start(path, "--no-mdns", "--peer", f"127.0.0.1:{alpha.port}"))
+    beta, gamma = robots[1:]
+    assert (await alpha.ask(f"waitpeers 2 {TIMEOUT}")).startswith("PEERS")
+    await converge(robots, [])
+    answer = await alpha.ask(f"revoke {gamma.device_id}")
+    assert answer.startswith(f"ACK revoke {gamma.device_id} "), answer
+    assert "core@1" in answer  # a new epoch of every scope gamma held
+    assert (
+        await alpha.ask("pref alice after/revocation yes") == "ACK pref alice after/revocation yes"
+    )
+    assert await beta.ask(f"wait alice after/revocation {TIMEOUT}") == "OK alice after/revocation"
+    # gamma keeps redialing and is refused every time: nothing written afterwards reaches it
+    assert await gamma.ask("wait alice after/revocation 3") == "TIMEOUT alice after/revocation"
+    assert (await alpha.ask("peers")) == f"PEERS {beta.device_id}"

@@ -40,6 +40,7 @@ GRAMMAR: dict[str, tuple[int, tuple[str, ...]]] = {
     "PONG": (10, ("nonce",)),
     "ERROR": (11, ("code", "message")),
     "KEY_GRANT": (12, ("grant",)),
+    "REVOCATIONS": (13, ("revocations",)),
 }
 ENTRY_FIELDS = ("doc_id", "lineage", "sv_hash")
 VISIBLE_ASCII = "".join(chr(c) for c in range(0x21, 0x7F))  # the 94 characters ids may use
@@ -98,6 +99,7 @@ VALID: list[tuple[str, str, dict[str, Any]]] = [
     ("error-empty-message", "ERROR", {"code": 100, "message": ""}),
     ("error-max-message", "ERROR", {"code": 999, "message": "é" * 128}),
     ("key-grant", "KEY_GRANT", {"grant": pattern(200, 15)}),
+    ("revocations", "REVOCATIONS", {"revocations": pattern(150, 16)}),
 ]  # fmt: skip
 
 
@@ -133,7 +135,7 @@ def invalid() -> list[tuple[str, bytes, int, str, str]]:
         ("top-level-map", packb({"type": 9}), 400, "frame", "maps are never valid"),
         ("top-level-uint", b"\x09", 400, "frame", "a frame is an array"),
         ("type-zero", packb([0]), 501, "frame.type", "unknown frame type"),
-        ("type-thirteen", packb([13, 1]), 501, "frame.type", "unknown frame type"),
+        ("type-fourteen", packb([14, 1]), 501, "frame.type", "unknown frame type"),
         ("type-uint64-max", packb([2**64 - 1]), 501, "frame.type", "unknown frame type"),
         ("type-as-bool", b"\x92\xc3\x00", 400, "frame.type", "bool is not a uint"),
         ("type-as-str", packb(["PING", 1]), 400, "frame.type", "str is not a uint"),

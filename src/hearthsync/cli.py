@@ -197,6 +197,31 @@ def join(
 
 
 @app.command()
+def revoke(
+    path: Annotated[Path, typer.Argument(help="an owner or admin peer's folder")],
+    device: Annotated[str, typer.Argument(help="the device id to revoke")],
+) -> None:
+    """Revoke a robot: it is refused from now on and can decrypt nothing written afterwards.
+
+    While 'hearth run' is running for PATH, use its console's 'revoke DEVICE' instead, so the
+    running peer gossips the list and grants the new keys at once.
+    """
+    from hearthsync import enrolment
+
+    async def go() -> None:
+        async with Peer.open(path) as peer:
+            state = peer.household
+            if state is None:
+                raise typer.BadParameter(f"{path} belongs to no household", param_hint="PATH")
+            epochs = enrolment.revoke(path, state, peer.identity, device.replace("-", ""),
+                                      now=_now())  # fmt: skip
+        scopes = ", ".join(f"{s} (epoch {e})" for s, e in sorted(epochs.items()))
+        console.print(f"revoked {device}; new keys for {scopes}")
+
+    asyncio.run(go())
+
+
+@app.command()
 def run(
     path: Annotated[Path, typer.Argument(help="the peer's folder")],
     listen: Annotated[

@@ -188,6 +188,31 @@ def add_user_keys(state: HouseholdState, user: str, random_bytes: Callable[[int]
     return made
 
 
+def revoke(
+    folder: Path, state: HouseholdState, identity: DeviceIdentity, device: str, *, now: int,
+    random_bytes: Callable[[int], bytes] = os.urandom,
+) -> dict[str, int]:  # fmt: skip
+    """Revoke ``device`` (``hearth revoke``): sign a new revocation list, start a new epoch of
+    every scope it held (it can decrypt nothing written afterwards), save; return the epochs.
+    The running sync gossips the list and grants the new keys to the remaining robots."""
+    if not state.is_admin:
+        raise ValidationError("only the owner or an admin device can revoke", field="path")
+    if device == identity.device_id:
+        raise ValidationError("a device cannot revoke itself", field="device")
+    scopes = state.trust.scopes_of(device)
+    if not scopes:
+        raise ValidationError(f"no certificate known for device {device}", field="device")
+    held = state.trust.revocations
+    revocations = Revocations.issue(
+        identity, household_id=state.household.id, serial=(held.serial + 1) if held else 1,
+        revoked=sorted(state.trust.revoked | {device}),
+    )  # fmt: skip
+    state.trust.accept_revocations(revocations, now)
+    epochs = state.keyring.rotate_for_revocation(scopes & state.keyring.scopes, random_bytes)
+    save(folder, state)
+    return {str(scope): epoch for scope, epoch in epochs.items()}
+
+
 # ---------------------------------------------------------------------- the join exchange
 
 

@@ -753,6 +753,11 @@ class Peer:
         if self.household is not None:
             enrolment.save(self.path, self.household)
 
+    def trust_changed(self) -> None:
+        """A newer revocation list arrived: keep it with this device's credentials."""
+        if self.household is not None:
+            enrolment.save(self.path, self.household)
+
     def on_durable(self, listener: CommitListener) -> Callable[[], None]:
         """Call ``listener`` with each batch of (doc_id, delta, origin) once it is durable;
         returns the function that unsubscribes it.  Sync forwards only what is on disk."""

@@ -18,6 +18,7 @@ standard output (an operator's and a test's way in, until the local HTTP API exi
     peers                      -> PEERS id,id,...
     waitpeers COUNT SECONDS    -> PEERS id,... once COUNT peers are linked | TIMEOUT peers ...
     partition on|off           -> ACK partition on|off   (cut / restore every connection)
+    revoke DEVICE              -> ACK revoke DEVICE scope@epoch,...  (owner/admin only)
 """
 
 from __future__ import annotations
@@ -191,6 +192,13 @@ async def _command(peer: Peer, service: SyncService, words: list[str]) -> str:
             except TimeoutError:
                 return "TIMEOUT peers " + ",".join(sorted(service.links))
             return "PEERS " + ",".join(sorted(service.links))
+        case ["revoke", device]:
+            assert peer.household is not None
+            epochs = enrolment.revoke(peer.path, peer.household, peer.identity, device,
+                                      now=int(time.time()))  # fmt: skip
+            service.trust_changed()  # drops the revoked device, tells the others
+            service.send_grants()  # the new epochs' keys, to everyone still trusted
+            return f"ACK revoke {device} " + ",".join(f"{s}@{e}" for s, e in sorted(epochs.items()))
         case ["partition", "on"]:
             service.pause()
             return "ACK partition on"

@@ -49,7 +49,15 @@ from hearthsync.protocol.frames import FRAME_CLASSES
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS_DIR = ROOT / "protocol" / "vectors"
 VECTORS = json.loads((VECTORS_DIR / "frames.json").read_text(encoding="utf-8"))
-BIN_FIELDS = {"certificate", "signature", "sv_hash", "state_vector", "envelope", "grant"}
+BIN_FIELDS = {
+    "certificate",
+    "signature",
+    "sv_hash",
+    "state_vector",
+    "envelope",
+    "grant",
+    "revocations",
+}
 CLASS_BY_NAME = {cls.TYPE.name: cls for cls in FRAME_CLASSES}
 
 
@@ -208,6 +216,9 @@ def test_limits_agree_with_the_crypto_layer() -> None:
     from hearthsync.protocol.frames import MAX_GRANT_LEN
 
     assert MAX_GRANT_LEN == keyring.MAX_GRANT_BYTES
+    from hearthsync.protocol.frames import MAX_REVOCATIONS_LEN
+
+    assert MAX_REVOCATIONS_LEN == certificate.MAX_REVOCATIONS_BYTES
 
 
 # --- encode refuses frames that break the spec --------------------------------------------

@@ -57,6 +57,8 @@ MAX_ENVELOPE_LEN = 2 * MiB + 1 * KiB
 MAX_STATE_VECTOR_LEN = 64 * KiB
 #: a key grant (SPEC §4); equal to ``hearthsync.crypto.keyring.MAX_GRANT_BYTES``
 MAX_GRANT_LEN = 512
+#: a revocation list (SPEC §3); equal to ``hearthsync.crypto.certificate.MAX_REVOCATIONS_BYTES``
+MAX_REVOCATIONS_LEN = 64 * KiB
 MAX_INVENTORY_ENTRIES = 10_000
 NONCE_LEN = 32
 SIGNATURE_LEN = 64
@@ -78,6 +80,7 @@ class FrameType(IntEnum):
     PONG = 10
     ERROR = 11
     KEY_GRANT = 12
+    REVOCATIONS = 13
 
 
 class ErrorCode(IntEnum):
@@ -104,6 +107,7 @@ NONCE = Blob(NONCE_LEN, NONCE_LEN)
 SIGNATURE = Blob(SIGNATURE_LEN, SIGNATURE_LEN)
 SV_HASH = Blob(SV_HASH_LEN, SV_HASH_LEN)
 GRANT = Blob(1, MAX_GRANT_LEN)
+REVOCATION_LIST = Blob(1, MAX_REVOCATIONS_LEN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +223,14 @@ class KeyGrant:
     grant: Annotated[bytes, GRANT]
 
 
+@dataclass(frozen=True, slots=True)
+class RevocationList:
+    """The household's signed revocation list (SPEC §3), gossiped to every device (§6.5)."""
+
+    TYPE: ClassVar[FrameType] = FrameType.REVOCATIONS
+    revocations: Annotated[bytes, REVOCATION_LIST]
+
+
 Frame = (
     Hello
     | Auth
@@ -232,11 +244,12 @@ Frame = (
     | Pong
     | Error
     | KeyGrant
+    | RevocationList
 )
 
 FRAME_CLASSES: tuple[type[Any], ...] = (
     Hello, Auth, Inventory, SyncStep1, SyncStep2, SyncDone, Update, Ack, Ping, Pong, Error,
-    KeyGrant,
+    KeyGrant, RevocationList,
 )  # fmt: skip
 _BY_TYPE: dict[int, type[Any]] = {cls.TYPE: cls for cls in FRAME_CLASSES}
 

@@ -44,7 +44,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from hearthsync.crypto.certificate import Certificate, TrustStore
+from hearthsync.crypto.certificate import Certificate, Revocations, TrustStore
 from hearthsync.crypto.envelope import Envelope, Header, open_envelope, seal
 from hearthsync.crypto.identity import DeviceIdentity
 from hearthsync.crypto.keyring import Keyring
@@ -171,6 +171,13 @@ class KeysChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class RevocationsChanged:
+    """The peer sent a newer revocation list, now adopted: persist it, drop revoked peers."""
+
+    revoked: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
 class Closed:
     code: int
     reason: str
@@ -186,6 +193,7 @@ Event = (
     | LineageMismatch
     | KeyMissing
     | KeysChanged
+    | RevocationsChanged
     | Closed
 )
 
@@ -298,6 +306,17 @@ class Session:
         self._send(f.Update(self._seal(doc_id, lineage, delta)))
         return True
 
+    def send_revocations(self) -> bool:
+        """Gossip the revocation list this device holds (SPEC §6.5); whether one was sent."""
+        held = self.trust.revocations
+        if self.state is not State.OPEN or held is None:
+            return False
+        if self.peer is not None and self.trust.is_revoked(self.peer.certificate.device_id):
+            self._fail(f.ErrorCode.UNAUTHORIZED, "this device has been revoked")
+            return False
+        self._send(f.RevocationList(held.to_wire()))
+        return True
+
     def send_grants(self) -> int:
         """Owner/admin devices: grant the peer every key of the shared scopes (SPEC §6.5)."""
         if self.state is not State.OPEN or self.peer is None:
@@ -373,6 +392,7 @@ class Session:
         self.state = State.OPEN
         self._events.append(PeerAuthenticated(peer.device_id, peer))
         self._send(f.Inventory(tuple(self._inventory())))
+        self.send_revocations()
         self.send_grants()
 
     # -------------------------------------------------------------- sync
@@ -394,6 +414,8 @@ class Session:
             self._events.append(Acked(frame.doc_id, frame.state_vector))
         elif isinstance(frame, f.KeyGrant):
             self._on_grant(frame.grant)
+        elif isinstance(frame, f.RevocationList):
+            self._on_revocations(frame.revocations)
         else:
             raise ProtocolError(f"{frame.TYPE.name} is not expected once the session is open")
 
@@ -404,6 +426,14 @@ class Session:
                 digest = sv_hash(self.docs.state_vector(doc_id))
                 entries.append(f.InventoryEntry(doc_id, lineage, digest))
         return entries
+
+    def _on_revocations(self, data: bytes) -> None:
+        if not self.trust.accept_revocations(Revocations.from_wire(data), int(self.now)):
+            return  # not newer than what this device holds
+        self._events.append(RevocationsChanged(self.trust.revoked))
+        assert self.peer is not None
+        if self.trust.is_revoked(self.peer.certificate.device_id):
+            self._fail(f.ErrorCode.UNAUTHORIZED, "this device has been revoked")
 
     def _on_grant(self, data: bytes) -> None:
         before = self.keyring.key_count()
@@ -544,6 +574,7 @@ __all__ = [
     "KeysChanged",
     "LineageMismatch",
     "PeerAuthenticated",
+    "RevocationsChanged",
     "Session",
     "State",
     "SyncDone",

@@ -38,6 +38,7 @@ from hearthsync.protocol.session import (
     Event,
     KeysChanged,
     PeerAuthenticated,
+    RevocationsChanged,
     Session,
 )
 
@@ -66,6 +67,10 @@ class SyncTarget(Protocol):
 
     def keys_changed(self) -> None:
         """A peer granted keys this device did not hold: persist them."""
+        ...
+
+    def trust_changed(self) -> None:
+        """A newer revocation list was adopted: persist it."""
         ...
 
 
@@ -130,6 +135,10 @@ class Link:
     def send_grants(self) -> None:
         if self.session.send_grants():
             self.kick()
+
+    def send_revocations(self) -> None:
+        self.session.send_revocations()  # may close the session: a revoked peer
+        self.kick()
 
     # -------------------------------------------------------------- the three pumps
 
@@ -208,6 +217,8 @@ class Link:
                 self.session.applied(event.doc_id, state_vector)
             elif isinstance(event, KeysChanged):
                 self.target.keys_changed()
+            elif isinstance(event, RevocationsChanged):
+                self.target.trust_changed()
             elif isinstance(event, Acked):
                 self._acked(event.doc_id, event.state_vector)
             elif isinstance(event, Closed):

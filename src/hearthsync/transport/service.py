@@ -29,7 +29,7 @@ from hearthsync.crypto.identity import DeviceIdentity
 from hearthsync.crypto.keyring import Keyring
 from hearthsync.errors import HearthError
 from hearthsync.protocol.frames import MAX_FRAME_LEN
-from hearthsync.protocol.session import Event, PeerAuthenticated, Session
+from hearthsync.protocol.session import Event, PeerAuthenticated, RevocationsChanged, Session
 from hearthsync.transport.link import Link, SyncTarget
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,11 @@ class SyncService:
 
     # -------------------------------------------------------------- connections
 
+    def trust_changed(self) -> None:
+        """After this device adopted a newer revocation list: drop revoked peers, tell the rest."""
+        for link in list(self.links.values()):
+            link.send_revocations()
+
     def send_grants(self) -> None:
         """After this device made keys (a new user's data keys): grant them to every peer."""
         for link in list(self.links.values()):
@@ -206,6 +211,10 @@ class SyncService:
     def _on_event(self, link: Link, event: Event) -> None:
         if isinstance(event, PeerAuthenticated):
             self._register(link, event.device_id)
+        elif isinstance(event, RevocationsChanged):  # learned from one peer: tell the others
+            for other in list(self.links.values()):
+                if other is not link:
+                    other.send_revocations()
 
     def _register(self, link: Link, device: str) -> None:
         existing = self.links.get(device)
