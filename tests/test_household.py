@@ -87,12 +87,13 @@ def household(tmp_path: Path) -> list[Path]:
     return [alpha, beta, gamma]
 
 
-async def enrol(owner: Robot, path: Path) -> None:
+async def enrol(owner: Robot, path: Path) -> str:
     out = hearth("invite", str(owner.path), "--scopes", "core,history,spatial,health")
     code = next(line.split()[1] for line in out.splitlines() if line.startswith("CODE "))
     hearth("join", str(path), code, "--device", path.name)
     with pytest.raises(AssertionError, match="no open invite matches"):  # a code works once
         hearth("join", str(path.parent / f"{path.name}-again"), code, "--device", "again")
+    return code
 
 
 @pytest.fixture
@@ -167,11 +168,14 @@ async def test_a_user_added_after_enrolment_reaches_every_robot_with_their_keys(
     alpha = await Robot.start(household[0], "--no-mdns")
     robots.append(alpha)
     await alpha.ask("user alice Alice")
-    await enrol(alpha, household[1])
+    spent = await enrol(alpha, household[1])
     beta = await Robot.start(household[1], "--no-mdns", "--peer", f"127.0.0.1:{alpha.port}")
     robots.append(beta)
     assert (await beta.ask(f"waitpeers 1 {TIMEOUT}")).startswith("PEERS")
     assert await alpha.ask("user bob Bob") == "ACK user bob"
+    # alpha saved bob's keys: merged with the file, so the spent code stays spent
+    with pytest.raises(AssertionError, match="no open invite matches"):
+        hearth("join", str(household[2]), spent, "--device", "gamma")
     assert await alpha.ask("pref bob tea/mug blue") == "ACK pref bob tea/mug blue"
     assert await beta.ask(f"wait bob tea/mug {TIMEOUT}") == "OK bob tea/mug"
     assert await beta.ask("pref bob tea/milk oat") == "ACK pref bob tea/milk oat"

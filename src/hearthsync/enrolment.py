@@ -9,9 +9,11 @@ and speaks the two messages of the join exchange over a websocket.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,7 +94,45 @@ def load(folder: Path, now: int | None = None) -> HouseholdState | None:
     )
 
 
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Serialise every read-modify-write of the credentials file between processes
+    (``hearth run`` enrolling a robot while ``hearth invite`` makes a code, say)."""
+    fd = os.open(folder / f"{CREDENTIALS_FILE}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 def save(folder: Path, state: HouseholdState) -> None:
+    """Write ``state`` back, merged with what other processes wrote meanwhile.
+
+    The file is the authority for open invites (made by ``hearth invite``, spent by
+    enrolment); certificates, revocations and keys found there are merged in, never dropped.
+    """
+    with _locked(folder):
+        disk = load(folder) if (folder / CREDENTIALS_FILE).exists() else None
+        if disk is not None:
+            _merge(state, disk)
+        _write(folder, state)
+
+
+def _merge(state: HouseholdState, disk: HouseholdState) -> None:
+    now = int(time.time())
+    state.invites = disk.invites
+    for device in _trust_order(disk):
+        with contextlib.suppress(CryptoError):
+            state.trust.add(disk.trust.certificate_of(device), now)
+    if disk.trust.revocations is not None:
+        with contextlib.suppress(CryptoError):
+            state.trust.accept_revocations(disk.trust.revocations, now)
+    state.keyring.merge_from(disk.keyring)
+
+
+def _write(folder: Path, state: HouseholdState) -> None:
     """Write the credentials file atomically, readable by its owner only."""
     h = state.household
     trusted = [state.trust.certificate_of(d).to_wire() for d in _trust_order(state)]
@@ -165,11 +205,19 @@ def add_invite(
     unknown = set(scopes) - set(SCOPES)
     if unknown:
         raise ValidationError(f"unknown scopes: {', '.join(sorted(unknown))}", field="scopes")
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - a listening address, not a dialable one
+        raise ValidationError(
+            f"{host or 'no host'} is not an address a robot can dial: give --address HOST:PORT",
+            field="address",
+        )
     secret = random_bytes(16)
     wanted = tuple(sorted(set(scopes) | {"household"}))
-    state.invites = [i for i in state.invites if i.expires_at > now]
-    state.invites.append(PendingInvite(secret, wanted, "member", now + ttl_s))
-    save(folder, state)
+    with _locked(folder):
+        fresh = load(folder, now) or state
+        fresh.invites = [i for i in fresh.invites if i.expires_at > now]
+        fresh.invites.append(PendingInvite(secret, wanted, "member", now + ttl_s))
+        _write(folder, fresh)
+    state.invites = fresh.invites
     return Invite(secret, host, port)
 
 
@@ -221,19 +269,19 @@ def enrol(
     random_bytes: Callable[[int], bytes] = os.urandom,
 ) -> bytes:  # fmt: skip
     """Answer a join request (the inviter's side): certify the device, grant its keys."""
-    state = load(folder, now)
-    if state is None:
-        raise PairingError("this device belongs to no household")
-    invite, device_pk, name = check_join_request(request, state.invites, now)
-    state.invites = [i for i in state.invites if i is not invite]  # one use only
-    save(folder, state)  # spent before anything is sent: a crash cannot make it reusable
-    certificate = Certificate.issue(
-        identity, household_id=state.household.id, device_pk=device_pk, device_name=name,
-        role=invite.role, scopes=invite.scopes, issued_at=now - CLOCK_SLACK_S,
-        expires_at=now + CERT_YEARS * YEAR_S,
-    )  # fmt: skip
-    state.trust.add(certificate, now)
-    save(folder, state)
+    with _locked(folder):
+        state = load(folder, now)
+        if state is None:
+            raise PairingError("this device belongs to no household")
+        invite, device_pk, name = check_join_request(request, state.invites, now)
+        state.invites = [i for i in state.invites if i is not invite]  # one use only
+        certificate = Certificate.issue(
+            identity, household_id=state.household.id, device_pk=device_pk, device_name=name,
+            role=invite.role, scopes=invite.scopes, issued_at=now - CLOCK_SLACK_S,
+            expires_at=now + CERT_YEARS * YEAR_S,
+        )  # fmt: skip
+        state.trust.add(certificate, now)
+        _write(folder, state)  # spent before anything is sent: a crash cannot make it reusable
     grants = state.keyring.grants_for(identity, device_pk, invite.scopes, random_bytes)
     revocations = state.trust.revocations
     enrolment = Enrolment(

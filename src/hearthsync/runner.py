@@ -63,8 +63,10 @@ async def run(
                 field="path",
             )
 
-        async def join(request: bytes) -> bytes:
-            return enrolment.enrol(path, peer.identity, request, now=int(time.time()))
+        async def join(request: bytes) -> bytes:  # file locks and fsyncs: off the event loop
+            return await asyncio.to_thread(
+                enrolment.enrol, path, peer.identity, request, now=int(time.time())
+            )
 
         service = SyncService(
             peer, state.credentials(peer.identity), listen=listen,
@@ -74,6 +76,7 @@ async def run(
         async with service:
             await _serve(peer, service, path, mdns=mdns, service_type=service_type,
                          console=console, listen=listen)  # fmt: skip
+    print("STOPPED", flush=True)  # after the store is flushed and closed
 
 
 async def _serve(
@@ -99,19 +102,16 @@ async def _serve(
             discovery.subscribe(lambda event: _on_discovered(peer, service, event))
         _write_run_file(path, host, port, peer, service)
         print(f"READY {peer.device_id} {host}:{port}", flush=True)
-        tasks: list[asyncio.Task[object]] = [asyncio.create_task(_until(stop))]
-        if console:
-            tasks.append(asyncio.create_task(_console(peer, service)))
-        tasks.append(asyncio.create_task(_keep_run_file(path, host, port, peer, service)))
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
+        helpers = [asyncio.create_task(_keep_run_file(path, host, port, peer, service))]
+        if console:  # the end of its input does not stop the robot: only a signal does
+            helpers.append(asyncio.create_task(_console(peer, service)))
+        await stop.wait()
+        for task in helpers:
             task.cancel()
+        for task in helpers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     (path / RUN_FILE).unlink(missing_ok=True)
-    print("STOPPED", flush=True)
-
-
-async def _until(event: asyncio.Event) -> object:
-    return await event.wait()
 
 
 def _on_discovered(peer: Peer, service: SyncService, event: PeerEvent) -> None:
@@ -144,7 +144,10 @@ async def _keep_run_file(
 ) -> None:
     while True:
         await asyncio.sleep(2.0)  # a refresh period, not a wait for an event
-        _write_run_file(path, host, port, peer, service)
+        try:
+            _write_run_file(path, host, port, peer, service)
+        except OSError as exc:  # status is a convenience: never a reason to stop syncing
+            log.warning("could not write %s: %s", path / RUN_FILE, exc)
 
 
 # ------------------------------------------------------------------------------ the console

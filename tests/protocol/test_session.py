@@ -329,3 +329,15 @@ def test_a_grant_from_a_member_is_refused(kitchen: Robot, hall: Robot, home: Hom
     b[1].receive_data(f.encode(f.KeyGrant(forged)), NOW)
     assert b[1].closed
     assert [e.code for e in b[1].events_received() if isinstance(e, Closed)] == [401]
+
+
+def test_a_garbage_state_vector_is_a_protocol_error_not_a_crash(
+    kitchen: Robot, hall: Robot
+) -> None:
+    kitchen.docs.write("user/alice/prefs", "tea/mug", "green")
+    _, b = connect(hall, kitchen)
+    lineage = kitchen.docs.lineage(DocId("user/alice/prefs"))
+    assert lineage is not None
+    b[1].receive_data(f.encode(f.SyncStep1(DocId("user/alice/prefs"), lineage, b"\xff\xff")), NOW)
+    assert b[1].closed
+    assert [e.code for e in b[1].events_received() if isinstance(e, Closed)] == [400]

@@ -322,3 +322,32 @@ async def test_a_store_restored_from_a_backup_takes_a_new_client_id(
         assert sv.decode(a.state_vector(doc)) == sv.decode(b.state_vector(doc))
     async with Peer.open(a_path, wall=wall) as a:
         assert a._docs.replicas[DocId(doc)].client_id == fresh  # the new id was persisted
+
+
+async def test_a_failing_embedder_does_not_lose_acknowledged_events(
+    peer: Peer, peer_path: Path, wall: FakeWall, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(texts: object) -> object:
+        raise MemoryError("the model did not fit")
+
+    monkeypatch.setattr(peer._docs._embedder, "embed", broken)
+    await peer.record_event("alice", "COMMAND", "tea", text="first", ts=MONDAY_MS)
+    monkeypatch.undo()
+    await peer.record_event("alice", "COMMAND", "tea", text="second", ts=MONDAY_MS + 1)
+    await peer.close()
+    async with Peer.open(peer_path, wall=wall) as reopened:
+        assert [e.text for e in reopened.events("alice")] == ["first", "second"]
+
+
+async def test_a_failing_compaction_does_not_stop_the_writer(
+    peer: Peer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def disk_full(*args: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(peer._sqlite, "compact", disk_full)
+    for round_ in range(30):  # enough log to make compaction due, and fail, several times
+        await asyncio.gather(*(peer.set_preference("alice", f"k/{i}", round_) for i in range(50)))
+    async with asyncio.timeout(10):
+        await peer.set_preference("alice", "still/writing", True)
+    assert peer.preference("alice", "still/writing") is not None

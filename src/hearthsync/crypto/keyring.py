@@ -192,6 +192,20 @@ class Keyring:
 
     __str__ = __repr__
 
+    def merge_from(self, other: Keyring) -> int:
+        """Hold every key of ``other`` that this keyring lacks (never replacing one it holds,
+        never a forgotten user's); return how many were added."""
+        added = 0
+        for index, key in other._scope_keys.items():
+            if index not in self._scope_keys:
+                self._scope_keys[index] = key
+                added += 1
+        for data_index, key in other._data_keys.items():
+            if data_index not in self._data_keys and data_index[0] not in self._forgotten:
+                self._data_keys[data_index] = key
+                added += 1
+        return added
+
     def key_count(self) -> int:
         """How many keys this device holds (to tell whether a grant taught it anything)."""
         return len(self._scope_keys) + len(self._data_keys)

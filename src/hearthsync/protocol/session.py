@@ -171,6 +171,14 @@ class KeysChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class SealFailed:
+    """This device could not seal ``doc_id`` for the peer (too large): it was not sent."""
+
+    doc_id: DocId
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class RevocationsChanged:
     """The peer sent a newer revocation list, now adopted: persist it, drop revoked peers."""
 
@@ -194,6 +202,7 @@ Event = (
     | KeyMissing
     | KeysChanged
     | RevocationsChanged
+    | SealFailed
     | Closed
 )
 
@@ -303,7 +312,12 @@ class Session:
         lineage = self.docs.lineage(doc_id)
         if lineage is None:
             return False
-        self._send(f.Update(self._seal(doc_id, lineage, delta)))
+        try:
+            envelope = self._seal(doc_id, lineage, delta)
+        except ValidationError as exc:
+            self._events.append(SealFailed(doc_id, str(exc)))
+            return False
+        self._send(f.Update(envelope))
         return True
 
     def send_revocations(self) -> bool:
@@ -362,8 +376,10 @@ class Session:
         certificate = Certificate.from_wire(hello.certificate)
         if certificate.device_id == self.identity.device_id:
             raise ProtocolError("the peer presented this device's own certificate", code=401)
-        self.trust.add(certificate, int(self.now))  # verifies chain, expiry, revocation
-        self.peer = _Peer(certificate, hello.nonce)
+        # verifies chain, expiry and revocation; the newest certificate held for the device is
+        # the one whose scopes count (an older one it presents may grant more)
+        held = self.trust.add(certificate, int(self.now))
+        self.peer = _Peer(held, hello.nonce)
         self._send(f.Auth(self._auth_signature()))
         self.state = State.AUTH_SENT
 
@@ -473,9 +489,19 @@ class Session:
         if lineage is None or lineage != step.lineage or not self._sealable(step.doc_id):
             raise ProtocolError(f"SYNC_STEP1 asks for {step.doc_id!r}, which is not offered")
         self.docs.peer_state(step.doc_id, step.state_vector)
-        delta = self.docs.diff(step.doc_id, step.state_vector)
+        try:
+            delta = self.docs.diff(step.doc_id, step.state_vector)
+        except ValueError:  # Yrs: "Cannot decode state"
+            raise ProtocolError(f"SYNC_STEP1 for {step.doc_id!r}: not a state vector") from None
         if delta != EMPTY_UPDATE:
-            self._send(f.SyncStep2(step.doc_id, self._seal(step.doc_id, lineage, delta)))
+            try:
+                envelope = self._seal(step.doc_id, lineage, delta)
+            except ValidationError as exc:
+                # this side's limit (an envelope holds at most 2 MiB), not the peer's fault:
+                # skip the document and keep the session (splitting large diffs is future work)
+                self._events.append(SealFailed(step.doc_id, str(exc)))
+            else:
+                self._send(f.SyncStep2(step.doc_id, envelope))
         self._send(f.SyncDone(step.doc_id))
 
     def _on_done(self, doc_id: DocId) -> None:
@@ -575,6 +601,7 @@ __all__ = [
     "LineageMismatch",
     "PeerAuthenticated",
     "RevocationsChanged",
+    "SealFailed",
     "Session",
     "State",
     "SyncDone",

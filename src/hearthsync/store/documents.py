@@ -265,7 +265,10 @@ class DocumentSet:
                         _settle(queue.done, exc)
                     else:
                         _settle(queue.done, None)
-                await self._maybe_compact()
+                try:
+                    await self._maybe_compact()
+                except Exception:  # compaction is an optimisation: retried after the next batch
+                    log.exception("compaction failed; the update log is kept")
             if self._closed and self._queue.done is None:
                 if self._carry:  # a failed batch's deltas: one last try, errors surface
                     async with self._lock:
@@ -273,26 +276,24 @@ class DocumentSet:
                 return
 
     async def _flush(self, queue: _Queue) -> None:
+        # Whatever fails from here to the commit, every delta already applied in memory is
+        # carried into the next batch: memory must never run ahead of the disk for good.
         deltas: list[tuple[str, bytes, str]] = self._carry + queue.remote
-        for doc_id, changes in queue.changes.items():
-            replica = self.replica(doc_id)
-            _, delta = replica.transact(partial(_run_all, replica, changes))
-            if delta is not None:
-                deltas.append((doc_id, delta, ""))
-        # embedding is numpy work: done on another core while writers keep queueing
-        if queue.embed:
-            vectors, matrix = await asyncio.to_thread(self._embed, queue.embed)
-        else:
-            vectors, matrix = [], np.zeros((0, self._embedder.dim), dtype=np.float32)
-        meta = self.meta() | queue.meta
-        updates = [(doc_id, delta) for doc_id, delta, _ in deltas]
-        batch = Batch(docs=self._new, updates=updates, vectors=vectors, meta=meta,
-                      client_ids=list(queue.client_ids.items()))  # fmt: skip
-        self._new, self._carry = [], []
+        new_docs, self._new, self._carry = self._new, [], []
         try:
+            for doc_id, changes in queue.changes.items():
+                replica = self.replica(doc_id)
+                _, delta = replica.transact(partial(_run_all, replica, changes))
+                if delta is not None:
+                    deltas.append((doc_id, delta, ""))
+            vectors, matrix = await self._embed_or_skip(queue.embed)
+            meta = self.meta() | queue.meta
+            updates = [(doc_id, delta) for doc_id, delta, _ in deltas]
+            batch = Batch(docs=new_docs, updates=updates, vectors=vectors, meta=meta,
+                          client_ids=list(queue.client_ids.items()))  # fmt: skip
             await self._sqlite.commit(batch)
         except BaseException:
-            self._new, self._carry = batch.docs + self._new, deltas
+            self._new, self._carry = new_docs + self._new, deltas + self._carry
             raise
         self.batches_committed += 1
         for changed, delta, _ in deltas:
@@ -301,6 +302,19 @@ class DocumentSet:
             self.on_vectors(vectors, matrix)
         for listener in self.on_commit:
             listener(deltas)
+
+    async def _embed_or_skip(self, items: list[ToEmbed]) -> tuple[list[VectorRow], np.ndarray]:
+        """Embeddings for the batch, made on another core while writers keep queueing.
+
+        Embeddings are derived data: if the embedder fails, the events are still committed
+        (without embeddings, so recall will not find them) rather than every write failing.
+        """
+        if items:
+            try:
+                return await asyncio.to_thread(self._embed, items)
+            except Exception:
+                log.exception("embedding %d events failed; they are stored without", len(items))
+        return [], np.zeros((0, self._embedder.dim), dtype=np.float32)
 
     def _embed(self, items: list[ToEmbed]) -> tuple[list[VectorRow], np.ndarray]:
         if not items:

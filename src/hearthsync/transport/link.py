@@ -28,7 +28,7 @@ from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed
 
 from hearthsync.crdt import statevector
-from hearthsync.errors import RemoteError
+from hearthsync.errors import HearthError, RemoteError
 from hearthsync.ids import DocId
 from hearthsync.protocol.session import (
     Acked,
@@ -39,6 +39,7 @@ from hearthsync.protocol.session import (
     KeysChanged,
     PeerAuthenticated,
     RevocationsChanged,
+    SealFailed,
     Session,
 )
 
@@ -211,9 +212,14 @@ class Link:
     async def _handle_events(self) -> None:
         for event in self.session.events_received():
             if isinstance(event, ApplyUpdate):
-                state_vector = await self.target.apply_update(
-                    event.doc_id, event.update, origin=self.session.peer_id or event.author
-                )
+                try:
+                    state_vector = await self.target.apply_update(
+                        event.doc_id, event.update, origin=self.session.peer_id or event.author
+                    )
+                except HearthError as exc:  # a corrupt local document, a failed commit
+                    log.warning("could not apply %s from %s: %s", event.doc_id, self.peer_id, exc)
+                    self.session.close(f"could not apply {event.doc_id}")
+                    continue
                 self.session.applied(event.doc_id, state_vector)
             elif isinstance(event, KeysChanged):
                 self.target.keys_changed()
@@ -224,6 +230,8 @@ class Link:
             elif isinstance(event, Closed):
                 level = logging.INFO if event.code in (1000, 408) else logging.WARNING
                 log.log(level, "link to %s closed (%s): %s", self.peer_id, event.code, event.reason)
+            elif isinstance(event, SealFailed):
+                log.warning("did not send %s to %s: %s", event.doc_id, self.peer_id, event.reason)
             elif isinstance(event, PeerAuthenticated):
                 log.info("link to %s authenticated", event.device_id)
             if self._on_event is not None:

@@ -151,10 +151,13 @@ class SyncService:
 
     async def _accept(self, websocket: ServerConnection) -> None:
         request = websocket.request
-        if request is not None and request.path == JOIN_PATH:
-            await self._answer_join(websocket)
-        elif not self._paused:
-            await self._run(websocket, dialed=False)
+        try:
+            if request is not None and request.path == JOIN_PATH:
+                await self._answer_join(websocket)
+            elif not self._paused:
+                await self._run(websocket, dialed=False)
+        except Exception:
+            log.exception("an accepted link failed")
 
     async def _answer_join(self, websocket: ServerConnection) -> None:
         """One join exchange (SPEC §7): a request in, the sealed enrolment (or a refusal) out."""
@@ -190,6 +193,8 @@ class SyncService:
                     delay = FIRST_RETRY_S
             except (OSError, InvalidHandshake, InvalidURI, TimeoutError, ConnectionClosed) as exc:
                 log.debug("dialing %s failed: %s", uri, exc)
+            except Exception:  # a bug must not end the loop: that pair would stay cut for good
+                log.exception("the link dialed to %s failed", uri)
             if peer is not None and peer in self.links:  # kept the other link: wait for its end
                 await self._ended[peer].wait()
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # backoff with jitter
