@@ -279,13 +279,15 @@ class DocumentSet:
         # Whatever fails from here to the commit, every delta already applied in memory is
         # carried into the next batch: memory must never run ahead of the disk for good.
         deltas: list[tuple[str, bytes, str]] = self._carry + queue.remote
-        new_docs, self._new, self._carry = self._new, [], []
+        new_docs: list[DocRow] = []
+        self._carry = []
         try:
             for doc_id, changes in queue.changes.items():
-                replica = self.replica(doc_id)
+                replica = self.replica(doc_id)  # may create a document: its row joins this batch
                 _, delta = replica.transact(partial(_run_all, replica, changes))
                 if delta is not None:
                     deltas.append((doc_id, delta, ""))
+            new_docs, self._new = self._new, []
             vectors, matrix = await self._embed_or_skip(queue.embed)
             meta = self.meta() | queue.meta
             updates = [(doc_id, delta) for doc_id, delta, _ in deltas]
