@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -13,67 +12,19 @@ from nacl.signing import SigningKey
 from websockets.asyncio.client import connect
 
 from hearthsync import Peer
+from hearthsync.bench.household import BenchHome
 from hearthsync.crdt import statevector
-from hearthsync.crypto.certificate import Certificate, TrustStore
-from hearthsync.crypto.household import Household
+from hearthsync.crypto.certificate import Certificate
 from hearthsync.crypto.identity import DeviceIdentity
-from hearthsync.crypto.keyring import Keyring
 from hearthsync.protocol import frames as f
 from hearthsync.protocol.session import PROTOCOL_VERSION, SCHEMA_VERSION
-from hearthsync.transport.service import Credentials, SyncService
+from hearthsync.transport.service import SyncService
 
 NOW = 1_773_014_400
 YEAR = 365 * 86_400
 SCOPES = ("core", "health", "history", "household", "spatial")
 USERS = ("alice", "bob")
 TIMEOUT = 15.0
-
-
-class Home:
-    """A seeded household: the owner's keys, certificates and key grants for each robot."""
-
-    def __init__(self) -> None:
-        self.random_bytes: Callable[[int], bytes] = random.Random(5).randbytes
-        self.owner = DeviceIdentity(SigningKey(bytes([1]) * 32))
-        self.household = Household.create(self.owner, "Test Home", self.random_bytes)
-        self.owner_cert = Certificate.self_signed_owner(
-            self.owner,
-            self.household,
-            device_name="hub",
-            scopes=SCOPES,
-            issued_at=NOW,
-            expires_at=NOW + YEAR,
-        )
-        self.keys = Keyring()
-        for scope in SCOPES:
-            self.keys.create_scope(scope, self.random_bytes)
-            for user in USERS:
-                self.keys.create_data_key(user, scope, self.random_bytes)
-
-    def trust(self) -> TrustStore:
-        trust = TrustStore.for_household(self.household)
-        trust.add(self.owner_cert, NOW)
-        return trust
-
-    def enrol(self, peer: Peer, scopes: tuple[str, ...] = SCOPES) -> Credentials:
-        cert = Certificate.issue(
-            self.owner,
-            household_id=self.household.id,
-            device_pk=bytes(peer.identity.verify_key),
-            device_name=peer.device,
-            role="member",
-            scopes=scopes,
-            issued_at=NOW,
-            expires_at=NOW + 10 * YEAR,
-        )
-        trust = self.trust()
-        trust.add(cert, NOW)
-        keyring = Keyring()
-        for grant in self.keys.grants_for(
-            self.owner, peer.identity.verify_key, scopes, self.random_bytes
-        ):
-            keyring.accept_grant(grant, peer.identity, trust=trust, now=NOW)
-        return Credentials(peer.identity, cert, trust, keyring)
 
 
 async def until(peers: list[Peer], condition: Callable[[], bool]) -> None:
@@ -108,7 +59,7 @@ async def robots(tmp_path: Path) -> AsyncIterator[list[Peer]]:
 
 
 async def test_three_robots_converge_after_concurrent_writes(robots: list[Peer]) -> None:
-    home = Home()
+    home = BenchHome(users=USERS)
     kitchen, hall, garden = robots
     for i, robot in enumerate(robots):  # concurrent, before any connection
         await robot.add_user("alice", name="Alice")
@@ -135,7 +86,7 @@ async def test_three_robots_converge_after_concurrent_writes(robots: list[Peer])
 async def test_a_cut_peer_keeps_writing_and_nothing_is_lost_after_the_heal(
     robots: list[Peer],
 ) -> None:
-    home = Home()
+    home = BenchHome(users=USERS)
     kitchen, hall, _ = robots
     pair = [kitchen, hall]
     for robot in pair:
@@ -161,7 +112,7 @@ async def test_a_cut_peer_keeps_writing_and_nothing_is_lost_after_the_heal(
 
 
 async def test_a_bad_device_is_refused_and_the_peer_keeps_serving(robots: list[Peer]) -> None:
-    home = Home()
+    home = BenchHome(users=USERS)
     kitchen, hall, _ = robots
     for robot in (kitchen, hall):
         await robot.add_user("alice", name="Alice")
@@ -197,7 +148,7 @@ async def test_a_bad_device_is_refused_and_the_peer_keeps_serving(robots: list[P
 async def test_a_restarted_peer_does_not_receive_unchanged_documents_again(
     robots: list[Peer],
 ) -> None:
-    home = Home()
+    home = BenchHome(users=USERS)
     kitchen, hall, _ = robots
     pair = [kitchen, hall]
     await kitchen.add_user("alice", name="Alice")

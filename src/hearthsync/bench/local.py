@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Literal
 
 from rich.console import Console
-from rich.table import Table
 
+from hearthsync.bench import print_figures
 from hearthsync.model.records import Condition, ContextSnapshot
 from hearthsync.peer import Peer
 from hearthsync.store.vectors import bench_vectors
@@ -236,13 +236,4 @@ TARGETS = {
 
 
 def _print(console: Console, figures: dict[str, float]) -> None:
-    table = Table("figure", "value", "target", "met", title="hearth bench local")
-    for key, value in sorted(figures.items()):
-        target = TARGETS.get(key)
-        met = ""
-        if target:
-            op, bound = target
-            ok = value >= bound if op == ">=" else value <= bound
-            met = "[green]yes[/green]" if ok else "[red]no[/red]"
-        table.add_row(key, f"{value:,.3f}", f"{target[0]} {target[1]}" if target else "", met)
-    console.print(table)
+    print_figures(console, "hearth bench local", figures, TARGETS)

@@ -48,12 +48,12 @@ from pathlib import Path
 from pycrdt import Doc, Map, Provider
 from pycrdt.websocket import WebsocketServer
 from rich.console import Console
-from rich.table import Table
 from websockets.asyncio.client import connect
 from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from hearthsync.bench import print_figures
 from hearthsync.bench.household import BenchHome, robots
 from hearthsync.crdt import statevector
 from hearthsync.errors import LocalError
@@ -513,13 +513,4 @@ def _print(console: Console, figures: dict[str, float], sizes: Sizes) -> None:
         f"hearth bench sync ({sizes.edits:,} edits, {sizes.samples:,} samples, "
         f"{sizes.peers} peers; SQLite synchronous=FULL)"
     )
-    table = Table("figure", "value", "target", "met", title=title)
-    for key, value in sorted(figures.items()):
-        target = TARGETS.get(key)
-        met = ""
-        if target:
-            op, bound = target
-            ok = value >= bound if op == ">=" else value <= bound
-            met = "[green]yes[/green]" if ok else "[red]no[/red]"
-        table.add_row(key, f"{value:,.3f}", f"{target[0]} {target[1]}" if target else "", met)
-    console.print(table)
+    print_figures(console, title, figures, TARGETS)
