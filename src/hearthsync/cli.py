@@ -261,9 +261,7 @@ def bench_local(
     from hearthsync.bench.local import run_local
 
     figures = asyncio.run(run_local(console=console, quick=quick))
-    if json_file:
-        json_file.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
-        console.print(f"wrote {json_file}")
+    _write_figures(json_file, figures)
 
 
 @bench_app.command("sync")
@@ -275,6 +273,11 @@ def bench_sync(
     from hearthsync.bench.sync import run_sync
 
     figures = asyncio.run(run_sync(console=console, quick=quick))
+    _write_figures(json_file, figures)
+
+
+def _write_figures(json_file: Path | None, figures: dict[str, float]) -> None:
+    """``--json FILE``: the figures as one flat JSON object."""
     if json_file:
         json_file.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
         console.print(f"wrote {json_file}")

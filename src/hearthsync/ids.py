@@ -35,16 +35,6 @@ def check_name(value: str, *, field: str) -> str:
     return value
 
 
-def check_key(value: str, *, field: str) -> str:
-    """Return ``value`` if it is a well-formed ``domain/key`` path."""
-    if not isinstance(value, str) or not KEY_RE.fullmatch(value):
-        raise ValidationError(
-            f"{field} must look like 'domain/key' (a-z, 0-9, '_', '-', '.'), got {value!r:.80}",
-            field=field,
-        )
-    return value
-
-
 #: device ids are base32 (upper case); tests and static peers also use plain names
 DEVICE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,63}")
 
@@ -57,14 +47,6 @@ def check_device(value: str, *, field: str = "device") -> str:
             field=field,
         )
     return value
-
-
-def user_id(value: str) -> UserId:
-    return UserId(check_name(value, field="user"))
-
-
-def device_id(value: str) -> DeviceId:
-    return DeviceId(check_name(value, field="device"))
 
 
 def genesis_lineage(doc_id: DocId) -> LineageId:

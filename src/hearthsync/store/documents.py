@@ -362,9 +362,6 @@ class DocumentSet:
         if pending is not None:
             await asyncio.shield(pending)
 
-    def log_bytes(self, doc_id: DocId) -> int:
-        return self._log_bytes.get(doc_id, 0)
-
 
 def _settle(done: asyncio.Future[None], error: Exception | None) -> None:
     """Resolve a batch's future, unless a caller cancelled it (the batch was written anyway)."""

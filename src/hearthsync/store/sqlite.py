@@ -211,11 +211,6 @@ class SqliteStore:
             rows = await cur.fetchall()
         return {int(r[0]): str(r[1]) for r in rows}
 
-    async def vector_index_names(self) -> list[str]:
-        async with self._conn.execute("SELECT DISTINCT index_name FROM vectors") as cur:
-            rows = await cur.fetchall()
-        return sorted(str(r[0]) for r in rows)
-
     async def sizes(self) -> dict[str, tuple[int, int, int]]:
         """Per document: (snapshot bytes, log entries, log bytes)."""
         sql = (
