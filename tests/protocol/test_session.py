@@ -19,13 +19,16 @@ from hearthsync.ids import DocId, LineageId
 from hearthsync.protocol import frames as f
 from hearthsync.protocol.session import (
     DEAD_AFTER_S,
+    HANDSHAKE_TIMEOUT_S,
     HEARTBEAT_S,
+    SETTLE_S,
     Acked,
     ApplyUpdate,
     CaughtUp,
     Closed,
     DocMeta,
     Event,
+    KeyMissing,
     KeysChanged,
     PeerAuthenticated,
     Session,
@@ -341,3 +344,68 @@ def test_a_garbage_state_vector_is_a_protocol_error_not_a_crash(
     b[1].receive_data(f.encode(f.SyncStep1(DocId("user/alice/prefs"), lineage, b"\xff\xff")), NOW)
     assert b[1].closed
     assert [e.code for e in b[1].events_received() if isinstance(e, Closed)] == [400]
+
+
+def test_a_lost_update_is_repaired_once_updates_settle(kitchen: Robot, hall: Robot) -> None:
+    """Anti-entropy (SPEC §6.4): the sender offers its inventory again after SETTLE_S."""
+    a, b = connect(kitchen, hall)
+    delta = kitchen.docs.write("user/alice/prefs", "tea/mug", "blue")
+    assert a[1].send_update(DocId("user/alice/prefs"), delta)
+    a[1].data_to_send()  # the UPDATE is lost on the way
+    a[1].tick(NOW + SETTLE_S - 0.1)
+    assert not a[1].data_to_send()  # not yet: updates may still be coming
+    a[1].tick(NOW + SETTLE_S)
+    (offer,) = a[1].data_to_send()
+    assert isinstance(f.decode(offer), f.Inventory)
+    b[1].receive_data(offer, NOW + SETTLE_S)
+    pump(a, b, NOW + SETTLE_S)
+    assert hall.docs.content("user/alice/prefs") == {"tea/mug": "blue"}
+    a[1].tick(NOW + 2 * SETTLE_S)
+    assert not a[1].data_to_send()  # once per burst of updates, not forever
+
+
+def test_a_lost_request_is_asked_again_and_a_duplicate_answer_is_harmless(
+    kitchen: Robot, hall: Robot
+) -> None:
+    kitchen.docs.write("user/alice/prefs", "tea/mug", "blue")
+    a, b = (kitchen, kitchen.session()), (hall, hall.session())
+    for data in a[1].data_to_send():  # kitchen's HELLO
+        b[1].receive_data(data, NOW)
+    for data in b[1].data_to_send():  # hall's HELLO and AUTH
+        a[1].receive_data(data, NOW)
+    for data in a[1].data_to_send():  # kitchen's AUTH and INVENTORY
+        b[1].receive_data(data, NOW)
+    lost = [f.decode(d) for d in b[1].data_to_send()]
+    assert any(isinstance(frame, f.SyncStep1) for frame in lost)  # hall's request: lost
+    inventory = f.encode(f.Inventory(tuple(a[1]._inventory())))
+    b[1].receive_data(inventory, NOW + 1)  # kitchen's next inventory: hall asks again
+    pump(a, b, NOW + 1)
+    assert hall.docs.content("user/alice/prefs") == {"tea/mug": "blue"}
+    b[1].receive_data(f.encode(f.SyncDone(DocId("user/alice/prefs"))), NOW + 1)
+    assert b[1].state is State.OPEN  # a SYNC_DONE answering a request made twice is ignored
+
+
+def test_a_handshake_that_never_completes_is_closed(kitchen: Robot) -> None:
+    session = kitchen.session()
+    session.data_to_send()
+    session.receive_data(f.encode(f.Ping(1)), NOW + HANDSHAKE_TIMEOUT_S - 1)  # alive, silent
+    session.tick(NOW + HANDSHAKE_TIMEOUT_S - 0.5)
+    assert session.state is State.HELLO_SENT
+    session.tick(NOW + HANDSHAKE_TIMEOUT_S + 0.5)
+    assert session.closed
+    assert [e.code for e in session.events_received() if isinstance(e, Closed)] == [408]
+
+
+def test_an_envelope_under_a_key_not_held_is_skipped_not_fatal(
+    kitchen: Robot, hall: Robot, home: Home
+) -> None:
+    a, b = connect(kitchen, hall)
+    delta = kitchen.docs.write("user/alice/prefs", "tea/mug", "blue")
+    kitchen.keyring.rotate_for_revocation(["core"], random.Random(1).randbytes)  # hall lacks it
+    assert a[1].send_update(DocId("user/alice/prefs"), delta)
+    pump(a, b)
+    assert b[1].state is State.OPEN
+    (missing,) = of_type(hall, KeyMissing)
+    epoch = kitchen.keyring.current_epoch("core")
+    assert (missing.doc_id, missing.scope, missing.epoch) == ("user/alice/prefs", "core", epoch)
+    assert hall.docs.content("user/alice/prefs") == {}

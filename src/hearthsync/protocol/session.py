@@ -66,6 +66,10 @@ EMPTY_UPDATE = b"\x00\x00"  #: what Yrs encodes when a diff holds nothing
 #: keeps an idle link under 10 bytes per document per minute
 HEARTBEAT_S = 4.0
 DEAD_AFTER_S = 12.0  #: close after this long without receiving anything (a silent partition)
+HANDSHAKE_TIMEOUT_S = 10.0  #: close a connection not authenticated after this long
+#: offer the inventory again this long after the last UPDATE sent (anti-entropy, SPEC §6.4):
+#: an update lost on the way (a relay's outage, a dropped message) is repaired within seconds
+SETTLE_S = 2.0
 
 
 # ------------------------------------------------------------------------------ the port
@@ -250,10 +254,12 @@ class Session:
     _last_received: float = 0.0
     _last_sent: float = 0.0
     _ping: int = 0
+    _started: float = 0.0
+    _settle_at: float | None = None
 
     def __post_init__(self) -> None:
         self._nonce = self.random_bytes(f.NONCE_LEN)
-        self._last_received = self._last_sent = self.now
+        self._last_received = self._last_sent = self._started = self.now
         self._send(f.Hello(PROTOCOL_VERSION, SCHEMA_VERSION, self.certificate, self._nonce))
 
     # -------------------------------------------------------------- driver interface
@@ -290,12 +296,18 @@ class Session:
             self._fail(f.ErrorCode.MALFORMED, str(exc))
 
     def tick(self, now: float) -> None:
-        """Heartbeats: ping when idle, close when the peer has been silent too long."""
+        """Heartbeats: ping when idle, close when the peer has been silent too long or the
+        handshake is overdue; offer the inventory again once updates have settled."""
         if self.closed:
             return
         self.now = now
         if now - self._last_received > DEAD_AFTER_S:
             self._close(408, f"no frame for {now - self._last_received:.1f} s", by_peer=False)
+        elif self.state is not State.OPEN and now - self._started > HANDSHAKE_TIMEOUT_S:
+            self._close(408, f"no handshake after {now - self._started:.1f} s", by_peer=False)
+        elif self._settle_at is not None and now >= self._settle_at:
+            self._settle_at = None
+            self._send(f.Inventory(tuple(self._inventory())))
         elif now - self._last_sent >= HEARTBEAT_S:
             self._ping += 1
             self._send(f.Ping(self._ping))
@@ -318,6 +330,7 @@ class Session:
             self._events.append(SealFailed(doc_id, str(exc)))
             return False
         self._send(f.Update(envelope))
+        self._settle_at = self.now + SETTLE_S
         return True
 
     def send_revocations(self) -> bool:
@@ -463,11 +476,13 @@ class Session:
 
     def _on_inventory(self, inventory: f.Inventory) -> None:
         self._their_inventory = inventory.entries
-        self._request_missing(inventory.entries)
+        # a new inventory asks again for every document that differs, even one requested
+        # before: a request or its answer may have been lost (SPEC §6.4, anti-entropy)
+        self._request_missing(inventory.entries, again=True)
         if not self._requested:
             self._events.append(CaughtUp())
 
-    def _request_missing(self, entries: Sequence[f.InventoryEntry]) -> None:
+    def _request_missing(self, entries: Sequence[f.InventoryEntry], *, again: bool = False) -> None:
         for entry in entries:
             self._require_shared(entry.doc_id)
             if not self._sealable(entry.doc_id):
@@ -477,7 +492,7 @@ class Session:
                 self._events.append(LineageMismatch(entry.doc_id, mine, entry.lineage))
                 continue
             state_vector = self.docs.state_vector(entry.doc_id)
-            if entry.doc_id in self._requested:
+            if entry.doc_id in self._requested and not again:
                 continue
             if mine is None or sv_hash(state_vector) != entry.sv_hash:
                 self._requested.add(entry.doc_id)
@@ -505,8 +520,9 @@ class Session:
         self._send(f.SyncDone(step.doc_id))
 
     def _on_done(self, doc_id: DocId) -> None:
+        self._require_shared(doc_id)
         if doc_id not in self._requested:
-            raise ProtocolError(f"SYNC_DONE for {doc_id!r}, which was not requested")
+            return  # the answer to a request made twice (after a new inventory): nothing to do
         self._requested.discard(doc_id)
         self._events.append(SyncDone(doc_id))
         if not self._requested:
@@ -545,8 +561,11 @@ class Session:
             key = self.keyring.doc_key(
                 doc_id, header.lineage, meta.scope, meta.subject, header.epoch
             )
-        except MissingKeyError as exc:
-            raise ProtocolError(f"no key for {doc_id!r}: {exc}", code=403) from None
+        except MissingKeyError:
+            # sealed under a key not (yet) granted here: skip it, keep the session (SPEC §6.2);
+            # the document is asked for again once the key arrives
+            self._events.append(KeyMissing(doc_id, meta.scope, header.epoch))
+            return
         update = open_envelope(envelope, key, author_key)
         self._events.append(ApplyUpdate(doc_id, LineageId(header.lineage), update, header.author))
 
