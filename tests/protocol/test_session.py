@@ -14,13 +14,15 @@ from hearthsync.crdt import statevector
 from hearthsync.crdt.kinds import HOME, parse
 from hearthsync.crypto.certificate import Certificate, Revocations, TrustStore
 from hearthsync.crypto.identity import DeviceIdentity
-from hearthsync.crypto.keyring import Keyring
+from hearthsync.crypto.keyring import KeyGrant, Keyring
+from hearthsync.errors import MissingKeyError
 from hearthsync.ids import DocId, LineageId
 from hearthsync.protocol import frames as f
 from hearthsync.protocol.session import (
     DEAD_AFTER_S,
     HANDSHAKE_TIMEOUT_S,
     HEARTBEAT_S,
+    REQUEST_RETRY_S,
     SETTLE_S,
     Acked,
     ApplyUpdate,
@@ -409,3 +411,113 @@ def test_an_envelope_under_a_key_not_held_is_skipped_not_fatal(
     epoch = kitchen.keyring.current_epoch("core")
     assert (missing.doc_id, missing.scope, missing.epoch) == ("user/alice/prefs", "core", epoch)
     assert hall.docs.content("user/alice/prefs") == {}
+
+
+@pytest.fixture
+def admin(home: Home, admin_keys: Keyring) -> Robot:
+    trust = TrustStore.for_household(home.household)
+    for known in ("owner", "admin"):
+        trust.add(home.certs[known], NOW)
+    return Robot(home.admin, home.certs["admin"], trust, admin_keys)
+
+
+def test_a_lost_inventory_at_open_is_offered_again(kitchen: Robot, hall: Robot) -> None:
+    """Every document offered at OPEN counts as unacknowledged until the peer shows it
+    holds as much; a lost INVENTORY is therefore offered again."""
+    kitchen.docs.write("user/alice/prefs", "tea/mug", "green")
+    a, b = (kitchen, kitchen.session()), (hall, hall.session())
+    for data in a[1].data_to_send():  # kitchen's HELLO
+        b[1].receive_data(data, NOW)
+    for data in b[1].data_to_send():  # hall's HELLO and AUTH
+        a[1].receive_data(data, NOW)
+    frames = [f.decode(d) for d in a[1].data_to_send()]
+    for frame in frames:  # kitchen's AUTH arrives; its INVENTORY is lost
+        if not isinstance(frame, f.Inventory):
+            b[1].receive_data(f.encode(frame), NOW)
+    pump(a, b)
+    assert hall.docs.content("user/alice/prefs") == {}
+    a[1].tick(NOW + SETTLE_S)
+    pump(a, b, NOW + SETTLE_S)
+    assert hall.docs.content("user/alice/prefs") == {"tea/mug": "green"}
+    assert a[1]._settle_at is None  # acknowledged: no more offers
+
+
+def test_a_repeated_inventory_of_equal_documents_is_answered_with_acks(
+    kitchen: Robot, hall: Robot
+) -> None:
+    """A lost ACK must not leave the sender offering forever: equal entries of a repeated
+    inventory are acknowledged."""
+    a, b = connect(kitchen, hall)
+    delta = kitchen.docs.write("user/alice/prefs", "tea/mug", "blue")
+    a[1].send_update(DocId("user/alice/prefs"), delta)
+    for data in a[1].data_to_send():
+        b[1].receive_data(data, NOW)
+    for event in b[1].events_received():
+        if isinstance(event, ApplyUpdate):
+            b[1].applied(event.doc_id, hall.docs.apply(event.doc_id, event.update))
+    b[1].data_to_send()  # hall's ACK is lost
+    assert a[1]._settle_at is not None
+    a[1].tick(NOW + SETTLE_S)  # offered again; hall's answer is lost too
+    (offer,) = a[1].data_to_send()
+    assert isinstance(f.decode(offer), f.Inventory)
+    assert a[1]._settle_at == NOW + 3 * SETTLE_S  # the offers back off: 2 s, then 4 s, ...
+    a[1].tick(NOW + 3 * SETTLE_S)
+    pump(a, b, NOW + 3 * SETTLE_S)
+    assert a[1]._settle_at is None
+    assert not a[1]._unacked
+
+
+def test_an_unanswered_request_is_sent_again(kitchen: Robot, hall: Robot) -> None:
+    kitchen.docs.write("user/alice/prefs", "tea/mug", "green")
+    a, b = (kitchen, kitchen.session()), (hall, hall.session())
+    for data in a[1].data_to_send():
+        b[1].receive_data(data, NOW)
+    for data in b[1].data_to_send():
+        a[1].receive_data(data, NOW)
+    for data in a[1].data_to_send():  # kitchen's AUTH and INVENTORY
+        b[1].receive_data(data, NOW)
+    b[1].data_to_send()  # hall's AUTH, INVENTORY and request: all lost
+    b[1].tick(NOW + REQUEST_RETRY_S)
+    (again,) = [f.decode(d) for d in b[1].data_to_send()]
+    assert isinstance(again, f.SyncStep1)
+    assert again.doc_id == "user/alice/prefs"
+
+
+def test_an_envelope_from_an_admin_under_an_unknown_key_asks_for_a_new_session(
+    kitchen: Robot, admin: Robot
+) -> None:
+    a, b = connect(admin, kitchen)
+    admin.keyring.rotate_for_revocation(["core"], random.Random(2).randbytes)
+    delta = admin.docs.write("user/alice/prefs", "tea/mug", "blue")
+    assert a[1].send_update(DocId("user/alice/prefs"), delta)
+    for data in a[1].data_to_send():
+        b[1].receive_data(data, NOW)
+    assert b[1].closed
+    (error,) = [f.decode(d) for d in b[1].data_to_send()]
+    assert isinstance(error, f.Error)
+    assert error.code == f.ErrorCode.STALE_KEYS
+    _a2, _b2 = connect(admin, kitchen)  # the new session grants the key; the update arrives
+    assert kitchen.docs.content("user/alice/prefs") == {"tea/mug": "blue"}
+
+
+def test_a_device_missing_a_users_new_data_key_seals_under_the_previous_epoch(
+    kitchen: Robot, hall: Robot, admin: Robot, home: Home
+) -> None:
+    """Grants arrive one key at a time: holding a rotation's scope key but not yet a user's
+    data key must not stop the device from sending that user's documents."""
+    admin.keyring.rotate_for_revocation(["core"], random.Random(2).randbytes)
+    grants = admin.keyring.grants_for(
+        home.admin, kitchen.identity.verify_key, ["core"], random.Random(3).randbytes
+    )
+    for wire in grants:
+        if KeyGrant.from_wire(wire).kind == "scope":  # the data keys' grants are lost
+            kitchen.keyring.accept_grant(wire, kitchen.identity, trust=kitchen.trust, now=NOW)
+    assert kitchen.keyring.sealing_epoch("core", None) == 1
+    assert kitchen.keyring.sealing_epoch("core", "alice") == 0
+    a, b = connect(kitchen, hall)
+    delta = kitchen.docs.write("user/alice/prefs", "tea/mug", "blue")
+    assert a[1].send_update(DocId("user/alice/prefs"), delta)
+    pump(a, b)
+    assert hall.docs.content("user/alice/prefs") == {"tea/mug": "blue"}
+    with pytest.raises(MissingKeyError):
+        kitchen.keyring.sealing_epoch("core", "carol")

@@ -18,6 +18,7 @@ whose data it is (forgetting a user drops every document whose subject is that u
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from dataclasses import dataclass
 
@@ -68,6 +69,7 @@ class DocInfo:
         return genesis_lineage(self.doc_id)
 
 
+@functools.lru_cache(maxsize=65_536)  # ids are parsed on every frame; DocInfo is immutable
 def parse(doc_id: str) -> DocInfo:
     """Return the `DocInfo` of a well-formed document id, else raise `ValidationError`."""
     if doc_id == "household":

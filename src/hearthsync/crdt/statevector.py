@@ -8,6 +8,8 @@ encoding (pairs sorted by client id), as the sync inventory does (protocol/SPEC.
 
 from __future__ import annotations
 
+import functools
+
 from hearthsync.errors import RemoteError
 
 MAX_ENTRIES = 4_096  #: clients one document may have seen; more is not a real document
@@ -62,6 +64,7 @@ def encode(vector: StateVector) -> bytes:
     return bytes(out)
 
 
+@functools.lru_cache(maxsize=16_384)  # asked for on every inventory and acknowledgement
 def canonical(data: bytes) -> bytes:
     return encode(decode(data))
 

@@ -8,6 +8,7 @@ created with mode 0600 and never printed: `DeviceIdentity`'s ``repr`` omits it.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ KEY_FILE = "device.key"
 _SEED_BYTES = 32
 
 
+@functools.lru_cache(maxsize=4096)  # public keys only: ids are asked for on every frame
 def device_id_of(public_key: bytes) -> DeviceId:
     digest = hashlib.blake2b(public_key, digest_size=10).digest()
     return DeviceId(base64.b32encode(digest).decode("ascii"))

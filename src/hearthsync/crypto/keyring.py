@@ -179,6 +179,14 @@ class Keyring:
         self._scope_keys: dict[tuple[Scope, int], bytes] = {}
         self._data_keys: dict[tuple[UserId, Scope, int], bytes] = {}
         self._forgotten: set[UserId] = set()
+        # derived per-document keys and newest epochs, asked for on every envelope; both
+        # emptied whenever the keys change (`_changed`), so forgetting leaves nothing behind
+        self._derived: dict[tuple[bytes, str, str], bytes] = {}
+        self._newest: dict[str, int] = {}
+
+    def _changed(self) -> None:
+        self._derived.clear()
+        self._newest.clear()
 
     def __repr__(self) -> str:
         shown = ", ".join(
@@ -196,6 +204,7 @@ class Keyring:
         """Hold every key of ``other`` that this keyring lacks (never replacing one it holds,
         never a forgotten user's); return how many were added."""
         added = 0
+        self._changed()
         for index, key in other._scope_keys.items():
             if index not in self._scope_keys:
                 self._scope_keys[index] = key
@@ -216,10 +225,30 @@ class Keyring:
 
     def current_epoch(self, scope: str) -> int:
         """The newest epoch this device holds any key of ``scope`` for: what new writes use."""
-        epochs = self._epochs(scope)
-        if not epochs:
-            raise MissingKeyError(f"no key held for scope {scope!r}")
-        return max(epochs)
+        newest = self._newest.get(scope)
+        if newest is None:
+            epochs = self._epochs(scope)
+            if not epochs:
+                raise MissingKeyError(f"no key held for scope {scope!r}")
+            newest = self._newest[scope] = max(epochs)
+        return newest
+
+    def sealing_epoch(self, scope: str, user: str | None) -> int:
+        """The newest epoch whose key for ``user``'s documents of ``scope`` (household
+        documents: ``user`` None) this device holds: what sealing uses.  Grants arrive one key
+        at a time, so a device may hold a rotation's scope key before a user's data key; it
+        then seals that user's documents under the previous epoch rather than not at all."""
+        index = f"{scope}\x00{user or ''}"
+        newest = self._newest.get(index)
+        if newest is None:
+            if user is None:
+                epochs = {e for (s, e) in self._scope_keys if s == scope}
+            else:
+                epochs = {e for (u, s, e) in self._data_keys if u == user and s == scope}
+            if not epochs:
+                raise MissingKeyError(f"no key held for scope {scope!r}, user {user!r}")
+            newest = self._newest[index] = max(epochs)
+        return newest
 
     def _epochs(self, scope: str) -> set[int]:
         epochs = {e for (s, e) in self._scope_keys if s == scope}
@@ -249,13 +278,18 @@ class Keyring:
             base = self.scope_key(scope, epoch)
         else:
             base = self.data_key(subject, scope, epoch)
-        return derive_doc_key(base, doc_id, lineage)
+        index = (base, doc_id, lineage)
+        key = self._derived.get(index)
+        if key is None:
+            key = self._derived[index] = derive_doc_key(base, doc_id, lineage)
+        return key
 
     def create_scope(self, scope: str, random_bytes: RandomBytes) -> int:
         """Make epoch 0 of a new scope (done once, by the owner, when the household starts)."""
         check_text(scope, field="scope", pattern=NAME_RE)
         if scope in self.scopes:
             raise ValidationError(f"scope {scope!r} already has keys", field="scope")
+        self._changed()
         self._scope_keys[(Scope(scope), 0)] = _new_key(random_bytes)
         return 0
 
@@ -267,6 +301,7 @@ class Keyring:
         epoch = self.current_epoch(scope)
         if (user, scope, epoch) in self._data_keys:
             raise ValidationError(f"user {user!r} already has a {scope!r} key", field="user")
+        self._changed()
         self._data_keys[(UserId(user), Scope(scope), epoch)] = _new_key(random_bytes)
         return epoch
 
@@ -287,6 +322,7 @@ class Keyring:
             new_scope_keys[(scope, epochs[scope])] = _new_key(random_bytes)
             for user in sorted({u for (u, s, _) in self._data_keys if s == scope}):
                 new_data_keys[(user, scope, epochs[scope])] = _new_key(random_bytes)
+        self._changed()
         self._scope_keys.update(new_scope_keys)
         self._data_keys.update(new_data_keys)
         return epochs
@@ -298,6 +334,7 @@ class Keyring:
         the relay or a lost robot stay undecryptable once no enrolled device keeps these keys.
         """
         doomed = [k for k in self._data_keys if k[0] == user]
+        self._changed()
         for key in doomed:
             del self._data_keys[key]
         self._forgotten.add(UserId(user))
@@ -371,6 +408,7 @@ class Keyring:
 
     def _install(self, grant: KeyGrant, key: bytes) -> None:
         scope = Scope(grant.scope)
+        self._changed()
         if grant.kind == "scope":
             _put_once(self._scope_keys, (scope, grant.epoch), key)
             return

@@ -44,6 +44,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from hearthsync.crdt import statevector
 from hearthsync.crypto.certificate import Certificate, Revocations, TrustStore
 from hearthsync.crypto.envelope import Envelope, Header, open_envelope, seal
 from hearthsync.crypto.identity import DeviceIdentity
@@ -67,9 +68,12 @@ EMPTY_UPDATE = b"\x00\x00"  #: what Yrs encodes when a diff holds nothing
 HEARTBEAT_S = 4.0
 DEAD_AFTER_S = 12.0  #: close after this long without receiving anything (a silent partition)
 HANDSHAKE_TIMEOUT_S = 10.0  #: close a connection not authenticated after this long
-#: offer the inventory again this long after the last UPDATE sent (anti-entropy, SPEC §6.4):
-#: an update lost on the way (a relay's outage, a dropped message) is repaired within seconds
+#: offer the inventory again this long after the last update sent while any is unacknowledged
+#: (anti-entropy, SPEC §6.4), then at doubling intervals up to SETTLE_MAX_S: an update lost on
+#: the way (a relay's outage, a dropped message) is repaired within seconds
 SETTLE_S = 2.0
+SETTLE_MAX_S = 30.0
+REQUEST_RETRY_S = 5.0  #: ask again for a document whose SYNC_STEP1 went unanswered this long
 
 
 # ------------------------------------------------------------------------------ the port
@@ -248,7 +252,8 @@ class Session:
     _nonce: bytes = b""
     _outgoing: list[bytes] = field(default_factory=list)
     _events: list[Event] = field(default_factory=list)
-    _requested: set[DocId] = field(default_factory=set)
+    #: documents asked for (SYNC_STEP1) and not yet answered: lineage, when last asked
+    _requested: dict[DocId, tuple[LineageId, float]] = field(default_factory=dict)
     _counters: dict[DocId, int] = field(default_factory=dict)
     _their_inventory: tuple[f.InventoryEntry, ...] = ()
     _last_received: float = 0.0
@@ -256,6 +261,11 @@ class Session:
     _ping: int = 0
     _started: float = 0.0
     _settle_at: float | None = None
+    _settle_wait: float = SETTLE_S
+    #: documents sent (UPDATE, SYNC_STEP2) and not yet acknowledged: this side's state vector
+    #: when it sent them, which an ACK must cover
+    _unacked: dict[DocId, dict[int, int]] = field(default_factory=dict)
+    _inventories: int = 0  #: inventories received
 
     def __post_init__(self) -> None:
         self._nonce = self.random_bytes(f.NONCE_LEN)
@@ -306,11 +316,36 @@ class Session:
         elif self.state is not State.OPEN and now - self._started > HANDSHAKE_TIMEOUT_S:
             self._close(408, f"no handshake after {now - self._started:.1f} s", by_peer=False)
         elif self._settle_at is not None and now >= self._settle_at:
-            self._settle_at = None
+            self._settle_wait = min(self._settle_wait * 2, SETTLE_MAX_S)
+            self._settle_at = now + self._settle_wait
             self._send(f.Inventory(tuple(self._inventory())))
+        elif self._overdue(now):
+            for doc_id, (lineage, asked) in sorted(self._requested.items()):
+                if now - asked >= REQUEST_RETRY_S and self.docs.lineage(doc_id) in (None, lineage):
+                    self._requested[doc_id] = (lineage, now)
+                    self._send(f.SyncStep1(doc_id, lineage, self.docs.state_vector(doc_id)))
         elif now - self._last_sent >= HEARTBEAT_S:
             self._ping += 1
             self._send(f.Ping(self._ping))
+
+    def _await_ack(self, doc_id: DocId) -> None:
+        """``doc_id`` was sent: offer the inventory again unless it is acknowledged soon."""
+        self._unacked[doc_id] = statevector.decode(self.docs.state_vector(doc_id))
+        self._settle_wait = SETTLE_S
+        self._settle_at = self.now + SETTLE_S
+
+    def _acknowledged(self, doc_id: DocId, state_vector: bytes) -> None:
+        sent = self._unacked.get(doc_id)
+        if sent is not None and statevector.covers(statevector.decode(state_vector), sent):
+            del self._unacked[doc_id]
+            if not self._unacked:
+                self._settle_at = None
+
+    def _overdue(self, now: float) -> bool:
+        """A request went unanswered too long (it or its answer was lost): ask again."""
+        if self.state is not State.OPEN:
+            return False
+        return any(now - asked >= REQUEST_RETRY_S for _, asked in self._requested.values())
 
     def applied(self, doc_id: DocId, state_vector: bytes) -> None:
         """An update from this peer is durable here: acknowledge it."""
@@ -330,7 +365,7 @@ class Session:
             self._events.append(SealFailed(doc_id, str(exc)))
             return False
         self._send(f.Update(envelope))
-        self._settle_at = self.now + SETTLE_S
+        self._await_ack(doc_id)
         return True
 
     def send_revocations(self) -> bool:
@@ -420,7 +455,7 @@ class Session:
             raise ProtocolError("AUTH signature does not verify", code=401) from None
         self.state = State.OPEN
         self._events.append(PeerAuthenticated(peer.device_id, peer))
-        self._send(f.Inventory(tuple(self._inventory())))
+        self._offer()
         self.send_revocations()
         self.send_grants()
 
@@ -440,6 +475,7 @@ class Session:
         elif isinstance(frame, f.Ack):
             self._require_shared(frame.doc_id)
             self.docs.peer_state(frame.doc_id, frame.state_vector)
+            self._acknowledged(frame.doc_id, frame.state_vector)
             self._events.append(Acked(frame.doc_id, frame.state_vector))
         elif isinstance(frame, f.KeyGrant):
             self._on_grant(frame.grant)
@@ -471,11 +507,30 @@ class Session:
         if learned:
             self._events.append(KeysChanged(learned))
             # what could not be opened before may open now: offer and ask again
-            self._send(f.Inventory(tuple(self._inventory())))
+            self._offer()
             self._request_missing(self._their_inventory)
+
+    def _offer(self) -> None:
+        """Send the inventory; every document in it counts as unacknowledged until the peer
+        shows it holds as much (SPEC §6.4), so a lost inventory is offered again."""
+        entries = self._inventory()
+        self._send(f.Inventory(tuple(entries)))
+        for entry in entries:
+            self._unacked[entry.doc_id] = statevector.decode(self.docs.state_vector(entry.doc_id))
+        if entries:
+            self._settle_wait = SETTLE_S
+            self._settle_at = self.now + SETTLE_S
 
     def _on_inventory(self, inventory: f.Inventory) -> None:
         self._their_inventory = inventory.entries
+        self._inventories += 1
+        if self._inventories > 1:  # offered again: the peer waits to hear what this side holds
+            for entry in inventory.entries:
+                held = self.docs.state_vector(entry.doc_id)
+                if sv_hash(held) == entry.sv_hash and self.docs.lineage(entry.doc_id) == (
+                    entry.lineage
+                ):
+                    self._send(f.Ack(entry.doc_id, held))
         # a new inventory asks again for every document that differs, even one requested
         # before: a request or its answer may have been lost (SPEC §6.4, anti-entropy)
         self._request_missing(inventory.entries, again=True)
@@ -485,6 +540,10 @@ class Session:
     def _request_missing(self, entries: Sequence[f.InventoryEntry], *, again: bool = False) -> None:
         for entry in entries:
             self._require_shared(entry.doc_id)
+            if entry.doc_id in self._unacked:  # the peer holds what this side holds: as an ACK
+                held = self.docs.state_vector(entry.doc_id)
+                if sv_hash(held) == entry.sv_hash:
+                    self._acknowledged(entry.doc_id, held)
             if not self._sealable(entry.doc_id):
                 continue  # no key for it here (yet): asking would only bring what cannot open
             mine = self.docs.lineage(entry.doc_id)
@@ -495,7 +554,7 @@ class Session:
             if entry.doc_id in self._requested and not again:
                 continue
             if mine is None or sv_hash(state_vector) != entry.sv_hash:
-                self._requested.add(entry.doc_id)
+                self._requested[entry.doc_id] = (entry.lineage, self.now)
                 self._send(f.SyncStep1(entry.doc_id, entry.lineage, state_vector))
 
     def _on_step1(self, step: f.SyncStep1) -> None:
@@ -504,6 +563,7 @@ class Session:
         if lineage is None or lineage != step.lineage or not self._sealable(step.doc_id):
             raise ProtocolError(f"SYNC_STEP1 asks for {step.doc_id!r}, which is not offered")
         self.docs.peer_state(step.doc_id, step.state_vector)
+        self._acknowledged(step.doc_id, step.state_vector)  # what the peer holds, it said
         try:
             delta = self.docs.diff(step.doc_id, step.state_vector)
         except ValueError:  # Yrs: "Cannot decode state"
@@ -517,13 +577,14 @@ class Session:
                 self._events.append(SealFailed(step.doc_id, str(exc)))
             else:
                 self._send(f.SyncStep2(step.doc_id, envelope))
+                self._await_ack(step.doc_id)
         self._send(f.SyncDone(step.doc_id))
 
     def _on_done(self, doc_id: DocId) -> None:
         self._require_shared(doc_id)
         if doc_id not in self._requested:
             return  # the answer to a request made twice (after a new inventory): nothing to do
-        self._requested.discard(doc_id)
+        del self._requested[doc_id]
         self._events.append(SyncDone(doc_id))
         if not self._requested:
             self._events.append(CaughtUp())
@@ -532,7 +593,7 @@ class Session:
 
     def _seal(self, doc_id: DocId, lineage: LineageId, delta: bytes) -> bytes:
         meta = self.docs.describe(doc_id)
-        epoch = self.keyring.current_epoch(meta.scope)
+        epoch = self.keyring.sealing_epoch(meta.scope, meta.subject)
         counter = self._counters.get(doc_id, 0) + 1
         self._counters[doc_id] = counter
         header = Header(doc_id, lineage, meta.scope, epoch, self.identity.device_id, counter)
@@ -562,9 +623,17 @@ class Session:
                 doc_id, header.lineage, meta.scope, meta.subject, header.epoch
             )
         except MissingKeyError:
-            # sealed under a key not (yet) granted here: skip it, keep the session (SPEC §6.2);
-            # the document is asked for again once the key arrives
+            # sealed under a key not (yet) granted here: skip it (SPEC §6.2); the document is
+            # asked for again once the key arrives.  From an owner or admin, which grants
+            # every key it holds when a session opens, it means this device missed a grant
+            # (a rotation it has not heard of): reconnect, and be granted it (SPEC §6.5)
             self._events.append(KeyMissing(doc_id, meta.scope, header.epoch))
+            assert self.peer is not None
+            if self.peer.certificate.role in ("owner", "admin"):
+                self._fail(
+                    f.ErrorCode.STALE_KEYS,
+                    f"no key for {meta.scope} epoch {header.epoch}: reconnect for the grant",
+                )
             return
         update = open_envelope(envelope, key, author_key)
         self._events.append(ApplyUpdate(doc_id, LineageId(header.lineage), update, header.author))
@@ -584,7 +653,7 @@ class Session:
             return False
         meta = self.docs.describe(doc_id)
         try:
-            epoch = self.keyring.current_epoch(meta.scope)
+            epoch = self.keyring.sealing_epoch(meta.scope, meta.subject)
             self.keyring.doc_key(doc_id, meta.genesis, meta.scope, meta.subject, epoch)
         except MissingKeyError:
             return False
