@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import stat
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from hearthsync import BlockedFieldError, Condition, NotFoundError, Peer, ValidationError
 from hearthsync.crypto.identity import KEY_FILE
+from hearthsync.errors import ClosedError
 from tests.conftest import MONDAY_MS, FakeWall
 
 DAY = 86_400_000
@@ -193,3 +195,25 @@ async def test_a_store_refuses_a_different_embedder(peer: Peer, peer_path: Path)
     with pytest.raises(ValidationError, match="embedded with 'hashing-v1-384'"):
         async with Peer.open(peer_path, embedder=HashingEmbedder(dim=128)):
             pass
+
+
+async def test_with_manual_commits_a_crash_loses_exactly_what_was_not_committed(
+    tmp_path: Path,
+) -> None:
+    """The chaos simulation's contract: ``auto_commit=False`` writes land only at `commit`;
+    `crash` drops the rest as a killed process would, and writers learn it was not durable."""
+    peer = await Peer.start(tmp_path / "p", device="a", auto_commit=False)
+    added = asyncio.create_task(peer.add_user("alice", name="Alice"))
+    await asyncio.sleep(0)  # the writer runs up to its commit
+    assert not added.done()
+    await peer.commit()
+    await added
+    lost = asyncio.create_task(peer.set_preference("alice", "tea/mug", "green"))
+    await asyncio.sleep(0)
+    assert not lost.done()  # queued, waiting for a commit that never comes
+    await peer.crash()
+    with pytest.raises(ClosedError):
+        await lost
+    async with Peer.open(tmp_path / "p") as again:
+        assert again.users() == ["alice"]
+        assert again.preference("alice", "tea/mug") is None

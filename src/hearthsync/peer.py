@@ -162,12 +162,14 @@ class Peer:
         embedder: Embedder | None = None,
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
-        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        synchronous: Literal["FULL", "NORMAL", "OFF"] = "FULL",
+        auto_commit: bool = True,
     ) -> AsyncIterator[Peer]:
         """Open (creating if new) the peer stored in the folder ``path``; close on exit."""
         peer = await cls.start(
-            path, device=device, embedder=embedder, wall=wall, rng=rng, synchronous=synchronous
-        )
+            path, device=device, embedder=embedder, wall=wall, rng=rng, synchronous=synchronous,
+            auto_commit=auto_commit,
+        )  # fmt: skip
         try:
             yield peer
         finally:
@@ -182,7 +184,8 @@ class Peer:
         embedder: Embedder | None = None,
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
-        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        synchronous: Literal["FULL", "NORMAL", "OFF"] = "FULL",
+        auto_commit: bool = True,
     ) -> Peer:
         """Open the peer in ``path``; the caller must `close` it."""
         folder = Path(path).expanduser()
@@ -200,7 +203,7 @@ class Peer:
                 lambda: int(wall() * 1000),
                 Timestamp.parse(last) if last else None,
             )
-            docs = DocumentSet(sqlite, embedder, rng)
+            docs = DocumentSet(sqlite, embedder, rng, auto_commit=auto_commit)
             await docs.load()
             vectors = VectorMemory(sqlite, folder / VECTOR_DIR, embedder)
         except BaseException:
@@ -223,6 +226,25 @@ class Peer:
             self._vectors.save()
         finally:
             await self._sqlite.close()
+
+    async def crash(self) -> None:
+        """Stop as a killed process would: whatever is not committed is lost, nothing is
+        flushed or saved, and waiting writers get `ClosedError` (fault injection for
+        `hearthsync.chaos`; the vector memory is rebuilt from SQLite on the next open)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._docs.crash()
+        if self._indexer is not None:
+            self._indexer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._indexer
+        await self._sqlite.close()
+
+    async def commit(self) -> None:
+        """Make every write queued so far durable now.  With ``auto_commit=False`` (the chaos
+        simulation, which decides when commits happen) this is the only way a write lands."""
+        await self._docs.commit()
 
     @property
     def corrupt(self) -> dict[str, str]:
@@ -741,12 +763,21 @@ class Peer:
 
     async def apply_update(self, doc_id: str, update: bytes, *, origin: str = "remote") -> bytes:
         """Merge another replica's update; return the state vector once it is durable here."""
-        parse(doc_id)
-        done = self._docs.apply_remote(DocId(doc_id), update, origin)
-        self._users = None  # the household's user list may have changed
+        done = self.receive_update(doc_id, update, origin=origin)
         if done is not None:
             await asyncio.shield(done)
         return self.state_vector(doc_id)
+
+    def receive_update(
+        self, doc_id: str, update: bytes, *, origin: str = "remote"
+    ) -> asyncio.Future[None] | None:
+        """Merge another replica's update in memory now; the future resolves once it is
+        durable (``None``: nothing new).  For drivers that acknowledge later, like the chaos
+        simulation; `apply_update` is the awaitable form."""
+        parse(doc_id)
+        done = self._docs.apply_remote(DocId(doc_id), update, origin)
+        self._users = None  # the household's user list may have changed
+        return done
 
     def keys_changed(self) -> None:
         """Another robot granted keys: keep them with this device's credentials."""

@@ -72,8 +72,17 @@ CommitListener = Callable[[Sequence[tuple[str, bytes, str]]], None]
 class DocumentSet:
     """Every document of a peer.  Create with `load`, stop with `close`."""
 
-    def __init__(self, sqlite: SqliteStore, embedder: Embedder, rng: random.Random) -> None:
+    def __init__(
+        self,
+        sqlite: SqliteStore,
+        embedder: Embedder,
+        rng: random.Random,
+        *,
+        auto_commit: bool = True,
+    ) -> None:
         self._sqlite = sqlite
+        #: False: no flusher; writes wait for `commit` (a simulation decides when they land)
+        self._auto = auto_commit
         self._embedder = embedder
         self._rng = rng
         self.replicas: dict[DocId, Replica] = {}
@@ -100,7 +109,8 @@ class DocumentSet:
         """Read every stored document; a corrupt one is recorded in `corrupt`, not raised."""
         for stored in await self._sqlite.load():
             self._load_one(stored)
-        self._flusher = asyncio.create_task(self._flush_forever(), name="hearthsync-flusher")
+        if self._auto:
+            self._flusher = asyncio.create_task(self._flush_forever(), name="hearthsync-flusher")
 
     def _load_one(self, stored: StoredDoc) -> None:
         row = stored.row
@@ -123,10 +133,48 @@ class DocumentSet:
         """Refuse new writes, make everything queued durable, then stop the flusher."""
         if self._closed:
             return
+        if not self._auto:
+            await self.commit()
+            if self._carry:  # one last try, as the flusher makes; errors surface
+                async with self._lock:
+                    await self._flush(_Queue())
         self._closed = True
         self._wake.set()
         if self._flusher is not None:
             await self._flusher
+
+    async def commit(self) -> None:
+        """Commit everything queued now, as one batch; raises if that batch failed (its
+        deltas are then carried into the next one).  Without ``auto_commit`` writes land only
+        here; with it, this waits for the flusher instead."""
+        if self._auto:
+            await self.write_barrier()
+            return
+        queue = self._queue
+        if queue.done is None:
+            return
+        self._queue = _Queue()
+        async with self._lock:
+            try:
+                await self._flush(queue)
+            except Exception as exc:
+                _settle(queue.done, exc)
+                raise
+            _settle(queue.done, None)
+        await self._maybe_compact()
+
+    def crash(self) -> None:
+        """Drop everything not committed, as a killed process loses it (fault injection).
+        Waiting writers get `ClosedError`: their writes were never acknowledged."""
+        self._closed = True
+        if self._flusher is not None:
+            self._flusher.cancel()
+        for pending in (self._queue.done, self._inflight):
+            if pending is not None and not pending.done():
+                _settle(pending, ClosedError("the peer crashed before this write was durable"))
+                pending.exception()  # handed to whoever waits; no "never retrieved" noise
+        self._queue = _Queue()
+        self._carry = []
 
     # ---------------------------------------------------------------------- documents
 
@@ -358,6 +406,9 @@ class DocumentSet:
 
     async def write_barrier(self) -> None:
         """Wait until everything queued so far is durable (raises if that batch failed)."""
+        if not self._auto:
+            await self.commit()
+            return
         pending = self._queue.done or self._inflight
         if pending is not None:
             await asyncio.shield(pending)

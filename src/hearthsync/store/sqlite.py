@@ -15,7 +15,8 @@ Rules this module lives by:
   together commit or vanish together.  The caller acknowledges its writes only after `commit`
   returns (DESIGN invariant 1).
 * WAL mode with ``synchronous=FULL`` by default: a committed batch survives a power cut, not
-  only a crash.  ``NORMAL`` trades the last batches on power loss for speed.
+  only a crash.  ``NORMAL`` trades the last batches on power loss for speed; ``OFF`` (the
+  chaos simulation, which kills processes but not the power) leaves syncing to the OS.
 * ``auto_vacuum=INCREMENTAL``: compaction returns freed pages to the file system, so the file
   shrinks (a common complaint about CRDT stores is that they only grow).
 """
@@ -117,7 +118,7 @@ class SqliteStore:
 
     @classmethod
     async def open(
-        cls, path: Path, *, synchronous: Literal["FULL", "NORMAL"] = "FULL"
+        cls, path: Path, *, synchronous: Literal["FULL", "NORMAL", "OFF"] = "FULL"
     ) -> SqliteStore:
         try:
             conn = await aiosqlite.connect(path, isolation_level=None)
