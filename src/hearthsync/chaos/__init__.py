@@ -1,1 +1,46 @@
-"""Reserved for a later issue; see DESIGN.md (components)."""
+"""Partition/merge chaos testing for a household, like ``trio.testing`` for sync.
+
+    from hearthsync import chaos
+
+    report = chaos.run(schedules=200, seed=7, scenario=chaos.Scenario(peers=5, edits=50))
+    print(report.to_json())
+    for failure in report.failures:
+        print(failure.seed, failure.problems, failure.fault_trace, failure.replay)
+
+Each schedule is a deterministic simulation (`hearthsync.chaos.sim`): real `Peer` stores and
+real protocol sessions on a simulated network and clock, one seeded generator, faults
+(partitions, drops, duplicates, reordering, delays, crashes, clock skew, a revocation), then a
+heal; the checkers (`hearthsync.chaos.check`) prove convergence, no lost acknowledged write
+and no leak past a revocation.  `hearthsync.chaos.process` runs the same kind of scenario
+against real ``hearth run`` processes.  How-to: ``docs/how-to/chaos.md``.
+"""
+
+from hearthsync.chaos.check import Findings, Write, digest, document_states, verify
+from hearthsync.chaos.harness import Failure, Report, replay_command, run, run_schedule, shrink
+from hearthsync.chaos.plan import BUGS, FAULT_KINDS, OP_KINDS, Fault, Op, Plan, Scenario, make_plan
+from hearthsync.chaos.sim import Outcome, Simulation, simulate
+
+__all__ = [
+    "BUGS",
+    "FAULT_KINDS",
+    "OP_KINDS",
+    "Failure",
+    "Fault",
+    "Findings",
+    "Op",
+    "Outcome",
+    "Plan",
+    "Report",
+    "Scenario",
+    "Simulation",
+    "Write",
+    "digest",
+    "document_states",
+    "make_plan",
+    "replay_command",
+    "run",
+    "run_schedule",
+    "shrink",
+    "simulate",
+    "verify",
+]

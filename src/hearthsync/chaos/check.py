@@ -1,0 +1,197 @@
+"""What the chaos checkers compare: the state of every document a peer holds.
+
+Two peers have converged when they hold the same documents with the same canonical state
+vector *and* the same content.  Content is compared as well as state vectors because equal
+state vectors can hide a difference (an update held back as pending, a replica rebuilt under
+another client id): the content is what a robot reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pycrdt import Array, Map
+
+from hearthsync.crdt.handles import ROOTS
+from hearthsync.crdt.statevector import canonical
+from hearthsync.ids import DocId
+from hearthsync.peer import Peer
+
+#: one document as the checkers see it: (canonical state vector in hex, content as JSON)
+DocState = tuple[str, str]
+
+
+def document_states(peer: Peer, scopes: frozenset[str] | None = None) -> dict[str, DocState]:
+    """Every document ``peer`` holds (only those of ``scopes`` if given), by id."""
+    found: dict[str, DocState] = {}
+    for doc_id, replica in sorted(peer._docs.replicas.items()):
+        if scopes is not None and replica.info.scope not in scopes:
+            continue
+        content: dict[str, Any] = {}
+        for name, kind in ROOTS[replica.info.kind]:
+            content[name] = replica.doc.get(name, type=kind).to_py()
+        found[doc_id] = (
+            canonical(replica.state_vector()).hex(),
+            json.dumps(content, sort_keys=True, separators=(",", ":")),
+        )
+    return found
+
+
+def digest(peer: Peer, scopes: frozenset[str] | None = None) -> str:
+    """A short hash of `document_states`: equal digests, equal documents."""
+    h = hashlib.blake2b(digest_size=16)
+    for doc_id, (sv, content) in document_states(peer, scopes).items():
+        h.update(json.dumps([doc_id, sv, content]).encode())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------- acknowledged writes
+
+
+@dataclass
+class Write:
+    """An acknowledged write, and where to find it in any replica.
+
+    Registers (preferences, profiles, calibration, placements) live in per-device slots
+    (`hearthsync.crdt.handles.SlotMap`): a later write of the same robot replaces an earlier
+    one in its slot, so a write is *present* when the writer's slot holds it or a later
+    version (a greater hybrid timestamp).  Events are present when their id is in the log;
+    a new user when the household lists them.
+    """
+
+    robot: int
+    kind: str  #: pref, profile, calibration, move, event, user
+    doc_id: DocId
+    scope: str
+    root: str  #: the document's root type holding it
+    slot: str  #: slot key (registers), event id (events) or user id (users)
+    set_at: str  #: the hybrid timestamp of a register write ("" otherwise)
+    epoch: int  #: the writer's current key epoch of ``scope`` when it wrote
+    acked_at: float = 0.0
+
+    def describe(self) -> str:
+        what = self.slot.replace(SLOT_SEP, "@")
+        return f"{self.kind} by r{self.robot} in {self.doc_id} [{what}]"
+
+
+SLOT_SEP = "\x1f"
+
+
+class Holdings:
+    """What one peer holds, indexed once for many `Write` lookups."""
+
+    def __init__(self, peer: Peer) -> None:
+        self._peer = peer
+        self._slots: dict[tuple[str, str], dict[str, str]] = {}
+        self._logs: dict[tuple[str, str], set[str]] = {}
+
+    def holds(self, write: Write) -> bool:
+        replica = self._peer._docs.get(write.doc_id)
+        if replica is None:
+            return False
+        key = (write.doc_id, write.root)
+        if write.kind == "event":
+            ids = self._logs.get(key)
+            if ids is None:
+                array = replica.doc.get(write.root, type=Array)
+                ids = {json.loads(text)["id"] for text in array}
+                self._logs[key] = ids
+            return write.slot in ids
+        if write.kind == "user":
+            return write.slot in replica.doc.get(write.root, type=Map)
+        slots = self._slots.get(key)
+        if slots is None:
+            ymap = replica.doc.get(write.root, type=Map)
+            slots = {slot: json.loads(text).get("set_at", "") for slot, text in ymap.items()}
+            self._slots[key] = slots
+        held = slots.get(write.slot)
+        return held is not None and held >= write.set_at
+
+
+# ---------------------------------------------------------------------- the checkers
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    """One robot as the checkers see it after the run."""
+
+    index: int
+    peer: Peer
+    scopes: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Findings:
+    verified: int  #: acknowledged writes found on every robot that may read them
+    lost: list[str]  #: acknowledged writes missing somewhere they should be
+    divergences: list[str]  #: pairs of robots whose shared documents differ
+    leaks: list[str]  #: writes made with post-revocation keys found on the revoked robot
+
+
+def verify(
+    members: list[Replica],
+    writes: list[Write],
+    *,
+    revoked: Replica | None = None,
+    revoked_epochs: dict[str, int] | None = None,
+) -> Findings:
+    """Check a quiescent household: convergence, no loss, no leak past a revocation.
+
+    * every pair of ``members`` holds identical documents (state vector and content) in
+      every scope both may read, and no robot holds a document outside its scopes;
+    * every acknowledged write of a member is present on every member that may read it (the
+      revoked robot's own writes are not required: the others refuse it);
+    * no write made with a key epoch started by the revocation reached the revoked robot.
+    """
+    divergences: list[str] = []
+    states = {m.index: document_states(m.peer) for m in members}
+    for m in members:
+        outside = sorted(d for d in states[m.index] if _scope(m.peer, d) not in m.scopes)
+        if outside:
+            divergences.append(f"r{m.index} holds documents outside its scopes: {outside[:3]}")
+    for i, a in enumerate(members):
+        for b in members[i + 1 :]:
+            shared = a.scopes & b.scopes
+            mine = {d: s for d, s in states[a.index].items() if _scope(a.peer, d) in shared}
+            theirs = {d: s for d, s in states[b.index].items() if _scope(b.peer, d) in shared}
+            if mine != theirs:
+                differ = sorted(d for d in set(mine) | set(theirs) if mine.get(d) != theirs.get(d))
+                divergences.append(f"r{a.index} and r{b.index} differ in {differ[:5]}")
+    holdings = {m.index: Holdings(m.peer) for m in members}
+    lost: list[str] = []
+    verified = 0
+    revoked_index = revoked.index if revoked else None
+    for write in writes:
+        if write.robot == revoked_index:
+            continue
+        missing = [
+            f"r{m.index}"
+            for m in members
+            if write.scope in m.scopes and not holdings[m.index].holds(write)
+        ]
+        if missing:
+            lost.append(f"{write.describe()} (acknowledged at t={write.acked_at:.3f}) "
+                        f"missing on {','.join(missing)}")  # fmt: skip
+        else:
+            verified += 1
+    leaks: list[str] = []
+    if revoked is not None and revoked_epochs:
+        held = Holdings(revoked.peer)
+        for write in writes:
+            new_epoch = revoked_epochs.get(write.scope)
+            if write.robot == revoked.index or new_epoch is None or write.epoch < new_epoch:
+                continue
+            if write.kind == "user":
+                continue  # every robot may register the same user: not attributable to one write
+            if held.holds(write):
+                leaks.append(f"{write.describe()} (epoch {write.epoch}) reached r{revoked.index}")
+    return Findings(verified, lost, divergences, leaks)
+
+
+def _scope(peer: Peer, doc_id: str) -> str:
+    replica = peer._docs.get(DocId(doc_id))
+    assert replica is not None
+    return replica.info.scope

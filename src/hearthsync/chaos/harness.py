@@ -1,0 +1,247 @@
+"""Run many seeded schedules, shrink the failing ones, and report.
+
+    report = hearthsync.chaos.run(schedules=200, seed=1)
+    assert report.ok, report.failures[0].replay
+
+Schedule ``i`` of a run with seed ``S`` is seeded ``S + i``, so any one of them replays alone
+with ``hearth chaos --seed S+i --schedules 1`` (plus the scenario's options, which the replay
+command spells out).  Schedules run in worker processes, one per core by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import multiprocessing
+import os
+import shlex
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from hearthsync.chaos.plan import DEFAULT_FAULT_RATE, FAULT_KINDS, Plan, Scenario, make_plan
+from hearthsync.chaos.sim import Outcome, simulate
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A failing schedule: what went wrong, the fewest faults that still make it fail, and
+    the command that replays exactly that."""
+
+    seed: int
+    peers: int
+    problems: list[str]
+    fault_trace: list[str]  #: the minimal set of faults found, described, in order
+    replay: str
+
+
+@dataclass
+class Report:
+    schedules: int = 0
+    faults: int = 0
+    acknowledged_writes: int = 0
+    verified_writes: int = 0
+    divergences: int = 0
+    lost_writes: int = 0
+    revocation_leaks: int = 0
+    errors: int = 0
+    unconverged: int = 0
+    converge_s: list[float] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    fault_counts: dict[str, int] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return (
+            not (self.divergences or self.lost_writes or self.revocation_leaks or self.errors)
+            and not self.unconverged
+        )
+
+    @property
+    def failing_seeds(self) -> list[int]:
+        return sorted(f.seed for f in self.failures)
+
+    @property
+    def converge_p50_s(self) -> float:
+        return _percentile(self.converge_s, 50)
+
+    @property
+    def converge_p99_s(self) -> float:
+        return _percentile(self.converge_s, 99)
+
+    @property
+    def schedules_per_minute(self) -> float:
+        return 60 * self.schedules / self.elapsed_s if self.elapsed_s else 0.0
+
+    def add(self, outcome: Outcome) -> None:
+        found = outcome.findings
+        self.schedules += 1
+        self.faults += len(outcome.faults)
+        for kind in outcome.fault_kinds:
+            self.fault_counts[kind] = self.fault_counts.get(kind, 0) + 1
+        self.acknowledged_writes += outcome.acknowledged
+        self.verified_writes += found.verified
+        self.divergences += len(found.divergences)
+        self.lost_writes += len(found.lost)
+        self.revocation_leaks += len(found.leaks)
+        self.errors += len(outcome.errors)
+        if outcome.converge_s is None:
+            self.unconverged += 1
+        else:
+            self.converge_s.append(outcome.converge_s)
+
+    def to_json(self) -> dict[str, Any]:
+        """The flat object ``hearth chaos --json`` writes."""
+        return {
+            "schedules": self.schedules,
+            "faults": self.faults,
+            "acknowledged_writes": self.acknowledged_writes,
+            "verified_writes": self.verified_writes,
+            "divergences": self.divergences,
+            "lost_writes": self.lost_writes,
+            "revocation_leaks": self.revocation_leaks,
+            "errors": self.errors,
+            "unconverged": self.unconverged,
+            "converge_p50_s": round(self.converge_p50_s, 4),
+            "converge_p99_s": round(self.converge_p99_s, 4),
+            "schedules_per_minute": round(self.schedules_per_minute, 1),
+            "elapsed_s": round(self.elapsed_s, 2),
+            "failing_seeds": self.failing_seeds,
+            "replay": [f.replay for f in self.failures],
+            **{f"faults_{kind}": self.fault_counts.get(kind, 0) for kind in FAULT_KINDS},
+        }
+
+
+def _percentile(values: Sequence[float], pct: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(0, math.ceil(pct / 100 * len(ordered)) - 1)
+    return ordered[rank]
+
+
+def problems(outcome: Outcome) -> list[str]:
+    """What the checkers found in one schedule, one line each."""
+    found = outcome.findings
+    lines = [f"lost: {x}" for x in found.lost]
+    lines += [f"divergence: {x}" for x in found.divergences]
+    lines += [f"revocation leak: {x}" for x in found.leaks]
+    lines += [f"error: {x}" for x in outcome.errors]
+    if outcome.converge_s is None:
+        lines.append("did not converge within the settle limit after the heal")
+    return lines
+
+
+def run_schedule(seed: int, scenario: Scenario, only_faults: set[int] | None = None) -> Outcome:
+    """Run one schedule in this process (a fresh event loop)."""
+    plan = make_plan(seed, scenario)
+    if only_faults is not None:
+        plan = plan.only_faults(only_faults)
+    return asyncio.run(simulate(plan))
+
+
+def shrink(plan: Plan, outcome: Outcome) -> tuple[Plan, Outcome]:
+    """Drop faults one at a time while the schedule still fails: a smaller trace to read.
+
+    Greedy (one pass, in order), so the result is minimal in the sense that removing any
+    single remaining fault makes the failure go away, not necessarily the smallest set.
+    """
+    current, failing = plan, outcome
+    for fault in plan.faults:
+        candidate = current.without_faults({fault.index})
+        result = asyncio.run(simulate(candidate))
+        if not result.ok:
+            current, failing = candidate, result
+    return current, failing
+
+
+def replay_command(seed: int, scenario: Scenario, faults: Sequence[int] | None = None) -> str:
+    args = ["hearth", "chaos", "--seed", str(seed), "--schedules", "1"]
+    if scenario.peers is not None:
+        args += ["--peers", str(scenario.peers)]
+    args += ["--edits", str(scenario.edits), "--duration", f"{scenario.duration:g}"]
+    if tuple(scenario.faults) != FAULT_KINDS:
+        args += ["--faults", ",".join(scenario.faults) or "none"]
+    if scenario.fault_rate != DEFAULT_FAULT_RATE:
+        args += ["--fault-rate", f"{scenario.fault_rate:g}"]
+    if faults is not None:
+        args += ["--only-faults", ",".join(str(i) for i in faults) or "none"]
+    if scenario.bug:
+        args += ["--bug", scenario.bug]
+    return shlex.join([*args, "--trace"])
+
+
+def _failure(outcome: Outcome, scenario: Scenario, minimise: bool) -> Failure:
+    plan = make_plan(outcome.seed, scenario)
+    found = outcome
+    if minimise and plan.faults:
+        plan, found = shrink(plan, outcome)
+    kept = [f.index for f in plan.faults]
+    return Failure(
+        seed=outcome.seed,
+        peers=outcome.peers,
+        problems=problems(found),
+        fault_trace=[f.describe() for f in plan.faults],
+        replay=replay_command(outcome.seed, scenario, kept if minimise else None),
+    )
+
+
+def _start_method() -> str:
+    """``fork`` (fast, and works from any script) when this process has no other thread to
+    copy half-way; else ``spawn``, which needs the caller's ``if __name__ == "__main__"``."""
+    if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
+        return "fork"
+    return "spawn"
+
+
+def _worker(seed: int, scenario: Scenario, only: set[int] | None) -> Outcome:
+    outcome = run_schedule(seed, scenario, only)
+    if outcome.ok:  # the trace of a good schedule is not needed back; it can be long
+        outcome = replace(outcome, trace=[])
+    return outcome
+
+
+def run(
+    *,
+    schedules: int = 100,
+    seed: int = 0,
+    scenario: Scenario | None = None,
+    jobs: int | None = None,
+    minimise: bool = True,
+    only_faults: set[int] | None = None,
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> Report:
+    """Run ``schedules`` simulated schedules seeded ``seed``, ``seed + 1``, …; return the
+    report.  ``jobs`` worker processes (default: one per core); failures are shrunk to a
+    minimal fault trace unless ``minimise`` is false."""
+    scenario = scenario or Scenario()
+    jobs = jobs or os.cpu_count() or 1
+    report = Report()
+    started = time.perf_counter()
+    outcomes: list[Outcome] = []
+    seeds = range(seed, seed + schedules)
+
+    def take(outcome: Outcome) -> None:
+        report.add(outcome)
+        outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+
+    if jobs == 1 or schedules == 1:
+        for s in seeds:
+            take(_worker(s, scenario, only_faults))
+    else:
+        context = multiprocessing.get_context(_start_method())
+        with ProcessPoolExecutor(max_workers=min(jobs, schedules), mp_context=context) as pool:
+            futures = [pool.submit(_worker, s, scenario, only_faults) for s in seeds]
+            for future in as_completed(futures):
+                take(future.result())
+    report.elapsed_s = time.perf_counter() - started
+    for outcome in sorted(outcomes, key=lambda o: o.seed):
+        if not outcome.ok:
+            report.failures.append(_failure(outcome, scenario, minimise and only_faults is None))
+    return report

@@ -1,0 +1,199 @@
+"""What one chaos schedule will do, drawn from its seed before anything runs.
+
+A schedule is a `Plan`: the household (how many robots, which scopes each may read), the
+writes each robot makes and when, and the faults injected and when.  Drawing the whole plan up
+front from its own random stream means that removing a fault from it (to find a smaller trace
+that still fails) leaves every write where it was.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+#: every fault the simulation can inject ("relay" joins once the relay exists)
+FAULT_KINDS = ("partition", "drop", "duplicate", "reorder", "delay", "crash", "skew", "revoke")
+#: every kind of write a robot makes
+OP_KINDS = ("pref", "profile", "calibration", "move", "event", "user")
+SCOPES = ("core", "health", "history", "household", "spatial")
+DEFAULT_FAULT_RATE = 0.25
+#: users every robot knows from the start, and users a robot may create during the run
+FIRST_USERS = ("alice", "bob")
+LATER_USERS = ("carol", "dan", "erin", "frank")
+PREF_KEYS = ("beverage/coffee", "tea/mug", "light/level")
+OBJECTS = ("mug-green", "keys", "remote")
+REGIONS = ("shelf-1", "shelf-2", "table", "sink")
+
+DEFAULT_MIX: Mapping[str, float] = MappingProxyType(
+    {"pref": 0.4, "profile": 0.08, "calibration": 0.1, "move": 0.17, "event": 0.2, "user": 0.05}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """The knobs of a chaos run; every schedule of the run draws its plan from them."""
+
+    peers: int | None = None  #: robots per schedule; None: 3 to 7, drawn from each seed
+    edits: int = 50  #: writes per robot
+    duration: float = 30.0  #: simulated seconds during which writes and faults happen
+    faults: tuple[str, ...] = FAULT_KINDS
+    fault_rate: float = DEFAULT_FAULT_RATE  #: faults started per simulated second, in all
+    mix: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
+    latency: tuple[float, float] = (0.001, 0.02)  #: one-way, seconds
+    commit_delay: tuple[float, float] = (0.001, 0.01)  #: from a write to its group commit
+    max_skew: float = 2.0  #: each robot's wall clock starts up to this far from true time
+    settle_limit: float = 300.0  #: simulated seconds allowed to converge after the heal
+    #: a deliberately broken build, to prove the checkers catch it (`BUGS`); None: none
+    bug: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.peers is not None and not 2 <= self.peers <= 16:
+            raise ValueError(f"peers must be 2 to 16, not {self.peers}")
+        if self.edits < 0 or self.duration <= 0 or self.fault_rate < 0:
+            raise ValueError("edits, duration and fault_rate must not be negative")
+        unknown = set(self.faults) - set(FAULT_KINDS)
+        if unknown:
+            raise ValueError(f"unknown fault kinds {sorted(unknown)}; known: {FAULT_KINDS}")
+        if set(self.mix) - set(OP_KINDS) or not any(w > 0 for w in self.mix.values()):
+            raise ValueError(f"mix must weigh some of {OP_KINDS}")
+        if self.bug is not None and self.bug not in BUGS:
+            raise ValueError(f"unknown bug {self.bug!r}; known: {sorted(BUGS)}")
+
+
+#: deliberately broken builds (for testing the harness itself)
+BUGS = {
+    "lose-every-10th-commit": "every tenth local delta is acknowledged but never stored",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """One fault: ``kind`` from ``at`` until ``until`` (simulated seconds)."""
+
+    index: int
+    kind: str
+    at: float
+    until: float
+    robots: tuple[int, ...] = ()  #: whom it hits (a crash, a skew, a link's two ends, ...)
+    groups: tuple[tuple[int, ...], ...] = ()  #: a partition's sides
+    amount: float = 0.0  #: a probability, a delay or a clock jump, by kind
+
+    def describe(self) -> str:
+        who = "+".join(f"r{r}" for r in self.robots)
+        match self.kind:
+            case "partition":
+                sides = " | ".join(",".join(f"r{r}" for r in g) for g in self.groups)
+                what = f"partition {sides}"
+            case "drop" | "duplicate":
+                what = f"{self.kind} {self.amount:.0%} of messages {who or 'everywhere'}"
+            case "reorder":
+                what = f"reorder messages {who or 'everywhere'} (up to {self.amount * 1e3:.0f} ms)"
+            case "delay":
+                what = f"delay messages {who} by {self.amount:.2f} s"
+            case "crash":
+                what = f"crash {who}, restart after {self.until - self.at:.2f} s"
+            case "skew":
+                what = f"clock of {who} jumps {self.amount:+.1f} s"
+            case _:
+                what = f"{self.kind} {who}"
+        if self.kind in ("crash", "skew", "revoke"):
+            return f"t={self.at:7.3f} #{self.index} {what}"
+        return f"t={self.at:7.3f}..{self.until:7.3f} #{self.index} {what}"
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One write: robot ``robot`` makes a write of ``kind`` at ``at``; details are drawn when
+    it runs (from ``seed``), since they depend on what the robot knows then."""
+
+    index: int
+    robot: int
+    kind: str
+    at: float
+    seed: int
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    seed: int
+    scenario: Scenario
+    peers: int
+    scopes: tuple[tuple[str, ...], ...]  #: per robot, the scopes its certificate grants
+    ops: tuple[Op, ...]
+    faults: tuple[Fault, ...]
+
+    def without_faults(self, dropped: set[int]) -> Plan:
+        return replace(self, faults=tuple(f for f in self.faults if f.index not in dropped))
+
+    def only_faults(self, kept: set[int]) -> Plan:
+        return replace(self, faults=tuple(f for f in self.faults if f.index in kept))
+
+
+def make_plan(seed: int, scenario: Scenario) -> Plan:
+    """Draw the plan of schedule ``seed`` (the same seed, the same plan, on any machine)."""
+    rng = random.Random(f"hearthsync-chaos-plan-{seed}")
+    peers = scenario.peers if scenario.peers is not None else rng.randint(3, 7)
+    scopes: list[tuple[str, ...]] = [SCOPES]  # robot 0, the owner, holds every scope
+    for _ in range(1, peers):
+        if rng.random() < 0.25:  # some robots may not read health or history
+            missing = rng.choice(("health", "history", "spatial"))
+            scopes.append(tuple(s for s in SCOPES if s != missing))
+        else:
+            scopes.append(SCOPES)
+    kinds = [k for k in OP_KINDS if scenario.mix.get(k, 0) > 0]
+    weights = [scenario.mix[k] for k in kinds]
+    ops: list[Op] = []
+    for robot in range(peers):
+        for _ in range(scenario.edits):
+            at = rng.uniform(0.0, scenario.duration)
+            ops.append(Op(0, robot, rng.choices(kinds, weights)[0], at, rng.getrandbits(32)))
+    ops.sort(key=lambda op: (op.at, op.robot))
+    ops = [replace(op, index=i) for i, op in enumerate(ops)]
+    faults = _faults(rng, scenario, peers)
+    return Plan(seed, scenario, peers, tuple(scopes), tuple(ops), tuple(faults))
+
+
+def _faults(rng: random.Random, scenario: Scenario, peers: int) -> list[Fault]:
+    if not scenario.faults or scenario.fault_rate == 0:
+        return []
+    count = max(1, round(rng.gauss(scenario.fault_rate * scenario.duration, 1.0)))
+    kinds = list(scenario.faults)
+    revoked = False
+    faults: list[Fault] = []
+    for _ in range(count):
+        kind = rng.choice(kinds)
+        at = rng.uniform(0.0, scenario.duration * 0.9)
+        span = rng.choice((rng.uniform(0.1, 2.0), rng.uniform(2.0, 20.0)))
+        until = min(at + span, scenario.duration)
+        robot = rng.randrange(peers)
+        other = rng.choice([r for r in range(peers) if r != robot])
+        match kind:
+            case "partition":
+                shuffled = rng.sample(range(peers), peers)
+                cut = rng.randint(1, peers - 1)
+                groups = (tuple(sorted(shuffled[:cut])), tuple(sorted(shuffled[cut:])))
+                faults.append(Fault(0, kind, at, until, groups=groups))
+            case "drop" | "duplicate":
+                link = () if rng.random() < 0.5 else tuple(sorted((robot, other)))
+                faults.append(Fault(0, kind, at, until, link, amount=rng.uniform(0.05, 0.5)))
+            case "reorder":
+                link = () if rng.random() < 0.5 else tuple(sorted((robot, other)))
+                faults.append(Fault(0, kind, at, until, link, amount=rng.uniform(0.01, 0.2)))
+            case "delay":
+                link = tuple(sorted((robot, other)))
+                faults.append(Fault(0, kind, at, until, link, amount=rng.uniform(0.05, 3.0)))
+            case "crash":
+                down = rng.choice((rng.uniform(0.05, 1.0), rng.uniform(1.0, 15.0)))
+                faults.append(Fault(0, kind, at, at + down, (robot,)))
+            case "skew":
+                faults.append(Fault(0, kind, at, at, (robot,), amount=rng.uniform(-30.0, 30.0)))
+            case "revoke":
+                if revoked or peers < 3:
+                    continue  # one revocation per schedule; robot 0 (the owner) revokes
+                revoked = True
+                victim = rng.randrange(1, peers)
+                faults.append(Fault(0, kind, at, at, (victim,)))
+    faults.sort(key=lambda f: (f.at, f.kind))
+    return [replace(f, index=i) for i, f in enumerate(faults)]

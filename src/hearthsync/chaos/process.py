@@ -1,0 +1,622 @@
+"""Process mode of the chaos harness: real ``hearth run`` processes, real sockets, real crashes.
+
+The deterministic simulator proves the protocol core converges under any schedule it can
+draw; this mode proves the shipped program does, with everything the simulator abstracts away
+left in: SQLite and its fsyncs, websockets, the dialers' backoff, the duplicate-link rule, a
+process killed between two writes.  A household of robots is made with the real CLI
+(``hearth init``, ``invite``, ``join``), each robot runs as ``hearth run --console
+--no-mdns``, and every connection between two robots passes a `FaultProxy`: robot A reaches
+robot B only through the proxy ``(A, B)``, so the harness owns the network.
+
+A run has three parts, drawn up front from the seed by `draw_steps` (a pure function, so a
+failing seed replays the same scenario):
+
+1. **weather**: writes, with now and then a delay, a reset or lossy connects on a robot's paths;
+2. **partition**: one robot is cut off (silently: its connections stay open and carry nothing)
+   while every robot keeps writing, one robot is SIGKILLed and restarted meanwhile, and before
+   the heal the harness checks that no write crossed the cut, in either direction;
+3. **aftershock**: another robot is SIGKILLed and restarted cut off (a robot rebooting out of
+   reach), writing while the others do, with more weather; then the final heal, from which
+   convergence is timed.
+
+A write counts as acknowledged when its robot answered ``ACK`` (the write is durable there).
+After the heal every robot must hold every acknowledged write (checked with the console's
+``wait``, which answers once the value is there: no polling here) and all robots must agree on
+the digest of every document they hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hearthsync.chaos.proxy import FaultProxy
+from hearthsync.errors import HearthError
+
+USER = "alice"
+SCOPES = "core,health,history,spatial"
+LOG_FILE = "stderr.log"  #: in each robot's folder: its stderr, every start appended
+START_TIMEOUT_S = 30.0
+ANSWER_TIMEOUT_S = 20.0  #: a console command's answer, beyond the wait it asked for
+STOP_TIMEOUT_S = 10.0  #: SIGTERM, then SIGKILL after this long
+CLI_TIMEOUT_S = 60.0
+LINK_TIMEOUT_S = 30.0  #: the household linking up before the workload starts
+CUT_S = 1.0  #: how long a partition lasts, at least, before it is checked
+CONVERGE_TIMEOUT_S = 40.0  #: from the final heal until every write is everywhere
+WEATHER_P = 0.3  #: chance of a light fault before each write outside the partition
+
+
+class RobotProcessError(HearthError):
+    """A robot process did not start, answer or behave as the console promises."""
+
+
+# ------------------------------------------------------------------------------ the steps
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    robot: str
+    key: str
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
+class Delay:
+    robot: str
+    other: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    robot: str
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    robot: str
+    probability: float
+    seed: int  #: drawn with the steps: how many connects a run makes is timing, not seed
+
+
+@dataclass(frozen=True, slots=True)
+class Cut:
+    robot: str
+
+
+@dataclass(frozen=True, slots=True)
+class Kill:
+    robot: str
+
+
+@dataclass(frozen=True, slots=True)
+class Restart:
+    robot: str
+
+
+@dataclass(frozen=True, slots=True)
+class CheckCut:
+    """Before the partition heals: no write of its part crossed it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Heal:
+    """Every proxy back to a perfect network."""
+
+
+Step = Write | Delay | Reset | Drop | Cut | Kill | Restart | CheckCut | Heal
+FAULTS = (Delay, Reset, Drop, Cut, Kill)
+
+
+def robot_names(peers: int) -> list[str]:
+    return [f"r{i}" for i in range(peers)]
+
+
+def draw_steps(seed: int, peers: int, edits: int) -> list[Step]:
+    """The scenario of a run: the same seed, peers and edits give the same steps."""
+    if peers < 2 or edits < 6:
+        raise ValueError("a chaos run needs at least 2 robots and 6 edits")
+    rng = random.Random(seed)
+    names = robot_names(peers)
+    first, second = edits // 3, 2 * edits // 3
+    steps: list[Step] = []
+    down: set[str] = set()
+
+    def write(i: int, robot: str | None = None) -> None:
+        robot = robot or rng.choice([n for n in names if n not in down])
+        steps.append(Write(robot, f"chaos/{i:03d}", rng.randrange(1_000_000)))
+
+    def weather() -> None:
+        if rng.random() >= WEATHER_P:
+            return
+        robot = rng.choice(names)
+        kind = rng.choice((Delay, Reset, Drop))
+        if kind is Delay:
+            other = rng.choice([n for n in names if n != robot])
+            steps.append(Delay(robot, other, round(rng.uniform(0.005, 0.05), 3)))
+        elif kind is Reset:
+            steps.append(Reset(robot))
+        else:
+            steps.append(Drop(robot, 0.5, rng.getrandbits(32)))
+
+    def crash(start: int, end: int) -> tuple[int, int, str]:
+        """A kill before edit ``kill_at`` and a restart before edit ``back_at`` (or at end)."""
+        kill_at = rng.randrange(start, end)
+        return kill_at, min(kill_at + rng.randint(1, 2), end), rng.choice(names)
+
+    for i in range(first):
+        weather()
+        write(i)
+    victim = rng.choice(names)
+    steps.append(Cut(victim))
+    kill_at, back_at, crashed = crash(first + 1, second)  # after the victim's first write
+    for i in range(first, second):
+        if i == kill_at:
+            steps.append(Kill(crashed))
+            down.add(crashed)
+        if i == back_at:
+            steps.append(Restart(crashed))
+            down.discard(crashed)
+        write(i, victim if i == first else None)
+    if crashed in down:
+        steps.append(Restart(crashed))
+        down.discard(crashed)
+    steps += [CheckCut(), Heal()]
+    kill_at, back_at, crashed = crash(second, edits)
+    for i in range(second, edits):
+        if i == kill_at:  # and it comes back where no link reaches: the heal has work to do
+            steps += [Kill(crashed), Cut(crashed)]
+            down.add(crashed)
+        if i == back_at:
+            steps.append(Restart(crashed))
+            down.discard(crashed)
+        weather()
+        write(i)
+    if crashed in down:
+        steps.append(Restart(crashed))
+    steps.append(Heal())
+    return steps
+
+
+# ------------------------------------------------------------------------------ the report
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessReport:
+    """What a process-mode run did and found.  ``ok``: nothing lost, nothing diverged."""
+
+    peers: int
+    seed: int
+    faults: int  #: delays, resets, drops, cuts and kills applied
+    fault_trace: list[str]  #: every fault, restart and heal, as ``t=1.20 cut r1``
+    acknowledged_writes: int
+    verified_writes: int  #: acknowledged writes found, with their value, on every robot
+    lost_writes: list[tuple[str, str]]  #: (robot that acked it, key) missing somewhere
+    divergences: int  #: robots whose document digest differs from the first robot's
+    converge_s: float  #: from the final heal until every write was verified everywhere
+    isolated_writes: list[tuple[str, str]] = field(default_factory=list)
+    """(robot, key) written during the partition and confirmed absent across it."""
+    leaked_writes: list[tuple[str, str]] = field(default_factory=list)
+    """(robot, key) written during the partition and found across it: the cut leaked."""
+    bytes_forwarded: int = 0  #: through every proxy: the robots really talked through them
+    refused_connections: int = 0  #: connects the proxies refused (`Drop`)
+    links_across_cut: int = 0
+    """Links across the partition still up when it was checked (robots count one each way):
+    the heartbeat had not noticed it yet."""
+
+    @property
+    def ok(self) -> bool:
+        return (
+            not self.lost_writes
+            and not self.leaked_writes
+            and self.divergences == 0
+            and self.verified_writes == self.acknowledged_writes
+        )
+
+
+# ------------------------------------------------------------------------------ one robot
+
+
+def hearth_script() -> str:
+    """The ``hearth`` console script installed beside the running Python."""
+    found = shutil.which("hearth", path=str(Path(sys.executable).parent))
+    if found is None:
+        raise RobotProcessError(f"no 'hearth' script beside {sys.executable}: install the package")
+    return found
+
+
+async def hearth(*args: str) -> str:
+    """Run one ``hearth`` command to its end; its output (which may hold an invite code: never
+    log it)."""
+    process = await asyncio.create_subprocess_exec(
+        hearth_script(), *args, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(CLI_TIMEOUT_S):
+            out, err = await process.communicate()
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise RobotProcessError(f"'hearth {args[0]}' did not finish") from None
+    if process.returncode != 0:  # stderr only, and not the arguments: they may hold a code
+        raise RobotProcessError(f"'hearth {args[0]}' failed: {err.decode()[-2000:]}")
+    return out.decode()
+
+
+class Robot:
+    """One ``hearth run --console`` process for the folder ``path``, restartable.
+
+    It dials every address in ``dial`` (the proxies in front of the other robots) and listens
+    on a fresh loopback port each start.  Commands go one at a time: one line in, one line out.
+    """
+
+    def __init__(self, name: str, path: Path, dial: Sequence[tuple[str, int]] = ()) -> None:
+        self.name = name
+        self.path = path
+        self.dial = list(dial)
+        self.process: asyncio.subprocess.Process | None = None
+        self.device_id = ""
+        self.port = 0
+        self.starts = 0
+        self._turn = asyncio.Lock()
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    async def start(self) -> None:
+        """Start the process and wait for its ``READY`` line."""
+        peers = [arg for host, port in self.dial for arg in ("--peer", f"{host}:{port}")]
+        self.starts += 1
+        with (self.path / LOG_FILE).open("ab") as log_file:
+            log_file.write(f"--- {self.name}: start {self.starts} at {time.time():.3f}\n".encode())
+            log_file.flush()
+            self.process = await asyncio.create_subprocess_exec(
+                hearth_script(), "run", str(self.path), "--listen", "127.0.0.1:0", "--console",
+                "--no-mdns", *peers, stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=log_file,
+            )  # fmt: skip
+        ready = await self._line(START_TIMEOUT_S)
+        if not ready.startswith("READY "):
+            raise RobotProcessError(f"{self.name} started with {ready!r}, not READY")
+        _, self.device_id, address = ready.split()
+        self.port = int(address.rsplit(":", 1)[1])
+
+    async def ask(self, command: str, wait_s: float = 0.0) -> str:
+        """Send one console command and return its answer (``wait_s``: the wait it asks for)."""
+        async with self._turn:
+            process = self._running()
+            assert process.stdin is not None
+            process.stdin.write(command.encode() + b"\n")
+            await process.stdin.drain()
+            return await self._line(wait_s + ANSWER_TIMEOUT_S)
+
+    async def kill(self) -> None:
+        """SIGKILL: no goodbye, no flush, no closed sockets but those the kernel closes."""
+        process = self._running()
+        process.kill()
+        await process.wait()
+
+    async def stop(self) -> int | None:
+        """SIGTERM (a clean shutdown), then SIGKILL if it takes too long; the exit code."""
+        process = self.process
+        if process is None:
+            return None
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):  # it died on its own meanwhile
+                process.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(STOP_TIMEOUT_S):
+                    await process.wait()
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        return process.returncode
+
+    def _running(self) -> asyncio.subprocess.Process:
+        if self.process is None or self.process.returncode is not None:
+            raise RobotProcessError(f"{self.name} is not running")
+        return self.process
+
+    async def _line(self, timeout_s: float) -> str:
+        process = self.process
+        assert process is not None
+        assert process.stdout is not None
+        try:
+            async with asyncio.timeout(timeout_s):
+                raw = await process.stdout.readline()
+        except TimeoutError:
+            raise RobotProcessError(f"{self.name} did not answer in {timeout_s:.0f} s") from None
+        if not raw:
+            code = await process.wait()
+            raise RobotProcessError(f"{self.name} exited ({code}); see {self.path / LOG_FILE}")
+        return raw.decode().strip()
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+async def run_processes(
+    folder: Path,
+    *,
+    peers: int = 3,
+    seed: int = 0,
+    edits: int = 20,
+    log: Callable[[str], None] | None = None,
+    cut_s: float = CUT_S,
+) -> ProcessReport:
+    """Run the `draw_steps` of ``seed`` against ``peers`` robots in ``folder`` (new or empty).
+
+    ``cut_s`` is how long the partition lasts at least before it is checked: past the
+    session's dead-peer timeout plus the websocket close timeout (about 22 s), the links across
+    it must be gone (`ProcessReport.links_across_cut`); shorter, they survive it silently.
+    Every process and proxy is stopped before this returns, whatever happened.
+    """
+    steps = draw_steps(seed, peers, edits)
+    run = _Run(folder, robot_names(peers), log or (lambda _: None), cut_s)
+    async with contextlib.AsyncExitStack() as proxies:
+        for proxy in run.proxies.values():
+            await proxies.enter_async_context(proxy)
+        try:
+            await run.setup(seed)
+            for step in steps:
+                await run.do(step)
+            report = await run.verify(seed)
+        finally:
+            await run.shutdown()
+    return report
+
+
+class _Run:
+    """The state of one run: robots, the proxy of each path, what was written and when."""
+
+    def __init__(
+        self, folder: Path, names: list[str], log: Callable[[str], None], cut_s: float
+    ) -> None:
+        self.folder = folder
+        self.cut_s = cut_s
+        self.log = log
+        #: (a, b): the proxy robot a dials to reach robot b
+        self.proxies = {
+            (a, b): FaultProxy(name=f"{a}->{b}") for a in names for b in names if a != b
+        }
+        self.robots = {name: Robot(name, folder / name) for name in names}
+        self.trace: list[str] = []
+        self.faults = 0
+        self.acked: list[Write] = []
+        self.victim: str | None = None
+        self.cut_writes: list[Write] = []
+        self.isolated: list[tuple[str, str]] = []
+        self.leaked: list[tuple[str, str]] = []
+        self.links_across_cut = 0
+        self.t0 = time.monotonic()
+        self.healed_at = self.t0
+
+    # -------------------------------------------------------------- setup
+
+    async def setup(self, seed: int) -> None:
+        """A household made with the CLI, every robot running, linked, and knowing alice."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for name, robot in self.robots.items():
+            robot.dial = [
+                self.proxies[name, other].address for other in self.robots if other != name
+            ]
+        owner, *others = self.robots.values()
+        await hearth(
+            "init", str(owner.path), "--household", f"chaos {seed}", "--device", owner.name
+        )
+        await self._start(owner)
+        await self._expect(owner, f"user {USER} Alice", f"ACK user {USER}")
+        for robot in others:  # the join dials the owner directly: enrolment is not under test
+            out = await hearth("invite", str(owner.path), "--scopes", SCOPES,
+                               "--address", f"127.0.0.1:{owner.port}")  # fmt: skip
+            code = next(line.split()[1] for line in out.splitlines() if line.startswith("CODE "))
+            await hearth("join", str(robot.path), code, "--device", robot.name)
+        await asyncio.gather(*(self._start(robot) for robot in others))
+        count = len(self.robots) - 1
+        await asyncio.gather(*(
+            self._expect(robot, f"waituser {USER} {LINK_TIMEOUT_S}", f"OK user {USER}",
+                         LINK_TIMEOUT_S) for robot in self.robots.values()
+        ))  # fmt: skip
+        for robot in self.robots.values():
+            answer = await robot.ask(f"waitpeers {count} {LINK_TIMEOUT_S}", LINK_TIMEOUT_S)
+            if not answer.startswith("PEERS "):
+                raise RobotProcessError(f"{robot.name} did not link up: {answer}")
+        self.t0 = time.monotonic()
+        self.log(
+            f"household of {len(self.robots)} robots linked through {len(self.proxies)} proxies"
+        )
+
+    async def _start(self, robot: Robot) -> None:
+        await robot.start()
+        for (_, target), proxy in self.proxies.items():
+            if target == robot.name:
+                proxy.retarget("127.0.0.1", robot.port)
+
+    # -------------------------------------------------------------- steps
+
+    async def do(self, step: Step) -> None:
+        if isinstance(step, FAULTS):
+            self.faults += 1
+        match step:
+            case Write():
+                await self._write(step)
+            case Delay(robot, other, seconds):
+                for pair in ((robot, other), (other, robot)):
+                    self.proxies[pair].delay(seconds)
+                self._note(f"delay {robot}<->{other} {seconds * 1000:.0f}ms")
+            case Reset(robot):
+                for proxy in self._paths(robot):
+                    proxy.reset()
+                self._note(f"reset {robot}")
+            case Drop(robot, probability, seed):
+                rng = random.Random(seed)
+                for proxy in self._paths(robot):
+                    proxy.drop(probability, rng)
+                self._note(f"drop {robot} {probability:.0%} of connects")
+            case Cut(robot):
+                for proxy in self._paths(robot):
+                    proxy.cut()
+                self.victim, self.cut_writes = robot, []
+                self._note(f"cut {robot}")
+            case Kill(robot):
+                await self.robots[robot].kill()
+                self._note(f"kill {robot}")
+            case Restart(robot):
+                await self._start(self.robots[robot])
+                self._note(f"restart {robot}")
+            case CheckCut():
+                await self._check_cut()
+            case Heal():
+                for proxy in self.proxies.values():
+                    proxy.heal()
+                self.victim = None
+                self.healed_at = time.monotonic()
+                self._note("heal")
+
+    def _paths(self, robot: str) -> list[FaultProxy]:
+        return [proxy for pair, proxy in self.proxies.items() if robot in pair]
+
+    def _note(self, text: str) -> None:
+        line = f"t={time.monotonic() - self.t0:.2f} {text}"
+        self.trace.append(line)
+        self.log(line)
+
+    async def _write(self, write: Write) -> None:
+        answer = await self.robots[write.robot].ask(f"pref {USER} {write.key} {write.value}")
+        if answer != f"ACK pref {USER} {write.key} {write.value}":
+            self.log(f"{write.robot} did not acknowledge {write.key}: {answer}")
+            return
+        self.acked.append(write)
+        if self.victim is not None:
+            self.cut_writes.append(write)
+
+    async def _check_cut(self) -> None:
+        """No write made during the cut crossed it: the victim's writes are on no other robot,
+        the others' are not on the victim.  Each robot first waits ``cut_s`` for one of them
+        (so the rest had that long to leak), then reads the rest; then each tells which links
+        it still has across the cut."""
+        victim = self.victim
+        assert victim is not None, "CheckCut outside a partition"
+        across: dict[str, list[Write]] = {name: [] for name in self.robots}
+        for write in self.cut_writes:
+            for name in self.robots:
+                if (write.robot == victim) != (name == victim):
+                    across[name].append(write)
+
+        async def check(name: str, writes: list[Write]) -> set[Write]:
+            robot = self.robots[name]
+            crossed = set()
+            for n, write in enumerate(writes):
+                if n == 0:
+                    answer = await robot.ask(f"wait {USER} {write.key} {self.cut_s}", self.cut_s)
+                    if answer.split()[0] not in ("OK", "TIMEOUT"):
+                        raise RobotProcessError(f"{name} answered {answer!r} to wait")
+                    arrived = answer.startswith("OK ")
+                else:
+                    arrived = await self._value(robot, write.key) is not None
+                if arrived:
+                    crossed.add(write)
+            return crossed
+
+        found = await asyncio.gather(*(check(name, writes) for name, writes in across.items()))
+        crossed = set().union(*found)
+        checked = {write for writes in across.values() for write in writes}
+        self.leaked += [(w.robot, w.key) for w in self.cut_writes if w in crossed]
+        self.isolated += [(w.robot, w.key) for w in self.cut_writes if w in checked - crossed]
+        self.links_across_cut = sum(await asyncio.gather(*(
+            self._links_across(robot, victim) for robot in self.robots.values()
+        )))  # fmt: skip
+        self._note(f"checked the cut: {len(checked - crossed)} writes isolated, "
+                   f"{len(crossed)} leaked, {self.links_across_cut} links still up")  # fmt: skip
+
+    async def _links_across(self, robot: Robot, victim: str) -> int:
+        answer = await robot.ask("peers")
+        if not answer.startswith("PEERS"):
+            raise RobotProcessError(f"{robot.name} answered {answer!r} to peers")
+        linked = set(answer.removeprefix("PEERS").strip().split(","))
+        across = [
+            r.device_id
+            for r in self.robots.values()
+            if (r.name == victim) != (robot.name == victim)
+        ]
+        return len(linked.intersection(across))
+
+    # -------------------------------------------------------------- the verdict
+
+    async def verify(self, seed: int) -> ProcessReport:
+        """Every acknowledged write on every robot (waited for, not polled), then digests."""
+        deadline = self.healed_at + CONVERGE_TIMEOUT_S
+        missing: set[tuple[str, str]] = set()
+
+        async def arrived(robot: Robot) -> list[Write]:
+            found = []
+            for write in self.acked:
+                left = max(0.1, deadline - time.monotonic())
+                answer = await robot.ask(f"wait {USER} {write.key} {left:.2f}", left)
+                if answer == f"OK {USER} {write.key}":
+                    found.append(write)
+                else:
+                    missing.add((write.robot, write.key))
+            return found
+
+        found = await asyncio.gather(*(arrived(robot) for robot in self.robots.values()))
+        converge_s = time.monotonic() - self.healed_at
+        for robot, writes in zip(self.robots.values(), found, strict=True):
+            for write in writes:  # arrived: with the value that was acknowledged?
+                if await self._value(robot, write.key) != write.value:
+                    missing.add((write.robot, write.key))
+        digests = [await self._digest(robot) for robot in self.robots.values()]
+        self.log(f"converged in {converge_s:.2f} s; digests {sorted(set(digests))}")
+        lost = sorted(missing)
+        proxies = [proxy.counters for proxy in self.proxies.values()]
+        return ProcessReport(
+            peers=len(self.robots), seed=seed, faults=self.faults, fault_trace=list(self.trace),
+            acknowledged_writes=len(self.acked),
+            verified_writes=len(self.acked) - len(lost),
+            lost_writes=lost, divergences=sum(d != digests[0] for d in digests),
+            converge_s=converge_s, isolated_writes=list(self.isolated),
+            leaked_writes=list(self.leaked), links_across_cut=self.links_across_cut,
+            bytes_forwarded=sum(c.bytes_forwarded for c in proxies),
+            refused_connections=sum(c.refused for c in proxies),
+        )  # fmt: skip
+
+    async def _value(self, robot: Robot, key: str) -> object:
+        answer = await robot.ask(f"get {USER} {key}")
+        prefix = f"VALUE {USER} {key} "
+        if not answer.startswith(prefix):
+            raise RobotProcessError(f"{robot.name} answered {answer!r} to get")
+        return json.loads(answer.removeprefix(prefix))
+
+    async def _digest(self, robot: Robot) -> str:
+        answer = await robot.ask("digest")
+        if not answer.startswith("DIGEST "):
+            raise RobotProcessError(f"{robot.name} answered {answer!r} to digest")
+        return answer.removeprefix("DIGEST ")
+
+    async def _expect(self, robot: Robot, command: str, expected: str, wait_s: float = 0) -> None:
+        answer = await robot.ask(command, wait_s)
+        if answer != expected:
+            raise RobotProcessError(f"{robot.name} answered {answer!r} to {command.split()[0]}")
+
+    async def shutdown(self) -> None:
+        """Heal first (a robot shutting down behind a cut would wait out its close handshake),
+        then SIGTERM every robot at once, SIGKILL the slow ones."""
+        for proxy in self.proxies.values():
+            proxy.heal()
+        codes = await asyncio.gather(
+            *(robot.stop() for robot in self.robots.values()), return_exceptions=True
+        )  # one robot failing to stop must not leave the others running
+        unclean = {n: c for n, c in zip(self.robots, codes, strict=True) if c not in (0, None)}
+        if unclean:
+            self.log(f"robots that did not stop cleanly: {unclean}")

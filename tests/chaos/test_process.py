@@ -1,0 +1,326 @@
+"""Process mode of the chaos harness: the fault proxy on plain sockets, then real robots.
+
+The proxy tests run against an echo server on loopback.  Absence (a cut holds the bytes) is
+shown by a bounded wait that must time out; presence by a wait that fails loudly if it does.
+The process tests run ``hearth run`` robots through the proxies (see hearthsync.chaos.process);
+the checks that need a live household (a write made during the cut is absent across it, then
+present everywhere after the heal) are made by the run itself and read from its report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from hearthsync.chaos.process import (
+    CheckCut,
+    Cut,
+    Heal,
+    Kill,
+    Restart,
+    Write,
+    draw_steps,
+    run_processes,
+)
+from hearthsync.chaos.proxy import FaultProxy
+
+TIMEOUT = 5.0
+ABSENT_S = 0.3  #: how long nothing must arrive for "nothing arrived"
+
+
+class Echo:
+    """A TCP echo server on loopback that counts its connections and keeps what it got."""
+
+    def __init__(self, prefix: bytes = b"") -> None:
+        self.prefix = prefix
+        self.connections = 0
+        self.received = bytearray()
+        self.server: asyncio.Server | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while data := await reader.read(4096):
+                self.received += data
+                writer.write(self.prefix + data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.server is not None
+        return ("127.0.0.1", int(self.server.sockets[0].getsockname()[1]))
+
+
+@pytest.fixture
+async def echo() -> AsyncIterator[Echo]:
+    server = Echo()
+    server.server = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+    async with server.server:
+        yield server
+
+
+@pytest.fixture
+async def proxy(echo: Echo) -> AsyncIterator[FaultProxy]:
+    async with FaultProxy(echo.address, name="test") as opened:
+        yield opened
+
+
+async def dial(proxy: FaultProxy) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(*proxy.address)
+
+
+async def read(reader: asyncio.StreamReader, count: int) -> bytes:
+    async with asyncio.timeout(TIMEOUT):
+        return await reader.readexactly(count)
+
+
+async def assert_nothing_arrives(reader: asyncio.StreamReader) -> None:
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(ABSENT_S):
+            await reader.read(1)
+
+
+async def assert_closed(reader: asyncio.StreamReader) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        with contextlib.suppress(ConnectionResetError):
+            assert await reader.read() == b""
+
+
+async def close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+
+
+# ------------------------------------------------------------------------------ the proxy
+
+
+async def test_the_proxy_forwards_both_ways_and_counts_bytes(proxy: FaultProxy, echo: Echo) -> None:
+    reader, writer = await dial(proxy)
+    writer.write(b"hello")
+    assert await read(reader, 5) == b"hello"
+    await close(writer)
+    assert echo.received == b"hello"
+    assert proxy.counters.bytes_forwarded == 10
+    assert proxy.counters.connections == 1
+    assert proxy.counters.faults == 0
+
+
+async def test_a_cut_holds_bytes_silently_and_a_heal_delivers_them(
+    proxy: FaultProxy, echo: Echo
+) -> None:
+    reader, writer = await dial(proxy)
+    writer.write(b"before")
+    assert await read(reader, 6) == b"before"
+    proxy.cut()
+    writer.write(b"during")
+    await assert_nothing_arrives(reader)
+    assert echo.received == b"before"  # not delivered late either: held
+    assert not reader.at_eof()  # silent: nothing was closed
+    late_reader, late_writer = await dial(proxy)  # a new connection finds no route either
+    late_writer.write(b"late")
+    await assert_nothing_arrives(late_reader)
+    assert echo.connections == 1
+    proxy.heal()
+    assert await read(reader, 6) == b"during"  # the same stream resumes, intact
+    assert await read(late_reader, 4) == b"late"
+    assert echo.connections == 2
+    assert proxy.counters.cuts == 1
+    await close(writer)
+    await close(late_writer)
+
+
+async def test_a_reset_closes_every_connection_and_new_ones_still_work(
+    proxy: FaultProxy,
+) -> None:
+    pairs = [await dial(proxy) for _ in range(3)]
+    for reader, writer in pairs:
+        writer.write(b"x")
+        assert await read(reader, 1) == b"x"
+    proxy.reset()
+    for reader, _ in pairs:
+        await assert_closed(reader)
+    assert proxy.counters.resets == 3
+    reader, writer = await dial(proxy)
+    writer.write(b"again")
+    assert await read(reader, 5) == b"again"
+    await close(writer)
+    for _, writer in pairs:
+        await close(writer)
+
+
+async def test_a_reset_during_a_cut_closes_at_once(proxy: FaultProxy) -> None:
+    reader, writer = await dial(proxy)
+    writer.write(b"x")
+    assert await read(reader, 1) == b"x"
+    proxy.cut()
+    writer.write(b"held")
+    proxy.reset()
+    await assert_closed(reader)  # not at the heal: now
+    await close(writer)
+
+
+async def test_a_delay_keeps_the_order_even_when_it_shrinks(proxy: FaultProxy) -> None:
+    """Chunks sent under a long delay, then under none: the later ones must not overtake."""
+    reader, writer = await dial(proxy)
+    sent = b""
+    for i in range(40):
+        proxy.delay(0.1 if i < 20 else 0.0)
+        chunk = f"{i:03d},".encode()
+        writer.write(chunk)
+        await writer.drain()
+        sent += chunk
+        await asyncio.sleep(0)  # let the proxy read it as its own chunk: not a wait for an event
+    assert await read(reader, len(sent)) == sent
+    assert proxy.counters.delays == 20
+    await close(writer)
+
+
+async def test_drop_refuses_connections_with_its_seeded_probability(
+    proxy: FaultProxy, echo: Echo
+) -> None:
+    proxy.drop(1.0, random.Random(0))
+    reader, writer = await dial(proxy)
+    await assert_closed(reader)
+    await close(writer)
+    assert echo.connections == 0
+    proxy.drop(0.5, random.Random(7))
+    draws = random.Random(7)
+    refused = 0
+    for _ in range(12):
+        reader, writer = await dial(proxy)
+        writer.write(b"?")
+        if draws.random() < 0.5:
+            refused += 1
+            await assert_closed(reader)
+        else:
+            assert await read(reader, 1) == b"?"
+        await close(writer)
+    assert 0 < refused < 12
+    assert proxy.counters.refused == refused + 1
+    proxy.heal()
+    reader, writer = await dial(proxy)
+    writer.write(b"!")
+    assert await read(reader, 1) == b"!"
+    await close(writer)
+
+
+async def test_retarget_moves_new_connections_and_no_target_refuses(echo: Echo) -> None:
+    other = Echo(prefix=b">")
+    other.server = await asyncio.start_server(other.handle, "127.0.0.1", 0)
+    async with other.server, FaultProxy(name="moving") as proxy:
+        reader, writer = await dial(proxy)  # no target yet: refused, like a closed port
+        await assert_closed(reader)
+        await close(writer)
+        assert proxy.counters.unreachable == 1
+        proxy.retarget(*echo.address)
+        reader, writer = await dial(proxy)
+        writer.write(b"a")
+        assert await read(reader, 1) == b"a"
+        proxy.retarget(*other.address)
+        moved_reader, moved_writer = await dial(proxy)
+        moved_writer.write(b"b")
+        assert await read(moved_reader, 2) == b">b"
+        writer.write(b"c")  # the open connection stays where it was
+        assert await read(reader, 1) == b"c"
+        await close(writer)
+        await close(moved_writer)
+
+
+async def test_closing_the_proxy_closes_its_connections_and_leaves_no_task(echo: Echo) -> None:
+    async with FaultProxy(echo.address) as proxy:
+        reader, writer = await dial(proxy)
+        writer.write(b"x")
+        assert await read(reader, 1) == b"x"
+        proxy.cut()  # even a held connection is closed
+        held_reader, held_writer = await dial(proxy)
+    await assert_closed(reader)
+    await assert_closed(held_reader)
+    left = [
+        task
+        for task in asyncio.all_tasks()
+        if getattr(task.get_coro(), "__qualname__", "").startswith(("FaultProxy.", "_Pipe."))
+    ]
+    assert left == []
+    await close(writer)
+    await close(held_writer)
+
+
+# ------------------------------------------------------------------------------ the steps
+
+
+def test_the_steps_are_drawn_from_the_seed_alone() -> None:
+    assert draw_steps(5, 3, 12) == draw_steps(5, 3, 12)
+    assert draw_steps(5, 3, 12) != draw_steps(6, 3, 12)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_every_run_cuts_kills_restarts_and_writes_only_on_live_robots(seed: int) -> None:
+    steps = draw_steps(seed, 3, 12)
+    writes = [step for step in steps if isinstance(step, Write)]
+    assert len({write.key for write in writes}) == 12
+    assert sum(isinstance(step, Cut) for step in steps) == 2
+    assert sum(isinstance(step, CheckCut) for step in steps) == 1
+    assert isinstance(steps[-1], Heal)
+    down: set[str] = set()
+    for step in steps:
+        if isinstance(step, Kill):
+            down.add(step.robot)
+        elif isinstance(step, Restart):
+            down.remove(step.robot)
+        elif isinstance(step, Write):
+            assert step.robot not in down
+        elif isinstance(step, CheckCut):
+            assert not down  # every robot answers the check
+    assert not down
+    first_cut = next(i for i, step in enumerate(steps) if isinstance(step, Cut))
+    victim = steps[first_cut]
+    assert isinstance(victim, Cut)
+    assert steps[first_cut + 1] == Write(victim.robot, "chaos/004", writes[4].value)
+
+
+# ------------------------------------------------------------------------------ real robots
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("seed", [0, 1])  # 0: the cut robot is killed; 1: a bystander is
+async def test_three_robots_lose_nothing_through_a_cut_kills_and_a_heal(
+    tmp_path: Path, seed: int
+) -> None:
+    report = await run_processes(tmp_path, peers=3, seed=seed, edits=12)
+    trace = " | ".join(report.fault_trace)
+    assert report.lost_writes == [], trace
+    assert report.divergences == 0, trace
+    assert report.acknowledged_writes == report.verified_writes == 12
+    assert report.ok
+    # the faults really happened: kills, restarts, and a cut that held
+    for word in (" cut ", " kill ", " restart ", " heal"):
+        assert word in f"{trace} ", trace
+    assert report.faults >= 4
+    assert report.bytes_forwarded > 0  # the robots talked through the proxies
+    victim = next(line.split()[2] for line in report.fault_trace if " cut " in line)
+    # written on the cut robot during the cut: absent on the others before the heal...
+    assert any(robot == victim for robot, _ in report.isolated_writes), report.isolated_writes
+    assert report.leaked_writes == []
+    # ... and on every robot after it (verified == acknowledged, with their values)
+    assert not set(report.isolated_writes) & set(report.lost_writes)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+async def test_a_long_silent_cut_is_noticed_by_the_heartbeats(tmp_path: Path) -> None:
+    """Past the session's 12 s dead-peer timeout (and the websocket's 10 s close timeout, which
+    the link waits out before it lets go), no robot keeps a link across the cut."""
+    report = await run_processes(tmp_path, peers=3, seed=2, edits=6, cut_s=24.0)
+    assert report.links_across_cut == 0, report.fault_trace
+    assert report.ok, report
