@@ -15,7 +15,8 @@ from typing import Any
 from nacl.signing import SigningKey
 
 from hearthsync.crypto.certificate import Certificate, Revocations
-from hearthsync.crypto.envelope import KIND_DELTA, Header, seal
+from hearthsync.crypto.compression import CODEC_NONE, CODECS
+from hearthsync.crypto.envelope import KIND_DELTA, Header, seal_payload
 from hearthsync.crypto.household import Household
 from hearthsync.crypto.identity import DeviceIdentity, x25519_public_key
 from hearthsync.crypto.keyring import Keyring, derive_doc_key
@@ -28,6 +29,11 @@ HOUSEHOLD_SECRET = bytes(range(0xC0, 0xE0))
 ISSUED_AT = 1_773_014_400  # 2026-03-09T00:00Z
 EXPIRES_AT = ISSUED_AT + 365 * 86_400
 VERIFY_AT = ISSUED_AT + 86_400
+#: ``plaintext`` of envelope.json as one Zstandard frame (level 1, content size declared),
+#: fixed here because another compressor version may choose other (equally valid) bytes
+COMPRESSED_PLAINTEXT = bytes.fromhex(
+    "28b52ffd20b9dd0000a00101aa010068656c6c6f2c206865617274683b20010044424d26"
+)
 
 
 def identity(seed: bytes) -> DeviceIdentity:
@@ -174,14 +180,29 @@ def key_grant_json() -> dict[str, Any]:
 
 
 def envelope_json() -> dict[str, Any]:
+    """One envelope per codec: the same update, once as is and once as a Zstandard frame."""
     author = identity(MEMBER_SEED)
     base_key = bytes(range(0x30, 0x50))
     doc_id, lineage = "user/alice/prefs", "g-0123456789abcdef"
     doc_key = derive_doc_key(base_key, doc_id, lineage)
-    header = Header(doc_id, lineage, "core", 0, author.device_id, 1, KIND_DELTA)
-    nonce = bytes(range(0x60, 0x78))
-    plaintext = b"\x01\x01\xaa\x01\x00hello, hearth"
-    envelope = seal(author, header, plaintext, doc_key, nonce)
+    plaintext = b"\x01\x01\xaa\x01\x00" + b"hello, hearth; " * 12
+    cases = []
+    for counter, codec in enumerate(CODECS, start=1):
+        header = Header(doc_id, lineage, "core", 0, author.device_id, counter, KIND_DELTA, codec)
+        nonce = bytes(range(0x60 + counter, 0x78 + counter))
+        payload = plaintext if codec == CODEC_NONE else COMPRESSED_PLAINTEXT
+        envelope = seal_payload(author, header, payload, doc_key, nonce)
+        cases.append(
+            {
+                "header": header.to_list(),
+                "ad": header.ad.hex(),
+                "nonce": nonce.hex(),
+                "payload": payload.hex(),
+                "ciphertext": envelope.ciphertext.hex(),
+                "signature": envelope.signature.hex(),
+                "wire": envelope.to_wire().hex(),
+            }
+        )
     return {
         "spec": "protocol/SPEC.md §4",
         "author_seed": MEMBER_SEED.hex(),
@@ -191,13 +212,8 @@ def envelope_json() -> dict[str, Any]:
             "lineage": lineage,
             "doc_key": doc_key.hex(),
         },
-        "header": [1, doc_id, lineage, "core", 0, author.device_id, 1, KIND_DELTA],
-        "ad": header.ad.hex(),
-        "nonce": nonce.hex(),
         "plaintext": plaintext.hex(),
-        "ciphertext": envelope.ciphertext.hex(),
-        "signature": envelope.signature.hex(),
-        "wire": envelope.to_wire().hex(),
+        "envelopes": cases,
     }
 
 

@@ -11,7 +11,8 @@ import pytest
 from nacl.signing import SigningKey
 
 from hearthsync.crypto.certificate import Certificate, Revocations, TrustStore
-from hearthsync.crypto.envelope import Envelope, Header, open_envelope, seal
+from hearthsync.crypto.compression import CODEC_NONE, CODEC_ZSTD
+from hearthsync.crypto.envelope import Envelope, Header, open_envelope, seal, seal_payload
 from hearthsync.crypto.household import Household, discovery_tag, household_id
 from hearthsync.crypto.identity import DeviceIdentity, device_id_of, x25519_public_key
 from hearthsync.crypto.keyring import KeyGrant, Keyring, derive_doc_key, unseal
@@ -150,15 +151,31 @@ def test_envelope_vector_both_ways() -> None:
         bytes.fromhex(derivation["base_key"]), derivation["doc_id"], derivation["lineage"]
     )
     assert doc_key.hex() == derivation["doc_key"]
-    header = Header(*vector["header"][1:])
-    assert header.to_list() == vector["header"]
-    assert header.ad.hex() == vector["ad"]
-    plaintext, nonce = bytes.fromhex(vector["plaintext"]), bytes.fromhex(vector["nonce"])
-    built = seal(author, header, plaintext, doc_key, nonce)
-    assert built.ciphertext.hex() == vector["ciphertext"]
-    assert built.signature.hex() == vector["signature"]
-    assert built.to_wire().hex() == vector["wire"]
-    decoded = Envelope.from_wire(bytes.fromhex(vector["wire"]))
-    assert decoded == built
-    assert (decoded.header, decoded.nonce) == (header, nonce)
-    assert open_envelope(decoded, doc_key, author.verify_key) == plaintext
+    plaintext = bytes.fromhex(vector["plaintext"])
+    assert [case["header"][8] for case in vector["envelopes"]] == [CODEC_NONE, CODEC_ZSTD]
+    for case in vector["envelopes"]:
+        header = Header(*case["header"][1:])
+        assert header.to_list() == case["header"]
+        assert header.ad.hex() == case["ad"]
+        payload, nonce = bytes.fromhex(case["payload"]), bytes.fromhex(case["nonce"])
+        built = seal_payload(author, header, payload, doc_key, nonce)
+        assert built.ciphertext.hex() == case["ciphertext"]
+        assert built.signature.hex() == case["signature"]
+        assert built.to_wire().hex() == case["wire"]
+        decoded = Envelope.from_wire(bytes.fromhex(case["wire"]))
+        assert decoded == built
+        assert (decoded.header, decoded.nonce) == (header, nonce)
+        assert open_envelope(decoded, doc_key, author.verify_key) == plaintext
+
+
+def test_a_compressed_envelope_opens_to_what_was_sealed() -> None:
+    """What `seal` compresses today (whatever bytes this Zstandard picks) opens to the update."""
+    vector = load("envelope.json")
+    author = ident(vector["author_seed"])
+    plaintext = bytes.fromhex(vector["plaintext"])
+    header = Header(*vector["envelopes"][0]["header"][1:])
+    key, nonce = bytes(range(32)), bytes(24)
+    sealed = seal(author, header, plaintext, key, nonce, compress_update=True)
+    assert sealed.header.codec == CODEC_ZSTD
+    assert len(sealed.ciphertext) < len(plaintext)
+    assert open_envelope(sealed, key, author.verify_key) == plaintext

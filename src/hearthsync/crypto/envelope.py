@@ -14,13 +14,14 @@ and never reaches the AEAD; a bad envelope raises and changes nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Self
 
 import nacl.bindings
 import nacl.exceptions
 from nacl.signing import VerifyKey
 
+from hearthsync.crypto.compression import CODEC_NONE, CODECS, MAX_UPDATE_BYTES, compress, decompress
 from hearthsync.crypto.identity import DeviceIdentity, device_id_of
 from hearthsync.crypto.wire import (
     B32_ID_RE,
@@ -45,13 +46,15 @@ MAX_CIPHERTEXT = 2 * 1024 * 1024  # SPEC §1
 #: ciphertext plus the largest header, nonce, signature and msgpack framing
 MAX_ENVELOPE_BYTES = MAX_CIPHERTEXT + 1024
 ENV_TAG = b"hearth-env-v1"
+HEADER_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
 class Header:
-    """``[1, doc_id, lineage, scope, epoch, author, counter, kind]`` (SPEC §4).
+    """``[2, doc_id, lineage, scope, epoch, author, counter, kind, codec]`` (SPEC §4).
 
     ``doc_id`` and ``lineage`` are SPEC §1 ``id``s, like the frames that name the same document.
+    ``codec`` says how the plaintext is encoded (`hearthsync.crypto.compression`).
     """
 
     doc_id: str
@@ -61,6 +64,7 @@ class Header:
     author: str
     counter: int
     kind: int = KIND_DELTA
+    codec: int = CODEC_NONE
 
     def __post_init__(self) -> None:
         check_text(self.doc_id, field="doc_id", pattern=ID_RE)
@@ -71,10 +75,12 @@ class Header:
         check_uint(self.counter, field="counter")
         if self.kind not in (KIND_DELTA, KIND_SNAPSHOT) or type(self.kind) is not int:
             raise ValidationError("kind must be 0 (delta) or 1 (snapshot)", field="kind")
+        if self.codec not in CODECS or type(self.codec) is not int:
+            raise ValidationError("codec must be 0 (none) or 1 (zstd)", field="codec")
 
     def to_list(self) -> list[object]:
         fields = [self.doc_id, self.lineage, self.scope, self.epoch, self.author, self.counter]
-        return [1, *fields, self.kind]
+        return [HEADER_VERSION, *fields, self.kind, self.codec]
 
     @property
     def ad(self) -> bytes:
@@ -136,9 +142,9 @@ class Envelope:
 
 
 def _header_from(value: Any) -> Header:
-    if not isinstance(value, list) or len(value) != 8:
-        raise CryptoError("envelope: header must be an array of 8 fields")
-    check_version(value, what="envelope header", error=CryptoError)
+    if not isinstance(value, list) or len(value) != 9:
+        raise CryptoError("envelope: header must be an array of 9 fields")
+    check_version(value, what="envelope header", error=CryptoError, version=HEADER_VERSION)
     try:
         return Header(*value[1:])
     except ValidationError as exc:
@@ -146,21 +152,50 @@ def _header_from(value: Any) -> Header:
 
 
 def seal(
-    identity: DeviceIdentity, header: Header, update: bytes, key: bytes, nonce: bytes
+    identity: DeviceIdentity,
+    header: Header,
+    update: bytes,
+    key: bytes,
+    nonce: bytes,
+    *,
+    compress_update: bool = False,
 ) -> Envelope:
     """Encrypt ``update`` under the document key ``key`` and sign it as ``identity``.
 
     ``nonce`` (24 bytes) comes from the caller's random source: XChaCha20's nonce is long enough
     that random nonces never collide in practice, and passing it in keeps this function pure.
+    With ``compress_update`` the update is compressed first where that helps and the header's
+    scope allows it (its ``codec`` then says so); otherwise ``header.codec`` must be none.
+    """
+    if not isinstance(update, bytes) or len(update) > MAX_UPDATE_BYTES:
+        raise ValidationError(f"update must be bytes of at most {MAX_UPDATE_BYTES}")
+    if header.codec != CODEC_NONE:
+        raise ValidationError("seal chooses the codec: pass compress_update", field="codec")
+    if compress_update:
+        codec, update = compress(update, scope=header.scope)
+        header = replace(header, codec=codec)
+    return seal_payload(identity, header, update, key, nonce)
+
+
+def seal_payload(
+    identity: DeviceIdentity, header: Header, payload: bytes, key: bytes, nonce: bytes
+) -> Envelope:
+    """Encrypt ``payload``, already encoded as ``header.codec`` says, and sign the envelope.
+
+    `seal` is what a sender calls; this step alone is what the golden vectors pin down, since a
+    compressor's output may differ between versions while any payload must open the same way.
     """
     if header.author != identity.device_id:
         raise ValidationError("header.author must be the sealing device's id", field="author")
     check_bytes(key, field="key", size=KEY_BYTES)
     check_bytes(nonce, field="nonce", size=NONCE_BYTES)
-    if not isinstance(update, bytes) or len(update) > MAX_CIPHERTEXT - TAG_BYTES:
-        raise ValidationError(f"update must be bytes of at most {MAX_CIPHERTEXT - TAG_BYTES}")
+    if not isinstance(payload, bytes) or len(payload) > MAX_CIPHERTEXT - TAG_BYTES:
+        size = len(payload) if isinstance(payload, bytes) else "?"
+        raise ValidationError(
+            f"payload of {size} bytes is over {MAX_CIPHERTEXT - TAG_BYTES}", field="update"
+        )
     ciphertext = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
-        update, header.ad, nonce, key
+        payload, header.ad, nonce, key
     )
     unsigned = ENV_TAG + header.ad + nonce + ciphertext
     signature = identity.signing_key.sign(unsigned).signature
@@ -181,7 +216,8 @@ def verify_envelope(envelope: Envelope, author_verify_key: VerifyKey) -> None:
 
 
 def open_envelope(envelope: Envelope, key: bytes, author_verify_key: VerifyKey) -> bytes:
-    """Verify the signature, then decrypt: the update, or `SignatureError` / `DecryptionError`.
+    """Verify the signature, then decrypt and decompress: the update, or `SignatureError` /
+    `DecryptionError`.
 
     ``key`` is the document key (`Keyring.doc_key` for the header's scope and epoch); a
     missing key is the caller's `MissingKeyError`, raised before this is called.
@@ -197,4 +233,4 @@ def open_envelope(envelope: Envelope, key: bytes, author_verify_key: VerifyKey) 
             f"envelope {envelope.header.doc_id!r} #{envelope.header.counter} does not decrypt "
             f"with the key of scope {envelope.header.scope!r} epoch {envelope.header.epoch}"
         ) from None
-    return plaintext
+    return decompress(envelope.header.codec, plaintext)

@@ -83,8 +83,10 @@ def unpack_array(
     return value
 
 
-def check_version(value: list[Any], *, what: str, error: type[CryptoError]) -> None:
-    if type(value[0]) is not int or value[0] != 1:
+def check_version(
+    value: list[Any], *, what: str, error: type[CryptoError], version: int = 1
+) -> None:
+    if type(value[0]) is not int or value[0] != version:
         raise error(f"{what}: unsupported version {value[0]!r:.20}")
 
 

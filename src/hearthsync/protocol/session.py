@@ -59,7 +59,7 @@ from hearthsync.errors import (
 from hearthsync.ids import DocId, LineageId
 from hearthsync.protocol import frames as f
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  #: 2: envelopes carry a codec (compressed updates, SPEC §4)
 SCHEMA_VERSION = 1
 AUTH_TAG = b"hearth-auth-v1"
 EMPTY_UPDATE = b"\x00\x00"  #: what Yrs encodes when a diff holds nothing
@@ -599,7 +599,7 @@ class Session:
         header = Header(doc_id, lineage, meta.scope, epoch, self.identity.device_id, counter)
         key = self.keyring.doc_key(doc_id, lineage, meta.scope, meta.subject, epoch)
         nonce = self.random_bytes(24)
-        return seal(self.identity, header, delta, key, nonce).to_wire()
+        return seal(self.identity, header, delta, key, nonce, compress_update=True).to_wire()
 
     def _receive_envelope(self, data: bytes, expected_doc: DocId | None) -> None:
         envelope = Envelope.from_wire(data)
