@@ -4,8 +4,11 @@ The link only pumps: a received message goes into the session; what the session 
 goes out; its events become calls on the `SyncTarget` (the peer).  It adds three things the
 sans-I/O session cannot do itself:
 
-* **durability before acknowledgement**: an ``ApplyUpdate`` is awaited on the target (which
-  returns once the update is durable) before ``session.applied`` queues the ``ACK``;
+* **durability before acknowledgement**: an ``ApplyUpdate`` is merged into the target's
+  memory at once, and ``session.applied`` queues its ``ACK`` only once the group commit holding
+  it is durable.  The link keeps reading meanwhile (the next update is merged while this one is
+  being committed), up to `MAX_UNDURABLE` updates: a peer that sends faster than this device's
+  disk can commit is read no faster than the disk;
 * **forwarding only what is durable**: local deltas reach the link from the target's commit
   listener, i.e. after they are on disk (DESIGN invariant 1), and a delta is never echoed to
   the device it came from;
@@ -17,10 +20,12 @@ sans-I/O session cannot do itself:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Protocol
 
 from pycrdt import merge_updates
@@ -47,6 +52,9 @@ log = logging.getLogger(__name__)
 
 #: deltas waiting to be sent to one peer before it counts as too slow
 MAX_PENDING_DELTAS = 10_000
+#: updates received from one peer, merged in memory and not yet durable, before the link stops
+#: reading until the oldest is (back-pressure towards a peer faster than this device's disk)
+MAX_UNDURABLE = 64
 TICK_S = 0.5
 
 Durable = Sequence[tuple[str, bytes, str]]
@@ -58,8 +66,15 @@ class SyncTarget(Protocol):
     @property
     def docs(self) -> DocSource: ...
 
-    async def apply_update(self, doc_id: str, update: bytes, *, origin: str) -> bytes:
-        """Make ``update`` durable; return the document's canonical state vector."""
+    def receive_update(
+        self, doc_id: str, update: bytes, *, origin: str
+    ) -> asyncio.Future[None] | None:
+        """Merge ``update`` in memory now; the future resolves once it is durable (``None``:
+        it held nothing new).  Raises `HearthError` for an update that cannot be merged."""
+        ...
+
+    def state_vector(self, doc_id: str) -> bytes:
+        """The canonical state vector of ``doc_id`` in memory."""
         ...
 
     def on_durable(self, listener: Callable[[Durable], None]) -> Callable[[], None]:
@@ -100,6 +115,8 @@ class Link:
         self.bytes_received = 0
         #: documents sent to the peer and not yet acknowledged durable there: the lag
         self.unacked: dict[str, dict[int, int]] = {}
+        #: updates from the peer merged here, in arrival order, whose commit is pending
+        self._undurable: collections.deque[asyncio.Future[None]] = collections.deque()
 
     @property
     def peer_id(self) -> str | None:
@@ -154,6 +171,10 @@ class Link:
             await self._flush()
             if self.session.closed:
                 return
+            while len(self._undurable) >= MAX_UNDURABLE:  # let the disk catch up
+                with contextlib.suppress(Exception):  # its callback reports a failure
+                    await asyncio.shield(self._undurable[0])
+                self._undurable.popleft()
 
     async def _tick(self) -> None:
         while not self.session.closed:
@@ -212,15 +233,7 @@ class Link:
     async def _handle_events(self) -> None:
         for event in self.session.events_received():
             if isinstance(event, ApplyUpdate):
-                try:
-                    state_vector = await self.target.apply_update(
-                        event.doc_id, event.update, origin=self.session.peer_id or event.author
-                    )
-                except HearthError as exc:  # a corrupt local document, a failed commit
-                    log.warning("could not apply %s from %s: %s", event.doc_id, self.peer_id, exc)
-                    self.session.close(f"could not apply {event.doc_id}")
-                    continue
-                self.session.applied(event.doc_id, state_vector)
+                self._apply(event)
             elif isinstance(event, KeysChanged):
                 self.target.keys_changed()
             elif isinstance(event, RevocationsChanged):
@@ -236,6 +249,39 @@ class Link:
                 log.info("link to %s authenticated", event.device_id)
             if self._on_event is not None:
                 self._on_event(self, event)
+
+    def _apply(self, event: ApplyUpdate) -> None:
+        """Merge the update now; acknowledge it once its commit is durable.
+
+        The state vector acknowledged is the one right after the merge: whatever it covers was
+        merged before this update, so it is durable once this update is (group commits land in
+        order), while anything merged later is not promised.
+        """
+        try:
+            done = self.target.receive_update(
+                event.doc_id, event.update, origin=self.session.peer_id or event.author
+            )
+        except HearthError as exc:  # a corrupt local document
+            log.warning("could not apply %s from %s: %s", event.doc_id, self.peer_id, exc)
+            self.session.close(f"could not apply {event.doc_id}")
+            return
+        state_vector = self.target.state_vector(event.doc_id)
+        if done is None:  # nothing new: what it holds is already durable here
+            self.session.applied(event.doc_id, state_vector)
+            return
+        self._undurable.append(done)
+        done.add_done_callback(partial(self._durable_here, event.doc_id, state_vector))
+
+    def _durable_here(self, doc_id: DocId, state_vector: bytes, done: asyncio.Future[None]) -> None:
+        if self._undurable and self._undurable[0] is done:
+            self._undurable.popleft()
+        error = None if done.cancelled() else done.exception()
+        if done.cancelled() or error is not None:  # a failed commit: the peer will send again
+            log.warning("could not commit %s from %s: %s", doc_id, self.peer_id, error)
+            self.session.close(f"could not commit {doc_id}")
+        else:
+            self.session.applied(doc_id, state_vector)
+        self.kick()
 
     async def _flush(self) -> None:
         for data in self.session.data_to_send():
