@@ -1,0 +1,123 @@
+"""Explanations: why the robot will use this value, in one sentence the person can check.
+
+    await explain(peer, "alice", "tea/mug")
+    'the green mug, because you asked for it on 2026-03-14 on the kitchen robot; confirmed 12
+    times since'
+
+The sentence is built from the resolved preference's provenance only (seed §7: "I used the green
+mug because you told me to on March 14" is good; a similarity score is useless): the value (an
+object's label when the value names a placed object), the condition it applies under, how the
+person expressed it, the date and robot of that statement, and the confirmations since.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+
+from pydantic import JsonValue
+
+from hearthsync.context.engine import ContextEngine, engine_for
+from hearthsync.context.feedback import hlc_ms, signals_by_key
+from hearthsync.context.items import ResolvedPreference, show
+from hearthsync.context.policy import DEFAULT_POLICY, HouseholdPolicy
+from hearthsync.context.port import PeerReader
+from hearthsync.context.resolve import DAY_MS, resolve
+from hearthsync.context.scopes import ScopeDeniedError, ScopedReader
+from hearthsync.context.situation import Situation, describe_condition, situation
+from hearthsync.errors import NotFoundError, ValidationError
+from hearthsync.ids import KEY_RE
+
+#: what a person asking about their own preferences may read (never ``health``)
+EXPLAIN_SCOPES = ("core", "history", "spatial")
+_HOW = {
+    "correction": "you asked for it",
+    "explicit": "you said so",
+    "implicit": "you chose it",
+    "learned": "it is what you usually choose",
+}
+
+
+async def explain(
+    peer: PeerReader,
+    user: str,
+    key: str,
+    *,
+    time: dt.datetime | None = None,
+    location: str | None = None,
+    present: Iterable[str] = (),
+    devices: Mapping[str, str] | None = None,
+    policy: HouseholdPolicy = DEFAULT_POLICY,
+) -> str:
+    """One sentence saying which value of ``key`` applies for ``user`` now, and why.
+
+    ``devices`` names robots by device id (this peer's own name is known).  Raises
+    `NotFoundError` if ``user`` has no value of ``key`` that applies in the situation, and
+    `ScopeDeniedError` for a key in a domain that needs the ``health`` scope.
+    """
+    resolved, now, reader = _resolved(engine_for(peer), user, key, time, location, present, policy)
+    names = {peer.device_id: peer.device, **(devices or {})}
+    return sentence(resolved, phrase(resolved.value, reader), names, now.at.tzinfo)
+
+
+def _resolved(
+    engine: ContextEngine,
+    user: str,
+    key: str,
+    time: dt.datetime | None,
+    location: str | None,
+    present: Iterable[str],
+    policy: HouseholdPolicy,
+) -> tuple[ResolvedPreference, Situation, ScopedReader]:
+    if not isinstance(key, str) or not KEY_RE.fullmatch(key):
+        raise ValidationError(f"key must look like 'domain/key', got {key!r:.80}", field="key")
+    if user not in engine.peer.users():
+        raise NotFoundError(f"unknown user {user!r}; add them first with add_user()")
+    domain = key.partition("/")[0]
+    if not policy.tasks.visible(domain, EXPLAIN_SCOPES):
+        raise ScopeDeniedError(policy.tasks.sensitive[domain], "explain")
+    now = situation(user, time, location, present)
+    reader = ScopedReader(engine.peer, "explain", EXPLAIN_SCOPES)
+    candidates = engine.views.preferences(reader, user).by_key.get(key, ())
+    first = resolve(key, candidates, now)
+    if first is None:
+        raise NotFoundError(f"{user} has no value of {key!r} that applies {now.describe()}")
+    # every confirmation since the statement (a day's slack: an event's ts is its robot's clock)
+    since = hlc_ms(first.provenance.hlc) - DAY_MS
+    events = reader.events(user, since=since, until=now.ms + 1)
+    signals = signals_by_key(events).get(key, [])
+    return resolve(key, candidates, now, signals) or first, now, reader
+
+
+def phrase(value: JsonValue, reader: ScopedReader) -> str:
+    """How to name ``value``: "the green mug" for a placed object, else the value in words."""
+    if isinstance(value, str):
+        labels = {p.object: p.label for p in reader.placements()} if reader.may("spatial") else {}
+        if value in labels:
+            return f"the {labels[value][0].lower()}{labels[value][1:]}"
+        return value.replace("_", " ")
+    return show(value)
+
+
+def sentence(
+    resolved: ResolvedPreference,
+    what: str,
+    devices: Mapping[str, str],
+    tz: dt.tzinfo | None,
+) -> str:
+    """``<value>[ <condition>], because <how> on <date> on the <robot> robot[; confirmed N
+    times since][; <drift>]``."""
+    when = describe_condition(resolved.condition)
+    head = f"{what} {when}" if when else what
+    origin = resolved.provenance
+    date = dt.datetime.fromtimestamp(hlc_ms(origin.hlc) / 1000, tz or dt.UTC).strftime("%Y-%m-%d")
+    robot = devices.get(origin.device) or origin.device[:8]
+    parts = [
+        f"{head}, because {_HOW.get(resolved.source, 'you said so')} on {date} on the {robot} robot"
+    ]
+    if resolved.confirmations:
+        times = "once" if resolved.confirmations == 1 else f"{resolved.confirmations} times"
+        parts.append(f"confirmed {times} since")
+    if resolved.drift:
+        parts.append("but you have often chosen otherwise lately, so it is worth asking")
+    return "; ".join(parts)

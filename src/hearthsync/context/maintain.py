@@ -1,0 +1,222 @@
+"""The slow loop: fold confirmations into preferences, promote, decay, and flag drift.
+
+`maintain` runs now and then (``hearth maintain``, or a robot's idle hour).  For every stored
+preference value, the newest statement under each condition, it counts the feedback events since
+the record was last written (`hearthsync.context.feedback`) and writes, through the peer's public
+`set_preference`, a consolidated copy when something changed:
+
+* **fold**: confirmations raise the stored confidence and the evidence count;
+* **promote**: a stated value confirmed at least `PROMOTE_AFTER` times over at least
+  `PROMOTE_SPAN_DAYS` days, and never contradicted since, becomes *stable* (seed §4, "few-shot
+  correction" → "stable preference"): it decays more slowly;
+* **decay**: a stored confidence that has decayed by `DECAY_STEP` or more is written down;
+* **drift**: a stable value contradicted at least `DRIFT_MIN` times in the last
+  `DRIFT_WINDOW_DAYS` days, more often than confirmed, is flagged: a ``SYSTEM`` event records
+  what contradicted it, and the record is marked, so every robot's context says to ask.
+
+A consolidated copy keeps the statement's hybrid time (``hearth:stated``), so it never outranks
+a newer statement made meanwhile on another robot (resolution rule 3).  It never turns an
+explicit value into an inferred one, nor writes over a newer statement.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from hearthsync.context.feedback import (
+    DRIFT,
+    STABLE,
+    STATED,
+    Signal,
+    drift_event,
+    event_ids,
+    hlc_ms,
+    is_stable,
+    signals_by_key,
+)
+from hearthsync.context.port import PeerPort
+from hearthsync.context.resolve import (
+    DAY_MS,
+    Candidate,
+    Weight,
+    confidence,
+    drifting,
+    weigh,
+)
+from hearthsync.context.situation import window_ms
+from hearthsync.errors import ValidationError
+from hearthsync.model.records import MAX_LIST, EventType, Preference
+
+PROMOTE_AFTER = 10
+PROMOTE_SPAN_DAYS = 7
+DRIFT_WINDOW_DAYS = 14
+DECAY_STEP = 0.05
+#: event ids kept in a consolidated record's evidence (the newest), beside up to 3 markers
+KEEP_EVENTS = MAX_LIST - 4
+
+Action = Literal["folded", "promoted", "decayed", "drift"]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One thing the slow loop did."""
+
+    user: str
+    key: str
+    condition: str  #: the condition's canonical key ('' when unconditional)
+    action: Action
+    confidence: float
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceReport:
+    changes: tuple[Change, ...]
+
+    def actions(self, action: Action) -> list[Change]:
+        return [c for c in self.changes if c.action == action]
+
+
+async def maintain(
+    peer: PeerPort,
+    *,
+    now: dt.datetime | None = None,
+    lookback: str = "90d",
+    users: Sequence[str] | None = None,
+) -> MaintenanceReport:
+    """Run the slow loop over ``users`` (default: everyone), counting feedback of the last
+    ``lookback``; every write goes through ``peer``'s public methods and is durable on return."""
+    at = now or dt.datetime.now().astimezone()
+    if at.tzinfo is None:
+        raise ValidationError("now must be a timezone-aware datetime", field="now")
+    since = int(at.timestamp() * 1000) - window_ms(lookback)
+    changes: list[Change] = []
+    for user in users if users is not None else list(peer.users()):
+        changes += await _maintain_user(peer, user, at, since)
+    return MaintenanceReport(tuple(changes))
+
+
+async def _maintain_user(peer: PeerPort, user: str, at: dt.datetime, since: int) -> list[Change]:
+    now_ms = int(at.timestamp() * 1000)
+    signals = signals_by_key(peer.events(user, since=since, until=now_ms + 1))
+    changes: list[Change] = []
+    for winner in _slot_winners(peer, user):
+        verdict = _judge(winner, signals.get(winner.record.key, []), at)
+        if verdict is not None and await _write(peer, winner, verdict):
+            changes.append(verdict.change)
+    return changes
+
+
+def _slot_winners(peer: PeerPort, user: str) -> list[Candidate]:
+    """The value that counts under each (key, condition): its newest statement."""
+    found = (_slot_winner(peer, user, latest) for latest in peer.preferences(user))
+    return [winner for winner in found if winner is not None]
+
+
+def _slot_winner(peer: PeerPort, user: str, latest: Preference) -> Candidate | None:
+    versions = peer.preference_history(user, latest.key, latest.condition)
+    live = [Candidate.of(v) for v in versions if not v.deleted]
+    return max(live, key=lambda c: c.rank) if live else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Verdict:
+    change: Change
+    weight: Weight
+    stable: bool
+    drift: str | None  #: a new drift flag's description, to record as an event
+
+
+def _judge(winner: Candidate, signals: Sequence[Signal], at: dt.datetime) -> _Verdict | None:
+    """What the slow loop should write for ``winner``, if anything."""
+    now_ms = int(at.timestamp() * 1000)
+    weight = weigh(winner, signals, at.tzinfo)
+    value = confidence(winner, weight, now_ms)
+    r = winner.record
+
+    def verdict(action: Action, detail: str = "", *, stable: bool = False) -> _Verdict:
+        change = Change(r.user, r.key, r.condition.key(), action, value, detail)
+        return _Verdict(
+            change, weight, stable or is_stable(r), detail if action == "drift" else None
+        )
+
+    if winner.stage == "stable" and drift_event(r) is None:
+        lately = weigh(winner, signals, at.tzinfo, since_ms=now_ms - DRIFT_WINDOW_DAYS * DAY_MS)
+        if drifting("stable", lately):
+            return verdict("drift", _contradicted_by(winner, signals, lately))
+    if winner.stage == "few-shot" and _promotable(winner, weight):
+        return verdict("promoted", f"{_total(winner, weight)} confirmations", stable=True)
+    if weight.confirmations:
+        return verdict("folded", f"{weight.confirmations} new confirmations")
+    if r.confidence - value >= DECAY_STEP:
+        return verdict("decayed", f"{r.confidence:.2f} → {value:.2f}")
+    return None
+
+
+def _total(winner: Candidate, weight: Weight) -> int:
+    return max(0, winner.record.evidence_count - 1) + weight.confirmations
+
+
+def _promotable(winner: Candidate, weight: Weight) -> bool:
+    span_days = (weight.last_ms - hlc_ms(winner.stated)) / DAY_MS
+    return (
+        _total(winner, weight) >= PROMOTE_AFTER
+        and span_days >= PROMOTE_SPAN_DAYS
+        and weight.contradictions == 0
+    )
+
+
+def _contradicted_by(winner: Candidate, signals: Sequence[Signal], lately: Weight) -> str:
+    ids = set(lately.events)
+    others = sorted({s.value for s in signals if s.event.id in ids and s.value != winner.value_id})
+    return f"contradicted {lately.contradictions} times lately" + (
+        f", by {', '.join(others)}" if others else ""
+    )
+
+
+async def _write(peer: PeerPort, winner: Candidate, verdict: _Verdict) -> bool:
+    """Write the consolidated copy, unless a newer version arrived meanwhile (then the next
+    run judges that one).  Returns whether it wrote."""
+    r = winner.record
+    flag = drift_event(r)
+    if verdict.drift is not None:
+        domain = r.key.partition("/")[0]
+        event = await peer.record_event(
+            r.user,
+            EventType.SYSTEM,
+            domain,
+            text=f"{r.key} drifting: {verdict.drift}",
+            payload={"key": r.key, "value": r.value, "drift": verdict.drift},
+        )
+        flag = event.id
+    # Every queued write applied, then check and enqueue with no await in between: a
+    # correction made meanwhile on this robot is never overwritten by an older statement.
+    await peer.flush()
+    if _slot_winner(peer, r.user, r) != winner:
+        return False
+    await peer.set_preference(
+        r.user,
+        r.key,
+        r.value,
+        source=r.source,
+        confidence=verdict.change.confidence,
+        condition=r.condition,
+        evidence=_evidence(winner, verdict, flag),
+        evidence_count=r.evidence_count + verdict.weight.confirmations,
+        note=r.note,
+    )
+    return True
+
+
+def _evidence(winner: Candidate, verdict: _Verdict, drift: str | None) -> list[str]:
+    """Markers first, then the newest justifying events."""
+    markers = [f"{STATED}{winner.stated}"]
+    if verdict.stable:
+        markers.append(STABLE)
+    if drift is not None:
+        markers.append(f"{DRIFT}{drift}")
+    events = dict.fromkeys([*event_ids(winner.record), *verdict.weight.events])
+    return markers + list(events)[-KEEP_EVENTS:]

@@ -1,0 +1,241 @@
+"""Preference resolution: many stored values of one key → one value for the situation.
+
+The rules (docs/explanation/context.md has them with examples):
+
+1. **Conditions select.**  Only values whose `Condition` holds in the situation compete; the
+   others are set aside with the condition they need.
+2. **An explicit statement beats an inferred pattern.**  ``explicit`` and ``correction`` values
+   outrank ``implicit`` and ``learned`` ones, however new or confident those are.
+3. **The newest statement wins** within a rank, by the hybrid logical time the person stated it
+   (``set_at``, or the ``hearth:stated`` marker of a consolidated copy): never the order records
+   arrived in, never the wall clock of whichever robot wrote last (DESIGN invariant 3).
+4. Ties (one statement on several robots) go to the more specific condition, then to the newest
+   write of it (a consolidation knows more), then to the device id: a total order, so every
+   robot resolves the same records to the same value.
+
+Confidence is the stored confidence, raised by confirmations since it was written and lowered
+by contradictions (both counted, so order never matters), decaying with the age of the newest
+evidence towards a floor.  See `confidence`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from hearthsync.context.feedback import (
+    Signal,
+    canonical,
+    drift_event,
+    event_ids,
+    hlc_ms,
+    is_stable,
+    stated_at,
+)
+from hearthsync.context.items import Provenance, ResolvedPreference, SetAside, Stage
+from hearthsync.context.situation import Situation, describe_condition, holds, specificity
+from hearthsync.model.records import Preference
+
+EXPLICIT = frozenset({"explicit", "correction"})
+#: each confirmation closes this share of the gap to certainty (0.95 → 0.98, seed §4)
+BOOST = 0.6
+#: each contradiction multiplies the confidence by this
+PENALTY = 0.8
+#: confidence decays towards FLOOR with this half-life, in days, since the newest evidence
+HALF_LIFE_DAYS: dict[Stage, float] = {"stable": 365.0, "few-shot": 90.0, "inferred": 30.0}
+FLOOR: dict[Stage, float] = {"stable": 0.5, "few-shot": 0.5, "inferred": 0.0}
+#: a stable value is drifting when contradicted at least this often, and more often than
+#: confirmed, in the evidence considered (the history window; `maintain` uses two weeks)
+DRIFT_MIN = 3
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One stored version of a preference, with what resolution needs precomputed."""
+
+    record: Preference
+    stated: str
+    explicit: bool
+    specificity: int
+    value_id: str
+
+    @classmethod
+    def of(cls, record: Preference) -> Candidate:
+        return cls(
+            record,
+            stated_at(record),
+            record.source in EXPLICIT,
+            specificity(record.condition),
+            canonical(record.value),
+        )
+
+    @property
+    def rank(self) -> tuple[bool, str, int, str, str]:
+        r = self.record
+        return (self.explicit, self.stated, self.specificity, r.set_at, r.device)
+
+    @property
+    def stage(self) -> Stage:
+        if not self.explicit:
+            return "inferred"
+        return "stable" if is_stable(self.record) else "few-shot"
+
+    def provenance(self, extra_events: Sequence[str] = ()) -> Provenance:
+        r = self.record
+        return Provenance(
+            r.user, _stating_device(self), self.stated, event_ids(r) + tuple(extra_events)
+        )
+
+
+def _stating_device(candidate: Candidate) -> str:
+    """The robot the person said it to: the device part of the statement's timestamp."""
+    device = candidate.stated.split(".", 2)[-1] if candidate.stated.count(".") >= 2 else ""
+    return device or candidate.record.device
+
+
+@dataclass(frozen=True, slots=True)
+class Weight:
+    """The evidence counted for one candidate since its record was written."""
+
+    confirmations: int
+    contradictions: int
+    last_ms: int
+    events: tuple[str, ...]
+
+
+def weigh(
+    candidate: Candidate,
+    signals: Iterable[Signal],
+    tz: dt.tzinfo | None,
+    *,
+    since_ms: int | None = None,
+) -> Weight:
+    """Count ``signals`` about ``candidate``'s value that arose where its condition held.
+
+    By default only signals newer (by hybrid time) than the record count: older ones are folded
+    into its confidence and evidence count already.  With ``since_ms``, every signal after the
+    statement whose event happened since ``since_ms`` counts (what "lately" means for drift).
+    """
+    after = candidate.record.set_at if since_ms is None else candidate.stated
+    plus = minus = 0
+    last = hlc_ms(candidate.record.set_at)
+    events: list[str] = []
+    for signal in signals:
+        event = signal.event
+        if event.hlc <= after or (since_ms is not None and event.ts < since_ms):
+            continue
+        if not holds(candidate.record.condition, _situation_of(signal, tz)):
+            continue
+        if signal.supports(candidate.value_id):
+            plus, last = plus + 1, max(last, event.ts)
+        elif signal.contradicts(candidate.value_id):
+            minus += 1
+        else:
+            continue
+        events.append(event.id)
+    return Weight(plus, minus, last, tuple(sorted(events)))
+
+
+def _situation_of(signal: Signal, tz: dt.tzinfo | None) -> Situation:
+    event = signal.event
+    at = dt.datetime.fromtimestamp(event.ts / 1000, tz or dt.UTC)
+    context = event.context
+    return Situation(at, context.location, frozenset(context.people_present))
+
+
+def confidence(candidate: Candidate, weight: Weight, now_ms: int) -> float:
+    """``1 - (1 - c)·(1 - BOOST)^confirmations``, times ``PENALTY^contradictions``, then
+    decayed towards the stage's floor with its half-life since the newest evidence."""
+    stage = candidate.stage
+    value = 1.0 - (1.0 - candidate.record.confidence) * (1.0 - BOOST) ** weight.confirmations
+    value *= PENALTY**weight.contradictions
+    floor = FLOOR[stage]
+    age_days = max(0, now_ms - weight.last_ms) / DAY_MS
+    if value > floor:
+        value = floor + (value - floor) * 0.5 ** (age_days / HALF_LIFE_DAYS[stage])
+    return round(value, 4)
+
+
+def drifting(stage: Stage, weight: Weight) -> bool:
+    return (
+        stage == "stable"
+        and weight.contradictions >= DRIFT_MIN
+        and weight.contradictions > weight.confirmations
+    )
+
+
+def resolve(
+    key: str,
+    candidates: Sequence[Candidate],
+    now: Situation,
+    signals: Sequence[Signal] = (),
+    lately_ms: int | None = None,
+) -> ResolvedPreference | None:
+    """The value of ``key`` for ``now`` (``None`` if no live value's condition holds).
+
+    ``signals`` are the feedback events about ``key`` at hand; those since ``lately_ms``
+    (default: all) decide whether a stable value is drifting.
+    """
+    live = [c for c in candidates if not c.record.deleted]
+    applicable = [c for c in live if holds(c.record.condition, now)]
+    if not applicable:
+        return None
+    winner = max(applicable, key=lambda c: c.rank)
+    weight = weigh(winner, signals, now.at.tzinfo)
+    stage = winner.stage
+    return ResolvedPreference(
+        key=key,
+        value=winner.record.value,
+        condition=winner.record.condition,
+        source=winner.record.source,
+        stage=stage,
+        confidence=confidence(winner, weight, now.ms),
+        confirmations=max(0, winner.record.evidence_count - 1) + weight.confirmations,
+        contradictions=weight.contradictions,
+        drift=drift_event(winner.record) is not None
+        or drifting(stage, weigh(winner, signals, now.at.tzinfo, since_ms=lately_ms or 0)),
+        rule=_rule(winner, applicable),
+        provenance=winner.provenance(weight.events),
+        set_aside=_set_aside(winner, live, now),
+    )
+
+
+def _rule(winner: Candidate, applicable: Sequence[Candidate]) -> str:
+    when = describe_condition(winner.record.condition)
+    scope = f"applies {when}" if when else "applies always"
+    rivals = [c for c in applicable if c.value_id != winner.value_id]
+    if not rivals:
+        return f"the only value that {scope}"
+    if winner.explicit and not any(c.explicit for c in rivals):
+        return f"an explicit statement beats a learned pattern; {scope}"
+    return f"the most recent statement that {scope}"
+
+
+def _set_aside(
+    winner: Candidate, live: Sequence[Candidate], now: Situation
+) -> tuple[SetAside, ...]:
+    """Every other value, newest statement first, once each (a value stated on several robots,
+    or consolidated, is one alternative)."""
+    seen = {(winner.value_id, winner.record.condition.key())}
+    found: list[SetAside] = []
+    for candidate in sorted(live, key=lambda c: c.rank, reverse=True):
+        mark = (candidate.value_id, candidate.record.condition.key())
+        if mark in seen:
+            continue
+        seen.add(mark)
+        r = candidate.record
+        reason = _reason(winner, candidate, now)
+        found.append(SetAside(r.value, r.source, r.condition, reason, candidate.provenance()))
+    return tuple(found)
+
+
+def _reason(winner: Candidate, other: Candidate, now: Situation) -> str:
+    if not holds(other.record.condition, now):
+        return f"applies only {describe_condition(other.record.condition)}"
+    if winner.explicit and not other.explicit:
+        return "a learned pattern; an explicit statement beats it"
+    if other.stated < winner.stated:
+        return "an older statement, superseded"
+    return "a less specific condition"

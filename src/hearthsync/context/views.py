@@ -1,0 +1,115 @@
+"""Derived views the context engine keeps between calls, each stamped with its source document.
+
+Scanning every placement of the home to find the ones on one shelf costs milliseconds in a year
+of a household; a view indexed by region and owner costs microseconds.  A view is derived data
+(DESIGN invariant 4): it is stamped with the lineage and state vector of the document it was
+built from, and rebuilt when the document's stamp no longer matches.  Every write to a document
+advances its state vector (hearthsync writes insert, never only delete), so a matching stamp
+means the same content.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from hearthsync.context.resolve import Candidate
+from hearthsync.context.scopes import ScopedReader
+from hearthsync.model.records import Placement, Region, SpatialChange
+
+T = TypeVar("T")
+Stamp = tuple[str | None, bytes]
+SPATIAL = "home/spatial"
+
+
+@dataclass(frozen=True, slots=True)
+class PreferenceView:
+    """Every live stored version of each of one user's preference keys."""
+
+    by_key: dict[str, tuple[Candidate, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class SpatialView:
+    regions: dict[str, Region]
+    children: dict[str, tuple[str, ...]]
+    by_region: dict[str | None, tuple[Placement, ...]]
+    by_owner: dict[str, tuple[Placement, ...]]
+    labels: dict[str, str]
+    #: the change history, newest first by hybrid time
+    changes: tuple[SpatialChange, ...]
+
+    def within(self, region: str) -> list[str]:
+        """``region`` and every region nested in it (cycles in parent links are ignored)."""
+        found, todo = [region], [region]
+        while todo:
+            for child in self.children.get(todo.pop(), ()):
+                if child not in found:
+                    found.append(child)
+                    todo.append(child)
+        return found
+
+
+class _Slot(Generic[T]):
+    """One view and the stamp of the document it was built from."""
+
+    def __init__(self) -> None:
+        self._stamp: Stamp | None = None
+        self._view: T | None = None
+
+    def get(self, stamp: Stamp, build: Callable[[], T]) -> T:
+        if self._view is None or self._stamp != stamp:
+            self._view, self._stamp = build(), stamp
+        return self._view
+
+
+class Views:
+    """One peer's derived views, rebuilt when their document changes."""
+
+    def __init__(self) -> None:
+        self._preferences: dict[str, _Slot[PreferenceView]] = {}
+        self._spatial: _Slot[SpatialView] = _Slot()
+
+    def preferences(self, reader: ScopedReader, user: str) -> PreferenceView:
+        slot = self._preferences.setdefault(user, _Slot())
+        return slot.get(reader.stamp(f"user/{user}/prefs"), lambda: _preference_view(reader, user))
+
+    def spatial(self, reader: ScopedReader) -> SpatialView:
+        return self._spatial.get(reader.stamp(SPATIAL), lambda: _spatial_view(reader))
+
+
+def _preference_view(reader: ScopedReader, user: str) -> PreferenceView:
+    by_key: dict[str, list[Candidate]] = {}
+    for latest in reader.preferences(user):
+        versions = reader.preference_history(user, latest.key, latest.condition)
+        by_key.setdefault(latest.key, []).extend(Candidate.of(v) for v in versions if not v.deleted)
+    return PreferenceView({key: tuple(found) for key, found in by_key.items()})
+
+
+def _spatial_view(reader: ScopedReader) -> SpatialView:
+    regions = {r.id: r for r in reader.regions() if not r.deleted}
+    children: dict[str, list[str]] = {}
+    for region in regions.values():
+        if region.parent is not None:
+            children.setdefault(region.parent, []).append(region.id)
+    placements = [p for p in reader.placements() if not p.deleted]
+    return SpatialView(
+        regions=regions,
+        children={parent: tuple(sorted(kids)) for parent, kids in children.items()},
+        by_region=_group(placements, lambda p: p.region),
+        by_owner={k: v for k, v in _group(placements, lambda p: p.owner).items() if k is not None},
+        labels={p.object: p.label for p in placements},
+        changes=tuple(
+            sorted(reader.spatial_changes(), key=lambda c: (c.at, c.device), reverse=True)
+        ),
+    )
+
+
+def _group(
+    placements: Sequence[Placement], field: Callable[[Placement], str | None]
+) -> dict[str | None, tuple[Placement, ...]]:
+    groups: dict[str | None, list[Placement]] = {}
+    for placement in placements:
+        groups.setdefault(field(placement), []).append(placement)
+    return {key: tuple(sorted(found, key=lambda p: p.object)) for key, found in groups.items()}
