@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import tempfile
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -136,8 +136,13 @@ class PeerMachine(RuleBasedStateMachine):
         self.calibration = {u: dict(CALIBRATION_DEFAULTS) for u in USERS}
         self.writes = 0  # orders events written with the same ts (their HLC must agree)
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self.loop.run_until_complete(coro)
+    def run(self, work: Awaitable[T] | Callable[[], Awaitable[T]]) -> T:
+        """Run ``work`` on the loop; a callable is called there (writes need a running loop)."""
+
+        async def go() -> T:
+            return await (work() if callable(work) else work)
+
+        return self.loop.run_until_complete(go())
 
     @property
     def p(self) -> Peer:
@@ -167,7 +172,7 @@ class PeerMachine(RuleBasedStateMachine):
 
     def _set_pref(self, user: str, key: str, condition: Condition | None, value: Any) -> Any:
         self.prefs[user, key, cond_key(condition)] = value
-        return self.p.set_preference(user, key, value, condition=condition)
+        return lambda: self.p.set_preference(user, key, value, condition=condition)
 
     def _record(self, user: str, domain: str, text: str, ts: int | None) -> Any:
         async def write() -> None:
@@ -176,14 +181,14 @@ class PeerMachine(RuleBasedStateMachine):
 
         self.writes += 1
         order = self.writes
-        return write()
+        return write
 
     def _place(self, obj: str, region: str | None) -> Any:
         before = self.placed.get(obj)
         if before is None or before[1] != region:
             self.changes.append((obj, before[1] if before else None, region))
         self.placed[obj] = (f"the {obj}", region)
-        return self.p.place(obj, f"the {obj}", region=region)
+        return lambda: self.p.place(obj, f"the {obj}", region=region)
 
     @rule(user=users, key=st.sampled_from(KEYS), condition=conditions, value=json_values)
     def set_preference(self, user: str, key: str, condition: Condition | None, value: Any) -> None:
@@ -194,14 +199,14 @@ class PeerMachine(RuleBasedStateMachine):
     def delete_preference(self, data: st.DataObject) -> None:
         user, key, ckey = data.draw(st.sampled_from(sorted(self.prefs)))
         del self.prefs[user, key, ckey]
-        self.run(self.p.delete_preference(user, key, self.conditions[ckey]))
+        self.run(lambda: self.p.delete_preference(user, key, self.conditions[ckey]))
 
     @rule(user=users, key=st.sampled_from(KEYS), condition=conditions)
     def delete_absent_preference(self, user: str, key: str, condition: Condition | None) -> None:
         if (user, key, cond_key(condition)) in self.prefs:
             return
         with pytest.raises(NotFoundError):
-            self.run(self.p.delete_preference(user, key, condition))
+            self.run(lambda: self.p.delete_preference(user, key, condition))
 
     @rule(user=users, domain=st.sampled_from(("beverage", "music")), text=words, ts=event_times)
     def record_event(self, user: str, domain: str, text: list[str], ts: int | None) -> None:
@@ -213,7 +218,7 @@ class PeerMachine(RuleBasedStateMachine):
 
     def _calibrate(self, user: str, fields: dict[str, float]) -> Any:
         self.calibration[user].update(fields)
-        return self.p.set_calibration(user, **fields)
+        return lambda: self.p.set_calibration(user, **fields)
 
     @rule(user=users, fields=calibrations)
     def set_calibration(self, user: str, fields: dict[str, float]) -> None:
@@ -250,7 +255,7 @@ class PeerMachine(RuleBasedStateMachine):
         batches = self.p._docs.batches_committed
 
         async def together() -> None:
-            await asyncio.gather(*writes)
+            await asyncio.gather(*(write() for write in writes))  # queued in list order
 
         self.run(together())
         assert self.p._docs.batches_committed - batches == 1, "one group commit for the burst"

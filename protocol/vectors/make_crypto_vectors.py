@@ -14,8 +14,8 @@ from typing import Any
 
 from nacl.signing import SigningKey
 
+from hearthsync.compression import CODEC_NONE, CODECS
 from hearthsync.crypto.certificate import Certificate, Revocations
-from hearthsync.crypto.compression import CODEC_NONE, CODECS
 from hearthsync.crypto.envelope import KIND_DELTA, Header, seal_payload
 from hearthsync.crypto.household import Household
 from hearthsync.crypto.identity import DeviceIdentity, x25519_public_key

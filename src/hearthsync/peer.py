@@ -6,9 +6,13 @@
                                   condition=Condition(days="weekday"))
         peer.preference("alice", "beverage/coffee", Condition(days="weekday")).value
 
-Every ``set_*``/``record_*`` method validates its input first (an invalid record raises
-`ValidationError` naming the field and writes nothing), then returns once the write is durable
-(DESIGN invariant 1).  Reads are synchronous and in memory: they never wait on the disk.
+Every write method (``set_*``, ``record_event``, ``place``, ``relate``, ...) validates its
+input at the call (an invalid record raises `ValidationError` naming the field and writes
+nothing) and queues the write at once, in call order; it returns a future that resolves, with
+the record written, once the write is durable (DESIGN invariant 1).  ``await`` it to wait for
+durability, or let it go: the write happens either way.  No coroutine or task is made per
+write, so a robot can issue thousands of writes a second from one loop.  Reads are synchronous
+and in memory: they never wait on the disk.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ VECTOR_DIR = "vectors"
 HISTORY = "history"
 
 H = TypeVar("H")
+W = TypeVar("W")
 ALWAYS = Condition()
 NOWHERE = ContextSnapshot()
 
@@ -260,7 +265,7 @@ class Peer:
         replica = self._docs.replica(doc_id)
         cached = self._handles.get(doc_id)
         if cached is None or cached[0] is not replica:
-            cached = (replica, make(replica.doc))
+            cached = (replica, make(replica))
             self._handles[doc_id] = cached
         return cached[1]  # type: ignore[return-value]
 
@@ -276,12 +281,12 @@ class Peer:
     def _meta(self) -> dict[str, str]:
         return {"hlc": str(self._clock.last)}
 
-    async def _write(
-        self, doc_id: DocId, change: Callable[[Replica], None], embed: Sequence[ToEmbed] = ()
-    ) -> None:
-        # shielded: the future is shared by the whole batch, and a cancelled writer must not
-        # cancel everyone else's acknowledgement (the write itself still goes ahead)
-        await asyncio.shield(self._docs.write(doc_id, change, embed=embed))
+    def _write(
+        self, doc_id: DocId, change: Callable[[Replica], W], embed: Sequence[ToEmbed] = ()
+    ) -> asyncio.Future[W]:
+        """Queue ``change``; its future resolves with what ``change`` returned, once durable.
+        Each writer has its own future: cancelling one never cancels another's."""
+        return self._docs.write(doc_id, change, embed=embed)
 
     def _require_user(self, user: str) -> UserId:
         if user not in self._known_users():
@@ -331,12 +336,13 @@ class Peer:
             enrolment.save(self.path, self.household)
             for listener in self.on_keys_made:
                 listener()
-        self._docs.write(DocId("household"), register)
-        await self._write(doc_id, change)
+        await asyncio.gather(
+            self._docs.write(DocId("household"), register), self._write(doc_id, change)
+        )
         await self._vectors.open_index(record.user, HISTORY)
         return record
 
-    async def set_profile(self, user: str, **fields: Any) -> Profile:
+    def set_profile(self, user: str, **fields: Any) -> asyncio.Future[Profile]:
         """Change profile fields of an existing user; the others keep their value.
 
         As with calibration, the merge happens inside the write's transaction.
@@ -349,23 +355,21 @@ class Peer:
         checked = Profile.build(**(base | fields | stamp))
         changed = {name: getattr(checked, name) for name in fields}
         doc_id = user_doc(uid, Kind.PROFILE)
-        written: list[Profile] = []
 
-        def change(_: Replica) -> None:
+        def change(_: Replica) -> Profile:
             handle = self._handle(doc_id, ProfileDoc)
             latest = handle.profile.get("profile") or checked
             record = latest.model_copy(update=changed | stamp)
             handle.profile.put("profile", record, device)
-            written.append(record)
+            return record
 
-        await self._write(doc_id, change)
-        return written[0]
+        return self._write(doc_id, change)
 
     def profile(self, user: str) -> Profile | None:
         handle = self._peek(user_doc(user, Kind.PROFILE), ProfileDoc)
         return handle.profile.get("profile") if handle else None
 
-    async def set_calibration(self, user: str, **fields: Any) -> Calibration:
+    def set_calibration(self, user: str, **fields: Any) -> asyncio.Future[Calibration]:
         """Change the named calibration fields; the others keep their value.
 
         The merge with the current calibration happens inside the write's transaction, so two
@@ -377,15 +381,13 @@ class Peer:
         checked = Calibration.build(**(self.calibration(uid).model_dump() | fields | stamp))
         changed = {name: getattr(checked, name) for name in fields}
         doc_id = user_doc(uid, Kind.CALIBRATION)
-        written: list[Calibration] = []
 
-        def change(_: Replica) -> None:
+        def change(_: Replica) -> Calibration:
             record = self.calibration(uid).model_copy(update=changed | stamp)
             self._handle(doc_id, CalibrationDoc).calibration.put("calibration", record, device)
-            written.append(record)
+            return record
 
-        await self._write(doc_id, change)
-        return written[0]
+        return self._write(doc_id, change)
 
     def calibration(self, user: str) -> Calibration:
         """The user's calibration (defaults if never set)."""
@@ -395,7 +397,7 @@ class Peer:
 
     # ------------------------------------------------------------------ preferences
 
-    async def set_preference(
+    def set_preference(
         self,
         user: str,
         key: str,
@@ -407,7 +409,7 @@ class Peer:
         evidence: Sequence[str] = (),
         evidence_count: int = 1,
         note: str = "",
-    ) -> Preference:
+    ) -> asyncio.Future[Preference]:
         """Record that ``user`` prefers ``value`` for ``key`` (under ``condition``)."""
         uid = self._require_user(user)
         set_at, device = self._stamp()
@@ -424,25 +426,28 @@ class Peer:
             set_at=set_at,
             device=device,
         )
-        await self._put_preference(record)
-        return record
+        return self._put_preference(record)
 
-    async def delete_preference(
+    def delete_preference(
         self, user: str, key: str, condition: Condition | None = None
-    ) -> None:
+    ) -> asyncio.Future[Preference]:
+        """Delete ``key`` under ``condition``: a tombstone version, newer than every other."""
         current = self.preference(user, key, condition)
         if current is None:
             raise NotFoundError(f"{user} has no preference {key!r} under that condition")
         set_at, device = self._stamp()
         tombstone = current.model_copy(update={"deleted": True, "set_at": set_at, "device": device})
-        await self._put_preference(tombstone)
+        return self._put_preference(tombstone)
 
-    async def _put_preference(self, record: Preference) -> None:
+    def _put_preference(self, record: Preference) -> asyncio.Future[Preference]:
         doc_id = user_doc(record.user, Kind.PREFS)
         slot = PrefsDoc.slot_key(record)
-        await self._write(
-            doc_id, lambda _: self._handle(doc_id, PrefsDoc).prefs.put(slot, record, record.device)
-        )
+
+        def change(_: Replica) -> Preference:
+            self._handle(doc_id, PrefsDoc).prefs.put(slot, record, record.device)
+            return record
+
+        return self._write(doc_id, change)
 
     def preference(
         self, user: str, key: str, condition: Condition | None = None
@@ -471,17 +476,21 @@ class Peer:
 
     # ------------------------------------------------------------------ health
 
-    async def set_health(self, user: str, key: str, value: Any, *, note: str = "") -> HealthRecord:
+    def set_health(
+        self, user: str, key: str, value: Any, *, note: str = ""
+    ) -> asyncio.Future[HealthRecord]:
         uid = self._require_user(user)
         set_at, device = self._stamp()
         record = HealthRecord.build(
             user=uid, key=key, value=value, note=note, set_at=set_at, device=device
         )
         doc_id = user_doc(uid, Kind.HEALTH)
-        await self._write(
-            doc_id, lambda _: self._handle(doc_id, HealthDoc).records.put(key, record, device)
-        )
-        return record
+
+        def change(_: Replica) -> HealthRecord:
+            self._handle(doc_id, HealthDoc).records.put(key, record, device)
+            return record
+
+        return self._write(doc_id, change)
 
     def health(self, user: str) -> list[HealthRecord]:
         handle = self._peek(user_doc(user, Kind.HEALTH), HealthDoc)
@@ -489,7 +498,7 @@ class Peer:
 
     # ------------------------------------------------------------------ events
 
-    async def record_event(
+    def record_event(
         self,
         user: str,
         type: EventType | str,
@@ -500,7 +509,7 @@ class Peer:
         context: ContextSnapshot | dict[str, Any] | None = None,
         ts: int | None = None,
         session: str = "",
-    ) -> InteractionEvent:
+    ) -> asyncio.Future[InteractionEvent]:
         """Append an immutable event to ``user``'s history; embedded for recall."""
         uid = self._require_user(user)
         when = int(self._wall() * 1000) if ts is None else ts
@@ -520,10 +529,12 @@ class Peer:
         )
         doc_id = events_doc(uid, _month(when))
         embed = ToEmbed(f"{uid}.{HISTORY}", event.id, when, _embedding_text(event))
-        await self._write(
-            doc_id, lambda _: self._handle(doc_id, EventsDoc).events.append(event), [embed]
-        )
-        return event
+
+        def change(_: Replica) -> InteractionEvent:
+            self._handle(doc_id, EventsDoc).events.append(event)
+            return event
+
+        return self._write(doc_id, change, [embed])
 
     def _event_id(self, ts_ms: int) -> str:
         """``ev-`` + 12 hex digits of the event time + 20 random: sortable by time, unique."""
@@ -623,18 +634,20 @@ class Peer:
 
     # ------------------------------------------------------------------ home: spatial
 
-    async def set_region(self, region: str, label: str, **fields: Any) -> Region:
+    def set_region(self, region: str, label: str, **fields: Any) -> asyncio.Future[Region]:
         set_at, device = self._stamp()
         record = Region.build(id=region, label=label, set_at=set_at, device=device, **fields)
-        await self._write(
-            DocId("home/spatial"), lambda _: self._spatial().regions.put(record.id, record, device)
-        )
-        return record
+
+        def change(_: Replica) -> Region:
+            self._spatial().regions.put(record.id, record, device)
+            return record
+
+        return self._write(DocId("home/spatial"), change)
 
     def regions(self) -> list[Region]:
         return [record for _, record in self._spatial().regions.items()]
 
-    async def place(
+    def place(
         self,
         object: str,
         label: str,
@@ -643,7 +656,7 @@ class Peer:
         pose: Pose | dict[str, Any] | None = None,
         owner: str | None = None,
         kind: str = "belongs",
-    ) -> Placement:
+    ) -> asyncio.Future[Placement]:
         """Record where ``object`` belongs (or was seen); a move is added to the history.
 
         Write this when an object moves to another place, not at sensor rate (DESIGN
@@ -661,7 +674,7 @@ class Peer:
             device=device,
         )
 
-        def change(_: Replica) -> None:
+        def change(_: Replica) -> Placement:
             handle = self._spatial()
             before = handle.placements.get(record.object)
             handle.placements.put(record.object, record, device)
@@ -675,9 +688,9 @@ class Peer:
                         device=device,
                     )
                 )
+            return record
 
-        await self._write(DocId("home/spatial"), change)
-        return record
+        return self._write(DocId("home/spatial"), change)
 
     def placement(self, object: str) -> Placement | None:
         return self._spatial().placements.get(object)
@@ -699,20 +712,22 @@ class Peer:
 
     # ------------------------------------------------------------------ home: graph
 
-    async def set_routine(self, routine: str, label: str, **fields: Any) -> Routine:
+    def set_routine(self, routine: str, label: str, **fields: Any) -> asyncio.Future[Routine]:
         set_at, device = self._stamp()
         record = Routine.build(id=routine, label=label, set_at=set_at, device=device, **fields)
-        await self._write(
-            DocId("home/graph"), lambda _: self._graph().routines.put(record.id, record, device)
-        )
-        return record
+
+        def change(_: Replica) -> Routine:
+            self._graph().routines.put(record.id, record, device)
+            return record
+
+        return self._write(DocId("home/graph"), change)
 
     def routines(self, user: str | None = None) -> list[Routine]:
         return [r for _, r in self._graph().routines.items() if user is None or r.user == user]
 
-    async def relate(
+    def relate(
         self, subject: str, relation: str, object: str, *, note: str = ""
-    ) -> Relationship:
+    ) -> asyncio.Future[Relationship]:
         set_at, device = self._stamp()
         record = Relationship.build(
             subject=subject,
@@ -722,11 +737,12 @@ class Peer:
             set_at=set_at,
             device=device,
         )
-        await self._write(
-            DocId("home/graph"),
-            lambda _: self._graph().relationships.put(record.key(), record, device),
-        )
-        return record
+
+        def change(_: Replica) -> Relationship:
+            self._graph().relationships.put(record.key(), record, device)
+            return record
+
+        return self._write(DocId("home/graph"), change)
 
     def relationships(self, subject: str | None = None) -> list[Relationship]:
         return [

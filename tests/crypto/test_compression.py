@@ -7,7 +7,7 @@ import random
 import pytest
 import zstandard
 
-from hearthsync.crypto.compression import (
+from hearthsync.compression import (
     CODEC_NONE,
     CODEC_ZSTD,
     MIN_COMPRESS_BYTES,

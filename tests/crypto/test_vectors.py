@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from nacl.signing import SigningKey
 
+from hearthsync.compression import CODEC_NONE, CODEC_ZSTD
 from hearthsync.crypto.certificate import Certificate, Revocations, TrustStore
-from hearthsync.crypto.compression import CODEC_NONE, CODEC_ZSTD
 from hearthsync.crypto.envelope import Envelope, Header, open_envelope, seal, seal_payload
 from hearthsync.crypto.household import Household, discovery_tag, household_id
 from hearthsync.crypto.identity import DeviceIdentity, device_id_of, x25519_public_key

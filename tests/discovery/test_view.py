@@ -11,7 +11,9 @@ from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 from hearthsync.discovery import Discovery, PeerFound, PeerLost, PeerView
 from hearthsync.discovery.events import MAX_PEERS
+from hearthsync.discovery.mdns import TXT_VERSION
 from hearthsync.errors import ValidationError
+from hearthsync.protocol.session import PROTOCOL_VERSION
 from tests.discovery.support import TAG, Recorder
 
 
@@ -94,9 +96,9 @@ async def test_services_that_break_the_rules_are_ignored_with_a_reason(
     """TXT records come from anyone on the LAN: each claim is checked before it is reported."""
     ignored, events = Recorder(), Recorder()
     forged = {
-        "liar": {"tag": TAG, "id": "somebody-else", "v": "1"},
-        "future": {"tag": TAG, "id": "future", "v": "2"},
-        "untagged": {"id": "untagged", "v": "1"},
+        "liar": {"tag": TAG, "id": "somebody-else", "v": TXT_VERSION},
+        "future": {"tag": TAG, "id": "future", "v": str(PROTOCOL_VERSION + 1)},
+        "untagged": {"id": "untagged", "v": TXT_VERSION},
     }
     async with (
         AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only) as azc,
@@ -120,7 +122,7 @@ async def test_services_that_break_the_rules_are_ignored_with_a_reason(
         assert reasons == {
             "hub": "own device",
             "liar": "TXT id does not match the instance name",
-            "future": "protocol version '2', ours is 1",
+            "future": f"protocol version '{PROTOCOL_VERSION + 1}', ours is {PROTOCOL_VERSION}",
             "untagged": "other household (tag differs)",
         }
         assert events.ids() == {"kitchen"}

@@ -8,16 +8,20 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from pycrdt import Doc, Map
+from pycrdt import Doc
 
+from hearthsync.compression import decompress
 from hearthsync.crdt import statevector as sv
 from hearthsync.crdt.handles import SlotMap
+from hearthsync.crdt.kinds import parse
+from hearthsync.crdt.replica import Replica
 from hearthsync.errors import CorruptDocumentError
 from hearthsync.ids import DocId
 from hearthsync.model import Condition, Pose, Preference
 from hearthsync.peer import Peer
 from tests.conftest import MONDAY_MS, FakeWall
 
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
 DAY = 86_400_000
 
 
@@ -109,9 +113,11 @@ async def test_compaction_folds_the_log_and_shrinks_the_file(
     peer: Peer, peer_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("hearthsync.store.documents.COMPACT_MIN_LOG_BYTES", 10**12)
-    for round_ in range(40):
+    rng = random.Random(2)  # values that do not compress: the log's growth is real bytes
+    for _ in range(40):
+        values = ["".join(rng.choices(LETTERS, k=160)) for _ in range(100)]
         await asyncio.gather(
-            *(peer.set_preference("alice", f"k/{i}", f"value {round_} " * 20) for i in range(100))
+            *(peer.set_preference("alice", f"k/{i}", v) for i, v in enumerate(values))
         )
     await peer.flush()
     db = peer_path / "hearth.db"
@@ -133,22 +139,76 @@ async def test_automatic_compaction_keeps_the_log_smaller_than_the_snapshot(peer
     assert log < 2 * max(snapshot, 16_384)  # at most one batch past the threshold
 
 
+@pytest.mark.parametrize(
+    ("codec", "blob", "reason"),
+    [
+        (0, "deadbeef", ""),  # not a Yrs update: Yrs says why, in its own words
+        (1, "28b52ffd2004", "compressed update"),  # a Zstandard frame cut short
+        (7, "00", "unknown codec 7"),
+    ],
+)
 async def test_corrupt_document_is_reported_and_the_others_load(
-    peer: Peer, peer_path: Path, wall: FakeWall
+    peer: Peer, peer_path: Path, wall: FakeWall, codec: int, blob: str, reason: str
 ) -> None:
     await fill_every_kind(peer)
     await peer.close()
     conn = sqlite3.connect(peer_path / "hearth.db")
-    conn.execute("UPDATE updates SET data = x'deadbeef' WHERE doc_id = 'user/alice/prefs'")
+    conn.execute(
+        f"UPDATE updates SET data = x'{blob}', codec = ? WHERE doc_id = 'user/alice/prefs'",
+        (codec,),
+    )
     conn.commit()
     conn.close()
     async with Peer.open(peer_path, wall=wall) as reopened:
         assert set(reopened.corrupt) == {"user/alice/prefs"}
-        assert "corrupt" not in reopened.corrupt["user/alice/prefs"] or True
+        assert reason in reopened.corrupt["user/alice/prefs"]
+        assert reopened.corrupt["user/alice/prefs"]  # a reason, never an empty string
         assert reopened.profile("alice") is not None
         assert len(reopened.events("alice")) == 40
         with pytest.raises(CorruptDocumentError, match="user/alice/prefs"):
             await reopened.set_preference("alice", "beverage/tea", "green")
+
+
+async def test_a_format_1_store_is_upgraded_in_place(tmp_path: Path, wall: FakeWall) -> None:
+    """A store written before updates were compressed opens, keeps everything, and writes on."""
+    path = tmp_path / "old"
+    async with Peer.open(path, device="kitchen", wall=wall) as peer:
+        await peer.add_user("alice", name="Alice")
+        await peer.set_preference("alice", "tea/mug", "green")
+        before = peer.state_vector("user/alice/prefs")
+    conn = sqlite3.connect(path / "hearth.db")  # what format 1 looked like: no codec columns
+    rows = conn.execute("SELECT seq, doc_id, codec, data FROM updates").fetchall()
+    snapshots = conn.execute("SELECT doc_id, snapshot_codec, snapshot FROM docs").fetchall()
+    conn.executescript(
+        """
+        CREATE TABLE docs1 AS SELECT doc_id, scope, subject, lineage, client_id, snapshot FROM docs;
+        CREATE TABLE updates1 (seq INTEGER PRIMARY KEY, doc_id TEXT NOT NULL, data BLOB NOT NULL);
+        DROP TABLE docs; DROP TABLE updates;
+        ALTER TABLE docs1 RENAME TO docs; ALTER TABLE updates1 RENAME TO updates;
+        UPDATE meta SET value = '1' WHERE key = 'format';
+        """
+    )
+    conn.executemany(
+        "INSERT INTO updates VALUES (?, ?, ?)",
+        [(seq, doc_id, decompress(codec, data)) for seq, doc_id, codec, data in rows],
+    )
+    conn.executemany(
+        "UPDATE docs SET snapshot = ? WHERE doc_id = ?",
+        [(decompress(codec, blob), doc) for doc, codec, blob in snapshots if blob is not None],
+    )
+    conn.commit()
+    blobs = conn.execute("SELECT data FROM updates UNION ALL SELECT snapshot FROM docs").fetchall()
+    assert any(b"green" in blob for (blob,) in blobs if blob)  # stored as is, as format 1 did
+    conn.close()
+    async with Peer.open(path, wall=wall) as peer:
+        assert peer.state_vector("user/alice/prefs") == before
+        assert peer.preference("alice", "tea/mug").value == "green"  # type: ignore[union-attr]
+        await peer.set_preference("alice", "tea/milk", "oat")
+    conn = sqlite3.connect(path / "hearth.db")
+    assert conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone() == ("2",)
+    conn.close()
+    async with Peer.open(path, wall=wall) as peer:
+        assert peer.preference("alice", "tea/milk").value == "oat"  # type: ignore[union-attr]
 
 
 async def test_failed_commit_is_not_acknowledged_and_not_lost(
@@ -176,8 +236,9 @@ async def test_failed_commit_is_not_acknowledged_and_not_lost(
 
 def test_concurrent_register_writes_resolve_by_hybrid_time_not_by_yrs() -> None:
     """Two robots write the same preference while partitioned; the later HLC wins everywhere."""
-    robots = [Doc(client_id=cid) for cid in (7, 3)]
-    maps = [SlotMap(doc.get("prefs", type=Map), Preference) for doc in robots]
+    info = parse("user/alice/prefs")
+    robots = [Replica(info, client_id=cid, lineage=info.genesis) for cid in (7, 3)]
+    maps = [SlotMap(robot, "prefs", Preference) for robot in robots]
     early = Preference.build(
         user="alice",
         key="tea/mug",
@@ -192,12 +253,11 @@ def test_concurrent_register_writes_resolve_by_hybrid_time_not_by_yrs() -> None:
         set_at="0000000000002000.00000.BBBB",
         device="BBBB",
     )
-    with robots[0].transaction():
-        maps[0].put("tea/mug#", late, "BBBB")
-    with robots[1].transaction():
-        maps[1].put("tea/mug#", early, "AAAA")
+    robots[0].transact(lambda: maps[0].put("tea/mug#", late, "BBBB"))
+    robots[1].transact(lambda: maps[1].put("tea/mug#", early, "AAAA"))
+    assert [m.get("tea/mug#").value for m in maps] == ["green", "blue"]  # type: ignore[union-attr]
     for a, b in ((0, 1), (1, 0)):
-        robots[b].apply_update(robots[a].get_update(robots[b].get_state()))
+        robots[b].apply(robots[a].doc.get_update(robots[b].state_vector()))
     assert [m.get("tea/mug#").value for m in maps] == ["green", "green"]  # type: ignore[union-attr]
     assert [len(m.versions("tea/mug#")) for m in maps] == [2, 2]
 
@@ -270,16 +330,20 @@ async def test_event_log_cache_follows_local_and_remote_appends(
 async def test_a_cancelled_writer_does_not_cancel_the_batch(
     peer: Peer, peer_path: Path, wall: FakeWall
 ) -> None:
-    loser = asyncio.create_task(peer.set_preference("alice", "a/cancelled", 1))
-    keeper = asyncio.create_task(peer.set_preference("alice", "a/kept", 2))
-    await asyncio.sleep(0)  # let both queue into the same batch (no waiting on an event here)
-    loser.cancel()
+    loser = peer.set_preference("alice", "a/cancelled", 1)  # both queued, in one batch
+    keeper = peer.set_preference("alice", "a/kept", 2)
+    waiting = asyncio.ensure_future(asyncio.wait_for(loser, timeout=60))
+    await asyncio.sleep(0)  # the waiter starts waiting (no event to wait on here)
+    waiting.cancel()  # cancels the wait and its future, never the batch-mate's
     await keeper  # acknowledged although its batch-mate's caller gave up
     with pytest.raises(asyncio.CancelledError):
-        await loser
+        await waiting
+    assert loser.cancelled()
     await peer.close()
     async with Peer.open(peer_path, wall=wall) as reopened:
         assert reopened.preference("alice", "a/kept") is not None
+        # giving up waiting does not take a write back: it was queued, so it landed
+        assert reopened.preference("alice", "a/cancelled") is not None
 
 
 async def exchange(src: Peer, dst: Peer) -> None:

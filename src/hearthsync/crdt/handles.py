@@ -8,16 +8,29 @@ flat map (no nested maps) also avoids the Yjs pitfall where two replicas that co
 create the same nested map lose one of them.  Deletion is a tombstone version (``deleted``).
 
 Logs (interaction events, spatial changes) are Yrs arrays of immutable JSON records.
+
+Records are stored without what their place implies: the writing device and the record's key
+(both in the slot key) and the user (the document's subject).  A preference is then about 60
+bytes of JSON instead of 124; reading puts the implied fields back in front of the stored ones
+(`Record.decode`), so a record stored whole (by format 1) reads the same.
+
+Views cache decoded records.  They observe their Yrs type through pycrdt's raw (``integrated``)
+events, whose fields are computed only when read: pycrdt's own ``observe`` converts every
+changed key and value to Python first, which tripled the cost of merging a 10,000-key update.
+Local writes update the cache directly, so only a remote update (`Replica.incoming` bytes being
+merged) invalidates anything: the keys it changed, or, for a large one, everything at once.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any, Generic
 
-from pycrdt import Array, Doc, Map, MapEvent
+from pycrdt import Array, Map
 
-from hearthsync.crdt.kinds import Kind
+from hearthsync.crdt.kinds import HOME, Kind
+from hearthsync.crdt.replica import Replica
 from hearthsync.model.records import (
     Calibration,
     HealthRecord,
@@ -26,6 +39,7 @@ from hearthsync.model.records import (
     Preference,
     Profile,
     R,
+    Record,
     Region,
     Relationship,
     Routine,
@@ -33,21 +47,36 @@ from hearthsync.model.records import (
 )
 
 SEP = "\x1f"
+#: a remote update larger than this drops a view's whole cache instead of reading its keys
+BULK_BYTES = 16_384
 
 
 class SlotMap(Generic[R]):
     """A map of multi-device registers resolved by hybrid logical time."""
 
-    def __init__(self, ymap: Map[str], record_type: type[R]) -> None:
-        self._map = ymap
+    def __init__(self, replica: Replica, name: str, record_type: type[R]) -> None:
+        self._replica = replica
+        self._map: Map[str] = replica.doc.get(name, type=Map)
         self._type = record_type
         self._slots: dict[str, set[str]] | None = None  # record key -> slot keys, built lazily
         self._cache: dict[str, R] = {}  # slot key -> decoded record
-        self._sub = ymap.observe(self._on_change)
+        self._sub = self._map.integrated.observe(self._on_change)  # raw: see the module doc
+        self._user = _implied_user(replica, record_type)
+        self._key_field = record_type.SLOT_KEY_FIELD
+        implied = {"device"} | ({"user"} if self._user else set())
+        self._without = frozenset(implied | ({self._key_field} if self._key_field else set()))
+        self._given: dict[tuple[str, str], str] = {}  # (record key, device) -> JSON opening
 
-    def _on_change(self, event: MapEvent) -> None:
+    def _on_change(self, event: Any) -> None:
+        incoming = self._replica.incoming
+        if not incoming:  # a local transaction: `put` has updated the cache already
+            return
+        if incoming > BULK_BYTES:
+            self._slots = None
+            self._cache.clear()
+            return
         slots = self._slots
-        for slot, change in event.keys.items():  # type: ignore[attr-defined]
+        for slot, change in event.keys.items():
             self._cache.pop(slot, None)
             if slots is None:
                 continue
@@ -72,9 +101,19 @@ class SlotMap(Generic[R]):
         when the transaction ends), so a later read in the same transaction sees this write.
         """
         slot = f"{key}{SEP}{device}"
-        self._map[slot] = record.encode()
+        self._check_implied(key, record, device)
+        self._map[slot] = record.encode(without=self._without)
         self._index().setdefault(key, set()).add(slot)
         self._cache[slot] = record
+
+    def _check_implied(self, key: str, record: R, device: str) -> None:
+        """What the slot implies must be what the record holds, or a read would differ."""
+        fields = {"device": device, "user": self._user}
+        if self._key_field:
+            fields[self._key_field] = key.partition("#")[0]
+        for name, value in fields.items():
+            if value and getattr(record, name) != value:
+                raise ValueError(f"{name} {getattr(record, name)!r} is not {value!r} of its slot")
 
     def versions(self, key: str) -> list[R]:
         """Every device's version of ``key``, oldest first."""
@@ -103,9 +142,19 @@ class SlotMap(Generic[R]):
     def _decode(self, slot: str) -> R:
         record = self._cache.get(slot)
         if record is None:
-            record = self._type.decode(self._map[slot])
+            key, _, device = slot.partition(SEP)
+            given = self._given.get((key, device))
+            if given is None:
+                given = self._given[key, device] = self._opening(key.partition("#")[0], device)
+            record = self._type.decode(self._map[slot], given=given)
             self._cache[slot] = record
         return record
+
+    def _opening(self, key: str, device: str) -> str:
+        fields = {"device": device} | ({"user": self._user} if self._user else {})
+        if self._key_field:
+            fields[self._key_field] = key
+        return json.dumps(fields, separators=(",", ":"))[:-1] + ","
 
 
 def _stamp(record: object) -> tuple[str, str]:
@@ -113,22 +162,33 @@ def _stamp(record: object) -> tuple[str, str]:
 
 
 class Log(Generic[R]):
-    """An append-only array of immutable records, decoded once and cached until it changes."""
+    """An append-only array of immutable records, decoded once and cached until it changes.
 
-    def __init__(self, array: Array[str], record_type: type[R]) -> None:
-        self._array = array
+    A remote update may insert anywhere (concurrent appends interleave), so it drops the
+    decoded list; rebuilding it decodes only the entries not seen before (`_by_text`).
+    """
+
+    def __init__(self, replica: Replica, name: str, record_type: type[R]) -> None:
+        self._replica = replica
+        self._array: Array[str] = replica.doc.get(name, type=Array)
         self._type = record_type
         self._decoded: list[R] | None = None
-        self._sub = array.observe(self._on_change)
+        self._by_text: dict[str, R] = {}
+        self._sub = self._array.integrated.observe(self._on_change)  # raw: see the module doc
+        self._user = user = _implied_user(replica, record_type)
+        self._without = frozenset({"user"} if user else ())
+        self._given = json.dumps({"user": user}, separators=(",", ":"))[:-1] + "," if user else ""
 
-    def _on_change(self, _: object) -> None:
-        # Local appends already extended the cache; a peer's entries (which may land anywhere)
-        # make the array longer than the cache, and then we decode again.  Nothing is deleted.
-        if self._decoded is not None and len(self._decoded) != len(self._array):
+    def _on_change(self, _: Any) -> None:
+        if self._replica.incoming:
             self._decoded = None
 
     def append(self, record: R) -> None:
-        self._array.append(record.encode())
+        if self._user and getattr(record, "user", None) != self._user:
+            raise ValueError(f"a record of {getattr(record, 'user', None)!r} in {self._user}'s log")
+        text = record.encode(without=self._without)
+        self._array.append(text)
+        self._by_text[text] = record
         if self._decoded is not None:
             self._decoded.append(record)  # local appends go to the end, in this transaction
 
@@ -137,9 +197,21 @@ class Log(Generic[R]):
 
     def __iter__(self) -> Iterator[R]:
         if self._decoded is None:
-            decode = self._type.decode
-            self._decoded = [decode(text) for text in self._array]
+            known, decode, given = self._by_text, self._type.decode, self._given
+            decoded = []
+            for text in self._array:
+                record = known.get(text)
+                if record is None:
+                    record = known[text] = decode(text, given=given)
+                decoded.append(record)
+            self._decoded = decoded
         return iter(self._decoded)
+
+
+def _implied_user(replica: Replica, record_type: type[Record]) -> str:
+    """The user a record in this document belongs to, if the document says ('' if not)."""
+    subject = replica.info.subject
+    return subject if subject != HOME and "user" in record_type.model_fields else ""
 
 
 # ------------------------------------------------------------------- one handle per kind
@@ -147,20 +219,20 @@ class Log(Generic[R]):
 
 
 class ProfileDoc:
-    def __init__(self, doc: Doc[Any]) -> None:
-        self.profile = SlotMap(_map(doc, "profile"), Profile)
+    def __init__(self, replica: Replica) -> None:
+        self.profile = SlotMap(replica, "profile", Profile)
 
 
 class CalibrationDoc:
-    def __init__(self, doc: Doc[Any]) -> None:
-        self.calibration = SlotMap(_map(doc, "calibration"), Calibration)
+    def __init__(self, replica: Replica) -> None:
+        self.calibration = SlotMap(replica, "calibration", Calibration)
 
 
 class PrefsDoc:
     """Preferences keyed ``<domain/key>#<condition key>``."""
 
-    def __init__(self, doc: Doc[Any]) -> None:
-        self.prefs = SlotMap(_map(doc, "prefs"), Preference)
+    def __init__(self, replica: Replica) -> None:
+        self.prefs = SlotMap(replica, "prefs", Preference)
 
     @staticmethod
     def slot_key(pref: Preference) -> str:
@@ -168,43 +240,33 @@ class PrefsDoc:
 
 
 class HealthDoc:
-    def __init__(self, doc: Doc[Any]) -> None:
-        self.records = SlotMap(_map(doc, "health"), HealthRecord)
+    def __init__(self, replica: Replica) -> None:
+        self.records = SlotMap(replica, "health", HealthRecord)
 
 
 class EventsDoc:
-    def __init__(self, doc: Doc[Any]) -> None:
-        self.events = Log(_array(doc, "events"), InteractionEvent)
+    def __init__(self, replica: Replica) -> None:
+        self.events = Log(replica, "events", InteractionEvent)
 
 
 class SpatialDoc:
-    def __init__(self, doc: Doc[Any]) -> None:
-        self.regions = SlotMap(_map(doc, "regions"), Region)
-        self.placements = SlotMap(_map(doc, "placements"), Placement)
-        self.changes = Log(_array(doc, "changes"), SpatialChange)
+    def __init__(self, replica: Replica) -> None:
+        self.regions = SlotMap(replica, "regions", Region)
+        self.placements = SlotMap(replica, "placements", Placement)
+        self.changes = Log(replica, "changes", SpatialChange)
 
 
 class GraphDoc:
-    def __init__(self, doc: Doc[Any]) -> None:
-        self.routines = SlotMap(_map(doc, "routines"), Routine)
-        self.relationships = SlotMap(_map(doc, "relationships"), Relationship)
+    def __init__(self, replica: Replica) -> None:
+        self.routines = SlotMap(replica, "routines", Routine)
+        self.relationships = SlotMap(replica, "relationships", Relationship)
 
 
 class HouseholdDoc:
     """The household registry: its users (id → profile name) for now."""
 
-    def __init__(self, doc: Doc[Any]) -> None:
-        self.users: Map[str] = _map(doc, "users")
-
-
-def _map(doc: Doc[Any], name: str) -> Map[str]:
-    found: Map[str] = doc.get(name, type=Map)
-    return found
-
-
-def _array(doc: Doc[Any], name: str) -> Array[str]:
-    found: Array[str] = doc.get(name, type=Array)
-    return found
+    def __init__(self, replica: Replica) -> None:
+        self.users: Map[str] = replica.doc.get("users", type=Map)
 
 
 #: the root types of each kind of document (the stored format; never rename one)

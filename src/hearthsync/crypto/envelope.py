@@ -21,7 +21,7 @@ import nacl.bindings
 import nacl.exceptions
 from nacl.signing import VerifyKey
 
-from hearthsync.crypto.compression import CODEC_NONE, CODECS, MAX_UPDATE_BYTES, compress, decompress
+from hearthsync.compression import CODEC_NONE, CODECS, MAX_UPDATE_BYTES, compress, decompress
 from hearthsync.crypto.identity import DeviceIdentity, device_id_of
 from hearthsync.crypto.wire import (
     B32_ID_RE,
@@ -54,7 +54,7 @@ class Header:
     """``[2, doc_id, lineage, scope, epoch, author, counter, kind, codec]`` (SPEC §4).
 
     ``doc_id`` and ``lineage`` are SPEC §1 ``id``s, like the frames that name the same document.
-    ``codec`` says how the plaintext is encoded (`hearthsync.crypto.compression`).
+    ``codec`` says how the plaintext is encoded (`hearthsync.compression`).
     """
 
     doc_id: str

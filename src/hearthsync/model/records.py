@@ -12,7 +12,7 @@ import enum
 import functools
 import json
 import typing
-from typing import Annotated, Any, Literal, Self, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
 import pydantic
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, StringConstraints
@@ -93,11 +93,23 @@ class Record(BaseModel):
         except pydantic.ValidationError as exc:
             raise _translate(cls, exc) from None
 
-    def encode(self) -> str:
-        return self.model_dump_json(exclude_defaults=True)
+    #: the field whose value is the record's key in a slot map (its slot key, before any
+    #: ``#condition``), so a document need not store it twice (`hearthsync.crdt.handles`)
+    SLOT_KEY_FIELD: ClassVar[str | None] = None
+
+    def encode(self, *, without: frozenset[str] = frozenset()) -> str:
+        """Compact JSON: defaults left out, and the fields in ``without`` (which the document
+        holding it implies) too; `decode` with the same fields as ``given`` reverses it."""
+        return self.model_dump_json(
+            exclude_defaults=True, exclude=set(without) if without else None
+        )
 
     @classmethod
-    def decode(cls, text: str) -> Self:
+    def decode(cls, text: str, *, given: str = "") -> Self:
+        """Validate ``text``; ``given`` is a JSON object's opening with implied fields
+        (``'{"user":"alice",'``), put before the stored fields so that a stored value wins."""
+        if given:
+            text = given + text[1:] if text != "{}" else given[:-1] + "}"
         try:
             return cls.model_validate_json(text)
         except pydantic.ValidationError as exc:
@@ -213,6 +225,8 @@ class Preference(Record):
     both are filled in by the peer.  ``evidence`` lists the events that justify the value.
     """
 
+    SLOT_KEY_FIELD = "key"
+
     user: Name
     key: Key
     value: Json
@@ -231,6 +245,8 @@ class Preference(Record):
 
 class HealthRecord(Record):
     """A fact in the ``health`` scope (``user/<id>/health``): medication, condition, schedule."""
+
+    SLOT_KEY_FIELD = "key"
 
     user: Name
     key: Key
@@ -300,6 +316,8 @@ class Pose(Record):
 class Region(Record):
     """A named place: the kitchen, shelf 2, Alice's office.  ``polygon`` is in ``frame``."""
 
+    SLOT_KEY_FIELD = "id"
+
     id: Name
     label: ShortText
     frame: Name = "map"
@@ -313,6 +331,8 @@ class Region(Record):
 
 class Placement(Record):
     """Where an object belongs or was last put: the green mug on shelf 2."""
+
+    SLOT_KEY_FIELD = "object"
 
     object: Name
     label: ShortText
@@ -337,6 +357,8 @@ class SpatialChange(Record):
 
 class Routine(Record):
     """A recurring pattern: Bob's late nights, Charlie's Saturday sleep-in."""
+
+    SLOT_KEY_FIELD = "id"
 
     id: Name
     user: Name | None = None

@@ -1,11 +1,15 @@
 """The documents of one peer, in memory and durable, with group commit.
 
 ``DocumentSet`` owns every `Replica` and the only coroutine that writes to SQLite (the
-flusher).  A write is a small function that changes a replica; `write` queues it and returns
-when the change is durable.  The flusher takes everything queued, applies it with one pycrdt
-transaction per document (one delta each), commits all deltas and embeddings in one SQLite
-transaction, then acknowledges every waiting writer at once.  While it commits, new writes
-queue up for the next batch: the busier the peer, the larger the batches (group commit).
+flusher).  A write is a small function that changes a replica; `write` queues it and returns a
+future that resolves, with what the function returned, once the change is durable.  The
+flusher takes everything queued, applies it with one pycrdt transaction per document (one
+delta each), commits all deltas and embeddings in one SQLite transaction, then resolves every
+waiting writer's future at once.  While it commits, new writes queue up for the next batch:
+the busier the peer, the larger the batches (group commit).
+
+Each write has its own future (not a shared one): cancelling one waiter must not cancel the
+others' acknowledgement, and a future costs less than ``asyncio.shield`` around a shared one.
 
 Key invariants:
 
@@ -24,20 +28,21 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import Any
 
 import numpy as np
 
 from hearthsync.crdt import statevector
 from hearthsync.crdt.kinds import DocInfo, parse
 from hearthsync.crdt.replica import MAX_CLIENT_ID, Replica
-from hearthsync.errors import ClosedError, CorruptDocumentError
+from hearthsync.errors import ClosedError, CorruptDocumentError, DecryptionError
 from hearthsync.ids import DocId
 from hearthsync.store.embedding import Embedder
 from hearthsync.store.sqlite import Batch, DocRow, SqliteStore, StoredDoc, VectorRow
 
 log = logging.getLogger(__name__)
 
-Change = Callable[[Replica], None]
+Change = Callable[[Replica], Any]
 
 #: compact a document once its log outgrows its snapshot and this many bytes
 COMPACT_MIN_LOG_BYTES = 16_384
@@ -55,7 +60,8 @@ class ToEmbed:
 
 @dataclass(slots=True)
 class _Queue:
-    changes: dict[DocId, list[Change]] = field(default_factory=dict)
+    #: per document, each queued change with the future of its writer
+    changes: dict[DocId, list[tuple[Change, asyncio.Future[Any]]]] = field(default_factory=dict)
     remote: list[tuple[str, bytes, str]] = field(default_factory=list)  # applied in memory
     client_ids: dict[DocId, int] = field(default_factory=dict)  # renewed (invariant 2)
     embed: list[ToEmbed] = field(default_factory=list)
@@ -96,6 +102,7 @@ class DocumentSet:
         self._closed = False
         self._flusher: asyncio.Task[None] | None = None
         self._inflight: asyncio.Future[None] | None = None
+        self._inflight_queue: _Queue | None = None
         self._lock = asyncio.Lock()
         self.on_vectors: VectorSink | None = None
         self.on_commit: list[CommitListener] = []
@@ -117,17 +124,18 @@ class DocumentSet:
         doc_id = DocId(row.doc_id)
         try:
             replica = Replica(parse(row.doc_id), client_id=row.client_id, lineage=row.lineage)  # type: ignore[arg-type]
-            if stored.snapshot:
-                replica.apply(stored.snapshot)
-            for update in stored.updates:
+            snapshot, updates = stored.snapshot(), stored.updates()
+            if snapshot:
+                replica.apply(snapshot)
+            for update in updates:
                 replica.apply(update)
-        except (CorruptDocumentError, ValueError) as exc:
+        except (CorruptDocumentError, DecryptionError, ValueError) as exc:
             reason = exc.reason if isinstance(exc, CorruptDocumentError) else str(exc)
             self.corrupt[doc_id] = CorruptDocumentError(doc_id, reason)
             return
         self.replicas[doc_id] = replica
-        self._snapshot_bytes[doc_id] = len(stored.snapshot or b"")
-        self._log_bytes[doc_id] = stored.log_bytes
+        self._snapshot_bytes[doc_id] = len(snapshot or b"")
+        self._log_bytes[doc_id] = sum(len(update) for update in updates)
 
     async def close(self) -> None:
         """Refuse new writes, make everything queued durable, then stop the flusher."""
@@ -156,11 +164,11 @@ class DocumentSet:
         self._queue = _Queue()
         async with self._lock:
             try:
-                await self._flush(queue)
+                results = await self._flush(queue)
             except Exception as exc:
-                _settle(queue.done, exc)
+                _settle_all(queue, exc)
                 raise
-            _settle(queue.done, None)
+            _settle_all(queue, None, results)
         await self._maybe_compact()
 
     def crash(self) -> None:
@@ -169,10 +177,12 @@ class DocumentSet:
         self._closed = True
         if self._flusher is not None:
             self._flusher.cancel()
-        for pending in (self._queue.done, self._inflight):
-            if pending is not None and not pending.done():
-                _settle(pending, ClosedError("the peer crashed before this write was durable"))
-                pending.exception()  # handed to whoever waits; no "never retrieved" noise
+        lost = ClosedError("the peer crashed before this write was durable")
+        for queue in (self._queue, self._inflight_queue):
+            if queue is not None:
+                _settle_all(queue, lost, retrieved=True)
+        if self._inflight is not None:
+            _settle(self._inflight, lost, retrieved=True)
         self._queue = _Queue()
         self._carry = []
 
@@ -207,22 +217,25 @@ class DocumentSet:
         *,
         embed: Sequence[ToEmbed] = (),
         meta: dict[str, str] | None = None,
-    ) -> asyncio.Future[None]:
-        """Queue ``change`` (which must not raise); the future resolves once it is durable."""
+    ) -> asyncio.Future[Any]:
+        """Queue ``change`` (which must not raise); the future resolves, with what ``change``
+        returned, once its delta is durable, or fails with the error of its batch."""
         if self._closed:
             raise ClosedError("the peer is closed")
         if doc_id in self.corrupt:
             raise self.corrupt[doc_id]
         queue = self._queue
-        queue.changes.setdefault(doc_id, []).append(change)
+        loop = asyncio.get_running_loop()
+        written: asyncio.Future[Any] = loop.create_future()
+        queue.changes.setdefault(doc_id, []).append((change, written))
         if embed:
             queue.embed.extend(embed)
         if meta:
             queue.meta.update(meta)
         if queue.done is None:
-            queue.done = asyncio.get_running_loop().create_future()
+            queue.done = loop.create_future()
             self._wake.set()
-        return queue.done
+        return written
 
     def apply_remote(
         self, doc_id: DocId, update: bytes, origin: str = "remote"
@@ -301,18 +314,22 @@ class DocumentSet:
     async def _flush_forever(self) -> None:
         while True:
             await self._wake.wait()
+            # one turn of the loop before taking the queue: writers already scheduled to run
+            # (tasks woken together, a gather of coroutines) join this batch, not the next
+            await asyncio.sleep(0)
             self._wake.clear()
             queue = self._queue
             if queue.done is not None:
                 self._queue = _Queue()
-                self._inflight = queue.done
+                self._inflight, self._inflight_queue = queue.done, queue
                 async with self._lock:
                     try:
-                        await self._flush(queue)
+                        results = await self._flush(queue)
                     except Exception as exc:  # handed to every waiting writer
-                        _settle(queue.done, exc)
+                        _settle_all(queue, exc)
                     else:
-                        _settle(queue.done, None)
+                        _settle_all(queue, None, results)
+                self._inflight_queue = None
                 try:
                     await self._maybe_compact()
                 except Exception:  # compaction is an optimisation: retried after the next batch
@@ -323,16 +340,19 @@ class DocumentSet:
                         await self._flush(_Queue())
                 return
 
-    async def _flush(self, queue: _Queue) -> None:
+    async def _flush(self, queue: _Queue) -> list[Any]:
+        """Commit ``queue`` as one batch; return what each change returned, in queue order."""
         # Whatever fails from here to the commit, every delta already applied in memory is
         # carried into the next batch: memory must never run ahead of the disk for good.
         deltas: list[tuple[str, bytes, str]] = self._carry + queue.remote
         new_docs: list[DocRow] = []
+        results: list[Any] = []
         self._carry = []
         try:
             for doc_id, changes in queue.changes.items():
                 replica = self.replica(doc_id)  # may create a document: its row joins this batch
-                _, delta = replica.transact(partial(_run_all, replica, changes))
+                done, delta = replica.transact(partial(_run_all, replica, changes))
+                results.extend(done)
                 if delta is not None:
                     deltas.append((doc_id, delta, ""))
             new_docs, self._new = self._new, []
@@ -352,6 +372,7 @@ class DocumentSet:
             self.on_vectors(vectors, matrix)
         for listener in self.on_commit:
             listener(deltas)
+        return results
 
     async def _embed_or_skip(self, items: list[ToEmbed]) -> tuple[list[VectorRow], np.ndarray]:
         """Embeddings for the batch, made on another core while writers keep queueing.
@@ -414,16 +435,46 @@ class DocumentSet:
             await asyncio.shield(pending)
 
 
-def _settle(done: asyncio.Future[None], error: Exception | None) -> None:
-    """Resolve a batch's future, unless a caller cancelled it (the batch was written anyway)."""
+def _settle(
+    done: asyncio.Future[Any],
+    error: Exception | None,
+    result: Any = None,
+    *,
+    retrieved: bool = False,
+) -> None:
+    """Resolve a future, unless its waiter cancelled it (the write went ahead anyway).
+
+    ``retrieved`` marks a failure as seen, for losses the caller expects (a simulated crash):
+    asyncio would otherwise log every unawaited one as "never retrieved".
+    """
     if done.done():
         return
     if error is None:
-        done.set_result(None)
+        done.set_result(result)
     else:
         done.set_exception(error)
+        if retrieved:
+            done.exception()
 
 
-def _run_all(replica: Replica, changes: list[Change]) -> None:
-    for change in changes:
-        change(replica)
+def _settle_all(
+    queue: _Queue,
+    error: Exception | None,
+    results: Sequence[Any] = (),
+    *,
+    retrieved: bool = False,
+) -> None:
+    """Resolve every writer of ``queue`` (with its change's result), then the batch future."""
+    writers = [written for changes in queue.changes.values() for _, written in changes]
+    if error is None:
+        for written, result in zip(writers, results, strict=True):
+            _settle(written, None, result)
+    else:
+        for written in writers:
+            _settle(written, error, retrieved=retrieved)
+    if queue.done is not None:
+        _settle(queue.done, error, retrieved=retrieved)
+
+
+def _run_all(replica: Replica, changes: list[tuple[Change, asyncio.Future[Any]]]) -> list[Any]:
+    return [change(replica) for change, _ in changes]

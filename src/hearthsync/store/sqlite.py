@@ -1,11 +1,16 @@
 """The SQLite file behind a peer: per document a snapshot plus an update log (DESIGN: storage).
 
-Schema (format version 1)::
+Schema (format version 2)::
 
     meta(key TEXT PRIMARY KEY, value TEXT)
-    docs(doc_id TEXT PRIMARY KEY, scope, subject, lineage, client_id, snapshot BLOB)
-    updates(seq INTEGER PRIMARY KEY, doc_id TEXT, data BLOB)          -- the update log
+    docs(doc_id TEXT PRIMARY KEY, scope, subject, lineage, client_id, snapshot BLOB,
+         snapshot_codec INTEGER)
+    updates(seq INTEGER PRIMARY KEY, doc_id TEXT, data BLOB, codec INTEGER)  -- the update log
     vectors(rowid INTEGER PRIMARY KEY AUTOINCREMENT, index_name, event_id, ts, vec BLOB)
+
+Version 2 added the codec columns: updates and snapshots are stored compressed
+(`hearthsync.compression`) where that makes them smaller, compressed on the connection's thread
+so the event loop never waits for it.  A version 1 file is upgraded in place when opened.
 
 Rules this module lives by:
 
@@ -31,9 +36,16 @@ from typing import Literal
 
 import aiosqlite
 
+from hearthsync.compression import compress, decompress
 from hearthsync.errors import StoreError
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+#: what upgrades a file of the format before it to this one
+_UPGRADE_FROM_1 = """
+ALTER TABLE docs ADD COLUMN snapshot_codec INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE updates ADD COLUMN codec INTEGER NOT NULL DEFAULT 0;
+UPDATE meta SET value = '2' WHERE key = 'format';
+"""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -43,12 +55,14 @@ CREATE TABLE IF NOT EXISTS docs (
     subject TEXT NOT NULL,
     lineage TEXT NOT NULL,
     client_id INTEGER NOT NULL,
-    snapshot BLOB
+    snapshot BLOB,
+    snapshot_codec INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS updates (
     seq INTEGER PRIMARY KEY,
     doc_id TEXT NOT NULL,
-    data BLOB NOT NULL
+    data BLOB NOT NULL,
+    codec INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS updates_by_doc ON updates (doc_id, seq);
 CREATE TABLE IF NOT EXISTS vectors (
@@ -73,15 +87,21 @@ class DocRow:
 
 @dataclass(frozen=True, slots=True)
 class StoredDoc:
-    """A document as read back: its row, its snapshot and its log in commit order."""
+    """A document as read back: its row, its snapshot and its log in commit order, each blob
+    as stored (``(codec, bytes)``); `snapshot` and `updates` decode them, raising
+    `DecryptionError` for a blob that does not decode (a corrupt document)."""
 
     row: DocRow
-    snapshot: bytes | None
-    updates: list[bytes]
+    stored_snapshot: tuple[int, bytes] | None
+    stored_updates: list[tuple[int, bytes]]
 
-    @property
-    def log_bytes(self) -> int:
-        return sum(len(update) for update in self.updates)
+    def snapshot(self) -> bytes | None:
+        if self.stored_snapshot is None:
+            return None
+        return decompress(*self.stored_snapshot)
+
+    def updates(self) -> list[bytes]:
+        return [decompress(codec, data) for codec, data in self.stored_updates]
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,8 +160,11 @@ class SqliteStore:
         await self._run("PRAGMA journal_mode=WAL")
         await self._run(f"PRAGMA synchronous={synchronous}")
         await self._run("PRAGMA temp_store=MEMORY")
+        version = await self._format()
+        if version == "1":  # before the tables below exist in their new form
+            await (await conn.executescript(f"BEGIN;{_UPGRADE_FROM_1}COMMIT;")).close()
+            version = FORMAT_VERSION
         await conn.executescript(_SCHEMA)
-        version = await self.get_meta("format")
         if version is None:
             await conn.execute("INSERT INTO meta VALUES ('format', ?)", (FORMAT_VERSION,))
         elif version != FORMAT_VERSION:
@@ -166,6 +189,13 @@ class SqliteStore:
 
     # ------------------------------------------------------------------------ reading
 
+    async def _format(self) -> str | None:
+        """The file's format version, or None for a new file (no meta table yet)."""
+        sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+        if not await self._scalar(sql):
+            return None
+        return await self.get_meta("format")
+
     async def get_meta(self, key: str) -> str | None:
         async with self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
             row = await cur.fetchone()
@@ -173,16 +203,19 @@ class SqliteStore:
 
     async def load(self) -> list[StoredDoc]:
         """Every document with its snapshot and log, the log in commit order."""
-        logs: dict[str, list[bytes]] = {}
-        async with self._conn.execute("SELECT doc_id, data FROM updates ORDER BY seq") as cur:
-            async for doc_id, data in cur:
-                logs.setdefault(doc_id, []).append(bytes(data))
-        docs = []
-        sql = "SELECT doc_id, scope, subject, lineage, client_id, snapshot FROM docs"
+        logs: dict[str, list[tuple[int, bytes]]] = {}
+        sql = "SELECT doc_id, codec, data FROM updates ORDER BY seq"
         async with self._conn.execute(sql) as cur:
-            async for doc_id, scope, subject, lineage, client_id, snapshot in cur:
+            async for doc_id, codec, data in cur:
+                logs.setdefault(doc_id, []).append((int(codec), bytes(data)))
+        docs = []
+        sql = (
+            "SELECT doc_id, scope, subject, lineage, client_id, snapshot_codec, snapshot FROM docs"
+        )
+        async with self._conn.execute(sql) as cur:
+            async for doc_id, scope, subject, lineage, client_id, codec, snapshot in cur:
                 row = DocRow(doc_id, scope, subject, lineage, int(client_id))
-                blob = bytes(snapshot) if snapshot is not None else None
+                blob = (int(codec), bytes(snapshot)) if snapshot is not None else None
                 docs.append(StoredDoc(row, blob, logs.get(doc_id, [])))
         return docs
 
@@ -238,8 +271,10 @@ class SqliteStore:
         first_seq = self._next_seq
         updates = [(first_seq + i, doc_id, data) for i, (doc_id, data) in enumerate(batch.updates)]
         await self._transaction(
-            ("INSERT INTO docs VALUES (?, ?, ?, ?, ?, NULL)", [_doc_tuple(d) for d in batch.docs]),
-            ("INSERT INTO updates VALUES (?, ?, ?)", updates),
+            ("INSERT INTO docs VALUES (?, ?, ?, ?, ?, NULL, 0)",
+             [_doc_tuple(d) for d in batch.docs]),
+            ("INSERT INTO updates (seq, doc_id, codec, data) VALUES (?, ?, ?, ?)",
+             _Compressed(updates, blob=2)),
             ("INSERT INTO vectors VALUES (?, ?, ?, ?, ?)", [_vec_tuple(v) for v in batch.vectors]),
             ("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(batch.meta.items())),
             ("UPDATE docs SET client_id = ? WHERE doc_id = ?",
@@ -253,9 +288,10 @@ class SqliteStore:
     async def compact(self, doc_id: str, snapshot: bytes) -> None:
         """Replace ``doc_id``'s snapshot and log by ``snapshot`` (its whole durable state)."""
         await self._transaction(
-            ("UPDATE docs SET snapshot = ? WHERE doc_id = ?", [(snapshot, doc_id)]),
+            ("UPDATE docs SET snapshot = ?, snapshot_codec = ? WHERE doc_id = ?",
+             _Compressed([(snapshot, doc_id)], blob=0)),
             ("DELETE FROM updates WHERE doc_id = ?", [(doc_id,)]),
-        )
+        )  # fmt: skip
 
     async def reclaim(self) -> None:
         """Return free pages to the file system and fold the WAL back into the file."""
@@ -274,9 +310,14 @@ class SqliteStore:
         A transaction as separate aiosqlite calls (BEGIN, each insert, COMMIT) costs a thread
         round trip each: about half of a lone write's latency.
         """
-        batches = [(sql, list(rows)) for sql, rows in steps]
+        batches = [
+            (sql, rows if isinstance(rows, _Compressed) else list(rows)) for sql, rows in steps
+        ]
 
         def work(conn: sqlite3.Connection) -> None:
+            for _, rows in batches:  # on this thread: the event loop goes on meanwhile
+                if isinstance(rows, _Compressed):
+                    rows.compress()
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for sql, rows in batches:
@@ -290,6 +331,26 @@ class SqliteStore:
         # aiosqlite has no public call for "run this function on the connection's thread";
         # _execute is what each of its public methods uses to do exactly that.
         await self._conn._execute(work, self._conn._conn)  # type: ignore[no-untyped-call]
+
+
+class _Compressed(list[tuple[object, ...]]):
+    """Rows whose item at ``blob`` is to be stored compressed: `compress` (run on the
+    connection's thread) replaces it by the stored bytes and inserts their codec after it."""
+
+    def __init__(self, rows: Iterable[tuple[object, ...]], *, blob: int) -> None:
+        super().__init__(rows)
+        self._blob = blob
+
+    def compress(self) -> None:
+        at = self._blob
+        for i, row in enumerate(self):
+            data = row[at]
+            assert isinstance(data, bytes)
+            codec, stored = compress(data)
+            if at == 0:  # (blob, ...) -> (stored, codec, ...)
+                self[i] = (stored, codec, *row[1:])
+            else:  # (..., blob) -> (..., codec, stored): the column order of ``updates``
+                self[i] = (*row[:at], codec, stored, *row[at + 1 :])
 
 
 def _doc_tuple(row: DocRow) -> tuple[str, str, str, str, int]:
