@@ -19,6 +19,7 @@ from hearthsync.chaos.check import Findings, Write, digest, document_states, ver
 from hearthsync.chaos.harness import Failure, Report, replay_command, run, run_schedule, shrink
 from hearthsync.chaos.plan import BUGS, FAULT_KINDS, OP_KINDS, Fault, Op, Plan, Scenario, make_plan
 from hearthsync.chaos.sim import Outcome, Simulation, simulate
+from hearthsync.chaos.workload import TinyEmbedder
 
 __all__ = [
     "BUGS",
@@ -33,6 +34,7 @@ __all__ = [
     "Report",
     "Scenario",
     "Simulation",
+    "TinyEmbedder",
     "Write",
     "digest",
     "document_states",

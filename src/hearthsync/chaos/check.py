@@ -129,6 +129,9 @@ class Findings:
     lost: list[str]  #: acknowledged writes missing somewhere they should be
     divergences: list[str]  #: pairs of robots whose shared documents differ
     leaks: list[str]  #: writes made with post-revocation keys found on the revoked robot
+    #: acknowledged writes of the revoked robot: the others rightly refuse what it writes
+    #: after the revocation, so they are neither verified nor lost
+    exempt: int = 0
 
 
 def verify(
@@ -146,26 +149,18 @@ def verify(
       revoked robot's own writes are not required: the others refuse it);
     * no write made with a key epoch started by the revocation reached the revoked robot.
     """
-    divergences: list[str] = []
     states = {m.index: document_states(m.peer) for m in members}
-    for m in members:
-        outside = sorted(d for d in states[m.index] if _scope(m.peer, d) not in m.scopes)
-        if outside:
-            divergences.append(f"r{m.index} holds documents outside its scopes: {outside[:3]}")
-    for i, a in enumerate(members):
-        for b in members[i + 1 :]:
-            shared = a.scopes & b.scopes
-            mine = {d: s for d, s in states[a.index].items() if _scope(a.peer, d) in shared}
-            theirs = {d: s for d, s in states[b.index].items() if _scope(b.peer, d) in shared}
-            if mine != theirs:
-                differ = sorted(d for d in set(mine) | set(theirs) if mine.get(d) != theirs.get(d))
-                divergences.append(f"r{a.index} and r{b.index} differ in {differ[:5]}")
+    names: dict[str, str] = {m.peer.device_id: f"r{m.index}" for m in members}
+    if revoked is not None:
+        names[revoked.peer.device_id] = f"r{revoked.index} (revoked)"
+    divergences = _divergences(members, states, names)
     holdings = {m.index: Holdings(m.peer) for m in members}
     lost: list[str] = []
-    verified = 0
+    verified = exempt = 0
     revoked_index = revoked.index if revoked else None
     for write in writes:
         if write.robot == revoked_index:
+            exempt += 1
             continue
         missing = [
             f"r{m.index}"
@@ -188,7 +183,56 @@ def verify(
                 continue  # every robot may register the same user: not attributable to one write
             if held.holds(write):
                 leaks.append(f"{write.describe()} (epoch {write.epoch}) reached r{revoked.index}")
-    return Findings(verified, lost, divergences, leaks)
+    return Findings(verified, lost, divergences, leaks, exempt)
+
+
+def _divergences(
+    members: list[Replica], states: dict[int, dict[str, DocState]], names: dict[str, str]
+) -> list[str]:
+    """One line per document two members (both allowed to read it) hold differently, saying
+    how it differs and whose entries differ: the first thing to know when reading a failure."""
+    found: list[str] = []
+    for m in members:
+        outside = sorted(d for d in states[m.index] if _scope(m.peer, d) not in m.scopes)
+        if outside:
+            found.append(f"r{m.index} holds documents outside its scopes: {outside[:3]}")
+    for i, a in enumerate(members):
+        for b in members[i + 1 :]:
+            shared = a.scopes & b.scopes
+            mine = {d: s for d, s in states[a.index].items() if _scope(a.peer, d) in shared}
+            theirs = {d: s for d, s in states[b.index].items() if _scope(b.peer, d) in shared}
+            differ = sorted(d for d in set(mine) | set(theirs) if mine.get(d) != theirs.get(d))
+            for doc_id in differ[:5]:
+                how = _how(mine.get(doc_id), theirs.get(doc_id), names)
+                found.append(f"r{a.index} and r{b.index} differ in {doc_id}: {how}")
+    return found
+
+
+def _how(mine: DocState | None, theirs: DocState | None, names: dict[str, str]) -> str:
+    if mine is None or theirs is None:
+        return "held by only one of them"
+    what = "state vectors differ" if mine[0] != theirs[0] else "same state vector, other content"
+    devices = sorted({names.get(d, d or "?") for d in _differing_authors(mine[1], theirs[1])})
+    return f"{what} (entries by {', '.join(devices) or 'nobody'})"
+
+
+def _differing_authors(mine: str, theirs: str) -> set[str]:
+    """The devices whose entries differ between two documents' contents: a slot key ends in
+    its device; a log entry (event, spatial change) names its device."""
+    a, b = json.loads(mine), json.loads(theirs)
+    authors: set[str] = set()
+    for root in set(a) | set(b):
+        x, y = a.get(root), b.get(root)
+        if isinstance(x, dict) and isinstance(y, dict):
+            for key in set(x) | set(y):
+                if x.get(key) != y.get(key):
+                    authors.add(key.rpartition(SLOT_SEP)[2] if SLOT_SEP in key else "")
+        elif isinstance(x, list) and isinstance(y, list):
+            for entry in set(x) ^ set(y):
+                authors.add(str(json.loads(entry).get("device", "")))
+        else:
+            authors.add("")
+    return authors
 
 
 def _scope(peer: Peer, doc_id: str) -> str:

@@ -44,6 +44,7 @@ class Report:
     faults: int = 0
     acknowledged_writes: int = 0
     verified_writes: int = 0
+    exempt_writes: int = 0  #: written by a robot that was then revoked: neither verified nor lost
     divergences: int = 0
     lost_writes: int = 0
     revocation_leaks: int = 0
@@ -85,6 +86,7 @@ class Report:
             self.fault_counts[kind] = self.fault_counts.get(kind, 0) + 1
         self.acknowledged_writes += outcome.acknowledged
         self.verified_writes += found.verified
+        self.exempt_writes += found.exempt
         self.divergences += len(found.divergences)
         self.lost_writes += len(found.lost)
         self.revocation_leaks += len(found.leaks)
@@ -101,6 +103,7 @@ class Report:
             "faults": self.faults,
             "acknowledged_writes": self.acknowledged_writes,
             "verified_writes": self.verified_writes,
+            "exempt_writes": self.exempt_writes,
             "divergences": self.divergences,
             "lost_writes": self.lost_writes,
             "revocation_leaks": self.revocation_leaks,
@@ -198,9 +201,9 @@ def _start_method() -> str:
     return "spawn"
 
 
-def _worker(seed: int, scenario: Scenario, only: set[int] | None) -> Outcome:
+def _worker(seed: int, scenario: Scenario, only: set[int] | None, keep: bool) -> Outcome:
     outcome = run_schedule(seed, scenario, only)
-    if outcome.ok:  # the trace of a good schedule is not needed back; it can be long
+    if outcome.ok and not keep:  # the trace of a good schedule is not needed back: it is long
         outcome = replace(outcome, trace=[])
     return outcome
 
@@ -214,10 +217,13 @@ def run(
     minimise: bool = True,
     only_faults: set[int] | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
+    keep_traces: bool = False,
 ) -> Report:
     """Run ``schedules`` simulated schedules seeded ``seed``, ``seed + 1``, …; return the
     report.  ``jobs`` worker processes (default: one per core); failures are shrunk to a
-    minimal fault trace unless ``minimise`` is false."""
+    minimal fault trace unless ``minimise`` is false.  ``on_outcome`` is called with each
+    schedule's `Outcome` as it ends (a progress bar), in the order they end; a good schedule's
+    trace is dropped unless ``keep_traces``."""
     scenario = scenario or Scenario()
     jobs = jobs or os.cpu_count() or 1
     report = Report()
@@ -233,11 +239,11 @@ def run(
 
     if jobs == 1 or schedules == 1:
         for s in seeds:
-            take(_worker(s, scenario, only_faults))
+            take(_worker(s, scenario, only_faults, keep_traces))
     else:
         context = multiprocessing.get_context(_start_method())
         with ProcessPoolExecutor(max_workers=min(jobs, schedules), mp_context=context) as pool:
-            futures = [pool.submit(_worker, s, scenario, only_faults) for s in seeds]
+            futures = [pool.submit(_worker, s, scenario, only_faults, keep_traces) for s in seeds]
             for future in as_completed(futures):
                 take(future.result())
     report.elapsed_s = time.perf_counter() - started

@@ -8,15 +8,18 @@ that still fails) leaves every write where it was.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-#: every fault the simulation can inject ("relay" joins once the relay exists)
+#: every fault the simulation can inject ("relay", an outage of the cloud relay, joins once the
+#: relay exists; a partition's heal is the end of the partition)
 FAULT_KINDS = ("partition", "drop", "duplicate", "reorder", "delay", "crash", "skew", "revoke")
-#: every kind of write a robot makes
-OP_KINDS = ("pref", "profile", "calibration", "move", "event", "user")
+#: every kind of write a robot makes ("forget", a user forgotten household-wide, joins once the
+#: peer can forget a user)
+OP_KINDS = ("pref", "profile", "calibration", "move", "event", "user", "health")
 SCOPES = ("core", "health", "history", "household", "spatial")
 DEFAULT_FAULT_RATE = 0.25
 #: users every robot knows from the start, and users a robot may create during the run
@@ -27,8 +30,11 @@ OBJECTS = ("mug-green", "keys", "remote")
 REGIONS = ("shelf-1", "shelf-2", "table", "sink")
 
 DEFAULT_MIX: Mapping[str, float] = MappingProxyType(
-    {"pref": 0.4, "profile": 0.08, "calibration": 0.1, "move": 0.17, "event": 0.2, "user": 0.05}
-)
+    {
+        "pref": 0.36, "profile": 0.08, "calibration": 0.1, "move": 0.17, "event": 0.2,
+        "user": 0.04, "health": 0.05,
+    }
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +70,8 @@ class Scenario:
 
 #: deliberately broken builds (for testing the harness itself)
 BUGS = {
-    "lose-every-10th-commit": "every tenth local delta is acknowledged but never stored",
+    "lose-every-10th-commit": "every tenth delta committed is acknowledged but never stored",
+    "drop-every-10th-delta": "every tenth update received is acknowledged but never merged",
 }
 
 
@@ -171,10 +178,7 @@ def _faults(rng: random.Random, scenario: Scenario, peers: int) -> list[Fault]:
         other = rng.choice([r for r in range(peers) if r != robot])
         match kind:
             case "partition":
-                shuffled = rng.sample(range(peers), peers)
-                cut = rng.randint(1, peers - 1)
-                groups = (tuple(sorted(shuffled[:cut])), tuple(sorted(shuffled[cut:])))
-                faults.append(Fault(0, kind, at, until, groups=groups))
+                faults.append(Fault(0, kind, at, until, groups=_groups(rng, peers)))
             case "drop" | "duplicate":
                 link = () if rng.random() < 0.5 else tuple(sorted((robot, other)))
                 faults.append(Fault(0, kind, at, until, link, amount=rng.uniform(0.05, 0.5)))
@@ -197,3 +201,13 @@ def _faults(rng: random.Random, scenario: Scenario, peers: int) -> list[Fault]:
                 faults.append(Fault(0, kind, at, at, (victim,)))
     faults.sort(key=lambda f: (f.at, f.kind))
     return [replace(f, index=i) for i, f in enumerate(faults)]
+
+
+def _groups(rng: random.Random, peers: int) -> tuple[tuple[int, ...], ...]:
+    """Two or three sides (three only from four robots up), each holding at least one robot."""
+    count = 3 if peers >= 4 and rng.random() < 0.3 else 2
+    shuffled = rng.sample(range(peers), peers)
+    cuts = sorted(rng.sample(range(1, peers), count - 1))
+    bounds = [0, *cuts, peers]
+    sides = [tuple(sorted(shuffled[a:b])) for a, b in itertools.pairwise(bounds)]
+    return tuple(sorted(sides))

@@ -1,27 +1,36 @@
 """The deterministic simulation: real sessions and real stores on a simulated network.
 
-Every robot is a real `Peer` (its own SQLite file in a temporary folder) and every connection
-is a pair of real `Session` objects; only the network and the clock are simulated.  One loop
-takes events from a heap ordered by (simulated time, sequence number) and runs each to the
-end before the next, so the order of everything (deliveries, commits, acknowledgements) is a
-function of the seed alone: the same seed gives the same trace, bit for bit.
+Every robot is a real `Peer` (its own SQLite file in a temporary folder, in RAM where the
+machine has ``/dev/shm``) and every connection is a pair of real `Session` objects; only the
+network and the clock are simulated.  One loop takes events from a heap ordered by (simulated
+time, sequence number) and runs each to the end before the next, so the order of everything
+(deliveries, commits, acknowledgements) is a function of the seed alone: the same seed gives
+the same trace, bit for bit.
 
 What the simulated network and clock add, and why each is realistic:
 
 * **latency** per message (in order per connection, as TCP keeps it), **delay** (a slow link),
   **reorder** (messages overtake each other), **duplicate**, **drop**: the faults a relay's
   store-and-forward path or a flaky link produces; the protocol repairs them (SPEC §6.4);
-* **partition**: messages between the sides vanish, silently, as on a Wi-Fi split; connections
-  die by heartbeat, and dialing fails until the heal;
+* **partition** into two or three groups: messages between groups vanish, silently, as on a
+  Wi-Fi split; connections die by heartbeat, and dialing fails until the heal;
 * **crash**: the robot's memory is gone (`Peer.crash`); only what was committed survives, and
   the robot restarts from its store; the other side of its connections sees them reset;
 * **skew**: each robot's wall clock is off by its own amount, and may jump;
 * **revoke**: the owner revokes a robot mid-run; the checkers then prove it receives nothing
   written with the new keys.
 
-Writes are acknowledged the way `Peer` acknowledges them: after their group commit, which
-happens a drawn *commit delay* after the first queued write (a crash in between loses them,
+The simulation drives each session the way `hearthsync.transport.link.Link` does: a received
+update is merged at once and acknowledged (with the state vector right after the merge) once
+its group commit is durable; every durable delta, local or received, is forwarded to every
+other open connection, merged per document, never back to the device it came from.  Writes
+are acknowledged the way `Peer` acknowledges them: after their group commit, which happens a
+drawn *commit delay* after the first queued write (a crash in between loses them,
 unacknowledged, as a real crash would).
+
+`Simulation.run` plays a whole `Plan`; the same steps are public (`start`, `add_op`,
+`add_fault`, `advance`, `heal`, `settle`, `finish`, `stop`) for tests that drive the simulation
+one step at a time.
 """
 
 from __future__ import annotations
@@ -35,36 +44,25 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from nacl.signing import SigningKey
+from pycrdt import get_state, merge_updates
 
 from hearthsync.chaos.check import Findings, Replica, Write, digest, verify
-from hearthsync.chaos.plan import (
-    FIRST_USERS,
-    LATER_USERS,
-    OBJECTS,
-    PREF_KEYS,
-    REGIONS,
-    SCOPES,
-    Fault,
-    Op,
-    Plan,
-)
-from hearthsync.crdt.handles import PrefsDoc
-from hearthsync.crdt.kinds import HOME, Kind, events_doc, parse, user_doc
+from hearthsync.chaos.plan import FIRST_USERS, LATER_USERS, SCOPES, Fault, Op, Plan
+from hearthsync.chaos.workload import OP_SCOPE, TinyEmbedder, Writer, perform
+from hearthsync.crdt import statevector
 from hearthsync.crypto.certificate import Certificate, Revocations, TrustStore
 from hearthsync.crypto.household import Household
 from hearthsync.crypto.identity import KEY_FILE, DeviceIdentity
 from hearthsync.crypto.keyring import Keyring
 from hearthsync.errors import ClosedError, HearthError, NotFoundError
 from hearthsync.ids import DocId
-from hearthsync.model.records import Condition
 from hearthsync.peer import Peer
-from hearthsync.protocol import frames as f
 from hearthsync.protocol.session import (
     ApplyUpdate,
     Closed,
@@ -75,19 +73,16 @@ from hearthsync.protocol.session import (
     SealFailed,
     Session,
 )
-from hearthsync.store.embedding import HashingEmbedder
 from hearthsync.store.sqlite import Batch
-
-log = logging.getLogger(__name__)
 
 #: simulated time 0 on every robot's wall clock (2026-09-15 12:00 UTC), before its skew
 BASE_WALL = 1_789_473_600.0
-TICK_S = 0.5  #: how often every session's heartbeat timer runs
+TICK_S = 0.5  #: how often every session's heartbeat timer runs (as `Link` does)
 CONNECT_TIMEOUT_S = 1.0  #: a dial across a partition fails after this long
 FIRST_RETRY_S = 0.2
 MAX_RETRY_S = 10.0
 YEAR_S = 365 * 86_400
-_HEARTBEAT_FRAMES = frozenset({f.FrameType.PING, f.FrameType.PONG})
+_EMBEDDER = TinyEmbedder()
 
 
 def _fast_tmp() -> str | None:
@@ -137,8 +132,8 @@ class Robot:
     retry: dict[int, float] = field(default_factory=dict)
     commit_at: float | None = None
     writers: list[tuple[asyncio.Task[Write | None], Op]] = field(default_factory=list)
-    to_ack: list[tuple[_Conn, DocId]] = field(default_factory=list)
-    commits: int = 0
+    #: received updates merged in memory, to acknowledge once committed: (conn, doc, state)
+    to_ack: list[tuple[_Conn, DocId, bytes]] = field(default_factory=list)
 
     @property
     def device_id(self) -> str:
@@ -153,10 +148,10 @@ class Outcome:
     peers: int
     faults: list[str]  #: the faults injected, described, in order
     fault_kinds: list[str]  #: their kinds, in the same order
-    ops: int  #: writes attempted
+    ops: int  #: writes planned
     acknowledged: int  #: writes acknowledged (durable on their robot)
     findings: Findings
-    errors: list[str]  #: exceptions that escaped, and protocol anomalies
+    errors: list[str]  #: exceptions that escaped, failed commits, protocol anomalies
     converge_s: float | None  #: simulated seconds from the heal to quiescence (None: never)
     trace: list[str]
     trace_digest: str  #: of the trace and of every robot's final documents
@@ -173,7 +168,7 @@ class Outcome:
 
 
 class Simulation:
-    """Run one `Plan`: ``outcome = await Simulation(plan, folder).run()``."""
+    """One simulated household: ``outcome = await Simulation(plan, folder).run()``."""
 
     def __init__(self, plan: Plan, folder: Path) -> None:
         self.plan = plan
@@ -191,62 +186,121 @@ class Simulation:
         self.robots: list[Robot] = []
         self._conn_seq = 0
         self._active: list[Fault] = []
-        self._healed = False
+        self._settling = False
         self.revoked: int | None = None
         self.revoked_epochs: dict[str, int] = {}
         self.messages = 0
         self.lost = 0
-        self._in_flight = 0  # data frames (not heartbeats) on their way
+        self._in_flight = 0  # messages on their way between robots that are not revoked
         self._bug_counter = 0
+        self.converge_s: float | None = None
 
-    # ------------------------------------------------------------------ the event loop
-
-    def at(self, when: float, action: Callable[[], Awaitable[None] | None]) -> None:
-        self._seq += 1
-        heapq.heappush(self._heap, (max(when, self.now), self._seq, action))
-
-    def note(self, line: str) -> None:
-        self.trace.append(f"t={self.now:8.3f} {line}")
+    # ------------------------------------------------------------------ the whole run
 
     async def run(self) -> Outcome:
+        """Play the plan: writes and faults until ``duration``, then heal, settle, check."""
         started = time.perf_counter()
-        try:
-            await self._setup()
-            for op in self.plan.ops:
-                self.at(op.at, lambda op=op: self._op(op))  # type: ignore[misc]
-            for fault in self.plan.faults:
-                self.at(fault.at, lambda fault=fault: self._start_fault(fault))  # type: ignore[misc]
-                if fault.until > fault.at or fault.kind == "crash":
-                    self.at(fault.until, lambda fault=fault: self._end_fault(fault))  # type: ignore[misc]
-            self.at(TICK_S, self._tick)
-            heal = self.scenario.duration
-            self.at(heal, self._heal)
-            converged_at = await self._loop(heal + self.scenario.settle_limit)
-            if converged_at is None:
-                self.note(f"did not converge before the settle limit: {self._busy()}")
-            else:
-                self.note("quiescent: checking")
-            for robot in self.robots:
-                if robot.peer is None:  # cannot happen after the heal; be loud if it does
-                    self.errors.append(f"r{robot.index} is down at the end")
-                    await self._boot(robot)
-                await _peer(robot).commit()
-            findings = self._verify()
-            final = "".join(digest(_peer(r)) for r in self.robots)
-            hashed = hashlib.blake2b("\n".join([*self.trace, final]).encode(), digest_size=16)
-            return Outcome(
-                seed=self.plan.seed, peers=self.plan.peers, faults=self.faults_injected,
-                fault_kinds=self.fault_kinds,
-                ops=len(self.plan.ops), acknowledged=len(self.writes), findings=findings,
-                errors=self.errors,
-                converge_s=None if converged_at is None else converged_at - heal,
-                trace=self.trace, trace_digest=hashed.hexdigest(), messages=self.messages,
-                messages_lost=self.lost, elapsed_s=time.perf_counter() - started,
-            )  # fmt: skip
-        finally:
-            await self._stop()
+        with self.captured_logs():
+            try:
+                await self.start()
+                for op in self.plan.ops:
+                    self.add_op(op)
+                for fault in self.plan.faults:
+                    self.add_fault(fault)
+                await self.advance(self.scenario.duration)
+                await self.heal()
+                await self.settle()
+                outcome = await self.finish()
+            finally:
+                await self.stop()
+        return _timed(outcome, time.perf_counter() - started)
 
-    def _verify(self) -> Findings:
+    # ------------------------------------------------------------------ step by step
+
+    async def start(self) -> None:
+        """Make the household (certificates, keys, one store per robot), boot every robot
+        and start the heartbeat timer; every robot knows the first users."""
+        await self._setup()
+        self.at(TICK_S, self._tick)
+
+    def add_op(self, op: Op) -> None:
+        """Make write ``op`` at its time (``op.at``, simulated seconds)."""
+        self.at(op.at, lambda: self._op(op))
+
+    def add_fault(self, fault: Fault) -> None:
+        """Inject ``fault`` from ``fault.at`` until ``fault.until``."""
+        self.at(fault.at, lambda: self._start_fault(fault))
+        if fault.until > fault.at or fault.kind == "crash":
+            self.at(fault.until, lambda: self._end_fault(fault))
+
+    async def advance(self, until: float) -> None:
+        """Run everything due up to simulated time ``until``."""
+        await self._loop(until)
+        self.now = max(self.now, until)
+
+    async def heal(self) -> None:
+        """End every fault now, restart every crashed robot, and redial every pair."""
+        self._active.clear()
+        self.note("heal: every fault ends")
+        for robot in self.robots:
+            if robot.peer is None:
+                self.note(f"restart r{robot.index}")
+                await self._boot(robot)
+            for other in self.robots:
+                if other is not robot and robot.device_id > other.device_id:
+                    robot.retry[other.index] = FIRST_RETRY_S
+                    self._dial(robot, other)
+
+    async def settle(self) -> float | None:
+        """No more faults from now on: run until the household is quiescent (every pair
+        linked, nothing in flight, the same state vectors) or the settle limit passes.
+        Returns the simulated seconds it took (None: the limit passed)."""
+        self._settling = True
+        healed_at = self.now
+        converged_at = await self._loop(healed_at + self.scenario.settle_limit, until_quiet=True)
+        if converged_at is None:
+            self.note(f"did not converge before the settle limit: {self._busy()}")
+            self.converge_s = None
+        else:
+            self.note("quiescent: checking")
+            self.converge_s = converged_at - healed_at
+        return self.converge_s
+
+    async def finish(self) -> Outcome:
+        """Commit what every robot holds and run the checkers."""
+        for robot in self.robots:
+            if robot.peer is None:  # cannot happen after a heal; be loud if it does
+                self.errors.append(f"r{robot.index} is down at the end")
+                await self._boot(robot)
+            await self._commit(robot)
+        findings = self.check()
+        final = "".join(digest(_peer(r)) for r in self.robots)
+        hashed = hashlib.blake2b("\n".join([*self.trace, final]).encode(), digest_size=16)
+        return Outcome(
+            seed=self.plan.seed, peers=self.plan.peers, faults=self.faults_injected,
+            fault_kinds=self.fault_kinds, ops=len(self.plan.ops), acknowledged=len(self.writes),
+            findings=findings, errors=self.errors, converge_s=self.converge_s, trace=self.trace,
+            trace_digest=hashed.hexdigest(), messages=self.messages, messages_lost=self.lost,
+            elapsed_s=0.0,
+        )  # fmt: skip
+
+    @contextlib.contextmanager
+    def captured_logs(self) -> Iterator[None]:
+        """While in this block, hearthsync's log records go to this simulation's trace (and
+        its errors to the findings), not to the console."""
+        logger = logging.getLogger("hearthsync")
+        handler = _TraceHandler(self)
+        propagate = logger.propagate
+        logger.addHandler(handler)
+        logger.propagate = False
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            logger.propagate = propagate
+
+    def check(self) -> Findings:
+        """The checkers (`hearthsync.chaos.check.verify`) on the household as it is now."""
         members = [
             Replica(r.index, _peer(r), r.scopes) for r in self.robots if r.index != self.revoked
         ]
@@ -257,11 +311,33 @@ class Simulation:
             revoked_epochs=self.revoked_epochs,
         )  # fmt: skip
 
-    async def _loop(self, deadline: float) -> float | None:
-        while self._heap:
+    async def stop(self) -> None:
+        """Drop every robot (as a crash: the run is over, nothing more needs to land)."""
+        for robot in self.robots:
+            for task, _ in robot.writers:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            robot.writers = []
+            if robot.peer is not None:
+                with contextlib.suppress(Exception):
+                    await robot.peer.crash()
+                robot.peer = None
+
+    # ------------------------------------------------------------------ the event loop
+
+    def at(self, when: float, action: Callable[[], Awaitable[None] | None]) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (max(when, self.now), self._seq, action))
+
+    def note(self, line: str) -> None:
+        self.trace.append(f"t={self.now:8.3f} {line}")
+
+    async def _loop(self, deadline: float, *, until_quiet: bool = False) -> float | None:
+        """Run events due until ``deadline``; with ``until_quiet``, stop (and return the time)
+        as soon as the household is quiescent."""
+        while self._heap and self._heap[0][0] <= deadline:
             when, _, action = heapq.heappop(self._heap)
-            if when > deadline:
-                return None
             self.now = when
             try:
                 result = action()
@@ -269,12 +345,11 @@ class Simulation:
                     await result
             except Exception as exc:  # an escaped exception is a finding, not a crash here
                 self.errors.append(f"t={self.now:.3f} {type(exc).__name__}: {exc}")
-                log.exception("chaos: unexpected exception at t=%.3f", self.now)
-            if self._healed and self._quiescent():
+            if until_quiet and self._busy() is None:
                 return self.now
         return None
 
-    # ------------------------------------------------------------------ setup and teardown
+    # ------------------------------------------------------------------ setup
 
     async def _setup(self) -> None:
         plan = self.plan
@@ -322,8 +397,10 @@ class Simulation:
             self.robots.append(robot)
         for robot in self.robots:
             await self._boot(robot)
-            for user in FIRST_USERS:
-                self._writer(robot, _add_user(robot, user), Op(-1, robot.index, "user", 0, 0))
+            for n, user in enumerate(FIRST_USERS):
+                op = Op(-1 - n, robot.index, "user", 0.0, 0)
+                writer = Writer(robot.index, _peer(robot), robot.keyring)
+                self._writer(robot, writer.add_user(user), op)
         for robot in self.robots:
             await self._commit(robot)
 
@@ -342,8 +419,8 @@ class Simulation:
                 self.at(self.now, lambda other=other: self._dial(robot, other))  # type: ignore[misc]
 
     def _break_store(self, peer: Peer) -> None:
-        """The deliberately broken build: every tenth delta is acknowledged, forwarded and
-        kept in memory, but never written to SQLite (only a crash reveals it)."""
+        """A deliberately broken build: every tenth delta is acknowledged, forwarded and kept
+        in memory, but never written to SQLite (only a crash reveals it)."""
         store = peer._sqlite
         commit = store.commit
 
@@ -361,51 +438,20 @@ class Simulation:
     def _wall(self, robot: Robot) -> float:
         return BASE_WALL + self.now + robot.skew
 
-    async def _stop(self) -> None:
-        for robot in self.robots:
-            for task, _ in robot.writers:
-                task.cancel()
-            if robot.peer is not None:
-                with contextlib.suppress(Exception):
-                    await robot.peer.crash()  # the run is over: nothing more needs to land
-                robot.peer = None
-
-    # ------------------------------------------------------------------ writes
+    # ------------------------------------------------------------------ writes and commits
 
     async def _op(self, op: Op) -> None:
         robot = self.robots[op.robot]
         if robot.peer is None:
             self.note(f"op#{op.index} r{op.robot} {op.kind}: robot down, not attempted")
             return
-        if _OP_SCOPE[op.kind] not in robot.scopes:
+        if OP_SCOPE[op.kind] not in robot.scopes:
             self.note(f"op#{op.index} r{op.robot} {op.kind}: not in its scopes, not attempted")
             return
-        rng = random.Random(op.seed)
-        peer = robot.peer
-        users = [u for u in peer.users() if u in FIRST_USERS + LATER_USERS]
-        user = rng.choice(users) if users else FIRST_USERS[0]
-        marker = f"r{op.robot}-{op.index}"
-        coro: Awaitable[Write | None]
-        match op.kind:
-            case "pref":
-                key = rng.choice(PREF_KEYS)
-                condition = rng.choice((None, Condition(days="weekday"), Condition(days="weekend")))
-                coro = _set_pref(robot, user, key, marker, condition)
-            case "profile":
-                coro = _set_profile(robot, user, marker)
-            case "calibration":
-                coro = _set_calibration(robot, user, round(rng.random(), 3))
-            case "move":
-                coro = _move(robot, rng.choice(OBJECTS), rng.choice(REGIONS), marker)
-            case "event":
-                coro = _record_event(robot, user, marker)
-            case _:
-                fresh = [u for u in LATER_USERS if u not in users]
-                coro = _add_user(robot, rng.choice(fresh)) if fresh else _add_user(robot, user)
-        self._writer(robot, coro, op)
+        self._writer(robot, perform(op, robot.index, robot.peer, robot.keyring), op)
         await asyncio.sleep(0)  # the writer runs up to its commit now, at its own time
 
-    def _writer(self, robot: Robot, coro: Awaitable[Write | None], op: Op) -> None:
+    def _writer(self, robot: Robot, coro: Awaitable[Any], op: Op) -> None:
         task = asyncio.ensure_future(coro)
         robot.writers.append((task, op))
         self._schedule_commit(robot)
@@ -423,38 +469,50 @@ class Simulation:
     async def _commit(self, robot: Robot) -> None:
         """The group commit: everything queued lands, writers are acknowledged, updates from
         peers are acknowledged to them, and the durable deltas are forwarded (by the peer's
-        commit listener, `_forward`)."""
-        peer = robot.peer
-        assert peer is not None
+        commit listener, `_forward`).  A failed commit is a finding: its writers are not
+        acknowledged and the connections whose updates it held are closed, as `Link` does."""
+        peer = _peer(robot)
         robot.commit_at = None
         writers, robot.writers = robot.writers, []
+        to_ack, robot.to_ack = robot.to_ack, []
         for _ in range(2):  # let every writer created so far queue its write
             await asyncio.sleep(0)
-        await peer.commit()
-        robot.commits += 1
+        try:
+            await peer.commit()
+        except Exception as exc:
+            self.errors.append(f"t={self.now:.3f} r{robot.index} commit failed: {exc!r}")
+            self.note(f"r{robot.index} commit failed: {exc!r}")
+            failed = True
+        else:
+            failed = False
         if writers:
             async with asyncio.timeout(30):  # they are all resolved: this only lets them end
                 await asyncio.wait([task for task, _ in writers])
         for task, op in writers:
-            self._writer_done(robot, task, op)
-        to_ack, robot.to_ack = robot.to_ack, []
-        for conn, doc_id in to_ack:
+            self._writer_done(robot, task, op, failed)
+        for conn, doc_id, state in to_ack:
             side = conn.sides[robot.index]
-            if side.alive:
-                side.session.applied(doc_id, peer.state_vector(doc_id))
-                self._flush(conn, robot.index)
+            if not side.alive:
+                continue
+            if failed:
+                side.session.close(f"could not commit {doc_id}")
+            else:
+                side.session.applied(doc_id, state)
+            self._flush(conn, robot.index)
 
-    def _writer_done(self, robot: Robot, task: asyncio.Task[Write | None], op: Op) -> None:
+    def _writer_done(
+        self, robot: Robot, task: asyncio.Task[Write | None], op: Op, failed: bool = False
+    ) -> None:
         if task.cancelled():
             return
         exc = task.exception()
-        if isinstance(exc, ClosedError | NotFoundError):
-            self.note(f"op#{op.index} r{robot.index} {op.kind}: not acknowledged ({exc})")
+        if exc is not None and (failed or isinstance(exc, ClosedError | NotFoundError)):
+            self.note(f"op#{op.index} r{robot.index} {op.kind}: not acknowledged ({exc!r})")
         elif exc is not None:
             self.errors.append(f"op#{op.index} r{robot.index} {op.kind}: {exc!r}")
         else:
             write = task.result()
-            if write is not None:
+            if isinstance(write, Write):
                 write.acked_at = self.now
                 self.writes.append(write)
                 self.note(f"ack {write.describe()}")
@@ -497,7 +555,7 @@ class Simulation:
             return
         wait = robot.retry.get(other.index, FIRST_RETRY_S)
         robot.retry[other.index] = min(wait * 2, MAX_RETRY_S)
-        if self._healed:
+        if self._settling:
             wait = min(wait, 1.0)  # after the heal robots keep trying; cap it so runs end
         wait *= self.net.uniform(0.5, 1.5)  # jitter
         incarnation = robot.incarnation
@@ -515,21 +573,20 @@ class Simulation:
             return
         old = acceptor.conns.get(dialer.index)
         if old is not None:  # a half-open connection of the dialer's: the new one replaces it
-            self._teardown(old, acceptor.index, "replaced by a new connection")
+            self._teardown(old, acceptor.index)
         self._conn_seq += 1
         conn = _Conn(self._conn_seq, {})
         for robot in (dialer, acceptor):
-            assert robot.peer is not None
             session = Session(
                 robot.identity, robot.certificate.to_wire(), robot.trust, robot.keyring,
-                robot.peer.docs, robot.rng.randbytes, self._wall(robot),
+                _peer(robot).docs, robot.rng.randbytes, self._wall(robot),
             )  # fmt: skip
             conn.sides[robot.index] = _Side(robot.index, session, robot.incarnation)
             robot.conns[(acceptor if robot is dialer else dialer).index] = conn
         for robot in (dialer, acceptor):
             self._flush(conn, robot.index)
 
-    def _teardown(self, conn: _Conn, robot_index: int, reason: str) -> None:
+    def _teardown(self, conn: _Conn, robot_index: int) -> None:
         """This robot's end of ``conn`` is gone (closed, reset or timed out)."""
         side = conn.sides[robot_index]
         if not side.alive:
@@ -549,7 +606,7 @@ class Simulation:
             self._send(conn, sender, data)
         if side.session.closed and side.alive:
             # the transport closes: the other side learns at once, if the network lets it
-            self._teardown(conn, sender, "session closed")
+            self._teardown(conn, sender)
             receiver = conn.other(sender)
             if self._reachable(sender, receiver):
                 delay = self.net.uniform(*self.scenario.latency)
@@ -559,24 +616,20 @@ class Simulation:
         if conn.sides[robot].alive:
             conn.sides[robot].session.close("connection closed by the peer")
             conn.sides[robot].session.events_received()
-            self._teardown(conn, robot, "reset")
+            self._teardown(conn, robot)
 
     # ------------------------------------------------------------------ the network
 
     def _send(self, conn: _Conn, sender: int, data: bytes) -> None:
         receiver = conn.other(sender)
         self.messages += 1
-        # what quiescence waits for: data frames between robots that are not revoked
-        counted = not (len(data) > 1 and data[1] in _HEARTBEAT_FRAMES) and self.revoked not in (
-            sender,
-            receiver,
-        )
-        drop = dup = 0.0
-        extra = 0.0
-        reorder = 0.0
-        pair = tuple(sorted((sender, receiver)))
+        # quiescence waits for every message between robots that are still members (heartbeats
+        # included: they cost a round trip now and then, and need no look inside a frame)
+        counted = self.revoked not in (sender, receiver)
+        drop = dup = extra = reorder = 0.0
+        pair = (min(sender, receiver), max(sender, receiver))
         for fault in self._active:
-            if fault.robots and fault.kind != "partition" and tuple(fault.robots) != pair:
+            if fault.robots and fault.kind != "partition" and fault.robots != pair:
                 continue
             match fault.kind:
                 case "drop":
@@ -590,11 +643,10 @@ class Simulation:
         if drop and self.net.random() < drop:
             self.lost += 1
             return
-        latency = self.net.uniform(*self.scenario.latency) + extra
-        when = self.now + latency
+        when = self.now + self.net.uniform(*self.scenario.latency) + extra
         if reorder:
             when += self.net.uniform(0.0, reorder)
-        else:
+        else:  # in order per connection, as TCP delivers
             when = max(when, conn.arrival.get(receiver, 0.0))
             conn.arrival[receiver] = when
         copies = 2 if dup and self.net.random() < dup else 1
@@ -604,9 +656,7 @@ class Simulation:
             arrive = when + copy * self.net.uniform(0.0, 0.02)
             self.at(arrive, lambda: self._deliver(conn, sender, receiver, data, counted))
 
-    async def _deliver(
-        self, conn: _Conn, sender: int, receiver: int, data: bytes, counted: bool
-    ) -> None:
+    def _deliver(self, conn: _Conn, sender: int, receiver: int, data: bytes, counted: bool) -> None:
         if counted:
             self._in_flight -= 1
         side = conn.sides[receiver]
@@ -615,39 +665,59 @@ class Simulation:
             self.lost += 1
             return
         side.session.receive_data(data, self._wall(robot))
-        await self._events(robot, conn)
+        self._events(robot, conn)
         self._flush(conn, receiver)
 
-    async def _events(self, robot: Robot, conn: _Conn) -> None:
+    def _events(self, robot: Robot, conn: _Conn) -> None:
         side = conn.sides[robot.index]
-        peer = robot.peer
-        assert peer is not None
         for event in side.session.events_received():
             if isinstance(event, ApplyUpdate):
-                try:
-                    peer.receive_update(event.doc_id, event.update, origin=event.author)
-                except HearthError as exc:
-                    self.errors.append(f"r{robot.index} could not apply {event.doc_id}: {exc}")
-                    side.session.close(f"could not apply {event.doc_id}")
-                    continue
-                if parse(event.doc_id).scope not in robot.scopes:
-                    self.errors.append(f"r{robot.index} received {event.doc_id} outside its scopes")
-                robot.to_ack.append((conn, event.doc_id))
-                self._schedule_commit(robot)
+                self._apply(robot, conn, event)
             elif isinstance(event, RevocationsChanged):
                 self.note(f"r{robot.index} learns revocations {sorted(event.revoked)}")
                 self._trust_changed(robot)
             elif isinstance(event, PeerAuthenticated):
                 robot.retry.pop(conn.other(robot.index), None)
             elif isinstance(event, LineageMismatch | SealFailed):
-                self.errors.append(f"r{robot.index}: {event}")
+                self.errors.append(f"t={self.now:.3f} r{robot.index}: {event}")
             elif isinstance(event, KeyMissing | Closed):
                 self.note(f"r{robot.index}<->r{conn.other(robot.index)} {event}")
 
+    def _apply(self, robot: Robot, conn: _Conn, event: ApplyUpdate) -> None:
+        """Merge a received update now; acknowledge it once its commit is durable, with the
+        state vector right after the merge (`Link._apply`)."""
+        peer = _peer(robot)
+        session = conn.sides[robot.index].session
+        if parse_scope(peer, event.doc_id) not in robot.scopes:
+            self.errors.append(f"r{robot.index} received {event.doc_id} outside its scopes")
+        if self._broken_merge():
+            state = _claimed(peer.state_vector(event.doc_id), event.update)
+            self.note(f"r{robot.index} drops an update of {event.doc_id} (broken build)")
+            session.applied(event.doc_id, state)
+            return
+        try:
+            origin = session.peer_id or event.author
+            done = peer.receive_update(event.doc_id, event.update, origin=origin)
+        except HearthError as exc:
+            self.errors.append(f"t={self.now:.3f} r{robot.index} could not apply: {exc}")
+            session.close(f"could not apply {event.doc_id}")
+            return
+        state = peer.state_vector(event.doc_id)
+        if done is None:  # nothing new: what it holds is already durable here
+            session.applied(event.doc_id, state)
+            return
+        robot.to_ack.append((conn, event.doc_id, state))
+        self._schedule_commit(robot)
+
+    def _broken_merge(self) -> bool:
+        if self.scenario.bug != "drop-every-10th-delta":
+            return False
+        self._bug_counter += 1
+        return self._bug_counter % 10 == 0
+
     def _forward(self, robot: Robot, batch: Any) -> None:
         """The commit listener: send every durable delta to every open connection, one
-        envelope per document (as `hearthsync.transport.link.Link` does), never back to the
-        device it came from."""
+        envelope per document (as `Link` does), never back to the device it came from."""
         for _other, conn in sorted(robot.conns.items()):
             side = conn.sides[robot.index]
             if not side.alive:
@@ -655,11 +725,10 @@ class Simulation:
             peer_id = side.session.peer_id
             by_doc: dict[str, list[bytes]] = {}
             for doc_id, delta, origin in batch:
-                if peer_id is not None and origin == peer_id:
-                    continue
-                by_doc.setdefault(doc_id, []).append(delta)
+                if peer_id is None or origin != peer_id:
+                    by_doc.setdefault(doc_id, []).append(delta)
             for doc_id, deltas in by_doc.items():
-                merged = deltas[0] if len(deltas) == 1 else _merge(deltas)
+                merged = deltas[0] if len(deltas) == 1 else bytes(merge_updates(*deltas))
                 side.session.send_update(DocId(doc_id), merged)
             self._flush(conn, robot.index)
 
@@ -673,26 +742,23 @@ class Simulation:
                 side.session.send_grants()
                 self._flush(conn, robot.index)
 
-    # ------------------------------------------------------------------ heartbeats
-
     def _tick(self) -> None:
+        """Every session's heartbeat timer (`Link._tick`)."""
         for robot in self.robots:
             if robot.peer is None:
                 continue
-            for conn in [c for _, c in sorted(robot.conns.items())]:
+            for _other, conn in sorted(robot.conns.items()):
                 side = conn.sides[robot.index]
                 if side.alive:
                     side.session.tick(self._wall(robot))
-                    for event in side.session.events_received():
-                        if isinstance(event, Closed):
-                            self.note(f"r{robot.index}<->r{conn.other(robot.index)} {event}")
+                    self._events(robot, conn)
                     self._flush(conn, robot.index)
         self.at(self.now + TICK_S, self._tick)
 
     # ------------------------------------------------------------------ faults
 
     async def _start_fault(self, fault: Fault) -> None:
-        if self._healed:
+        if self._settling:
             return
         self.faults_injected.append(fault.describe())
         self.fault_kinds.append(fault.kind)
@@ -731,7 +797,7 @@ class Simulation:
         robot.commit_at = None
         robot.dialing.clear()
         for other, conn in sorted(robot.conns.items()):
-            self._teardown(conn, robot.index, "crashed")
+            self._teardown(conn, robot.index)
             if self._reachable_ignoring_crash(robot.index, other):  # the kernel resets it
                 delay = self.net.uniform(*self.scenario.latency)
                 self.at(self.now + delay, lambda conn=conn, other=other: self._reset(conn, other))  # type: ignore[misc]
@@ -767,32 +833,15 @@ class Simulation:
         self.note(f"r0 revokes r{victim.index}: new epochs {sorted(self.revoked_epochs.items())}")
         self._trust_changed(owner)
 
-    async def _heal(self) -> None:
-        """End every fault, restart every crashed robot; from now on the run only converges."""
-        self._healed = True
-        self._active.clear()
-        self.note("heal: every fault ends")
-        for robot in self.robots:
-            if robot.peer is None:
-                self.note(f"restart r{robot.index}")
-                await self._boot(robot)
-            for other in self.robots:
-                if other is not robot and robot.device_id > other.device_id:
-                    robot.retry[other.index] = FIRST_RETRY_S
-                    self._dial(robot, other)
-
     # ------------------------------------------------------------------ quiescence
 
     def _members(self) -> list[Robot]:
         return [r for r in self.robots if r.index != self.revoked]
 
-    def _quiescent(self) -> bool:
-        return self._busy() is None
-
     def _busy(self) -> str | None:
         """Why the household is not quiescent yet (None: it is).  Quiescent means: every pair
         of (unrevoked) robots linked and authenticated, nothing in flight or waiting to
-        commit, no session about to offer its inventory again or waiting for an answer."""
+        commit, no session waiting for an answer, and the same state vectors everywhere."""
         if self._in_flight:
             return f"{self._in_flight} messages in flight"
         members = self._members()
@@ -808,8 +857,8 @@ class Simulation:
                 session = conn.sides[robot.index].session
                 if session.state.value != "open":
                     return f"r{robot.index}->r{other.index} is {session.state.value}"
-                if session._requested:
-                    return f"r{robot.index}->r{other.index} waits for {sorted(session._requested)}"
+                if getattr(session, "_requested", None):
+                    return f"r{robot.index}->r{other.index} waits for an answer"
         # idle: converged when every pair holds the same state vectors in the scopes both
         # read (the checkers then compare content too); else a repair is still to come
         held = {r.index: self._state_vectors(r) for r in members}
@@ -825,97 +874,51 @@ class Simulation:
     def _state_vectors(self, robot: Robot) -> dict[str, tuple[str, bytes]]:
         peer = _peer(robot)
         return {
-            doc_id: (parse(doc_id).scope, peer.state_vector(doc_id))
+            doc_id: (parse_scope(peer, doc_id), peer.state_vector(doc_id))
             for doc_id in peer.document_ids()
         }
 
 
-# ---------------------------------------------------------------------- the writes
-
-
-def _merge(deltas: list[bytes]) -> bytes:
-    from pycrdt import merge_updates
-
-    return bytes(merge_updates(*deltas))
-
-
-_EMBEDDER = HashingEmbedder()
-_OP_SCOPE = {
-    "pref": "core", "profile": "core", "calibration": "core", "move": "spatial",
-    "event": "history", "user": "household",
-}  # fmt: skip
+# ---------------------------------------------------------------------- helpers
 
 
 def _peer(robot: Robot) -> Peer:
-    assert robot.peer is not None
+    assert robot.peer is not None, f"r{robot.index} is down"
     return robot.peer
 
 
-def _epoch(robot: Robot, scope: str, user: str | None = None) -> int:
-    """The key epoch the robot seals ``user``'s documents of ``scope`` under, now."""
-    return robot.keyring.sealing_epoch(scope, user)
+def parse_scope(peer: Peer, doc_id: str) -> str:
+    """The scope of ``doc_id`` as the peer's sync port describes it."""
+    return peer.docs.describe(doc_id).scope
 
 
-async def _add_user(robot: Robot, user: str) -> Write | None:
-    peer = _peer(robot)
-    epoch = _epoch(robot, "household")
-    await peer.add_user(user, name=user.title())
-    return Write(robot.index, "user", DocId("household"), "household", "users", user, "", epoch)
+def _claimed(held: bytes, update: bytes) -> bytes:
+    """What a broken merge claims to hold after dropping ``update``: everything it covers."""
+    mine = statevector.decode(held)
+    for client, clock in statevector.decode(bytes(get_state(update))).items():
+        mine[client] = max(mine.get(client, 0), clock)
+    return statevector.encode(mine)
 
 
-async def _set_pref(
-    robot: Robot, user: str, key: str, marker: str, condition: Condition | None
-) -> Write:
-    peer = _peer(robot)
-    epoch = _epoch(robot, "core", user)
-    record = await peer.set_preference(user, key, marker, condition=condition)
-    slot = f"{PrefsDoc.slot_key(record)}\x1f{record.device}"
-    return Write(
-        robot.index, "pref", user_doc(user, Kind.PREFS), "core", "prefs", slot, record.set_at, epoch
-    )
+def _timed(outcome: Outcome, elapsed: float) -> Outcome:
+    return replace(outcome, elapsed_s=elapsed)
 
 
-async def _set_profile(robot: Robot, user: str, marker: str) -> Write:
-    peer = _peer(robot)
-    epoch = _epoch(robot, "core", user)
-    record = await peer.set_profile(user, attributes={"note": marker})
-    slot = f"profile\x1f{record.device}"
-    return Write(
-        robot.index, "profile", user_doc(user, Kind.PROFILE), "core", "profile", slot,
-        record.set_at, epoch,
-    )  # fmt: skip
+class _TraceHandler(logging.Handler):
+    """Puts what the core logs during a simulation into its trace (and its errors into the
+    findings) instead of the console: a crash makes a robot rebuild its vector index, which
+    the core rightly reports, hundreds of times in a long chaos run."""
 
+    def __init__(self, sim: Simulation) -> None:
+        super().__init__(logging.WARNING)
+        self.sim = sim
+        self.folder = str(sim.folder)
 
-async def _set_calibration(robot: Robot, user: str, value: float) -> Write:
-    peer = _peer(robot)
-    epoch = _epoch(robot, "core", user)
-    record = await peer.set_calibration(user, verbosity=value)
-    slot = f"calibration\x1f{record.device}"
-    return Write(
-        robot.index, "calibration", user_doc(user, Kind.CALIBRATION), "core", "calibration",
-        slot, record.set_at, epoch,
-    )  # fmt: skip
-
-
-async def _move(robot: Robot, thing: str, region: str, marker: str) -> Write:
-    peer = _peer(robot)
-    epoch = _epoch(robot, "spatial")
-    record = await peer.place(thing, marker, region=region)
-    slot = f"{thing}\x1f{record.device}"
-    return Write(
-        robot.index, "move", DocId(f"{HOME}/spatial"), "spatial", "placements", slot,
-        record.set_at, epoch,
-    )  # fmt: skip
-
-
-async def _record_event(robot: Robot, user: str, marker: str) -> Write:
-    peer = _peer(robot)
-    epoch = _epoch(robot, "history", user)
-    event = await peer.record_event(user, "OBSERVATION", "chaos", text=f"observed {marker}")
-    month = time.strftime("%Y-%m", time.gmtime(event.ts // 1000))
-    return Write(
-        robot.index, "event", events_doc(user, month), "history", "events", event.id, "", epoch
-    )
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage().replace(self.folder, "<folder>")
+        self.sim.note(f"log {record.name}: {text}")
+        if record.levelno >= logging.ERROR:
+            self.sim.errors.append(f"t={self.sim.now:.3f} logged by {record.name}: {text}")
 
 
 async def simulate(plan: Plan, folder: Path | None = None) -> Outcome:

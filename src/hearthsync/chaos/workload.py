@@ -1,0 +1,177 @@
+"""The writes a simulated robot makes, and how the checkers will find each one again.
+
+Every write goes through the public `Peer` API, exactly as a robot's reasoning layer would
+make it, and returns a `Write`: where the write lives (document, root, slot) and what it
+carried (its hybrid timestamp), so that `hearthsync.chaos.check` can prove, after the heal,
+that every acknowledged write is present on every robot allowed to read it.
+
+The details of a write (which user, which key, which value) are drawn when it runs, from its
+own seed: they depend on what the robot knows then (the users it has heard of), and drawing
+them from a per-write generator keeps every other write unchanged when a fault is removed
+from the plan (`hearthsync.chaos.harness.shrink`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from collections.abc import Awaitable, Sequence
+
+import numpy as np
+
+from hearthsync.chaos.check import Write
+from hearthsync.chaos.plan import FIRST_USERS, LATER_USERS, OBJECTS, PREF_KEYS, REGIONS, Op
+from hearthsync.crdt.handles import PrefsDoc
+from hearthsync.crdt.kinds import HOME, Kind, events_doc, user_doc
+from hearthsync.crypto.keyring import Keyring
+from hearthsync.ids import DocId
+from hearthsync.model.records import Condition
+from hearthsync.peer import Peer
+
+#: the scope each kind of write lands in (a robot not granted it does not attempt the write)
+OP_SCOPE = {
+    "pref": "core", "profile": "core", "calibration": "core", "move": "spatial",
+    "event": "history", "user": "household", "health": "health",
+}  # fmt: skip
+CONDITIONS = (None, Condition(days="weekday"), Condition(days="weekend"))
+HEALTH_KEYS = ("allergy/nuts", "mobility/cane", "medication/evening")
+DELETE_P = 0.15  #: of preference writes that retract the current value instead (a tombstone)
+
+
+class TinyEmbedder:
+    """A deterministic 8-dimensional embedder: event recall is not under test here, and the
+    default 384-dimensional one would make every simulated event cost an HNSW insert of a
+    realistic size.  The vector memory itself (derived, rebuilt after a crash) still runs."""
+
+    @property
+    def name(self) -> str:
+        return "chaos-tiny-8"
+
+    @property
+    def dim(self) -> int:
+        return 8
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        raw = [hashlib.blake2b(t.encode(), digest_size=8).digest() for t in texts]
+        matrix = np.frombuffer(b"".join(raw), dtype=np.uint8).reshape(len(texts), 8)
+        vectors = matrix.astype(np.float32) - 127.5
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        unit: np.ndarray = (vectors / np.maximum(norms, 1e-6)).astype(np.float32)
+        return unit
+
+
+def perform(op: Op, robot: int, peer: Peer, keyring: Keyring) -> Awaitable[Write | None]:
+    """The coroutine that makes write ``op`` on ``peer`` (robot number ``robot``)."""
+    rng = random.Random(op.seed)
+    known = [u for u in peer.users() if u in FIRST_USERS + LATER_USERS]
+    user = rng.choice(known) if known else FIRST_USERS[0]
+    marker = f"r{robot}-{op.index}"
+    writer = Writer(robot, peer, keyring)
+    match op.kind:
+        case "pref":
+            key, condition = rng.choice(PREF_KEYS), rng.choice(CONDITIONS)
+            if rng.random() < DELETE_P and peer.preference(user, key, condition) is not None:
+                return writer.delete_pref(user, key, condition)
+            return writer.set_pref(user, key, marker, condition)
+        case "profile":
+            return writer.set_profile(user, marker)
+        case "calibration":
+            return writer.set_calibration(user, round(rng.random(), 3))
+        case "move":
+            return writer.move(rng.choice(OBJECTS), rng.choice(REGIONS), marker)
+        case "event":
+            return writer.record_event(user, marker)
+        case "health":
+            return writer.set_health(user, rng.choice(HEALTH_KEYS), marker)
+        case _:
+            fresh = [u for u in LATER_USERS if u not in known]
+            return writer.add_user(rng.choice(fresh) if fresh else user)
+
+
+class Writer:
+    """One robot's writes, each returning the `Write` the checkers look for."""
+
+    def __init__(self, robot: int, peer: Peer, keyring: Keyring) -> None:
+        self.robot = robot
+        self.peer = peer
+        self.keyring = keyring
+
+    def _epoch(self, scope: str, user: str | None = None) -> int:
+        """The key epoch this robot seals ``user``'s documents of ``scope`` under, now."""
+        return self.keyring.sealing_epoch(scope, user)
+
+    def _register(
+        self, kind: str, doc_id: str, scope: str, root: str, slot: str, set_at: str, epoch: int
+    ) -> Write:
+        slot_key = f"{slot}\x1f{self.peer.device_id}"
+        return Write(self.robot, kind, DocId(doc_id), scope, root, slot_key, set_at, epoch)
+
+    async def add_user(self, user: str) -> Write:
+        epoch = self._epoch("household")
+        await self.peer.add_user(user, name=user.title())
+        return Write(self.robot, "user", DocId("household"), "household", "users", user, "", epoch)
+
+    async def set_pref(
+        self, user: str, key: str, marker: str, condition: Condition | None
+    ) -> Write:
+        epoch = self._epoch("core", user)
+        record = await self.peer.set_preference(user, key, marker, condition=condition)
+        return self._register(
+            "pref", user_doc(user, Kind.PREFS), "core", "prefs", PrefsDoc.slot_key(record),
+            record.set_at, epoch,
+        )  # fmt: skip
+
+    async def delete_pref(self, user: str, key: str, condition: Condition | None) -> Write:
+        epoch = self._epoch("core", user)
+        await self.peer.delete_preference(user, key, condition)
+        mine = [
+            v
+            for v in self.peer.preference_history(user, key, condition)
+            if v.device == self.peer.device_id
+        ]
+        tombstone = mine[-1]  # the write just made is this robot's latest version
+        return self._register(
+            "pref", user_doc(user, Kind.PREFS), "core", "prefs", PrefsDoc.slot_key(tombstone),
+            tombstone.set_at, epoch,
+        )  # fmt: skip
+
+    async def set_profile(self, user: str, marker: str) -> Write:
+        epoch = self._epoch("core", user)
+        record = await self.peer.set_profile(user, attributes={"note": marker})
+        return self._register(
+            "profile", user_doc(user, Kind.PROFILE), "core", "profile", "profile", record.set_at,
+            epoch,
+        )  # fmt: skip
+
+    async def set_calibration(self, user: str, value: float) -> Write:
+        epoch = self._epoch("core", user)
+        record = await self.peer.set_calibration(user, verbosity=value)
+        return self._register(
+            "calibration", user_doc(user, Kind.CALIBRATION), "core", "calibration",
+            "calibration", record.set_at, epoch,
+        )  # fmt: skip
+
+    async def move(self, thing: str, region: str, marker: str) -> Write:
+        epoch = self._epoch("spatial")
+        record = await self.peer.place(thing, marker, region=region)
+        return self._register(
+            "move", f"{HOME}/spatial", "spatial", "placements", thing, record.set_at, epoch
+        )
+
+    async def set_health(self, user: str, key: str, marker: str) -> Write:
+        epoch = self._epoch("health", user)
+        record = await self.peer.set_health(user, key, marker)
+        return self._register(
+            "health", user_doc(user, Kind.HEALTH), "health", "health", key, record.set_at, epoch
+        )
+
+    async def record_event(self, user: str, marker: str) -> Write:
+        epoch = self._epoch("history", user)
+        event = await self.peer.record_event(
+            user, "OBSERVATION", "chaos", text=f"observed {marker}"
+        )
+        month = time.strftime("%Y-%m", time.gmtime(event.ts // 1000))
+        return Write(
+            self.robot, "event", events_doc(user, month), "history", "events", event.id, "", epoch
+        )
