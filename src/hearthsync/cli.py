@@ -283,6 +283,81 @@ def _write_figures(json_file: Path | None, figures: dict[str, float]) -> None:
         console.print(f"wrote {json_file}")
 
 
+@app.command()
+def chaos(
+    peers: Annotated[
+        int | None, typer.Option(help="robots per schedule (default: 3 to 7, drawn per seed)")
+    ] = None,
+    schedules: Annotated[int, typer.Option(help="how many schedules (seeds) to run")] = 100,
+    seed: Annotated[int, typer.Option(help="the first seed; schedule i runs seed + i")] = 0,
+    duration: Annotated[
+        float, typer.Option(help="simulated seconds of writes and faults before the heal")
+    ] = 30.0,
+    edits: Annotated[
+        int | None,
+        typer.Option(help="writes per robot, default 50 (--processes: in all, default 12)"),
+    ] = None,
+    faults: Annotated[
+        str | None, typer.Option(help="comma-separated fault kinds to draw from (default: all)")
+    ] = None,
+    fault_rate: Annotated[
+        float | None, typer.Option(help="faults started per simulated second, default 0.25")
+    ] = None,
+    processes: Annotated[
+        bool, typer.Option("--processes", help="real 'hearth run' processes behind proxies")
+    ] = False,
+    json_file: Annotated[Path | None, typer.Option("--json", help="write the figures here")] = None,
+    jobs: Annotated[
+        int | None, typer.Option(help="worker processes (default: one per core)")
+    ] = None,
+    trace: Annotated[
+        bool, typer.Option("--trace", help="print the full trace of failing schedules")
+    ] = False,
+    only_faults: Annotated[
+        str | None, typer.Option(help="replay: keep only these fault numbers ('none': no fault)")
+    ] = None,
+    minimise: Annotated[
+        bool, typer.Option("--minimise/--no-minimise", help="shrink failing fault traces")
+    ] = True,
+    bug: Annotated[
+        str | None, typer.Option(help="a deliberately broken build (tests the harness itself)")
+    ] = None,
+) -> None:
+    """Partition/merge chaos: seeded schedules of faults and writes, then proof that every
+    robot converged and nothing acknowledged was lost.  Exit status 1 on any failure."""
+    from hearthsync.chaos import Scenario
+    from hearthsync.chaos.console import exit_code, run_in_processes, run_simulated, write_json
+    from hearthsync.chaos.plan import DEFAULT_FAULT_RATE, FAULT_KINDS
+
+    if processes:
+        report = run_in_processes(
+            console, schedules=schedules, seed=seed, peers=peers or 3, edits=edits or 12
+        )
+    else:
+        try:
+            scenario = Scenario(
+                peers=peers, edits=50 if edits is None else edits, duration=duration,
+                faults=FAULT_KINDS if faults is None else _kinds(faults),
+                fault_rate=DEFAULT_FAULT_RATE if fault_rate is None else fault_rate, bug=bug,
+            )  # fmt: skip
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        only = None if only_faults is None else {int(i) for i in _kinds(only_faults)}
+        report = run_simulated(
+            console, schedules=schedules, seed=seed, scenario=scenario, jobs=jobs,
+            only_faults=only, trace=trace, minimise=minimise,
+        )  # fmt: skip
+    if json_file:
+        write_json(json_file, report)
+        console.print(f"wrote {json_file}")
+    raise typer.Exit(exit_code(report))
+
+
+def _kinds(text: str) -> tuple[str, ...]:
+    """A comma-separated list; 'none' is the empty one."""
+    return () if text.strip() == "none" else tuple(k.strip() for k in text.split(",") if k)
+
+
 def main() -> None:
     try:
         app()

@@ -1,0 +1,205 @@
+"""``hearth chaos``: run the harness from a terminal, with a progress bar and a summary.
+
+The command in `hearthsync.cli` only parses its options; everything it prints and writes is
+here, so that the same run is one call from Python too::
+
+    from rich.console import Console
+    from hearthsync.chaos.console import run_simulated
+
+    report = run_simulated(Console(), schedules=50, seed=1, scenario=Scenario(peers=5))
+
+Exit status (`exit_code`): 0 when every schedule converged with nothing lost, leaked or
+raised; 1 otherwise.  ``--json FILE`` writes `Report.to_json`, one flat object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from hearthsync.chaos.harness import Failure, Report, run
+from hearthsync.chaos.plan import FAULT_KINDS, Scenario
+from hearthsync.chaos.process import ProcessReport, run_processes
+from hearthsync.chaos.sim import Outcome
+
+PROBLEMS_SHOWN = 8  #: per failing schedule; the rest are counted
+
+
+def run_simulated(
+    console: Console,
+    *,
+    schedules: int,
+    seed: int,
+    scenario: Scenario,
+    jobs: int | None = None,
+    only_faults: set[int] | None = None,
+    trace: bool = False,
+    minimise: bool = True,
+) -> Report:
+    """Run the simulated schedules with a progress bar, then print the summary (and, with
+    ``trace``, the full trace of every failing schedule, or of the one schedule run)."""
+    traced: list[Outcome] = []
+    with _progress(console) as progress:
+        task = progress.add_task("schedules", total=schedules, failed=0)
+        failed = 0
+
+        def advance(outcome: Outcome) -> None:
+            nonlocal failed
+            failed += not outcome.ok
+            progress.update(task, advance=1, failed=failed)
+            if trace and (not outcome.ok or schedules == 1):
+                traced.append(outcome)
+
+        report = run(
+            schedules=schedules, seed=seed, scenario=scenario, jobs=jobs, minimise=minimise,
+            only_faults=only_faults, on_outcome=advance, keep_traces=trace and schedules == 1,
+        )  # fmt: skip
+    for outcome in sorted(traced, key=lambda o: o.seed):
+        console.rule(f"trace of schedule {outcome.seed}")
+        for line in outcome.trace:
+            console.print(line, markup=False, highlight=False)
+    print_report(console, report)
+    return report
+
+
+def run_in_processes(
+    console: Console, *, schedules: int, seed: int, peers: int, edits: int
+) -> Report:
+    """Process mode: ``schedules`` runs of real ``hearth run`` processes behind fault
+    proxies (`hearthsync.chaos.process`), one after the other, summed into one `Report`."""
+    report = Report()
+    started = time.perf_counter()
+    with _progress(console) as progress:
+        task = progress.add_task("process runs", total=schedules, failed=0)
+        failures = 0
+        for run_seed in range(seed, seed + schedules):
+            with tempfile.TemporaryDirectory(prefix="hearth-chaos-processes-") as folder:
+                found = asyncio.run(
+                    run_processes(Path(folder), peers=peers, seed=run_seed, edits=edits)
+                )
+            add_process_run(report, found, edits)
+            failures += not found.ok
+            progress.update(task, advance=1, failed=failures)
+    report.elapsed_s = time.perf_counter() - started
+    print_report(console, report, processes=True)
+    return report
+
+
+def add_process_run(report: Report, found: ProcessReport, edits: int) -> None:
+    """Count one process-mode run into ``report`` (its failure replays with its seed)."""
+    report.schedules += 1
+    report.faults += found.faults
+    report.acknowledged_writes += found.acknowledged_writes
+    report.verified_writes += found.verified_writes
+    report.divergences += found.divergences
+    report.lost_writes += len(found.lost_writes)
+    report.converge_s.append(found.converge_s)
+    for line in found.fault_trace:
+        kind = line.split()[1] if len(line.split()) > 1 else "?"
+        if kind in ("cut", "kill", "delay", "reset", "drop"):
+            report.fault_counts[kind] = report.fault_counts.get(kind, 0) + 1
+    if not found.ok:
+        problems = [f"lost: {robot} acknowledged {key}" for robot, key in found.lost_writes]
+        problems += [f"leaked across the cut: {robot} {key}" for robot, key in found.leaked_writes]
+        if found.divergences:
+            problems.append(f"divergence: {found.divergences} robots' digests differ")
+        replay = (
+            f"hearth chaos --processes --seed {found.seed} --schedules 1 "
+            f"--peers {found.peers} --edits {edits}"
+        )
+        report.failures.append(
+            Failure(found.seed, found.peers, problems, list(found.fault_trace), replay)
+        )
+
+
+def exit_code(report: Report) -> int:
+    return 0 if report.ok else 1
+
+
+def write_json(path: Path, report: Report) -> None:
+    path.write_text(json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n")
+
+
+# ---------------------------------------------------------------------- printing
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(),
+        console=console, transient=False,
+    )  # fmt: skip
+
+
+def print_report(console: Console, report: Report, *, processes: bool = False) -> None:
+    """The summary table, then every failure with its problems and replay command."""
+    table = Table(title="hearth chaos" + (" (processes)" if processes else ""), show_header=False)
+    table.add_column()
+    table.add_column()
+    for name, value in _rows(report, processes):
+        table.add_row(name, value)
+    console.print(table)
+    for failure in report.failures:
+        console.rule(f"[red]schedule {failure.seed} failed ({failure.peers} robots)")
+        for problem in failure.problems[:PROBLEMS_SHOWN]:
+            console.print(f"  {problem}", markup=False, highlight=False)
+        if len(failure.problems) > PROBLEMS_SHOWN:
+            console.print(f"  ... and {len(failure.problems) - PROBLEMS_SHOWN} more")
+        console.print("  minimal fault trace:" if failure.fault_trace else "  no fault needed")
+        for line in failure.fault_trace:
+            console.print(f"    {line}", markup=False, highlight=False)
+        console.print(f"  replay: [bold]{failure.replay}[/bold]", highlight=False)
+    verdict = "[green]ok[/green]" if report.ok else "[red]FAILED[/red]"
+    console.print(f"{verdict}: {report.schedules} schedules, seeds {_seeds(report)}")
+
+
+def _rows(report: Report, processes: bool) -> list[tuple[str, str]]:
+    kinds = ("cut", "kill", "delay", "reset", "drop") if processes else FAULT_KINDS
+    by_kind = ", ".join(f"{k} {report.fault_counts.get(k, 0)}" for k in kinds)
+    rows = [
+        ("schedules run", f"{report.schedules}"),
+        ("faults injected", f"{report.faults} ({by_kind})"),
+        ("writes acknowledged", f"{report.acknowledged_writes}"),
+        ("writes verified everywhere", f"{report.verified_writes}"),
+    ]
+    if not processes:
+        rows.append(("writes of revoked robots", f"{report.exempt_writes} (not required)"))
+    rows += [
+        ("divergences", _bad(report.divergences)),
+        ("lost writes", _bad(report.lost_writes)),
+    ]
+    if not processes:
+        rows += [
+            ("revocation leaks", _bad(report.revocation_leaks)),
+            ("errors", _bad(report.errors)),
+            ("did not converge", _bad(report.unconverged)),
+        ]
+    unit = "s" if processes else "s simulated"
+    rows += [
+        ("time to converge p50 / p99",
+         f"{report.converge_p50_s:.3f} / {report.converge_p99_s:.3f} {unit}"),
+        ("elapsed", f"{report.elapsed_s:.1f} s ({report.schedules_per_minute:.0f} per minute)"),
+    ]  # fmt: skip
+    return rows
+
+
+def _bad(count: int) -> str:
+    return f"[red]{count}[/red]" if count else "0"
+
+
+def _seeds(report: Report) -> str:
+    failing = report.failing_seeds
+    return f"failing {_compact(failing)}" if failing else "all passed"
+
+
+def _compact(seeds: Sequence[int]) -> str:
+    shown = ", ".join(str(s) for s in seeds[:20])
+    return shown + (f" and {len(seeds) - 20} more" if len(seeds) > 20 else "")
