@@ -24,8 +24,16 @@ from hearthsync.peer import Peer
 DocState = tuple[str, str]
 
 
+EMPTY_STATE = "00"  #: the canonical state vector of a document that has seen nothing
+
+
 def document_states(peer: Peer, scopes: frozenset[str] | None = None) -> dict[str, DocState]:
-    """Every document ``peer`` holds (only those of ``scopes`` if given), by id."""
+    """Every document ``peer`` holds (only those of ``scopes`` if given), by id.
+
+    A document that has seen nothing and shows nothing counts as not held: a robot creates one
+    when the first update it gets for it cannot be merged yet (it waits for an earlier one),
+    and reading it is reading nothing, exactly as on a robot that never heard of it.
+    """
     found: dict[str, DocState] = {}
     for doc_id, replica in sorted(peer._docs.replicas.items()):
         if scopes is not None and replica.info.scope not in scopes:
@@ -33,10 +41,10 @@ def document_states(peer: Peer, scopes: frozenset[str] | None = None) -> dict[st
         content: dict[str, Any] = {}
         for name, kind in ROOTS[replica.info.kind]:
             content[name] = replica.doc.get(name, type=kind).to_py()
-        found[doc_id] = (
-            canonical(replica.state_vector()).hex(),
-            json.dumps(content, sort_keys=True, separators=(",", ":")),
-        )
+        state = canonical(replica.state_vector()).hex()
+        if state == EMPTY_STATE and not any(content.values()):
+            continue
+        found[doc_id] = (state, json.dumps(content, sort_keys=True, separators=(",", ":")))
     return found
 
 
@@ -210,7 +218,10 @@ def _divergences(
 
 def _how(mine: DocState | None, theirs: DocState | None, names: dict[str, str]) -> str:
     if mine is None or theirs is None:
-        return "held by only one of them"
+        held = mine or theirs
+        assert held is not None
+        devices = sorted({names.get(d, d or "?") for d in _differing_authors(held[1], "{}")})
+        return f"held by only one of them (entries by {', '.join(devices) or 'nobody'})"
     what = "state vectors differ" if mine[0] != theirs[0] else "same state vector, other content"
     devices = sorted({names.get(d, d or "?") for d in _differing_authors(mine[1], theirs[1])})
     return f"{what} (entries by {', '.join(devices) or 'nobody'})"

@@ -65,7 +65,7 @@ def run_simulated(
     for outcome in sorted(traced, key=lambda o: o.seed):
         console.rule(f"trace of schedule {outcome.seed}")
         for line in outcome.trace:
-            console.print(line, markup=False, highlight=False)
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
     print_report(console, report)
     return report
 

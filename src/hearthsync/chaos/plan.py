@@ -24,7 +24,7 @@ SCOPES = ("core", "health", "history", "household", "spatial")
 DEFAULT_FAULT_RATE = 0.25
 #: users every robot knows from the start, and users a robot may create during the run
 FIRST_USERS = ("alice", "bob")
-LATER_USERS = ("carol", "dan", "erin", "frank")
+LATER_USERS = ("carol", "dan")
 PREF_KEYS = ("beverage/coffee", "tea/mug", "light/level")
 OBJECTS = ("mug-green", "keys", "remote")
 REGIONS = ("shelf-1", "shelf-2", "table", "sink")

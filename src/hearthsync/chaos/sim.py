@@ -53,6 +53,7 @@ from nacl.signing import SigningKey
 from pycrdt import get_state, merge_updates
 
 from hearthsync.chaos.check import Findings, Replica, Write, digest, verify
+from hearthsync.chaos.inline_sqlite import inline_sqlite
 from hearthsync.chaos.plan import FIRST_USERS, LATER_USERS, SCOPES, Fault, Op, Plan
 from hearthsync.chaos.workload import OP_SCOPE, TinyEmbedder, Writer, perform
 from hearthsync.crdt import statevector
@@ -83,6 +84,7 @@ FIRST_RETRY_S = 0.2
 MAX_RETRY_S = 10.0
 YEAR_S = 365 * 86_400
 _EMBEDDER = TinyEmbedder()
+_NOTHING = b"\x00"  #: the state vector of a document that has seen nothing
 
 
 def _fast_tmp() -> str | None:
@@ -406,11 +408,12 @@ class Simulation:
 
     async def _boot(self, robot: Robot) -> None:
         robot.incarnation += 1
-        robot.peer = await Peer.start(
-            robot.folder, device=f"r{robot.index}", embedder=_EMBEDDER,
-            wall=lambda: self._wall(robot), rng=random.Random(robot.rng.getrandbits(64)),
-            synchronous="OFF", auto_commit=False,
-        )  # fmt: skip
+        with inline_sqlite():
+            robot.peer = await Peer.start(
+                robot.folder, device=f"r{robot.index}", embedder=_EMBEDDER,
+                wall=lambda: self._wall(robot), rng=random.Random(robot.rng.getrandbits(64)),
+                synchronous="OFF", auto_commit=False,
+            )  # fmt: skip
         robot.peer.on_durable(lambda batch: self._forward(robot, batch))
         if self.scenario.bug == "lose-every-10th-commit":
             self._break_store(robot.peer)
@@ -872,11 +875,11 @@ class Simulation:
         return None
 
     def _state_vectors(self, robot: Robot) -> dict[str, tuple[str, bytes]]:
+        """Every document's state vector; one that has seen nothing counts as not held (as
+        in `hearthsync.chaos.check.document_states`)."""
         peer = _peer(robot)
-        return {
-            doc_id: (parse_scope(peer, doc_id), peer.state_vector(doc_id))
-            for doc_id in peer.document_ids()
-        }
+        held = ((doc_id, peer.state_vector(doc_id)) for doc_id in peer.document_ids())
+        return {d: (parse_scope(peer, d), sv) for d, sv in held if sv != _NOTHING}
 
 
 # ---------------------------------------------------------------------- helpers
