@@ -81,3 +81,30 @@ def test_bench_local_quick_writes_the_named_keys(tmp_path: Path) -> None:
     assert figures["write_vs_sqlite"] == pytest.approx(
         figures["write_durable_per_s"] / figures["sqlite_batched_insert_per_s"]
     )
+
+
+async def test_forget_removes_the_user_and_refuses_a_running_peer(tmp_path: Path) -> None:
+    import os
+
+    from hearthsync import Peer
+    from hearthsync.runner import RUN_FILE
+
+    path = tmp_path / "robot"
+    async with Peer.open(path, device="hall") as peer:
+        await peer.add_user("alice", name="Alice")
+        await peer.add_user("bob", name="Bob")
+        await peer.set_preference("alice", "tea/mug", "green")
+    (path / RUN_FILE).write_text(json.dumps({"pid": os.getpid(), "host": "x", "port": 1}))
+    refused = hearth("forget", str(path), "alice")
+    assert refused.returncode == 2
+    assert "'hearth run' is running" in refused.stderr
+    (path / RUN_FILE).unlink()
+    done = hearth("forget", str(path), "alice")
+    assert done.returncode == 0, done.stderr
+    assert "forgot alice" in done.stdout
+    unknown = hearth("forget", str(path), "carol")
+    assert unknown.returncode == 1
+    assert "unknown user 'carol'" in unknown.stdout
+    async with Peer.open(path) as peer:
+        assert peer.users() == ["bob"]
+        assert list(peer.forgotten()) == ["alice"]

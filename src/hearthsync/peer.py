@@ -47,7 +47,9 @@ from hearthsync.crdt.handles import (
 from hearthsync.crdt.kinds import HOME, Kind, events_doc, parse, user_doc
 from hearthsync.crdt.replica import Replica
 from hearthsync.crypto.identity import DeviceIdentity
+from hearthsync.crypto.tombstone import Tombstone
 from hearthsync.errors import NotFoundError, ValidationError
+from hearthsync.forgetting import Forgetting
 from hearthsync.hlc import HybridClock, Timestamp
 from hearthsync.ids import DeviceId, DocId, LineageId, UserId, check_name
 from hearthsync.model.records import (
@@ -147,11 +149,17 @@ class Peer:
         self.household: enrolment.HouseholdState | None = None
         #: called after this device made keys (sync grants them to the other robots)
         self.on_keys_made: list[Callable[[], None]] = []
+        #: called with a user's id once this robot holds nothing of theirs (after a forget
+        #: made here, or a tombstone received from another robot)
+        self.on_forgotten: list[Callable[[str], None]] = []
         self._unindexed: list[VectorRow] = []
         self._indexer: asyncio.Task[None] | None = None
         self._vector_lock = asyncio.Lock()
         self._users_sub: object | None = None
+        self._forgotten_sub: object | None = None
         self._users_of: Replica | None = None
+        self._forgotten: frozenset[str] | None = None
+        self._forgetting = Forgetting(self)
         docs.on_vectors = self._index_vectors
         docs.meta = self._meta
 
@@ -216,6 +224,7 @@ class Peer:
             raise
         peer = cls(folder, identity, name, sqlite, docs, vectors, clock, wall, rng)
         peer.household = enrolment.load(folder, int(wall()))
+        await peer._forgetting.resume()  # a purge a crash cut short is finished first
         for user in peer.users():
             await vectors.open_index(user, HISTORY)
         return peer
@@ -226,6 +235,7 @@ class Peer:
             return
         self._closed = True
         try:
+            await self._forgetting.close()
             await self._docs.close()
             await self._indexed()
             self._vectors.save()
@@ -291,21 +301,39 @@ class Peer:
     def _require_user(self, user: str) -> UserId:
         if user not in self._known_users():
             check_name(user, field="user")
+            if user in self._forgotten_users():
+                raise NotFoundError(f"user {user!r} was forgotten")
             raise NotFoundError(f"unknown user {user!r}; add them first with add_user()")
         return UserId(user)
 
     def _known_users(self) -> frozenset[str]:
-        replica = self._docs.replica(DocId("household"))
-        if self._users is None or self._users_of is not replica:
-            users = self._household().users
-            self._users = frozenset(users.keys())
-            if self._users_of is not replica:  # a new replica (new client id): observe it
-                self._users_sub = users.observe(self._forget_users)
-                self._users_of = replica
+        """The household's users, less the forgotten (a robot that had not heard of the
+        tombstone may have written a forgotten user's entry again)."""
+        self._observe_household()
+        if self._users is None:
+            self._users = frozenset(self._household().users.keys()) - self._forgotten_users()
         return self._users
+
+    def _forgotten_users(self) -> frozenset[str]:
+        self._observe_household()
+        if self._forgotten is None:
+            self._forgotten = self._forgetting.forgotten()
+        return self._forgotten
+
+    def _observe_household(self) -> None:
+        replica = self._docs.replica(DocId("household"))
+        if self._users_of is not replica:  # a new replica (new client id): observe it
+            household = self._household()
+            self._users_sub = household.users.observe(self._forget_users)
+            self._forgotten_sub = household.forgotten.observe(self._tombstones_changed)
+            self._users_of, self._users, self._forgotten = replica, None, None
 
     def _forget_users(self, _: object) -> None:
         self._users = None
+
+    def _tombstones_changed(self, _: object) -> None:
+        self._users = self._forgotten = None
+        self._forgetting.on_household_change()
 
     def _household(self) -> HouseholdDoc:
         return self._handle(DocId("household"), HouseholdDoc)
@@ -317,6 +345,10 @@ class Peer:
 
     async def add_user(self, user: str, *, name: str, **profile: Any) -> Profile:
         """Register ``user`` in the household with a profile (idempotent)."""
+        if user in self._forgotten_users():
+            raise ValidationError(
+                f"user {user!r} was forgotten; a returning person needs a new id", field="user"
+            )
         set_at, device = self._stamp()
         fields = profile | {"set_at": set_at, "device": device}
         record = Profile.build(user=user, name=name, **fields)
@@ -790,10 +822,26 @@ class Peer:
         """Merge another replica's update in memory now; the future resolves once it is
         durable (``None``: nothing new).  For drivers that acknowledge later, like the chaos
         simulation; `apply_update` is the awaitable form."""
-        parse(doc_id)
+        info = parse(doc_id)
+        if info.subject in self._forgotten_users():
+            return None  # refused: what remains of a forgotten user is not taken back in
         done = self._docs.apply_remote(DocId(doc_id), update, origin)
         self._users = None  # the household's user list may have changed
         return done
+
+    # ------------------------------------------------------------------ forgetting
+
+    async def forget(self, user: str) -> Tombstone:
+        """Forget ``user`` here and, through the household document, on every robot: their
+        documents, events, embeddings and data keys go, a signed tombstone stays, and their
+        data is refused from then on.  Returns once nothing of theirs remains in this robot's
+        files (see `hearthsync.forgetting`)."""
+        check_name(user, field="user")
+        return await self._forgetting.forget(user)
+
+    def forgotten(self) -> dict[str, Tombstone]:
+        """The valid tombstones of the household, by user."""
+        return self._forgetting.tombstones()
 
     def keys_changed(self) -> None:
         """Another robot granted keys: keep them with this device's credentials."""
@@ -869,7 +917,12 @@ class _PeerDocs:
 
     def held(self) -> list[tuple[DocId, LineageId]]:
         docs = self._peer._docs.replicas
-        return [(doc_id, docs[doc_id].lineage) for doc_id in sorted(docs)]
+        gone = self._peer._forgotten_users()  # being purged: never offered again
+        return [
+            (doc_id, docs[doc_id].lineage)
+            for doc_id in sorted(docs)
+            if docs[doc_id].info.subject not in gone
+        ]
 
     def lineage(self, doc_id: DocId) -> LineageId | None:
         return self._peer.lineage(doc_id)

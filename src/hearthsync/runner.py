@@ -20,6 +20,7 @@ standard output (an operator's and a test's way in, until the local HTTP API exi
     partition on|off           -> ACK partition on|off   (cut / restore every connection)
     revoke DEVICE              -> ACK revoke DEVICE scope@epoch,...  (owner/admin only)
     digest                     -> DIGEST <hex>   (every document, once flushed: chaos checks)
+    forget USER                -> ACK forget USER DEVICE  (the user is forgotten everywhere)
 """
 
 from __future__ import annotations
@@ -203,6 +204,9 @@ async def _command(peer: Peer, service: SyncService, words: list[str]) -> str:
             service.trust_changed()  # drops the revoked device, tells the others
             service.send_grants()  # the new epochs' keys, to everyone still trusted
             return f"ACK revoke {device} " + ",".join(f"{s}@{e}" for s, e in sorted(epochs.items()))
+        case ["forget", user]:
+            tombstone = await peer.forget(user)
+            return f"ACK forget {user} {tombstone.device}"
         case ["digest"]:  # equal on two robots: they hold the same documents
             # imported here: the chaos package (simulator and all) is no part of a running robot
             from hearthsync.chaos.check import digest

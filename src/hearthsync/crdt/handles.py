@@ -115,6 +115,15 @@ class SlotMap(Generic[R]):
             if value and getattr(record, name) != value:
                 raise ValueError(f"{name} {getattr(record, name)!r} is not {value!r} of its slot")
 
+    def remove(self, key: str) -> int:
+        """Delete every device's version of ``key`` (inside a transaction): forgetting, where a
+        tombstone version would keep the old ones.  Returns how many slots went."""
+        slots = self._index().pop(key, set())
+        for slot in slots:
+            self._map.pop(slot, None)
+            self._cache.pop(slot, None)
+        return len(slots)
+
     def versions(self, key: str) -> list[R]:
         """Every device's version of ``key``, oldest first."""
         found = [self._decode(slot) for slot in self._index().get(key, ())]
@@ -263,15 +272,17 @@ class GraphDoc:
 
 
 class HouseholdDoc:
-    """The household registry: its users (id → profile name) for now."""
+    """The household registry: its users (id → profile name) and the forgotten ones (id →
+    signed tombstone, `hearthsync.crypto.tombstone`)."""
 
     def __init__(self, replica: Replica) -> None:
         self.users: Map[str] = replica.doc.get("users", type=Map)
+        self.forgotten: Map[str] = replica.doc.get("forgotten", type=Map)
 
 
 #: the root types of each kind of document (the stored format; never rename one)
 ROOTS: dict[Kind, tuple[tuple[str, type[Map[Any]] | type[Array[Any]]], ...]] = {
-    Kind.HOUSEHOLD: (("users", Map),),
+    Kind.HOUSEHOLD: (("users", Map), ("forgotten", Map)),
     Kind.SPATIAL: (("regions", Map), ("placements", Map), ("changes", Array)),
     Kind.GRAPH: (("routines", Map), ("relationships", Map)),
     Kind.PROFILE: (("profile", Map),),

@@ -327,6 +327,9 @@ class Keyring:
         self._data_keys.update(new_data_keys)
         return epochs
 
+    def is_forgotten(self, user: str) -> bool:
+        return user in self._forgotten
+
     def forget_user(self, user: str) -> int:
         """Drop every data key of ``user`` and refuse them from now on; return how many.
 

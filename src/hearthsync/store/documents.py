@@ -420,6 +420,28 @@ class DocumentSet:
                 await self._sqlite.reclaim()
         return len(due)
 
+    async def drop(self, doc_ids: Sequence[DocId], error: Exception) -> None:
+        """Delete these documents from memory and from the store (forgetting).
+
+        Writes queued for them fail with ``error`` (they were never acknowledged) and deltas
+        carried from a failed batch go too: nothing may recreate what is being forgotten.
+        """
+        doomed = set(doc_ids)
+        async with self._lock:
+            for queue in (self._queue,):
+                for doc_id in doomed & set(queue.changes):
+                    for _, written in queue.changes.pop(doc_id):
+                        _settle(written, error)
+                queue.remote = [d for d in queue.remote if d[0] not in doomed]
+            self._carry = [d for d in self._carry if d[0] not in doomed]
+            self._new = [row for row in self._new if row.doc_id not in doomed]
+            for doc_id in doomed:
+                self.replicas.pop(doc_id, None)
+                self.corrupt.pop(doc_id, None)
+                self._log_bytes.pop(doc_id, None)
+                self._snapshot_bytes.pop(doc_id, None)
+            await self._sqlite.drop_docs(sorted(doomed))
+
     async def compact(self) -> int:
         """Compact every document with a log now; return how many were compacted."""
         await self.write_barrier()

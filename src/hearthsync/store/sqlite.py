@@ -160,6 +160,9 @@ class SqliteStore:
         await self._run("PRAGMA journal_mode=WAL")
         await self._run(f"PRAGMA synchronous={synchronous}")
         await self._run("PRAGMA temp_store=MEMORY")
+        # deleted rows are overwritten with zeros, not only unlinked: a forgotten user's data
+        # must not linger in free pages (DESIGN: forgetting); it costs little, as deletes are rare
+        await self._run("PRAGMA secure_delete=ON")
         version = await self._format()
         if version == "1":  # before the tables below exist in their new form
             await (await conn.executescript(f"BEGIN;{_UPGRADE_FROM_1}COMMIT;")).close()
@@ -292,6 +295,27 @@ class SqliteStore:
              _Compressed([(snapshot, doc_id)], blob=0)),
             ("DELETE FROM updates WHERE doc_id = ?", [(doc_id,)]),
         )  # fmt: skip
+
+    async def drop_docs(self, doc_ids: Sequence[str]) -> None:
+        """Delete these documents (rows, snapshots, update logs) in one transaction."""
+        rows = [(doc_id,) for doc_id in doc_ids]
+        await self._transaction(
+            ("DELETE FROM updates WHERE doc_id = ?", rows),
+            ("DELETE FROM docs WHERE doc_id = ?", rows),
+        )
+
+    async def drop_vectors(self, user: str) -> None:
+        """Delete every embedding of ``user``'s indexes (``<user>.<scope>``)."""
+        prefix = f"{user}."
+        await self._transaction(
+            ("DELETE FROM vectors WHERE substr(index_name, 1, ?) = ?", [(len(prefix), prefix)])
+        )
+
+    async def scrub(self) -> None:
+        """Rewrite the file without free pages and empty the WAL, so that nothing deleted
+        remains in either (forgetting a user; `secure_delete` zeroes rows as they go)."""
+        await (await self._conn.executescript("VACUUM;")).close()
+        await self._run("PRAGMA wal_checkpoint(TRUNCATE)")
 
     async def reclaim(self) -> None:
         """Return free pages to the file system and fold the WAL back into the file."""

@@ -1,0 +1,242 @@
+"""Forgetting a user, on this robot and through the household (DESIGN: Forgetting).
+
+``peer.forget("alice")`` writes a signed tombstone into the household document and then
+purges, in this order, so that a crash in between is finished on the next open:
+
+1. the household forgets the user (their entry leaves ``users``, the tombstone enters
+   ``forgotten``), and the home documents forget what they say about them: the user's routines,
+   relationships and things (the placements they owned), every device's version of each;
+2. the user's own documents (profile, preferences, calibration, health, every month of
+   events) leave memory and the store; their embeddings and vector index files are deleted;
+   their data keys are destroyed, so copies held elsewhere can no longer be read;
+3. the documents that held anything of theirs are compacted (deleted content leaves the
+   snapshots) and the SQLite file is vacuumed with ``secure_delete`` on and its WAL emptied,
+   so no byte of what they said remains in any file of this robot.
+
+Other robots receive the tombstone with the household document; each checks its signature
+and that its device is one the household certified, then runs steps 2 and 3 itself, and step
+1's home edits for whatever it alone still held.  From then on the user's data is refused: an
+update of their documents is dropped, a key granted for them refused, ``add_user`` of the same
+id an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from hearthsync.crdt.handles import GraphDoc, HouseholdDoc, SpatialDoc
+from hearthsync.crdt.kinds import HOME
+from hearthsync.crdt.replica import Replica
+from hearthsync.crypto.tombstone import Tombstone
+from hearthsync.errors import CertificateError, ClosedError, CryptoError, NotFoundError
+from hearthsync.ids import DocId, UserId
+
+if TYPE_CHECKING:
+    from hearthsync.peer import Peer
+
+log = logging.getLogger(__name__)
+
+HOUSEHOLD = DocId("household")
+
+
+class Forgetting:
+    """The forgetting of one peer: issuing tombstones, honouring received ones, purging."""
+
+    def __init__(self, peer: Peer) -> None:
+        self._peer = peer
+        self._lock = asyncio.Lock()  # one purge at a time: each vacuums the whole file
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._seen: set[str] = set()  # tombstones already acted on (or refused) in this run
+
+    # ------------------------------------------------------------------ the household's view
+
+    def tombstones(self) -> dict[str, Tombstone]:
+        """Every valid tombstone of the household document, by user."""
+        found: dict[str, Tombstone] = {}
+        for user, text in self._forgotten_map().items():
+            tombstone = self._valid(user, text)
+            if tombstone is not None:
+                found[user] = tombstone
+        return found
+
+    def forgotten(self) -> frozenset[str]:
+        """The users whose data this robot refuses (validity checked when they arrived)."""
+        return frozenset(self._forgotten_map().keys())
+
+    def _forgotten_map(self) -> dict[str, str]:
+        if self._peer._docs.get(HOUSEHOLD) is None:
+            return {}
+        handle: HouseholdDoc = self._peer._handle(HOUSEHOLD, HouseholdDoc)
+        return {str(k): str(v) for k, v in handle.forgotten.items()}
+
+    def _valid(self, user: str, text: str) -> Tombstone | None:
+        """The tombstone, if it is well formed, signed, and by a device this robot trusts."""
+        try:
+            tombstone = Tombstone.from_text(text)
+            if tombstone.user != user:
+                raise CryptoError(f"a tombstone of {tombstone.user!r} filed under {user!r}")
+            tombstone.check_signature()
+            self._check_device(tombstone)
+        except CryptoError as exc:
+            if user not in self._seen:
+                self._seen.add(user)
+                log.warning("ignoring the tombstone of %r: %s", user, exc)
+            return None
+        return tombstone
+
+    def _check_device(self, tombstone: Tombstone) -> None:
+        peer = self._peer
+        if tombstone.device == peer.device_id:
+            return
+        if peer.household is None:
+            raise CertificateError(f"device {tombstone.device} is not this robot's household")
+        peer.household.trust.certificate_of(tombstone.device)  # certified at some point
+
+    # ------------------------------------------------------------------ issuing
+
+    async def forget(self, user: str) -> Tombstone:
+        """Forget ``user`` everywhere; returns once this robot holds nothing of theirs."""
+        peer = self._peer
+        existing = self.tombstones().get(user)
+        if existing is not None:
+            await self.purge(user)
+            return existing
+        if user not in peer._known_users():
+            raise NotFoundError(f"unknown user {user!r}: nothing to forget")
+        at, _ = peer._stamp()
+        tombstone = Tombstone.issue(peer.identity, user, at)
+        self._seen.add(user)
+        await peer._docs.write(HOUSEHOLD, lambda _: self._bury(tombstone))
+        await self.purge(user)
+        return tombstone
+
+    def _bury(self, tombstone: Tombstone) -> None:
+        handle: HouseholdDoc = self._peer._handle(HOUSEHOLD, HouseholdDoc)
+        handle.users.pop(tombstone.user, None)
+        handle.forgotten[tombstone.user] = tombstone.to_text()
+
+    def _home_edits(self, user: str) -> list[asyncio.Future[Any]]:
+        """Writes that make the home documents forget ``user`` (only where they mention them)."""
+        peer = self._peer
+        edits: list[asyncio.Future[Any]] = []
+        if peer._docs.get(DocId("home/graph")) is not None:
+            edits.append(
+                peer._docs.write(DocId("home/graph"), lambda _: self._forget_in_graph(user))
+            )
+        if peer._docs.get(DocId("home/spatial")) is not None:
+            edits.append(
+                peer._docs.write(DocId("home/spatial"), lambda _: self._forget_in_spatial(user))
+            )
+        return edits
+
+    def _forget_in_graph(self, user: str) -> None:
+        graph: GraphDoc = self._peer._handle(DocId("home/graph"), GraphDoc)
+        for key, routine in list(graph.routines.items()):
+            if routine.user == user:
+                graph.routines.remove(key)
+        for key, edge in list(graph.relationships.items()):
+            if user in (edge.subject, edge.object):
+                graph.relationships.remove(key)
+
+    def _forget_in_spatial(self, user: str) -> None:
+        """Their things are forgotten too (every device's version): an object's label may
+        say whose it is ("Alice's green mug"); the robots learn its place again by seeing it."""
+        spatial: SpatialDoc = self._peer._handle(DocId("home/spatial"), SpatialDoc)
+        for key in list(spatial.placements.keys()):
+            if any(version.owner == user for version in spatial.placements.versions(key)):
+                spatial.placements.remove(key)
+
+    # ------------------------------------------------------------------ honouring
+
+    def on_household_change(self) -> None:
+        """The household document changed (a merge from another robot, or a local write):
+        act on tombstones not acted on yet, in the background."""
+        for user in self.tombstones():
+            if user in self._seen:
+                continue
+            self._seen.add(user)
+            task = asyncio.get_running_loop().create_task(
+                self._honour(user), name=f"hearthsync-forget-{user}"
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _honour(self, user: str) -> None:
+        try:
+            await self.purge(user)
+        except ClosedError:
+            log.info("the peer closed while forgetting %r: finished when it next opens", user)
+        except Exception:  # a failed purge is retried at the next open
+            log.exception("forgetting %r failed; it is retried when the store is next opened", user)
+
+    async def resume(self) -> None:
+        """At open: finish every purge a crash interrupted (idempotent)."""
+        for user in self.tombstones():
+            self._seen.add(user)
+            if self._holds_anything_of(user):
+                await self.purge(user)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # ------------------------------------------------------------------ purging
+
+    def _holds_anything_of(self, user: str) -> bool:
+        """Cheaply, at every open: is a purge of ``user`` unfinished here?"""
+        peer = self._peer
+        keyring = peer.household.keyring if peer.household is not None else None
+        return (
+            bool(self._documents_of(user))
+            or any(peer._vectors.directory.glob(f"{user}.*"))
+            or (keyring is not None and not keyring.is_forgotten(user))
+            or self._home_mentions(user)
+        )
+
+    def _home_mentions(self, user: str) -> bool:
+        peer = self._peer
+        if peer._docs.get(DocId("home/graph")) is not None:
+            graph: GraphDoc = peer._handle(DocId("home/graph"), GraphDoc)
+            if any(r.user == user for _, r in graph.routines.items()):
+                return True
+            if any(user in (e.subject, e.object) for _, e in graph.relationships.items()):
+                return True
+        if peer._docs.get(DocId("home/spatial")) is not None:
+            spatial: SpatialDoc = peer._handle(DocId("home/spatial"), SpatialDoc)
+            placements = spatial.placements
+            return any(v.owner == user for k in placements.keys() for v in placements.versions(k))  # noqa: SIM118
+        return False
+
+    def _documents_of(self, user: str) -> list[DocId]:
+        docs = self._peer._docs
+        held = [d for d, replica in docs.replicas.items() if _subject(replica) == user]
+        broken = [d for d in docs.corrupt if d.startswith(f"user/{user}/")]
+        return sorted(held + broken)
+
+    async def purge(self, user: str) -> None:
+        """Delete what this robot holds of ``user``, then scrub the file (steps 2 and 3)."""
+        peer = self._peer
+        async with self._lock:
+            await asyncio.gather(*self._home_edits(user))
+            gone = NotFoundError(f"user {user!r} was forgotten before this write was durable")
+            await peer._docs.drop(self._documents_of(user), gone)
+            async with peer._vector_lock:
+                peer._vectors.drop(user)
+                await peer._sqlite.drop_vectors(user)
+            if peer.household is not None:
+                peer.household.keyring.forget_user(user)
+                peer.keys_changed()
+            await peer._docs.compact()
+            await peer._sqlite.scrub()
+        log.info("forgot %r", UserId(user))
+        for listener in list(peer.on_forgotten):
+            listener(user)
+
+
+def _subject(replica: Replica) -> str | None:
+    subject = replica.info.subject
+    return None if subject == HOME else subject

@@ -1,0 +1,243 @@
+"""Forgetting a user: on one robot, after a crash, and through a household of robots.
+
+The proof is in the files: after forgetting, no byte of what the user said remains in the
+robot's SQLite file, its WAL or its vector index files, while another user's data does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+from nacl.signing import SigningKey
+
+from hearthsync import Peer, enrolment
+from hearthsync.compression import decompress
+from hearthsync.crypto.identity import DeviceIdentity
+from hearthsync.crypto.pairing import join_request, open_join_response
+from hearthsync.crypto.tombstone import Tombstone
+from hearthsync.errors import NotFoundError, SignatureError, ValidationError
+from hearthsync.forgetting import HOUSEHOLD
+from hearthsync.transport.service import SyncService
+from tests.conftest import MONDAY_MS, FakeWall
+
+ALICE_SAYS = "zanzibarquokka"  # in everything Alice's: it must vanish from every file
+BOB_SAYS = "xylophonewombat"  # in Bob's: it must stay (so the scan can find what is there)
+TIMEOUT = 20.0
+
+
+async def fill(peer: Peer, user: str, marker: str) -> None:
+    await peer.add_user(user, name=f"{user.title()} {marker}")
+    await peer.set_preference(user, "beverage/coffee", f"oat latte {marker}")
+    await peer.set_calibration(user, verbosity=0.2)
+    await peer.set_health(user, "medication/evening", f"two pills {marker}")
+    for day in range(3):
+        await peer.record_event(
+            user, "COMMAND", "beverage", text=f"{marker} coffee please", ts=MONDAY_MS + day
+        )
+    await peer.place(f"{user}-mug", f"{marker} mug", region="shelf-2", owner=user)
+    await peer.set_routine(f"{user}-night", f"{marker} nights", user=user)
+    await peer.relate(user, "owns", f"{user}-mug", note=f"{marker} since spring")
+
+
+def files_of(folder: Path) -> list[Path]:
+    return [path for path in folder.rglob("*") if path.is_file()]
+
+
+def found_in(folder: Path, marker: str) -> list[str]:
+    """Where ``marker`` is: in any file's bytes, or inside a compressed blob of the store (a
+    byte scan alone would miss what Zstandard hides)."""
+    needle = marker.encode()
+    hits = [p.name for p in files_of(folder) if needle in p.read_bytes()]
+    db = folder / "hearth.db"
+    if db.exists():
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        blobs = conn.execute(
+            "SELECT doc_id, snapshot_codec, snapshot FROM docs WHERE snapshot IS NOT NULL "
+            "UNION ALL SELECT doc_id, codec, data FROM updates"
+        ).fetchall()
+        conn.close()
+        hits += [
+            f"{doc} (compressed)" for doc, codec, blob in blobs if needle in decompress(codec, blob)
+        ]
+    return hits
+
+
+async def test_forgetting_leaves_no_byte_of_the_user_in_any_file(tmp_path: Path) -> None:
+    path = tmp_path / "robot"
+    async with Peer.open(path, device="kitchen", wall=FakeWall(), rng=random.Random(3)) as peer:
+        await fill(peer, "alice", ALICE_SAYS)
+        await fill(peer, "bob", BOB_SAYS)
+        assert len(await peer.recall("alice", "coffee please", k=3)) == 3
+        await peer.compact()  # Alice's words now sit in snapshots too, not only in logs
+        assert found_in(path, ALICE_SAYS)
+
+        tombstone = await peer.forget("alice")
+
+        assert found_in(path, ALICE_SAYS) == []
+        assert tombstone.device == peer.device_id
+        assert set(peer.forgotten()) == {"alice"}
+        assert peer.users() == ["bob"]
+        assert not [d for d in peer.document_ids() if d.startswith("user/alice/")]
+        assert peer.placement("alice-mug") is None  # her things: the label may say whose
+        assert peer.placement("bob-mug") is not None
+        assert peer.routines() == [r for r in peer.routines() if r.user != "alice"]
+        assert all("alice" not in (r.subject, r.object) for r in peer.relationships())
+        with pytest.raises(NotFoundError, match="forgotten"):
+            peer.set_preference("alice", "beverage/tea", "green")
+        with pytest.raises(ValidationError, match="forgotten"):
+            await peer.add_user("alice", name="Alice again")
+        assert (await peer.forget("alice")).at == tombstone.at  # idempotent
+    assert found_in(path, ALICE_SAYS) == []
+    assert found_in(path, BOB_SAYS)  # the scan sees what is there
+    async with Peer.open(path) as again:
+        assert again.users() == ["bob"]
+        assert set(again.forgotten()) == {"alice"}
+        assert again.preference("bob", "beverage/coffee") is not None
+        assert len(await again.recall("bob", "coffee please", k=5)) == 3
+
+
+async def test_a_forget_cut_short_by_a_crash_is_finished_at_the_next_open(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "robot"
+    peer = await Peer.start(path, device="kitchen", wall=FakeWall())
+    await fill(peer, "alice", ALICE_SAYS)
+    await fill(peer, "bob", BOB_SAYS)
+    tombstone = Tombstone.issue(peer.identity, "alice", peer._stamp()[0])
+    await peer._docs.write(HOUSEHOLD, lambda _: peer._forgetting._bury(tombstone))
+    await peer.crash()  # the tombstone is durable, the purge never ran
+    assert found_in(path, ALICE_SAYS)
+    async with Peer.open(path) as again:
+        assert set(again.forgotten()) == {"alice"}
+        assert not [d for d in again.document_ids() if d.startswith("user/alice/")]
+    assert found_in(path, ALICE_SAYS) == []
+    assert found_in(path, BOB_SAYS)
+
+
+def test_a_tombstone_is_signed_and_checked() -> None:
+    kitchen = DeviceIdentity(SigningKey(bytes([7]) * 32))
+    tombstone = Tombstone.issue(kitchen, "alice", "0001773014400000.00000.X")
+    assert Tombstone.from_text(tombstone.to_text()) == tombstone
+    tombstone.check_signature()
+    forged = Tombstone("bob", tombstone.at, tombstone.device_pk, tombstone.signature)
+    with pytest.raises(SignatureError):
+        forged.check_signature()
+
+
+# ---------------------------------------------------------------------- through the household
+
+SCOPES = ("core", "health", "history", "household", "spatial")
+
+
+def enrol_household(tmp_path: Path, names: list[str]) -> None:
+    """The owner's folder and enrolled members, in process (no join over the network)."""
+    now = int(time.time())
+    owner_dir = tmp_path / names[0]
+    owner_dir.mkdir()
+    owner = DeviceIdentity.load_or_create(owner_dir)
+    state = enrolment.create(owner_dir, owner, "Test Home", names[0], now=now)
+    for name in names[1:]:
+        folder = tmp_path / name
+        folder.mkdir()
+        identity = DeviceIdentity.load_or_create(folder)
+        invite = enrolment.add_invite(
+            owner_dir, state, "127.0.0.1", 9, scopes=SCOPES, ttl_s=600, now=now
+        )
+        answer = enrolment.enrol(
+            owner_dir, owner, join_request(invite.secret, identity, name), now=now
+        )
+        enrolment.adopt(folder, identity, open_join_response(answer, invite.secret, identity), now)
+
+
+async def until(peers: list[Peer], condition: Callable[[], bool]) -> None:
+    """Wait (loudly bounded) until ``condition``, re-checked after each commit or purge."""
+    changed = asyncio.Event()
+    offs = [p.on_durable(lambda _: changed.set()) for p in peers]
+    for peer in peers:
+        peer.on_forgotten.append(lambda _: changed.set())
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while not condition():
+                changed.clear()
+                await changed.wait()
+    finally:
+        for off in offs:
+            off()
+        for peer in peers:
+            peer.on_forgotten.clear()
+
+
+@pytest.fixture
+async def household(tmp_path: Path) -> AsyncIterator[list[Peer]]:
+    names = ["owner", "hall", "garden"]
+    enrol_household(tmp_path, names)
+    async with AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(Peer.open(tmp_path / n, device=n)) for n in names]
+
+
+def holds_alice(peer: Peer) -> bool:
+    return any(d.startswith("user/alice/") for d in peer.document_ids())
+
+
+async def test_every_robot_forgets_and_a_robot_that_was_away_too(
+    household: list[Peer], tmp_path: Path
+) -> None:
+    owner, hall, garden = household
+    await fill(owner, "alice", ALICE_SAYS)
+    await fill(owner, "bob", BOB_SAYS)
+
+    def service(peer: Peer, *dial: int) -> SyncService:
+        assert peer.household is not None
+        credentials = peer.household.credentials(peer.identity)
+        if not dial:
+            return SyncService(peer, credentials)
+        return SyncService(peer, credentials, listen=None, peers=[("127.0.0.1", p) for p in dial])
+
+    async with AsyncExitStack() as stack:
+        hub = await stack.enter_async_context(service(owner))
+        await stack.enter_async_context(service(hall, hub.port))
+        async with service(garden, hub.port):
+            everyone = [owner, hall, garden]
+            await until(everyone, lambda: all(len(p.events("alice")) == 3 for p in everyone))
+        # the garden robot is away when Alice asks the hall robot (a member) to forget her
+        await hall.forget("alice")
+        await until([owner], lambda: not holds_alice(owner) and "alice" in owner.forgotten())
+        await owner._forgetting.close()  # its purge, started by the merge, has finished
+        assert found_in(tmp_path / "owner", ALICE_SAYS) == []
+        assert found_in(tmp_path / "hall", ALICE_SAYS) == []
+        assert found_in(tmp_path / "garden", ALICE_SAYS)  # away, it still holds her
+
+        async with service(garden, hub.port):  # back: it learns, purges, and gives nothing back
+            await until([garden], lambda: "alice" in garden.forgotten() and not holds_alice(garden))
+            await garden._forgetting.close()
+            await garden.set_preference("bob", "beverage/tea", "green")
+            await until([owner], lambda: owner.preference("bob", "beverage/tea") is not None)
+        assert not holds_alice(owner)
+        assert not holds_alice(hall)
+        assert found_in(tmp_path / "garden", ALICE_SAYS) == []
+        for robot in everyone:
+            assert robot.users() == ["bob"]
+            assert robot.forgotten()["alice"].device == hall.device_id
+    for name in ("owner", "hall", "garden"):
+        assert found_in(tmp_path / name, ALICE_SAYS) == [], name
+        assert found_in(tmp_path / name, BOB_SAYS), name
+
+
+async def test_a_tombstone_from_a_device_outside_the_household_is_ignored(
+    household: list[Peer], tmp_path: Path
+) -> None:
+    owner, _, _ = household
+    await fill(owner, "alice", ALICE_SAYS)
+    stranger = DeviceIdentity(SigningKey(bytes([9]) * 32))
+    forged = Tombstone.issue(stranger, "alice", owner._stamp()[0])
+    await owner._docs.write(HOUSEHOLD, lambda _: owner._forgetting._bury(forged))
+    assert owner.forgotten() == {}
+    assert holds_alice(owner)
+    assert owner.preference("alice", "beverage/coffee") is not None
