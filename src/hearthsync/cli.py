@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -219,6 +220,52 @@ def revoke(
         console.print(f"revoked {device}; new keys for {scopes}")
 
     asyncio.run(go())
+
+
+@app.command()
+def forget(
+    path: Annotated[Path, typer.Argument(help="the peer's folder")],
+    user: Annotated[str, typer.Argument(help="the id of the user to forget")],
+) -> None:
+    """Forget a user: their documents, events, embeddings and data keys, on every robot.
+
+    Leaves a signed tombstone in the household, which the other robots honour when they next
+    sync; this robot's files hold nothing of the user once it returns.  While 'hearth run' is
+    running for PATH, use its console's 'forget USER' instead.
+    """
+    if not (path / "hearth.db").exists():
+        raise typer.BadParameter(f"no hearthsync peer in {path}", param_hint="PATH")
+    _refuse_if_running(path, "forget USER")
+
+    async def go() -> None:
+        async with Peer.open(path) as peer:
+            tombstone = await peer.forget(user)
+        console.print(f"forgot {user}: tombstone signed by {display(tombstone.device)}")
+
+    try:
+        asyncio.run(go())
+    except HearthError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+
+
+def _refuse_if_running(path: Path, console_command: str) -> None:
+    """Two processes on one store would each hold their own memory of it: refuse."""
+    from hearthsync.runner import RUN_FILE
+
+    run_file = path / RUN_FILE
+    if not run_file.exists():
+        return
+    pid = int(json.loads(run_file.read_text()).get("pid", 0))
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError, OverflowError, ValueError):
+        return  # a run file left by a process that is gone
+    raise typer.BadParameter(
+        f"'hearth run' is running for {path} (pid {pid}): use its console's "
+        f"'{console_command}' instead",
+        param_hint="PATH",
+    )
 
 
 @app.command()
