@@ -7,7 +7,7 @@ once per (device, document) and persisted by the store (DESIGN invariant 2).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from pycrdt import Doc
@@ -20,6 +20,8 @@ T = TypeVar("T")
 
 #: Yjs client ids are uint32 in JavaScript; staying below 2**32 keeps us interoperable.
 MAX_CLIENT_ID = 2**32 - 1
+EMPTY_STATE = b"\x00"  #: the state vector of a document that holds nothing
+EMPTY_UPDATE = b"\x00\x00"  #: an update that holds nothing
 
 
 class Replica:
@@ -35,10 +37,11 @@ class Replica:
         self.client_id = client_id
         self.doc: Doc[Any] = Doc(client_id=client_id)
         self._captured: list[bytes] = []
-        # pycrdt's raw transaction event (``Doc._doc``): its ``update`` is encoded only when
-        # read.  ``Doc.observe`` wraps it in an event that also encodes the state vectors and
-        # delete set, which doubled the cost of merging a 10,000-edit catch-up.
-        self._sub = self.doc._doc.observe(self._capture)
+        #: the delta capture, subscribed on first need: while a document is being loaded, or
+        #: filled from nothing by one update, there is nothing to capture (the update *is* the
+        #: delta), and a subscribed Yrs document pays for every transaction's event (a third
+        #: of the cost of merging a 10,000-edit catch-up)
+        self._sub: object | None = None
         #: the size of the update being merged from elsewhere, 0 during local transactions:
         #: views (`hearthsync.crdt.handles`) invalidate their caches only for remote changes
         self.incoming = 0
@@ -46,11 +49,19 @@ class Replica:
     def _capture(self, event: Any) -> None:
         self._captured.append(event.update)
 
+    def _capturing(self) -> None:
+        if self._sub is None:
+            # pycrdt's raw transaction event (``Doc._doc``): its ``update`` is encoded only when
+            # read; ``Doc.observe`` wraps it in an event that also encodes the state vectors
+            # and the delete set
+            self._sub = self.doc._doc.observe(self._capture)
+
     def transact(self, change: Callable[[], T]) -> tuple[T, bytes | None]:
         """Run ``change`` in one transaction; return its result and the delta it produced.
 
         The delta is ``None`` when ``change`` changed nothing.
         """
+        self._capturing()
         self._captured.clear()
         with self.doc.transaction(origin="local"):
             result = change()
@@ -61,21 +72,39 @@ class Replica:
 
         Raises `CorruptDocumentError` if the bytes are not a Yrs update.
         """
+        if self._sub is None and self.doc.get_state() == EMPTY_STATE:
+            # nothing here yet: all of the update is new, so it is the delta (this also keeps
+            # whatever Yrs holds pending for later, exactly as a captured delta would)
+            self._merge(update)
+            self._capturing()
+            return update if update != EMPTY_UPDATE else None
+        self._capturing()
         self._captured.clear()
+        try:
+            self._merge(update)
+        except CorruptDocumentError:
+            self._captured.clear()
+            raise
+        return self._take()
+
+    def load(self, updates: Iterable[bytes]) -> None:
+        """Merge what the store holds of this document (durable already: nothing to capture).
+        Raises `CorruptDocumentError` for bytes that are not a Yrs update."""
+        for update in updates:
+            self._merge(update)
+
+    def _merge(self, update: bytes) -> None:
         self.incoming = max(len(update), 1)
         try:
             self.doc.apply_update(update)
         except ValueError as exc:
-            self._captured.clear()
             raise CorruptDocumentError(self.info.doc_id, str(exc)) from None
         finally:
             self.incoming = 0
-        return self._take()
 
     def adopt(self, state: bytes) -> None:
         """Load ``state`` that is already durable (no delta to store): a rebuilt replica."""
-        self.doc.apply_update(state)
-        self._captured.clear()
+        self.load([state])
 
     def _take(self) -> bytes | None:
         captured, self._captured = self._captured, []
