@@ -9,7 +9,8 @@ the record was last written (`hearthsync.context.feedback`) and writes, through 
 * **promote**: a stated value confirmed at least `PROMOTE_AFTER` times over at least
   `PROMOTE_SPAN_DAYS` days, and never contradicted since, becomes *stable* (seed §4, "few-shot
   correction" → "stable preference"): it decays more slowly;
-* **decay**: a stored confidence that has decayed by `DECAY_STEP` or more is written down;
+* **decay**: a stored confidence that has decayed (with age) or been contradicted (by feedback)
+  by `DECAY_STEP` or more is written down;
 * **drift**: a stable value contradicted at least `DRIFT_MIN` times in the last
   `DRIFT_WINDOW_DAYS` days, more often than confirmed, is flagged: a ``SYSTEM`` event records
   what contradicted it, and the record is marked, so every robot's context says to ask.
@@ -57,7 +58,7 @@ DECAY_STEP = 0.05
 #: event ids kept in a consolidated record's evidence (the newest), beside up to 3 markers
 KEEP_EVENTS = MAX_LIST - 4
 
-Action = Literal["folded", "promoted", "decayed", "drift"]
+Action = Literal["folded", "promoted", "decayed", "contradicted", "drift"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +153,8 @@ def _judge(winner: Candidate, signals: Sequence[Signal], at: dt.datetime) -> _Ve
     if weight.confirmations:
         return verdict("folded", f"{weight.confirmations} new confirmations")
     if r.confidence - value >= DECAY_STEP:
-        return verdict("decayed", f"{r.confidence:.2f} → {value:.2f}")
+        action: Action = "contradicted" if weight.contradictions else "decayed"
+        return verdict(action, f"{r.confidence:.2f} → {value:.2f}")
     return None
 
 

@@ -4,7 +4,7 @@ are relevant to it, and how shared settings are resolved when several people are
 A policy is plain data (a validated pydantic record) so that it serialises to JSON and can live
 in the household document later::
 
-    policy = HouseholdPolicy.decode(text)         # ValidationError names the bad field
+    policy = HouseholdPolicy.from_json(text)      # ValidationError names the bad field
     policy.tasks.grant("medication_reminder").scopes   # ('core', 'health', 'history')
 
 Unknown tasks get ``tasks.default``.  A task is never granted a scope by accident: the built-in
@@ -14,7 +14,7 @@ mode cannot access health records").
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
 import pydantic
 from pydantic import Field
@@ -27,6 +27,7 @@ ScopeName = Literal["core", "health", "history", "spatial"]
 #: every scope a task can be granted (``household`` holds no personal data for a task to read)
 READABLE: tuple[ScopeName, ...] = ("core", "health", "history", "spatial")
 MAX_TASKS = 256
+MAX_POLICY_BYTES = 65_536
 
 
 class TaskGrant(Record):
@@ -109,6 +110,19 @@ class HouseholdPolicy(Record):
     max_events: Annotated[int, Field(ge=0, le=1_000)] = 40
     #: semantic recall returns this many events for a query
     recall_k: Annotated[int, Field(ge=0, le=100)] = 5
+
+    @classmethod
+    def from_json(cls, text: str) -> Self:
+        """Parse a policy from JSON (at most `MAX_POLICY_BYTES`), naming any bad field."""
+        if len(text) > MAX_POLICY_BYTES:
+            raise ValidationError(
+                f"a policy is at most {MAX_POLICY_BYTES:,} bytes of JSON, got {len(text):,}",
+                field="policy",
+            )
+        return cls.decode(text)
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
 
 
 _CORE_SPATIAL_HISTORY: tuple[ScopeName, ...] = ("core", "history", "spatial")

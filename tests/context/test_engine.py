@@ -1,0 +1,164 @@
+"""`get_context` end to end: its arguments, the window, the home, and its derived views."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from hearthsync import NotFoundError, Peer, ValidationError
+from hearthsync.context import get_context
+from tests.conftest import FakeWall
+from tests.context.conftest import DAY, HOUR, at, clock
+
+MONDAY_9 = at(clock(0, "09:00"))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "field"),
+    [
+        ({"time": dt.datetime(2026, 3, 9, 9, 0)}, "time"),  # naive: which zone?
+        ({"history_window": "7 days"}, "history_window"),
+        ({"history_window": "0d"}, "history_window"),
+        ({"location": "Kitchen!"}, "location"),
+        ({"task": "Make Coffee"}, "task"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": "many"}, "max_tokens"),
+        ({"query": "x" * 2001}, "query"),
+        ({"present": ["Bob Smith"]}, "present"),
+        ({"policy": {"tasks": {}}}, "policy"),
+    ],
+)
+async def test_bad_arguments_are_refused_naming_the_argument(
+    home: Peer, arguments: dict[str, Any], field: str
+) -> None:
+    call: dict[str, Any] = {"task": "general_assistant", "time": MONDAY_9} | arguments
+    with pytest.raises(ValidationError) as caught:
+        await get_context(home, "alice", **call)
+    assert caught.value.field == field
+
+
+async def test_an_unknown_user_is_not_found(home: Peer) -> None:
+    with pytest.raises(NotFoundError, match="dana"):
+        await get_context(home, "dana", task="general_assistant", time=MONDAY_9)
+
+
+async def test_recent_events_are_the_relevant_ones_of_the_window_newest_first(home: Peer) -> None:
+    for day, domain, text in [
+        (-9, "beverage", "latte, long ago"),
+        (-3, "beverage", "cortado please"),
+        (-2, "cleaning", "vacuum the hall"),
+        (-1, "tea", "green tea"),
+        (1, "beverage", "tomorrow's coffee"),
+    ]:
+        await home.record_event("alice", "COMMAND", domain, text=text, ts=clock(7 + day))
+
+    context = await get_context(
+        home, "alice", task="prepare_morning_beverage", time=at(clock(7, "09:00"))
+    )
+
+    assert [e.event.text for e in context.events] == ["green tea", "cortado please"]
+    assert all(e.provenance.events == (e.event.id,) for e in context.events)
+    day = await get_context(
+        home, "alice", task="prepare_morning_beverage", time=at(clock(7, "09:00")),
+        history_window="36h",
+    )  # fmt: skip
+    assert [e.event.text for e in day.events] == ["green tea"]
+
+
+async def test_recall_returns_the_related_events_only(home: Peer) -> None:
+    await home.record_event("alice", "COMMAND", "tea", text="the green mug for my tea", ts=clock(0))
+    await home.record_event("alice", "COMMAND", "music", text="play some jazz", ts=clock(0))
+
+    context = await get_context(
+        home, "alice", task="general_assistant", time=MONDAY_9, query="which mug for tea"
+    )
+
+    assert [e.event.text for e in context.recalled] == ["the green mug for my tea"]
+    assert context.recalled[0].score is not None
+    assert context.recalled[0].score > 0
+
+
+async def test_places_are_the_users_things_and_what_is_at_the_location(home: Peer) -> None:
+    await home.set_region("kitchen", "Kitchen")
+    await home.set_region("shelf-2", "Shelf 2", parent="kitchen")
+    await home.set_region("office", "Alice's office")
+    await home.place("green-mug", "Green mug", region="shelf-2", owner="alice")
+    await home.place("laptop", "Laptop", region="office", owner="alice")
+    await home.place("kettle", "Kettle", region="kitchen")
+    await home.place("bobs-mug", "Bob's mug", region="shelf-2", owner="bob")
+    await home.place("lawnmower", "Lawnmower", region="garage")
+
+    context = await get_context(
+        home, "alice", task="general_assistant", location="kitchen", time=MONDAY_9
+    )
+
+    assert [(f.placement.object, f.mine, f.region_label) for f in context.places] == [
+        ("green-mug", True, "Shelf 2"),
+        ("laptop", True, "Alice's office"),
+        ("bobs-mug", False, "Shelf 2"),
+        ("kettle", False, "Kitchen"),
+    ]
+    assert context.places[0].line() == "Green mug (alice's) belongs in Shelf 2"
+
+
+async def test_recent_moves_are_those_of_the_window_touching_the_place(
+    home: Peer, wall: FakeWall
+) -> None:
+    await home.place("oat-milk", "Oat milk", region="pantry")
+    await home.place("kettle", "Kettle", region="hall")
+    wall.advance(10 * DAY)
+    await home.place("oat-milk", "Oat milk", region="fridge")
+    await home.place("kettle", "Kettle", region="kitchen")
+    wall.advance(2 * HOUR)
+    await home.place("lawnmower", "Lawnmower", region="garage")
+
+    context = await get_context(
+        home, "alice", task="general_assistant", location="kitchen", time=at(wall.ms)
+    )
+
+    assert [(m.change.object, m.change.to_region) for m in context.changes] == [
+        ("kettle", "kitchen")
+    ]
+    assert context.changes[0].line().startswith("Kettle moved from hall to kitchen")
+
+
+async def test_a_context_sees_writes_made_after_the_previous_one(home: Peer) -> None:
+    first = await get_context(home, "alice", task="general_assistant", time=MONDAY_9)
+    await home.set_preference("alice", "beverage/coffee", "oat latte")
+    await home.place("green-mug", "Green mug", owner="alice")
+
+    second = await get_context(home, "alice", task="general_assistant", time=MONDAY_9)
+
+    assert (first.preferences, first.places) == ((), ())
+    assert [p.value for p in second.preferences] == ["oat latte"]
+    assert [f.placement.object for f in second.places] == ["green-mug"]
+
+
+async def test_an_overnight_routine_is_active_after_midnight(home: Peer) -> None:
+    await home.set_routine(
+        "bob-late", "Late night", user="bob", days=["fri"], after="22:00", before="02:00",
+        constraints=["keep the hall lights dim"],
+    )  # fmt: skip
+
+    async def active(day: int, hhmm: str) -> bool:
+        context = await get_context(home, "alice", task="general", time=at(clock(day, hhmm)))
+        return bool(context.routines)
+
+    assert await active(4, "23:00")  # Friday night
+    assert await active(5, "01:00")  # still Friday's night, on Saturday
+    assert not await active(5, "23:00")  # Saturday night
+    assert not await active(4, "01:00")  # Thursday's night
+
+
+async def test_the_context_serialises_to_json(home: Peer) -> None:
+    await home.set_preference("alice", "beverage/coffee", "oat latte")
+
+    context = await get_context(home, "alice", task="general_assistant", time=MONDAY_9)
+    data = context.to_dict()
+
+    assert data["preferences"][0]["value"] == "oat latte"
+    assert data["preferences"][0]["provenance"]["who"] == "alice"
+    assert data["situation"]["at"] == "2026-03-09T09:00:00Z"
+    assert data["withheld"] == ["health"]

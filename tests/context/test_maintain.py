@@ -1,0 +1,160 @@
+"""The slow loop: promotion, decay, drift, and never overruling a newer statement."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from hearthsync import Peer
+from hearthsync.context import correct, explain, feedback, get_context, maintain
+from tests.conftest import FakeWall
+from tests.context.conftest import DAY, HOUR, at, clock
+
+
+async def _mornings(peer: Peer, wall: FakeWall, days: range, value: str, outcome: str) -> None:
+    for day in days:
+        wall.ms = clock(day, "07:30")
+        await feedback(peer, "alice", "tea/mug", value, outcome)  # type: ignore[arg-type]
+
+
+async def _stable_green_mug(home: Peer, wall: FakeWall) -> None:
+    wall.ms = clock(0, "07:30")
+    await correct(home, "alice", "tea/mug", "green-mug", served="blue-mug")
+    await _mornings(home, wall, range(1, 13), "green-mug", "kept")
+    report = await maintain(home, now=at(wall.ms))
+    assert [c.action for c in report.changes] == ["promoted"]
+
+
+async def test_many_confirmations_in_a_few_days_are_folded_not_promoted(
+    home: Peer, wall: FakeWall
+) -> None:
+    wall.ms = clock(0, "07:30")
+    await correct(home, "alice", "tea/mug", "green-mug")
+    for _ in range(12):  # twelve cups in one day is not "consistently over time"
+        wall.advance(HOUR)
+        await feedback(home, "alice", "tea/mug", "green-mug")
+
+    report = await maintain(home, now=at(wall.ms))
+
+    assert [(c.action, c.detail) for c in report.changes] == [("folded", "12 new confirmations")]
+    stored = home.preference("alice", "tea/mug")
+    assert stored is not None
+    assert stored.evidence_count == 13
+    assert "hearth:stable" not in stored.evidence
+    assert (await maintain(home, now=at(wall.ms))).changes == ()  # nothing new: nothing written
+
+
+async def test_a_contradiction_holds_promotion_back(home: Peer, wall: FakeWall) -> None:
+    wall.ms = clock(0, "07:30")
+    await correct(home, "alice", "tea/mug", "green-mug")
+    await _mornings(home, wall, range(1, 13), "green-mug", "kept")
+    await feedback(home, "alice", "tea/mug", "green-mug", "refused")
+
+    report = await maintain(home, now=at(wall.ms))
+
+    assert [c.action for c in report.changes] == ["folded"]
+
+
+async def test_a_stable_preference_contradicted_lately_is_flagged_as_drifting(
+    home: Peer, wall: FakeWall
+) -> None:
+    await _stable_green_mug(home, wall)
+    # five mornings she takes the blue one herself; the last fortnight kept green three times
+    await _mornings(home, wall, range(20, 25), "blue-mug", "chose")
+
+    report = await maintain(home, now=at(wall.ms))
+
+    assert [(c.action, c.detail) for c in report.changes] == [
+        ("drift", 'contradicted 5 times lately, by "blue-mug"')
+    ]
+    context = await get_context(home, "alice", task="general", time=at(wall.ms))
+    mug = context.preference("tea/mug")
+    assert mug is not None
+    assert (mug.value, mug.drift) == ("green-mug", True)
+    assert "drifting" in context.to_prompt()
+    assert (await explain(home, "alice", "tea/mug", time=at(wall.ms))).endswith(
+        "but you have often chosen otherwise lately, so it is worth asking"
+    )
+    system = home.events("alice", domain="tea")[-1]
+    assert (system.type, system.payload) == (
+        "SYSTEM",
+        {"key": "tea/mug", "value": "green-mug", "drift": report.changes[0].detail},
+    )
+    assert (await maintain(home, now=at(wall.ms))).actions("drift") == []  # flagged once
+
+
+async def test_an_unconfirmed_learned_value_decays(home: Peer, wall: FakeWall) -> None:
+    await home.set_preference("alice", "music/morning", "jazz", source="learned", confidence=0.8)
+    wall.advance(60 * DAY)
+
+    report = await maintain(home, now=at(wall.ms))
+
+    assert [(c.action, c.confidence) for c in report.changes] == [("decayed", 0.2)]
+    stored = home.preference("alice", "music/morning")
+    assert stored is not None
+    assert (stored.source, stored.confidence) == ("learned", 0.2)
+    # the next day it has decayed a little more, but not by a whole step: nothing written
+    assert (await maintain(home, now=at(wall.ms + DAY))).changes == ()
+
+
+async def test_a_consolidation_never_outranks_a_newer_statement_on_another_robot(
+    tmp_path: Path,
+) -> None:
+    kitchen_wall, hall_wall = FakeWall(clock(0)), FakeWall(clock(0))
+    async with (
+        Peer.open(tmp_path / "k", device="kitchen", wall=kitchen_wall, rng=random.Random(1)) as k,
+        Peer.open(tmp_path / "h", device="hall", wall=hall_wall, rng=random.Random(2)) as h,
+    ):
+        for peer in (k, h):
+            await peer.add_user("alice", name="Alice")
+        await correct(k, "alice", "tea/mug", "green-mug")
+        await _sync(k, h)
+        hall_wall.ms = clock(1)  # partitioned: the hall robot hears of the blue mug
+        await correct(h, "alice", "tea/mug", "blue-mug", served="green-mug")
+        kitchen_wall.ms = clock(2)  # the kitchen robot, unaware, consolidates green later
+        await feedback(k, "alice", "tea/mug", "green-mug")
+        assert [c.action for c in (await maintain(k, now=at(clock(2)))).changes] == ["folded"]
+        await _sync(k, h)
+        await _sync(h, k)
+
+        for peer in (k, h):
+            context = await get_context(peer, "alice", task="general", time=at(clock(3)))
+            mug = context.preference("tea/mug")
+            assert mug is not None
+            assert mug.value == "blue-mug"
+            assert [a.reason for a in mug.set_aside] == ["an older statement, superseded"]
+
+
+async def _sync(source: Peer, target: Peer) -> None:
+    for doc_id in source.document_ids():
+        await target.apply_update(doc_id, source.diff(doc_id, target.state_vector(doc_id)))
+
+
+class _CorrectedMeanwhile:
+    """A peer on which Alice corrects the mug while the slow loop waits for the disk."""
+
+    def __init__(self, peer: Peer) -> None:
+        self._peer = peer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._peer, name)
+
+    async def flush(self) -> None:
+        await correct(self._peer, "alice", "tea/mug", "blue-mug", served="green-mug")
+        await self._peer.flush()
+
+
+async def test_the_slow_loop_never_overwrites_a_correction_made_meanwhile(
+    home: Peer, wall: FakeWall
+) -> None:
+    wall.ms = clock(0, "07:30")
+    await correct(home, "alice", "tea/mug", "green-mug")
+    await _mornings(home, wall, range(1, 3), "green-mug", "kept")
+
+    report = await maintain(_CorrectedMeanwhile(home), now=at(wall.ms))  # type: ignore[arg-type]
+
+    assert report.changes == ()
+    stored = home.preference("alice", "tea/mug")
+    assert stored is not None
+    assert (stored.value, stored.source) == ("blue-mug", "correction")
