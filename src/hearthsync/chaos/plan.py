@@ -71,7 +71,7 @@ class Scenario:
 #: deliberately broken builds (for testing the harness itself)
 BUGS = {
     "lose-every-10th-commit": "every tenth delta committed is acknowledged but never stored",
-    "drop-every-10th-delta": "every tenth update received is acknowledged but never merged",
+    "drop-every-10th-delta": "every tenth update received is merged, acknowledged, then lost",
 }
 
 

@@ -50,13 +50,13 @@ from pathlib import Path
 from typing import Any
 
 from nacl.signing import SigningKey
-from pycrdt import get_state, merge_updates
+from pycrdt import merge_updates
 
+from hearthsync.chaos import bugs
 from hearthsync.chaos.check import Findings, Replica, Write, digest, verify
 from hearthsync.chaos.inline_sqlite import inline_sqlite
 from hearthsync.chaos.plan import FIRST_USERS, LATER_USERS, SCOPES, Fault, Op, Plan
 from hearthsync.chaos.workload import OP_SCOPE, TinyEmbedder, Writer, perform
-from hearthsync.crdt import statevector
 from hearthsync.crypto.certificate import Certificate, Revocations, TrustStore
 from hearthsync.crypto.household import Household
 from hearthsync.crypto.identity import KEY_FILE, DeviceIdentity
@@ -74,7 +74,6 @@ from hearthsync.protocol.session import (
     SealFailed,
     Session,
 )
-from hearthsync.store.sqlite import Batch
 
 #: simulated time 0 on every robot's wall clock (2026-09-15 12:00 UTC), before its skew
 BASE_WALL = 1_789_473_600.0
@@ -156,7 +155,7 @@ class Outcome:
     errors: list[str]  #: exceptions that escaped, failed commits, protocol anomalies
     converge_s: float | None  #: simulated seconds from the heal to quiescence (None: never)
     trace: list[str]
-    trace_digest: str  #: of the trace and of every robot's final documents
+    trace_digest: str  #: of the trace, every message delivered and every final document
     messages: int
     messages_lost: int
     elapsed_s: float  #: wall-clock seconds the schedule took
@@ -196,6 +195,9 @@ class Simulation:
         self._in_flight = 0  # messages on their way between robots that are not revoked
         self._bug_counter = 0
         self.converge_s: float | None = None
+        #: every message delivered (who, when, bytes), hashed: the trace is for people and
+        #: names events, this proves the same seed sent the same bytes in the same order
+        self._wire = hashlib.blake2b(digest_size=16)
 
     # ------------------------------------------------------------------ the whole run
 
@@ -278,6 +280,7 @@ class Simulation:
         findings = self.check()
         final = "".join(digest(_peer(r)) for r in self.robots)
         hashed = hashlib.blake2b("\n".join([*self.trace, final]).encode(), digest_size=16)
+        hashed.update(self._wire.digest())
         return Outcome(
             seed=self.plan.seed, peers=self.plan.peers, faults=self.faults_injected,
             fault_kinds=self.fault_kinds, ops=len(self.plan.ops), acknowledged=len(self.writes),
@@ -416,27 +419,10 @@ class Simulation:
             )  # fmt: skip
         robot.peer.on_durable(lambda batch: self._forward(robot, batch))
         if self.scenario.bug == "lose-every-10th-commit":
-            self._break_store(robot.peer)
+            bugs.lossy_store(robot.peer, self._bug_tick)
         for other in self.robots:
             if other is not robot and robot.device_id > other.device_id:
                 self.at(self.now, lambda other=other: self._dial(robot, other))  # type: ignore[misc]
-
-    def _break_store(self, peer: Peer) -> None:
-        """A deliberately broken build: every tenth delta is acknowledged, forwarded and kept
-        in memory, but never written to SQLite (only a crash reveals it)."""
-        store = peer._sqlite
-        commit = store.commit
-
-        async def lossy(batch: Batch) -> None:
-            kept = []
-            for update in batch.updates:
-                self._bug_counter += 1
-                if self._bug_counter % 10:
-                    kept.append(update)
-            batch.updates = kept
-            await commit(batch)
-
-        store.commit = lossy  # type: ignore[method-assign]
 
     def _wall(self, robot: Robot) -> float:
         return BASE_WALL + self.now + robot.skew
@@ -558,8 +544,8 @@ class Simulation:
             return
         wait = robot.retry.get(other.index, FIRST_RETRY_S)
         robot.retry[other.index] = min(wait * 2, MAX_RETRY_S)
-        if self._settling:
-            wait = min(wait, 1.0)  # after the heal robots keep trying; cap it so runs end
+        if self._settling and self.revoked not in (robot.index, other.index):
+            wait = min(wait, 1.0)  # after the heal members keep trying; cap it so runs end
         wait *= self.net.uniform(0.5, 1.5)  # jitter
         incarnation = robot.incarnation
         self.at(
@@ -667,6 +653,8 @@ class Simulation:
         if not side.alive or robot.peer is None or not self._reachable(sender, receiver):
             self.lost += 1
             return
+        self._wire.update(b"%d>%d@%.6f:" % (sender, receiver, self.now))
+        self._wire.update(data)
         side.session.receive_data(data, self._wall(robot))
         self._events(robot, conn)
         self._flush(conn, receiver)
@@ -693,11 +681,8 @@ class Simulation:
         session = conn.sides[robot.index].session
         if parse_scope(peer, event.doc_id) not in robot.scopes:
             self.errors.append(f"r{robot.index} received {event.doc_id} outside its scopes")
-        if self._broken_merge():
-            state = _claimed(peer.state_vector(event.doc_id), event.update)
-            self.note(f"r{robot.index} drops an update of {event.doc_id} (broken build)")
-            session.applied(event.doc_id, state)
-            return
+        broken = self.scenario.bug == "drop-every-10th-delta" and self._bug_tick()
+        before = bugs.content(peer, event.doc_id) if broken else {}
         try:
             origin = session.peer_id or event.author
             done = peer.receive_update(event.doc_id, event.update, origin=origin)
@@ -705,6 +690,9 @@ class Simulation:
             self.errors.append(f"t={self.now:.3f} r{robot.index} could not apply: {exc}")
             session.close(f"could not apply {event.doc_id}")
             return
+        if broken:
+            dropped = bugs.forget_merge(peer, event.doc_id, before)
+            self.note(f"r{robot.index} loses {dropped} entries of {event.doc_id} (broken build)")
         state = peer.state_vector(event.doc_id)
         if done is None:  # nothing new: what it holds is already durable here
             session.applied(event.doc_id, state)
@@ -712,11 +700,10 @@ class Simulation:
         robot.to_ack.append((conn, event.doc_id, state))
         self._schedule_commit(robot)
 
-    def _broken_merge(self) -> bool:
-        if self.scenario.bug != "drop-every-10th-delta":
-            return False
+    def _bug_tick(self) -> bool:
+        """For a deliberately broken build: true once in `bugs.EVERY` calls."""
         self._bug_counter += 1
-        return self._bug_counter % 10 == 0
+        return self._bug_counter % bugs.EVERY == 0
 
     def _forward(self, robot: Robot, batch: Any) -> None:
         """The commit listener: send every durable delta to every open connection, one
@@ -893,14 +880,6 @@ def _peer(robot: Robot) -> Peer:
 def parse_scope(peer: Peer, doc_id: str) -> str:
     """The scope of ``doc_id`` as the peer's sync port describes it."""
     return peer.docs.describe(doc_id).scope
-
-
-def _claimed(held: bytes, update: bytes) -> bytes:
-    """What a broken merge claims to hold after dropping ``update``: everything it covers."""
-    mine = statevector.decode(held)
-    for client, clock in statevector.decode(bytes(get_state(update))).items():
-        mine[client] = max(mine.get(client, 0), clock)
-    return statevector.encode(mine)
 
 
 def _timed(outcome: Outcome, elapsed: float) -> Outcome:
