@@ -1,0 +1,157 @@
+"""The deterministic simulation: hundreds of seeded schedules, determinism, and the harness
+catching deliberately broken builds (so a green run means something)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from hearthsync import chaos
+from hearthsync.chaos import FAULT_KINDS, Outcome, Scenario, make_plan, run_schedule
+from hearthsync.chaos.harness import problems
+from hearthsync.cli import app
+from tests.chaos.known_core_bugs import unexplained
+
+#: small schedules with many faults: every fault kind hundreds of times in a CI run
+CI_SCENARIO = Scenario(peers=None, edits=4, duration=5.0, fault_rate=1.2)
+CI_SCHEDULES = 200
+CI_SEED = 20_000
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_200_schedules_of_3_to_7_robots_converge_and_lose_nothing() -> None:
+    outcomes: list[Outcome] = []
+    report = chaos.run(
+        schedules=CI_SCHEDULES, seed=CI_SEED, scenario=CI_SCENARIO, jobs=2, minimise=False,
+        on_outcome=outcomes.append,
+    )  # fmt: skip
+    assert report.schedules == CI_SCHEDULES
+    assert {o.peers for o in outcomes} == {3, 4, 5, 6, 7}
+    assert set(report.fault_counts) == set(FAULT_KINDS)
+    assert min(report.fault_counts.values()) >= 50, report.fault_counts
+    problems = [(f.seed, p) for f in report.failures for p in unexplained(f.problems)]
+    assert problems == [], "\n".join(f"seed {s}: {p}" for s, p in problems)
+    assert report.lost_writes == report.revocation_leaks == 0
+    assert report.acknowledged_writes > 10 * CI_SCHEDULES
+    assert report.verified_writes + report.exempt_writes == report.acknowledged_writes
+
+
+def test_the_same_seed_replays_the_same_trace_bit_for_bit() -> None:
+    scenario = Scenario(peers=4, edits=8, duration=8.0, fault_rate=1.0)
+    first, again = run_schedule(7, scenario), run_schedule(7, scenario)
+    assert len(first.trace) > 40
+    assert first.messages > 500
+    assert first.faults
+    assert first.trace == again.trace
+    assert (first.messages, first.messages_lost) == (again.messages, again.messages_lost)
+    # the digest covers every message delivered (sender, receiver, time, bytes) and every
+    # robot's final documents, not only the trace
+    assert first.trace_digest == again.trace_digest
+    assert run_schedule(8, scenario).trace_digest != first.trace_digest
+
+
+def test_a_schedule_replays_the_same_in_a_worker_process() -> None:
+    """``hearth chaos`` runs schedules in worker processes, each in its own temporary folder:
+    the seed alone decides the run, not the process or the folder."""
+    scenario = Scenario(peers=3, edits=6, duration=5.0, fault_rate=1.0)
+    in_workers: list[Outcome] = []
+    chaos.run(schedules=2, seed=3, scenario=scenario, jobs=2, on_outcome=in_workers.append)
+    here = {s: run_schedule(s, scenario).trace_digest for s in (3, 4)}
+    assert {o.seed: o.trace_digest for o in in_workers} == here
+
+
+def test_every_fault_kind_is_drawn_and_partitions_split_every_robot() -> None:
+    kinds: set[str] = set()
+    for seed in range(40):
+        plan = make_plan(seed, Scenario(peers=None, edits=2, fault_rate=0.5))
+        assert 3 <= plan.peers <= 7
+        assert plan.scopes[0] == chaos.plan.SCOPES  # the owner holds every scope
+        kinds |= {f.kind for f in plan.faults}
+        for fault in plan.faults:
+            if fault.kind == "partition":
+                assert 2 <= len(fault.groups) <= 3
+                assert sorted(r for g in fault.groups for r in g) == list(range(plan.peers))
+            if fault.kind == "revoke":
+                assert fault.robots != (0,)  # the owner revokes; it is never revoked
+        assert [op.at for op in plan.ops] == sorted(op.at for op in plan.ops)
+        assert make_plan(seed, Scenario(peers=None, edits=2, fault_rate=0.5)) == plan
+    assert kinds == set(FAULT_KINDS)
+
+
+def test_removing_faults_leaves_every_write_where_it_was() -> None:
+    plan = make_plan(5, Scenario(peers=5, edits=10, fault_rate=0.5))
+    assert len(plan.faults) > 3
+    fewer = plan.without_faults({plan.faults[0].index, plan.faults[2].index})
+    assert fewer.ops == plan.ops
+    assert len(fewer.faults) == len(plan.faults) - 2
+    assert plan.only_faults(set()).faults == ()
+
+
+# ------------------------------------------------------------------ the harness catches bugs
+
+
+def test_a_broken_merge_is_reported_with_a_seed_and_a_command_that_replay_it(
+    tmp_path: Path,
+) -> None:
+    broken = Scenario(peers=3, edits=10, duration=6.0, fault_rate=0.3, bug="drop-every-10th-delta")
+    report = chaos.run(schedules=2, seed=40, scenario=broken, jobs=1)
+    assert not report.ok
+    assert report.divergences > 0
+    failure = report.failures[0]
+    # not mistaken for a known core bug: divergences no known bug explains
+    assert [p for p in unexplained(failure.problems) if p.startswith("divergence: ")]
+    args = shlex.split(failure.replay)
+    assert args[:2] == ["hearth", "chaos"]
+    assert f"--seed {failure.seed}" in failure.replay
+    assert "--bug drop-every-10th-delta" in failure.replay
+    # the command replays it: same verdict, same problems, exit status 1
+    out = tmp_path / "replay.json"
+    result = CliRunner().invoke(app, [*args[1:], "--json", str(out)])
+    assert result.exit_code == 1, result.output
+    replayed = json.loads(out.read_text())
+    assert replayed["failing_seeds"] == [failure.seed]
+    assert replayed["schedules"] == 1
+    assert "divergence" in result.output
+    # and so does the Python call, with the same minimal set of faults
+    only = {int(i) for i in args[args.index("--only-faults") + 1].split(",") if i != "none"}
+    again = run_schedule(failure.seed, broken, only)
+    assert not again.ok
+    assert again.findings.divergences
+
+
+#: a robot alone behind a partition forwards nothing: a crash then loses what its store dropped
+LOSSY_SCHEDULES = Scenario(
+    peers=3, edits=15, duration=8.0, faults=("crash", "partition"), fault_rate=0.8
+)
+
+
+def test_acknowledged_writes_lost_by_the_store_are_reported() -> None:
+    """A build whose store drops every tenth delta it acknowledges: only a crash shows it."""
+    broken = replace(LOSSY_SCHEDULES, bug="lose-every-10th-commit")
+    report = chaos.run(schedules=2, seed=42, scenario=broken, jobs=1, minimise=False)
+    assert not report.ok
+    assert report.lost_writes > 0
+    assert report.failing_seeds == [42, 43]
+    assert all("--bug lose-every-10th-commit" in f.replay for f in report.failures)
+
+
+def test_the_same_schedules_pass_without_the_bug() -> None:
+    """The broken-build tests above fail because of the bug, not because of their schedules."""
+    for scenario, seeds in (
+        (Scenario(peers=3, edits=10, duration=6.0, fault_rate=0.3), (40, 41)),
+        (
+            Scenario(
+                peers=3, edits=15, duration=8.0, faults=("crash", "partition"), fault_rate=0.8
+            ),
+            (42, 43),
+        ),
+    ):
+        for seed in seeds:
+            outcome = run_schedule(seed, scenario)
+            assert unexplained(problems(outcome)) == [], (seed, problems(outcome))
