@@ -109,14 +109,19 @@ class Report:
             "revocation_leaks": self.revocation_leaks,
             "errors": self.errors,
             "unconverged": self.unconverged,
-            "converge_p50_s": round(self.converge_p50_s, 4),
-            "converge_p99_s": round(self.converge_p99_s, 4),
+            "converge_p50_s": _figure(self.converge_p50_s),
+            "converge_p99_s": _figure(self.converge_p99_s),
             "schedules_per_minute": round(self.schedules_per_minute, 1),
             "elapsed_s": round(self.elapsed_s, 2),
             "failing_seeds": self.failing_seeds,
             "replay": [f.replay for f in self.failures],
             **{f"faults_{kind}": self.fault_counts.get(kind, 0) for kind in FAULT_KINDS},
         }
+
+
+def _figure(value: float) -> float | None:
+    """A figure for JSON, which has no NaN: None when there was nothing to measure."""
+    return None if math.isnan(value) else round(value, 4)
 
 
 def _percentile(values: Sequence[float], pct: float) -> float:

@@ -1,0 +1,87 @@
+"""``hearth chaos``: the options, the summary, ``--json`` and the exit status, end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from hearthsync.cli import app
+
+FIGURES = {
+    "schedules", "faults", "acknowledged_writes", "verified_writes", "divergences",
+    "lost_writes", "converge_p50_s", "converge_p99_s", "failing_seeds",
+}  # fmt: skip
+
+
+def chaos(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["chaos", *args])
+    return result.exit_code, result.output
+
+
+def test_a_passing_run_prints_the_summary_and_writes_flat_json(tmp_path: Path) -> None:
+    out = tmp_path / "chaos.json"
+    code, output = chaos(
+        "--schedules", "3", "--seed", "5", "--peers", "3", "--edits", "4", "--duration", "4",
+        "--fault-rate", "1", "--json", str(out),
+    )  # fmt: skip
+    assert code == 0, output
+    for row in ("schedules run", "faults injected", "writes acknowledged", "divergences",
+                "lost writes", "time to converge p50 / p99"):  # fmt: skip
+        assert row in output
+    figures = json.loads(out.read_text())
+    assert set(figures) >= FIGURES
+    lists = {k for k, v in figures.items() if isinstance(v, list)}
+    assert lists == {"failing_seeds", "replay"}  # the failing seeds and their commands
+    assert not [k for k, v in figures.items() if isinstance(v, dict)]
+    assert figures["schedules"] == 3
+    assert figures["failing_seeds"] == []
+    assert figures["faults"] > 0
+    assert figures["acknowledged_writes"] >= 3 * 3 * 2  # at least the first users, everywhere
+    assert figures["verified_writes"] + figures["exempt_writes"] == figures["acknowledged_writes"]
+
+
+def test_a_failing_run_exits_1_and_names_seed_and_replay() -> None:
+    code, output = chaos(
+        "--schedules", "1", "--seed", "40", "--peers", "3", "--edits", "10", "--duration", "6",
+        "--fault-rate", "0.3", "--bug", "drop-every-10th-delta", "--no-minimise", "--trace",
+    )  # fmt: skip
+    assert code == 1
+    assert "schedule 40 failed" in output
+    assert "replay: hearth chaos --seed 40 --schedules 1" in output
+    assert "loses" in output  # the trace, printed: the broken build's own notes
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (("--faults", "partition,flood"), "unknown fault kinds"),
+        (("--peers", "1"), "peers must be 2 to 16"),
+        (("--bug", "nonsense"), "unknown bug"),
+    ],
+)
+def test_bad_options_are_refused_before_anything_runs(
+    args: tuple[str, ...], complaint: str
+) -> None:
+    code, output = chaos("--schedules", "1", *args)
+    assert code == 2
+    assert complaint in " ".join(output.split())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_process_mode_runs_real_robots_and_writes_the_same_figures(tmp_path: Path) -> None:
+    out = tmp_path / "processes.json"
+    code, output = chaos(
+        "--processes", "--schedules", "1", "--seed", "1", "--peers", "3", "--edits", "8",
+        "--json", str(out),
+    )  # fmt: skip
+    assert code == 0, output
+    assert "hearth chaos (processes)" in output
+    figures = json.loads(out.read_text())
+    assert set(figures) >= FIGURES
+    assert figures["acknowledged_writes"] == figures["verified_writes"] == 8
+    assert figures["faults"] >= 4  # the cut, two kills, and whatever weather the seed drew
+    assert figures["failing_seeds"] == []
