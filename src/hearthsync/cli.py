@@ -350,6 +350,13 @@ def chaos(
     fault_rate: Annotated[
         float | None, typer.Option(help="faults started per simulated second, default 0.25")
     ] = None,
+    scopes: Annotated[
+        str | None,
+        typer.Option(help="your household: each robot's scopes after the owner's, ';' between"),
+    ] = None,
+    mix: Annotated[
+        str | None, typer.Option(help="weights of the writes, e.g. pref=3,event=1,move=1")
+    ] = None,
     processes: Annotated[
         bool, typer.Option("--processes", help="real 'hearth run' processes behind proxies")
     ] = False,
@@ -374,7 +381,7 @@ def chaos(
     robot converged and nothing acknowledged was lost.  Exit status 1 on any failure."""
     from hearthsync.chaos import Scenario
     from hearthsync.chaos.console import exit_code, run_in_processes, run_simulated, write_json
-    from hearthsync.chaos.plan import DEFAULT_FAULT_RATE, FAULT_KINDS
+    from hearthsync.chaos.plan import DEFAULT_FAULT_RATE, DEFAULT_MIX, FAULT_KINDS
 
     if processes:
         report = run_in_processes(
@@ -386,6 +393,8 @@ def chaos(
                 peers=peers, edits=50 if edits is None else edits, duration=duration,
                 faults=FAULT_KINDS if faults is None else _kinds(faults),
                 fault_rate=DEFAULT_FAULT_RATE if fault_rate is None else fault_rate, bug=bug,
+                scopes=None if scopes is None else tuple(_kinds(r) for r in scopes.split(";")),
+                mix=DEFAULT_MIX if mix is None else _weights(mix),
             )  # fmt: skip
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
@@ -403,6 +412,14 @@ def chaos(
 def _kinds(text: str) -> tuple[str, ...]:
     """A comma-separated list; 'none' is the empty one."""
     return () if text.strip() == "none" else tuple(k.strip() for k in text.split(",") if k)
+
+
+def _weights(text: str) -> dict[str, float]:
+    """``kind=weight,...``"""
+    try:
+        return {k.strip(): float(w) for k, _, w in (i.partition("=") for i in _kinds(text))}
+    except ValueError:
+        raise typer.BadParameter(f"--mix wants kind=weight,..., got {text!r}") from None
 
 
 def main() -> None:

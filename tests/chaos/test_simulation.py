@@ -4,6 +4,7 @@ catching deliberately broken builds (so a green run means something)."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from dataclasses import replace
 from pathlib import Path
@@ -155,3 +156,30 @@ def test_the_same_schedules_pass_without_the_bug() -> None:
         for seed in seeds:
             outcome = run_schedule(seed, scenario)
             assert unexplained(problems(outcome)) == [], (seed, problems(outcome))
+
+
+SKIPPED = re.compile(r"op#\d+ (r\d+) (\w+): not in its scopes")
+
+
+def test_your_own_household_configuration_runs_as_given() -> None:
+    """A kitchen robot that reads everything but health, and a hall robot with core only."""
+    mine = Scenario(
+        scopes=(("core", "history", "spatial"), ("core",)), edits=8, duration=6.0,
+        fault_rate=0.8, mix={"pref": 2.0, "health": 1.0, "event": 1.0, "move": 1.0},
+    )  # fmt: skip
+    plan = make_plan(3, mine)
+    assert plan.peers == 3
+    assert plan.scopes[1] == ("core", "history", "household", "spatial")
+    assert plan.scopes[2] == ("core", "household")
+    outcomes: list[Outcome] = []
+    report = chaos.run(
+        schedules=3, seed=3, scenario=mine, jobs=1, on_outcome=outcomes.append, keep_traces=True
+    )
+    assert unexplained([p for f in report.failures for p in f.problems]) == []
+    # a robot does not attempt a write in a scope it may not read: the kitchen robot skips
+    # health writes, the hall robot health, history and spatial ones
+    found = (SKIPPED.search(line) for o in outcomes for line in o.trace)
+    skipped = {(m[1], m[2]) for m in found if m}
+    assert {("r1", "health"), ("r2", "event"), ("r2", "move")} <= skipped
+    assert {robot for robot, kind in skipped if kind != "health"} == {"r2"}
+    assert "--scopes 'core,history,spatial;core'" in chaos.replay_command(3, mine)

@@ -156,7 +156,7 @@ def print_report(console: Console, report: Report, *, processes: bool = False) -
         console.print("  minimal fault trace:" if failure.fault_trace else "  no fault needed")
         for line in failure.fault_trace:
             console.print(f"    {line}", markup=False, highlight=False)
-        console.print(f"  replay: [bold]{failure.replay}[/bold]", highlight=False)
+        console.print(f"  replay: [bold]{failure.replay}[/bold]", highlight=False, soft_wrap=True)
     verdict = "[green]ok[/green]" if report.ok else "[red]FAILED[/red]"
     console.print(f"{verdict}: {report.schedules} schedules, seeds {_seeds(report)}")
 

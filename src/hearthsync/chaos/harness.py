@@ -22,7 +22,14 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from hearthsync.chaos.plan import DEFAULT_FAULT_RATE, FAULT_KINDS, Plan, Scenario, make_plan
+from hearthsync.chaos.plan import (
+    DEFAULT_FAULT_RATE,
+    DEFAULT_MIX,
+    FAULT_KINDS,
+    Plan,
+    Scenario,
+    make_plan,
+)
 from hearthsync.chaos.sim import Outcome, simulate
 
 
@@ -168,19 +175,37 @@ def shrink(plan: Plan, outcome: Outcome) -> tuple[Plan, Outcome]:
 
 
 def replay_command(seed: int, scenario: Scenario, faults: Sequence[int] | None = None) -> str:
+    """What replays schedule ``seed`` of ``scenario`` exactly (with only the faults numbered
+    ``faults``, if given): a ``hearth chaos`` command, or, for a scenario with settings the
+    command has no option for (latency, commit delay, skew, settle limit), the Python call."""
+    if _python_only(scenario):
+        only = "" if faults is None else f", only_faults={set(faults)!r}"
+        return f"hearthsync.chaos.run_schedule({seed}, hearthsync.chaos.{scenario!r}{only})"
     args = ["hearth", "chaos", "--seed", str(seed), "--schedules", "1"]
-    if scenario.peers is not None:
+    if scenario.scopes is not None:
+        args += ["--scopes", ";".join(",".join(robot) for robot in scenario.scopes)]
+    elif scenario.peers is not None:
         args += ["--peers", str(scenario.peers)]
-    args += ["--edits", str(scenario.edits), "--duration", f"{scenario.duration:g}"]
+    args += ["--edits", str(scenario.edits), "--duration", repr(scenario.duration)]
     if tuple(scenario.faults) != FAULT_KINDS:
         args += ["--faults", ",".join(scenario.faults) or "none"]
     if scenario.fault_rate != DEFAULT_FAULT_RATE:
-        args += ["--fault-rate", f"{scenario.fault_rate:g}"]
+        args += ["--fault-rate", repr(scenario.fault_rate)]
+    if dict(scenario.mix) != dict(DEFAULT_MIX):
+        args += ["--mix", ",".join(f"{k}={w!r}" for k, w in scenario.mix.items())]
     if faults is not None:
         args += ["--only-faults", ",".join(str(i) for i in faults) or "none"]
     if scenario.bug:
         args += ["--bug", scenario.bug]
     return shlex.join([*args, "--trace"])
+
+
+def _python_only(scenario: Scenario) -> bool:
+    default = Scenario()
+    return any(
+        getattr(scenario, name) != getattr(default, name)
+        for name in ("latency", "commit_delay", "max_skew", "settle_limit")
+    )
 
 
 def _failure(outcome: Outcome, scenario: Scenario, minimise: bool) -> Failure:

@@ -53,10 +53,23 @@ class Scenario:
     settle_limit: float = 300.0  #: simulated seconds allowed to converge after the heal
     #: a deliberately broken build, to prove the checkers catch it (`BUGS`); None: none
     bug: str | None = None
+    #: the scopes of each robot after the owner (robot 0, which holds every scope): your own
+    #: household, e.g. ``(("core", "history", "spatial"), ("core", "spatial"))`` for a kitchen
+    #: robot and a hall robot that may read neither health nor history.  "household" is
+    #: implied, as an invite implies it.  None: drawn per seed (a robot in four misses a scope)
+    scopes: tuple[tuple[str, ...], ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.peers is not None and not 2 <= self.peers <= 16:
-            raise ValueError(f"peers must be 2 to 16, not {self.peers}")
+        if self.scopes is not None:
+            if self.peers is not None and self.peers != len(self.scopes) + 1:
+                raise ValueError(f"peers={self.peers}, but scopes are given for "
+                                 f"{len(self.scopes)} robots besides the owner")  # fmt: skip
+            unknown_scopes = {s for robot in self.scopes for s in robot} - set(SCOPES)
+            if unknown_scopes:
+                raise ValueError(f"unknown scopes {sorted(unknown_scopes)}; known: {SCOPES}")
+        peers = self.peers if self.scopes is None else len(self.scopes) + 1
+        if peers is not None and not 2 <= peers <= 16:
+            raise ValueError(f"peers must be 2 to 16, not {peers}")
         if self.edits < 0 or self.duration <= 0 or self.fault_rate < 0:
             raise ValueError("edits, duration and fault_rate must not be negative")
         unknown = set(self.faults) - set(FAULT_KINDS)
@@ -141,14 +154,19 @@ class Plan:
 def make_plan(seed: int, scenario: Scenario) -> Plan:
     """Draw the plan of schedule ``seed`` (the same seed, the same plan, on any machine)."""
     rng = random.Random(f"hearthsync-chaos-plan-{seed}")
-    peers = scenario.peers if scenario.peers is not None else rng.randint(3, 7)
-    scopes: list[tuple[str, ...]] = [SCOPES]  # robot 0, the owner, holds every scope
-    for _ in range(1, peers):
-        if rng.random() < 0.25:  # some robots may not read health or history
-            missing = rng.choice(("health", "history", "spatial"))
-            scopes.append(tuple(s for s in SCOPES if s != missing))
-        else:
-            scopes.append(SCOPES)
+    if scenario.scopes is not None:
+        given = [tuple(s for s in SCOPES if s in robot or s == "household")
+                 for robot in scenario.scopes]  # fmt: skip
+        peers, scopes = len(given) + 1, [SCOPES, *given]
+    else:
+        peers = scenario.peers if scenario.peers is not None else rng.randint(3, 7)
+        scopes = [SCOPES]  # robot 0, the owner, holds every scope
+        for _ in range(1, peers):
+            if rng.random() < 0.25:  # some robots may not read health or history
+                missing = rng.choice(("health", "history", "spatial"))
+                scopes.append(tuple(s for s in SCOPES if s != missing))
+            else:
+                scopes.append(SCOPES)
     kinds = [k for k in OP_KINDS if scenario.mix.get(k, 0) > 0]
     weights = [scenario.mix[k] for k in kinds]
     ops: list[Op] = []
