@@ -60,6 +60,7 @@ class Scenario:
     scopes: tuple[tuple[str, ...], ...] | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "mix", dict(self.mix))  # a plain dict: it goes to workers
         if self.scopes is not None:
             if self.peers is not None and self.peers != len(self.scopes) + 1:
                 raise ValueError(f"peers={self.peers}, but scopes are given for "

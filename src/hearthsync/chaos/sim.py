@@ -52,15 +52,17 @@ from typing import Any
 from nacl.signing import SigningKey
 from pycrdt import merge_updates
 
+from hearthsync import enrolment
 from hearthsync.chaos import bugs
 from hearthsync.chaos.check import Findings, Replica, Write, digest, verify
 from hearthsync.chaos.inline_sqlite import inline_sqlite
 from hearthsync.chaos.plan import FIRST_USERS, LATER_USERS, SCOPES, Fault, Op, Plan
 from hearthsync.chaos.workload import OP_SCOPE, TinyEmbedder, Writer, perform
-from hearthsync.crypto.certificate import Certificate, Revocations, TrustStore
+from hearthsync.crypto.certificate import Certificate, TrustStore
 from hearthsync.crypto.household import Household
 from hearthsync.crypto.identity import KEY_FILE, DeviceIdentity
 from hearthsync.crypto.keyring import Keyring
+from hearthsync.enrolment import HouseholdState
 from hearthsync.errors import ClosedError, HearthError, NotFoundError
 from hearthsync.ids import DocId
 from hearthsync.peer import Peer
@@ -68,6 +70,7 @@ from hearthsync.protocol.session import (
     ApplyUpdate,
     Closed,
     KeyMissing,
+    KeysChanged,
     LineageMismatch,
     PeerAuthenticated,
     RevocationsChanged,
@@ -81,7 +84,9 @@ TICK_S = 0.5  #: how often every session's heartbeat timer runs (as `Link` does)
 CONNECT_TIMEOUT_S = 1.0  #: a dial across a partition fails after this long
 FIRST_RETRY_S = 0.2
 MAX_RETRY_S = 10.0
-YEAR_S = 365 * 86_400
+#: certificates outlive any machine that will run this (the household file is also read with
+#: the real clock, when a save merges what is on disk)
+CERT_S = 50 * 365 * 86_400
 _EMBEDDER = TinyEmbedder()
 _NOTHING = b"\x00"  #: the state vector of a document that has seen nothing
 
@@ -114,15 +119,13 @@ class _Conn:
 
 @dataclass
 class Robot:
-    """One simulated robot: its credentials (which survive a crash: they are files), its peer
-    (None while crashed), and its connections."""
+    """One simulated robot: its credentials (the household file beside its store, read at
+    every boot as `hearth run` reads it), its peer (None while crashed), its connections."""
 
     index: int
     folder: Path
     identity: DeviceIdentity
-    certificate: Certificate
-    trust: TrustStore
-    keyring: Keyring
+    state: HouseholdState  #: the credentials as loaded at the last boot (`Peer.household`)
     scopes: frozenset[str]
     rng: random.Random
     skew: float
@@ -139,6 +142,18 @@ class Robot:
     @property
     def device_id(self) -> str:
         return self.identity.device_id
+
+    @property
+    def certificate(self) -> Certificate:
+        return self.state.certificate
+
+    @property
+    def trust(self) -> TrustStore:
+        return self.state.trust
+
+    @property
+    def keyring(self) -> Keyring:
+        return self.state.keyring
 
 
 @dataclass(frozen=True)
@@ -357,46 +372,55 @@ class Simulation:
     # ------------------------------------------------------------------ setup
 
     async def _setup(self) -> None:
+        """What ``hearth init`` on robot 0 and ``hearth invite``/``join`` for the others leave
+        behind, drawn from the seed: identities, certificates, keys, household files."""
         plan = self.plan
         setup = random.Random(f"hearthsync-chaos-setup-{plan.seed}")
         owner = DeviceIdentity(SigningKey(setup.randbytes(32)))
         issued = int(BASE_WALL) - 86_400
         household = Household.create(owner, "Chaos Home", setup.randbytes)
-        owner_cert = Certificate.self_signed_owner(
-            owner, household, device_name="r0", scopes=SCOPES,
-            issued_at=issued, expires_at=issued + YEAR_S,
-        )  # fmt: skip
         keys = Keyring()
         for scope in SCOPES:
             keys.create_scope(scope, setup.randbytes)
             for user in FIRST_USERS + LATER_USERS:
                 keys.create_data_key(user, scope, setup.randbytes)
-        for index in range(plan.peers):
-            identity = owner if index == 0 else DeviceIdentity(SigningKey(setup.randbytes(32)))
-            scopes = plan.scopes[index]
-            if index == 0:
-                cert, keyring = owner_cert, keys
-            else:
-                cert = Certificate.issue(
-                    owner, household_id=household.id, device_pk=bytes(identity.verify_key),
-                    device_name=f"r{index}", role="member", scopes=scopes,
-                    issued_at=issued, expires_at=issued + YEAR_S,
-                )  # fmt: skip
-                keyring = Keyring()
+        identities = [owner] + [
+            DeviceIdentity(SigningKey(setup.randbytes(32))) for _ in range(1, plan.peers)
+        ]
+        certs = [
+            Certificate.self_signed_owner(
+                owner, household, device_name="r0", scopes=SCOPES,
+                issued_at=issued, expires_at=issued + CERT_S,
+            )
+        ] + [
+            Certificate.issue(
+                owner, household_id=household.id, device_pk=bytes(identity.verify_key),
+                device_name=f"r{index}", role="member", scopes=plan.scopes[index],
+                issued_at=issued, expires_at=issued + CERT_S,
+            )
+            for index, identity in enumerate(identities) if index
+        ]  # fmt: skip
+        for index, identity in enumerate(identities):
             trust = TrustStore.for_household(household)
-            trust.add(owner_cert, issued)
-            trust.add(cert, issued)
+            # the owner enrolled every robot, so it holds every certificate; a robot that
+            # joined holds the owner's and its own, and learns the others' when they meet
+            for cert in certs if index == 0 else (certs[0], certs[index]):
+                trust.add(cert, issued)
+            keyring = keys if index == 0 else Keyring()
             if index:
-                for grant in keys.grants_for(owner, identity.verify_key, scopes, setup.randbytes):
+                wanted = plan.scopes[index]
+                for grant in keys.grants_for(owner, identity.verify_key, wanted, setup.randbytes):
                     keyring.accept_grant(grant, identity, trust=trust, now=issued)
             folder = self.folder / f"r{index}"
             folder.mkdir(parents=True)
             key_file = folder / KEY_FILE
             key_file.write_bytes(bytes(identity.signing_key))
             key_file.chmod(0o600)
+            state = HouseholdState(household, certs[index], trust, keyring)
+            enrolment.save(folder, state)
             skew = setup.uniform(-self.scenario.max_skew, self.scenario.max_skew)
             robot = Robot(
-                index, folder, identity, cert, trust, keyring, frozenset(scopes),
+                index, folder, identity, state, frozenset(plan.scopes[index]),
                 random.Random(setup.getrandbits(64)), skew,
             )  # fmt: skip
             self.robots.append(robot)
@@ -417,7 +441,10 @@ class Simulation:
                 wall=lambda: self._wall(robot), rng=random.Random(robot.rng.getrandbits(64)),
                 synchronous="OFF", auto_commit=False,
             )  # fmt: skip
+        assert robot.peer.household is not None, "the household file was written at setup"
+        robot.state = robot.peer.household  # what survived is what was saved
         robot.peer.on_durable(lambda batch: self._forward(robot, batch))
+        robot.peer.on_keys_made.append(lambda: self._send_grants(robot))
         if self.scenario.bug == "lose-every-10th-commit":
             bugs.lossy_store(robot.peer, self._bug_tick)
         for other in self.robots:
@@ -664,9 +691,12 @@ class Simulation:
         for event in side.session.events_received():
             if isinstance(event, ApplyUpdate):
                 self._apply(robot, conn, event)
-            elif isinstance(event, RevocationsChanged):
+            elif isinstance(event, RevocationsChanged):  # keep it; tell the others (SyncService)
                 self.note(f"r{robot.index} learns revocations {sorted(event.revoked)}")
-                self._trust_changed(robot)
+                _peer(robot).trust_changed()
+                self._to_every_link(robot, Session.send_revocations, but=conn)
+            elif isinstance(event, KeysChanged):
+                _peer(robot).keys_changed()
             elif isinstance(event, PeerAuthenticated):
                 robot.retry.pop(conn.other(robot.index), None)
             elif isinstance(event, LineageMismatch | SealFailed):
@@ -722,15 +752,19 @@ class Simulation:
                 side.session.send_update(DocId(doc_id), merged)
             self._flush(conn, robot.index)
 
-    def _trust_changed(self, robot: Robot) -> None:
-        """A newer revocation list: drop revoked peers, tell the others (and, on the owner,
-        grant the new keys)."""
+    def _to_every_link(
+        self, robot: Robot, call: Callable[[Session], object], but: _Conn | None = None
+    ) -> None:
+        """Call ``call`` on every open session of ``robot`` (but one), then send."""
         for _other, conn in sorted(robot.conns.items()):
             side = conn.sides[robot.index]
-            if side.alive:
-                side.session.send_revocations()
-                side.session.send_grants()
+            if side.alive and conn is not but:
+                call(side.session)
                 self._flush(conn, robot.index)
+
+    def _send_grants(self, robot: Robot) -> None:
+        """The peer made keys (a new user on an admin robot): grant them (`on_keys_made`)."""
+        self._to_every_link(robot, Session.send_grants)
 
     def _tick(self) -> None:
         """Every session's heartbeat timer (`Link._tick`)."""
@@ -809,19 +843,17 @@ class Simulation:
         if owner.peer is None:
             self.note(f"revoke r{victim.index} skipped: the owner is down")
             return
-        held = owner.trust.revocations
-        revocations = Revocations.issue(
-            owner.identity, household_id=owner.trust.household_id,
-            serial=(held.serial + 1) if held else 1,
-            revoked=sorted(owner.trust.revoked | {victim.device_id}),
+        epochs = enrolment.revoke(
+            owner.folder, owner.state, owner.identity, victim.device_id,
+            now=int(self._wall(owner)), random_bytes=owner.rng.randbytes,
         )  # fmt: skip
-        owner.trust.accept_revocations(revocations, int(self._wall(owner)))
-        scopes = owner.trust.scopes_of(victim.device_id) & owner.keyring.scopes
-        epochs = owner.keyring.rotate_for_revocation(scopes, owner.rng.randbytes)
         self.revoked = victim.index
-        self.revoked_epochs = {str(s): e for s, e in epochs.items()}
+        self.revoked_epochs = dict(epochs)
         self.note(f"r0 revokes r{victim.index}: new epochs {sorted(self.revoked_epochs.items())}")
-        self._trust_changed(owner)
+        # as the console's 'revoke' does: gossip the list (which drops the revoked robot), then
+        # grant the new epochs' keys to everyone still trusted
+        self._to_every_link(owner, Session.send_revocations)
+        self._to_every_link(owner, Session.send_grants)
 
     # ------------------------------------------------------------------ quiescence
 
