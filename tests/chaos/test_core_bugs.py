@@ -1,14 +1,15 @@
-"""Reproducers of core bugs the chaos harness found (see known_core_bugs.py), through the public
-`Peer` API, each ``xfail(strict=True)`` until the core fixes it.
+"""Regression tests of core bugs the chaos harness found, each the smallest reproducer.
 
-Both come from one root: pycrdt merges an update whose author's earlier update is missing (a
-clock gap), shows its content and applies its deletions, yet its state vector does not count
-it, and the delta it hands to the store and to the other robots holds only the deletions.
-In the chaos runs this happens whenever drops or reordering lose one update of an author while
-a later one arrives (directly, or relayed by a robot that had it).
+The first two come from one root: pycrdt merges an update whose author's earlier update is
+missing (a clock gap), shows its content and applies its deletions, yet its state vector does
+not count it, and the delta it reports holds only the deletions.  Chaos runs meet it whenever
+drops or reordering lose one update of an author while a later one arrives (directly, or
+relayed by a robot that had it).  The others are about forgetting a user across a household
+whose robots miss messages, restart, and have not all met.
 
-Replay in the harness: ``hearth chaos --seed 16 --schedules 1 --peers 5 --edits 50`` (found
-with an earlier plan format; any long run of ``hearth chaos --peers 5`` meets both).
+Each failed on the core as it was when the harness found it; the core fixed each (the test
+names what must hold).  The forgetting ones drive a simulated household step by step
+(`hearthsync.chaos.Simulation`) or replay the schedule that found them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from hearthsync.chaos import TinyEmbedder
+from hearthsync.chaos import Fault, Op, Scenario, Simulation, TinyEmbedder, make_plan, run_schedule
+from hearthsync.chaos.harness import problems
+from hearthsync.chaos.plan import SCOPES
 from hearthsync.peer import Peer
 
 SPATIAL = "home/spatial"
@@ -55,12 +58,6 @@ async def author_moves_the_mug(author: Peer) -> list[bytes]:
     return deltas
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="core bug 'slot-index-after-delete-only-update' (crdt/handles.py SlotMap): a "
-    "delete-only delta leaves the slot index naming a key the map no longer holds",
-)
 async def test_a_register_survives_an_update_that_only_deletes_its_value(
     robots: tuple[Peer, Peer, Peer],
 ) -> None:
@@ -75,25 +72,114 @@ async def test_a_register_survives_an_update_that_only_deletes_its_value(
     assert placed.label == "one"
     await reader.apply_update(SPATIAL, second)  # straight from the author
     await reader.apply_update(SPATIAL, relayed[-1])  # the relay's delta of the third move
-    reader.placement("mug")  # KeyError: the slot is in the index, not in the map
-    await reader.place("mug", "four", region="hall")  # KeyError inside the group commit
+    reader.placement("mug")  # was a KeyError: the slot in the index, not in the map
+    await reader.place("mug", "four", region="hall")  # was a KeyError in the group commit
     again = reader.placement("mug")
     assert again is not None
     assert again.label == "four"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug 'content-beyond-a-clock-gap': merged content the state vector does not "
-    "count, so the inventory (which compares state vectors) never repairs the difference",
-)
-async def test_equal_state_vectors_mean_equal_content(robots: tuple[Peer, Peer, Peer]) -> None:
-    author, relay, reader = robots
-    first, _lost, second, _ = await author_moves_the_mug(author)
-    await relay.apply_update(SPATIAL, first)
-    await relay.apply_update(SPATIAL, second)  # beyond the lost update: shown, not counted
-    await reader.apply_update(SPATIAL, first)
-    same_state = relay.state_vector(SPATIAL) == reader.state_vector(SPATIAL)  # what inventories see
-    shown = [p.label if p else None for p in (relay.placement("mug"), reader.placement("mug"))]
-    # fixed either way: the state vectors tell them apart, or the content is the same
-    assert not same_state or shown[0] == shown[1], f"equal state vectors, content {shown}"
+async def test_content_beyond_a_clock_gap_reaches_the_other_robots(tmp_path: Path) -> None:
+    """Two robots of a household got the mug's moves from a robot that is gone (revoked, say):
+    r0 the first and third (the second was lost: the third is beyond a gap in that author's
+    clock), r1 only the first.  Their state vectors are equal; their content is not.  Once
+    they sync, they must show the same place for the mug."""
+    outsider = tmp_path / "gone"
+    async with Peer.open(outsider, device="gone", embedder=TinyEmbedder()) as gone:
+        first, _lost, second, _ = await author_moves_the_mug(gone)
+    plan = make_plan(0, Scenario(scopes=(SCOPES,), edits=0, fault_rate=0))
+    sim = Simulation(plan, tmp_path / "household")
+    try:
+        with sim.captured_logs():
+            await sim.start()  # the robots dial each other: nothing has been exchanged yet
+            r0, r1 = (robot.peer for robot in sim.robots)
+            assert r0 is not None
+            assert r1 is not None
+            for peer, updates in ((r0, (first, second)), (r1, (first,))):
+                for update in updates:
+                    peer.receive_update(SPATIAL, update)
+                await peer.commit()
+            assert r0.state_vector(SPATIAL) == r1.state_vector(SPATIAL)  # equal, yet...
+            shown = [p.label if p else None for p in (r0.placement("mug"), r1.placement("mug"))]
+            assert shown == ["two", "one"]  # ... r0 shows what lies beyond the gap
+            await sim.heal()
+            assert await sim.settle() is not None
+            found = problems(await sim.finish())
+            assert found == [], found
+            shown = [p.label if p else None for p in (r0.placement("mug"), r1.placement("mug"))]
+            assert shown[0] == shown[1], shown
+    finally:
+        await sim.stop()
+
+
+# ------------------------------------------------------------------ forgetting, in a household
+
+
+async def household(folder: Path, *faults: Fault) -> Simulation:
+    """Three robots that read every scope, linked (but for ``faults``, from the start),
+    knowing alice and bob."""
+    plan = make_plan(0, Scenario(scopes=(SCOPES, SCOPES), edits=0, fault_rate=0))
+    sim = Simulation(plan, folder)
+    await sim.start()
+    for fault in faults:
+        sim.add_fault(fault)
+    await sim.advance(1.0)
+    return sim
+
+
+async def verdict(sim: Simulation) -> list[str]:
+    """Heal, settle, check: every problem found."""
+    await sim.heal()
+    await sim.settle()
+    return problems(await sim.finish())
+
+
+def later_users(sim: Simulation, robot: int) -> set[str]:
+    peer = sim.robots[robot].peer
+    assert peer is not None
+    return set(peer.users()) - {"alice", "bob"}
+
+
+async def test_an_owner_that_missed_a_forget_rejoins_the_household(tmp_path: Path) -> None:
+    sim = await household(tmp_path)
+    try:
+        with sim.captured_logs():
+            sim.add_op(Op(1, 1, "user", sim.now, seed=1))  # r1 adds a user...
+            await sim.advance(sim.now + 2.0)
+            added = later_users(sim, 0)
+            assert added  # ... that every robot, the owner too, now knows
+            sim.add_fault(Fault(1, "crash", sim.now, sim.now + 3.0, robots=(0,)))
+            sim.add_op(Op(2, 1, "forget", sim.now + 0.5, seed=2))  # ... and forgets, r0 down
+            await sim.advance(sim.now + 4.0)
+            assert later_users(sim, 1) == set()
+            found = await verdict(sim)
+            assert found == [], found
+    finally:
+        await sim.stop()
+
+
+async def test_a_tombstone_relayed_from_a_robot_not_met_yet_is_honoured(tmp_path: Path) -> None:
+    # r1 and r2 never hear each other (r0 relays between them) until the heal
+    sim = await household(tmp_path, Fault(1, "drop", 0.0, 60.0, robots=(1, 2), amount=1.0))
+    try:
+        with sim.captured_logs():
+            sim.add_op(Op(1, 2, "user", sim.now, seed=1))
+            await sim.advance(sim.now + 2.0)
+            assert later_users(sim, 1)
+            sim.add_op(Op(2, 2, "forget", sim.now, seed=2))
+            await sim.advance(sim.now + 3.0)
+            found = await verdict(sim)
+            assert found == [], found
+    finally:
+        await sim.stop()
+
+
+def test_a_write_queued_during_a_purge_does_not_recreate_the_user() -> None:
+    """Found by ``hearth chaos --seed 13 --schedules 1 --peers 4 --edits 10 --duration 8.0
+    --fault-rate 0.5 --mix pref=1,user=1,forget=1,event=1,health=0.5,move=0.5`` (no fault
+    needed: r1 writes a preference of dan just as r3's tombstone for dan arrives; the purge
+    cancelled queued writes only of documents that existed, so this one recreated dan's)."""
+    mix = {"pref": 1, "user": 1, "forget": 1, "event": 1, "health": 0.5, "move": 0.5}
+    scenario = Scenario(peers=4, edits=10, duration=8.0, fault_rate=0.5, mix=mix)
+    outcome = run_schedule(13, scenario, only_faults=set())
+    assert problems(outcome) == []

@@ -3,8 +3,7 @@
 Where the seeded schedules draw a whole plan up front, this lets Hypothesis choose each next
 step and shrink a failing sequence to the fewest steps.  Between steps, every robot that is up
 still holds every write it acknowledged (a crash loses only what was never acknowledged); at the
-end, after a heal, the household converges with nothing lost (modulo the known core bugs, see
-known_core_bugs.py, which fail these checks only in their own recognisable way).
+end, after a heal, the household converges with nothing lost.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ from hearthsync.chaos import OP_KINDS, Fault, Op, Scenario, Simulation, make_pla
 from hearthsync.chaos.check import Holdings
 from hearthsync.chaos.harness import problems
 from hearthsync.chaos.sim import _fast_tmp
-from tests.chaos.known_core_bugs import unexplained
 
 T = TypeVar("T")
 MAX_PEERS = 5
@@ -147,7 +145,7 @@ class HouseholdUnderChaos(RuleBasedStateMachine):
                 self.run(self.s.heal())
                 self.run(self.s.settle())
                 outcome = self.run(self.s.finish())
-                found = unexplained(problems(outcome))
+                found = problems(outcome)
                 assert found == [], "\n".join([*found, *outcome.trace[-30:]])
         finally:
             if self.sim is not None:

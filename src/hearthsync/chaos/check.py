@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pycrdt import Array, Map
@@ -108,7 +108,7 @@ class Holdings:
                 ids = {json.loads(text)["id"] for text in array}
                 self._logs[key] = ids
             return write.slot in ids
-        if write.kind == "user":
+        if write.kind in ("user", "forget"):  # registered / its tombstone is in the household
             return write.slot in replica.doc.get(write.root, type=Map)
         slots = self._slots.get(key)
         if slots is None:
@@ -137,9 +137,11 @@ class Findings:
     lost: list[str]  #: acknowledged writes missing somewhere they should be
     divergences: list[str]  #: pairs of robots whose shared documents differ
     leaks: list[str]  #: writes made with post-revocation keys found on the revoked robot
-    #: acknowledged writes of the revoked robot: the others rightly refuse what it writes
-    #: after the revocation, so they are neither verified nor lost
+    #: acknowledged writes no robot is required to hold: the revoked robot's (the others
+    #: rightly refuse what it writes after the revocation) and those about a forgotten user
     exempt: int = 0
+    #: what a robot still holds of a user that was forgotten (documents, listing, data keys)
+    remnants: list[str] = field(default_factory=list)
 
 
 def verify(
@@ -166,8 +168,15 @@ def verify(
     lost: list[str] = []
     verified = exempt = 0
     revoked_index = revoked.index if revoked else None
+    # forgotten: what a member acknowledged forgetting, and every tombstone a member holds
+    # (a robot revoked later may have forgotten someone before, and been heard)
+    forgotten = {w.slot for w in writes if w.kind == "forget" and w.robot != revoked_index}
+    forgotten |= {user for m in members for user in m.peer.forgotten()}
+    # a tombstone a robot cannot check (yet) still forbids the user there: what is about them
+    # is not required either
+    buried = forgotten | {user for m in members for user in tombstoned(m.peer)}
     for write in writes:
-        if write.robot == revoked_index:
+        if write.robot == revoked_index or (write.kind != "forget" and _about(write) in buried):
             exempt += 1
             continue
         missing = [
@@ -187,11 +196,42 @@ def verify(
             new_epoch = revoked_epochs.get(write.scope)
             if write.robot == revoked.index or new_epoch is None or write.epoch < new_epoch:
                 continue
-            if write.kind == "user":
-                continue  # every robot may register the same user: not attributable to one write
+            if write.kind in ("user", "forget"):
+                continue  # every robot may register or forget the same user: not attributable
             if held.holds(write):
                 leaks.append(f"{write.describe()} (epoch {write.epoch}) reached r{revoked.index}")
-    return Findings(verified, lost, divergences, leaks, exempt)
+    remnants = [line for m in members for line in _remnants(m, forgotten, states[m.index])]
+    return Findings(verified, lost, divergences, leaks, exempt, remnants)
+
+
+def tombstoned(peer: Peer) -> set[str]:
+    """Every user with a tombstone in the peer's household document, checked or not."""
+    replica = peer._docs.get(DocId("household"))
+    return set(replica.doc.get("forgotten", type=Map).keys()) if replica is not None else set()
+
+
+def _about(write: Write) -> str | None:
+    """The user a write is about (its document's subject, or the user it registers)."""
+    if write.kind == "user":
+        return write.slot
+    parts = write.doc_id.split("/")
+    return parts[1] if parts[0] == "user" else None
+
+
+def _remnants(member: Replica, forgotten: set[str], held: dict[str, DocState]) -> list[str]:
+    """What ``member`` still holds of the ``forgotten`` users (DESIGN: Forgetting)."""
+    found = []
+    users = set(member.peer.users())
+    household = member.peer.household
+    for user in sorted(forgotten):
+        docs = sorted(d for d in held if d.startswith(f"user/{user}/"))
+        if docs:
+            found.append(f"r{member.index} still holds {docs[:3]} of forgotten {user}")
+        if user in users:
+            found.append(f"r{member.index} still lists forgotten {user} as a user")
+        if household is not None and not household.keyring.is_forgotten(user):
+            found.append(f"r{member.index} still holds the data keys of forgotten {user}")
+    return found
 
 
 def _divergences(

@@ -171,7 +171,9 @@ def _rows(report: Report, processes: bool) -> list[tuple[str, str]]:
         ("writes verified everywhere", f"{report.verified_writes}"),
     ]
     if not processes:
-        rows.append(("writes of revoked robots", f"{report.exempt_writes} (not required)"))
+        rows.append(
+            ("writes not required", f"{report.exempt_writes} (of revoked robots, forgotten users)")
+        )
     rows += [
         ("divergences", _bad(report.divergences)),
         ("lost writes", _bad(report.lost_writes)),
@@ -179,6 +181,7 @@ def _rows(report: Report, processes: bool) -> list[tuple[str, str]]:
     if not processes:
         rows += [
             ("revocation leaks", _bad(report.revocation_leaks)),
+            ("forgotten users' remnants", _bad(report.forgetting_remnants)),
             ("errors", _bad(report.errors)),
             ("did not converge", _bad(report.unconverged)),
         ]

@@ -55,6 +55,7 @@ class Report:
     divergences: int = 0
     lost_writes: int = 0
     revocation_leaks: int = 0
+    forgetting_remnants: int = 0
     errors: int = 0
     unconverged: int = 0
     converge_s: list[float] = field(default_factory=list)
@@ -64,10 +65,9 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return (
-            not (self.divergences or self.lost_writes or self.revocation_leaks or self.errors)
-            and not self.unconverged
-        )
+        return not (
+            self.divergences or self.lost_writes or self.revocation_leaks or self.errors
+        ) and not (self.unconverged or self.forgetting_remnants)
 
     @property
     def failing_seeds(self) -> list[int]:
@@ -97,6 +97,7 @@ class Report:
         self.divergences += len(found.divergences)
         self.lost_writes += len(found.lost)
         self.revocation_leaks += len(found.leaks)
+        self.forgetting_remnants += len(found.remnants)
         self.errors += len(outcome.errors)
         if outcome.converge_s is None:
             self.unconverged += 1
@@ -114,6 +115,7 @@ class Report:
             "divergences": self.divergences,
             "lost_writes": self.lost_writes,
             "revocation_leaks": self.revocation_leaks,
+            "forgetting_remnants": self.forgetting_remnants,
             "errors": self.errors,
             "unconverged": self.unconverged,
             "converge_p50_s": _figure(self.converge_p50_s),
@@ -145,6 +147,7 @@ def problems(outcome: Outcome) -> list[str]:
     lines = [f"lost: {x}" for x in found.lost]
     lines += [f"divergence: {x}" for x in found.divergences]
     lines += [f"revocation leak: {x}" for x in found.leaks]
+    lines += [f"forgetting remnant: {x}" for x in found.remnants]
     lines += [f"error: {x}" for x in outcome.errors]
     if outcome.converge_s is None:
         lines.append("did not converge within the settle limit after the heal")

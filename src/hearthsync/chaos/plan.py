@@ -17,9 +17,9 @@ from types import MappingProxyType
 #: every fault the simulation can inject ("relay", an outage of the cloud relay, joins once the
 #: relay exists; a partition's heal is the end of the partition)
 FAULT_KINDS = ("partition", "drop", "duplicate", "reorder", "delay", "crash", "skew", "revoke")
-#: every kind of write a robot makes ("forget", a user forgotten household-wide, joins once the
-#: peer can forget a user)
-OP_KINDS = ("pref", "profile", "calibration", "move", "event", "user", "health")
+#: every kind of write a robot makes ("forget": a user added during the run is forgotten,
+#: household-wide)
+OP_KINDS = ("pref", "profile", "calibration", "move", "event", "user", "health", "forget")
 SCOPES = ("core", "health", "history", "household", "spatial")
 DEFAULT_FAULT_RATE = 0.25
 #: users every robot knows from the start, and users a robot may create during the run
@@ -32,7 +32,7 @@ REGIONS = ("shelf-1", "shelf-2", "table", "sink")
 DEFAULT_MIX: Mapping[str, float] = MappingProxyType(
     {
         "pref": 0.36, "profile": 0.08, "calibration": 0.1, "move": 0.17, "event": 0.2,
-        "user": 0.04, "health": 0.05,
+        "user": 0.04, "health": 0.05, "forget": 0.01,
     }
 )  # fmt: skip
 

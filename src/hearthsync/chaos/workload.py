@@ -20,11 +20,12 @@ from collections.abc import Awaitable, Sequence
 
 import numpy as np
 
-from hearthsync.chaos.check import Write
+from hearthsync.chaos.check import Write, tombstoned
 from hearthsync.chaos.plan import FIRST_USERS, LATER_USERS, OBJECTS, PREF_KEYS, REGIONS, Op
 from hearthsync.crdt.handles import PrefsDoc
 from hearthsync.crdt.kinds import HOME, Kind, events_doc, user_doc
 from hearthsync.crypto.keyring import Keyring
+from hearthsync.errors import ValidationError
 from hearthsync.ids import DocId
 from hearthsync.model.records import Condition
 from hearthsync.peer import Peer
@@ -32,7 +33,7 @@ from hearthsync.peer import Peer
 #: the scope each kind of write lands in (a robot not granted it does not attempt the write)
 OP_SCOPE = {
     "pref": "core", "profile": "core", "calibration": "core", "move": "spatial",
-    "event": "history", "user": "household", "health": "health",
+    "event": "history", "user": "household", "health": "health", "forget": "household",
 }  # fmt: skip
 CONDITIONS = (None, Condition(days="weekday"), Condition(days="weekend"))
 HEALTH_KEYS = ("allergy/nuts", "mobility/cane", "medication/evening")
@@ -84,9 +85,15 @@ def perform(op: Op, robot: int, peer: Peer, keyring: Keyring) -> Awaitable[Write
             return writer.record_event(user, marker)
         case "health":
             return writer.set_health(user, rng.choice(HEALTH_KEYS), marker)
-        case _:
-            fresh = [u for u in LATER_USERS if u not in known]
-            return writer.add_user(rng.choice(fresh) if fresh else user)
+        case "forget":  # only users added during the run: the first ones keep the work going
+            later = [u for u in known if u in LATER_USERS]
+            if later:
+                return writer.forget(rng.choice(later))
+    # a new user (a user op, or a forget with no one to forget): never one this robot knows
+    # was forgotten (a returning person needs a new id); if none is left, an idempotent re-add
+    gone = tombstoned(peer)
+    fresh = [u for u in LATER_USERS if u not in known and u not in gone]
+    return writer.add_user(rng.choice(fresh) if fresh else user)
 
 
 class Writer:
@@ -107,10 +114,22 @@ class Writer:
         slot_key = f"{slot}\x1f{self.peer.device_id}"
         return Write(self.robot, kind, DocId(doc_id), scope, root, slot_key, set_at, epoch)
 
-    async def add_user(self, user: str) -> Write:
+    async def add_user(self, user: str) -> Write | None:
         epoch = self._epoch("household")
-        await self.peer.add_user(user, name=user.title())
+        try:
+            await self.peer.add_user(user, name=user.title())
+        except ValidationError:  # a tombstone this robot cannot check yet still forbids the id
+            if user not in tombstoned(self.peer):
+                raise
+            return None
         return Write(self.robot, "user", DocId("household"), "household", "users", user, "", epoch)
+
+    async def forget(self, user: str) -> Write:
+        epoch = self._epoch("household")
+        await self.peer.forget(user)
+        return Write(
+            self.robot, "forget", DocId("household"), "household", "forgotten", user, "", epoch
+        )
 
     async def set_pref(
         self, user: str, key: str, marker: str, condition: Condition | None
