@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import functools
+import hashlib
 import os
 import random
 import time
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import numpy as np
+from pycrdt import merge_updates
 
 from hearthsync import enrolment
 from hearthsync.crdt import statevector
@@ -75,6 +77,8 @@ from hearthsync.store.sqlite import SqliteStore, VectorRow
 from hearthsync.store.vectors import VectorMemory
 
 DB_FILE = "hearth.db"
+#: the inventory digest of a document not held (SPEC §6.3): that of the empty state vector
+EMPTY_DIGEST = hashlib.blake2b(b"\x00", digest_size=8).digest()
 VECTOR_DIR = "vectors"
 HISTORY = "history"
 
@@ -807,7 +811,10 @@ class Peer:
         replica = self._docs.get(DocId(doc_id))
         if replica is None:
             raise NotFoundError(f"no document {doc_id!r}")
-        return bytes(replica.doc.get_update(state_vector))
+        update = bytes(replica.doc.get_update(state_vector))
+        if replica.beyond:  # what Yrs leaves out of a diff: content beyond a clock gap
+            update = bytes(merge_updates(update, *replica.beyond))
+        return update
 
     async def apply_update(self, doc_id: str, update: bytes, *, origin: str = "remote") -> bytes:
         """Merge another replica's update; return the state vector once it is durable here."""
@@ -849,9 +856,12 @@ class Peer:
             enrolment.save(self.path, self.household)
 
     def trust_changed(self) -> None:
-        """A newer revocation list arrived: keep it with this device's credentials."""
+        """The trust store changed (a newer revocation list, a certificate learned from a peer):
+        keep it with this device's credentials, and look again at tombstones that did not
+        check out before (their device may be known now)."""
         if self.household is not None:
             enrolment.save(self.path, self.household)
+        self._forgetting.on_household_change()
 
     def on_durable(self, listener: CommitListener) -> Callable[[], None]:
         """Call ``listener`` with each batch of (doc_id, delta, origin) once it is durable;
@@ -929,6 +939,10 @@ class _PeerDocs:
 
     def state_vector(self, doc_id: DocId) -> bytes:
         return self._peer.state_vector(doc_id)
+
+    def digest(self, doc_id: DocId) -> bytes:
+        replica = self._peer._docs.get(doc_id)
+        return replica.digest() if replica is not None else EMPTY_DIGEST
 
     def diff(self, doc_id: DocId, state_vector: bytes) -> bytes:
         return self._peer.diff(doc_id, state_vector)

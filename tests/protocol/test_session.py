@@ -35,6 +35,7 @@ from hearthsync.protocol.session import (
     PeerAuthenticated,
     Session,
     State,
+    sv_hash,
 )
 from tests.crypto.conftest import NOW, YEAR, Home, enrolled, identity
 
@@ -78,6 +79,9 @@ class MemoryDocs:
     def state_vector(self, doc_id: DocId) -> bytes:
         doc = self.docs.get(doc_id)
         return statevector.canonical(doc.get_state()) if doc else b"\x00"
+
+    def digest(self, doc_id: DocId) -> bytes:
+        return sv_hash(self.state_vector(doc_id))  # no clock gaps in these tests
 
     def diff(self, doc_id: DocId, state_vector: bytes) -> bytes:
         return bytes(self.docs[doc_id].get_update(state_vector))

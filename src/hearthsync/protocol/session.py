@@ -105,6 +105,11 @@ class DocSource(Protocol):
         """The canonical state vector (entries sorted by client); ``b"\\x00"`` if absent."""
         ...
 
+    def digest(self, doc_id: DocId) -> bytes:
+        """What the inventory compares (SPEC §6.3): `sv_hash` of the state vector, unless the
+        document holds content beyond a gap in an author's clock."""
+        ...
+
     def diff(self, doc_id: DocId, state_vector: bytes) -> bytes:
         """Everything of ``doc_id`` that ``state_vector`` has not seen."""
         ...
@@ -488,8 +493,7 @@ class Session:
         entries = []
         for doc_id, lineage in self.docs.held():
             if self._sealable(doc_id):
-                digest = sv_hash(self.docs.state_vector(doc_id))
-                entries.append(f.InventoryEntry(doc_id, lineage, digest))
+                entries.append(f.InventoryEntry(doc_id, lineage, self.docs.digest(doc_id)))
         return entries
 
     def _on_revocations(self, data: bytes) -> None:
@@ -526,11 +530,9 @@ class Session:
         self._inventories += 1
         if self._inventories > 1:  # offered again: the peer waits to hear what this side holds
             for entry in inventory.entries:
-                held = self.docs.state_vector(entry.doc_id)
-                if sv_hash(held) == entry.sv_hash and self.docs.lineage(entry.doc_id) == (
-                    entry.lineage
-                ):
-                    self._send(f.Ack(entry.doc_id, held))
+                same = self.docs.digest(entry.doc_id) == entry.sv_hash
+                if same and self.docs.lineage(entry.doc_id) == entry.lineage:
+                    self._send(f.Ack(entry.doc_id, self.docs.state_vector(entry.doc_id)))
         # a new inventory asks again for every document that differs, even one requested
         # before: a request or its answer may have been lost (SPEC §6.4, anti-entropy)
         self._request_missing(inventory.entries, again=True)
@@ -540,10 +542,9 @@ class Session:
     def _request_missing(self, entries: Sequence[f.InventoryEntry], *, again: bool = False) -> None:
         for entry in entries:
             self._require_shared(entry.doc_id)
-            if entry.doc_id in self._unacked:  # the peer holds what this side holds: as an ACK
-                held = self.docs.state_vector(entry.doc_id)
-                if sv_hash(held) == entry.sv_hash:
-                    self._acknowledged(entry.doc_id, held)
+            same = self.docs.digest(entry.doc_id) == entry.sv_hash
+            if entry.doc_id in self._unacked and same:  # it holds what this side holds: an ACK
+                self._acknowledged(entry.doc_id, self.docs.state_vector(entry.doc_id))
             if not self._sealable(entry.doc_id):
                 continue  # no key for it here (yet): asking would only bring what cannot open
             mine = self.docs.lineage(entry.doc_id)
@@ -553,7 +554,7 @@ class Session:
             state_vector = self.docs.state_vector(entry.doc_id)
             if entry.doc_id in self._requested and not again:
                 continue
-            if mine is None or sv_hash(state_vector) != entry.sv_hash:
+            if mine is None or self.docs.digest(entry.doc_id) != entry.sv_hash:
                 self._requested[entry.doc_id] = (entry.lineage, self.now)
                 self._send(f.SyncStep1(entry.doc_id, entry.lineage, state_vector))
 

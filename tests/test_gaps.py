@@ -1,0 +1,101 @@
+"""Updates merged across a gap in their author's clock (found by the chaos harness).
+
+Yrs shows such an update's content at once, but its state vector does not count it and a
+diff leaves it out.  These tests hold the core to what must hold anyway: what is shown is kept
+across a restart, reads never fail, and replicas that differ only beyond a gap do not look in
+sync to an inventory, and converge when they exchange.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from hearthsync.crdt.replica import Replica
+from hearthsync.peer import Peer
+from hearthsync.protocol.session import sv_hash
+
+SPATIAL = "home/spatial"
+
+
+@pytest.fixture
+async def robots(tmp_path: Path) -> AsyncIterator[tuple[Peer, Peer, Peer]]:
+    async with (
+        Peer.open(tmp_path / "author", device="author") as author,
+        Peer.open(tmp_path / "relay", device="relay") as relay,
+        Peer.open(tmp_path / "reader", device="reader") as reader,
+    ):
+        yield author, relay, reader
+
+
+async def moves(author: Peer) -> list[bytes]:
+    """The mug moves twice; in between, the keys move: the update a flaky link loses."""
+    deltas: list[bytes] = []
+    author.on_durable(lambda batch: deltas.extend(d for doc, d, _ in batch if doc == SPATIAL))
+    await author.place("mug", "one", region="shelf")
+    await author.place("keys", "gap", region="hook")
+    await author.place("mug", "two", region="sink")
+    return deltas
+
+
+def replica(peer: Peer) -> Replica:
+    found = peer._docs.get(SPATIAL)  # type: ignore[arg-type]
+    assert found is not None
+    return found
+
+
+async def test_content_beyond_a_gap_is_read_kept_and_told_apart(
+    robots: tuple[Peer, Peer, Peer], tmp_path: Path
+) -> None:
+    author, relay, reader = robots
+    first, keys, second = await moves(author)
+    for peer in (relay, reader):
+        await peer.apply_update(SPATIAL, first)
+        assert peer.placement("mug").label == "one"  # type: ignore[union-attr]
+    await relay.apply_update(SPATIAL, second)  # beyond the gap: shown, not counted
+    assert relay.placement("mug").label == "two"  # type: ignore[union-attr]
+    assert relay.state_vector(SPATIAL) == reader.state_vector(SPATIAL)
+    assert relay.docs.digest(SPATIAL) != reader.docs.digest(SPATIAL)  # an inventory sees it
+
+    # what the relay shows survives its restart: it kept the update, not Yrs's partial delta
+    await relay.close()
+    async with Peer.open(tmp_path / "relay") as again:
+        assert again.placement("mug").label == "two"  # type: ignore[union-attr]
+        assert again.docs.digest(SPATIAL) != reader.docs.digest(SPATIAL)
+        # the reader asks (SYNC_STEP1 with its state vector): the answer carries the content
+        await reader.apply_update(SPATIAL, again.diff(SPATIAL, reader.state_vector(SPATIAL)))
+        assert reader.placement("mug").label == "two"  # type: ignore[union-attr]
+        assert reader.docs.digest(SPATIAL) == again.docs.digest(SPATIAL)
+
+        # the missing update arrives: the gap is gone, and so is the extra hash
+        for peer in (again, reader):
+            await peer.apply_update(SPATIAL, keys)
+            assert replica(peer).beyond == []
+            assert peer.docs.digest(SPATIAL) == sv_hash(peer.state_vector(SPATIAL))
+            assert peer.state_vector(SPATIAL) == author.state_vector(SPATIAL)
+            assert peer.placement("keys").label == "gap"  # type: ignore[union-attr]
+
+
+async def test_a_register_survives_an_update_that_only_deletes_its_value(
+    robots: tuple[Peer, Peer, Peer],
+) -> None:
+    """Beyond a gap, an update deletes the value it replaces while the replacement is not
+    readable yet: the slot index must follow the map, and writes to the register go on."""
+    author, relay, reader = robots
+    deltas: list[bytes] = []
+    author.on_durable(lambda batch: deltas.extend(d for doc, d, _ in batch if doc == SPATIAL))
+    for label in ("one", "gap", "two", "three"):
+        obj = "keys" if label == "gap" else "mug"
+        await author.place(obj, label, region="shelf")
+    first, _lost, second, third = deltas
+    for delta in (first, second, third):
+        await relay.apply_update(SPATIAL, delta)
+    await reader.apply_update(SPATIAL, first)
+    assert reader.placement("mug").label == "one"  # type: ignore[union-attr]
+    await reader.apply_update(SPATIAL, second)
+    await reader.apply_update(SPATIAL, third)
+    reader.placement("mug")  # reads, whatever it shows
+    await reader.place("mug", "four", region="hall")
+    assert reader.placement("mug").label == "four"  # type: ignore[union-attr]
