@@ -22,7 +22,7 @@ from hearthsync.compression import decompress
 from hearthsync.crypto.identity import DeviceIdentity
 from hearthsync.crypto.pairing import join_request, open_join_response
 from hearthsync.crypto.tombstone import Tombstone
-from hearthsync.errors import NotFoundError, SignatureError, ValidationError
+from hearthsync.errors import CryptoError, NotFoundError, SignatureError, ValidationError
 from hearthsync.forgetting import HOUSEHOLD
 from hearthsync.transport.service import SyncService
 from tests.conftest import MONDAY_MS, FakeWall
@@ -126,9 +126,13 @@ def test_a_tombstone_is_signed_and_checked() -> None:
     tombstone = Tombstone.issue(kitchen, "alice", "0001773014400000.00000.X")
     assert Tombstone.from_text(tombstone.to_text()) == tombstone
     tombstone.check_signature()
-    forged = Tombstone("bob", tombstone.at, tombstone.device_pk, tombstone.signature)
+    forged = Tombstone("bob", tombstone.at, tombstone.device_pk, b"", tombstone.signature)
     with pytest.raises(SignatureError):
         forged.check_signature()
+    with pytest.raises(CryptoError, match="tombstone"):
+        Tombstone.from_text(tombstone.to_text()[:-2])  # cut short
+    with pytest.raises(CryptoError, match="hex"):
+        Tombstone.from_text("not hex")
 
 
 # ---------------------------------------------------------------------- through the household

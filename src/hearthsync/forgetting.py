@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from hearthsync.crdt.handles import GraphDoc, HouseholdDoc, SpatialDoc
 from hearthsync.crdt.kinds import HOME
 from hearthsync.crdt.replica import Replica
+from hearthsync.crypto.certificate import Certificate
 from hearthsync.crypto.tombstone import Tombstone
 from hearthsync.errors import CertificateError, ClosedError, CryptoError, NotFoundError
 from hearthsync.ids import DocId, UserId
@@ -49,7 +50,8 @@ class Forgetting:
         self._peer = peer
         self._lock = asyncio.Lock()  # one purge at a time: each vacuums the whole file
         self._tasks: set[asyncio.Task[None]] = set()
-        self._seen: set[str] = set()  # tombstones already acted on (or refused) in this run
+        self._seen: set[str] = set()  # tombstones already acted on in this run
+        self._warned: set[str] = set()  # tombstones that did not check out (logged once)
 
     # ------------------------------------------------------------------ the household's view
 
@@ -81,19 +83,28 @@ class Forgetting:
             tombstone.check_signature()
             self._check_device(tombstone)
         except CryptoError as exc:
-            if user not in self._seen:
-                self._seen.add(user)
-                log.warning("ignoring the tombstone of %r: %s", user, exc)
+            if user not in self._warned:  # checked again when trust changes: not acted on
+                self._warned.add(user)
+                log.warning("not (yet) honouring the tombstone of %r: %s", user, exc)
             return None
         return tombstone
 
     def _check_device(self, tombstone: Tombstone) -> None:
+        """The issuer is this robot, or holds a good certificate of the household (the one
+        inside the tombstone, or one met before): valid now and not revoked."""
         peer = self._peer
         if tombstone.device == peer.device_id:
             return
         if peer.household is None:
             raise CertificateError(f"device {tombstone.device} is not this robot's household")
-        peer.household.trust.certificate_of(tombstone.device)  # certified at some point
+        trust, now = peer.household.trust, int(peer._wall())
+        if tombstone.certificate:
+            certificate = Certificate.from_wire(tombstone.certificate)
+            if certificate.device_id != tombstone.device:
+                raise CertificateError("the tombstone carries another device's certificate")
+        else:
+            certificate = trust.certificate_of(tombstone.device)
+        trust.verify(certificate, now)
 
     # ------------------------------------------------------------------ issuing
 
@@ -107,7 +118,8 @@ class Forgetting:
         if user not in peer._known_users():
             raise NotFoundError(f"unknown user {user!r}: nothing to forget")
         at, _ = peer._stamp()
-        tombstone = Tombstone.issue(peer.identity, user, at)
+        certificate = peer.household.certificate.to_wire() if peer.household else b""
+        tombstone = Tombstone.issue(peer.identity, user, at, certificate)
         self._seen.add(user)
         await peer._docs.write(HOUSEHOLD, lambda _: self._bury(tombstone))
         await self.purge(user)
@@ -152,8 +164,9 @@ class Forgetting:
     # ------------------------------------------------------------------ honouring
 
     def on_household_change(self) -> None:
-        """The household document changed (a merge from another robot, or a local write):
-        act on tombstones not acted on yet, in the background."""
+        """The household document or this robot's trust changed (a merge from another robot,
+        a local write, a certificate learned): act on tombstones not acted on yet, in the
+        background."""
         for user in self.tombstones():
             if user in self._seen:
                 continue
@@ -223,7 +236,7 @@ class Forgetting:
         async with self._lock:
             await asyncio.gather(*self._home_edits(user))
             gone = NotFoundError(f"user {user!r} was forgotten before this write was durable")
-            await peer._docs.drop(self._documents_of(user), gone)
+            await peer._docs.drop_subject(user, gone)
             async with peer._vector_lock:
                 peer._vectors.drop(user)
                 await peer._sqlite.drop_vectors(user)

@@ -396,7 +396,8 @@ class Keyring:
         """Check a grant addressed to ``identity`` and hold its key.
 
         Order: structure, recipient, granter authority (a good owner/admin certificate in
-        ``trust``), signature, then unsealing.  Any failure raises and changes nothing.
+        ``trust``), signature, then unsealing.  Any failure raises and changes nothing.  A
+        good grant of a forgotten user's key is not an error; its key is dropped unused.
         """
         grant = KeyGrant.from_wire(data)
         if grant.recipient != identity.device_id:
@@ -417,7 +418,9 @@ class Keyring:
             return
         user = UserId(grant.user)
         if user in self._forgotten:
-            raise CryptoError(f"key grant for forgotten user {user!r}")
+            # refused, quietly: an owner or admin that has not yet heard of the forgetting
+            # grants what it still holds; closing its session would keep the news from it
+            return
         _put_once(self._data_keys, (user, scope, grant.epoch), key)
 
 

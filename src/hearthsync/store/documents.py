@@ -417,27 +417,36 @@ class DocumentSet:
                 await self._sqlite.reclaim()
         return len(due)
 
-    async def drop(self, doc_ids: Sequence[DocId], error: Exception) -> None:
-        """Delete these documents from memory and from the store (forgetting).
+    async def drop_subject(self, subject: str, error: Exception) -> list[DocId]:
+        """Delete every document whose subject is ``subject`` (a user being forgotten), from
+        memory and from the store; return their ids.
 
-        Writes queued for them fail with ``error`` (they were never acknowledged) and deltas
-        carried from a failed batch go too: nothing may recreate what is being forgotten.
+        Decided under the flusher's lock, so a batch being committed meanwhile (which may
+        create one of them) lands first and is deleted with the rest.  Writes queued for any
+        of the user's documents, existing or not, fail with ``error`` (they were never
+        acknowledged), and deltas carried from a failed batch go too: nothing may recreate
+        what is being forgotten.
         """
-        doomed = set(doc_ids)
+
+        def theirs(doc_id: str) -> bool:
+            return parse(doc_id).subject == subject
+
         async with self._lock:
-            for queue in (self._queue,):
-                for doc_id in doomed & set(queue.changes):
-                    for _, written in queue.changes.pop(doc_id):
-                        _settle(written, error)
-                queue.remote = [d for d in queue.remote if d[0] not in doomed]
-            self._carry = [d for d in self._carry if d[0] not in doomed]
-            self._new = [row for row in self._new if row.doc_id not in doomed]
+            queue = self._queue
+            for doc_id in [d for d in queue.changes if theirs(d)]:
+                for _, written in queue.changes.pop(doc_id):
+                    _settle(written, error)
+            queue.remote = [d for d in queue.remote if not theirs(d[0])]
+            self._carry = [d for d in self._carry if not theirs(d[0])]
+            self._new = [row for row in self._new if not theirs(row.doc_id)]
+            doomed = sorted({d for d in (*self.replicas, *self.corrupt) if theirs(d)})
             for doc_id in doomed:
                 self.replicas.pop(doc_id, None)
                 self.corrupt.pop(doc_id, None)
                 self._log_bytes.pop(doc_id, None)
                 self._snapshot_bytes.pop(doc_id, None)
-            await self._sqlite.drop_docs(sorted(doomed))
+            await self._sqlite.drop_docs(doomed)
+        return doomed
 
     async def compact(self) -> int:
         """Compact every document with a log now; return how many were compacted."""

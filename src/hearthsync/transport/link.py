@@ -86,7 +86,7 @@ class SyncTarget(Protocol):
         ...
 
     def trust_changed(self) -> None:
-        """A newer revocation list was adopted: persist it."""
+        """The trust store changed (a newer revocation list, a peer's certificate): persist it."""
         ...
 
 
@@ -247,6 +247,7 @@ class Link:
                 log.warning("did not send %s to %s: %s", event.doc_id, self.peer_id, event.reason)
             elif isinstance(event, PeerAuthenticated):
                 log.info("link to %s authenticated", event.device_id)
+                self.target.trust_changed()  # its certificate joined the trust store
             if self._on_event is not None:
                 self._on_event(self, event)
 
