@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import weakref
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hearthsync.context.assembled import Context
 from hearthsync.context.feedback import Signal, hlc_ms, signals_by_key
@@ -33,7 +33,7 @@ from hearthsync.context.items import (
 from hearthsync.context.policy import DEFAULT_POLICY, HouseholdPolicy, TaskGrant
 from hearthsync.context.port import PeerReader
 from hearthsync.context.prompt import check_budget
-from hearthsync.context.resolve import resolve
+from hearthsync.context.resolve import finish
 from hearthsync.context.scopes import ScopedReader
 from hearthsync.context.shared import Wish, priority_reason, ranking, settle
 from hearthsync.context.situation import Situation, routine_active, situation, window_ms
@@ -57,10 +57,17 @@ class _Request:
     grant: TaskGrant
     policy: HouseholdPolicy
     reader: ScopedReader
+    #: `visible` by domain, for this call
+    domains: dict[str, bool] = field(default_factory=dict)
 
     def visible(self, domain: str) -> bool:
         """Relevant to the task, and not in a sensitive domain the task may not see."""
-        return self.grant.relevant(domain) and self.policy.tasks.visible(domain, self.grant.scopes)
+        seen = self.domains.get(domain)
+        if seen is None:
+            seen = self.domains[domain] = self.grant.relevant(domain) and self.policy.tasks.visible(
+                domain, self.grant.scopes
+            )
+        return seen
 
 
 class ContextEngine:
@@ -156,7 +163,11 @@ class ContextEngine:
         k = request.policy.recall_k
         if not query or not k or not request.reader.may("history"):
             return ()
-        hits = await request.reader.recall(request.user, query, k=k * 2)
+        # fetch more only when some hits may be withheld (recall's cost grows with k)
+        guarded = any(
+            s not in request.grant.scopes for s in request.policy.tasks.sensitive.values()
+        )
+        hits = await request.reader.recall(request.user, query, k=k * 2 if guarded else k)
         # a similarity of zero or less says the event is unrelated, whatever the embedder
         shown = [
             EventItem(hit.event, round(hit.score, 4))
@@ -192,12 +203,12 @@ class ContextEngine:
         signals: dict[str, list[Signal]],
     ) -> list[ResolvedPreference]:
         view = self.views.preferences(request.reader, user)
+        signature = view.signature(now)
         found: list[ResolvedPreference] = []
-        for key, candidates in sorted(view.by_key.items()):
-            if request.visible(key.partition("/")[0]):
-                resolved = resolve(key, candidates, now, signals.get(key, ()))
-                if resolved is not None:
-                    found.append(resolved)
+        for key, domain in view.keys:
+            choice = view.choice(key, signature, now) if request.visible(domain) else None
+            if choice is not None:
+                found.append(finish(key, choice, now, signals.get(key, ())))
         return found
 
     def _shared(
@@ -256,9 +267,8 @@ class ContextEngine:
             return (), ()
         view = self.views.spatial(request.reader)
         places = _places(view, request.user, request.now.location)
-        return places, _moves(
-            view, places, request.now.location, request.now.ms - request.window_ms
-        )
+        since = request.now.ms - request.window_ms
+        return places, _moves(view, places, request.now.location, request.now, since)
 
 
 def _places(view: SpatialView, user: str, location: str | None) -> tuple[SpatialFact, ...]:
@@ -279,13 +289,18 @@ def _label(view: SpatialView, region: str | None) -> str | None:
 
 
 def _moves(
-    view: SpatialView, places: Sequence[SpatialFact], location: str | None, since_ms: int
+    view: SpatialView,
+    places: Sequence[SpatialFact],
+    location: str | None,
+    now: Situation,
+    since_ms: int,
 ) -> tuple[SpatialMove, ...]:
-    """Recent moves of the things in ``places`` and of anything into or out of ``location``."""
+    """Moves of the window of the things in ``places``, and of anything into or out of
+    ``location`` (newest first)."""
     objects = {fact.placement.object for fact in places}
     here = set(view.within(location)) if location else set()
     moves: list[SpatialMove] = []
-    for change in view.changes:  # newest first
+    for change in view.changes_until(now.ms):  # newest first
         if hlc_ms(change.at) < since_ms or len(moves) >= MAX_CHANGES:
             break
         if change.object in objects or {change.from_region, change.to_region} & here:

@@ -20,6 +20,7 @@ evidence towards a floor.  See `confidence`.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -60,15 +61,24 @@ class Candidate:
     explicit: bool
     specificity: int
     value_id: str
+    stage: Stage
+    written_ms: int
+    origin: Provenance  #: whose statement, which robot, when, and its evidence events
 
     @classmethod
     def of(cls, record: Preference) -> Candidate:
+        stated = stated_at(record)
+        explicit = record.source in EXPLICIT
+        stage: Stage = "stable" if is_stable(record) else "few-shot"
         return cls(
             record,
-            stated_at(record),
-            record.source in EXPLICIT,
+            stated,
+            explicit,
             specificity(record.condition),
             canonical(record.value),
+            stage if explicit else "inferred",
+            hlc_ms(record.set_at),
+            Provenance(record.user, _stating_device(stated, record), stated, event_ids(record)),
         )
 
     @property
@@ -76,23 +86,16 @@ class Candidate:
         r = self.record
         return (self.explicit, self.stated, self.specificity, r.set_at, r.device)
 
-    @property
-    def stage(self) -> Stage:
-        if not self.explicit:
-            return "inferred"
-        return "stable" if is_stable(self.record) else "few-shot"
-
     def provenance(self, extra_events: Sequence[str] = ()) -> Provenance:
-        r = self.record
-        return Provenance(
-            r.user, _stating_device(self), self.stated, event_ids(r) + tuple(extra_events)
-        )
+        if not extra_events:
+            return self.origin
+        return dataclasses.replace(self.origin, events=self.origin.events + tuple(extra_events))
 
 
-def _stating_device(candidate: Candidate) -> str:
+def _stating_device(stated: str, record: Preference) -> str:
     """The robot the person said it to: the device part of the statement's timestamp."""
-    device = candidate.stated.split(".", 2)[-1] if candidate.stated.count(".") >= 2 else ""
-    return device or candidate.record.device
+    device = stated.split(".", 2)[-1] if stated.count(".") >= 2 else ""
+    return device or record.device
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +123,7 @@ def weigh(
     """
     after = candidate.record.set_at if since_ms is None else candidate.stated
     plus = minus = 0
-    last = hlc_ms(candidate.record.set_at)
+    last = candidate.written_ms
     events: list[str] = []
     for signal in signals:
         event = signal.event
@@ -166,6 +169,64 @@ def drifting(stage: Stage, weight: Weight) -> bool:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """What the situation's conditions alone decide: the winner and what it set aside.
+
+    It depends on the situation only through which conditions hold, so the engine caches it
+    per (key, conditions that hold) and only `finish` runs on every call.
+    """
+
+    winner: Candidate
+    rule: str
+    set_aside: tuple[SetAside, ...]
+
+
+def choose(candidates: Sequence[Candidate], now: Situation) -> Choice | None:
+    """Rules 1-4: the winning version for ``now`` (``None`` if no live value applies)."""
+    live = [c for c in candidates if not c.record.deleted]
+    applicable = [c for c in live if holds(c.record.condition, now)]
+    if not applicable:
+        return None
+    winner = max(applicable, key=lambda c: c.rank)
+    return Choice(winner, _rule(winner, applicable), _set_aside(winner, live, applicable))
+
+
+def finish(
+    key: str,
+    choice: Choice,
+    now: Situation,
+    signals: Sequence[Signal] = (),
+    lately_ms: int | None = None,
+) -> ResolvedPreference:
+    """The resolved preference: ``choice`` with its confidence and evidence as of ``now``.
+
+    ``signals`` are the feedback events about ``key`` at hand; those since ``lately_ms``
+    (default: all) decide whether a stable value is drifting.
+    """
+    winner = choice.winner
+    weight = weigh(winner, signals, now.at.tzinfo) if signals else _unweighed(winner)
+    lately = weigh(winner, signals, now.at.tzinfo, since_ms=lately_ms or 0) if signals else weight
+    return ResolvedPreference(
+        key=key,
+        value=winner.record.value,
+        condition=winner.record.condition,
+        source=winner.record.source,
+        stage=winner.stage,
+        confidence=confidence(winner, weight, now.ms),
+        confirmations=max(0, winner.record.evidence_count - 1) + weight.confirmations,
+        contradictions=weight.contradictions,
+        drift=drift_event(winner.record) is not None or drifting(winner.stage, lately),
+        rule=choice.rule,
+        provenance=winner.provenance(weight.events),
+        set_aside=choice.set_aside,
+    )
+
+
+def _unweighed(candidate: Candidate) -> Weight:
+    return Weight(0, 0, candidate.written_ms, ())
+
+
 def resolve(
     key: str,
     candidates: Sequence[Candidate],
@@ -173,33 +234,9 @@ def resolve(
     signals: Sequence[Signal] = (),
     lately_ms: int | None = None,
 ) -> ResolvedPreference | None:
-    """The value of ``key`` for ``now`` (``None`` if no live value's condition holds).
-
-    ``signals`` are the feedback events about ``key`` at hand; those since ``lately_ms``
-    (default: all) decide whether a stable value is drifting.
-    """
-    live = [c for c in candidates if not c.record.deleted]
-    applicable = [c for c in live if holds(c.record.condition, now)]
-    if not applicable:
-        return None
-    winner = max(applicable, key=lambda c: c.rank)
-    weight = weigh(winner, signals, now.at.tzinfo)
-    stage = winner.stage
-    return ResolvedPreference(
-        key=key,
-        value=winner.record.value,
-        condition=winner.record.condition,
-        source=winner.record.source,
-        stage=stage,
-        confidence=confidence(winner, weight, now.ms),
-        confirmations=max(0, winner.record.evidence_count - 1) + weight.confirmations,
-        contradictions=weight.contradictions,
-        drift=drift_event(winner.record) is not None
-        or drifting(stage, weigh(winner, signals, now.at.tzinfo, since_ms=lately_ms or 0)),
-        rule=_rule(winner, applicable),
-        provenance=winner.provenance(weight.events),
-        set_aside=_set_aside(winner, live, now),
-    )
+    """The value of ``key`` for ``now`` (``None`` if no live value's condition holds)."""
+    choice = choose(candidates, now)
+    return finish(key, choice, now, signals, lately_ms) if choice else None
 
 
 def _rule(winner: Candidate, applicable: Sequence[Candidate]) -> str:
@@ -214,7 +251,7 @@ def _rule(winner: Candidate, applicable: Sequence[Candidate]) -> str:
 
 
 def _set_aside(
-    winner: Candidate, live: Sequence[Candidate], now: Situation
+    winner: Candidate, live: Sequence[Candidate], applicable: Sequence[Candidate]
 ) -> tuple[SetAside, ...]:
     """Every other value, newest statement first, once each (a value stated on several robots,
     or consolidated, is one alternative)."""
@@ -226,13 +263,13 @@ def _set_aside(
             continue
         seen.add(mark)
         r = candidate.record
-        reason = _reason(winner, candidate, now)
+        reason = _reason(winner, candidate, any(c is candidate for c in applicable))
         found.append(SetAside(r.value, r.source, r.condition, reason, candidate.provenance()))
     return tuple(found)
 
 
-def _reason(winner: Candidate, other: Candidate, now: Situation) -> str:
-    if not holds(other.record.condition, now):
+def _reason(winner: Candidate, other: Candidate, applies: bool) -> str:
+    if not applies:
         return f"applies only {describe_condition(other.record.condition)}"
     if winner.explicit and not other.explicit:
         return "a learned pattern; an explicit statement beats it"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hearthsync.errors import ValidationError
 from hearthsync.ids import check_name
@@ -31,10 +31,11 @@ class Situation:
     location: str | None = None
     #: the other people present (not the user the context is for)
     present: frozenset[str] = frozenset()
+    #: ``at`` in milliseconds since the epoch
+    ms: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def ms(self) -> int:
-        return int(self.at.timestamp() * 1000)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ms", int(self.at.timestamp() * 1000))
 
     @property
     def weekend(self) -> bool:

@@ -10,24 +10,50 @@ means the same content.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import bisect
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from hearthsync.context.resolve import Candidate
+from hearthsync.context.feedback import hlc_ms
+from hearthsync.context.resolve import Candidate, Choice, choose
 from hearthsync.context.scopes import ScopedReader
-from hearthsync.model.records import Placement, Region, SpatialChange
+from hearthsync.context.situation import Situation, holds
+from hearthsync.model.records import Condition, Placement, Region, SpatialChange
 
 T = TypeVar("T")
 Stamp = tuple[str | None, bytes]
 SPATIAL = "home/spatial"
 
 
+#: cached choices per preference view, before the cache is dropped and refilled
+MAX_CHOICES = 50_000
+
+
 @dataclass(frozen=True, slots=True)
 class PreferenceView:
-    """Every live stored version of each of one user's preference keys."""
+    """Every live stored version of each of one user's preference keys, and the choices made
+    among them so far, by which of the user's conditions held (`resolve.Choice`)."""
 
     by_key: dict[str, tuple[Candidate, ...]]
+    #: (key, domain), sorted by key
+    keys: tuple[tuple[str, str], ...]
+    #: every distinct condition of the user's preferences
+    conditions: tuple[Condition, ...]
+    choices: dict[tuple[str, tuple[bool, ...]], Choice | None] = field(default_factory=dict)
+
+    def signature(self, now: Situation) -> tuple[bool, ...]:
+        """Which of the user's conditions hold ``now``: all a `Choice` depends on."""
+        return tuple(holds(condition, now) for condition in self.conditions)
+
+    def choice(self, key: str, signature: tuple[bool, ...], now: Situation) -> Choice | None:
+        mark = (key, signature)
+        if mark not in self.choices:
+            if len(self.choices) >= MAX_CHOICES:
+                self.choices.clear()
+            self.choices[mark] = choose(self.by_key[key], now)
+        return self.choices[mark]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +65,13 @@ class SpatialView:
     labels: dict[str, str]
     #: the change history, newest first by hybrid time
     changes: tuple[SpatialChange, ...]
+    #: minus the wall time of each change, in the same order (ascending: for `bisect`)
+    change_ages: tuple[int, ...]
+
+    def changes_until(self, ms: int) -> Iterator[SpatialChange]:
+        """The changes made at or before ``ms``, newest first."""
+        start = bisect.bisect_left(self.change_ages, -ms)
+        return itertools.islice(self.changes, start, None)
 
     def within(self, region: str) -> list[str]:
         """``region`` and every region nested in it (cycles in parent links are ignored)."""
@@ -84,7 +117,12 @@ def _preference_view(reader: ScopedReader, user: str) -> PreferenceView:
     for latest in reader.preferences(user):
         versions = reader.preference_history(user, latest.key, latest.condition)
         by_key.setdefault(latest.key, []).extend(Candidate.of(v) for v in versions if not v.deleted)
-    return PreferenceView({key: tuple(found) for key, found in by_key.items()})
+    conditions = {c.record.condition.key(): c.record.condition for v in by_key.values() for c in v}
+    return PreferenceView(
+        by_key={key: tuple(found) for key, found in by_key.items()},
+        keys=tuple((key, key.partition("/")[0]) for key in sorted(by_key)),
+        conditions=tuple(conditions[name] for name in sorted(conditions)),
+    )
 
 
 def _spatial_view(reader: ScopedReader) -> SpatialView:
@@ -94,15 +132,15 @@ def _spatial_view(reader: ScopedReader) -> SpatialView:
         if region.parent is not None:
             children.setdefault(region.parent, []).append(region.id)
     placements = [p for p in reader.placements() if not p.deleted]
+    changes = tuple(sorted(reader.spatial_changes(), key=lambda c: (c.at, c.device), reverse=True))
     return SpatialView(
         regions=regions,
         children={parent: tuple(sorted(kids)) for parent, kids in children.items()},
         by_region=_group(placements, lambda p: p.region),
         by_owner={k: v for k, v in _group(placements, lambda p: p.owner).items() if k is not None},
         labels={p.object: p.label for p in placements},
-        changes=tuple(
-            sorted(reader.spatial_changes(), key=lambda c: (c.at, c.device), reverse=True)
-        ),
+        changes=changes,
+        change_ages=tuple(-hlc_ms(c.at) for c in changes),
     )
 
 
