@@ -9,10 +9,13 @@
 
 Each schedule is a deterministic simulation (`hearthsync.chaos.sim`): real `Peer` stores and
 real protocol sessions on a simulated network and clock, one seeded generator, faults
-(partitions, drops, duplicates, reordering, delays, crashes, clock skew, a revocation), then a
-heal; the checkers (`hearthsync.chaos.check`) prove convergence, no lost acknowledged write
-and no leak past a revocation.  `hearthsync.chaos.process` runs the same kind of scenario
-against real ``hearth run`` processes.  How-to: ``docs/how-to/chaos.md``.
+(partitions, drops, duplicates, reordering, delays, crashes, clock skew, a revocation) under a
+workload of writes (`hearthsync.chaos.workload`: preferences, profiles, calibration, moves,
+events, health, new users, forgetting), then a heal; the checkers (`hearthsync.chaos.check`)
+prove convergence, that no acknowledged write was lost, no leak past a revocation and nothing
+left of a forgotten user.  `hearthsync.chaos.process` runs a scenario against real
+``hearth run`` processes behind fault proxies.  ``hearth chaos`` is the command line
+(`hearthsync.chaos.console`).  How-to: ``docs/how-to/chaos.md``.
 """
 
 from hearthsync.chaos.check import Findings, Write, digest, document_states, verify

@@ -49,18 +49,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from nacl.signing import SigningKey
 from pycrdt import merge_updates
 
 from hearthsync import enrolment
-from hearthsync.chaos import bugs
+from hearthsync.chaos import bugs, household, quiescence
 from hearthsync.chaos.check import Findings, Replica, Write, digest, verify
+from hearthsync.chaos.household import BASE_WALL, TraceHandler
 from hearthsync.chaos.inline_sqlite import inline_sqlite
-from hearthsync.chaos.plan import FIRST_USERS, LATER_USERS, SCOPES, Fault, Op, Plan
+from hearthsync.chaos.plan import FIRST_USERS, Fault, Op, Plan
 from hearthsync.chaos.workload import OP_SCOPE, TinyEmbedder, Writer, perform
 from hearthsync.crypto.certificate import Certificate, TrustStore
-from hearthsync.crypto.household import Household
-from hearthsync.crypto.identity import KEY_FILE, DeviceIdentity
+from hearthsync.crypto.identity import DeviceIdentity
 from hearthsync.crypto.keyring import Keyring
 from hearthsync.enrolment import HouseholdState
 from hearthsync.errors import ClosedError, HearthError, NotFoundError
@@ -78,17 +77,11 @@ from hearthsync.protocol.session import (
     Session,
 )
 
-#: simulated time 0 on every robot's wall clock (2026-09-15 12:00 UTC), before its skew
-BASE_WALL = 1_789_473_600.0
 TICK_S = 0.5  #: how often every session's heartbeat timer runs (as `Link` does)
 CONNECT_TIMEOUT_S = 1.0  #: a dial across a partition fails after this long
 FIRST_RETRY_S = 0.2
 MAX_RETRY_S = 10.0
-#: certificates outlive any machine that will run this (the household file is also read with
-#: the real clock, when a save merges what is on disk)
-CERT_S = 50 * 365 * 86_400
 _EMBEDDER = TinyEmbedder()
-_NOTHING = b"\x00"  #: the state vector of a document that has seen nothing
 #: loop turns a writer takes from its batch landing to its end (its shielded future, its task)
 WRITER_STEPS = 4
 
@@ -310,7 +303,7 @@ class Simulation:
         """While in this block, hearthsync's log records go to this simulation's trace (and
         its errors to the findings), not to the console."""
         logger = logging.getLogger("hearthsync")
-        handler = _TraceHandler(self)
+        handler = TraceHandler(self.note, self.errors.append, lambda: self.now, self.folder)
         propagate = logger.propagate
         logger.addHandler(handler)
         logger.propagate = False
@@ -373,58 +366,13 @@ class Simulation:
     # ------------------------------------------------------------------ setup
 
     async def _setup(self) -> None:
-        """What ``hearth init`` on robot 0 and ``hearth invite``/``join`` for the others leave
-        behind, drawn from the seed: identities, certificates, keys, household files."""
-        plan = self.plan
-        setup = random.Random(f"hearthsync-chaos-setup-{plan.seed}")
-        owner = DeviceIdentity(SigningKey(setup.randbytes(32)))
-        issued = int(BASE_WALL) - 86_400
-        household = Household.create(owner, "Chaos Home", setup.randbytes)
-        keys = Keyring()
-        for scope in SCOPES:
-            keys.create_scope(scope, setup.randbytes)
-            for user in FIRST_USERS + LATER_USERS:
-                keys.create_data_key(user, scope, setup.randbytes)
-        identities = [owner] + [
-            DeviceIdentity(SigningKey(setup.randbytes(32))) for _ in range(1, plan.peers)
-        ]
-        certs = [
-            Certificate.self_signed_owner(
-                owner, household, device_name="r0", scopes=SCOPES,
-                issued_at=issued, expires_at=issued + CERT_S,
-            )
-        ] + [
-            Certificate.issue(
-                owner, household_id=household.id, device_pk=bytes(identity.verify_key),
-                device_name=f"r{index}", role="member", scopes=plan.scopes[index],
-                issued_at=issued, expires_at=issued + CERT_S,
-            )
-            for index, identity in enumerate(identities) if index
-        ]  # fmt: skip
-        for index, identity in enumerate(identities):
-            trust = TrustStore.for_household(household)
-            # the owner enrolled every robot, so it holds every certificate; a robot that
-            # joined holds the owner's and its own, and learns the others' when they meet
-            for cert in certs if index == 0 else (certs[0], certs[index]):
-                trust.add(cert, issued)
-            keyring = keys if index == 0 else Keyring()
-            if index:
-                wanted = plan.scopes[index]
-                for grant in keys.grants_for(owner, identity.verify_key, wanted, setup.randbytes):
-                    keyring.accept_grant(grant, identity, trust=trust, now=issued)
-            folder = self.folder / f"r{index}"
-            folder.mkdir(parents=True)
-            key_file = folder / KEY_FILE
-            key_file.write_bytes(bytes(identity.signing_key))
-            key_file.chmod(0o600)
-            state = HouseholdState(household, certs[index], trust, keyring)
-            enrolment.save(folder, state)
-            skew = setup.uniform(-self.scenario.max_skew, self.scenario.max_skew)
-            robot = Robot(
-                index, folder, identity, state, frozenset(plan.scopes[index]),
-                random.Random(setup.getrandbits(64)), skew,
+        """The household (`hearthsync.chaos.household`), every robot booted from it and
+        knowing the first users."""
+        for member in household.create(self.plan, self.folder):
+            self.robots.append(
+                Robot(member.index, member.folder, member.identity, member.state,
+                      member.scopes, member.rng, member.skew)
             )  # fmt: skip
-            self.robots.append(robot)
         for robot in self.robots:
             await self._boot(robot)
             for n, user in enumerate(FIRST_USERS):
@@ -509,7 +457,7 @@ class Simulation:
                 self._writer_done(robot, task, op, failed)
             else:  # a write of several steps (forgetting): it has queued its next one
                 robot.writers.append((task, op))
-        if _core_pending(peer):  # a writer of several steps queued its next write
+        if quiescence.core_pending(peer):  # a writer of several steps queued its next write
             self._schedule_commit(robot)
         for conn, doc_id, state in to_ack:
             side = conn.sides[robot.index]
@@ -714,7 +662,7 @@ class Simulation:
         state vector right after the merge (`Link._apply`)."""
         peer = _peer(robot)
         session = conn.sides[robot.index].session
-        if parse_scope(peer, event.doc_id) not in robot.scopes:
+        if quiescence.scope_of(peer, event.doc_id) not in robot.scopes:
             self.errors.append(f"r{robot.index} received {event.doc_id} outside its scopes")
         broken = self.scenario.bug == "drop-every-10th-delta" and self._bug_tick()
         before = bugs.content(peer, event.doc_id) if broken else {}
@@ -779,7 +727,7 @@ class Simulation:
         for robot in self.robots:
             if robot.peer is None:
                 continue
-            if _core_pending(robot.peer):
+            if quiescence.core_pending(robot.peer):
                 self._schedule_commit(robot)
             for _other, conn in sorted(robot.conns.items()):
                 side = conn.sides[robot.index]
@@ -871,46 +819,10 @@ class Simulation:
         return [r for r in self.robots if r.index != self.revoked]
 
     def _busy(self) -> str | None:
-        """Why the household is not quiescent yet (None: it is).  Quiescent means: every pair
-        of (unrevoked) robots linked and authenticated, nothing in flight or waiting to
-        commit, no session waiting for an answer, and the same state vectors everywhere."""
+        """Why the household is not quiescent yet (None: it is)."""
         if self._in_flight:
             return f"{self._in_flight} messages in flight"
-        members = self._members()
-        for robot in members:
-            if robot.peer is None or robot.writers or robot.to_ack or robot.commit_at:
-                return f"r{robot.index} is down or has writes to commit"
-            if _core_pending(robot.peer):
-                return f"r{robot.index} is still forgetting a user"
-            for other in members:
-                if other is robot:
-                    continue
-                conn = robot.conns.get(other.index)
-                if conn is None:
-                    return f"r{robot.index} has no connection to r{other.index}"
-                session = conn.sides[robot.index].session
-                if session.state.value != "open":
-                    return f"r{robot.index}->r{other.index} is {session.state.value}"
-                if getattr(session, "_requested", None):
-                    return f"r{robot.index}->r{other.index} waits for an answer"
-        # idle: converged when every pair holds the same state vectors in the scopes both
-        # read (the checkers then compare content too); else a repair is still to come
-        held = {r.index: self._state_vectors(r) for r in members}
-        for i, a in enumerate(members):
-            for b in members[i + 1 :]:
-                shared = a.scopes & b.scopes
-                mine = {d: sv for d, (scope, sv) in held[a.index].items() if scope in shared}
-                theirs = {d: sv for d, (scope, sv) in held[b.index].items() if scope in shared}
-                if mine != theirs:
-                    return f"r{a.index} and r{b.index} have not converged yet"
-        return None
-
-    def _state_vectors(self, robot: Robot) -> dict[str, tuple[str, bytes]]:
-        """Every document's state vector; one that has seen nothing counts as not held (as
-        in `hearthsync.chaos.check.document_states`)."""
-        peer = _peer(robot)
-        held = ((doc_id, peer.state_vector(doc_id)) for doc_id in peer.document_ids())
-        return {d: (parse_scope(peer, d), sv) for d, sv in held if sv != _NOTHING}
+        return quiescence.busy(self._members())
 
 
 # ---------------------------------------------------------------------- helpers
@@ -921,41 +833,8 @@ def _peer(robot: Robot) -> Peer:
     return robot.peer
 
 
-def _core_pending(peer: Peer) -> bool:
-    """Whether the peer has work of its own under way: writes queued for the next commit, or
-    a user being forgotten in the background.  Read from its internals (the peer has no public
-    way to say it is idle; `Peer.flush` waits instead, and here nothing may wait)."""
-    docs = getattr(peer, "_docs", None)
-    forgetting = getattr(peer, "_forgetting", None)
-    queued = getattr(getattr(docs, "_queue", None), "done", None) is not None
-    purging = any(not t.done() for t in getattr(forgetting, "_tasks", ()))
-    return queued or purging
-
-
-def parse_scope(peer: Peer, doc_id: str) -> str:
-    """The scope of ``doc_id`` as the peer's sync port describes it."""
-    return peer.docs.describe(doc_id).scope
-
-
 def _timed(outcome: Outcome, elapsed: float) -> Outcome:
     return replace(outcome, elapsed_s=elapsed)
-
-
-class _TraceHandler(logging.Handler):
-    """Puts what the core logs during a simulation into its trace (and its errors into the
-    findings) instead of the console: a crash makes a robot rebuild its vector index, which
-    the core rightly reports, hundreds of times in a long chaos run."""
-
-    def __init__(self, sim: Simulation) -> None:
-        super().__init__(logging.WARNING)
-        self.sim = sim
-        self.folder = str(sim.folder)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage().replace(self.folder, "<folder>")
-        self.sim.note(f"log {record.name}: {text}")
-        if record.levelno >= logging.ERROR:
-            self.sim.errors.append(f"t={self.sim.now:.3f} logged by {record.name}: {text}")
 
 
 async def simulate(plan: Plan, folder: Path | None = None) -> Outcome:
