@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from hearthsync.context.assembled import Context
@@ -201,12 +201,15 @@ class ContextEngine:
         user: str,
         now: Situation,
         signals: dict[str, list[Signal]],
+        only: Container[str] | None = None,
     ) -> list[ResolvedPreference]:
+        """``user``'s preferences visible to the task (those named in ``only``), resolved."""
         view = self.views.preferences(request.reader, user)
         signature = view.signature(now)
         found: list[ResolvedPreference] = []
         for key, domain in view.keys:
-            choice = view.choice(key, signature, now) if request.visible(domain) else None
+            wanted = request.visible(domain) and (only is None or key in only)
+            choice = view.choice(key, signature, now) if wanted else None
             if choice is not None:
                 found.append(finish(key, choice, now, signals.get(key, ())))
         return found
@@ -237,7 +240,7 @@ class ContextEngine:
         """Another present person's shared-setting values, under their own conditions."""
         now = Situation(request.now.at, request.now.location, frozenset(people) - {user})
         shared = request.policy.rooms.shared
-        return {p.key: p for p in self._resolve_all(request, user, now, {}) if p.key in shared}
+        return {p.key: p for p in self._resolve_all(request, user, now, {}, only=shared)}
 
     # ------------------------------------------------------------------ the home
 
