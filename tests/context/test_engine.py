@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from hearthsync import NotFoundError, Peer, ValidationError
-from hearthsync.context import get_context
+from hearthsync.context import engine_for, get_context
 from tests.conftest import FakeWall
 from tests.context.conftest import DAY, HOUR, at, clock
 
@@ -162,3 +162,16 @@ async def test_the_context_serialises_to_json(home: Peer) -> None:
     assert data["preferences"][0]["provenance"]["who"] == "alice"
     assert data["situation"]["at"] == "2026-03-09T09:00:00Z"
     assert data["withheld"] == ["health"]
+
+
+async def test_forgetting_a_user_drops_what_the_engine_derived_from_them(home: Peer) -> None:
+    await home.set_preference("alice", "beverage/coffee", "oat latte")
+    await get_context(home, "alice", task="general_assistant", time=MONDAY_9)
+    engine = engine_for(home)
+    assert "alice" in engine.views._preferences
+
+    await home.forget("alice")
+
+    with pytest.raises(NotFoundError, match="alice"):
+        await get_context(home, "alice", task="general_assistant", time=MONDAY_9)
+    assert "alice" not in engine.views._preferences

@@ -143,7 +143,9 @@ class ContextEngine:
         grant = policy.tasks.grant(task)
         now = situation(user, time, location, present)
         window = window_ms(history_window)
-        if user not in self.peer.users():
+        users = self.peer.users()
+        self.views.keep(users)
+        if user not in users:
             raise NotFoundError(f"unknown user {user!r}; add them first with add_user()")
         reader = ScopedReader(self.peer, task, grant.scopes)
         return _Request(user, task, now, window, grant, policy, reader)

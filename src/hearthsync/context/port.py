@@ -10,7 +10,7 @@ and `hearthsync.context.scopes.ScopedReader` refuses any call whose scope the ta
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, Protocol
 
 from hearthsync.model.records import (
@@ -104,12 +104,13 @@ class PeerReader(Protocol):
 
 
 class PeerWriter(Protocol):
-    """The public writes the fast and slow loops make (each durable when it returns)."""
+    """The public writes the fast and slow loops make.  Each is queued when called and the
+    awaitable it returns resolves once it is durable."""
 
     async def flush(self) -> None:
         """Wait until every write queued so far is applied and durable."""
 
-    async def set_preference(
+    def set_preference(
         self,
         user: str,
         key: str,
@@ -121,9 +122,9 @@ class PeerWriter(Protocol):
         evidence: Sequence[str] = (),
         evidence_count: int = 1,
         note: str = "",
-    ) -> Preference: ...
+    ) -> Awaitable[Preference]: ...
 
-    async def record_event(
+    def record_event(
         self,
         user: str,
         type: EventType | str,
@@ -134,7 +135,7 @@ class PeerWriter(Protocol):
         context: Any = None,
         ts: int | None = None,
         session: str = "",
-    ) -> InteractionEvent: ...
+    ) -> Awaitable[InteractionEvent]: ...
 
 
 class PeerPort(PeerReader, PeerWriter, Protocol):

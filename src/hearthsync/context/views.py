@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -107,6 +107,12 @@ class Views:
     def preferences(self, reader: ScopedReader, user: str) -> PreferenceView:
         slot = self._preferences.setdefault(user, _Slot())
         return slot.get(reader.stamp(f"user/{user}/prefs"), lambda: _preference_view(reader, user))
+
+    def keep(self, users: Collection[str]) -> None:
+        """Drop the views of users no longer in the household (forgotten: nothing of theirs
+        may outlive their documents, derived data included)."""
+        for user in [u for u in self._preferences if u not in users]:
+            del self._preferences[user]
 
     def spatial(self, reader: ScopedReader) -> SpatialView:
         return self._spatial.get(reader.stamp(SPATIAL), lambda: _spatial_view(reader))
