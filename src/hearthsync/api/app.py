@@ -1,0 +1,286 @@
+"""The local HTTP API: a robot stack in any language asks for a context and writes what happened.
+
+    app = make_app(peer, token)          # an ASGI app; serve it on 127.0.0.1 only
+
+Every route needs ``Authorization: Bearer <token>`` (compared in constant time).  Requests are
+bounded (`MAX_BODY` bytes) and validated; every refusal is a 4xx JSON `Problem` naming what is
+wrong and, when one is, the field.  The OpenAPI document is derived from the pydantic models in
+`hearthsync.api.schemas` (``GET /openapi.json``).
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from hearthsync.api.metrics import Metrics
+from hearthsync.api.schemas import (
+    ContextReply,
+    ContextRequest,
+    CorrectionWrite,
+    EventWrite,
+    ExplainRequest,
+    Explanation,
+    FeedbackWrite,
+    PlacementWrite,
+    PreferenceWrite,
+    Problem,
+    Status,
+    problem,
+)
+from hearthsync.context import DEFAULT_POLICY, HouseholdPolicy, correct, explain, feedback
+from hearthsync.context.engine import engine_for
+from hearthsync.context.scopes import ScopeDeniedError
+from hearthsync.errors import NotFoundError, ValidationError
+from hearthsync.model.records import InteractionEvent, Placement, Preference
+from hearthsync.peer import Peer
+
+MAX_BODY = 65_536
+MIN_TOKEN = 16
+#: HTTP status of each error hearthsync raises on purpose
+STATUS = {ValidationError: 422, NotFoundError: 404, ScopeDeniedError: 403}
+_ERRORS = {401: Problem, 403: Problem, 404: Problem, 413: Problem, 422: Problem}
+RESPONSES: dict[int | str, dict[str, Any]] = {code: {"model": m} for code, m in _ERRORS.items()}
+
+
+def make_app(peer: Peer, token: str, *, policy: HouseholdPolicy = DEFAULT_POLICY) -> FastAPI:
+    """The API of ``peer``, for clients holding ``token`` (at least 16 characters)."""
+    if not isinstance(token, str) or len(token) < MIN_TOKEN:
+        raise ValidationError(f"the API token needs at least {MIN_TOKEN} characters", field="token")
+    metrics = Metrics()
+    app = FastAPI(
+        title="hearthsync",
+        summary="The local API of one robot's memory",
+        docs_url=None,
+        redoc_url=None,
+        dependencies=[Depends(_bearer(token))],
+        responses=RESPONSES,
+    )
+    _errors(app)
+    app.add_middleware(_Counted, metrics=metrics)
+    app.add_middleware(_Bounded)
+    _context_routes(app, peer, policy, metrics)
+    _write_routes(app, peer)
+    _service_routes(app, peer, metrics)
+    return app
+
+
+# ---------------------------------------------------------------------------- routes
+
+
+def _context_routes(app: FastAPI, peer: Peer, policy: HouseholdPolicy, metrics: Metrics) -> None:
+    engine = engine_for(peer)
+
+    @app.post("/context", response_model=ContextReply)
+    async def context(body: ContextRequest) -> ContextReply:
+        """Assemble the context for a user doing a task (see `hearthsync.context`)."""
+        started = time.perf_counter()
+        found = await engine.get_context(
+            body.user, task=body.task, location=body.location, time=body.time,
+            present=body.present, history_window=body.history_window, query=body.query,
+            max_tokens=body.max_tokens, policy=policy,
+        )  # fmt: skip
+        metrics.context(time.perf_counter() - started)
+        return ContextReply(context=found, prompt=found.to_prompt())
+
+    @app.post("/explain", response_model=Explanation)
+    async def explanation(body: ExplainRequest) -> Explanation:
+        """Why a preference has the value it has now, in one sentence."""
+        sentence = await explain(
+            peer, body.user, body.key, time=body.time, location=body.location,
+            present=body.present, policy=policy,
+        )  # fmt: skip
+        return Explanation(sentence=sentence)
+
+
+def _write_routes(app: FastAPI, peer: Peer) -> None:
+    @app.post("/preferences", response_model=Preference, status_code=201)
+    async def preference(body: PreferenceWrite) -> Preference:
+        """Store a preference; durable when answered."""
+        return await peer.set_preference(
+            body.user, body.key, body.value, source=body.source, confidence=body.confidence,
+            condition=body.condition, evidence=body.evidence, note=body.note,
+        )  # fmt: skip
+
+    @app.post("/corrections", response_model=Preference, status_code=201)
+    async def correction(body: CorrectionWrite) -> Preference:
+        """Record a correction and apply it at once."""
+        return await correct(
+            peer, body.user, body.key, body.value, served=body.served,
+            condition=body.condition, text=body.text, context=body.context,
+        )  # fmt: skip
+
+    @app.post("/feedback", response_model=InteractionEvent, status_code=201)
+    async def implicit(body: FeedbackWrite) -> InteractionEvent:
+        """Record implicit feedback about a served value."""
+        return await feedback(
+            peer, body.user, body.key, body.value, body.outcome, text=body.text,
+            context=body.context,
+        )  # fmt: skip
+
+    @app.post("/events", response_model=InteractionEvent, status_code=201)
+    async def event(body: EventWrite) -> InteractionEvent:
+        """Append an event to a user's history."""
+        return await peer.record_event(
+            body.user, body.type, body.domain, text=body.text, payload=body.payload,
+            context=body.context, ts=body.ts,
+        )  # fmt: skip
+
+    @app.post("/placements", response_model=Placement, status_code=201)
+    async def placement(body: PlacementWrite) -> Placement:
+        """Record where an object belongs or was seen (write moves, not sensor readings)."""
+        return await peer.place(
+            body.object, body.label, region=body.region, pose=body.pose, owner=body.owner,
+            kind=body.kind,
+        )  # fmt: skip
+
+
+def _service_routes(app: FastAPI, peer: Peer, metrics: Metrics) -> None:
+    @app.get("/status", response_model=Status)
+    async def status() -> Status:
+        """Who this robot is, whom it serves, how many documents it holds."""
+        return Status(
+            device=peer.device,
+            device_id=peer.device_id,
+            users=list(peer.users()),
+            documents=len(peer.document_ids()),
+            corrupt=peer.corrupt,
+        )
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus() -> PlainTextResponse:
+        """Counters in the Prometheus text format."""
+        text = metrics.render(len(peer.users()), len(peer.document_ids()))
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+
+# ---------------------------------------------------------------------------- guards
+
+
+def _bearer(token: str) -> Callable[[Request], Awaitable[None]]:
+    expected = token.encode()
+
+    async def require(request: Request) -> None:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        # compare_digest takes as long whatever the bytes: no timing hint about the token
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected):
+            raise HTTPException(
+                401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"}
+            )
+
+    return require
+
+
+def _errors(app: FastAPI) -> None:
+    async def ours(_: Request, exc: Exception) -> JSONResponse:
+        field = getattr(exc, "field", None) or getattr(exc, "scope", None)
+        return JSONResponse(problem(str(exc), field), status_code=_status(exc))
+
+    async def invalid(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0]
+        if first["type"] == "json_invalid":  # its location is a character offset, not a field
+            reason = first.get("ctx", {}).get("error", "")
+            return JSONResponse(problem(f"the body is not valid JSON: {reason}"), 422)
+        where = ".".join(str(part) for part in first["loc"] if part != "body")
+        return JSONResponse(problem(f"{where or 'body'}: {first['msg']}", where or None), 422)
+
+    async def http(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        return JSONResponse(problem(str(exc.detail)), exc.status_code, headers=exc.headers)
+
+    for kind in STATUS:
+        app.add_exception_handler(kind, ours)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(HTTPException, http)
+
+
+def _status(exc: Exception) -> int:
+    return next(code for kind, code in STATUS.items() if isinstance(exc, kind))
+
+
+class _Bounded:
+    """Refuse bodies over `MAX_BODY` bytes, declared or streamed (ASGI middleware).
+
+    The body is read here, at most `MAX_BODY` bytes of it, and handed on whole: a streamed body
+    that turns out too long is refused before the application sees any of it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        body = await _read(receive) if declared.isdigit() and int(declared) <= MAX_BODY else None
+        if body is None:
+            response = JSONResponse(problem(f"the body is larger than {MAX_BODY:,} bytes"), 413)
+            await response(scope, receive, send)
+            return
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if delivered:
+                return await receive()  # the disconnect, when it comes
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+async def _read(receive: Receive) -> bytes | None:
+    """The whole request body, or ``None`` once it exceeds `MAX_BODY`."""
+    chunks: list[bytes] = []
+    size, more = 0, True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks)  # the client went away: the app will see nothing more
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            return None
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+class _Counted:
+    """Count every answer by route template and status, for ``/metrics``."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = _route(scope)
+
+        async def noted(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.metrics.request(route, int(message["status"]))
+            await send(message)
+
+        await self.app(scope, receive, noted)
+
+
+def _route(scope: Scope) -> str:
+    for route in scope["app"].router.routes:
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return str(getattr(route, "path", "other"))
+    return "other"

@@ -1,0 +1,134 @@
+"""The request and response bodies of the local HTTP API (the OpenAPI document derives from them).
+
+Requests are validated twice: here for shape and size (DESIGN invariant 5: every input from
+outside is bounded before it touches anything), then by the peer's own records for content
+(ids, keys, personal data), whose `ValidationError` names the field.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
+
+from hearthsync.context import Context
+from hearthsync.context.feedback import Outcome
+from hearthsync.model.records import (
+    MAX_TEXT,
+    Condition,
+    ContextSnapshot,
+    EventType,
+    Pose,
+    Source,
+)
+
+Short = Annotated[str, Field(max_length=200)]
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ContextRequest(Body):
+    """What `get_context` needs: who, for which task, where, when, with whom, and a query."""
+
+    user: Short
+    task: Short
+    location: Short | None = None
+    time: AwareDatetime | None = None
+    present: Annotated[list[Short], Field(max_length=16)] = []
+    history_window: Annotated[str, Field(max_length=16)] = "7d"
+    query: Text | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+
+
+class ContextReply(BaseModel):
+    """The context, and its prompt packed within ``max_tokens`` (everything if unset)."""
+
+    context: Context
+    prompt: str
+
+
+class PreferenceWrite(Body):
+    user: Short
+    key: Short
+    value: JsonValue
+    source: Source = "explicit"
+    confidence: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    condition: Condition | None = None
+    evidence: Annotated[list[Annotated[str, Field(max_length=80)]], Field(max_length=64)] = []
+    note: Text = ""
+
+
+class CorrectionWrite(Body):
+    """The person corrected the robot: recorded, and applied at once (`context.correct`)."""
+
+    user: Short
+    key: Short
+    value: JsonValue
+    served: JsonValue = None
+    condition: Condition | None = None
+    text: Text = ""
+    context: ContextSnapshot | None = None
+
+
+class FeedbackWrite(Body):
+    """Implicit feedback about a served value (`context.feedback`)."""
+
+    user: Short
+    key: Short
+    value: JsonValue
+    outcome: Outcome = "kept"
+    text: Text = ""
+    context: ContextSnapshot | None = None
+
+
+class EventWrite(Body):
+    user: Short
+    type: EventType
+    domain: Short
+    text: Text = ""
+    payload: JsonValue = None
+    context: ContextSnapshot | None = None
+    ts: Annotated[int, Field(ge=0, lt=2**53)] | None = None
+
+
+class PlacementWrite(Body):
+    object: Short
+    label: Short
+    region: Short | None = None
+    owner: Short | None = None
+    kind: Literal["belongs", "observed"] = "belongs"
+    pose: Pose | None = None
+
+
+class ExplainRequest(Body):
+    user: Short
+    key: Short
+    time: AwareDatetime | None = None
+    location: Short | None = None
+    present: Annotated[list[Short], Field(max_length=16)] = []
+
+
+class Explanation(BaseModel):
+    sentence: str
+
+
+class Status(BaseModel):
+    device: str
+    device_id: str
+    users: list[str]
+    documents: int
+    corrupt: dict[str, str]
+
+
+class Problem(BaseModel):
+    """Every 4xx answer: what is wrong, and the field it is wrong in (if one)."""
+
+    error: str
+    field: str | None = None
+
+
+def problem(error: str, field: str | None = None) -> dict[str, Any]:
+    return Problem(error=error, field=field).model_dump()

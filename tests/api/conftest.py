@@ -1,0 +1,5 @@
+"""The API tests serve the context tests' household robot."""
+
+from tests.context.conftest import home
+
+__all__ = ["home"]

@@ -1,0 +1,201 @@
+"""The local HTTP API through its ASGI client: every route, auth, and refusals that name the
+problem and change nothing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from hearthsync import Peer, ValidationError
+from hearthsync.api import MAX_BODY, make_app
+from tests.context.conftest import at, clock
+
+TOKEN = "kitchen-robot-api-token-0123"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+MONDAY_9 = at(clock(0, "09:00")).isoformat()
+
+
+@pytest.fixture
+async def api(home: Peer) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=make_app(home, TOKEN))
+    async with httpx.AsyncClient(transport=transport, base_url="http://robot") as client:
+        yield client
+
+
+def state(peer: Peer) -> dict[str, bytes]:
+    return {doc_id: peer.state_vector(doc_id) for doc_id in peer.document_ids()}
+
+
+ROUTES = [
+    ("POST", "/context", {"user": "alice", "task": "general_assistant", "time": MONDAY_9}),
+    ("POST", "/explain", {"user": "alice", "key": "beverage/coffee"}),
+    ("POST", "/preferences", {"user": "alice", "key": "beverage/coffee", "value": "cortado"}),
+    ("POST", "/corrections", {"user": "alice", "key": "tea/mug", "value": "green-mug"}),
+    ("POST", "/feedback", {"user": "alice", "key": "tea/mug", "value": "green-mug"}),
+    ("POST", "/events", {"user": "alice", "type": "COMMAND", "domain": "tea", "text": "tea"}),
+    ("POST", "/placements", {"object": "green-mug", "label": "Green mug"}),
+    ("GET", "/status", None),
+    ("GET", "/metrics", None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ROUTES)
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong-token-of-some-length"}, {"Authorization": TOKEN}],
+)
+async def test_every_route_refuses_a_request_without_the_token(
+    api: httpx.AsyncClient, home: Peer, method: str, path: str, body: Any, headers: dict[str, str]
+) -> None:
+    before = state(home)
+
+    answer = await api.request(method, path, json=body, headers=headers)
+
+    assert answer.status_code == 401
+    assert answer.json() == {"error": "a valid bearer token is required", "field": None}
+    assert answer.headers["www-authenticate"] == "Bearer"
+    assert state(home) == before
+
+
+async def test_writes_then_a_context_and_its_explanation(api: httpx.AsyncClient) -> None:
+    writes = [
+        ("/preferences", {"user": "alice", "key": "beverage/coffee", "value": "oat latte",
+                          "condition": {"days": "weekday"}}),
+        ("/corrections", {"user": "alice", "key": "tea/mug", "value": "green-mug",
+                          "served": "blue-mug", "text": "the green mug, please"}),
+        ("/feedback", {"user": "alice", "key": "tea/mug", "value": "green-mug"}),
+        ("/events", {"user": "alice", "type": "COMMAND", "domain": "beverage",
+                     "text": "coffee please", "ts": clock(0, "08:00")}),
+        ("/placements", {"object": "green-mug", "label": "Green mug", "region": "shelf-2",
+                         "owner": "alice"}),
+    ]  # fmt: skip
+    for path, body in writes:
+        answer = await api.post(path, json=body, headers=AUTH)
+        assert answer.status_code == 201, answer.text
+
+    answer = await api.post(
+        "/context",
+        json={"user": "alice", "task": "prepare_morning_beverage", "time": MONDAY_9,
+              "location": "shelf-2", "query": "which mug", "max_tokens": 200},
+        headers=AUTH,
+    )  # fmt: skip
+
+    assert answer.status_code == 200
+    reply = answer.json()
+    values = {p["key"]: p["value"] for p in reply["context"]["preferences"]}
+    assert values == {"beverage/coffee": "oat latte", "tea/mug": "green-mug"}
+    assert reply["context"]["withheld"] == ["health"]
+    assert reply["context"]["places"][0]["placement"]["object"] == "green-mug"
+    assert reply["prompt"].startswith("Context for Alice (alice) · task prepare_morning_beverage")
+    explained = await api.post(
+        "/explain", json={"user": "alice", "key": "tea/mug", "time": MONDAY_9}, headers=AUTH
+    )
+    assert explained.json()["sentence"].startswith("the green mug, because you asked for it")
+
+
+async def test_status_and_metrics(api: httpx.AsyncClient) -> None:
+    body = {"user": "alice", "task": "general_assistant", "time": MONDAY_9}
+    await api.post("/context", json=body, headers=AUTH)
+    await api.post("/context", json=body | {"user": "nobody"}, headers=AUTH)
+    await api.get("/nowhere", headers=AUTH)
+
+    status = (await api.get("/status", headers=AUTH)).json()
+    metrics = await api.get("/metrics", headers=AUTH)
+
+    assert (status["device"], status["users"]) == ("kitchen", ["alice", "bob", "charlie"])
+    assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
+    lines = metrics.text.splitlines()
+    for expected in [
+        'hearth_requests_total{route="/context",status="200"} 1',
+        'hearth_requests_total{route="/context",status="404"} 1',
+        'hearth_requests_total{route="other",status="404"} 1',
+        'hearth_requests_total{route="/status",status="200"} 1',
+        "hearth_context_seconds_count 1",
+        'hearth_context_seconds_bucket{le="+Inf"} 1',
+        "hearth_users 3",
+    ]:
+        assert expected in lines
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "field"),
+    [
+        ("/preferences", {"user": "alice", "key": "Bad Key", "value": 1}, 422, "key"),
+        ("/preferences", {"user": "alice", "key": "a/b", "value": 1, "colour": "red"}, 422,
+         "colour"),
+        ("/preferences", {"user": "alice", "key": "a/b", "value": 1, "confidence": 7}, 422,
+         "confidence"),
+        ("/preferences", {"user": "dana", "key": "a/b", "value": 1}, 404, None),
+        ("/preferences", {"user": "alice", "key": "contact/x", "value": {"phone": "x"}}, 422,
+         "value.phone"),
+        ("/events", {"user": "alice", "type": "GOSSIP", "domain": "x"}, 422, "type"),
+        ("/feedback", {"user": "alice", "key": "tea/mug", "value": 1, "outcome": "meh"}, 422,
+         "outcome"),
+        ("/placements", {"object": "Mug!", "label": "Mug"}, 422, "object"),
+        ("/context", {"user": "alice", "task": "general", "time": "2026-03-09T09:00:00"}, 422,
+         "time"),
+        ("/context", {"user": "alice", "task": "general", "history_window": "forever"}, 422,
+         "history_window"),
+        ("/context", {"user": "dana", "task": "general"}, 404, None),
+        ("/explain", {"user": "alice", "key": "medication/pills"}, 403, "health"),
+    ],
+)  # fmt: skip
+async def test_bad_input_gets_a_4xx_naming_the_problem_and_changes_nothing(
+    api: httpx.AsyncClient, home: Peer, path: str, body: Any, status: int, field: str | None
+) -> None:
+    before = state(home)
+
+    answer = await api.post(path, json=body, headers=AUTH)
+
+    assert answer.status_code == status
+    assert answer.json()["field"] == field
+    assert answer.json()["error"]
+    await home.flush()
+    assert state(home) == before
+
+
+async def test_malformed_and_oversized_bodies_are_refused(
+    api: httpx.AsyncClient, home: Peer
+) -> None:
+    before = state(home)
+    broken = await api.post(
+        "/preferences", content=b"{not json", headers=AUTH | {"content-type": "application/json"}
+    )
+    huge = await api.post(
+        "/events",
+        json={"user": "alice", "type": "COMMAND", "domain": "x", "text": "a" * MAX_BODY},
+        headers=AUTH,
+    )
+
+    async def stream() -> AsyncIterator[bytes]:
+        for _ in range(MAX_BODY // 1024 + 2):
+            yield b" " * 1024
+
+    streamed = await api.post("/events", content=stream(), headers=AUTH)
+
+    assert broken.status_code == 422
+    assert broken.json() == {
+        "error": "the body is not valid JSON: Expecting property name enclosed in double quotes",
+        "field": None,
+    }
+    assert (huge.status_code, streamed.status_code) == (413, 413)
+    assert huge.json() == {"error": f"the body is larger than {MAX_BODY:,} bytes", "field": None}
+    assert state(home) == before
+
+
+async def test_the_openapi_document_is_derived_from_the_models(api: httpx.AsyncClient) -> None:
+    document = (await api.get("/openapi.json")).json()
+
+    assert set(document["paths"]) == {path for _, path, _ in ROUTES}
+    schemas = document["components"]["schemas"]
+    assert {"ContextRequest", "ContextReply", "PreferenceWrite", "Problem"} <= set(schemas)
+    assert schemas["ContextRequest"]["required"] == ["user", "task"]
+
+
+def test_a_short_token_is_refused(peer: Peer) -> None:
+    with pytest.raises(ValidationError) as caught:
+        make_app(peer, "short")
+    assert caught.value.field == "token"
