@@ -157,6 +157,8 @@ class Peer:
         #: made here, or a tombstone received from another robot)
         self.on_forgotten: list[Callable[[str], None]] = []
         self._unindexed: list[VectorRow] = []
+        #: per vector index, the event behind each rowid (loaded at the first recall)
+        self._rowid_events: dict[str, dict[int, str]] = {}
         self._indexer: asyncio.Task[None] | None = None
         self._vector_lock = asyncio.Lock()
         self._users_sub: object | None = None
@@ -625,21 +627,31 @@ class Peer:
             hits = index.search(vector, k=k, since_ms=since, until_ms=until)
         if not hits:
             return []
-        ids = await self._sqlite.event_ids([hit.rowid for hit in hits])
-        by_id = self._events_by_id(uid, {ids[h.rowid] for h in hits if h.rowid in ids})
+        known = await self._indexed_events(f"{uid}.{HISTORY}")
+        ids = {hit.rowid: known[hit.rowid] for hit in hits if hit.rowid in known}
+        by_id = self._events_by_id(uid, set(ids.values()))
         return [
             Recalled(by_id[ids[hit.rowid]], hit.score)
             for hit in hits
             if hit.rowid in ids and ids[hit.rowid] in by_id
         ]
 
+    async def _indexed_events(self, index_name: str) -> dict[int, str]:
+        """Rowid -> event id of one vector index, read once, then kept up to date by
+        `_index_vectors`: recall never waits on SQLite (the read path stays in memory)."""
+        known = self._rowid_events.get(index_name)
+        if known is None:
+            known = self._rowid_events[index_name] = {}  # rows committed meanwhile land here
+            known.update(await self._sqlite.index_event_ids(index_name))
+        return known
+
     def _events_by_id(self, user: UserId, wanted: set[str]) -> dict[str, InteractionEvent]:
-        months = {_month(_event_ts(event_id)) for event_id in wanted}
         found: dict[str, InteractionEvent] = {}
-        for month in months:
-            handle = self._peek(events_doc(user, month), EventsDoc)
-            if handle is not None:
-                found.update((e.id, e) for e in handle.events if e.id in wanted)
+        for event_id in wanted:  # an event id starts with its time: its month is known
+            handle = self._peek(events_doc(user, _month(_event_ts(event_id))), EventsDoc)
+            event = handle.events.by_id(event_id) if handle is not None else None
+            if event is not None:
+                found[event_id] = event
         return found
 
     def _index_vectors(self, rows: Sequence[VectorRow], matrix: np.ndarray) -> None:
@@ -649,6 +661,10 @@ class Peer:
         the write path, in a worker thread; `recall` first waits for it to catch up.
         """
         self._unindexed.extend(rows)
+        for row in rows:
+            known = self._rowid_events.get(row.index_name)
+            if known is not None:
+                known[row.rowid] = row.event_id
         if self._indexer is None or self._indexer.done():
             self._indexer = asyncio.create_task(self._index_pending(), name="hearthsync-indexer")
 

@@ -191,6 +191,7 @@ class Log(Generic[R]):
         self._array: Array[str] = replica.doc.get(name, type=Array)
         self._type = record_type
         self._decoded: list[R] | None = None
+        self._ids: dict[object, R] | None = None  # by id, built on first lookup
         self._by_text: dict[str, R] = {}
         self._sub = self._array.integrated.observe(self._on_change)  # raw: see the module doc
         self._user = user = _implied_user(replica, record_type)
@@ -199,7 +200,7 @@ class Log(Generic[R]):
 
     def _on_change(self, _: Any) -> None:
         if self._replica.incoming:
-            self._decoded = None
+            self._decoded = self._ids = None
 
     def append(self, record: R) -> None:
         if self._user and getattr(record, "user", None) != self._user:
@@ -209,12 +210,21 @@ class Log(Generic[R]):
         self._by_text[text] = record
         if self._decoded is not None:
             self._decoded.append(record)  # local appends go to the end, in this transaction
+        if self._ids is not None:
+            self._ids[getattr(record, "id", None)] = record
 
     def __len__(self) -> int:
         return len(self._array)
 
+    def by_id(self, record_id: str) -> R | None:
+        """The record whose ``id`` is ``record_id`` (records with an ``id`` field), or None."""
+        if self._ids is None or self._decoded is None:
+            self._ids = {getattr(r, "id", None): r for r in self}
+        return self._ids.get(record_id)
+
     def __iter__(self) -> Iterator[R]:
         if self._decoded is None:
+            self._ids = None
             known, decode, given = self._by_text, self._type.decode, self._given
             decoded = []
             for text in self._array:

@@ -240,11 +240,10 @@ class SqliteStore:
             rows = await cur.fetchall()
         return [(int(r[0]), int(r[1]), bytes(r[2])) for r in rows]
 
-    async def event_ids(self, rowids: Sequence[int]) -> dict[int, str]:
-        """The event id behind each embedding rowid."""
-        marks = ",".join("?" * len(rowids))
-        sql = f"SELECT rowid, event_id FROM vectors WHERE rowid IN ({marks})"  # noqa: S608
-        async with self._conn.execute(sql, list(rowids)) as cur:
+    async def index_event_ids(self, index_name: str) -> dict[int, str]:
+        """The event behind every embedding of one index, by rowid."""
+        sql = "SELECT rowid, event_id FROM vectors WHERE index_name = ?"
+        async with self._conn.execute(sql, (index_name,)) as cur:
             rows = await cur.fetchall()
         return {int(r[0]): str(r[1]) for r in rows}
 
