@@ -21,7 +21,7 @@ from hearthsync import Peer, enrolment
 from hearthsync.compression import decompress
 from hearthsync.crypto.identity import DeviceIdentity
 from hearthsync.crypto.pairing import join_request, open_join_response
-from hearthsync.crypto.tombstone import Tombstone
+from hearthsync.crypto.statement import FORGET, Statement
 from hearthsync.errors import CryptoError, NotFoundError, SignatureError, ValidationError
 from hearthsync.forgetting import HOUSEHOLD
 from hearthsync.transport.service import SyncService
@@ -110,7 +110,7 @@ async def test_a_forget_cut_short_by_a_crash_is_finished_at_the_next_open(
     peer = await Peer.start(path, device="kitchen", wall=FakeWall())
     await fill(peer, "alice", ALICE_SAYS)
     await fill(peer, "bob", BOB_SAYS)
-    tombstone = Tombstone.issue(peer.identity, "alice", peer._stamp()[0])
+    tombstone = Statement.issue(peer.identity, FORGET, "alice", peer._stamp()[0])
     await peer._docs.write(HOUSEHOLD, lambda _: peer._forgetting._bury(tombstone))
     await peer.crash()  # the tombstone is durable, the purge never ran
     assert found_in(path, ALICE_SAYS)
@@ -123,16 +123,18 @@ async def test_a_forget_cut_short_by_a_crash_is_finished_at_the_next_open(
 
 def test_a_tombstone_is_signed_and_checked() -> None:
     kitchen = DeviceIdentity(SigningKey(bytes([7]) * 32))
-    tombstone = Tombstone.issue(kitchen, "alice", "0001773014400000.00000.X")
-    assert Tombstone.from_text(tombstone.to_text()) == tombstone
+    tombstone = Statement.issue(kitchen, FORGET, "alice", "0001773014400000.00000.X")
+    assert Statement.from_text(tombstone.to_text()) == tombstone
     tombstone.check_signature()
-    forged = Tombstone("bob", tombstone.at, tombstone.device_pk, b"", tombstone.signature)
+    forged = Statement(
+        FORGET, "bob", "", tombstone.at, tombstone.device_pk, b"", tombstone.signature
+    )
     with pytest.raises(SignatureError):
         forged.check_signature()
-    with pytest.raises(CryptoError, match="tombstone"):
-        Tombstone.from_text(tombstone.to_text()[:-2])  # cut short
+    with pytest.raises(CryptoError, match="statement"):
+        Statement.from_text(tombstone.to_text()[:-2])  # cut short
     with pytest.raises(CryptoError, match="hex"):
-        Tombstone.from_text("not hex")
+        Statement.from_text("not hex")
 
 
 # ---------------------------------------------------------------------- through the household
@@ -240,7 +242,7 @@ async def test_a_tombstone_from_a_device_outside_the_household_is_ignored(
     owner, _, _ = household
     await fill(owner, "alice", ALICE_SAYS)
     stranger = DeviceIdentity(SigningKey(bytes([9]) * 32))
-    forged = Tombstone.issue(stranger, "alice", owner._stamp()[0])
+    forged = Statement.issue(stranger, FORGET, "alice", owner._stamp()[0])
     await owner._docs.write(HOUSEHOLD, lambda _: owner._forgetting._bury(forged))
     assert owner.forgotten() == {}
     assert holds_alice(owner)

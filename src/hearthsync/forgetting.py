@@ -30,9 +30,8 @@ from typing import TYPE_CHECKING, Any
 from hearthsync.crdt.handles import GraphDoc, HouseholdDoc, SpatialDoc
 from hearthsync.crdt.kinds import HOME
 from hearthsync.crdt.replica import Replica
-from hearthsync.crypto.certificate import Certificate
-from hearthsync.crypto.tombstone import Tombstone
-from hearthsync.errors import CertificateError, ClosedError, CryptoError, NotFoundError
+from hearthsync.crypto.statement import FORGET, Statement, check_statement
+from hearthsync.errors import ClosedError, CryptoError, NotFoundError
 from hearthsync.ids import DocId, UserId
 
 if TYPE_CHECKING:
@@ -55,9 +54,9 @@ class Forgetting:
 
     # ------------------------------------------------------------------ the household's view
 
-    def tombstones(self) -> dict[str, Tombstone]:
-        """Every valid tombstone of the household document, by user."""
-        found: dict[str, Tombstone] = {}
+    def tombstones(self) -> dict[str, Statement]:
+        """Every valid tombstone (a ``forget`` statement) of the household, by user."""
+        found: dict[str, Statement] = {}
         for user, text in self._forgotten_map().items():
             tombstone = self._valid(user, text)
             if tombstone is not None:
@@ -74,14 +73,20 @@ class Forgetting:
         handle: HouseholdDoc = self._peer._handle(HOUSEHOLD, HouseholdDoc)
         return {str(k): str(v) for k, v in handle.forgotten.items()}
 
-    def _valid(self, user: str, text: str) -> Tombstone | None:
-        """The tombstone, if it is well formed, signed, and by a device this robot trusts."""
+    def _valid(self, user: str, text: str) -> Statement | None:
+        """The tombstone, if it is well formed, signed, and by a device this robot trusts:
+        itself, or one with a certificate of the household, valid now and not revoked."""
+        peer = self._peer
+        trust = peer.household.trust if peer.household is not None else None
         try:
-            tombstone = Tombstone.from_text(text)
-            if tombstone.user != user:
-                raise CryptoError(f"a tombstone of {tombstone.user!r} filed under {user!r}")
-            tombstone.check_signature()
-            self._check_device(tombstone)
+            tombstone = Statement.from_text(text)
+            if (tombstone.kind, tombstone.subject) != (FORGET, user):
+                raise CryptoError(
+                    f"a {tombstone.kind} of {tombstone.subject!r} filed under {user!r}"
+                )
+            check_statement(
+                tombstone, own_device=peer.device_id, trust=trust, now=int(peer._wall())
+            )
         except CryptoError as exc:
             if user not in self._warned:  # checked again when trust changes: not acted on
                 self._warned.add(user)
@@ -89,26 +94,9 @@ class Forgetting:
             return None
         return tombstone
 
-    def _check_device(self, tombstone: Tombstone) -> None:
-        """The issuer is this robot, or holds a good certificate of the household (the one
-        inside the tombstone, or one met before): valid now and not revoked."""
-        peer = self._peer
-        if tombstone.device == peer.device_id:
-            return
-        if peer.household is None:
-            raise CertificateError(f"device {tombstone.device} is not this robot's household")
-        trust, now = peer.household.trust, int(peer._wall())
-        if tombstone.certificate:
-            certificate = Certificate.from_wire(tombstone.certificate)
-            if certificate.device_id != tombstone.device:
-                raise CertificateError("the tombstone carries another device's certificate")
-        else:
-            certificate = trust.certificate_of(tombstone.device)
-        trust.verify(certificate, now)
-
     # ------------------------------------------------------------------ issuing
 
-    async def forget(self, user: str) -> Tombstone:
+    async def forget(self, user: str) -> Statement:
         """Forget ``user`` everywhere; returns once this robot holds nothing of theirs."""
         peer = self._peer
         existing = self.tombstones().get(user)
@@ -119,16 +107,16 @@ class Forgetting:
             raise NotFoundError(f"unknown user {user!r}: nothing to forget")
         at, _ = peer._stamp()
         certificate = peer.household.certificate.to_wire() if peer.household else b""
-        tombstone = Tombstone.issue(peer.identity, user, at, certificate)
+        tombstone = Statement.issue(peer.identity, FORGET, user, at, certificate=certificate)
         self._seen.add(user)
         await peer._docs.write(HOUSEHOLD, lambda _: self._bury(tombstone))
         await self.purge(user)
         return tombstone
 
-    def _bury(self, tombstone: Tombstone) -> None:
+    def _bury(self, tombstone: Statement) -> None:
         handle: HouseholdDoc = self._peer._handle(HOUSEHOLD, HouseholdDoc)
-        handle.users.pop(tombstone.user, None)
-        handle.forgotten[tombstone.user] = tombstone.to_text()
+        handle.users.pop(tombstone.subject, None)
+        handle.forgotten[tombstone.subject] = tombstone.to_text()
 
     def _home_edits(self, user: str) -> list[asyncio.Future[Any]]:
         """Writes that make the home documents forget ``user`` (only where they mention them)."""

@@ -34,6 +34,9 @@ import numpy as np
 from pycrdt import merge_updates
 
 from hearthsync import enrolment
+from hearthsync.context import Context, HouseholdPolicy, MaintenanceReport, engine_for
+from hearthsync.context import explain as explain_preference
+from hearthsync.context import maintain as maintain_preferences
 from hearthsync.crdt import statevector
 from hearthsync.crdt.handles import (
     ROOTS,
@@ -49,7 +52,7 @@ from hearthsync.crdt.handles import (
 from hearthsync.crdt.kinds import HOME, Kind, events_doc, parse, user_doc
 from hearthsync.crdt.replica import Replica
 from hearthsync.crypto.identity import DeviceIdentity
-from hearthsync.crypto.tombstone import Tombstone
+from hearthsync.crypto.statement import Statement
 from hearthsync.errors import NotFoundError, ValidationError
 from hearthsync.forgetting import Forgetting
 from hearthsync.hlc import HybridClock, Timestamp
@@ -71,6 +74,7 @@ from hearthsync.model.records import (
     SpatialChange,
 )
 from hearthsync.protocol.session import DocMeta
+from hearthsync.settings import HouseholdSettings
 from hearthsync.store.documents import CommitListener, DocumentSet, ToEmbed
 from hearthsync.store.embedding import Embedder, default_embedder
 from hearthsync.store.sqlite import SqliteStore, VectorRow
@@ -166,6 +170,8 @@ class Peer:
         self._users_of: Replica | None = None
         self._forgotten: frozenset[str] | None = None
         self._forgetting = Forgetting(self)
+        self._settings = HouseholdSettings(self)
+        self._settings_sub: object | None = None
         docs.on_vectors = self._index_vectors
         docs.meta = self._meta
 
@@ -332,10 +338,15 @@ class Peer:
             household = self._household()
             self._users_sub = household.users.observe(self._forget_users)
             self._forgotten_sub = household.forgotten.observe(self._tombstones_changed)
+            self._settings_sub = household.settings.observe(self._settings_changed)
             self._users_of, self._users, self._forgotten = replica, None, None
+            self._settings.changed()
 
     def _forget_users(self, _: object) -> None:
         self._users = None
+
+    def _settings_changed(self, _: object) -> None:
+        self._settings.changed()
 
     def _tombstones_changed(self, _: object) -> None:
         self._users = self._forgotten = None
@@ -854,7 +865,7 @@ class Peer:
 
     # ------------------------------------------------------------------ forgetting
 
-    async def forget(self, user: str) -> Tombstone:
+    async def forget(self, user: str) -> Statement:
         """Forget ``user`` here and, through the household document, on every robot: their
         documents, events, embeddings and data keys go, a signed tombstone stays, and their
         data is refused from then on.  Returns once nothing of theirs remains in this robot's
@@ -862,7 +873,7 @@ class Peer:
         check_name(user, field="user")
         return await self._forgetting.forget(user)
 
-    def forgotten(self) -> dict[str, Tombstone]:
+    def forgotten(self) -> dict[str, Statement]:
         """The valid tombstones of the household, by user."""
         return self._forgetting.tombstones()
 
@@ -877,6 +888,7 @@ class Peer:
         check out before (their device may be known now)."""
         if self.household is not None:
             enrolment.save(self.path, self.household)
+        self._settings.changed()
         self._forgetting.on_household_change()
 
     def on_durable(self, listener: CommitListener) -> Callable[[], None]:
@@ -889,6 +901,79 @@ class Peer:
     def docs(self) -> _PeerDocs:
         """This peer's documents as the sync session sees them (`DocSource`)."""
         return _PeerDocs(self)
+
+    # ------------------------------------------------------------------ context
+    # The context engine (`hearthsync.context`) over this peer, with the household's policy
+    # and this robot's clock: what the reasoning layer asks before it acts.
+
+    def now(self) -> dt.datetime:
+        """This robot's wall clock, as an aware datetime in the machine's time zone."""
+        return dt.datetime.fromtimestamp(self._wall()).astimezone()
+
+    def policy(self) -> HouseholdPolicy:
+        """The household's task policy in force (signed by an owner or admin; see
+        `hearthsync.settings`), else the built-in default."""
+        self._observe_household()
+        return self._settings.policy()
+
+    async def set_policy(self, policy: HouseholdPolicy) -> HouseholdPolicy:
+        """Make ``policy`` the household's (owner or admin robots only; signed, synced)."""
+        statement = self._settings.set_policy(policy)
+        await self._docs.write(DocId("household"), lambda _: self._settings.store(statement))
+        return policy
+
+    def device_names(self) -> dict[str, str]:
+        """The robots this one knows, by device id: itself and every certified device."""
+        names = {str(self.device_id): self.device}
+        if self.household is not None:
+            for device in self.household.trust.devices():
+                names.setdefault(
+                    str(device), self.household.trust.certificate_of(device).device_name
+                )
+        return names
+
+    async def get_context(
+        self,
+        user: str,
+        *,
+        task: str,
+        location: str | None = None,
+        time: dt.datetime | None = None,
+        present: Sequence[str] = (),
+        history_window: str = "7d",
+        query: str | None = None,
+        max_tokens: int | None = None,
+    ) -> Context:
+        """What the robot should know about ``user`` before it does ``task``: the profile,
+        calibration, preferences resolved for the situation, recent and recalled events,
+        spatial facts, active routines, each with its provenance, and the scopes the task
+        was not granted (withheld, never read).  See `hearthsync.context`."""
+        return await engine_for(self).get_context(
+            user, task=task, location=location, time=time or self.now(), present=present,
+            history_window=history_window, query=query, max_tokens=max_tokens,
+            policy=self.policy(),
+        )  # fmt: skip
+
+    async def explain(
+        self,
+        user: str,
+        key: str,
+        *,
+        time: dt.datetime | None = None,
+        location: str | None = None,
+        present: Sequence[str] = (),
+    ) -> str:
+        """One sentence: the value of ``key`` for ``user`` now, and why."""
+        return await explain_preference(
+            self, user, key, time=time or self.now(), location=location, present=present,
+            devices=self.device_names(), policy=self.policy(),
+        )  # fmt: skip
+
+    async def maintain(
+        self, *, lookback: str = "90d", users: Sequence[str] | None = None
+    ) -> MaintenanceReport:
+        """The slow loop: fold confirmations, promote stable preferences, decay, flag drift."""
+        return await maintain_preferences(self, now=self.now(), lookback=lookback, users=users)
 
     # ------------------------------------------------------------------ maintenance
 

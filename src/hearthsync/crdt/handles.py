@@ -291,17 +291,19 @@ class GraphDoc:
 
 
 class HouseholdDoc:
-    """The household registry: its users (id → profile name) and the forgotten ones (id →
-    signed tombstone, `hearthsync.crypto.tombstone`)."""
+    """The household registry: its users (id → profile name), the forgotten ones (id → signed
+    tombstone) and signed settings (`hearthsync.crypto.statement`)."""
 
     def __init__(self, replica: Replica) -> None:
         self.users: Map[str] = replica.doc.get("users", type=Map)
         self.forgotten: Map[str] = replica.doc.get("forgotten", type=Map)
+        #: signed settings, one slot per device (``<name>\x1f<device>``): the task policy
+        self.settings: Map[str] = replica.doc.get("settings", type=Map)
 
 
 #: the root types of each kind of document (the stored format; never rename one)
 ROOTS: dict[Kind, tuple[tuple[str, type[Map[Any]] | type[Array[Any]]], ...]] = {
-    Kind.HOUSEHOLD: (("users", Map), ("forgotten", Map)),
+    Kind.HOUSEHOLD: (("users", Map), ("forgotten", Map), ("settings", Map)),
     Kind.SPATIAL: (("regions", Map), ("placements", Map), ("changes", Array)),
     Kind.GRAPH: (("routines", Map), ("relationships", Map)),
     Kind.PROFILE: (("profile", Map),),

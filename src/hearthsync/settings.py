@@ -1,0 +1,118 @@
+"""Household settings that every robot obeys: for now, the task policy (which tasks may read
+which scopes, shared-setting rules; `hearthsync.context.policy`).
+
+The policy decides where health data goes, so it is a signed ``policy`` statement (SPEC §8,
+`hearthsync.crypto.statement`), written by an owner or admin robot, and every robot checks it
+before obeying it.  Statements live in the household document's ``settings`` map, one slot per
+device (``tasks\\x1f<device id>``, as registers do): two admins changing the policy while
+partitioned both keep their statement, and every robot obeys the same one, the newest by
+hybrid timestamp (DESIGN invariant 3).  A statement that does not check out is ignored and
+reported; with none, the built-in default policy applies.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from hearthsync.context.policy import DEFAULT_POLICY, HouseholdPolicy
+from hearthsync.crdt.handles import SEP, HouseholdDoc
+from hearthsync.crypto.statement import POLICY, Statement, check_statement
+from hearthsync.errors import CryptoError, ValidationError
+from hearthsync.ids import DocId
+
+if TYPE_CHECKING:
+    from hearthsync.peer import Peer
+
+log = logging.getLogger(__name__)
+
+HOUSEHOLD = DocId("household")
+TASKS = "tasks"  #: the subject of the task policy's statements
+ADMINS = ("owner", "admin")
+
+
+class HouseholdSettings:
+    """The settings of one peer's household: read (checked, cached) and written (signed)."""
+
+    def __init__(self, peer: Peer) -> None:
+        self._peer = peer
+        self._policy: tuple[HouseholdPolicy, Statement | None] | None = None
+        self._refused: set[str] = set()  # statements already reported as not checking out
+
+    def changed(self) -> None:
+        """The household's settings (or this robot's trust) changed: read them again."""
+        self._policy = None
+
+    def policy(self) -> HouseholdPolicy:
+        """The task policy in force: the newest valid statement's, else the default."""
+        if self._policy is None:
+            self._policy = self._read_policy()
+        return self._policy[0]
+
+    def policy_statement(self) -> Statement | None:
+        """Who set the policy in force, and when (None: the built-in default)."""
+        self.policy()
+        assert self._policy is not None
+        return self._policy[1]
+
+    def set_policy(self, policy: HouseholdPolicy) -> Statement:
+        """Sign ``policy`` as this robot's statement and queue it (the caller awaits the
+        write); `ValidationError` unless this robot is an owner or admin (or of no household)."""
+        peer = self._peer
+        household = peer.household
+        if household is not None and not household.is_admin:
+            raise ValidationError(
+                "only an owner or admin robot may set the household's task policy", field="policy"
+            )
+        at, _ = peer._stamp()
+        certificate = household.certificate.to_wire() if household is not None else b""
+        statement = Statement.issue(
+            peer.identity, POLICY, TASKS, at, body=policy.to_json(), certificate=certificate
+        )
+        return statement
+
+    def store(self, statement: Statement) -> None:
+        """Write ``statement`` into this device's slot (inside the write's transaction)."""
+        handle: HouseholdDoc = self._peer._handle(HOUSEHOLD, HouseholdDoc)
+        handle.settings[f"{statement.subject}{SEP}{statement.device}"] = statement.to_text()
+
+    # ------------------------------------------------------------------ reading
+
+    def _read_policy(self) -> tuple[HouseholdPolicy, Statement | None]:
+        best: tuple[tuple[str, str], HouseholdPolicy, Statement] | None = None
+        for slot, text in self._settings().items():
+            if slot.partition(SEP)[0] != TASKS:
+                continue
+            found = self._valid(slot, text)
+            if found is None:
+                continue
+            statement, policy = found
+            rank = (statement.at, statement.device)
+            if best is None or rank > best[0]:
+                best = (rank, policy, statement)
+        return (DEFAULT_POLICY, None) if best is None else (best[1], best[2])
+
+    def _settings(self) -> dict[str, str]:
+        if self._peer._docs.get(HOUSEHOLD) is None:
+            return {}
+        handle: HouseholdDoc = self._peer._handle(HOUSEHOLD, HouseholdDoc)
+        return {str(k): str(v) for k, v in handle.settings.items()}
+
+    def _valid(self, slot: str, text: str) -> tuple[Statement, HouseholdPolicy] | None:
+        peer = self._peer
+        trust = peer.household.trust if peer.household is not None else None
+        try:
+            statement = Statement.from_text(text)
+            if statement.kind != POLICY or slot != f"{TASKS}{SEP}{statement.device}":
+                raise CryptoError(f"a {statement.kind} statement in the policy slot {slot!r}")
+            check_statement(
+                statement, own_device=peer.device_id, trust=trust, now=int(peer._wall()),
+                roles=ADMINS,
+            )  # fmt: skip
+            policy = HouseholdPolicy.from_json(statement.body)
+        except (CryptoError, ValidationError) as exc:
+            if slot not in self._refused:
+                self._refused.add(slot)
+                log.warning("ignoring the task policy in %r: %s", slot, exc)
+            return None
+        return statement, policy

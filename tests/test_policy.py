@@ -1,0 +1,103 @@
+"""The household's task policy: stored signed, synced, obeyed by get_context, set by admins only."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+
+from hearthsync import Peer
+from hearthsync.context import DEFAULT_POLICY, HouseholdPolicy, TaskGrant
+from hearthsync.crypto.statement import POLICY, Statement
+from hearthsync.errors import ValidationError
+from hearthsync.ids import DocId
+from hearthsync.settings import TASKS
+from hearthsync.transport.service import SyncService
+from tests.conftest import FakeWall
+from tests.test_forgetting import enrol_household
+
+TIMEOUT = 20.0
+
+
+def with_grant(task: str, *scopes: str) -> HouseholdPolicy:
+    """The default policy, with ``task`` granted ``scopes``."""
+    tasks = DEFAULT_POLICY.tasks.model_copy(
+        update={"tasks": DEFAULT_POLICY.tasks.tasks | {task: TaskGrant(scopes=scopes)}}
+    )
+    return DEFAULT_POLICY.model_copy(update={"tasks": tasks})
+
+
+async def test_a_policy_is_kept_and_obeyed(tmp_path: Path) -> None:
+    path = tmp_path / "robot"
+    async with Peer.open(path, device="kitchen", wall=FakeWall()) as peer:
+        await peer.add_user("chen", name="Mrs Chen")
+        await peer.set_health("chen", "medication/evening", "two pills after dinner")
+        assert peer.policy() == DEFAULT_POLICY
+        before = await peer.get_context("chen", task="night_check")  # unknown task: default
+        assert "health" in before.withheld
+        assert before.health == ()
+        custom = with_grant("night_check", "core", "health")
+        await peer.set_policy(custom)
+        assert peer.policy() == custom
+        after = await peer.get_context("chen", task="night_check")
+        assert "health" not in after.withheld
+        assert [fact.record.value for fact in after.health] == ["two pills after dinner"]
+    async with Peer.open(path, wall=FakeWall()) as again:
+        assert again.policy() == custom
+
+
+async def until(peers: list[Peer], condition: Callable[[], bool]) -> None:
+    changed = asyncio.Event()
+    offs = [p.on_durable(lambda _: changed.set()) for p in peers]
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while not condition():
+                changed.clear()
+                await changed.wait()
+    finally:
+        for off in offs:
+            off()
+
+
+@pytest.fixture
+async def household(tmp_path: Path) -> AsyncIterator[list[Peer]]:
+    names = ["owner", "hall"]
+    enrol_household(tmp_path, names)
+    async with AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(Peer.open(tmp_path / n, device=n)) for n in names]
+
+
+async def test_only_admins_set_it_and_every_robot_obeys_theirs(household: list[Peer]) -> None:
+    owner, hall = household
+    assert hall.household is not None
+    custom = with_grant("night_check", "core", "health")
+    with pytest.raises(ValidationError, match="owner or admin"):
+        await hall.set_policy(custom)
+    # a member writing a policy statement into the document anyway is not obeyed
+    forged = Statement.issue(
+        hall.identity, POLICY, TASKS, hall._stamp()[0], body=custom.to_json(),
+        certificate=hall.household.certificate.to_wire(),
+    )  # fmt: skip
+    await hall._docs.write(DocId("household"), lambda _: hall._settings.store(forged))
+    assert hall.policy() == DEFAULT_POLICY
+
+    await owner.set_policy(custom)
+    assert owner.household is not None
+    async with AsyncExitStack() as stack:
+        hub = await stack.enter_async_context(
+            SyncService(owner, owner.household.credentials(owner.identity))
+        )
+        await stack.enter_async_context(
+            SyncService(
+                hall, hall.household.credentials(hall.identity), listen=None,
+                peers=[("127.0.0.1", hub.port)],
+            )
+        )  # fmt: skip
+        await until([hall, owner], lambda: hall.policy() == custom)
+        assert owner.policy() == custom  # the member's forged statement is ignored there too
+        statement = hall._settings.policy_statement()
+        assert statement is not None
+        assert statement.device == owner.device_id
