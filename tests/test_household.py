@@ -210,3 +210,48 @@ async def test_a_revoked_robot_is_dropped_refused_and_left_behind(
     # gamma keeps redialing and is refused every time: nothing written afterwards reaches it
     assert await gamma.ask("wait alice after/revocation 3") == "TIMEOUT alice after/revocation"
     assert (await alpha.ask("peers")) == f"PEERS {beta.device_id}"
+
+
+async def test_hearth_run_serves_the_http_api_on_loopback_with_its_token(
+    household: list[Path], robots: list[Robot]
+) -> None:
+    import json
+
+    import httpx
+
+    alpha = await Robot.start(household[0], "--no-mdns", "--api", "127.0.0.1:0")
+    robots.append(alpha)
+    assert await alpha.ask("user alice Alice") == "ACK user alice"
+    api = json.loads((household[0] / "run.json").read_text())["api"]
+    token = (household[0] / "api.token").read_text().strip()
+    assert (household[0] / "api.token").stat().st_mode & 0o777 == 0o600
+    base = f"http://{api['host']}:{api['port']}"
+    async with httpx.AsyncClient(base_url=base, trust_env=False) as client:
+        refused = await client.get("/status")
+        assert refused.status_code == 401
+        auth = {"Authorization": f"Bearer {token}"}
+        status = await client.get("/status", headers=auth)
+        assert status.status_code == 200
+        assert status.json()["users"] == ["alice"]
+        written = await client.post(
+            "/preferences",
+            json={"user": "alice", "key": "beverage/coffee", "value": "oat latte"},
+            headers=auth,
+        )
+        assert written.status_code == 201
+        context = await client.post(
+            "/context", json={"user": "alice", "task": "prepare_morning_beverage"}, headers=auth
+        )
+        assert context.status_code == 200
+        assert "oat latte" in context.json()["prompt"]
+    assert await alpha.ask("get alice beverage/coffee") == 'VALUE alice beverage/coffee "oat latte"'
+
+
+def test_the_http_api_is_refused_beyond_loopback(household: list[Path]) -> None:
+    assert HEARTH
+    done = subprocess.run(
+        [HEARTH, "run", str(household[0]), "--no-mdns", "--api", "0.0.0.0:7421"],
+        capture_output=True, text=True, timeout=60, env=ENV, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "loopback" in done.stderr or "this machine only" in done.stderr

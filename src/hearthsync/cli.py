@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hearthsync.crypto.identity import display
-from hearthsync.errors import HearthError
+from hearthsync.errors import HearthError, ValidationError
 from hearthsync.peer import Peer
 
 app = typer.Typer(
@@ -280,6 +280,10 @@ def run(
     mdns: Annotated[bool, typer.Option("--mdns/--no-mdns", help="find peers by mDNS")] = True,
     service_type: Annotated[str | None, typer.Option(help="mDNS service type (tests)")] = None,
     console_: Annotated[bool, typer.Option("--console", help="read commands on stdin")] = False,
+    api: Annotated[
+        str, typer.Option(help="HOST:PORT of the local HTTP API (loopback only; port 0: any)")
+    ] = "127.0.0.1:7421",
+    no_api: Annotated[bool, typer.Option("--no-api", help="do not serve the HTTP API")] = False,
 ) -> None:
     """Run this robot's peer until SIGINT/SIGTERM, syncing with its household."""
     from hearthsync.discovery import parse_peer
@@ -287,8 +291,13 @@ def run(
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     static = [parse_peer(text) for text in peer or []]
-    asyncio.run(run_peer(path, listen=_listen(listen), peers=static, mdns=mdns,
-                         service_type=service_type, console=console_))  # fmt: skip
+    try:
+        asyncio.run(run_peer(path, listen=_listen(listen), peers=static, mdns=mdns,
+                             service_type=service_type, console=console_,
+                             api=None if no_api else _listen(api)))  # fmt: skip
+    except ValidationError as exc:
+        hint = "--api" if exc.field == "api" else "PATH"
+        raise typer.BadParameter(str(exc), param_hint=hint) from None
 
 
 def _seconds(text: str) -> int:

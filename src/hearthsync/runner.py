@@ -2,13 +2,14 @@
 
 It opens the peer, serves websockets (sync and enrolment of invited robots), dials static
 peers, finds the others by mDNS (dialing those with a smaller device id: only the greater id
-dials), and runs until SIGINT or SIGTERM, then shuts down cleanly: the mDNS goodbye is sent,
-connections are closed, the store is flushed.  While it runs, ``run.json`` in the peer folder
-says where it listens and whom it is connected to (``hearth status`` and ``hearth invite`` read
-it).
+dials), serves the local HTTP API on a loopback address (`hearthsync.api`, bearer token in
+``api.token``), and runs until SIGINT or SIGTERM, then shuts down cleanly: the mDNS goodbye is
+sent, connections are closed, the store is flushed.  While it runs, ``run.json`` in the peer
+folder says where it listens (sync and API) and whom it is connected to (``hearth status``,
+``hearth invite`` and ``hearth context`` read it).
 
 With ``--console`` it also reads one command per line on standard input and answers on
-standard output (an operator's and a test's way in, until the local HTTP API exists)::
+standard output (an operator's and a test's way in; robot software uses the HTTP API)::
 
     user ID NAME               -> ACK user ID
     pref USER KEY VALUE        -> ACK pref USER KEY VALUE       (VALUE is JSON, or a word)
@@ -34,9 +35,11 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from hearthsync import enrolment
+from hearthsync.api.server import DEFAULT_PORT, check_loopback, serve_api
 from hearthsync.discovery import SERVICE_TYPE, Discovery, PeerFound
 from hearthsync.discovery.events import PeerEvent
 from hearthsync.discovery.static import StaticPeer
@@ -56,7 +59,10 @@ async def run(
     mdns: bool = True,
     service_type: str | None = None,
     console: bool = False,
+    api: tuple[str, int] | None = ("127.0.0.1", DEFAULT_PORT),
 ) -> None:
+    if api is not None:
+        check_loopback(api[0])  # before anything starts
     async with Peer.open(path) as peer:
         state = peer.household
         if state is None:
@@ -77,13 +83,13 @@ async def run(
         peer.on_keys_made.append(service.send_grants)
         async with service:
             await _serve(peer, service, path, mdns=mdns, service_type=service_type,
-                         console=console, listen=listen)  # fmt: skip
+                         console=console, listen=listen, api=api)  # fmt: skip
     print("STOPPED", flush=True)  # after the store is flushed and closed
 
 
 async def _serve(
     peer: Peer, service: SyncService, path: Path, *, mdns: bool, service_type: str | None,
-    console: bool, listen: tuple[str, int] | None,
+    console: bool, listen: tuple[str, int] | None, api: tuple[str, int] | None,
 ) -> None:  # fmt: skip
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -102,9 +108,13 @@ async def _serve(
             )  # fmt: skip
             await stack.enter_async_context(discovery)
             discovery.subscribe(lambda event: _on_discovered(peer, service, event))
-        _write_run_file(path, host, port, peer, service)
+        served = None
+        if api is not None:  # the local HTTP API (its address is in run.json)
+            served = await stack.enter_async_context(serve_api(peer, *api))
+        where = _Where(host, port, served)
+        _write_run_file(path, where, peer, service)
         print(f"READY {peer.device_id} {host}:{port}", flush=True)
-        helpers = [asyncio.create_task(_keep_run_file(path, host, port, peer, service))]
+        helpers = [asyncio.create_task(_keep_run_file(path, where, peer, service))]
         if console:  # the end of its input does not stop the robot: only a signal does
             helpers.append(asyncio.create_task(_console(peer, service)))
         await stop.wait()
@@ -125,7 +135,16 @@ def _on_discovered(peer: Peer, service: SyncService, event: PeerEvent) -> None:
         service.dial(event.host, event.port)
 
 
-def _write_run_file(path: Path, host: str, port: int, peer: Peer, service: SyncService) -> None:
+@dataclass(frozen=True, slots=True)
+class _Where:
+    """Where the robot listens: sync, and the HTTP API (None: not served)."""
+
+    host: str
+    port: int
+    api: tuple[str, int] | None
+
+
+def _write_run_file(path: Path, where: _Where, peer: Peer, service: SyncService) -> None:
     links = {
         device: {
             "sent": link.bytes_sent,
@@ -134,20 +153,19 @@ def _write_run_file(path: Path, host: str, port: int, peer: Peer, service: SyncS
         }
         for device, link in service.links.items()
     }
-    data = {"pid": os.getpid(), "host": host, "port": port, "device_id": peer.device_id,
-            "links": links, "at": time.time()}  # fmt: skip
+    api = {"host": where.api[0], "port": where.api[1]} if where.api else None
+    data = {"pid": os.getpid(), "host": where.host, "port": where.port, "api": api,
+            "device_id": peer.device_id, "links": links, "at": time.time()}  # fmt: skip
     partial = path / f".{RUN_FILE}.tmp"
     partial.write_text(json.dumps(data))
     os.replace(partial, path / RUN_FILE)
 
 
-async def _keep_run_file(
-    path: Path, host: str, port: int, peer: Peer, service: SyncService
-) -> None:
+async def _keep_run_file(path: Path, where: _Where, peer: Peer, service: SyncService) -> None:
     while True:
         await asyncio.sleep(2.0)  # a refresh period, not a wait for an event
         try:
-            _write_run_file(path, host, port, peer, service)
+            _write_run_file(path, where, peer, service)
         except OSError as exc:  # status is a convenience: never a reason to stop syncing
             log.warning("could not write %s: %s", path / RUN_FILE, exc)
 

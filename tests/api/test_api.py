@@ -37,6 +37,7 @@ ROUTES = [
     ("POST", "/feedback", {"user": "alice", "key": "tea/mug", "value": "green-mug"}),
     ("POST", "/events", {"user": "alice", "type": "COMMAND", "domain": "tea", "text": "tea"}),
     ("POST", "/placements", {"object": "green-mug", "label": "Green mug"}),
+    ("POST", "/forget", {"user": "alice"}),
     ("GET", "/status", None),
     ("GET", "/metrics", None),
 ]
@@ -184,6 +185,22 @@ async def test_malformed_and_oversized_bodies_are_refused(
     assert (huge.status_code, streamed.status_code) == (413, 413)
     assert huge.json() == {"error": f"the body is larger than {MAX_BODY:,} bytes", "field": None}
     assert state(home) == before
+
+
+async def test_forget_leaves_a_tombstone_and_the_user_is_gone(
+    api: httpx.AsyncClient, home: Peer
+) -> None:
+    answer = await api.post("/forget", json={"user": "alice"}, headers=AUTH)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["user"] == "alice"
+    assert answer.json()["device_id"] == home.device_id
+    assert "alice" not in home.users()
+    body = {"user": "alice", "task": "general_assistant"}
+    gone = await api.post("/context", json=body, headers=AUTH)
+    assert gone.status_code == 404
+    assert "alice" in gone.json()["error"]
+    unknown = await api.post("/forget", json={"user": "nobody"}, headers=AUTH)
+    assert unknown.status_code == 404
 
 
 async def test_the_openapi_document_is_derived_from_the_models(api: httpx.AsyncClient) -> None:

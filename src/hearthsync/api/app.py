@@ -31,14 +31,15 @@ from hearthsync.api.schemas import (
     ExplainRequest,
     Explanation,
     FeedbackWrite,
+    ForgetRequest,
+    Forgotten,
     PlacementWrite,
     PreferenceWrite,
     Problem,
     Status,
     problem,
 )
-from hearthsync.context import DEFAULT_POLICY, HouseholdPolicy, correct, explain, feedback
-from hearthsync.context.engine import engine_for
+from hearthsync.context import correct, feedback
 from hearthsync.context.scopes import ScopeDeniedError
 from hearthsync.errors import NotFoundError, ValidationError
 from hearthsync.model.records import InteractionEvent, Placement, Preference
@@ -52,8 +53,9 @@ _ERRORS = {401: Problem, 403: Problem, 404: Problem, 413: Problem, 422: Problem}
 RESPONSES: dict[int | str, dict[str, Any]] = {code: {"model": m} for code, m in _ERRORS.items()}
 
 
-def make_app(peer: Peer, token: str, *, policy: HouseholdPolicy = DEFAULT_POLICY) -> FastAPI:
-    """The API of ``peer``, for clients holding ``token`` (at least 16 characters)."""
+def make_app(peer: Peer, token: str) -> FastAPI:
+    """The API of ``peer``, for clients holding ``token`` (at least 16 characters).  Contexts
+    follow the household's task policy in force (`Peer.policy`) and the robot's clock."""
     if not isinstance(token, str) or len(token) < MIN_TOKEN:
         raise ValidationError(f"the API token needs at least {MIN_TOKEN} characters", field="token")
     metrics = Metrics()
@@ -68,7 +70,7 @@ def make_app(peer: Peer, token: str, *, policy: HouseholdPolicy = DEFAULT_POLICY
     _errors(app)
     app.add_middleware(_Counted, metrics=metrics)
     app.add_middleware(_Bounded)
-    _context_routes(app, peer, policy, metrics)
+    _context_routes(app, peer, metrics)
     _write_routes(app, peer)
     _service_routes(app, peer, metrics)
     return app
@@ -77,17 +79,15 @@ def make_app(peer: Peer, token: str, *, policy: HouseholdPolicy = DEFAULT_POLICY
 # ---------------------------------------------------------------------------- routes
 
 
-def _context_routes(app: FastAPI, peer: Peer, policy: HouseholdPolicy, metrics: Metrics) -> None:
-    engine = engine_for(peer)
-
+def _context_routes(app: FastAPI, peer: Peer, metrics: Metrics) -> None:
     @app.post("/context", response_model=ContextReply)
     async def context(body: ContextRequest) -> ContextReply:
         """Assemble the context for a user doing a task (see `hearthsync.context`)."""
         started = time.perf_counter()
-        found = await engine.get_context(
+        found = await peer.get_context(
             body.user, task=body.task, location=body.location, time=body.time,
             present=body.present, history_window=body.history_window, query=body.query,
-            max_tokens=body.max_tokens, policy=policy,
+            max_tokens=body.max_tokens,
         )  # fmt: skip
         metrics.context(time.perf_counter() - started)
         return ContextReply(context=found, prompt=found.to_prompt())
@@ -95,11 +95,17 @@ def _context_routes(app: FastAPI, peer: Peer, policy: HouseholdPolicy, metrics: 
     @app.post("/explain", response_model=Explanation)
     async def explanation(body: ExplainRequest) -> Explanation:
         """Why a preference has the value it has now, in one sentence."""
-        sentence = await explain(
-            peer, body.user, body.key, time=body.time, location=body.location,
-            present=body.present, policy=policy,
-        )  # fmt: skip
+        sentence = await peer.explain(
+            body.user, body.key, time=body.time, location=body.location, present=body.present
+        )
         return Explanation(sentence=sentence)
+
+    @app.post("/forget", response_model=Forgotten)
+    async def forget(body: ForgetRequest) -> Forgotten:
+        """Forget a user here and on every robot of the household (see hearthsync.forgetting);
+        answered once nothing of theirs remains in this robot's files."""
+        tombstone = await peer.forget(body.user)
+        return Forgotten(user=tombstone.subject, device_id=tombstone.device, at=tombstone.at)
 
 
 def _write_routes(app: FastAPI, peer: Peer) -> None:

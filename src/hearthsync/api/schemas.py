@@ -115,6 +115,18 @@ class Explanation(BaseModel):
     sentence: str
 
 
+class ForgetRequest(Body):
+    user: Short
+
+
+class Forgotten(BaseModel):
+    """The tombstone left: who was forgotten, by which robot, when (hybrid timestamp)."""
+
+    user: str
+    device_id: str
+    at: str
+
+
 class Status(BaseModel):
     device: str
     device_id: str

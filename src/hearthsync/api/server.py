@@ -1,0 +1,100 @@
+"""Serving the local HTTP API from ``hearth run`` (uvicorn, in the robot's own event loop).
+
+The API listens on a loopback address only: it is for the robot's own software stack, and its
+bearer token is the only thing between a caller and everything the robot knows.  The token is
+made once per peer folder (``api.token``, mode 0600, 32 random bytes as text) and read by local
+clients (``hearth context`` among them) from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import uvicorn
+
+from hearthsync.api.app import make_app
+from hearthsync.errors import ValidationError
+from hearthsync.peer import Peer
+
+log = logging.getLogger(__name__)
+
+TOKEN_FILE = "api.token"  # noqa: S105 - a file name, not a secret
+DEFAULT_PORT = 7421
+
+
+def api_token(folder: Path) -> str:
+    """The API token of the peer in ``folder``, made (mode 0600) the first time it is asked."""
+    path = folder / TOKEN_FILE
+    if not path.exists():
+        token = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(token + "\n")
+    return path.read_text().strip()
+
+
+def check_loopback(host: str) -> None:
+    """The API never listens beyond this machine: refuse any other address."""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        raise ValidationError(
+            f"the HTTP API listens on this machine only (127.0.0.1 or ::1), not {host!r}",
+            field="api",
+        )
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``, or on any free port if that one is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for wanted in (port, 0) if port else (0,):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, wanted))
+        except OSError as exc:
+            sock.close()
+            log.warning("the HTTP API cannot listen on %s:%d (%s); taking any free port", host,
+                        wanted, exc)  # fmt: skip
+            continue
+        sock.listen(128)
+        sock.setblocking(False)
+        return sock
+    raise ValidationError(f"the HTTP API cannot listen on {host}", field="api")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn inside ``hearth run``: the robot, not uvicorn, handles SIGINT and SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@contextlib.asynccontextmanager
+async def serve_api(peer: Peer, host: str, port: int) -> AsyncIterator[tuple[str, int]]:
+    """Serve ``peer``'s API on ``host:port`` (loopback) while inside; yields where it listens."""
+    check_loopback(host)
+    app = make_app(peer, api_token(peer.path))
+    sock = _bind(host, port)
+    bound = sock.getsockname()
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+    server = _Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="hearthsync-api")
+    try:
+        yield str(bound[0]), int(bound[1])
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        sock.close()
