@@ -176,7 +176,7 @@ def verify(
     # is not required either
     buried = forgotten | {user for m in members for user in tombstoned(m.peer)}
     for write in writes:
-        if write.robot == revoked_index or (write.kind != "forget" and _about(write) in buried):
+        if write.robot == revoked_index or (write.kind != "forget" and about(write) in buried):
             exempt += 1
             continue
         missing = [
@@ -210,7 +210,7 @@ def tombstoned(peer: Peer) -> set[str]:
     return set(replica.doc.get("forgotten", type=Map).keys()) if replica is not None else set()
 
 
-def _about(write: Write) -> str | None:
+def about(write: Write) -> str | None:
     """The user a write is about (its document's subject, or the user it registers)."""
     if write.kind == "user":
         return write.slot
