@@ -108,3 +108,31 @@ async def test_forget_removes_the_user_and_refuses_a_running_peer(tmp_path: Path
     async with Peer.open(path) as peer:
         assert peer.users() == ["bob"]
         assert list(peer.forgotten()) == ["alice"]
+
+
+async def test_context_prints_tables_or_json_and_maintain_runs_the_slow_loop(
+    tmp_path: Path,
+) -> None:
+    from hearthsync import Condition, Peer
+
+    path = tmp_path / "robot"
+    async with Peer.open(path, device="kitchen") as peer:
+        await peer.add_user("chen", name="Mrs Chen")
+        await peer.set_preference("chen", "beverage/tea", "jasmine", condition=Condition())
+        await peer.set_health("chen", "medication/evening", "two pills after dinner")
+    table = hearth("context", str(path), "chen", "--task", "prepare_morning_beverage")
+    assert table.returncode == 0, table.stderr
+    assert "jasmine" in table.stdout
+    assert "withheld: health" in table.stdout
+    assert "two pills" not in table.stdout  # not this task's to read
+    done = hearth("context", str(path), "chen", "--task", "medication_reminder", "--json")
+    assert done.returncode == 0, done.stderr
+    reply = json.loads(done.stdout)
+    assert [h["record"]["value"] for h in reply["context"]["health"]] == ["two pills after dinner"]
+    assert "two pills after dinner" in reply["prompt"]
+    unknown = hearth("context", str(path), "nobody", "--task", "vacuum")
+    assert unknown.returncode == 1
+    assert "nobody" in unknown.stdout
+    maintained = hearth("maintain", str(path))
+    assert maintained.returncode == 0, maintained.stderr
+    assert maintained.stdout.strip().endswith("changes")

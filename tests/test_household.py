@@ -245,6 +245,11 @@ async def test_hearth_run_serves_the_http_api_on_loopback_with_its_token(
         assert context.status_code == 200
         assert "oat latte" in context.json()["prompt"]
     assert await alpha.ask("get alice beverage/coffee") == 'VALUE alice beverage/coffee "oat latte"'
+    # the command line asks the running robot through its API (it never opens a live store)
+    printed = await asyncio.to_thread(
+        hearth, "context", str(household[0]), "alice", "--task", "general_assistant", "--json"
+    )
+    assert json.loads(printed)["context"]["preferences"][0]["value"] == "oat latte"
 
 
 def test_the_http_api_is_refused_beyond_loopback(household: list[Path]) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -77,6 +77,9 @@ def _print_running(path: Path) -> None:
     console.print(
         f"running as pid {running['pid']}, listening on {running['host']}:{running['port']}"
     )
+    if running.get("api"):
+        api = running["api"]
+        console.print(f"HTTP API on {api['host']}:{api['port']} (bearer token in {path}/api.token)")
     table = Table("peer", "bytes sent", "bytes received", "lag (unacknowledged documents)")
     for device, link in sorted(running["links"].items()):
         lag = link["unacknowledged_documents"]
@@ -230,42 +233,121 @@ def forget(
     """Forget a user: their documents, events, embeddings and data keys, on every robot.
 
     Leaves a signed tombstone in the household, which the other robots honour when they next
-    sync; this robot's files hold nothing of the user once it returns.  While 'hearth run' is
-    running for PATH, use its console's 'forget USER' instead.
+    sync; this robot's files hold nothing of the user once it returns.  A running robot (its
+    'hearth run') is asked through its HTTP API.
     """
-    if not (path / "hearth.db").exists():
-        raise typer.BadParameter(f"no hearthsync peer in {path}", param_hint="PATH")
-    _refuse_if_running(path, "forget USER")
+    _require_peer(path)
 
-    async def go() -> None:
+    async def offline() -> dict[str, Any]:
         async with Peer.open(path) as peer:
             tombstone = await peer.forget(user)
-        console.print(f"forgot {user}: tombstone signed by {display(tombstone.device)}")
+        return {"user": user, "device_id": tombstone.device, "at": tombstone.at}
+
+    done = _online_or_offline(path, "POST", "/forget", {"user": user}, offline)
+    console.print(f"forgot {user}: tombstone signed by {display(done['device_id'])}")
+
+
+@app.command()
+def context(
+    path: Annotated[Path, typer.Argument(help="the peer's folder")],
+    user: Annotated[str, typer.Argument(help="whose context")],
+    task: Annotated[str, typer.Option(help="what the robot is doing (the policy's task name)")],
+    query: Annotated[str | None, typer.Option(help="recall events similar to this")] = None,
+    location: Annotated[str | None, typer.Option(help="where (a region id)")] = None,
+    present: Annotated[
+        list[str] | None, typer.Option("--present", help="someone else present (repeatable)")
+    ] = None,
+    window: Annotated[str, typer.Option(help="recent events: this far back (7d, 12h)")] = "7d",
+    max_tokens: Annotated[int | None, typer.Option(help="the prompt's budget")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="print JSON, not tables")] = False,
+) -> None:
+    """What the robot knows about USER before doing TASK: a table, or --json.
+
+    The same context the reasoning layer gets from get_context: preferences resolved for now
+    (with what was set aside and why), events, places, routines, and what the task's policy
+    withholds.  A running robot is asked through its HTTP API.
+    """
+    _require_peer(path)
+    body = {
+        "user": user,
+        "task": task,
+        "query": query,
+        "location": location,
+        "present": present or [],
+        "history_window": window,
+        "max_tokens": max_tokens,
+    }
+
+    async def offline() -> dict[str, Any]:
+        async with Peer.open(path) as peer:
+            found = await peer.get_context(
+                user, task=task, query=query, location=location, present=present or [],
+                history_window=window, max_tokens=max_tokens,
+            )  # fmt: skip
+        return {"context": found.to_dict(), "prompt": found.to_prompt()}
+
+    reply = _online_or_offline(path, "POST", "/context", body, offline)
+    if json_:
+        print(json.dumps(reply, indent=2, ensure_ascii=False))
+        return
+    from hearthsync.context.table import print_context
+
+    print_context(console, reply)
+    console.print("[bold]prompt[/bold]")
+    console.print(reply["prompt"], markup=False, highlight=False)
+
+
+@app.command()
+def maintain(
+    path: Annotated[Path, typer.Argument(help="the peer's folder")],
+    lookback: Annotated[str, typer.Option(help="count feedback this far back")] = "90d",
+) -> None:
+    """The slow loop: fold confirmations, promote consistent corrections to stable, decay old
+    confidence, flag drift.  A running robot is asked through its HTTP API."""
+    _require_peer(path)
+
+    async def offline() -> dict[str, Any]:
+        async with Peer.open(path) as peer:
+            report = await peer.maintain(lookback=lookback)
+        return {"changes": [change.line() for change in report.changes]}
+
+    done = _online_or_offline(path, "POST", "/maintain", {"lookback": lookback}, offline)
+    for line in done["changes"]:
+        console.print(line, markup=False, highlight=False)
+    console.print(f"{len(done['changes'])} changes")
+
+
+def _require_peer(path: Path) -> None:
+    if not (path / "hearth.db").exists():
+        raise typer.BadParameter(f"no hearthsync peer in {path}", param_hint="PATH")
+
+
+def _online_or_offline(
+    path: Path,
+    method: str,
+    route: str,
+    body: dict[str, Any],
+    offline: Callable[[], Coroutine[Any, Any, dict[str, Any]]],
+) -> dict[str, Any]:
+    """Ask the running robot of ``path`` through its API, else do it on the store (two
+    processes must never hold one store: each would keep its own memory of it)."""
+    from hearthsync.api.client import running_pid, running_robot
 
     try:
-        asyncio.run(go())
+        robot = running_robot(path)
+        if robot is not None:
+            answer: dict[str, Any] = robot.call(method, route, body)
+            return answer
+        if running_pid(path) is not None:
+            raise typer.BadParameter(
+                f"'hearth run' is running for {path} without its HTTP API (--no-api): "
+                "stop it, or run it with the API",
+                param_hint="PATH",
+            )
+        return asyncio.run(offline())
     except HearthError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
-
-
-def _refuse_if_running(path: Path, console_command: str) -> None:
-    """Two processes on one store would each hold their own memory of it: refuse."""
-    from hearthsync.runner import RUN_FILE
-
-    run_file = path / RUN_FILE
-    if not run_file.exists():
-        return
-    pid = int(json.loads(run_file.read_text()).get("pid", 0))
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError, OverflowError, ValueError):
-        return  # a run file left by a process that is gone
-    raise typer.BadParameter(
-        f"'hearth run' is running for {path} (pid {pid}): use its console's "
-        f"'{console_command}' instead",
-        param_hint="PATH",
-    )
 
 
 @app.command()

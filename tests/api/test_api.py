@@ -37,6 +37,7 @@ ROUTES = [
     ("POST", "/feedback", {"user": "alice", "key": "tea/mug", "value": "green-mug"}),
     ("POST", "/events", {"user": "alice", "type": "COMMAND", "domain": "tea", "text": "tea"}),
     ("POST", "/placements", {"object": "green-mug", "label": "Green mug"}),
+    ("POST", "/maintain", {}),
     ("POST", "/forget", {"user": "alice"}),
     ("GET", "/status", None),
     ("GET", "/metrics", None),
@@ -216,3 +217,15 @@ def test_a_short_token_is_refused(peer: Peer) -> None:
     with pytest.raises(ValidationError) as caught:
         make_app(peer, "short")
     assert caught.value.field == "token"
+
+
+def test_the_committed_openapi_document_is_the_one_the_code_derives() -> None:
+    from pathlib import Path
+
+    from hearthsync.api.openapi import text
+
+    committed = Path(__file__).resolve().parents[2] / "docs" / "reference" / "openapi.json"
+    assert committed.read_text() == text(), (
+        "docs/reference/openapi.json is stale: python -m hearthsync.api.openapi > "
+        "docs/reference/openapi.json"
+    )

@@ -33,6 +33,8 @@ from hearthsync.api.schemas import (
     FeedbackWrite,
     ForgetRequest,
     Forgotten,
+    Maintained,
+    MaintainRequest,
     PlacementWrite,
     PreferenceWrite,
     Problem,
@@ -99,6 +101,12 @@ def _context_routes(app: FastAPI, peer: Peer, metrics: Metrics) -> None:
             body.user, body.key, time=body.time, location=body.location, present=body.present
         )
         return Explanation(sentence=sentence)
+
+    @app.post("/maintain", response_model=Maintained)
+    async def maintained(body: MaintainRequest) -> Maintained:
+        """Run the slow loop now: fold confirmations, promote, decay, flag drift."""
+        report = await peer.maintain(lookback=body.lookback, users=body.users)
+        return Maintained(changes=[change.line() for change in report.changes])
 
     @app.post("/forget", response_model=Forgotten)
     async def forget(body: ForgetRequest) -> Forgotten:

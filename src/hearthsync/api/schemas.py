@@ -115,6 +115,17 @@ class Explanation(BaseModel):
     sentence: str
 
 
+class MaintainRequest(Body):
+    lookback: Annotated[str, Field(max_length=16)] = "90d"
+    users: Annotated[list[Short], Field(max_length=64)] | None = None
+
+
+class Maintained(BaseModel):
+    """What the slow loop changed, one sentence per change."""
+
+    changes: list[str]
+
+
 class ForgetRequest(Body):
     user: Short
 

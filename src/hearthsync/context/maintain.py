@@ -72,6 +72,12 @@ class Change:
     confidence: float
     detail: str = ""
 
+    def line(self) -> str:
+        """The change in one line, for people: ``alice tea/mug#weekday: promoted (0.98)``."""
+        where = f"{self.key}#{self.condition}" if self.condition else self.key
+        detail = f"; {self.detail}" if self.detail else ""
+        return f"{self.user} {where}: {self.action} ({self.confidence:.2f}){detail}"
+
 
 @dataclass(frozen=True, slots=True)
 class MaintenanceReport:
