@@ -230,7 +230,9 @@ async def test_every_robot_forgets_and_a_robot_that_was_away_too(
         assert found_in(tmp_path / "garden", ALICE_SAYS) == []
         for robot in everyone:
             assert robot.users() == ["bob"]
-            assert robot.forgotten()["alice"].device == hall.device_id
+            # every robot honoured the hall's tombstone, and endorsed it with its own signature
+            assert robot.forgotten()["alice"].device == robot.device_id
+            assert f"alice\x1f{hall.device_id}" in robot._forgetting._forgotten_map()
     for name in ("owner", "hall", "garden"):
         assert found_in(tmp_path / name, ALICE_SAYS) == [], name
         assert found_in(tmp_path / name, BOB_SAYS), name

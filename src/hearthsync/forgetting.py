@@ -27,7 +27,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from hearthsync.crdt.handles import GraphDoc, HouseholdDoc, SpatialDoc
+from hearthsync.crdt.handles import SEP, GraphDoc, HouseholdDoc, SpatialDoc
 from hearthsync.crdt.kinds import HOME
 from hearthsync.crdt.replica import Replica
 from hearthsync.crypto.statement import FORGET, Statement, check_statement
@@ -55,17 +55,24 @@ class Forgetting:
     # ------------------------------------------------------------------ the household's view
 
     def tombstones(self) -> dict[str, Statement]:
-        """Every valid tombstone (a ``forget`` statement) of the household, by user."""
+        """A valid tombstone (a ``forget`` statement) of each forgotten user, this robot's
+        own where it made or endorsed one."""
         found: dict[str, Statement] = {}
-        for user, text in self._forgotten_map().items():
+        for slot, text in sorted(self._forgotten_map().items()):
+            user = slot.partition(SEP)[0]
             tombstone = self._valid(user, text)
-            if tombstone is not None:
+            if tombstone is not None and (
+                user not in found or tombstone.device == self._peer.device_id
+            ):
                 found[user] = tombstone
         return found
 
     def forgotten(self) -> frozenset[str]:
         """The users whose data this robot refuses (validity checked when they arrived)."""
-        return frozenset(self._forgotten_map().keys())
+        return frozenset(slot.partition(SEP)[0] for slot in self._forgotten_map())
+
+    def _endorsed(self, user: str) -> bool:
+        return f"{user}{SEP}{self._peer.device_id}" in self._forgotten_map()
 
     def _forgotten_map(self) -> dict[str, str]:
         if self._peer._docs.get(HOUSEHOLD) is None:
@@ -105,18 +112,30 @@ class Forgetting:
             return existing
         if user not in peer._known_users():
             raise NotFoundError(f"unknown user {user!r}: nothing to forget")
-        at, _ = peer._stamp()
-        certificate = peer.household.certificate.to_wire() if peer.household else b""
-        tombstone = Statement.issue(peer.identity, FORGET, user, at, certificate=certificate)
         self._seen.add(user)
-        await peer._docs.write(HOUSEHOLD, lambda _: self._bury(tombstone))
+        tombstone = await self._endorse(user)
         await self.purge(user)
         return tombstone
 
+    async def _endorse(self, user: str) -> Statement:
+        """Sign, as this robot, that ``user`` is forgotten, and keep it in this robot's slot.
+
+        A robot that honours another's tombstone endorses it too: should the first signer be
+        revoked later, robots that learn of the revocation first would refuse its tombstone
+        while those that honoured it already cannot undo (found by the chaos harness); every
+        honouring robot's own signature makes the forgetting count everywhere."""
+        peer = self._peer
+        at, _ = peer._stamp()
+        certificate = peer.household.certificate.to_wire() if peer.household else b""
+        tombstone = Statement.issue(peer.identity, FORGET, user, at, certificate=certificate)
+        await peer._docs.write(HOUSEHOLD, lambda _: self._bury(tombstone))
+        return tombstone
+
     def _bury(self, tombstone: Statement) -> None:
+        """Record ``tombstone`` in its device's slot (as registers do: every robot's stays)."""
         handle: HouseholdDoc = self._peer._handle(HOUSEHOLD, HouseholdDoc)
         handle.users.pop(tombstone.subject, None)
-        handle.forgotten[tombstone.subject] = tombstone.to_text()
+        handle.forgotten[f"{tombstone.subject}{SEP}{tombstone.device}"] = tombstone.to_text()
 
     def _home_edits(self, user: str) -> list[asyncio.Future[Any]]:
         """Writes that make the home documents forget ``user`` (only where they mention them)."""
@@ -167,6 +186,8 @@ class Forgetting:
 
     async def _honour(self, user: str) -> None:
         try:
+            if not self._endorsed(user):
+                await self._endorse(user)
             await self.purge(user)
         except ClosedError:
             log.info("the peer closed while forgetting %r: finished when it next opens", user)
@@ -177,6 +198,8 @@ class Forgetting:
         """At open: finish every purge a crash interrupted (idempotent)."""
         for user in self.tombstones():
             self._seen.add(user)
+            if not self._endorsed(user):
+                await self._endorse(user)
             if self._holds_anything_of(user):
                 await self.purge(user)
 

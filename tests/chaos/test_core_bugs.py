@@ -7,10 +7,9 @@ drops or reordering lose one update of an author while a later one arrives (dire
 relayed by a robot that had it).  The others are about forgetting a user across a household
 whose robots miss messages, restart, and have not all met.
 
-Each failed on the core as it was when the harness found it; the core fixed all but the last
-(the test names what must hold), which is ``xfail(strict=True)`` until it is fixed.  The
-forgetting ones drive a simulated household step by step (`hearthsync.chaos.Simulation`) or
-replay the schedule that found them.
+Each failed on the core as it was when the harness found it, and passes since the core's fix
+(each test names what must hold).  The forgetting ones drive a simulated household step by step
+(`hearthsync.chaos.Simulation`) or replay the schedule that found them.
 """
 
 from __future__ import annotations
@@ -186,12 +185,6 @@ def test_a_write_queued_during_a_purge_does_not_recreate_the_user() -> None:
     assert problems(outcome) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug 'tombstone-of-a-revoked-device': a forget made by a robot before it was "
-    "revoked is honoured by robots that got it first and refused by robots that learned of "
-    "the revocation first: they disagree about the user for good",
-)
 async def test_a_forget_made_before_its_robot_was_revoked_counts_everywhere(
     tmp_path: Path,
 ) -> None:

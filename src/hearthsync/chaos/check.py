@@ -108,8 +108,10 @@ class Holdings:
                 ids = {json.loads(text)["id"] for text in array}
                 self._logs[key] = ids
             return write.slot in ids
-        if write.kind in ("user", "forget"):  # registered / its tombstone is in the household
+        if write.kind == "user":  # registered in the household
             return write.slot in replica.doc.get(write.root, type=Map)
+        if write.kind == "forget":  # a tombstone of the user, in any robot's slot
+            return write.slot in tombstoned(self._peer)
         slots = self._slots.get(key)
         if slots is None:
             ymap = replica.doc.get(write.root, type=Map)
@@ -207,7 +209,9 @@ def verify(
 def tombstoned(peer: Peer) -> set[str]:
     """Every user with a tombstone in the peer's household document, checked or not."""
     replica = peer._docs.get(DocId("household"))
-    return set(replica.doc.get("forgotten", type=Map).keys()) if replica is not None else set()
+    if replica is None:
+        return set()
+    return {slot.partition("\x1f")[0] for slot in replica.doc.get("forgotten", type=Map).keys()}  # noqa: SIM118
 
 
 def about(write: Write) -> str | None:
