@@ -414,6 +414,18 @@ def bench_sync(
     _write_figures(json_file, figures)
 
 
+@bench_app.command("context")
+def bench_context(
+    json_file: Annotated[Path | None, typer.Option("--json", help="write the figures here")] = None,
+    quick: Annotated[bool, typer.Option(help="smaller sizes, for a smoke run")] = False,
+) -> None:
+    """get_context on a year of a household: in process, over the HTTP API, prompt size."""
+    from hearthsync.bench.context import run_context
+
+    figures = asyncio.run(run_context(console=console, quick=quick))
+    _write_figures(json_file, figures)
+
+
 def _write_figures(json_file: Path | None, figures: dict[str, float]) -> None:
     """``--json FILE``: the figures as one flat JSON object."""
     if json_file:

@@ -19,7 +19,7 @@ from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from hearthsync.context.assembled import Context
-from hearthsync.context.feedback import Signal, hlc_ms, signals_by_key
+from hearthsync.context.feedback import Signal, signals_by_key
 from hearthsync.context.items import (
     ActiveRoutine,
     EventItem,
@@ -303,14 +303,12 @@ def _moves(
     """Moves of the window of the things in ``places``, and of anything into or out of
     ``location`` (newest first)."""
     objects = {fact.placement.object for fact in places}
-    here = set(view.within(location)) if location else set()
-    moves: list[SpatialMove] = []
-    for change in view.changes_until(now.ms):  # newest first
-        if hlc_ms(change.at) < since_ms or len(moves) >= MAX_CHANGES:
-            break
-        if change.object in objects or {change.from_region, change.to_region} & here:
-            moves.append(SpatialMove(change, view.labels.get(change.object, change.object)))
-    return tuple(moves)
+    here = view.within(location) if location else []
+    start, end = view.window(since_ms, now.ms)
+    return tuple(
+        SpatialMove(change, view.labels.get(change.object, change.object))
+        for change in view.concerning(objects, here, start, end, MAX_CHANGES)
+    )
 
 
 def _check_query(query: str | None) -> None:

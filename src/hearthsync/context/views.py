@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -67,11 +67,35 @@ class SpatialView:
     changes: tuple[SpatialChange, ...]
     #: minus the wall time of each change, in the same order (ascending: for `bisect`)
     change_ages: tuple[int, ...]
+    #: positions in `changes` (ascending, so newest first) of the changes of each object, and
+    #: of the changes into or out of each region: a context looks up only what concerns it
+    changes_of: dict[str, tuple[int, ...]]
+    changes_at: dict[str, tuple[int, ...]]
 
     def changes_until(self, ms: int) -> Iterator[SpatialChange]:
         """The changes made at or before ``ms``, newest first."""
         start = bisect.bisect_left(self.change_ages, -ms)
         return itertools.islice(self.changes, start, None)
+
+    def window(self, since_ms: int, until_ms: int) -> tuple[int, int]:
+        """The positions ``[start, end)`` in `changes` of those made in ``[since, until]``."""
+        start = bisect.bisect_left(self.change_ages, -until_ms)
+        end = bisect.bisect_right(self.change_ages, -since_ms)
+        return start, end
+
+    def concerning(
+        self, objects: Iterable[str], regions: Iterable[str], start: int, end: int, limit: int
+    ) -> list[SpatialChange]:
+        """The newest ``limit`` changes in ``[start, end)`` of ``objects`` or into or out of
+        ``regions``, newest first."""
+        found: set[int] = set()
+        for positions in [
+            *(self.changes_of.get(o, ()) for o in objects),
+            *(self.changes_at.get(r, ()) for r in regions),
+        ]:
+            first = bisect.bisect_left(positions, start)
+            found.update(itertools.takewhile(lambda i: i < end, positions[first : first + limit]))
+        return [self.changes[i] for i in sorted(found)[:limit]]
 
     def within(self, region: str) -> list[str]:
         """``region`` and every region nested in it (cycles in parent links are ignored)."""
@@ -147,7 +171,20 @@ def _spatial_view(reader: ScopedReader) -> SpatialView:
         labels={p.object: p.label for p in placements},
         changes=changes,
         change_ages=tuple(-hlc_ms(c.at) for c in changes),
+        changes_of=_positions(changes, lambda c: (c.object,)),
+        changes_at=_positions(changes, lambda c: (c.from_region, c.to_region)),
     )
+
+
+def _positions(
+    changes: Sequence[SpatialChange], keys: Callable[[SpatialChange], Iterable[str | None]]
+) -> dict[str, tuple[int, ...]]:
+    found: dict[str, list[int]] = {}
+    for position, change in enumerate(changes):
+        for key in set(keys(change)):
+            if key is not None:
+                found.setdefault(key, []).append(position)
+    return {key: tuple(positions) for key, positions in found.items()}
 
 
 def _group(
