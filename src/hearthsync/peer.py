@@ -170,6 +170,7 @@ class Peer:
         self._users_of: Replica | None = None
         self._forgotten: frozenset[str] | None = None
         self._forgetting = Forgetting(self)
+        self._warming: asyncio.Task[None] | None = None
         self._settings = HouseholdSettings(self)
         self._settings_sub: object | None = None
         docs.on_vectors = self._index_vectors
@@ -239,6 +240,7 @@ class Peer:
         await peer._forgetting.resume()  # a purge a crash cut short is finished first
         for user in peer.users():
             await vectors.open_index(user, HISTORY)
+        peer._warming = asyncio.create_task(peer._warm(), name="hearthsync-warm")
         return peer
 
     async def close(self) -> None:
@@ -246,6 +248,7 @@ class Peer:
         if self._closed:
             return
         self._closed = True
+        await self._stop_warming()
         try:
             await self._forgetting.close()
             await self._docs.close()
@@ -261,12 +264,40 @@ class Peer:
         if self._closed:
             return
         self._closed = True
+        await self._stop_warming()
         self._docs.crash()
         if self._indexer is not None:
             self._indexer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._indexer
         await self._sqlite.close()
+
+    async def _warm(self) -> None:
+        """After opening, in the background, a month at a time: index every month's events by
+        id (what recall returns) and decode each user's latest month (what a context shows),
+        so that the first contexts do not pay for it (about 6 ms a month of events)."""
+        latest: dict[str, DocId] = {}
+        for doc_id, replica in sorted(self._docs.replicas.items()):
+            if replica.info.kind is Kind.EVENTS:
+                self._handle(doc_id, EventsDoc).events.index_ids()
+                latest[replica.info.subject] = doc_id
+                await asyncio.sleep(0)  # one month per turn of the loop: requests go first
+        for doc_id in latest.values():
+            if self._docs.get(doc_id) is not None:
+                for _ in self._handle(doc_id, EventsDoc).events:
+                    break
+                await asyncio.sleep(0)
+
+    async def warmed(self) -> None:
+        """Wait until the background warm-up after opening is done (benchmarks, tests)."""
+        if self._warming is not None:
+            await asyncio.shield(self._warming)
+
+    async def _stop_warming(self) -> None:
+        if self._warming is not None and not self._warming.done():
+            self._warming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._warming
 
     async def commit(self) -> None:
         """Make every write queued so far durable now.  With ``auto_commit=False`` (the chaos

@@ -33,7 +33,7 @@ from hearthsync.context.items import (
 from hearthsync.context.policy import DEFAULT_POLICY, HouseholdPolicy, TaskGrant
 from hearthsync.context.port import PeerReader
 from hearthsync.context.prompt import check_budget
-from hearthsync.context.resolve import finish
+from hearthsync.context.resolve import Choice, finish
 from hearthsync.context.scopes import ScopedReader
 from hearthsync.context.shared import Wish, priority_reason, ranking, settle
 from hearthsync.context.situation import Situation, routine_active, situation, window_ms
@@ -76,6 +76,9 @@ class ContextEngine:
     def __init__(self, peer: PeerReader) -> None:
         self.peer = peer
         self.views = Views()
+        #: per user, per key: the last preference finished without feedback signals, with
+        #: the choice and the minute it was finished for (see `_resolve_all`)
+        self._finished: dict[str, dict[str, tuple[Choice, int, ResolvedPreference]]] = {}
 
     async def get_context(
         self,
@@ -145,6 +148,8 @@ class ContextEngine:
         window = window_ms(history_window)
         users = self.peer.users()
         self.views.keep(users)
+        for gone in [u for u in self._finished if u not in users]:
+            del self._finished[gone]
         if user not in users:
             raise NotFoundError(f"unknown user {user!r}; add them first with add_user()")
         reader = ScopedReader(self.peer, task, grant.scopes)
@@ -208,12 +213,25 @@ class ContextEngine:
         """``user``'s preferences visible to the task (those named in ``only``), resolved."""
         view = self.views.preferences(request.reader, user)
         signature = view.signature(now)
+        finished = self._finished.setdefault(user, {})
+        minute = now.ms // 60_000
         found: list[ResolvedPreference] = []
         for key, domain in view.keys:
             wanted = request.visible(domain) and (only is None or key in only)
             choice = view.choice(key, signature, now) if wanted else None
-            if choice is not None:
-                found.append(finish(key, choice, now, signals.get(key, ())))
+            if choice is None:
+                continue
+            evidence = signals.get(key, ())
+            if evidence:
+                found.append(finish(key, choice, now, evidence))
+                continue
+            # Without feedback, a resolved preference depends on the clock only through its
+            # confidence's decay (a half-life of days): kept for the minute, it spares a
+            # general assistant's context re-finishing hundreds of preferences every call.
+            kept = finished.get(key)
+            if kept is None or kept[0] is not choice or kept[1] != minute:
+                kept = finished[key] = (choice, minute, finish(key, choice, now))
+            found.append(kept[2])
         return found
 
     def _shared(

@@ -47,6 +47,8 @@ from hearthsync.model.records import (
 )
 
 SEP = "\x1f"
+#: how a stored record with an ``id`` field begins (pydantic writes fields in declared order)
+_ID_OPENING = '{"id":"'
 #: a remote update larger than this drops a view's whole cache instead of reading its keys
 BULK_BYTES = 16_384
 
@@ -191,7 +193,7 @@ class Log(Generic[R]):
         self._array: Array[str] = replica.doc.get(name, type=Array)
         self._type = record_type
         self._decoded: list[R] | None = None
-        self._ids: dict[object, R] | None = None  # by id, built on first lookup
+        self._ids: dict[str, str] | None = None  # id -> stored text, built on first lookup
         self._by_text: dict[str, R] = {}
         self._sub = self._array.integrated.observe(self._on_change)  # raw: see the module doc
         self._user = user = _implied_user(replica, record_type)
@@ -210,21 +212,36 @@ class Log(Generic[R]):
         self._by_text[text] = record
         if self._decoded is not None:
             self._decoded.append(record)  # local appends go to the end, in this transaction
-        if self._ids is not None:
-            self._ids[getattr(record, "id", None)] = record
+        if self._ids is not None and isinstance(getattr(record, "id", None), str):
+            self._ids[getattr(record, "id")] = text  # noqa: B009 - checked just above
 
     def __len__(self) -> int:
         return len(self._array)
 
     def by_id(self, record_id: str) -> R | None:
-        """The record whose ``id`` is ``record_id`` (records with an ``id`` field), or None."""
-        if self._ids is None or self._decoded is None:
-            self._ids = {getattr(r, "id", None): r for r in self}
-        return self._ids.get(record_id)
+        """The record whose ``id`` is ``record_id`` (records stored with ``id`` first), or
+        None.  Only that record is decoded: the index maps ids to their stored text, read from
+        each text's opening (`index_ids`), not by decoding the whole log."""
+        text = self.index_ids().get(record_id)
+        if text is None:
+            return None
+        record = self._by_text.get(text)
+        if record is None:
+            record = self._by_text[text] = self._type.decode(text, given=self._given)
+        return record
+
+    def index_ids(self) -> dict[str, str]:
+        """Id -> stored text of every record (built once, until a remote change)."""
+        if self._ids is None:
+            ids: dict[str, str] = {}
+            for text in self._array.to_py() or ():
+                if text.startswith(_ID_OPENING):
+                    ids[text[len(_ID_OPENING) : text.index('"', len(_ID_OPENING))]] = text
+            self._ids = ids
+        return self._ids
 
     def __iter__(self) -> Iterator[R]:
         if self._decoded is None:
-            self._ids = None
             known, decode, given = self._by_text, self._type.decode, self._given
             decoded = []
             for text in self._array:
