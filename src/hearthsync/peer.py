@@ -236,10 +236,14 @@ class Peer:
             await sqlite.close()
             raise
         peer = cls(folder, identity, name, sqlite, docs, vectors, clock, wall, rng)
-        peer.household = enrolment.load(folder, int(wall()))
-        await peer._forgetting.resume()  # a purge a crash cut short is finished first
-        for user in peer.users():
-            await vectors.open_index(user, HISTORY)
+        try:
+            peer.household = enrolment.load(folder, int(wall()))
+            await peer._forgetting.resume()  # a purge a crash cut short is finished first
+            for user in peer.users():
+                await vectors.open_index(user, HISTORY)
+        except BaseException:
+            await peer.close()  # never a store left open (its thread would outlive the process)
+            raise
         peer._warming = asyncio.create_task(peer._warm(), name="hearthsync-warm")
         return peer
 

@@ -338,23 +338,26 @@ async def test_robots_resolve_the_same_however_updates_arrive(
         folder = Path(tmp)
         deltas: list[tuple[str, bytes]] = []
         robots = await _robots(folder, skew_ms, deltas)
-        for op in ops:
-            peer, wall = robots[op[0]]
-            wall.advance(op[4] * 60_000)
-            await _write(peer, op)
-        shuffled = deltas[:]
-        rnd.shuffle(shuffled)
-        writers = [peer for peer, _ in robots]
-        in_order = await _replica(folder, "one", deltas, writers)
-        out_of_order = await _replica(folder, "two", shuffled, writers)
-        moment = at(MONDAY_MS + 2 * DAY)
-        stated = [op for op in ops if op[1] in SOURCES and CONDITIONS[op[3]].days != "weekend"]
-        try:
+        opened = [peer for peer, _ in robots]
+        try:  # every store is closed whatever fails: an open one's thread outlives the process
+            for op in ops:
+                peer, wall = robots[op[0]]
+                wall.advance(op[4] * 60_000)
+                await _write(peer, op)
+            shuffled = deltas[:]
+            rnd.shuffle(shuffled)
+            writers = [peer for peer, _ in robots]
+            in_order = await _replica(folder, "one", deltas, writers)
+            opened.append(in_order)
+            out_of_order = await _replica(folder, "two", shuffled, writers)
+            opened.append(out_of_order)
+            moment = at(MONDAY_MS + 2 * DAY)
+            stated = [op for op in ops if op[1] in SOURCES and CONDITIONS[op[3]].days != "weekend"]
             seen = await _preferences_seen(in_order, moment)  # a Wednesday
             assert len(seen) == (1 if stated else 0)  # type: ignore[arg-type]
             assert seen == await _preferences_seen(out_of_order, moment)
         finally:
-            for peer in [in_order, out_of_order, *(p for p, _ in robots)]:
+            for peer in opened:
                 await peer.close()
 
 
