@@ -9,12 +9,14 @@ encoding (pairs sorted by client id), as the sync inventory does (protocol/SPEC.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
+from types import MappingProxyType
 
 from hearthsync.errors import RemoteError
 
 MAX_ENTRIES = 4_096  #: clients one document may have seen; more is not a real document
 
-StateVector = dict[int, int]
+StateVector = Mapping[int, int]  #: read-only: decoded vectors are shared (`decode` caches)
 
 
 def _read_varuint(data: bytes, pos: int) -> tuple[int, int]:
@@ -39,19 +41,21 @@ def _write_varuint(value: int, out: bytearray) -> None:
     out.append(value)
 
 
+@functools.lru_cache(maxsize=16_384)  # the same vectors come back in every ACK and inventory
 def decode(data: bytes) -> StateVector:
-    """``{client id: clock}``; raises `RemoteError` for anything that is not a state vector."""
+    """``{client id: clock}`` (read-only); raises `RemoteError` for anything that is not a
+    state vector."""
     count, pos = _read_varuint(data, 0)
     if count > MAX_ENTRIES:
         raise RemoteError(f"state vector claims {count} clients")
-    vector: StateVector = {}
+    vector: dict[int, int] = {}
     for _ in range(count):
         client, pos = _read_varuint(data, pos)
         clock, pos = _read_varuint(data, pos)
         vector[client] = clock
     if pos != len(data):
         raise RemoteError("state vector has trailing bytes")
-    return vector
+    return MappingProxyType(vector)
 
 
 def encode(vector: StateVector) -> bytes:

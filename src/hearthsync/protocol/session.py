@@ -269,7 +269,7 @@ class Session:
     _settle_wait: float = SETTLE_S
     #: documents sent (UPDATE, SYNC_STEP2) and not yet acknowledged: this side's state vector
     #: when it sent them, which an ACK must cover
-    _unacked: dict[DocId, dict[int, int]] = field(default_factory=dict)
+    _unacked: dict[DocId, statevector.StateVector] = field(default_factory=dict)
     _inventories: int = 0  #: inventories received
 
     def __post_init__(self) -> None:

@@ -262,7 +262,7 @@ class DocumentSet:
             self._wake.set()
         return queue.done
 
-    def renew_if_stale(self, doc_id: DocId, remote: dict[int, int]) -> bool:
+    def renew_if_stale(self, doc_id: DocId, remote: statevector.StateVector) -> bool:
         """Take a new client id if another replica has seen more of ours than we hold.
 
         That happens when this store was restored from an older backup: writing on with the old

@@ -114,7 +114,7 @@ class Link:
         self.bytes_sent = 0
         self.bytes_received = 0
         #: documents sent to the peer and not yet acknowledged durable there: the lag
-        self.unacked: dict[str, dict[int, int]] = {}
+        self.unacked: dict[str, statevector.StateVector] = {}
         #: updates from the peer merged here, in arrival order, whose commit is pending
         self._undurable: collections.deque[asyncio.Future[None]] = collections.deque()
 
