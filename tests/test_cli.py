@@ -38,6 +38,9 @@ def test_demo_writes_reopens_and_shows_the_household() -> None:
         "camomile",
         "Bob is up late",
         "CORRECTION",
+        "withheld: health",  # the context the robot asks for before making her coffee
+        "beverage/coffee: cortado (on weekends",
+        "because you asked for it",
     ):
         assert fact in out, fact
 

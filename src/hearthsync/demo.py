@@ -2,7 +2,9 @@
 
 It writes Monday to Saturday of Alice's and Bob's life as a kitchen robot would see it (orders,
 a correction, quiet confirmation, the mugs on shelf 2, Bob's late nights), closes the store,
-opens it again from disk, and prints what the robot knows and why.
+opens it again from disk, and prints what the robot knows and why: the records, recall, and the
+context the reasoning layer asks for before making Alice's coffee on a weekday and at the
+weekend, with an explanation.
 """
 
 from __future__ import annotations
@@ -181,6 +183,8 @@ async def show(peer: Peer, console: Console) -> None:
         recall.add_row(f"{hit.score:.2f}", when, hit.event.type.value, hit.event.text)
     console.print(recall)
 
+    await show_context(peer, console)
+
     status = await peer.status()
     docs = Table(
         title=f"Store {status.path / 'hearth.db'} ({status.file_bytes:,} bytes)",
@@ -193,6 +197,27 @@ async def show(peer: Peer, console: Console) -> None:
             doc.doc_id, doc.scope, str(doc.records), str(doc.snapshot_bytes), str(doc.log_entries)
         )
     console.print(docs)
+
+
+async def show_context(peer: Peer, console: Console) -> None:
+    """What the reasoning layer asks before acting: get_context, then explain."""
+    for label, moment in (("Wednesday 07:30", (2, "07:30")), ("Saturday 09:00", (5, "09:00"))):
+        day, hhmm = moment
+        hour, minute = map(int, hhmm.split(":"))
+        when = MONDAY + dt.timedelta(days=day, hours=hour, minutes=minute)
+        context = await peer.get_context(
+            "alice", task="prepare_morning_beverage", location="kitchen", time=when,
+            query="which mug",
+        )  # fmt: skip
+        console.print(
+            Panel(
+                context.to_prompt(260),
+                title=f"get_context(alice, task=prepare_morning_beverage), {label}",
+                title_align="left",
+            )
+        )
+    sentence = await peer.explain("alice", "beverage/mug", time=MONDAY + dt.timedelta(days=5))
+    console.print(f"explain(alice, beverage/mug): {sentence}\n")
 
 
 async def run_demo(folder: Path | None = None, console: Console | None = None) -> None:
