@@ -233,7 +233,8 @@ class Link:
     async def _handle_events(self) -> None:
         for event in self.session.events_received():
             if isinstance(event, ApplyUpdate):
-                self._apply(event)
+                if not self.session.closed:  # closed meanwhile (paused, a duplicate): not merged
+                    self._apply(event)
             elif isinstance(event, KeysChanged):
                 self.target.keys_changed()
             elif isinstance(event, RevocationsChanged):

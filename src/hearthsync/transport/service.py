@@ -207,6 +207,9 @@ class SyncService:
             self.target.docs, self._random_bytes, self._clock(),
         )  # fmt: skip
         link = Link(websocket, session, self.target, dialed=dialed, on_event=self._on_event)
+        if self._paused:  # paused while this connection was being opened
+            await websocket.close(1001, "paused")
+            return None
         try:
             await link.run()
         finally:
@@ -222,6 +225,9 @@ class SyncService:
                     other.send_revocations()
 
     def _register(self, link: Link, device: str) -> None:
+        if self._paused:  # the handshake was under way when the partition began
+            link.close("paused")
+            return
         existing = self.links.get(device)
         if existing is not None and existing is not link:
             if self._dialer(existing, device) > self._dialer(link, device):
