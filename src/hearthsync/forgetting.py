@@ -251,8 +251,6 @@ class Forgetting:
             async with peer._vector_lock:
                 peer._vectors.drop(user)
                 await peer._sqlite.drop_vectors(user)
-                for name in [n for n in peer._rowid_events if n.startswith(f"{user}.")]:
-                    del peer._rowid_events[name]
             if peer.household is not None:
                 peer.household.keyring.forget_user(user)
                 peer.keys_changed()

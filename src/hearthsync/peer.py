@@ -22,10 +22,12 @@ import contextlib
 import datetime as dt
 import functools
 import hashlib
+import json
+import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -49,7 +51,7 @@ from hearthsync.crdt.handles import (
     ProfileDoc,
     SpatialDoc,
 )
-from hearthsync.crdt.kinds import HOME, Kind, events_doc, parse, user_doc
+from hearthsync.crdt.kinds import HOME, DocInfo, Kind, events_doc, parse, user_doc
 from hearthsync.crdt.replica import Replica
 from hearthsync.crypto.identity import DeviceIdentity
 from hearthsync.crypto.statement import Statement
@@ -79,6 +81,8 @@ from hearthsync.store.documents import CommitListener, DocumentSet, ToEmbed
 from hearthsync.store.embedding import Embedder, default_embedder
 from hearthsync.store.sqlite import SqliteStore, VectorRow
 from hearthsync.store.vectors import VectorMemory
+
+log = logging.getLogger(__name__)
 
 DB_FILE = "hearth.db"
 #: the inventory digest of a document not held (SPEC §6.3): that of the empty state vector
@@ -161,8 +165,6 @@ class Peer:
         #: made here, or a tombstone received from another robot)
         self.on_forgotten: list[Callable[[str], None]] = []
         self._unindexed: list[VectorRow] = []
-        #: per vector index, the event behind each rowid (loaded at the first recall)
-        self._rowid_events: dict[str, dict[int, str]] = {}
         self._indexer: asyncio.Task[None] | None = None
         self._vector_lock = asyncio.Lock()
         self._users_sub: object | None = None
@@ -170,10 +172,10 @@ class Peer:
         self._users_of: Replica | None = None
         self._forgotten: frozenset[str] | None = None
         self._forgetting = Forgetting(self)
-        self._warming: asyncio.Task[None] | None = None
         self._settings = HouseholdSettings(self)
         self._settings_sub: object | None = None
         docs.on_vectors = self._index_vectors
+        docs.remote_events = self._remote_events
         docs.meta = self._meta
 
     # ------------------------------------------------------------------ lifecycle
@@ -244,7 +246,6 @@ class Peer:
         except BaseException:
             await peer.close()  # never a store left open (its thread would outlive the process)
             raise
-        peer._warming = asyncio.create_task(peer._warm(), name="hearthsync-warm")
         return peer
 
     async def close(self) -> None:
@@ -252,7 +253,6 @@ class Peer:
         if self._closed:
             return
         self._closed = True
-        await self._stop_warming()
         try:
             await self._forgetting.close()
             await self._docs.close()
@@ -268,40 +268,12 @@ class Peer:
         if self._closed:
             return
         self._closed = True
-        await self._stop_warming()
         self._docs.crash()
         if self._indexer is not None:
             self._indexer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._indexer
         await self._sqlite.close()
-
-    async def _warm(self) -> None:
-        """After opening, in the background, a month at a time: index every month's events by
-        id (what recall returns) and decode each user's latest month (what a context shows),
-        so that the first contexts do not pay for it (about 6 ms a month of events)."""
-        latest: dict[str, DocId] = {}
-        for doc_id, replica in sorted(self._docs.replicas.items()):
-            if replica.info.kind is Kind.EVENTS:
-                self._handle(doc_id, EventsDoc).events.index_ids()
-                latest[replica.info.subject] = doc_id
-                await asyncio.sleep(0)  # one month per turn of the loop: requests go first
-        for doc_id in latest.values():
-            if self._docs.get(doc_id) is not None:
-                for _ in self._handle(doc_id, EventsDoc).events:
-                    break
-                await asyncio.sleep(0)
-
-    async def warmed(self) -> None:
-        """Wait until the background warm-up after opening is done (benchmarks, tests)."""
-        if self._warming is not None:
-            await asyncio.shield(self._warming)
-
-    async def _stop_warming(self) -> None:
-        if self._warming is not None and not self._warming.done():
-            self._warming.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._warming
 
     async def commit(self) -> None:
         """Make every write queued so far durable now.  With ``auto_commit=False`` (the chaos
@@ -612,7 +584,8 @@ class Peer:
             session=session,
         )
         doc_id = events_doc(uid, _month(when))
-        embed = ToEmbed(f"{uid}.{HISTORY}", event.id, when, _embedding_text(event))
+        record = event.encode(without=_WITHOUT_USER)  # as its document stores it
+        embed = ToEmbed(f"{uid}.{HISTORY}", event.id, when, _embedding_text(event), record)
 
         def change(_: Replica) -> InteractionEvent:
             self._handle(doc_id, EventsDoc).events.append(event)
@@ -673,23 +646,32 @@ class Peer:
             hits = index.search(vector, k=k, since_ms=since, until_ms=until)
         if not hits:
             return []
-        known = await self._indexed_events(f"{uid}.{HISTORY}")
-        ids = {hit.rowid: known[hit.rowid] for hit in hits if hit.rowid in known}
-        by_id = self._events_by_id(uid, set(ids.values()))
+        rows = await self._sqlite.recalled([hit.rowid for hit in hits])
+        found = self._recalled_events(uid, rows.values())
         return [
-            Recalled(by_id[ids[hit.rowid]], hit.score)
+            Recalled(found[rows[hit.rowid][0]], hit.score)
             for hit in hits
-            if hit.rowid in ids and ids[hit.rowid] in by_id
+            if hit.rowid in rows and rows[hit.rowid][0] in found
         ]
 
-    async def _indexed_events(self, index_name: str) -> dict[int, str]:
-        """Rowid -> event id of one vector index, read once, then kept up to date by
-        `_index_vectors`: recall never waits on SQLite (the read path stays in memory)."""
-        known = self._rowid_events.get(index_name)
-        if known is None:
-            known = self._rowid_events[index_name] = {}  # rows committed meanwhile land here
-            known.update(await self._sqlite.index_event_ids(index_name))
-        return known
+    def _recalled_events(
+        self, user: UserId, rows: Iterable[tuple[str, str | None]]
+    ) -> dict[str, InteractionEvent]:
+        """The events behind recalled embeddings: decoded from the record kept with each
+        (never by searching a month of events), else found in their document (embeddings of
+        a format 1 store keep no record)."""
+        given = _given_user(user)
+        found: dict[str, InteractionEvent] = {}
+        missing: set[str] = set()
+        for event_id, record in rows:
+            if record is None:
+                missing.add(event_id)
+                continue
+            try:
+                found[event_id] = InteractionEvent.decode(record, given=given)
+            except ValidationError:
+                missing.add(event_id)
+        return found | (self._events_by_id(user, missing) if missing else {})
 
     def _events_by_id(self, user: UserId, wanted: set[str]) -> dict[str, InteractionEvent]:
         found: dict[str, InteractionEvent] = {}
@@ -707,12 +689,26 @@ class Peer:
         the write path, in a worker thread; `recall` first waits for it to catch up.
         """
         self._unindexed.extend(rows)
-        for row in rows:
-            known = self._rowid_events.get(row.index_name)
-            if known is not None:
-                known[row.rowid] = row.event_id
         if self._indexer is None or self._indexer.done():
             self._indexer = asyncio.create_task(self._index_pending(), name="hearthsync-indexer")
+
+    def _remote_events(self, info: DocInfo, texts: Sequence[str]) -> list[ToEmbed]:
+        """What to embed of events another robot wrote (`DocumentSet.remote_events`): the
+        embeddings are this robot's own (derived, never synced), so recall finds every event
+        of the household, wherever it was recorded."""
+        given = _given_user(info.subject)
+        wanted: list[ToEmbed] = []
+        for text in texts:
+            try:
+                event = InteractionEvent.decode(text, given=given)
+            except ValidationError as exc:
+                log.warning(
+                    "not embedding an event of %s that does not decode: %s", info.doc_id, exc
+                )
+                continue
+            index = f"{event.user}.{HISTORY}"
+            wanted.append(ToEmbed(index, event.id, event.ts, _embedding_text(event), text))
+        return wanted
 
     async def _index_pending(self) -> None:
         while self._unindexed:
@@ -1128,6 +1124,14 @@ def _month_of_day(day: int) -> str:
 
 def _event_ts(event_id: str) -> int:
     return int(event_id[3:15], 16)
+
+
+_WITHOUT_USER = frozenset({"user"})
+
+
+def _given_user(user: str) -> str:
+    """The opening `Record.decode` puts before a record stored without its user."""
+    return json.dumps({"user": user}, separators=(",", ":"))[:-1] + ","
 
 
 def _embedding_text(event: InteractionEvent) -> str:

@@ -176,7 +176,8 @@ async def test_a_format_1_store_is_upgraded_in_place(tmp_path: Path, wall: FakeW
         await peer.add_user("alice", name="Alice")
         await peer.set_preference("alice", "tea/mug", "green")
         before = peer.state_vector("user/alice/prefs")
-    conn = sqlite3.connect(path / "hearth.db")  # what format 1 looked like: no codec columns
+    # what format 1 looked like: no codec columns, no record column
+    conn = sqlite3.connect(path / "hearth.db")
     rows = conn.execute("SELECT seq, doc_id, codec, data FROM updates").fetchall()
     snapshots = conn.execute("SELECT doc_id, snapshot_codec, snapshot FROM docs").fetchall()
     conn.executescript(
@@ -184,6 +185,7 @@ async def test_a_format_1_store_is_upgraded_in_place(tmp_path: Path, wall: FakeW
         CREATE TABLE docs1 AS SELECT doc_id, scope, subject, lineage, client_id, snapshot FROM docs;
         CREATE TABLE updates1 (seq INTEGER PRIMARY KEY, doc_id TEXT NOT NULL, data BLOB NOT NULL);
         DROP TABLE docs; DROP TABLE updates;
+        ALTER TABLE vectors DROP COLUMN record;
         ALTER TABLE docs1 RENAME TO docs; ALTER TABLE updates1 RENAME TO updates;
         UPDATE meta SET value = '1' WHERE key = 'format';
         """

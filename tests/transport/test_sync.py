@@ -85,6 +85,35 @@ async def test_three_robots_converge_after_concurrent_writes(robots: list[Peer])
         await until([hall], lambda: hall.preference("alice", "tea/mug") is not None)
 
 
+async def test_what_one_robot_heard_the_other_recalls(tmp_path: Path) -> None:
+    """Events arriving by sync are embedded where they arrive, durably: recall on any robot
+    finds what was said to another."""
+    home = BenchHome(users=USERS)
+    async with (
+        Peer.open(tmp_path / "kitchen", device="kitchen") as kitchen,
+        Peer.open(tmp_path / "hall", device="hall") as hall,
+    ):
+        pair = [kitchen, hall]
+        for robot in pair:
+            await robot.add_user("alice", name="Alice")
+        await kitchen.record_event("alice", "COMMAND", "mug", text="use the green mug for tea")
+        async with SyncService(kitchen, home.enrol(kitchen)) as hub:
+            peers = (("127.0.0.1", hub.port),)
+            async with SyncService(hall, home.enrol(hall), listen=None, peers=peers):
+                await until(pair, lambda: len(hall.events("alice")) == 1)
+                # and live, while linked
+                await kitchen.record_event("alice", "COMMAND", "shelf", text="the good shelf")
+                await until(pair, lambda: len(hall.events("alice")) == 2)
+        hits = await hall.recall("alice", "which mug for tea", k=1)
+        assert [hit.event.text for hit in hits] == ["use the green mug for tea"]
+        assert hits[0].event.device == kitchen.device_id  # heard by the kitchen robot
+        hits = await hall.recall("alice", "good shelf", k=1)
+        assert [hit.event.text for hit in hits] == ["the good shelf"]
+    async with Peer.open(tmp_path / "hall") as hall:  # the embeddings were stored
+        hits = await hall.recall("alice", "green mug", k=2)
+        assert [hit.event.text for hit in hits] == ["use the green mug for tea", "the good shelf"]
+
+
 async def test_a_cut_peer_keeps_writing_and_nothing_is_lost_after_the_heal(
     robots: list[Peer],
 ) -> None:

@@ -12,9 +12,8 @@ Figures (the keys of ``--json``), on the store of `hearthsync.bench.local.build_
 * ``context_tokens_median``: the size of ``to_prompt()`` at the default budget (everything),
   by the documented estimate (`hearthsync.context.prompt.estimate_tokens`).
 
-Every timing is measured once the peer's own warm-up after opening is done (it indexes each
-month of events by id in the background) and after one call per user (the first recall of a
-user opens their vector index from disk, once per process).
+Every timing is measured after one call per user (the first recall of a user opens their
+vector index from disk, and their latest month of events is decoded, once per process).
 """
 
 from __future__ import annotations
@@ -57,7 +56,6 @@ def _requests(count: int, seed: int = 11) -> list[dict[str, str | None]]:
 
 async def in_process(peer: Peer, calls: int) -> dict[str, float]:
     requests = _requests(calls)
-    await peer.warmed()  # what a robot does in the background after it opens its store
     for user in USERS:  # opens each user's vector index (once per process)
         await peer.get_context(user, task="general_assistant", query="coffee")
     took: list[float] = []

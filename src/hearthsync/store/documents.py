@@ -31,9 +31,10 @@ from functools import partial
 from typing import Any
 
 import numpy as np
+from pycrdt import Array
 
 from hearthsync.crdt import statevector
-from hearthsync.crdt.kinds import DocInfo, parse
+from hearthsync.crdt.kinds import DocInfo, Kind, parse
 from hearthsync.crdt.replica import MAX_CLIENT_ID, Replica
 from hearthsync.errors import ClosedError, CorruptDocumentError, DecryptionError
 from hearthsync.ids import DocId
@@ -56,6 +57,7 @@ class ToEmbed:
     event_id: str
     ts: int
     text: str
+    record: str | None = None  #: the event as stored, kept with its embedding for recall
 
 
 @dataclass(slots=True)
@@ -108,6 +110,11 @@ class DocumentSet:
         self.on_commit: list[CommitListener] = []
         #: meta rows written with every batch (the peer's hybrid clock, so it never goes back)
         self.meta: Callable[[], dict[str, str]] = dict
+        #: what to embed of events that arrived from another robot: (document, stored texts)
+        #: -> items; embeddings are derived locally, never synced (DESIGN invariant 4)
+        self.remote_events: Callable[[DocInfo, Sequence[str]], Sequence[ToEmbed]] | None = None
+        self._arrived: dict[DocId, list[str]] = {}  # events merged from elsewhere, per document
+        self._watches: dict[DocId, object] = {}
         self.batches_committed = 0
 
     # ---------------------------------------------------------------------- lifecycle
@@ -131,6 +138,7 @@ class DocumentSet:
             self.corrupt[doc_id] = CorruptDocumentError(doc_id, reason)
             return
         self.replicas[doc_id] = replica
+        self._watch(doc_id, replica)
         self._snapshot_bytes[doc_id] = len(snapshot or b"")
         self._log_bytes[doc_id] = sum(len(update) for update in updates)
 
@@ -198,6 +206,7 @@ class DocumentSet:
         info: DocInfo = parse(doc_id)
         replica = Replica(info, client_id=self._rng.randint(1, MAX_CLIENT_ID), lineage=info.genesis)
         self.replicas[doc_id] = replica
+        self._watch(doc_id, replica)
         self._new.append(
             DocRow(doc_id, info.scope, info.subject, replica.lineage, replica.client_id)
         )
@@ -250,13 +259,18 @@ class DocumentSet:
         try:
             delta = replica.apply(update)
         except CorruptDocumentError:
+            self._arrived.get(doc_id, []).clear()
             if created:
                 self._forget_new(doc_id)
             raise
+        arrived = self._arrived.get(doc_id)
         if delta is None:
             return None
         queue = self._queue
         queue.remote.append((doc_id, delta, origin))
+        if arrived and self.remote_events is not None:
+            queue.embed.extend(self.remote_events(replica.info, arrived))
+            arrived.clear()
         if queue.done is None:
             queue.done = asyncio.get_running_loop().create_future()
             self._wake.set()
@@ -284,6 +298,7 @@ class DocumentSet:
         fresh = Replica(replica.info, client_id=client_id, lineage=replica.lineage)
         fresh.adopt(replica.encode_state())
         self.replicas[doc_id] = fresh
+        self._watch(doc_id, fresh)
         pending = [row for row in self._new if row.doc_id == doc_id]
         if pending:  # the row is not written yet: write it with the new id
             self._new = [r for r in self._new if r.doc_id != doc_id]
@@ -296,6 +311,22 @@ class DocumentSet:
             "from a backup?); writing on as client id %d", doc_id, replica.client_id, client_id,
         )  # fmt: skip
         return True
+
+    def _watch(self, doc_id: DocId, replica: Replica) -> None:
+        """Note the events another robot's updates add to an events document: this robot
+        embeds them for its own recall (the raw event's ``delta`` holds only what was added)."""
+        if replica.info.kind is not Kind.EVENTS:
+            return
+        arrived = self._arrived.setdefault(doc_id, [])
+        arrived.clear()
+
+        def on_change(event: Any) -> None:
+            if replica.incoming:
+                for part in event.delta:
+                    arrived.extend(part.get("insert", ()))
+
+        array: Array[str] = replica.doc.get("events", type=Array)
+        self._watches[doc_id] = array.integrated.observe(on_change)
 
     def _wake_flusher(self) -> None:
         if self._queue.done is None:
@@ -391,7 +422,9 @@ class DocumentSet:
         blobs = matrix.astype("<f2")
         rowids = self._sqlite.vector_rowids(len(items))
         rows = [
-            VectorRow(rowid, item.index_name, item.event_id, item.ts, blobs[i].tobytes())
+            VectorRow(
+                rowid, item.index_name, item.event_id, item.ts, blobs[i].tobytes(), item.record
+            )
             for i, (rowid, item) in enumerate(zip(rowids, items, strict=True))
         ]
         return rows, matrix
@@ -443,6 +476,8 @@ class DocumentSet:
             for doc_id in doomed:
                 self.replicas.pop(doc_id, None)
                 self.corrupt.pop(doc_id, None)
+                self._arrived.pop(doc_id, None)
+                self._watches.pop(doc_id, None)
                 self._log_bytes.pop(doc_id, None)
                 self._snapshot_bytes.pop(doc_id, None)
             await self._sqlite.drop_docs(doomed)

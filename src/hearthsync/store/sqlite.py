@@ -6,11 +6,15 @@ Schema (format version 2)::
     docs(doc_id TEXT PRIMARY KEY, scope, subject, lineage, client_id, snapshot BLOB,
          snapshot_codec INTEGER)
     updates(seq INTEGER PRIMARY KEY, doc_id TEXT, data BLOB, codec INTEGER)  -- the update log
-    vectors(rowid INTEGER PRIMARY KEY AUTOINCREMENT, index_name, event_id, ts, vec BLOB)
+    vectors(rowid INTEGER PRIMARY KEY AUTOINCREMENT, index_name, event_id, ts, vec BLOB,
+            record TEXT)                       -- the event as stored, for recall's answer
 
 Version 2 added the codec columns: updates and snapshots are stored compressed
 (`hearthsync.compression`) where that makes them smaller, compressed on the connection's thread
-so the event loop never waits for it.  A version 1 file is upgraded in place when opened.
+so the event loop never waits for it; and the ``record`` of each embedding, so that recall
+answers from one indexed read, never by searching a month of events.  A version 1 file is
+upgraded in place when opened (its embeddings keep no record; recall then finds them in their
+document).
 
 Rules this module lives by:
 
@@ -44,6 +48,7 @@ FORMAT_VERSION = "2"
 _UPGRADE_FROM_1 = """
 ALTER TABLE docs ADD COLUMN snapshot_codec INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE updates ADD COLUMN codec INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE vectors ADD COLUMN record TEXT;
 UPDATE meta SET value = '2' WHERE key = 'format';
 """
 
@@ -70,7 +75,8 @@ CREATE TABLE IF NOT EXISTS vectors (
     index_name TEXT NOT NULL,
     event_id TEXT NOT NULL,
     ts INTEGER NOT NULL,
-    vec BLOB NOT NULL
+    vec BLOB NOT NULL,
+    record TEXT
 );
 CREATE INDEX IF NOT EXISTS vectors_by_index ON vectors (index_name, rowid);
 """
@@ -111,6 +117,7 @@ class VectorRow:
     event_id: str
     ts: int
     vec: bytes
+    record: str | None = None  #: the event as its document stores it
 
 
 @dataclass(slots=True)
@@ -240,12 +247,13 @@ class SqliteStore:
             rows = await cur.fetchall()
         return [(int(r[0]), int(r[1]), bytes(r[2])) for r in rows]
 
-    async def index_event_ids(self, index_name: str) -> dict[int, str]:
-        """The event behind every embedding of one index, by rowid."""
-        sql = "SELECT rowid, event_id FROM vectors WHERE index_name = ?"
-        async with self._conn.execute(sql, (index_name,)) as cur:
+    async def recalled(self, rowids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
+        """``rowid -> (event id, record)`` of these embeddings (one indexed read)."""
+        marks = ",".join("?" * len(rowids))
+        sql = f"SELECT rowid, event_id, record FROM vectors WHERE rowid IN ({marks})"  # noqa: S608
+        async with self._conn.execute(sql, list(rowids)) as cur:
             rows = await cur.fetchall()
-        return {int(r[0]): str(r[1]) for r in rows}
+        return {int(r[0]): (str(r[1]), None if r[2] is None else str(r[2])) for r in rows}
 
     async def sizes(self) -> dict[str, tuple[int, int, int]]:
         """Per document: (snapshot bytes, log entries, log bytes)."""
@@ -277,7 +285,8 @@ class SqliteStore:
              [_doc_tuple(d) for d in batch.docs]),
             ("INSERT INTO updates (seq, doc_id, codec, data) VALUES (?, ?, ?, ?)",
              _Compressed(updates, blob=2)),
-            ("INSERT INTO vectors VALUES (?, ?, ?, ?, ?)", [_vec_tuple(v) for v in batch.vectors]),
+            ("INSERT INTO vectors VALUES (?, ?, ?, ?, ?, ?)",
+             [_vec_tuple(v) for v in batch.vectors]),
             ("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(batch.meta.items())),
             ("UPDATE docs SET client_id = ? WHERE doc_id = ?",
              [(client_id, doc_id) for doc_id, client_id in batch.client_ids]),
@@ -380,5 +389,5 @@ def _doc_tuple(row: DocRow) -> tuple[str, str, str, str, int]:
     return (row.doc_id, row.scope, row.subject, row.lineage, row.client_id)
 
 
-def _vec_tuple(row: VectorRow) -> tuple[int, str, str, int, bytes]:
-    return (row.rowid, row.index_name, row.event_id, row.ts, row.vec)
+def _vec_tuple(row: VectorRow) -> tuple[int, str, str, int, bytes, str | None]:
+    return (row.rowid, row.index_name, row.event_id, row.ts, row.vec, row.record)
