@@ -354,7 +354,7 @@ def test_bad_queries_are_refused(tmp_path: Path) -> None:
 
 
 def test_quantised_index_saves_and_reopens(tmp_path: Path) -> None:
-    """The default i8 index: reopened from its memory-mapped file, it answers as before."""
+    """The default i8 index: reopened from its file, it answers as before."""
     source = MemorySource()
     fill(source, 400)
     index = VectorIndex(tmp_path, NAME, embedder=EMBEDDER.name, dim=DIM)

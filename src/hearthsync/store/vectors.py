@@ -5,7 +5,7 @@ the SQLite store owns, read through the two-method ``VectorSource`` port; the in
 cache stamped with exactly what they reflect and are never synced.  Opening an index compares
 its stamp with the table and then does the cheapest thing that is still correct:
 
-1. stamp matches the table: search the memory-mapped file as is (milliseconds);
+1. stamp matches the table: load the file into memory as is (tens of milliseconds);
 2. the index holds a strict prefix of the table (only newer rows missing): add just those;
 3. anything else (no files, truncated or garbage file, other embedder, rows deleted): rebuild
    from every row, because building 100k HNSW vectors costs ~30 s on a robot's two cores.
@@ -31,6 +31,7 @@ import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Protocol, cast
 
@@ -211,7 +212,6 @@ class VectorIndex:
         self.params = params
         self.problem: str | None = None
         self._stamp: IndexStamp | None = None
-        self._viewed_path: Path | None = None
         self._dirty = False
         self.clear()
 
@@ -226,7 +226,7 @@ class VectorIndex:
         dtype: str = "i8",
         params: HnswParams = HnswParams(),
     ) -> VectorIndex:
-        """Map the saved index if its files match their stamp; else start empty, see ``problem``."""
+        """Load the saved index if its files match their stamp, else start empty (``problem``)."""
         index = cls(directory, name, embedder=embedder, dim=dim, dtype=dtype, params=params)
         index.problem = index._load()
         if index.problem is not None:
@@ -259,7 +259,6 @@ class VectorIndex:
         self._keys: I64Array = np.empty(0, dtype=np.int64)
         self._ts: I64Array = np.empty(0, dtype=np.int64)
         self._by_ts: tuple[I64Array, I64Array] | None = None
-        self._viewed_path = None
         self._dirty = self._stamp is not None
 
     def _new_index(self) -> Index:
@@ -289,7 +288,7 @@ class VectorIndex:
         fresh &= ~np.isin(keys, self._keys)
         if not fresh.any():
             return 0
-        self._make_mutable()
+        self._dirty = True
         self._index.add(keys[fresh].astype(np.uint64), matrix[fresh])
         self._merge_times(keys[fresh], ts[fresh])
         return int(fresh.sum())
@@ -308,13 +307,6 @@ class VectorIndex:
         if not np.all(np.isfinite(norms) & (norms > 0)):
             raise ValidationError("vectors must be finite and non-zero", field="vec")
         return keys, ts, matrix
-
-    def _make_mutable(self) -> None:
-        """A memory-mapped index is read-only: copy it into memory before the first change."""
-        if self._viewed_path is not None:
-            self._index.load(os.fspath(self._viewed_path))
-            self._viewed_path = None
-        self._dirty = True
 
     def _merge_times(self, keys: I64Array, ts: I64Array) -> None:
         appended = keys.size and (not self._keys.size or keys.min() > self._keys[-1])
@@ -428,7 +420,7 @@ class VectorIndex:
         return self.directory / f"{stem}.{suffix}"
 
     def _load(self) -> str | None:
-        """Map the saved files if they match their stamp; return why not otherwise."""
+        """Load the saved files if they match their stamp; return why not otherwise."""
         try:
             stamp = self._read_stamp()
             mismatch = self._stamp_mismatch(stamp)
@@ -438,7 +430,7 @@ class VectorIndex:
             index_path = self._path("usearch", stamp.generation)
             if _file_fingerprint(index_path, full=False) != (stamp.index_bytes, stamp.index_crc):
                 return "index file truncated or replaced since its stamp was written"
-            self._view(index_path, stamp)
+            self._read_index(index_path, stamp)
         except FileNotFoundError as exc:
             return f"missing file {Path(exc.filename or '?').name} (never saved, or save cut short)"
         except (OSError, ValueError, RuntimeError) as exc:
@@ -472,13 +464,16 @@ class VectorIndex:
             raise ValueError("times file rowids are not the stamped increasing sequence")
         return keys, ts
 
-    def _view(self, path: Path, stamp: IndexStamp) -> None:
+    def _read_index(self, path: Path, stamp: IndexStamp) -> None:
+        # Loaded, not memory-mapped (``Index.view``): a mapped index pays a page fault for every
+        # node a search first touches, which made the first thousand searches after an open
+        # up to 40% slower at the tail, and the first ``add`` copied it into memory anyway.
         meta = Index.metadata(os.fspath(path))
         if not meta or meta["dimensions"] != self.dim or meta["count_present"] != stamp.count:
             raise ValueError(f"index header disagrees with the stamp: {meta}")
         index = self._new_index()
-        index.view(os.fspath(path))
-        self._index, self._viewed_path = index, path
+        index.load(os.fspath(path))
+        self._index = index
 
     def save(self) -> IndexStamp:
         """Write a new generation of files, then switch the stamp to it (the atomic step).
@@ -582,9 +577,11 @@ class VectorMemory:
         name = index_name(user, scope)
         async with self._locks.setdefault(name, asyncio.Lock()):
             if name not in self._open:
-                index = VectorIndex.open(
-                    self.directory, name, embedder=self.embedder.name, dim=self.embedder.dim,
-                    dtype=self._dtype, params=self._params,
+                index = await asyncio.to_thread(  # reading tens of MB: off the event loop
+                    partial(
+                        VectorIndex.open, self.directory, name, embedder=self.embedder.name,
+                        dim=self.embedder.dim, dtype=self._dtype, params=self._params,
+                    )
                 )  # fmt: skip
                 report = await self._sync(index, name)
                 # No await between the last read of the source and this line: a row committed
