@@ -24,7 +24,7 @@ merged) invalidates anything: the keys it changed, or, for a large one, everythi
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Generic
 
 from pycrdt import Array, Map
@@ -195,6 +195,9 @@ class Log(Generic[R]):
         self._decoded: list[R] | None = None
         self._ids: dict[str, str] | None = None  # id -> stored text, built on first lookup
         self._by_text: dict[str, R] = {}
+        #: the records in ``_order_key`` order, with their keys (for bisecting a range)
+        self._ordered: tuple[list[R], list[Any]] | None = None
+        self._order_key: Callable[[R], Any] | None = None
         self._sub = self._array.integrated.observe(self._on_change)  # raw: see the module doc
         self._user = user = _implied_user(replica, record_type)
         self._without = frozenset({"user"} if user else ())
@@ -202,7 +205,7 @@ class Log(Generic[R]):
 
     def _on_change(self, _: Any) -> None:
         if self._replica.incoming:
-            self._decoded = self._ids = None
+            self._decoded = self._ids = self._ordered = None
 
     def append(self, record: R) -> None:
         if self._user and getattr(record, "user", None) != self._user:
@@ -210,6 +213,7 @@ class Log(Generic[R]):
         text = record.encode(without=self._without)
         self._array.append(text)
         self._by_text[text] = record
+        self._ordered = None
         if self._decoded is not None:
             self._decoded.append(record)  # local appends go to the end, in this transaction
         if self._ids is not None and isinstance(getattr(record, "id", None), str):
@@ -239,6 +243,14 @@ class Log(Generic[R]):
                     ids[text[len(_ID_OPENING) : text.index('"', len(_ID_OPENING))]] = text
             self._ids = ids
         return self._ids
+
+    def ordered(self, key: Callable[[R], Any]) -> tuple[list[R], list[Any]]:
+        """The records sorted by ``key``, and their keys (to bisect a range), built once until
+        the log changes (pass the same key function each time: it is what the cache is for)."""
+        if self._ordered is None or self._order_key is not key:
+            records = sorted(self, key=key)
+            self._ordered, self._order_key = (records, [key(r) for r in records]), key
+        return self._ordered
 
     def __iter__(self) -> Iterator[R]:
         if self._decoded is None:
