@@ -31,7 +31,6 @@ import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Protocol, cast
 
@@ -577,11 +576,12 @@ class VectorMemory:
         name = index_name(user, scope)
         async with self._locks.setdefault(name, asyncio.Lock()):
             if name not in self._open:
-                index = await asyncio.to_thread(  # reading tens of MB: off the event loop
-                    partial(
-                        VectorIndex.open, self.directory, name, embedder=self.embedder.name,
-                        dim=self.embedder.dim, dtype=self._dtype, params=self._params,
-                    )
+                # in the loop's thread: indexes are opened by `Peer.open` before it serves (40 ms
+                # for a year), and a worker thread here made the chaos simulation's schedules
+                # depend on thread timing, so they no longer replayed bit for bit
+                index = VectorIndex.open(
+                    self.directory, name, embedder=self.embedder.name, dim=self.embedder.dim,
+                    dtype=self._dtype, params=self._params,
                 )  # fmt: skip
                 report = await self._sync(index, name)
                 # No await between the last read of the source and this line: a row committed
