@@ -344,9 +344,12 @@ class Peer:
         replica = self._docs.replica(DocId("household"))
         if self._users_of is not replica:  # a new replica (new client id): observe it
             household = self._household()
-            self._users_sub = household.users.observe(self._forget_users)
-            self._forgotten_sub = household.forgotten.observe(self._tombstones_changed)
-            self._settings_sub = household.settings.observe(self._settings_changed)
+            # raw observers, called inside the transaction: they read neither the event
+            # (pycrdt's own observe computes every changed key, which Yrs can panic on for a
+            # merge beyond a clock gap: `event_field`) nor the document (it is borrowed)
+            self._users_sub = household.users.integrated.observe(self._forget_users)
+            self._forgotten_sub = household.forgotten.integrated.observe(self._tombstones_changed)
+            self._settings_sub = household.settings.integrated.observe(self._settings_changed)
             self._users_of, self._users, self._forgotten = replica, None, None
             self._settings.changed()
 
@@ -358,7 +361,12 @@ class Peer:
 
     def _tombstones_changed(self, _: object) -> None:
         self._users = self._forgotten = None
-        self._forgetting.on_household_change()
+        # reading the tombstones waits for the transaction to end
+        asyncio.get_running_loop().call_soon(self._honour_tombstones)
+
+    def _honour_tombstones(self) -> None:
+        if not self._closed:
+            self._forgetting.on_household_change()
 
     def _household(self) -> HouseholdDoc:
         return self._handle(DocId("household"), HouseholdDoc)

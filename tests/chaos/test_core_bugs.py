@@ -22,6 +22,7 @@ import pytest
 from hearthsync.chaos import Fault, Op, Scenario, Simulation, TinyEmbedder, make_plan, run_schedule
 from hearthsync.chaos.harness import problems
 from hearthsync.chaos.plan import SCOPES
+from hearthsync.crdt.replica import event_field
 from hearthsync.peer import Peer
 
 SPATIAL = "home/spatial"
@@ -204,3 +205,32 @@ async def test_a_forget_made_before_its_robot_was_revoked_counts_everywhere(
             assert found == [], found
     finally:
         await sim.stop()
+
+
+def test_a_merge_yrs_cannot_describe_does_not_stop_the_robot() -> None:
+    """Found by ``hearth chaos --seed 5098 --schedules 1 --peers 5 --edits 50``: a merge into
+    the household document made Yrs panic computing the keys it changed, inside pycrdt's own
+    observer; the panic (a ``BaseException``) ended the robot's task and the schedule.  The
+    household observers now read nothing, and views that need the keys fall back to rereading
+    everything (`event_field`)."""
+    outcome = run_schedule(5098, Scenario(peers=5, edits=50))
+    assert problems(outcome) == []
+
+
+class PanicException(BaseException):  # what PyO3 raises for a Rust panic, by name
+    pass
+
+
+class Unreadable:
+    def __init__(self, exc: BaseException) -> None:
+        self._exc = exc
+
+    @property
+    def keys(self) -> list[str]:
+        raise self._exc
+
+
+def test_event_field_turns_only_a_yrs_panic_into_unknown() -> None:
+    assert event_field(Unreadable(PanicException("unwrap on None")), "keys") is None
+    with pytest.raises(KeyboardInterrupt):  # anything else is not ours to swallow
+        event_field(Unreadable(KeyboardInterrupt()), "keys")

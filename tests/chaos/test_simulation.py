@@ -184,3 +184,23 @@ def test_your_own_household_configuration_runs_as_given() -> None:
     assert {("r1", "health"), ("r2", "event"), ("r2", "move")} <= skipped
     assert {robot for robot, kind in skipped if kind != "health"} == {"r2"}
     assert "--scopes 'core,history,spatial;core'" in chaos.replay_command(3, mine)
+
+
+def test_a_schedule_that_crashes_is_a_failure_with_its_seed_not_the_end_of_the_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Rust panic inside pycrdt reaches Python as PyO3's ``PanicException``, a
+    ``BaseException`` that would not even pickle back from a worker process."""
+
+    class PanicException(BaseException):
+        pass
+
+    async def panics(plan: object) -> Outcome:
+        raise PanicException("called `Option::unwrap()` on a `None` value")
+
+    monkeypatch.setattr("hearthsync.chaos.harness.simulate", panics)
+    report = chaos.run(schedules=2, seed=40, scenario=Scenario(peers=3, edits=2), jobs=1)
+    assert report.schedules == 2
+    assert [failure.seed for failure in report.failures] == [40, 41]
+    crash = "PanicException: called `Option::unwrap()`"
+    assert any(crash in problem for problem in report.failures[0].problems)

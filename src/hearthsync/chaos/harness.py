@@ -22,6 +22,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from hearthsync.chaos.check import Findings
 from hearthsync.chaos.plan import (
     DEFAULT_FAULT_RATE,
     DEFAULT_MIX,
@@ -159,7 +160,24 @@ def run_schedule(seed: int, scenario: Scenario, only_faults: set[int] | None = N
     plan = make_plan(seed, scenario)
     if only_faults is not None:
         plan = plan.only_faults(only_faults)
-    return asyncio.run(simulate(plan))
+    return _simulate(plan)
+
+
+def _simulate(plan: Plan) -> Outcome:
+    """A schedule that crashes is a failed schedule carrying the error, not the end of the
+    run: a Rust panic inside pycrdt reaches Python as a ``BaseException`` (and would not even
+    pickle back from a worker process)."""
+    try:
+        return asyncio.run(simulate(plan))
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:
+        return Outcome(
+            seed=plan.seed, peers=plan.peers, faults=[], fault_kinds=[], ops=len(plan.ops),
+            acknowledged=0, findings=Findings(0, [], [], []),
+            errors=[f"the schedule crashed: {type(exc).__name__}: {exc}"], converge_s=None,
+            trace=[], trace_digest="", messages=0, messages_lost=0, elapsed_s=0.0,
+        )  # fmt: skip
 
 
 def shrink(plan: Plan, outcome: Outcome) -> tuple[Plan, Outcome]:
@@ -171,7 +189,7 @@ def shrink(plan: Plan, outcome: Outcome) -> tuple[Plan, Outcome]:
     current, failing = plan, outcome
     for fault in plan.faults:
         candidate = current.without_faults({fault.index})
-        result = asyncio.run(simulate(candidate))
+        result = _simulate(candidate)
         if not result.ok:
             current, failing = candidate, result
     return current, failing

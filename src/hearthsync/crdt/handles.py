@@ -30,7 +30,7 @@ from typing import Any, Generic
 from pycrdt import Array, Map
 
 from hearthsync.crdt.kinds import HOME, Kind
-from hearthsync.crdt.replica import Replica
+from hearthsync.crdt.replica import Replica, event_field
 from hearthsync.model.records import (
     Calibration,
     HealthRecord,
@@ -78,12 +78,13 @@ class SlotMap(Generic[R]):
         incoming = self._replica.incoming
         if not incoming:  # a local transaction: `put` has updated the cache already
             return
-        if incoming > BULK_BYTES:
+        keys = None if incoming > BULK_BYTES else event_field(event, "keys")
+        if keys is None:  # large (reading its keys would cost more than rereading), or unknown
             self._slots = None
             self._cache.clear()
             self._dirty.clear()
             return
-        for slot in event.keys:
+        for slot in keys:
             self._cache.pop(slot, None)
             if self._slots is not None:
                 self._dirty.add(slot)

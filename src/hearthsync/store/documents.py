@@ -35,7 +35,7 @@ from pycrdt import Array
 
 from hearthsync.crdt import statevector
 from hearthsync.crdt.kinds import DocInfo, Kind, parse
-from hearthsync.crdt.replica import MAX_CLIENT_ID, Replica
+from hearthsync.crdt.replica import MAX_CLIENT_ID, Replica, event_field
 from hearthsync.errors import ClosedError, CorruptDocumentError, DecryptionError
 from hearthsync.ids import DocId
 from hearthsync.store.embedding import Embedder
@@ -67,6 +67,8 @@ class _Queue:
     remote: list[tuple[str, bytes, str]] = field(default_factory=list)  # applied in memory
     client_ids: dict[DocId, int] = field(default_factory=dict)  # renewed (invariant 2)
     embed: list[ToEmbed] = field(default_factory=list)
+    #: events documents whose merged events are unknown: embed whatever has no embedding yet
+    rescan: set[DocId] = field(default_factory=set)
     meta: dict[str, str] = field(default_factory=dict)
     done: asyncio.Future[None] | None = None
 
@@ -115,6 +117,7 @@ class DocumentSet:
         self.remote_events: Callable[[DocInfo, Sequence[str]], Sequence[ToEmbed]] | None = None
         self._arrived: dict[DocId, list[str]] = {}  # events merged from elsewhere, per document
         self._watches: dict[DocId, object] = {}
+        self._rescan: set[DocId] = set()  # merged events Yrs could not report (`event_field`)
         self.batches_committed = 0
 
     # ---------------------------------------------------------------------- lifecycle
@@ -271,6 +274,9 @@ class DocumentSet:
         if arrived and self.remote_events is not None:
             queue.embed.extend(self.remote_events(replica.info, arrived))
             arrived.clear()
+        if doc_id in self._rescan:
+            self._rescan.discard(doc_id)
+            queue.rescan.add(doc_id)
         if queue.done is None:
             queue.done = asyncio.get_running_loop().create_future()
             self._wake.set()
@@ -322,7 +328,11 @@ class DocumentSet:
 
         def on_change(event: Any) -> None:
             if replica.incoming:
-                for part in event.delta:
+                delta = event_field(event, "delta")
+                if delta is None:  # Yrs cannot say what was inserted: embed what is missing
+                    self._rescan.add(doc_id)
+                    return
+                for part in delta:
                     arrived.extend(part.get("insert", ()))
 
         array: Array[str] = replica.doc.get("events", type=Array)
@@ -384,7 +394,8 @@ class DocumentSet:
                 if delta is not None:
                     deltas.append((doc_id, delta, ""))
             new_docs, self._new = self._new, []
-            vectors, matrix = await self._embed_or_skip(queue.embed)
+            embed = queue.embed + await self._unembedded(queue.rescan, queue.embed)
+            vectors, matrix = await self._embed_or_skip(embed)
             meta = self.meta() | queue.meta
             updates = [(doc_id, delta) for doc_id, delta, _ in deltas]
             batch = Batch(docs=new_docs, updates=updates, vectors=vectors, meta=meta,
@@ -392,6 +403,7 @@ class DocumentSet:
             await self._sqlite.commit(batch)
         except BaseException:
             self._new, self._carry = new_docs + self._new, deltas + self._carry
+            self._rescan |= queue.rescan
             raise
         self.batches_committed += 1
         for changed, delta, _ in deltas:
@@ -401,6 +413,28 @@ class DocumentSet:
         for listener in self.on_commit:
             listener(deltas)
         return results
+
+    async def _unembedded(self, docs: set[DocId], queued: list[ToEmbed]) -> list[ToEmbed]:
+        """What to embed of these events documents: every event with no embedding yet (rare:
+        only after a merge whose inserted events Yrs could not report)."""
+        if not docs or self.remote_events is None:
+            return []
+        wanted: list[ToEmbed] = []
+        seen = {(item.index_name, item.event_id) for item in queued}
+        embedded: dict[str, set[str]] = {}
+        for doc_id in sorted(docs):
+            replica = self.replicas.get(doc_id)
+            if replica is None:
+                continue
+            texts = replica.doc.get("events", type=Array).to_py() or []
+            for item in self.remote_events(replica.info, [str(text) for text in texts]):
+                if item.index_name not in embedded:
+                    embedded[item.index_name] = await self._sqlite.embedded(item.index_name)
+                key = (item.index_name, item.event_id)
+                if item.event_id not in embedded[item.index_name] and key not in seen:
+                    seen.add(key)
+                    wanted.append(item)
+        return wanted
 
     async def _embed_or_skip(self, items: list[ToEmbed]) -> tuple[list[VectorRow], np.ndarray]:
         """Embeddings for the batch, made on another core while writers keep queueing.
@@ -478,6 +512,7 @@ class DocumentSet:
                 self.corrupt.pop(doc_id, None)
                 self._arrived.pop(doc_id, None)
                 self._watches.pop(doc_id, None)
+                self._rescan.discard(doc_id)
                 self._log_bytes.pop(doc_id, None)
                 self._snapshot_bytes.pop(doc_id, None)
             await self._sqlite.drop_docs(doomed)

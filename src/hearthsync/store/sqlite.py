@@ -255,6 +255,13 @@ class SqliteStore:
             rows = await cur.fetchall()
         return {int(r[0]): (str(r[1]), None if r[2] is None else str(r[2])) for r in rows}
 
+    async def embedded(self, index_name: str) -> set[str]:
+        """The ids of the events of ``index_name`` that have an embedding."""
+        sql = "SELECT event_id FROM vectors WHERE index_name = ?"
+        async with self._conn.execute(sql, (index_name,)) as cur:
+            rows = await cur.fetchall()
+        return {str(r[0]) for r in rows}
+
     async def sizes(self) -> dict[str, tuple[int, int, int]]:
         """Per document: (snapshot bytes, log entries, log bytes)."""
         sql = (
