@@ -368,6 +368,10 @@ class DocumentSet:
                     else:
                         _settle_all(queue, None, results)
                 self._inflight_queue = None
+                # one turn for whoever waited on this batch (acknowledgements to send) before
+                # the housekeeping below, which may hold the loop for milliseconds
+                await asyncio.sleep(0)
+                self._settle_merged(queue)
                 try:
                     await self._maybe_compact()
                 except Exception:  # compaction is an optimisation: retried after the next batch
@@ -377,6 +381,14 @@ class DocumentSet:
                     async with self._lock:
                         await self._flush(_Queue())
                 return
+
+    def _settle_merged(self, queue: _Queue) -> None:
+        """Sort what was merged from elsewhere into content beyond a clock gap or not, now
+        that the acknowledgements are out (`Replica.settle`)."""
+        for doc_id in {doc_id for doc_id, _, _ in queue.remote}:
+            replica = self.replicas.get(DocId(doc_id))
+            if replica is not None:
+                replica.settle()
 
     async def _flush(self, queue: _Queue) -> list[Any]:
         """Commit ``queue`` as one batch; return what each change returned, in queue order."""
