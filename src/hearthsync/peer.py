@@ -1053,6 +1053,15 @@ class Peer:
         )
 
 
+@functools.lru_cache(maxsize=4096)
+def _describe(doc_id: str) -> DocMeta:
+    """What a document id says (a pure function of the id, asked for several times per
+    envelope sent or received; `parse` raises for an id that is not a document's)."""
+    info = parse(doc_id)
+    subject = None if info.subject == HOME else info.subject
+    return DocMeta(info.scope, subject, info.genesis)
+
+
 class _PeerDocs:
     """The `hearthsync.protocol.session.DocSource` port over a peer's documents."""
 
@@ -1060,9 +1069,7 @@ class _PeerDocs:
         self._peer = peer
 
     def describe(self, doc_id: str) -> DocMeta:
-        info = parse(doc_id)
-        subject = None if info.subject == HOME else info.subject
-        return DocMeta(info.scope, subject, info.genesis)
+        return _describe(doc_id)
 
     def held(self) -> list[tuple[DocId, LineageId]]:
         docs = self._peer._docs.replicas

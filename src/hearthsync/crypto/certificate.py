@@ -275,6 +275,7 @@ class TrustStore:
         self.household_id = household_id
         self._nonce = household_nonce
         self._certs: dict[DeviceId, Certificate] = {}
+        self._scopes: dict[DeviceId, tuple[Certificate, frozenset[Scope]]] = {}
         self._revocations: Revocations | None = None
         self._revoked: frozenset[str] = frozenset()
 
@@ -314,7 +315,12 @@ class TrustStore:
     def scopes_of(self, device: str) -> frozenset[Scope]:
         """The scopes ``device`` was granted, revoked or not: what a revocation must rotate."""
         cert = self._certs.get(DeviceId(device))
-        return frozenset() if cert is None else frozenset(Scope(s) for s in cert.scopes)
+        if cert is None:
+            return frozenset()
+        made = self._scopes.get(cert.device_id)
+        if made is None or made[0] is not cert:  # asked for on every envelope: made once
+            made = self._scopes[cert.device_id] = (cert, frozenset(Scope(s) for s in cert.scopes))
+        return made[1]
 
     def add(self, cert: Certificate, now: int) -> Certificate:
         """Verify ``cert`` and keep it unless a later-issued one of that device is held.

@@ -10,6 +10,7 @@ cannot tell which households are present, nor link a household's adverts to its 
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -28,6 +29,7 @@ _ID_DIGEST = 10
 _DISCOVERY_PERSON = b"hearth-disc-v1"
 
 
+@functools.lru_cache(maxsize=64)  # checked on every envelope's author chain: hash it once
 def household_id(owner_pk: bytes, nonce: bytes) -> str:
     """``base32(BLAKE2b-10(owner_pk • household_nonce))``, 16 characters A-Z 2-7 (SPEC §2)."""
     check_bytes(owner_pk, field="owner_pk", size=32)
