@@ -452,12 +452,19 @@ class Simulation:
             failed = False
         for _ in range(WRITER_STEPS):  # their batch landed: let them run to their end
             await asyncio.sleep(0)
+        running = False
         for task, op in writers:
             if task.done():
                 self._writer_done(robot, task, op, failed)
-            else:  # a write of several steps (forgetting): it has queued its next one
+            else:  # a write of several steps (forgetting), or one with work after its write
                 robot.writers.append((task, op))
-        if quiescence.core_pending(peer):  # a writer of several steps queued its next write
+                running = True
+        # a writer of several steps queued its next write; or one still runs after its batch
+        # landed (adding a user opens the user's vector index, which may rebuild it from the
+        # store: more loop turns than WRITER_STEPS): look again at the next commit, or it is
+        # never acknowledged and the robot never counts as idle (found by the harness, seed
+        # 20769)
+        if running or quiescence.core_pending(peer):
             self._schedule_commit(robot)
         for conn, doc_id, state in to_ack:
             side = conn.sides[robot.index]
