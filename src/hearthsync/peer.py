@@ -889,15 +889,16 @@ class Peer:
         return self.state_vector(doc_id)
 
     def receive_update(
-        self, doc_id: str, update: bytes, *, origin: str = "remote"
+        self, doc_id: str, update: bytes, *, origin: str = "remote", packed: bytes | None = None
     ) -> asyncio.Future[None] | None:
         """Merge another replica's update in memory now; the future resolves once it is
         durable (``None``: nothing new).  For drivers that acknowledge later, like the chaos
-        simulation; `apply_update` is the awaitable form."""
+        simulation; `apply_update` is the awaitable form.  ``packed``: the Zstandard frame
+        ``update`` arrived in, if any, which the store keeps rather than compress again."""
         info = parse(doc_id)
         if info.subject in self._forgotten_users():
             return None  # refused: what remains of a forgotten user is not taken back in
-        done = self._docs.apply_remote(DocId(doc_id), update, origin)
+        done = self._docs.apply_remote(DocId(doc_id), update, origin, packed=packed)
         self._users = None  # the household's user list may have changed
         return done
 

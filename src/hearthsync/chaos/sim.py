@@ -675,7 +675,9 @@ class Simulation:
         before = bugs.content(peer, event.doc_id) if broken else {}
         try:
             origin = session.peer_id or event.author
-            done = peer.receive_update(event.doc_id, event.update, origin=origin)
+            done = peer.receive_update(
+                event.doc_id, event.update, origin=origin, packed=event.packed
+            )
         except HearthError as exc:
             self.errors.append(f"t={self.now:.3f} r{robot.index} could not apply: {exc}")
             session.close(f"could not apply {event.doc_id}")

@@ -21,7 +21,14 @@ import nacl.bindings
 import nacl.exceptions
 from nacl.signing import VerifyKey
 
-from hearthsync.compression import CODEC_NONE, CODECS, MAX_UPDATE_BYTES, compress, decompress
+from hearthsync.compression import (
+    CODEC_NONE,
+    CODEC_ZSTD,
+    CODECS,
+    MAX_UPDATE_BYTES,
+    compress,
+    decompress,
+)
 from hearthsync.crypto.identity import DeviceIdentity, device_id_of
 from hearthsync.crypto.wire import (
     B32_ID_RE,
@@ -222,6 +229,14 @@ def open_envelope(envelope: Envelope, key: bytes, author_verify_key: VerifyKey) 
     ``key`` is the document key (`Keyring.doc_key` for the header's scope and epoch); a
     missing key is the caller's `MissingKeyError`, raised before this is called.
     """
+    return open_envelope_packed(envelope, key, author_verify_key)[0]
+
+
+def open_envelope_packed(
+    envelope: Envelope, key: bytes, author_verify_key: VerifyKey
+) -> tuple[bytes, bytes | None]:
+    """`open_envelope`, and the Zstandard frame the update came in (``None`` if it came
+    uncompressed): the store keeps that frame as it is rather than compress the update again."""
     verify_envelope(envelope, author_verify_key)
     check_bytes(key, field="key", size=KEY_BYTES)
     try:
@@ -233,4 +248,5 @@ def open_envelope(envelope: Envelope, key: bytes, author_verify_key: VerifyKey) 
             f"envelope {envelope.header.doc_id!r} #{envelope.header.counter} does not decrypt "
             f"with the key of scope {envelope.header.scope!r} epoch {envelope.header.epoch}"
         ) from None
-    return decompress(envelope.header.codec, plaintext)
+    update = decompress(envelope.header.codec, plaintext)
+    return update, (plaintext if envelope.header.codec == CODEC_ZSTD else None)

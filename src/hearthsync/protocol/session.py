@@ -46,7 +46,7 @@ from typing import Protocol
 
 from hearthsync.crdt import statevector
 from hearthsync.crypto.certificate import Certificate, Revocations, TrustStore
-from hearthsync.crypto.envelope import Envelope, Header, open_envelope, seal
+from hearthsync.crypto.envelope import Envelope, Header, open_envelope_packed, seal
 from hearthsync.crypto.identity import DeviceIdentity
 from hearthsync.crypto.keyring import Keyring
 from hearthsync.errors import (
@@ -138,6 +138,8 @@ class ApplyUpdate:
     lineage: LineageId
     update: bytes
     author: str
+    #: the Zstandard frame ``update`` arrived in, if it came compressed (for the store)
+    packed: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -636,8 +638,9 @@ class Session:
                     f"no key for {meta.scope} epoch {header.epoch}: reconnect for the grant",
                 )
             return
-        update = open_envelope(envelope, key, author_key)
-        self._events.append(ApplyUpdate(doc_id, LineageId(header.lineage), update, header.author))
+        update, packed = open_envelope_packed(envelope, key, author_key)
+        lineage = LineageId(header.lineage)
+        self._events.append(ApplyUpdate(doc_id, lineage, update, header.author, packed))
 
     # -------------------------------------------------------------- scopes and plumbing
 

@@ -65,6 +65,9 @@ class _Queue:
     #: per document, each queued change with the future of its writer
     changes: dict[DocId, list[tuple[Change, asyncio.Future[Any]]]] = field(default_factory=dict)
     remote: list[tuple[str, bytes, str]] = field(default_factory=list)  # applied in memory
+    #: the Zstandard frames remote updates arrived in, by the ``id`` of the update's bytes
+    #: (held by ``remote``): stored as they are, not compressed again
+    packed: dict[int, bytes] = field(default_factory=dict)
     client_ids: dict[DocId, int] = field(default_factory=dict)  # renewed (invariant 2)
     embed: list[ToEmbed] = field(default_factory=list)
     #: events documents whose merged events are unknown: embed whatever has no embedding yet
@@ -247,7 +250,7 @@ class DocumentSet:
         return written
 
     def apply_remote(
-        self, doc_id: DocId, update: bytes, origin: str = "remote"
+        self, doc_id: DocId, update: bytes, origin: str = "remote", packed: bytes | None = None
     ) -> asyncio.Future[None] | None:
         """Apply another replica's update now; the future resolves once its delta is durable.
 
@@ -271,6 +274,8 @@ class DocumentSet:
             return None
         queue = self._queue
         queue.remote.append((doc_id, delta, origin))
+        if packed is not None and delta is update:
+            queue.packed[id(delta)] = packed
         if arrived and self.remote_events is not None:
             queue.embed.extend(self.remote_events(replica.info, arrived))
             arrived.clear()
@@ -411,7 +416,8 @@ class DocumentSet:
             meta = self.meta() | queue.meta
             updates = [(doc_id, delta) for doc_id, delta, _ in deltas]
             batch = Batch(docs=new_docs, updates=updates, vectors=vectors, meta=meta,
-                          client_ids=list(queue.client_ids.items()))  # fmt: skip
+                          client_ids=list(queue.client_ids.items()),
+                          packed=queue.packed)  # fmt: skip
             await self._sqlite.commit(batch)
         except BaseException:
             self._new, self._carry = new_docs + self._new, deltas + self._carry

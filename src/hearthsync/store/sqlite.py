@@ -40,7 +40,7 @@ from typing import Literal
 
 import aiosqlite
 
-from hearthsync.compression import compress, decompress
+from hearthsync.compression import CODEC_ZSTD, compress, decompress
 from hearthsync.errors import StoreError
 
 FORMAT_VERSION = "2"
@@ -129,6 +129,8 @@ class Batch:
     vectors: list[VectorRow] = field(default_factory=list)
     meta: dict[str, str] = field(default_factory=dict)
     client_ids: list[tuple[str, int]] = field(default_factory=list)  #: renewed (invariant 2)
+    #: Zstandard frames of some of ``updates`` (by ``id`` of their bytes), kept as they came
+    packed: dict[int, bytes] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.docs or self.updates or self.vectors or self.meta or self.client_ids)
@@ -291,7 +293,7 @@ class SqliteStore:
             ("INSERT INTO docs VALUES (?, ?, ?, ?, ?, NULL, 0)",
              [_doc_tuple(d) for d in batch.docs]),
             ("INSERT INTO updates (seq, doc_id, codec, data) VALUES (?, ?, ?, ?)",
-             _Compressed(updates, blob=2)),
+             _Compressed(updates, blob=2, packed=batch.packed)),
             ("INSERT INTO vectors VALUES (?, ?, ?, ?, ?, ?)",
              [_vec_tuple(v) for v in batch.vectors]),
             ("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(batch.meta.items())),
@@ -376,16 +378,24 @@ class _Compressed(list[tuple[object, ...]]):
     """Rows whose item at ``blob`` is to be stored compressed: `compress` (run on the
     connection's thread) replaces it by the stored bytes and inserts their codec after it."""
 
-    def __init__(self, rows: Iterable[tuple[object, ...]], *, blob: int) -> None:
+    def __init__(
+        self,
+        rows: Iterable[tuple[object, ...]],
+        *,
+        blob: int,
+        packed: dict[int, bytes] | None = None,
+    ) -> None:
         super().__init__(rows)
         self._blob = blob
+        self._packed = packed or {}
 
     def compress(self) -> None:
         at = self._blob
         for i, row in enumerate(self):
             data = row[at]
             assert isinstance(data, bytes)
-            codec, stored = compress(data)
+            frame = self._packed.get(id(data))
+            codec, stored = (CODEC_ZSTD, frame) if frame is not None else compress(data)
             if at == 0:  # (blob, ...) -> (stored, codec, ...)
                 self[i] = (stored, codec, *row[1:])
             else:  # (..., blob) -> (..., codec, stored): the column order of ``updates``

@@ -67,10 +67,12 @@ class SyncTarget(Protocol):
     def docs(self) -> DocSource: ...
 
     def receive_update(
-        self, doc_id: str, update: bytes, *, origin: str
+        self, doc_id: str, update: bytes, *, origin: str, packed: bytes | None = None
     ) -> asyncio.Future[None] | None:
         """Merge ``update`` in memory now; the future resolves once it is durable (``None``:
-        it held nothing new).  Raises `HearthError` for an update that cannot be merged."""
+        it held nothing new).  ``packed``: the Zstandard frame it arrived in, if any, which
+        the store may keep as it is.  Raises `HearthError` for an update that cannot be
+        merged."""
         ...
 
     def state_vector(self, doc_id: str) -> bytes:
@@ -261,7 +263,10 @@ class Link:
         """
         try:
             done = self.target.receive_update(
-                event.doc_id, event.update, origin=self.session.peer_id or event.author
+                event.doc_id,
+                event.update,
+                origin=self.session.peer_id or event.author,
+                packed=event.packed,
             )
         except HearthError as exc:  # a corrupt local document
             log.warning("could not apply %s from %s: %s", event.doc_id, self.peer_id, exc)
