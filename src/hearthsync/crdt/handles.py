@@ -167,8 +167,9 @@ class SlotMap(Generic[R]):
         record = self._cache.get(slot)
         if record is None:
             key, _, device = slot.partition(SEP)
-            stored = self._map.get(slot)
-            if stored is None:
+            try:
+                stored = self._map[slot]
+            except KeyError:
                 # gone without an event saying so: Yrs 0.28 can take back content it showed
                 # beyond a gap in its author's clock when a later merge arrives (a gap a revoked
                 # robot left; found by the chaos harness, seed 20613).  The map is the truth.
