@@ -121,6 +121,7 @@ def test_revocations_from_a_member_or_forged_are_refused(home: Home) -> None:
 
 
 def test_renewal_replaces_and_expiry_of_issuer_propagates(home: Home) -> None:
+    assert home.trust.scopes_of(home.kitchen.device_id) == {"core", "spatial"}  # now cached
     renewed = home.issue(home.admin, home.kitchen, scopes=("core",), issued_at=NOW + 1)
     assert home.trust.add(renewed, NOW + 1) is renewed
     assert home.trust.add(home.certs["kitchen"], NOW + 1) is renewed  # older: not taken back
