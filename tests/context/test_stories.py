@@ -212,6 +212,17 @@ async def test_james_gets_his_items_at_waist_height(tmp_path: Path, wall: FakeWa
     )
 
 
+async def test_a_robot_named_robot_is_not_called_the_robot_robot(
+    tmp_path: Path, wall: FakeWall
+) -> None:
+    async with Peer.open(tmp_path / "hall", device="hall-robot", wall=wall) as peer:
+        await peer.add_user("alice", name="Alice")
+        await peer.set_preference("alice", "light/level", "dim")
+        assert await explain(peer, "alice", "light/level", time=at(clock(0))) == (
+            "dim, because you said so on 2026-03-09 on hall-robot"
+        )
+
+
 # ----------------------------------------------------------------------- Mrs. Chen
 
 

@@ -112,9 +112,9 @@ def sentence(
     origin = resolved.provenance
     date = dt.datetime.fromtimestamp(hlc_ms(origin.hlc) / 1000, tz or dt.UTC).strftime("%Y-%m-%d")
     robot = devices.get(origin.device) or origin.device[:8]
-    parts = [
-        f"{head}, because {_HOW.get(resolved.source, 'you said so')} on {date} on the {robot} robot"
-    ]
+    # "on the kitchen robot", but "on kitchen-robot" for a robot already named so
+    where = robot if robot.lower().endswith("robot") else f"the {robot} robot"
+    parts = [f"{head}, because {_HOW.get(resolved.source, 'you said so')} on {date} on {where}"]
     if resolved.confirmations:
         times = "once" if resolved.confirmations == 1 else f"{resolved.confirmations} times"
         parts.append(f"confirmed {times} since")
