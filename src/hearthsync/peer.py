@@ -22,7 +22,6 @@ import contextlib
 import datetime as dt
 import functools
 import hashlib
-import json
 import logging
 import os
 import random
@@ -75,6 +74,7 @@ from hearthsync.model.records import (
     Relationship,
     Routine,
     SpatialChange,
+    given_fields,
 )
 from hearthsync.protocol.session import DocMeta
 from hearthsync.settings import HouseholdSettings
@@ -1151,7 +1151,7 @@ def _by_time(event: InteractionEvent) -> tuple[int, str]:
 
 def _given_user(user: str) -> str:
     """The opening `Record.decode` puts before a record stored without its user."""
-    return json.dumps({"user": user}, separators=(",", ":"))[:-1] + ","
+    return given_fields({"user": user})
 
 
 def _embedding_text(event: InteractionEvent) -> str:

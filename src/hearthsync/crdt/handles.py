@@ -23,7 +23,6 @@ merged) invalidates anything: the keys it changed, or, for a large one, everythi
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any, Generic
@@ -45,6 +44,7 @@ from hearthsync.model.records import (
     Relationship,
     Routine,
     SpatialChange,
+    given_fields,
 )
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ class SlotMap(Generic[R]):
         fields = {"device": device} | ({"user": self._user} if self._user else {})
         if self._key_field:
             fields[self._key_field] = key
-        return json.dumps(fields, separators=(",", ":"))[:-1] + ","
+        return given_fields(fields)
 
 
 def _stamp(record: object) -> tuple[str, str]:
@@ -216,7 +216,7 @@ class Log(Generic[R]):
         self._sub = self._array.integrated.observe(self._on_change)  # raw: see the module doc
         self._user = user = _implied_user(replica, record_type)
         self._without = frozenset({"user"} if user else ())
-        self._given = json.dumps({"user": user}, separators=(",", ":"))[:-1] + "," if user else ""
+        self._given = given_fields({"user": user} if user else {})
 
     def _on_change(self, _: Any) -> None:
         if self._replica.incoming:

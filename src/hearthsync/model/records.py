@@ -116,6 +116,14 @@ class Record(BaseModel):
             raise _translate(cls, exc) from None
 
 
+def given_fields(fields: dict[str, str]) -> str:
+    """The ``given`` of `Record.decode` for these implied fields: a JSON object's opening
+    (``'{"user":"alice",'``), or ``""`` for none."""
+    if not fields:
+        return ""
+    return json.dumps(fields, separators=(",", ":"))[:-1] + ","
+
+
 @functools.cache
 def _content_fields(cls: type[Record]) -> tuple[str, ...]:
     """The fields people write that can hold text: the ones checked for personal data.
