@@ -180,6 +180,7 @@ class DocumentSet:
                 _settle_all(queue, exc)
                 raise
             _settle_all(queue, None, results)
+        self._settle_merged(queue)
         await self._maybe_compact()
 
     def crash(self) -> None:
