@@ -873,11 +873,11 @@ class Peer:
 
     def diff(self, doc_id: str, state_vector: bytes = b"\x00") -> bytes:
         """The update holding everything of ``doc_id`` that ``state_vector`` has not seen."""
-        replica = self._docs.get(DocId(doc_id))
+        replica = self._docs.settled(DocId(doc_id))
         if replica is None:
             raise NotFoundError(f"no document {doc_id!r}")
         update = bytes(replica.doc.get_update(state_vector))
-        if replica.beyond:  # what Yrs leaves out of a diff: content beyond a clock gap
+        if replica.beyond:  # held aside, beyond a gap in its author's clock: others may fill it
             update = bytes(merge_updates(update, *replica.beyond))
         return update
 
@@ -1088,7 +1088,7 @@ class _PeerDocs:
         return self._peer.state_vector(doc_id)
 
     def digest(self, doc_id: DocId) -> bytes:
-        replica = self._peer._docs.get(doc_id)
+        replica = self._peer._docs.settled(doc_id)
         return replica.digest() if replica is not None else EMPTY_DIGEST
 
     def diff(self, doc_id: DocId, state_vector: bytes) -> bytes:

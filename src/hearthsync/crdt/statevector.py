@@ -76,3 +76,43 @@ def canonical(data: bytes) -> bytes:
 def covers(mine: StateVector, theirs: StateVector) -> bool:
     """True when ``mine`` has seen everything ``theirs`` has."""
     return all(mine.get(client, 0) >= clock for client, clock in theirs.items())
+
+
+def canonical_delete_set(update: bytes) -> bytes:
+    """The delete set of ``update``, an update holding no structs (what
+    ``Doc.get_update(own state vector)`` returns), in canonical form: clients sorted, each
+    client's deleted ranges sorted and joined.  Yrs writes clients in hash-map order and may
+    split a range where another replica joined it.
+
+    Raises `RemoteError` if ``update`` holds structs or is not an update.
+    """
+    structs, pos = _read_varuint(update, 0)
+    if structs:
+        raise RemoteError("not a delete set: the update holds structs")
+    count, pos = _read_varuint(update, pos)
+    ranges: dict[int, list[tuple[int, int]]] = {}
+    for _ in range(count):
+        client, pos = _read_varuint(update, pos)
+        n, pos = _read_varuint(update, pos)
+        spans = ranges.setdefault(client, [])
+        for _ in range(n):
+            clock, pos = _read_varuint(update, pos)
+            length, pos = _read_varuint(update, pos)
+            spans.append((clock, clock + length))
+    if pos != len(update):
+        raise RemoteError("delete set has trailing bytes")
+    out = bytearray()
+    _write_varuint(len(ranges), out)
+    for client in sorted(ranges):
+        joined: list[list[int]] = []
+        for start, end in sorted(ranges[client]):
+            if joined and start <= joined[-1][1]:
+                joined[-1][1] = max(joined[-1][1], end)
+            else:
+                joined.append([start, end])
+        _write_varuint(client, out)
+        _write_varuint(len(joined), out)
+        for start, end in joined:
+            _write_varuint(start, out)
+            _write_varuint(end - start, out)
+    return bytes(out)

@@ -203,6 +203,26 @@ class DocumentSet:
     def get(self, doc_id: DocId) -> Replica | None:
         return self.replicas.get(doc_id)
 
+    def settled(self, doc_id: DocId) -> Replica | None:
+        """The replica of ``doc_id`` with what it merged sorted (`Replica.settle`): what an
+        inventory or a diff must read."""
+        replica = self.replicas.get(doc_id)
+        if replica is None:
+            return None
+        replica.settle()
+        return self._untainted(doc_id, replica)
+
+    def _untainted(self, doc_id: DocId, replica: Replica) -> Replica:
+        """``replica``, or its rebuilt successor if Yrs showed content beyond a gap in it
+        (`Replica.tainted`).  Views and observers follow the new replica, as they do a new
+        client id (`renew_if_stale`)."""
+        if not replica.tainted:
+            return replica
+        fresh = replica.rebuilt()
+        self.replicas[doc_id] = fresh
+        self._watch(doc_id, fresh)
+        return fresh
+
     def replica(self, doc_id: DocId) -> Replica:
         """The replica of ``doc_id``, created (empty, with a fresh client id) if new."""
         replica = self.replicas.get(doc_id)
@@ -271,9 +291,14 @@ class DocumentSet:
                 self._forget_new(doc_id)
             raise
         arrived = self._arrived.get(doc_id)
+        queue = self._queue
+        if replica.tainted:  # some of what arrived is held aside: embed what stays readable
+            if arrived:
+                arrived.clear()
+                queue.rescan.add(doc_id)
+            self._untainted(doc_id, replica)
         if delta is None:
             return None
-        queue = self._queue
         queue.remote.append((doc_id, delta, origin))
         if packed is not None and delta is update:
             queue.packed[id(delta)] = packed
@@ -392,9 +417,7 @@ class DocumentSet:
         """Sort what was merged from elsewhere into content beyond a clock gap or not, now
         that the acknowledgements are out (`Replica.settle`)."""
         for doc_id in {doc_id for doc_id, _, _ in queue.remote}:
-            replica = self.replicas.get(DocId(doc_id))
-            if replica is not None:
-                replica.settle()
+            self.settled(DocId(doc_id))
 
     async def _flush(self, queue: _Queue) -> list[Any]:
         """Commit ``queue`` as one batch; return what each change returned, in queue order."""

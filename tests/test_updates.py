@@ -1,0 +1,159 @@
+"""Reading Yrs v1 updates by clocks (`hearthsync.crdt.updates`), and what replicas built on
+it promise: whatever order updates come in, and whichever are missing for good, replicas that
+received the same updates show the same content."""
+
+from __future__ import annotations
+
+import random
+from functools import partial
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, merge_updates
+
+from hearthsync.crdt import statevector, updates
+from hearthsync.crdt.kinds import parse
+from hearthsync.crdt.replica import Replica
+
+SPATIAL = parse("home/spatial")
+
+
+def deltas_of(doc: Doc[Any]) -> list[bytes]:
+    found: list[bytes] = []
+    doc.observe(lambda event: found.append(event.update))
+    return found
+
+
+def every_kind(doc: Doc[Any]) -> None:
+    """Content of every kind a replica may meet: values of every type, nested types, text
+    beyond the Basic Multilingual Plane (Yjs counts UTF-16 code units), XML with names."""
+    m = doc.get("m", type=Map)
+    m["any"] = {"list": [1, -70, 2.5, None, True, False, "s", b"\x00\xff", 2**40]}
+    m["nested"] = Map({"k": "v"})
+    array = doc.get("a", type=Array)
+    array.extend(["x", 1, 3.25])
+    del array[1]
+    text = doc.get("t", type=Text)
+    text += "héllo 😀 world"
+    del text[0:2]
+    fragment = doc.get("x", type=XmlFragment)
+    fragment.children.append(XmlElement("p", {"class": "c"}))
+    del m["any"]
+
+
+def test_runs_count_every_clock_of_every_kind() -> None:
+    doc: Doc[Any] = Doc(client_id=7)
+    every_kind(doc)
+    found, delete_set = updates.runs(doc.get_update())
+    assert [(r.client, r.start) for r in found] == [(7, 0)]
+    assert found[0].end == statevector.decode(doc.get_state())[7]
+    assert delete_set != b"\x00"  # the deletions above
+    again: Doc[Any] = Doc()
+    again.apply_update(updates.truncate(doc.get_update(), {7: 10**6}))
+    assert again.get_state() == doc.get_state()
+    for name, kind in (("m", Map), ("a", Array), ("t", Text), ("x", XmlFragment)):
+        assert str(again.get(name, type=kind)) == str(doc.get(name, type=kind))
+    assert statevector.canonical_delete_set(again.get_update(again.get_state())) == (
+        statevector.canonical_delete_set(doc.get_update(doc.get_state()))
+    )
+
+
+def test_a_gap_ends_a_run_and_truncate_cuts_what_lies_beyond() -> None:
+    author: Doc[Any] = Doc(client_id=5)
+    deltas = deltas_of(author)
+    m = author.get("m", type=Map)
+    for i in range(6):
+        m[f"k{i}"] = i
+    merged = merge_updates(deltas[0], deltas[2], deltas[3], deltas[5])
+    found, _ = updates.runs(merged)
+    assert [(r.start, r.end) for r in found] == [(0, 1), (2, 4), (5, 6)]
+    reader: Doc[Any] = Doc()
+    reader.apply_update(merged)
+    state = statevector.decode(reader.get_state())
+    assert state == {5: 1}
+    cut: Doc[Any] = Doc()
+    cut.apply_update(updates.truncate(reader.get_update(), state))
+    assert cut.get("m", type=Map).to_py() == {"k0": 0}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"\x01\x01\x05", b"\x01\x01\x05\x00\x1f", b"\x01\x01\x05\x00\x28\x01\x01\x6d\x02"],
+    ids=["cut-short", "unknown-kind", "cut-in-a-string"],
+)
+def test_bytes_that_are_not_an_update_are_refused_by_name(data: bytes) -> None:
+    with pytest.raises(updates.UpdateFormatError):
+        updates.runs(data)
+
+
+# ------------------------------------------------------------------ replicas, any order
+
+
+def receive(replica: Replica, update: bytes) -> Replica:
+    """What `DocumentSet.apply_remote` does: apply, and replace a tainted replica."""
+    replica.apply(update)
+    replica.settle()
+    return replica.rebuilt() if replica.tainted else replica
+
+
+def shown(replica: Replica) -> Any:
+    return replica.doc.get("placements", type=Map).to_py()
+
+
+def history(seed: int, writes: int) -> tuple[list[bytes], Any]:
+    """Two robots moving the same few objects, syncing now and then: one delta per move."""
+    rng = random.Random(seed)
+    robots = [Replica(SPATIAL, client_id=c, lineage=SPATIAL.genesis) for c in (11, 22)]
+    deltas: list[bytes] = []
+    for i in range(writes):
+        robot = rng.choice(robots)
+        ymap = robot.doc.get("placements", type=Map)
+        key = rng.choice(["mug", "keys", "remote"])
+        if rng.random() < 0.15 and key in ymap:
+            _, delta = robot.transact(partial(ymap.pop, key))
+        else:
+            _, delta = robot.transact(partial(ymap.__setitem__, key, f"{key}-{i}"))
+        assert delta is not None
+        deltas.append(delta)
+        if rng.random() < 0.5:  # they sync: later moves have the other robot's as origins
+            for a, b in ((robots[0], robots[1]), (robots[1], robots[0])):
+                b.doc.apply_update(a.doc.get_update(b.doc.get_state()))
+    for a, b in ((robots[0], robots[1]), (robots[1], robots[0])):
+        b.doc.apply_update(a.doc.get_update(b.doc.get_state()))
+    return deltas, shown(robots[0])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    writes=st.integers(2, 14),
+    data=st.data(),
+)
+def test_replicas_given_the_same_updates_in_any_order_show_the_same(
+    seed: int, writes: int, data: st.DataObject
+) -> None:
+    deltas, final = history(seed, writes)
+    lost = data.draw(st.sets(st.integers(0, len(deltas) - 1), max_size=len(deltas) // 2))
+    kept = [d for i, d in enumerate(deltas) if i not in lost]
+    replicas = []
+    for client in (101, 102, 103):
+        order = data.draw(st.permutations(kept))
+        repeats = data.draw(st.lists(st.sampled_from(kept), max_size=3)) if kept else []
+        replica = Replica(SPATIAL, client_id=client, lineage=SPATIAL.genesis)
+        for update in [*order, *repeats]:
+            replica = receive(replica, update)
+        replicas.append(replica)
+    first = replicas[0]
+    for other in replicas[1:]:
+        assert other.state_vector() == first.state_vector() or statevector.decode(
+            other.state_vector()
+        ) == statevector.decode(first.state_vector())
+        assert shown(other) == shown(first)
+        assert other.digest() == first.digest()
+    # what was lost arrives (from a robot that had it): everything shows as the authors do
+    for update in (deltas[i] for i in sorted(lost, reverse=True)):
+        first = receive(first, update)
+    assert shown(first) == final
+    assert first.beyond == []
