@@ -370,6 +370,31 @@ def test_a_lost_update_is_repaired_once_updates_settle(kitchen: Robot, hall: Rob
     assert not a[1].data_to_send()  # once per burst of updates, not forever
 
 
+def test_a_lost_update_is_repaired_while_updates_keep_flowing(kitchen: Robot, hall: Robot) -> None:
+    """Found by the chaos harness (seed 30029): each update sent used to postpone the re-offer,
+    so under a steady stream an update lost in a partition was repaired only once the stream
+    stopped.  The re-offer is due SETTLE_S after the first unacknowledged update."""
+    doc = DocId("user/alice/prefs")
+    a, b = connect(kitchen, hall)
+    a[1].tick(NOW)
+    assert a[1].send_update(doc, kitchen.docs.write(doc, "tea/mug", "blue"))
+    a[1].data_to_send()  # lost on the way
+    offers = 0
+    for step in range(1, 13):  # a write every half second, each delivered
+        now = NOW + step * SETTLE_S / 4
+        a[1].tick(now)
+        for data in a[1].data_to_send():
+            offers += isinstance(f.decode(data), f.Inventory)
+            b[1].receive_data(data, now)
+        assert a[1].send_update(doc, kitchen.docs.write(doc, f"light/{step}", "dim"))
+        pump(a, b, now)
+        if hall.docs.content(doc).get("tea/mug") == "blue":
+            break
+    assert offers >= 1
+    assert step <= 5, f"repaired only after {step * SETTLE_S / 4} s"
+    assert hall.docs.content(doc) == kitchen.docs.content(doc)
+
+
 def test_a_lost_request_is_asked_again_and_a_duplicate_answer_is_harmless(
     kitchen: Robot, hall: Robot
 ) -> None:

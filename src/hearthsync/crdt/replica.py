@@ -319,15 +319,20 @@ class Replica:
         return doc
 
     def digest(self) -> bytes:
-        """What an inventory compares (SPEC §6.3): a hash of the canonical state vector and of
-        the canonical delete set.  What is held aside is not shown, so it is left out: two
-        replicas that show the same are in sync, whatever they hold aside.  The delete set is
-        in because Yrs can apply a deletion whose author's insertion it holds aside: replicas
-        with equal state vectors can then show different content (found by the chaos
-        harness), and a diff always carries the whole delete set."""
+        """What an inventory compares (SPEC §6.3): a hash of the canonical state vector and,
+        when anything was deleted, of the canonical delete set.
+
+        What is held aside is not shown, so it is left out: two replicas that show the same
+        are in sync, whatever they hold aside.  The delete set is in because deletions apply
+        at once, even of items held aside or not seen yet: replicas with equal state vectors
+        could otherwise show different content and look in sync for good (found by the chaos
+        harness).  Any diff carries the whole delete set, so one exchange settles it.
+        """
         state = self.doc.get_state()
         digest = hashlib.blake2b(statevector.canonical(state), digest_size=8)
-        digest.update(statevector.canonical_delete_set(self.doc.get_update(state)))
+        deleted = statevector.canonical_delete_set(self.doc.get_update(state))
+        if deleted != EMPTY_STATE:  # nothing deleted: the plain hash of the state vector
+            digest.update(deleted)
         return digest.digest()
 
     def _merge(self, update: bytes) -> None:

@@ -106,8 +106,8 @@ class DocSource(Protocol):
         ...
 
     def digest(self, doc_id: DocId) -> bytes:
-        """What the inventory compares (SPEC §6.3): `sv_hash` of the state vector, unless the
-        document holds content beyond a gap in an author's clock."""
+        """What the inventory compares (SPEC §6.3): `sv_hash` of the state vector, and of the
+        delete set when anything was deleted."""
         ...
 
     def diff(self, doc_id: DocId, state_vector: bytes) -> bytes:
@@ -336,10 +336,16 @@ class Session:
             self._send(f.Ping(self._ping))
 
     def _await_ack(self, doc_id: DocId) -> None:
-        """``doc_id`` was sent: offer the inventory again unless it is acknowledged soon."""
+        """``doc_id`` was sent: offer the inventory again unless it is acknowledged soon.
+
+        A re-offer already due stays due: pushing it back on every send starved it for as
+        long as updates kept flowing, and an update lost in a partition then reached the peer
+        only once the household fell quiet (found by the chaos harness, seed 30029: a robot
+        was revoked first, and what it wrote in the partition never arrived)."""
         self._unacked[doc_id] = statevector.decode(self.docs.state_vector(doc_id))
-        self._settle_wait = SETTLE_S
-        self._settle_at = self.now + SETTLE_S
+        if self._settle_at is None:
+            self._settle_wait = SETTLE_S
+            self._settle_at = self.now + SETTLE_S
 
     def _acknowledged(self, doc_id: DocId, state_vector: bytes) -> None:
         sent = self._unacked.get(doc_id)
