@@ -347,9 +347,14 @@ class Peer:
             # raw observers, called inside the transaction: they read neither the event
             # (pycrdt's own observe computes every changed key, which Yrs can panic on for a
             # merge beyond a clock gap: `event_field`) nor the document (it is borrowed)
-            self._users_sub = household.users.integrated.observe(self._forget_users)
-            self._forgotten_sub = household.forgotten.integrated.observe(self._tombstones_changed)
-            self._settings_sub = household.settings.integrated.observe(self._settings_changed)
+            track = replica.track
+            self._users_sub = track(household.users.integrated.observe(self._forget_users))
+            self._forgotten_sub = track(
+                household.forgotten.integrated.observe(self._tombstones_changed)
+            )
+            self._settings_sub = track(
+                household.settings.integrated.observe(self._settings_changed)
+            )
             self._users_of, self._users, self._forgotten = replica, None, None
             self._settings.changed()
 

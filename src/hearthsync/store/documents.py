@@ -161,6 +161,13 @@ class DocumentSet:
         self._wake.set()
         if self._flusher is not None:
             await self._flusher
+        self._release()
+
+    def _release(self) -> None:
+        """Drop every subscription to the documents (`Replica.close`): Yrs holds observers
+        where Python's collector cannot see them, and would keep this set alive for good."""
+        for replica in self.replicas.values():
+            replica.close()
 
     async def commit(self) -> None:
         """Commit everything queued now, as one batch; raises if that batch failed (its
@@ -197,6 +204,7 @@ class DocumentSet:
             _settle(self._inflight, lost, retrieved=True)
         self._queue = _Queue()
         self._carry = []
+        self._release()
 
     # ---------------------------------------------------------------------- documents
 
@@ -221,6 +229,7 @@ class DocumentSet:
         fresh = replica.rebuilt()
         self.replicas[doc_id] = fresh
         self._watch(doc_id, fresh)
+        replica.close()
         return fresh
 
     def replica(self, doc_id: DocId) -> Replica:
@@ -336,6 +345,7 @@ class DocumentSet:
         fresh.adopt(replica.encode_state())
         self.replicas[doc_id] = fresh
         self._watch(doc_id, fresh)
+        replica.close()
         pending = [row for row in self._new if row.doc_id == doc_id]
         if pending:  # the row is not written yet: write it with the new id
             self._new = [r for r in self._new if r.doc_id != doc_id]
@@ -367,7 +377,7 @@ class DocumentSet:
                     arrived.extend(part.get("insert", ()))
 
         array: Array[str] = replica.doc.get("events", type=Array)
-        self._watches[doc_id] = array.integrated.observe(on_change)
+        self._watches[doc_id] = replica.track(array.integrated.observe(on_change))
 
     def _wake_flusher(self) -> None:
         if self._queue.done is None:
@@ -375,7 +385,9 @@ class DocumentSet:
             self._wake.set()
 
     def _forget_new(self, doc_id: DocId) -> None:
-        self.replicas.pop(doc_id, None)
+        dropped = self.replicas.pop(doc_id, None)
+        if dropped is not None:
+            dropped.close()
         self._new = [row for row in self._new if row.doc_id != doc_id]
         self._log_bytes.pop(doc_id, None)
         self._snapshot_bytes.pop(doc_id, None)
@@ -550,7 +562,9 @@ class DocumentSet:
             self._new = [row for row in self._new if not theirs(row.doc_id)]
             doomed = sorted({d for d in (*self.replicas, *self.corrupt) if theirs(d)})
             for doc_id in doomed:
-                self.replicas.pop(doc_id, None)
+                dropped = self.replicas.pop(doc_id, None)
+                if dropped is not None:
+                    dropped.close()
                 self.corrupt.pop(doc_id, None)
                 self._arrived.pop(doc_id, None)
                 self._watches.pop(doc_id, None)
