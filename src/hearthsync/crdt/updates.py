@@ -48,143 +48,146 @@ class Run:
     count: int
 
 
-class _Reader:
-    __slots__ = ("data", "pos")
+def _uint(data: bytes, pos: int) -> tuple[int, int]:
+    """A lib0 varuint at ``pos``: its value and the position after it."""
+    byte = data[pos]
+    if byte < 0x80:
+        return byte, pos + 1
+    value, shift = byte & 0x7F, 7
+    while True:
+        pos += 1
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos + 1
+        shift += 7
+        if shift > 70:
+            raise UpdateFormatError("number longer than 64 bits")
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
 
-    def varuint(self) -> int:
-        data, pos = self.data, self.pos
-        value = shift = 0
-        while True:
-            if pos >= len(data):
-                raise UpdateFormatError("update ends in the middle of a number")
-            byte = data[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                self.pos = pos
-                return value
-            shift += 7
-            if shift > 70:
-                raise UpdateFormatError("number longer than 64 bits")
+def _past_uint(data: bytes, pos: int) -> int:
+    while data[pos] >= 0x80:
+        pos += 1
+    return pos + 1
 
-    def skip(self, n: int) -> None:
-        if self.pos + n > len(self.data):
-            raise UpdateFormatError("update ends in the middle of a value")
-        self.pos += n
 
-    def string(self) -> bytes:
-        n = self.varuint()
-        start = self.pos
-        self.skip(n)
-        return self.data[start : self.pos]
+def _past_string(data: bytes, pos: int) -> int:
+    n, pos = _uint(data, pos)
+    pos += n
+    if pos > len(data):
+        raise UpdateFormatError("update ends in the middle of a value")
+    return pos
 
-    def varint(self) -> None:
-        while True:
-            self.skip(1)
-            if self.data[self.pos - 1] < 0x80:
-                return
 
-    def any(self, depth: int = 0) -> None:
-        if depth > 64:
-            raise UpdateFormatError("value nested too deeply")
-        self.skip(1)
-        tag = self.data[self.pos - 1]
-        if tag in (127, 126, 121, 120):  # undefined, null, false, true
-            return
-        if tag == 125:
-            self.varint()
-        elif tag == _FLOAT32:
-            self.skip(4)
-        elif tag in (_FLOAT64, _BIGINT):
-            self.skip(8)
-        elif tag in (119, 116):  # string, bytes
-            self.string()
-        elif tag == 118:  # object
-            for _ in range(self.varuint()):
-                self.string()
-                self.any(depth + 1)
-        elif tag == 117:  # array
-            for _ in range(self.varuint()):
-                self.any(depth + 1)
-        else:
-            raise UpdateFormatError(f"unknown value tag {tag}")
+def _past_any(data: bytes, pos: int, depth: int = 0) -> int:
+    if depth > 64:
+        raise UpdateFormatError("value nested too deeply")
+    tag = data[pos]
+    pos += 1
+    if tag in (119, 116):  # string, bytes
+        return _past_string(data, pos)
+    if tag in (127, 126, 121, 120):  # undefined, null, false, true
+        return pos
+    if tag == 125:  # varint: the sign is a bit of the first byte
+        return _past_uint(data, pos)
+    if tag == _FLOAT32:
+        return pos + 4
+    if tag in (_FLOAT64, _BIGINT):
+        return pos + 8
+    if tag == 118:  # object
+        n, pos = _uint(data, pos)
+        for _ in range(n):
+            pos = _past_any(data, _past_string(data, pos), depth + 1)
+        return pos
+    if tag == 117:  # array
+        n, pos = _uint(data, pos)
+        for _ in range(n):
+            pos = _past_any(data, pos, depth + 1)
+        return pos
+    raise UpdateFormatError(f"unknown value tag {tag}")
 
-    def struct(self) -> tuple[int, bool]:
-        """Read one struct; return its length in clocks and whether it is a Skip (a gap)."""
-        self.skip(1)
-        info = self.data[self.pos - 1]
-        ref = info & 0x1F
-        if ref in (_GC, _SKIP):
-            return self.varuint(), ref == _SKIP
-        if info & 0x80:  # origin
-            self.varuint()
-            self.varuint()
-        if info & 0x40:  # right origin
-            self.varuint()
-            self.varuint()
-        if not info & 0xC0:  # no origin: the parent is written out
-            if self.varuint():
-                self.string()  # a root type, by name
-            else:
-                self.varuint()
-                self.varuint()
-            if info & 0x20:
-                self.string()  # the map key
-        if ref == _DELETED:
-            return self.varuint(), False
-        if ref == _JSON:
-            count = self.varuint()
-            for _ in range(count):
-                self.string()
-            return count, False
-        if ref == _ANY:
-            count = self.varuint()
-            for _ in range(count):
-                self.any()
-            return count, False
-        if ref == _STRING:  # Yjs counts a string's clocks in UTF-16 code units
-            return len(self.string().decode("utf-8").encode("utf-16-le")) // 2, False
-        if ref in (_BINARY, _EMBED):
-            self.string()
-        elif ref == _FORMAT:
-            self.string()
-            self.string()
-        elif ref == _TYPE:
-            if self.varuint() in _NAMED_TYPES:
-                self.string()
-        elif ref == _DOC:
-            self.string()
-            self.any()
-        else:
-            raise UpdateFormatError(f"unknown content kind {ref}")
-        return 1, False
+
+def _struct(data: bytes, pos: int) -> tuple[int, bool, int]:
+    """The struct at ``pos``: its length in clocks, whether it is a Skip (a gap), and the
+    position after it."""
+    info = data[pos]
+    pos += 1
+    ref = info & 0x1F
+    if ref in (_GC, _SKIP):
+        length, pos = _uint(data, pos)
+        return length, ref == _SKIP, pos
+    if info & 0x80:  # origin
+        pos = _past_uint(data, _past_uint(data, pos))
+    if info & 0x40:  # right origin
+        pos = _past_uint(data, _past_uint(data, pos))
+    if not info & 0xC0:  # no origin: the parent is written out
+        named, pos = _uint(data, pos)
+        pos = _past_string(data, pos) if named else _past_uint(data, _past_uint(data, pos))
+        if info & 0x20:
+            pos = _past_string(data, pos)  # the map key
+    if ref == _ANY:
+        count, pos = _uint(data, pos)
+        for _ in range(count):
+            pos = _past_any(data, pos)
+        return count, False, pos
+    if ref == _DELETED:
+        length, pos = _uint(data, pos)
+        return length, False, pos
+    if ref == _JSON:
+        count, pos = _uint(data, pos)
+        for _ in range(count):
+            pos = _past_string(data, pos)
+        return count, False, pos
+    if ref == _STRING:  # Yjs counts a string's clocks in UTF-16 code units
+        _, start = _uint(data, pos)
+        pos = _past_string(data, pos)
+        text = data[start:pos].decode("utf-8", errors="surrogatepass")
+        return len(text.encode("utf-16-le", errors="surrogatepass")) // 2, False, pos
+    if ref in (_BINARY, _EMBED):
+        pos = _past_string(data, pos)
+    elif ref == _FORMAT:
+        pos = _past_string(data, _past_string(data, pos))
+    elif ref == _TYPE:
+        kind, pos = _uint(data, pos)
+        if kind in _NAMED_TYPES:
+            pos = _past_string(data, pos)
+    elif ref == _DOC:
+        pos = _past_any(data, _past_string(data, pos))
+    else:
+        raise UpdateFormatError(f"unknown content kind {ref}")
+    return 1, False, pos
 
 
 def runs(update: bytes) -> tuple[list[Run], bytes]:
     """The runs of structs ``update`` holds (a Skip ends one), and its delete set's bytes."""
-    reader = _Reader(update)
+    try:
+        return _runs(update)
+    except IndexError:
+        raise UpdateFormatError("update ends in the middle of a value") from None
+
+
+def _runs(data: bytes) -> tuple[list[Run], bytes]:
     found: list[Run] = []
-    for _ in range(reader.varuint()):
-        count = reader.varuint()
-        client = reader.varuint()
-        clock = reader.varuint()
-        start, first, n = clock, reader.pos, 0
+    clients, pos = _uint(data, 0)
+    for _ in range(clients):
+        count, pos = _uint(data, pos)
+        client, pos = _uint(data, pos)
+        clock, pos = _uint(data, pos)
+        start, first, n = clock, pos, 0
         for _ in range(count):
-            at = reader.pos
-            length, is_skip = reader.struct()
+            at = pos
+            length, is_skip, pos = _struct(data, pos)
             if is_skip:
                 if clock > start:
                     found.append(Run(client, start, clock, first, at, n))
-                start, first, n = clock + length, reader.pos, -1
+                start, first, n = clock + length, pos, -1
             clock += length
             n += 1
         if clock > start:
-            found.append(Run(client, start, clock, first, reader.pos, n))
-    return found, update[reader.pos :]
+            found.append(Run(client, start, clock, first, pos, n))
+    if pos > len(data):
+        raise UpdateFormatError("update ends in the middle of a value")
+    return found, data[pos:]
 
 
 def _varuint(value: int, out: bytearray) -> None:
