@@ -220,7 +220,7 @@ class Replica:
         it (even content held already, and its overwrites then report a change, so robots
         would send each other the same update for ever), and taking it out again afterwards
         (`rebuilt`) loses the deletions Yrs keeps pending for items it has not seen.  Reading
-        costs about a microsecond per struct.
+        costs about half a microsecond per struct.
         """
         try:
             found, delete_set = updates.runs(update)
