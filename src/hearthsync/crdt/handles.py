@@ -70,9 +70,8 @@ class SlotMap(Generic[R]):
         #: (an update beyond a gap in its author's clock can report a replacement that is not
         #: readable: found by the chaos harness), and the map cannot be read inside the event
         self._dirty: set[str] = set()
-        self._sub = replica.track(
-            self._map.integrated.observe(self._on_change)
-        )  # raw: see the module doc
+        # a raw observer: see the module doc
+        self._sub = replica.track(self._map.integrated.observe(self._on_change))
         self._user = _implied_user(replica, record_type)
         self._key_field = record_type.SLOT_KEY_FIELD
         implied = {"device"} | ({"user"} if self._user else set())
@@ -215,9 +214,8 @@ class Log(Generic[R]):
         #: the records in ``_order_key`` order, with their keys (for bisecting a range)
         self._ordered: tuple[list[R], list[Any]] | None = None
         self._order_key: Callable[[R], Any] | None = None
-        self._sub = replica.track(
-            self._array.integrated.observe(self._on_change)
-        )  # raw: see the module doc
+        # a raw observer: see the module doc
+        self._sub = replica.track(self._array.integrated.observe(self._on_change))
         self._user = user = _implied_user(replica, record_type)
         self._without = frozenset({"user"} if user else ())
         self._given = given_fields({"user": user} if user else {})

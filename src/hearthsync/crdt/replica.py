@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pycrdt import Doc, get_update
+from pycrdt import Doc, get_update, merge_updates
 
 from hearthsync.crdt import statevector, updates
 from hearthsync.crdt.kinds import DocInfo
@@ -54,20 +54,13 @@ class _Piece:
     run: updates.Run
     data: bytes
 
-    @property
-    def client(self) -> int:
-        return self.run.client
-
-    @property
-    def start(self) -> int:
-        return self.run.start
-
-    @property
-    def end(self) -> int:
-        return self.run.end
-
     def covers(self, run: updates.Run) -> bool:
-        return self.client == run.client and self.start <= run.start and run.end <= self.end
+        mine = self.run
+        return mine.client == run.client and mine.start <= run.start and run.end <= mine.end
+
+    def seen(self, vector: statevector.StateVector) -> int:
+        """How far ``vector`` has seen this run's client."""
+        return vector.get(self.run.client, 0)
 
 
 class Replica:
@@ -275,11 +268,11 @@ class Replica:
         """Merge what was held aside and no longer lies beyond a gap, until nothing moves."""
         while self._aside:
             vector = statevector.decode(self.doc.get_state())
-            ready = [p for p in self._aside if p.start <= vector.get(p.client, 0) < p.end]
+            ready = [p for p in self._aside if p.run.start <= p.seen(vector) < p.run.end]
             for piece in ready:
                 self._merge(piece.data)
             after = statevector.decode(self.doc.get_state())
-            self._aside = [p for p in self._aside if p.end > after.get(p.client, 0)]
+            self._aside = [p for p in self._aside if p.run.end > p.seen(after)]
             if not self._aside:
                 self._held.clear()
             if after == vector:
@@ -328,9 +321,8 @@ class Replica:
         vector = statevector.decode(self.doc.get_state())
         found, delete_set = updates.runs(full)
         while True:
-            kept = [run for run in found if run.start < vector.get(run.client, 0)]
             doc: Doc[Any] = Doc(client_id=self.client_id)
-            doc.apply_update(updates.encode(full, kept, delete_set))
+            doc.apply_update(updates.encode(full, updates.within(found, vector), delete_set))
             after = statevector.decode(doc.get_state())
             if after == vector:
                 break
@@ -381,8 +373,6 @@ class Replica:
             return None
         if len(captured) == 1:
             return captured[0]
-        from pycrdt import merge_updates
-
         return merge_updates(*captured)
 
     def state_vector(self) -> bytes:
@@ -392,7 +382,5 @@ class Replica:
         """The whole document as one update (what a snapshot holds), with what is held aside."""
         update = self.doc.get_update()
         if self._aside:
-            from pycrdt import merge_updates
-
             update = merge_updates(update, *(piece.data for piece in self._aside))
         return update

@@ -34,7 +34,7 @@ def _read_varuint(data: bytes, pos: int) -> tuple[int, int]:
             raise RemoteError("state vector number longer than 64 bits")
 
 
-def _write_varuint(value: int, out: bytearray) -> None:
+def write_varuint(value: int, out: bytearray) -> None:
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
         value >>= 7
@@ -61,10 +61,10 @@ def decode(data: bytes) -> StateVector:
 def encode(vector: StateVector) -> bytes:
     """The canonical encoding: entries sorted by client id."""
     out = bytearray()
-    _write_varuint(len(vector), out)
+    write_varuint(len(vector), out)
     for client in sorted(vector):
-        _write_varuint(client, out)
-        _write_varuint(vector[client], out)
+        write_varuint(client, out)
+        write_varuint(vector[client], out)
     return bytes(out)
 
 
@@ -102,7 +102,7 @@ def canonical_delete_set(update: bytes) -> bytes:
     if pos != len(update):
         raise RemoteError("delete set has trailing bytes")
     out = bytearray()
-    _write_varuint(len(ranges), out)
+    write_varuint(len(ranges), out)
     for client in sorted(ranges):
         joined: list[list[int]] = []
         for start, end in sorted(ranges[client]):
@@ -110,9 +110,9 @@ def canonical_delete_set(update: bytes) -> bytes:
                 joined[-1][1] = max(joined[-1][1], end)
             else:
                 joined.append([start, end])
-        _write_varuint(client, out)
-        _write_varuint(len(joined), out)
+        write_varuint(client, out)
+        write_varuint(len(joined), out)
         for start, end in joined:
-            _write_varuint(start, out)
-            _write_varuint(end - start, out)
+            write_varuint(start, out)
+            write_varuint(end - start, out)
     return bytes(out)

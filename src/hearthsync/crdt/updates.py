@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hearthsync.crdt.statevector import StateVector
+from hearthsync.crdt.statevector import StateVector, write_varuint
 
 
 class UpdateFormatError(ValueError):
@@ -190,21 +190,14 @@ def _runs(data: bytes) -> tuple[list[Run], bytes]:
     return found, data[pos:]
 
 
-def _varuint(value: int, out: bytearray) -> None:
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-
-
 def encode(update: bytes, parts: list[Run], delete_set: bytes) -> bytes:
     """An update holding ``parts`` (runs read from ``update``, whole) and ``delete_set``."""
     out = bytearray()
-    _varuint(len(parts), out)
+    write_varuint(len(parts), out)
     for run in parts:
-        _varuint(run.count, out)
-        _varuint(run.client, out)
-        _varuint(run.start, out)
+        write_varuint(run.count, out)
+        write_varuint(run.client, out)
+        write_varuint(run.start, out)
         out += update[run.first : run.last]
     out += delete_set
     return bytes(out)
@@ -215,4 +208,9 @@ def truncate(update: bytes, state: StateVector) -> bytes:
     what it has seen of their client), delete set kept whole.  The runs kept are kept whole: a
     document's own runs end where its state vector does."""
     found, delete_set = runs(update)
-    return encode(update, [r for r in found if r.start < state.get(r.client, 0)], delete_set)
+    return encode(update, within(found, state), delete_set)
+
+
+def within(found: list[Run], state: StateVector) -> list[Run]:
+    """The runs that start before what ``state`` has seen of their client."""
+    return [run for run in found if run.start < state.get(run.client, 0)]
