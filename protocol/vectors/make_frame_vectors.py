@@ -41,6 +41,7 @@ GRAMMAR: dict[str, tuple[int, tuple[str, ...]]] = {
     "ERROR": (11, ("code", "message")),
     "KEY_GRANT": (12, ("grant",)),
     "REVOCATIONS": (13, ("revocations",)),
+    "NEIGHBOURS": (14, ("devices",)),
 }
 ENTRY_FIELDS = ("doc_id", "lineage", "sv_hash")
 VISIBLE_ASCII = "".join(chr(c) for c in range(0x21, 0x7F))  # the 94 characters ids may use
@@ -100,6 +101,8 @@ VALID: list[tuple[str, str, dict[str, Any]]] = [
     ("error-max-message", "ERROR", {"code": 999, "message": "é" * 128}),
     ("key-grant", "KEY_GRANT", {"grant": pattern(200, 15)}),
     ("revocations", "REVOCATIONS", {"revocations": pattern(150, 16)}),
+    ("neighbours-none", "NEIGHBOURS", {"devices": []}),
+    ("neighbours", "NEIGHBOURS", {"devices": ["d-3f2a9c0b1d4e5f60", "d-0011223344556677"]}),
 ]  # fmt: skip
 
 
@@ -135,7 +138,7 @@ def invalid() -> list[tuple[str, bytes, int, str, str]]:
         ("top-level-map", packb({"type": 9}), 400, "frame", "maps are never valid"),
         ("top-level-uint", b"\x09", 400, "frame", "a frame is an array"),
         ("type-zero", packb([0]), 501, "frame.type", "unknown frame type"),
-        ("type-fourteen", packb([14, 1]), 501, "frame.type", "unknown frame type"),
+        ("type-fifteen", packb([15, 1]), 501, "frame.type", "unknown frame type"),
         ("type-uint64-max", packb([2**64 - 1]), 501, "frame.type", "unknown frame type"),
         ("type-as-bool", b"\x92\xc3\x00", 400, "frame.type", "bool is not a uint"),
         ("type-as-str", packb(["PING", 1]), 400, "frame.type", "str is not a uint"),
@@ -190,6 +193,12 @@ def invalid() -> list[tuple[str, bytes, int, str, str]]:
         ("update-envelope-3MiB-declared", b"\x92\x07\xc6" + struct.pack(">I", 3 * 2**20), 413,
          "UPDATE.envelope", "over 2 MiB + 1 KiB, refused from the header"),
         ("update-empty-envelope", packb([7, b""]), 400, "UPDATE.envelope", "an envelope is bytes"),
+        ("neighbours-257-declared", b"\x92\x0e\xdc" + struct.pack(">H", 257), 413,
+         "NEIGHBOURS.devices", "over 256 devices, refused from the header"),
+        ("neighbours-empty-id", packb([14, [""]]), 400, "NEIGHBOURS.devices[0]",
+         "ids are not empty"),
+        ("neighbours-bin-id", packb([14, [b"d"]]), 400, "NEIGHBOURS.devices[0]",
+         "bin is not str"),
     ]  # fmt: skip
 
 

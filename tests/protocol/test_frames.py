@@ -43,7 +43,7 @@ from hearthsync.protocol import (
     error_frame,
 )
 from hearthsync.protocol import frames as frames_module
-from hearthsync.protocol.codec import Blob, Records, Text, Uint, pack, wire_fields
+from hearthsync.protocol.codec import Blob, Records, Text, Texts, Uint, pack, wire_fields
 from hearthsync.protocol.frames import FRAME_CLASSES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,6 +77,8 @@ def field_value(name: str, value: Any, frame_type: str) -> Any:
         return tuple(
             InventoryEntry(e["doc_id"], e["lineage"], bytes.fromhex(e["sv_hash"])) for e in value
         )
+    if name == "devices":
+        return tuple(value)
     if name in BIN_FIELDS or (name == "nonce" and frame_type == "HELLO"):
         return bytes.fromhex(value)
     return value
@@ -310,6 +312,8 @@ def wire_type(kind: object) -> str:
         return "id" if kind.ident else "str"
     if isinstance(kind, Records):
         return "[entry]"
+    if isinstance(kind, Texts):
+        return f"[{wire_type(kind.item)}]"
     assert isinstance(kind, Blob)
     return f"bin{kind.max_len}" if kind.min_len == kind.max_len else "bin"
 

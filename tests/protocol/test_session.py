@@ -24,6 +24,7 @@ from hearthsync.protocol.session import (
     HEARTBEAT_S,
     REQUEST_RETRY_S,
     SETTLE_S,
+    UNRELAYED_OFFER_S,
     Acked,
     ApplyUpdate,
     CaughtUp,
@@ -550,3 +551,102 @@ def test_a_device_missing_a_users_new_data_key_seals_under_the_previous_epoch(
     assert hall.docs.content("user/alice/prefs") == {"tea/mug": "blue"}
     with pytest.raises(MissingKeyError):
         kitchen.keyring.sealing_epoch("core", "carol")
+
+
+# --- relaying (SPEC §6.4) -------------------------------------------------------------------
+
+ELSEWHERE = "d-elsewhere"  # a third robot, connected to both
+
+
+def inventories(sent: list[bytes]) -> list[f.Frame]:
+    return [frame for frame in map(f.decode, sent) if isinstance(frame, f.Inventory)]
+
+
+def told_neighbours(session: Session, devices: tuple[str, ...], now: float = NOW) -> None:
+    session.receive_data(f.encode(f.Neighbours(devices)), now)
+
+
+def test_a_delta_is_relayed_unless_the_peer_has_it_from_where_it_came(
+    kitchen: Robot, hall: Robot
+) -> None:
+    a, _ = connect(kitchen, hall)
+    doc = DocId("user/alice/prefs")
+    assert a[1].relays(doc, ELSEWHERE)  # the peer has said nothing: relay
+    told_neighbours(a[1], (ELSEWHERE,))
+    assert a[1].state is State.OPEN
+    assert a[1].peer_neighbours == {ELSEWHERE}
+    assert not a[1].relays(doc, ELSEWHERE)  # it has a session with where it came from
+    assert a[1].relays(doc, "d-farther")  # it has none with this one
+    assert a[1].relays(doc, "")  # written here: always sent
+    assert not a[1].relays(doc, hall.identity.device_id)  # never echoed
+
+
+def test_what_was_not_relayed_is_offered_a_while_later_and_repaired(
+    kitchen: Robot, hall: Robot
+) -> None:
+    """The peer's word may be stale: its session with the third robot may have broken with
+    the delta on the way.  The offer of what was held back repairs that."""
+    doc = DocId("user/alice/prefs")
+    a, b = connect(kitchen, hall)
+    told_neighbours(a[1], (ELSEWHERE,))
+    kitchen.docs.write(doc, "tea/mug", "green")  # merged here from the third robot
+    assert not a[1].relays(doc, ELSEWHERE)
+    a[1].tick(NOW + UNRELAYED_OFFER_S - 0.1)
+    assert not inventories(a[1].data_to_send())  # a heartbeat at most
+    a[1].tick(NOW + UNRELAYED_OFFER_S)
+    (offer,) = a[1].data_to_send()
+    frame = f.decode(offer)
+    assert isinstance(frame, f.Inventory)
+    assert [entry.doc_id for entry in frame.entries] == [doc]  # just what was held back
+    b[1].receive_data(offer, NOW + UNRELAYED_OFFER_S)
+    pump(a, b, NOW + UNRELAYED_OFFER_S)
+    assert hall.docs.content(doc) == {"tea/mug": "green"}
+    a[1].tick(NOW + 3 * UNRELAYED_OFFER_S)
+    assert not inventories(a[1].data_to_send())
+
+
+def test_an_ack_showing_the_peer_holds_it_cancels_the_offer(kitchen: Robot, hall: Robot) -> None:
+    doc = DocId("user/alice/prefs")
+    a, b = connect(kitchen, hall)
+    told_neighbours(a[1], (ELSEWHERE,))
+    update = kitchen.docs.write(doc, "tea/mug", "green")
+    assert not a[1].relays(doc, ELSEWHERE)
+    hall.docs.apply(doc, update)  # it had it from the third robot, as it said
+    assert a[1].send_update(doc, kitchen.docs.write(doc, "light", "dim"))  # a write of its own
+    pump(a, b)  # hall acknowledges it, with a state vector covering both
+    a[1].tick(NOW + UNRELAYED_OFFER_S)
+    assert not inventories(a[1].data_to_send())
+
+
+def test_a_neighbour_leaving_brings_the_offer_forward(kitchen: Robot, hall: Robot) -> None:
+    doc = DocId("user/alice/prefs")
+    a, b = connect(kitchen, hall)
+    told_neighbours(a[1], (ELSEWHERE, "d-other"))
+    kitchen.docs.write(doc, "tea/mug", "green")
+    assert not a[1].relays(doc, ELSEWHERE)
+    told_neighbours(a[1], (ELSEWHERE, "d-other", "d-new"))  # one more: nothing to do
+    assert not a[1].data_to_send()
+    told_neighbours(a[1], ("d-other", "d-new"), NOW + 1)  # its session with the third broke
+    (offer,) = a[1].data_to_send()
+    assert isinstance(f.decode(offer), f.Inventory)
+    b[1].receive_data(offer, NOW + 1)
+    pump(a, b, NOW + 1)
+    assert hall.docs.content(doc) == {"tea/mug": "green"}
+
+
+def test_neighbours_are_announced_once_per_change_and_never_name_the_peer(
+    kitchen: Robot, hall: Robot
+) -> None:
+    early = kitchen.session()
+    assert not early.announce({ELSEWHERE})  # not open yet: nothing to tell
+    assert all(not isinstance(f.decode(d), f.Neighbours) for d in early.data_to_send())
+    a, b = connect(kitchen, hall)
+    assert a[1].announce({ELSEWHERE, hall.identity.device_id})
+    assert not a[1].announce({hall.identity.device_id, ELSEWHERE})  # the same set
+    (told,) = a[1].data_to_send()
+    assert f.decode(told) == f.Neighbours((ELSEWHERE,))
+    b[1].receive_data(told, NOW)
+    assert b[1].peer_neighbours == {ELSEWHERE}
+    assert a[1].announce({hall.identity.device_id})
+    b[1].receive_data(a[1].data_to_send()[0], NOW)
+    assert b[1].peer_neighbours == frozenset()

@@ -85,6 +85,57 @@ async def test_three_robots_converge_after_concurrent_writes(robots: list[Peer])
         await until([hall], lambda: hall.preference("alice", "tea/mug") is not None)
 
 
+async def test_in_a_full_mesh_a_write_crosses_each_link_once(robots: list[Peer]) -> None:
+    """Relaying (SPEC §6.4): each robot says which robots it has links with, and a robot does
+    not relay to a peer what came from one of those.  In a mesh of three, a write reaches the
+    two others directly and neither relays it to the other; in a line (the test above) the
+    middle robot still relays."""
+    home = BenchHome(users=USERS)
+    kitchen, hall, garden = robots
+    for robot in robots:
+        await robot.add_user("alice", name="Alice")
+    ids = {robot.device_id for robot in robots}
+    async with AsyncExitStack() as stack:
+        hub = await stack.enter_async_context(SyncService(kitchen, home.enrol(kitchen)))
+        mid = await stack.enter_async_context(
+            SyncService(hall, home.enrol(hall), peers=(("127.0.0.1", hub.port),))
+        )
+        edge = await stack.enter_async_context(
+            SyncService(
+                garden,
+                home.enrol(garden),
+                listen=None,
+                peers=(("127.0.0.1", hub.port), ("127.0.0.1", mid.port)),
+            )
+        )
+        services = (hub, mid, edge)
+
+        def meshed(service: SyncService) -> bool:
+            links = service.links.values()
+            return len(links) == 2 and all(
+                link.session.peer_neighbours
+                == ids - {link.peer_id, service.credentials.identity.device_id}
+                for link in links
+            )
+
+        async with asyncio.timeout(TIMEOUT):
+            for service in services:
+                await service.wait_until(lambda service=service: meshed(service))  # type: ignore[misc]
+        await until(robots, lambda: converged(robots))
+        between = [hub.links[hall.device_id].session, mid.links[kitchen.device_id].session]
+        before = [session.frames_sent["UPDATE"] for session in between]
+        from_garden = [link.session for link in edge.links.values()]
+        sent = [session.frames_sent["UPDATE"] for session in from_garden]
+        for i in range(10):
+            await garden.set_preference("alice", f"tea/{i}", i)
+        await until(robots, lambda: converged(robots) and hall.preference("alice", "tea/9"))
+        after = [session.frames_sent["UPDATE"] for session in from_garden]
+        assert all(n > m for n, m in zip(after, sent, strict=True))  # sent to both directly
+        assert [s.frames_sent["UPDATE"] for s in between] == before  # and relayed by neither
+        for robot in robots:
+            assert [p.value for p in robot.preferences("alice", "tea/")] == list(range(10))
+
+
 async def test_what_one_robot_heard_the_other_recalls(tmp_path: Path) -> None:
     """Events arriving by sync are embedded where they arrive, durably: recall on any robot
     finds what was said to another."""

@@ -572,9 +572,25 @@ class Simulation:
         other = conn.other(robot_index)
         if robot.conns.get(other) is conn:
             del robot.conns[other]
+            if robot.peer is not None and side.session.peer_id is not None:
+                self._announce(robot)
         dialer = robot.device_id > self.robots[other].device_id
         if robot.peer is not None and robot.incarnation == side.incarnation and dialer:
             self._redial(robot, self.robots[other])
+
+    def _announce(self, robot: Robot) -> None:
+        """Tell each peer of ``robot`` which devices it now has open sessions with (as
+        `SyncService` does whenever a link opens or closes)."""
+        sides = [conn.sides[robot.index] for _, conn in sorted(robot.conns.items())]
+        devices = {
+            side.session.peer_id
+            for side in sides
+            if side.alive and side.session.peer_id is not None and not side.session.closed
+        }
+        for _other, conn in sorted(robot.conns.items()):
+            side = conn.sides[robot.index]
+            if side.alive and side.session.announce(devices):
+                self._flush(conn, robot.index)
 
     def _flush(self, conn: _Conn, sender: int) -> None:
         side = conn.sides[sender]
@@ -659,6 +675,7 @@ class Simulation:
                 _peer(robot).keys_changed()
             elif isinstance(event, PeerAuthenticated):
                 robot.retry.pop(conn.other(robot.index), None)
+                self._announce(robot)
             elif isinstance(event, LineageMismatch | SealFailed):
                 self.errors.append(f"t={self.now:.3f} r{robot.index}: {event}")
             elif isinstance(event, KeyMissing | Closed):
@@ -704,10 +721,9 @@ class Simulation:
             side = conn.sides[robot.index]
             if not side.alive:
                 continue
-            peer_id = side.session.peer_id
             by_doc: dict[str, list[bytes]] = {}
             for doc_id, delta, origin in batch:
-                if peer_id is None or origin != peer_id:
+                if side.session.relays(DocId(doc_id), origin):
                     by_doc.setdefault(doc_id, []).append(delta)
             for doc_id, deltas in by_doc.items():
                 merged = deltas[0] if len(deltas) == 1 else bytes(merge_updates(*deltas))

@@ -70,11 +70,13 @@ class Replica:
         "_aside",
         "_captured",
         "_closed",
+        "_digest",
         "_held",
         "_loose",
         "_sub",
         "_subs",
         "_unchecked",
+        "_version",
         "client_id",
         "doc",
         "incoming",
@@ -112,6 +114,10 @@ class Replica:
         self._unchecked: list[bytes] = []
         #: Yrs has shown content beyond a gap: replace this replica with `rebuilt`
         self.tainted = False
+        #: counts changes to the document (every merge, every transaction that changed it),
+        #: so that `digest` is computed once per change, not once per inventory entry
+        self._version = 0
+        self._digest: tuple[int, bytes] | None = None
 
     def track(self, subscription: T) -> T:
         """Note a subscription to this document, to be dropped by `close` (at once if closed
@@ -136,6 +142,7 @@ class Replica:
         self._closed = True
 
     def _capture(self, event: Any) -> None:
+        self._version += 1
         self._captured.append(event.update)
 
     def _capturing(self) -> None:
@@ -202,6 +209,7 @@ class Replica:
         self.settle()
         if self.tainted:  # not shared with anyone yet: replace the document in place
             self.doc = self._truncated()
+            self._version += 1
             self.tainted = False
         self._merge_ready()
 
@@ -347,14 +355,18 @@ class Replica:
         could otherwise show different content and look in sync for good (found by the chaos
         harness).  Any diff carries the whole delete set, so one exchange settles it.
         """
+        if self._digest is not None and self._digest[0] == self._version:
+            return self._digest[1]
         state = self.doc.get_state()
         digest = hashlib.blake2b(statevector.canonical(state), digest_size=8)
         deleted = statevector.canonical_delete_set(self.doc.get_update(state))
         if deleted != EMPTY_STATE:  # nothing deleted: the plain hash of the state vector
             digest.update(deleted)
-        return digest.digest()
+        self._digest = (self._version, digest.digest())
+        return self._digest[1]
 
     def _merge(self, update: bytes) -> None:
+        self._version += 1
         self.incoming = max(len(update), 1)
         try:
             self.doc.apply_update(update)

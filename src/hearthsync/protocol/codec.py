@@ -290,6 +290,29 @@ class Records(Kind):
         return [[kind.to_wire(getattr(e, name)) for name, kind in fields] for e in entries]
 
 
+@dataclass(frozen=True, slots=True)
+class Texts(Kind):
+    """``[str]``: up to ``max_len`` values of ``item`` (a `Text`), in order."""
+
+    item: Text
+    max_len: int
+
+    def read(self, reader: Reader, path: str) -> object:
+        count = reader.array(path)
+        check_len(path, count, 0, self.max_len, "entries")
+        return tuple(self.item.read(reader, f"{path}[{i}]") for i in range(count))
+
+    def check(self, value: object, path: str) -> None:
+        if not isinstance(value, tuple):
+            raise Invalid(path, f"expected tuple, got {type(value).__name__}")
+        check_len(path, len(value), 0, self.max_len, "entries")
+        for index, item in enumerate(value):
+            self.item.check(item, f"{path}[{index}]")
+
+    def to_wire(self, value: object) -> object:
+        return list(typing.cast(tuple[str, ...], value))
+
+
 _FIELDS: dict[type[Any], tuple[tuple[str, Kind], ...]] = {}  # a memo: classes never change
 
 

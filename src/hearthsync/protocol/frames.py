@@ -37,6 +37,7 @@ from hearthsync.protocol.codec import (
     Reader,
     Records,
     Text,
+    Texts,
     Uint,
     check_len,
     pack,
@@ -60,6 +61,7 @@ MAX_GRANT_LEN = 512
 #: a revocation list (SPEC §3); equal to ``hearthsync.crypto.certificate.MAX_REVOCATIONS_BYTES``
 MAX_REVOCATIONS_LEN = 64 * KiB
 MAX_INVENTORY_ENTRIES = 10_000
+MAX_NEIGHBOURS = 256  #: devices one NEIGHBOURS frame may name
 NONCE_LEN = 32
 SIGNATURE_LEN = 64
 SV_HASH_LEN = 8
@@ -81,6 +83,7 @@ class FrameType(IntEnum):
     ERROR = 11
     KEY_GRANT = 12
     REVOCATIONS = 13
+    NEIGHBOURS = 14
 
 
 class ErrorCode(IntEnum):
@@ -109,6 +112,7 @@ SIGNATURE = Blob(SIGNATURE_LEN, SIGNATURE_LEN)
 SV_HASH = Blob(SV_HASH_LEN, SV_HASH_LEN)
 GRANT = Blob(1, MAX_GRANT_LEN)
 REVOCATION_LIST = Blob(1, MAX_REVOCATIONS_LEN)
+DEVICES = Texts(ID, MAX_NEIGHBOURS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +236,15 @@ class RevocationList:
     revocations: Annotated[bytes, REVOCATION_LIST]
 
 
+@dataclass(frozen=True, slots=True)
+class Neighbours:
+    """The devices the sender has an open session with now (SPEC §6.4): a delta that came
+    from one of them is not forwarded to the sender, which has it from there."""
+
+    TYPE: ClassVar[FrameType] = FrameType.NEIGHBOURS
+    devices: Annotated[tuple[str, ...], DEVICES]
+
+
 Frame = (
     Hello
     | Auth
@@ -246,11 +259,12 @@ Frame = (
     | Error
     | KeyGrant
     | RevocationList
+    | Neighbours
 )
 
 FRAME_CLASSES: tuple[type[Any], ...] = (
     Hello, Auth, Inventory, SyncStep1, SyncStep2, SyncDone, Update, Ack, Ping, Pong, Error,
-    KeyGrant, RevocationList,
+    KeyGrant, RevocationList, Neighbours,
 )  # fmt: skip
 _BY_TYPE: dict[int, type[Any]] = {cls.TYPE: cls for cls in FRAME_CLASSES}
 
@@ -326,6 +340,7 @@ __all__ = [
     "MAX_ENVELOPE_LEN",
     "MAX_FRAME_LEN",
     "MAX_INVENTORY_ENTRIES",
+    "MAX_NEIGHBOURS",
     "MAX_STATE_VECTOR_LEN",
     "MAX_STR_LEN",
     "NONCE_LEN",
@@ -341,6 +356,7 @@ __all__ = [
     "Hello",
     "Inventory",
     "InventoryEntry",
+    "Neighbours",
     "Ping",
     "Pong",
     "SyncDone",

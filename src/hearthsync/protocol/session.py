@@ -32,6 +32,7 @@ State table (a frame not listed for a state is a protocol error, code 400)::
     OPEN         SYNC_DONE      emit SyncDone (+ CaughtUp when all done)   OPEN
     OPEN         UPDATE         open envelope, emit ApplyUpdate            OPEN
     OPEN         ACK            emit Acked                                 OPEN
+    OPEN         NEIGHBOURS     note them; offer what was not relayed      OPEN
     any          PING / PONG    answer / note liveness                     same
     any          ERROR          emit Closed                                CLOSED
 """
@@ -40,7 +41,8 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -59,7 +61,9 @@ from hearthsync.errors import (
 from hearthsync.ids import DocId, LineageId
 from hearthsync.protocol import frames as f
 
-PROTOCOL_VERSION = 2  #: 2: envelopes carry a codec (compressed updates, SPEC §4)
+#: 2: envelopes carry a codec (compressed updates, SPEC §4); 3: NEIGHBOURS, and the inventory
+#: hash covers the delete set (SPEC §6.3, §6.4)
+PROTOCOL_VERSION = 3
 SCHEMA_VERSION = 1
 AUTH_TAG = b"hearth-auth-v1"
 EMPTY_UPDATE = b"\x00\x00"  #: what Yrs encodes when a diff holds nothing
@@ -74,6 +78,9 @@ HANDSHAKE_TIMEOUT_S = 10.0  #: close a connection not authenticated after this l
 SETTLE_S = 2.0
 SETTLE_MAX_S = 30.0
 REQUEST_RETRY_S = 5.0  #: ask again for a document whose SYNC_STEP1 went unanswered this long
+#: offer the documents whose deltas were not relayed to the peer (it said it had them from
+#: elsewhere) this long after the first: the peer's word may be stale (SPEC §6.4)
+UNRELAYED_OFFER_S = 5.0
 
 
 # ------------------------------------------------------------------------------ the port
@@ -201,6 +208,13 @@ class RevocationsChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class NeighboursChanged:
+    """The peer said which devices it now has open sessions with (`Session.peer_neighbours`)."""
+
+    devices: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
 class Closed:
     code: int
     reason: str
@@ -218,6 +232,7 @@ Event = (
     | KeysChanged
     | RevocationsChanged
     | SealFailed
+    | NeighboursChanged
     | Closed
 )
 
@@ -262,7 +277,7 @@ class Session:
     #: documents asked for (SYNC_STEP1) and not yet answered: lineage, when last asked
     _requested: dict[DocId, tuple[LineageId, float]] = field(default_factory=dict)
     _counters: dict[DocId, int] = field(default_factory=dict)
-    _their_inventory: tuple[f.InventoryEntry, ...] = ()
+    _their_inventory: dict[DocId, f.InventoryEntry] = field(default_factory=dict)
     _last_received: float = 0.0
     _last_sent: float = 0.0
     _ping: int = 0
@@ -273,6 +288,15 @@ class Session:
     #: when it sent them, which an ACK must cover
     _unacked: dict[DocId, statevector.StateVector] = field(default_factory=dict)
     _inventories: int = 0  #: inventories received
+    #: the devices the peer said it has an open session with (NEIGHBOURS)
+    peer_neighbours: frozenset[str] = frozenset()
+    _announced: frozenset[str] | None = None  #: what this side last said of its own
+    #: documents with deltas not relayed to the peer, until it shows it holds them: this
+    #: side's state vector when it held back the latest, which an ACK must cover
+    _unrelayed: dict[DocId, statevector.StateVector] = field(default_factory=dict)
+    _unrelayed_offer_at: float | None = None
+    #: frames queued to send, by type (``UPDATE``, ``ACK``, ...): what this link costs
+    frames_sent: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         self._nonce = self.random_bytes(f.NONCE_LEN)
@@ -326,6 +350,8 @@ class Session:
             self._settle_wait = min(self._settle_wait * 2, SETTLE_MAX_S)
             self._settle_at = now + self._settle_wait
             self._send(f.Inventory(tuple(self._inventory())))
+        elif self._unrelayed_offer_at is not None and now >= self._unrelayed_offer_at:
+            self._offer_unrelayed()
         elif self._overdue(now):
             for doc_id, (lineage, asked) in sorted(self._requested.items()):
                 if now - asked >= REQUEST_RETRY_S and self.docs.lineage(doc_id) in (None, lineage):
@@ -349,10 +375,18 @@ class Session:
 
     def _acknowledged(self, doc_id: DocId, state_vector: bytes) -> None:
         sent = self._unacked.get(doc_id)
-        if sent is not None and statevector.covers(statevector.decode(state_vector), sent):
+        held = self._unrelayed.get(doc_id)
+        if sent is None and held is None:
+            return
+        theirs = statevector.decode(state_vector)
+        if sent is not None and statevector.covers(theirs, sent):
             del self._unacked[doc_id]
             if not self._unacked:
                 self._settle_at = None
+        if held is not None and statevector.covers(theirs, held):
+            del self._unrelayed[doc_id]  # it had them from elsewhere, as it said
+            if not self._unrelayed:
+                self._unrelayed_offer_at = None
 
     def _overdue(self, now: float) -> bool:
         """A request went unanswered too long (it or its answer was lost): ask again."""
@@ -380,6 +414,35 @@ class Session:
         self._send(f.Update(envelope))
         self._await_ack(doc_id)
         return True
+
+    def announce(self, devices: Iterable[str]) -> bool:
+        """Tell the peer which devices this one has an open session with (`Neighbours`),
+        if that changed since it was last told; the driver calls this whenever a session of
+        this device opens or closes.  Returns whether a frame was queued."""
+        if self.state is not State.OPEN or self.peer is None:
+            return False
+        mine = frozenset(devices) - {self.peer.certificate.device_id}
+        if mine == self._announced:
+            return False
+        self._announced = mine
+        self._send(f.Neighbours(tuple(sorted(mine))))
+        return True
+
+    def relays(self, doc_id: DocId, origin: str) -> bool:
+        """Whether to send the peer a durable delta of ``doc_id`` that came from ``origin``
+        (``""``: written here).  Not if it came from the peer, nor from a device the peer has
+        a session with: that device sends the peer what it sent here (SPEC §6.4).  What is not
+        relayed is offered a while later all the same, in case the peer's word was stale."""
+        if not origin:
+            return True
+        if origin == self.peer_id:
+            return False
+        if origin not in self.peer_neighbours:
+            return True
+        self._unrelayed[doc_id] = statevector.decode(self.docs.state_vector(doc_id))
+        if self._unrelayed_offer_at is None:
+            self._unrelayed_offer_at = self.now + UNRELAYED_OFFER_S
+        return False
 
     def send_revocations(self) -> bool:
         """Gossip the revocation list this device holds (SPEC §6.5); whether one was sent."""
@@ -494,6 +557,8 @@ class Session:
             self._on_grant(frame.grant)
         elif isinstance(frame, f.RevocationList):
             self._on_revocations(frame.revocations)
+        elif isinstance(frame, f.Neighbours):
+            self._on_neighbours(frame.devices)
         else:
             raise ProtocolError(f"{frame.TYPE.name} is not expected once the session is open")
 
@@ -520,7 +585,7 @@ class Session:
             self._events.append(KeysChanged(learned))
             # what could not be opened before may open now: offer and ask again
             self._offer()
-            self._request_missing(self._their_inventory)
+            self._request_missing(tuple(self._their_inventory.values()))
 
     def _offer(self) -> None:
         """Send the inventory; every document in it counts as unacknowledged until the peer
@@ -533,8 +598,38 @@ class Session:
             self._settle_wait = SETTLE_S
             self._settle_at = self.now + SETTLE_S
 
+    def _offer_unrelayed(self) -> None:
+        """Offer the documents with deltas not relayed to the peer, as an inventory of just
+        those: the peer acknowledges the ones it holds and asks for the others.  Each counts
+        as unacknowledged until then, so a lost offer is made again (SPEC §6.4)."""
+        docs, self._unrelayed = self._unrelayed, {}
+        self._unrelayed_offer_at = None
+        entries = [
+            f.InventoryEntry(doc_id, lineage, self.docs.digest(doc_id))
+            for doc_id in sorted(docs)
+            if (lineage := self.docs.lineage(doc_id)) is not None and self._sealable(doc_id)
+        ]
+        if not entries:
+            return
+        self._send(f.Inventory(tuple(entries)))
+        for entry in entries:
+            self._unacked[entry.doc_id] = statevector.decode(self.docs.state_vector(entry.doc_id))
+        if self._settle_at is None:
+            self._settle_wait = SETTLE_S
+            self._settle_at = self.now + SETTLE_S
+
+    def _on_neighbours(self, devices: tuple[str, ...]) -> None:
+        """The peer's sessions changed.  A device it no longer has one with may not have
+        sent it what this side did not relay: offer that now rather than later."""
+        neighbours = frozenset(devices)
+        gone = self.peer_neighbours - neighbours
+        self.peer_neighbours = neighbours
+        self._events.append(NeighboursChanged(neighbours))
+        if gone and self._unrelayed:
+            self._offer_unrelayed()
+
     def _on_inventory(self, inventory: f.Inventory) -> None:
-        self._their_inventory = inventory.entries
+        self._their_inventory.update((entry.doc_id, entry) for entry in inventory.entries)
         self._inventories += 1
         if self._inventories > 1:  # offered again: the peer waits to hear what this side holds
             for entry in inventory.entries:
@@ -675,6 +770,7 @@ class Session:
 
     def _send(self, frame: f.Frame) -> None:
         self._outgoing.append(f.encode(frame))
+        self.frames_sent[frame.TYPE.name] += 1
         self._last_sent = self.now
 
     def _fail(self, code: int, reason: str) -> None:
@@ -697,6 +793,7 @@ __all__ = [
     "KeyMissing",
     "KeysChanged",
     "LineageMismatch",
+    "NeighboursChanged",
     "PeerAuthenticated",
     "RevocationsChanged",
     "SealFailed",

@@ -10,8 +10,9 @@ sans-I/O session cannot do itself:
   being committed), up to `MAX_UNDURABLE` updates: a peer that sends faster than this device's
   disk can commit is read no faster than the disk;
 * **forwarding only what is durable**: local deltas reach the link from the target's commit
-  listener, i.e. after they are on disk (DESIGN invariant 1), and a delta is never echoed to
-  the device it came from;
+  listener, i.e. after they are on disk (DESIGN invariant 1); a delta is never echoed to the
+  device it came from, nor relayed to a peer that has a session with that device
+  (`Session.relays`);
 * **back-pressure**: the outgoing queue of deltas is bounded; a peer too slow to drain it is
   disconnected and catches up from the inventory when it reconnects, instead of growing this
   process's memory without bound.
@@ -210,10 +211,9 @@ class Link:
     # -------------------------------------------------------------- plumbing
 
     def _durable(self, batch: Durable) -> None:
-        peer = self.session.peer_id
         for doc_id, delta, origin in batch:
-            if peer is not None and origin == peer:
-                continue  # the peer sent it: no echo
+            if not self.session.relays(DocId(doc_id), origin):
+                continue  # the peer sent it, or has it from where it came (SPEC §6.4)
             if self._pending.qsize() >= MAX_PENDING_DELTAS:
                 self._overflow = True
                 self._pending.put_nowait(("", b""))

@@ -29,7 +29,13 @@ from hearthsync.crypto.identity import DeviceIdentity
 from hearthsync.crypto.keyring import Keyring
 from hearthsync.errors import HearthError
 from hearthsync.protocol.frames import MAX_FRAME_LEN
-from hearthsync.protocol.session import Event, PeerAuthenticated, RevocationsChanged, Session
+from hearthsync.protocol.session import (
+    Event,
+    NeighboursChanged,
+    PeerAuthenticated,
+    RevocationsChanged,
+    Session,
+)
 from hearthsync.transport.link import Link, SyncTarget
 
 log = logging.getLogger(__name__)
@@ -120,6 +126,12 @@ class SyncService:
         """Wait until at least ``count`` peers have authenticated links."""
         async with self._changed:
             await self._changed.wait_for(lambda: len(self.links) >= count)
+
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Wait until ``condition`` holds, checked again whenever a link opens or closes or
+        a peer says which devices it has links with (wrap it in ``asyncio.timeout``)."""
+        async with self._changed:
+            await self._changed.wait_for(condition)
 
     async def wait_for_peers(self, device_ids: set[str]) -> None:
         """Wait until every device in ``device_ids`` has an authenticated link (wrap it in
@@ -219,6 +231,8 @@ class SyncService:
     def _on_event(self, link: Link, event: Event) -> None:
         if isinstance(event, PeerAuthenticated):
             self._register(link, event.device_id)
+        elif isinstance(event, NeighboursChanged):
+            self._notify()
         elif isinstance(event, RevocationsChanged):  # learned from one peer: tell the others
             for other in list(self.links.values()):
                 if other is not link:
@@ -236,6 +250,7 @@ class SyncService:
             existing.close("duplicate connection")
         self.links[device] = link
         self._ended[device] = asyncio.Event()
+        self._announce()
         self._notify()
 
     async def _unregister(self, link: Link) -> None:
@@ -243,7 +258,16 @@ class SyncService:
         if device is not None and self.links.get(device) is link:
             del self.links[device]
             self._ended.pop(device).set()
+            self._announce()
             self._notify()
+
+    def _announce(self) -> None:
+        """Tell every peer which devices this one now has links with (SPEC §6.4): they need
+        not relay to it what came from those."""
+        devices = set(self.links)
+        for link in list(self.links.values()):
+            if link.session.announce(devices):
+                link.kick()
 
     def _dialer(self, link: Link, device: str) -> str:
         return self.credentials.identity.device_id if link.dialed else device
