@@ -371,6 +371,24 @@ def test_a_lost_update_is_repaired_once_updates_settle(kitchen: Robot, hall: Rob
     assert not a[1].data_to_send()  # once per burst of updates, not forever
 
 
+def test_the_re_offer_lists_only_what_is_unacknowledged(kitchen: Robot, hall: Robot) -> None:
+    """An inventory of every document would cost an ACK for each; the re-offer is about the
+    updates the peer has not acknowledged."""
+    for i in range(5):
+        kitchen.docs.write(f"user/alice/events/2026-0{i + 1}", "k", "v")
+    a, b = connect(kitchen, hall)
+    doc = DocId("user/alice/prefs")
+    assert a[1].send_update(doc, kitchen.docs.write(doc, "tea/mug", "blue"))
+    a[1].data_to_send()  # lost on the way
+    a[1].tick(NOW + SETTLE_S)
+    (offer,) = inventories(a[1].data_to_send())
+    assert isinstance(offer, f.Inventory)
+    assert [entry.doc_id for entry in offer.entries] == [doc]
+    b[1].receive_data(f.encode(offer), NOW + SETTLE_S)
+    pump(a, b, NOW + SETTLE_S)
+    assert hall.docs.content(doc) == {"tea/mug": "blue"}
+
+
 def test_a_lost_update_is_repaired_while_updates_keep_flowing(kitchen: Robot, hall: Robot) -> None:
     """Found by the chaos harness (seed 30029): each update sent used to postpone the re-offer,
     so under a steady stream an update lost in a partition was repaired only once the stream

@@ -295,6 +295,7 @@ class Session:
     #: side's state vector when it held back the latest, which an ACK must cover
     _unrelayed: dict[DocId, statevector.StateVector] = field(default_factory=dict)
     _unrelayed_offer_at: float | None = None
+    _offered: set[DocId] = field(default_factory=set)  #: documents offered so far
     #: frames queued to send, by type (``UPDATE``, ``ACK``, ...): what this link costs
     frames_sent: Counter[str] = field(default_factory=Counter)
 
@@ -349,9 +350,9 @@ class Session:
         elif self._settle_at is not None and now >= self._settle_at:
             self._settle_wait = min(self._settle_wait * 2, SETTLE_MAX_S)
             self._settle_at = now + self._settle_wait
-            self._send(f.Inventory(tuple(self._inventory())))
+            self._offer_again()
         elif self._unrelayed_offer_at is not None and now >= self._unrelayed_offer_at:
-            self._offer_unrelayed()
+            self._offer_again()
         elif self._overdue(now):
             for doc_id, (lineage, asked) in sorted(self._requested.items()):
                 if now - asked >= REQUEST_RETRY_S and self.docs.lineage(doc_id) in (None, lineage):
@@ -455,8 +456,10 @@ class Session:
         self._send(f.RevocationList(held.to_wire()))
         return True
 
-    def send_grants(self) -> int:
-        """Owner/admin devices: grant the peer every key of the shared scopes (SPEC §6.5)."""
+    def send_grants(self, *, offer: bool = True) -> int:
+        """Owner/admin devices: grant the peer every key of the shared scopes (SPEC §6.5),
+        then (``offer``) the inventory again, for documents made since the peer last saw it
+        that it may open now."""
         if self.state is not State.OPEN or self.peer is None:
             return 0
         mine = self.trust.certificate_of(self.identity.device_id)
@@ -467,7 +470,7 @@ class Session:
         grants = self.keyring.grants_for(self.identity, peer.verify_key, shared, self.random_bytes)
         for grant in grants:
             self._send(f.KeyGrant(grant))
-        if grants:  # the peer may now open documents it skipped: offer them again
+        if grants and offer:  # the peer may now open documents it skipped: offer them again
             self._send(f.Inventory(tuple(self._inventory())))
         return len(grants)
 
@@ -533,7 +536,7 @@ class Session:
         self._events.append(PeerAuthenticated(peer.device_id, peer))
         self._offer()
         self.send_revocations()
-        self.send_grants()
+        self.send_grants(offer=False)  # the inventory just went: the peer asks again from it
 
     # -------------------------------------------------------------- sync
 
@@ -583,14 +586,21 @@ class Session:
         learned = self.keyring.key_count() - before
         if learned:
             self._events.append(KeysChanged(learned))
-            # what could not be opened before may open now: offer and ask again
-            self._offer()
+            # what could not be sealed for the peer before may be now: offer it; and ask again
+            # for what could not be opened
+            self._offer(only_new=True)
             self._request_missing(tuple(self._their_inventory.values()))
 
-    def _offer(self) -> None:
-        """Send the inventory; every document in it counts as unacknowledged until the peer
-        shows it holds as much (SPEC §6.4), so a lost inventory is offered again."""
+    def _offer(self, *, only_new: bool = False) -> None:
+        """Send the inventory (``only_new``: of the documents not offered before, if any);
+        every document in it counts as unacknowledged until the peer shows it holds as much
+        (SPEC §6.4), so a lost inventory is offered again."""
         entries = self._inventory()
+        if only_new:
+            entries = [entry for entry in entries if entry.doc_id not in self._offered]
+            if not entries:
+                return
+        self._offered.update(entry.doc_id for entry in entries)
         self._send(f.Inventory(tuple(entries)))
         for entry in entries:
             self._unacked[entry.doc_id] = statevector.decode(self.docs.state_vector(entry.doc_id))
@@ -598,25 +608,34 @@ class Session:
             self._settle_wait = SETTLE_S
             self._settle_at = self.now + SETTLE_S
 
-    def _offer_unrelayed(self) -> None:
-        """Offer the documents with deltas not relayed to the peer, as an inventory of just
-        those: the peer acknowledges the ones it holds and asks for the others.  Each counts
-        as unacknowledged until then, so a lost offer is made again (SPEC §6.4)."""
-        docs, self._unrelayed = self._unrelayed, {}
+    def _offer_again(self) -> None:
+        """Anti-entropy (SPEC §6.4): offer what the peer has not acknowledged yet, and what
+        was not relayed to it, as one inventory of just those documents.  A document that
+        can no longer be offered (its key is gone) stops counting as unacknowledged."""
+        docs = sorted(self._unacked.keys() | self._unrelayed.keys())
+        self._unrelayed.clear()
         self._unrelayed_offer_at = None
-        entries = [
+        entries = self._entries(docs)
+        offered = {entry.doc_id for entry in entries}
+        for doc_id in [d for d in self._unacked if d not in offered]:
+            del self._unacked[doc_id]
+        if not self._unacked:
+            self._settle_at = None
+        for entry in entries:  # acknowledged once the peer shows it holds as much as this side
+            self._unacked[entry.doc_id] = statevector.decode(self.docs.state_vector(entry.doc_id))
+        if entries:
+            self._send(f.Inventory(tuple(entries)))
+            if self._settle_at is None:
+                self._settle_wait = SETTLE_S
+                self._settle_at = self.now + SETTLE_S
+
+    def _entries(self, docs: Sequence[DocId]) -> list[f.InventoryEntry]:
+        """Inventory entries of those of ``docs`` held here and sealable for the peer."""
+        return [
             f.InventoryEntry(doc_id, lineage, self.docs.digest(doc_id))
-            for doc_id in sorted(docs)
+            for doc_id in docs
             if (lineage := self.docs.lineage(doc_id)) is not None and self._sealable(doc_id)
         ]
-        if not entries:
-            return
-        self._send(f.Inventory(tuple(entries)))
-        for entry in entries:
-            self._unacked[entry.doc_id] = statevector.decode(self.docs.state_vector(entry.doc_id))
-        if self._settle_at is None:
-            self._settle_wait = SETTLE_S
-            self._settle_at = self.now + SETTLE_S
 
     def _on_neighbours(self, devices: tuple[str, ...]) -> None:
         """The peer's sessions changed.  A device it no longer has one with may not have
@@ -626,7 +645,7 @@ class Session:
         self.peer_neighbours = neighbours
         self._events.append(NeighboursChanged(neighbours))
         if gone and self._unrelayed:
-            self._offer_unrelayed()
+            self._offer_again()
 
     def _on_inventory(self, inventory: f.Inventory) -> None:
         self._their_inventory.update((entry.doc_id, entry) for entry in inventory.entries)
