@@ -16,6 +16,7 @@ from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, merge_updates
 from hearthsync.crdt import statevector, updates
 from hearthsync.crdt.kinds import parse
 from hearthsync.crdt.replica import Replica
+from hearthsync.errors import RemoteError
 
 SPATIAL = parse("home/spatial")
 
@@ -58,6 +59,19 @@ def test_runs_count_every_clock_of_every_kind() -> None:
     assert statevector.canonical_delete_set(again.get_update(again.get_state())) == (
         statevector.canonical_delete_set(doc.get_update(doc.get_state()))
     )
+
+
+def test_the_deletions_of_an_update_with_structs_are_those_of_its_delete_set() -> None:
+    """A replica's digest reads its own delete set; Yrs 0.28 never puts structs there, but
+    if one did, the digest must not fail as if a peer had sent bad bytes."""
+    doc: Doc[Any] = Doc(client_id=7)
+    every_kind(doc)
+    alone = doc.get_update(doc.get_state())  # no structs: only the delete set
+    assert alone[:1] == b"\x00"
+    with pytest.raises(RemoteError):
+        statevector.canonical_delete_set(doc.get_update())
+    assert updates.deletions(doc.get_update()) == statevector.canonical_delete_set(alone)
+    assert updates.deletions(alone) == statevector.canonical_delete_set(alone)
 
 
 def test_a_gap_ends_a_run_and_truncate_cuts_what_lies_beyond() -> None:

@@ -359,7 +359,7 @@ class Replica:
             return self._digest[1]
         state = self.doc.get_state()
         digest = hashlib.blake2b(statevector.canonical(state), digest_size=8)
-        deleted = statevector.canonical_delete_set(self.doc.get_update(state))
+        deleted = updates.deletions(self.doc.get_update(state))
         if deleted != EMPTY_STATE:  # nothing deleted: the plain hash of the state vector
             digest.update(deleted)
         self._digest = (self._version, digest.digest())
