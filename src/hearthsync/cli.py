@@ -463,6 +463,14 @@ def chaos(
     processes: Annotated[
         bool, typer.Option("--processes", help="real 'hearth run' processes behind proxies")
     ] = False,
+    netns: Annotated[
+        bool,
+        typer.Option(
+            "--netns",
+            help="with --processes: robots in network namespaces on a bridge, found by mDNS "
+            "(Linux, root)",
+        ),
+    ] = False,
     json_file: Annotated[Path | None, typer.Option("--json", help="write the figures here")] = None,
     jobs: Annotated[
         int | None, typer.Option(help="worker processes (default: one per core)")
@@ -486,10 +494,19 @@ def chaos(
     from hearthsync.chaos.console import exit_code, run_in_processes, run_simulated, write_json
     from hearthsync.chaos.plan import DEFAULT_FAULT_RATE, DEFAULT_MIX, FAULT_KINDS
 
+    if netns and not processes:
+        raise typer.BadParameter("--netns needs --processes", param_hint="--netns")
+    if netns:
+        from hearthsync.chaos.netns import unavailable
+
+        reason = unavailable()
+        if reason is not None:
+            raise typer.BadParameter(f"no network namespaces here: {reason}", param_hint="--netns")
     if processes:
         report = run_in_processes(
-            console, schedules=schedules, seed=seed, peers=peers or 3, edits=edits or 12
-        )
+            console, schedules=schedules, seed=seed, peers=peers or 3, edits=edits or 12,
+            netns=netns,
+        )  # fmt: skip
     else:
         try:
             scenario = Scenario(

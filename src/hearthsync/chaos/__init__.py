@@ -14,7 +14,8 @@ workload of writes (`hearthsync.chaos.workload`: preferences, profiles, calibrat
 events, health, new users, forgetting), then a heal; the checkers (`hearthsync.chaos.check`)
 prove convergence, that no acknowledged write was lost, no leak past a revocation and nothing
 left of a forgotten user.  `hearthsync.chaos.process` runs a scenario against real
-``hearth run`` processes behind fault proxies.  ``hearth chaos`` is the command line
+``hearth run`` processes behind fault proxies, or in network namespaces on one bridge where
+mDNS is cut too (`hearthsync.chaos.netns`).  ``hearth chaos`` is the command line
 (`hearthsync.chaos.console`).  How-to: ``docs/how-to/chaos.md``.
 """
 

@@ -71,10 +71,11 @@ def run_simulated(
 
 
 def run_in_processes(
-    console: Console, *, schedules: int, seed: int, peers: int, edits: int
+    console: Console, *, schedules: int, seed: int, peers: int, edits: int, netns: bool = False
 ) -> Report:
     """Process mode: ``schedules`` runs of real ``hearth run`` processes behind fault
-    proxies (`hearthsync.chaos.process`), one after the other, summed into one `Report`."""
+    proxies (`hearthsync.chaos.process`), or with ``netns`` in network namespaces on one
+    bridge, one after the other, summed into one `Report`."""
     report = Report()
     started = time.perf_counter()
     with _progress(console) as progress:
@@ -83,17 +84,21 @@ def run_in_processes(
         for run_seed in range(seed, seed + schedules):
             with tempfile.TemporaryDirectory(prefix="hearth-chaos-processes-") as folder:
                 found = asyncio.run(
-                    run_processes(Path(folder), peers=peers, seed=run_seed, edits=edits)
+                    run_processes(
+                        Path(folder), peers=peers, seed=run_seed, edits=edits, netns=netns
+                    )
                 )
-            add_process_run(report, found, edits)
+            add_process_run(report, found, edits, netns=netns)
             failures += not found.ok
             progress.update(task, advance=1, failed=failures)
     report.elapsed_s = time.perf_counter() - started
-    print_report(console, report, processes=True)
+    print_report(console, report, processes=True, netns=netns)
     return report
 
 
-def add_process_run(report: Report, found: ProcessReport, edits: int) -> None:
+def add_process_run(
+    report: Report, found: ProcessReport, edits: int, *, netns: bool = False
+) -> None:
     """Count one process-mode run into ``report`` (its failure replays with its seed)."""
     report.schedules += 1
     report.faults += found.faults
@@ -112,7 +117,8 @@ def add_process_run(report: Report, found: ProcessReport, edits: int) -> None:
         if found.divergences:
             problems.append(f"divergence: {found.divergences} robots' digests differ")
         replay = (
-            f"hearth chaos --processes --seed {found.seed} --schedules 1 "
+            f"hearth chaos --processes{' --netns' if netns else ''} --seed {found.seed} "
+            "--schedules 1 "
             f"--peers {found.peers} --edits {edits}"
         )
         report.failures.append(
@@ -139,9 +145,12 @@ def _progress(console: Console) -> Progress:
     )  # fmt: skip
 
 
-def print_report(console: Console, report: Report, *, processes: bool = False) -> None:
+def print_report(
+    console: Console, report: Report, *, processes: bool = False, netns: bool = False
+) -> None:
     """The summary table, then every failure with its problems and replay command."""
-    table = Table(title="hearth chaos" + (" (processes)" if processes else ""), show_header=False)
+    mode = " (processes on a LAN of namespaces)" if netns else " (processes)" if processes else ""
+    table = Table(title="hearth chaos" + mode, show_header=False)
     table.add_column()
     table.add_column()
     for name, value in _rows(report, processes):

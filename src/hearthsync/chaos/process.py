@@ -39,6 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hearthsync.chaos.netns import Lan
 from hearthsync.chaos.proxy import FaultProxy
 from hearthsync.errors import HearthError
 
@@ -53,6 +54,7 @@ LINK_TIMEOUT_S = 30.0  #: the household linking up before the workload starts
 CUT_S = 1.0  #: how long a partition lasts, at least, before it is checked
 CONVERGE_TIMEOUT_S = 40.0  #: from the final heal until every write is everywhere
 WEATHER_P = 0.3  #: chance of a light fault before each write outside the partition
+LAN_PORT = 7420  #: on a LAN of namespaces every robot has an address of its own
 
 
 class RobotProcessError(HearthError):
@@ -121,8 +123,9 @@ def robot_names(peers: int) -> list[str]:
     return [f"r{i}" for i in range(peers)]
 
 
-def draw_steps(seed: int, peers: int, edits: int) -> list[Step]:
-    """The scenario of a run: the same seed, peers and edits give the same steps."""
+def draw_steps(seed: int, peers: int, edits: int, *, weather: bool = True) -> list[Step]:
+    """The scenario of a run: the same seed, peers and edits give the same steps (without
+    ``weather``: no delays, resets or refused connects, the rest drawn as with it)."""
     if peers < 2 or edits < 6:
         raise ValueError("a chaos run needs at least 2 robots and 6 edits")
     rng = random.Random(seed)
@@ -135,8 +138,8 @@ def draw_steps(seed: int, peers: int, edits: int) -> list[Step]:
         robot = robot or rng.choice([n for n in names if n not in down])
         steps.append(Write(robot, f"chaos/{i:03d}", rng.randrange(1_000_000)))
 
-    def weather() -> None:
-        if rng.random() >= WEATHER_P:
+    def some_weather() -> None:
+        if rng.random() >= WEATHER_P or not weather:
             return
         robot = rng.choice(names)
         kind = rng.choice((Delay, Reset, Drop))
@@ -154,7 +157,7 @@ def draw_steps(seed: int, peers: int, edits: int) -> list[Step]:
         return kill_at, min(kill_at + rng.randint(1, 2), end), rng.choice(names)
 
     for i in range(first):
-        weather()
+        some_weather()
         write(i)
     victim = rng.choice(names)
     steps.append(Cut(victim))
@@ -179,7 +182,7 @@ def draw_steps(seed: int, peers: int, edits: int) -> list[Step]:
         if i == back_at:
             steps.append(Restart(crashed))
             down.discard(crashed)
-        weather()
+        some_weather()
         write(i)
     if crashed in down:
         steps.append(Restart(crashed))
@@ -234,11 +237,11 @@ def hearth_script() -> str:
     return found
 
 
-async def hearth(*args: str) -> str:
-    """Run one ``hearth`` command to its end; its output (which may hold an invite code: never
-    log it)."""
+async def hearth(*args: str, prefix: Sequence[str] = ()) -> str:
+    """Run one ``hearth`` command to its end (``prefix``: a command that runs it, such as
+    ``ip netns exec NS``); its output (which may hold an invite code: never log it)."""
     process = await asyncio.create_subprocess_exec(
-        hearth_script(), *args, stdin=asyncio.subprocess.DEVNULL,
+        *prefix, hearth_script(), *args, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -256,14 +259,27 @@ async def hearth(*args: str) -> str:
 class Robot:
     """One ``hearth run --console`` process for the folder ``path``, restartable.
 
-    It dials every address in ``dial`` (the proxies in front of the other robots) and listens
-    on a fresh loopback port each start.  Commands go one at a time: one line in, one line out.
+    Behind proxies it dials every address in ``dial`` (the proxies in front of the other
+    robots), listens on a fresh loopback port each start and does without mDNS.  On a LAN of
+    namespaces (``prefix``: ``ip netns exec NS``) it listens on its own address and finds the
+    others by mDNS.  Commands go one at a time: one line in, one line out.
     """
 
-    def __init__(self, name: str, path: Path, dial: Sequence[tuple[str, int]] = ()) -> None:
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        dial: Sequence[tuple[str, int]] = (),
+        *,
+        prefix: Sequence[str] = (),
+        listen: str = "127.0.0.1:0",
+    ) -> None:
         self.name = name
         self.path = path
         self.dial = list(dial)
+        self.prefix = list(prefix)
+        self.listen = listen
+        self.mdns = bool(prefix)
         self.process: asyncio.subprocess.Process | None = None
         self.device_id = ""
         self.port = 0
@@ -282,9 +298,9 @@ class Robot:
             log_file.write(f"--- {self.name}: start {self.starts} at {time.time():.3f}\n".encode())
             log_file.flush()
             self.process = await asyncio.create_subprocess_exec(
-                hearth_script(), "run", str(self.path), "--listen", "127.0.0.1:0", "--console",
-                "--no-mdns", *peers, stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE, stderr=log_file,
+                *self.prefix, hearth_script(), "run", str(self.path), "--listen", self.listen,
+                "--console", *([] if self.mdns else ["--no-mdns"]), *peers,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log_file,
             )  # fmt: skip
         ready = await self._line(START_TIMEOUT_S)
         if not ready.startswith("READY "):
@@ -354,19 +370,25 @@ async def run_processes(
     edits: int = 20,
     log: Callable[[str], None] | None = None,
     cut_s: float = CUT_S,
+    netns: bool = False,
 ) -> ProcessReport:
     """Run the `draw_steps` of ``seed`` against ``peers`` robots in ``folder`` (new or empty).
 
     ``cut_s`` is how long the partition lasts at least before it is checked: past the
     session's dead-peer timeout plus the websocket close timeout (about 22 s), the links across
     it must be gone (`ProcessReport.links_across_cut`); shorter, they survive it silently.
-    Every process and proxy is stopped before this returns, whatever happened.
+    With ``netns`` the robots run in network namespaces on one bridge and find each other by
+    mDNS (`hearthsync.chaos.netns`), and a cut unplugs a robot from the bridge, mDNS included;
+    there is no weather then (delays, resets and refused connects are the proxies' faults).
+    Every process, proxy and namespace is gone before this returns, whatever happened.
     """
-    steps = draw_steps(seed, peers, edits)
-    run = _Run(folder, robot_names(peers), log or (lambda _: None), cut_s)
-    async with contextlib.AsyncExitStack() as proxies:
+    names = robot_names(peers)
+    steps = draw_steps(seed, peers, edits, weather=not netns)
+    async with contextlib.AsyncExitStack() as network:
+        lan = await network.enter_async_context(Lan(names)) if netns else None
+        run = _Run(folder, names, log or (lambda _: None), cut_s, lan)
         for proxy in run.proxies.values():
-            await proxies.enter_async_context(proxy)
+            await network.enter_async_context(proxy)
         try:
             await run.setup(seed)
             for step in steps:
@@ -381,16 +403,28 @@ class _Run:
     """The state of one run: robots, the proxy of each path, what was written and when."""
 
     def __init__(
-        self, folder: Path, names: list[str], log: Callable[[str], None], cut_s: float
+        self,
+        folder: Path,
+        names: list[str],
+        log: Callable[[str], None],
+        cut_s: float,
+        lan: Lan | None = None,
     ) -> None:
         self.folder = folder
         self.cut_s = cut_s
         self.log = log
-        #: (a, b): the proxy robot a dials to reach robot b
+        self.lan = lan
+        #: (a, b): the proxy robot a dials to reach robot b (none on a LAN of namespaces)
         self.proxies = {
             (a, b): FaultProxy(name=f"{a}->{b}") for a in names for b in names if a != b
-        }
-        self.robots = {name: Robot(name, folder / name) for name in names}
+        } if lan is None else {}  # fmt: skip
+        self.robots = {
+            name: Robot(name, folder / name) if lan is None else Robot(
+                name, folder / name, prefix=lan.prefix(name),
+                listen=f"{lan.address(name)}:{LAN_PORT}",
+            )
+            for name in names
+        }  # fmt: skip
         self.trace: list[str] = []
         self.faults = 0
         self.acked: list[Write] = []
@@ -407,9 +441,9 @@ class _Run:
     async def setup(self, seed: int) -> None:
         """A household made with the CLI, every robot running, linked, and knowing alice."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        for name, robot in self.robots.items():
+        for name, robot in self.robots.items():  # on a LAN they find each other by mDNS
             robot.dial = [
-                self.proxies[name, other].address for other in self.robots if other != name
+                proxy.address for (dialer, _), proxy in self.proxies.items() if dialer == name
             ]
         owner, *others = self.robots.values()
         await hearth(
@@ -417,11 +451,13 @@ class _Run:
         )
         await self._start(owner)
         await self._expect(owner, f"user {USER} Alice", f"ACK user {USER}")
+        host = "127.0.0.1" if self.lan is None else self.lan.address(owner.name)
         for robot in others:  # the join dials the owner directly: enrolment is not under test
             out = await hearth("invite", str(owner.path), "--scopes", SCOPES,
-                               "--address", f"127.0.0.1:{owner.port}")  # fmt: skip
+                               "--address", f"{host}:{owner.port}")  # fmt: skip
             code = next(line.split()[1] for line in out.splitlines() if line.startswith("CODE "))
-            await hearth("join", str(robot.path), code, "--device", robot.name)
+            await hearth("join", str(robot.path), code, "--device", robot.name,
+                         prefix=robot.prefix)  # fmt: skip
         await asyncio.gather(*(self._start(robot) for robot in others))
         count = len(self.robots) - 1
         await asyncio.gather(*(
@@ -433,9 +469,8 @@ class _Run:
             if not answer.startswith("PEERS "):
                 raise RobotProcessError(f"{robot.name} did not link up: {answer}")
         self.t0 = time.monotonic()
-        self.log(
-            f"household of {len(self.robots)} robots linked through {len(self.proxies)} proxies"
-        )
+        how = f"{len(self.proxies)} proxies" if self.lan is None else "a bridge, by mDNS"
+        self.log(f"household of {len(self.robots)} robots linked through {how}")
 
     async def _start(self, robot: Robot) -> None:
         await robot.start()
@@ -467,6 +502,8 @@ class _Run:
             case Cut(robot):
                 for proxy in self._paths(robot):
                     proxy.cut()
+                if self.lan is not None:
+                    await self.lan.cut(robot)
                 self.victim, self.cut_writes = robot, []
                 self._note(f"cut {robot}")
             case Kill(robot):
@@ -480,6 +517,8 @@ class _Run:
             case Heal():
                 for proxy in self.proxies.values():
                     proxy.heal()
+                if self.lan is not None:
+                    await self.lan.heal()
                 self.victim = None
                 self.healed_at = time.monotonic()
                 self._note("heal")
@@ -614,6 +653,9 @@ class _Run:
         then SIGTERM every robot at once, SIGKILL the slow ones."""
         for proxy in self.proxies.values():
             proxy.heal()
+        if self.lan is not None:
+            with contextlib.suppress(HearthError):
+                await self.lan.heal()
         codes = await asyncio.gather(
             *(robot.stop() for robot in self.robots.values()), return_exceptions=True
         )  # one robot failing to stop must not leave the others running
