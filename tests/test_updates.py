@@ -61,6 +61,39 @@ def test_runs_count_every_clock_of_every_kind() -> None:
     )
 
 
+def test_two_runs_of_one_client_are_encoded_as_one_section_with_a_skip() -> None:
+    """Yrs 0.28 panics on an update naming a client twice.  A relayed, merged update can hold
+    two runs of one client (a gap between them); a replica that holds the first, merges both
+    and holds aside another client's run beyond a gap re-encodes the two it merges."""
+    author: Doc[Any] = Doc(client_id=5)
+    deltas = deltas_of(author)
+    for i in range(4):
+        author.get("m", type=Map)[f"k{i}"] = i
+    other: Doc[Any] = Doc(client_id=7)
+    other.apply_update(author.get_update())
+    later = deltas_of(other)
+    for i in range(3):
+        other.get("m", type=Map)[f"o{i}"] = i
+    merged = merge_updates(deltas[0], deltas[2], later[2])  # 5: 0 and 2, not 1; 7: 2, not 0-1
+    found, delete_set = updates.runs(merged)
+    assert [(r.client, r.start) for r in found] == [(5, 0), (5, 2), (7, 2)] or sorted(
+        (r.client, r.start) for r in found
+    ) == [(5, 0), (5, 2), (7, 2)]
+    assert updates.encode(merged, [r for r in found if r.client == 5], delete_set) == (
+        merge_updates(deltas[0], deltas[2])
+    )
+    replica = Replica(SPATIAL, client_id=9, lineage=SPATIAL.genesis)
+    replica.apply(deltas[0])
+    replica.apply(deltas[1])
+    replica.apply(merged)  # Yrs panicked here, on the client named twice
+    assert statevector.decode(replica.state_vector()) == {5: 3}
+    assert replica.beyond  # client 7's run waits for its gap
+    replica.apply(later[0])
+    replica.apply(later[1])
+    assert statevector.decode(replica.state_vector()) == {5: 3, 7: 3}
+    assert not replica.beyond
+
+
 def test_the_deletions_of_an_update_with_structs_are_those_of_its_delete_set() -> None:
     """A replica's digest reads its own delete set; Yrs 0.28 never puts structs there, but
     if one did, the digest must not fail as if a peer had sent bad bytes."""
@@ -153,7 +186,13 @@ def test_replicas_given_the_same_updates_in_any_order_show_the_same(
     kept = [d for i, d in enumerate(deltas) if i not in lost]
     replicas = []
     for client in (101, 102, 103):
-        order = data.draw(st.permutations(kept))
+        # some arrive merged, as a robot relays what it got together (gaps and all)
+        groups = data.draw(
+            st.lists(st.lists(st.sampled_from(kept), min_size=2, max_size=4), max_size=3)
+            if kept
+            else st.just([])
+        )
+        order = data.draw(st.permutations([*kept, *(merge_updates(*g) for g in groups)]))
         repeats = data.draw(st.lists(st.sampled_from(kept), max_size=3)) if kept else []
         replica = Replica(SPATIAL, client_id=client, lineage=SPATIAL.genesis)
         for update in [*order, *repeats]:

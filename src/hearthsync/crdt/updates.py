@@ -200,14 +200,28 @@ def _runs(data: bytes) -> tuple[list[Run], bytes]:
 
 
 def encode(update: bytes, parts: list[Run], delete_set: bytes) -> bytes:
-    """An update holding ``parts`` (runs read from ``update``, whole) and ``delete_set``."""
-    out = bytearray()
-    write_varuint(len(parts), out)
+    """An update holding ``parts`` (runs read from ``update``, whole) and ``delete_set``.
+
+    The runs of one client go in one section, a Skip struct over each gap between them: Yrs
+    panics on an update that names a client twice (a merged update can hold two runs of one
+    client, with a gap between them)."""
+    by_client: dict[int, list[Run]] = {}
     for run in parts:
-        write_varuint(run.count, out)
-        write_varuint(run.client, out)
-        write_varuint(run.start, out)
-        out += update[run.first : run.last]
+        by_client.setdefault(run.client, []).append(run)
+    out = bytearray()
+    write_varuint(len(by_client), out)
+    for client, found in by_client.items():
+        found.sort(key=lambda run: run.start)
+        gaps = sum(1 for before, after in zip(found, found[1:], strict=False)
+                   if after.start > before.end)  # fmt: skip
+        write_varuint(sum(run.count for run in found) + gaps, out)
+        write_varuint(client, out)
+        write_varuint(found[0].start, out)
+        for index, run in enumerate(found):
+            if index and run.start > found[index - 1].end:
+                out.append(_SKIP)
+                write_varuint(run.start - found[index - 1].end, out)
+            out += update[run.first : run.last]
     out += delete_set
     return bytes(out)
 
