@@ -22,6 +22,7 @@ Only the sizes of structs are read; their content is copied as it is.  Anything 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 from hearthsync.crdt.statevector import StateVector, canonical_delete_set, write_varuint
 
@@ -212,8 +213,7 @@ def encode(update: bytes, parts: list[Run], delete_set: bytes) -> bytes:
     write_varuint(len(by_client), out)
     for client, found in by_client.items():
         found.sort(key=lambda run: run.start)
-        gaps = sum(1 for before, after in zip(found, found[1:], strict=False)
-                   if after.start > before.end)  # fmt: skip
+        gaps = sum(1 for before, after in pairwise(found) if after.start > before.end)
         write_varuint(sum(run.count for run in found) + gaps, out)
         write_varuint(client, out)
         write_varuint(found[0].start, out)
