@@ -94,6 +94,32 @@ def test_two_runs_of_one_client_are_encoded_as_one_section_with_a_skip() -> None
     assert not replica.beyond
 
 
+def test_split_cuts_between_structs_and_the_parts_in_any_order_make_the_whole() -> None:
+    doc: Doc[Any] = Doc(client_id=3)
+    every_kind(doc)  # every content kind, and deletions
+    m = doc.get("m", type=Map)
+    for i in range(400):
+        m[f"k{i % 150}"] = f"{i:04d}" * 50
+    whole = doc.get_update()
+    parts = updates.split(whole, 4_000)
+    assert len(parts) > 5
+    assert all(len(part) <= 4_000 + 300 for part in parts)  # a struct may go over, not a run
+    for order in (parts, parts[::-1], random.Random(1).sample(parts, len(parts))):
+        replica = Replica(SPATIAL, client_id=9, lineage=SPATIAL.genesis)
+        for part in order:
+            replica = receive(replica, part)
+        assert replica.state_vector() == doc.get_state()
+        assert replica.doc.get("m", type=Map).to_py() == m.to_py()
+        assert replica.digest() == Replica.digest(adopted(doc))
+    assert updates.split(whole, 10**9) == [whole]
+
+
+def adopted(doc: Doc[Any]) -> Replica:
+    replica = Replica(SPATIAL, client_id=8, lineage=SPATIAL.genesis)
+    replica.adopt(doc.get_update())
+    return replica
+
+
 def test_the_deletions_of_an_update_with_structs_are_those_of_its_delete_set() -> None:
     """A replica's digest reads its own delete set; Yrs 0.28 never puts structs there, but
     if one did, the digest must not fail as if a peer had sent bad bytes."""

@@ -34,6 +34,7 @@ from hearthsync.protocol.session import (
     KeyMissing,
     KeysChanged,
     PeerAuthenticated,
+    SealFailed,
     Session,
     State,
     sv_hash,
@@ -668,3 +669,40 @@ def test_neighbours_are_announced_once_per_change_and_never_name_the_peer(
     assert a[1].announce({hall.identity.device_id})
     b[1].receive_data(a[1].data_to_send()[0], NOW)
     assert b[1].peer_neighbours == frozenset()
+
+
+# --- deltas too large for one envelope (SPEC §1, §6.3) --------------------------------------
+
+
+def big_write(robot: Robot, doc_id: str, megabytes: int) -> bytes:
+    """One transaction of ``megabytes`` of values that compress poorly (random text)."""
+    doc = robot.docs.docs.setdefault(DocId(doc_id), Doc())
+    rng = random.Random(megabytes)
+    captured: list[bytes] = []
+    sub = doc.observe(lambda e: captured.append(e.update))
+    with doc.transaction():
+        for i in range(megabytes * 1024):
+            doc.get("m", type=Map)[f"k{i}"] = rng.randbytes(768).hex()[:1024]
+    doc.unobserve(sub)
+    return captured[0]
+
+
+def test_a_catch_up_too_large_for_one_envelope_goes_in_parts(kitchen: Robot, hall: Robot) -> None:
+    doc = "user/alice/prefs"
+    big_write(kitchen, doc, 5)
+    a, b = connect(kitchen, hall)
+    assert hall.docs.content(doc) == kitchen.docs.content(doc)
+    assert a[1].frames_sent["SYNC_STEP2"] >= 3  # 5 MB of hex does not fit one 2 MiB envelope
+    assert not [e for e in kitchen.events if isinstance(e, SealFailed)]
+    assert b[1].state is State.OPEN
+
+
+def test_a_live_delta_too_large_for_one_envelope_goes_in_parts(kitchen: Robot, hall: Robot) -> None:
+    doc = DocId("user/alice/prefs")
+    a, b = connect(kitchen, hall)
+    before = a[1].frames_sent["UPDATE"]
+    assert a[1].send_update(doc, big_write(kitchen, doc, 5))
+    pump(a, b)
+    assert a[1].frames_sent["UPDATE"] - before >= 3
+    assert hall.docs.content(doc) == kitchen.docs.content(doc)
+    assert [e for e in kitchen.events if isinstance(e, Acked)]

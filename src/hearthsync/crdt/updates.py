@@ -226,6 +226,51 @@ def encode(update: bytes, parts: list[Run], delete_set: bytes) -> bytes:
     return bytes(out)
 
 
+def split(update: bytes, max_bytes: int) -> list[bytes]:
+    """``update`` as several updates of at most about ``max_bytes`` each (a struct larger than
+    that goes alone), cut between structs, in clock order per client; the delete set goes
+    with the last.  Merged in any order they hold what ``update`` holds; a part whose structs
+    wait for an earlier part is held aside until it comes (`hearthsync.crdt.replica`).
+
+    What a single envelope cannot carry (SPEC §1: 2 MiB) is sent this way."""
+    if max_bytes < 1:
+        raise ValueError("max_bytes must be positive")
+    found, delete_set = runs(update)
+    pieces = [piece for run in found for piece in _cut(update, run, max_bytes)]
+    parts: list[list[Run]] = [[]]
+    size = 0
+    for piece in pieces:
+        length = piece.last - piece.first
+        if parts[-1] and size + length > max_bytes:
+            parts.append([])
+            size = 0
+        parts[-1].append(piece)
+        size += length
+    last = len(parts) - 1
+    return [
+        encode(update, part, delete_set if index == last else b"\x00")
+        for index, part in enumerate(parts)
+    ]
+
+
+def _cut(update: bytes, run: Run, max_bytes: int) -> list[Run]:
+    """``run`` as runs of at most ``max_bytes`` of encoded structs each (one struct at least)."""
+    if run.last - run.first <= max_bytes:
+        return [run]
+    pieces: list[Run] = []
+    start, first, count, clock, pos = run.start, run.first, 0, run.start, run.first
+    while pos < run.last:
+        length, _, after = _struct(update, pos)
+        if count and after - first > max_bytes:
+            pieces.append(Run(run.client, start, clock, first, pos, count))
+            start, first, count = clock, pos, 0
+        clock += length
+        count += 1
+        pos = after
+    pieces.append(Run(run.client, start, clock, first, pos, count))
+    return pieces
+
+
 def truncate(update: bytes, state: StateVector) -> bytes:
     """``update`` without the runs that lie beyond ``state`` (those that do not start before
     what it has seen of their client), delete set kept whole.  The runs kept are kept whole: a

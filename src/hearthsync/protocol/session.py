@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from hearthsync.crdt import statevector
+from hearthsync.crdt import statevector, updates
 from hearthsync.crypto.certificate import Certificate, Revocations, TrustStore
 from hearthsync.crypto.envelope import Envelope, Header, open_envelope_packed, seal
 from hearthsync.crypto.identity import DeviceIdentity
@@ -78,6 +78,9 @@ HANDSHAKE_TIMEOUT_S = 10.0  #: close a connection not authenticated after this l
 SETTLE_S = 2.0
 SETTLE_MAX_S = 30.0
 REQUEST_RETRY_S = 5.0  #: ask again for a document whose SYNC_STEP1 went unanswered this long
+#: a delta too large for one envelope (SPEC §1: 2 MiB) goes in parts of at most this many
+#: bytes before compression, each in an envelope of its own (SPEC §6.3)
+PART_BYTES = 1024 * 1024
 #: offer the documents whose deltas were not relayed to the peer (it said it had them from
 #: elsewhere) this long after the first: the peer's word may be stale (SPEC §6.4)
 UNRELAYED_OFFER_S = 5.0
@@ -194,7 +197,8 @@ class KeysChanged:
 
 @dataclass(frozen=True, slots=True)
 class SealFailed:
-    """This device could not seal ``doc_id`` for the peer (too large): it was not sent."""
+    """This device could not seal ``doc_id`` for the peer (a struct over the envelope limit,
+    or bytes that are not an update): it was not sent."""
 
     doc_id: DocId
     reason: str
@@ -407,14 +411,12 @@ class Session:
         lineage = self.docs.lineage(doc_id)
         if lineage is None:
             return False
-        try:
-            envelope = self._seal(doc_id, lineage, delta)
-        except ValidationError as exc:
-            self._events.append(SealFailed(doc_id, str(exc)))
-            return False
-        self._send(f.Update(envelope))
-        self._await_ack(doc_id)
-        return True
+        envelopes = self._seal_parts(doc_id, lineage, delta)
+        for envelope in envelopes:
+            self._send(f.Update(envelope))
+        if envelopes:
+            self._await_ack(doc_id)
+        return bool(envelopes)
 
     def announce(self, devices: Iterable[str]) -> bool:
         """Tell the peer which devices this one has an open session with (`Neighbours`),
@@ -692,14 +694,10 @@ class Session:
         except ValueError:  # Yrs: "Cannot decode state"
             raise ProtocolError(f"SYNC_STEP1 for {step.doc_id!r}: not a state vector") from None
         if delta != EMPTY_UPDATE:
-            try:
-                envelope = self._seal(step.doc_id, lineage, delta)
-            except ValidationError as exc:
-                # this side's limit (an envelope holds at most 2 MiB), not the peer's fault:
-                # skip the document and keep the session (splitting large diffs is future work)
-                self._events.append(SealFailed(step.doc_id, str(exc)))
-            else:
+            envelopes = self._seal_parts(step.doc_id, lineage, delta)
+            for envelope in envelopes:
                 self._send(f.SyncStep2(step.doc_id, envelope))
+            if envelopes:
                 self._await_ack(step.doc_id)
         self._send(f.SyncDone(step.doc_id))
 
@@ -713,6 +711,29 @@ class Session:
             self._events.append(CaughtUp())
 
     # -------------------------------------------------------------- envelopes
+
+    def _seal_parts(self, doc_id: DocId, lineage: LineageId, delta: bytes) -> list[bytes]:
+        """``delta`` sealed in one envelope or, too large for one (SPEC §1: 2 MiB), in parts
+        (`updates.split`), each its own envelope.  What cannot be sealed even so (a single
+        struct over the limit, bytes that are not an update) is reported (`SealFailed`) and
+        not sent: this side's limit, not the peer's fault, so the session goes on."""
+        try:
+            return [self._seal(doc_id, lineage, delta)]
+        except ValidationError as exc:
+            too_large = exc
+        try:
+            parts = updates.split(delta, PART_BYTES)
+        except updates.UpdateFormatError as exc:
+            self._events.append(SealFailed(doc_id, f"{too_large}; cannot split it: {exc}"))
+            return []
+        if len(parts) < 2:
+            self._events.append(SealFailed(doc_id, str(too_large)))
+            return []
+        try:
+            return [self._seal(doc_id, lineage, part) for part in parts]
+        except ValidationError as exc:
+            self._events.append(SealFailed(doc_id, f"a part of it: {exc}"))
+            return []
 
     def _seal(self, doc_id: DocId, lineage: LineageId, delta: bytes) -> bytes:
         meta = self.docs.describe(doc_id)
