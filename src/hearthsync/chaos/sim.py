@@ -75,6 +75,7 @@ from hearthsync.protocol.session import (
     RevocationsChanged,
     SealFailed,
     Session,
+    State,
 )
 
 TICK_S = 0.5  #: how often every session's heartbeat timer runs (as `Link` does)
@@ -585,7 +586,7 @@ class Simulation:
         devices = {
             side.session.peer_id
             for side in sides
-            if side.alive and side.session.peer_id is not None and not side.session.closed
+            if side.alive and side.session.peer_id is not None and side.session.state is State.OPEN
         }
         for _other, conn in sorted(robot.conns.items()):
             side = conn.sides[robot.index]
