@@ -374,3 +374,15 @@ def test_bench_reports_every_figure_on_small_data() -> None:
         figures["vector_qps"] / figures["numpy_bruteforce_qps"]
     )
     assert {"index_build_s", "index_load_s"} <= figures.keys()
+
+
+def test_add_skips_the_rows_it_holds_wherever_they_fall(tmp_path: Path) -> None:
+    """New rows usually come after the last one held; a batch may also repeat old rows or fill
+    a hole among them (a rescan), and only the rows not held yet are added."""
+    rng = np.random.default_rng(3)
+    index = vectors.VectorIndex(tmp_path, "bench.history", embedder="test", dim=8)
+    assert index.add([2, 4, 6], [1, 2, 3], rng.standard_normal((3, 8))) == 3
+    assert index.add([7, 8], [4, 5], rng.standard_normal((2, 8))) == 2  # beyond the last
+    assert index.add([4, 5, 8, 9, 9], [2, 9, 5, 6, 6], rng.standard_normal((5, 8))) == 2
+    assert index.count == 7
+    assert index.add([2, 4, 5, 6, 7, 8, 9], [0] * 7, rng.standard_normal((7, 8))) == 0

@@ -284,7 +284,11 @@ class VectorIndex:
         _, first = np.unique(keys, return_index=True)
         fresh = np.zeros(keys.size, dtype=bool)
         fresh[first] = True
-        fresh &= ~np.isin(keys, self._keys)
+        if self._keys.size and keys.size and keys.min() <= self._keys[-1]:
+            # some may be here already: look them up in the sorted keys (new rows, the usual
+            # case, are all beyond the last key and skip this)
+            at = np.minimum(np.searchsorted(self._keys, keys), self._keys.size - 1)
+            fresh &= self._keys[at] != keys
         if not fresh.any():
             return 0
         self._dirty = True
