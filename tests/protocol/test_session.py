@@ -13,6 +13,7 @@ from pycrdt import Doc, Map
 from hearthsync.crdt import statevector
 from hearthsync.crdt.kinds import HOME, parse
 from hearthsync.crypto.certificate import Certificate, Revocations, TrustStore
+from hearthsync.crypto.envelope import Envelope
 from hearthsync.crypto.identity import DeviceIdentity
 from hearthsync.crypto.keyring import KeyGrant, Keyring
 from hearthsync.errors import MissingKeyError
@@ -35,6 +36,7 @@ from hearthsync.protocol.session import (
     KeysChanged,
     PeerAuthenticated,
     SealFailed,
+    Sealer,
     Session,
     State,
     sv_hash,
@@ -101,7 +103,7 @@ class Robot:
     docs: MemoryDocs = field(default_factory=MemoryDocs)
     events: list[Event] = field(default_factory=list)
 
-    def session(self, now: float = NOW) -> Session:
+    def session(self, now: float = NOW, sealer: Sealer | None = None) -> Session:
         return Session(
             self.identity,
             self.cert.to_wire(),
@@ -110,6 +112,7 @@ class Robot:
             self.docs,
             random.Random(self.identity.device_id).randbytes,
             now,
+            sealer=sealer or Sealer(),
         )
 
 
@@ -706,3 +709,40 @@ def test_a_live_delta_too_large_for_one_envelope_goes_in_parts(kitchen: Robot, h
     assert a[1].frames_sent["UPDATE"] - before >= 3
     assert hall.docs.content(doc) == kitchen.docs.content(doc)
     assert [e for e in kitchen.events if isinstance(e, Acked)]
+
+
+# --- sealing once for every peer (SPEC §4) --------------------------------------------------
+
+
+def test_a_delta_sent_to_several_peers_is_sealed_once(kitchen: Robot, hall: Robot) -> None:
+    """The sessions of one device share a `Sealer`: the same delta goes out as the same
+    envelope on every link (one encryption, one signature), and the counter counts envelopes
+    per document across links, as SPEC §4 has it."""
+    sealer = Sealer()
+    doc = DocId("user/alice/prefs")
+    links = []
+    for _ in range(2):  # two connections to the hall robot stand for two peers
+        a, b = (kitchen, kitchen.session(sealer=sealer)), (hall, hall.session())
+        pump(a, b)
+        links.append((a, b))
+    delta = kitchen.docs.write(doc, "tea/mug", "blue")
+    sent = []
+    for a, _ in links:
+        assert a[1].send_update(doc, delta)
+        sent.append(a[1].data_to_send())
+    assert sent[0] == sent[1]  # byte for byte: sealed once
+    assert sealer.reused == 1
+    other = kitchen.docs.write(doc, "tea/milk", "oat")
+    assert links[1][0][1].send_update(doc, other)
+    sent[1] += links[1][0][1].data_to_send()
+    counters = [
+        Envelope.from_wire(frame.envelope).header.counter
+        for frame in map(f.decode, sent[1])
+        if isinstance(frame, f.Update)
+    ]
+    assert counters == [1, 2]  # per document, whichever link
+    for (a, b), frames in zip(links, sent, strict=True):
+        for data in frames:
+            b[1].receive_data(data, NOW)
+        pump(a, b)
+    assert hall.docs.content(doc) == kitchen.docs.content(doc)

@@ -73,6 +73,7 @@ from hearthsync.protocol.session import (
     LineageMismatch,
     PeerAuthenticated,
     RevocationsChanged,
+    Sealer,
     SealFailed,
     Session,
     State,
@@ -134,6 +135,8 @@ class Robot:
     writers: list[tuple[asyncio.Task[Write | None], Op]] = field(default_factory=list)
     #: received updates merged in memory, to acknowledge once committed: (conn, doc, state)
     to_ack: list[tuple[_Conn, DocId, bytes]] = field(default_factory=list)
+    #: shared by the robot's sessions (as `SyncService` shares one); new at every boot
+    sealer: Sealer = field(default_factory=Sealer)
 
     @property
     def device_id(self) -> str:
@@ -385,6 +388,7 @@ class Simulation:
 
     async def _boot(self, robot: Robot) -> None:
         robot.incarnation += 1
+        robot.sealer = Sealer()
         with inline_sqlite():
             robot.peer = await Peer.start(
                 robot.folder, device=f"r{robot.index}", embedder=_EMBEDDER,
@@ -556,7 +560,7 @@ class Simulation:
         for robot in (dialer, acceptor):
             session = Session(
                 robot.identity, robot.certificate.to_wire(), robot.trust, robot.keyring,
-                _peer(robot).docs, robot.rng.randbytes, self._wall(robot),
+                _peer(robot).docs, robot.rng.randbytes, self._wall(robot), sealer=robot.sealer,
             )  # fmt: skip
             conn.sides[robot.index] = _Side(robot.index, session, robot.incarnation)
             robot.conns[(acceptor if robot is dialer else dialer).index] = conn

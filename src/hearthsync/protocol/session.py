@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -241,6 +241,51 @@ Event = (
 )
 
 
+class Sealer:
+    """What the sessions of one device share to seal envelopes (give them all the same one).
+
+    * One ``counter`` per document, as SPEC §4 asks (it counts the envelopes an author sends
+      for a document, whichever peer they go to).
+    * The envelopes sealed last: a delta sent to several peers (every robot relaying or
+      writing to the household) is compressed, encrypted and signed once, and the same
+      envelope goes to each.  Deltas over `CACHED_BYTES` (catch-ups, which differ per peer
+      anyway) are not kept; the envelopes kept hold at most `capacity` of them.
+    """
+
+    CACHED_BYTES = 64 * 1024
+
+    def __init__(self, capacity: int = 256) -> None:
+        self.capacity = capacity
+        self._counters: dict[DocId, int] = {}
+        self._recent: OrderedDict[tuple[DocId, LineageId, int, bytes], bytes] = OrderedDict()
+        self.reused = 0  #: envelopes sent again instead of sealed again
+
+    def counter(self, doc_id: DocId) -> int:
+        """The next envelope's counter for ``doc_id``."""
+        self._counters[doc_id] = self._counters.get(doc_id, 0) + 1
+        return self._counters[doc_id]
+
+    def seal(
+        self, doc_id: DocId, lineage: LineageId, epoch: int, delta: bytes,
+        make: Callable[[int], bytes],
+    ) -> bytes:  # fmt: skip
+        """The envelope of ``delta``: one sealed before for the same document, lineage and
+        epoch, or ``make(counter)``, kept for the next peer."""
+        if len(delta) > self.CACHED_BYTES:
+            return make(self.counter(doc_id))
+        key = (doc_id, lineage, epoch, delta)
+        found = self._recent.get(key)
+        if found is not None:
+            self._recent.move_to_end(key)
+            self.reused += 1
+            return found
+        envelope = make(self.counter(doc_id))
+        self._recent[key] = envelope
+        if len(self._recent) > self.capacity:
+            self._recent.popitem(last=False)
+        return envelope
+
+
 class State(enum.Enum):
     HELLO_SENT = "hello-sent"
     AUTH_SENT = "auth-sent"
@@ -280,7 +325,8 @@ class Session:
     _events: list[Event] = field(default_factory=list)
     #: documents asked for (SYNC_STEP1) and not yet answered: lineage, when last asked
     _requested: dict[DocId, tuple[LineageId, float]] = field(default_factory=dict)
-    _counters: dict[DocId, int] = field(default_factory=dict)
+    #: envelope counters and envelopes, shared by every session of this device (`Sealer`)
+    sealer: Sealer = field(default_factory=Sealer)
     _their_inventory: dict[DocId, f.InventoryEntry] = field(default_factory=dict)
     _last_received: float = 0.0
     _last_sent: float = 0.0
@@ -738,12 +784,15 @@ class Session:
     def _seal(self, doc_id: DocId, lineage: LineageId, delta: bytes) -> bytes:
         meta = self.docs.describe(doc_id)
         epoch = self.keyring.sealing_epoch(meta.scope, meta.subject)
-        counter = self._counters.get(doc_id, 0) + 1
-        self._counters[doc_id] = counter
-        header = Header(doc_id, lineage, meta.scope, epoch, self.identity.device_id, counter)
-        key = self.keyring.doc_key(doc_id, lineage, meta.scope, meta.subject, epoch)
-        nonce = self.random_bytes(24)
-        return seal(self.identity, header, delta, key, nonce, compress_update=True).to_wire()
+
+        def make(counter: int) -> bytes:
+            key = self.keyring.doc_key(doc_id, lineage, meta.scope, meta.subject, epoch)
+            author = self.identity.device_id
+            header = Header(doc_id, lineage, meta.scope, epoch, author, counter)
+            nonce = self.random_bytes(24)
+            return seal(self.identity, header, delta, key, nonce, compress_update=True).to_wire()
+
+        return self.sealer.seal(doc_id, lineage, epoch, delta, make)
 
     def _receive_envelope(self, data: bytes, expected_doc: DocId | None) -> None:
         envelope = Envelope.from_wire(data)
@@ -837,6 +886,7 @@ __all__ = [
     "PeerAuthenticated",
     "RevocationsChanged",
     "SealFailed",
+    "Sealer",
     "Session",
     "State",
     "SyncDone",

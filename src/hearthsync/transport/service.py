@@ -34,6 +34,7 @@ from hearthsync.protocol.session import (
     NeighboursChanged,
     PeerAuthenticated,
     RevocationsChanged,
+    Sealer,
     Session,
 )
 from hearthsync.transport.link import Link, SyncTarget
@@ -84,6 +85,8 @@ class SyncService:
         self._ended: dict[str, asyncio.Event] = {}
         self._changed = asyncio.Condition()
         self._closing = False
+        #: shared by every link: a delta sent to several peers is sealed once (SPEC §4)
+        self._sealer = Sealer()
 
     # -------------------------------------------------------------- lifecycle
 
@@ -216,7 +219,7 @@ class SyncService:
         creds = self.credentials
         session = Session(
             creds.identity, creds.certificate.to_wire(), creds.trust, creds.keyring,
-            self.target.docs, self._random_bytes, self._clock(),
+            self.target.docs, self._random_bytes, self._clock(), sealer=self._sealer,
         )  # fmt: skip
         link = Link(websocket, session, self.target, dialed=dialed, on_event=self._on_event)
         if self._paused:  # paused while this connection was being opened
