@@ -73,6 +73,7 @@ class Replica:
         "_digest",
         "_held",
         "_loose",
+        "_state",
         "_sub",
         "_subs",
         "_unchecked",
@@ -118,6 +119,7 @@ class Replica:
         #: so that `digest` is computed once per change, not once per inventory entry
         self._version = 0
         self._digest: tuple[int, bytes] | None = None
+        self._state: tuple[int, bytes] | None = None
 
     def track(self, subscription: T) -> T:
         """Note a subscription to this document, to be dropped by `close` (at once if closed
@@ -388,7 +390,10 @@ class Replica:
         return merge_updates(*captured)
 
     def state_vector(self) -> bytes:
-        return self.doc.get_state()
+        """The document's state vector (as Yrs encodes it), read once per change."""
+        if self._state is None or self._state[0] != self._version:
+            self._state = (self._version, self.doc.get_state())
+        return self._state[1]
 
     def encode_state(self) -> bytes:
         """The whole document as one update (what a snapshot holds), with what is held aside."""
