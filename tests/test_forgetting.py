@@ -121,6 +121,34 @@ async def test_a_forget_cut_short_by_a_crash_is_finished_at_the_next_open(
     assert found_in(path, BOB_SAYS)
 
 
+async def test_a_store_that_commits_only_when_told_opens_and_then_finishes_the_purge(
+    tmp_path: Path,
+) -> None:
+    """Found by the chaos harness (seed 100510): a purge cut short by a crash edits the home
+    documents (the user's things), and a store that commits only when told to (the
+    simulation's) waited at its opening for writes nobody could commit.  It now opens, and
+    the purge finishes with the next commits."""
+    path = tmp_path / "robot"
+    peer = await Peer.start(path, device="kitchen", wall=FakeWall())
+    await fill(peer, "alice", ALICE_SAYS)
+    await peer.place("mug", "Alice's green mug", owner="alice", region="kitchen")
+    tombstone = Statement.issue(peer.identity, FORGET, "alice", peer._stamp()[0])
+    await peer._docs.write(HOUSEHOLD, lambda _: peer._forgetting._bury(tombstone))
+    await peer.crash()
+    async with asyncio.timeout(10):  # it used to wait here for good
+        again = await Peer.start(path, wall=FakeWall(), auto_commit=False)
+    try:
+        async with asyncio.timeout(10):
+            while again._forgetting._tasks:  # the purge, in the background, commit by commit
+                await again.commit()
+                await asyncio.wait(list(again._forgetting._tasks), timeout=0.1)
+        assert not [d for d in again.document_ids() if d.startswith("user/alice/")]
+        assert not [p for p in again.placements() if p.owner == "alice"]
+    finally:
+        await again.close()
+    assert found_in(path, ALICE_SAYS) == []
+
+
 def test_a_tombstone_is_signed_and_checked() -> None:
     kitchen = DeviceIdentity(SigningKey(bytes([7]) * 32))
     tombstone = Statement.issue(kitchen, FORGET, "alice", "0001773014400000.00000.X")

@@ -241,7 +241,9 @@ class Peer:
         peer = cls(folder, identity, name, sqlite, docs, vectors, clock, wall, rng)
         try:
             peer.household = enrolment.load(folder, int(wall()))
-            await peer._forgetting.resume()  # a purge a crash cut short is finished first
+            # a purge a crash cut short is finished first (in the background where only the
+            # caller commits: its writes could not land while this waited for them)
+            await peer._forgetting.resume(wait=auto_commit)
             for user in peer.users():
                 await vectors.open_index(user, HISTORY)
         except BaseException:
