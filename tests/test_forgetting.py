@@ -24,6 +24,7 @@ from hearthsync.crypto.pairing import join_request, open_join_response
 from hearthsync.crypto.statement import FORGET, Statement
 from hearthsync.errors import CryptoError, NotFoundError, SignatureError, ValidationError
 from hearthsync.forgetting import HOUSEHOLD
+from hearthsync.ids import DocId
 from hearthsync.transport.service import SyncService
 from tests.conftest import MONDAY_MS, FakeWall
 
@@ -277,3 +278,30 @@ async def test_a_tombstone_from_a_device_outside_the_household_is_ignored(
     assert owner.forgotten() == {}
     assert holds_alice(owner)
     assert owner.preference("alice", "beverage/coffee") is not None
+
+
+async def test_a_tombstone_that_does_not_check_out_does_not_refuse_the_users_data(
+    tmp_path: Path,
+) -> None:
+    """Found by the chaos harness (seed 100444): a robot revoked while partitioned wrote a
+    tombstone, which another robot relayed before it heard of the revocation.  Robots holding
+    it refused the user's updates while the others took them, and the user's documents never
+    converged.  Only a tombstone that checks out refuses anything."""
+    async with AsyncExitStack() as stack:
+        owner = await stack.enter_async_context(Peer.open(tmp_path / "owner", device="owner"))
+        hall = await stack.enter_async_context(Peer.open(tmp_path / "hall", device="hall"))
+        await fill(owner, "alice", ALICE_SAYS)
+        stranger = DeviceIdentity(SigningKey(bytes([9]) * 32))  # a revoked device's, or unknown
+        forged = Statement.issue(stranger, FORGET, "alice", owner._stamp()[0])
+        await owner._docs.write(HOUSEHOLD, lambda _: owner._forgetting._bury(forged))
+        assert owner.forgotten() == {}
+        assert "alice" in owner.users()
+        await hall.add_user("alice", name="Alice")
+        await hall.set_preference("alice", "tea/mug", "green")
+        update = hall._docs.replicas[DocId("user/alice/prefs")].encode_state()
+        done = owner.receive_update("user/alice/prefs", update)
+        assert done is not None  # taken in, not refused
+        await done
+        found = owner.preference("alice", "tea/mug")
+        assert found is not None
+        assert found.value == "green"

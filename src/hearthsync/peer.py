@@ -42,6 +42,7 @@ from hearthsync.context import maintain as maintain_preferences
 from hearthsync.crdt import statevector
 from hearthsync.crdt.handles import (
     ROOTS,
+    SEP,
     CalibrationDoc,
     EventsDoc,
     GraphDoc,
@@ -330,10 +331,15 @@ class Peer:
 
     def _known_users(self) -> frozenset[str]:
         """The household's users, less the forgotten (a robot that had not heard of the
-        tombstone may have written a forgotten user's entry again)."""
+        tombstone may have written a forgotten user's entry again).  A user whose only
+        tombstones do not check out is still a user, though burying them took their entry
+        out of the list (a revoked robot's tombstone, relayed before the revocation was)."""
         self._observe_household()
         if self._users is None:
-            self._users = frozenset(self._household().users.keys()) - self._forgotten_users()
+            household = self._household()
+            buried = {slot.partition(SEP)[0] for slot in household.forgotten.keys()}  # noqa: SIM118
+            listed = set(household.users.keys()) | buried
+            self._users = frozenset(listed) - self._forgotten_users()
         return self._users
 
     def _forgotten_users(self) -> frozenset[str]:
@@ -935,6 +941,7 @@ class Peer:
         if self.household is not None:
             enrolment.save(self.path, self.household)
         self._settings.changed()
+        self._users = self._forgotten = None  # a tombstone's device may check out now, or not
         self._forgetting.on_household_change()
 
     def on_durable(self, listener: CommitListener) -> Callable[[], None]:
