@@ -586,12 +586,8 @@ class Simulation:
     def _announce(self, robot: Robot) -> None:
         """Tell each peer of ``robot`` which devices it now has open sessions with (as
         `SyncService` does whenever a link opens or closes)."""
-        sides = [conn.sides[robot.index] for _, conn in sorted(robot.conns.items())]
-        devices = {
-            side.session.peer_id
-            for side in sides
-            if side.alive and side.session.peer_id is not None and side.session.state is State.OPEN
-        }
+        sessions = [conn.sides[robot.index].session for conn in robot.conns.values()]
+        devices = {s.peer_id for s in sessions if s.peer_id and s.state is State.OPEN}
         for _other, conn in sorted(robot.conns.items()):
             side = conn.sides[robot.index]
             if side.alive and side.session.announce(devices):

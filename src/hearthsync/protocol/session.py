@@ -649,12 +649,7 @@ class Session:
             if not entries:
                 return
         self._offered.update(entry.doc_id for entry in entries)
-        self._send(f.Inventory(tuple(entries)))
-        for entry in entries:
-            self._unacked[entry.doc_id] = statevector.decode(self.docs.state_vector(entry.doc_id))
-        if entries:
-            self._settle_wait = SETTLE_S
-            self._settle_at = self.now + SETTLE_S
+        self._send_offer(entries, restart=True)
 
     def _offer_again(self) -> None:
         """Anti-entropy (SPEC §6.4): offer what the peer has not acknowledged yet, and what
@@ -669,13 +664,19 @@ class Session:
             del self._unacked[doc_id]
         if not self._unacked:
             self._settle_at = None
-        for entry in entries:  # acknowledged once the peer shows it holds as much as this side
-            self._unacked[entry.doc_id] = statevector.decode(self.docs.state_vector(entry.doc_id))
         if entries:
-            self._send(f.Inventory(tuple(entries)))
-            if self._settle_at is None:
-                self._settle_wait = SETTLE_S
-                self._settle_at = self.now + SETTLE_S
+            self._send_offer(entries, restart=False)
+
+    def _send_offer(self, entries: list[f.InventoryEntry], *, restart: bool) -> None:
+        """Send ``entries`` as an inventory.  Each counts as unacknowledged until the peer
+        shows it holds as much as this side (SPEC §6.4), so a lost offer is made again: after
+        `SETTLE_S` from now (``restart``), or when the re-offer already due comes."""
+        self._send(f.Inventory(tuple(entries)))
+        for entry in entries:
+            self._unacked[entry.doc_id] = statevector.decode(self.docs.state_vector(entry.doc_id))
+        if entries and (restart or self._settle_at is None):
+            self._settle_wait = SETTLE_S
+            self._settle_at = self.now + SETTLE_S
 
     def _entries(self, docs: Sequence[DocId]) -> list[f.InventoryEntry]:
         """Inventory entries of those of ``docs`` held here and sealable for the peer."""
