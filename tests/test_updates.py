@@ -198,6 +198,25 @@ def history(seed: int, writes: int) -> tuple[list[bytes], Any]:
     return deltas, shown(robots[0])
 
 
+def test_a_merged_update_beyond_a_gap_shows_what_the_same_updates_one_by_one_show() -> None:
+    """Found by Hypothesis: robot 22 overwrote the keys (its third edit, the first two not
+    here yet) while robot 11 overwrote them too.  Yrs shows robot 22's entry beyond the gap,
+    deletes robot 11's and drops its content; the rebuilt replica must show robot 11's."""
+    writes = [
+        b"\x01\x01\x0b\x00(\x01\nplacements\x04keys\x01w\x06keys-1\x00",
+        b"\x01\x01\x0b\x01\xa8\x0b\x00\x01w\x06keys-2\x01\x0b\x01\x00\x01",
+        b"\x01\x01\x16\x02\xa8\x0b\x00\x01w\x06keys-4\x01\x0b\x01\x00\x01",
+    ]
+    merged = Replica(SPATIAL, client_id=101, lineage=SPATIAL.genesis)
+    merged = receive(merged, merge_updates(*writes))
+    one_by_one = Replica(SPATIAL, client_id=102, lineage=SPATIAL.genesis)
+    for update in writes:
+        one_by_one = receive(one_by_one, update)
+    assert shown(merged) == shown(one_by_one) == {"keys": "keys-2"}
+    assert merged.digest() == one_by_one.digest()
+    assert len(merged.beyond) == len(one_by_one.beyond) == 1
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),

@@ -72,7 +72,7 @@ class Replica:
         "_closed",
         "_digest",
         "_held",
-        "_loose",
+        "_sources",
         "_state",
         "_sub",
         "_subs",
@@ -109,8 +109,8 @@ class Replica:
         self._aside: list[_Piece] = []
         #: the updates those runs came from, to drop repeats of them cheaply
         self._held: set[bytes] = set()
-        #: the delete sets of updates merged unread, for `_truncated`
-        self._loose: list[bytes] = []
+        #: once `tainted`: every update this document holds, to replay (`_replayed`)
+        self._sources: list[bytes] = []
         #: updates merged into an empty document, not yet checked for gaps (see `settle`)
         self._unchecked: list[bytes] = []
         #: Yrs has shown content beyond a gap: replace this replica with `rebuilt`
@@ -159,11 +159,15 @@ class Replica:
 
         The delta is ``None`` when ``change`` changed nothing.
         """
+        self.settle()
         self._capturing()
         self._captured.clear()
         with self.doc.transaction(origin="local"):
             result = change()
-        return result, self._take()
+        delta = self._take()
+        if self.tainted and delta is not None:  # as for `apply`: the replay needs it too
+            self._sources.append(delta)
+        return result, delta
 
     def apply(self, update: bytes) -> bytes | None:
         """Apply an update (from a peer); return what to keep and forward: the update itself if
@@ -187,6 +191,8 @@ class Replica:
             self._unchecked.append(update)
             return update if update != EMPTY_UPDATE else None
         self.settle()
+        if self.tainted:  # to be rebuilt: the replay (`_replayed`) needs this update too
+            self._sources.append(update)
         self._capturing()
         self._captured.clear()
         try:
@@ -210,7 +216,8 @@ class Replica:
         self._unchecked.extend(merged)
         self.settle()
         if self.tainted:  # not shared with anyone yet: replace the document in place
-            self.doc = self._truncated()
+            fresh = self._replayed()
+            self.doc, self._aside, self._held = fresh.doc, fresh._aside, fresh._held
             self._version += 1
             self.tainted = False
         self._merge_ready()
@@ -307,45 +314,32 @@ class Replica:
             unchecked, self._unchecked = self._unchecked, []
             for update in unchecked:
                 self._hold_rest(update)
-            if self.tainted:  # `_truncated` applies their deletions again (see there)
-                self._loose.extend(updates.runs(update)[1] for update in unchecked)
+            if self.tainted:  # they are all this document holds: `_replayed` reads them
+                self._sources.extend(unchecked)
 
     def rebuilt(self) -> Replica:
         """This replica without what Yrs showed beyond a gap: a new document, same client id,
         same content held aside.  The owner puts it in this one's place (views follow)."""
+        return self._replayed()
+
+    def _replayed(self) -> Replica:
+        """A new replica given every update this one holds, each read before it is merged.
+
+        Only updates merged without being read first can have put content beyond a gap in
+        the document: one merged into an empty document (`apply`, `settle`), or those a store
+        loads (`load`).  The document itself cannot be cut back: when Yrs showed an item
+        beyond a gap, it deleted the map entry that item overwrote, and dropped that entry's
+        content (found by Hypothesis: a replica given a merged update showed a key as
+        removed, one given the same updates one by one showed its value).  So the updates it
+        was made of are merged again, read this time: one merge of all of them, which holds
+        what the updates one by one would, since merging commutes."""
         fresh = Replica(self.info, client_id=self.client_id, lineage=self.lineage)
-        fresh.doc = self._truncated()
-        fresh._aside, fresh._held = list(self._aside), set(self._held)
-        fresh._merge_ready()
+        sources = [*self._sources, *(piece.data for piece in self._aside)]
+        self._sources = []
+        if sources:
+            fresh._merge_or_hold(_merged(sources))
+            fresh._merge_ready()
         return fresh
-
-    def _truncated(self) -> Doc[Any]:
-        """A new document holding what this one integrated, nothing beyond its state vector.
-
-        Only updates merged without being read first can have put such content there: one
-        merged into an empty document (`apply`, `settle`), or those a store loads (`load`).
-        Cutting the runs beyond a gap can leave an item of another client without its origin
-        (it was integrated next to one of them); that client's state then drops too, so the
-        cut repeats until the state holds.  Whatever is cut and not held aside yet is held."""
-        full = self.doc.get_update()
-        vector = statevector.decode(self.doc.get_state())
-        found, delete_set = updates.runs(full)
-        while True:
-            doc: Doc[Any] = Doc(client_id=self.client_id)
-            doc.apply_update(updates.encode(full, updates.within(found, vector), delete_set))
-            after = statevector.decode(doc.get_state())
-            if after == vector:
-                break
-            vector = after
-        for run in found:
-            if run.end > vector.get(run.client, 0):
-                self._hold_run(run, full, delete_set)
-        # Yrs keeps the deletions of items it has not seen pending, and never encodes them: the
-        # new document gets them from the delete sets of the updates merged unread
-        for loose in self._loose:
-            doc.apply_update(b"\x00" + loose)
-        self._loose.clear()
-        return doc
 
     def digest(self) -> bytes:
         """What an inventory compares (SPEC §6.3): a hash of the canonical state vector and,
@@ -401,3 +395,10 @@ class Replica:
         if self._aside:
             update = merge_updates(update, *(piece.data for piece in self._aside))
         return update
+
+
+def _merged(found: list[bytes], fan_in: int = 16) -> bytes:
+    """``found`` merged into one update, in a tree: Yrs merges a flat list in quadratic time."""
+    while len(found) > 1:
+        found = [merge_updates(*found[i : i + fan_in]) for i in range(0, len(found), fan_in)]
+    return found[0]

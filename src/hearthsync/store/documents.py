@@ -442,6 +442,8 @@ class DocumentSet:
         try:
             for doc_id, changes in queue.changes.items():
                 replica = self.replica(doc_id)  # may create a document: its row joins this batch
+                replica.settle()  # what arrived since is sorted: nothing local builds on a gap
+                replica = self._untainted(doc_id, replica)
                 done, delta = replica.transact(partial(_run_all, replica, changes))
                 results.extend(done)
                 if delta is not None:
