@@ -77,6 +77,7 @@ from hearthsync.model.records import (
     SpatialChange,
     given_fields,
 )
+from hearthsync.offload import THREAD, Offload
 from hearthsync.protocol.session import DocMeta
 from hearthsync.settings import HouseholdSettings
 from hearthsync.store.documents import CommitListener, DocumentSet, ToEmbed
@@ -216,8 +217,14 @@ class Peer:
         rng: random.Random | None = None,
         synchronous: Literal["FULL", "NORMAL", "OFF"] = "FULL",
         auto_commit: bool = True,
+        offload: Offload = THREAD,
     ) -> Peer:
-        """Open the peer in ``path``; the caller must `close` it."""
+        """Open the peer in ``path``; the caller must `close` it.
+
+        ``offload`` runs the blocking work (embedding, index inserts and saves): a worker
+        thread by default, `hearthsync.offload.inline` where the caller awaits it all anyway
+        (a simulation).
+        """
         folder = Path(path).expanduser()
         folder.mkdir(parents=True, exist_ok=True)
         rng = rng or random.SystemRandom()
@@ -233,9 +240,9 @@ class Peer:
                 lambda: int(wall() * 1000),
                 Timestamp.parse(last) if last else None,
             )
-            docs = DocumentSet(sqlite, embedder, rng, auto_commit=auto_commit)
+            docs = DocumentSet(sqlite, embedder, rng, auto_commit=auto_commit, offload=offload)
             await docs.load()
-            vectors = VectorMemory(sqlite, folder / VECTOR_DIR, embedder)
+            vectors = VectorMemory(sqlite, folder / VECTOR_DIR, embedder, offload=offload)
         except BaseException:
             await sqlite.close()
             raise
@@ -739,7 +746,7 @@ class Peer:
             async with self._vector_lock:
                 for name, batch in by_index.items():
                     user, _, scope = name.partition(".")
-                    await asyncio.to_thread(self._vectors.add, user, scope, batch)
+                    await self._vectors.offload(self._vectors.add, user, scope, batch)
 
     async def _indexed(self) -> None:
         """Wait until every committed embedding is in its index."""

@@ -64,6 +64,7 @@ from hearthsync.crypto.keyring import Keyring
 from hearthsync.enrolment import HouseholdState
 from hearthsync.errors import ClosedError, HearthError, NotFoundError
 from hearthsync.ids import DocId
+from hearthsync.offload import inline
 from hearthsync.peer import Peer
 from hearthsync.protocol.session import (
     ApplyUpdate,
@@ -393,7 +394,7 @@ class Simulation:
             robot.peer = await Peer.start(
                 robot.folder, device=f"r{robot.index}", embedder=_EMBEDDER,
                 wall=lambda: self._wall(robot), rng=random.Random(robot.rng.getrandbits(64)),
-                synchronous="OFF", auto_commit=False,
+                synchronous="OFF", auto_commit=False, offload=inline,
             )  # fmt: skip
         assert robot.peer.household is not None, "the household file was written at setup"
         robot.state = robot.peer.household  # what survived is what was saved

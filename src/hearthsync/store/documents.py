@@ -38,6 +38,7 @@ from hearthsync.crdt.kinds import DocInfo, Kind, parse
 from hearthsync.crdt.replica import MAX_CLIENT_ID, Replica, event_field
 from hearthsync.errors import ClosedError, CorruptDocumentError, DecryptionError
 from hearthsync.ids import DocId
+from hearthsync.offload import THREAD, Offload
 from hearthsync.store.embedding import Embedder
 from hearthsync.store.sqlite import Batch, DocRow, SqliteStore, StoredDoc, VectorRow
 
@@ -92,8 +93,10 @@ class DocumentSet:
         rng: random.Random,
         *,
         auto_commit: bool = True,
+        offload: Offload = THREAD,
     ) -> None:
         self._sqlite = sqlite
+        self._offload = offload
         #: False: no flusher; writes wait for `commit` (a simulation decides when they land)
         self._auto = auto_commit
         self._embedder = embedder
@@ -500,7 +503,7 @@ class DocumentSet:
         """
         if items:
             try:
-                return await asyncio.to_thread(self._embed, items)
+                return await self._offload(self._embed, items)
             except Exception:
                 log.exception("embedding %d events failed; they are stored without", len(items))
         return [], np.zeros((0, self._embedder.dim), dtype=np.float32)

@@ -40,6 +40,7 @@ from usearch.index import Index
 
 from hearthsync.errors import StoreError, ValidationError
 from hearthsync.ids import check_name
+from hearthsync.offload import THREAD, Offload
 from hearthsync.store.embedding import Embedder, HashingEmbedder
 
 log = logging.getLogger(__name__)
@@ -558,8 +559,11 @@ class VectorMemory:
         dtype: str = "i8",
         params: HnswParams = HnswParams(),
         batch: int = 4096,
+        offload: Offload = THREAD,
     ) -> None:
         self._source = source
+        #: where inserts and saves run (`hearthsync.offload`): a worker thread by default
+        self.offload = offload
         self.directory = Path(directory)
         self.embedder = embedder
         self._dtype = dtype
@@ -630,14 +634,14 @@ class VectorMemory:
             rows = await self._source.vector_rows(name, after, self._batch)
             _check_order(rows, after, name)
             if rows:
-                await asyncio.to_thread(index.add_rows, rows)  # keeps the loop responsive
+                await self.offload(index.add_rows, rows)  # keeps the loop responsive
                 read += len(rows)
                 up_to_max += sum(1 for row in rows if row[0] <= max_rowid)
                 after = rows[-1][0]
             if len(rows) < self._batch:
                 break
         if index.dirty and read:
-            await asyncio.to_thread(index.save)  # nobody else holds the index yet
+            await self.offload(index.save)  # nobody else holds the index yet
         return read, up_to_max
 
     def add(self, user: str, scope: str, rows: Sequence[Row]) -> int:

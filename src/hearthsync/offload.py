@@ -1,0 +1,34 @@
+"""Where blocking work runs: embedding a batch, inserting vectors into an HNSW graph, saving
+an index.
+
+A robot runs it on a worker thread (`asyncio.to_thread`, the default): the event loop keeps
+serving its peers while numpy or usearch, which release the GIL, use another core.  A
+simulation runs it `inline`: it awaits each result before its next event anyway, the hop to
+a thread and back cost it about a twentieth of a schedule, and a thread is one more thing
+whose timing the seed would not decide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, Protocol, TypeVar
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Offload(Protocol):
+    """Run ``func(*args, **kwargs)`` somewhere the event loop can await."""
+
+    def __call__(
+        self, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Awaitable[T]: ...
+
+
+async def inline(func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run ``func`` right here, on the event loop's thread, when awaited."""
+    return func(*args, **kwargs)
+
+
+THREAD: Offload = asyncio.to_thread  #: the default: a worker thread
