@@ -17,11 +17,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Self
 
-import nacl.exceptions
 from nacl.signing import VerifyKey
 
 from hearthsync.crypto.household import Household, household_id
 from hearthsync.crypto.identity import DeviceIdentity, device_id_of
+from hearthsync.crypto.signatures import verifies
 from hearthsync.crypto.wire import (
     B32_ID_RE,
     NAME_RE,
@@ -52,10 +52,8 @@ REVOKE_TAG = b"hearth-revoke-v1"
 
 
 def _verify(tag: bytes, signed: bytes, signature: bytes, public_key: bytes, what: str) -> None:
-    try:
-        VerifyKey(public_key).verify(tag + signed, signature)
-    except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError):
-        raise CertificateError(f"{what}: signature does not verify") from None
+    if not verifies(public_key, tag + signed, signature):
+        raise CertificateError(f"{what}: signature does not verify")
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from nacl.signing import VerifyKey
 
 from hearthsync.crypto.certificate import TrustStore
 from hearthsync.crypto.identity import DeviceIdentity, device_id_of, x25519_public_key
+from hearthsync.crypto.signatures import verifies
 from hearthsync.crypto.wire import (
     B32_ID_RE,
     ID_RE,
@@ -155,10 +156,8 @@ class KeyGrant:
         return grant
 
     def check_signature(self) -> None:
-        try:
-            VerifyKey(self.granter_pk).verify(GRANT_TAG + self.signed_part(), self.signature)
-        except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError):
-            raise SignatureError("key grant: signature does not verify") from None
+        if not verifies(self.granter_pk, GRANT_TAG + self.signed_part(), self.signature):
+            raise SignatureError("key grant: signature does not verify")
 
     def _fields(self) -> list[object]:
         return [

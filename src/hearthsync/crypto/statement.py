@@ -25,11 +25,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Self
 
-import nacl.exceptions
-from nacl.signing import VerifyKey
-
 from hearthsync.crypto.certificate import Certificate, TrustStore
 from hearthsync.crypto.identity import DeviceIdentity, device_id_of
+from hearthsync.crypto.signatures import verifies
 from hearthsync.crypto.wire import NAME_RE, check_bytes, check_text, pack, unpack_array
 from hearthsync.errors import CertificateError, CryptoError, SignatureError, ValidationError
 from hearthsync.ids import DeviceId
@@ -96,12 +94,10 @@ class Statement:
         signed = _signed_part(
             self.kind, self.subject, self.body, self.at, self.device_pk, self.certificate
         )
-        try:
-            VerifyKey(self.device_pk).verify(signed, self.signature)
-        except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError):
+        if not verifies(self.device_pk, signed, self.signature):
             raise SignatureError(
                 f"the {self.kind} statement on {self.subject!r} is not signed by its device"
-            ) from None
+            )
 
     def to_wire(self) -> bytes:
         fields = [self.kind, self.subject, self.body, self.at, self.device_pk, self.certificate]
