@@ -177,3 +177,26 @@ def test_no_key_bytes_in_repr_str_or_errors(home: Home, admin_keys: Keyring) -> 
 def _resign(grant: KeyGrant, home: Home) -> bytes:
     signature = home.admin.signing_key.sign(GRANT_TAG + grant.signed_part()).signature
     return replace(grant, signature=signature).to_wire()
+
+
+def test_a_grant_made_again_is_the_same_grant_until_its_user_is_forgotten(
+    home: Home, admin_keys: Keyring
+) -> None:
+    def alice_core() -> bytes:
+        return admin_keys.grant(
+            home.admin, home.kitchen.verify_key, scope="core", epoch=0, user="alice",
+            random_bytes=home.random_bytes,
+        )  # fmt: skip
+
+    first = alice_core()
+    assert alice_core() == first  # not sealed and signed again
+    other = admin_keys.grant(
+        home.admin, home.hall.verify_key, scope="core", epoch=0, user="alice",
+        random_bytes=home.random_bytes,
+    )  # fmt: skip
+    assert other != first  # another recipient, another grant
+    kitchen = enrolled(home, admin_keys, home.kitchen)
+    assert kitchen.accept_grant(first, home.kitchen, trust=home.trust, now=NOW).user == "alice"
+    admin_keys.forget_user("alice")
+    with pytest.raises(MissingKeyError, match="forgotten"):
+        alice_core()
