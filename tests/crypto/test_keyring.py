@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 from nacl.public import SealedBox
 
+from hearthsync.crypto import keyring
 from hearthsync.crypto.identity import x25519_public_key
 from hearthsync.crypto.keyring import GRANT_TAG, KeyGrant, Keyring, derive_doc_key, seal_to
 from hearthsync.errors import (
@@ -179,8 +180,12 @@ def _resign(grant: KeyGrant, home: Home) -> bytes:
     return replace(grant, signature=signature).to_wire()
 
 
+def _no_unsealing(*_: object) -> bytes:
+    raise AssertionError("unsealed again")
+
+
 def test_a_grant_made_again_is_the_same_grant_until_its_user_is_forgotten(
-    home: Home, admin_keys: Keyring
+    home: Home, admin_keys: Keyring, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def alice_core() -> bytes:
         return admin_keys.grant(
@@ -197,6 +202,11 @@ def test_a_grant_made_again_is_the_same_grant_until_its_user_is_forgotten(
     assert other != first  # another recipient, another grant
     kitchen = enrolled(home, admin_keys, home.kitchen)
     assert kitchen.accept_grant(first, home.kitchen, trust=home.trust, now=NOW).user == "alice"
+    # offered again (every session opening does): checked, not unsealed again
+    monkeypatch.setattr(keyring, "unseal", _no_unsealing)
+    assert kitchen.accept_grant(first, home.kitchen, trust=home.trust, now=NOW).user == "alice"
+    with pytest.raises(CertificateError):  # still checked: a stranger's copy is refused
+        kitchen.accept_grant(first, home.kitchen, trust=home.trust, now=0)
     admin_keys.forget_user("alice")
     with pytest.raises(MissingKeyError, match="forgotten"):
         alice_core()

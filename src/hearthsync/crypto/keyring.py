@@ -187,6 +187,9 @@ class Keyring:
         #: again (about 0.2 ms each; every session opening offers every key); emptied when a
         #: user is forgotten
         self._grants: dict[tuple[bytes, bytes, str, str, str, int], bytes] = {}
+        #: the sealed keys of grants accepted: the same grant offered again (at every session
+        #: opening) is checked, not unsealed and installed again
+        self._accepted: set[bytes] = set()
 
     def _changed(self) -> None:
         self._derived.clear()
@@ -346,6 +349,7 @@ class Keyring:
             del self._data_keys[key]
         self._forgotten.add(UserId(user))
         self._grants.clear()
+        self._accepted.clear()
         return len(doomed)
 
     def grant(
@@ -415,10 +419,13 @@ class Keyring:
             raise CryptoError(f"key grant is for device {grant.recipient}, not this one")
         trust.authority(grant.granter_pk, now)
         grant.check_signature()
+        if grant.sealed in self._accepted:
+            return grant  # its key is held already: the same sealed bytes hold the same key
         key = unseal(identity, grant.sealed)
         if len(key) != KEY_BYTES:
             raise DecryptionError("key grant does not hold a 32-byte key")
         self._install(grant, key)
+        self._accepted.add(grant.sealed)
         return grant
 
     def _install(self, grant: KeyGrant, key: bytes) -> None:
