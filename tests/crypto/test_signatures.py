@@ -12,7 +12,7 @@ def test_a_good_signature_is_remembered_and_a_changed_message_still_fails() -> N
     public = bytes(key.verify_key)
     signed = key.sign(b"forget alice")
     assert signatures.verifies(public, signed.message, signed.signature)
-    assert (public, b"forget alice", signed.signature) in signatures._good
+    assert signatures.remembered(public, b"forget alice", signed.signature)
     # the same signature over other bytes, or under another key, is not good
     assert not signatures.verifies(public, b"forget alicf", signed.signature)
     other = bytes(SigningKey(b"\x02" * 32).verify_key)
@@ -30,5 +30,5 @@ def test_the_memory_is_bounded_and_forgets_the_oldest() -> None:
         signed = key.sign(f"message {n}".encode())
         assert signatures.verifies(public, signed.message, signed.signature)
     assert len(signatures._good) == signatures.MEMORY
-    assert (public, first.message, first.signature) not in signatures._good
+    assert not signatures.remembered(public, first.message, first.signature)
     assert signatures.verifies(public, first.message, first.signature)  # checked afresh

@@ -30,6 +30,7 @@ from hearthsync.compression import (
     decompress,
 )
 from hearthsync.crypto.identity import DeviceIdentity, device_id_of
+from hearthsync.crypto.signatures import verifies
 from hearthsync.crypto.wire import (
     B32_ID_RE,
     ID_RE,
@@ -216,10 +217,8 @@ def verify_envelope(envelope: Envelope, author_verify_key: VerifyKey) -> None:
     """
     if device_id_of(bytes(author_verify_key)) != envelope.header.author:
         raise SignatureError("envelope author is not the device of the verifying key")
-    try:
-        author_verify_key.verify(envelope.signed_part(), envelope.signature)
-    except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError):
-        raise SignatureError("envelope signature does not verify") from None
+    if not verifies(bytes(author_verify_key), envelope.signed_part(), envelope.signature):
+        raise SignatureError("envelope signature does not verify")
 
 
 def open_envelope(envelope: Envelope, key: bytes, author_verify_key: VerifyKey) -> bytes:
