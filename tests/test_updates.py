@@ -215,6 +215,12 @@ def test_a_merged_update_beyond_a_gap_shows_what_the_same_updates_one_by_one_sho
     assert shown(merged) == shown(one_by_one) == {"keys": "keys-2"}
     assert merged.digest() == one_by_one.digest()
     assert len(merged.beyond) == len(one_by_one.beyond) == 1
+    # a local write waits for the rebuild: it must not take robot 22's entry as its origin
+    tainted = Replica(SPATIAL, client_id=103, lineage=SPATIAL.genesis)
+    tainted.apply(merge_updates(*writes))
+    with pytest.raises(RuntimeError, match="rebuild"):
+        tainted.transact(lambda: tainted.doc.get("placements", type=Map).pop("keys"))
+    assert shown(tainted.rebuilt()) == {"keys": "keys-2"}
 
 
 @settings(max_examples=150, deadline=None)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from pycrdt import Doc
+from pycrdt import Doc, Map, merge_updates
 
 from hearthsync.compression import decompress
 from hearthsync.crdt import statevector as sv
@@ -20,6 +20,9 @@ from hearthsync.errors import CorruptDocumentError
 from hearthsync.ids import DocId
 from hearthsync.model import Condition, Pose, Preference
 from hearthsync.peer import Peer
+from hearthsync.store.documents import DocumentSet
+from hearthsync.store.embedding import HashingEmbedder
+from hearthsync.store.sqlite import SqliteStore
 from tests.conftest import MONDAY_MS, FakeWall
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -445,3 +448,35 @@ async def test_a_failing_compaction_does_not_stop_the_writer(
     async with asyncio.timeout(10):
         await peer.set_preference("alice", "still/writing", True)
     assert peer.preference("alice", "still/writing") is not None
+
+
+async def test_a_local_write_builds_on_the_rebuilt_replica_not_on_content_beyond_a_gap(
+    tmp_path: Path,
+) -> None:
+    """An update merged unread showed robot 22's entry beyond a gap in its clock; a local
+    write in the same batch must not take that entry as its origin (it would then wait, held
+    aside with it, once the replica is rebuilt: the robot's own write unseen)."""
+    writes = [  # robot 11 sets the keys twice; robot 22 overwrites them in its third edit
+        b"\x01\x01\x0b\x00(\x01\nplacements\x04keys\x01w\x06keys-1\x00",
+        b"\x01\x01\x0b\x01\xa8\x0b\x00\x01w\x06keys-2\x01\x0b\x01\x00\x01",
+        b"\x01\x01\x16\x02\xa8\x0b\x00\x01w\x06keys-4\x01\x0b\x01\x00\x01",
+    ]
+    sqlite = await SqliteStore.open(tmp_path / "store.db")
+    docs = DocumentSet(sqlite, HashingEmbedder(), random.Random(7))
+    await docs.load()
+    spatial = DocId("home/spatial")
+    try:
+        docs.apply_remote(spatial, merge_updates(*writes))
+
+        def mine(replica: Replica) -> None:
+            replica.doc.get("placements", type=Map)["keys"] = "mine"
+
+        await docs.write(spatial, mine)
+        replica = docs.settled(spatial)  # what an inventory, a diff or a view reads next
+        assert replica is not None
+        assert replica.doc.get("placements", type=Map).to_py() == {"keys": "mine"}
+        assert sv.decode(replica.state_vector()).get(replica.client_id) == 1  # not held aside
+        assert len(replica.beyond) == 1  # only robot 22's entry waits for its gap
+    finally:
+        await docs.close()
+        await sqlite.close()

@@ -160,14 +160,15 @@ class Replica:
         The delta is ``None`` when ``change`` changed nothing.
         """
         self.settle()
+        if self.tainted:
+            # a local write would build on what Yrs showed beyond a gap (its origins there),
+            # and wait with it, unseen, once the replica is rebuilt
+            raise RuntimeError(f"{self.info.doc_id}: rebuild this replica before writing to it")
         self._capturing()
         self._captured.clear()
         with self.doc.transaction(origin="local"):
             result = change()
-        delta = self._take()
-        if self.tainted and delta is not None:  # as for `apply`: the replay needs it too
-            self._sources.append(delta)
-        return result, delta
+        return result, self._take()
 
     def apply(self, update: bytes) -> bytes | None:
         """Apply an update (from a peer); return what to keep and forward: the update itself if
