@@ -259,3 +259,13 @@ def test_a_writer_still_running_after_its_batch_is_acknowledged() -> None:
     commit, which is scheduled for it."""
     outcome = run_schedule(20769, Scenario(edits=50, duration=30.0))
     assert problems(outcome) == []
+
+
+def test_registering_a_user_again_does_not_delete_their_entry() -> None:
+    """Found by ``hearth chaos --seed 107399 --schedules 1 --edits 50`` (the 10,000-schedule
+    run): r2 registered bob again, its update reached the others beyond a gap in its clock
+    (drops) and r2 was revoked before the gap filled.  The overwrite's deletion of bob's entry
+    applied at once, its new entry waited for good: bob was off the household's list on every
+    robot.  Registering a user already listed under the same name no longer writes."""
+    outcome = run_schedule(107399, Scenario(edits=50, duration=30.0), only_faults={0, 1, 4})
+    assert problems(outcome) == []
