@@ -178,6 +178,23 @@ async def test_profile_and_calibration_round_trip(peer: Peer) -> None:
     assert peer.calibration("bob").proactivity == 0.5  # defaults when never set
 
 
+async def test_registering_again_or_renaming_never_overwrites_the_household_entry(
+    peer: Peer,
+) -> None:
+    """The household's list entry of a user is written once.  An overwrite deletes the entry
+    before it, and that deletion applies at once even where the new entry waits beyond a gap
+    in its author's clock: a revoked robot could take the user off every robot's list."""
+    household = peer._docs.replicas["household"]
+    before = household.state_vector()
+    await peer.add_user("alice", name="Alice")
+    await peer.add_user("alice", name="Alice Liddell")
+    assert household.state_vector() == before  # nothing written to the household document
+    profile = peer.profile("alice")
+    assert profile is not None
+    assert profile.name == "Alice Liddell"  # the rename is the profile's
+    assert peer.users() == ["alice", "bob"]
+
+
 async def test_status_counts_documents_and_vectors(peer: Peer) -> None:
     await peer.record_event("alice", "COMMAND", "beverage", text="tea", ts=MONDAY_MS)
     status = await peer.status()

@@ -411,13 +411,14 @@ class Peer:
             self._handle(doc_id, ProfileDoc).profile.put("profile", record, self.device_id)
 
         def register(_: Replica) -> None:
-            # Written only if new or renamed.  Overwriting a map entry deletes the one before,
-            # and the deletion applies at once wherever the new entry waits beyond a gap in its
-            # author's clock: a robot revoked with such a gap left behind it took the user off
-            # the list for good, on every robot, by registering them again (found by the chaos
-            # harness, seed 107399)
+            # Written once, when new: the entry is never overwritten (a rename changes only the
+            # profile).  Overwriting a map entry deletes the one before, and the deletion
+            # applies at once wherever the new entry waits beyond a gap in its author's clock:
+            # a robot revoked with such a gap left behind it took the user off the list for
+            # good, on every robot, by registering them again (found by the chaos harness,
+            # seed 107399) or by renaming them
             users = self._household().users
-            if users.get(record.user) != record.name:
+            if record.user not in users:
                 users[record.user] = record.name
 
         # the user's data keys first (crypto-shredding), so that their documents can be sealed

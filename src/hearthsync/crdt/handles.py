@@ -337,8 +337,9 @@ class GraphDoc:
 
 
 class HouseholdDoc:
-    """The household registry: its users (id → profile name), the forgotten ones (id → signed
-    tombstone) and signed settings (`hearthsync.crypto.statement`)."""
+    """The household registry: its users (id → name at registration, written once: the
+    profile holds the current name), the forgotten ones (id → signed tombstone) and signed
+    settings (`hearthsync.crypto.statement`)."""
 
     def __init__(self, replica: Replica) -> None:
         self.users: Map[str] = replica.doc.get("users", type=Map)
