@@ -37,8 +37,13 @@ def x25519_public_key(ed25519_public_key: bytes | VerifyKey) -> PublicKey:
     One Ed25519 key per device is enough: its certificate already vouches for it, so a sealed
     grant reaches exactly the certified device without a second key to distribute and revoke.
     """
+    return _x25519_public_key(bytes(ed25519_public_key))
+
+
+@functools.lru_cache(maxsize=1024)  # public keys only: a grant is sealed per peer and scope
+def _x25519_public_key(ed25519_public_key: bytes) -> PublicKey:
     try:
-        return VerifyKey(bytes(ed25519_public_key)).to_curve25519_public_key()
+        return VerifyKey(ed25519_public_key).to_curve25519_public_key()
     except (nacl.exceptions.CryptoError, ValueError, TypeError):
         raise CryptoError("not a valid Ed25519 public key") from None
 
@@ -51,6 +56,8 @@ def display(device: DeviceId) -> str:
 @dataclass(frozen=True, slots=True)
 class DeviceIdentity:
     signing_key: SigningKey = field(repr=False)
+    #: the X25519 secret derived from the signing key, once (a scalar multiplication each time)
+    _x25519: PrivateKey | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def verify_key(self) -> VerifyKey:
@@ -62,7 +69,10 @@ class DeviceIdentity:
 
     def x25519_private_key(self) -> PrivateKey:
         """The X25519 secret matching `x25519_public_key` of this device's public key."""
-        return self.signing_key.to_curve25519_private_key()
+        if self._x25519 is None:
+            object.__setattr__(self, "_x25519", self.signing_key.to_curve25519_private_key())
+        assert self._x25519 is not None
+        return self._x25519
 
     @classmethod
     def load_or_create(cls, folder: Path, seed: bytes | None = None) -> DeviceIdentity:
