@@ -124,6 +124,14 @@ async def test_recent_moves_are_those_of_the_window_touching_the_place(
     assert context.changes[0].line().startswith("Kettle moved from hall to kitchen")
 
 
+async def test_an_object_first_seen_is_placed_not_moved(home: Peer, wall: FakeWall) -> None:
+    await home.place("toaster", "Toaster", region="kitchen")
+    context = await get_context(
+        home, "alice", task="general_assistant", location="kitchen", time=at(wall.ms)
+    )
+    assert [m.line().split(" (")[0] for m in context.changes] == ["Toaster placed in kitchen"]
+
+
 async def test_a_context_sees_writes_made_after_the_previous_one(home: Peer) -> None:
     first = await get_context(home, "alice", task="general_assistant", time=MONDAY_9)
     await home.set_preference("alice", "beverage/coffee", "oat latte")

@@ -159,7 +159,9 @@ class SpatialMove:
     def line(self) -> str:
         c = self.change
         day = dt.datetime.fromtimestamp(hlc_ms(c.at) / 1000, dt.UTC).strftime("%Y-%m-%d")
-        return f"{self.label} moved from {c.from_region or 'nowhere'} to {c.to_region} ({day})"
+        if not c.from_region:  # first seen: nothing was moved
+            return f"{self.label} placed in {c.to_region} ({day})"
+        return f"{self.label} moved from {c.from_region} to {c.to_region} ({day})"
 
 
 @dataclass(frozen=True, slots=True)
