@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import stat
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -15,6 +18,7 @@ from hearthsync.errors import ClosedError
 from tests.conftest import MONDAY_MS, FakeWall
 
 DAY = 86_400_000
+T = TypeVar("T")
 
 
 def durable_rows(path: Path) -> int:
@@ -193,6 +197,26 @@ async def test_registering_again_or_renaming_never_overwrites_the_household_entr
     assert profile is not None
     assert profile.name == "Alice Liddell"  # the rename is the profile's
     assert peer.users() == ["alice", "bob"]
+
+
+async def test_blocking_work_runs_where_offload_says(tmp_path: Path) -> None:
+    """Embedding and index inserts go through ``offload`` (a simulation runs them inline);
+    nothing runs on another thread then."""
+    ran: list[str] = []
+    threads: set[int] = set()
+
+    async def recording(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        ran.append(getattr(func, "__name__", repr(func)))
+        threads.add(threading.get_ident())
+        return func(*args, **kwargs)
+
+    async with Peer.open(tmp_path / "p", device="a", offload=recording) as peer:
+        await peer.add_user("alice", name="Alice")
+        await peer.record_event("alice", "OBSERVATION", "kitchen", text="the kettle is on")
+        found = await peer.recall("alice", "kettle", k=1)
+    assert ran, "record_event embedded and indexed without the offload"
+    assert threads == {threading.get_ident()}
+    assert [hit.event.text for hit in found] == ["the kettle is on"]
 
 
 async def test_status_counts_documents_and_vectors(peer: Peer) -> None:

@@ -195,11 +195,12 @@ class Peer:
         rng: random.Random | None = None,
         synchronous: Literal["FULL", "NORMAL", "OFF"] = "FULL",
         auto_commit: bool = True,
+        offload: Offload = THREAD,
     ) -> AsyncIterator[Peer]:
         """Open (creating if new) the peer stored in the folder ``path``; close on exit."""
         peer = await cls.start(
             path, device=device, embedder=embedder, wall=wall, rng=rng, synchronous=synchronous,
-            auto_commit=auto_commit,
+            auto_commit=auto_commit, offload=offload,
         )  # fmt: skip
         try:
             yield peer
