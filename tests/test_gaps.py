@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from pycrdt import Map, merge_updates
 
 from hearthsync.crdt.replica import Replica
 from hearthsync.peer import Peer
@@ -103,3 +104,45 @@ async def test_a_register_survives_an_update_that_only_deletes_its_value(
     reader.placement("mug")  # reads, whatever it shows
     await reader.place("mug", "four", region="hall")
     assert reader.placement("mug").label == "four"  # type: ignore[union-attr]
+
+
+async def test_content_beyond_a_gap_is_not_readable_right_after_a_catch_up(
+    robots: tuple[Peer, Peer, Peer],
+) -> None:
+    """Found in review: a catch-up merged into an empty document was sorted only after its
+    commit, so a read (or an observer) in between saw the mug's second move beyond the gap."""
+    author, _, reader = robots
+    first, _keys, second = await moves(author)
+    done = reader.receive_update(SPATIAL, merge_updates(first, second))
+    assert reader.placement("mug") is None  # before the commit: 'two' waits beyond the gap
+    assert done is not None
+    await done
+    assert reader.placement("mug") is None
+    reader.receive_update(SPATIAL, _keys)
+    await reader.commit()
+    mug = reader.placement("mug")
+    assert mug is not None
+    assert mug.label == "two"
+
+
+async def test_a_compaction_right_after_a_catch_up_keeps_what_it_shows(tmp_path: Path) -> None:
+    """Found in review: a compaction between a catch-up's acknowledgement and the flusher's
+    sorting of it saved what Yrs showed beyond the gap, in which the entry it overwrote had
+    lost its value, and replaced the update log that still held it."""
+    writes = [  # robot 22's edit overwrites robot 11's second, beyond robot 22's gap
+        b"\x01\x01\x0b\x00(\x01\nplacements\x04keys\x01w\x06keys-1\x00",
+        b"\x01\x01\x0b\x01\xa8\x0b\x00\x01w\x06keys-2\x01\x0b\x01\x00\x01",
+        b"\x01\x01\x16\x02\xa8\x0b\x00\x01w\x06keys-4\x01\x0b\x01\x00\x01",
+    ]
+
+    def raw(peer: Peer) -> object:
+        return replica(peer).doc.get("placements", type=Map).to_py()
+
+    async with Peer.open(tmp_path / "r", device="r") as robot:
+        done = robot.receive_update(SPATIAL, merge_updates(*writes))
+        assert done is not None
+        await done
+        await robot.compact()
+        before = raw(robot)
+    async with Peer.open(tmp_path / "r") as robot:
+        assert raw(robot) == before == {"keys": "keys-2"}

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pycrdt import Doc, get_update, merge_updates
+from pycrdt import Doc, get_state, get_update, merge_updates
 
 from hearthsync.crdt import statevector, updates
 from hearthsync.crdt.kinds import DocInfo
@@ -49,14 +49,22 @@ def event_field(event: Any, name: str) -> Any | None:
 
 @dataclass(frozen=True, slots=True)
 class _Piece:
-    """A run of structs held aside, as an update of its own."""
+    """A run of structs held aside, as an update of its own; or (``deletes``) the deletion
+    of a run of clocks not seen here yet, as an update holding only that deletion."""
 
     run: updates.Run
     data: bytes
+    source: bytes  #: the key (`_key`) of the update it was read from
+    deletes: bool = False
 
-    def covers(self, run: updates.Run) -> bool:
+    def covers(self, run: updates.Run, *, deletes: bool = False) -> bool:
         mine = self.run
-        return mine.client == run.client and mine.start <= run.start and run.end <= mine.end
+        return (
+            self.deletes == deletes
+            and mine.client == run.client
+            and mine.start <= run.start
+            and run.end <= mine.end
+        )
 
     def seen(self, vector: statevector.StateVector) -> int:
         """How far ``vector`` has seen this run's client."""
@@ -107,7 +115,7 @@ class Replica:
         self.incoming = 0
         #: runs of updates held aside, not shown, until the gap before them fills (`beyond`)
         self._aside: list[_Piece] = []
-        #: the updates those runs came from, to drop repeats of them cheaply
+        #: the keys (`_key`) of the updates those runs came from, to drop repeats cheaply
         self._held: set[bytes] = set()
         #: once `tainted`: every update this document holds, to replay (`_replayed`)
         self._sources: list[bytes] = []
@@ -180,16 +188,19 @@ class Replica:
 
         Raises `CorruptDocumentError` if the bytes are not a Yrs update.
         """
-        if self._held and update in self._held:
+        if self._held and _key(update) in self._held:
             return None  # an update held aside already (sent on by every robot that got it)
         if self._sub is None and not self._aside and self.doc.get_state() == EMPTY_STATE:
             # nothing here yet: all of the update is new, so it is the delta (this also keeps
-            # whatever Yrs holds pending for later, exactly as a captured delta would).  Whether
-            # it holds content beyond a gap is told later (`settle`), off the acknowledgement's
-            # path: telling costs a decode of the update
+            # whatever Yrs holds pending for later, exactly as a captured delta would).  Yrs
+            # tells whether all of it was integrated without a decode in Python; what was not
+            # (content beyond a gap, deletions of what is not here) is sorted at once, before
+            # anything reads the document
             self._merge(update)
             self._capturing()
-            self._unchecked.append(update)
+            if not self._integrated(update):
+                self._unchecked.append(update)
+                self.settle()
             return update if update != EMPTY_UPDATE else None
         self.settle()
         if self.tainted:  # to be rebuilt: the replay (`_replayed`) needs this update too
@@ -233,32 +244,34 @@ class Replica:
         (`rebuilt`) loses the deletions Yrs keeps pending for items it has not seen.  Reading
         costs about half a microsecond per struct.
         """
+        source = _key(update)
         try:
             found, delete_set = updates.runs(update)
         except updates.UpdateFormatError:  # content kinds we never write: Yrs has the last word
             self._merge(update)
-            return self._hold_rest(update)
+            return self._hold_rest(update, source) | self._hold_deletions(
+                _delete_set(update), source
+            )
         vector = statevector.decode(self.doc.get_state())
         later = [run for run in found if run.start > vector.get(run.client, 0)]
         if not later:
             self._merge(update)
-            return self._hold_rest(update)
+            return self._hold_rest(update, source) | self._hold_deletions(delete_set, source)
         part = updates.encode(update, [r for r in found if r not in later], delete_set)
         self._merge(part)
-        held = self._hold_rest(part)
+        held = self._hold_rest(part, source)
         for run in later:
-            held |= self._hold_run(run, update, delete_set)
-        if held:
-            self._held.add(update)
-        return held
+            held |= self._hold_run(run, update, delete_set, source)
+        return held | self._hold_deletions(delete_set, source)
 
-    def _hold_run(self, run: updates.Run, update: bytes, delete_set: bytes) -> bool:
+    def _hold_run(self, run: updates.Run, update: bytes, delete_set: bytes, source: bytes) -> bool:
         if any(piece.covers(run) for piece in self._aside):
             return False
-        self._aside.append(_Piece(run, updates.encode(update, [run], delete_set)))
+        self._aside.append(_Piece(run, updates.encode(update, [run], delete_set), source))
+        self._held.add(source)
         return True
 
-    def _hold_rest(self, update: bytes) -> bool:
+    def _hold_rest(self, update: bytes, source: bytes) -> bool:
         """Hold aside the runs of ``update`` the document did not integrate (beyond a gap, or
         waiting for an origin); return whether any was new here."""
         state = self.doc.get_state()
@@ -277,22 +290,73 @@ class Replica:
                 continue
             if run.start > seen:
                 self.tainted = True  # Yrs may have shown it: the document is rebuilt without
-            new |= self._hold_run(run, update, delete_set)
-        if new:
-            self._held.add(update)
+            new |= self._hold_run(run, update, delete_set, source)
         return new
+
+    def _hold_deletions(self, delete_set: bytes, source: bytes) -> bool:
+        """Hold aside the deletions of clocks this document has not seen; return whether any
+        was new here.
+
+        Yrs keeps such a deletion pending until what it deletes arrives, but leaves it out of
+        every encoding of the document: a snapshot would lose it, and an update bringing only
+        it would look like nothing new, so it would be neither stored nor passed on.  After a
+        restart the item would show where the robots that never restarted hide it (found in
+        review: a user's records removed before they arrived).  Held aside, it is stored, sent
+        on in diffs and snapshotted until what it deletes is here."""
+        if delete_set[:1] == b"\x00":
+            return False  # deletes nothing: the common case
+        try:
+            ranges = updates.deleted_ranges(delete_set)
+        except updates.UpdateFormatError:
+            return False  # Yrs merged it: it has the last word
+        vector = statevector.decode(self.doc.get_state())
+        new = False
+        for client, spans in ranges.items():
+            seen = vector.get(client, 0)
+            for start, end in spans:
+                if end <= seen:
+                    continue
+                run = updates.Run(client, max(start, seen), end, 0, 0, 0)
+                if any(piece.covers(run, deletes=True) for piece in self._aside):
+                    continue
+                data = updates.delete_set_of({client: [(run.start, run.end)]})
+                self._aside.append(_Piece(run, data, source, deletes=True))
+                self._held.add(source)
+                new = True
+        return new
+
+    def _integrated(self, update: bytes) -> bool:
+        """Whether all of ``update``, just merged, is in the document: no struct beyond a gap
+        or waiting for an origin, no deletion of what is not here."""
+        state = self.doc.get_state()
+        if get_update(update, state)[:1] != b"\x00":
+            return False
+        delete_set = _delete_set(update)
+        if delete_set[:1] == b"\x00":
+            return True
+        vector = statevector.decode(state)
+        ranges = updates.deleted_ranges(delete_set)
+        return all(end <= vector.get(c, 0) for c, spans in ranges.items() for _, end in spans)
 
     def _merge_ready(self) -> None:
         """Merge what was held aside and no longer lies beyond a gap, until nothing moves."""
         while self._aside:
             vector = statevector.decode(self.doc.get_state())
-            ready = [p for p in self._aside if p.run.start <= p.seen(vector) < p.run.end]
+            ready = [
+                p
+                for p in self._aside
+                if not p.deletes and p.run.start <= p.seen(vector) < p.run.end
+            ]
             for piece in ready:
                 self._merge(piece.data)
             after = statevector.decode(self.doc.get_state())
-            self._aside = [p for p in self._aside if p.run.end > p.seen(after)]
-            if not self._aside:
-                self._held.clear()
+            done = [p for p in self._aside if p.run.end <= p.seen(after)]
+            if done:
+                for piece in done:
+                    if piece.deletes:  # what it deletes is here: Yrs applied it, or does now
+                        self._merge(piece.data)
+                self._aside = [p for p in self._aside if p.run.end > p.seen(after)]
+                self._held = {p.source for p in self._aside}
             if after == vector:
                 return
 
@@ -314,7 +378,9 @@ class Replica:
         if self._unchecked:
             unchecked, self._unchecked = self._unchecked, []
             for update in unchecked:
-                self._hold_rest(update)
+                source = _key(update)
+                self._hold_rest(update, source)
+                self._hold_deletions(_delete_set(update), source)
             if self.tainted:  # they are all this document holds: `_replayed` reads them
                 self._sources.extend(unchecked)
 
@@ -391,11 +457,38 @@ class Replica:
         return self._state[1]
 
     def encode_state(self) -> bytes:
-        """The whole document as one update (what a snapshot holds), with what is held aside."""
+        """The whole document as one update (what a snapshot holds), with what is held aside.
+
+        Sorted first (`settle`): a replica Yrs showed content beyond a gap in must be rebuilt
+        before it is saved, or the snapshot keeps what Yrs dropped and replaces the updates
+        that still held it (found in review: a compaction right after a catch-up)."""
+        self.settle()
+        if self.tainted:
+            raise RuntimeError(f"{self.info.doc_id}: rebuild this replica before saving it")
         update = self.doc.get_update()
         if self._aside:
             update = merge_updates(update, *(piece.data for piece in self._aside))
         return update
+
+
+def _key(update: bytes) -> bytes:
+    """What identifies an update among those held aside (its digest: the update may be large)."""
+    return hashlib.blake2b(update, digest_size=16).digest()
+
+
+def _delete_set(update: bytes) -> bytes:
+    """The delete set of ``update`` (its bytes after the structs).
+
+    Yrs strips the structs of an update whose runs start at clock 0 (a catch-up, a snapshot)
+    without a decode in Python; its state vector of any other update is empty, so those (small,
+    as a rule) are read here."""
+    stripped = bytes(get_update(update, get_state(update)))
+    if stripped[:1] == b"\x00":
+        return stripped[1:]
+    try:
+        return updates.runs(update)[1]
+    except updates.UpdateFormatError:  # content kinds we never write: Yrs has the last word
+        return b"\x00"
 
 
 def _merged(found: list[bytes], fan_in: int = 16) -> bytes:

@@ -165,6 +165,40 @@ def runs(update: bytes) -> tuple[list[Run], bytes]:
         return _runs(update)
     except IndexError:
         raise UpdateFormatError("update ends in the middle of a value") from None
+    except UnicodeDecodeError:
+        raise UpdateFormatError("a string is not UTF-8") from None
+
+
+def deleted_ranges(delete_set: bytes) -> dict[int, list[tuple[int, int]]]:
+    """The clock ranges ``[start, end)`` a delete set (an update's bytes after its structs)
+    deletes, per client."""
+    ranges: dict[int, list[tuple[int, int]]] = {}
+    try:
+        count, pos = _uint(delete_set, 0)
+        for _ in range(count):
+            client, pos = _uint(delete_set, pos)
+            n, pos = _uint(delete_set, pos)
+            spans = ranges.setdefault(client, [])
+            for _ in range(n):
+                clock, pos = _uint(delete_set, pos)
+                length, pos = _uint(delete_set, pos)
+                spans.append((clock, clock + length))
+    except IndexError:
+        raise UpdateFormatError("delete set ends in the middle of a value") from None
+    return ranges
+
+
+def delete_set_of(ranges: dict[int, list[tuple[int, int]]]) -> bytes:
+    """An update holding no structs and the deletions ``ranges`` (`deleted_ranges`)."""
+    out = bytearray(b"\x00")
+    write_varuint(len(ranges), out)
+    for client, spans in ranges.items():
+        write_varuint(client, out)
+        write_varuint(len(spans), out)
+        for start, end in spans:
+            write_varuint(start, out)
+            write_varuint(end - start, out)
+    return bytes(out)
 
 
 def deletions(update: bytes) -> bytes:

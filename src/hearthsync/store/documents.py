@@ -334,7 +334,7 @@ class DocumentSet:
         from its (durable) state; queued writes resolve their handles when they run, so they
         land in the new replica.  Returns whether the id changed.
         """
-        replica = self.replicas.get(doc_id)
+        replica = self.settled(doc_id)  # rebuilt from what it is, sorted
         if replica is None:
             return False
         held = statevector.decode(replica.state_vector()).get(replica.client_id, 0)
@@ -535,7 +535,9 @@ class DocumentSet:
         async with self._lock:  # no batch is half-applied while we snapshot
             due = [d for d in self.replicas if self._needs_compaction(d, force=force)]
             for doc_id in due:
-                snapshot = self.replicas[doc_id].encode_state()
+                replica = self.settled(doc_id)  # sorted and rebuilt if need be, then saved
+                assert replica is not None
+                snapshot = replica.encode_state()
                 await self._sqlite.compact(doc_id, snapshot)
                 self._snapshot_bytes[doc_id] = len(snapshot)
                 self._log_bytes[doc_id] = 0
