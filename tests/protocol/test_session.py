@@ -25,6 +25,7 @@ from hearthsync.protocol.session import (
     HEARTBEAT_S,
     REQUEST_RETRY_S,
     SETTLE_S,
+    SILENCE_S,
     UNRELAYED_OFFER_S,
     Acked,
     ApplyUpdate,
@@ -416,6 +417,41 @@ def test_a_lost_update_is_repaired_while_updates_keep_flowing(kitchen: Robot, ha
     assert offers >= 1
     assert step <= 5, f"repaired only after {step * SETTLE_S / 4} s"
     assert hall.docs.content(doc) == kitchen.docs.content(doc)
+
+
+def test_a_peer_heard_again_after_a_silence_gets_the_re_offer_at_once(
+    kitchen: Robot, hall: Robot
+) -> None:
+    """An update lost in a cut: the re-offers back off (2 s, then 4 s, 8 s...) and all are lost
+    too.  When the cut heals, the first frame from the peer after a silence longer than a
+    heartbeat brings the re-offer forward, instead of leaving the repair to the next one due
+    (14 s here)."""
+    doc = DocId("user/alice/prefs")
+    a, b = connect(kitchen, hall)
+    a[1].tick(NOW)
+    assert a[1].send_update(doc, kitchen.docs.write(doc, "tea/mug", "blue"))
+    offers = 0
+    step = 0.25
+    healed_at = NOW + 9.0  # before DEAD_AFTER_S: the session survives the cut
+    now = NOW
+    while now < healed_at:  # the cut: everything either side sends is lost
+        now += step
+        a[1].tick(now)
+        b[1].tick(now)
+        offers += sum(isinstance(f.decode(d), f.Inventory) for d in a[1].data_to_send())
+        b[1].data_to_send()
+    assert offers == 2  # at 2 s and 6 s; the next is due at 14 s
+    assert healed_at - NOW > SILENCE_S  # a silence longer than a heartbeat's
+    repaired_at = None
+    while repaired_at is None and now < NOW + 13.0:
+        now += step
+        a[1].tick(now)
+        b[1].tick(now)
+        pump(a, b, now)
+        if hall.docs.content(doc).get("tea/mug") == "blue":
+            repaired_at = now
+    assert repaired_at is not None, "not repaired before the backed-off re-offer"
+    assert repaired_at - healed_at <= HEARTBEAT_S + 2 * step
 
 
 def test_a_lost_request_is_asked_again_and_a_duplicate_answer_is_harmless(

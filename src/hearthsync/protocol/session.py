@@ -78,6 +78,10 @@ HANDSHAKE_TIMEOUT_S = 10.0  #: close a connection not authenticated after this l
 SETTLE_S = 2.0
 SETTLE_MAX_S = 30.0
 REQUEST_RETRY_S = 5.0  #: ask again for a document whose SYNC_STEP1 went unanswered this long
+#: a peer heard from after this long a silence (more than a heartbeat) was cut off, or what it
+#: sent was lost: what it has not acknowledged is offered again at once, not when the backed-off
+#: re-offer falls due (up to `SETTLE_MAX_S` after a long partition)
+SILENCE_S = HEARTBEAT_S * 1.5
 #: a delta too large for one envelope (SPEC §1: 2 MiB) goes in parts of at most this many
 #: bytes before compression, each in an envelope of its own (SPEC §6.3)
 PART_BYTES = 1024 * 1024
@@ -377,7 +381,11 @@ class Session:
         """Handle one received message.  A bad one closes the session with an ``ERROR``."""
         if self.closed:
             return
+        silent = now - self._last_received
         self.now = self._last_received = now
+        if silent > SILENCE_S and self._settle_at is not None:
+            self._settle_wait = SETTLE_S
+            self._settle_at = now  # due at the next tick: the link is back
         try:
             self._dispatch(f.decode(data))
         except ProtocolError as exc:
