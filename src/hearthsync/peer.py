@@ -893,11 +893,12 @@ class Peer:
 
     def state_vector(self, doc_id: str) -> bytes:
         """The canonical state vector of ``doc_id`` (``b"\\x00"``, empty, if absent)."""
-        replica = self._docs.get(DocId(doc_id))
+        # unsorted is fine: Yrs leaves what lies beyond a gap out of the state vector
+        replica = self._docs.replicas.get(DocId(doc_id))
         return statevector.canonical(replica.state_vector()) if replica else b"\x00"
 
     def lineage(self, doc_id: str) -> LineageId | None:
-        replica = self._docs.get(DocId(doc_id))
+        replica = self._docs.replicas.get(DocId(doc_id))
         return replica.lineage if replica else None
 
     def diff(self, doc_id: str, state_vector: bytes = b"\x00") -> bytes:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pycrdt import Doc, get_state, get_update, merge_updates
+from pycrdt import Doc, get_update, merge_updates
 
 from hearthsync.crdt import statevector, updates
 from hearthsync.crdt.kinds import DocInfo
@@ -192,15 +192,14 @@ class Replica:
             return None  # an update held aside already (sent on by every robot that got it)
         if self._sub is None and not self._aside and self.doc.get_state() == EMPTY_STATE:
             # nothing here yet: all of the update is new, so it is the delta (this also keeps
-            # whatever Yrs holds pending for later, exactly as a captured delta would).  Yrs
-            # tells whether all of it was integrated without a decode in Python; what was not
-            # (content beyond a gap, deletions of what is not here) is sorted at once, before
-            # anything reads the document
+            # whatever Yrs holds pending for later, exactly as a captured delta would).  What
+            # Yrs did not integrate (content beyond a gap, deletions of what is not here) is
+            # sorted later (`settle`), off the acknowledgement's path, but before anything
+            # reads the document (`DocumentSet.get`): telling costs a decode of the update,
+            # as much as merging it (a 10,000-edit catch-up)
             self._merge(update)
             self._capturing()
-            if not self._integrated(update):
-                self._unchecked.append(update)
-                self.settle()
+            self._unchecked.append(update)
             return update if update != EMPTY_UPDATE else None
         self.settle()
         if self.tainted:  # to be rebuilt: the replay (`_replayed`) needs this update too
@@ -250,7 +249,7 @@ class Replica:
         except updates.UpdateFormatError:  # content kinds we never write: Yrs has the last word
             self._merge(update)
             return self._hold_rest(update, source) | self._hold_deletions(
-                _delete_set(update), source
+                _delete_set(update, self.doc.get_state()), source
             )
         vector = statevector.decode(self.doc.get_state())
         later = [run for run in found if run.start > vector.get(run.client, 0)]
@@ -325,19 +324,6 @@ class Replica:
                 new = True
         return new
 
-    def _integrated(self, update: bytes) -> bool:
-        """Whether all of ``update``, just merged, is in the document: no struct beyond a gap
-        or waiting for an origin, no deletion of what is not here."""
-        state = self.doc.get_state()
-        if get_update(update, state)[:1] != b"\x00":
-            return False
-        delete_set = _delete_set(update)
-        if delete_set[:1] == b"\x00":
-            return True
-        vector = statevector.decode(state)
-        ranges = updates.deleted_ranges(delete_set)
-        return all(end <= vector.get(c, 0) for c, spans in ranges.items() for _, end in spans)
-
     def _merge_ready(self) -> None:
         """Merge what was held aside and no longer lies beyond a gap, until nothing moves."""
         while self._aside:
@@ -379,8 +365,13 @@ class Replica:
             unchecked, self._unchecked = self._unchecked, []
             for update in unchecked:
                 source = _key(update)
+                state = self.doc.get_state()
+                rest = bytes(get_update(update, state))  # the one decode, in Yrs, as a rule
+                if rest[:1] == b"\x00":  # all of its structs integrated: the rest deletes
+                    self._hold_deletions(rest[1:], source)
+                    continue
                 self._hold_rest(update, source)
-                self._hold_deletions(_delete_set(update), source)
+                self._hold_deletions(_delete_set(update, state), source)
             if self.tainted:  # they are all this document holds: `_replayed` reads them
                 self._sources.extend(unchecked)
 
@@ -476,13 +467,13 @@ def _key(update: bytes) -> bytes:
     return hashlib.blake2b(update, digest_size=16).digest()
 
 
-def _delete_set(update: bytes) -> bytes:
+def _delete_set(update: bytes, state: bytes) -> bytes:
     """The delete set of ``update`` (its bytes after the structs).
 
-    Yrs strips the structs of an update whose runs start at clock 0 (a catch-up, a snapshot)
-    without a decode in Python; its state vector of any other update is empty, so those (small,
-    as a rule) are read here."""
-    stripped = bytes(get_update(update, get_state(update)))
+    Yrs strips the structs ``state`` (a document's, after merging the update) has seen, which as
+    a rule is all of them, without a decode in Python; an update with structs beyond it is read
+    here."""
+    stripped = bytes(get_update(update, state))
     if stripped[:1] == b"\x00":
         return stripped[1:]
     try:

@@ -212,7 +212,8 @@ class DocumentSet:
     # ---------------------------------------------------------------------- documents
 
     def get(self, doc_id: DocId) -> Replica | None:
-        return self.replicas.get(doc_id)
+        """The replica of ``doc_id``, sorted (`settled`): what a read must see."""
+        return self.settled(doc_id)
 
     def settled(self, doc_id: DocId) -> Replica | None:
         """The replica of ``doc_id`` with what it merged sorted (`Replica.settle`): what an
@@ -239,7 +240,8 @@ class DocumentSet:
         """The replica of ``doc_id``, created (empty, with a fresh client id) if new."""
         replica = self.replicas.get(doc_id)
         if replica is not None:
-            return replica
+            replica.settle()
+            return self._untainted(doc_id, replica)
         if doc_id in self.corrupt:
             raise self.corrupt[doc_id]
         info: DocInfo = parse(doc_id)
