@@ -292,7 +292,9 @@ class Replica:
             new |= self._hold_run(run, update, delete_set, source)
         return new
 
-    def _hold_deletions(self, delete_set: bytes, source: bytes) -> bool:
+    def _hold_deletions(
+        self, delete_set: bytes, source: bytes, vector: statevector.StateVector | None = None
+    ) -> bool:
         """Hold aside the deletions of clocks this document has not seen; return whether any
         was new here.
 
@@ -308,7 +310,8 @@ class Replica:
             ranges = updates.deleted_ranges(delete_set)
         except updates.UpdateFormatError:
             return False  # Yrs merged it: it has the last word
-        vector = statevector.decode(self.doc.get_state())
+        if vector is None:
+            vector = statevector.decode(self.doc.get_state())
         new = False
         for client, spans in ranges.items():
             seen = vector.get(client, 0)
@@ -363,15 +366,17 @@ class Replica:
         """
         if self._unchecked:
             unchecked, self._unchecked = self._unchecked, []
+            state = self.doc.get_state()  # holding aside merges nothing: it stays as it is
+            vector = statevector.decode(state)
             for update in unchecked:
-                source = _key(update)
-                state = self.doc.get_state()
                 rest = bytes(get_update(update, state))  # the one decode, in Yrs, as a rule
                 if rest[:1] == b"\x00":  # all of its structs integrated: the rest deletes
-                    self._hold_deletions(rest[1:], source)
+                    if rest[1:2] != b"\x00":
+                        self._hold_deletions(rest[1:], _key(update), vector)
                     continue
+                source = _key(update)
                 self._hold_rest(update, source)
-                self._hold_deletions(_delete_set(update, state), source)
+                self._hold_deletions(_delete_set(update, state), source, vector)
             if self.tainted:  # they are all this document holds: `_replayed` reads them
                 self._sources.extend(unchecked)
 
