@@ -89,30 +89,44 @@ def canonical_delete_set(update: bytes) -> bytes:
     structs, pos = _read_varuint(update, 0)
     if structs:
         raise RemoteError("not a delete set: the update holds structs")
-    count, pos = _read_varuint(update, pos)
-    ranges: dict[int, list[tuple[int, int]]] = {}
-    for _ in range(count):
-        client, pos = _read_varuint(update, pos)
-        n, pos = _read_varuint(update, pos)
-        spans = ranges.setdefault(client, [])
-        for _ in range(n):
-            clock, pos = _read_varuint(update, pos)
-            length, pos = _read_varuint(update, pos)
-            spans.append((clock, clock + length))
-    if pos != len(update):
-        raise RemoteError("delete set has trailing bytes")
+    ranges = delete_ranges(update[pos:])
+    joined: dict[int, list[tuple[int, int]]] = {}
+    for client in sorted(ranges):
+        spans = joined[client] = []
+        for start, end in sorted(ranges[client]):
+            if spans and start <= spans[-1][1]:
+                spans[-1] = (spans[-1][0], max(spans[-1][1], end))
+            else:
+                spans.append((start, end))
+    return encode_delete_set(joined)
+
+
+def encode_delete_set(ranges: Mapping[int, list[tuple[int, int]]]) -> bytes:
+    """A delete set (what follows an update's structs) of ``ranges``, in their order."""
     out = bytearray()
     write_varuint(len(ranges), out)
-    for client in sorted(ranges):
-        joined: list[list[int]] = []
-        for start, end in sorted(ranges[client]):
-            if joined and start <= joined[-1][1]:
-                joined[-1][1] = max(joined[-1][1], end)
-            else:
-                joined.append([start, end])
+    for client, spans in ranges.items():
         write_varuint(client, out)
-        write_varuint(len(joined), out)
-        for start, end in joined:
+        write_varuint(len(spans), out)
+        for start, end in spans:
             write_varuint(start, out)
             write_varuint(end - start, out)
     return bytes(out)
+
+
+def delete_ranges(delete_set: bytes) -> dict[int, list[tuple[int, int]]]:
+    """The clock ranges ``[start, end)`` a delete set (an update's bytes after its structs)
+    deletes, per client, as written.  Raises `RemoteError` for anything else."""
+    count, pos = _read_varuint(delete_set, 0)
+    ranges: dict[int, list[tuple[int, int]]] = {}
+    for _ in range(count):
+        client, pos = _read_varuint(delete_set, pos)
+        n, pos = _read_varuint(delete_set, pos)
+        spans = ranges.setdefault(client, [])
+        for _ in range(n):
+            clock, pos = _read_varuint(delete_set, pos)
+            length, pos = _read_varuint(delete_set, pos)
+            spans.append((clock, clock + length))
+    if pos != len(delete_set):
+        raise RemoteError("delete set has trailing bytes")
+    return ranges

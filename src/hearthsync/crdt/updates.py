@@ -24,7 +24,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import pairwise
 
-from hearthsync.crdt.statevector import StateVector, canonical_delete_set, write_varuint
+from hearthsync.crdt.statevector import (
+    StateVector,
+    canonical_delete_set,
+    delete_ranges,
+    encode_delete_set,
+    write_varuint,
+)
+from hearthsync.errors import RemoteError
 
 
 class UpdateFormatError(ValueError):
@@ -172,33 +179,15 @@ def runs(update: bytes) -> tuple[list[Run], bytes]:
 def deleted_ranges(delete_set: bytes) -> dict[int, list[tuple[int, int]]]:
     """The clock ranges ``[start, end)`` a delete set (an update's bytes after its structs)
     deletes, per client."""
-    ranges: dict[int, list[tuple[int, int]]] = {}
     try:
-        count, pos = _uint(delete_set, 0)
-        for _ in range(count):
-            client, pos = _uint(delete_set, pos)
-            n, pos = _uint(delete_set, pos)
-            spans = ranges.setdefault(client, [])
-            for _ in range(n):
-                clock, pos = _uint(delete_set, pos)
-                length, pos = _uint(delete_set, pos)
-                spans.append((clock, clock + length))
-    except IndexError:
-        raise UpdateFormatError("delete set ends in the middle of a value") from None
-    return ranges
+        return delete_ranges(delete_set)
+    except RemoteError as exc:
+        raise UpdateFormatError(str(exc)) from None
 
 
 def delete_set_of(ranges: dict[int, list[tuple[int, int]]]) -> bytes:
     """An update holding no structs and the deletions ``ranges`` (`deleted_ranges`)."""
-    out = bytearray(b"\x00")
-    write_varuint(len(ranges), out)
-    for client, spans in ranges.items():
-        write_varuint(client, out)
-        write_varuint(len(spans), out)
-        for start, end in spans:
-            write_varuint(start, out)
-            write_varuint(end - start, out)
-    return bytes(out)
+    return b"\x00" + encode_delete_set(ranges)
 
 
 def deletions(update: bytes) -> bytes:
