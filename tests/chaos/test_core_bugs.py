@@ -24,6 +24,7 @@ from hearthsync.chaos.harness import problems
 from hearthsync.chaos.plan import SCOPES
 from hearthsync.crdt.replica import event_field
 from hearthsync.peer import Peer
+from hearthsync.protocol.session import HEARTBEAT_S
 
 SPATIAL = "home/spatial"
 
@@ -269,3 +270,31 @@ def test_registering_a_user_again_does_not_delete_their_entry() -> None:
     robot.  Registering a user already listed under the same name no longer writes."""
     outcome = run_schedule(107399, Scenario(edits=50, duration=30.0), only_faults={0, 1, 4})
     assert problems(outcome) == []
+
+
+async def test_a_connection_whose_far_end_restarted_in_a_partition_is_reset_after_it(
+    tmp_path: Path,
+) -> None:
+    """The simulated network answers a message for a connection whose far end is gone with a
+    reset, as a TCP stack does.  Before, a robot cut off while its peer crashed and restarted
+    kept the dead connection until its heartbeat timeout (12 s), and, as the dialer, did not
+    dial the restarted peer until then (the slowest schedules to converge after the heal)."""
+    sim = await household(tmp_path)
+    try:
+        a, b = sorted(sim.robots[:2], key=lambda robot: robot.device_id, reverse=True)
+        others = tuple(robot.index for robot in sim.robots if robot is not a)
+        now = sim.now
+        sim.add_fault(Fault(1, "partition", now, now + 3.0, groups=((a.index,), others)))
+        sim.add_fault(Fault(2, "crash", now + 0.5, now + 1.0, robots=(b.index,)))
+        await sim.advance(now + 2.0)
+        old = a.conns.get(b.index)
+        assert old is not None  # a cannot know b restarted: the reset was lost in the cut
+        assert not old.sides[b.index].alive
+        await sim.advance(now + 3.0 + HEARTBEAT_S + 1.0)  # a's next heartbeat meets the reset
+        new = a.conns.get(b.index)
+        assert new is not None
+        assert new is not old
+        assert new.sides[a.index].alive
+        assert new.sides[b.index].alive
+    finally:
+        await sim.stop()

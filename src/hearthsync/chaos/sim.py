@@ -15,7 +15,9 @@ What the simulated network and clock add, and why each is realistic:
 * **partition** into two or three groups: messages between groups vanish, silently, as on a
   Wi-Fi split; connections die by heartbeat, and dialing fails until the heal;
 * **crash**: the robot's memory is gone (`Peer.crash`); only what was committed survives, and
-  the robot restarts from its store; the other side of its connections sees them reset;
+  the robot restarts from its store; the other side of its connections sees them reset, at
+  once or, if a partition lost the reset, at the first message it sends after the heal (a
+  host answers a segment for a connection it does not know with a reset);
 * **skew**: each robot's wall clock is off by its own amount, and may jump;
 * **revoke**: the owner revokes a robot mid-run; the checkers then prove it receives nothing
   written with the new keys.
@@ -657,6 +659,14 @@ class Simulation:
         robot = self.robots[receiver]
         if not side.alive or robot.peer is None or not self._reachable(sender, receiver):
             self.lost += 1
+            if not side.alive and self._reachable_ignoring_crash(receiver, sender):
+                # the receiver's end is gone (it crashed, or closed, while a partition lost
+                # the reset or the close): its kernel answers a segment for a connection it
+                # no longer knows with a reset, as TCP does.  Without it the sender's end
+                # lived on until its heartbeat timeout, and the dialer, which does not dial a
+                # peer it still holds a connection to, waited for it
+                delay = self.net.uniform(*self.scenario.latency)
+                self.at(self.now + delay, lambda: self._reset(conn, sender))
             return
         self._wire.update(b"%d>%d@%.6f:" % (sender, receiver, self.now))
         self._wire.update(data)
