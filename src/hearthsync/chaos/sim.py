@@ -19,6 +19,9 @@ What the simulated network and clock add, and why each is realistic:
   once or, if a partition lost the reset, at the first message it sends after the heal (a
   host answers a segment for a connection it does not know with a reset);
 * **skew**: each robot's wall clock is off by its own amount, and may jump;
+* **compaction**: each robot folds a document's update log into a snapshot once the log passes
+  512 bytes (a robot in service: 16 KiB), so snapshots are taken at any point of a run, between
+  any two arrivals;
 * **revoke**: the owner revokes a robot mid-run; the checkers then prove it receives nothing
   written with the new keys.
 
@@ -84,6 +87,7 @@ from hearthsync.protocol.session import (
 
 TICK_S = 0.5  #: how often every session's heartbeat timer runs (as `Link` does)
 CONNECT_TIMEOUT_S = 1.0  #: a dial across a partition fails after this long
+COMPACT_MIN_LOG_BYTES = 512  #: a simulated robot folds a document's log from this size
 FIRST_RETRY_S = 0.2
 MAX_RETRY_S = 10.0
 _EMBEDDER = TinyEmbedder()
@@ -398,6 +402,9 @@ class Simulation:
                 wall=lambda: self._wall(robot), rng=random.Random(robot.rng.getrandbits(64)),
                 synchronous="OFF", auto_commit=False, offload=inline,
             )  # fmt: skip
+        # compact as a long-lived robot does, at any point of a run: the default threshold
+        # (16 KiB of log) is rarely reached in 30 simulated seconds
+        robot.peer._docs.compact_min_log_bytes = COMPACT_MIN_LOG_BYTES
         assert robot.peer.household is not None, "the household file was written at setup"
         robot.state = robot.peer.household  # what survived is what was saved
         robot.peer.on_durable(lambda batch: self._forward(robot, batch))

@@ -125,6 +125,9 @@ class DocumentSet:
         self._watches: dict[DocId, object] = {}
         self._rescan: set[DocId] = set()  # merged events Yrs could not report (`event_field`)
         self.batches_committed = 0
+        #: a document's log is folded into its snapshot once it outgrows both this and the
+        #: snapshot (the chaos simulation lowers it, so that its short runs compact too)
+        self.compact_min_log_bytes = COMPACT_MIN_LOG_BYTES
 
     # ---------------------------------------------------------------------- lifecycle
 
@@ -530,7 +533,7 @@ class DocumentSet:
         log = self._log_bytes.get(doc_id, 0)
         if force:
             return log > 0
-        return log > COMPACT_MIN_LOG_BYTES and log > self._snapshot_bytes.get(doc_id, 0)
+        return log > self.compact_min_log_bytes and log > self._snapshot_bytes.get(doc_id, 0)
 
     async def _maybe_compact(self, *, force: bool = False) -> int:
         """Fold logs into snapshots where due; only ever called by the flusher or when idle."""
