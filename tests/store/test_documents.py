@@ -113,10 +113,8 @@ async def test_concurrent_writes_are_group_committed(peer: Peer) -> None:
     assert len(peer.preferences("alice", "bench/")) == 500
 
 
-async def test_compaction_folds_the_log_and_shrinks_the_file(
-    peer: Peer, peer_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("hearthsync.store.documents.COMPACT_MIN_LOG_BYTES", 10**12)
+async def test_compaction_folds_the_log_and_shrinks_the_file(peer: Peer, peer_path: Path) -> None:
+    peer._docs.compact_min_log_bytes = 10**12  # only the explicit compaction below
     rng = random.Random(2)  # values that do not compress: the log's growth is real bytes
     for _ in range(40):
         values = ["".join(rng.choices(LETTERS, k=160)) for _ in range(100)]
