@@ -243,31 +243,33 @@ class Replica:
         (`rebuilt`) loses the deletions Yrs keeps pending for items it has not seen.  Reading
         costs about half a microsecond per struct.
         """
-        source = _key(update)
         try:
             found, delete_set = updates.runs(update)
         except updates.UpdateFormatError:  # content kinds we never write: Yrs has the last word
             self._merge(update)
-            return self._hold_rest(update, source) | self._hold_deletions(
-                _delete_set(update, self.doc.get_state()), source
+            return self._hold_rest(update, update) | self._hold_deletions(
+                _delete_set(update, self.doc.get_state()), update
             )
         vector = statevector.decode(self.doc.get_state())
         later = [run for run in found if run.start > vector.get(run.client, 0)]
         if not later:
             self._merge(update)
-            return self._hold_rest(update, source) | self._hold_deletions(delete_set, source)
+            return self._hold_rest(update, update) | self._hold_deletions(delete_set, update)
         part = updates.encode(update, [r for r in found if r not in later], delete_set)
         self._merge(part)
-        held = self._hold_rest(part, source)
+        held = self._hold_rest(part, update)
         for run in later:
-            held |= self._hold_run(run, update, delete_set, source)
-        return held | self._hold_deletions(delete_set, source)
+            held |= self._hold_run(run, update, delete_set, update)
+        return held | self._hold_deletions(delete_set, update)
 
     def _hold_run(self, run: updates.Run, update: bytes, delete_set: bytes, source: bytes) -> bool:
+        """Hold ``run`` of ``update`` aside, unless held already; ``source`` is the update as
+        it came (``update`` may be a part of it), keyed to drop its repeats."""
         if any(piece.covers(run) for piece in self._aside):
             return False
-        self._aside.append(_Piece(run, updates.encode(update, [run], delete_set), source))
-        self._held.add(source)
+        key = _key(source)
+        self._aside.append(_Piece(run, updates.encode(update, [run], delete_set), key))
+        self._held.add(key)
         return True
 
     def _hold_rest(self, update: bytes, source: bytes) -> bool:
@@ -322,8 +324,9 @@ class Replica:
                 if any(piece.covers(run, deletes=True) for piece in self._aside):
                     continue
                 data = updates.delete_set_of({client: [(run.start, run.end)]})
-                self._aside.append(_Piece(run, data, source, deletes=True))
-                self._held.add(source)
+                key = _key(source)
+                self._aside.append(_Piece(run, data, key, deletes=True))
+                self._held.add(key)
                 new = True
         return new
 
@@ -372,11 +375,10 @@ class Replica:
                 rest = bytes(get_update(update, state))  # the one decode, in Yrs, as a rule
                 if rest[:1] == b"\x00":  # all of its structs integrated: the rest deletes
                     if rest[1:2] != b"\x00":
-                        self._hold_deletions(rest[1:], _key(update), vector)
+                        self._hold_deletions(rest[1:], update, vector)
                     continue
-                source = _key(update)
-                self._hold_rest(update, source)
-                self._hold_deletions(_delete_set(update, state), source, vector)
+                self._hold_rest(update, update)
+                self._hold_deletions(_delete_set(update, state), update, vector)
             if self.tainted:  # they are all this document holds: `_replayed` reads them
                 self._sources.extend(unchecked)
 

@@ -241,10 +241,9 @@ class DocumentSet:
 
     def replica(self, doc_id: DocId) -> Replica:
         """The replica of ``doc_id``, created (empty, with a fresh client id) if new."""
-        replica = self.replicas.get(doc_id)
-        if replica is not None:
-            replica.settle()
-            return self._untainted(doc_id, replica)
+        found = self.settled(doc_id)
+        if found is not None:
+            return found
         if doc_id in self.corrupt:
             raise self.corrupt[doc_id]
         info: DocInfo = parse(doc_id)
@@ -449,9 +448,9 @@ class DocumentSet:
         self._carry = []
         try:
             for doc_id, changes in queue.changes.items():
-                replica = self.replica(doc_id)  # may create a document: its row joins this batch
-                replica.settle()  # what arrived since is sorted: nothing local builds on a gap
-                replica = self._untainted(doc_id, replica)
+                # sorted (nothing local builds on a gap); may create a document: its row joins
+                # this batch
+                replica = self.replica(doc_id)
                 done, delta = replica.transact(partial(_run_all, replica, changes))
                 results.extend(done)
                 if delta is not None:
