@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+import hearthsync.peer as peer_module
 from hearthsync import BlockedFieldError, Condition, NotFoundError, Peer, ValidationError
 from hearthsync.crypto.identity import KEY_FILE
 from hearthsync.errors import ClosedError
@@ -141,6 +142,54 @@ async def test_recall_finds_the_similar_event_within_the_window(
     async with Peer.open(peer_path, wall=wall) as reopened:
         again = await reopened.recall("alice", "which mug, the green one", k=1)
         assert again[0].event.id == hits[0].event.id
+
+
+async def test_recall_finds_what_is_committed_before_the_graph_holds_it(
+    peer: Peer, peer_path: Path, wall: FakeWall
+) -> None:
+    """Recall never waits for the HNSW graph: what is committed and not yet inserted (the
+    indexer waits for the store to fall idle) is searched exactly, and a close inserts it."""
+    peer.index_idle_s = 3600.0  # the store never looks idle: the graph takes nothing
+    texts = ["the green mug is on shelf two", "jazz in the living room", "water the plants"]
+    for i, text in enumerate(texts):
+        await peer.record_event("alice", "COMMAND", "misc", text=text, ts=MONDAY_MS + i * DAY)
+    assert peer._vectors.pending == 3
+    hits = await peer.recall("alice", "where is the green mug", k=1)
+    assert hits[0].event.text == texts[0]
+    windowed = await peer.recall("alice", "green mug", k=3, since=MONDAY_MS + DAY)
+    assert sorted(h.event.text for h in windowed) == sorted(texts[1:])
+    await peer.close()
+    async with Peer.open(peer_path, wall=wall) as reopened:
+        index = await reopened._vectors.open_index("alice", "history")
+        assert (index.count, index.pending) == (3, 0)
+        assert reopened._vectors.last_sync("alice", "history").action == "loaded"
+
+
+async def test_the_indexer_fills_the_graph_once_the_store_is_idle(peer: Peer) -> None:
+    peer.index_idle_s = 0.01
+    for i in range(5):
+        await peer.record_event("alice", "COMMAND", "misc", text=f"task {i}", ts=MONDAY_MS + i)
+    assert peer._indexer is not None
+    await asyncio.wait_for(peer._indexer, timeout=10)  # it ends when nothing is staged
+    index = await peer._vectors.open_index("alice", "history")
+    assert (index.count, index.pending) == (5, 0)
+
+
+async def test_a_backlog_goes_into_the_graph_while_writes_go_on(
+    peer: Peer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past `INDEX_BACKLOG` staged vectors the indexer inserts without waiting for idle, so
+    the exact search over what is staged stays bounded under a write load that never stops."""
+    monkeypatch.setattr(peer_module, "INDEX_BACKLOG", 8)
+    monkeypatch.setattr(peer_module, "INDEX_CHUNK", 4)
+    peer.index_idle_s = 3600.0
+    for i in range(40):
+        await peer.record_event("alice", "COMMAND", "misc", text=f"task {i}", ts=MONDAY_MS + i)
+        for _ in range(5):  # a few loop turns, as a busy robot's other tasks would give
+            await asyncio.sleep(0)
+        assert peer._vectors.pending <= 8 + 1
+    index = await peer._vectors.open_index("alice", "history")
+    assert index.count >= 40 - 8
 
 
 async def test_a_store_belongs_to_one_device(peer: Peer, peer_path: Path) -> None:

@@ -2,7 +2,10 @@
 an index.
 
 A robot runs it on a worker thread (`asyncio.to_thread`, the default): the event loop keeps
-serving its peers while numpy or usearch, which release the GIL, use another core.  A
+serving its peers while numpy, which releases the GIL, uses another core.  usearch's inserts
+take the GIL back for every vector, so live inserts run on the loop's thread instead, in short
+chunks, once it is idle (`Peer._index_staged`); the worker thread inserts only when nothing
+else runs (opening an index, closing).  A
 simulation runs it `inline`: it awaits each result before its next event anyway, the hop to
 a thread and back cost it about a twentieth of a schedule, and a thread is one more thing
 whose timing the seed would not decide.

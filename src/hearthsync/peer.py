@@ -96,6 +96,9 @@ HISTORY = "history"
 H = TypeVar("H")
 W = TypeVar("W")
 ALWAYS = Condition()
+INDEX_IDLE_S = 0.05  #: see `Peer._index_staged`
+INDEX_CHUNK = 64  #: vectors inserted into a graph per turn of the loop: about 5 ms
+INDEX_BACKLOG = 65_536  #: staged vectors (96 MiB at 384 dimensions) past which inserts go on
 NOWHERE = ContextSnapshot()
 
 
@@ -167,8 +170,11 @@ class Peer:
         #: called with a user's id once this robot holds nothing of theirs (after a forget
         #: made here, or a tombstone received from another robot)
         self.on_forgotten: list[Callable[[str], None]] = []
-        self._unindexed: list[VectorRow] = []
         self._indexer: asyncio.Task[None] | None = None
+        self._backlog = asyncio.Event()  #: set when more than `INDEX_BACKLOG` vectors wait
+        #: seconds without a commit before the indexer inserts staged vectors into the graph
+        #: (`_index_staged`); the chaos simulation, which decides every loop turn, uses 0
+        self.index_idle_s = INDEX_IDLE_S
         self._vector_lock = asyncio.Lock()
         self._users_sub: object | None = None
         self._forgotten_sub: object | None = None
@@ -268,7 +274,7 @@ class Peer:
         try:
             await self._forgetting.close()
             await self._docs.close()
-            await self._indexed()
+            await self._indexed()  # the next open loads the graph, not rebuilds what was staged
             self._vectors.save()
         finally:
             await self._sqlite.close()
@@ -677,8 +683,7 @@ class Peer:
         uid = self._require_user(user)
         index = await self._vectors.open_index(uid, HISTORY)
         vector = self._vectors.embedder.embed([query])[0] if isinstance(query, str) else query
-        await self._indexed()
-        async with self._vector_lock:
+        async with self._vector_lock:  # what is committed and not yet in the graph is staged
             hits = index.search(vector, k=k, since_ms=since, until_ms=until)
         if not hits:
             return []
@@ -721,12 +726,19 @@ class Peer:
     def _index_vectors(self, rows: Sequence[VectorRow], matrix: np.ndarray) -> None:
         """Called by the flusher once embeddings are committed (derived data follows SQLite).
 
-        Inserting into an HNSW graph costs far more than the write itself, so it happens off
-        the write path, in a worker thread; `recall` first waits for it to catch up.
+        The vectors are staged, searchable at once (exactly), and inserted into the HNSW graph
+        later by `_index_staged`: an insertion costs far more than the write itself.
         """
-        self._unindexed.extend(rows)
-        if self._indexer is None or self._indexer.done():
-            self._indexer = asyncio.create_task(self._index_pending(), name="hearthsync-indexer")
+        by_index: dict[str, list[tuple[int, int, bytes]]] = {}
+        for row in rows:
+            by_index.setdefault(row.index_name, []).append((row.rowid, row.ts, row.vec))
+        for name, batch in by_index.items():
+            user, _, scope = name.partition(".")
+            self._vectors.stage(user, scope, batch)
+        if self._vectors.pending >= INDEX_BACKLOG:
+            self._backlog.set()
+        if self._vectors.pending and (self._indexer is None or self._indexer.done()):
+            self._indexer = asyncio.create_task(self._index_staged(), name="hearthsync-indexer")
 
     def _remote_events(self, info: DocInfo, texts: Sequence[str]) -> list[ToEmbed]:
         """What to embed of events another robot wrote (`DocumentSet.remote_events`): the
@@ -746,21 +758,40 @@ class Peer:
             wanted.append(ToEmbed(index, event.id, event.ts, _embedding_text(event), text))
         return wanted
 
-    async def _index_pending(self) -> None:
-        while self._unindexed:
-            rows, self._unindexed = self._unindexed, []
-            by_index: dict[str, list[tuple[int, int, bytes]]] = {}
-            for row in rows:
-                by_index.setdefault(row.index_name, []).append((row.rowid, row.ts, row.vec))
+    async def _index_staged(self) -> None:
+        """Insert staged vectors into their graphs, `INDEX_CHUNK` at a time on the loop's own
+        thread, once the store is idle (no batch committed for `index_idle_s`, none queued),
+        or at once while more than `INDEX_BACKLOG` wait (their exact search grows with them).
+
+        Not on a worker thread: usearch takes the GIL back for every vector it inserts, so
+        while the loop is busy an insertion there waits a switch interval (5 ms) per vector,
+        and a search waiting for it waited seconds (docs/explanation/vector-memory.md).
+        """
+        idle = False
+        while self._vectors.pending:
+            committed = self._docs.batches_committed
+            if not idle and self._vectors.pending < INDEX_BACKLOG:
+                self._backlog.clear()
+                with contextlib.suppress(TimeoutError):  # a backlog ends the wait early
+                    await asyncio.wait_for(self._backlog.wait(), self.index_idle_s)
+                idle = self._docs.batches_committed == committed and not self._docs.busy
+                continue
             async with self._vector_lock:
-                for name, batch in by_index.items():
-                    user, _, scope = name.partition(".")
-                    await self._vectors.offload(self._vectors.add, user, scope, batch)
+                self._vectors.absorb(INDEX_CHUNK)
+            await asyncio.sleep(0)  # writers queue here; then idle only if none did
+            idle = self._docs.batches_committed == committed and not self._docs.busy
 
     async def _indexed(self) -> None:
-        """Wait until every committed embedding is in its index."""
-        while self._indexer is not None and not self._indexer.done():
-            await self._indexer
+        """Insert every staged vector into its graph now (closing, or a status report): on a
+        worker thread, as nothing else runs meanwhile."""
+        if self._indexer is not None:
+            self._indexer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._indexer
+            self._indexer = None
+        async with self._vector_lock:
+            if self._vectors.pending:
+                await self._vectors.offload(self._vectors.absorb)
 
     # ------------------------------------------------------------------ home: spatial
 

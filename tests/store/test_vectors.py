@@ -386,3 +386,78 @@ def test_add_skips_the_rows_it_holds_wherever_they_fall(tmp_path: Path) -> None:
     assert index.add([4, 5, 8, 9, 9], [2, 9, 5, 6, 6], rng.standard_normal((5, 8))) == 2
     assert index.count == 7
     assert index.add([2, 4, 5, 6, 7, 8, 9], [0] * 7, rng.standard_normal((7, 8))) == 0
+
+
+# -- staging: searchable at once, in the graph later -------------------------------------------
+
+
+def staged_index(tmp_path: Path, n: int, in_graph: int) -> VectorIndex:
+    """An f16 index over ``n`` rows: the first ``in_graph`` in its graph, the rest staged."""
+    source = MemorySource()
+    fill(source, n)
+    rowids, ts, vecs = decode_rows(source.rows[NAME], DIM)
+    index = VectorIndex(tmp_path, NAME, embedder=EMBEDDER.name, dim=DIM, dtype="f16")
+    index.add(rowids[:in_graph], ts[:in_graph], vecs[:in_graph])
+    for start in range(in_graph, n, 50):  # staged as the flusher stages: batch by batch
+        end = min(start + 50, n)
+        assert index.stage(rowids[start:end], ts[start:end], vecs[start:end]) == end - start
+    return index
+
+
+@pytest.mark.parametrize(("since", "until"), WINDOWS)
+def test_staged_vectors_are_found_as_if_they_were_in_the_graph(
+    tmp_path: Path, since: int, until: int
+) -> None:
+    index = staged_index(tmp_path / "a", 600, 200)
+    whole, ts, vecs = small_index(tmp_path / "b")
+    assert (index.count, index.pending) == (200, 400)
+    for query in EMBEDDER.embed(QUERIES):
+        want = exact(vecs, ts, query, 10, since, until)
+        hits = index.search(query, k=10, since_ms=since, until_ms=until)
+        assert [h.rowid for h in hits] == want
+        assert [h.rowid for h in whole.search(query, k=10, since_ms=since, until_ms=until)] == want
+        assert all(since <= h.ts_ms < until for h in hits)
+
+
+def test_absorb_moves_staged_vectors_into_the_graph_oldest_first(tmp_path: Path) -> None:
+    index = staged_index(tmp_path, 300, 0)
+    query = EMBEDDER.embed(QUERIES[:1])[0]
+    before = index.search(query, k=10, since_ms=T0)
+    assert index.absorb(64) == 64
+    assert (index.count, index.pending, index.last_rowid) == (64, 236, 64)
+    assert index.search(query, k=10, since_ms=T0) == before
+    assert index.absorb() == 236
+    assert (index.count, index.pending, index.absorb()) == (300, 0, 0)
+    assert index.search(query, k=10, since_ms=T0) == before
+
+
+def test_stage_skips_rows_in_the_graph_or_staged_already(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    index = VectorIndex(tmp_path, "bench.history", embedder="test", dim=8)
+    index.add([1, 2, 3], [1, 2, 3], rng.standard_normal((3, 8)))
+    assert index.stage([3, 4, 5], [3, 4, 5], rng.standard_normal((3, 8))) == 2
+    assert index.stage([2, 5, 6, 6], [2, 5, 6, 6], rng.standard_normal((4, 8))) == 1
+    assert (index.count, index.pending) == (3, 3)
+    with pytest.raises(ValidationError):
+        index.stage([7], [7], np.zeros((1, 8)))
+    assert index.pending == 3  # a refused batch stages nothing
+
+
+async def test_a_save_holds_the_graph_and_the_next_open_catches_up_the_rest(
+    tmp_path: Path,
+) -> None:
+    """Staged vectors are not in the saved files: their rows are, in the table, beyond the
+    stamp, and the next open adds them (a catch-up, not a rebuild)."""
+    source = MemorySource()
+    fill(source, 100)
+    async with memory(source, tmp_path) as mem:
+        await mem.open_index("alice", "history")
+        new = source.insert(NAME, ["the green mug is on shelf two"] * 3, [T0 + 1, T0 + 2, T0 + 3])
+        assert mem.stage("alice", "history", new) == 3
+        assert mem.stage("bob", "history", new) == 0  # not open: caught up when opened
+        assert mem.pending == 3
+        assert mem.absorb(2) == 2
+    async with memory(source, tmp_path) as again:
+        index = await again.open_index("alice", "history")
+        assert again.last_sync("alice", "history") == vectors.SyncReport("caught_up", 1)
+        assert (index.count, index.pending) == (103, 0)

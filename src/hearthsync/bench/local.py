@@ -5,6 +5,8 @@ Figures (the keys of ``--json``), each with its same-run baseline:
 * ``write_durable_per_s``: acknowledged preference/event writes per second from concurrent
   writers, each durable before its acknowledgement; against ``sqlite_batched_insert_per_s``,
   raw ``sqlite3`` inserting 200-byte rows 1,000 per commit with the same pragmas.
+  ``index_catchup_s``: how long the HNSW graph then takes to insert the events' vectors
+  (searchable exactly meanwhile), once the writers stop.
 * ``reopen_year_s``: reopening a year of a household (4 users, 100,000 events, 2,000
   preferences, 5,000 spatial annotations) until every document is loaded and recall answers.
 * ``recall_at_10``, ``vector_speedup``, ``vector_bytes_per_item``: the vector memory against
@@ -121,7 +123,13 @@ async def durable_writes(folder: Path, writes: int, writers: int = 256) -> dict[
             started = time.perf_counter()
             await asyncio.gather(*(work(n) for n in range(writers)))
             figures[f"write_{name}_per_s"] = per_writer * writers / (time.perf_counter() - started)
+        # the events' vectors were searchable at once; how long the graph takes them after
+        started = time.perf_counter()
+        if peer._indexer is not None:
+            await peer._indexer
+        catchup_s = time.perf_counter() - started
     figures["write_durable_per_s"] = 2 / sum(1 / v for v in figures.values())  # harmonic mean
+    figures["index_catchup_s"] = catchup_s
     return figures
 
 

@@ -405,6 +405,7 @@ class Simulation:
         # compact as a long-lived robot does, at any point of a run: the default threshold
         # (16 KiB of log) is rarely reached in 30 simulated seconds
         robot.peer._docs.compact_min_log_bytes = COMPACT_MIN_LOG_BYTES
+        robot.peer.index_idle_s = 0.0  # no wall-clock wait: the seed decides every loop turn
         assert robot.peer.household is not None, "the household file was written at setup"
         robot.state = robot.peer.household  # what survived is what was saved
         robot.peer.on_durable(lambda batch: self._forward(robot, batch))

@@ -590,6 +590,11 @@ class DocumentSet:
         await self.write_barrier()
         return await self._maybe_compact(force=True)
 
+    @property
+    def busy(self) -> bool:
+        """Whether writes are queued or a batch is being committed."""
+        return self._queue.done is not None or self._inflight_queue is not None
+
     async def write_barrier(self) -> None:
         """Wait until everything queued so far is durable (raises if that batch failed)."""
         if not self._auto:

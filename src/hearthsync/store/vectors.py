@@ -259,6 +259,12 @@ class VectorIndex:
         self._keys: I64Array = np.empty(0, dtype=np.int64)
         self._ts: I64Array = np.empty(0, dtype=np.int64)
         self._by_ts: tuple[I64Array, I64Array] | None = None
+        # staged vectors live in [lo, hi) of buffers that grow by doubling: staging a batch
+        # and searching them copy nothing (a batch is staged at every commit)
+        self._tail_keys: I64Array = np.empty(0, dtype=np.int64)
+        self._tail_ts: I64Array = np.empty(0, dtype=np.int64)
+        self._tail_unit: F32Array = np.empty((0, self.dim), dtype=np.float32)
+        self._lo = self._hi = 0
         self._dirty = self._stamp is not None
 
     def _new_index(self) -> Index:
@@ -321,6 +327,91 @@ class VectorIndex:
             self._keys, self._ts = self._keys[order], self._ts[order]
         self._by_ts = None
 
+    # -- staging: searchable at once, in the graph later -------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Vectors staged (`stage`) and not yet in the graph (`absorb`)."""
+        return self._hi - self._lo
+
+    def stage(self, rowids: npt.ArrayLike, ts_ms: npt.ArrayLike, vectors: npt.ArrayLike) -> int:
+        """Make vectors searchable now, exactly, and leave their insertion into the graph (the
+        costly part: about 0.1 ms a vector) to `absorb`; return how many were new.  Rowids
+        already in the graph or staged are skipped, as `add` skips them."""
+        keys, ts, matrix = self._check_batch(rowids, ts_ms, vectors)
+        _, first = np.unique(keys, return_index=True)
+        fresh = np.zeros(keys.size, dtype=bool)
+        fresh[first] = True
+        if self._keys.size and keys.size:
+            at = np.minimum(np.searchsorted(self._keys, keys), self._keys.size - 1)
+            fresh &= self._keys[at] != keys
+        staged = self._staged_view()[0]
+        if staged.size and fresh.any() and keys.min() <= staged.max():
+            fresh &= ~np.isin(keys, staged)  # new rows, the usual case, are beyond them all
+        count = int(fresh.sum())
+        if not count:
+            return 0
+        self._reserve(count)
+        end = self._hi + count
+        self._tail_keys[self._hi : end] = keys[fresh]
+        self._tail_ts[self._hi : end] = ts[fresh]
+        unit = matrix[fresh]
+        self._tail_unit[self._hi : end] = unit / np.linalg.norm(unit, axis=1, keepdims=True)
+        self._hi = end
+        return count
+
+    def _reserve(self, count: int) -> None:
+        """Room for ``count`` more staged vectors: the live ones moved to the front of buffers
+        twice their size when they do not fit."""
+        if self._hi + count <= self._tail_keys.size:
+            return
+        live = self._hi - self._lo
+        size = max(1024, 2 * (live + count))
+        keys, ts = np.empty(size, dtype=np.int64), np.empty(size, dtype=np.int64)
+        unit = np.empty((size, self.dim), dtype=np.float32)
+        keys[:live], ts[:live], unit[:live] = self._staged_view()
+        self._tail_keys, self._tail_ts, self._tail_unit = keys, ts, unit
+        self._lo, self._hi = 0, live
+
+    def absorb(self, limit: int | None = None) -> int:
+        """Insert up to ``limit`` staged vectors (all if None), oldest first, into the graph;
+        return how many moved.  Searches see each vector throughout, staged or in the graph."""
+        keys, ts, unit = self._staged_view()
+        moved = keys.size if limit is None else min(limit, keys.size)
+        if not moved:
+            return 0
+        self.add(keys[:moved], ts[:moved], unit[:moved])
+        self._lo += moved
+        if self._lo == self._hi:  # nothing staged: let the buffers go
+            self._tail_keys = self._tail_ts = np.empty(0, dtype=np.int64)
+            self._tail_unit = np.empty((0, self.dim), dtype=np.float32)
+            self._lo = self._hi = 0
+        return moved
+
+    def _staged_view(self) -> tuple[I64Array, I64Array, F32Array]:
+        """Every staged vector (keys, timestamps, unit rows), in staging order: views."""
+        lo, hi = self._lo, self._hi
+        return self._tail_keys[lo:hi], self._tail_ts[lo:hi], self._tail_unit[lo:hi]
+
+    def _staged_hits(
+        self, query: F32Array, k: int, since_ms: int | None, until_ms: int | None
+    ) -> list[Hit]:
+        """Exact search over the staged vectors within the window."""
+        keys, ts, unit = self._staged_view()
+        inside = np.ones(keys.size, dtype=bool)
+        if since_ms is not None:
+            inside &= ts >= since_ms
+        if until_ms is not None:
+            inside &= ts < until_ms
+        picked = np.flatnonzero(inside)
+        if not picked.size:
+            return []
+        distances = 1.0 - unit[picked] @ (query / np.linalg.norm(query))
+        order = np.lexsort((keys[picked], distances))[:k]
+        best = picked[order]
+        found = zip(keys[best].tolist(), ts[best].tolist(), distances[order].tolist(), strict=True)
+        return [Hit(key, t, float(d)) for key, t, d in found]
+
     # -- searching -----------------------------------------------------------------------------
 
     def search(
@@ -334,11 +425,21 @@ class VectorIndex:
         """The ``k`` nearest vectors, best first, optionally only those with since <= ts < until
         (the same half-open window as ``Peer.events``).
 
+        Vectors staged and not yet in the graph (`stage`) are searched exactly and merged in.
         Small indexes and small windows are searched exactly; larger ones through the graph,
         asking for more candidates than ``k`` in proportion to how much of the index lies outside
         the window, and falling back to an exact scan when the graph still cannot fill ``k`` hits.
         """
         query = self._check_query(vector, k)
+        hits = self._graph_hits(query, k, since_ms, until_ms)
+        if not self.pending:
+            return hits
+        merged = hits + self._staged_hits(query, k, since_ms, until_ms)
+        return sorted(merged, key=lambda hit: (hit.distance, hit.rowid))[:k]
+
+    def _graph_hits(
+        self, query: F32Array, k: int, since_ms: int | None, until_ms: int | None
+    ) -> list[Hit]:
         if not self.count:
             return []
         if since_ms is None and until_ms is None:
@@ -649,6 +750,27 @@ class VectorMemory:
         catch up when opened).  Returns how many vectors were new."""
         index = self._open.get(index_name(user, scope))
         return index.add_rows(rows) if index is not None else 0
+
+    def stage(self, user: str, scope: str, rows: Sequence[Row]) -> int:
+        """Make rows just committed to the table searchable now, and leave them to `absorb`
+        for the graph (`VectorIndex.stage`); ignored if the index is not open."""
+        index = self._open.get(index_name(user, scope))
+        return index.stage(*decode_rows(rows, index.dim)) if index is not None and rows else 0
+
+    @property
+    def pending(self) -> int:
+        """Vectors staged in every open index and not yet in its graph."""
+        return sum(index.pending for index in self._open.values())
+
+    def absorb(self, limit: int | None = None) -> int:
+        """Insert up to ``limit`` staged vectors (all if None) into their graphs; return how
+        many moved."""
+        moved = 0
+        for index in list(self._open.values()):
+            if limit is not None and moved >= limit:
+                break
+            moved += index.absorb(None if limit is None else limit - moved)
+        return moved
 
     async def search(
         self,
