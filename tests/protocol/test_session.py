@@ -280,6 +280,32 @@ def test_heartbeats_keep_a_quiet_session_and_drop_a_silent_one(kitchen: Robot, h
     assert [e.code for e in a[1].events_received() if isinstance(e, Closed)] == [408]
 
 
+def test_timers_run_on_the_monotonic_clock_and_certificates_on_the_wall_clock(
+    kitchen: Robot, hall: Robot
+) -> None:
+    """A robot's wall clock jumps when NTP first sets it: that neither closes its links (a
+    jump forward) nor stops the heartbeats that find a dead one (a jump back)."""
+    mono = 100.0  # seconds since boot: certificates checked at this "time" would not be valid
+    a = (kitchen, Session(
+        kitchen.identity, kitchen.cert.to_wire(), kitchen.trust, kitchen.keyring, kitchen.docs,
+        random.Random(1).randbytes, mono, NOW, sealer=Sealer(),
+    ))  # fmt: skip
+    b = (hall, hall.session())
+    for _ in range(20):  # deliver the handshake, feeding ``a`` both clocks
+        for data in a[1].data_to_send():
+            b[1].receive_data(data, NOW)
+        for data in b[1].data_to_send():
+            a[1].receive_data(data, mono, NOW)
+    assert a[1].state is State.OPEN  # the certificate checked out at the wall clock's time
+    a[1].tick(mono + 1.0, NOW + 86_400)  # NTP: a day forward, one second later
+    assert a[1].state is State.OPEN
+    assert a[1].data_to_send() == []  # and no heartbeat is due either
+    a[1].tick(mono + HEARTBEAT_S, NOW - 3_600)  # and an hour back
+    assert [type(f.decode(data)) for data in a[1].data_to_send()] == [f.Ping]
+    a[1].tick(mono + DEAD_AFTER_S + 1.0, NOW - 3_600)  # nothing heard: dead, whatever the wall
+    assert a[1].state is State.CLOSED
+
+
 def test_frames_out_of_order_are_protocol_errors(kitchen: Robot, hall: Robot) -> None:
     session = kitchen.session()
     session.data_to_send()

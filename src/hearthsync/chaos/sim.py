@@ -18,7 +18,9 @@ What the simulated network and clock add, and why each is realistic:
   the robot restarts from its store; the other side of its connections sees them reset, at
   once or, if a partition lost the reset, at the first message it sends after the heal (a
   host answers a segment for a connection it does not know with a reset);
-* **skew**: each robot's wall clock is off by its own amount, and may jump;
+* **skew**: each robot's wall clock is off by its own amount, and may jump (certificates and
+  grants read it, as does the clock that stamps writes; session timers run on the simulation's
+  monotonic time, as a link's run on ``time.monotonic``);
 * **compaction**: each robot folds a document's update log into a snapshot once the log passes
   512 bytes (a robot in service: 16 KiB), so snapshots are taken at any point of a run, between
   any two arrivals;
@@ -571,7 +573,8 @@ class Simulation:
         for robot in (dialer, acceptor):
             session = Session(
                 robot.identity, robot.certificate.to_wire(), robot.trust, robot.keyring,
-                _peer(robot).docs, robot.rng.randbytes, self._wall(robot), sealer=robot.sealer,
+                _peer(robot).docs, robot.rng.randbytes, self.now, self._wall(robot),
+                sealer=robot.sealer,
             )  # fmt: skip
             conn.sides[robot.index] = _Side(robot.index, session, robot.incarnation)
             robot.conns[(acceptor if robot is dialer else dialer).index] = conn
@@ -678,7 +681,7 @@ class Simulation:
             return
         self._wire.update(b"%d>%d@%.6f:" % (sender, receiver, self.now))
         self._wire.update(data)
-        side.session.receive_data(data, self._wall(robot))
+        side.session.receive_data(data, self.now, self._wall(robot))
         self._events(robot, conn)
         self._flush(conn, receiver)
 
@@ -777,7 +780,7 @@ class Simulation:
             for _other, conn in sorted(robot.conns.items()):
                 side = conn.sides[robot.index]
                 if side.alive:
-                    side.session.tick(self._wall(robot))
+                    side.session.tick(self.now, self._wall(robot))
                     self._events(robot, conn)
                     self._flush(conn, robot.index)
         self.at(self.now + TICK_S, self._tick)

@@ -14,8 +14,12 @@ heartbeats.  Once ``closed`` is true the driver sends what is queued and closes 
 
 Rules this module lives by:
 
-1. Nothing here does I/O, reads a clock or draws randomness: time arrives as ``now`` (seconds),
-   randomness as the ``random_bytes`` callable, documents through the `DocSource` port.
+1. Nothing here does I/O, reads a clock or draws randomness: time arrives as ``now`` (seconds
+   of a monotonic clock, for every timer) and ``wall`` (seconds since the epoch, for
+   certificates, grants and revocations; ``now`` when not given), randomness as the
+   ``random_bytes`` callable, documents through the `DocSource` port.  A wall clock that jumps
+   (a robot's clock set by NTP after it booted) must not close every link or stop the
+   heartbeats, so no timer reads it.
 2. Every input is checked before it changes anything: a bad frame, certificate, signature or
    envelope produces one ``ERROR`` frame and a closed session, never an ``ApplyUpdate``.
 3. A document is offered, requested or accepted only in a scope both devices' certificates
@@ -322,6 +326,8 @@ class Session:
     docs: DocSource
     random_bytes: Callable[[int], bytes]
     now: float
+    #: the wall clock at ``now`` (certificates, grants, revocations); ``now`` if not given
+    wall: float | None = None
     state: State = State.HELLO_SENT
     peer: _Peer | None = None
     _nonce: bytes = b""
@@ -332,6 +338,7 @@ class Session:
     #: envelope counters and envelopes, shared by every session of this device (`Sealer`)
     sealer: Sealer = field(default_factory=Sealer)
     _their_inventory: dict[DocId, f.InventoryEntry] = field(default_factory=dict)
+    _wall: float = field(default=0.0, init=False)
     _last_received: float = 0.0
     _last_sent: float = 0.0
     _ping: int = 0
@@ -356,6 +363,7 @@ class Session:
     def __post_init__(self) -> None:
         self._nonce = self.random_bytes(f.NONCE_LEN)
         self._last_received = self._last_sent = self._started = self.now
+        self._wall = self.now if self.wall is None else self.wall
         self._send(f.Hello(PROTOCOL_VERSION, SCHEMA_VERSION, self.certificate, self._nonce))
 
     # -------------------------------------------------------------- driver interface
@@ -377,12 +385,13 @@ class Session:
         out, self._events = self._events, []
         return out
 
-    def receive_data(self, data: bytes, now: float) -> None:
+    def receive_data(self, data: bytes, now: float, wall: float | None = None) -> None:
         """Handle one received message.  A bad one closes the session with an ``ERROR``."""
         if self.closed:
             return
         silent = now - self._last_received
         self.now = self._last_received = now
+        self._wall = now if wall is None else wall
         if silent > SILENCE_S and self._settle_at is not None:
             self._settle_wait = SETTLE_S
             self._settle_at = now  # due at the next tick: the link is back
@@ -395,12 +404,13 @@ class Session:
         except (RemoteError, ValidationError) as exc:
             self._fail(f.ErrorCode.MALFORMED, str(exc))
 
-    def tick(self, now: float) -> None:
+    def tick(self, now: float, wall: float | None = None) -> None:
         """Heartbeats: ping when idle, close when the peer has been silent too long or the
         handshake is overdue; offer the inventory again once updates have settled."""
         if self.closed:
             return
         self.now = now
+        self._wall = now if wall is None else wall
         if now - self._last_received > DEAD_AFTER_S:
             self._close(408, f"no frame for {now - self._last_received:.1f} s", by_peer=False)
         elif self.state is not State.OPEN and now - self._started > HANDSHAKE_TIMEOUT_S:
@@ -561,7 +571,7 @@ class Session:
             raise ProtocolError("the peer presented this device's own certificate", code=401)
         # verifies chain, expiry and revocation; the newest certificate held for the device is
         # the one whose scopes count (an older one it presents may grant more)
-        held = self.trust.add(certificate, int(self.now))
+        held = self.trust.add(certificate, int(self._wall))
         self.peer = _Peer(held, hello.nonce)
         self._send(f.Auth(self._auth_signature()))
         self.state = State.AUTH_SENT
@@ -629,7 +639,7 @@ class Session:
         return entries
 
     def _on_revocations(self, data: bytes) -> None:
-        if not self.trust.accept_revocations(Revocations.from_wire(data), int(self.now)):
+        if not self.trust.accept_revocations(Revocations.from_wire(data), int(self._wall)):
             return  # not newer than what this device holds
         self._events.append(RevocationsChanged(self.trust.revoked))
         assert self.peer is not None
@@ -638,7 +648,7 @@ class Session:
 
     def _on_grant(self, data: bytes) -> None:
         before = self.keyring.key_count()
-        self.keyring.accept_grant(data, self.identity, trust=self.trust, now=int(self.now))
+        self.keyring.accept_grant(data, self.identity, trust=self.trust, now=int(self._wall))
         learned = self.keyring.key_count() - before
         if learned:
             self._events.append(KeysChanged(learned))
@@ -819,7 +829,7 @@ class Session:
                 LineageMismatch(doc_id, mine or meta.genesis, LineageId(header.lineage))
             )
             return
-        author_key = self.trust.author_key(header.author, header.scope, int(self.now))
+        author_key = self.trust.author_key(header.author, header.scope, int(self._wall))
         try:
             key = self.keyring.doc_key(
                 doc_id, header.lineage, meta.scope, meta.subject, header.epoch

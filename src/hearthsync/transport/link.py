@@ -104,14 +104,16 @@ class Link:
         *,
         dialed: bool,
         on_event: Callable[[Link, Event], None] | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.websocket = websocket
         self.session = session
         self.target = target
         self.dialed = dialed
         self._on_event = on_event
-        self._clock = clock
+        self._clock = clock  #: the session's timers: monotonic, a wall clock may jump
+        self._wall = wall  #: certificates, grants and revocations
         self._pending: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self._overflow = False
         self.bytes_sent = 0
@@ -166,10 +168,10 @@ class Link:
     async def _receive(self) -> None:
         async for message in self.websocket:
             if isinstance(message, str):  # the protocol is binary only
-                self.session.receive_data(b"\x00not-binary", self._clock())
+                self.session.receive_data(b"\x00not-binary", self._clock(), self._wall())
             else:
                 self.bytes_received += len(message)
-                self.session.receive_data(message, self._clock())
+                self.session.receive_data(message, self._clock(), self._wall())
             await self._handle_events()
             await self._flush()
             if self.session.closed:
@@ -182,7 +184,7 @@ class Link:
     async def _tick(self) -> None:
         while not self.session.closed:
             await asyncio.sleep(TICK_S)  # a timer, not a wait for an event: heartbeats
-            self.session.tick(self._clock())
+            self.session.tick(self._clock(), self._wall())
             await self._handle_events()
             await self._flush()
 

@@ -219,9 +219,13 @@ class SyncService:
         creds = self.credentials
         session = Session(
             creds.identity, creds.certificate.to_wire(), creds.trust, creds.keyring,
-            self.target.docs, self._random_bytes, self._clock(), sealer=self._sealer,
+            self.target.docs, self._random_bytes, time.monotonic(), self._clock(),
+            sealer=self._sealer,
         )  # fmt: skip
-        link = Link(websocket, session, self.target, dialed=dialed, on_event=self._on_event)
+        link = Link(
+            websocket, session, self.target, dialed=dialed, on_event=self._on_event,
+            wall=self._clock,
+        )  # fmt: skip
         if self._paused:  # paused while this connection was being opened
             await websocket.close(1001, "paused")
             return None
