@@ -154,6 +154,10 @@ async def test_recall_finds_what_is_committed_before_the_graph_holds_it(
     for i, text in enumerate(texts):
         await peer.record_event("alice", "COMMAND", "misc", text=text, ts=MONDAY_MS + i * DAY)
     assert peer._vectors.pending == 3
+    # a status report counts them, and leaves them staged: inserting them on a worker
+    # thread while the flusher stages more would race on the staging buffers
+    assert (await peer.status()).vectors == {"alice.history": 3, "bob.history": 0}
+    assert peer._vectors.pending == 3
     hits = await peer.recall("alice", "where is the green mug", k=1)
     assert hits[0].event.text == texts[0]
     windowed = await peer.recall("alice", "green mug", k=3, since=MONDAY_MS + DAY)

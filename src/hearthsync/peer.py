@@ -83,7 +83,7 @@ from hearthsync.settings import HouseholdSettings
 from hearthsync.store.documents import CommitListener, DocumentSet, ToEmbed
 from hearthsync.store.embedding import Embedder, default_embedder
 from hearthsync.store.sqlite import SqliteStore, VectorRow
-from hearthsync.store.vectors import VectorMemory
+from hearthsync.store.vectors import VectorIndex, VectorMemory
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class PeerStatus:
     documents: list[DocumentStatus]
     corrupt: dict[str, str]
     file_bytes: int
-    vectors: dict[str, int]
+    vectors: dict[str, int]  #: per index: the events it answers for (in its graph or staged)
 
 
 class Peer:
@@ -782,8 +782,8 @@ class Peer:
             idle = self._docs.batches_committed == committed and not self._docs.busy
 
     async def _indexed(self) -> None:
-        """Insert every staged vector into its graph now (closing, or a status report): on a
-        worker thread, as nothing else runs meanwhile."""
+        """Insert every staged vector into its graph now, when closing: on a worker thread,
+        as nothing is committed (and so staged) any more."""
         if self._indexer is not None:
             self._indexer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -1088,7 +1088,6 @@ class Peer:
 
     async def status(self) -> PeerStatus:
         await self.flush()
-        await self._indexed()
         sizes = await self._sqlite.sizes()
         documents = [
             DocumentStatus(
@@ -1110,7 +1109,7 @@ class Peer:
             corrupt=self.corrupt,
             file_bytes=sum(f.stat().st_size for f in files if f.exists()),
             vectors={
-                f"{user}.{HISTORY}": (await self._vectors.open_index(user, HISTORY)).count
+                f"{user}.{HISTORY}": _embedded(await self._vectors.open_index(user, HISTORY))
                 for user in self.users()
             },
         )
@@ -1158,6 +1157,11 @@ class _PeerDocs:
 
     def peer_state(self, doc_id: DocId, state_vector: bytes) -> None:
         self._peer._docs.renew_if_stale(doc_id, statevector.decode(state_vector))
+
+
+def _embedded(index: VectorIndex) -> int:
+    """Vectors an index answers for: in its graph or staged for it."""
+    return index.count + index.pending
 
 
 async def _device_name(sqlite: SqliteStore, device: str | None) -> str:
