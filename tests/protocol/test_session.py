@@ -306,6 +306,28 @@ def test_timers_run_on_the_monotonic_clock_and_certificates_on_the_wall_clock(
     assert a[1].state is State.CLOSED
 
 
+def test_a_request_for_what_is_no_longer_held_is_answered_with_nothing(
+    kitchen: Robot, hall: Robot
+) -> None:
+    """A document offered, then forgotten (its user asked to be) before the peer's request
+    came: the answer is SYNC_DONE alone, and the session stays open."""
+    kitchen.docs.write("user/alice/prefs", "tea", "green")
+    kitchen.docs.write("user/alice/profile", "name", "Alice")
+    a, _ = connect(kitchen, hall)
+    del kitchen.docs.docs[DocId("user/alice/prefs")]  # forgotten here since the inventory
+    step = f.SyncStep1(DocId("user/alice/prefs"), parse("user/alice/prefs").genesis, b"\x00")
+    a[1].receive_data(f.encode(step), NOW)
+    assert [f.decode(data) for data in a[1].data_to_send()] == [
+        f.SyncDone(DocId("user/alice/prefs"))
+    ]
+    assert a[1].state is State.OPEN
+    profile = DocId("user/alice/profile")
+    other_lineage = f.SyncStep1(profile, LineageId("a" * 26), b"\x00")
+    a[1].receive_data(f.encode(other_lineage), NOW)  # replaced: held under another lineage
+    assert [f.decode(data) for data in a[1].data_to_send()] == [f.SyncDone(profile)]
+    assert a[1].state is State.OPEN
+
+
 def test_frames_out_of_order_are_protocol_errors(kitchen: Robot, hall: Robot) -> None:
     session = kitchen.session()
     session.data_to_send()
