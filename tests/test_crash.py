@@ -135,7 +135,7 @@ async def check_reopened(folder: Path, acked: Acked) -> None:
             # The index is derived: after a kill it must catch up with (or be rebuilt from)
             # every committed embedding, one per event, and answer a recall.
             index = await peer._vectors.open_index(user, HISTORY)
-            assert index.count == len(events)
+            assert index.count + index.pending == len(events)  # in the graph, or staged for it
             if user in acked.last_event:
                 wanted = next(e for e in events if e.id == acked.last_event[user])
                 hits = await peer.recall(user, wanted.text, k=5)

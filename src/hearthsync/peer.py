@@ -261,6 +261,7 @@ class Peer:
             await peer._forgetting.resume(wait=auto_commit)
             for user in peer.users():
                 await vectors.open_index(user, HISTORY)
+            peer._index_later()  # what the indexes caught up with is staged
         except BaseException:
             await peer.close()  # never a store left open (its thread would outlive the process)
             raise
@@ -682,6 +683,7 @@ class Peer:
         """The ``k`` events of ``user`` most similar to ``query`` within the time window."""
         uid = self._require_user(user)
         index = await self._vectors.open_index(uid, HISTORY)
+        self._index_later()
         vector = self._vectors.embedder.embed([query])[0] if isinstance(query, str) else query
         async with self._vector_lock:  # what is committed and not yet in the graph is staged
             hits = index.search(vector, k=k, since_ms=since, until_ms=until)
@@ -735,6 +737,10 @@ class Peer:
         for name, batch in by_index.items():
             user, _, scope = name.partition(".")
             self._vectors.stage(user, scope, batch)
+        self._index_later()
+
+    def _index_later(self) -> None:
+        """Have the indexer insert what is staged (`_index_staged`), if anything is."""
         if self._vectors.pending >= INDEX_BACKLOG:
             self._backlog.set()
         if self._vectors.pending and (self._indexer is None or self._indexer.done()):

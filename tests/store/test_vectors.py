@@ -165,7 +165,7 @@ async def test_catch_up_reads_only_the_new_rows(tmp_path: Path) -> None:
     async with memory(source, tmp_path) as mem:
         index = await mem.open_index("alice", "history")
         assert mem.last_sync("alice", "history") == vectors.SyncReport("caught_up", 25)
-        assert (index.count, index.last_rowid) == (325, new[-1][0])
+        assert (index.count, index.pending) == (300, 25)  # staged: no insert before it answers
         top = index.search(EMBEDDER.embed(["dan asked for a cheese sandwich"])[0], k=25)
     assert source.rows_read == 25
     assert {h.rowid for h in top} == {r[0] for r in new}
@@ -446,18 +446,40 @@ def test_stage_skips_rows_in_the_graph_or_staged_already(tmp_path: Path) -> None
 async def test_a_save_holds_the_graph_and_the_next_open_catches_up_the_rest(
     tmp_path: Path,
 ) -> None:
-    """Staged vectors are not in the saved files: their rows are, in the table, beyond the
-    stamp, and the next open adds them (a catch-up, not a rebuild)."""
+    """An index's files hold its graph, not what is staged: staged rows are in the table,
+    beyond the stamp, and the next open catches them up (a crash loses none of them)."""
     source = MemorySource()
     fill(source, 100)
-    async with memory(source, tmp_path) as mem:
-        await mem.open_index("alice", "history")
-        new = source.insert(NAME, ["the green mug is on shelf two"] * 3, [T0 + 1, T0 + 2, T0 + 3])
-        assert mem.stage("alice", "history", new) == 3
-        assert mem.stage("bob", "history", new) == 0  # not open: caught up when opened
-        assert mem.pending == 3
-        assert mem.absorb(2) == 2
+    mem = memory(source, tmp_path)
+    index = await mem.open_index("alice", "history")
+    new = source.insert(NAME, ["the green mug is on shelf two"] * 3, [T0 + 1, T0 + 2, T0 + 3])
+    assert mem.stage("alice", "history", new) == 3
+    assert mem.stage("bob", "history", new) == 0  # not open: caught up when opened
+    assert mem.pending == 3
+    assert mem.absorb(2) == 2
+    assert index.save().count == 102  # then the robot dies: no close
     async with memory(source, tmp_path) as again:
         index = await again.open_index("alice", "history")
         assert again.last_sync("alice", "history") == vectors.SyncReport("caught_up", 1)
+        assert (index.count, index.pending) == (102, 1)
+        assert index.search(EMBEDDER.embed(["green mug on shelf two"])[0], k=1)[0].rowid in {
+            row[0] for row in new
+        }
+    async with memory(source, tmp_path) as closed_properly:  # a close inserts, then saves
+        index = await closed_properly.open_index("alice", "history")
+        assert closed_properly.last_sync("alice", "history") == vectors.SyncReport("loaded", 0)
         assert (index.count, index.pending) == (103, 0)
+
+
+async def test_a_catch_up_far_behind_inserts_before_it_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Staging is for the few rows committed since the last save; an index further behind
+    inserts them (on the worker thread), so nothing unbounded sits in the exact scan."""
+    source, _ = await built(tmp_path)
+    fill(source, 40, seed=9)
+    monkeypatch.setattr(vectors, "STAGE_CATCH_UP", 39)
+    async with memory(source, tmp_path) as mem:
+        index = await mem.open_index("alice", "history")
+        assert mem.last_sync("alice", "history") == vectors.SyncReport("caught_up", 40)
+        assert (index.count, index.pending) == (340, 0)

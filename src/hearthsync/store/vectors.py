@@ -6,7 +6,8 @@ cache stamped with exactly what they reflect and are never synced.  Opening an i
 its stamp with the table and then does the cheapest thing that is still correct:
 
 1. stamp matches the table: load the file into memory as is (tens of milliseconds);
-2. the index holds a strict prefix of the table (only newer rows missing): add just those;
+2. the index holds a strict prefix of the table (only newer rows missing): add just those
+   (staged: searchable at once, inserted into the graph later, unless there are many);
 3. anything else (no files, truncated or garbage file, other embedder, rows deleted): rebuild
    from every row, because building 100k HNSW vectors costs ~30 s on a robot's two cores.
 
@@ -53,6 +54,9 @@ INDEX_FORMAT = 1
 DTYPES = ("i8", "f16")
 #: indexes and windows holding at most this many vectors are searched exactly, not via HNSW
 EXACT_WINDOW_LIMIT = 4096
+#: an index opened this many rows or fewer behind the table stages them (`VectorIndex.stage`)
+#: rather than inserting them before it answers; further behind, it inserts them
+STAGE_CATCH_UP = 16_384
 _STAMP_MAX_BYTES = 64 * 1024  # DESIGN invariant 5: files are size-bounded before parsing
 _CRC_SPAN = 64 * 1024
 _OVERSAMPLE = 2.0
@@ -708,7 +712,10 @@ class VectorMemory:
         reason = index.problem or self._lost_rows(index, count, max_rowid)
         if reason is None:
             before = index.count
-            read, up_to_max = await self._pull(index, name, max_rowid)
+            # a few rows (those committed since the last save): staged, searchable at once and
+            # left to the graph for later, so an open never waits for HNSW inserts
+            stage = count - before <= STAGE_CATCH_UP
+            read, up_to_max = await self._pull(index, name, max_rowid, stage=stage)
             if before + up_to_max == count:
                 return SyncReport("caught_up" if read else "loaded", read)
             reason = f"index held {before} rows but the source has {count - up_to_max} up to it"
@@ -727,15 +734,21 @@ class VectorMemory:
             return f"source has {count} rows up to rowid {max_rowid}, {have}"
         return None
 
-    async def _pull(self, index: VectorIndex, name: str, max_rowid: int) -> tuple[int, int]:
-        """Add every source row after the index's last rowid; return (read, read <= max_rowid)."""
+    async def _pull(
+        self, index: VectorIndex, name: str, max_rowid: int, *, stage: bool = False
+    ) -> tuple[int, int]:
+        """Add (or ``stage``) every source row after the index's last rowid; return (read,
+        read <= max_rowid)."""
         read = up_to_max = 0
         after = index.last_rowid
         while True:
             rows = await self._source.vector_rows(name, after, self._batch)
             _check_order(rows, after, name)
             if rows:
-                await self.offload(index.add_rows, rows)  # keeps the loop responsive
+                if stage:
+                    index.stage(*decode_rows(rows, index.dim))
+                else:
+                    await self.offload(index.add_rows, rows)  # keeps the loop responsive
                 read += len(rows)
                 up_to_max += sum(1 for row in rows if row[0] <= max_rowid)
                 after = rows[-1][0]
@@ -788,8 +801,9 @@ class VectorMemory:
         return index.search(vector, k=k, since_ms=since_ms, until_ms=until_ms)
 
     def save(self) -> None:
-        """Save every open index holding unsaved vectors."""
+        """Save every open index holding unsaved vectors (inserting what is staged first)."""
         for index in self._open.values():
+            index.absorb()
             if index.dirty:
                 index.save()
 
