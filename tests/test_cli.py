@@ -78,11 +78,17 @@ def test_bench_local_quick_writes_the_named_keys(tmp_path: Path) -> None:
         "vector_speedup",
         "vector_bytes_per_item",
         "store_bytes_after_compaction_ratio",
+        "index_catchup_s",
+        "recall_under_load_max_ms",
+        "recall_idle_p50_ms",
     ):
         assert isinstance(figures[key], float), key
         assert figures[key] > 0, key
     assert figures["write_vs_sqlite"] == pytest.approx(
         figures["write_durable_per_s"] / figures["sqlite_batched_insert_per_s"]
+    )
+    assert figures["recall_under_load_vs_idle"] == pytest.approx(
+        figures["recall_under_load_max_ms"] / figures["recall_idle_p50_ms"]
     )
 
 

@@ -7,6 +7,9 @@ Figures (the keys of ``--json``), each with its same-run baseline:
   raw ``sqlite3`` inserting 200-byte rows 1,000 per commit with the same pragmas.
   ``index_catchup_s``: how long the HNSW graph then takes to insert the events' vectors
   (searchable exactly meanwhile), once the writers stop.
+* ``recall_under_load_max_ms`` (and ``_p50_ms``): recall latency while 64 writers record
+  events, one recall every 0.1 s; ``recall_under_load_vs_idle``: that maximum over the median
+  recall of the same peer once idle (``recall_idle_p50_ms``).
 * ``reopen_year_s``: reopening a year of a household (4 users, 100,000 events, 2,000
   preferences, 5,000 spatial annotations) until every document is loaded and recall answers.
 * ``recall_at_10``, ``vector_speedup``, ``vector_bytes_per_item``: the vector memory against
@@ -133,6 +136,47 @@ async def durable_writes(folder: Path, writes: int, writers: int = 256) -> dict[
     return figures
 
 
+async def recall_under_load(
+    folder: Path, seconds: float = 3.0, writers: int = 64
+) -> dict[str, float]:
+    """Recall latency while ``writers`` record events as fast as they can, one recall every
+    0.1 s; against the same recall once the writers stopped and the graph caught up."""
+    async with Peer.open(folder / "recall", device="bench") as peer:
+        await peer.add_user("alice", name="Alice")
+        stop = time.perf_counter() + seconds
+
+        async def write(n: int) -> None:
+            rnd = random.Random(n)
+            while time.perf_counter() < stop:
+                text = " ".join(rnd.choices(WORDS, k=6))
+                await peer.record_event("alice", "OBSERVATION", "bench", text=text)
+
+        async def recall(latencies: list[float]) -> None:
+            while time.perf_counter() < stop:
+                started = time.perf_counter()
+                await peer.recall("alice", "the green mug on the shelf", k=10)
+                latencies.append(time.perf_counter() - started)
+                await asyncio.sleep(0.1)
+
+        loaded: list[float] = []
+        await asyncio.gather(recall(loaded), *(write(n) for n in range(writers)))
+        if peer._indexer is not None:
+            await peer._indexer
+        idle = []
+        for _ in range(20):
+            started = time.perf_counter()
+            await peer.recall("alice", "the green mug on the shelf", k=10)
+            idle.append(time.perf_counter() - started)
+    loaded.sort()
+    idle.sort()
+    return {
+        "recall_under_load_max_ms": loaded[-1] * 1000,
+        "recall_under_load_p50_ms": loaded[len(loaded) // 2] * 1000,
+        "recall_idle_p50_ms": idle[len(idle) // 2] * 1000,
+        "recall_under_load_vs_idle": loaded[-1] / idle[len(idle) // 2],
+    }
+
+
 async def build_year(path: Path, events: int, prefs: int, spatial: int) -> None:
     """A year of one household, written through the public API, then compacted."""
     rnd = random.Random(7)
@@ -216,6 +260,8 @@ async def run_local(console: Console | None = None, *, quick: bool = False) -> d
         figures["write_vs_sqlite"] = (
             figures["write_durable_per_s"] / figures["sqlite_batched_insert_per_s"]
         )
+        with console.status("recall while 64 writers record events"):
+            figures.update(await recall_under_load(folder, 3.0 / scale))
         with console.status("building a year of a household (the vector index takes a while)"):
             started = time.perf_counter()
             await build_year(folder / "year", 100_000 // scale, 2_000 // scale, 5_000 // scale)
