@@ -483,3 +483,18 @@ async def test_a_catch_up_far_behind_inserts_before_it_answers(
         index = await mem.open_index("alice", "history")
         assert mem.last_sync("alice", "history") == vectors.SyncReport("caught_up", 40)
         assert (index.count, index.pending) == (340, 0)
+
+
+def test_staged_ties_go_to_the_lower_rowid_and_windows_hold(tmp_path: Path) -> None:
+    """Duplicate texts give equal distances: the k best are the lowest rowids among them."""
+    index = VectorIndex(tmp_path, NAME, embedder=EMBEDDER.name, dim=DIM, dtype="f16")
+    same = np.repeat(EMBEDDER.embed(["the green mug"]), 30, axis=0)
+    other = EMBEDDER.embed(synthetic_event_texts(30, seed=4))
+    rows = np.concatenate((other[:15], same, other[15:]))
+    order = np.random.default_rng(2).permutation(60)  # staged in a shuffled rowid order
+    index.stage(order + 1, T0 + order, rows[order])
+    query = same[0]
+    assert [h.rowid for h in index.search(query, k=5)] == [16, 17, 18, 19, 20]
+    window = index.search(query, k=5, since_ms=T0 + 40)
+    assert [h.rowid for h in window] == [41, 42, 43, 44, 45]
+    assert index.search(query, k=5, since_ms=T0 + 100) == []

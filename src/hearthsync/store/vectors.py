@@ -400,20 +400,25 @@ class VectorIndex:
     def _staged_hits(
         self, query: F32Array, k: int, since_ms: int | None, until_ms: int | None
     ) -> list[Hit]:
-        """Exact search over the staged vectors within the window."""
+        """Exact search over the staged vectors within the window: one matrix-vector product
+        over the buffers as they are (no copy), then the ``k`` best, ties to the lower rowid."""
         keys, ts, unit = self._staged_view()
-        inside = np.ones(keys.size, dtype=bool)
-        if since_ms is not None:
-            inside &= ts >= since_ms
-        if until_ms is not None:
-            inside &= ts < until_ms
-        picked = np.flatnonzero(inside)
-        if not picked.size:
-            return []
-        distances = 1.0 - unit[picked] @ (query / np.linalg.norm(query))
-        order = np.lexsort((keys[picked], distances))[:k]
-        best = picked[order]
-        found = zip(keys[best].tolist(), ts[best].tolist(), distances[order].tolist(), strict=True)
+        distances = 1.0 - unit @ (query / np.linalg.norm(query))
+        if since_ms is not None or until_ms is not None:
+            outside = np.zeros(keys.size, dtype=bool)
+            if since_ms is not None:
+                outside |= ts < since_ms
+            if until_ms is not None:
+                outside |= ts >= until_ms
+            distances[outside] = np.inf
+        if k < distances.size:  # every vector as close as the k-th best, then sorted
+            kth = np.partition(distances, k - 1)[k - 1]
+            picked = np.flatnonzero(distances <= kth)
+        else:
+            picked = np.arange(distances.size)
+        picked = picked[np.isfinite(distances[picked])]
+        best = picked[np.lexsort((keys[picked], distances[picked]))[:k]]
+        found = zip(keys[best].tolist(), ts[best].tolist(), distances[best].tolist(), strict=True)
         return [Hit(key, t, float(d)) for key, t, d in found]
 
     # -- searching -----------------------------------------------------------------------------
