@@ -478,3 +478,20 @@ async def test_a_local_write_builds_on_the_rebuilt_replica_not_on_content_beyond
     finally:
         await docs.close()
         await sqlite.close()
+
+
+async def test_reads_never_leave_a_statement_open_for_a_checkpoint(peer: Peer) -> None:
+    """Every read runs to completion in one hop to the connection's thread: a read begun
+    as two hops (execute, then fetch) left its statement active while the compaction after a
+    batch checkpointed the WAL, which failed with "database table is locked"."""
+    for i in range(20):
+        await peer.record_event("alice", "COMMAND", "misc", text=f"task {i}", ts=MONDAY_MS + i)
+    sqlite = peer._sqlite
+
+    async def read_after(hops: int) -> None:
+        for _ in range(hops):  # start the read at every point of the reclaim's own hops
+            await sqlite._conn.execute_fetchall("SELECT 1")
+        await sqlite.recalled(list(range(1, 21)))
+
+    for hops in range(6):
+        await asyncio.gather(sqlite.reclaim(), read_after(hops))

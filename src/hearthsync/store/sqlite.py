@@ -36,7 +36,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import aiosqlite
 
@@ -194,10 +194,18 @@ class SqliteStore:
     async def close(self) -> None:
         await self._conn.close()
 
+    async def _rows(self, sql: str, args: Sequence[object] = ()) -> list[Any]:
+        """Every row of ``sql``, read in one hop to the connection's thread.
+
+        Never an ``execute`` then a ``fetch`` in two hops: another coroutine's statement could
+        run between them while this one is still active on the connection, and a WAL
+        checkpoint then fails with "database table is locked" (found when recall began to run
+        during writes: the compaction after a batch could not give its pages back)."""
+        return list(await self._conn.execute_fetchall(sql, args))
+
     async def _scalar(self, sql: str, args: Sequence[object] = ()) -> int:
-        async with self._conn.execute(sql, args) as cursor:
-            row = await cursor.fetchone()
-        return int(row[0]) if row and row[0] is not None else 0
+        rows = await self._rows(sql, args)
+        return int(rows[0][0]) if rows and rows[0][0] is not None else 0
 
     # ------------------------------------------------------------------------ reading
 
@@ -209,33 +217,28 @@ class SqliteStore:
         return await self.get_meta("format")
 
     async def get_meta(self, key: str) -> str | None:
-        async with self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
-            row = await cur.fetchone()
-        return str(row[0]) if row else None
+        rows = await self._rows("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
 
     async def load(self) -> list[StoredDoc]:
         """Every document with its snapshot and log, the log in commit order."""
         logs: dict[str, list[tuple[int, bytes]]] = {}
         sql = "SELECT doc_id, codec, data FROM updates ORDER BY seq"
-        async with self._conn.execute(sql) as cur:
-            async for doc_id, codec, data in cur:
-                logs.setdefault(doc_id, []).append((int(codec), bytes(data)))
+        for doc_id, codec, data in await self._rows(sql):
+            logs.setdefault(doc_id, []).append((int(codec), bytes(data)))
         docs = []
         sql = (
             "SELECT doc_id, scope, subject, lineage, client_id, snapshot_codec, snapshot FROM docs"
         )
-        async with self._conn.execute(sql) as cur:
-            async for doc_id, scope, subject, lineage, client_id, codec, snapshot in cur:
-                row = DocRow(doc_id, scope, subject, lineage, int(client_id))
-                blob = (int(codec), bytes(snapshot)) if snapshot is not None else None
-                docs.append(StoredDoc(row, blob, logs.get(doc_id, [])))
+        for doc_id, scope, subject, lineage, client_id, codec, snapshot in await self._rows(sql):
+            row = DocRow(doc_id, scope, subject, lineage, int(client_id))
+            blob = (int(codec), bytes(snapshot)) if snapshot is not None else None
+            docs.append(StoredDoc(row, blob, logs.get(doc_id, [])))
         return docs
 
     async def vector_stats(self, index_name: str) -> tuple[int, int]:
         sql = "SELECT count(*), coalesce(max(rowid), 0) FROM vectors WHERE index_name = ?"
-        async with self._conn.execute(sql, (index_name,)) as cur:
-            row = await cur.fetchone()
-        assert row is not None
+        (row,) = await self._rows(sql, (index_name,))
         return int(row[0]), int(row[1])
 
     async def vector_rows(
@@ -245,23 +248,20 @@ class SqliteStore:
             "SELECT rowid, ts, vec FROM vectors WHERE index_name = ? AND rowid > ? "
             "ORDER BY rowid LIMIT ?"
         )
-        async with self._conn.execute(sql, (index_name, after_rowid, limit)) as cur:
-            rows = await cur.fetchall()
+        rows = await self._rows(sql, (index_name, after_rowid, limit))
         return [(int(r[0]), int(r[1]), bytes(r[2])) for r in rows]
 
     async def recalled(self, rowids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
         """``rowid -> (event id, record)`` of these embeddings (one indexed read)."""
         marks = ",".join("?" * len(rowids))
         sql = f"SELECT rowid, event_id, record FROM vectors WHERE rowid IN ({marks})"  # noqa: S608
-        async with self._conn.execute(sql, list(rowids)) as cur:
-            rows = await cur.fetchall()
+        rows = await self._rows(sql, list(rowids))
         return {int(r[0]): (str(r[1]), None if r[2] is None else str(r[2])) for r in rows}
 
     async def embedded(self, index_name: str) -> set[str]:
         """The ids of the events of ``index_name`` that have an embedding."""
         sql = "SELECT event_id FROM vectors WHERE index_name = ?"
-        async with self._conn.execute(sql, (index_name,)) as cur:
-            rows = await cur.fetchall()
+        rows = await self._rows(sql, (index_name,))
         return {str(r[0]) for r in rows}
 
     async def sizes(self) -> dict[str, tuple[int, int, int]]:
@@ -271,8 +271,7 @@ class SqliteStore:
             "coalesce(sum(length(u.data)), 0) FROM docs d LEFT JOIN updates u "
             "ON u.doc_id = d.doc_id GROUP BY d.doc_id"
         )
-        async with self._conn.execute(sql) as cur:
-            rows = await cur.fetchall()
+        rows = await self._rows(sql)
         return {str(r[0]): (int(r[1]), int(r[2]), int(r[3])) for r in rows}
 
     # ------------------------------------------------------------------------ writing
@@ -342,8 +341,7 @@ class SqliteStore:
 
     async def _run(self, sql: str, args: Sequence[object] = ()) -> None:
         """Execute ``sql`` to completion and release its statement (pragmas return rows)."""
-        async with self._conn.execute(sql, args) as cursor:
-            await cursor.fetchall()
+        await self._rows(sql, args)
 
     async def _transaction(self, *steps: tuple[str, Iterable[Sequence[object]]]) -> None:
         """Run every step in one transaction, in one hop to the connection's thread.
