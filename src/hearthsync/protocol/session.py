@@ -47,7 +47,7 @@ import enum
 import hashlib
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Protocol
 
 from hearthsync.crdt import statevector, updates
@@ -327,7 +327,7 @@ class Session:
     random_bytes: Callable[[int], bytes]
     now: float
     #: the wall clock at ``now`` (certificates, grants, revocations); ``now`` if not given
-    wall: float | None = None
+    wall: InitVar[float | None] = None
     state: State = State.HELLO_SENT
     peer: _Peer | None = None
     _nonce: bytes = b""
@@ -360,10 +360,10 @@ class Session:
     #: frames queued to send, by type (``UPDATE``, ``ACK``, ...): what this link costs
     frames_sent: Counter[str] = field(default_factory=Counter)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, wall: float | None) -> None:
         self._nonce = self.random_bytes(f.NONCE_LEN)
         self._last_received = self._last_sent = self._started = self.now
-        self._wall = self.now if self.wall is None else self.wall
+        self._wall = self.now if wall is None else wall
         self._send(f.Hello(PROTOCOL_VERSION, SCHEMA_VERSION, self.certificate, self._nonce))
 
     # -------------------------------------------------------------- driver interface

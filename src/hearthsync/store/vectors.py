@@ -292,6 +292,16 @@ class VectorIndex:
     def add(self, rowids: npt.ArrayLike, ts_ms: npt.ArrayLike, vectors: npt.ArrayLike) -> int:
         """Add vectors under their rowids; rowids already present are skipped (idempotent)."""
         keys, ts, matrix = self._check_batch(rowids, ts_ms, vectors)
+        fresh = self._fresh(keys)
+        if not fresh.any():
+            return 0
+        self._dirty = True
+        self._index.add(keys[fresh].astype(np.uint64), matrix[fresh])
+        self._merge_times(keys[fresh], ts[fresh])
+        return int(fresh.sum())
+
+    def _fresh(self, keys: I64Array) -> npt.NDArray[np.bool_]:
+        """Which of ``keys`` are new: the first of each, and none the graph holds."""
         _, first = np.unique(keys, return_index=True)
         fresh = np.zeros(keys.size, dtype=bool)
         fresh[first] = True
@@ -300,12 +310,7 @@ class VectorIndex:
             # case, are all beyond the last key and skip this)
             at = np.minimum(np.searchsorted(self._keys, keys), self._keys.size - 1)
             fresh &= self._keys[at] != keys
-        if not fresh.any():
-            return 0
-        self._dirty = True
-        self._index.add(keys[fresh].astype(np.uint64), matrix[fresh])
-        self._merge_times(keys[fresh], ts[fresh])
-        return int(fresh.sum())
+        return fresh
 
     def _check_batch(
         self, rowids: npt.ArrayLike, ts_ms: npt.ArrayLike, vectors: npt.ArrayLike
@@ -343,12 +348,7 @@ class VectorIndex:
         costly part: about 0.1 ms a vector) to `absorb`; return how many were new.  Rowids
         already in the graph or staged are skipped, as `add` skips them."""
         keys, ts, matrix = self._check_batch(rowids, ts_ms, vectors)
-        _, first = np.unique(keys, return_index=True)
-        fresh = np.zeros(keys.size, dtype=bool)
-        fresh[first] = True
-        if self._keys.size and keys.size:
-            at = np.minimum(np.searchsorted(self._keys, keys), self._keys.size - 1)
-            fresh &= self._keys[at] != keys
+        fresh = self._fresh(keys)
         staged = self._staged_view()[0]
         if staged.size and fresh.any() and keys.min() <= staged.max():
             fresh &= ~np.isin(keys, staged)  # new rows, the usual case, are beyond them all
@@ -655,9 +655,10 @@ class VectorIndex:
 class VectorMemory:
     """The vector indexes of one robot, kept in step with the ``vectors`` table.
 
-    Use ``async with VectorMemory(...)``: leaving the block saves what changed.  Call ``add`` after
-    committing rows to the table and ``save`` periodically; a crash before ``save`` only costs a
-    catch-up of the unsaved rows at the next ``open_index``.
+    Use ``async with VectorMemory(...)``: leaving the block saves what changed.  Call ``stage``
+    (or ``add``, which inserts at once) after committing rows to the table, ``absorb`` when
+    there is time, and ``save`` periodically; a crash before ``save`` only costs a catch-up of
+    the unsaved rows at the next ``open_index``.
     """
 
     def __init__(
