@@ -245,6 +245,20 @@ async def test_hearth_run_serves_the_http_api_on_loopback_with_its_token(
         assert context.status_code == 200
         assert "oat latte" in context.json()["prompt"]
     assert await alpha.ask("get alice beverage/coffee") == 'VALUE alice beverage/coffee "oat latte"'
+    # a second robot on the folder is refused before it touches anything; status asks the
+    # running one instead of opening its store
+    second = await asyncio.to_thread(
+        subprocess.run,
+        [HEARTH, "run", str(household[0]), "--listen", "127.0.0.1:0", "--no-mdns", "--no-api"],
+        capture_output=True, text=True, timeout=60, env=ENV, check=False,
+    )  # fmt: skip
+    assert second.returncode == 1
+    said = " ".join((second.stdout + second.stderr).split())
+    assert f"in use by another peer (process {alpha.process.pid})" in said
+    shown = " ".join((await asyncio.to_thread(hearth, "status", str(household[0]))).split())
+    assert "users: alice;" in shown
+    assert f"running as pid {alpha.process.pid}" in shown
+    assert await alpha.ask("get alice beverage/coffee") == 'VALUE alice beverage/coffee "oat latte"'
     # the command line asks the running robot through its API (it never opens a live store)
     printed = await asyncio.to_thread(
         hearth, "context", str(household[0]), "alice", "--task", "general_assistant", "--json"

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hearthsync.crypto.identity import display
-from hearthsync.errors import HearthError, ValidationError
+from hearthsync.errors import HearthError, StoreInUseError, ValidationError
 from hearthsync.peer import Peer
 
 app = typer.Typer(
@@ -39,7 +39,25 @@ def status(path: Annotated[Path, typer.Argument(help="the peer's folder")]) -> N
     """Documents, sizes and counts of the peer stored in PATH."""
     if not (path / "hearth.db").exists():
         raise typer.BadParameter(f"no hearthsync peer in {path}", param_hint="PATH")
-    asyncio.run(_status(path))
+    try:
+        asyncio.run(_status(path))
+    except StoreInUseError as in_use:  # a running robot holds it: ask it instead
+        _status_of_running(path, in_use)
+
+
+def _status_of_running(path: Path, in_use: StoreInUseError) -> None:
+    """What the running robot of ``path`` says of itself through its API, then its links."""
+    from hearthsync.api.client import running_robot
+
+    robot = running_robot(path)
+    if robot is None:  # held without an API (--no-api), or by a program that is not a robot
+        raise in_use
+    said = robot.call("GET", "/status")
+    console.print(f"[bold]{said['device']}[/bold] ({said['device_id']}) at {path}")
+    console.print(f"users: {', '.join(said['users']) or '-'}; {said['documents']} documents")
+    for doc_id, reason in said["corrupt"].items():
+        console.print(f"[red]corrupt[/red] {doc_id}: {reason}")
+    _print_running(path)
 
 
 async def _status(path: Path) -> None:

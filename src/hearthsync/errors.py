@@ -56,6 +56,19 @@ class StoreError(HearthError):
     """The SQLite store failed (disk full, locked, wrong format version)."""
 
 
+class StoreInUseError(StoreError):
+    """Another peer, in this process or another, holds the folder (`hearthsync.store.lock`)."""
+
+    def __init__(self, folder: str, pid: int | None) -> None:
+        holder = f"process {pid}" if pid else "another process, or this one"
+        super().__init__(
+            f"{folder} is in use by another peer ({holder}): two peers must never hold one "
+            "store; ask the running robot (its HTTP API), or stop it first"
+        )
+        self.folder = folder
+        self.pid = pid
+
+
 class ProtocolError(RemoteError):
     """A peer sent a frame that breaks the wire protocol (protocol/SPEC.md §5-§6).
 

@@ -82,6 +82,7 @@ from hearthsync.protocol.session import DocMeta
 from hearthsync.settings import HouseholdSettings
 from hearthsync.store.documents import CommitListener, DocumentSet, ToEmbed
 from hearthsync.store.embedding import Embedder, default_embedder
+from hearthsync.store.lock import FolderLock
 from hearthsync.store.sqlite import SqliteStore, VectorRow
 from hearthsync.store.vectors import VectorIndex, VectorMemory
 
@@ -147,8 +148,10 @@ class Peer:
         clock: HybridClock,
         wall: Callable[[], float],
         rng: random.Random,
+        lock: FolderLock,
     ) -> None:
         self.path = path
+        self._lock = lock  #: this peer's hold on its folder, until `close` or `crash`
         self.identity = identity
         self.device = device
         self.device_id = identity.device_id
@@ -236,8 +239,14 @@ class Peer:
         folder.mkdir(parents=True, exist_ok=True)
         rng = rng or random.SystemRandom()
         embedder = embedder or default_embedder()
-        identity = DeviceIdentity.load_or_create(folder)
-        sqlite = await SqliteStore.open(folder / DB_FILE, synchronous=synchronous)
+        # before anything in the folder is read or made: a second peer there would lose writes
+        lock = FolderLock.acquire(folder)
+        try:
+            identity = DeviceIdentity.load_or_create(folder)
+            sqlite = await SqliteStore.open(folder / DB_FILE, synchronous=synchronous)
+        except BaseException:
+            lock.release()
+            raise
         try:
             name = await _device_name(sqlite, device)
             await _check_embedder(sqlite, embedder)
@@ -252,8 +261,9 @@ class Peer:
             vectors = VectorMemory(sqlite, folder / VECTOR_DIR, embedder, offload=offload)
         except BaseException:
             await sqlite.close()
+            lock.release()
             raise
-        peer = cls(folder, identity, name, sqlite, docs, vectors, clock, wall, rng)
+        peer = cls(folder, identity, name, sqlite, docs, vectors, clock, wall, rng, lock)
         try:
             peer.household = enrolment.load(folder, int(wall()))
             # a purge a crash cut short is finished first (in the background where only the
@@ -278,7 +288,10 @@ class Peer:
             await self._indexed()  # the next open loads the graph, not rebuilds what was staged
             self._vectors.save()
         finally:
-            await self._sqlite.close()
+            try:
+                await self._sqlite.close()
+            finally:
+                self._lock.release()
 
     async def crash(self) -> None:
         """Stop as a killed process would: whatever is not committed is lost, nothing is
@@ -292,7 +305,10 @@ class Peer:
             self._indexer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._indexer
-        await self._sqlite.close()
+        try:
+            await self._sqlite.close()
+        finally:
+            self._lock.release()  # as the kernel drops a killed process's lock
 
     async def commit(self) -> None:
         """Make every write queued so far durable now.  With ``auto_commit=False`` (the chaos
