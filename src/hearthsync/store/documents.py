@@ -642,8 +642,8 @@ def _settle_all(
     else:
         for written in writers:
             _settle(written, error, retrieved=retrieved)
-    if queue.done is not None:
-        _settle(queue.done, error, retrieved=retrieved)
+    if queue.done is not None:  # a barrier: whoever waits on it sees the error; if no one
+        _settle(queue.done, error, retrieved=True)  # does, the writers above already did
 
 
 def _run_all(replica: Replica, changes: list[tuple[Change, asyncio.Future[Any]]]) -> list[Any]:

@@ -32,6 +32,7 @@ Rules this module lives by:
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -160,7 +161,8 @@ class SqliteStore:
             await conn.close()
             if isinstance(exc, StoreError):
                 raise
-            raise StoreError(f"{path} is not a usable hearthsync store: {exc}") from exc
+            hint = _no_room(path)
+            raise StoreError(f"{path} is not a usable hearthsync store: {exc}{hint}") from exc
         return store
 
     async def _prepare(self, synchronous: str) -> None:
@@ -364,12 +366,18 @@ class SqliteStore:
                         conn.executemany(sql, rows)
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                # SQLite has already rolled back after some errors (a full disk, an I/O error):
+                # a second ROLLBACK would fail and hide the error that matters
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
 
-        # aiosqlite has no public call for "run this function on the connection's thread";
-        # _execute is what each of its public methods uses to do exactly that.
-        await self._conn._execute(work, self._conn._conn)  # type: ignore[no-untyped-call]
+        try:
+            # aiosqlite has no public call for "run this function on the connection's thread";
+            # _execute is what each of its public methods uses to do exactly that.
+            await self._conn._execute(work, self._conn._conn)  # type: ignore[no-untyped-call]
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not write to {self.path}: {exc}{_no_room(self.path)}") from exc
 
 
 class _Compressed(list[tuple[object, ...]]):
@@ -398,6 +406,15 @@ class _Compressed(list[tuple[object, ...]]):
                 self[i] = (stored, codec, *row[1:])
             else:  # (..., blob) -> (..., codec, stored): the column order of ``updates``
                 self[i] = (*row[:at], codec, stored, *row[at + 1 :])
+
+
+def _no_room(path: Path) -> str:
+    """A hint for SQLite's errors, which do not say when the file system is full."""
+    try:
+        full = os.statvfs(path.parent).f_bavail == 0
+    except OSError:
+        return ""
+    return " (its file system has no free space left)" if full else ""
 
 
 def _doc_tuple(row: DocRow) -> tuple[str, str, str, str, int]:

@@ -597,16 +597,24 @@ class VectorIndex:
         """
         if not self._dirty and self._stamp is not None:
             return self._stamp
-        self.directory.mkdir(parents=True, exist_ok=True)
-        generation = self._next_generation()
-        index_path, times_path = self._write_generation(generation)
-        index_fp = _file_fingerprint(index_path, full=False)
-        times_fp = _file_fingerprint(times_path, full=True)
-        stamp = IndexStamp(
-            INDEX_FORMAT, self.embedder, self.dim, self.dtype, self.count, self.last_rowid,
-            generation, *index_fp, *times_fp,
-        )  # fmt: skip
-        self._write_stamp(stamp)
+        generation = 0
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            generation = self._next_generation()
+            index_path, times_path = self._write_generation(generation)
+            index_fp = _file_fingerprint(index_path, full=False)
+            times_fp = _file_fingerprint(times_path, full=True)
+            stamp = IndexStamp(
+                INDEX_FORMAT, self.embedder, self.dim, self.dtype, self.count, self.last_rowid,
+                generation, *index_fp, *times_fp,
+            )  # fmt: skip
+            self._write_stamp(stamp)
+        except (OSError, RuntimeError) as exc:  # usearch reports a failed write as RuntimeError
+            # the stamp still names the last good generation; what this one wrote goes
+            for path in self.directory.glob(f"{self.name}.{generation}.*"):
+                path.unlink(missing_ok=True)
+            raise StoreError(f"could not save vector index {self.name} in {self.directory}: "
+                             f"{exc}") from exc  # fmt: skip
         self._stamp, self._dirty = stamp, False
         self._remove_generations(keep=generation)
         return stamp
@@ -631,11 +639,15 @@ class VectorIndex:
 
     def _write_stamp(self, stamp: IndexStamp) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f"{self.name}.tmp-", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(stamp.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._path("stamp.json"))
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(stamp.to_json())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._path("stamp.json"))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def _remove_generations(self, keep: int) -> None:
         for path in self.directory.glob(f"{self.name}.*.*"):
@@ -761,7 +773,10 @@ class VectorMemory:
             if len(rows) < self._batch:
                 break
         if index.dirty and read:
-            await self.offload(index.save)  # nobody else holds the index yet
+            try:
+                await self.offload(index.save)  # nobody else holds the index yet
+            except StoreError as exc:  # derived data: it serves from memory all the same
+                log.warning("%s; it is caught up again at the next open", exc)
         return read, up_to_max
 
     def add(self, user: str, scope: str, rows: Sequence[Row]) -> int:
@@ -811,7 +826,10 @@ class VectorMemory:
         for index in self._open.values():
             index.absorb()
             if index.dirty:
-                index.save()
+                try:
+                    index.save()
+                except StoreError as exc:  # derived data: the next open catches it up
+                    log.warning("%s; it is caught up again at the next open", exc)
 
     def drop(self, user: str) -> None:
         """Forget ``user``: close their indexes and delete all their files (DESIGN: Forgetting)."""
