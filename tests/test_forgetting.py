@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import shutil
 import sqlite3
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
@@ -58,12 +60,18 @@ def found_in(folder: Path, marker: str) -> list[str]:
     hits = [p.name for p in files_of(folder) if needle in p.read_bytes()]
     db = folder / "hearth.db"
     if db.exists():
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-        blobs = conn.execute(
-            "SELECT doc_id, snapshot_codec, snapshot FROM docs WHERE snapshot IS NOT NULL "
-            "UNION ALL SELECT doc_id, codec, data FROM updates"
-        ).fetchall()
-        conn.close()
+        # a running peer locks its file against other connections (exclusive locking mode):
+        # read a copy of the file and its WAL, as they are on disk now
+        with tempfile.TemporaryDirectory() as scratch:
+            for name in ("hearth.db", "hearth.db-wal"):
+                if (folder / name).exists():
+                    shutil.copyfile(folder / name, Path(scratch) / name)
+            conn = sqlite3.connect(Path(scratch) / "hearth.db")
+            blobs = conn.execute(
+                "SELECT doc_id, snapshot_codec, snapshot FROM docs WHERE snapshot IS NOT NULL "
+                "UNION ALL SELECT doc_id, codec, data FROM updates"
+            ).fetchall()
+            conn.close()
         hits += [
             f"{doc} (compressed)" for doc, codec, blob in blobs if needle in decompress(codec, blob)
         ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import stat
 import threading
 from collections.abc import Callable
@@ -22,12 +21,10 @@ DAY = 86_400_000
 T = TypeVar("T")
 
 
-def durable_rows(path: Path) -> int:
-    conn = sqlite3.connect(path / "hearth.db")
-    try:
-        return int(conn.execute("SELECT count(*) FROM updates").fetchone()[0])
-    finally:
-        conn.close()
+async def durable_rows(peer: Peer) -> int:
+    """Committed update rows, read through the peer's own connection: while it runs, its file
+    is locked against every other (exclusive locking mode)."""
+    return int((await peer._sqlite._rows("SELECT count(*) FROM updates"))[0][0])
 
 
 def state(peer: Peer) -> dict[str, bytes]:
@@ -54,13 +51,13 @@ async def test_invalid_write_is_refused_and_changes_nothing(
     peer: Peer, peer_path: Path, write: object, field: str
 ) -> None:
     await peer.set_preference("alice", "beverage/tea", "green")
-    before, rows = state(peer), durable_rows(peer_path)
+    before, rows = state(peer), await durable_rows(peer)
     with pytest.raises(ValidationError) as caught:
         await write(peer)  # type: ignore[operator]
     assert caught.value.field == field
     await peer.flush()
     assert state(peer) == before
-    assert durable_rows(peer_path) == rows
+    assert await durable_rows(peer) == rows
 
 
 async def test_blocked_personal_data_is_its_own_error(peer: Peer) -> None:

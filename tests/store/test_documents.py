@@ -98,7 +98,10 @@ async def test_acknowledged_write_is_in_sqlite_when_await_returns(
     peer: Peer, peer_path: Path
 ) -> None:
     await peer.set_preference("alice", "beverage/tea", "green")
-    # a second, independent connection sees the committed delta: nothing waits in memory
+    # killed right after the ack (nothing more is flushed), the file holds the delta: it was
+    # committed, not waiting in memory.  (While the peer runs, no other connection may read
+    # its file: it holds it in exclusive locking mode.)
+    await peer.crash()
     conn = sqlite3.connect(peer_path / "hearth.db")
     rows = conn.execute("SELECT count(*) FROM updates WHERE doc_id = 'user/alice/prefs'").fetchone()
     conn.close()
@@ -322,11 +325,11 @@ async def test_an_update_that_came_compressed_is_stored_as_it_came(
     done = peer.receive_update("user/alice/prefs", update, origin="hall", packed=frame)
     assert done is not None
     await done
-    conn = sqlite3.connect(peer_path / "hearth.db")
-    stored = conn.execute(
-        "SELECT codec, data FROM updates WHERE doc_id = 'user/alice/prefs' ORDER BY seq DESC"
-    ).fetchone()
-    conn.close()
+    stored = (
+        await peer._sqlite._rows(
+            "SELECT codec, data FROM updates WHERE doc_id = 'user/alice/prefs' ORDER BY seq DESC"
+        )
+    )[0]
     assert stored[1] == frame
     assert decompress(stored[0], stored[1]) == update
     await peer.close()

@@ -26,6 +26,9 @@ Rules this module lives by:
 * WAL mode with ``synchronous=FULL`` by default: a committed batch survives a power cut, not
   only a crash.  ``NORMAL`` trades the last batches on power loss for speed; ``OFF`` (the
   chaos simulation, which kills processes but not the power) leaves syncing to the OS.
+* ``locking_mode=EXCLUSIVE``: the peer is the file's only user (`hearthsync.store.lock`), and
+  keeps counters of it in memory that another writer would break; so no other connection may
+  read or write it while the peer runs, and the WAL index lives in memory, not a ``-shm`` file.
 * ``auto_vacuum=INCREMENTAL``: compaction returns freed pages to the file system, so the file
   shrinks (a common complaint about CRDT stores is that they only grow).
 """
@@ -167,6 +170,7 @@ class SqliteStore:
 
     async def _prepare(self, synchronous: str) -> None:
         conn = self._conn
+        await self._run("PRAGMA locking_mode=EXCLUSIVE")  # before WAL: no -shm file then
         await self._run("PRAGMA auto_vacuum=INCREMENTAL")  # effective only on a new file
         await self._run("PRAGMA journal_mode=WAL")
         await self._run(f"PRAGMA synchronous={synchronous}")
