@@ -1,7 +1,7 @@
 """Envelopes: one delta or snapshot of one document, encrypted and signed (SPEC §4).
 
-The header travels in clear so the relay can route, deduplicate and spot gaps (document,
-lineage, scope, epoch, author, counter) without any key; it is the AEAD's associated data, so
+The header travels in clear so the relay can route it (document, lineage, scope, epoch,
+author, and a counter that is informational only: SPEC §4) without any key; it is the AEAD's associated data, so
 it cannot be changed without the decryption failing.  The author signs header, nonce and
 ciphertext, so the relay (which holds no document key) can still refuse forgeries and a reader
 knows which certified device wrote the update.

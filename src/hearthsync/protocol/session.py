@@ -253,7 +253,7 @@ class Sealer:
     """What the sessions of one device share to seal envelopes (give them all the same one).
 
     * One ``counter`` per document, as SPEC §4 asks (it counts the envelopes an author sends
-      for a document, whichever peer they go to).
+      for a document, whichever peer they go to, from 1 in each run: informational only).
     * The envelopes sealed last: a delta sent to several peers (every robot relaying or
       writing to the household) is compressed, encrypted and signed once, and the same
       envelope goes to each.  Deltas over `CACHED_BYTES` (catch-ups, which differ per peer
