@@ -257,6 +257,7 @@ async def test_hearth_run_serves_the_http_api_on_loopback_with_its_token(
     assert f"in use by another peer (process {alpha.process.pid})" in said
     shown = " ".join((await asyncio.to_thread(hearth, "status", str(household[0]))).split())
     assert "users: alice;" in shown
+    assert "user/alice/prefs" in shown  # the document table, from the running robot
     assert f"running as pid {alpha.process.pid}" in shown
     assert await alpha.ask("get alice beverage/coffee") == 'VALUE alice beverage/coffee "oat latte"'
     # the command line asks the running robot through its API (it never opens a live store)

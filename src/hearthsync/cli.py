@@ -48,25 +48,30 @@ def status(path: Annotated[Path, typer.Argument(help="the peer's folder")]) -> N
 def _status_of_running(path: Path, in_use: StoreInUseError) -> None:
     """What the running robot of ``path`` says of itself through its API, then its links."""
     from hearthsync.api.client import running_robot
+    from hearthsync.api.schemas import Status
 
     robot = running_robot(path)
     if robot is None:  # held without an API (--no-api), or by a program that is not a robot
         raise in_use
-    said = robot.call("GET", "/status")
-    console.print(f"[bold]{said['device']}[/bold] ({said['device_id']}) at {path}")
-    console.print(f"users: {', '.join(said['users']) or '-'}; {said['documents']} documents")
-    for doc_id, reason in said["corrupt"].items():
-        console.print(f"[red]corrupt[/red] {doc_id}: {reason}")
+    _print_status(path, Status.model_validate(robot.call("GET", "/status?detail=true")))
     _print_running(path)
 
 
 async def _status(path: Path) -> None:
+    from hearthsync.api.schemas import Status
+
     async with Peer.open(path) as peer:
-        status = await peer.status()
-    console.print(f"[bold]{status.device}[/bold] ({status.device_id}) at {status.path}")
+        status = Status.of(await peer.status())
+    _print_status(path, status)
+    _print_running(path)
+
+
+def _print_status(path: Path, status: Any) -> None:
+    """``status`` is a detailed `hearthsync.api.schemas.Status`, from the store or the API."""
+    console.print(f"[bold]{status.device}[/bold] ({status.device_id}) at {path}")
     console.print(f"users: {', '.join(status.users) or '-'}; file {status.file_bytes:,} bytes")
     table = Table("document", "scope", "records", "snapshot B", "log entries", "log B")
-    for doc in status.documents:
+    for doc in status.sizes or []:
         table.add_row(
             doc.doc_id,
             doc.scope,
@@ -76,11 +81,10 @@ async def _status(path: Path) -> None:
             str(doc.log_bytes),
         )
     console.print(table)
-    for name, count in sorted(status.vectors.items()):
+    for name, count in sorted((status.vectors or {}).items()):
         console.print(f"vector index {name}: {count} embeddings")
     for doc_id, reason in status.corrupt.items():
         console.print(f"[red]corrupt[/red] {doc_id}: {reason}")
-    _print_running(path)
 
 
 def _print_running(path: Path) -> None:

@@ -229,3 +229,16 @@ def test_the_committed_openapi_document_is_the_one_the_code_derives() -> None:
         "docs/reference/openapi.json is stale: python -m hearthsync.api.openapi > "
         "docs/reference/openapi.json"
     )
+
+
+async def test_detailed_status_lists_what_hearth_status_prints(api: httpx.AsyncClient) -> None:
+    plain = (await api.get("/status", headers=AUTH)).json()
+    assert set(plain) == {"device", "device_id", "users", "documents", "corrupt"}
+    detail = (await api.get("/status", params={"detail": "true"}, headers=AUTH)).json()
+    assert detail["documents"] == plain["documents"] == len(detail["sizes"])
+    sizes = {doc["doc_id"]: doc for doc in detail["sizes"]}
+    assert sizes["user/alice/profile"]["scope"] == "core"
+    assert sizes["user/alice/profile"]["records"] == 1
+    assert all(doc["snapshot_bytes"] + doc["log_bytes"] > 0 for doc in detail["sizes"])
+    assert detail["file_bytes"] > 0
+    assert set(detail["vectors"]) == {f"{user}.history" for user in plain["users"]}

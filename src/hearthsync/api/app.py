@@ -159,9 +159,13 @@ def _write_routes(app: FastAPI, peer: Peer) -> None:
 
 
 def _service_routes(app: FastAPI, peer: Peer, metrics: Metrics) -> None:
-    @app.get("/status", response_model=Status)
-    async def status() -> Status:
-        """Who this robot is, whom it serves, how many documents it holds."""
+    @app.get("/status", response_model=Status, response_model_exclude_none=True)
+    async def status(detail: bool = False) -> Status:
+        """Who this robot is, whom it serves, how many documents it holds; with ``detail``,
+        also each document's sizes and each vector index's count (what `hearth status`
+        prints), read after the writes queued so far are durable."""
+        if detail:
+            return Status.of(await peer.status())
         return Status(
             device=peer.device,
             device_id=peer.device_id,

@@ -7,7 +7,7 @@ outside is bounded before it touches anything), then by the peer's own records f
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
 
@@ -21,6 +21,9 @@ from hearthsync.model.records import (
     Pose,
     Source,
 )
+
+if TYPE_CHECKING:
+    from hearthsync.peer import PeerStatus
 
 Short = Annotated[str, Field(max_length=200)]
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
@@ -138,12 +141,52 @@ class Forgotten(BaseModel):
     at: str
 
 
+class DocumentSize(BaseModel):
+    """One document as the store holds it (`hearth status`)."""
+
+    doc_id: str
+    scope: str
+    records: int
+    snapshot_bytes: int
+    log_entries: int
+    log_bytes: int
+
+
 class Status(BaseModel):
     device: str
     device_id: str
     users: list[str]
     documents: int
     corrupt: dict[str, str]
+    #: with ``?detail=true`` only: the store's file size, each document's sizes, and how many
+    #: events each vector index answers for
+    file_bytes: int | None = None
+    sizes: list[DocumentSize] | None = None
+    vectors: dict[str, int] | None = None
+
+    @classmethod
+    def of(cls, status: PeerStatus) -> Status:
+        """The detailed status of a peer (`Peer.status`)."""
+        return cls(
+            device=status.device,
+            device_id=status.device_id,
+            users=status.users,
+            documents=len(status.documents),
+            corrupt=status.corrupt,
+            file_bytes=status.file_bytes,
+            sizes=[
+                DocumentSize(
+                    doc_id=doc.doc_id,
+                    scope=doc.scope,
+                    records=doc.records,
+                    snapshot_bytes=doc.snapshot_bytes,
+                    log_entries=doc.log_entries,
+                    log_bytes=doc.log_bytes,
+                )
+                for doc in status.documents
+            ],
+            vectors=status.vectors,
+        )
 
 
 class Problem(BaseModel):

@@ -1,10 +1,10 @@
 """Envelopes: one delta or snapshot of one document, encrypted and signed (SPEC §4).
 
 The header travels in clear so the relay can route it (document, lineage, scope, epoch,
-author, and a counter that is informational only: SPEC §4) without any key; it is the AEAD's associated data, so
-it cannot be changed without the decryption failing.  The author signs header, nonce and
-ciphertext, so the relay (which holds no document key) can still refuse forgeries and a reader
-knows which certified device wrote the update.
+author, and a counter that is informational only: SPEC §4) without any key; it is the AEAD's
+associated data, so it cannot be changed without the decryption failing.  The author signs
+header, nonce and ciphertext, so the relay (which holds no document key) can still refuse
+forgeries and a reader knows which certified device wrote the update.
 
 A receiver checks in the order SPEC §4 fixes: sizes and structure (`Envelope.from_wire`), the
 author's certificate (`TrustStore.author_key`, the caller's step), the signature, then decrypts
