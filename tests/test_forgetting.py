@@ -61,11 +61,21 @@ def found_in(folder: Path, marker: str) -> list[str]:
     db = folder / "hearth.db"
     if db.exists():
         # a running peer locks its file against other connections (exclusive locking mode):
-        # read a copy of the file and its WAL, as they are on disk now
+        # read a copy of the file and its WAL, taken while neither changed (a checkpoint
+        # between the two copies would hide what moved from one to the other)
         with tempfile.TemporaryDirectory() as scratch:
-            for name in ("hearth.db", "hearth.db-wal"):
-                if (folder / name).exists():
+            names = [n for n in ("hearth.db", "hearth.db-wal") if (folder / n).exists()]
+            for _ in range(100):
+                before = [(folder / n).stat() for n in names]
+                for name in names:
                     shutil.copyfile(folder / name, Path(scratch) / name)
+                after = [(folder / n).stat() for n in names]
+                if [(s.st_mtime_ns, s.st_size) for s in before] == [
+                    (s.st_mtime_ns, s.st_size) for s in after
+                ]:
+                    break
+            else:
+                raise AssertionError(f"{folder}'s store kept changing while it was copied")
             conn = sqlite3.connect(Path(scratch) / "hearth.db")
             blobs = conn.execute(
                 "SELECT doc_id, snapshot_codec, snapshot FROM docs WHERE snapshot IS NOT NULL "

@@ -51,8 +51,8 @@ def _status_of_running(path: Path, in_use: StoreInUseError) -> None:
     from hearthsync.api.schemas import Status
 
     robot = running_robot(path)
-    if robot is None:  # held without an API (--no-api), or by a program that is not a robot
-        raise in_use
+    if robot is None or (in_use.pid is not None and robot.pid != in_use.pid):
+        raise in_use  # held without an API (--no-api), or by a peer that is not 'hearth run'
     _print_status(path, Status.model_validate(robot.call("GET", "/status?detail=true")))
     _print_running(path)
 

@@ -63,7 +63,7 @@ class StoreInUseError(StoreError):
         holder = f"process {pid}" if pid else "another process, or this one"
         super().__init__(
             f"{folder} is in use by another peer ({holder}): two peers must never hold one "
-            "store; ask the running robot (its HTTP API), or stop it first"
+            "store; stop it first, or ask it through its HTTP API if it serves one"
         )
         self.folder = folder
         self.pid = pid

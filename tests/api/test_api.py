@@ -3,6 +3,7 @@ problem and change nothing."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -242,3 +243,16 @@ async def test_detailed_status_lists_what_hearth_status_prints(api: httpx.AsyncC
     assert all(doc["snapshot_bytes"] + doc["log_bytes"] > 0 for doc in detail["sizes"])
     assert detail["file_bytes"] > 0
     assert set(detail["vectors"]) == {f"{user}.history" for user in plain["users"]}
+
+
+def test_a_robot_whose_api_does_not_answer_is_an_api_error() -> None:
+    """A stopping robot, or a run.json that outlived its robot: a `HearthError` the command
+    line reports in one line, not an httpx traceback."""
+    from hearthsync.api.client import ApiError, RunningRobot
+
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    robot = RunningRobot(pid=1, base_url=f"http://127.0.0.1:{port}", token="0" * 32)
+    with pytest.raises(ApiError, match="did not answer"):
+        robot.call("GET", "/status")

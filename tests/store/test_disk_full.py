@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
-from hearthsync.errors import StoreError
+from hearthsync.errors import StoreError, StoreInUseError
 from hearthsync.peer import HISTORY, Peer
+from hearthsync.store.lock import FolderLock
 
 ROOM_BYTES = 512 * 1024  #: what is left free once the disk is filled
 MAX_WRITES = 20_000  #: a disk that never fills fails the test instead of hanging it
@@ -86,12 +87,31 @@ async def test_a_full_disk_refuses_writes_clearly_and_loses_nothing_acknowledged
         filler.unlink()
         await peer.set_preference("alice", "beverage/tea", "green")
     async with Peer.open(folder) as reopened:
-        assert set(acked) <= {event.id for event in reopened.events("alice")}
+        held = {event.id for event in reopened.events("alice")}
+        assert set(acked) < held  # and the refused event, which its failed batch carried
         assert reopened.preference("alice", "beverage/tea").value == "green"  # type: ignore[union-attr]
+        # embedded too, with the batch that landed it: recall finds every event
+        assert (await reopened.status()).vectors == {"alice.history": len(held)}
     del peer, reopened
     gc.collect()  # a failed future nobody awaited is reported when it is collected
     await asyncio.sleep(0)  # the reports are made from the loop: let them run
     assert [r for r in reports if "never retrieved" in str(r.get("message"))] == []
+
+
+async def test_a_peer_opens_a_new_folder_on_a_disk_too_full_for_its_lock_files_pid(
+    small_disk: Path,
+) -> None:
+    """The pid in ``hearth.lock`` only names the holder: the lock holds without it."""
+    folder = small_disk / "robot"
+    folder.mkdir()
+    fill(small_disk, 0)
+    lock = FolderLock.acquire(folder)
+    try:
+        assert lock.held
+        with pytest.raises(StoreInUseError, match=r"another process, or this one"):
+            FolderLock.acquire(folder)
+    finally:
+        lock.release()
 
 
 async def test_an_index_that_cannot_be_saved_stops_neither_open_nor_close(

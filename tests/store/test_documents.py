@@ -16,7 +16,7 @@ from hearthsync.crdt import statevector as sv
 from hearthsync.crdt.handles import SlotMap
 from hearthsync.crdt.kinds import parse
 from hearthsync.crdt.replica import Replica
-from hearthsync.errors import CorruptDocumentError
+from hearthsync.errors import CorruptDocumentError, StoreError
 from hearthsync.ids import DocId
 from hearthsync.model import Condition, Pose, Preference
 from hearthsync.peer import Peer
@@ -227,11 +227,11 @@ async def test_failed_commit_is_not_acknowledged_and_not_lost(
     async def failing_once(batch: object) -> None:
         calls["n"] += 1
         if calls["n"] == 1:
-            raise sqlite3.OperationalError("disk I/O error")
+            raise StoreError("could not write to hearth.db: disk I/O error")
         await real_commit(batch)  # type: ignore[arg-type]
 
     monkeypatch.setattr(peer._sqlite, "commit", failing_once)
-    with pytest.raises(sqlite3.OperationalError):
+    with pytest.raises(StoreError, match="disk I/O error"):
         await peer.set_preference("alice", "beverage/tea", "green")
     await peer.set_preference("alice", "beverage/juice", "orange")
     await peer.close()
@@ -441,7 +441,7 @@ async def test_a_failing_compaction_does_not_stop_the_writer(
     peer: Peer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def disk_full(*args: object) -> None:
-        raise sqlite3.OperationalError("database or disk is full")
+        raise StoreError("could not write to hearth.db: database or disk is full")
 
     monkeypatch.setattr(peer._sqlite, "compact", disk_full)
     for round_ in range(30):  # enough log to make compaction due, and fail, several times
@@ -449,6 +449,33 @@ async def test_a_failing_compaction_does_not_stop_the_writer(
     async with asyncio.timeout(10):
         await peer.set_preference("alice", "still/writing", True)
     assert peer.preference("alice", "still/writing") is not None
+
+
+async def test_a_commit_made_by_the_caller_is_not_failed_by_the_compaction_after_it(
+    tmp_path: Path, wall: FakeWall, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``auto_commit=False`` (the simulation) the compaction after a commit runs inside
+    `Peer.commit`: its failure is logged, as the flusher's is, not raised for a durable batch."""
+    path = tmp_path / "robot"
+    peer = await Peer.start(path, device="kitchen", wall=wall, auto_commit=False)
+    try:
+        peer._docs.compact_min_log_bytes = 0  # due after every batch
+
+        async def disk_full(*args: object) -> None:
+            raise StoreError("could not write to hearth.db: database or disk is full")
+
+        monkeypatch.setattr(peer._sqlite, "compact", disk_full)
+        added = asyncio.ensure_future(peer.add_user("alice", name="Alice"))
+        await asyncio.sleep(0)  # the write queues; only the commit below lands it
+        await peer.commit()
+        await added
+        written = peer.set_preference("alice", "beverage/tea", "green")
+        await peer.commit()
+        assert (await written).value == "green"
+    finally:
+        await peer.crash()  # nothing flushed: what is on disk is what the commits made
+    async with Peer.open(path, wall=wall) as reopened:
+        assert reopened.preference("alice", "beverage/tea").value == "green"  # type: ignore[union-attr]
 
 
 async def test_a_local_write_builds_on_the_rebuilt_replica_not_on_content_beyond_a_gap(

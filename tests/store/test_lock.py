@@ -8,13 +8,14 @@ import asyncio
 import multiprocessing
 import os
 import signal
+import sqlite3
 import sys
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 import pytest
 
-from hearthsync.errors import StoreInUseError, ValidationError
+from hearthsync.errors import StoreError, StoreInUseError, ValidationError
 from hearthsync.peer import Peer
 from hearthsync.store.embedding import HashingEmbedder
 from hearthsync.store.lock import LOCK_FILE, FolderLock
@@ -97,6 +98,31 @@ async def test_another_process_is_named_and_its_sigkill_frees_the_folder(tmp_pat
     assert writer.returncode == -signal.SIGKILL
     async with Peer.open(folder) as peer:  # the kernel dropped the dead writer's lock
         assert peer.users() == ["alice", "bob"]
+
+
+def test_a_folder_that_cannot_be_locked_is_a_store_error(tmp_path: Path) -> None:
+    (tmp_path / LOCK_FILE).mkdir()  # not a file: open(2) fails, as on a read-only disk
+    with pytest.raises(StoreError, match=f"cannot lock {tmp_path}"):
+        FolderLock.acquire(tmp_path)
+
+
+async def test_no_other_connection_reads_a_running_peers_file(tmp_path: Path) -> None:
+    """SQLite's exclusive locking mode: the peer's counters of its file stay true."""
+    folder = tmp_path / "robot"
+    async with Peer.open(folder, device="kitchen") as peer:
+        await peer.add_user("alice", name="Alice")
+        assert not (folder / "hearth.db-shm").exists()  # the WAL index is in memory
+        other = sqlite3.connect(folder / "hearth.db", timeout=0)
+        try:
+            with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+                other.execute("SELECT count(*) FROM docs").fetchone()
+        finally:
+            other.close()
+    other = sqlite3.connect(folder / "hearth.db", timeout=0)  # closed: free again
+    try:
+        assert other.execute("SELECT count(*) FROM docs").fetchone()[0] >= 1
+    finally:
+        other.close()
 
 
 def _child(conn: Connection) -> None:

@@ -239,6 +239,38 @@ async def test_a_save_cut_short_before_the_stamp_keeps_the_previous_generation(
         assert mem.last_sync("alice", "history") == vectors.SyncReport("caught_up", 1)
 
 
+class PowerCut(BaseException):
+    """The process stops where it is: no handler runs, nothing is cleaned up."""
+
+
+async def test_a_power_cut_before_the_stamp_leaves_files_the_next_open_ignores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, _ = await built(tmp_path)
+    async with memory(source, tmp_path) as mem:
+        await mem.open_index("alice", "history")
+        mem.add("alice", "history", source.insert(NAME, ["carol asked for jazz music"], [T0]))
+
+        def power_cut(self: VectorIndex, stamp: vectors.IndexStamp) -> None:
+            raise PowerCut
+
+        monkeypatch.setattr(VectorIndex, "_write_stamp", power_cut)
+        before = set(tmp_path.glob("alice.history.*"))
+        with pytest.raises(PowerCut):
+            mem.save()
+        left = set(tmp_path.glob("alice.history.*")) - before
+        assert {p.suffix for p in left} == {".usearch", ".npy"}  # a whole new generation
+        monkeypatch.undo()
+        mem._open.clear()  # the process died: nothing left to save
+    source.rows_read = 0
+    async with memory(source, tmp_path) as mem:
+        await mem.open_index("alice", "history")
+        # the stamped generation, and the one row after it: not the unstamped files
+        assert mem.last_sync("alice", "history") == vectors.SyncReport("caught_up", 1)
+        mem.save()
+    assert not any(p.exists() for p in left)  # the next save removed them
+
+
 async def test_drop_deletes_only_that_users_files(tmp_path: Path) -> None:
     source = MemorySource()
     fill(source, 20)

@@ -40,10 +40,13 @@ class RunningRobot:
 
     def call(self, method: str, route: str, body: dict[str, Any] | None = None) -> Any:
         """One request; the decoded JSON answer, or `ApiError` naming what was refused."""
-        with httpx.Client(base_url=self.base_url, timeout=TIMEOUT_S, trust_env=False) as client:
-            answer = client.request(
-                method, route, json=body, headers={"Authorization": f"Bearer {self.token}"}
-            )
+        try:
+            with httpx.Client(base_url=self.base_url, timeout=TIMEOUT_S, trust_env=False) as client:
+                answer = client.request(
+                    method, route, json=body, headers={"Authorization": f"Bearer {self.token}"}
+                )
+        except httpx.HTTPError as exc:  # stopping, or run.json outlived its robot
+            raise ApiError(f"the robot's API at {self.base_url} did not answer: {exc}", 0) from exc
         if answer.status_code >= 400:
             try:
                 message = str(answer.json().get("error", answer.text))

@@ -107,6 +107,7 @@ class DocumentSet:
         self._log_bytes: dict[DocId, int] = {}
         self._snapshot_bytes: dict[DocId, int] = {}
         self._carry: list[tuple[str, bytes, str]] = []  # deltas of a batch whose commit failed
+        self._carry_embed: list[ToEmbed] = []  # and the events of it still to embed
         self._queue = _Queue()
         self._wake = asyncio.Event()
         self._closed = False
@@ -194,7 +195,10 @@ class DocumentSet:
                 raise
             _settle_all(queue, None, results)
         self._settle_merged(queue)
-        await self._maybe_compact()
+        try:
+            await self._maybe_compact()
+        except Exception:  # the batch is durable; compaction is retried after the next one
+            log.exception("compaction failed; the update log is kept")
 
     def crash(self) -> None:
         """Drop everything not committed, as a killed process loses it (fault injection).
@@ -210,6 +214,7 @@ class DocumentSet:
             _settle(self._inflight, lost, retrieved=True)
         self._queue = _Queue()
         self._carry = []
+        self._carry_embed = []
         self._release()
 
     # ---------------------------------------------------------------------- documents
@@ -443,6 +448,7 @@ class DocumentSet:
         # Whatever fails from here to the commit, every delta already applied in memory is
         # carried into the next batch: memory must never run ahead of the disk for good.
         deltas: list[tuple[str, bytes, str]] = self._carry + queue.remote
+        carried_embed, self._carry_embed = self._carry_embed, []
         new_docs: list[DocRow] = []
         results: list[Any] = []
         self._carry = []
@@ -456,7 +462,8 @@ class DocumentSet:
                 if delta is not None:
                     deltas.append((doc_id, delta, ""))
             new_docs, self._new = self._new, []
-            embed = queue.embed + await self._unembedded(queue.rescan, queue.embed)
+            queued = carried_embed + queue.embed
+            embed = queued + await self._unembedded(queue.rescan, queued)
             vectors, matrix = await self._embed_or_skip(embed)
             meta = self.meta() | queue.meta
             updates = [(doc_id, delta) for doc_id, delta, _ in deltas]
@@ -466,6 +473,8 @@ class DocumentSet:
             await self._sqlite.commit(batch)
         except BaseException:
             self._new, self._carry = new_docs + self._new, deltas + self._carry
+            # their events are embedded with the batch that lands them, or never would be
+            self._carry_embed = carried_embed + queue.embed + self._carry_embed
             self._rescan |= queue.rescan
             raise
         self.batches_committed += 1
@@ -570,6 +579,9 @@ class DocumentSet:
                     _settle(written, error)
             queue.remote = [d for d in queue.remote if not theirs(d[0])]
             self._carry = [d for d in self._carry if not theirs(d[0])]
+            self._carry_embed = [
+                e for e in self._carry_embed if e.index_name.partition(".")[0] != subject
+            ]
             self._new = [row for row in self._new if not theirs(row.doc_id)]
             doomed = sorted({d for d in (*self.replicas, *self.corrupt) if theirs(d)})
             for doc_id in doomed:

@@ -27,7 +27,7 @@ import os
 import weakref
 from pathlib import Path
 
-from hearthsync.errors import StoreInUseError
+from hearthsync.errors import StoreError, StoreInUseError
 
 LOCK_FILE = "hearth.lock"
 
@@ -46,22 +46,26 @@ class FolderLock:
     def acquire(cls, folder: Path) -> FolderLock:
         """Lock ``folder`` (which must exist) or raise `StoreInUseError` naming the holder."""
         path = folder / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:  # a read-only file system, a file of another user, ...
+            raise StoreError(f"cannot lock {folder}: {exc}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _pid_in(fd)
             os.close(fd)
             raise StoreInUseError(str(folder), holder) from None
+        except OSError as exc:  # a file system without flock
+            os.close(fd)
+            raise StoreError(f"cannot lock {folder}: {exc}") from exc
         except BaseException:
             os.close(fd)
             raise
-        try:
+        # the pid only names the holder in a refusal: on a full disk the lock holds without it
+        with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        except BaseException:
-            os.close(fd)  # closing the description drops the lock with it
-            raise
         return cls(path, fd)
 
     @property

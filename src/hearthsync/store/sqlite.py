@@ -162,10 +162,11 @@ class SqliteStore:
             await store._prepare(synchronous)
         except (sqlite3.Error, StoreError) as exc:
             await conn.close()
-            if isinstance(exc, StoreError):
+            cause = exc.__cause__ if isinstance(exc, StoreError) else exc
+            if not isinstance(cause, sqlite3.Error):  # our own finding (a format version)
                 raise
             hint = _no_room(path)
-            raise StoreError(f"{path} is not a usable hearthsync store: {exc}{hint}") from exc
+            raise StoreError(f"{path} is not a usable hearthsync store: {cause}{hint}") from cause
         return store
 
     async def _prepare(self, synchronous: str) -> None:
@@ -198,7 +199,10 @@ class SqliteStore:
         )
 
     async def close(self) -> None:
-        await self._conn.close()
+        try:
+            await self._conn.close()
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not close {self.path}: {exc}{_no_room(self.path)}") from exc
 
     async def _rows(self, sql: str, args: Sequence[object] = ()) -> list[Any]:
         """Every row of ``sql``, read in one hop to the connection's thread.
@@ -207,7 +211,11 @@ class SqliteStore:
         run between them while this one is still active on the connection, and a WAL
         checkpoint then fails with "database table is locked" (found when recall began to run
         during writes: the compaction after a batch could not give its pages back)."""
-        return list(await self._conn.execute_fetchall(sql, args))
+        try:
+            return list(await self._conn.execute_fetchall(sql, args))
+        except sqlite3.Error as exc:
+            raise StoreError(f"{sql.split()[0].lower()} on {self.path} failed: {exc}"
+                             f"{_no_room(self.path)}") from exc  # fmt: skip
 
     async def _scalar(self, sql: str, args: Sequence[object] = ()) -> int:
         rows = await self._rows(sql, args)
@@ -336,14 +344,21 @@ class SqliteStore:
     async def scrub(self) -> None:
         """Rewrite the file without free pages and empty the WAL, so that nothing deleted
         remains in either (forgetting a user; `secure_delete` zeroes rows as they go)."""
-        await (await self._conn.executescript("VACUUM;")).close()
+        await self._script("VACUUM;")
         await self._run("PRAGMA wal_checkpoint(TRUNCATE)")
 
     async def reclaim(self) -> None:
         """Return free pages to the file system and fold the WAL back into the file."""
         # executescript steps the pragma to completion; a plain execute frees one page per step
-        await (await self._conn.executescript("PRAGMA incremental_vacuum;")).close()
+        await self._script("PRAGMA incremental_vacuum;")
         await self._run("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    async def _script(self, sql: str) -> None:
+        try:
+            await (await self._conn.executescript(sql)).close()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{sql.rstrip(';').lower()} on {self.path} failed: {exc}"
+                             f"{_no_room(self.path)}") from exc  # fmt: skip
 
     async def _run(self, sql: str, args: Sequence[object] = ()) -> None:
         """Execute ``sql`` to completion and release its statement (pragmas return rows)."""
