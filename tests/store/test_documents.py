@@ -451,6 +451,43 @@ async def test_a_failing_compaction_does_not_stop_the_writer(
     assert peer.preference("alice", "still/writing") is not None
 
 
+async def test_a_duplicate_is_durable_only_once_what_it_repeats_is(
+    tmp_path: Path, wall: FakeWall, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repeated update brings nothing new, but its acknowledgement carries the state vector
+    after it: that must not reach the peer while what it covers could still be lost."""
+    async with Peer.open(tmp_path / "hall", device="hall", wall=wall) as hall:
+        await hall.add_user("alice", name="Alice")
+        await hall.set_preference("alice", "tea/mug", "green")
+        update = hall.diff("user/alice/prefs")
+    peer = await Peer.start(tmp_path / "kitchen", device="kitchen", wall=wall, auto_commit=False)
+    try:
+        first = peer.receive_update("user/alice/prefs", update, origin="hall")
+        again = peer.receive_update("user/alice/prefs", update, origin="hall")
+        assert first is not None
+        assert again is not None  # not None: that read "durable here", and was acknowledged
+        assert not again.done()
+        real_commit = peer._sqlite.commit
+
+        async def full_once(batch: object) -> None:
+            monkeypatch.setattr(peer._sqlite, "commit", real_commit)
+            raise StoreError("could not write to hearth.db: database or disk is full")
+
+        monkeypatch.setattr(peer._sqlite, "commit", full_once)
+        with pytest.raises(StoreError):
+            await peer.commit()
+        assert again.done()  # failed with its batch: the peer sends it again
+        carried = peer.receive_update("user/alice/prefs", update, origin="hall")
+        assert carried is not None  # the merge rides, carried, with the next batch
+        assert not carried.done()
+        await peer.commit()
+        assert carried.done()
+        assert carried.exception() is None
+        assert peer.receive_update("user/alice/prefs", update, origin="hall") is None
+    finally:
+        await peer.close()
+
+
 async def test_a_commit_made_by_the_caller_is_not_failed_by_the_compaction_after_it(
     tmp_path: Path, wall: FakeWall, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -66,6 +66,7 @@ class _Queue:
     #: per document, each queued change with the future of its writer
     changes: dict[DocId, list[tuple[Change, asyncio.Future[Any]]]] = field(default_factory=dict)
     remote: list[tuple[str, bytes, str]] = field(default_factory=list)  # applied in memory
+    remote_docs: set[str] = field(default_factory=set)  #: the documents of ``remote``
     #: the Zstandard frames remote updates arrived in, by the ``id`` of the update's bytes
     #: (held by ``remote``): stored as they are, not compressed again
     packed: dict[int, bytes] = field(default_factory=dict)
@@ -187,13 +188,17 @@ class DocumentSet:
         if queue.done is None:
             return
         self._queue = _Queue()
+        self._inflight, self._inflight_queue = queue.done, queue
         async with self._lock:
             try:
                 results = await self._flush(queue)
             except Exception as exc:
                 _settle_all(queue, exc)
                 raise
-            _settle_all(queue, None, results)
+            else:
+                _settle_all(queue, None, results)
+            finally:
+                self._inflight_queue = None
         self._settle_merged(queue)
         try:
             await self._maybe_compact()
@@ -318,9 +323,10 @@ class DocumentSet:
                 arrived.clear()
                 queue.rescan.add(doc_id)
             self._untainted(doc_id, replica)
-        if delta is None:
-            return None
+        if delta is None:  # a duplicate: durable once what it repeats is
+            return self._pending(doc_id)
         queue.remote.append((doc_id, delta, origin))
+        queue.remote_docs.add(doc_id)
         if packed is not None and delta is update:
             queue.packed[id(delta)] = packed
         if arrived and self.remote_events is not None:
@@ -390,6 +396,22 @@ class DocumentSet:
 
         array: Array[str] = replica.doc.get("events", type=Array)
         self._watches[doc_id] = replica.track(array.integrated.observe(on_change))
+
+    def _pending(self, doc_id: DocId) -> asyncio.Future[None] | None:
+        """The batch that makes durable what ``doc_id`` holds in memory, if some of it is not
+        yet: merged or written in a batch not committed, or carried from a failed one.  An
+        update that repeats it must not be acknowledged before it (its state vector would
+        promise the peer what a crash could still take back).  ``None``: all of it is durable.
+        """
+        # (writes still queued are not in memory yet: those of the batch in flight are)
+        queue = self._queue
+        if doc_id in queue.remote_docs or any(d == doc_id for d, _, _ in self._carry):
+            self._wake_flusher()  # the carried deltas ride with the next batch
+            return queue.done
+        inflight = self._inflight_queue
+        if inflight is not None and (doc_id in inflight.changes or doc_id in inflight.remote_docs):
+            return self._inflight
+        return None
 
     def _wake_flusher(self) -> None:
         if self._queue.done is None:
@@ -578,6 +600,7 @@ class DocumentSet:
                 for _, written in queue.changes.pop(doc_id):
                     _settle(written, error)
             queue.remote = [d for d in queue.remote if not theirs(d[0])]
+            queue.remote_docs = {d for d in queue.remote_docs if not theirs(d)}
             self._carry = [d for d in self._carry if not theirs(d[0])]
             self._carry_embed = [
                 e for e in self._carry_embed if e.index_name.partition(".")[0] != subject
