@@ -212,18 +212,42 @@ async def test_add_to_an_unopened_index_waits_for_catch_up(tmp_path: Path) -> No
         assert index.count == 1
 
 
-async def test_a_save_cut_short_before_the_stamp_keeps_the_previous_generation(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+class PowerCut(BaseException):
+    """The process stops where it is: no handler runs, nothing is cleaned up."""
+
+
+async def cut_before_the_stamp(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    error: BaseException,
+    save: Callable[[VectorMemory], object],
 ) -> None:
+    """An index with one unsaved row whose save fails with ``error`` as it writes the stamp
+    (``save`` runs it and checks what it left); then the process dies, and the next open
+    must take the stamped generation and catch up the row."""
     source, _ = await built(tmp_path)
     async with memory(source, tmp_path) as mem:
         await mem.open_index("alice", "history")
         mem.add("alice", "history", source.insert(NAME, ["carol asked for jazz music"], [T0]))
 
-        def power_cut(self: VectorIndex, stamp: vectors.IndexStamp) -> None:
-            raise OSError("power cut")
+        def cut(self: VectorIndex, stamp: vectors.IndexStamp) -> None:
+            raise error
 
-        monkeypatch.setattr(VectorIndex, "_write_stamp", power_cut)
+        monkeypatch.setattr(VectorIndex, "_write_stamp", cut)
+        save(mem)
+        monkeypatch.undo()
+        mem._open.clear()  # the process died: nothing left to save
+    source.rows_read = 0
+    async with memory(source, tmp_path) as mem:
+        await mem.open_index("alice", "history")
+        assert mem.last_sync("alice", "history") == vectors.SyncReport("caught_up", 1)
+        mem.save()
+
+
+async def test_a_save_cut_short_before_the_stamp_keeps_the_previous_generation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def save(mem: VectorMemory) -> None:
         before = sorted(p.name for p in tmp_path.glob("alice.history.*"))
         with caplog.at_level(logging.WARNING, logger="hearthsync.store.vectors"):
             mem.save()  # derived data: a failed save is logged, never raised to a closing peer
@@ -231,44 +255,25 @@ async def test_a_save_cut_short_before_the_stamp_keeps_the_previous_generation(
         assert "power cut" in caplog.text
         # what the cut-short generation wrote is gone; the stamp names the previous one
         assert sorted(p.name for p in tmp_path.glob("alice.history.*")) == before
-        monkeypatch.undo()
-        mem._open.clear()  # the process died: nothing left to save
-    source.rows_read = 0
-    async with memory(source, tmp_path) as mem:
-        await mem.open_index("alice", "history")
-        assert mem.last_sync("alice", "history") == vectors.SyncReport("caught_up", 1)
 
-
-class PowerCut(BaseException):
-    """The process stops where it is: no handler runs, nothing is cleaned up."""
+    await cut_before_the_stamp(tmp_path, monkeypatch, OSError("power cut"), save)
 
 
 async def test_a_power_cut_before_the_stamp_leaves_files_the_next_open_ignores(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    source, _ = await built(tmp_path)
-    async with memory(source, tmp_path) as mem:
-        await mem.open_index("alice", "history")
-        mem.add("alice", "history", source.insert(NAME, ["carol asked for jazz music"], [T0]))
+    left: set[Path] = set()
 
-        def power_cut(self: VectorIndex, stamp: vectors.IndexStamp) -> None:
-            raise PowerCut
-
-        monkeypatch.setattr(VectorIndex, "_write_stamp", power_cut)
+    def save(mem: VectorMemory) -> None:
         before = set(tmp_path.glob("alice.history.*"))
         with pytest.raises(PowerCut):
             mem.save()
-        left = set(tmp_path.glob("alice.history.*")) - before
+        left.update(set(tmp_path.glob("alice.history.*")) - before)
         assert {p.suffix for p in left} == {".usearch", ".npy"}  # a whole new generation
-        monkeypatch.undo()
-        mem._open.clear()  # the process died: nothing left to save
-    source.rows_read = 0
-    async with memory(source, tmp_path) as mem:
-        await mem.open_index("alice", "history")
-        # the stamped generation, and the one row after it: not the unstamped files
-        assert mem.last_sync("alice", "history") == vectors.SyncReport("caught_up", 1)
-        mem.save()
-    assert not any(p.exists() for p in left)  # the next save removed them
+
+    await cut_before_the_stamp(tmp_path, monkeypatch, PowerCut(), save)
+    assert left
+    assert not any(p.exists() for p in left)  # ignored by the open, removed by the next save
 
 
 async def test_drop_deletes_only_that_users_files(tmp_path: Path) -> None:
