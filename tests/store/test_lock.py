@@ -5,6 +5,7 @@ keeps it."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import multiprocessing
 import os
 import signal
@@ -123,6 +124,22 @@ async def test_no_other_connection_reads_a_running_peers_file(tmp_path: Path) ->
         assert other.execute("SELECT count(*) FROM docs").fetchone()[0] >= 1
     finally:
         other.close()
+
+
+def test_a_lock_file_naming_a_dead_process_names_no_one(tmp_path: Path) -> None:
+    """Between a holder's lock and its pid, the file still names the holder before it."""
+    gone = multiprocessing.get_context("fork").Process(target=os.getpid)
+    gone.start()
+    gone.join(LINE_TIMEOUT_S)
+    (tmp_path / LOCK_FILE).write_text(f"{gone.pid}\n")
+    fd = os.open(tmp_path / LOCK_FILE, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a holder that has not written its pid yet
+        with pytest.raises(StoreInUseError, match="another process, or this one") as refused:
+            FolderLock.acquire(tmp_path)
+        assert refused.value.pid is None
+    finally:
+        os.close(fd)
 
 
 def _child(conn: Connection) -> None:

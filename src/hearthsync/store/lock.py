@@ -89,11 +89,22 @@ class FolderLock:
 
 
 def _pid_in(fd: int) -> int | None:
+    """The holder's pid, if the file names a live process: a holder that has just taken the
+    lock may not have written its own yet, and the file still names the one before it."""
     try:
         text = os.pread(fd, 32, 0).decode("ascii").strip()
-        return int(text) if text else None
+        pid = int(text) if text else 0
     except (OSError, UnicodeDecodeError, ValueError):
         return None
+    if pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)  # signal 0: is it alive?
+    except PermissionError:  # alive, but another user's
+        return pid
+    except OSError:
+        return None
+    return pid
 
 
 def _after_fork_in_child() -> None:
