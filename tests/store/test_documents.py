@@ -20,7 +20,7 @@ from hearthsync.errors import CorruptDocumentError, StoreError
 from hearthsync.ids import DocId
 from hearthsync.model import Condition, Pose, Preference
 from hearthsync.peer import Peer
-from hearthsync.store.documents import DocumentSet
+from hearthsync.store.documents import CHANGES_PER_TRANSACTION, DocumentSet
 from hearthsync.store.embedding import HashingEmbedder
 from hearthsync.store.sqlite import SqliteStore
 from tests.conftest import MONDAY_MS, FakeWall
@@ -106,6 +106,28 @@ async def test_acknowledged_write_is_in_sqlite_when_await_returns(
     rows = conn.execute("SELECT count(*) FROM updates WHERE doc_id = 'user/alice/prefs'").fetchone()
     conn.close()
     assert rows[0] >= 1
+
+
+async def test_a_large_batch_to_one_document_is_applied_in_slices(
+    peer: Peer, peer_path: Path, wall: FakeWall
+) -> None:
+    """One batch, one SQLite transaction, but at most `CHANGES_PER_TRANSACTION` writes per
+    pycrdt transaction: Yrs slows down per insert as one transaction grows."""
+    committed: list[list[str]] = []
+    peer.on_durable(lambda batch: committed.append([doc_id for doc_id, _, _ in batch]))
+    count = 2 * CHANGES_PER_TRANSACTION + 44
+    events = await asyncio.gather(
+        *(
+            peer.record_event("alice", "OBSERVATION", "kitchen", text=f"cup {i}")
+            for i in range(count)
+        )
+    )
+    assert len(committed) == 1  # group commit as ever
+    month = committed[0][0]
+    assert committed[0] == [month, month, month]  # three deltas: 256, 256 and 44 writes
+    await peer.close()
+    async with Peer.open(peer_path, wall=wall) as reopened:
+        assert [e.id for e in reopened.events("alice")] == [e.id for e in events]
 
 
 async def test_concurrent_writes_are_group_committed(peer: Peer) -> None:

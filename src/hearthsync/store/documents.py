@@ -4,9 +4,10 @@
 flusher).  A write is a small function that changes a replica; `write` queues it and returns a
 future that resolves, with what the function returned, once the change is durable.  The
 flusher takes everything queued, applies it with one pycrdt transaction per document (one
-delta each), commits all deltas and embeddings in one SQLite transaction, then resolves every
-waiting writer's future at once.  While it commits, new writes queue up for the next batch:
-the busier the peer, the larger the batches (group commit).
+delta each; one per `CHANGES_PER_TRANSACTION` writes of a busy document), commits all deltas
+and embeddings in one SQLite transaction, then resolves every waiting writer's future at once.
+While it commits, new writes queue up for the next batch: the busier the peer, the larger the
+batches (group commit).
 
 Each write has its own future (not a shared one): cancelling one waiter must not cancel the
 others' acknowledgement, and a future costs less than ``asyncio.shield`` around a shared one.
@@ -48,6 +49,8 @@ Change = Callable[[Replica], Any]
 
 #: compact a document once its log outgrows its snapshot and this many bytes
 COMPACT_MIN_LOG_BYTES = 16_384
+#: the most writes to one document applied in one pycrdt transaction (one delta)
+CHANGES_PER_TRANSACTION = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -479,10 +482,15 @@ class DocumentSet:
                 # sorted (nothing local builds on a gap); may create a document: its row joins
                 # this batch
                 replica = self.replica(doc_id)
-                done, delta = replica.transact(partial(_run_all, replica, changes))
-                results.extend(done)
-                if delta is not None:
-                    deltas.append((doc_id, delta, ""))
+                # one transaction (one delta) per slice: Yrs slows down per insert as one
+                # transaction grows (an append costs 8 us in a transaction of 16, 16 us in
+                # one of 1,024, 900 us in one of 20,000)
+                for start in range(0, len(changes), CHANGES_PER_TRANSACTION):
+                    part = changes[start : start + CHANGES_PER_TRANSACTION]
+                    done, delta = replica.transact(partial(_run_all, replica, part))
+                    results.extend(done)
+                    if delta is not None:
+                        deltas.append((doc_id, delta, ""))
             new_docs, self._new = self._new, []
             queued = carried_embed + queue.embed
             embed = queued + await self._unembedded(queue.rescan, queued)
