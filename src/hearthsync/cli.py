@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -17,6 +17,9 @@ from rich.table import Table
 from hearthsync.crypto.identity import display
 from hearthsync.errors import HearthError, StoreInUseError, ValidationError
 from hearthsync.peer import Peer
+
+if TYPE_CHECKING:
+    from hearthsync.api.schemas import Status
 
 app = typer.Typer(
     help="hearthsync: the shared memory of a household's robots.", no_args_is_help=True
@@ -66,8 +69,8 @@ async def _status(path: Path) -> None:
     _print_running(path)
 
 
-def _print_status(path: Path, status: Any) -> None:
-    """``status`` is a detailed `hearthsync.api.schemas.Status`, from the store or the API."""
+def _print_status(path: Path, status: Status) -> None:
+    """``status`` is a detailed status (``?detail=true``), from the store or the API."""
     console.print(f"[bold]{status.device}[/bold] ({status.device_id}) at {path}")
     console.print(f"users: {', '.join(status.users) or '-'}; file {status.file_bytes:,} bytes")
     table = Table("document", "scope", "records", "snapshot B", "log entries", "log B")

@@ -249,7 +249,7 @@ async def test_failed_commit_is_not_acknowledged_and_not_lost(
     async def failing_once(batch: object) -> None:
         calls["n"] += 1
         if calls["n"] == 1:
-            raise StoreError("could not write to hearth.db: disk I/O error")
+            raise StoreError("write on hearth.db failed: disk I/O error")
         await real_commit(batch)  # type: ignore[arg-type]
 
     monkeypatch.setattr(peer._sqlite, "commit", failing_once)
@@ -463,7 +463,7 @@ async def test_a_failing_compaction_does_not_stop_the_writer(
     peer: Peer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def disk_full(*args: object) -> None:
-        raise StoreError("could not write to hearth.db: database or disk is full")
+        raise StoreError("write on hearth.db failed: database or disk is full")
 
     monkeypatch.setattr(peer._sqlite, "compact", disk_full)
     for round_ in range(30):  # enough log to make compaction due, and fail, several times
@@ -493,7 +493,7 @@ async def test_a_duplicate_is_durable_only_once_what_it_repeats_is(
 
         async def full_once(batch: object) -> None:
             monkeypatch.setattr(peer._sqlite, "commit", real_commit)
-            raise StoreError("could not write to hearth.db: database or disk is full")
+            raise StoreError("write on hearth.db failed: database or disk is full")
 
         monkeypatch.setattr(peer._sqlite, "commit", full_once)
         with pytest.raises(StoreError):
@@ -521,7 +521,7 @@ async def test_a_commit_made_by_the_caller_is_not_failed_by_the_compaction_after
         peer._docs.compact_min_log_bytes = 0  # due after every batch
 
         async def disk_full(*args: object) -> None:
-            raise StoreError("could not write to hearth.db: database or disk is full")
+            raise StoreError("write on hearth.db failed: database or disk is full")
 
         monkeypatch.setattr(peer._sqlite, "compact", disk_full)
         added = asyncio.ensure_future(peer.add_user("alice", name="Alice"))

@@ -74,18 +74,11 @@ class FolderLock:
 
     def release(self) -> None:
         """Drop the lock (idempotent).  The file stays: removing it would let a second opener
-        lock a new file while a third still waits on the old one."""
+        lock a new file while a third still waits on the old one.  In a forked child this
+        closes only the inherited copy: the parent's descriptor keeps the lock."""
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
-
-    def _forget_in_child(self) -> None:
-        """In a forked child: close the inherited copy without unlocking the parent's
-        (``close`` of one descriptor drops nothing while the parent's stays open)."""
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
 
 
 def _pid_in(fd: int) -> int | None:
@@ -109,7 +102,7 @@ def _pid_in(fd: int) -> int | None:
 
 def _after_fork_in_child() -> None:
     for lock in list(_held):
-        lock._forget_in_child()
+        lock.release()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -35,9 +35,10 @@ Rules this module lives by:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -199,10 +200,16 @@ class SqliteStore:
         )
 
     async def close(self) -> None:
-        try:
+        with self._failing("close"):
             await self._conn.close()
+
+    @contextlib.contextmanager
+    def _failing(self, what: str) -> Iterator[None]:
+        """Every SQLite error of the block as a `StoreError` naming the file and ``what``."""
+        try:
+            yield
         except sqlite3.Error as exc:
-            raise StoreError(f"could not close {self.path}: {exc}{_no_room(self.path)}") from exc
+            raise StoreError(f"{what} on {self.path} failed: {exc}{_no_room(self.path)}") from exc
 
     async def _rows(self, sql: str, args: Sequence[object] = ()) -> list[Any]:
         """Every row of ``sql``, read in one hop to the connection's thread.
@@ -211,11 +218,8 @@ class SqliteStore:
         run between them while this one is still active on the connection, and a WAL
         checkpoint then fails with "database table is locked" (found when recall began to run
         during writes: the compaction after a batch could not give its pages back)."""
-        try:
+        with self._failing(sql.split()[0].lower()):
             return list(await self._conn.execute_fetchall(sql, args))
-        except sqlite3.Error as exc:
-            raise StoreError(f"{sql.split()[0].lower()} on {self.path} failed: {exc}"
-                             f"{_no_room(self.path)}") from exc  # fmt: skip
 
     async def _scalar(self, sql: str, args: Sequence[object] = ()) -> int:
         rows = await self._rows(sql, args)
@@ -354,11 +358,8 @@ class SqliteStore:
         await self._run("PRAGMA wal_checkpoint(TRUNCATE)")
 
     async def _script(self, sql: str) -> None:
-        try:
+        with self._failing(sql.rstrip(";").lower()):
             await (await self._conn.executescript(sql)).close()
-        except sqlite3.Error as exc:
-            raise StoreError(f"{sql.rstrip(';').lower()} on {self.path} failed: {exc}"
-                             f"{_no_room(self.path)}") from exc  # fmt: skip
 
     async def _run(self, sql: str, args: Sequence[object] = ()) -> None:
         """Execute ``sql`` to completion and release its statement (pragmas return rows)."""
@@ -391,12 +392,10 @@ class SqliteStore:
                     conn.execute("ROLLBACK")
                 raise
 
-        try:
+        with self._failing("write"):
             # aiosqlite has no public call for "run this function on the connection's thread";
             # _execute is what each of its public methods uses to do exactly that.
             await self._conn._execute(work, self._conn._conn)  # type: ignore[no-untyped-call]
-        except sqlite3.Error as exc:
-            raise StoreError(f"could not write to {self.path}: {exc}{_no_room(self.path)}") from exc
 
 
 class _Compressed(list[tuple[object, ...]]):

@@ -664,6 +664,15 @@ class VectorIndex:
             path.unlink(missing_ok=True)
 
 
+def _save_or_warn(index: VectorIndex) -> None:
+    """Save ``index``; a failure is logged, not raised: the index is derived data, it serves
+    from memory all the same, and the next open catches it up from SQLite."""
+    try:
+        index.save()
+    except StoreError as exc:
+        log.warning("%s; it is caught up again at the next open", exc)
+
+
 class VectorMemory:
     """The vector indexes of one robot, kept in step with the ``vectors`` table.
 
@@ -773,10 +782,7 @@ class VectorMemory:
             if len(rows) < self._batch:
                 break
         if index.dirty and read:
-            try:
-                await self.offload(index.save)  # nobody else holds the index yet
-            except StoreError as exc:  # derived data: it serves from memory all the same
-                log.warning("%s; it is caught up again at the next open", exc)
+            await self.offload(_save_or_warn, index)  # nobody else holds the index yet
         return read, up_to_max
 
     def add(self, user: str, scope: str, rows: Sequence[Row]) -> int:
@@ -826,10 +832,7 @@ class VectorMemory:
         for index in self._open.values():
             index.absorb()
             if index.dirty:
-                try:
-                    index.save()
-                except StoreError as exc:  # derived data: the next open catches it up
-                    log.warning("%s; it is caught up again at the next open", exc)
+                _save_or_warn(index)
 
     def drop(self, user: str) -> None:
         """Forget ``user``: close their indexes and delete all their files (DESIGN: Forgetting)."""
