@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hearthsync.errors import BlockedFieldError, ValidationError
-from hearthsync.hlc import HybridClock, Timestamp
+from hearthsync.hlc import HybridClock, Timestamp, latest_stored
 from hearthsync.model import (
     Calibration,
     Condition,
@@ -106,3 +106,22 @@ def test_hybrid_clock_is_monotonic_and_follows_what_it_observes() -> None:
     assert Timestamp.parse(str(third)) == third
     with pytest.raises(ValidationError):
         Timestamp.parse("yesterday")
+
+
+def test_the_newest_stamp_of_an_update_is_found_in_its_records() -> None:
+    """`latest_stored` reads the stamps of the records an update carries, and only those: a
+    stamp quoted inside a text is escaped in the record's JSON and does not count."""
+    from pycrdt import Array, Doc, Map
+
+    doc = Doc()
+    prefs, events = doc.get("prefs", type=Map), doc.get("events", type=Array)
+    old = Preference(user="alice", key="drink/mug", value="blue", set_at=str(Timestamp(5, 2, "K")))
+    new = Preference(user="alice", key="drink/tea", value=1, set_at=str(Timestamp(7, 0, "H")))
+    prefs["drink/mug"], prefs["drink/tea"] = old.encode(), new.encode()
+    quoted = str(Timestamp(9_999_999, 0, "X"))
+    events.append(
+        f'{{"id":"ev-1","text":"\\"set_at\\":\\"{quoted}","hlc":"{Timestamp(6, 9, "K")}"}}'
+    )
+    update = doc.get_update()
+    assert latest_stored(update) == Timestamp(7, 0, "")
+    assert latest_stored(Doc().get_update()) is None

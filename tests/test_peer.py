@@ -220,6 +220,37 @@ async def test_clock_never_goes_back_across_a_restart(peer: Peer, peer_path: Pat
         assert reopened.preference("alice", "a/b").value == 2  # type: ignore[union-attr]
 
 
+async def send_all(src: Peer, dst: Peer) -> None:
+    for doc_id in src.document_ids():
+        await dst.apply_update(doc_id, src.diff(doc_id, dst.state_vector(doc_id)), origin="x")
+
+
+async def test_a_write_follows_what_its_robot_received_whatever_its_clock(
+    tmp_path: Path,
+) -> None:
+    """DESIGN invariant 3: the hall robot's clock is a minute slow.  It receives the kitchen
+    robot's "blue" (and its event), then Alice says "green" to it: "green" is the later
+    statement and must win on both robots, whichever wall clock is ahead."""
+    kitchen_wall, hall_wall = FakeWall(MONDAY_MS), FakeWall(MONDAY_MS - 60_000)
+    async with (
+        Peer.open(tmp_path / "kitchen", device="kitchen", wall=kitchen_wall) as kitchen,
+        Peer.open(tmp_path / "hall", device="hall", wall=hall_wall) as hall,
+    ):
+        await kitchen.add_user("alice", name="Alice")
+        blue = await kitchen.set_preference("alice", "drink/mug", "blue")
+        said = await kitchen.record_event("alice", "COMMAND", "drink", text="the blue mug")
+        await send_all(kitchen, hall)
+        kitchen_wall.advance(1_000)
+        hall_wall.advance(1_000)
+        green = await hall.set_preference("alice", "drink/mug", "green")
+        corrected = await hall.record_event("alice", "CORRECTION", "drink", text="green")
+        await send_all(hall, kitchen)
+        assert green.set_at > blue.set_at
+        assert corrected.hlc > said.hlc
+        for robot in (kitchen, hall):
+            assert robot.preference("alice", "drink/mug").value == "green"  # type: ignore[union-attr]
+
+
 async def test_profile_and_calibration_round_trip(peer: Peer) -> None:
     await peer.set_profile("alice", languages=["en", "zh-Hans"], household_role="owner")
     await peer.set_calibration("alice", proactivity=0.2)

@@ -13,6 +13,7 @@ it with a simulated clock.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Self
@@ -22,6 +23,9 @@ from hearthsync.errors import ValidationError
 _MS_WIDTH = 16
 _COUNTER_WIDTH = 5
 _MAX_COUNTER = 10**_COUNTER_WIDTH - 1
+#: a stamp as a stored record holds it (``"set_at":"0001764062400000.00000.``, or ``hlc``, or
+#: ``at``): records are JSON strings, which a Yrs update carries verbatim
+_STORED = re.compile(rb'"(?:set_at|hlc|at)":"(\d{16}\.\d{5})\.')
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -77,3 +81,15 @@ class HybridClock:
             self._ms, self._counter = self._ms + 1, 0
         else:
             self._counter += 1
+
+
+def latest_stored(update: bytes) -> Timestamp | None:
+    """The greatest stamp of the records in ``update`` (a Yrs update of any document), or
+    ``None``: what a clock must `observe` when the update is merged, so that every write this
+    robot makes afterwards is stamped after every record it holds, however slow its wall clock
+    (DESIGN invariant 3).  Fixed-width digits: the greatest bytes are the greatest stamp."""
+    found = _STORED.findall(update)
+    if not found:
+        return None
+    ms, counter = max(found).split(b".")
+    return Timestamp(int(ms), int(counter), "")

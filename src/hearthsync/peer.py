@@ -58,7 +58,7 @@ from hearthsync.crypto.identity import DeviceIdentity
 from hearthsync.crypto.statement import Statement
 from hearthsync.errors import NotFoundError, ValidationError
 from hearthsync.forgetting import Forgetting
-from hearthsync.hlc import HybridClock, Timestamp
+from hearthsync.hlc import HybridClock, Timestamp, latest_stored
 from hearthsync.ids import DeviceId, DocId, LineageId, UserId, check_name
 from hearthsync.model.records import (
     Calibration,
@@ -983,6 +983,12 @@ class Peer:
             return None  # refused: what remains of a forgotten user is not taken back in
         done = self._docs.apply_remote(DocId(doc_id), update, origin, packed=packed)
         self._users = None  # the household's user list may have changed
+        if done is not None:
+            # what this robot writes from now on is stamped after what it has just received,
+            # or a robot whose wall clock is slow would lose every correction it is told
+            seen = latest_stored(update)
+            if seen is not None:
+                self._clock.observe(seen)
         return done
 
     # ------------------------------------------------------------------ forgetting

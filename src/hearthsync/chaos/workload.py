@@ -96,6 +96,18 @@ def perform(op: Op, robot: int, peer: Peer, keyring: Keyring) -> Awaitable[Write
     return writer.add_user(rng.choice(fresh) if fresh else user)
 
 
+class CausalityError(AssertionError):
+    """A write stamped no later than a version of its register its robot already held: it
+    would lose to what it overwrote on every robot (DESIGN invariant 3)."""
+
+
+def _follows(what: str, stamp: str, held: Sequence[str]) -> None:
+    """Check that a register write's ``stamp`` follows every version its robot ``held``."""
+    newest = max(held, default="")
+    if stamp <= newest:
+        raise CausalityError(f"{what} stamped {stamp}, not after {newest}, which it overwrote")
+
+
 class Writer:
     """One robot's writes, each returning the `Write` the checkers look for."""
 
@@ -135,7 +147,9 @@ class Writer:
         self, user: str, key: str, marker: str, condition: Condition | None
     ) -> Write:
         epoch = self._epoch("core", user)
+        held = [v.set_at for v in self.peer.preference_history(user, key, condition)]
         record = await self.peer.set_preference(user, key, marker, condition=condition)
+        _follows(f"preference {user}/{key}", record.set_at, held)
         return self._register(
             "pref", user_doc(user, Kind.PREFS), "core", "prefs", PrefsDoc.slot_key(record),
             record.set_at, epoch,
@@ -173,7 +187,9 @@ class Writer:
 
     async def move(self, thing: str, region: str, marker: str) -> Write:
         epoch = self._epoch("spatial")
+        held = self.peer.placement(thing)
         record = await self.peer.place(thing, marker, region=region)
+        _follows(f"placement of {thing}", record.set_at, [held.set_at] if held else [])
         return self._register(
             "move", f"{HOME}/spatial", "spatial", "placements", thing, record.set_at, epoch
         )
