@@ -38,6 +38,9 @@ def state(peer: Peer) -> dict[str, bytes]:
         (lambda p: p.set_preference("alice", "a/b", 1, confidence=7), "confidence"),
         (lambda p: p.set_preference("alice", "contact/x", {"phone": "x"}), "value.phone"),
         (lambda p: p.set_calibration("alice", verbosity=-1), "verbosity"),
+        (lambda p: p.set_calibration("alice"), "fields"),
+        (lambda p: p.set_calibration("alice", set_at="9" * 16), "set_at"),
+        (lambda p: p.set_profile("alice", device="hall"), "device"),
         (lambda p: p.record_event("alice", "GOSSIP", "social"), "type"),
         (lambda p: p.record_event("alice", "COMMAND", "x", text="mail a@b.org"), "text"),
         (lambda p: p.place("Mug!", "Mug"), "object"),
@@ -249,6 +252,45 @@ async def test_a_write_follows_what_its_robot_received_whatever_its_clock(
         assert corrected.hlc > said.hlc
         for robot in (kitchen, hall):
             assert robot.preference("alice", "drink/mug").value == "green"  # type: ignore[union-attr]
+
+
+async def test_fields_changed_on_two_robots_apart_both_survive(tmp_path: Path) -> None:
+    """Calibration and profile merge field by field: partitioned, the kitchen robot learns
+    that Alice wants less initiative and the hall robot that she wants shorter answers; once
+    they meet, both robots hold both changes, and a later change of one field wins it alone."""
+    kitchen_wall, hall_wall = FakeWall(MONDAY_MS), FakeWall(MONDAY_MS + 5_000)
+    async with (
+        Peer.open(tmp_path / "kitchen", device="kitchen", wall=kitchen_wall) as kitchen,
+        Peer.open(tmp_path / "hall", device="hall", wall=hall_wall) as hall,
+    ):
+        await kitchen.add_user("alice", name="Alice")
+        await send_all(kitchen, hall)
+        await kitchen.set_calibration("alice", proactivity=0.1)
+        await kitchen.set_profile("alice", languages=["en", "zh"])
+        await hall.set_calibration("alice", verbosity=0.2, pace=0.7)
+        await hall.set_profile("alice", household_role="owner")
+        await send_all(kitchen, hall)
+        await send_all(hall, kitchen)
+        for robot in (kitchen, hall):
+            calibration, profile = robot.calibration("alice"), robot.profile("alice")
+            assert (calibration.proactivity, calibration.verbosity, calibration.pace) == (
+                0.1, 0.2, 0.7,
+            )  # fmt: skip
+            assert profile is not None
+            assert (profile.name, profile.languages, profile.household_role) == (
+                "Alice", ["en", "zh"], "owner",
+            )  # fmt: skip
+        kitchen_wall.advance(60_000)
+        await kitchen.set_calibration("alice", pace=0.3)  # later than the hall's 0.7
+        await send_all(kitchen, hall)
+        for robot in (kitchen, hall):
+            calibration = robot.calibration("alice")
+            assert (calibration.proactivity, calibration.verbosity, calibration.pace) == (
+                0.1, 0.2, 0.3,
+            )  # fmt: skip
+    async with Peer.open(tmp_path / "hall", wall=hall_wall) as reopened:
+        assert reopened.calibration("alice").pace == 0.3
+        assert reopened.profile("alice").languages == ["en", "zh"]  # type: ignore[union-attr]
 
 
 async def test_profile_and_calibration_round_trip(peer: Peer) -> None:

@@ -50,6 +50,7 @@ from hearthsync.crdt.handles import (
     HouseholdDoc,
     PrefsDoc,
     ProfileDoc,
+    SlotMap,
     SpatialDoc,
 )
 from hearthsync.crdt.kinds import HOME, DocInfo, Kind, events_doc, parse, user_doc
@@ -67,6 +68,7 @@ from hearthsync.model.records import (
     EventType,
     HealthRecord,
     InteractionEvent,
+    M,
     Placement,
     Pose,
     Preference,
@@ -76,6 +78,7 @@ from hearthsync.model.records import (
     Routine,
     SpatialChange,
     given_fields,
+    merge_fields,
 )
 from hearthsync.offload import THREAD, Offload
 from hearthsync.protocol.session import DocMeta
@@ -95,6 +98,7 @@ VECTOR_DIR = "vectors"
 HISTORY = "history"
 
 H = TypeVar("H")
+PROFILE, CALIBRATION = "profile", "calibration"  #: the one slot key of each document
 W = TypeVar("W")
 ALWAYS = Condition()
 INDEX_IDLE_S = 0.05  #: see `Peer._index_staged`
@@ -426,13 +430,10 @@ class Peer:
             raise ValidationError(
                 f"user {user!r} was forgotten; a returning person needs a new id", field="user"
             )
-        set_at, device = self._stamp()
-        fields = profile | {"set_at": set_at, "device": device}
-        record = Profile.build(user=user, name=name, **fields)
+        check_name(user, field="user")
+        record = Profile.build(user=user, name=name, **profile)  # checked before anything
         doc_id = user_doc(record.user, Kind.PROFILE)
-
-        def change(_: Replica) -> None:
-            self._handle(doc_id, ProfileDoc).profile.put("profile", record, self.device_id)
+        change = self._merged_write(self._profiles(doc_id), record, {"name": name} | profile)
 
         def register(_: Replica) -> None:
             # Written once, when new: the entry is never overwritten (a rename changes only the
@@ -453,63 +454,77 @@ class Peer:
             enrolment.save(self.path, self.household)
             for listener in self.on_keys_made:
                 listener()
-        await asyncio.gather(
+        _, written = await asyncio.gather(
             self._docs.write(DocId("household"), register), self._write(doc_id, change)
         )
         await self._vectors.open_index(record.user, HISTORY)
-        return record
+        return written
 
     def set_profile(self, user: str, **fields: Any) -> asyncio.Future[Profile]:
         """Change profile fields of an existing user; the others keep their value.
 
-        As with calibration, the merge happens inside the write's transaction.
+        Profiles merge field by field (`FieldMerged`): a change made on another robot at the
+        same time to another field survives this one.
         """
         uid = self._require_user(user)
-        current = self.profile(uid)
-        set_at, device = self._stamp()
-        stamp = {"user": uid, "set_at": set_at, "device": device}
-        base = current.model_dump() if current else {"name": uid}
-        checked = Profile.build(**(base | fields | stamp))
-        changed = {name: getattr(checked, name) for name in fields}
+        checked = Profile.build(**(self._profile_or_new(uid).model_dump() | fields))
         doc_id = user_doc(uid, Kind.PROFILE)
-
-        def change(_: Replica) -> Profile:
-            handle = self._handle(doc_id, ProfileDoc)
-            latest = handle.profile.get("profile") or checked
-            record = latest.model_copy(update=changed | stamp)
-            handle.profile.put("profile", record, device)
-            return record
-
-        return self._write(doc_id, change)
+        return self._write(doc_id, self._merged_write(self._profiles(doc_id), checked, fields))
 
     def profile(self, user: str) -> Profile | None:
         handle = self._peek(user_doc(user, Kind.PROFILE), ProfileDoc)
-        return handle.profile.get("profile") if handle else None
+        return merge_fields(handle.profile.versions(PROFILE)) if handle else None
+
+    def _profile_or_new(self, user: UserId) -> Profile:
+        return self.profile(user) or Profile(user=user, name=user)
+
+    def _profiles(self, doc_id: DocId) -> Callable[[], tuple[SlotMap[Profile], str]]:
+        return lambda: (self._handle(doc_id, ProfileDoc).profile, PROFILE)
 
     def set_calibration(self, user: str, **fields: Any) -> asyncio.Future[Calibration]:
         """Change the named calibration fields; the others keep their value.
 
-        The merge with the current calibration happens inside the write's transaction, so two
-        concurrent changes to different fields both survive.
+        Calibration merges field by field (`FieldMerged`): two changes to different fields,
+        made on one robot or on two robots apart, both survive.
         """
         uid = self._require_user(user)
-        set_at, device = self._stamp()
-        stamp = {"user": uid, "set_at": set_at, "device": device}
-        checked = Calibration.build(**(self.calibration(uid).model_dump() | fields | stamp))
-        changed = {name: getattr(checked, name) for name in fields}
+        checked = Calibration.build(**(self.calibration(uid).model_dump() | fields))
         doc_id = user_doc(uid, Kind.CALIBRATION)
+        return self._write(doc_id, self._merged_write(self._calibrations(doc_id), checked, fields))
 
-        def change(_: Replica) -> Calibration:
-            record = self.calibration(uid).model_copy(update=changed | stamp)
-            self._handle(doc_id, CalibrationDoc).calibration.put("calibration", record, device)
+    def _calibrations(self, doc_id: DocId) -> Callable[[], tuple[SlotMap[Calibration], str]]:
+        return lambda: (self._handle(doc_id, CalibrationDoc).calibration, CALIBRATION)
+
+    def _merged_write(
+        self, slots: Callable[[], tuple[SlotMap[M], str]], checked: M, fields: dict[str, Any]
+    ) -> Callable[[Replica], M]:
+        """The change that writes ``fields`` (validated already, into ``checked``) over the
+        record as it stands when its batch runs, each field stamped now."""
+        unmerged = sorted(set(fields) - set(checked.MERGED))
+        if unmerged or not fields:
+            raise ValidationError(
+                f"{type(checked).__name__} changes only {', '.join(checked.MERGED)}; "
+                f"not {', '.join(unmerged) or 'nothing'}",
+                field=unmerged[0] if unmerged else "fields",
+            )
+        set_at, device = self._stamp()
+        changed = {name: getattr(checked, name) for name in fields}
+
+        def change(_: Replica) -> M:
+            held, key = slots()
+            current = merge_fields(held.versions(key)) or checked
+            stamps = current.stamps | dict.fromkeys(fields, set_at)
+            update = changed | {"set_at": set_at, "device": device, "stamps": stamps}
+            record = current.model_copy(update=update)
+            held.put(key, record, device)
             return record
 
-        return self._write(doc_id, change)
+        return change
 
     def calibration(self, user: str) -> Calibration:
         """The user's calibration (defaults if never set)."""
         handle = self._peek(user_doc(user, Kind.CALIBRATION), CalibrationDoc)
-        found = handle.calibration.get("calibration") if handle else None
+        found = merge_fields(handle.calibration.versions("calibration")) if handle else None
         return found or Calibration(user=user)
 
     # ------------------------------------------------------------------ preferences

@@ -36,6 +36,7 @@ OP_SCOPE = {
     "event": "history", "user": "household", "health": "health", "forget": "household",
 }  # fmt: skip
 CONDITIONS = (None, Condition(days="weekday"), Condition(days="weekend"))
+CALIBRATION_FIELDS = ("verbosity", "proactivity", "pace")
 HEALTH_KEYS = ("allergy/nuts", "mobility/cane", "medication/evening")
 DELETE_P = 0.15  #: of preference writes that retract the current value instead (a tombstone)
 
@@ -78,7 +79,8 @@ def perform(op: Op, robot: int, peer: Peer, keyring: Keyring) -> Awaitable[Write
         case "profile":
             return writer.set_profile(user, marker)
         case "calibration":
-            return writer.set_calibration(user, round(rng.random(), 3))
+            field = rng.choice(CALIBRATION_FIELDS)  # robots apart change different fields
+            return writer.set_calibration(user, field, round(rng.random(), 3))
         case "move":
             return writer.move(rng.choice(OBJECTS), rng.choice(REGIONS), marker)
         case "event":
@@ -177,9 +179,9 @@ class Writer:
             epoch,
         )  # fmt: skip
 
-    async def set_calibration(self, user: str, value: float) -> Write:
+    async def set_calibration(self, user: str, field: str, value: float) -> Write:
         epoch = self._epoch("core", user)
-        record = await self.peer.set_calibration(user, verbosity=value)
+        record = await self.peer.set_calibration(user, **{field: value})
         return self._register(
             "calibration", user_doc(user, Kind.CALIBRATION), "core", "calibration",
             "calibration", record.set_at, epoch,

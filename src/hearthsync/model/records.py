@@ -12,6 +12,7 @@ import enum
 import functools
 import json
 import typing
+from collections.abc import Sequence
 from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
 import pydantic
@@ -58,7 +59,9 @@ def _bounded_json(value: JsonValue) -> JsonValue:
 
 
 #: written by the peer, not by people: ids and clocks, whose digits are not personal data
-_SYSTEM_FIELDS = frozenset({"id", "set_at", "device", "hlc", "at", "evidence", "session", "ts"})
+_SYSTEM_FIELDS = frozenset(
+    {"id", "set_at", "device", "hlc", "at", "evidence", "session", "ts", "stamps"}
+)
 
 Name = Annotated[str, StringConstraints(pattern=f"^{NAME_RE.pattern}$")]
 Key = Annotated[str, StringConstraints(pattern=f"^{KEY_RE.pattern}$")]
@@ -166,8 +169,32 @@ def _translate(cls: type[BaseModel], exc: pydantic.ValidationError) -> Validatio
 # ---------------------------------------------------------------------------------- people
 
 
-class Profile(Record):
+class FieldMerged(Record):
+    """A record merged field by field: each robot's version carries, in ``stamps``, the hybrid
+    time at which each of its fields got its value, and a reader takes every field from the
+    version that set it last (`merge_fields`).  Two robots apart that change different fields
+    both keep their change; a record read as a whole would keep only the later robot's.
+
+    A version without ``stamps`` (written before they existed) set all its fields at its
+    ``set_at``.
+    """
+
+    MERGED: ClassVar[tuple[str, ...]] = ()  #: the fields merged one by one
+
+    stamps: Annotated[dict[Name, Hlc], Field(max_length=16)] = {}
+
+    @pydantic.model_validator(mode="after")
+    def _stamps_name_fields(self) -> Self:
+        unknown = sorted(set(self.stamps) - set(self.MERGED))
+        if unknown:
+            raise ValueError(f"stamps name fields it does not merge: {', '.join(unknown)}")
+        return self
+
+
+class Profile(FieldMerged):
     """Who a person is to the household (``user/<id>/profile``)."""
+
+    MERGED = ("name", "roles", "languages", "accessibility", "household_role", "attributes")
 
     user: Name
     name: ShortText
@@ -185,11 +212,13 @@ class Profile(Record):
     device: str = ""
 
 
-class Calibration(Record):
+class Calibration(FieldMerged):
     """How a robot should behave with this person (``user/<id>/calibration``).
 
     The three unit values run from 0 (never, terse, slow) to 1 (always, chatty, brisk).
     """
+
+    MERGED = ("proactivity", "verbosity", "pace", "personal_space_m")
 
     user: Name
     proactivity: Unit = 0.5
@@ -399,3 +428,24 @@ class Relationship(Record):
 
 
 R = TypeVar("R", bound=Record)
+M = TypeVar("M", bound=FieldMerged)
+
+
+def merge_fields(versions: Sequence[M]) -> M | None:
+    """One record of every robot's ``versions`` (oldest first, as `SlotMap.versions` gives
+    them): each field from the version that set it last (by hybrid time, then device id), with
+    the stamps that say so; the rest of the record (``set_at``, ``device``) is the newest
+    version's.  ``None`` if there are none."""
+    if not versions:
+        return None
+    best: dict[str, tuple[str, str, Any]] = {}
+    for version in versions:
+        stamps, device = version.stamps, str(getattr(version, "device", ""))
+        for name in version.MERGED:
+            at = stamps.get(name) if stamps else str(getattr(version, "set_at", ""))
+            if at and (name not in best or (at, device) > best[name][:2]):
+                best[name] = (at, device, getattr(version, name))
+    merged = {name: value for name, (_, _, value) in best.items()}
+    return versions[-1].model_copy(
+        update=merged | {"stamps": {name: at for name, (at, _, _) in best.items()}}
+    )
