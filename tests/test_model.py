@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hearthsync.errors import BlockedFieldError, ValidationError
-from hearthsync.hlc import HybridClock, Timestamp, latest_stored
+from hearthsync.hlc import EARLIEST, MAX_BACK_S, FloorWall, HybridClock, Timestamp, latest_stored
 from hearthsync.model import (
     Calibration,
     Condition,
@@ -125,3 +125,25 @@ def test_the_newest_stamp_of_an_update_is_found_in_its_records() -> None:
     update = doc.get_update()
     assert latest_stored(update) == Timestamp(7, 0, "")
     assert latest_stored(Doc().get_update()) is None
+
+
+def test_a_robots_wall_clock_never_reads_before_what_it_read_last() -> None:
+    """`FloorWall.start`: a clock reset (1970, or a plausible time a little before what the
+    robot last read) reads the last time and moves on from it; a clock set again (NTP) wins at
+    once; a last reading far ahead of a plausible clock was the glitch, and is not kept."""
+    last, uptime, system = EARLIEST + 1e7, [0.0], [0.0]
+    reset = FloorWall.start(lambda: system[0], last, lambda: uptime[0])
+    assert reset() == last
+    uptime[0] = 60.0
+    assert reset() == last + 60  # the floor moves on at the monotonic rate
+    system[0] = last - 3_600.0  # the clock is set, but still behind: the floor still wins
+    assert reset() == last + 60
+    system[0] = last + 7_200.0  # NTP: the system clock is ahead of the floor, and wins
+    assert reset() == last + 7_200
+    back = FloorWall.start(lambda: last - 30.0, last, lambda: 0.0)
+    assert back() == last  # a small step back
+    glitch = FloorWall.start(lambda: last - 2 * MAX_BACK_S, last, lambda: 0.0)
+    assert glitch() == last - 2 * MAX_BACK_S  # the stored reading was a glitch into the future
+    new = FloorWall.start(lambda: 0.0, None, lambda: 0.0)
+    assert new() == EARLIEST  # never stopped before: no clock that works reads 1970
+    assert FloorWall.start(lambda: last, None, lambda: 0.0)() == last

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import pytest
 
 import hearthsync.peer as peer_module
-from hearthsync import BlockedFieldError, Condition, NotFoundError, Peer, ValidationError
+from hearthsync import BlockedFieldError, Condition, NotFoundError, Peer, ValidationError, enrolment
 from hearthsync.crypto.identity import KEY_FILE
 from hearthsync.errors import ClosedError
 from tests.conftest import MONDAY_MS, FakeWall
@@ -221,6 +221,31 @@ async def test_clock_never_goes_back_across_a_restart(peer: Peer, peer_path: Pat
         second = await reopened.set_preference("alice", "a/b", 2)
         assert second.set_at > first.set_at
         assert reopened.preference("alice", "a/b").value == 2  # type: ignore[union-attr]
+
+
+async def test_a_robot_whose_clock_reset_still_opens_and_keeps_time(tmp_path: Path) -> None:
+    """A robot with no battery-backed clock boots in 1970 in a house without internet: it
+    must still open (its household's certificates check out), and stamp what it records no
+    earlier than the last time it saw, moving on from there, until its clock is set."""
+    path, wall = tmp_path / "kitchen", FakeWall(MONDAY_MS)
+    async with Peer.open(path, device="kitchen", wall=wall) as peer:
+        enrolment.create(path, peer.identity, "Home", "kitchen", now=int(wall()))
+        await peer.add_user("alice", name="Alice")
+        before = await peer.record_event("alice", "COMMAND", "drink", text="tea, please")
+    uptime = [0.0]
+    async with Peer.open(path, wall=FakeWall(0), monotonic=lambda: uptime[0]) as peer:
+        assert peer.household is not None  # certificates are checked against the floor
+        assert peer.wall() >= before.ts / 1000
+        uptime[0] = 90.0
+        after = await peer.record_event("alice", "COMMAND", "drink", text="more tea")
+        assert after.ts >= before.ts + 90_000  # from the floor, at the monotonic rate
+        assert after.hlc > before.hlc
+        assert [e.id for e in peer.events("alice", since=before.ts)] == [before.id, after.id]
+        wall_set = MONDAY_MS / 1000 + 3_600  # NTP answers at last: the system clock wins
+        peer_clock = peer.wall
+        assert peer_clock() < wall_set
+    async with Peer.open(path, wall=FakeWall(MONDAY_MS + 3_600_000)) as peer:
+        assert peer.wall() == wall_set
 
 
 async def send_all(src: Peer, dst: Peer) -> None:

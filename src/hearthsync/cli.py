@@ -143,7 +143,8 @@ def init(
 
     async def go() -> None:
         async with Peer.open(path, device=device) as peer:
-            state = enrolment.create(path, peer.identity, household, device, now=_now())
+            now = int(peer.wall())
+            state = enrolment.create(path, peer.identity, household, device, now=now)
             console.print(
                 f"household [bold]{household}[/bold] ({state.household.id}) created; "
                 f"{device} ({display(peer.device_id)}) is its owner"
@@ -215,7 +216,7 @@ def join(
                 opened.identity,
                 code,
                 device,
-                now=_now(),
+                now=int(opened.wall()),
                 address=_address(peer) if peer else None,
             )
             console.print(
@@ -243,7 +244,7 @@ def revoke(
             if state is None:
                 raise typer.BadParameter(f"{path} belongs to no household", param_hint="PATH")
             epochs = enrolment.revoke(path, state, peer.identity, device.replace("-", ""),
-                                      now=_now())  # fmt: skip
+                                      now=int(peer.wall()))  # fmt: skip
         scopes = ", ".join(f"{s} (epoch {e})" for s, e in sorted(epochs.items()))
         console.print(f"revoked {device}; new keys for {scopes}")
 

@@ -59,7 +59,7 @@ from hearthsync.crypto.identity import DeviceIdentity
 from hearthsync.crypto.statement import Statement
 from hearthsync.errors import NotFoundError, ValidationError
 from hearthsync.forgetting import Forgetting
-from hearthsync.hlc import HybridClock, Timestamp, latest_stored
+from hearthsync.hlc import FloorWall, HybridClock, Timestamp, latest_stored
 from hearthsync.ids import DeviceId, DocId, LineageId, UserId, check_name
 from hearthsync.model.records import (
     Calibration,
@@ -209,11 +209,12 @@ class Peer:
         synchronous: Literal["FULL", "NORMAL", "OFF"] = "FULL",
         auto_commit: bool = True,
         offload: Offload = THREAD,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> AsyncIterator[Peer]:
         """Open (creating if new) the peer stored in the folder ``path``; close on exit."""
         peer = await cls.start(
             path, device=device, embedder=embedder, wall=wall, rng=rng, synchronous=synchronous,
-            auto_commit=auto_commit, offload=offload,
+            auto_commit=auto_commit, offload=offload, monotonic=monotonic,
         )  # fmt: skip
         try:
             yield peer
@@ -232,9 +233,12 @@ class Peer:
         synchronous: Literal["FULL", "NORMAL", "OFF"] = "FULL",
         auto_commit: bool = True,
         offload: Offload = THREAD,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> Peer:
         """Open the peer in ``path``; the caller must `close` it.
 
+        ``wall`` is the system clock, which the peer never lets read earlier than the time it
+        last read (`hearthsync.hlc.FloorWall`, moving on at the rate of ``monotonic``).
         ``offload`` runs the blocking work (embedding, index inserts and saves): a worker
         thread by default, `hearthsync.offload.inline` where the caller awaits it all anyway
         (a simulation).
@@ -254,6 +258,8 @@ class Peer:
         try:
             name = await _device_name(sqlite, device)
             await _check_embedder(sqlite, embedder)
+            seen = await sqlite.get_meta("wall")
+            wall = FloorWall.start(wall, float(seen) if seen else None, monotonic)
             last = await sqlite.get_meta("hlc")
             clock = HybridClock(
                 identity.device_id,
@@ -347,7 +353,13 @@ class Peer:
         return str(self._clock.now()), self.device_id
 
     def _meta(self) -> dict[str, str]:
-        return {"hlc": str(self._clock.last)}
+        return {"hlc": str(self._clock.last), "wall": f"{self._wall():.3f}"}
+
+    def wall(self) -> float:
+        """Seconds since the epoch by this robot's clock: the system clock, never earlier than
+        the time it last read (`hearthsync.hlc.FloorWall`).  Certificates are checked against
+        it, and events stamped with it."""
+        return self._wall()
 
     def _write(
         self, doc_id: DocId, change: Callable[[Replica], W], embed: Sequence[ToEmbed] = ()

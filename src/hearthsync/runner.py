@@ -73,12 +73,12 @@ async def run(
 
         async def join(request: bytes) -> bytes:  # file locks and fsyncs: off the event loop
             return await asyncio.to_thread(
-                enrolment.enrol, path, peer.identity, request, now=int(time.time())
+                enrolment.enrol, path, peer.identity, request, now=int(peer.wall())
             )
 
         service = SyncService(
             peer, state.credentials(peer.identity), listen=listen,
-            peers=tuple((p.host, p.port) for p in peers), join=join,
+            peers=tuple((p.host, p.port) for p in peers), join=join, clock=peer.wall,
         )  # fmt: skip
         peer.on_keys_made.append(service.send_grants)
         async with service:
@@ -218,7 +218,7 @@ async def _command(peer: Peer, service: SyncService, words: list[str]) -> str:
         case ["revoke", device]:
             assert peer.household is not None
             epochs = enrolment.revoke(peer.path, peer.household, peer.identity, device,
-                                      now=int(time.time()))  # fmt: skip
+                                      now=int(peer.wall()))  # fmt: skip
             service.trust_changed()  # drops the revoked device, tells the others
             service.send_grants()  # the new epochs' keys, to everyone still trusted
             return f"ACK revoke {device} " + ",".join(f"{s}@{e}" for s, e in sorted(epochs.items()))
