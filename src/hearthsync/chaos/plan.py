@@ -82,6 +82,11 @@ class Scenario:
             raise ValueError(f"unknown bug {self.bug!r}; known: {sorted(BUGS)}")
 
 
+#: a crash longer than this is a power cut that drained the clock of a robot with no clock
+#: battery: it restarts reading 1970, until the heal (when NTP answers) sets its clock
+CLOCK_RESET_AFTER_S = 10.0
+
+
 #: deliberately broken builds (for testing the harness itself)
 BUGS = {
     "lose-every-10th-commit": "every tenth delta committed is acknowledged but never stored",
@@ -115,6 +120,8 @@ class Fault:
                 what = f"delay messages {who} by {self.amount:.2f} s"
             case "crash":
                 what = f"crash {who}, restart after {self.until - self.at:.2f} s"
+                if self.amount:
+                    what += " with its clock reset to 1970"
             case "skew":
                 what = f"clock of {who} jumps {self.amount:+.1f} s"
             case _:
@@ -209,7 +216,8 @@ def _faults(rng: random.Random, scenario: Scenario, peers: int) -> list[Fault]:
                 faults.append(Fault(0, kind, at, until, link, amount=rng.uniform(0.05, 3.0)))
             case "crash":
                 down = rng.choice((rng.uniform(0.05, 1.0), rng.uniform(1.0, 15.0)))
-                faults.append(Fault(0, kind, at, at + down, (robot,)))
+                reset = 1.0 if down > CLOCK_RESET_AFTER_S else 0.0
+                faults.append(Fault(0, kind, at, at + down, (robot,), amount=reset))
             case "skew":
                 faults.append(Fault(0, kind, at, at, (robot,), amount=rng.uniform(-30.0, 30.0)))
             case "revoke":

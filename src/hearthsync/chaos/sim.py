@@ -15,9 +15,11 @@ What the simulated network and clock add, and why each is realistic:
 * **partition** into two or three groups: messages between groups vanish, silently, as on a
   Wi-Fi split; connections die by heartbeat, and dialing fails until the heal;
 * **crash**: the robot's memory is gone (`Peer.crash`); only what was committed survives, and
-  the robot restarts from its store; the other side of its connections sees them reset, at
-  once or, if a partition lost the reset, at the first message it sends after the heal (a
-  host answers a segment for a connection it does not know with a reset);
+  the robot restarts from its store (after a crash of more than 10 s, a power cut, with its
+  clock reset to 1970 until the heal, as a robot with no clock battery boots); the other side
+  of its connections sees them reset, at once or, if a partition lost the reset, at the first
+  message it sends after the heal (a host answers a segment for a connection it does not know
+  with a reset);
 * **skew**: each robot's wall clock is off by its own amount, and may jump (certificates and
   grants read it, as does the clock that stamps writes; session timers run on the simulation's
   monotonic time, as a link's run on ``time.monotonic``);
@@ -135,6 +137,8 @@ class Robot:
     scopes: frozenset[str]
     rng: random.Random
     skew: float
+    #: when the robot restarted with its clock reset to 1970 (a long crash), until the heal
+    reset_at: float | None = None
     peer: Peer | None = None
     incarnation: int = 0
     conns: dict[int, _Conn] = field(default_factory=dict)  #: live connections by other robot
@@ -269,6 +273,7 @@ class Simulation:
         self._active.clear()
         self.note("heal: every fault ends")
         for robot in self.robots:
+            robot.reset_at = None  # NTP answers: a clock reset to 1970 is set again
             if robot.peer is None:
                 self.note(f"restart r{robot.index}")
                 await self._boot(robot)
@@ -402,7 +407,7 @@ class Simulation:
             robot.peer = await Peer.start(
                 robot.folder, device=f"r{robot.index}", embedder=_EMBEDDER,
                 wall=lambda: self._wall(robot), rng=random.Random(robot.rng.getrandbits(64)),
-                synchronous="OFF", auto_commit=False, offload=inline,
+                synchronous="OFF", auto_commit=False, offload=inline, monotonic=lambda: self.now,
             )  # fmt: skip
         # compact as a long-lived robot does, at any point of a run: the default threshold
         # (16 KiB of log) is rarely reached in 30 simulated seconds
@@ -419,6 +424,8 @@ class Simulation:
                 self.at(self.now, lambda other=other: self._dial(robot, other))  # type: ignore[misc]
 
     def _wall(self, robot: Robot) -> float:
+        if robot.reset_at is not None:  # no clock battery: it counts from 1970 since its boot
+            return self.now - robot.reset_at
         return BASE_WALL + self.now + robot.skew
 
     # ------------------------------------------------------------------ writes and commits
@@ -808,6 +815,8 @@ class Simulation:
             robot = self.robots[fault.robots[0]]
             if robot.peer is None:
                 self.note(f"restart r{robot.index}")
+                if fault.amount:
+                    robot.reset_at = self.now
                 await self._boot(robot)
         elif fault in self._active:
             self._active.remove(fault)
