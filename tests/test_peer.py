@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import stat
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -223,18 +224,23 @@ async def test_clock_never_goes_back_across_a_restart(peer: Peer, peer_path: Pat
         assert reopened.preference("alice", "a/b").value == 2  # type: ignore[union-attr]
 
 
-async def test_a_robot_whose_clock_reset_still_opens_and_keeps_time(tmp_path: Path) -> None:
+async def test_a_robot_whose_clock_reset_still_opens_and_keeps_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A robot with no battery-backed clock boots in 1970 in a house without internet: it
-    must still open (its household's certificates check out), and stamp what it records no
-    earlier than the last time it saw, moving on from there, until its clock is set."""
+    must still open (its household's certificates check out), keep the keys it is granted,
+    and stamp what it records no earlier than the last time it saw, moving on from there,
+    until its clock is set."""
     path, wall = tmp_path / "kitchen", FakeWall(MONDAY_MS)
     async with Peer.open(path, device="kitchen", wall=wall) as peer:
         enrolment.create(path, peer.identity, "Home", "kitchen", now=int(wall()))
         await peer.add_user("alice", name="Alice")
         before = await peer.record_event("alice", "COMMAND", "drink", text="tea, please")
     uptime = [0.0]
+    monkeypatch.setattr(time, "time", lambda: 0.0)  # the system clock, wherever it is read
     async with Peer.open(path, wall=FakeWall(0), monotonic=lambda: uptime[0]) as peer:
         assert peer.household is not None  # certificates are checked against the floor
+        peer.keys_changed()  # a grant arrived: the credentials file is read and written
         assert peer.wall() >= before.ts / 1000
         uptime[0] = 90.0
         after = await peer.record_event("alice", "COMMAND", "drink", text="more tea")

@@ -55,6 +55,9 @@ class HouseholdState:
     trust: TrustStore
     keyring: Keyring
     invites: list[PendingInvite] = field(default_factory=list)
+    #: the file's signature (`_signature`) right after this state last wrote it: while the
+    #: file still has it, nobody else wrote it since, and `save` need not read it again
+    seen: tuple[int, int, int] | None = field(default=None, compare=False, repr=False)
 
     def credentials(self, identity: DeviceIdentity) -> Credentials:
         return Credentials(identity, self.certificate, self.trust, self.keyring)
@@ -107,21 +110,32 @@ def _locked(folder: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def save(folder: Path, state: HouseholdState) -> None:
+def save(folder: Path, state: HouseholdState, now: int | None = None) -> None:
     """Write ``state`` back, merged with what other processes wrote meanwhile.
 
     The file is the authority for open invites (made by ``hearth invite``, spent by
     enrolment); certificates, revocations and keys found there are merged in, never dropped.
+    ``now`` (default: the system clock) is what they are checked against: a running peer
+    passes its own clock (`Peer.wall`), which never reads 1970.  A file nobody wrote since
+    ``state`` last wrote it is not read again (a robot saves at every grant it accepts).
     """
+    when = int(time.time()) if now is None else now
     with _locked(folder):
-        disk = load(folder) if (folder / CREDENTIALS_FILE).exists() else None
-        if disk is not None:
-            _merge(state, disk)
+        path = folder / CREDENTIALS_FILE
+        if path.exists() and state.seen != _signature(path):
+            disk = load(folder, when)
+            if disk is not None:
+                _merge(state, disk, when)
         _write(folder, state)
 
 
-def _merge(state: HouseholdState, disk: HouseholdState) -> None:
-    now = int(time.time())
+def _signature(path: Path) -> tuple[int, int, int]:
+    """What changes whenever the file is written again (`_write` replaces it: a new inode)."""
+    stat = path.stat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _merge(state: HouseholdState, disk: HouseholdState, now: int) -> None:
     state.invites = disk.invites
     for device in _trust_order(disk):
         with contextlib.suppress(CryptoError):
@@ -150,6 +164,7 @@ def _write(folder: Path, state: HouseholdState) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(partial, path)
+    state.seen = _signature(path)
 
 
 def _trust_order(state: HouseholdState) -> list[str]:

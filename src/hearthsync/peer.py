@@ -463,7 +463,7 @@ class Peer:
         if self.household is not None and enrolment.add_user_keys(
             self.household, record.user, os.urandom
         ):
-            enrolment.save(self.path, self.household)
+            enrolment.save(self.path, self.household, int(self._wall()))
             for listener in self.on_keys_made:
                 listener()
         _, written = await asyncio.gather(
@@ -1035,14 +1035,14 @@ class Peer:
     def keys_changed(self) -> None:
         """Another robot granted keys: keep them with this device's credentials."""
         if self.household is not None:
-            enrolment.save(self.path, self.household)
+            enrolment.save(self.path, self.household, int(self._wall()))
 
     def trust_changed(self) -> None:
         """The trust store changed (a newer revocation list, a certificate learned from a peer):
         keep it with this device's credentials, and look again at tombstones that did not
         check out before (their device may be known now)."""
         if self.household is not None:
-            enrolment.save(self.path, self.household)
+            enrolment.save(self.path, self.household, int(self._wall()))
         self._settings.changed()
         self._users = self._forgotten = None  # a tombstone's device may check out now, or not
         self._forgetting.on_household_change()
