@@ -14,9 +14,10 @@ import pytest
 
 import hearthsync.peer as peer_module
 from hearthsync import BlockedFieldError, Condition, NotFoundError, Peer, ValidationError, enrolment
-from hearthsync.crypto.identity import KEY_FILE
+from hearthsync.crypto.identity import KEY_FILE, DeviceIdentity
 from hearthsync.errors import ClosedError
 from tests.conftest import MONDAY_MS, FakeWall
+from tests.test_forgetting import enrol_household
 
 DAY = 86_400_000
 T = TypeVar("T")
@@ -229,29 +230,32 @@ async def test_a_robot_whose_clock_reset_still_opens_and_keeps_time(
 ) -> None:
     """A robot with no battery-backed clock boots in 1970 in a house without internet: it
     must still open (its household's certificates check out), keep the keys it is granted,
-    and stamp what it records no earlier than the last time it saw, moving on from there,
-    until its clock is set."""
-    path, wall = tmp_path / "kitchen", FakeWall(MONDAY_MS)
-    async with Peer.open(path, device="kitchen", wall=wall) as peer:
-        enrolment.create(path, peer.identity, "Home", "kitchen", now=int(wall()))
+    revoke a robot, and stamp what it records no earlier than the last time it read, moving on
+    from there, until its clock is set."""
+    enrol_household(tmp_path, ["owner", "hall"])
+    path, started = tmp_path / "owner", float(int(time.time()))
+    async with Peer.open(path, device="owner", wall=lambda: started) as peer:
         await peer.add_user("alice", name="Alice")
         before = await peer.record_event("alice", "COMMAND", "drink", text="tea, please")
+    hall = DeviceIdentity.load_or_create(tmp_path / "hall").device_id
     uptime = [0.0]
     monkeypatch.setattr(time, "time", lambda: 0.0)  # the system clock, wherever it is read
-    async with Peer.open(path, wall=FakeWall(0), monotonic=lambda: uptime[0]) as peer:
+    async with Peer.open(path, wall=lambda: 0.0, monotonic=lambda: uptime[0]) as peer:
         assert peer.household is not None  # certificates are checked against the floor
+        assert peer.wall() == before.ts / 1000
+        enrolment.revoke(path, peer.household, peer.identity, hall, now=int(peer.wall()))
+        peer.household.seen = None  # as if another process wrote the file meanwhile
         peer.keys_changed()  # a grant arrived: the credentials file is read and written
-        assert peer.wall() >= before.ts / 1000
         uptime[0] = 90.0
         after = await peer.record_event("alice", "COMMAND", "drink", text="more tea")
-        assert after.ts >= before.ts + 90_000  # from the floor, at the monotonic rate
+        assert after.ts == before.ts + 90_000  # from the floor, at the monotonic rate
         assert after.hlc > before.hlc
         assert [e.id for e in peer.events("alice", since=before.ts)] == [before.id, after.id]
-        wall_set = MONDAY_MS / 1000 + 3_600  # NTP answers at last: the system clock wins
-        peer_clock = peer.wall
-        assert peer_clock() < wall_set
-    async with Peer.open(path, wall=FakeWall(MONDAY_MS + 3_600_000)) as peer:
-        assert peer.wall() == wall_set
+    set_again = started + 3_600  # NTP answers: the system clock, ahead of the floor, wins
+    async with Peer.open(path, wall=lambda: set_again) as peer:
+        assert peer.wall() == set_again
+        assert peer.household is not None
+        assert peer.household.trust.is_revoked(hall)
 
 
 async def send_all(src: Peer, dst: Peer) -> None:

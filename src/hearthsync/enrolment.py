@@ -193,7 +193,7 @@ def create(
     random_bytes: Callable[[int], bytes] = os.urandom,
 ) -> HouseholdState:  # fmt: skip
     """Start a household with this device as its owner (``hearth init``)."""
-    if load(folder) is not None:
+    if load(folder, now) is not None:
         raise ValidationError(f"{folder} already belongs to a household", field="path")
     household = Household.create(identity, name, random_bytes)
     certificate = Certificate.self_signed_owner(
@@ -206,7 +206,7 @@ def create(
     for scope in SCOPES:
         keyring.create_scope(scope, random_bytes)
     state = HouseholdState(household, certificate, trust, keyring)
-    save(folder, state)
+    save(folder, state, now)
     return state
 
 
@@ -272,7 +272,7 @@ def revoke(
     )  # fmt: skip
     state.trust.accept_revocations(revocations, now)
     epochs = state.keyring.rotate_for_revocation(scopes & state.keyring.scopes, random_bytes)
-    save(folder, state)
+    save(folder, state, now)
     return {str(scope): epoch for scope, epoch in epochs.items()}
 
 
@@ -322,7 +322,7 @@ def adopt(folder: Path, identity: DeviceIdentity, enrolment: Enrolment, now: int
     for grant in enrolment.grants:
         keyring.accept_grant(grant, identity, trust=trust, now=now)
     state = HouseholdState(enrolment.household, certificate, trust, keyring)
-    save(folder, state)
+    save(folder, state, now)
     return state
 
 
@@ -331,7 +331,7 @@ async def join(
     address: tuple[str, int] | None = None,
 ) -> HouseholdState:  # fmt: skip
     """Enrol this device with an invite code (``hearth join``)."""
-    if load(folder) is not None:
+    if load(folder, now) is not None:
         raise ValidationError(f"{folder} already belongs to a household", field="path")
     invite = Invite.parse(code)
     host, port = address or (invite.host, invite.port)

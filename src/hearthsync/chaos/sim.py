@@ -424,6 +424,9 @@ class Simulation:
                 self.at(self.now, lambda other=other: self._dial(robot, other))  # type: ignore[misc]
 
     def _wall(self, robot: Robot) -> float:
+        """The robot's system clock; sessions and revocations read the robot's own clock,
+        `Peer.wall`, which never reads earlier than the last time it read, as a running robot's
+        `SyncService` does."""
         if robot.reset_at is not None:  # no clock battery: it counts from 1970 since its boot
             return self.now - robot.reset_at
         return BASE_WALL + self.now + robot.skew
@@ -580,7 +583,7 @@ class Simulation:
         for robot in (dialer, acceptor):
             session = Session(
                 robot.identity, robot.certificate.to_wire(), robot.trust, robot.keyring,
-                _peer(robot).docs, robot.rng.randbytes, self.now, self._wall(robot),
+                _peer(robot).docs, robot.rng.randbytes, self.now, _peer(robot).wall(),
                 sealer=robot.sealer,
             )  # fmt: skip
             conn.sides[robot.index] = _Side(robot.index, session, robot.incarnation)
@@ -688,7 +691,7 @@ class Simulation:
             return
         self._wire.update(b"%d>%d@%.6f:" % (sender, receiver, self.now))
         self._wire.update(data)
-        side.session.receive_data(data, self.now, self._wall(robot))
+        side.session.receive_data(data, self.now, _peer(robot).wall())
         self._events(robot, conn)
         self._flush(conn, receiver)
 
@@ -787,7 +790,7 @@ class Simulation:
             for _other, conn in sorted(robot.conns.items()):
                 side = conn.sides[robot.index]
                 if side.alive:
-                    side.session.tick(self.now, self._wall(robot))
+                    side.session.tick(self.now, _peer(robot).wall())
                     self._events(robot, conn)
                     self._flush(conn, robot.index)
         self.at(self.now + TICK_S, self._tick)
@@ -860,7 +863,7 @@ class Simulation:
             return
         epochs = enrolment.revoke(
             owner.folder, owner.state, owner.identity, victim.device_id,
-            now=int(self._wall(owner)), random_bytes=owner.rng.randbytes,
+            now=int(_peer(owner).wall()), random_bytes=owner.rng.randbytes,
         )  # fmt: skip
         self.revoked = victim.index
         self.revoked_epochs = dict(epochs)
