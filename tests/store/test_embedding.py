@@ -57,12 +57,20 @@ def test_similar_texts_are_closer_than_unrelated_ones() -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "   ", "\x00", "ok", "☕🤖 café", "x" * 10_000, "a\x00b", "ж" * 3]
+    "text", ["", "   ", "\x00", "t", "ok", "☕🤖 café", "x" * 10_000, "a\x00b", "ж" * 3]
 )
 def test_every_text_gives_a_finite_unit_vector(text: str) -> None:
     vector = HashingEmbedder().embed([text])[0]
     assert np.all(np.isfinite(vector))
     assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_one_letter_text_embeds_and_spoils_no_batch() -> None:
+    """A one-letter text ("y") has no 5-gram: alone in its batch it failed the embedding,
+    and the event was stored without a vector; with others it changes none of theirs."""
+    embedder = HashingEmbedder(64)
+    together = embedder.embed(["y", "tea in the green mug"])
+    assert np.array_equal(together[1], embedder.embed(["tea in the green mug"])[0])
 
 
 def test_empty_texts_share_one_fixed_vector() -> None:

@@ -72,7 +72,9 @@ def _mix(h: U64Array) -> U64Array:
 def _ngram_hashes(codes: U64Array, n: int) -> U64Array:
     """FNV-1a hash of every ``n``-code-point window (windows across texts are masked later)."""
     count = codes.size - n + 1
-    h = np.full(max(count, 0), _FNV_OFFSET, dtype=np.uint64)
+    if count <= 0:  # shorter than one window ("a" padded is 3 code points: no 5-gram)
+        return np.zeros(0, dtype=np.uint64)
+    h = np.full(count, _FNV_OFFSET, dtype=np.uint64)
     for j in range(n):
         h = (h ^ codes[j : j + count]) * _FNV_PRIME
     return _mix(h)
