@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 
 from hearthsync.errors import BlockedFieldError, ValidationError
-from hearthsync.hlc import EARLIEST, MAX_BACK_S, FloorWall, HybridClock, Timestamp, latest_stored
+from hearthsync.hlc import (
+    EARLIEST,
+    MAX_AHEAD_MS,
+    MAX_BACK_S,
+    ClockHints,
+    FloorWall,
+    HybridClock,
+    Timestamp,
+    latest_stored,
+)
 from hearthsync.model import (
     Calibration,
     Condition,
@@ -147,3 +156,48 @@ def test_a_robots_wall_clock_never_reads_before_what_it_read_last() -> None:
     new = FloorWall.start(lambda: 0.0, None, lambda: 0.0)
     assert new() == EARLIEST  # never stopped before: no clock that works reads 1970
     assert FloorWall.start(lambda: last, None, lambda: 0.0)() == last
+
+
+def test_a_floor_behind_which_a_plausible_clock_runs_lets_it_catch_up() -> None:
+    """Set back while running (NTP corrects a fast clock), the robot never reads backwards:
+    it holds its last reading and moves on at half speed until the system clock leads again,
+    instead of running ahead of it for good."""
+    system, uptime = [EARLIEST + 1e7], [0.0]
+    clock = FloorWall.start(lambda: system[0], None, lambda: uptime[0])
+    assert clock() == system[0]
+    before = system[0]
+    system[0] -= 100.0  # stepped back
+    assert clock() == before
+    uptime[0], system[0] = 100.0, system[0] + 100.0
+    assert clock() == before + 50.0  # half speed: still ahead of the clock (before)
+    uptime[0], system[0] = 200.0, system[0] + 100.0
+    assert clock() == system[0] == before + 100.0  # caught up: the system clock leads again
+    still = FloorWall.start(lambda: before, None, lambda: uptime[0])
+    uptime[0] = 1_000.0
+    assert still() == still() == before  # a clock read twice in one tick is not behind
+
+
+def test_credentials_tell_a_broken_clock_and_a_glitched_reading_apart() -> None:
+    """With credentials, a clock more than a day before a certificate the household signed
+    is broken (the board's build date, say); a stored reading after the robot's own
+    certificate expires was a glitch (it could not have run then)."""
+    issued, expires = EARLIEST + 2e7, EARLIEST + 3e8
+    hints = ClockHints(issued=issued, expires=expires)
+    build_date = EARLIEST + 1e6  # plausible by the calendar, not by the certificates
+    last = issued + 5e6
+    assert FloorWall.start(lambda: build_date, last, lambda: 0.0, hints)() == last
+    assert FloorWall.start(lambda: build_date, None, lambda: 0.0, hints)() == issued
+    glitch = expires + 1e9  # a flat RTC battery read 2106 once
+    right = issued + 1e6
+    assert FloorWall.start(lambda: right, glitch, lambda: 0.0, hints)() == right
+
+
+def test_a_stamp_far_ahead_of_the_clock_is_not_followed() -> None:
+    wall = [1_000_000]
+    clock = HybridClock("A", lambda: wall[0])
+    assert not clock.observe(
+        Timestamp(wall[0] + MAX_AHEAD_MS + 1, 0, "B"), max_ahead_ms=MAX_AHEAD_MS
+    )
+    assert clock.now().ms == wall[0]
+    assert clock.observe(Timestamp(wall[0] + 5_000, 0, "B"), max_ahead_ms=MAX_AHEAD_MS)
+    assert clock.now() > Timestamp(wall[0] + 5_000, 0, "B")

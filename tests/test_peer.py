@@ -16,6 +16,7 @@ import hearthsync.peer as peer_module
 from hearthsync import BlockedFieldError, Condition, NotFoundError, Peer, ValidationError, enrolment
 from hearthsync.crypto.identity import KEY_FILE, DeviceIdentity
 from hearthsync.errors import ClosedError
+from hearthsync.hlc import Timestamp
 from tests.conftest import MONDAY_MS, FakeWall
 from tests.test_forgetting import enrol_household
 
@@ -287,6 +288,25 @@ async def test_a_write_follows_what_its_robot_received_whatever_its_clock(
         assert corrected.hlc > said.hlc
         for robot in (kitchen, hall):
             assert robot.preference("alice", "drink/mug").value == "green"  # type: ignore[union-attr]
+
+
+async def test_a_stamp_like_value_does_not_drag_the_household_clock(tmp_path: Path) -> None:
+    """A value that holds what looks like a stamp far in the future (or a robot whose clock
+    glitched there) is stored and synced, but the robots that receive it do not follow it."""
+    wall = FakeWall(MONDAY_MS)
+    async with (
+        Peer.open(tmp_path / "kitchen", device="kitchen", wall=wall) as kitchen,
+        Peer.open(tmp_path / "hall", device="hall", wall=wall) as hall,
+    ):
+        await kitchen.add_user("alice", name="Alice")
+        odd = {"at": "9999999999999999.99999.X"}
+        await kitchen.set_preference("alice", "misc/odd", odd)
+        await send_all(kitchen, hall)
+        assert hall.preference("alice", "misc/odd").value == odd  # type: ignore[union-attr]
+        written = await hall.set_preference("alice", "misc/even", 1)
+        assert Timestamp.parse(written.set_at).ms == MONDAY_MS
+    async with Peer.open(tmp_path / "hall", wall=wall) as reopened:
+        assert reopened.preference("alice", "misc/even") is not None
 
 
 async def test_fields_changed_on_two_robots_apart_both_survive(tmp_path: Path) -> None:

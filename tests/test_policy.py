@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
 
-from hearthsync import Peer
+from hearthsync import Peer, enrolment
 from hearthsync.context import DEFAULT_POLICY, HouseholdPolicy, TaskGrant
+from hearthsync.crypto.pairing import PendingInvite
 from hearthsync.crypto.statement import POLICY, Statement
 from hearthsync.errors import ValidationError
 from hearthsync.ids import DocId
@@ -18,6 +20,7 @@ from hearthsync.settings import TASKS
 from hearthsync.transport.service import SyncService
 from tests.conftest import FakeWall
 from tests.test_forgetting import enrol_household
+from tests.test_peer import send_all
 
 TIMEOUT = 20.0
 
@@ -101,3 +104,39 @@ async def test_only_admins_set_it_and_every_robot_obeys_theirs(household: list[P
         statement = hall._settings.policy_statement()
         assert statement is not None
         assert statement.device == owner.device_id
+
+
+class AdminInvite(PendingInvite):
+    """An invite that enrols an admin, whatever role it is made with."""
+
+    def __init__(self, secret: bytes, scopes: tuple[str, ...], _role: str, expires: int) -> None:
+        super().__init__(secret, scopes, "admin", expires)
+
+
+async def test_a_policy_set_after_another_wins_whatever_the_clocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DESIGN invariant 3 for signed statements, whose stamps a merged update hides (hex):
+    an admin robot a minute slow that sets the policy after receiving the owner's stamps its
+    statement after the one it replaces, and both robots obey it."""
+    # an admin robot (the command line does not invite one yet)
+    monkeypatch.setattr(enrolment, "PendingInvite", AdminInvite)
+    enrol_household(tmp_path, ["owner", "hall"])
+    now_ms = int(time.time() * 1000)
+    owner_wall, hall_wall = FakeWall(now_ms), FakeWall(now_ms - 60_000)
+    async with (
+        Peer.open(tmp_path / "owner", device="owner", wall=owner_wall) as owner,
+        Peer.open(tmp_path / "hall", device="hall", wall=hall_wall) as hall,
+    ):
+        assert hall.household is not None
+        assert hall.household.is_admin
+        first, second = with_grant("night_check", "core"), with_grant("tidy", "spatial")
+        await owner.set_policy(first)
+        await send_all(owner, hall)
+        assert hall.policy() == first
+        owner_wall.advance(1_000)
+        hall_wall.advance(1_000)
+        await hall.set_policy(second)
+        assert hall.policy() == second
+        await send_all(hall, owner)
+        assert owner.policy() == second

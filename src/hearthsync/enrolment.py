@@ -35,6 +35,7 @@ from hearthsync.crypto.pairing import (
 )
 from hearthsync.crypto.wire import pack, unpack_array
 from hearthsync.errors import CryptoError, MissingKeyError, StoreError, ValidationError
+from hearthsync.hlc import ClockHints
 from hearthsync.transport.service import JOIN_PATH, Credentials
 
 CREDENTIALS_FILE = "household.key"
@@ -95,6 +96,24 @@ def load(folder: Path, now: int | None = None) -> HouseholdState | None:
         import_secret_keys(fields[5]),
         [PendingInvite.from_list(item) for item in fields[6]],
     )
+
+
+def clock_hints(folder: Path) -> ClockHints | None:
+    """What the credentials in ``folder`` say of the time, read before the clock can be
+    trusted to check them (`hearthsync.hlc.FloorWall.start`); None without credentials, or
+    with credentials that do not parse (opening them will then say why)."""
+    path = folder / CREDENTIALS_FILE
+    try:
+        fields = unpack_array(
+            path.read_bytes(), what=CREDENTIALS_FILE, length=7, max_bytes=16 * 1024 * 1024,
+            error=CryptoError, max_array=100_000,
+        )  # fmt: skip
+        own = Certificate.from_wire(fields[2])
+        trusted = [Certificate.from_wire(wire) for wire in fields[3]]
+    except (OSError, CryptoError, ValidationError, TypeError, IndexError):
+        return None
+    issued = max(cert.issued_at for cert in [own, *trusted])
+    return ClockHints(issued=float(issued), expires=float(own.expires_at))
 
 
 @contextlib.contextmanager

@@ -72,10 +72,16 @@ class HybridClock:
             self._bump()
         return Timestamp(self._ms, self._counter, self._device)
 
-    def observe(self, seen: Timestamp) -> None:
-        """Fold in a timestamp read from another device's record."""
+    def observe(self, seen: Timestamp, *, max_ahead_ms: int | None = None) -> bool:
+        """Fold in a timestamp read from another device's record; with ``max_ahead_ms``,
+        only if it is no further ahead of the wall clock than that (`MAX_AHEAD_MS`): a
+        glitched clock's year 2106, or a stamp-like string in a person's value, must not drag
+        every robot's stamps, and the dates shown from them, along.  Returns whether it did."""
+        if max_ahead_ms is not None and seen.ms > self._now_ms() + max_ahead_ms:
+            return False
         if (seen.ms, seen.counter) > (self._ms, self._counter):
             self._ms, self._counter = seen.ms, seen.counter
+        return True
 
     @property
     def last(self) -> Timestamp:
@@ -102,25 +108,36 @@ def latest_stored(update: bytes) -> Timestamp | None:
 
 #: no clock that works reads earlier than this (2026-01-01T00:00Z, before this code was
 #: written): a robot without a battery-backed clock boots at 1970 or at the date its system
-#: was built, and reads this, or later, as a time it cannot be sure of
+#: was built, and a clock that reads earlier is broken
 EARLIEST = float(calendar.timegm((2026, 1, 1, 0, 0, 0)))
-#: how far back of the last time it read a plausible system clock may go before the robot
-#: believes it rather than the time it read (which may have been a glitch into the future)
+#: a system clock more than this behind a date its household's authority signed is broken
 MAX_BACK_S = 86_400.0
+#: how fast a floor moves on while a plausible system clock is behind it: it closes a gap in
+#: twice its length, where a floor at full speed would stay ahead of the clock for good
+SLEW = 0.5
+#: a stamp received further ahead of this robot's clock than this is not followed (ms)
+MAX_AHEAD_MS = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class ClockHints:
+    """What a robot's credentials say of the time (`hearthsync.enrolment.clock_hints`)."""
+
+    issued: float  #: the newest issued_at of the certificates it trusts: it is at least then
+    expires: float  #: its own certificate's expires_at: it never ran after that
 
 
 class FloorWall:
-    """The wall clock a robot goes by: its system clock, but never earlier than ``floor``
-    (the latest time this robot read before it last stopped), moving on from the floor at the
-    rate of ``monotonic`` until the system clock catches up (NTP answers, someone sets it).
+    """The wall clock a robot goes by: its system clock, but never earlier than a reading it
+    returned before, nor than ``floor`` (what it last read before it stopped).
 
     A robot without a battery-backed clock that boots in a house without internet reads 1970:
-    without a floor it would stamp its events in 1970 and find every certificate of its
-    household "not yet valid", so it could not even open its credentials.  The floor it gets
-    (`start`) is the time it last read, unless the system clock is plausible (after
-    `EARLIEST`) and more than `MAX_BACK_S` behind it: then the earlier reading is the one
-    not to trust (an RTC with a flat battery can read 2106 once), and a floor that stayed there
-    would expire every certificate for good.
+    without a floor it would stamp its events in 1970, and find every certificate of its
+    household "not yet valid", so it could not even open its credentials.  While the system
+    clock is behind the floor, the floor moves on: at the monotonic rate while the system
+    clock is broken (before `EARLIEST`, or a day before a certificate the household signed),
+    at `SLEW` of it while it is plausible (set back by NTP, a step back), so that the system
+    clock catches up and leads again, rather than the robot running ahead of it for good.
     """
 
     def __init__(
@@ -128,11 +145,15 @@ class FloorWall:
         system: Callable[[], float],
         floor: float = 0.0,
         monotonic: Callable[[], float] = time.monotonic,
+        *,
+        plausible_from: float = EARLIEST,
     ) -> None:
         self._system = system
         self._monotonic = monotonic
         self._floor = floor
         self._since = monotonic()
+        self._plausible_from = plausible_from
+        self._leading = False  #: whether the floor was ahead of the system clock last read
 
     @classmethod
     def start(
@@ -140,29 +161,54 @@ class FloorWall:
         system: Callable[[], float],
         last: float | None,
         monotonic: Callable[[], float] = time.monotonic,
+        hints: ClockHints | None = None,
     ) -> FloorWall:
-        """The wall clock of a robot whose last reading (stored) was ``last``, if any."""
+        """The wall clock of a robot that last read ``last`` before it stopped (stored; None
+        if it never ran), with what its credentials say of the time, if it has any.
+
+        ``last`` is the floor, unless it was a glitch: later than the robot's certificate
+        expires (it could not have run then), or, without credentials, more than `MAX_BACK_S`
+        ahead of a plausible system clock.  An RTC with a flat battery can read 2106 once,
+        and a floor kept there would expire every certificate for good.
+        """
         now = system()
+        plausible_from = EARLIEST
         floor = EARLIEST
+        if hints is not None:
+            plausible_from = max(plausible_from, hints.issued - MAX_BACK_S)
+            if now < plausible_from:  # before a date the household signed: broken
+                floor = max(floor, hints.issued)
         if last is not None and last > now:
-            if now >= EARLIEST and last - now > MAX_BACK_S:
+            if hints is not None:
+                glitch = last >= hints.expires
+            else:
+                glitch = now >= plausible_from and last - now > MAX_BACK_S
+            if glitch:
                 log.warning(
-                    "the system clock reads %s, %.0f s before the time this robot last read, "
-                    "%s; going by the system clock", _iso(now), last - now, _iso(last),
+                    "the time this robot last read, %s, cannot be right (the system clock "
+                    "reads %s); going by the system clock", _iso(last), _iso(now),
                 )  # fmt: skip
             else:
                 floor = max(floor, last)
         if now < floor:
             log.warning(
-                "the system clock reads %s, before %s: going by the latter (and the time "
-                "since) until the clock is set", _iso(now), _iso(floor),
+                "the system clock reads %s, before %s: going by the latter, moving on, until "
+                "the clock catches up", _iso(now), _iso(floor),
             )  # fmt: skip
-        return cls(system, floor, monotonic)
+        return cls(system, floor, monotonic, plausible_from=plausible_from)
 
     def __call__(self) -> float:
-        now = self._system()
-        floor = self._floor + (self._monotonic() - self._since)
-        return now if now >= floor else floor
+        now, elapsed = self._system(), self._monotonic()
+        if self._leading:  # the floor moves on only while it leads: a clock read twice in
+            # one tick (or a test's clock standing still) is not behind
+            rate = 1.0 if now < self._plausible_from else SLEW
+            self._floor += rate * max(0.0, elapsed - self._since)
+        self._since = elapsed
+        if now >= self._floor:
+            self._floor, self._leading = now, False  # the system clock leads; keep its reading
+            return now
+        self._leading = True
+        return self._floor
 
 
 def _iso(seconds: float) -> str:

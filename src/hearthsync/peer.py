@@ -59,7 +59,7 @@ from hearthsync.crypto.identity import DeviceIdentity
 from hearthsync.crypto.statement import Statement
 from hearthsync.errors import NotFoundError, ValidationError
 from hearthsync.forgetting import Forgetting
-from hearthsync.hlc import FloorWall, HybridClock, Timestamp, latest_stored
+from hearthsync.hlc import MAX_AHEAD_MS, FloorWall, HybridClock, Timestamp, latest_stored
 from hearthsync.ids import DeviceId, DocId, LineageId, UserId, check_name
 from hearthsync.model.records import (
     Calibration,
@@ -209,7 +209,7 @@ class Peer:
         synchronous: Literal["FULL", "NORMAL", "OFF"] = "FULL",
         auto_commit: bool = True,
         offload: Offload = THREAD,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] | None = None,
     ) -> AsyncIterator[Peer]:
         """Open (creating if new) the peer stored in the folder ``path``; close on exit."""
         peer = await cls.start(
@@ -233,12 +233,14 @@ class Peer:
         synchronous: Literal["FULL", "NORMAL", "OFF"] = "FULL",
         auto_commit: bool = True,
         offload: Offload = THREAD,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] | None = None,
     ) -> Peer:
         """Open the peer in ``path``; the caller must `close` it.
 
         ``wall`` is the system clock, which the peer never lets read earlier than the time it
-        last read (`hearthsync.hlc.FloorWall`, moving on at the rate of ``monotonic``).
+        last read (`hearthsync.hlc.FloorWall`, moving on at the rate of ``monotonic``; by
+        default `time.monotonic` with the system clock, and one that stands still with an
+        injected ``wall``, so that a test's or a simulation's time moves only when it says).
         ``offload`` runs the blocking work (embedding, index inserts and saves): a worker
         thread by default, `hearthsync.offload.inline` where the caller awaits it all anyway
         (a simulation).
@@ -259,7 +261,10 @@ class Peer:
             name = await _device_name(sqlite, device)
             await _check_embedder(sqlite, embedder)
             seen = await sqlite.get_meta("wall")
-            wall = FloorWall.start(wall, float(seen) if seen else None, monotonic)
+            hints = enrolment.clock_hints(folder)
+            if monotonic is None:
+                monotonic = time.monotonic if wall is time.time else _standing_still
+            wall = FloorWall.start(wall, float(seen) if seen else None, monotonic, hints)
             last = await sqlite.get_meta("hlc")
             clock = HybridClock(
                 identity.device_id,
@@ -349,7 +354,11 @@ class Peer:
             return None
         return self._handle(doc_id, make)
 
-    def _stamp(self) -> tuple[str, str]:
+    def _stamp(self, after: str = "") -> tuple[str, str]:
+        """A new stamp (and this device), later than ``after``: a record this write replaces
+        whose stamp the clock could not see when it arrived (a signed statement's)."""
+        if after:
+            self._clock.observe(Timestamp.parse(after), max_ahead_ms=MAX_AHEAD_MS)
         return str(self._clock.now()), self.device_id
 
     def _meta(self) -> dict[str, str]:
@@ -1014,8 +1023,11 @@ class Peer:
             # what this robot writes from now on is stamped after what it has just received,
             # or a robot whose wall clock is slow would lose every correction it is told
             seen = latest_stored(update)
-            if seen is not None:
-                self._clock.observe(seen)
+            if seen is not None and not self._clock.observe(seen, max_ahead_ms=MAX_AHEAD_MS):
+                log.warning(
+                    "%s: not following a stamp %.0f s ahead of this robot's clock",
+                    doc_id, seen.ms / 1000 - self._wall(),
+                )  # fmt: skip
         return done
 
     # ------------------------------------------------------------------ forgetting
@@ -1263,6 +1275,11 @@ def _event_ts(event_id: str) -> int:
 
 
 _WITHOUT_USER = frozenset({"user"})
+
+
+def _standing_still() -> float:
+    """The monotonic clock of a peer whose wall clock is injected: time moves when it says."""
+    return 0.0
 
 
 def _by_time(event: InteractionEvent) -> tuple[int, str]:

@@ -64,7 +64,10 @@ class HouseholdSettings:
             raise ValidationError(
                 "only an owner or admin robot may set the household's task policy", field="policy"
             )
-        at, _ = peer._stamp()
+        # after the statement in force: signed statements are stored as hex, where a merged
+        # update's stamps are not found (`hlc.latest_stored`)
+        held = self.policy_statement()
+        at, _ = peer._stamp(after=held.at if held is not None else "")
         certificate = household.certificate.to_wire() if household is not None else b""
         statement = Statement.issue(
             peer.identity, POLICY, TASKS, at, body=policy.to_json(), certificate=certificate

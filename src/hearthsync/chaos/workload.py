@@ -181,7 +181,9 @@ class Writer:
 
     async def set_calibration(self, user: str, field: str, value: float) -> Write:
         epoch = self._epoch("core", user)
+        held = self.peer.calibration(user).stamps.get(field, "")
         record = await self.peer.set_calibration(user, **{field: value})
+        _follows(f"calibration {user}.{field}", record.stamps[field], [held])
         return self._register(
             "calibration", user_doc(user, Kind.CALIBRATION), "core", "calibration",
             "calibration", record.set_at, epoch,
