@@ -201,3 +201,26 @@ def test_a_stamp_far_ahead_of_the_clock_is_not_followed() -> None:
     assert clock.now().ms == wall[0]
     assert clock.observe(Timestamp(wall[0] + 5_000, 0, "B"), max_ahead_ms=MAX_AHEAD_MS)
     assert clock.now() > Timestamp(wall[0] + 5_000, 0, "B")
+
+
+def test_fields_merge_from_the_version_that_set_each_last() -> None:
+    """`merge_fields`: each field from the version that set it last (stamp, then device);
+    a version without stamps (written before them) set every field at its ``set_at``."""
+    from hearthsync.model.records import Calibration, merge_fields
+
+    t = [str(Timestamp(ms, 0, "A")) for ms in range(10)]
+    legacy = Calibration(user="alice", proactivity=0.1, verbosity=0.1, set_at=t[3], device="a")
+    newer = Calibration(
+        user="alice", proactivity=0.9, verbosity=0.2, set_at=t[5], device="b",
+        stamps={"verbosity": t[5], "proactivity": t[1]},
+    )  # fmt: skip
+    merged = merge_fields([legacy, newer])
+    assert merged is not None
+    assert (merged.proactivity, merged.verbosity) == (0.1, 0.2)  # 0.1 was set later than 0.9
+    assert merged.stamps == {
+        "proactivity": t[3], "verbosity": t[5], "pace": t[3], "personal_space_m": t[3]
+    }  # fmt: skip
+    assert (merged.set_at, merged.device) == (t[5], "b")
+    tie = newer.model_copy(update={"device": "c", "verbosity": 0.7})
+    assert merge_fields([newer, tie]).verbosity == 0.7  # type: ignore[union-attr]
+    assert merge_fields([]) is None
