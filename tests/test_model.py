@@ -190,6 +190,11 @@ def test_credentials_tell_a_broken_clock_and_a_glitched_reading_apart() -> None:
     glitch = expires + 1e9  # a flat RTC battery read 2106 once
     right = issued + 1e6
     assert FloorWall.start(lambda: right, glitch, lambda: 0.0, hints)() == right
+    # a reading two years ahead, before the certificate expires, of a clock every certificate
+    # finds good: the reading was the glitch, not the clock
+    assert FloorWall.start(lambda: right, right + 6.3e7, lambda: 0.0, hints)() == right
+    # a clock a few hours before the newest certificate, nothing stored: it read that late
+    assert FloorWall.start(lambda: issued - 3_600, None, lambda: 0.0, hints)() == issued
 
 
 def test_a_stamp_far_ahead_of_the_clock_is_not_followed() -> None:

@@ -259,6 +259,21 @@ async def test_a_robot_whose_clock_reset_still_opens_and_keeps_time(
         assert peer.household.trust.is_revoked(hall)
 
 
+async def test_an_idle_robot_keeps_the_time_it_reads(tmp_path: Path) -> None:
+    """A robot that writes nothing for days still stores the time it reads (every
+    `KEEP_TIME_S`, and when it closes): booted without a clock, it resumes from there, not
+    from its last write."""
+    wall = FakeWall(MONDAY_MS)
+    async with Peer.open(tmp_path / "hall", device="hall", wall=wall) as peer:
+        await peer.add_user("alice", name="Alice")
+        wall.advance(2 * DAY)  # a quiet weekend
+        await peer.keep_time()
+        assert await peer._sqlite.get_meta("wall") == f"{(MONDAY_MS + 2 * DAY) / 1000:.3f}"
+        wall.advance(DAY)
+    async with Peer.open(tmp_path / "hall", wall=lambda: 0.0) as peer:
+        assert peer.wall() == (MONDAY_MS + 3 * DAY) / 1000
+
+
 async def send_all(src: Peer, dst: Peer) -> None:
     for doc_id in src.document_ids():
         await dst.apply_update(doc_id, src.diff(doc_id, dst.state_vector(doc_id)), origin="x")

@@ -140,3 +140,12 @@ async def test_a_policy_set_after_another_wins_whatever_the_clocks(
         assert hall.policy() == second
         await send_all(hall, owner)
         assert owner.policy() == second
+        owner_wall.advance(2 * 86_400_000)  # the owner's clock runs two days ahead
+        third = with_grant("night_check", "health")
+        await owner.set_policy(third)
+        await send_all(owner, hall)
+        # the hall robot cannot stamp after it without following a stamp two days ahead:
+        # it says so rather than write a statement that would never be in force
+        with pytest.raises(ValidationError, match="set the clock"):
+            await hall.set_policy(second)
+        assert hall.policy() == third

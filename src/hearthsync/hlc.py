@@ -167,22 +167,26 @@ class FloorWall:
         if it never ran), with what its credentials say of the time, if it has any.
 
         ``last`` is the floor, unless it was a glitch: later than the robot's certificate
-        expires (it could not have run then), or, without credentials, more than `MAX_BACK_S`
-        ahead of a plausible system clock.  An RTC with a flat battery can read 2106 once,
-        and a floor kept there would expire every certificate for good.
+        expires (it could not have run then), or more than `MAX_BACK_S` ahead of a system
+        clock that is believable (not before any certificate it holds; without credentials,
+        after `EARLIEST`).  An RTC with a flat battery can read 2106 once, and a floor kept
+        there would expire every certificate for good.  The newest certificate it holds is a
+        floor too: it was good at some time the robot read.
         """
         now = system()
         plausible_from = EARLIEST
         floor = EARLIEST
         if hints is not None:
             plausible_from = max(plausible_from, hints.issued - MAX_BACK_S)
-            if now < plausible_from:  # before a date the household signed: broken
-                floor = max(floor, hints.issued)
+            # it stores only certificates that were good at a time it read: it read that late
+            floor = max(floor, hints.issued)
         if last is not None and last > now:
-            if hints is not None:
-                glitch = last >= hints.expires
-            else:
-                glitch = now >= plausible_from and last - now > MAX_BACK_S
+            # after its own certificate expires it could not have run; more than a day ahead
+            # of a clock that every certificate it holds finds good, it was a glitch
+            believable = now >= (hints.issued if hints is not None else plausible_from)
+            glitch = (hints is not None and last >= hints.expires) or (
+                believable and last - now > MAX_BACK_S
+            )
             if glitch:
                 log.warning(
                     "the time this robot last read, %s, cannot be right (the system clock "

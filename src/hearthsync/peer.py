@@ -57,7 +57,7 @@ from hearthsync.crdt.kinds import HOME, DocInfo, Kind, events_doc, parse, user_d
 from hearthsync.crdt.replica import Replica
 from hearthsync.crypto.identity import DeviceIdentity
 from hearthsync.crypto.statement import Statement
-from hearthsync.errors import NotFoundError, ValidationError
+from hearthsync.errors import HearthError, NotFoundError, ValidationError
 from hearthsync.forgetting import Forgetting
 from hearthsync.hlc import MAX_AHEAD_MS, FloorWall, HybridClock, Timestamp, latest_stored
 from hearthsync.ids import DeviceId, DocId, LineageId, UserId, check_name
@@ -102,6 +102,7 @@ PROFILE, CALIBRATION = "profile", "calibration"  #: the one slot key of each doc
 W = TypeVar("W")
 ALWAYS = Condition()
 INDEX_IDLE_S = 0.05  #: see `Peer._index_staged`
+KEEP_TIME_S = 600.0  #: how often an open robot stores the time it reads (`Peer.keep_time`)
 INDEX_CHUNK = 64  #: vectors inserted into a graph per turn of the loop: about 5 ms
 INDEX_BACKLOG = 65_536  #: staged vectors (96 MiB at 384 dimensions) past which inserts go on
 NOWHERE = ContextSnapshot()
@@ -178,6 +179,7 @@ class Peer:
         #: made here, or a tombstone received from another robot)
         self.on_forgotten: list[Callable[[str], None]] = []
         self._indexer: asyncio.Task[None] | None = None
+        self._keeper: asyncio.Task[None] | None = None  #: `_keep_time_forever`
         self._backlog = asyncio.Event()  #: set when more than `INDEX_BACKLOG` vectors wait
         #: seconds without a commit before the indexer inserts staged vectors into the graph
         #: (`_index_staged`); the chaos simulation, which decides every loop turn, uses 0
@@ -279,6 +281,8 @@ class Peer:
             lock.release()
             raise
         peer = cls(folder, identity, name, sqlite, docs, vectors, clock, wall, rng, lock)
+        if auto_commit:  # a simulation, which commits only when told, keeps no timers
+            peer._keeper = asyncio.create_task(peer._keep_time_forever(), name="hearthsync-time")
         try:
             peer.household = enrolment.load(folder, int(wall()))
             # a purge a crash cut short is finished first (in the background where only the
@@ -297,11 +301,16 @@ class Peer:
         if self._closed:
             return
         self._closed = True
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
         try:
             await self._forgetting.close()
             await self._docs.close()
             await self._indexed()  # the next open loads the graph, not rebuilds what was staged
             self._vectors.save()
+            await self.keep_time()
         finally:
             try:
                 await self._sqlite.close()
@@ -316,6 +325,8 @@ class Peer:
             return
         self._closed = True
         self._docs.crash()
+        if self._keeper is not None:
+            self._keeper.cancel()
         if self._indexer is not None:
             self._indexer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -358,11 +369,26 @@ class Peer:
         """A new stamp (and this device), later than ``after``: a record this write replaces
         whose stamp the clock could not see when it arrived (a signed statement's)."""
         if after:
-            self._clock.observe(Timestamp.parse(after), max_ahead_ms=MAX_AHEAD_MS)
+            with contextlib.suppress(ValidationError):  # not a stamp: nothing to follow
+                self._clock.observe(Timestamp.parse(after), max_ahead_ms=MAX_AHEAD_MS)
         return str(self._clock.now()), self.device_id
 
     def _meta(self) -> dict[str, str]:
         return {"hlc": str(self._clock.last), "wall": f"{self._wall():.3f}"}
+
+    async def keep_time(self) -> None:
+        """Store the time this robot reads now (``meta.wall``), as every batch does: the floor
+        of its clock if it next boots without one (`hearthsync.hlc.FloorWall`)."""
+        await self._sqlite.commit_meta(self._meta())
+
+    async def _keep_time_forever(self) -> None:
+        """A robot idle for days writes no batch: its floor would be its last write."""
+        while True:
+            await asyncio.sleep(KEEP_TIME_S)
+            try:
+                await self.keep_time()
+            except HearthError:  # a full disk: the next batch or turn stores it
+                log.warning("could not store the time this robot reads", exc_info=True)
 
     def wall(self) -> float:
         """Seconds since the epoch by this robot's clock: the system clock, never earlier than

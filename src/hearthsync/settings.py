@@ -19,6 +19,7 @@ from hearthsync.context.policy import DEFAULT_POLICY, HouseholdPolicy
 from hearthsync.crdt.handles import SEP, HouseholdDoc
 from hearthsync.crypto.statement import POLICY, Statement, check_statement
 from hearthsync.errors import CryptoError, ValidationError
+from hearthsync.hlc import Timestamp
 from hearthsync.ids import DocId
 
 if TYPE_CHECKING:
@@ -68,6 +69,11 @@ class HouseholdSettings:
         # update's stamps are not found (`hlc.latest_stored`)
         held = self.policy_statement()
         at, _ = peer._stamp(after=held.at if held is not None else "")
+        if held is not None and at <= held.at and _is_stamp(held.at):
+            raise ValidationError(
+                f"the policy in force was set at {held.at[:16]} ms, more than a day ahead of "
+                "this robot's clock: set the clock, then the policy", field="policy",
+            )  # fmt: skip
         certificate = household.certificate.to_wire() if household is not None else b""
         statement = Statement.issue(
             peer.identity, POLICY, TASKS, at, body=policy.to_json(), certificate=certificate
@@ -119,3 +125,11 @@ class HouseholdSettings:
                 log.warning("ignoring the task policy in %r: %s", slot, exc)
             return None
         return statement, policy
+
+
+def _is_stamp(text: str) -> bool:
+    try:
+        Timestamp.parse(text)
+    except ValidationError:
+        return False
+    return True
