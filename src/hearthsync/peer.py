@@ -310,7 +310,7 @@ class Peer:
             await self._docs.close()
             await self._indexed()  # the next open loads the graph, not rebuilds what was staged
             self._vectors.save()
-            await self.keep_time()
+            await self._keep_time_or_warn()
         finally:
             try:
                 await self._sqlite.close()
@@ -325,12 +325,11 @@ class Peer:
             return
         self._closed = True
         self._docs.crash()
-        if self._keeper is not None:
-            self._keeper.cancel()
-        if self._indexer is not None:
-            self._indexer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._indexer
+        for task in (self._keeper, self._indexer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         try:
             await self._sqlite.close()
         finally:
@@ -385,10 +384,13 @@ class Peer:
         """A robot idle for days writes no batch: its floor would be its last write."""
         while True:
             await asyncio.sleep(KEEP_TIME_S)
-            try:
-                await self.keep_time()
-            except HearthError:  # a full disk: the next batch or turn stores it
-                log.warning("could not store the time this robot reads", exc_info=True)
+            await self._keep_time_or_warn()
+
+    async def _keep_time_or_warn(self) -> None:
+        try:
+            await self.keep_time()
+        except HearthError:  # a full disk: the next batch or turn stores it
+            log.warning("could not store the time this robot reads", exc_info=True)
 
     def wall(self) -> float:
         """Seconds since the epoch by this robot's clock: the system clock, never earlier than
