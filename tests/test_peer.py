@@ -274,6 +274,27 @@ async def test_an_idle_robot_keeps_the_time_it_reads(tmp_path: Path) -> None:
         assert peer.wall() == (MONDAY_MS + 3 * DAY) / 1000
 
 
+async def test_storing_the_time_while_a_batch_commits_takes_nothing_from_it(
+    peer: Peer,
+) -> None:
+    """The time keeper writes on its own timer, so it can land while the flusher's batch is
+    in flight: it must not take or reset the batch's update numbers (it once did, and every
+    later write failed on a duplicate number until the robot restarted)."""
+    store, commit, kept = peer._sqlite, peer._sqlite.commit, []
+
+    async def commit_and_keep_time(batch: Any) -> None:
+        if batch.updates and not kept:  # the keeper's turn comes while this batch commits
+            kept.append(asyncio.ensure_future(peer.keep_time()))
+        await commit(batch)
+
+    store.commit = commit_and_keep_time  # type: ignore[method-assign]
+    await peer.set_preference("alice", "k/a", 1)
+    await kept[0]
+    for i in range(3):
+        await peer.set_preference("alice", f"k/b{i}", i)
+    assert await durable_rows(peer) >= 4
+
+
 async def send_all(src: Peer, dst: Peer) -> None:
     for doc_id in src.document_ids():
         await dst.apply_update(doc_id, src.diff(doc_id, dst.state_vector(doc_id)), origin="x")

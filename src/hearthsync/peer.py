@@ -57,7 +57,7 @@ from hearthsync.crdt.kinds import HOME, DocInfo, Kind, events_doc, parse, user_d
 from hearthsync.crdt.replica import Replica
 from hearthsync.crypto.identity import DeviceIdentity
 from hearthsync.crypto.statement import Statement
-from hearthsync.errors import HearthError, NotFoundError, ValidationError
+from hearthsync.errors import NotFoundError, ValidationError
 from hearthsync.forgetting import Forgetting
 from hearthsync.hlc import MAX_AHEAD_MS, FloorWall, HybridClock, Timestamp, latest_stored
 from hearthsync.ids import DeviceId, DocId, LineageId, UserId, check_name
@@ -389,7 +389,7 @@ class Peer:
     async def _keep_time_or_warn(self) -> None:
         try:
             await self.keep_time()
-        except HearthError:  # a full disk: the next batch or turn stores it
+        except Exception:  # a full disk: the next batch or turn stores it; never end the task
             log.warning("could not store the time this robot reads", exc_info=True)
 
     def wall(self) -> float:

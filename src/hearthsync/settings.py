@@ -19,7 +19,7 @@ from hearthsync.context.policy import DEFAULT_POLICY, HouseholdPolicy
 from hearthsync.crdt.handles import SEP, HouseholdDoc
 from hearthsync.crypto.statement import POLICY, Statement, check_statement
 from hearthsync.errors import CryptoError, ValidationError
-from hearthsync.hlc import Timestamp
+from hearthsync.hlc import MAX_AHEAD_MS, Timestamp
 from hearthsync.ids import DocId
 
 if TYPE_CHECKING:
@@ -67,13 +67,9 @@ class HouseholdSettings:
             )
         # after the statement in force: signed statements are stored as hex, where a merged
         # update's stamps are not found (`hlc.latest_stored`)
+        # (one in force is never more than a day ahead of this robot's clock: `_not_ahead`)
         held = self.policy_statement()
         at, _ = peer._stamp(after=held.at if held is not None else "")
-        if held is not None and at <= held.at and _is_stamp(held.at):
-            raise ValidationError(
-                f"the policy in force was set at {held.at[:16]} ms, more than a day ahead of "
-                "this robot's clock: set the clock, then the policy", field="policy",
-            )  # fmt: skip
         certificate = household.certificate.to_wire() if household is not None else b""
         statement = Statement.issue(
             peer.identity, POLICY, TASKS, at, body=policy.to_json(), certificate=certificate
@@ -114,10 +110,11 @@ class HouseholdSettings:
             statement = Statement.from_text(text)
             if statement.kind != POLICY or slot != f"{TASKS}{SEP}{statement.device}":
                 raise CryptoError(f"a {statement.kind} statement in the policy slot {slot!r}")
+            now = peer._wall()
             check_statement(
-                statement, own_device=peer.device_id, trust=trust, now=int(peer._wall()),
-                roles=ADMINS,
+                statement, own_device=peer.device_id, trust=trust, now=int(now), roles=ADMINS,
             )  # fmt: skip
+            _not_ahead(statement, now)
             policy = HouseholdPolicy.from_json(statement.body)
         except (CryptoError, ValidationError) as exc:
             if slot not in self._refused:
@@ -127,9 +124,14 @@ class HouseholdSettings:
         return statement, policy
 
 
-def _is_stamp(text: str) -> bool:
+def _not_ahead(statement: Statement, now: float) -> None:
+    """Refuse a statement stamped more than `MAX_AHEAD_MS` ahead of this robot's clock: an
+    admin whose clock glitched to 2056 would otherwise set a policy no later one can outrank,
+    for good.  (An admin merely days fast has its policy obeyed once the others' clocks get
+    there.)"""
     try:
-        Timestamp.parse(text)
+        at = Timestamp.parse(statement.at).ms
     except ValidationError:
-        return False
-    return True
+        raise CryptoError(f"statement stamped {statement.at[:40]!r}, not a stamp") from None
+    if at > now * 1000 + MAX_AHEAD_MS:
+        raise CryptoError(f"statement stamped {at - now * 1000:.0f} ms ahead of this robot's clock")

@@ -306,6 +306,9 @@ class SqliteStore:
             return
         first_seq = self._next_seq
         updates = [(first_seq + i, doc_id, data) for i, (doc_id, data) in enumerate(batch.updates)]
+        # reserved before the await: another transaction meanwhile (a meta-only write) must
+        # not take these numbers, nor put the counter back (a failed batch leaves a gap only)
+        self._next_seq = first_seq + len(updates)
         await self._transaction(
             ("INSERT INTO docs VALUES (?, ?, ?, ?, ?, NULL, 0)",
              [_doc_tuple(d) for d in batch.docs]),
@@ -317,10 +320,10 @@ class SqliteStore:
             ("UPDATE docs SET client_id = ? WHERE doc_id = ?",
              [(client_id, doc_id) for doc_id, client_id in batch.client_ids]),
         )  # fmt: skip
-        self._next_seq = first_seq + len(updates)
 
     async def commit_meta(self, meta: dict[str, str]) -> None:
-        await self.commit(Batch(meta=meta))
+        """Write ``meta`` alone, in its own transaction (it may run while a batch commits)."""
+        await self._transaction(("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(meta.items())))
 
     async def compact(self, doc_id: str, snapshot: bytes) -> None:
         """Replace ``doc_id``'s snapshot and log by ``snapshot`` (its whole durable state)."""
