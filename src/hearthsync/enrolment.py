@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from websockets.asyncio.client import connect
 
@@ -78,10 +79,7 @@ def load(folder: Path, now: int | None = None) -> HouseholdState | None:
         return None
     if path.stat().st_mode & 0o077:
         raise StoreError(f"{path} is readable by others; run: chmod 600 {path}")
-    fields = unpack_array(
-        path.read_bytes(), what=CREDENTIALS_FILE, length=7, max_bytes=16 * 1024 * 1024,
-        error=CryptoError, max_array=100_000,
-    )  # fmt: skip
+    fields = _fields(path)
     household = Household(*fields[1])
     when = int(time.time()) if now is None else now
     trust = TrustStore.for_household(household)
@@ -102,18 +100,22 @@ def clock_hints(folder: Path) -> ClockHints | None:
     """What the credentials in ``folder`` say of the time, read before the clock can be
     trusted to check them (`hearthsync.hlc.FloorWall.start`); None without credentials, or
     with credentials that do not parse (opening them will then say why)."""
-    path = folder / CREDENTIALS_FILE
     try:
-        fields = unpack_array(
-            path.read_bytes(), what=CREDENTIALS_FILE, length=7, max_bytes=16 * 1024 * 1024,
-            error=CryptoError, max_array=100_000,
-        )  # fmt: skip
+        fields = _fields(folder / CREDENTIALS_FILE)
         own = Certificate.from_wire(fields[2])
         trusted = [Certificate.from_wire(wire) for wire in fields[3]]
     except (OSError, CryptoError, ValidationError, TypeError, IndexError):
         return None
     issued = max(cert.issued_at for cert in [own, *trusted])
     return ClockHints(issued=float(issued), expires=float(own.expires_at))
+
+
+def _fields(path: Path) -> list[Any]:
+    """The credentials file's top-level fields, checked for shape only."""
+    return unpack_array(
+        path.read_bytes(), what=CREDENTIALS_FILE, length=7, max_bytes=16 * 1024 * 1024,
+        error=CryptoError, max_array=100_000,
+    )  # fmt: skip
 
 
 @contextlib.contextmanager

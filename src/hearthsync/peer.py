@@ -368,8 +368,7 @@ class Peer:
         """A new stamp (and this device), later than ``after``: a record this write replaces
         whose stamp the clock could not see when it arrived (a signed statement's)."""
         if after:
-            with contextlib.suppress(ValidationError):  # not a stamp: nothing to follow
-                self._clock.observe(Timestamp.parse(after), max_ahead_ms=MAX_AHEAD_MS)
+            self._clock.observe(Timestamp.parse(after), max_ahead_ms=MAX_AHEAD_MS)
         return str(self._clock.now()), self.device_id
 
     def _meta(self) -> dict[str, str]:
@@ -479,7 +478,6 @@ class Peer:
             raise ValidationError(
                 f"user {user!r} was forgotten; a returning person needs a new id", field="user"
             )
-        check_name(user, field="user")
         record = Profile.build(user=user, name=name, **profile)  # checked before anything
         doc_id = user_doc(record.user, Kind.PROFILE)
         change = self._merged_write(self._profiles(doc_id), record, {"name": name} | profile)
@@ -573,7 +571,7 @@ class Peer:
     def calibration(self, user: str) -> Calibration:
         """The user's calibration (defaults if never set)."""
         handle = self._peek(user_doc(user, Kind.CALIBRATION), CalibrationDoc)
-        found = merge_fields(handle.calibration.versions("calibration")) if handle else None
+        found = merge_fields(handle.calibration.versions(CALIBRATION)) if handle else None
         return found or Calibration(user=user)
 
     # ------------------------------------------------------------------ preferences

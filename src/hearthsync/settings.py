@@ -65,9 +65,8 @@ class HouseholdSettings:
             raise ValidationError(
                 "only an owner or admin robot may set the household's task policy", field="policy"
             )
-        # after the statement in force: signed statements are stored as hex, where a merged
-        # update's stamps are not found (`hlc.latest_stored`)
-        # (one in force is never more than a day ahead of this robot's clock: `_not_ahead`)
+        # after the statement in force (hex in the document, out of `hlc.latest_stored`'s
+        # sight; never more than a day ahead of this robot's clock, nor unparsable: `_not_ahead`)
         held = self.policy_statement()
         at, _ = peer._stamp(after=held.at if held is not None else "")
         certificate = household.certificate.to_wire() if household is not None else b""
