@@ -7,8 +7,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from hearthsync.peer import Peer
+
+# Hypothesis searches anew on every run, CI included (a new run may find a new bug); a failure
+# prints the blob that replays it exactly, with ``@reproduce_failure``, wherever it happened.
+settings.register_profile("hearthsync", print_blob=True)
+settings.load_profile("hearthsync")
 
 MONDAY_MS = 1_773_014_400_000  # 2026-03-09T00:00Z, a Monday
 

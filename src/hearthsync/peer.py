@@ -711,7 +711,7 @@ class Peer:
         embed = ToEmbed(f"{uid}.{HISTORY}", event.id, when, _embedding_text(event), record)
 
         def change(_: Replica) -> InteractionEvent:
-            self._handle(doc_id, EventsDoc).events.append(event)
+            self._handle(doc_id, EventsDoc).events.append(event, record)
             return event
 
         return self._write(doc_id, change, [embed])

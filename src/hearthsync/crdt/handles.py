@@ -224,10 +224,13 @@ class Log(Generic[R]):
         if self._replica.incoming:
             self._decoded = self._ids = self._ordered = None
 
-    def append(self, record: R) -> None:
+    def append(self, record: R, text: str | None = None) -> None:
+        """Append ``record``; ``text`` is its encoding without the implied fields, if the
+        caller made it already (`Record.encode`), so that it is not made twice."""
         if self._user and getattr(record, "user", None) != self._user:
             raise ValueError(f"a record of {getattr(record, 'user', None)!r} in {self._user}'s log")
-        text = record.encode(without=self._without)
+        if text is None:
+            text = record.encode(without=self._without)
         self._array.append(text)
         self._by_text[text] = record
         self._ordered = None
