@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from hearthsync.errors import BlockedFieldError, ValidationError
@@ -115,6 +117,41 @@ def test_hybrid_clock_is_monotonic_and_follows_what_it_observes() -> None:
     assert Timestamp.parse(str(third)) == third
     with pytest.raises(ValidationError):
         Timestamp.parse("yesterday")
+
+
+def test_a_write_overtakes_a_version_too_far_ahead_for_the_clock_to_follow() -> None:
+    """`HybridClock.after`: within a day the clock follows the version a write replaces; a
+    version further ahead is overtaken by that write alone and remembered (``ahead``); a
+    malformed stamp, or the last one that fits, is left alone rather than failing the write."""
+    day = 86_400_000
+    wall = [10 * day]
+    clock = HybridClock("A", lambda: wall[0])
+    asked: list[str] = []
+
+    def newest(text: str) -> Callable[[], str]:
+        return lambda: asked.append(text) or text
+
+    assert clock.after(newest("never read")).ms == 10 * day
+    assert not asked
+    near = Timestamp(10 * day + 60_000, 7, "B")
+    clock.observe(near, max_ahead_ms=day)
+    assert clock.ahead is None  # followed: not ahead
+    far = Timestamp(13 * day, 99_999, "B")
+    assert not clock.observe(far, max_ahead_ms=day)
+    assert clock.ahead == far
+    overtaking = clock.after(newest(str(far)))
+    assert overtaking == Timestamp(13 * day + 1, 0, "A")
+    assert clock.ahead == overtaking
+    assert clock.now().ms == 10 * day + 60_000  # the clock itself was not dragged
+    assert clock.after(newest("")).ms == 10 * day + 60_000  # another key: asked, nothing held
+    assert clock.after(newest("0000000000000001.00000.B")).ms == 10 * day + 60_000
+    assert clock.after(newest("garbage")).ms == 10 * day + 60_000
+    wall[0] = 14 * day  # the wall clock is set: nothing held is ahead any more
+    asked.clear()
+    assert clock.after(newest("never read")).ms == 14 * day
+    assert not asked
+    last = Timestamp(10**16 - 1, 99_999, "B")
+    assert clock.after(newest(str(last))).ms == 14 * day
 
 
 def test_the_newest_stamp_of_an_update_is_found_in_its_records() -> None:

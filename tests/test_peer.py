@@ -345,6 +345,81 @@ async def test_a_stamp_like_value_does_not_drag_the_household_clock(tmp_path: Pa
         assert reopened.preference("alice", "misc/even") is not None
 
 
+async def test_a_robot_days_behind_still_overwrites_what_it_shows(tmp_path: Path) -> None:
+    """The hall robot was off for three days in a house without internet, and its clock (no
+    battery) resumed from when it stopped.  What the kitchen robot wrote meanwhile is stamped
+    three days ahead of it: too far for its clock to follow (`MAX_AHEAD_MS`).  Alice corrects
+    the hall robot all the same: her corrections win on both robots, and the hall's clock is
+    not dragged along (its other writes keep its own time)."""
+    kitchen_wall, hall_wall = FakeWall(MONDAY_MS), FakeWall(MONDAY_MS - 3 * DAY)
+    async with (
+        Peer.open(tmp_path / "kitchen", device="kitchen", wall=kitchen_wall) as kitchen,
+        Peer.open(tmp_path / "hall", device="hall", wall=hall_wall) as hall,
+    ):
+        await kitchen.add_user("alice", name="Alice")
+        await kitchen.set_preference("alice", "drink/mug", "blue")
+        await kitchen.set_preference("alice", "drink/milk", "oat")
+        await kitchen.set_calibration("alice", verbosity=0.9)
+        await kitchen.set_profile("alice", household_role="guest")
+        await kitchen.set_health("alice", "med/evening", "aspirin")
+        await kitchen.place("mug", "Alice's mug", region="shelf-1")
+        await kitchen.set_region("shelf-1", "the top shelf")
+        await kitchen.set_routine("wake", "wake up", user="alice")
+        await kitchen.relate("alice", "likes", "bob", note="old friends")
+        await send_all(kitchen, hall)
+        green = await hall.set_preference("alice", "drink/mug", "green")
+        await hall.delete_preference("alice", "drink/milk")
+        await hall.set_calibration("alice", verbosity=0.2)
+        await hall.set_profile("alice", household_role="owner")
+        await hall.set_health("alice", "med/evening", "none")
+        await hall.place("mug", "Alice's mug", region="shelf-2")
+        await hall.set_region("shelf-1", "the good shelf")
+        await hall.set_routine("wake", "wake up gently", user="alice")
+        await hall.relate("alice", "likes", "bob", note="neighbours")
+        unrelated = await hall.set_preference("alice", "music/volume", 3)
+        await send_all(hall, kitchen)
+        for robot in (kitchen, hall):
+            assert robot.preference("alice", "drink/mug").value == "green"  # type: ignore[union-attr]
+            assert robot.preference("alice", "drink/milk") is None
+            assert robot.calibration("alice").verbosity == 0.2
+            assert robot.profile("alice").household_role == "owner"  # type: ignore[union-attr]
+            assert [r.value for r in robot.health("alice")] == ["none"]
+            assert robot.placement("mug").region == "shelf-2"  # type: ignore[union-attr]
+            assert [r.label for r in robot.regions()] == ["the good shelf"]
+            assert [r.label for r in robot.routines("alice")] == ["wake up gently"]
+            assert [r.note for r in robot.relationships()] == ["neighbours"]
+        assert Timestamp.parse(green.set_at).ms > MONDAY_MS - DAY  # after "blue"
+        assert Timestamp.parse(unrelated.set_at).ms == hall_wall.ms
+
+
+async def test_a_value_stamped_by_a_clock_years_ahead_can_still_be_corrected(
+    tmp_path: Path,
+) -> None:
+    """The kitchen robot's clock glitched to 2106 for a moment, while it stored Alice's mug;
+    then NTP set it right.  Every other robot refuses to follow that stamp, so without more
+    no later write could ever outrank the value.  A correction made on the hall robot wins
+    on both, and still does after a reopen; the hall's clock stays in 2026."""
+    kitchen_wall, hall_wall = FakeWall(MONDAY_MS), FakeWall(MONDAY_MS)
+    async with (
+        Peer.open(tmp_path / "kitchen", device="kitchen", wall=kitchen_wall) as kitchen,
+        Peer.open(tmp_path / "hall", device="hall", wall=hall_wall) as hall,
+    ):
+        await kitchen.add_user("alice", name="Alice")
+        kitchen_wall.ms = 4_294_967_295_000  # 2106-02-07
+        await kitchen.set_preference("alice", "drink/mug", "blue")
+        kitchen_wall.ms = MONDAY_MS
+        await send_all(kitchen, hall)
+        await hall.set_preference("alice", "drink/mug", "green")
+        await send_all(hall, kitchen)
+        for robot in (kitchen, hall):
+            assert robot.preference("alice", "drink/mug").value == "green"  # type: ignore[union-attr]
+    async with Peer.open(tmp_path / "hall", wall=hall_wall) as hall:
+        await hall.set_preference("alice", "drink/mug", "red")
+        assert hall.preference("alice", "drink/mug").value == "red"  # type: ignore[union-attr]
+        other = await hall.set_preference("alice", "drink/milk", "oat")
+        assert Timestamp.parse(other.set_at).ms == MONDAY_MS
+
+
 async def test_fields_changed_on_two_robots_apart_both_survive(tmp_path: Path) -> None:
     """Calibration and profile merge field by field: partitioned, the kitchen robot learns
     that Alice wants less initiative and the hall robot that she wants shorter answers; once

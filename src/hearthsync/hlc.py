@@ -58,11 +58,20 @@ class Timestamp:
 class HybridClock:
     """Issues timestamps that never go backwards and always follow what was observed."""
 
-    def __init__(self, device: str, now_ms: Callable[[], int], last: Timestamp | None = None):
+    def __init__(
+        self,
+        device: str,
+        now_ms: Callable[[], int],
+        last: Timestamp | None = None,
+        ahead: Timestamp | None = None,
+    ):
         self._device = device
         self._now_ms = now_ms
         self._ms = last.ms if last else 0
         self._counter = last.counter if last else 0
+        #: the greatest stamp held that this clock did not follow, being too far ahead of it
+        #: (`observe`), or given to a write that overtook one (`after`); stored with ``last``
+        self.ahead = ahead
 
     def now(self) -> Timestamp:
         wall = self._now_ms()
@@ -78,10 +87,49 @@ class HybridClock:
         glitched clock's year 2106, or a stamp-like string in a person's value, must not drag
         every robot's stamps, and the dates shown from them, along.  Returns whether it did."""
         if max_ahead_ms is not None and seen.ms > self._now_ms() + max_ahead_ms:
+            self._hold(seen)
             return False
         if (seen.ms, seen.counter) > (self._ms, self._counter):
             self._ms, self._counter = seen.ms, seen.counter
         return True
+
+    def after(self, newest: Callable[[], str]) -> Timestamp:
+        """A stamp for a write that replaces the versions of one key whose greatest stamp
+        ``newest()`` gives (asked only if a version may be ahead of this clock): later than
+        each of them, whatever the wall clock reads (DESIGN invariant 3).
+
+        The clock follows a version up to `MAX_AHEAD_MS` ahead, as it follows what arrives.
+        A version further ahead (stamped by a clock that glitched years ahead, or met by a
+        robot whose clock was stopped while it was switched off for days) is overtaken by
+        this stamp alone, one tick after it, and the clock stays where it is: a person who
+        corrects what a robot shows must win, and one odd stamp must not drag every later
+        stamp of the household along.
+        """
+        stamp = self.now()
+        ahead = self.ahead
+        if ahead is None or (ahead.ms, ahead.counter) < (stamp.ms, stamp.counter):
+            return stamp  # nothing held is stamped after now: the common case costs nothing
+        text = newest()
+        if text <= str(stamp):  # fixed width: string order is time order
+            return stamp
+        try:
+            held = Timestamp.parse(text)
+        except ValidationError:  # a malformed stamp from another robot: nothing to follow
+            return stamp
+        if self.observe(held, max_ahead_ms=MAX_AHEAD_MS):
+            return self.now()
+        if held.counter < _MAX_COUNTER:
+            overtaking = Timestamp(held.ms, held.counter + 1, self._device)
+        elif held.ms + 1 < 10**_MS_WIDTH:
+            overtaking = Timestamp(held.ms + 1, 0, self._device)
+        else:  # past the last stamp that fits (the year 316 million): no write outranks it
+            return stamp
+        self._hold(overtaking)
+        return overtaking
+
+    def _hold(self, seen: Timestamp) -> None:
+        if self.ahead is None or (seen.ms, seen.counter) > (self.ahead.ms, self.ahead.counter):
+            self.ahead = Timestamp(seen.ms, seen.counter, seen.device or self._device)
 
     @property
     def last(self) -> Timestamp:

@@ -267,11 +267,12 @@ class Peer:
             if monotonic is None:
                 monotonic = time.monotonic if wall is time.time else _standing_still
             wall = FloorWall.start(wall, float(seen) if seen else None, monotonic, hints)
-            last = await sqlite.get_meta("hlc")
+            last, ahead = await sqlite.get_meta("hlc"), await sqlite.get_meta("ahead")
             clock = HybridClock(
                 identity.device_id,
                 lambda: int(wall() * 1000),
                 Timestamp.parse(last) if last else None,
+                Timestamp.parse(ahead) if ahead else None,
             )
             docs = DocumentSet(sqlite, embedder, rng, auto_commit=auto_commit, offload=offload)
             await docs.load()
@@ -371,8 +372,28 @@ class Peer:
             self._clock.observe(Timestamp.parse(after), max_ahead_ms=MAX_AHEAD_MS)
         return str(self._clock.now()), self.device_id
 
+    def _stamp_over(
+        self,
+        doc_id: DocId,
+        make: Callable[[Replica], H],
+        slots: Callable[[H], SlotMap[Any]],
+        key: str,
+    ) -> tuple[str, str]:
+        """A stamp (and this device) for a write of ``key`` in the slot map ``slots`` of
+        ``doc_id``'s handle: after every version of it held here (`HybridClock.after`)."""
+
+        def newest() -> str:
+            handle = self._peek(doc_id, make)
+            versions = slots(handle).versions(key) if handle is not None else []
+            return max((str(getattr(v, "set_at", "")) for v in versions), default="")
+
+        return str(self._clock.after(newest)), self.device_id
+
     def _meta(self) -> dict[str, str]:
-        return {"hlc": str(self._clock.last), "wall": f"{self._wall():.3f}"}
+        meta = {"hlc": str(self._clock.last), "wall": f"{self._wall():.3f}"}
+        if self._clock.ahead is not None:  # stored with the batch that holds it
+            meta["ahead"] = str(self._clock.ahead)
+        return meta
 
     async def keep_time(self) -> None:
         """Store the time this robot reads now (``meta.wall``), as every batch does: the floor
@@ -480,7 +501,9 @@ class Peer:
             )
         record = Profile.build(user=user, name=name, **profile)  # checked before anything
         doc_id = user_doc(record.user, Kind.PROFILE)
-        change = self._merged_write(self._profiles(doc_id), record, {"name": name} | profile)
+        change = self._merged_write(
+            doc_id, ProfileDoc, lambda h: h.profile, PROFILE, record, {"name": name} | profile
+        )
 
         def register(_: Replica) -> None:
             # Written once, when new: the entry is never overwritten (a rename changes only the
@@ -516,7 +539,10 @@ class Peer:
         uid = self._require_user(user)
         checked = Profile.build(**(self._profile_or_new(uid).model_dump() | fields))
         doc_id = user_doc(uid, Kind.PROFILE)
-        return self._write(doc_id, self._merged_write(self._profiles(doc_id), checked, fields))
+        return self._write(
+            doc_id,
+            self._merged_write(doc_id, ProfileDoc, lambda h: h.profile, PROFILE, checked, fields),
+        )
 
     def profile(self, user: str) -> Profile | None:
         handle = self._peek(user_doc(user, Kind.PROFILE), ProfileDoc)
@@ -524,9 +550,6 @@ class Peer:
 
     def _profile_or_new(self, user: UserId) -> Profile:
         return self.profile(user) or Profile(user=user, name=user)
-
-    def _profiles(self, doc_id: DocId) -> Callable[[], tuple[SlotMap[Profile], str]]:
-        return lambda: (self._handle(doc_id, ProfileDoc).profile, PROFILE)
 
     def set_calibration(self, user: str, **fields: Any) -> asyncio.Future[Calibration]:
         """Change the named calibration fields; the others keep their value.
@@ -537,16 +560,25 @@ class Peer:
         uid = self._require_user(user)
         checked = Calibration.build(**(self.calibration(uid).model_dump() | fields))
         doc_id = user_doc(uid, Kind.CALIBRATION)
-        return self._write(doc_id, self._merged_write(self._calibrations(doc_id), checked, fields))
-
-    def _calibrations(self, doc_id: DocId) -> Callable[[], tuple[SlotMap[Calibration], str]]:
-        return lambda: (self._handle(doc_id, CalibrationDoc).calibration, CALIBRATION)
+        return self._write(
+            doc_id,
+            self._merged_write(
+                doc_id, CalibrationDoc, lambda h: h.calibration, CALIBRATION, checked, fields
+            ),
+        )
 
     def _merged_write(
-        self, slots: Callable[[], tuple[SlotMap[M], str]], checked: M, fields: dict[str, Any]
+        self,
+        doc_id: DocId,
+        make: Callable[[Replica], H],
+        slots: Callable[[H], SlotMap[M]],
+        key: str,
+        checked: M,
+        fields: dict[str, Any],
     ) -> Callable[[Replica], M]:
         """The change that writes ``fields`` (validated already, into ``checked``) over the
-        record as it stands when its batch runs, each field stamped now."""
+        record ``key`` of the slot map ``slots`` of ``doc_id``'s handle as it stands when
+        its batch runs, each field stamped now, after every version held now."""
         unmerged = sorted(set(fields) - set(checked.MERGED))
         if unmerged or not fields:
             raise ValidationError(
@@ -554,11 +586,11 @@ class Peer:
                 f"not {', '.join(unmerged) or 'nothing'}",
                 field=unmerged[0] if unmerged else "fields",
             )
-        set_at, device = self._stamp()
+        set_at, device = self._stamp_over(doc_id, make, slots, key)
         changed = {name: getattr(checked, name) for name in fields}
 
         def change(_: Replica) -> M:
-            held, key = slots()
+            held = slots(self._handle(doc_id, make))
             current = merge_fields(held.versions(key)) or checked
             stamps = current.stamps | dict.fromkeys(fields, set_at)
             update = changed | {"set_at": set_at, "device": device, "stamps": stamps}
@@ -591,7 +623,10 @@ class Peer:
     ) -> asyncio.Future[Preference]:
         """Record that ``user`` prefers ``value`` for ``key`` (under ``condition``)."""
         uid = self._require_user(user)
-        set_at, device = self._stamp()
+        slot = f"{key}#{(condition or ALWAYS).key()}"
+        set_at, device = self._stamp_over(
+            user_doc(uid, Kind.PREFS), PrefsDoc, lambda h: h.prefs, slot
+        )
         record = Preference.build(
             user=uid,
             key=key,
@@ -614,7 +649,10 @@ class Peer:
         current = self.preference(user, key, condition)
         if current is None:
             raise NotFoundError(f"{user} has no preference {key!r} under that condition")
-        set_at, device = self._stamp()
+        slot = f"{key}#{(condition or ALWAYS).key()}"
+        set_at, device = self._stamp_over(
+            user_doc(user, Kind.PREFS), PrefsDoc, lambda h: h.prefs, slot
+        )
         tombstone = current.model_copy(update={"deleted": True, "set_at": set_at, "device": device})
         return self._put_preference(tombstone)
 
@@ -659,11 +697,11 @@ class Peer:
         self, user: str, key: str, value: Any, *, note: str = ""
     ) -> asyncio.Future[HealthRecord]:
         uid = self._require_user(user)
-        set_at, device = self._stamp()
+        doc_id = user_doc(uid, Kind.HEALTH)
+        set_at, device = self._stamp_over(doc_id, HealthDoc, lambda h: h.records, key)
         record = HealthRecord.build(
             user=uid, key=key, value=value, note=note, set_at=set_at, device=device
         )
-        doc_id = user_doc(uid, Kind.HEALTH)
 
         def change(_: Replica) -> HealthRecord:
             self._handle(doc_id, HealthDoc).records.put(key, record, device)
@@ -880,7 +918,8 @@ class Peer:
     # ------------------------------------------------------------------ home: spatial
 
     def set_region(self, region: str, label: str, **fields: Any) -> asyncio.Future[Region]:
-        set_at, device = self._stamp()
+        spatial = DocId("home/spatial")
+        set_at, device = self._stamp_over(spatial, SpatialDoc, lambda h: h.regions, region)
         record = Region.build(id=region, label=label, set_at=set_at, device=device, **fields)
 
         def change(_: Replica) -> Region:
@@ -907,7 +946,8 @@ class Peer:
         Write this when an object moves to another place, not at sensor rate (DESIGN
         invariant 6): every overwrite leaves bytes in the document forever.
         """
-        set_at, device = self._stamp()
+        spatial = DocId("home/spatial")
+        set_at, device = self._stamp_over(spatial, SpatialDoc, lambda h: h.placements, object)
         record = Placement.build(
             object=object,
             label=label,
@@ -958,7 +998,8 @@ class Peer:
     # ------------------------------------------------------------------ home: graph
 
     def set_routine(self, routine: str, label: str, **fields: Any) -> asyncio.Future[Routine]:
-        set_at, device = self._stamp()
+        graph = DocId("home/graph")
+        set_at, device = self._stamp_over(graph, GraphDoc, lambda h: h.routines, routine)
         record = Routine.build(id=routine, label=label, set_at=set_at, device=device, **fields)
 
         def change(_: Replica) -> Routine:
@@ -973,7 +1014,10 @@ class Peer:
     def relate(
         self, subject: str, relation: str, object: str, *, note: str = ""
     ) -> asyncio.Future[Relationship]:
-        set_at, device = self._stamp()
+        key = f"{subject}|{relation}|{object}"  # `Relationship.key`
+        set_at, device = self._stamp_over(
+            DocId("home/graph"), GraphDoc, lambda h: h.relationships, key
+        )
         record = Relationship.build(
             subject=subject,
             relation=relation,
