@@ -45,6 +45,8 @@ async def fill(peer: Peer, user: str, marker: str) -> None:
             user, "COMMAND", "beverage", text=f"{marker} coffee please", ts=MONDAY_MS + day
         )
     await peer.place(f"{user}-mug", f"{marker} mug", region="shelf-2", owner=user)
+    for shelf in ("shelf-1", "shelf-3"):  # moved: its moves are kept in a shared log
+        await peer.place(f"{user}-pen", f"{marker} pen", region=shelf, owner=user)
     await peer.set_routine(f"{user}-night", f"{marker} nights", user=user)
     await peer.relate(user, "owns", f"{user}-mug", note=f"{marker} since spring")
 
@@ -106,6 +108,7 @@ async def test_forgetting_leaves_no_byte_of_the_user_in_any_file(tmp_path: Path)
         assert not [d for d in peer.document_ids() if d.startswith("user/alice/")]
         assert peer.placement("alice-mug") is None  # her things: the label may say whose
         assert peer.placement("bob-mug") is not None
+        assert {c.object for c in peer.spatial_changes()} == {"bob-mug", "bob-pen"}
         assert peer.routines() == [r for r in peer.routines() if r.user != "alice"]
         assert all("alice" not in (r.subject, r.object) for r in peer.relationships())
         with pytest.raises(NotFoundError, match="forgotten"):
@@ -120,6 +123,44 @@ async def test_forgetting_leaves_no_byte_of_the_user_in_any_file(tmp_path: Path)
         assert set(again.forgotten()) == {"alice"}
         assert again.preference("bob", "beverage/coffee") is not None
         assert len(await again.recall("bob", "coffee please", k=5)) == 3
+
+
+async def test_after_forgetting_no_view_or_write_brings_the_user_back(tmp_path: Path) -> None:
+    """The context engine keeps derived views between calls: one built before the forget must
+    not go on showing the forgotten user's things (the purge only deletes, which a state
+    vector does not show).  And the home documents refuse her id from then on, as her own
+    documents do: a write would put back what forgetting took out."""
+    async with Peer.open(tmp_path / "robot", device="kitchen", wall=FakeWall()) as peer:
+        await peer.add_user("alice", name="Alice")
+        await peer.add_user("bob", name="Bob")
+        await peer.set_region("kitchen", "Kitchen")
+        await peer.place("pills", "Alice's pill box", region="kitchen", owner="alice")
+        await peer.place("pills", "Alice's pill box", region="shelf-2", owner="alice")
+        await peer.place("radio", "Bob's radio", region="kitchen", owner="bob")
+        before = (
+            await peer.get_context("bob", task="general_assistant", location="kitchen")
+        ).to_prompt()
+        assert "pill box" in before
+        assert "radio" in before
+
+        await peer.forget("alice")
+
+        after = (
+            await peer.get_context("bob", task="general_assistant", location="kitchen")
+        ).to_prompt()
+        assert "pill box" not in after
+        assert "pills" not in after  # nor its moves
+        assert "radio" in after
+        revision = peer.revision("home/spatial"), peer.revision("home/graph")
+        with pytest.raises(NotFoundError, match="owner: user 'alice' was forgotten"):
+            peer.place("pills", "a pill box", region="kitchen", owner="alice")
+        with pytest.raises(NotFoundError, match="object: user 'alice' was forgotten"):
+            peer.relate("bob", "cares_for", "alice")
+        with pytest.raises(NotFoundError, match="user: user 'alice' was forgotten"):
+            peer.set_routine("insulin", "Alice's insulin", user="alice")
+        await peer.flush()
+        assert (peer.revision("home/spatial"), peer.revision("home/graph")) == revision
+        assert [p.object for p in peer.placements()] == ["radio"]
 
 
 async def test_a_forget_cut_short_by_a_crash_is_finished_at_the_next_open(

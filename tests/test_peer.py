@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import stat
 import threading
 import time
@@ -51,6 +52,7 @@ def state(peer: Peer) -> dict[str, bytes]:
         (lambda p: p.set_routine("r", "R", days=["caturday"]), "days.0"),
         (lambda p: p.relate("alice", "", "bob"), "relation"),
         (lambda p: p.add_user("carol", name="C", household_role="queen"), "household_role"),
+        (lambda p: p.record_event("alice", "COMMAND", "x", text="t", ts=2**53 - 1), "ts"),
     ],
 )
 async def test_invalid_write_is_refused_and_changes_nothing(
@@ -64,6 +66,19 @@ async def test_invalid_write_is_refused_and_changes_nothing(
     await peer.flush()
     assert state(peer) == before
     assert await durable_rows(peer) == rows
+
+
+async def test_times_out_of_any_calendar_are_refused_by_name(peer: Peer) -> None:
+    """A time no calendar holds (an event in the year 285,000, a context for the year 1)
+    names the field that is wrong rather than escaping as an OverflowError."""
+    with pytest.raises(ValidationError) as caught:
+        peer.events("alice", since=0, until=2**62)
+    assert caught.value.field == "until"
+    for year, offset in ((1, 0), (9999, -5)):
+        moment = dt.datetime(year, 12, 31, 23, 59, tzinfo=dt.timezone(dt.timedelta(hours=offset)))
+        with pytest.raises(ValidationError) as caught:
+            await peer.get_context("alice", task="general_assistant", time=moment)
+        assert caught.value.field == "time"
 
 
 async def test_blocked_personal_data_is_its_own_error(peer: Peer) -> None:

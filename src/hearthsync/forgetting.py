@@ -170,9 +170,15 @@ class Forgetting:
         """Their things are forgotten too (every device's version): an object's label may
         say whose it is ("Alice's green mug"); the robots learn its place again by seeing it."""
         spatial: SpatialDoc = self._peer._handle(DocId("home/spatial"), SpatialDoc)
-        for key in list(spatial.placements.keys()):
-            if any(version.owner == user for version in spatial.placements.versions(key)):
-                spatial.placements.remove(key)
+        theirs = [
+            key
+            for key in spatial.placements.keys()  # noqa: SIM118 - a SlotMap, not a dict
+            if any(version.owner == user for version in spatial.placements.versions(key))
+        ]
+        for key in theirs:
+            spatial.placements.remove(key)
+        # and where their things were moved: the history names the objects
+        spatial.changes.remove(lambda change: change.object in theirs)
 
     # ------------------------------------------------------------------ honouring
 

@@ -433,6 +433,12 @@ class Peer:
             raise NotFoundError(f"unknown user {user!r}; add them first with add_user()")
         return UserId(user)
 
+    def _not_forgotten(self, user: str | None, *, field: str) -> None:
+        """Refuse a forgotten user's id in a home document (their routine, their things, a
+        relationship with them): what forgetting took out must not be written back."""
+        if user is not None and user in self._forgotten_users():
+            raise NotFoundError(f"{field}: user {user!r} was forgotten")
+
     def _known_users(self) -> frozenset[str]:
         """The household's users, less the forgotten (a robot that had not heard of the
         tombstone may have written a forgotten user's entry again).  A user whose only
@@ -779,8 +785,8 @@ class Peer:
 
     def _event_docs(self, user: str, since: int | None, until: int | None) -> list[DocId]:
         prefix = f"user/{user}/events/"
-        low = _month(since) if since is not None else ""
-        high = _month(until) if until is not None else "9999-99"
+        low = _month(since, "since") if since is not None else ""
+        high = _month(until, "until") if until is not None else "9999-99"
         return sorted(
             doc_id
             for doc_id in self._docs.replicas
@@ -958,6 +964,7 @@ class Peer:
             set_at=set_at,
             device=device,
         )
+        self._not_forgotten(record.owner, field="owner")
 
         def change(_: Replica) -> Placement:
             handle = self._spatial()
@@ -1001,6 +1008,7 @@ class Peer:
         graph = DocId("home/graph")
         set_at, device = self._stamp_over(graph, GraphDoc, lambda h: h.routines, routine)
         record = Routine.build(id=routine, label=label, set_at=set_at, device=device, **fields)
+        self._not_forgotten(record.user, field="user")
 
         def change(_: Replica) -> Routine:
             self._graph().routines.put(record.id, record, device)
@@ -1026,6 +1034,8 @@ class Peer:
             set_at=set_at,
             device=device,
         )
+        self._not_forgotten(record.subject, field="subject")
+        self._not_forgotten(record.object, field="object")
 
         def change(_: Replica) -> Relationship:
             self._graph().relationships.put(record.key(), record, device)
@@ -1059,6 +1069,13 @@ class Peer:
     def lineage(self, doc_id: str) -> LineageId | None:
         replica = self._docs.replicas.get(DocId(doc_id))
         return replica.lineage if replica else None
+
+    def revision(self, doc_id: str) -> tuple[int, int]:
+        """Changes whenever ``doc_id`` may read differently here, deletions included (which
+        its state vector does not count): what a derived view is stamped with ((0, 0):
+        absent)."""
+        replica = self._docs.settled(DocId(doc_id))
+        return replica.revision if replica else (0, 0)
 
     def diff(self, doc_id: str, state_vector: bytes = b"\x00") -> bytes:
         """The update holding everything of ``doc_id`` that ``state_vector`` has not seen."""
@@ -1331,8 +1348,14 @@ async def _check_embedder(sqlite: SqliteStore, embedder: Embedder) -> None:
         )
 
 
-def _month(ts_ms: int) -> str:
-    return _month_of_day(ts_ms // 86_400_000)
+def _month(ts_ms: int, field: str = "ts") -> str:
+    """The month (``yyyy-mm``, UTC) of ``ts_ms``, whose events document holds it."""
+    try:
+        return _month_of_day(ts_ms // 86_400_000)
+    except OverflowError:
+        raise ValidationError(
+            f"{field} {ts_ms} is not a time in ms between the years 1 and 9999", field=field
+        ) from None
 
 
 @functools.lru_cache(maxsize=4096)

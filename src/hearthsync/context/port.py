@@ -98,9 +98,9 @@ class PeerReader(Protocol):
     def spatial_changes(self, object: str | None = None) -> Sequence[SpatialChange]: ...
 
     # stamps for derived views (DESIGN invariant 4)
-    def state_vector(self, doc_id: str) -> bytes: ...
-
     def lineage(self, doc_id: str) -> str | None: ...
+
+    def revision(self, doc_id: str) -> tuple[int, int]: ...
 
 
 class PeerWriter(Protocol):
@@ -147,8 +147,8 @@ SCOPE_OF: dict[str, str | None] = {
     "device": None,
     "device_id": None,
     "users": None,
-    "state_vector": None,
     "lineage": None,
+    "revision": None,
     "profile": "core",
     "calibration": "core",
     "preferences": "core",

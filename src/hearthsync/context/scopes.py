@@ -97,5 +97,5 @@ class ScopedReader:
         return self._need("spatial_changes").spatial_changes()
 
     # stamps: no personal data
-    def stamp(self, doc_id: str) -> tuple[str | None, bytes]:
-        return self._peer.lineage(doc_id), self._peer.state_vector(doc_id)
+    def stamp(self, doc_id: str) -> tuple[str | None, tuple[int, int]]:
+        return self._peer.lineage(doc_id), self._peer.revision(doc_id)

@@ -60,6 +60,10 @@ class Situation:
         return " · ".join(parts)
 
 
+#: the times a context may be asked for (a history window before the first still has months)
+FIRST_YEAR, LAST_YEAR = 1970, 9998
+
+
 def situation(
     user: str,
     at: dt.datetime | None,
@@ -73,6 +77,15 @@ def situation(
     if not isinstance(at, dt.datetime) or at.tzinfo is None or at.utcoffset() is None:
         raise ValidationError(
             f"time must be a timezone-aware datetime, got {at!r:.80}", field="time"
+        )
+    try:
+        year = at.astimezone(dt.UTC).year
+    except OverflowError:  # a year 1 or 9999 that UTC moves out of range
+        year = 0
+    if not FIRST_YEAR <= year <= LAST_YEAR:
+        raise ValidationError(
+            f"time must fall between the years {FIRST_YEAR} and {LAST_YEAR}, got {at.isoformat()}",
+            field="time",
         )
     if location is not None:
         check_name(location, field="location")

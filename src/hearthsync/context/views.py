@@ -2,10 +2,11 @@
 
 Scanning every placement of the home to find the ones on one shelf costs milliseconds in a year
 of a household; a view indexed by region and owner costs microseconds.  A view is derived data
-(DESIGN invariant 4): it is stamped with the lineage and state vector of the document it was
-built from, and rebuilt when the document's stamp no longer matches.  Every write to a document
-advances its state vector (hearthsync writes insert, never only delete), so a matching stamp
-means the same content.
+(DESIGN invariant 4): it is stamped with the lineage and revision of the document it was
+built from (`Peer.revision`), and rebuilt when the document's stamp no longer matches.  Not
+with its state vector: a change that only deletes (forgetting a user's things, here or on
+another robot) leaves the state vector as it was, and a view stamped with it showed the
+forgotten user's things to everyone until the next insert.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from hearthsync.context.situation import Situation, holds
 from hearthsync.model.records import Condition, Placement, Region, SpatialChange
 
 T = TypeVar("T")
-Stamp = tuple[str | None, bytes]
+Stamp = tuple[str | None, tuple[int, int]]
 SPATIAL = "home/spatial"
 
 

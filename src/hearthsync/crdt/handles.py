@@ -242,6 +242,17 @@ class Log(Generic[R]):
     def __len__(self) -> int:
         return len(self._array)
 
+    def remove(self, doomed: Callable[[R], bool]) -> int:
+        """Delete every record for which ``doomed`` is true (inside a transaction): what a
+        forgotten user leaves in a shared log.  Returns how many went."""
+        records = list(self)
+        gone = [i for i, record in enumerate(records) if doomed(record)]
+        for index in reversed(gone):  # from the end: the indices before stay valid
+            del self._array[index]
+        if gone:
+            self._decoded = self._ids = self._ordered = None
+        return len(gone)
+
     def by_id(self, record_id: str) -> R | None:
         """The record whose ``id`` is ``record_id`` (records stored with ``id`` first), or
         None.  Only that record is decoded: the index maps ids to their stored text, read from

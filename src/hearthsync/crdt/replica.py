@@ -8,6 +8,7 @@ once per (device, document) and persisted by the store (DESIGN invariant 2).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -71,6 +72,9 @@ class _Piece:
         return vector.get(self.run.client, 0)
 
 
+_SERIALS = itertools.count(1)
+
+
 class Replica:
     """A document in memory.  Not thread-safe; owned by one event loop."""
 
@@ -91,6 +95,7 @@ class Replica:
         "incoming",
         "info",
         "lineage",
+        "serial",
         "tainted",
     )
 
@@ -100,6 +105,8 @@ class Replica:
         self.info = info
         self.lineage = lineage
         self.client_id = client_id
+        #: unique among the replicas of this process: with `version`, what `revision` is
+        self.serial = next(_SERIALS)
         self.doc: Doc[Any] = Doc(client_id=client_id)
         self._captured: list[bytes] = []
         #: the delta capture, subscribed on first need: while a document is being loaded, or
@@ -128,6 +135,13 @@ class Replica:
         self._version = 0
         self._digest: tuple[int, bytes] | None = None
         self._state: tuple[int, bytes] | None = None
+
+    @property
+    def revision(self) -> tuple[int, int]:
+        """Changes whenever what this replica shows may have changed (every merge and every
+        local transaction, deletions included, which a state vector does not count; or a
+        replica in its place): what a view derived from the document is stamped with."""
+        return self.serial, self._version
 
     def track(self, subscription: T) -> T:
         """Note a subscription to this document, to be dropped by `close` (at once if closed
