@@ -40,7 +40,7 @@ from pathlib import Path
 
 from hearthsync import enrolment
 from hearthsync.api.server import DEFAULT_PORT, check_loopback, serve_api
-from hearthsync.discovery import SERVICE_TYPE, Discovery, PeerFound
+from hearthsync.discovery import SERVICE_TYPE, Discovery, PeerLost
 from hearthsync.discovery.events import PeerEvent
 from hearthsync.discovery.static import StaticPeer
 from hearthsync.errors import HearthError, ValidationError
@@ -127,12 +127,13 @@ async def _serve(
 
 
 def _on_discovered(peer: Peer, service: SyncService, event: PeerEvent) -> None:
-    if (
-        isinstance(event, PeerFound)
-        and peer.device_id > event.device_id  # only the device with the greater id dials
-        and event.device_id not in service.links
-    ):
-        service.dial(event.host, event.port)
+    """Dial what mDNS finds, one loop per robot (found again: the loop follows its address),
+    and stop dialing a robot that said goodbye.  Static peers are dialed by address, not by
+    device id, so a goodbye does not stop them."""
+    if isinstance(event, PeerLost):
+        service.stop_dialing(event.device_id)
+    elif peer.device_id > event.device_id:  # only the device with the greater id dials
+        service.dial(event.host, event.port, device=event.device_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,13 +15,17 @@ sans-I/O session cannot do itself:
   (`Session.relays`);
 * **back-pressure**: the outgoing queue of deltas is bounded; a peer too slow to drain it is
   disconnected and catches up from the inventory when it reconnects, instead of growing this
-  process's memory without bound.
+  process's memory without bound;
+* **a peer that stops reading is dropped**: a send that cannot hand its frame to the socket for
+  `send_timeout` (`DEAD_AFTER_S` by default) aborts the connection.  Without the bound, the task
+  sending a heartbeat waited behind the full socket, so the session's own dead-peer rule
+  (`Session.tick`) never ran again, and a hung or powered-off robot kept its link, and the
+  redial of that pair, for as long as TCP did not give up (for ever, for a hung process).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import time
@@ -37,6 +41,7 @@ from hearthsync.crdt import statevector
 from hearthsync.errors import HearthError, RemoteError
 from hearthsync.ids import DocId
 from hearthsync.protocol.session import (
+    DEAD_AFTER_S,
     Acked,
     ApplyUpdate,
     Closed,
@@ -106,6 +111,7 @@ class Link:
         on_event: Callable[[Link, Event], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        send_timeout: float = DEAD_AFTER_S,
     ) -> None:
         self.websocket = websocket
         self.session = session
@@ -114,14 +120,18 @@ class Link:
         self._on_event = on_event
         self._clock = clock  #: the session's timers: monotonic, a wall clock may jump
         self._wall = wall  #: certificates, grants and revocations
+        self._send_timeout = send_timeout  #: a peer that takes no frame this long is dropped
         self._pending: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self._overflow = False
         self.bytes_sent = 0
         self.bytes_received = 0
         #: documents sent to the peer and not yet acknowledged durable there: the lag
         self.unacked: dict[str, statevector.StateVector] = {}
-        #: updates from the peer merged here, in arrival order, whose commit is pending
-        self._undurable: collections.deque[asyncio.Future[None]] = collections.deque()
+        #: updates from the peer merged here whose commit is pending (counted, not queued:
+        #: the updates of one group commit share one future, and only `_durable_here` counts
+        #: one down, once per update)
+        self._undurable = 0
+        self._room = asyncio.Event()  #: set whenever `_undurable` goes down
 
     @property
     def peer_id(self) -> str | None:
@@ -140,12 +150,10 @@ class Link:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             unsubscribe()
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-                    await task
-            await self._flush_and_close()
+            failure = await _stop(tasks)
+            await self._flush_and_close()  # even after a bug: the peer must not wait for a close
+        if failure is not None:
+            raise failure
 
     def close(self, reason: str = "closing") -> None:
         self.session.close(reason)
@@ -176,10 +184,9 @@ class Link:
             await self._flush()
             if self.session.closed:
                 return
-            while len(self._undurable) >= MAX_UNDURABLE:  # let the disk catch up
-                with contextlib.suppress(Exception):  # its callback reports a failure
-                    await asyncio.shield(self._undurable[0])
-                self._undurable.popleft()
+            while self._undurable >= MAX_UNDURABLE:  # let the disk catch up
+                self._room.clear()
+                await self._room.wait()
 
     async def _tick(self) -> None:
         while not self.session.closed:
@@ -278,12 +285,12 @@ class Link:
         if done is None:  # nothing new: what it holds is already durable here
             self.session.applied(event.doc_id, state_vector)
             return
-        self._undurable.append(done)
+        self._undurable += 1
         done.add_done_callback(partial(self._durable_here, event.doc_id, state_vector))
 
     def _durable_here(self, doc_id: DocId, state_vector: bytes, done: asyncio.Future[None]) -> None:
-        if self._undurable and self._undurable[0] is done:
-            self._undurable.popleft()
+        self._undurable -= 1
+        self._room.set()
         error = None if done.cancelled() else done.exception()
         if done.cancelled() or error is not None:  # a failed commit: the peer will send again
             log.warning("could not commit %s from %s: %s", doc_id, self.peer_id, error)
@@ -295,9 +302,39 @@ class Link:
     async def _flush(self) -> None:
         for data in self.session.data_to_send():
             self.bytes_sent += len(data)
-            await self.websocket.send(data)  # awaits when the peer does not read: back-pressure
+            try:
+                async with asyncio.timeout(self._send_timeout):
+                    await self.websocket.send(data)  # awaits while the peer does not read
+            except TimeoutError:
+                self._abort(f"it took no data for {self._send_timeout:g} s")
+                return
 
     async def _flush_and_close(self) -> None:
         with contextlib.suppress(ConnectionClosed):
             await self._flush()
-        await self.websocket.close()
+        try:
+            async with asyncio.timeout(self._send_timeout):
+                await self.websocket.close()  # it waits for the socket to drain, without bound
+        except TimeoutError:
+            self._abort(f"it did not close in {self._send_timeout:g} s")
+
+    def _abort(self, reason: str) -> None:
+        """Drop a peer that stopped reading: a closing handshake would wait behind the frames
+        it does not read either.  It catches up from the inventory when it reconnects."""
+        level = logging.INFO if self.session.closed else logging.WARNING
+        log.log(level, "dropped the link to %s: %s", self.peer_id, reason)
+        self.session.close(reason)
+        self.websocket.transport.abort()
+
+
+async def _stop(tasks: list[asyncio.Task[None]]) -> BaseException | None:
+    """Cancel ``tasks`` and wait for their end; the first unexpected exception one of them
+    raised (a bug), if any, for the caller to raise once the connection is closed."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.wait(tasks)
+    for task in tasks:
+        error = None if task.cancelled() else task.exception()
+        if error is not None and not isinstance(error, ConnectionClosed):
+            return error
+    return None

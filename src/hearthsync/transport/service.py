@@ -6,6 +6,12 @@ only matters when two robots end up connected twice (both dialed, or a static ad
 discovered one name the same robot): the link dialed by the device with the greater id is kept,
 the other is closed.  Both sides apply the same rule, so they agree on which link survives
 without another message.
+
+Each address is dialed by one loop that reconnects for as long as it is wanted: a static peer's
+for the life of the service, a discovered peer's (keyed by its device id) until `stop_dialing`.
+Dialing a discovered device again only moves its loop to the new address: before, every
+rediscovery started another loop, and after a few restarts of a robot all of them redialed it
+at once, each paying a handshake to be closed as a duplicate, for the life of the process.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from websockets.asyncio.client import connect
 from websockets.asyncio.connection import Connection
@@ -30,6 +36,7 @@ from hearthsync.crypto.keyring import Keyring
 from hearthsync.errors import HearthError
 from hearthsync.protocol.frames import MAX_FRAME_LEN
 from hearthsync.protocol.session import (
+    DEAD_AFTER_S,
     Event,
     NeighboursChanged,
     PeerAuthenticated,
@@ -45,6 +52,16 @@ FIRST_RETRY_S = 0.2
 MAX_RETRY_S = 10.0
 OPEN_TIMEOUT_S = 5.0
 JOIN_PATH = "/join"
+
+
+@dataclass(slots=True)
+class _Dial:
+    """One dial loop: where it connects next, and whether it should go on once a link ends."""
+
+    host: str
+    port: int
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+    wanted: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +87,7 @@ class SyncService:
         random_bytes: Callable[[int], bytes] = os.urandom,
         clock: Callable[[], float] = time.time,
         join: Callable[[bytes], Awaitable[bytes]] | None = None,
+        send_timeout: float = DEAD_AFTER_S,
     ) -> None:
         self.target = target
         self._join = join
@@ -79,8 +97,11 @@ class SyncService:
         self._static = peers
         self._random_bytes = random_bytes
         self._clock = clock
+        self._send_timeout = send_timeout  #: a peer that takes no frame this long is dropped
         self._server: Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        #: one per device dialed (discovered) or per ``host:port`` (static)
+        self._dials: dict[str, _Dial] = {}
         self.links: dict[str, Link] = {}
         self._ended: dict[str, asyncio.Event] = {}
         self._changed = asyncio.Condition()
@@ -121,9 +142,36 @@ class SyncService:
         sockets = list(self._server.sockets)
         return int(sockets[0].getsockname()[1])
 
-    def dial(self, host: str, port: int) -> None:
-        """Keep a connection to ``host:port``, reconnecting with backoff and jitter."""
-        self._spawn(self._dial_forever(host, port), f"hearthsync-dial-{host}:{port}")
+    def dial(self, host: str, port: int, *, device: str | None = None) -> None:
+        """Keep a connection to ``host:port``, reconnecting with backoff and jitter.
+
+        At most one loop dials a ``device`` (a peer found by discovery) or, without one, an
+        address: dialing it again only makes the loop connect to ``host:port`` from its next
+        attempt on (the device moved), and keeps a loop that `stop_dialing` was winding down."""
+        key = device if device is not None else f"{host}:{port}"
+        dial = self._dials.get(key)
+        if dial is not None:
+            dial.host, dial.port, dial.wanted = host, port, True
+            return
+        dial = self._dials[key] = _Dial(host, port)
+        dial.task = self._spawn(self._dial_forever(key, dial), f"hearthsync-dial-{key}")
+
+    def stop_dialing(self, device: str) -> None:
+        """Dial ``device`` no more (discovery lost it).  A link open to it is kept until it
+        ends: whether a peer is alive is for the heartbeats to say (a lost mDNS record is a
+        hint, not a verdict).  Static peers, keyed by address, are not affected."""
+        dial = self._dials.get(device)
+        if dial is None:
+            return
+        dial.wanted = False
+        if device not in self.links:  # nothing to keep: end the loop now
+            del self._dials[device]
+            assert dial.task is not None
+            dial.task.cancel()
+
+    def dialing(self) -> dict[str, tuple[str, int]]:
+        """Where each dial loop connects next, by device id (discovered) or ``host:port``."""
+        return {key: (d.host, d.port) for key, d in self._dials.items() if d.wanted}
 
     async def wait_for_links(self, count: int) -> None:
         """Wait until at least ``count`` peers have authenticated links."""
@@ -190,10 +238,18 @@ class SyncService:
                 answer = f"refused: {exc}"
             await websocket.send(answer)
 
-    async def _dial_forever(self, host: str, port: int) -> None:
+    async def _dial_forever(self, key: str, dial: _Dial) -> None:
+        try:
+            await self._redial(dial)
+        finally:
+            if self._dials.get(key) is dial:
+                del self._dials[key]
+
+    async def _redial(self, dial: _Dial) -> None:
         delay = FIRST_RETRY_S
-        uri = f"ws://{host}:{port}/" if ":" not in host else f"ws://[{host}]:{port}/"
-        while not self._closing:
+        while not self._closing and dial.wanted:
+            host, port = dial.host, dial.port
+            uri = f"ws://{host}:{port}/" if ":" not in host else f"ws://[{host}]:{port}/"
             peer: str | None = None
             if self._paused:
                 async with self._changed:
@@ -212,6 +268,8 @@ class SyncService:
                 log.exception("the link dialed to %s failed", uri)
             if peer is not None and peer in self.links:  # kept the other link: wait for its end
                 await self._ended[peer].wait()
+            if not dial.wanted:
+                return
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # backoff with jitter
             delay = min(delay * 2, MAX_RETRY_S)
 
@@ -224,7 +282,7 @@ class SyncService:
         )  # fmt: skip
         link = Link(
             websocket, session, self.target, dialed=dialed, on_event=self._on_event,
-            wall=self._clock,
+            wall=self._clock, send_timeout=self._send_timeout,
         )  # fmt: skip
         if self._paused:  # paused while this connection was being opened
             await websocket.close(1001, "paused")
@@ -286,7 +344,8 @@ class SyncService:
 
         self._spawn(notify(), "hearthsync-notify")
 
-    def _spawn(self, coro: Coroutine[object, object, None], name: str) -> None:
+    def _spawn(self, coro: Coroutine[object, object, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task

@@ -1,0 +1,141 @@
+"""Dial loops follow discovery: one per robot found, moved when it moves, ended when it says
+goodbye; static peers are dialed for good.  Real zeroconf and websockets on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from hearthsync import Peer
+from hearthsync.bench.household import BenchHome
+from hearthsync.discovery import Discovery, PeerEvent, PeerLost, PeerView
+from hearthsync.runner import _on_discovered
+from hearthsync.transport.service import SyncService
+
+TAG = "a1b2c3d4e5f60718"
+TIMEOUT = 10.0
+
+
+@pytest.fixture
+async def robots(tmp_path: Path) -> AsyncIterator[tuple[Peer, Peer]]:
+    """(greater, smaller) by device id: only the greater dials what discovery finds."""
+    async with (
+        Peer.open(tmp_path / "r1", device="r1") as one,
+        Peer.open(tmp_path / "r2", device="r2") as two,
+    ):
+        yield (one, two) if one.device_id > two.device_id else (two, one)
+
+
+def dial_loops() -> list[asyncio.Task[None]]:
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if task.get_name().startswith("hearthsync-dial-") and not task.done()
+    ]
+
+
+async def ended(tasks: list[asyncio.Task[None]]) -> None:
+    if tasks:
+        _, pending = await asyncio.wait(tasks, timeout=TIMEOUT)
+        assert not pending, f"dial loops still running: {pending}"
+
+
+async def test_a_restarting_robot_is_dialed_by_one_loop_which_its_goodbye_ends(
+    robots: tuple[Peer, Peer],
+) -> None:
+    """Each restart of the smaller robot (goodbye, then found again) used to add a dial loop
+    on the greater one, and none of them ever ended."""
+    big, small = robots
+    home = BenchHome(users=("alice",))
+    service_type = f"_h{secrets.token_hex(4)}._tcp.local."
+    lost = asyncio.Event()
+
+    def on_event(event: PeerEvent) -> None:
+        _on_discovered(big, hub, event)
+        if isinstance(event, PeerLost) and event.device_id == small.device_id:
+            lost.set()
+
+    async with (
+        SyncService(big, home.enrol(big)) as hub,
+        Discovery(
+            big.device_id, hub.port, TAG, interfaces=["127.0.0.1"], service_type=service_type,
+            on_event=on_event,
+        ),
+    ):  # fmt: skip
+        creds = home.enrol(small)
+        port = 0  # the same port after the first run, as a restarted robot would have
+        for _ in range(3):
+            lost.clear()
+            async with SyncService(small, creds, listen=("127.0.0.1", port)) as edge:
+                port = edge.port
+                async with Discovery(
+                    small.device_id, port, TAG, interfaces=["127.0.0.1"],
+                    service_type=service_type,
+                ):  # fmt: skip
+                    async with asyncio.timeout(TIMEOUT):
+                        await hub.wait_for_peers({small.device_id})
+                    assert len(dial_loops()) == 1
+                async with asyncio.timeout(TIMEOUT):  # its goodbye, while the link is up
+                    await lost.wait()
+            await ended(dial_loops())  # once the link ended too
+            assert hub.dialing() == {}
+
+
+async def test_a_robot_found_at_a_new_address_is_dialed_there_by_the_same_loop(
+    robots: tuple[Peer, Peer],
+) -> None:
+    """And a goodbye does not cut a link that works: heartbeats say whether a peer is alive."""
+    big, small = robots
+    home = BenchHome(users=("alice",))
+    view = PeerView()
+    view.subscribe(lambda event: _on_discovered(big, hub, event))
+    with socket.socket() as unused:  # bound, never listening: every dial to it is refused
+        unused.bind(("127.0.0.1", 0))
+        stale = unused.getsockname()[1]
+        async with (
+            SyncService(big, home.enrol(big)) as hub,
+            SyncService(small, home.enrol(small)) as edge,
+        ):
+            view.found(small.device_id, "127.0.0.1", stale)
+            (first,) = dial_loops()
+            view.lost(small.device_id)  # not linked: its loop ends at once
+            await ended([first])
+            assert hub.dialing() == {}
+            view.found(small.device_id, "127.0.0.1", stale)
+            (loop,) = dial_loops()
+            view.found(small.device_id, "127.0.0.1", edge.port)  # it moved
+            async with asyncio.timeout(TIMEOUT):
+                await hub.wait_for_peers({small.device_id})
+            assert dial_loops() == [loop]
+            assert hub.dialing() == {small.device_id: ("127.0.0.1", edge.port)}
+            link = hub.links[small.device_id]
+            assert link.dialed
+            view.lost(small.device_id)
+            assert hub.dialing() == {}
+            assert hub.links.get(small.device_id) is link
+            assert not loop.done()
+            link.close("gone")  # the link ends: so does the loop
+            await ended([loop])
+            assert small.device_id not in hub.links
+
+
+async def test_a_goodbye_does_not_stop_dialing_a_static_peer(robots: tuple[Peer, Peer]) -> None:
+    big, small = robots
+    home = BenchHome(users=("alice",))
+    creds = home.enrol(small)
+    async with SyncService(big, home.enrol(big), listen=None) as hub:
+        async with SyncService(small, creds) as edge:
+            port = edge.port
+            hub.dial("127.0.0.1", port)  # as ``--peer`` does
+            async with asyncio.timeout(TIMEOUT):
+                await hub.wait_for_peers({small.device_id})
+            _on_discovered(big, hub, PeerLost(small.device_id))
+        async with SyncService(small, creds, listen=("127.0.0.1", port)):  # it restarted
+            async with asyncio.timeout(TIMEOUT):
+                await hub.wait_for_peers({small.device_id})
+            assert len(dial_loops()) == 1
