@@ -41,8 +41,24 @@ def test_demo_writes_reopens_and_shows_the_household() -> None:
         "withheld: health",  # the context the robot asks for before making her coffee
         "beverage/coffee: cortado (on weekends",
         "because you asked for it",
+        "feedback_implicit [beverage]",  # the prompt as the model reads it: no rich markup
     ):
         assert fact in out, fact
+
+
+def test_demo_explains_the_mug_by_mondays_correction_with_no_clock_warning() -> None:
+    done = hearth("demo")
+    assert done.returncode == 0, done.stderr
+    # Alice corrected the mug on Monday 2026-03-09; Tuesday to Friday she kept it, and the
+    # robot's idle hour folded those four confirmations in without restating her preference
+    explained = next(line for line in done.stdout.splitlines() if "explain(alice" in line)
+    assert "because you asked for it on 2026-03-09 on kitchen-robot" in explained, explained
+    assert "confirmed 4 times since" in explained, explained
+    assert "4 new confirmations" in done.stdout
+    # the story clock only moves forward, so reopening the store finds nothing to distrust
+    both = done.stdout + done.stderr
+    for warning in ("cannot be right", "going by the system clock", "until the clock catches up"):
+        assert warning not in both, warning
 
 
 async def test_status_lists_documents_of_a_peer(tmp_path: Path) -> None:
@@ -145,3 +161,41 @@ async def test_context_prints_tables_or_json_and_maintain_runs_the_slow_loop(
     maintained = hearth("maintain", str(path))
     assert maintained.returncode == 0, maintained.stderr
     assert maintained.stdout.strip().endswith("changes")
+
+
+def test_maintain_names_a_bad_lookback_as_the_flag_the_user_typed(tmp_path: Path) -> None:
+    path = tmp_path / "robot"
+    made = hearth("init", str(path), "--household", "Our Home", "--device", "kitchen")
+    assert made.returncode == 0, made.stderr
+    done = hearth("maintain", str(path), "--lookback", "nope")
+    assert done.returncode == 1
+    assert "lookback must look like" in done.stdout
+    assert "'nope'" in done.stdout
+    assert "history_window" not in done.stdout + done.stderr
+
+
+def test_invite_refuses_a_ttl_of_zero_or_less_and_writes_no_invite(tmp_path: Path) -> None:
+    from hearthsync import enrolment
+
+    path = tmp_path / "kitchen"
+    made = hearth("init", str(path), "--household", "Our Home", "--device", "kitchen")
+    assert made.returncode == 0, made.stderr
+    for ttl in ("-5m", "0", "0s"):
+        refused = hearth("invite", str(path), "--ttl", ttl, "--address", "127.0.0.1:7420")
+        assert refused.returncode == 2, ttl
+        assert "Invalid value for --ttl: must be longer than zero" in refused.stderr, ttl
+        assert "HS1-" not in refused.stdout, ttl
+    state = enrolment.load(path)
+    assert state is not None
+    assert state.invites == []  # nothing already expired was handed out
+    granted = hearth("invite", str(path), "--ttl", "90s", "--address", "127.0.0.1:7420")
+    assert granted.returncode == 0, granted.stderr
+    assert "CODE HS1-" in granted.stdout
+
+
+@pytest.mark.parametrize("only", ["abc", "1,x", "-1"])
+def test_chaos_refuses_fault_numbers_that_are_not_numbers_without_a_traceback(only: str) -> None:
+    done = hearth("chaos", "--only-faults", only, "--schedules", "1")
+    assert done.returncode == 2
+    assert "Invalid value for --only-faults: wants fault numbers" in done.stderr
+    assert "Traceback" not in done.stdout + done.stderr

@@ -173,6 +173,7 @@ def invite(
     from hearthsync import enrolment
     from hearthsync.runner import RUN_FILE
 
+    ttl_s = _seconds(ttl, param_hint="--ttl")
     state = enrolment.load(path, _now())
     if state is None:
         raise typer.BadParameter(f"{path} belongs to no household", param_hint="PATH")
@@ -189,7 +190,7 @@ def invite(
         host,
         port,
         scopes=tuple(s for s in scopes.split(",") if s),
-        ttl_s=_seconds(ttl),
+        ttl_s=ttl_s,
         now=_now(),
     )
     qr = io.StringIO()
@@ -408,12 +409,21 @@ def run(
         raise typer.BadParameter(str(exc), param_hint=hint) from None
 
 
-def _seconds(text: str) -> int:
+def _seconds(text: str, *, param_hint: str) -> int:
+    """A duration as a person types it (``90s``, ``10m``, ``1h``, ``2d``, or seconds), in
+    seconds; refused unless longer than zero (an invite that has already expired is no use)."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
-        return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+        seconds = int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
     except (ValueError, IndexError):
-        raise typer.BadParameter(f"not a duration: {text!r} (try 90s, 10m, 1h)") from None
+        raise typer.BadParameter(
+            f"not a duration: {text!r} (try 90s, 10m, 1h)", param_hint=param_hint
+        ) from None
+    if seconds <= 0:
+        raise typer.BadParameter(
+            f"must be longer than zero, got {text!r} (try 90s, 10m, 1h)", param_hint=param_hint
+        )
+    return seconds
 
 
 @bench_app.command("local")
@@ -544,7 +554,7 @@ def chaos(
             )  # fmt: skip
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
-        only = None if only_faults is None else {int(i) for i in _kinds(only_faults)}
+        only = None if only_faults is None else _fault_numbers(only_faults)
         report = run_simulated(
             console, schedules=schedules, seed=seed, scenario=scenario, jobs=jobs,
             only_faults=only, trace=trace, minimise=minimise,
@@ -558,6 +568,21 @@ def chaos(
 def _kinds(text: str) -> tuple[str, ...]:
     """A comma-separated list; 'none' is the empty one."""
     return () if text.strip() == "none" else tuple(k.strip() for k in text.split(",") if k)
+
+
+def _fault_numbers(text: str) -> set[int]:
+    """``--only-faults``: comma-separated fault numbers (0, 1, ...), or 'none'."""
+    bad = typer.BadParameter(
+        f"wants fault numbers such as 0,3,7 (or 'none'), got {text!r:.80}",
+        param_hint="--only-faults",
+    )
+    try:
+        numbers = {int(n) for n in _kinds(text)}
+    except ValueError:
+        raise bad from None
+    if any(n < 0 for n in numbers):
+        raise bad
+    return numbers
 
 
 def _weights(text: str) -> dict[str, float]:

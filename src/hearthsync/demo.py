@@ -16,11 +16,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
+from hearthsync.context import MaintenanceReport, correct, feedback
+from hearthsync.context.feedback import event_ids
 from hearthsync.model.records import Condition, ContextSnapshot
 from hearthsync.peer import Peer
 
 MONDAY = dt.datetime(2026, 3, 9, tzinfo=dt.UTC)
+KITCHEN = ContextSnapshot(location="kitchen", time_of_day="morning")
+WEEKDAY = Condition(days="weekday")
 
 
 class StoryClock:
@@ -41,7 +46,21 @@ class StoryClock:
         return self.now.timestamp()
 
 
-async def write_the_week(peer: Peer, clock: StoryClock) -> None:
+async def write_the_week(peer: Peer, clock: StoryClock) -> MaintenanceReport:
+    """The week in the order it happened: the story clock only moves forward, as a robot's does
+    (a clock that goes back days is taken for a glitch when the store is opened again).
+    Returns what the slow loop did in the robot's idle hour before Saturday's order."""
+    await monday_morning(peer, clock)
+    await bob_is_up_late(peer, clock)  # Monday night
+    await alice_keeps_the_mug(peer, clock, day=1)
+    await bob_makes_tea(peer, clock)  # Tuesday night
+    for day in (2, 3, 4):
+        await alice_keeps_the_mug(peer, clock, day=day)
+    return await saturday_morning(peer, clock)
+
+
+async def monday_morning(peer: Peer, clock: StoryClock) -> None:
+    """The household, the mugs on shelf 2, Alice's weekday order and her correction."""
     clock.at(0, "07:00")
     await peer.add_user("alice", name="Alice", household_role="owner", languages=["en"])
     await peer.add_user("bob", name="Bob", languages=["en", "fr"])
@@ -50,73 +69,34 @@ async def write_the_week(peer: Peer, clock: StoryClock) -> None:
     await peer.place("green-mug", "Green mug", region="shelf-2", owner="alice")
     await peer.place("blue-mug", "Blue mug", region="shelf-2", owner="bob")
     await peer.relate("alice", "uses", "green-mug", note="her mug since Monday")
-
-    kitchen = ContextSnapshot(location="kitchen", time_of_day="morning")
-    weekday = Condition(days="weekday")
     order = await peer.record_event(
-        "alice",
-        "COMMAND",
-        "beverage",
-        text="a latte with oat milk please",
-        context=kitchen,
+        "alice", "COMMAND", "beverage", text="a latte with oat milk please", context=KITCHEN,
         ts=clock.at(0, "07:42"),
-    )
+    )  # fmt: skip
     await peer.set_preference(
-        "alice", "beverage/coffee", "oat latte", condition=weekday, evidence=[order.id]
+        "alice", "beverage/coffee", "oat latte", condition=WEEKDAY, evidence=[order.id]
     )
-    fix = await peer.record_event(
-        "alice",
-        "CORRECTION",
-        "beverage",
-        text="not the blue one, I want the green mug",
-        payload={"was": "blue-mug", "now": "green-mug"},
-        context=kitchen,
-        ts=clock.at(0, "07:44"),
-    )
-    await peer.set_preference(
-        "alice", "beverage/mug", "green-mug", source="correction", evidence=[fix.id]
-    )
+    await correct(
+        peer, "alice", "beverage/mug", "green-mug", served="blue-mug",
+        text="not the blue one, I want the green mug", context=KITCHEN, ts=clock.at(0, "07:44"),
+    )  # fmt: skip
     await peer.set_preference(
         "alice", "social/quiet_until", "09:00", note="not to be talked to before 9"
     )
 
-    for day in (1, 2, 3, 4):  # served as asked, not corrected: implicit confirmation
-        served = await peer.record_event(
-            "alice",
-            "FEEDBACK_IMPLICIT",
-            "beverage",
-            text="oat latte in the green mug, no complaint",
-            context=kitchen,
-            ts=clock.at(day, "07:40"),
-        )
-        mug = peer.preference("alice", "beverage/mug")
-        assert mug is not None
-        await peer.set_preference(
-            "alice",
-            "beverage/mug",
-            "green-mug",
-            source="correction",
-            confidence=min(1.0, mug.confidence),
-            evidence=[*mug.evidence, served.id][-8:],
-            evidence_count=mug.evidence_count + 1,
-        )
 
-    weekend_order = await peer.record_event(
-        "alice",
-        "COMMAND",
-        "beverage",
-        text="a cortado today, it's Saturday",
-        context=kitchen,
-        ts=clock.at(5, "09:30"),
-    )
-    await peer.set_preference(
-        "alice",
-        "beverage/coffee",
-        "cortado",
-        condition=Condition(days="weekend"),
-        evidence=[weekend_order.id],
-    )
+async def alice_keeps_the_mug(peer: Peer, clock: StoryClock, *, day: int) -> None:
+    """Served as she asked and not corrected: an implicit confirmation of the green mug, recorded
+    as feedback (re-writing the preference would make it a new statement of hers)."""
+    await feedback(
+        peer, "alice", "beverage/mug", "green-mug", "kept",
+        text="oat latte in the green mug, no complaint", context=KITCHEN,
+        ts=clock.at(day, "07:40"),
+    )  # fmt: skip
 
+
+async def bob_is_up_late(peer: Peer, clock: StoryClock) -> None:
+    """Bob, the night owl: his late hours, a quiet robot, camomile after nine."""
     clock.at(0, "23:30")
     await peer.set_routine(
         "bob-late-nights",
@@ -128,14 +108,32 @@ async def write_the_week(peer: Peer, clock: StoryClock) -> None:
     )
     await peer.set_calibration("bob", proactivity=0.2, verbosity=0.3)
     await peer.set_preference("bob", "beverage/tea", "camomile", condition=Condition(after="21:00"))
+
+
+async def bob_makes_tea(peer: Peer, clock: StoryClock) -> None:
     await peer.record_event(
-        "bob",
-        "COMMAND",
-        "beverage",
-        text="camomile tea, quietly",
+        "bob", "COMMAND", "beverage", text="camomile tea, quietly",
         context=ContextSnapshot(location="kitchen", time_of_day="night"),
         ts=clock.at(1, "23:50"),
+    )  # fmt: skip
+
+
+async def saturday_morning(peer: Peer, clock: StoryClock) -> MaintenanceReport:
+    """The robot's idle hour folds the week's confirmations in; then a weekend order."""
+    clock.at(5, "03:00")
+    report = await peer.maintain(lookback="7d")
+    weekend_order = await peer.record_event(
+        "alice", "COMMAND", "beverage", text="a cortado today, it's Saturday", context=KITCHEN,
+        ts=clock.at(5, "09:30"),
+    )  # fmt: skip
+    await peer.set_preference(
+        "alice",
+        "beverage/coffee",
+        "cortado",
+        condition=Condition(days="weekend"),
+        evidence=[weekend_order.id],
     )
+    return report
 
 
 async def show(peer: Peer, console: Console) -> None:
@@ -152,7 +150,7 @@ async def show(peer: Peer, console: Console) -> None:
                 str(pref.value),
                 pref.source,
                 f"{pref.confidence:.2f}",
-                f"{pref.evidence_count} ({len(pref.evidence)} events)",
+                f"{pref.evidence_count} ({len(event_ids(pref))} events)",
             )
         console.print(table)
         calibration = peer.calibration(user)
@@ -211,13 +209,13 @@ async def show_context(peer: Peer, console: Console) -> None:
         )  # fmt: skip
         console.print(
             Panel(
-                context.to_prompt(260),
+                Text(context.to_prompt(260)),  # as the model reads it: "[beverage]" is no markup
                 title=f"get_context(alice, task=prepare_morning_beverage), {label}",
                 title_align="left",
             )
         )
     sentence = await peer.explain("alice", "beverage/mug", time=MONDAY + dt.timedelta(days=5))
-    console.print(f"explain(alice, beverage/mug): {sentence}\n")
+    console.print(f"explain(alice, beverage/mug): {sentence}\n", markup=False)
 
 
 async def run_demo(folder: Path | None = None, console: Console | None = None) -> None:
@@ -232,7 +230,9 @@ async def run_demo(folder: Path | None = None, console: Console | None = None) -
             )
         )
         async with Peer.open(path, device="kitchen-robot", wall=clock) as peer:
-            await write_the_week(peer, clock)
+            report = await write_the_week(peer, clock)
+            for change in report.changes:
+                console.print(f"the slow loop, Saturday 03:00 (maintain): {change.line()}")
             console.print(f"wrote the week on device {peer.device} ({peer.device_id}); closing")
         async with Peer.open(path, wall=clock) as peer:
             console.print("reopened from disk; this is what it remembers:\n")

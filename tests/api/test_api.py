@@ -144,6 +144,10 @@ async def test_status_and_metrics(api: httpx.AsyncClient) -> None:
          "history_window"),
         ("/context", {"user": "dana", "task": "general"}, 404, None),
         ("/explain", {"user": "alice", "key": "medication/pills"}, 403, "health"),
+        ("/maintain", {"lookback": "nope"}, 422, "lookback"),
+        ("/maintain", {"lookback": "0d"}, 422, "lookback"),
+        ("/maintain", {"users": ["NOT A NAME"]}, 422, "users"),
+        ("/maintain", {"users": ["alice", "nobody"]}, 404, None),
     ],
 )  # fmt: skip
 async def test_bad_input_gets_a_4xx_naming_the_problem_and_changes_nothing(

@@ -6,7 +6,9 @@ import random
 from pathlib import Path
 from typing import Any
 
-from hearthsync import Peer
+import pytest
+
+from hearthsync import NotFoundError, Peer, ValidationError
 from hearthsync.context import correct, explain, feedback, get_context, maintain
 from tests.conftest import FakeWall
 from tests.context.conftest import DAY, HOUR, at, clock
@@ -158,3 +160,37 @@ async def test_the_slow_loop_never_overwrites_a_correction_made_meanwhile(
     stored = home.preference("alice", "tea/mug")
     assert stored is not None
     assert (stored.value, stored.source) == ("blue-mug", "correction")
+
+
+async def test_a_bad_lookback_is_refused_under_the_name_the_caller_gave_it(home: Peer) -> None:
+    for lookback in ("nope", "0d", "11000d"):
+        with pytest.raises(ValidationError) as caught:
+            await maintain(home, now=at(clock(1)), lookback=lookback)
+        assert caught.value.field == "lookback"
+        assert str(caught.value).startswith("lookback must look like")
+        assert repr(lookback) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("users", "refused", "naming"),
+    [
+        (["alice", "nobody"], NotFoundError, "'nobody'"),
+        (["alice", "NOT A NAME"], ValidationError, "'NOT A NAME'"),
+        ("alice", ValidationError, "list of user ids"),
+    ],
+)
+async def test_maintain_refuses_unknown_or_malformed_users_before_writing_anything(
+    home: Peer, wall: FakeWall, users: Any, refused: type[Exception], naming: str
+) -> None:
+    wall.ms = clock(0, "07:30")
+    await correct(home, "alice", "tea/mug", "green-mug")
+    await _mornings(home, wall, range(1, 4), "green-mug", "kept")  # something to fold for alice
+    before = home.preference("alice", "tea/mug")
+
+    with pytest.raises(refused) as caught:
+        await maintain(home, now=at(wall.ms), users=users)
+
+    assert naming in str(caught.value)
+    assert home.preference("alice", "tea/mug") == before
+    report = await maintain(home, now=at(wall.ms), users=["alice", "alice"])
+    assert [(c.user, c.action) for c in report.changes] == [("alice", "folded")]

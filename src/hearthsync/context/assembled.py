@@ -87,6 +87,7 @@ class Context:
         then the surroundings and the history."""
         binding = sorted(self.routines, key=lambda r: not r.routine.constraints)
         preferences = sorted(self.preferences, key=lambda p: (-p.confidence, p.key))
+        tz = self.situation.at.tzinfo  # the header's zone: times in the prompt agree with it
         return [
             Section("Now", [r.line() for r in binding]),
             Section("About them", self._about()),
@@ -94,9 +95,9 @@ class Context:
             Section("Shared settings", [s.line() for s in self.shared]),
             Section("Preferences", [p.line() for p in preferences]),
             Section("Where things are", [p.line() for p in self.places]),
-            Section("Recently moved", [c.line() for c in self.changes]),
-            Section("Related to the request", [e.line() for e in self.recalled]),
-            Section("Recent events", [e.line() for e in self.events]),
+            Section("Recently moved", [c.line(tz) for c in self.changes]),
+            Section("Related to the request", [e.line(tz) for e in self.recalled]),
+            Section("Recent events", [e.line(tz) for e in self.events]),
             Section("Relations", [r.line() for r in self.relations]),
         ]
 

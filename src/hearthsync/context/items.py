@@ -156,9 +156,11 @@ class SpatialMove:
         c = self.change
         return Provenance(None, c.device, c.at)
 
-    def line(self) -> str:
+    def line(self, tz: dt.tzinfo | None = dt.UTC) -> str:
+        """The move, dated in ``tz``: the zone of the context's time, so the day agrees with
+        the header's."""
         c = self.change
-        day = dt.datetime.fromtimestamp(hlc_ms(c.at) / 1000, dt.UTC).strftime("%Y-%m-%d")
+        day = _local(hlc_ms(c.at), tz).strftime("%Y-%m-%d")
         if not c.from_region:  # first seen: nothing was moved
             return f"{self.label} placed in {c.to_region} ({day})"
         return f"{self.label} moved from {c.from_region} to {c.to_region} ({day})"
@@ -176,9 +178,11 @@ class EventItem:
         e = self.event
         return Provenance(e.user, e.device, e.hlc, (e.id,))
 
-    def line(self) -> str:
+    def line(self, tz: dt.tzinfo | None = dt.UTC) -> str:
+        """The event, timed in ``tz``: the zone of the context's time, so an evening event is
+        not read as early next morning beside a header in local time."""
         e = self.event
-        day = dt.datetime.fromtimestamp(e.ts / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M")
+        day = _local(e.ts, tz).strftime("%Y-%m-%d %H:%M")
         what = e.text or _payload_words(e.payload)
         score = f" (similarity {self.score:.2f})" if self.score is not None else ""
         return f"{day} {e.type.value.lower()} [{e.domain}] {what}{score}"
@@ -216,6 +220,10 @@ class Relation:
         r = self.relationship
         note = f" ({r.note})" if r.note else ""
         return f"{r.subject} {r.relation.replace('_', ' ')} {r.object}{note}"
+
+
+def _local(ms: int, tz: dt.tzinfo | None) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, tz or dt.UTC)
 
 
 def _payload_words(payload: JsonValue) -> str:

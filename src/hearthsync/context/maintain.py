@@ -48,7 +48,8 @@ from hearthsync.context.resolve import (
     weigh,
 )
 from hearthsync.context.situation import window_ms
-from hearthsync.errors import ValidationError
+from hearthsync.errors import NotFoundError, ValidationError
+from hearthsync.ids import check_name
 from hearthsync.model.records import MAX_LIST, EventType, Preference
 
 PROMOTE_AFTER = 10
@@ -95,15 +96,43 @@ async def maintain(
     users: Sequence[str] | None = None,
 ) -> MaintenanceReport:
     """Run the slow loop over ``users`` (default: everyone), counting feedback of the last
-    ``lookback``; every write goes through ``peer``'s public methods and is durable on return."""
+    ``lookback``; every write goes through ``peer``'s public methods and is durable on return.
+
+    Raises `ValidationError` for a malformed ``lookback`` or user id and `NotFoundError` for a
+    user the household does not have, before anything is written."""
     at = now or dt.datetime.now().astimezone()
     if at.tzinfo is None:
         raise ValidationError("now must be a timezone-aware datetime", field="now")
-    since = int(at.timestamp() * 1000) - window_ms(lookback)
+    since = int(at.timestamp() * 1000) - _lookback_ms(lookback)
     changes: list[Change] = []
-    for user in users if users is not None else list(peer.users()):
+    for user in list(peer.users()) if users is None else _known(peer, users):
         changes += await _maintain_user(peer, user, at, since)
     return MaintenanceReport(tuple(changes))
+
+
+def _lookback_ms(lookback: str) -> int:
+    """``lookback`` in milliseconds, refused under its own name (`window_ms` names the
+    ``history_window`` of `get_context`, which a ``hearth maintain`` user never typed)."""
+    try:
+        return window_ms(lookback)
+    except ValidationError:
+        raise ValidationError(
+            "lookback must look like '90m', '24h', '7d' or '2w' and be between 1 minute and "
+            f"10 years, got {lookback!r:.40}",
+            field="lookback",
+        ) from None
+
+
+def _known(peer: PeerPort, users: Sequence[str]) -> list[str]:
+    """``users``, each once, if every one is a well-formed id of a user of the household."""
+    if isinstance(users, str):  # a str is a Sequence[str]: 'alice' would be five users
+        raise ValidationError(f"users must be a list of user ids, got {users!r:.80}", field="users")
+    household = set(peer.users())
+    for user in users:
+        check_name(user, field="users")
+        if user not in household:
+            raise NotFoundError(f"unknown user {user!r}; add them first with add_user()")
+    return list(dict.fromkeys(users))
 
 
 async def _maintain_user(peer: PeerPort, user: str, at: dt.datetime, since: int) -> list[Change]:
