@@ -73,6 +73,16 @@ BLOCKED = [
     ({"value": "card 4111 1111 1111 1111"}, "value", "card number"),
     ({"value": {"wifi": {"password": "hunter2"}}}, "value.wifi.password", "password"),
     ({"value": 1, "note": "her number is (415) 555-0100"}, "note", "phone"),
+    # grouped in pairs: no "@" and no three digits in a row
+    ({"value": "call my son on 06 12 34 56 78"}, "value", "phone"),
+    ({"value": {"son": "+33 6 12 34 56 78"}}, "value.son", "phone"),
+    ({"value": "+49 30 12 34 56 78"}, "value", "phone"),
+    ({"value": "06.12.34.56.78"}, "value", "phone"),
+    ({"value": "0033 6 12 34 56 78"}, "value", "phone"),
+    ({"value": "(0)6 12 34 56 78"}, "value", "phone"),
+    ({"value": "+44 20 7946 0958"}, "value", "phone"),
+    ({"value": "new number 2026-03-14 06 12 34 56 78"}, "value", "phone"),  # after a date
+    ({"value": 1, "note": "ring 07 81 23 45 67"}, "note", "phone"),
 ]
 
 
@@ -85,7 +95,20 @@ def test_blocked_personal_data_is_refused(extra: dict, field: str, category: str
 
 
 @pytest.mark.parametrize(
-    "text", ["oat latte at 08:00", "2 shots, 60 ml", "room 214", "2026-03-14", "version 1.2.3"]
+    "text",
+    [
+        "oat latte at 08:00",
+        "2 shots, 60 ml",
+        "room 214",
+        "2026-03-14",
+        "version 1.2.3",
+        # as many digits as a phone number, grouped: a date and time, an address, a list
+        "2026-03-14 08:30",
+        "14.03.2026 08:30",
+        "the printer is 192.168.1.100",
+        "sizes 38 39 40 41 42",
+        "every 5 10 15 20 25 minutes",
+    ],
 )
 def test_ordinary_text_with_numbers_is_accepted(text: str) -> None:
     assert Preference.build(user="alice", key="a/b", value=text).value == text

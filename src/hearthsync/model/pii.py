@@ -7,7 +7,8 @@ categories outright, by the name of a field and by the shape of a string value:
 category                field names refused                      values refused
 ======================  =======================================  ===========================
 email                   email, e_mail, mail                      ``name@host.tld``
-phone                   phone, telephone, mobile, cell, fax      +, or 9-15 digits grouped
+phone                   phone, telephone, mobile, cell, fax      9-15 digits after +, or
+                                                                 grouped (see `_is_phone`)
 address                 address, street, postcode, zip, zipcode  (by field name only)
 national id             ssn, national_id, passport, tax_id, ...  ``123-45-6789``
 card number             card, card_number, credit_card, iban     13-19 digits passing Luhn
@@ -15,6 +16,9 @@ password                password, passwd, pin, secret, ...       (by field name 
 ======================  =======================================  ===========================
 
 The error names the field path (``payload.contact.email``) so the caller can fix the record.
+Phone numbers are found in the common groupings (``+33 6 12 34 56 78``, ``06 12 34 56 78``,
+``(415) 555-0100``); dates, times, IPv4 addresses, versions and lists of small numbers
+(``sizes 38 39 40 41 42``) are not phone numbers.
 """
 
 from __future__ import annotations
@@ -53,11 +57,25 @@ for _category, _names in {
     for _name in _names:
         _BLOCKED_NAMES[_name] = _category
 
+#: the cheap test first, as most text holds no digits: an ``@``, or a digit and 7 more
+#: characters of digits and separators, which every shape below starts with (so this skips
+#: nothing they would find: ``test_the_cheap_test_skips_nothing_a_detector_finds``).  Spelled
+#: to start with a character set, which ``re`` skips to faster than to an alternative
+SUSPECT = re.compile(r"[@\d](?:(?<=@)|[\d \-().]{7})")
+
 _EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
 _NATIONAL_ID = re.compile(r"\b\d{3}-\d{2}-\d{4}\b")
-# + and digits with separators; judged by digit count below
+# + and digits with separators; judged by `_is_phone`
 _PHONE = re.compile(r"(?<![\w.])\+?\(?\d[\d \-().]{7,22}\d(?![\w.])")
 _CARD = re.compile(r"(?<!\d)(?:\d[ \-]?){12,18}\d(?!\d)")
+#: dates with a 4-digit year, masked before looking for phone numbers: the digits of
+#: "2026-03-14 08:30" would otherwise run on into the hour
+_DATE = re.compile(
+    r"(?<!\d)(?:(?:19|20)\d\d-[01]?\d-[0-3]?\d|[0-3]?\d[./\-][01]?\d[./\-](?:19|20)\d\d)(?!\d)"
+)
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+_DIGITS = re.compile(r"\d+")
 
 
 def _normal(name: str) -> str:
@@ -78,14 +96,13 @@ def blocked_category_of_name(name: str) -> str | None:
     return _BLOCKED_NAMES.get(_normal(name))
 
 
-#: every blocked value shape holds an ``@`` or three digits in a row; most text holds neither
-SUSPECT = re.compile(r"@|\d\d\d")
-
-
 def blocked_category_of_text(text: str) -> str | None:
-    if not SUSPECT.search(text):
-        return None
-    if _EMAIL.search(text):
+    return _category_of_text(text) if SUSPECT.search(text) else None
+
+
+def _category_of_text(text: str) -> str | None:
+    """The blocked category ``text`` holds a value of, by shape alone (no cheap test first)."""
+    if "@" in text and _EMAIL.search(text):
         return "email"
     if _NATIONAL_ID.search(text):
         return "national id"
@@ -93,13 +110,26 @@ def blocked_category_of_text(text: str) -> str | None:
         digits = re.sub(r"\D", "", match.group())
         if 13 <= len(digits) <= 19 and _luhn(digits):
             return "card number"
-    for match in _PHONE.finditer(text):
-        raw = match.group()
-        digits = re.sub(r"\D", "", raw)
-        grouped = raw.startswith("+") or any(sep in raw for sep in " -().")
-        if 9 <= len(digits) <= 15 and grouped:
+    for match in _PHONE.finditer(_DATE.sub("#", text)):
+        if _is_phone(match.group()):
             return "phone"
     return None
+
+
+def _is_phone(raw: str) -> bool:
+    """Whether ``raw``, digits and separators, is a phone number: 9-15 digits (E.164 holds
+    at most 15) after a ``+`` (``+33 6 12 34 56 78``), or grouped.  Grouped digits are not one
+    when they are an IPv4 address, or groups of at most 2 digits not led by a ``0``: a list of
+    small numbers (``38 39 40 41 42``), where a number grouped in pairs starts with its trunk
+    prefix (``06 12 34 56 78``) or its country code."""
+    groups = _DIGITS.findall(raw)
+    if not 9 <= sum(map(len, groups)) <= 15:
+        return False
+    if raw.startswith("+"):
+        return True
+    if not any(sep in raw for sep in " -().") or _IPV4.fullmatch(raw):
+        return False
+    return groups[0].startswith("0") or max(map(len, groups)) > 2
 
 
 def _article(word: str) -> str:

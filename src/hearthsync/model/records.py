@@ -11,6 +11,8 @@ from __future__ import annotations
 import enum
 import functools
 import json
+import re
+import types
 import typing
 from collections.abc import Sequence
 from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
@@ -20,7 +22,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, St
 from pydantic.fields import FieldInfo
 
 from hearthsync.errors import ValidationError
-from hearthsync.ids import KEY_RE, NAME_RE
+from hearthsync.ids import DEVICE_RE, KEY_RE, NAME_RE
 from hearthsync.model.pii import SUSPECT, check_no_pii
 
 MAX_TEXT = 2_000  #: characters in any free-text field
@@ -58,10 +60,42 @@ def _bounded_json(value: JsonValue) -> JsonValue:
     return value
 
 
-#: written by the peer, not by people: ids and clocks, whose digits are not personal data
-_SYSTEM_FIELDS = frozenset(
-    {"id", "set_at", "device", "hlc", "at", "evidence", "session", "ts", "stamps"}
+#: written by the peer, not by people: clocks and device ids, whose digits are not personal
+#: data; and ``evidence``, which holds only event ids and markers (`_evidence_item`).  Ids that
+#: people choose (users, objects, regions) are checked: "555-123-4567" is a well-formed name.
+_SYSTEM_FIELDS = frozenset({"set_at", "device", "hlc", "at", "ts", "stamps", "evidence"})
+
+#: an event id, as `Peer` makes them (``ev-`` + hex): written by the peer, never checked
+_EVENT_ID = r"ev-[a-z0-9]{6,40}"
+_EVENT_ID_RULE = f"^{_EVENT_ID}$"
+_HLC = rf"\d{{16}}\.\d{{5}}\.{DEVICE_RE.pattern}"  # `hearthsync.hlc.Timestamp`
+#: a ``Preference.evidence`` item: an event id, or a marker the slow loop keeps beside them
+#: (`hearthsync.context.feedback`: ``hearth:stated=<hlc>``, ``hearth:stable``,
+#: ``hearth:drift=<event id>``).  Nothing else, so no personal data and no free text.
+_EVIDENCE = re.compile(
+    rf"{_EVENT_ID}|hearth:stable|hearth:stated=(?:{_HLC})?|hearth:drift={_EVENT_ID}"
 )
+
+
+#: the validation context of a record read back from a document (`Record.decode`): the rules
+#: for what people write (personal data, evidence's shape) held when it was written, on the
+#: robot that wrote it.  Applied again on reading, a rule added since (or one a newer robot
+#: of the household has and this one has not) would make that record unreadable, and every
+#: read of the document it is in with it.
+_STORED = {"stored": True}
+
+
+def _as_written(info: pydantic.ValidationInfo) -> bool:
+    """Whether the record is being written (checked) rather than read back from a document."""
+    return not (info.context and info.context.get("stored"))
+
+
+def _evidence_item(item: str, info: pydantic.ValidationInfo) -> str:
+    if _as_written(info) and not _EVIDENCE.fullmatch(item):
+        # the value is not repeated: it may be personal data
+        raise ValueError("must be an event id ('ev-...') or a 'hearth:' marker")
+    return item
+
 
 Name = Annotated[str, StringConstraints(pattern=f"^{NAME_RE.pattern}$")]
 Key = Annotated[str, StringConstraints(pattern=f"^{KEY_RE.pattern}$")]
@@ -70,6 +104,7 @@ ShortText = Annotated[str, Field(min_length=1, max_length=200)]
 Json = Annotated[JsonValue, AfterValidator(_bounded_json)]
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 Hlc = Annotated[str, Field(max_length=120)]
+EventId = Annotated[str, Field(pattern=_EVENT_ID_RULE)]
 
 
 class Record(BaseModel):
@@ -78,11 +113,14 @@ class Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
 
     @pydantic.model_validator(mode="after")
-    def _no_blocked_personal_data(self) -> Self:
+    def _no_blocked_personal_data(self, info: pydantic.ValidationInfo) -> Self:
+        if not _as_written(info):
+            return self
         for name in _content_fields(type(self)):
             value = getattr(self, name)
             if type(value) is str:
-                if SUSPECT.search(value):  # the cheap test first: most text holds no digits
+                # the cheap test first: most text holds no digits (and many ids are empty)
+                if value and SUSPECT.search(value):
                     check_no_pii(value, field=name)
             elif isinstance(value, dict | list | tuple):  # nested records check themselves
                 check_no_pii(value, field=name)
@@ -114,7 +152,7 @@ class Record(BaseModel):
         if given:
             text = given + text[1:] if text != "{}" else given[:-1] + "}"
         try:
-            return cls.model_validate_json(text)
+            return cls.model_validate_json(text, context=_STORED)
         except pydantic.ValidationError as exc:
             raise _translate(cls, exc) from None
 
@@ -131,7 +169,8 @@ def given_fields(fields: dict[str, str]) -> str:
 def _content_fields(cls: type[Record]) -> tuple[str, ...]:
     """The fields people write that can hold text: the ones checked for personal data.
 
-    Ids and clocks are written by the peer; numbers, flags and fixed choices hold no text.
+    Clocks, device and event ids are written by the peer; numbers, flags and fixed choices
+    hold no text.
     """
     return tuple(
         name
@@ -140,16 +179,25 @@ def _content_fields(cls: type[Record]) -> tuple[str, ...]:
     )
 
 
+def _unwrapped(annotation: Any) -> Any:
+    """``X`` of ``X``, ``X | None`` and ``Annotated[X, ...]``."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        kinds = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = kinds[0] if len(kinds) == 1 else annotation
+    if typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation
+
+
 def _textless(info: FieldInfo) -> bool:
-    """Numbers, flags, fixed choices, nested records (they check themselves), and ids (whose
-    alphabet has no room for an address and whose length none for a card number)."""
-    kinds = [a for a in typing.get_args(info.annotation) if a is not type(None)]
-    annotation = kinds[0] if len(kinds) == 1 else info.annotation
+    """Numbers, flags, fixed choices, nested records (they check themselves), and event ids
+    (the peer's: ``ev-`` and hex, whose digits may by chance look like a card number)."""
+    annotation = _unwrapped(info.annotation)
     if annotation in (bool, int, float) or typing.get_origin(annotation) is Literal:
         return True
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel | enum.Enum):
         return True
-    return any(getattr(m, "pattern", None) in _RULES for m in info.metadata)
+    return any(getattr(m, "pattern", None) == _EVENT_ID_RULE for m in info.metadata)
 
 
 def _translate(cls: type[BaseModel], exc: pydantic.ValidationError) -> ValidationError:
@@ -274,7 +322,8 @@ class Preference(Record):
     set_at: Hlc = ""
     device: str = ""
     evidence: Annotated[
-        tuple[Annotated[str, Field(max_length=80)], ...], Field(max_length=MAX_LIST)
+        tuple[Annotated[str, Field(max_length=80), AfterValidator(_evidence_item)], ...],
+        Field(max_length=MAX_LIST),
     ] = ()
     note: Annotated[str, Field(max_length=MAX_TEXT)] = ""
     deleted: bool = False
@@ -324,7 +373,7 @@ class InteractionEvent(Record):
     embedded for semantic recall (see `hearthsync.store.embedding`).
     """
 
-    id: Annotated[str, Field(pattern=r"^ev-[a-z0-9]{6,40}$")]
+    id: EventId
     user: Name
     type: EventType
     domain: Name
