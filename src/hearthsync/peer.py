@@ -448,7 +448,17 @@ class Peer:
         if self._users is None:
             household = self._household()
             buried = {slot.partition(SEP)[0] for slot in household.forgotten.keys()}  # noqa: SIM118
-            listed = set(household.users.keys()) | buried
+            # and whoever has a profile here: robots that register the same user at once
+            # overwrite each other's entry, and the deletion of the one a robot wrote applies
+            # at once, while the entry that won may wait beyond a gap in its author's clock:
+            # the user was missing from the list until it came (found by the stateful chaos
+            # test).  A profile is written in each robot's own slot, which nothing overwrites.
+            profiles = {
+                replica.info.subject
+                for replica in self._docs.replicas.values()
+                if replica.info.kind is Kind.PROFILE
+            }
+            listed = set(household.users.keys()) | buried | profiles
             self._users = frozenset(listed) - self._forgotten_users()
         return self._users
 

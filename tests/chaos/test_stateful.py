@@ -166,3 +166,22 @@ HouseholdUnderChaos.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )  # fmt: skip
 TestHouseholdUnderChaos = HouseholdUnderChaos.TestCase
+
+
+def test_robots_that_register_a_user_at_once_go_on_listing_them() -> None:
+    """Found by the machine above: every robot registers Alice and Bob at the start, so their
+    entries in the household's list overwrite each other.  Under drops and reordering, the
+    deletion of the entry a robot wrote reached it before the entry that won, and for a while
+    the robot no longer listed a user it had acknowledged adding (its writes for them were
+    refused as for an unknown user)."""
+    state = HouseholdUnderChaos()
+    state.household(peers=5, seed=395)
+    state.lossy(amount=0.25, kind="drop", link=(3, 1), span=1.0)
+    state.delay(amount=1.0, link=(0, 1), span=1.0)
+    state.reorder(amount=0.298828125, link=None, span=1.0)
+    state.lossy(amount=0.125, kind="drop", link=None, span=1.0)
+    state.time_passes(seconds=1.0)
+    try:
+        state.every_robot_that_is_up_holds_what_it_acknowledged()
+    finally:
+        state.teardown()

@@ -108,8 +108,8 @@ class Holdings:
                 ids = {json.loads(text)["id"] for text in array}
                 self._logs[key] = ids
             return write.slot in ids
-        if write.kind == "user":  # registered in the household
-            return write.slot in replica.doc.get(write.root, type=Map)
+        if write.kind == "user":  # a user of the household, as the robot lists them
+            return write.slot in self._peer.users()
         if write.kind == "forget":  # a tombstone of the user, in any robot's slot
             return write.slot in tombstoned(self._peer)
         slots = self._slots.get(key)
