@@ -87,6 +87,13 @@ class Scenario:
 CLOCK_RESET_AFTER_S = 10.0
 
 
+#: a clock jump (drawn from -30 to 30 s) above this one also leaps `GLITCH_AHEAD_S` ahead: a
+#: clock that glitched days ahead, whose stamps every other robot's clock refuses to follow
+#: (`hlc.MAX_AHEAD_MS`), while their writes must still overtake the versions it stamped
+GLITCH_DRAW = 24.0
+GLITCH_AHEAD_S = 3 * 86_400.0
+
+
 #: deliberately broken builds (for testing the harness itself)
 BUGS = {
     "lose-every-10th-commit": "every tenth delta committed is acknowledged but never stored",
@@ -219,7 +226,10 @@ def _faults(rng: random.Random, scenario: Scenario, peers: int) -> list[Fault]:
                 reset = 1.0 if down > CLOCK_RESET_AFTER_S else 0.0
                 faults.append(Fault(0, kind, at, at + down, (robot,), amount=reset))
             case "skew":
-                faults.append(Fault(0, kind, at, at, (robot,), amount=rng.uniform(-30.0, 30.0)))
+                amount = rng.uniform(-30.0, 30.0)
+                if amount > GLITCH_DRAW:  # one jump in ten: days ahead, too far to follow
+                    amount += GLITCH_AHEAD_S
+                faults.append(Fault(0, kind, at, at, (robot,), amount=amount))
             case "revoke":
                 if revoked or peers < 3:
                     continue  # one revocation per schedule; robot 0 (the owner) revokes
