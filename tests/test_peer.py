@@ -561,3 +561,79 @@ async def test_with_manual_commits_a_crash_loses_exactly_what_was_not_committed(
     async with Peer.open(tmp_path / "p") as again:
         assert again.users() == ["alice"]
         assert again.preference("alice", "tea/mug") is None
+
+
+async def test_a_record_another_robot_wrote_that_does_not_decode_fails_nothing_here(
+    tmp_path: Path,
+) -> None:
+    """Another robot (a bug, a newer schema) stores a version of the mug's place that does not
+    decode, and an event that does not either.  Here they are skipped: the moves queued in the
+    same batch are acknowledged and durable, and reads list everything else."""
+    from pycrdt import Array, Doc, Map
+
+    from hearthsync.ids import DocId
+
+    async with Peer.open(tmp_path / "a", device="a", wall=FakeWall()) as robot:
+        await robot.add_user("alice", name="Alice")
+        await robot.place("mug-b", "Mug B", region="shelf-1")
+        said = await robot.record_event("alice", "COMMAND", "drink", text="tea", ts=MONDAY_MS)
+        moved_a = robot.place("mug-a", "Mug A", region="shelf-2")
+        moved_b = robot.place("mug-b", "Mug B", region="shelf-3")
+        for doc_id, root, bad in (
+            ("home/spatial", "placements", '{"not": "a placement"}'),
+            ("user/alice/events/2026-03", "events", '{"id": "not an event"}'),
+        ):
+            other = Doc(client_id=4242)
+            other.apply_update(robot._docs.replicas[DocId(doc_id)].encode_state())
+            before = other.get_state()
+            if root == "events":
+                other.get(root, type=Array).append(bad)
+            else:
+                other.get(root, type=Map)["mug-b\x1fOTHERDEVICE"] = bad
+            robot.receive_update(doc_id, other.get_update(before))
+        assert (await moved_a).region == "shelf-2"
+        assert (await moved_b).region == "shelf-3"
+        assert robot.placement("mug-b").region == "shelf-3"  # type: ignore[union-attr]
+        assert [e.id for e in robot.events("alice")] == [said.id]
+    async with Peer.open(tmp_path / "a", wall=FakeWall()) as reopened:
+        assert {p.object: p.region for p in reopened.placements()} == {
+            "mug-a": "shelf-2",
+            "mug-b": "shelf-3",
+        }
+
+
+async def test_a_change_that_raises_fails_its_writer_alone(peer: Peer, peer_path: Path) -> None:
+    """Changes run when their batch does, in one transaction per document: one that raises
+    fails its own writer, and the others of the transaction are acknowledged and durable."""
+    from hearthsync.crdt.handles import PrefsDoc
+    from hearthsync.ids import DocId
+
+    def broken(_: object) -> None:
+        raise RuntimeError("this change is broken")
+
+    doc_id = DocId("user/alice/prefs")
+    before = peer.set_preference("alice", "k/before", 1)
+    failing = peer._docs.write(doc_id, broken)
+    after = peer.set_preference("alice", "k/after", 2)
+    with pytest.raises(RuntimeError, match="broken"):
+        await failing
+    assert (await before).value == 1
+    assert (await after).value == 2
+    assert peer._handle(doc_id, PrefsDoc).prefs.get("k/after#") is not None
+    await peer.close()
+    async with Peer.open(peer_path, wall=FakeWall()) as reopened:
+        assert {p.key for p in reopened.preferences("alice")} >= {"k/before", "k/after"}
+
+
+async def test_forgetting_drops_the_views_of_the_users_documents(tmp_path: Path) -> None:
+    """A typed view holds its replica, and with it what the user said: forgetting the user
+    must not leave them in memory for as long as the robot runs."""
+    async with Peer.open(tmp_path / "robot", device="hall", wall=FakeWall()) as robot:
+        await robot.add_user("alice", name="Alice")
+        await robot.set_health("alice", "med/evening", "two pills")
+        await robot.record_event("alice", "COMMAND", "drink", text="tea", ts=MONDAY_MS)
+        assert robot.health("alice")
+        assert robot.events("alice")
+        assert [d for d in robot._handles if d.startswith("user/alice/")]
+        await robot.forget("alice")
+        assert [d for d in robot._handles if d.startswith("user/alice/")] == []

@@ -194,6 +194,7 @@ class Peer:
         self._settings_sub: object | None = None
         docs.on_vectors = self._index_vectors
         docs.remote_events = self._remote_events
+        docs.on_drop = self._drop_handles
         docs.meta = self._meta
 
     # ------------------------------------------------------------------ lifecycle
@@ -359,6 +360,12 @@ class Peer:
             self._handles[doc_id] = cached
         return cached[1]  # type: ignore[return-value]
 
+    def _drop_handles(self, doc_ids: Sequence[DocId]) -> None:
+        """Forget the typed views of deleted documents (a forgotten user's): a view holds its
+        replica, and with it everything the user said, for as long as it is kept."""
+        for doc_id in doc_ids:
+            self._handles.pop(doc_id, None)
+
     def _peek(self, doc_id: DocId, make: Callable[[Any], H]) -> H | None:
         """The handle of ``doc_id`` if the document exists, without creating it."""
         if self._docs.get(doc_id) is None:
@@ -446,8 +453,11 @@ class Peer:
         out of the list (a revoked robot's tombstone, relayed before the revocation was)."""
         self._observe_household()
         if self._users is None:
-            household = self._household()
-            buried = {slot.partition(SEP)[0] for slot in household.forgotten.keys()}  # noqa: SIM118
+            listed: set[str] = set()
+            if DocId("household") not in self._docs.corrupt:  # else reported, not raised
+                household = self._household()
+                listed |= set(household.users.keys())
+                listed |= {slot.partition(SEP)[0] for slot in household.forgotten.keys()}  # noqa: SIM118
             # and whoever has a profile here: robots that register the same user at once
             # overwrite each other's entry, and the deletion of the one a robot wrote applies
             # at once, while the entry that won may wait beyond a gap in its author's clock:
@@ -458,8 +468,7 @@ class Peer:
                 for replica in self._docs.replicas.values()
                 if replica.info.kind is Kind.PROFILE
             }
-            listed = set(household.users.keys()) | buried | profiles
-            self._users = frozenset(listed) - self._forgotten_users()
+            self._users = frozenset(listed | profiles) - self._forgotten_users()
         return self._users
 
     def _forgotten_users(self) -> frozenset[str]:
@@ -469,6 +478,10 @@ class Peer:
         return self._forgotten
 
     def _observe_household(self) -> None:
+        if DocId("household") in self._docs.corrupt:
+            # reported by `corrupt`; the robot goes on with its other documents, listing the
+            # users it holds profiles of, and nothing is written to the household meanwhile
+            return
         replica = self._docs.replica(DocId("household"))
         if self._users_of is not replica:  # a new replica (new client id): observe it
             household = self._household()

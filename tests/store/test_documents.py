@@ -444,6 +444,79 @@ async def test_a_store_restored_from_a_backup_takes_a_new_client_id(
         assert a._docs.replicas[DocId(doc)].client_id == fresh  # the new id was persisted
 
 
+async def test_a_new_client_id_survives_a_failed_commit(
+    tmp_path: Path, wall: FakeWall, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch that would have stored a restored robot's new client id fails: the id is
+    stored by the next one, not lost (the reopened store would write under the old id again,
+    and two robots would hold different edits under one id: equal state vectors, different
+    content, for good)."""
+    import shutil
+
+    a_path, b_path, backup = tmp_path / "a", tmp_path / "b", tmp_path / "backup"
+    async with Peer.open(a_path, device="a", wall=wall) as a, Peer.open(b_path, device="b") as b:
+        await a.add_user("alice", name="Alice")
+        await a.set_preference("alice", "k/1", "v1")
+        await exchange(a, b)
+    shutil.copytree(a_path, backup)
+    async with Peer.open(a_path, wall=wall) as a, Peer.open(b_path) as b:
+        await a.set_preference("alice", "k/2", "v2")
+        await exchange(a, b)
+    shutil.rmtree(a_path)
+    shutil.copytree(backup, a_path)
+    doc = "user/alice/prefs"
+    async with Peer.open(a_path, wall=wall) as a, Peer.open(b_path) as b:
+        a.docs.peer_state(DocId(doc), b.state_vector(doc))
+        fresh = a._docs.replicas[DocId(doc)].client_id
+        real_commit = a._sqlite.commit
+        calls = {"n": 0}
+
+        async def failing_once(batch: object) -> None:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise StoreError("write on hearth.db failed: disk I/O error")
+            await real_commit(batch)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(a._sqlite, "commit", failing_once)
+        with pytest.raises(StoreError):
+            await a.set_preference("alice", "k/3", "v3")
+        await a.set_preference("alice", "k/4", "v4")
+    async with Peer.open(a_path, wall=wall) as a:
+        assert a._docs.replicas[DocId(doc)].client_id == fresh
+
+
+async def test_a_corrupt_household_is_reported_and_a_peer_replaces_it(
+    tmp_path: Path, wall: FakeWall
+) -> None:
+    """One unreadable row of the household document: the robot still opens (it reported it
+    by id, but could not start at all), lists the users it holds profiles of, and the next
+    sync replaces the document with what the other robot holds, durably."""
+    import sqlite3
+
+    a_path, b_path = tmp_path / "a", tmp_path / "b"
+    async with Peer.open(a_path, device="a", wall=wall) as a, Peer.open(b_path, device="b") as b:
+        await a.add_user("alice", name="Alice")
+        await a.set_preference("alice", "beverage/tea", "green")
+        await exchange(a, b)
+        await b.add_user("bob", name="Bob")
+    db = sqlite3.connect(a_path / "hearth.db")
+    assert db.execute(
+        "UPDATE updates SET data = x'0badbadbad', codec = 0 WHERE doc_id = 'household'"
+    ).rowcount
+    db.commit()
+    db.close()
+    async with Peer.open(a_path, wall=wall) as a, Peer.open(b_path) as b:
+        assert set(a.corrupt) == {"household"}
+        assert a.users() == ["alice"]  # whose profile it holds
+        assert a.preference("alice", "beverage/tea") is not None
+        await exchange(b, a)
+        assert a.corrupt == {}
+        assert a.users() == ["alice", "bob"]
+    async with Peer.open(a_path, wall=wall) as a:
+        assert a.corrupt == {}
+        assert a.users() == ["alice", "bob"]
+
+
 async def test_a_failing_embedder_does_not_lose_acknowledged_events(
     peer: Peer, peer_path: Path, wall: FakeWall, monkeypatch: pytest.MonkeyPatch
 ) -> None:

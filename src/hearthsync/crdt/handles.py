@@ -31,6 +31,7 @@ from pycrdt import Array, Map
 
 from hearthsync.crdt.kinds import HOME, Kind
 from hearthsync.crdt.replica import Replica, event_field
+from hearthsync.errors import ValidationError
 from hearthsync.model.records import (
     Calibration,
     HealthRecord,
@@ -77,6 +78,9 @@ class SlotMap(Generic[R]):
         implied = {"device"} | ({"user"} if self._user else set())
         self._without = frozenset(implied | ({self._key_field} if self._key_field else set()))
         self._given: dict[tuple[str, str], str] = {}  # (record key, device) -> JSON opening
+        #: slots whose record does not decode (another robot's bug or newer schema): read as
+        #: absent, warned of once, until they change
+        self._undecodable: set[str] = set()
 
     def _on_change(self, event: Any) -> None:
         incoming = self._replica.incoming
@@ -87,9 +91,11 @@ class SlotMap(Generic[R]):
             self._slots = None
             self._cache.clear()
             self._dirty.clear()
+            self._undecodable.clear()
             return
         for slot in keys:
             self._cache.pop(slot, None)
+            self._undecodable.discard(slot)
             if self._slots is not None:
                 self._dirty.add(slot)
 
@@ -179,10 +185,19 @@ class SlotMap(Generic[R]):
                 )
                 self._index().get(key, set()).discard(slot)
                 return None
+            if slot in self._undecodable:
+                return None
             given = self._given.get((key, device))
             if given is None:
                 given = self._given[key, device] = self._opening(key.partition("#")[0], device)
-            record = self._type.decode(stored, given=given)
+            try:
+                record = self._type.decode(stored, given=given)
+            except ValidationError as exc:
+                # one robot's bad record must not fail every read (and write) of its key here
+                self._undecodable.add(slot)
+                log.warning("%s: skipping %r, which does not decode: %s",
+                            self._replica.info.doc_id, slot, exc)  # fmt: skip
+                return None
             self._cache[slot] = record
         return record
 
@@ -211,6 +226,7 @@ class Log(Generic[R]):
         self._decoded: list[R] | None = None
         self._ids: dict[str, str] | None = None  # id -> stored text, built on first lookup
         self._by_text: dict[str, R] = {}
+        self._undecodable: set[str] = set()  #: entries that do not decode, skipped
         #: the records in ``_order_key`` order, with their keys (for bisecting a range)
         self._ordered: tuple[list[R], list[Any]] | None = None
         self._order_key: Callable[[R], Any] | None = None
@@ -290,7 +306,15 @@ class Log(Generic[R]):
             for text in self._array:
                 record = known.get(text)
                 if record is None:
-                    record = known[text] = decode(text, given=given)
+                    if text in self._undecodable:
+                        continue
+                    try:
+                        record = known[text] = decode(text, given=given)
+                    except ValidationError as exc:  # one robot's bad entry: skipped, not fatal
+                        self._undecodable.add(text)
+                        log.warning("%s: skipping an entry that does not decode: %s",
+                                    self._replica.info.doc_id, exc)  # fmt: skip
+                        continue
                 decoded.append(record)
             self._decoded = decoded
         return iter(self._decoded)

@@ -108,6 +108,8 @@ class DocumentSet:
         self.replicas: dict[DocId, Replica] = {}
         self.corrupt: dict[DocId, CorruptDocumentError] = {}
         self._new: list[DocRow] = []  # created in memory, row not yet committed
+        #: corrupt documents a peer's update replaces: their rows go with the next batch
+        self._replaced: list[DocId] = []
         self._log_bytes: dict[DocId, int] = {}
         self._snapshot_bytes: dict[DocId, int] = {}
         self._carry: list[tuple[str, bytes, str]] = []  # deltas of a batch whose commit failed
@@ -121,6 +123,8 @@ class DocumentSet:
         self._lock = asyncio.Lock()
         self.on_vectors: VectorSink | None = None
         self.on_commit: list[CommitListener] = []
+        #: told the ids of the documents `drop_subject` deleted, so that no view keeps them
+        self.on_drop: Callable[[Sequence[DocId]], None] | None = None
         #: meta rows written with every batch (the peer's hybrid clock, so it never goes back)
         self.meta: Callable[[], dict[str, str]] = dict
         #: what to embed of events that arrived from another robot: (document, stored texts)
@@ -223,6 +227,7 @@ class DocumentSet:
         self._queue = _Queue()
         self._carry = []
         self._carry_embed = []
+        self._replaced = []
         self._release()
 
     # ---------------------------------------------------------------------- documents
@@ -310,6 +315,7 @@ class DocumentSet:
         """
         if self._closed:
             raise ClosedError("the peer is closed")
+        corrupt = self.corrupt.pop(doc_id, None)  # replaced by what the household holds
         created = doc_id not in self.replicas
         replica = self.replica(doc_id)
         try:
@@ -318,7 +324,15 @@ class DocumentSet:
             self._arrived.get(doc_id, []).clear()
             if created:
                 self._forget_new(doc_id)
+            if corrupt is not None:
+                self.corrupt[doc_id] = corrupt
             raise
+        if corrupt is not None:
+            # what could not be read here is read again from another robot (under a new
+            # client id: invariant 2), and the unreadable rows go with the batch that stores it
+            self._replaced.append(doc_id)
+            log.warning("%s was corrupt (%s); replaced by what %s sent", doc_id, corrupt.reason,
+                        origin)  # fmt: skip
         arrived = self._arrived.get(doc_id)
         queue = self._queue
         if replica.tainted:  # some of what arrived is held aside: embed what stays readable
@@ -475,6 +489,7 @@ class DocumentSet:
         deltas: list[tuple[str, bytes, str]] = self._carry + queue.remote
         carried_embed, self._carry_embed = self._carry_embed, []
         new_docs: list[DocRow] = []
+        replaced: list[DocId] = []
         results: list[Any] = []
         self._carry = []
         try:
@@ -492,20 +507,26 @@ class DocumentSet:
                     if delta is not None:
                         deltas.append((doc_id, delta, ""))
             new_docs, self._new = self._new, []
+            replaced, self._replaced = self._replaced, []
             queued = carried_embed + queue.embed
             embed = queued + await self._unembedded(queue.rescan, queued)
             vectors, matrix = await self._embed_or_skip(embed)
             meta = self.meta() | queue.meta
             updates = [(doc_id, delta) for doc_id, delta, _ in deltas]
-            batch = Batch(docs=new_docs, updates=updates, vectors=vectors, meta=meta,
+            batch = Batch(replaced=list(replaced), docs=new_docs, updates=updates,
+                          vectors=vectors, meta=meta,
                           client_ids=list(queue.client_ids.items()),
                           packed=queue.packed)  # fmt: skip
             await self._sqlite.commit(batch)
         except BaseException:
             self._new, self._carry = new_docs + self._new, deltas + self._carry
+            self._replaced = replaced + self._replaced
             # their events are embedded with the batch that lands them, or never would be
             self._carry_embed = carried_embed + queue.embed + self._carry_embed
             self._rescan |= queue.rescan
+            # a renewed client id too, or memory writes on under the new id while the store
+            # keeps the old one, which the next open reuses (invariant 2); one renewed since wins
+            self._queue.client_ids = queue.client_ids | self._queue.client_ids
             raise
         self.batches_committed += 1
         for changed, delta, _ in deltas:
@@ -626,6 +647,8 @@ class DocumentSet:
                 self._log_bytes.pop(doc_id, None)
                 self._snapshot_bytes.pop(doc_id, None)
             await self._sqlite.drop_docs(doomed)
+            if self.on_drop is not None:
+                self.on_drop(doomed)
         return doomed
 
     async def compact(self) -> int:
@@ -681,7 +704,10 @@ def _settle_all(
     writers = [written for changes in queue.changes.values() for _, written in changes]
     if error is None:
         for written, result in zip(writers, results, strict=True):
-            _settle(written, None, result)
+            if isinstance(result, _Failed):
+                _settle(written, result.error)
+            else:
+                _settle(written, None, result)
     else:
         for written in writers:
             _settle(written, error, retrieved=retrieved)
@@ -689,5 +715,22 @@ def _settle_all(
         _settle(queue.done, error, retrieved=True)  # does, the writers above already did
 
 
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    """What a change that raised returns to its writer, and to no one else."""
+
+    error: Exception
+
+
 def _run_all(replica: Replica, changes: list[tuple[Change, asyncio.Future[Any]]]) -> list[Any]:
-    return [change(replica) for change, _ in changes]
+    """Run the changes of one transaction, each failing on its own: one writer's change that
+    raises (it read a record another robot wrote that does not decode, say) fails that writer
+    alone, and what the others changed is committed with the transaction's delta.  A change
+    checks before it writes, so one that raises has changed nothing."""
+    results: list[Any] = []
+    for change, _ in changes:
+        try:
+            results.append(change(replica))
+        except Exception as exc:
+            results.append(_Failed(exc))
+    return results

@@ -129,6 +129,8 @@ class VectorRow:
 class Batch:
     """Everything one transaction writes."""
 
+    #: documents whose stored rows are deleted first: corrupt ones a peer's update replaces
+    replaced: list[str] = field(default_factory=list)
     docs: list[DocRow] = field(default_factory=list)
     updates: list[tuple[str, bytes]] = field(default_factory=list)
     vectors: list[VectorRow] = field(default_factory=list)
@@ -138,7 +140,10 @@ class Batch:
     packed: dict[int, bytes] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.docs or self.updates or self.vectors or self.meta or self.client_ids)
+        return bool(
+            self.replaced or self.docs or self.updates or self.vectors or self.meta
+            or self.client_ids
+        )  # fmt: skip
 
 
 class SqliteStore:
@@ -309,7 +314,10 @@ class SqliteStore:
         # reserved before the await: another transaction meanwhile (a meta-only write) must
         # not take these numbers, nor put the counter back (a failed batch leaves a gap only)
         self._next_seq = first_seq + len(updates)
+        replaced = [(doc_id,) for doc_id in batch.replaced]
         await self._transaction(
+            ("DELETE FROM updates WHERE doc_id = ?", replaced),
+            ("DELETE FROM docs WHERE doc_id = ?", replaced),
             ("INSERT INTO docs VALUES (?, ?, ?, ?, ?, NULL, 0)",
              [_doc_tuple(d) for d in batch.docs]),
             ("INSERT INTO updates (seq, doc_id, codec, data) VALUES (?, ?, ?, ?)",
