@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import random
 import shutil
+import signal
 import sqlite3
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nacl.signing import SigningKey
@@ -27,6 +30,7 @@ from hearthsync.crypto.statement import FORGET, Statement
 from hearthsync.errors import CryptoError, NotFoundError, SignatureError, ValidationError
 from hearthsync.forgetting import HOUSEHOLD
 from hearthsync.ids import DocId
+from hearthsync.peer import HISTORY
 from hearthsync.transport.service import SyncService
 from tests.conftest import MONDAY_MS, FakeWall
 
@@ -179,6 +183,130 @@ async def test_a_forget_cut_short_by_a_crash_is_finished_at_the_next_open(
         assert not [d for d in again.document_ids() if d.startswith("user/alice/")]
     assert found_in(path, ALICE_SAYS) == []
     assert found_in(path, BOB_SAYS)
+
+
+# Fill a robot, then forget Alice and die by SIGKILL when the purge reaches STEP (run with the
+# repository as the working directory: it imports this module's `fill`).
+FORGET_THEN_DIE = """
+import asyncio, os, signal, sys
+from hearthsync.peer import Peer
+from hearthsync.store.documents import DocumentSet
+from hearthsync.store.sqlite import SqliteStore
+from tests.test_forgetting import ALICE_SAYS, BOB_SAYS, fill
+folder, step = sys.argv[1], sys.argv[2]
+async def die(*args):
+    os.kill(os.getpid(), signal.SIGKILL)
+async def main():
+    peer = await Peer.start(folder, device="robot")
+    await fill(peer, "alice", ALICE_SAYS)
+    await fill(peer, "bob", BOB_SAYS)
+    owner = {"compact": DocumentSet, "drop_vectors": SqliteStore, "scrub": SqliteStore}[step]
+    setattr(owner, step, die)
+    await peer.forget("alice")
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize(
+    ("household", "step"),
+    [
+        # enrolled: the keys are destroyed (the keyring saved) before this step, and then
+        # nothing the next open used to look at showed that the purge had not finished
+        (True, "compact"),
+        # alone (no keyring): from the moment the user's documents are dropped
+        (False, "drop_vectors"),
+    ],
+)
+async def test_a_purge_killed_before_its_last_step_is_finished_at_the_next_open(
+    tmp_path: Path, household: bool, step: str
+) -> None:
+    """Found in review: a forget killed after the keys were destroyed left the user's words in
+    the home documents' update logs (the routine, the mug's label) and in the ``vectors`` rows
+    (every event's text) for good: the open after the crash saw nothing left to purge."""
+    path = tmp_path / "robot"
+    if household:
+        enrol_household(tmp_path, ["robot"])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", FORGET_THEN_DIE, str(path), step,
+        cwd=Path(__file__).resolve().parents[1], stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(60):
+        _, stderr = await proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, stderr.decode()
+    assert found_in(path, ALICE_SAYS)  # the crash left her words behind
+    if household:  # and it came after her keys were destroyed
+        state = enrolment.load(path, int(time.time()))
+        assert state is not None
+        assert state.keyring.is_forgotten("alice")
+    async with Peer.open(path) as again:  # opening finishes the purge before it returns
+        assert again.users() == ["bob"]
+        assert set(again.forgotten()) == {"alice"}
+        assert again.preference("bob", "beverage/coffee") is not None
+    assert found_in(path, ALICE_SAYS) == []
+    assert found_in(path, BOB_SAYS)
+
+
+class HeldOffload:
+    """The peer's offload (`hearthsync.offload`), which holds the next insert into a vector
+    index, once `hold` is called, until `release` is set."""
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.held = asyncio.Event()  # an insert is waiting
+        self.release = asyncio.Event()
+
+    def hold(self) -> None:
+        self.holding = True
+
+    async def __call__(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        if self.holding and getattr(func, "__name__", "") == "add_rows":
+            self.holding = False
+            self.held.set()
+            await self.release.wait()
+        return await asyncio.to_thread(func, *args, **kwargs)
+
+
+async def test_an_index_opened_while_its_user_is_forgotten_does_not_come_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: the first recall of a user learned from another robot opens their
+    index; forgotten meanwhile, the open finished after the purge and saved the user's vectors
+    again and kept the index open."""
+    offload = HeldOffload()
+    async with (
+        Peer.open(tmp_path / "a", device="a", wall=FakeWall(), offload=offload) as a,
+        Peer.open(tmp_path / "b", device="b", wall=FakeWall()) as b,
+    ):
+        await fill(b, "carol", ALICE_SAYS)
+        await fill(b, "bob", BOB_SAYS)
+        for doc_id in b.document_ids():
+            await a.apply_update(doc_id, b.diff(doc_id, a.state_vector(doc_id)))
+        assert len(a.events("carol")) == 3
+        index = f"carol.{HISTORY}"
+        assert index not in a._vectors._open  # learned, embedded, not opened yet
+
+        offload.hold()
+        recall = asyncio.create_task(a.recall("carol", "coffee please", k=3))
+        async with asyncio.timeout(TIMEOUT):
+            await offload.held.wait()  # the recall is opening her index
+        drop = a._vectors.drop
+
+        def dropping(user: str) -> Any:
+            offload.release.set()  # the open goes on only once the forget drops her index
+            return drop(user)
+
+        monkeypatch.setattr(a._vectors, "drop", dropping)
+        async with asyncio.timeout(TIMEOUT):
+            await a.forget("carol")
+            assert await recall == []
+
+        assert index not in a._vectors._open
+        assert list(a._vectors.directory.glob("carol.*")) == []
+        with pytest.raises(NotFoundError, match="forgotten"):
+            await a._vectors.open_index("carol", HISTORY)
+        assert len(await a.recall("bob", "coffee please", k=3)) == 3
+    assert list((tmp_path / "a").rglob("carol.*")) == []
+    assert found_in(tmp_path / "a", ALICE_SAYS) == []
 
 
 async def test_a_store_that_commits_only_when_told_opens_and_then_finishes_the_purge(

@@ -11,7 +11,13 @@ purges, in this order, so that a crash in between is finished on the next open:
    their data keys are destroyed, so copies held elsewhere can no longer be read;
 3. the documents that held anything of theirs are compacted (deleted content leaves the
    snapshots) and the SQLite file is vacuumed with ``secure_delete`` on and its WAL emptied,
-   so no byte of what they said remains in any file of this robot.
+   so no byte of what they said remains in any file of this robot; then the store records
+   that the purge of the user is complete (``meta['purged:<user>']``).
+
+At every open, each tombstoned user without that record is purged again (every step is
+idempotent).  What is left cannot tell a finished purge from one a crash cut short: the update
+logs of the home documents and the ``vectors`` rows still hold the user's words when the
+documents, the index files and the keys are already gone.
 
 Other robots receive the tombstone with the household document; each checks its signature
 and that its device is one the household certified, then runs steps 2 and 3 itself, and step
@@ -40,6 +46,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HOUSEHOLD = DocId("household")
+#: the ``meta`` key recording that the purge of a user finished (see the module doc)
+PURGED = "purged:{user}"
 
 
 class Forgetting:
@@ -201,12 +209,12 @@ class Forgetting:
         return task
 
     async def _honour(self, user: str, *, always: bool) -> None:
-        """Endorse the tombstone, then purge (``always``, or if anything of the user is left:
-        at open, where purging nothing would still compact and scrub the file)."""
+        """Endorse the tombstone, then purge (``always``, or if the purge is not known to have
+        finished: at open, where purging again would compact and vacuum the whole file)."""
         try:
             if not self._endorsed(user):
                 await self._endorse(user)
-            if always or self._holds_anything_of(user):
+            if always or not await self._purged(user) or self._holds_anything_of(user):
                 await self.purge(user)
         except ClosedError:
             log.info("the peer closed while forgetting %r: finished when it next opens", user)
@@ -214,7 +222,8 @@ class Forgetting:
             log.exception("forgetting %r failed; it is retried when the store is next opened", user)
 
     async def resume(self, *, wait: bool = True) -> None:
-        """At open: finish every purge a crash interrupted (idempotent).
+        """At open: finish every purge a crash interrupted, that is of each tombstoned user
+        whose purge is not recorded as finished (`_purged`; every step is idempotent).
 
         ``wait=False`` leaves them running in the background: a store that commits only when
         told to (the chaos simulation) could not commit the purge's writes while its opening
@@ -234,8 +243,18 @@ class Forgetting:
 
     # ------------------------------------------------------------------ purging
 
+    async def _purged(self, user: str) -> bool:
+        """Did a purge of ``user`` run to its end on this store (its last step recorded)?"""
+        return await self._peer._sqlite.get_meta(PURGED.format(user=user)) is not None
+
     def _holds_anything_of(self, user: str) -> bool:
-        """Cheaply, at every open: is a purge of ``user`` unfinished here?"""
+        """Cheaply: does this robot hold something of ``user`` that a purge would delete?
+
+        Not a test of a finished purge (`_purged` is): the home documents' update logs and
+        the ``vectors`` rows do not show here, and a purge cut short after the keys were
+        destroyed left its user's words in them for good (found in review).  It catches what
+        came back after a finished purge: a robot that had not heard of the tombstone yet may
+        have written their routine or their things into a home document since."""
         peer = self._peer
         keyring = peer.household.keyring if peer.household is not None else None
         return (
@@ -273,13 +292,16 @@ class Forgetting:
             gone = NotFoundError(f"user {user!r} was forgotten before this write was durable")
             await peer._docs.drop_subject(user, gone)
             async with peer._vector_lock:
-                peer._vectors.drop(user)
+                await peer._vectors.drop(user)
                 await peer._sqlite.drop_vectors(user)
             if peer.household is not None:
                 peer.household.keyring.forget_user(user)
                 peer.keys_changed()
             await peer._docs.compact()
             await peer._sqlite.scrub()
+            # last, once nothing of theirs is left: a crash before this line is finished at
+            # the next open (`resume`), whatever the steps before it had done
+            await peer._sqlite.commit_meta({PURGED.format(user=user): "1"})
         log.info("forgot %r", UserId(user))
         for listener in list(peer.on_forgotten):
             listener(user)

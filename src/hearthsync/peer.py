@@ -1277,6 +1277,13 @@ class Peer:
             for doc_id, replica in sorted(self._docs.replicas.items())
         ]
         files = [self.path / DB_FILE, self.path / f"{DB_FILE}-wal"]
+        vectors: dict[str, int] = {}
+        for user in self.users():
+            try:
+                index = await self._vectors.open_index(user, HISTORY)
+            except NotFoundError:  # forgotten while this ran: nothing of theirs to count
+                continue
+            vectors[f"{user}.{HISTORY}"] = _embedded(index)
         return PeerStatus(
             path=self.path,
             device=self.device,
@@ -1285,10 +1292,7 @@ class Peer:
             documents=documents,
             corrupt=self.corrupt,
             file_bytes=sum(f.stat().st_size for f in files if f.exists()),
-            vectors={
-                f"{user}.{HISTORY}": _embedded(await self._vectors.open_index(user, HISTORY))
-                for user in self.users()
-            },
+            vectors=vectors,
         )
 
 

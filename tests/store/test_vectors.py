@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hearthsync.errors import StoreError, ValidationError
+from hearthsync.errors import NotFoundError, StoreError, ValidationError
 from hearthsync.store import vectors
 from hearthsync.store.embedding import HashingEmbedder
 from hearthsync.store.vectors import (
@@ -284,8 +285,59 @@ async def test_drop_deletes_only_that_users_files(tmp_path: Path) -> None:
         await mem.open_index("alice", "history")
         await mem.open_index("bob", "history")
         mem.save()
-        mem.drop("alice")
+        await mem.drop("alice")
         assert sorted(p.name.split(".")[0] for p in tmp_path.iterdir()) == ["bob"] * 3
+
+
+class HeldSource(MemorySource):
+    """A source whose next read waits, once `hold` is called, until `release` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holding = False
+        self.held = asyncio.Event()  # a read is waiting
+        self.release = asyncio.Event()
+
+    def hold(self) -> None:
+        self.holding = True
+
+    async def vector_rows(
+        self, index_name: str, after_rowid: int, limit: int
+    ) -> list[tuple[int, int, bytes]]:
+        if self.holding:
+            self.holding = False
+            self.held.set()
+            await self.release.wait()
+        return await super().vector_rows(index_name, after_rowid, limit)
+
+
+async def test_an_open_under_way_when_its_user_is_dropped_leaves_nothing(tmp_path: Path) -> None:
+    """Found in review: an index being opened (a user's first recall) while the user was
+    forgotten was saved and kept after the drop had deleted everything."""
+    source = HeldSource()
+    fill(source, 300)
+    fill(source, 20, name="bob.history")
+    mem = memory(source, tmp_path)
+    source.hold()
+    opening = asyncio.create_task(mem.open_index("alice", "history"))
+    async with asyncio.timeout(10):
+        await source.held.wait()
+
+    async def drop() -> None:
+        source.release.set()  # the open goes on only once the drop has begun
+        await mem.drop("alice")
+
+    async with asyncio.timeout(10):
+        index, _ = await asyncio.gather(opening, drop())
+    assert index.count == 0  # what the open loaded went with the drop
+    assert mem.last_sync("alice", "history") is None
+    assert list(tmp_path.glob("alice.*")) == []
+    with pytest.raises(NotFoundError, match="forgotten"):
+        await mem.open_index("alice", "history")  # nor does it come back later
+    assert list(tmp_path.glob("alice.*")) == []
+    assert (await mem.open_index("bob", "history")).count == 20
+    mem.close()
+    assert sorted(p.name.split(".")[0] for p in tmp_path.iterdir()) == ["bob"] * 3
 
 
 async def test_malformed_source_rows_are_refused(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 from usearch.index import Index
 
-from hearthsync.errors import StoreError, ValidationError
+from hearthsync.errors import NotFoundError, StoreError, ValidationError
 from hearthsync.ids import check_name
 from hearthsync.offload import THREAD, Offload
 from hearthsync.store.embedding import Embedder, HashingEmbedder
@@ -704,6 +704,7 @@ class VectorMemory:
         self._open: dict[str, VectorIndex] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._reports: dict[str, SyncReport] = {}
+        self._dropped: set[str] = set()  #: users forgotten (`drop`): their indexes never open
 
     async def __aenter__(self) -> VectorMemory:
         return self
@@ -715,6 +716,8 @@ class VectorMemory:
         """The up-to-date index of (user, scope): loaded, caught up or rebuilt (see module doc)."""
         name = index_name(user, scope)
         async with self._locks.setdefault(name, asyncio.Lock()):
+            if user in self._dropped:
+                raise NotFoundError(f"user {user!r} was forgotten: their index is gone")
             if name not in self._open:
                 # in the loop's thread: indexes are opened by `Peer.open` before it serves (40 ms
                 # for a year), and a worker thread here made the chaos simulation's schedules
@@ -834,9 +837,19 @@ class VectorMemory:
             if index.dirty:
                 _save_or_warn(index)
 
-    def drop(self, user: str) -> None:
-        """Forget ``user``: close their indexes and delete all their files (DESIGN: Forgetting)."""
+    async def drop(self, user: str) -> None:
+        """Forget ``user``: close their indexes and delete all their files (DESIGN: Forgetting);
+        from then on their indexes do not open (`NotFoundError`).
+
+        Under each index's lock, as `open_index` works: an open under way when the user was
+        forgotten (their first recall, say) saved their vectors and kept the index after this
+        had deleted everything (found in review).  It finishes first now, and its index and
+        files go with the rest."""
         prefix = f"{check_name(user, field='user')}."
+        self._dropped.add(user)  # before the first await: every open from here refuses
+        for name in sorted(n for n in self._locks if n.startswith(prefix)):
+            async with self._locks[name]:
+                pass  # an open under way has stored its index (and saved it) by now
         for name in [n for n in self._open if n.startswith(prefix)]:
             self._open.pop(name).delete_files()
             self._reports.pop(name, None)
