@@ -492,3 +492,101 @@ async def test_a_tombstone_that_does_not_check_out_does_not_refuse_the_users_dat
         found = owner.preference("alice", "tea/mug")
         assert found is not None
         assert found.value == "green"
+
+
+async def test_a_robot_whose_household_is_corrupt_still_refuses_a_forgotten_user(
+    tmp_path: Path,
+) -> None:
+    """The tombstones live in the household document: while it is corrupt, a robot knows who
+    was forgotten from its own record of the purges it finished, and refuses their documents
+    from a robot that never heard of the forgetting; once a peer replaces the document, the
+    tombstones rule again."""
+    wall = FakeWall()
+
+    async def send(src: Peer, dst: Peer, prefix: str = "") -> None:
+        for doc_id in src.document_ids():
+            if doc_id.startswith(prefix):
+                await dst.apply_update(doc_id, src.diff(doc_id, dst.state_vector(doc_id)))
+
+    async with Peer.open(tmp_path / "b", device="b", wall=wall) as unaware:
+        await unaware.add_user("alice", name="Alice")
+        await unaware.set_preference("alice", "drink/tea", "green")
+        async with Peer.open(tmp_path / "a", device="a", wall=wall) as robot:
+            await send(unaware, robot)
+            await robot.add_user("bob", name="Bob")
+            await robot.forget("alice")
+            household = robot.diff("household")
+        db = sqlite3.connect(tmp_path / "a" / "hearth.db")
+        db.execute("UPDATE updates SET data = x'0badbadbad', codec = 0 WHERE doc_id = 'household'")
+        db.execute(
+            "UPDATE docs SET snapshot = x'0badbadbad' WHERE doc_id = 'household' "
+            "AND snapshot IS NOT NULL"
+        )
+        db.commit()
+        db.close()
+        async with Peer.open(tmp_path / "a", wall=wall) as robot:
+            assert set(robot.corrupt) == {"household"}
+            assert robot.users() == ["bob"]
+            await send(unaware, robot, "user/alice/")
+            assert [d for d in robot.document_ids() if d.startswith("user/alice/")] == []
+            with pytest.raises(NotFoundError, match="forgotten"):
+                robot.set_preference("alice", "drink/tea", "black")
+            await robot.apply_update("household", household, origin="c")
+            assert robot.corrupt == {}
+            assert set(robot.forgotten()) == {"alice"}
+            assert robot.users() == ["bob"]
+
+
+async def test_forgetting_removes_the_users_moves_past_an_entry_that_does_not_decode(
+    tmp_path: Path,
+) -> None:
+    """Another robot's entry in the history of moves does not decode here (a newer schema):
+    the moves of the forgotten user's things go, and only those (counting the entries read
+    instead of the entries stored deleted Bob's moves and kept hers)."""
+    from pycrdt import Array, Doc
+
+    async with Peer.open(tmp_path / "robot", device="kitchen", wall=FakeWall()) as robot:
+        await robot.add_user("alice", name="Alice")
+        await robot.add_user("bob", name="Bob")
+        await robot.place("bob-cup", "a cup", region="shelf-1", owner="bob")
+        spatial = DocId("home/spatial")
+        other = Doc(client_id=4242)
+        other.apply_update(robot._docs.replicas[spatial].encode_state())
+        before = other.get_state()
+        other.get("changes", type=Array).append('{"object": "x", "future_field": 1}')
+        await robot.apply_update(spatial, other.get_update(before), origin="other")
+        for shelf in ("shelf-2", "shelf-3"):
+            await robot.place("bob-cup", "a cup", region=shelf, owner="bob")
+        for shelf in ("shelf-1", "shelf-2"):
+            await robot.place("alice-mug", "Alice's mug", region=shelf, owner="alice")
+        await robot.forget("alice")
+        assert [(c.object, c.to_region) for c in robot.spatial_changes()] == [
+            ("bob-cup", "shelf-1"),
+            ("bob-cup", "shelf-2"),
+            ("bob-cup", "shelf-3"),
+        ]
+
+
+async def test_a_purge_that_fails_after_an_earlier_one_finished_is_redone_at_the_next_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A purge records its end; a later purge of the same user (what a robot that had not
+    heard of the tombstone wrote since) must not inherit that record, or a crash in it would
+    leave the user's words in the file for good."""
+    path = tmp_path / "robot"
+    async with Peer.open(path, device="kitchen", wall=FakeWall()) as robot:
+        await fill(robot, "alice", ALICE_SAYS)
+        await robot.forget("alice")
+        assert await robot._forgetting._purged("alice")
+
+        async def broken() -> int:
+            raise OSError("the disk went away")
+
+        monkeypatch.setattr(robot._docs, "compact", broken)
+        with pytest.raises(OSError, match="went away"):
+            await robot._forgetting.purge("alice")
+        assert not await robot._forgetting._purged("alice")
+        monkeypatch.undo()
+    async with Peer.open(path, wall=FakeWall()) as robot:
+        await robot._forgetting.close()  # the purge the open started
+        assert await robot._forgetting._purged("alice")

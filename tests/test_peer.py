@@ -435,6 +435,35 @@ async def test_a_value_stamped_by_a_clock_years_ahead_can_still_be_corrected(
         assert Timestamp.parse(other.set_at).ms == MONDAY_MS
 
 
+async def test_a_store_from_before_the_ahead_mark_reads_what_it_holds_once(
+    tmp_path: Path,
+) -> None:
+    """A store written before the clock kept ``meta.ahead`` may hold a version stamped years
+    ahead (synced then): the first open reads its documents' stamps once, so a correction
+    still overtakes it, and stores the mark from then on."""
+    import sqlite3
+
+    kitchen_wall, hall_wall = FakeWall(MONDAY_MS), FakeWall(MONDAY_MS)
+    async with (
+        Peer.open(tmp_path / "kitchen", device="kitchen", wall=kitchen_wall) as kitchen,
+        Peer.open(tmp_path / "hall", device="hall", wall=hall_wall) as hall,
+    ):
+        await kitchen.add_user("alice", name="Alice")
+        kitchen_wall.ms = 4_294_967_295_000  # 2106-02-07
+        await kitchen.set_preference("alice", "drink/mug", "blue")
+        await send_all(kitchen, hall)
+    db = sqlite3.connect(tmp_path / "hall" / "hearth.db")
+    assert db.execute("DELETE FROM meta WHERE key = 'ahead'").rowcount == 1
+    db.commit()
+    db.close()
+    async with Peer.open(tmp_path / "hall", wall=hall_wall) as hall:
+        await hall.set_preference("alice", "drink/mug", "green")
+        assert hall.preference("alice", "drink/mug").value == "green"  # type: ignore[union-attr]
+    db = sqlite3.connect(tmp_path / "hall" / "hearth.db")
+    assert db.execute("SELECT value FROM meta WHERE key = 'ahead'").fetchone()[0]
+    db.close()
+
+
 async def test_fields_changed_on_two_robots_apart_both_survive(tmp_path: Path) -> None:
     """Calibration and profile merge field by field: partitioned, the kitchen robot learns
     that Alice wants less initiative and the hall robot that she wants shorter answers; once
@@ -637,3 +666,30 @@ async def test_forgetting_drops_the_views_of_the_users_documents(tmp_path: Path)
         assert [d for d in robot._handles if d.startswith("user/alice/")]
         await robot.forget("alice")
         assert [d for d in robot._handles if d.startswith("user/alice/")] == []
+
+
+async def test_a_move_from_a_place_stored_under_older_rules_is_recorded(
+    tmp_path: Path,
+) -> None:
+    """The move's history entry copies the place it leaves, stored under the rules of its day
+    (a region id "bay-012-034-056" would be refused as a phone number today): the move is made
+    and recorded, where it failed after the new place was already written."""
+    from hearthsync.crdt.handles import SpatialDoc
+    from hearthsync.ids import DocId
+    from hearthsync.model.records import Placement
+
+    async with Peer.open(tmp_path / "robot", device="hall", wall=FakeWall()) as robot:
+        first = await robot.place("box-7", "a box", region="shelf-1")
+        old = Placement.model_validate(
+            first.model_dump() | {"region": "bay-012-034-056"}, context={"stored": True}
+        )
+        spatial = DocId("home/spatial")
+        await robot._docs.write(
+            spatial,
+            lambda _: robot._handle(spatial, SpatialDoc).placements.put("box-7", old, old.device),
+        )
+        await robot.place("box-7", "a box", region="shelf-2")
+        assert [(c.from_region, c.to_region) for c in robot.spatial_changes("box-7")] == [
+            (None, "shelf-1"),
+            ("bay-012-034-056", "shelf-2"),
+        ]

@@ -59,6 +59,8 @@ class Forgetting:
         self._tasks: set[asyncio.Task[None]] = set()
         self._seen: set[str] = set()  # tombstones already acted on in this run
         self._warned: set[str] = set()  # tombstones that did not check out (logged once)
+        #: users purged here to the end (`PURGED`): forgotten, if the tombstones are unreadable
+        self._purged_here: set[str] = set()
 
     # ------------------------------------------------------------------ the household's view
 
@@ -82,7 +84,13 @@ class Forgetting:
         another robot relayed before it heard of the revocation) does not count, now or on
         any robot once they all know the revocation; counting every tombstone filed made the
         robots that had it refuse the user's data while the others still took it, and the
-        user's documents never converged again (found by the chaos harness, seed 100444)."""
+        user's documents never converged again (found by the chaos harness, seed 100444).
+
+        While the household document is corrupt (no tombstone can be read until a peer
+        replaces it), the users purged here are: taking a forgotten user's documents back
+        from a robot that never heard of the tombstone would undo the forgetting here."""
+        if HOUSEHOLD in self._peer._docs.corrupt:
+            return frozenset(self._purged_here)
         return frozenset(self.tombstones())
 
     def _endorsed(self, user: str) -> bool:
@@ -229,6 +237,9 @@ class Forgetting:
         told to (the chaos simulation) could not commit the purge's writes while its opening
         waited for them (found by the chaos harness, seed 100510: a robot restarted mid-purge
         and never finished booting)."""
+        prefix = PURGED.format(user="")
+        finished = await self._peer._sqlite.meta_starting(prefix)
+        self._purged_here = {key[len(prefix) :] for key, done in finished.items() if done}
         started = []
         for user in self.tombstones():
             self._seen.add(user)
@@ -245,7 +256,7 @@ class Forgetting:
 
     async def _purged(self, user: str) -> bool:
         """Did a purge of ``user`` run to its end on this store (its last step recorded)?"""
-        return await self._peer._sqlite.get_meta(PURGED.format(user=user)) is not None
+        return bool(await self._peer._sqlite.get_meta(PURGED.format(user=user)))
 
     def _holds_anything_of(self, user: str) -> bool:
         """Cheaply: does this robot hold something of ``user`` that a purge would delete?
@@ -288,6 +299,9 @@ class Forgetting:
         """Delete what this robot holds of ``user``, then scrub the file (steps 2 and 3)."""
         peer = self._peer
         async with self._lock:
+            # a purge again (what a robot that had not heard of the tombstone wrote since) is
+            # unfinished until its own end: one cut short is redone at the next open
+            await peer._sqlite.commit_meta({PURGED.format(user=user): ""})
             await asyncio.gather(*self._home_edits(user))
             gone = NotFoundError(f"user {user!r} was forgotten before this write was durable")
             await peer._docs.drop_subject(user, gone)
@@ -302,6 +316,7 @@ class Forgetting:
             # last, once nothing of theirs is left: a crash before this line is finished at
             # the next open (`resume`), whatever the steps before it had done
             await peer._sqlite.commit_meta({PURGED.format(user=user): "1"})
+            self._purged_here.add(user)
         log.info("forgot %r", UserId(user))
         for listener in list(peer.on_forgotten):
             listener(user)

@@ -28,9 +28,10 @@ log = logging.getLogger(__name__)
 _MS_WIDTH = 16
 _COUNTER_WIDTH = 5
 _MAX_COUNTER = 10**_COUNTER_WIDTH - 1
-#: a stamp as a stored record holds it (``"set_at":"0001764062400000.00000.``, or ``hlc``, or
-#: ``at``): records are JSON strings, which a Yrs update carries verbatim
-_STORED = re.compile(rb'"(?:set_at|hlc|at)":"(\d{16}\.\d{5})\.')
+#: a stamp as a stored record holds it (``"set_at":"0001764062400000.00000.``, or ``hlc``):
+#: records are JSON strings, which a Yrs update carries verbatim.  Not ``at``, which a move
+#: holds (with the stamp of its placement's ``set_at``) and a person's values often do
+_STORED = re.compile(rb'"(?:set_at|hlc)":"(\d{16}\.\d{5})\.')
 
 
 @dataclass(frozen=True, slots=True, order=True)

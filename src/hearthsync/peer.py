@@ -188,6 +188,7 @@ class Peer:
         self._users_sub: object | None = None
         self._forgotten_sub: object | None = None
         self._users_of: Replica | None = None
+        self._household_lost = False  #: its household document was corrupt, to be replaced
         self._forgotten: frozenset[str] | None = None
         self._forgetting = Forgetting(self)
         self._settings = HouseholdSettings(self)
@@ -277,6 +278,11 @@ class Peer:
             )
             docs = DocumentSet(sqlite, embedder, rng, auto_commit=auto_commit, offload=offload)
             await docs.load()
+            if ahead is None:  # a store from before `meta.ahead`: what it holds, read once
+                for replica in docs.replicas.values():
+                    held = latest_stored(replica.encode_state())
+                    if held is not None:
+                        clock.observe(held, max_ahead_ms=MAX_AHEAD_MS)
             vectors = VectorMemory(sqlite, folder / VECTOR_DIR, embedder, offload=offload)
         except BaseException:
             await sqlite.close()
@@ -397,10 +403,12 @@ class Peer:
         return str(self._clock.after(newest)), self.device_id
 
     def _meta(self) -> dict[str, str]:
-        meta = {"hlc": str(self._clock.last), "wall": f"{self._wall():.3f}"}
-        if self._clock.ahead is not None:  # stored with the batch that holds it
-            meta["ahead"] = str(self._clock.ahead)
-        return meta
+        ahead = self._clock.ahead  # stored with the batch that holds it ("": none)
+        return {
+            "hlc": str(self._clock.last),
+            "wall": f"{self._wall():.3f}",
+            "ahead": str(ahead) if ahead is not None else "",
+        }
 
     async def keep_time(self) -> None:
         """Store the time this robot reads now (``meta.wall``), as every batch does: the floor
@@ -481,9 +489,14 @@ class Peer:
         if DocId("household") in self._docs.corrupt:
             # reported by `corrupt`; the robot goes on with its other documents, listing the
             # users it holds profiles of, and nothing is written to the household meanwhile
+            self._household_lost = True
             return
         replica = self._docs.replica(DocId("household"))
         if self._users_of is not replica:  # a new replica (new client id): observe it
+            if self._users_of is not None or self._household_lost:
+                # replaced (a corrupt one, by what a peer sent): its tombstones are news
+                self._household_lost = False
+                asyncio.get_running_loop().call_soon(self._honour_tombstones)
             household = self._household()
             # raw observers, called inside the transaction: they read neither the event
             # (pycrdt's own observe computes every changed key, which Yrs can panic on for a
@@ -992,17 +1005,19 @@ class Peer:
         def change(_: Replica) -> Placement:
             handle = self._spatial()
             before = handle.placements.get(record.object)
-            handle.placements.put(record.object, record, device)
+            moved = None
             if before is None or before.region != record.region:
-                handle.changes.append(
-                    SpatialChange(
-                        object=record.object,
-                        from_region=before.region if before else None,
-                        to_region=record.region,
-                        at=set_at,
-                        device=device,
-                    )
+                # made before anything is written: a change that raises has changed nothing
+                moved = SpatialChange.derived(
+                    object=record.object,
+                    from_region=before.region if before else None,
+                    to_region=record.region,
+                    at=set_at,
+                    device=device,
                 )
+            handle.placements.put(record.object, record, device)
+            if moved is not None:
+                handle.changes.append(moved)
             return record
 
         return self._write(DocId("home/spatial"), change)

@@ -194,3 +194,42 @@ async def test_maintain_refuses_unknown_or_malformed_users_before_writing_anythi
     assert home.preference("alice", "tea/mug") == before
     report = await maintain(home, now=at(wall.ms), users=["alice", "alice"])
     assert [(c.user, c.action) for c in report.changes] == [("alice", "folded")]
+
+
+async def test_records_stored_under_older_rules_do_not_stop_the_slow_loop(
+    tmp_path: Path,
+) -> None:
+    """Evidence once took any short string, and values were checked less: such records are
+    read, and the slow loop goes on for everyone (it raised on the first, and skipped the
+    rest of the household)."""
+    import datetime as dt
+
+    from hearthsync.crdt.handles import PrefsDoc
+    from hearthsync.crdt.kinds import Kind, user_doc
+    from hearthsync.model.records import Preference
+    from tests.conftest import MONDAY_MS
+
+    wall = FakeWall()
+    async with Peer.open(tmp_path / "robot", device="kitchen", wall=wall) as peer:
+        for user in ("alice", "bob", "carol"):
+            await peer.add_user(user, name=user.title())
+            await peer.set_preference(user, "drink/tea", "green", source="learned", confidence=0.9)
+        for user, stored in (
+            ("alice", {"evidence": ("order-42",)}),
+            ("bob", {"value": "call 06 12 34 56 78"}),  # a phone number, by today's rules
+        ):
+            good = peer.preference(user, "drink/tea")
+            assert good is not None
+            old = Preference.model_validate(good.model_dump() | stored, context={"stored": True})
+            doc = user_doc(user, Kind.PREFS)
+
+            def put(_: object, doc: Any = doc, old: Preference = old) -> None:
+                peer._handle(doc, PrefsDoc).prefs.put(PrefsDoc.slot_key(old), old, old.device)
+
+            await peer._docs.write(doc, put)
+        later = dt.datetime.fromtimestamp(MONDAY_MS / 1000 + 200 * 86_400, dt.UTC)
+        wall.ms = int(later.timestamp() * 1000)
+        report = await maintain(peer, now=later)
+        assert {change.user for change in report.changes} == {"alice", "carol"}
+        assert peer.preference("carol", "drink/tea").confidence < 0.5  # type: ignore[union-attr]
+        assert peer.preference("alice", "drink/tea").evidence[0].startswith("hearth:")  # type: ignore[union-attr]

@@ -517,6 +517,38 @@ async def test_a_corrupt_household_is_reported_and_a_peer_replaces_it(
         assert a.users() == ["alice", "bob"]
 
 
+async def test_a_corrupt_events_document_replaced_by_a_peer_is_not_embedded_twice(
+    tmp_path: Path, wall: FakeWall
+) -> None:
+    """Its events' embeddings are stored here already: the replaced document embeds only the
+    events that have none, or recall would return every event twice."""
+    import sqlite3
+
+    a_path, b_path = tmp_path / "a", tmp_path / "b"
+    doc = "user/alice/events/2026-03"
+    async with Peer.open(a_path, device="a", wall=wall) as a, Peer.open(b_path, device="b") as b:
+        await a.add_user("alice", name="Alice")
+        for i, text in enumerate(("green tea please", "coffee with oat milk", "lights on")):
+            await a.record_event("alice", "COMMAND", "drink", text=text, ts=MONDAY_MS + i)
+        await exchange(a, b)
+        await b.record_event("alice", "COMMAND", "drink", text="a new one", ts=MONDAY_MS + 9)
+    db = sqlite3.connect(a_path / "hearth.db")
+    assert db.execute(
+        "UPDATE updates SET data = x'0badbadbad', codec = 0 WHERE doc_id = ?", (doc,)
+    ).rowcount
+    db.commit()
+    db.close()
+    async with Peer.open(a_path, wall=wall) as a, Peer.open(b_path) as b:
+        assert set(a.corrupt) == {doc}
+        await a.apply_update(doc, b.diff(doc), origin="b")
+        await a.flush()
+        assert a.corrupt == {}
+        texts = [hit.event.text for hit in await a.recall("alice", "green tea", k=8)]
+        assert sorted(texts) == sorted(
+            ["green tea please", "coffee with oat milk", "lights on", "a new one"]
+        )
+
+
 async def test_a_failing_embedder_does_not_lose_acknowledged_events(
     peer: Peer, peer_path: Path, wall: FakeWall, monkeypatch: pytest.MonkeyPatch
 ) -> None:

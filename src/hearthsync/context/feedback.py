@@ -38,6 +38,7 @@ from hearthsync.model.records import (
     EventType,
     InteractionEvent,
     Preference,
+    is_event_id,
 )
 
 Outcome = Literal["kept", "refused", "chose"]
@@ -121,8 +122,9 @@ def drift_event(record: Preference) -> str | None:
 
 
 def event_ids(record: Preference) -> tuple[str, ...]:
-    """The evidence that are events (markers left out)."""
-    return tuple(item for item in record.evidence if not item.startswith(MARKER))
+    """The evidence that are events (markers left out, and whatever else a record stored
+    under older rules holds: evidence once took any short string)."""
+    return tuple(item for item in record.evidence if is_event_id(item))
 
 
 def hlc_ms(hlc: str) -> int:

@@ -23,6 +23,7 @@ explicit value into an inferred one, nor writes over a newer statement.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -51,6 +52,8 @@ from hearthsync.context.situation import window_ms
 from hearthsync.errors import NotFoundError, ValidationError
 from hearthsync.ids import check_name
 from hearthsync.model.records import MAX_LIST, EventType, Preference
+
+log = logging.getLogger(__name__)
 
 PROMOTE_AFTER = 10
 PROMOTE_SPAN_DAYS = 7
@@ -141,7 +144,14 @@ async def _maintain_user(peer: PeerPort, user: str, at: dt.datetime, since: int)
     changes: list[Change] = []
     for winner in _slot_winners(peer, user):
         verdict = _judge(winner, signals.get(winner.record.key, []), at)
-        if verdict is not None and await _write(peer, winner, verdict):
+        if verdict is None:
+            continue
+        try:
+            written = await _write(peer, winner, verdict)
+        except ValidationError as exc:  # a value stored under older rules: left as it is
+            log.warning("maintain: %s %s not rewritten: %s", user, winner.record.key, exc)
+            continue
+        if written:
             changes.append(verdict.change)
     return changes
 

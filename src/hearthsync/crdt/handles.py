@@ -261,9 +261,17 @@ class Log(Generic[R]):
     def remove(self, doomed: Callable[[R], bool]) -> int:
         """Delete every record for which ``doomed`` is true (inside a transaction): what a
         forgotten user leaves in a shared log.  Returns how many went."""
-        records = list(self)
-        gone = [i for i, record in enumerate(records) if doomed(record)]
-        for index in reversed(gone):  # from the end: the indices before stay valid
+        gone = []
+        for index, text in enumerate(self._array):  # positions in the array itself: the
+            record = self._by_text.get(text)  # records read leave out what does not decode
+            if record is None and text not in self._undecodable:
+                try:
+                    record = self._by_text[text] = self._type.decode(text, given=self._given)
+                except ValidationError:
+                    self._undecodable.add(text)
+            if record is not None and doomed(record):
+                gone.append(index)
+        for index in reversed(gone):  # from the end: the positions before stay valid
             del self._array[index]
         if gone:
             self._decoded = self._ids = self._ordered = None

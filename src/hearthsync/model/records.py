@@ -90,6 +90,14 @@ def _as_written(info: pydantic.ValidationInfo) -> bool:
     return not (info.context and info.context.get("stored"))
 
 
+def is_event_id(text: str) -> bool:
+    """Whether ``text`` is an event id as `Peer` makes them (``ev-`` and hex)."""
+    return _EVENT_ID_ONLY.fullmatch(text) is not None
+
+
+_EVENT_ID_ONLY = re.compile(_EVENT_ID)
+
+
 def _evidence_item(item: str, info: pydantic.ValidationInfo) -> str:
     if _as_written(info) and not _EVIDENCE.fullmatch(item):
         # the value is not repeated: it may be personal data
@@ -131,6 +139,16 @@ class Record(BaseModel):
         """Validate ``fields`` into a record or raise `ValidationError` naming the field."""
         try:
             return cls(**fields)
+        except pydantic.ValidationError as exc:
+            raise _translate(cls, exc) from None
+
+    @classmethod
+    def derived(cls, **fields: Any) -> Self:
+        """A record made from stored ones (a move, from the place it replaces): checked for
+        its shape, not against the rules for what people write, which held when what it
+        copies was written (`_STORED`); raises `ValidationError` naming the field."""
+        try:
+            return cls.model_validate(fields, context=_STORED)
         except pydantic.ValidationError as exc:
             raise _translate(cls, exc) from None
 

@@ -331,6 +331,9 @@ class DocumentSet:
             # what could not be read here is read again from another robot (under a new
             # client id: invariant 2), and the unreadable rows go with the batch that stores it
             self._replaced.append(doc_id)
+            if replica.info.kind is Kind.EVENTS:  # its events are embedded here already:
+                self._arrived.get(doc_id, []).clear()  # embed only those that are not
+                self._rescan.add(doc_id)
             log.warning("%s was corrupt (%s); replaced by what %s sent", doc_id, corrupt.reason,
                         origin)  # fmt: skip
         arrived = self._arrived.get(doc_id)

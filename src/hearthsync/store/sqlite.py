@@ -243,6 +243,13 @@ class SqliteStore:
         rows = await self._rows("SELECT value FROM meta WHERE key = ?", (key,))
         return str(rows[0][0]) if rows else None
 
+    async def meta_starting(self, prefix: str) -> dict[str, str]:
+        """Every ``meta`` row whose key starts with ``prefix``."""
+        rows = await self._rows(
+            "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
+        )
+        return {str(key): str(value) for key, value in rows}
+
     async def load(self) -> list[StoredDoc]:
         """Every document with its snapshot and log, the log in commit order."""
         logs: dict[str, list[tuple[int, bytes]]] = {}
