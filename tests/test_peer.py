@@ -407,6 +407,16 @@ async def test_a_robot_days_behind_still_overwrites_what_it_shows(tmp_path: Path
         assert Timestamp.parse(unrelated.set_at).ms == hall_wall.ms
 
 
+async def blue_mug_stamped_in_2106(kitchen: Peer, kitchen_wall: FakeWall, hall: Peer) -> None:
+    """The kitchen robot's clock glitches to 2106 while it stores Alice's mug, then NTP sets
+    it right; the hall robot receives the mug."""
+    await kitchen.add_user("alice", name="Alice")
+    kitchen_wall.ms = 4_294_967_295_000  # 2106-02-07
+    await kitchen.set_preference("alice", "drink/mug", "blue")
+    kitchen_wall.ms = MONDAY_MS
+    await send_all(kitchen, hall)
+
+
 async def test_a_value_stamped_by_a_clock_years_ahead_can_still_be_corrected(
     tmp_path: Path,
 ) -> None:
@@ -419,11 +429,7 @@ async def test_a_value_stamped_by_a_clock_years_ahead_can_still_be_corrected(
         Peer.open(tmp_path / "kitchen", device="kitchen", wall=kitchen_wall) as kitchen,
         Peer.open(tmp_path / "hall", device="hall", wall=hall_wall) as hall,
     ):
-        await kitchen.add_user("alice", name="Alice")
-        kitchen_wall.ms = 4_294_967_295_000  # 2106-02-07
-        await kitchen.set_preference("alice", "drink/mug", "blue")
-        kitchen_wall.ms = MONDAY_MS
-        await send_all(kitchen, hall)
+        await blue_mug_stamped_in_2106(kitchen, kitchen_wall, hall)
         await hall.set_preference("alice", "drink/mug", "green")
         await send_all(hall, kitchen)
         for robot in (kitchen, hall):
@@ -448,10 +454,7 @@ async def test_a_store_from_before_the_ahead_mark_reads_what_it_holds_once(
         Peer.open(tmp_path / "kitchen", device="kitchen", wall=kitchen_wall) as kitchen,
         Peer.open(tmp_path / "hall", device="hall", wall=hall_wall) as hall,
     ):
-        await kitchen.add_user("alice", name="Alice")
-        kitchen_wall.ms = 4_294_967_295_000  # 2106-02-07
-        await kitchen.set_preference("alice", "drink/mug", "blue")
-        await send_all(kitchen, hall)
+        await blue_mug_stamped_in_2106(kitchen, kitchen_wall, hall)
     db = sqlite3.connect(tmp_path / "hall" / "hearth.db")
     assert db.execute("DELETE FROM meta WHERE key = 'ahead'").rowcount == 1
     db.commit()

@@ -115,7 +115,7 @@ async def test_the_budget_given_to_get_context_is_the_default_of_to_prompt(home:
     assert caught.value.field == "max_tokens"
 
 
-async def test_event_and_move_lines_are_timed_in_the_zone_they_are_given(
+async def test_event_and_move_lines_are_timed_in_the_zone_of_the_header(
     home: Peer, wall: FakeWall
 ) -> None:
     la = ZoneInfo("America/Los_Angeles")
@@ -129,27 +129,12 @@ async def test_event_and_move_lines_are_timed_in_the_zone_they_are_given(
         time=dt.datetime(2026, 3, 14, 8, 0, tzinfo=la),
     )  # fmt: skip
 
+    lines = context.to_prompt().split("\n")
+    assert "Sat 2026-03-14 08:00" in lines[0]
+    assert "- 2026-03-13 19:30 command [beverage] a decaf, please" in lines
+    assert "- Kettle placed in kitchen (2026-03-13)" in lines
     [event], [move] = context.events, context.changes
     assert event.line(la) == "2026-03-13 19:30 command [beverage] a decaf, please"
     assert move.line(la) == "Kettle placed in kitchen (2026-03-13)"
     tokyo = ZoneInfo("Asia/Tokyo")  # ahead of UTC: the same instant is Saturday 11:30
     assert event.line(tokyo).startswith("2026-03-14 11:30 command")
-
-
-async def test_the_prompt_times_events_and_moves_in_the_zone_of_its_header(
-    home: Peer, wall: FakeWall
-) -> None:
-    la = ZoneInfo("America/Los_Angeles")
-    wall.ms = int(dt.datetime(2026, 3, 13, 19, 30, tzinfo=la).timestamp() * 1000)
-    await home.place("kettle", "Kettle", region="kitchen")
-    await home.record_event("alice", "COMMAND", "beverage", text="a decaf, please", ts=wall.ms)
-
-    context = await get_context(
-        home, "alice", task="general_assistant", location="kitchen",
-        time=dt.datetime(2026, 3, 14, 8, 0, tzinfo=la),
-    )  # fmt: skip
-
-    lines = context.to_prompt().split("\n")
-    assert "Sat 2026-03-14 08:00" in lines[0]
-    assert "- 2026-03-13 19:30 command [beverage] a decaf, please" in lines
-    assert "- Kettle placed in kitchen (2026-03-13)" in lines

@@ -240,9 +240,9 @@ async def test_a_format_1_store_is_upgraded_in_place(tmp_path: Path, wall: FakeW
         assert peer.preference("alice", "tea/milk").value == "oat"  # type: ignore[union-attr]
 
 
-async def test_failed_commit_is_not_acknowledged_and_not_lost(
-    peer: Peer, peer_path: Path, wall: FakeWall, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def fail_the_next_commit(peer: Peer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next batch ``peer`` commits fails as a full or failing disk fails it; later ones
+    are written."""
     real_commit = peer._sqlite.commit
     calls = {"n": 0}
 
@@ -253,6 +253,12 @@ async def test_failed_commit_is_not_acknowledged_and_not_lost(
         await real_commit(batch)  # type: ignore[arg-type]
 
     monkeypatch.setattr(peer._sqlite, "commit", failing_once)
+
+
+async def test_failed_commit_is_not_acknowledged_and_not_lost(
+    peer: Peer, peer_path: Path, wall: FakeWall, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fail_the_next_commit(peer, monkeypatch)
     with pytest.raises(StoreError, match="disk I/O error"):
         await peer.set_preference("alice", "beverage/tea", "green")
     await peer.set_preference("alice", "beverage/juice", "orange")
@@ -407,10 +413,9 @@ async def exchange(src: Peer, dst: Peer) -> None:
         await dst.apply_update(doc_id, src.diff(doc_id, dst.state_vector(doc_id)), origin="x")
 
 
-async def test_a_store_restored_from_a_backup_takes_a_new_client_id(
-    tmp_path: Path, wall: FakeWall
-) -> None:
-    """DESIGN invariant 2: reusing a client id the household has seen more of corrupts it."""
+async def restored_from_a_backup(tmp_path: Path, wall: FakeWall) -> tuple[Path, Path]:
+    """Robot a, restored from a backup taken before its last edit, which robot b holds: a's
+    client id of Alice's preferences is one b has seen more of.  Returns both folders."""
     import shutil
 
     a_path, b_path, backup = tmp_path / "a", tmp_path / "b", tmp_path / "backup"
@@ -424,6 +429,14 @@ async def test_a_store_restored_from_a_backup_takes_a_new_client_id(
         await exchange(a, b)
     shutil.rmtree(a_path)
     shutil.copytree(backup, a_path)  # the restore
+    return a_path, b_path
+
+
+async def test_a_store_restored_from_a_backup_takes_a_new_client_id(
+    tmp_path: Path, wall: FakeWall
+) -> None:
+    """DESIGN invariant 2: reusing a client id the household has seen more of corrupts it."""
+    a_path, b_path = await restored_from_a_backup(tmp_path, wall)
     doc = "user/alice/prefs"
     async with Peer.open(a_path, wall=wall) as a, Peer.open(b_path) as b:
         stale = a._docs.replicas[DocId(doc)].client_id
@@ -451,33 +464,12 @@ async def test_a_new_client_id_survives_a_failed_commit(
     stored by the next one, not lost (the reopened store would write under the old id again,
     and two robots would hold different edits under one id: equal state vectors, different
     content, for good)."""
-    import shutil
-
-    a_path, b_path, backup = tmp_path / "a", tmp_path / "b", tmp_path / "backup"
-    async with Peer.open(a_path, device="a", wall=wall) as a, Peer.open(b_path, device="b") as b:
-        await a.add_user("alice", name="Alice")
-        await a.set_preference("alice", "k/1", "v1")
-        await exchange(a, b)
-    shutil.copytree(a_path, backup)
-    async with Peer.open(a_path, wall=wall) as a, Peer.open(b_path) as b:
-        await a.set_preference("alice", "k/2", "v2")
-        await exchange(a, b)
-    shutil.rmtree(a_path)
-    shutil.copytree(backup, a_path)
+    a_path, b_path = await restored_from_a_backup(tmp_path, wall)
     doc = "user/alice/prefs"
     async with Peer.open(a_path, wall=wall) as a, Peer.open(b_path) as b:
         a.docs.peer_state(DocId(doc), b.state_vector(doc))
         fresh = a._docs.replicas[DocId(doc)].client_id
-        real_commit = a._sqlite.commit
-        calls = {"n": 0}
-
-        async def failing_once(batch: object) -> None:
-            calls["n"] += 1
-            if calls["n"] == 1:
-                raise StoreError("write on hearth.db failed: disk I/O error")
-            await real_commit(batch)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(a._sqlite, "commit", failing_once)
+        fail_the_next_commit(a, monkeypatch)
         with pytest.raises(StoreError):
             await a.set_preference("alice", "k/3", "v3")
         await a.set_preference("alice", "k/4", "v4")
