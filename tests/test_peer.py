@@ -696,3 +696,21 @@ async def test_a_move_from_a_place_stored_under_older_rules_is_recorded(
             (None, "shelf-1"),
             ("bay-012-034-056", "shelf-2"),
         ]
+
+
+async def test_what_a_robot_stores_is_its_own_user_s_alone(tmp_path: Path) -> None:
+    """The store holds what people told the robot, in plaintext (health included): its folder
+    and files are readable by the robot's own account only, as its key files are (the store
+    was created 0644 in a 0755 folder), a folder made by someone else included."""
+    made_by_hand = tmp_path / "robot"
+    made_by_hand.mkdir(mode=0o755)
+    made_by_hand.chmod(0o755)
+    for folder in (made_by_hand, tmp_path / "new" / "robot"):
+        async with Peer.open(folder, device="hall", wall=FakeWall()) as robot:
+            await robot.add_user("alice", name="Alice")
+            await robot.set_health("alice", "med/evening", "two pills")
+            files = [folder / "hearth.db", folder / "hearth.db-wal"]
+            assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+            for path in files:
+                if path.exists():
+                    assert stat.S_IMODE(path.stat().st_mode) == 0o600, path

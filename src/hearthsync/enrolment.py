@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import websockets
 from websockets.asyncio.client import connect
 
 from hearthsync.crypto.certificate import Certificate, Revocations, TrustStore
 from hearthsync.crypto.household import Household
-from hearthsync.crypto.identity import DeviceIdentity
+from hearthsync.crypto.identity import DeviceIdentity, device_id_of
 from hearthsync.crypto.keyring import Keyring, export_secret_keys, import_secret_keys
 from hearthsync.crypto.pairing import (
     Enrolment,
@@ -277,8 +278,12 @@ def revoke(
     random_bytes: Callable[[int], bytes] = os.urandom,
 ) -> dict[str, int]:  # fmt: skip
     """Revoke ``device`` (``hearth revoke``): sign a new revocation list, start a new epoch of
-    every scope it held (it can decrypt nothing written afterwards), save; return the epochs.
-    The running sync gossips the list and grants the new keys to the remaining robots."""
+    every scope this robot holds (the device can decrypt nothing written afterwards), save;
+    return the epochs.  The running sync gossips the list and grants the new keys to the
+    remaining robots.
+
+    Every scope, not those of the device's certificate: an older certificate of it may have
+    granted more, and it keeps the keys it was given then (found in review)."""
     if not state.is_admin:
         raise ValidationError("only the owner or an admin device can revoke", field="path")
     if device == identity.device_id:
@@ -292,7 +297,7 @@ def revoke(
         revoked=sorted(state.trust.revoked | {device}),
     )  # fmt: skip
     state.trust.accept_revocations(revocations, now)
-    epochs = state.keyring.rotate_for_revocation(scopes & state.keyring.scopes, random_bytes)
+    epochs = state.keyring.rotate_for_revocation(state.keyring.scopes, random_bytes)
     save(folder, state, now)
     return {str(scope): epoch for scope, epoch in epochs.items()}
 
@@ -310,6 +315,11 @@ def enrol(
         if state is None:
             raise PairingError("this device belongs to no household")
         invite, device_pk, name = check_join_request(request, state.invites, now)
+        enrolled = device_id_of(device_pk)
+        if state.trust.knows(enrolled):
+            # a device key is public (every handshake shows it): certifying it again would let
+            # whoever holds any invite rewrite another device's role and scopes, the owner's too
+            raise PairingError(f"device {enrolled} is enrolled already")
         state.invites = [i for i in state.invites if i is not invite]  # one use only
         certificate = Certificate.issue(
             identity, household_id=state.household.id, device_pk=device_pk, device_name=name,
@@ -357,9 +367,12 @@ async def join(
     invite = Invite.parse(code)
     host, port = address or (invite.host, invite.port)
     uri = f"ws://[{host}]:{port}{JOIN_PATH}" if ":" in host else f"ws://{host}:{port}{JOIN_PATH}"
-    async with connect(uri, proxy=None, open_timeout=10, max_size=1024 * 1024) as websocket:
-        await websocket.send(join_request(invite.secret, identity, device_name))
-        answer = await websocket.recv()
+    try:
+        async with connect(uri, proxy=None, open_timeout=10, max_size=1024 * 1024) as websocket:
+            await websocket.send(join_request(invite.secret, identity, device_name))
+            answer = await websocket.recv()
+    except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
+        raise PairingError(f"could not reach the inviter at {host}:{port}: {exc}") from None
     if isinstance(answer, str) or not answer.startswith(b"\x93"):
         raise PairingError(f"the inviter refused: {answer!r:.200}")
     return adopt(folder, identity, open_join_response(answer, invite.secret, identity), now)

@@ -250,7 +250,11 @@ class Peer:
         (a simulation).
         """
         folder = Path(path).expanduser()
-        folder.mkdir(parents=True, exist_ok=True)
+        # what people told the robot is in plaintext in there (health included): the folder
+        # is its device's alone, as its key files are (found in review: hearth.db was 0644)
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if folder.stat().st_mode & 0o077:
+            folder.chmod(0o700)
         rng = rng or random.SystemRandom()
         embedder = embedder or default_embedder()
         # before anything in the folder is read or made: a second peer there would lose writes

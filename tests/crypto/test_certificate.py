@@ -186,3 +186,25 @@ def test_construction_checks_fields() -> None:
         )
     with pytest.raises(ValidationError, match="serial"):
         Revocations.issue(signer, household_id="A" * 16, serial=-1, revoked=[])
+
+
+def test_a_held_certificate_counts_only_while_it_is_good(home: Home) -> None:
+    """A newer certificate that granted health for an hour has expired: the device's older,
+    good certificate is what its sessions go by, not the expired one's scopes."""
+    temporary = home.issue(
+        home.admin, home.kitchen, scopes=("core", "health", "spatial"),
+        issued_at=NOW + 10, expires_at=NOW + 3_600,
+    )  # fmt: skip
+    assert home.trust.add(temporary, NOW + 20) is temporary
+    later = NOW + 7_200
+    assert home.trust.add(home.certs["kitchen"], later) is home.certs["kitchen"]
+    assert home.trust.scopes_of(home.kitchen.device_id) == {"core", "spatial"}
+
+
+def test_no_certificate_replaces_the_owners_root(home: Home) -> None:
+    """An admin certifying the owner's (public) key as a member would make the household's
+    root a member's certificate, and every credentials file of the household unloadable."""
+    demoted = home.issue(home.admin, home.owner, scopes=("core",), issued_at=NOW + 1)
+    with pytest.raises(CertificateError, match="is the owner"):
+        home.trust.add(demoted, NOW + 1)
+    assert home.trust.certificate_of(home.owner.device_id) is home.certs["owner"]

@@ -310,6 +310,10 @@ class TrustStore:
             raise CertificateError(f"no certificate known for device {device}")
         return cert
 
+    def knows(self, device: str) -> bool:
+        """Whether a certificate of ``device`` was added (revoked or not)."""
+        return DeviceId(device) in self._certs
+
     def scopes_of(self, device: str) -> frozenset[Scope]:
         """The scopes ``device`` was granted, revoked or not: what a revocation must rotate."""
         cert = self._certs.get(DeviceId(device))
@@ -328,10 +332,16 @@ class TrustStore:
         """
         self.verify(cert, now)
         held = self._certs.get(cert.device_id)
-        if held is None or cert.issued_at > held.issued_at:
-            self._certs[cert.device_id] = cert
-            return cert
-        return held
+        if held is not None and held.role == "owner" and held != cert:
+            # the household's root: no certificate another device issued replaces it
+            raise CertificateError(f"device {cert.device_id} is the owner; its root is held")
+        if held is not None and cert.issued_at <= held.issued_at:
+            try:
+                return self.verify(held, now)
+            except CertificateError:  # expired, or its issuer revoked: the good one counts
+                pass
+        self._certs[cert.device_id] = cert
+        return cert
 
     def verify(self, cert: Certificate, now: int) -> Certificate:
         """Return ``cert`` if it is good at ``now``, else raise `CertificateError` (SPEC §3)."""

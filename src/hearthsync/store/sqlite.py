@@ -160,7 +160,12 @@ class SqliteStore:
         cls, path: Path, *, synchronous: Literal["FULL", "NORMAL", "OFF"] = "FULL"
     ) -> SqliteStore:
         try:
+            # readable by this user only, as its WAL then is (SQLite gives it the file's mode)
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+            os.chmod(path, 0o600)
             conn = await aiosqlite.connect(path, isolation_level=None)
+        except OSError as exc:
+            raise StoreError(f"cannot open {path}: {exc}") from exc
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {path}: {exc}") from exc
         store = cls(conn, path)
