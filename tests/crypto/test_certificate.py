@@ -208,3 +208,17 @@ def test_no_certificate_replaces_the_owners_root(home: Home) -> None:
     with pytest.raises(CertificateError, match="is the owner"):
         home.trust.add(demoted, NOW + 1)
     assert home.trust.certificate_of(home.owner.device_id) is home.certs["owner"]
+
+
+def test_a_revocation_list_may_not_leap_to_the_last_serial(home: Home) -> None:
+    """An admin's list numbered 2**64-1 would leave no serial for any later list: after it,
+    not even the owner could revoke anyone, that admin included."""
+    leap = Revocations.issue(
+        home.admin, household_id=home.household.id, serial=2**64 - 1, revoked=()
+    )
+    with pytest.raises(CertificateError, match="leaps"):
+        home.trust.accept_revocations(leap, NOW)
+    first = Revocations.issue(
+        home.owner, household_id=home.household.id, serial=1, revoked=(home.admin.device_id,)
+    )
+    assert home.trust.accept_revocations(first, NOW)

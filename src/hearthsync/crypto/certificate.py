@@ -39,6 +39,9 @@ from hearthsync.ids import DeviceId, Scope
 ROLES = ("owner", "admin", "member")
 #: roles whose certificates may issue certificates, revocations and key grants (SPEC §3)
 ISSUING_ROLES = frozenset({"owner", "admin"})
+#: how far a revocation list's serial may pass the one held (each list takes the next serial;
+#: a robot that was away skips the ones it missed, never a million)
+MAX_SERIAL_STEP = 1 << 20
 MAX_CERTIFICATE_BYTES = 1024  # SPEC §1
 MAX_SCOPES = 16
 MAX_DEVICE_NAME_BYTES = 64
@@ -372,6 +375,13 @@ class TrustStore:
         held = self._revocations
         if held is not None and revocations.serial <= held.serial:
             return False
+        if revocations.serial > (held.serial if held else 0) + MAX_SERIAL_STEP:
+            # one list after another: a serial leaping to the largest there is (an admin's
+            # list signed with 2**64-1) would leave no serial for any later revocation
+            raise CertificateError(
+                f"revocation list {revocations.serial} leaps more than {MAX_SERIAL_STEP} "
+                f"past the list held"
+            )
         owners = {d for d, cert in self._certs.items() if cert.is_self_signed}
         if owners.intersection(revocations.revoked):
             raise CertificateError(
