@@ -12,10 +12,28 @@ asked for again, so it would not show):
 * ``drop-every-10th-delta``: a merge that loses data: every tenth update received is merged
   and acknowledged, then what it brought vanishes from the replica, while the state vector
   still counts it.
+
+And one per gap a review found in the checkers (each passed them before they were made
+stricter; `install` puts them on a robot at every boot):
+
+* ``drop-merged-values``: a profile or calibration change is stamped and acknowledged, but
+  stores the field's default, not the value written (the checkers compare values);
+* ``forget-an-extra-user``: forgetting anyone forgets bob as well (only users the workload
+  asked to forget may be forgotten);
+* ``refuse-every-preference``: every preference write fails with `NotFoundError` (which is
+  accepted only for a forgotten or unknown user);
+* ``keep-forgotten-rows``: forgetting drops a user's documents from memory, not from the
+  store (every robot restarts from its store at the end, and is checked again);
+* ``purge-a-revoked-robots-writes``: on learning a revocation, a robot deletes every slot the
+  revoked robot wrote, its accepted past writes too (those a member held must stay);
+* ``seal-under-the-oldest-epoch``: the keyring seals under the oldest epoch it holds, so a
+  rotation never takes effect (which writes must not reach the revoked robot is decided from
+  when each robot learned of the revocation, not from the epoch the keyring reports).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -24,7 +42,10 @@ from typing import Any
 from pycrdt import Array, Map
 
 from hearthsync.crdt.handles import ROOTS
+from hearthsync.crypto.keyring import Keyring
+from hearthsync.errors import MissingKeyError, NotFoundError
 from hearthsync.ids import DocId
+from hearthsync.model.records import Preference
 from hearthsync.peer import Peer
 from hearthsync.store.sqlite import Batch
 
@@ -92,3 +113,95 @@ def _drop_new_entries(array: Array[Any], old: list[Any]) -> int:
     for index in reversed(fresh):
         del array[index]
     return len(fresh)
+
+
+# ---------------------------------------------------------------------- bugs of the review
+
+
+def install(bug: str | None, peer: Peer, keyring: Keyring) -> None:
+    """Break ``peer`` (just booted, with ``keyring``) as ``bug`` says; other bugs: nothing."""
+    match bug:
+        case "drop-merged-values":
+            _drop_merged_values(peer)
+        case "forget-an-extra-user":
+            _forget_bob_too(peer)
+        case "refuse-every-preference":
+            _refuse_preferences(peer)
+        case "keep-forgotten-rows":
+            _keep_rows(peer)
+        case "purge-a-revoked-robots-writes":
+            _purge_revoked(peer)
+        case "seal-under-the-oldest-epoch":
+            _oldest_epoch(keyring)
+
+
+def _drop_merged_values(peer: Peer) -> None:
+    merged_write = peer._merged_write
+
+    def broken(doc_id: Any, make: Any, slots: Any, key: str, checked: Any, fields: Any) -> Any:
+        defaults = {name: type(checked).model_fields[name].get_default() for name in fields}
+        return merged_write(doc_id, make, slots, key, checked.model_copy(update=defaults), fields)
+
+    peer._merged_write = broken  # type: ignore[method-assign]
+
+
+def _forget_bob_too(peer: Peer) -> None:
+    forget = peer.forget
+
+    async def broken(user: str) -> Any:
+        done = await forget(user)
+        if user != "bob" and "bob" in peer.users():
+            await peer._forgetting.forget("bob")
+        return done
+
+    peer.forget = broken  # type: ignore[method-assign]
+
+
+def _refuse_preferences(peer: Peer) -> None:
+    def broken(user: str, *args: Any, **kwargs: Any) -> asyncio.Future[Preference]:
+        raise NotFoundError(f"unknown user {user!r}")
+
+    peer.set_preference = broken  # type: ignore[method-assign]
+
+
+def _keep_rows(peer: Peer) -> None:
+    async def broken(doc_ids: Any) -> None:
+        return None
+
+    peer._sqlite.drop_docs = broken  # type: ignore[method-assign]
+
+
+def _purge_revoked(peer: Peer) -> None:
+    trust_changed = peer.trust_changed
+
+    def broken() -> None:
+        trust_changed()
+        trust = peer.household.trust if peer.household is not None else None
+        if trust is None:
+            return
+        for doc_id, replica in sorted(peer._docs.replicas.items()):
+
+            def change(_: Any, replica: Any = replica) -> None:
+                for name, kind in ROOTS[replica.info.kind]:
+                    root = replica.doc.get(name, type=kind)
+                    if isinstance(root, Map):
+                        for key in [k for k in root.keys() if "\x1f" in k]:  # noqa: SIM118
+                            if trust.is_revoked(key.rpartition("\x1f")[2]):
+                                del root[key]
+
+            peer._docs.write(doc_id, change)
+
+    peer.trust_changed = broken  # type: ignore[method-assign]
+
+
+def _oldest_epoch(keyring: Keyring) -> None:
+    def broken(scope: str, user: str | None) -> int:
+        if user is None:
+            epochs = {e for (s, e) in keyring._scope_keys if s == scope}
+        else:
+            epochs = {e for (u, s, e) in keyring._data_keys if u == user and s == scope}
+        if not epochs:
+            raise MissingKeyError(f"no key held for scope {scope!r}, user {user!r}")
+        return min(epochs)
+
+    keyring.sealing_epoch = broken  # type: ignore[method-assign]

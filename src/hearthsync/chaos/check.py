@@ -65,9 +65,11 @@ class Write:
 
     Registers (preferences, profiles, calibration, placements) live in per-device slots
     (`hearthsync.crdt.handles.SlotMap`): a later write of the same robot replaces an earlier
-    one in its slot, so a write is *present* when the writer's slot holds it or a later
-    version (a greater hybrid timestamp).  Events are present when their id is in the log;
-    a new user when the household lists them.
+    one in its slot, so a write is *present* when the writer's slot holds it with the value
+    it wrote (the same hybrid timestamp and `expect`), or a later version (a greater
+    timestamp; for a field-merged record, the written field's own stamp).  Events are
+    present when their id is in the log with the text written; a new user when the household
+    lists them.
     """
 
     robot: int
@@ -79,6 +81,19 @@ class Write:
     set_at: str  #: the hybrid timestamp of a register write ("" otherwise)
     epoch: int  #: the writer's current key epoch of ``scope`` when it wrote
     acked_at: float = 0.0
+    #: what the write carried, as entries of the stored record (an event's text, a
+    #: preference's value, a placement's label and region, a merged field and its value):
+    #: where the write's own version is held (the same stamp), it must hold these
+    expect: dict[str, Any] = field(default_factory=dict)
+    #: a field-merged record (profile, calibration): the field written, whose own stamp
+    #: (``stamps[field]``) is compared rather than the record's
+    merged: str = ""
+    started_at: float = 0.0  #: simulated time the write was made (its op's time)
+    #: the newest key epoch the writer held for the document when it wrote (-1: unknown)
+    held_epoch: int = -1
+    #: a write of the robot revoked later: the members that held it when the revocation ran
+    #: (they must keep it); None: not known to any member then, not required
+    kept_by: frozenset[int] | None = None
 
     def describe(self) -> str:
         what = self.slot.replace(SLOT_SEP, "@")
@@ -93,32 +108,54 @@ class Holdings:
 
     def __init__(self, peer: Peer) -> None:
         self._peer = peer
-        self._slots: dict[tuple[str, str], dict[str, str]] = {}
-        self._logs: dict[tuple[str, str], set[str]] = {}
+        self._slots: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        self._logs: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
 
     def holds(self, write: Write) -> bool:
+        """Whether the peer holds ``write`` (or what overtook it), with the value written."""
+        return self.why_not(write) is None
+
+    def why_not(self, write: Write) -> str | None:
+        """None if the peer holds ``write``; else "missing", or how the value held differs."""
         replica = self._peer._docs.get(write.doc_id)
         if replica is None:
-            return False
+            return "missing"
         key = (write.doc_id, write.root)
         if write.kind == "event":
-            ids = self._logs.get(key)
-            if ids is None:
+            log = self._logs.get(key)
+            if log is None:
                 array = replica.doc.get(write.root, type=Array)
-                ids = {json.loads(text)["id"] for text in array}
-                self._logs[key] = ids
-            return write.slot in ids
+                log = {entry["id"]: entry for entry in map(json.loads, array)}
+                self._logs[key] = log
+            found = log.get(write.slot)
+            return "missing" if found is None else _differs(found, write.expect)
         if write.kind == "user":  # a user of the household, as the robot lists them
-            return write.slot in self._peer.users()
+            return None if write.slot in self._peer.users() else "missing"
         if write.kind == "forget":  # a tombstone of the user, in any robot's slot
-            return write.slot in tombstoned(self._peer)
+            return None if write.slot in tombstoned(self._peer) else "missing"
         slots = self._slots.get(key)
         if slots is None:
             ymap = replica.doc.get(write.root, type=Map)
-            slots = {slot: json.loads(text).get("set_at", "") for slot, text in ymap.items()}
+            slots = {slot: json.loads(text) for slot, text in ymap.items()}
             self._slots[key] = slots
-        held = slots.get(write.slot)
-        return held is not None and held >= write.set_at
+        record = slots.get(write.slot)
+        if record is None:
+            return "missing"
+        if write.merged:
+            held = record.get("stamps", {}).get(write.merged, "")
+        else:
+            held = record.get("set_at", "")
+        if held < write.set_at:
+            return "missing"
+        return _differs(record, write.expect) if held == write.set_at else None
+
+
+def _differs(record: dict[str, Any], expect: dict[str, Any]) -> str | None:
+    """How ``record`` differs from what was written (None: it holds every entry written)."""
+    wrong = {name: record.get(name) for name, value in expect.items() if record.get(name) != value}
+    if not wrong:
+        return None
+    return f"holds {wrong} instead of {expect}"
 
 
 # ---------------------------------------------------------------------- the checkers
@@ -138,9 +175,12 @@ class Findings:
     verified: int  #: acknowledged writes found on every robot that may read them
     lost: list[str]  #: acknowledged writes missing somewhere they should be
     divergences: list[str]  #: pairs of robots whose shared documents differ
-    leaks: list[str]  #: writes made with post-revocation keys found on the revoked robot
-    #: acknowledged writes no robot is required to hold: the revoked robot's (the others
-    #: rightly refuse what it writes after the revocation) and those about a forgotten user
+    #: writes a robot made once it had processed the revocation (and its new keys) that reached
+    #: the revoked robot, or were sealed under an epoch the revoked robot may hold
+    leaks: list[str]
+    #: acknowledged writes no robot is required to hold: the revoked robot's that no member
+    #: held when the revocation ran (the others rightly refuse what it writes after it), and
+    #: those about a user the workload asked to forget
     exempt: int = 0
     #: what a robot still holds of a user that was forgotten (documents, listing, data keys)
     remnants: list[str] = field(default_factory=list)
@@ -152,14 +192,22 @@ def verify(
     *,
     revoked: Replica | None = None,
     revoked_epochs: dict[str, int] | None = None,
+    forget_targets: set[str] | None = None,
+    revocation_known: dict[int, float] | None = None,
 ) -> Findings:
     """Check a quiescent household: convergence, no loss, no leak past a revocation.
 
     * every pair of ``members`` holds identical documents (state vector and content) in
       every scope both may read, and no robot holds a document outside its scopes;
-    * every acknowledged write of a member is present on every member that may read it (the
-      revoked robot's own writes are not required: the others refuse it);
-    * no write made with a key epoch started by the revocation reached the revoked robot.
+    * every acknowledged write of a member is present, with the value written, on every
+      member that may read it; a write of the revoked robot on every member that held it
+      when the revocation ran (`Write.kept_by`; the others rightly refuse the rest);
+    * only users named by a forget the workload attempted (``forget_targets``, acknowledged
+      or not; None: trust the acknowledged forgets alone) are forgotten anywhere, and nothing
+      of a forgotten user remains;
+    * no write a robot made once it knew of the revocation (``revocation_known``: robot ->
+      simulated time from which it had processed the revocation and the new keys) reached
+      the revoked robot, and each was sealed under the revocation's new epoch or later.
     """
     states = {m.index: document_states(m.peer) for m in members}
     names: dict[str, str] = {m.peer.device_id: f"r{m.index}" for m in members}
@@ -170,40 +218,83 @@ def verify(
     lost: list[str] = []
     verified = exempt = 0
     revoked_index = revoked.index if revoked else None
+    acked = {w.slot for w in writes if w.kind == "forget"}
+    # a user the workload asked to forget: the system under test is not asked who that is
+    asked = acked if forget_targets is None else acked | forget_targets
+    claimed = {user for m in members for user in m.peer.forgotten()}
+    # a tombstone a robot cannot check (yet) still forbids the user there
+    seen = claimed | {user for m in members for user in tombstoned(m.peer)}
+    for user in sorted(seen - asked):
+        where = [f"r{m.index}" for m in members if user in tombstoned(m.peer)]
+        lost.append(f"user {user} forgotten on {','.join(where)}, though no robot was asked to")
     # forgotten: what a member acknowledged forgetting, and every tombstone a member holds
-    # (a robot revoked later may have forgotten someone before, and been heard)
+    # of a user someone asked to forget (a robot revoked later may have forgotten someone
+    # before, and been heard)
     forgotten = {w.slot for w in writes if w.kind == "forget" and w.robot != revoked_index}
-    forgotten |= {user for m in members for user in m.peer.forgotten()}
-    # a tombstone a robot cannot check (yet) still forbids the user there: what is about them
-    # is not required either
-    buried = forgotten | {user for m in members for user in tombstoned(m.peer)}
+    forgotten |= claimed & asked
+    buried = forgotten | (seen & asked)
     for write in writes:
-        if write.robot == revoked_index or (write.kind != "forget" and about(write) in buried):
+        if write.kind != "forget" and about(write) in buried:
             exempt += 1
             continue
-        missing = [
-            f"r{m.index}"
-            for m in members
-            if write.scope in m.scopes and not holdings[m.index].holds(write)
-        ]
-        if missing:
-            lost.append(f"{write.describe()} (acknowledged at t={write.acked_at:.3f}) "
-                        f"missing on {','.join(missing)}")  # fmt: skip
-        else:
-            verified += 1
-    leaks: list[str] = []
-    if revoked is not None and revoked_epochs:
-        held = Holdings(revoked.peer)
-        for write in writes:
-            new_epoch = revoked_epochs.get(write.scope)
-            if write.robot == revoked.index or new_epoch is None or write.epoch < new_epoch:
+        if write.robot == revoked_index:
+            if not write.kept_by:
+                exempt += 1
                 continue
-            if write.kind in ("user", "forget"):
-                continue  # every robot may register or forget the same user: not attributable
-            if held.holds(write):
-                leaks.append(f"{write.describe()} (epoch {write.epoch}) reached r{revoked.index}")
+            due = [m for m in members if m.index in write.kept_by]
+        else:
+            due = [m for m in members if write.scope in m.scopes]
+        wrong = [(m.index, holdings[m.index].why_not(write)) for m in due]
+        missing = [f"r{i}" for i, why in wrong if why == "missing"]
+        differ = [f"r{i} {why}" for i, why in wrong if why not in (None, "missing")]
+        when = f"(acknowledged at t={write.acked_at:.3f})"
+        if missing:
+            lost.append(f"{write.describe()} {when} missing on {','.join(missing)}")
+        if differ:
+            lost.append(f"{write.describe()} {when} with another value: {'; '.join(differ)}")
+        if not missing and not differ:
+            verified += 1
+    leaks = _leaks(writes, revoked, revoked_epochs or {}, revocation_known)
     remnants = [line for m in members for line in _remnants(m, forgotten, states[m.index])]
     return Findings(verified, lost, divergences, leaks, exempt, remnants)
+
+
+def _leaks(
+    writes: list[Write],
+    revoked: Replica | None,
+    revoked_epochs: dict[str, int],
+    known: dict[int, float] | None,
+) -> list[str]:
+    """What reached ``revoked`` of the writes it must not read.  Which those are is decided
+    from what the harness knows (when each robot had processed the revocation), not from
+    the epoch the system under test reports; the epoch is then checked too.  Without
+    ``known``, the writes reporting a post-revocation epoch (the older, weaker check)."""
+    if revoked is None or not revoked_epochs:
+        return []
+    leaks: list[str] = []
+    held = Holdings(revoked.peer)
+    for write in writes:
+        new_epoch = revoked_epochs.get(write.scope)
+        if write.robot == revoked.index or new_epoch is None:
+            continue
+        if write.kind in ("user", "forget"):
+            continue  # every robot may register or forget the same user: not attributable
+        if known is None:
+            if write.epoch < new_epoch:
+                continue
+        else:
+            since = known.get(write.robot)
+            if since is None or write.started_at <= since or write.held_epoch < new_epoch:
+                # made before its robot knew of the revocation, or held the new key (grants
+                # arrive one key at a time): it may reach the revoked robot
+                continue
+            if write.epoch < new_epoch:
+                leaks.append(f"{write.describe()} made at t={write.started_at:.3f}, after "
+                             f"r{write.robot} processed the revocation, sealed under epoch "
+                             f"{write.epoch} < {new_epoch}")  # fmt: skip
+        if held.why_not(write) != "missing":
+            leaks.append(f"{write.describe()} (epoch {write.epoch}) reached r{revoked.index}")
+    return leaks
 
 
 def tombstoned(peer: Peer) -> set[str]:

@@ -98,6 +98,12 @@ GLITCH_AHEAD_S = 3 * 86_400.0
 BUGS = {
     "lose-every-10th-commit": "every tenth delta committed is acknowledged but never stored",
     "drop-every-10th-delta": "every tenth update received is merged, acknowledged, then lost",
+    "drop-merged-values": "profile and calibration changes are stamped but store defaults",
+    "forget-an-extra-user": "forgetting anyone forgets bob as well",
+    "refuse-every-preference": "every preference write fails as about an unknown user",
+    "keep-forgotten-rows": "a forgotten user's documents stay in the store",
+    "purge-a-revoked-robots-writes": "learning a revocation deletes the revoked robot's writes",
+    "seal-under-the-oldest-epoch": "a key rotation never takes effect: the oldest epoch seals",
 }
 
 

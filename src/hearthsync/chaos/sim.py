@@ -62,7 +62,7 @@ from pycrdt import merge_updates
 
 from hearthsync import enrolment
 from hearthsync.chaos import bugs, household, quiescence
-from hearthsync.chaos.check import Findings, Replica, Write, digest, verify
+from hearthsync.chaos.check import Findings, Holdings, Replica, Write, digest, verify
 from hearthsync.chaos.household import BASE_WALL, TraceHandler
 from hearthsync.chaos.inline_sqlite import inline_sqlite
 from hearthsync.chaos.plan import FIRST_USERS, Fault, Op, Plan
@@ -97,6 +97,8 @@ MAX_RETRY_S = 10.0
 _EMBEDDER = TinyEmbedder()
 #: loop turns a writer takes from its batch landing to its end (its shielded future, its task)
 WRITER_STEPS = 4
+#: commits a restarted robot is given to finish its own background work (a resumed purge)
+IDLE_TURNS = 50
 
 
 def _fast_tmp() -> str | None:
@@ -216,6 +218,11 @@ class Simulation:
         self._settling = False
         self.revoked: int | None = None
         self.revoked_epochs: dict[str, int] = {}
+        #: every user a forget op set out to forget, acknowledged or not (what may be forgotten)
+        self.forget_targets: set[str] = set()
+        #: when each robot processed the revocation (and, `_keys_at`, new keys after it)
+        self._revocation_at: dict[int, float] = {}
+        self._keys_at: dict[int, float] = {}
         self.messages = 0
         self.lost = 0
         self._in_flight = 0  # messages on their way between robots that are not revoked
@@ -308,6 +315,7 @@ class Simulation:
         final = "".join(digest(_peer(r)) for r in self.robots)
         hashed = hashlib.blake2b("\n".join([*self.trace, final]).encode(), digest_size=16)
         hashed.update(self._wire.digest())
+        findings = _merged(findings, await self.check_restarted())
         return Outcome(
             seed=self.plan.seed, peers=self.plan.peers, faults=self.faults_injected,
             fault_kinds=self.fault_kinds, ops=len(self.plan.ops), acknowledged=len(self.writes),
@@ -337,11 +345,48 @@ class Simulation:
             Replica(r.index, _peer(r), r.scopes) for r in self.robots if r.index != self.revoked
         ]
         victim = self.robots[self.revoked] if self.revoked is not None else None
+        known = {
+            r: max(at, self._keys_at[r])
+            for r, at in self._revocation_at.items()
+            if r in self._keys_at
+        }
         return verify(
             members, self.writes,
             revoked=Replica(victim.index, _peer(victim), victim.scopes) if victim else None,
-            revoked_epochs=self.revoked_epochs,
+            revoked_epochs=self.revoked_epochs, forget_targets=self.forget_targets,
+            revocation_known=known,
         )  # fmt: skip
+
+    async def check_restarted(self) -> Findings:
+        """Restart every robot from its store (as after a crash: what is only in memory is
+        gone) and run the checkers again: memory ahead of the files (a forgotten user's rows
+        left in the store, a write acknowledged but not stored) shows here.  The restarted
+        robots are not linked: nothing more is exchanged."""
+        for robot in self.robots:
+            peer, robot.peer = _peer(robot), None
+            await peer.crash()
+            await self._boot(robot, link=False)
+        found = self.check()
+        for robot in self.robots:  # what a boot resumes in the background (`Forgetting.resume`)
+            await self._idle(robot)
+        return replace(
+            found,
+            lost=[f"after a restart: {x}" for x in found.lost],
+            divergences=[f"after a restart: {x}" for x in found.divergences],
+            leaks=[f"after a restart: {x}" for x in found.leaks],
+            remnants=[f"after a restart: {x}" for x in found.remnants],
+        )
+
+    async def _idle(self, robot: Robot) -> None:
+        """Let the robot's own background work (and its commits) run to its end."""
+        peer = _peer(robot)
+        for _ in range(IDLE_TURNS):
+            if not quiescence.core_pending(peer):
+                return
+            for _ in range(WRITER_STEPS):
+                await asyncio.sleep(0)
+            await peer.commit()
+        self.errors.append(f"r{robot.index} still busy {IDLE_TURNS} commits after a restart")
 
     async def stop(self) -> None:
         """Drop every robot (as a crash: the run is over, nothing more needs to land)."""
@@ -400,7 +445,7 @@ class Simulation:
         for robot in self.robots:
             await self._commit(robot)
 
-    async def _boot(self, robot: Robot) -> None:
+    async def _boot(self, robot: Robot, *, link: bool = True) -> None:
         robot.incarnation += 1
         robot.sealer = Sealer()
         with inline_sqlite():
@@ -415,10 +460,13 @@ class Simulation:
         robot.peer.index_idle_s = 0.0  # no wall-clock wait: the seed decides every loop turn
         assert robot.peer.household is not None, "the household file was written at setup"
         robot.state = robot.peer.household  # what survived is what was saved
+        if not link:
+            return
         robot.peer.on_durable(lambda batch: self._forward(robot, batch))
         robot.peer.on_keys_made.append(lambda: self._send_grants(robot))
         if self.scenario.bug == "lose-every-10th-commit":
             bugs.lossy_store(robot.peer, self._bug_tick)
+        bugs.install(self.scenario.bug, robot.peer, robot.state.keyring)
         for other in self.robots:
             if other is not robot and robot.device_id > other.device_id:
                 self.at(self.now, lambda other=other: self._dial(robot, other))  # type: ignore[misc]
@@ -441,7 +489,8 @@ class Simulation:
         if OP_SCOPE[op.kind] not in robot.scopes:
             self.note(f"op#{op.index} r{op.robot} {op.kind}: not in its scopes, not attempted")
             return
-        self._writer(robot, perform(op, robot.index, robot.peer, robot.keyring), op)
+        write = perform(op, robot.index, robot.peer, robot.keyring, self.forget_targets)
+        self._writer(robot, write, op)
         await asyncio.sleep(0)  # the writer runs up to its commit now, at its own time
 
     def _writer(self, robot: Robot, coro: Awaitable[Any], op: Op) -> None:
@@ -505,12 +554,22 @@ class Simulation:
             self._flush(conn, robot.index)
 
     def _writer_done(
-        self, robot: Robot, task: asyncio.Task[Write | None], op: Op, failed: bool = False
+        self,
+        robot: Robot,
+        task: asyncio.Task[Write | None],
+        op: Op,
+        failed: bool = False,
+        crashed: bool = False,
     ) -> None:
+        """A writer ended.  Not acknowledged is fine after a failed commit, a crash (it may
+        end closed), or a refusal the writer explained (`Writer.explained`: the user was
+        forgotten or unknown); anything else is an error."""
         if task.cancelled():
             return
         exc = task.exception()
-        if exc is not None and (failed or isinstance(exc, ClosedError | NotFoundError)):
+        if exc is not None and (
+            failed or isinstance(exc, NotFoundError) or (crashed and isinstance(exc, ClosedError))
+        ):
             self.note(f"op#{op.index} r{robot.index} {op.kind}: not acknowledged ({exc!r})")
         elif exc is not None:
             self.errors.append(f"op#{op.index} r{robot.index} {op.kind}: {exc!r}")
@@ -518,6 +577,7 @@ class Simulation:
             write = task.result()
             if isinstance(write, Write):
                 write.acked_at = self.now
+                write.started_at = op.at
                 self.writes.append(write)
                 self.note(f"ack {write.describe()}")
 
@@ -702,10 +762,14 @@ class Simulation:
                 self._apply(robot, conn, event)
             elif isinstance(event, RevocationsChanged):  # keep it; tell the others (SyncService)
                 self.note(f"r{robot.index} learns revocations {sorted(event.revoked)}")
+                if self.revoked is not None:
+                    self._revocation_at.setdefault(robot.index, self.now)
                 _peer(robot).trust_changed()
                 self._to_every_link(robot, Session.send_revocations, but=conn)
             elif isinstance(event, KeysChanged):
                 _peer(robot).keys_changed()
+                if robot.index in self._revocation_at:
+                    self._keys_at.setdefault(robot.index, self.now)
             elif isinstance(event, PeerAuthenticated):
                 robot.retry.pop(conn.other(robot.index), None)
                 self._announce(robot)
@@ -833,7 +897,7 @@ class Simulation:
         for task, op in robot.writers:
             with contextlib.suppress(asyncio.CancelledError, HearthError):
                 await task
-            self._writer_done(robot, task, op)
+            self._writer_done(robot, task, op, crashed=True)
         robot.writers = []
         robot.to_ack = []
         robot.commit_at = None
@@ -867,6 +931,12 @@ class Simulation:
         )  # fmt: skip
         self.revoked = victim.index
         self.revoked_epochs = dict(epochs)
+        self._revocation_at[owner.index] = self._keys_at[owner.index] = self.now
+        # the victim's writes a member holds now are the household's: they must stay
+        holdings = [(r.index, Holdings(r.peer)) for r in self._members() if r.peer is not None]
+        for write in self.writes:
+            if write.robot == victim.index:
+                write.kept_by = frozenset(i for i, held in holdings if held.holds(write))
         self.note(f"r0 revokes r{victim.index}: new epochs {sorted(self.revoked_epochs.items())}")
         # as the console's 'revoke' does: gossip the list (which drops the revoked robot), then
         # grant the new epochs' keys to everyone still trusted
@@ -891,6 +961,17 @@ class Simulation:
 def _peer(robot: Robot) -> Peer:
     assert robot.peer is not None, f"r{robot.index} is down"
     return robot.peer
+
+
+def _merged(first: Findings, again: Findings) -> Findings:
+    """The findings of the check before a restart, with what only the second one found."""
+    return replace(
+        first,
+        lost=first.lost + again.lost,
+        divergences=first.divergences + again.divergences,
+        leaks=first.leaks + again.leaks,
+        remnants=first.remnants + again.remnants,
+    )
 
 
 def _timed(outcome: Outcome, elapsed: float) -> Outcome:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import hashlib
 import random
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from hearthsync.chaos.plan import FIRST_USERS, LATER_USERS, OBJECTS, PREF_KEYS, 
 from hearthsync.crdt.handles import PrefsDoc
 from hearthsync.crdt.kinds import HOME, Kind, events_doc, user_doc
 from hearthsync.crypto.keyring import Keyring
-from hearthsync.errors import ValidationError
+from hearthsync.errors import NotFoundError, ValidationError
 from hearthsync.ids import DocId
 from hearthsync.model.records import Condition
 from hearthsync.peer import Peer
@@ -63,34 +64,44 @@ class TinyEmbedder:
         return unit
 
 
-def perform(op: Op, robot: int, peer: Peer, keyring: Keyring) -> Awaitable[Write | None]:
-    """The coroutine that makes write ``op`` on ``peer`` (robot number ``robot``)."""
+def perform(
+    op: Op, robot: int, peer: Peer, keyring: Keyring, forget_targets: set[str] | None = None
+) -> Awaitable[Write | None]:
+    """The coroutine that makes write ``op`` on ``peer`` (robot number ``robot``); a user it
+    sets out to forget is added to ``forget_targets`` first (the checkers excuse only those:
+    `hearthsync.chaos.check.verify`)."""
     rng = random.Random(op.seed)
     known = [u for u in peer.users() if u in FIRST_USERS + LATER_USERS]
     user = rng.choice(known) if known else FIRST_USERS[0]
     marker = f"r{robot}-{op.index}"
-    writer = Writer(robot, peer, keyring)
+    writer = Writer(robot, peer, keyring, forget_targets)
     match op.kind:
         case "pref":
             key, condition = rng.choice(PREF_KEYS), rng.choice(CONDITIONS)
             if rng.random() < DELETE_P and peer.preference(user, key, condition) is not None:
-                return writer.delete_pref(user, key, condition)
-            return writer.set_pref(user, key, marker, condition)
+                retracted = lambda: peer.preference(user, key, condition) is None  # noqa: E731
+                return writer.explained(user, writer.delete_pref(user, key, condition), retracted)
+            return writer.explained(user, writer.set_pref(user, key, marker, condition))
         case "profile":
-            return writer.set_profile(user, marker)
+            return writer.explained(user, writer.set_profile(user, marker))
         case "calibration":
             field = rng.choice(CALIBRATION_FIELDS)  # robots apart change different fields
-            return writer.set_calibration(user, field, round(rng.random(), 3))
+            return writer.explained(
+                user, writer.set_calibration(user, field, round(rng.random(), 3))
+            )
         case "move":
-            return writer.move(rng.choice(OBJECTS), rng.choice(REGIONS), marker)
+            return writer.explained(
+                None, writer.move(rng.choice(OBJECTS), rng.choice(REGIONS), marker)
+            )
         case "event":
-            return writer.record_event(user, marker)
+            return writer.explained(user, writer.record_event(user, marker))
         case "health":
-            return writer.set_health(user, rng.choice(HEALTH_KEYS), marker)
+            return writer.explained(user, writer.set_health(user, rng.choice(HEALTH_KEYS), marker))
         case "forget":  # only users added during the run: the first ones keep the work going
             later = [u for u in known if u in LATER_USERS]
             if later:
-                return writer.forget(rng.choice(later))
+                target = rng.choice(later)
+                return writer.explained(target, writer.forget(target))
     # a new user (a user op, or a forget with no one to forget): never one this robot knows
     # was forgotten (a returning person needs a new id); if none is left, an idempotent re-add
     gone = tombstoned(peer)
@@ -110,23 +121,64 @@ def _follows(what: str, stamp: str, held: Sequence[str]) -> None:
         raise CausalityError(f"{what} stamped {stamp}, not after {newest}, which it overwrote")
 
 
+class UnexplainedRefusal(AssertionError):
+    """A write refused as about something unknown (`NotFoundError`) while its robot knows the
+    user and holds no tombstone of them: a broken write path, not a race with a forget."""
+
+
+T = TypeVar("T")
+
+
 class Writer:
     """One robot's writes, each returning the `Write` the checkers look for."""
 
-    def __init__(self, robot: int, peer: Peer, keyring: Keyring) -> None:
+    def __init__(
+        self, robot: int, peer: Peer, keyring: Keyring, forget_targets: set[str] | None = None
+    ) -> None:
         self.robot = robot
         self.peer = peer
         self.keyring = keyring
+        self.forget_targets = forget_targets
+        #: the newest key epoch the robot held for the write's documents when it started
+        self.held_epoch = -1
 
     def _epoch(self, scope: str, user: str | None = None) -> int:
-        """The key epoch this robot seals ``user``'s documents of ``scope`` under, now."""
-        return self.keyring.sealing_epoch(scope, user)
+        """The key epoch this robot seals ``user``'s documents of ``scope`` under, now (and,
+        in `held_epoch`, the newest it holds: the keyring's choice is under test)."""
+        ring = self.keyring
+        if user is None:
+            held = {e for (s, e) in ring._scope_keys if s == scope}
+        else:
+            held = {e for (u, s, e) in ring._data_keys if u == user and s == scope}
+        self.held_epoch = max(held, default=-1)
+        return ring.sealing_epoch(scope, user)
+
+    async def explained(
+        self, user: str | None, write: Awaitable[T], also: Callable[[], bool] | None = None
+    ) -> T:
+        """``write``, whose `NotFoundError` stands only if it is explained: ``user`` is
+        forgotten (a tombstone, checked or not) or unknown to this robot now, or ``also()``
+        says why.  Any other is an `UnexplainedRefusal`, which the simulation reports."""
+        try:
+            return await write
+        except NotFoundError as exc:
+            if user is not None and (
+                user in tombstoned(self.peer) or user not in self.peer.users()
+            ):
+                raise
+            if also is not None and also():
+                raise
+            raise UnexplainedRefusal(f"refused though r{self.robot} knows {user!r}: {exc}") from exc
 
     def _register(
-        self, kind: str, doc_id: str, scope: str, root: str, slot: str, set_at: str, epoch: int
-    ) -> Write:
+        self, kind: str, doc_id: str, scope: str, root: str, slot: str, set_at: str, epoch: int,
+        expect: dict[str, Any], merged: str = "",
+    ) -> Write:  # fmt: skip
         slot_key = f"{slot}\x1f{self.peer.device_id}"
-        return Write(self.robot, kind, DocId(doc_id), scope, root, slot_key, set_at, epoch)
+        return Write(
+            self.robot, kind, DocId(doc_id), scope, root, slot_key, set_at, epoch,
+            expect=expect, merged=merged, held_epoch=self.held_epoch,
+        )  # fmt: skip
 
     async def add_user(self, user: str) -> Write | None:
         epoch = self._epoch("household")
@@ -139,6 +191,8 @@ class Writer:
         return Write(self.robot, "user", DocId("household"), "household", "users", user, "", epoch)
 
     async def forget(self, user: str) -> Write:
+        if self.forget_targets is not None:
+            self.forget_targets.add(user)  # attempted: acknowledged or not, it may take effect
         epoch = self._epoch("household")
         await self.peer.forget(user)
         return Write(
@@ -154,7 +208,7 @@ class Writer:
         _follows(f"preference {user}/{key}", record.set_at, held)
         return self._register(
             "pref", user_doc(user, Kind.PREFS), "core", "prefs", PrefsDoc.slot_key(record),
-            record.set_at, epoch,
+            record.set_at, epoch, {"value": marker},
         )  # fmt: skip
 
     async def delete_pref(self, user: str, key: str, condition: Condition | None) -> Write:
@@ -168,15 +222,15 @@ class Writer:
         tombstone = mine[-1]  # the write just made is this robot's latest version
         return self._register(
             "pref", user_doc(user, Kind.PREFS), "core", "prefs", PrefsDoc.slot_key(tombstone),
-            tombstone.set_at, epoch,
+            tombstone.set_at, epoch, {"deleted": True},
         )  # fmt: skip
 
     async def set_profile(self, user: str, marker: str) -> Write:
         epoch = self._epoch("core", user)
         record = await self.peer.set_profile(user, attributes={"note": marker})
         return self._register(
-            "profile", user_doc(user, Kind.PROFILE), "core", "profile", "profile", record.set_at,
-            epoch,
+            "profile", user_doc(user, Kind.PROFILE), "core", "profile", "profile",
+            record.stamps["attributes"], epoch, {"attributes": {"note": marker}}, "attributes",
         )  # fmt: skip
 
     async def set_calibration(self, user: str, field: str, value: float) -> Write:
@@ -186,7 +240,7 @@ class Writer:
         _follows(f"calibration {user}.{field}", record.stamps[field], [held])
         return self._register(
             "calibration", user_doc(user, Kind.CALIBRATION), "core", "calibration",
-            "calibration", record.set_at, epoch,
+            "calibration", record.stamps[field], epoch, {field: value}, field,
         )  # fmt: skip
 
     async def move(self, thing: str, region: str, marker: str) -> Write:
@@ -195,22 +249,36 @@ class Writer:
         record = await self.peer.place(thing, marker, region=region)
         _follows(f"placement of {thing}", record.set_at, [held.set_at] if held else [])
         return self._register(
-            "move", f"{HOME}/spatial", "spatial", "placements", thing, record.set_at, epoch
+            "move",
+            f"{HOME}/spatial",
+            "spatial",
+            "placements",
+            thing,
+            record.set_at,
+            epoch,
+            {"label": marker, "region": region},
         )
 
     async def set_health(self, user: str, key: str, marker: str) -> Write:
         epoch = self._epoch("health", user)
         record = await self.peer.set_health(user, key, marker)
         return self._register(
-            "health", user_doc(user, Kind.HEALTH), "health", "health", key, record.set_at, epoch
+            "health",
+            user_doc(user, Kind.HEALTH),
+            "health",
+            "health",
+            key,
+            record.set_at,
+            epoch,
+            {"value": marker},
         )
 
     async def record_event(self, user: str, marker: str) -> Write:
         epoch = self._epoch("history", user)
-        event = await self.peer.record_event(
-            user, "OBSERVATION", "chaos", text=f"observed {marker}"
-        )
+        text = f"observed {marker}"
+        event = await self.peer.record_event(user, "OBSERVATION", "chaos", text=text)
         month = time.strftime("%Y-%m", time.gmtime(event.ts // 1000))
         return Write(
-            self.robot, "event", events_doc(user, month), "history", "events", event.id, "", epoch
-        )
+            self.robot, "event", events_doc(user, month), "history", "events", event.id, "", epoch,
+            expect={"text": text}, held_epoch=self.held_epoch,
+        )  # fmt: skip

@@ -1,0 +1,100 @@
+"""The checkers catch what a review found them passing: one deliberately broken build per gap
+(`hearthsync.chaos.bugs`), each reported with a seed whose replay fails the same way.
+
+Before the checkers were made stricter, each of these builds passed every schedule:
+
+* ``drop-merged-values``: a write counted as present when its slot held the same stamp; the
+  value was never compared;
+* ``forget-an-extra-user``: the users whose data need not survive were those the robots said
+  were forgotten, not those the workload asked to forget;
+* ``refuse-every-preference``: a write failing with `NotFoundError` was "not acknowledged";
+* ``keep-forgotten-rows``: remnants and losses were checked in memory only, never in the store;
+* ``purge-a-revoked-robots-writes``: every write of a revoked robot was excused, those the
+  household already held too;
+* ``seal-under-the-oldest-epoch``: the leak check looked only at writes whose reported key
+  epoch was the revocation's, so a rotation that never took effect made it check nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from hearthsync import chaos
+from hearthsync.chaos import Scenario, run_schedule
+from hearthsync.chaos.harness import problems
+
+FORGETTING = {"pref": 2, "event": 2, "user": 1, "forget": 1}
+#: bug -> (scenario, a seed it fails at, a problem line that must be reported)
+CASES = {
+    "drop-merged-values": (
+        Scenario(peers=3, edits=10, duration=6.0, mix={"profile": 1, "calibration": 1}),
+        1,
+        "with another value",
+    ),
+    "forget-an-extra-user": (
+        Scenario(
+            peers=3, edits=15, duration=8.0, mix={"pref": 3, "event": 1, "user": 1, "forget": 1}
+        ),
+        1,
+        "user bob forgotten on",
+    ),
+    "refuse-every-preference": (
+        Scenario(peers=3, edits=10, duration=6.0, mix={"pref": 1}),
+        1,
+        "UnexplainedRefusal",
+    ),
+    "keep-forgotten-rows": (
+        Scenario(peers=3, edits=15, duration=8.0, faults=("drop",), fault_rate=0.2, mix=FORGETTING),
+        1,
+        "forgetting remnant: after a restart:",
+    ),
+    "purge-a-revoked-robots-writes": (
+        Scenario(
+            peers=4,
+            edits=15,
+            duration=8.0,
+            faults=("revoke", "drop", "crash"),
+            fault_rate=0.3,
+            mix={"pref": 3, "move": 1, "calibration": 1},
+        ),
+        1,
+        "lost: ",
+    ),
+    "seal-under-the-oldest-epoch": (
+        Scenario(
+            peers=4,
+            edits=15,
+            duration=8.0,
+            faults=("revoke", "partition"),
+            fault_rate=0.5,
+            mix={"pref": 3, "move": 1, "event": 1},
+        ),
+        0,
+        "sealed under epoch",
+    ),
+}
+
+
+@pytest.mark.parametrize("bug", sorted(CASES))
+def test_a_broken_build_is_reported_with_a_seed_that_replays_it(bug: str) -> None:
+    scenario, seed, expected = CASES[bug]
+    broken = replace(scenario, bug=bug)
+    report = chaos.run(schedules=1, seed=seed, scenario=broken, jobs=1, minimise=False)
+    assert not report.ok
+    assert report.failing_seeds == [seed]
+    failure = report.failures[0]
+    assert any(expected in line for line in failure.problems), failure.problems[:5]
+    assert f"--seed {seed}" in failure.replay
+    assert f"--bug {bug}" in failure.replay
+    again = run_schedule(seed, broken)  # the seed replays it: the same problems
+    assert problems(again) == failure.problems
+
+
+@pytest.mark.parametrize("bug", sorted(CASES))
+def test_the_same_schedule_passes_without_the_bug(bug: str) -> None:
+    scenario, seed, _ = CASES[bug]
+    outcome = run_schedule(seed, scenario)
+    assert problems(outcome) == []
+    assert outcome.findings.verified > 0
