@@ -98,3 +98,20 @@ def test_the_same_schedule_passes_without_the_bug(bug: str) -> None:
     outcome = run_schedule(seed, scenario)
     assert problems(outcome) == []
     assert outcome.findings.verified > 0
+
+
+def test_a_value_written_at_its_default_is_read_as_held() -> None:
+    """A stored record leaves out the fields at their default: a calibration set back to
+    0.5 holds no ``verbosity`` entry, which is 0.5, not another value (seeds 7038, 7059 and
+    7182 of five robots failed on it); another value is still one."""
+    from hearthsync.chaos.check import Write, _differs
+    from hearthsync.ids import DocId
+
+    write = Write(
+        1, "calibration", DocId("user/bob/calibration"), "core", "calibration", "x", "s", 0,
+        expect={"verbosity": 0.5}, merged="verbosity",
+    )  # fmt: skip
+    assert _differs({"stamps": {"verbosity": "s"}}, write) is None
+    assert _differs({"verbosity": 0.9}, write) == (
+        "holds {'verbosity': 0.9} instead of {'verbosity': 0.5}"
+    )

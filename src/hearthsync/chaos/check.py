@@ -18,6 +18,15 @@ from pycrdt import Array, Map
 from hearthsync.crdt.handles import ROOTS
 from hearthsync.crdt.statevector import canonical
 from hearthsync.ids import DocId
+from hearthsync.model.records import (
+    Calibration,
+    HealthRecord,
+    InteractionEvent,
+    Placement,
+    Preference,
+    Profile,
+    Record,
+)
 from hearthsync.peer import Peer
 
 #: one document as the checkers see it: (canonical state vector in hex, content as JSON)
@@ -128,7 +137,7 @@ class Holdings:
                 log = {entry["id"]: entry for entry in map(json.loads, array)}
                 self._logs[key] = log
             found = log.get(write.slot)
-            return "missing" if found is None else _differs(found, write.expect)
+            return "missing" if found is None else _differs(found, write)
         if write.kind == "user":  # a user of the household, as the robot lists them
             return None if write.slot in self._peer.users() else "missing"
         if write.kind == "forget":  # a tombstone of the user, in any robot's slot
@@ -147,15 +156,30 @@ class Holdings:
             held = record.get("set_at", "")
         if held < write.set_at:
             return "missing"
-        return _differs(record, write.expect) if held == write.set_at else None
+        return _differs(record, write) if held == write.set_at else None
 
 
-def _differs(record: dict[str, Any], expect: dict[str, Any]) -> str | None:
-    """How ``record`` differs from what was written (None: it holds every entry written)."""
-    wrong = {name: record.get(name) for name, value in expect.items() if record.get(name) != value}
+#: the record each root of the workload's writes holds: a stored record leaves out the fields
+#: at their default (`Record.encode`), which the comparison must read as that default
+_RECORDS: dict[str, type[Record]] = {
+    "prefs": Preference, "profile": Profile, "calibration": Calibration,
+    "health": HealthRecord, "placements": Placement, "events": InteractionEvent,
+}  # fmt: skip
+
+
+def _differs(record: dict[str, Any], write: Write) -> str | None:
+    """How ``record`` differs from what ``write`` carried (None: it holds every entry)."""
+    model = _RECORDS.get(write.root)
+
+    def held(name: str) -> Any:
+        if name in record or model is None or name not in model.model_fields:
+            return record.get(name)
+        return model.model_fields[name].get_default(call_default_factory=True)
+
+    wrong = {name: held(name) for name, value in write.expect.items() if held(name) != value}
     if not wrong:
         return None
-    return f"holds {wrong} instead of {expect}"
+    return f"holds {wrong} instead of {write.expect}"
 
 
 # ---------------------------------------------------------------------- the checkers
