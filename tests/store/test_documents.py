@@ -681,3 +681,19 @@ async def test_reads_never_leave_a_statement_open_for_a_checkpoint(peer: Peer) -
 
     for hops in range(6):
         await asyncio.gather(sqlite.reclaim(), read_after(hops))
+
+
+async def test_a_closed_store_says_so(tmp_path: Path) -> None:
+    """A background task (a purge) that reaches the store after a crash closed it is told
+    `ClosedError`, which it expects, not aiosqlite's ``ValueError`` (which it logged as a
+    failure: found by the stricter chaos checkers, seed 490819)."""
+    from hearthsync.errors import ClosedError
+
+    sqlite = await SqliteStore.open(tmp_path / "store.db")
+    await sqlite.commit_meta({"k": "v"})
+    assert await sqlite.get_meta("k") == "v"
+    await sqlite.close()
+    with pytest.raises(ClosedError, match="closed"):
+        await sqlite.get_meta("k")
+    with pytest.raises(ClosedError, match="closed"):
+        await sqlite.commit_meta({"k": "w"})

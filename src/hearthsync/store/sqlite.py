@@ -46,7 +46,7 @@ from typing import Any, Literal
 import aiosqlite
 
 from hearthsync.compression import CODEC_ZSTD, compress, decompress
-from hearthsync.errors import StoreError
+from hearthsync.errors import ClosedError, StoreError
 
 FORMAT_VERSION = "2"
 #: what upgrades a file of the format before it to this one
@@ -154,6 +154,7 @@ class SqliteStore:
         self.path = path
         self._next_seq = 1
         self._next_vector = 1
+        self._closed = False
 
     @classmethod
     async def open(
@@ -210,14 +211,23 @@ class SqliteStore:
         )
 
     async def close(self) -> None:
+        self._closed = True
         with self._failing("close"):
             await self._conn.close()
 
     @contextlib.contextmanager
     def _failing(self, what: str) -> Iterator[None]:
-        """Every SQLite error of the block as a `StoreError` naming the file and ``what``."""
+        """Every SQLite error of the block as a `StoreError` naming the file and ``what``; any
+        use of a closed store (a crash while a background task, a purge say, still ran) as
+        `ClosedError`, which such tasks expect, not aiosqlite's ``ValueError``."""
+        if self._closed and what != "close":
+            raise ClosedError(f"{what} on {self.path}: the store is closed")
         try:
             yield
+        except ValueError:
+            if self._closed:
+                raise ClosedError(f"{what} on {self.path}: the store is closed") from None
+            raise
         except sqlite3.Error as exc:
             raise StoreError(f"{what} on {self.path} failed: {exc}{_no_room(self.path)}") from exc
 
