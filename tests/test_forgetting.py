@@ -577,7 +577,7 @@ async def test_a_purge_that_fails_after_an_earlier_one_finished_is_redone_at_the
     async with Peer.open(path, device="kitchen", wall=FakeWall()) as robot:
         await fill(robot, "alice", ALICE_SAYS)
         await robot.forget("alice")
-        assert await robot._forgetting._purged("alice")
+        assert robot._forgetting._purged("alice")
 
         async def broken() -> int:
             raise OSError("the disk went away")
@@ -585,8 +585,8 @@ async def test_a_purge_that_fails_after_an_earlier_one_finished_is_redone_at_the
         monkeypatch.setattr(robot._docs, "compact", broken)
         with pytest.raises(OSError, match="went away"):
             await robot._forgetting.purge("alice")
-        assert not await robot._forgetting._purged("alice")
+        assert not robot._forgetting._purged("alice")
         monkeypatch.undo()
     async with Peer.open(path, wall=FakeWall()) as robot:
         await robot._forgetting.close()  # the purge the open started
-        assert await robot._forgetting._purged("alice")
+        assert robot._forgetting._purged("alice")

@@ -288,8 +288,7 @@ def revoke(
         raise ValidationError("only the owner or an admin device can revoke", field="path")
     if device == identity.device_id:
         raise ValidationError("a device cannot revoke itself", field="device")
-    scopes = state.trust.scopes_of(device)
-    if not scopes:
+    if not state.trust.knows(device):
         raise ValidationError(f"no certificate known for device {device}", field="device")
     held = state.trust.revocations
     revocations = Revocations.issue(

@@ -222,7 +222,7 @@ class Forgetting:
         try:
             if not self._endorsed(user):
                 await self._endorse(user)
-            if always or not await self._purged(user) or self._holds_anything_of(user):
+            if always or not self._purged(user) or self._holds_anything_of(user):
                 await self.purge(user)
         except ClosedError:
             log.info("the peer closed while forgetting %r: finished when it next opens", user)
@@ -254,9 +254,10 @@ class Forgetting:
 
     # ------------------------------------------------------------------ purging
 
-    async def _purged(self, user: str) -> bool:
-        """Did a purge of ``user`` run to its end on this store (its last step recorded)?"""
-        return bool(await self._peer._sqlite.get_meta(PURGED.format(user=user)))
+    def _purged(self, user: str) -> bool:
+        """Did a purge of ``user`` run to its end on this store (its last step recorded)?  The
+        records are read once, by `resume`, and kept as purges start and end."""
+        return user in self._purged_here
 
     def _holds_anything_of(self, user: str) -> bool:
         """Cheaply: does this robot hold something of ``user`` that a purge would delete?
@@ -301,6 +302,7 @@ class Forgetting:
         async with self._lock:
             # a purge again (what a robot that had not heard of the tombstone wrote since) is
             # unfinished until its own end: one cut short is redone at the next open
+            self._purged_here.discard(user)
             await peer._sqlite.commit_meta({PURGED.format(user=user): ""})
             await asyncio.gather(*self._home_edits(user))
             gone = NotFoundError(f"user {user!r} was forgotten before this write was durable")

@@ -106,24 +106,11 @@ async def maintain(
     at = now or dt.datetime.now().astimezone()
     if at.tzinfo is None:
         raise ValidationError("now must be a timezone-aware datetime", field="now")
-    since = int(at.timestamp() * 1000) - _lookback_ms(lookback)
+    since = int(at.timestamp() * 1000) - window_ms(lookback, field="lookback")
     changes: list[Change] = []
     for user in list(peer.users()) if users is None else _known(peer, users):
         changes += await _maintain_user(peer, user, at, since)
     return MaintenanceReport(tuple(changes))
-
-
-def _lookback_ms(lookback: str) -> int:
-    """``lookback`` in milliseconds, refused under its own name (`window_ms` names the
-    ``history_window`` of `get_context`, which a ``hearth maintain`` user never typed)."""
-    try:
-        return window_ms(lookback)
-    except ValidationError:
-        raise ValidationError(
-            "lookback must look like '90m', '24h', '7d' or '2w' and be between 1 minute and "
-            f"10 years, got {lookback!r:.40}",
-            field="lookback",
-        ) from None
 
 
 def _known(peer: PeerPort, users: Sequence[str]) -> list[str]:

@@ -93,19 +93,16 @@ def situation(
     return Situation(at, location, others)
 
 
-def window_ms(text: str) -> int:
-    """``"7d"`` → milliseconds.  Units: m(inutes), h(ours), d(ays), w(eeks)."""
+def window_ms(text: str, *, field: str = "history_window") -> int:
+    """``"7d"`` → milliseconds.  Units: m(inutes), h(ours), d(ays), w(eeks).  A bad one is
+    refused under ``field``, the name its caller gave it."""
     match = _WINDOW.fullmatch(text) if isinstance(text, str) else None
-    if match is None:
-        raise ValidationError(
-            f"history_window must look like '90m', '24h', '7d' or '2w', got {text!r:.40}",
-            field="history_window",
-        )
-    ms = int(match["count"]) * _UNIT_MS[match["unit"]]
+    ms = int(match["count"]) * _UNIT_MS[match["unit"]] if match else 0
     if not 0 < ms <= MAX_WINDOW_MS:
         raise ValidationError(
-            f"history_window must be between 1 minute and 10 years, got {text!r}",
-            field="history_window",
+            f"{field} must look like '90m', '24h', '7d' or '2w' and be between 1 minute and "
+            f"10 years, got {text!r:.40}",
+            field=field,
         )
     return ms
 

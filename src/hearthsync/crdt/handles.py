@@ -263,12 +263,7 @@ class Log(Generic[R]):
         forgotten user leaves in a shared log.  Returns how many went."""
         gone = []
         for index, text in enumerate(self._array):  # positions in the array itself: the
-            record = self._by_text.get(text)  # records read leave out what does not decode
-            if record is None and text not in self._undecodable:
-                try:
-                    record = self._by_text[text] = self._type.decode(text, given=self._given)
-                except ValidationError:
-                    self._undecodable.add(text)
+            record = self._record_of(text)  # records read leave out what does not decode
             if record is not None and doomed(record):
                 gone.append(index)
         for index in reversed(gone):  # from the end: the positions before stay valid
@@ -284,10 +279,7 @@ class Log(Generic[R]):
         text = self.index_ids().get(record_id)
         if text is None:
             return None
-        record = self._by_text.get(text)
-        if record is None:
-            record = self._by_text[text] = self._type.decode(text, given=self._given)
-        return record
+        return self._record_of(text)
 
     def index_ids(self) -> dict[str, str]:
         """Id -> stored text of every record (built once, until a remote change)."""
@@ -309,23 +301,22 @@ class Log(Generic[R]):
 
     def __iter__(self) -> Iterator[R]:
         if self._decoded is None:
-            known, decode, given = self._by_text, self._type.decode, self._given
-            decoded = []
-            for text in self._array:
-                record = known.get(text)
-                if record is None:
-                    if text in self._undecodable:
-                        continue
-                    try:
-                        record = known[text] = decode(text, given=given)
-                    except ValidationError as exc:  # one robot's bad entry: skipped, not fatal
-                        self._undecodable.add(text)
-                        log.warning("%s: skipping an entry that does not decode: %s",
-                                    self._replica.info.doc_id, exc)  # fmt: skip
-                        continue
-                decoded.append(record)
-            self._decoded = decoded
+            found = (self._record_of(text) for text in self._array)
+            self._decoded = [record for record in found if record is not None]
         return iter(self._decoded)
+
+    def _record_of(self, text: str) -> R | None:
+        """The record ``text`` holds, decoded once; None (warned of once) if it does not
+        decode: one robot's bad entry is skipped, not fatal to every read of the log."""
+        record = self._by_text.get(text)
+        if record is None and text not in self._undecodable:
+            try:
+                record = self._by_text[text] = self._type.decode(text, given=self._given)
+            except ValidationError as exc:
+                self._undecodable.add(text)
+                log.warning("%s: skipping an entry that does not decode: %s",
+                            self._replica.info.doc_id, exc)  # fmt: skip
+        return record
 
 
 def _implied_user(replica: Replica, record_type: type[Record]) -> str:

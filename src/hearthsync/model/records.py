@@ -68,6 +68,7 @@ _SYSTEM_FIELDS = frozenset({"set_at", "device", "hlc", "at", "ts", "stamps", "ev
 #: an event id, as `Peer` makes them (``ev-`` + hex): written by the peer, never checked
 _EVENT_ID = r"ev-[a-z0-9]{6,40}"
 _EVENT_ID_RULE = f"^{_EVENT_ID}$"
+_EVENT_ID_ONLY = re.compile(_EVENT_ID)
 _HLC = rf"\d{{16}}\.\d{{5}}\.{DEVICE_RE.pattern}"  # `hearthsync.hlc.Timestamp`
 #: a ``Preference.evidence`` item: an event id, or a marker the slow loop keeps beside them
 #: (`hearthsync.context.feedback`: ``hearth:stated=<hlc>``, ``hearth:stable``,
@@ -93,9 +94,6 @@ def _as_written(info: pydantic.ValidationInfo) -> bool:
 def is_event_id(text: str) -> bool:
     """Whether ``text`` is an event id as `Peer` makes them (``ev-`` and hex)."""
     return _EVENT_ID_ONLY.fullmatch(text) is not None
-
-
-_EVENT_ID_ONLY = re.compile(_EVENT_ID)
 
 
 def _evidence_item(item: str, info: pydantic.ValidationInfo) -> str:
