@@ -3,7 +3,8 @@
 Yrs 0.28 shows such an update's content at once, yet its state vector does not count it, a
 diff leaves it out, and what two replicas show then depends on the order updates came in.  A
 replica holds that content aside instead (`Replica.beyond`): kept across a restart, passed on
-in diffs, shown once the gap fills.  Its deletions apply at once, as Yjs applies them.
+in diffs, shown once the gap fills.  The entries it overwrites show until it does; its other
+deletions apply at once, as Yjs applies them.
 """
 
 from __future__ import annotations
@@ -54,20 +55,24 @@ async def test_content_beyond_a_gap_is_held_aside_kept_and_passed_on(
     for peer in (relay, reader):
         await peer.apply_update(SPATIAL, first)
         assert peer.placement("mug").label == "one"  # type: ignore[union-attr]
-    await relay.apply_update(SPATIAL, second)  # beyond the gap: held aside, not shown...
+    await relay.apply_update(SPATIAL, second)  # beyond the gap: held aside, not shown,
     assert len(replica(relay).beyond) == 1
-    assert relay.placement("mug") is None  # ... but the move's deletion of "one" applies
+    # and "one", which it overwrites, shows until "two" does: were it deleted now, a gap
+    # that never fills (its author revoked) would lose the mug's place on every robot
+    assert relay.placement("mug").label == "one"  # type: ignore[union-attr]
     assert relay.state_vector(SPATIAL) == reader.state_vector(SPATIAL)
-    assert relay.docs.digest(SPATIAL) != reader.docs.digest(SPATIAL)  # an inventory sees it
+    # they show the same, yet an inventory tells them apart: the reader needs the move
+    # before the gap fills, wherever it fills
+    assert relay.docs.digest(SPATIAL) != reader.docs.digest(SPATIAL)
 
     # what is held aside survives a restart: the relay kept the update as it came
     await relay.close()
     async with Peer.open(tmp_path / "relay") as again:
         assert len(replica(again).beyond) == 1
-        assert again.placement("mug") is None
+        assert again.placement("mug").label == "one"  # type: ignore[union-attr]
         # the reader asks (SYNC_STEP1 with its state vector): the answer carries it all
         await reader.apply_update(SPATIAL, again.diff(SPATIAL, reader.state_vector(SPATIAL)))
-        assert reader.placement("mug") is None
+        assert reader.placement("mug").label == "one"  # type: ignore[union-attr]
         assert len(replica(reader).beyond) == 1
         assert reader.docs.digest(SPATIAL) == again.docs.digest(SPATIAL)
         # the same answer again changes nothing and is not passed on
@@ -114,10 +119,11 @@ async def test_content_beyond_a_gap_is_not_readable_right_after_a_catch_up(
     author, _, reader = robots
     first, _keys, second = await moves(author)
     done = reader.receive_update(SPATIAL, merge_updates(first, second))
-    assert reader.placement("mug") is None  # before the commit: 'two' waits beyond the gap
+    # before the commit: 'two' waits beyond the gap, and 'one' shows until it does
+    assert reader.placement("mug").label == "one"  # type: ignore[union-attr]
     assert done is not None
     await done
-    assert reader.placement("mug") is None
+    assert reader.placement("mug").label == "one"  # type: ignore[union-attr]
     reader.receive_update(SPATIAL, _keys)
     await reader.commit()
     mug = reader.placement("mug")
@@ -146,3 +152,40 @@ async def test_a_compaction_right_after_a_catch_up_keeps_what_it_shows(tmp_path:
         before = raw(robot)
     async with Peer.open(tmp_path / "r") as robot:
         assert raw(robot) == before == {"keys": "keys-2"}
+
+
+async def test_a_catch_up_sends_what_is_held_aside_apart_from_the_document(
+    robots: tuple[Peer, Peer, Peer],
+) -> None:
+    """The relay holds the mug's second move aside, and has since removed the mug's first
+    place itself.  Its answer to the reader's catch-up sends the document and the held move
+    apart: merged into one update, the removal would look like the held move's overwrite and
+    wait with it on the reader, which would show the mug where the relay does not, for good."""
+    author, relay, reader = robots
+    first, _keys, second = await moves(author)
+    for peer in (relay, reader):
+        await peer.apply_update(SPATIAL, first)
+    await relay.apply_update(SPATIAL, second)
+    placements = replica(relay).doc.get("placements", type=Map)
+    (slot,) = [key for key in placements.keys() if key.startswith("mug")]  # noqa: SIM118
+    removal = relay.receive_update(SPATIAL, _removal(replica(relay), slot))
+    assert removal is not None
+    await removal
+    assert relay.placement("mug") is None
+
+    answer = relay.docs.diff(SPATIAL, reader.state_vector(SPATIAL))  # type: ignore[arg-type]
+    assert len(answer) == 2  # the document, then the move held aside
+    for update in answer:
+        await reader.apply_update(SPATIAL, update)
+    assert reader.placement("mug") is None
+    assert len(replica(reader).beyond) == 1
+    assert reader.docs.digest(SPATIAL) == relay.docs.digest(SPATIAL)  # type: ignore[arg-type]
+
+
+def _removal(held: Replica, slot: str) -> bytes:
+    """An update of another robot (client 99) removing ``slot`` from ``held``'s placements."""
+    other = Replica(held.info, client_id=99, lineage=held.lineage)
+    other.load([held.doc.get_update()])
+    _, delta = other.transact(lambda: other.doc.get("placements", type=Map).pop(slot))
+    assert delta is not None
+    return delta

@@ -223,6 +223,54 @@ def test_a_merged_update_beyond_a_gap_shows_what_the_same_updates_one_by_one_sho
     assert shown(tainted.rebuilt()) == {"keys": "keys-2"}
 
 
+def overwrites() -> list[bytes]:
+    """Robot 5 moves the mug, then the keys, then the mug again: one delta per move."""
+    five = Replica(SPATIAL, client_id=5, lineage=SPATIAL.genesis)
+    placements = five.doc.get("placements", type=Map)
+    moves = [("mug", 1), ("keys", 2), ("mug", 3)]
+    found = [five.transact(partial(placements.__setitem__, *move))[1] for move in moves]
+    assert all(found)
+    return [d for d in found if d is not None]
+
+
+@pytest.mark.parametrize("merged", [False, True])
+def test_an_overwrite_beyond_a_gap_that_never_fills_leaves_the_value_it_overwrites(
+    merged: bool,
+) -> None:
+    """Found by the chaos harness (seeds 2055, 490824): a robot revoked with a gap behind it
+    (its second move refused everywhere) sent its third.  Yrs deleted the mug's first place
+    at once and showed its second never: the mug's place was lost on every robot, for good."""
+    first, second, third = overwrites()
+    robot = Stored()
+    for update in [merge_updates(first, third)] if merged else [first, third]:
+        robot.receive(update)
+    assert shown(robot.replica) == {"mug": 1}
+    assert len(robot.replica.beyond) == 1
+    robot.compact()
+    robot.reopen()  # the wait survives a restart
+    assert shown(robot.replica) == {"mug": 1}
+    robot.receive(second)  # the gap fills: the third move shows, and the first is deleted
+    assert shown(robot.replica) == {"mug": 3, "keys": 2}
+    assert robot.replica.beyond == []
+    author = Replica(SPATIAL, client_id=6, lineage=SPATIAL.genesis)
+    author.load([first, second, third])
+    assert robot.replica.digest() == author.digest()
+
+
+def test_origins_are_the_items_an_update_inserts_after() -> None:
+    first, _, third = overwrites()
+    found, delete_set = updates.runs(third)
+    assert updates.origins(third, found[0]) == [(2, (5, 0))]  # the first move: it overwrites
+    assert updates.deleted_ranges(delete_set) == {5: [(0, 1)]}
+    assert updates.deleted_ranges(updates.without(delete_set, {(5, 0)})) == {}
+    three = updates.delete_set_of({5: [(0, 3)], 7: [(4, 5)]})[1:]
+    assert updates.deleted_ranges(updates.without(three, {(5, 1), (9, 9)})) == {
+        5: [(0, 1), (2, 3)],
+        7: [(4, 5)],
+    }
+    assert updates.origins(first, updates.runs(first)[0][0]) == []  # into an empty map
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),

@@ -471,10 +471,10 @@ class Peer:
                 listed |= set(household.users.keys())
                 listed |= {slot.partition(SEP)[0] for slot in household.forgotten.keys()}  # noqa: SIM118
             # and whoever has a profile here: robots that register the same user at once
-            # overwrite each other's entry, and the deletion of the one a robot wrote applies
-            # at once, while the entry that won may wait beyond a gap in its author's clock:
-            # the user was missing from the list until it came (found by the stateful chaos
-            # test).  A profile is written in each robot's own slot, which nothing overwrites.
+            # overwrite each other's entry, and the deletion of the one a robot wrote can
+            # arrive in another robot's update before the entry that won does (found by the
+            # stateful chaos test): the user was missing from the list until it came.  A
+            # profile is written in each robot's own slot, which nothing overwrites.
             profiles = {
                 replica.info.subject
                 for replica in self._docs.replicas.values()
@@ -553,11 +553,12 @@ class Peer:
 
         def register(_: Replica) -> None:
             # Written once, when new: the entry is never overwritten (a rename changes only the
-            # profile).  Overwriting a map entry deletes the one before, and the deletion
-            # applies at once wherever the new entry waits beyond a gap in its author's clock:
-            # a robot revoked with such a gap left behind it took the user off the list for
-            # good, on every robot, by registering them again (found by the chaos harness,
-            # seed 107399) or by renaming them
+            # profile).  Overwriting a map entry deletes the one before, and that deletion
+            # applied at once where the new entry waited beyond a gap in its author's clock: a
+            # robot revoked with such a gap left behind it took the user off the list for good,
+            # on every robot, by registering them again (found by the chaos harness, seed
+            # 107399).  Replicas now hold such a deletion with the entry that makes it
+            # (`Replica._merge_or_hold`); an entry never overwritten needs neither.
             users = self._household().users
             if record.user not in users:
                 users[record.user] = record.name
@@ -1120,7 +1121,12 @@ class Peer:
         return replica.revision if replica else (0, 0)
 
     def diff(self, doc_id: str, state_vector: bytes = b"\x00") -> bytes:
-        """The update holding everything of ``doc_id`` that ``state_vector`` has not seen."""
+        """The update holding everything of ``doc_id`` that ``state_vector`` has not seen,
+        what is held aside beyond a clock gap merged in.
+
+        Merged, the document's own deletions of entries that a held item overwrites wait
+        with that item on the robot that merges it; the sync session sends the two apart
+        (`docs` ``.diff``), and so should anything else that keeps two robots in sync."""
         replica = self._docs.settled(DocId(doc_id))
         if replica is None:
             raise NotFoundError(f"no document {doc_id!r}")
@@ -1352,8 +1358,11 @@ class _PeerDocs:
         replica = self._peer._docs.settled(doc_id)
         return replica.digest() if replica is not None else EMPTY_DIGEST
 
-    def diff(self, doc_id: DocId, state_vector: bytes) -> bytes:
-        return self._peer.diff(doc_id, state_vector)
+    def diff(self, doc_id: DocId, state_vector: bytes) -> list[bytes]:
+        replica = self._peer._docs.settled(doc_id)
+        if replica is None:
+            raise NotFoundError(f"no document {doc_id!r}")
+        return [bytes(replica.doc.get_update(state_vector)), *replica.beyond]
 
     def peer_state(self, doc_id: DocId, state_vector: bytes) -> None:
         self._peer._docs.renew_if_stale(doc_id, statevector.decode(state_vector))

@@ -88,8 +88,8 @@ class MemoryDocs:
     def digest(self, doc_id: DocId) -> bytes:
         return sv_hash(self.state_vector(doc_id))  # no clock gaps in these tests
 
-    def diff(self, doc_id: DocId, state_vector: bytes) -> bytes:
-        return bytes(self.docs[doc_id].get_update(state_vector))
+    def diff(self, doc_id: DocId, state_vector: bytes) -> list[bytes]:
+        return [bytes(self.docs[doc_id].get_update(state_vector))]
 
     def peer_state(self, doc_id: DocId, state_vector: bytes) -> None:
         statevector.decode(state_vector)  # client ids are not renewed here (see the peer tests)

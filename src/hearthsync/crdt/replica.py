@@ -57,6 +57,11 @@ class _Piece:
     data: bytes
     source: bytes  #: the key (`_key`) of the update it was read from
     deletes: bool = False
+    #: ``(client, clock, origin)`` of the items of the update it was read from that were
+    #: inserted after another (for a map entry, the entry it overwrites): that update's
+    #: deletion of an origin waits while the item does (`_keep`)
+    items: tuple[tuple[int, int, tuple[int, int]], ...] = ()
+    bare: bytes = b""  #: its items without deletions
 
     def covers(self, run: updates.Run, *, deletes: bool = False) -> bool:
         mine = self.run
@@ -84,6 +89,7 @@ class Replica:
         "_closed",
         "_digest",
         "_held",
+        "_snapshot",
         "_sources",
         "_state",
         "_sub",
@@ -126,6 +132,8 @@ class Replica:
         self._held: set[bytes] = set()
         #: once `tainted`: every update this document holds, to replay (`_replayed`)
         self._sources: list[bytes] = []
+        #: the snapshot being loaded (`load`), replayed as one (`_replayed`)
+        self._snapshot: bytes | None = None
         #: updates merged into an empty document, not yet checked for gaps (see `settle`)
         self._unchecked: list[bytes] = []
         #: Yrs has shown content beyond a gap: replace this replica with `rebuilt`
@@ -232,10 +240,14 @@ class Replica:
         changed = self._take() is not None
         return update if changed or held else None
 
-    def load(self, updates: Iterable[bytes]) -> None:
-        """Merge what the store holds of this document (durable already: nothing to capture).
-        Raises `CorruptDocumentError` for bytes that are not a Yrs update."""
+    def load(self, updates: Iterable[bytes], *, snapshot: bytes | None = None) -> None:
+        """Merge what the store holds of this document (durable already: nothing to capture):
+        its ``snapshot`` (`encode_state`), then its updates as they came.  Raises
+        `CorruptDocumentError` for bytes that are not a Yrs update."""
         merged = list(updates)
+        if snapshot is not None:
+            self._snapshot = snapshot
+            merged.insert(0, snapshot)
         for update in merged:
             self._merge(update)
         self._unchecked.extend(merged)
@@ -245,9 +257,10 @@ class Replica:
             self.doc, self._aside, self._held = fresh.doc, fresh._aside, fresh._held
             self._version += 1
             self.tainted = False
+        self._snapshot = None
         self._merge_ready()
 
-    def _merge_or_hold(self, update: bytes) -> bool:
+    def _merge_or_hold(self, update: bytes, *, snapshot: bool = False) -> bool:
         """Merge what of ``update`` continues the document; hold aside what lies beyond a gap;
         return whether anything held is new here.
 
@@ -256,6 +269,14 @@ class Replica:
         would send each other the same update for ever), and taking it out again afterwards
         (`rebuilt`) loses the deletions Yrs keeps pending for items it has not seen.  Reading
         costs about half a microsecond per struct.
+
+        Its items are merged first, then its deletions, but for those of the entries its items
+        not shown overwrite (`_keep`): those show until their successors do.  Yrs would
+        delete them at once and show their successors only once the gap fills, never if it
+        never does (a revoked robot's last writes: its earlier value vanished from every robot;
+        chaos seeds 2055, 490824).  What is held keeps the update's whole delete set, applied
+        as its items show (`_merge_ready`).  A ``snapshot`` (`encode_state`) holds only
+        deletions that applied, or wait for what they delete: all of them apply.
         """
         try:
             found, delete_set = updates.runs(update)
@@ -266,24 +287,52 @@ class Replica:
             )
         vector = statevector.decode(self.doc.get_state())
         later = [run for run in found if run.start > vector.get(run.client, 0)]
-        if not later:
+        if delete_set[:1] == b"\x00" and not later:  # the common case: merged whole
             self._merge(update)
-            return self._hold_rest(update, update) | self._hold_deletions(delete_set, update)
-        part = updates.encode(update, [r for r in found if r not in later], delete_set)
+            return self._hold_rest(update, update)
+        part = updates.encode(update, [r for r in found if r not in later], b"\x00")
         self._merge(part)
-        held = self._hold_rest(part, update)
-        for run in later:
-            held |= self._hold_run(run, update, delete_set, update)
-        return held | self._hold_deletions(delete_set, update)
+        after = statevector.decode(self.doc.get_state())
+        items = () if snapshot else _items(update, found)
+        kept = b"\x00" if snapshot else delete_set  # a snapshot's deletions apply below
+        held = False
+        for run in found:
+            if run.end > after.get(run.client, 0):
+                held |= self._hold_run(run, update, kept, update, items)
+        if delete_set[:1] == b"\x00":
+            return held
+        keep = _keep(items, after)
+        now = updates.without(delete_set, keep) if keep else delete_set
+        self._merge(b"\x00" + now)
+        return held | self._hold_deletions(now, update)
 
-    def _hold_run(self, run: updates.Run, update: bytes, delete_set: bytes, source: bytes) -> bool:
+    def _hold_run(
+        self,
+        run: updates.Run,
+        update: bytes,
+        delete_set: bytes,
+        source: bytes,
+        items: tuple[tuple[int, int, tuple[int, int]], ...] = (),
+    ) -> bool:
         """Hold ``run`` of ``update`` aside, unless held already; ``source`` is the update as
-        it came (``update`` may be a part of it), keyed to drop its repeats."""
+        it came (``update`` may be a part of it), keyed to drop its repeats; ``items`` those
+        of ``update`` (`_items`).  What is held stands on its own, as sent to others: the run,
+        with ``delete_set`` but for the entries that only the update's other items overwrite,
+        whose deletions wait with those."""
         if any(piece.covers(run) for piece in self._aside):
             return False
         key = _key(source)
-        self._aside.append(_Piece(run, updates.encode(update, [run], delete_set), key))
+        if items:  # its own items, and not the deletions that wait with the update's others
+            own = tuple(i for i in items if i[0] == run.client and run.start <= i[1] < run.end)
+            others = {i[2] for i in items} - {i[2] for i in own}
+            if others:
+                delete_set = updates.without(delete_set, others)
+            items = own
+        data = updates.encode(update, [run], delete_set)
+        bare = data if delete_set[:1] == b"\x00" else updates.encode(update, [run], b"\x00")
+        self._aside.append(_Piece(run, data, key, items=items, bare=bare))
         self._held.add(key)
+        self._version += 1  # the digest counts what is held aside
         return True
 
     def _hold_rest(self, update: bytes, source: bytes) -> bool:
@@ -298,6 +347,7 @@ class Replica:
         except updates.UpdateFormatError as exc:  # Yrs merged it: content kinds we never write
             log.warning("%s: cannot hold aside an update's gap: %s", self.info.doc_id, exc)
             return False
+        items = _items(update, found) if delete_set[:1] != b"\x00" else ()
         new = False
         for run in found:
             seen = vector.get(run.client, 0)
@@ -305,7 +355,12 @@ class Replica:
                 continue
             if run.start > seen:
                 self.tainted = True  # Yrs may have shown it: the document is rebuilt without
-            new |= self._hold_run(run, update, delete_set, source)
+            new |= self._hold_run(run, update, delete_set, source, items)
+        if new and items and not self.tainted:
+            # merged whole (`settle`): did it delete an entry an item waiting overwrites?
+            keep = _keep(items, vector)
+            if keep and updates.without(delete_set, keep) != delete_set:
+                self.tainted = True  # the replay holds that deletion with the item
         return new
 
     def _hold_deletions(
@@ -341,6 +396,7 @@ class Replica:
                 key = _key(source)
                 self._aside.append(_Piece(run, data, key, deletes=True))
                 self._held.add(key)
+                self._version += 1
                 new = True
         return new
 
@@ -353,9 +409,13 @@ class Replica:
                 for p in self._aside
                 if not p.deletes and p.run.start <= p.seen(vector) < p.run.end
             ]
-            for piece in ready:
-                self._merge(piece.data)
+            for piece in ready:  # its items, then its deletions as far as they show
+                self._merge(piece.bare)
             after = statevector.decode(self.doc.get_state())
+            for piece in ready:
+                if piece.data is not piece.bare:
+                    keep = _keep(piece.items, after)
+                    self._merge(_without(piece.data, keep) if keep else piece.data)
             done = [p for p in self._aside if p.run.end <= p.seen(after)]
             if done:
                 for piece in done:
@@ -392,9 +452,16 @@ class Replica:
                         self._hold_deletions(rest[1:], update, vector)
                     continue
                 self._hold_rest(update, update)
-                self._hold_deletions(_delete_set(update, state), update, vector)
+                deleted = _delete_set(update, state)
+                try:  # not the deletions that wait with items held (`_merge_or_hold`)
+                    keep = _keep(_items(update, updates.runs(update)[0]), vector)
+                except updates.UpdateFormatError:
+                    keep = set()
+                if keep:
+                    deleted = updates.without(deleted, keep)
+                self._hold_deletions(deleted, update, vector)
             if self.tainted:  # they are all this document holds: `_replayed` reads them
-                self._sources.extend(unchecked)
+                self._sources.extend(u for u in unchecked if u is not self._snapshot)
 
     def rebuilt(self) -> Replica:
         """This replica without what Yrs showed beyond a gap: a new document, same client id,
@@ -410,25 +477,32 @@ class Replica:
         beyond a gap, it deleted the map entry that item overwrote, and dropped that entry's
         content (found by Hypothesis: a replica given a merged update showed a key as
         removed, one given the same updates one by one showed its value).  So the updates it
-        was made of are merged again, read this time: one merge of all of them, which holds
-        what the updates one by one would, since merging commutes."""
+        was made of are merged again, read this time, one by one in the order they came: each
+        update's deletions of the entries its own items beyond the gap overwrite wait with
+        those items (`_merge_or_hold`), which one merge of all of them could not tell apart
+        from the same deletions made by another update."""
         fresh = Replica(self.info, client_id=self.client_id, lineage=self.lineage)
-        sources = [*self._sources, *(piece.data for piece in self._aside)]
-        self._sources = []
-        if sources:
-            fresh._merge_or_hold(_merged(sources))
+        if self._snapshot is not None:
+            fresh._merge_or_hold(self._snapshot, snapshot=True)
             fresh._merge_ready()
+        for source in [*self._sources, *(piece.data for piece in self._aside)]:
+            fresh._merge_or_hold(source)
+            fresh._merge_ready()
+        self._sources = []
         return fresh
 
     def digest(self) -> bytes:
-        """What an inventory compares (SPEC §6.3): a hash of the canonical state vector and,
-        when anything was deleted, of the canonical delete set.
+        """What an inventory compares (SPEC §6.3): a hash of the canonical state vector,
+        when anything was deleted of the canonical delete set, and when anything is held
+        aside of the clock ranges of its runs (`_held_ranges`).
 
-        What is held aside is not shown, so it is left out: two replicas that show the same
-        are in sync, whatever they hold aside.  The delete set is in because deletions apply
-        at once, even of items held aside or not seen yet: replicas with equal state vectors
-        could otherwise show different content and look in sync for good (found by the chaos
-        harness).  Any diff carries the whole delete set, so one exchange settles it.
+        The delete set is in because deletions apply at once, even of items not seen yet:
+        replicas with equal state vectors could otherwise show different content and look in
+        sync for good (found by the chaos harness).  Any diff carries the whole delete set, so
+        one exchange settles it.  What is held aside is in so that it reaches every robot
+        before its gap fills: the entries it overwrites show until it does, so two robots that
+        show the same may yet differ in it, and the one without it would fall behind when the
+        gap fills elsewhere (live links exchange no inventory).
         """
         if self._digest is not None and self._digest[0] == self._version:
             return self._digest[1]
@@ -437,6 +511,8 @@ class Replica:
         deleted = updates.deletions(self.doc.get_update(state))
         if deleted != EMPTY_STATE:  # nothing deleted: the plain hash of the state vector
             digest.update(deleted)
+        if any(not piece.deletes for piece in self._aside):
+            digest.update(_held_ranges(self._aside, state))
         self._digest = (self._version, digest.digest())
         return self._digest[1]
 
@@ -451,8 +527,8 @@ class Replica:
             self.incoming = 0
 
     def adopt(self, state: bytes) -> None:
-        """Load ``state`` that is already durable (no delta to store): a rebuilt replica."""
-        self.load([state])
+        """Load ``state`` (`encode_state`) that is already durable (no delta to store)."""
+        self.load([], snapshot=state)
 
     def _take(self) -> bytes | None:
         captured, self._captured = self._captured, []
@@ -479,7 +555,69 @@ class Replica:
             raise RuntimeError(f"{self.info.doc_id}: rebuild this replica before saving it")
         update = self.doc.get_update()
         if self._aside:
-            update = merge_updates(update, *(piece.data for piece in self._aside))
+            # the items held without their updates' deletions, which would be read back as
+            # deletions that applied (`load`): one whose item shows after a restart is
+            # settled by the next exchange with a robot that applied it (`digest`)
+            held = (piece.data if piece.deletes else piece.bare for piece in self._aside)
+            update = merge_updates(update, *held)
+        return update
+
+
+def _held_ranges(aside: list[_Piece], state: bytes) -> bytes:
+    """The runs ``aside`` holds, canonically: the clock ranges not seen in ``state`` (a state
+    vector), as a canonical delete set (clients ascending, ranges sorted and joined),
+    whatever updates they came in.  Deletions held aside are left out: one exchange settles
+    them once what they delete arrives (the delete set is in the digest)."""
+    vector = statevector.decode(state)
+    ranges: dict[int, list[tuple[int, int]]] = {}
+    for piece in aside:
+        start = max(piece.run.start, piece.seen(vector))
+        if not piece.deletes and start < piece.run.end:
+            ranges.setdefault(piece.run.client, []).append((start, piece.run.end))
+    joined: dict[int, list[tuple[int, int]]] = {}
+    for client in sorted(ranges):
+        spans = joined[client] = []
+        for start, end in sorted(ranges[client]):
+            if spans and start <= spans[-1][1]:
+                spans[-1] = (spans[-1][0], max(end, spans[-1][1]))
+            else:
+                spans.append((start, end))
+    return statevector.encode_delete_set(joined)
+
+
+def _items(update: bytes, found: list[updates.Run]) -> tuple[tuple[int, int, tuple[int, int]], ...]:
+    """``(client, clock, origin)`` of the items of ``found`` (runs of ``update``) inserted
+    after another item."""
+    try:
+        return tuple(
+            (run.client, clock, origin)
+            for run in found
+            for clock, origin in updates.origins(update, run)
+        )
+    except updates.UpdateFormatError:
+        return ()
+
+
+def _keep(
+    items: tuple[tuple[int, int, tuple[int, int]], ...], vector: statevector.StateVector
+) -> set[tuple[int, int]]:
+    """The origins of ``items`` whose deletion waits: those of items ``vector`` has not seen,
+    but for those an item it has seen was inserted after too."""
+    waiting: set[tuple[int, int]] = set()
+    shown: set[tuple[int, int]] = set()
+    for client, clock, origin in items:
+        (shown if clock < vector.get(client, 0) else waiting).add(origin)
+    return waiting - shown
+
+
+def _without(update: bytes, ids: set[tuple[int, int]]) -> bytes:
+    """``update`` without the deletion of ``ids``."""
+    if not ids:
+        return update
+    try:
+        found, delete_set = updates.runs(update)
+        return updates.encode(update, found, updates.without(delete_set, ids))
+    except updates.UpdateFormatError:
         return update
 
 
@@ -501,10 +639,3 @@ def _delete_set(update: bytes, state: bytes) -> bytes:
         return updates.runs(update)[1]
     except updates.UpdateFormatError:  # content kinds we never write: Yrs has the last word
         return b"\x00"
-
-
-def _merged(found: list[bytes], fan_in: int = 16) -> bytes:
-    """``found`` merged into one update, in a tree: Yrs merges a flat list in quadratic time."""
-    while len(found) > 1:
-        found = [merge_updates(*found[i : i + fan_in]) for i in range(0, len(found), fan_in)]
-    return found[0]

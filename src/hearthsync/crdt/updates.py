@@ -176,6 +176,41 @@ def runs(update: bytes) -> tuple[list[Run], bytes]:
         raise UpdateFormatError("a string is not UTF-8") from None
 
 
+def origins(update: bytes, run: Run) -> list[tuple[int, tuple[int, int]]]:
+    """The structs of ``run`` (read from ``update``) inserted after another item, as
+    ``(clock, origin id)``: for a map entry, the origin is the entry it overwrote."""
+    out: list[tuple[int, tuple[int, int]]] = []
+    pos, clock = run.first, run.start
+    try:
+        while pos < run.last:
+            info = update[pos]
+            if info & 0x80 and info & 0x1F not in (_GC, _SKIP):
+                client, at = _uint(update, pos + 1)
+                out.append((clock, (client, _uint(update, at)[0])))
+            length, _, pos = _struct(update, pos)
+            clock += length
+    except IndexError:
+        raise UpdateFormatError("update ends in the middle of a value") from None
+    return out
+
+
+def without(delete_set: bytes, ids: set[tuple[int, int]]) -> bytes:
+    """``delete_set`` (an update's bytes after its structs) without the deletion of ``ids``."""
+    ranges = deleted_ranges(delete_set)
+    for client, clock in ids:
+        kept: list[tuple[int, int]] = []
+        for start, end in ranges.get(client, ()):
+            if start <= clock < end:
+                kept += [(a, b) for a, b in ((start, clock), (clock + 1, end)) if a < b]
+            else:
+                kept.append((start, end))
+        if kept:
+            ranges[client] = kept
+        else:
+            ranges.pop(client, None)
+    return delete_set_of(ranges)[1:]
+
+
 def deleted_ranges(delete_set: bytes) -> dict[int, list[tuple[int, int]]]:
     """The clock ranges ``[start, end)`` a delete set (an update's bytes after its structs)
     deletes, per client."""

@@ -128,8 +128,11 @@ class DocSource(Protocol):
         delete set when anything was deleted."""
         ...
 
-    def diff(self, doc_id: DocId, state_vector: bytes) -> bytes:
-        """Everything of ``doc_id`` that ``state_vector`` has not seen."""
+    def diff(self, doc_id: DocId, state_vector: bytes) -> list[bytes]:
+        """Everything of ``doc_id`` that ``state_vector`` has not seen, as updates sent one
+        by one: what the document shows, then each update it holds aside beyond a gap in its
+        author's clock.  Kept apart, the deletions of the first apply at once on the peer,
+        while each held update's wait there with it (`hearthsync.crdt.replica`)."""
         ...
 
     def peer_state(self, doc_id: DocId, state_vector: bytes) -> None:
@@ -760,15 +763,17 @@ class Session:
         self.docs.peer_state(step.doc_id, step.state_vector)
         self._acknowledged(step.doc_id, step.state_vector)  # what the peer holds, it said
         try:
-            delta = self.docs.diff(step.doc_id, step.state_vector)
+            deltas = self.docs.diff(step.doc_id, step.state_vector)
         except ValueError:  # Yrs: "Cannot decode state"
             raise ProtocolError(f"SYNC_STEP1 for {step.doc_id!r}: not a state vector") from None
-        if delta != EMPTY_UPDATE:
-            envelopes = self._seal_parts(step.doc_id, lineage, delta)
-            for envelope in envelopes:
-                self._send(f.SyncStep2(step.doc_id, envelope))
-            if envelopes:
-                self._await_ack(step.doc_id)
+        sent = False
+        for delta in deltas:
+            if delta != EMPTY_UPDATE:
+                for envelope in self._seal_parts(step.doc_id, lineage, delta):
+                    self._send(f.SyncStep2(step.doc_id, envelope))
+                    sent = True
+        if sent:
+            self._await_ack(step.doc_id)
         self._send(f.SyncDone(step.doc_id))
 
     def _on_done(self, doc_id: DocId) -> None:

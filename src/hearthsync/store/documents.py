@@ -153,7 +153,7 @@ class DocumentSet:
         try:
             replica = Replica(parse(row.doc_id), client_id=row.client_id, lineage=row.lineage)  # type: ignore[arg-type]
             snapshot, updates = stored.snapshot(), stored.updates()
-            replica.load([snapshot, *updates] if snapshot else updates)
+            replica.load(updates, snapshot=snapshot or None)
         except (CorruptDocumentError, DecryptionError, ValueError) as exc:
             reason = exc.reason if isinstance(exc, CorruptDocumentError) else str(exc)
             self.corrupt[doc_id] = CorruptDocumentError(doc_id, reason)
