@@ -213,13 +213,9 @@ class Writer:
 
     async def delete_pref(self, user: str, key: str, condition: Condition | None) -> Write:
         epoch = self._epoch("core", user)
-        await self.peer.delete_preference(user, key, condition)
-        mine = [
-            v
-            for v in self.peer.preference_history(user, key, condition)
-            if v.device == self.peer.device_id
-        ]
-        tombstone = mine[-1]  # the write just made is this robot's latest version
+        # the tombstone as written: this robot's latest version of the key may be another
+        # write of its own, made at the same moment (seed 510412 read that one instead)
+        tombstone = await self.peer.delete_preference(user, key, condition)
         return self._register(
             "pref", user_doc(user, Kind.PREFS), "core", "prefs", PrefsDoc.slot_key(tombstone),
             tombstone.set_at, epoch, {"deleted": True},
