@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from functools import partial
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from hearthsync.crdt import statevector, updates
 from hearthsync.crdt.kinds import parse
 from hearthsync.crdt.replica import Replica
 from hearthsync.errors import CorruptDocumentError, RemoteError
+from hearthsync.transport.link import merged_for_sending
 
 SPATIAL = parse("home/spatial")
 
@@ -257,6 +259,60 @@ def test_an_overwrite_beyond_a_gap_that_never_fills_leaves_the_value_it_overwrit
     assert robot.replica.digest() == author.digest()
 
 
+def test_another_robots_removal_sent_on_by_a_link_applies_at_once() -> None:
+    """Found in review: robot 7 held robot 5's second move of the mug (beyond a gap that never
+    fills) and then removed the mug.  Its link merged the two into one update, where the
+    removal looked like the move's own overwrite and waited with it: the robots downstream
+    showed the mug, robot 7 did not.  A link sends a delta that deletes on its own."""
+    first, _lost, third = overwrites()
+    seven = Stored(7)
+    for update in (first, third):
+        seven.receive(update)
+    placements = seven.replica.doc.get("placements", type=Map)
+    _, removal = seven.replica.transact(partial(placements.pop, "mug"))
+    assert removal is not None
+    sent = merged_for_sending([(str(SPATIAL.doc_id), third), (str(SPATIAL.doc_id), removal)])
+    assert [delta for _, delta in sent] == [third, removal]
+    downstream = Stored(8)
+    downstream.receive(first)
+    for _, delta in sent:
+        downstream.receive(delta)
+    assert shown(downstream.replica) == shown(seven.replica) == {}
+    assert downstream.replica.digest() == seven.replica.digest()
+    # deltas that delete nothing still go together, in order per document
+    assert updates.deletes_nothing(first)
+    assert not updates.deletes_nothing(removal)
+    together = merged_for_sending([("d", first), ("d", _lost), ("d", removal), ("d", first)])
+    assert [d for _, d in together] == [bytes(merge_updates(first, _lost)), removal, first]
+
+
+def test_a_split_update_carries_each_overwrite_with_its_entry() -> None:
+    """Found in review: a split put the whole delete set in the last part.  Where that part
+    arrived and an earlier part waited beyond a gap, the entry the earlier part overwrites was
+    deleted at once, for good if the gap never filled."""
+    five = Replica(SPATIAL, client_id=5, lineage=SPATIAL.genesis)
+    placements = five.doc.get("placements", type=Map)
+    first = five.transact(partial(placements.__setitem__, "mug", 1))[1]
+    five.transact(partial(placements.__setitem__, "keys", 2))  # never leaves robot 5
+
+    def big() -> None:
+        placements["mug"] = 3
+        for i in range(6):
+            placements[f"k{i}"] = "x" * 40
+
+    _, third = five.transact(big)
+    assert first is not None
+    assert third is not None
+    parts = updates.split(third, 60)
+    assert len(parts) > 2
+    whole, split = Stored(101), Stored(102)
+    for robot, arriving in ((whole, [first, third]), (split, [first, *parts])):
+        for update in arriving:
+            robot.receive(update)
+        assert shown(robot.replica) == {"mug": 1}
+    assert whole.replica.digest() == split.replica.digest()
+
+
 def test_origins_are_the_items_an_update_inserts_after() -> None:
     first, _, third = overwrites()
     found, delete_set = updates.runs(third)
@@ -311,11 +367,43 @@ def test_replicas_given_the_same_updates_in_any_order_show_the_same(
     assert first.beyond == []
 
 
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), writes=st.integers(2, 14), data=st.data())
+def test_replicas_given_the_same_updates_as_links_batch_them_show_the_same(
+    seed: int, writes: int, data: st.DataObject
+) -> None:
+    """Each update reaches each robot once, in any order, within batches a link merges as it
+    sends them (`merged_for_sending`), and no copy of it comes alone: found in review, merged
+    without care a removal looked like an overwrite held beyond a gap, and waited with it."""
+    deltas, final = history(seed, writes)
+    lost = data.draw(st.sets(st.integers(0, len(deltas) - 1), max_size=len(deltas) // 2))
+    kept = [d for i, d in enumerate(deltas) if i not in lost]
+    replicas = []
+    for client in (101, 102, 103):
+        order = data.draw(st.permutations(kept))
+        cuts = data.draw(st.lists(st.integers(0, len(order)), max_size=4))
+        bounds = sorted({0, len(order), *cuts})
+        replica = Replica(SPATIAL, client_id=client, lineage=SPATIAL.genesis)
+        for start, end in pairwise(bounds):
+            for _, update in merged_for_sending([("d", u) for u in order[start:end]]):
+                replica = receive(replica, update)
+        replicas.append(replica)
+    first = replicas[0]
+    for other in replicas[1:]:
+        assert shown(other) == shown(first)
+        assert other.digest() == first.digest()
+    for update in (deltas[i] for i in sorted(lost)):
+        first = receive(first, update)
+    assert shown(first) == final
+    assert first.beyond == []
+
+
 class Stored:
     """A replica and what its store keeps: what `apply` returns, or a compaction's snapshot."""
 
     def __init__(self, client_id: int = 9) -> None:
         self.client_id = client_id
+        self.snapshot: bytes | None = None
         self.log: list[bytes] = []
         self.replica = Replica(SPATIAL, client_id=client_id, lineage=SPATIAL.genesis)
 
@@ -328,11 +416,12 @@ class Stored:
             self.log.append(kept)
 
     def compact(self) -> None:
-        self.log = [self.replica.encode_state()]
+        self.snapshot, self.log = self.replica.encode_state(), []
 
     def reopen(self) -> None:
+        """As `DocumentSet` loads a document: its snapshot, then its log."""
         self.replica = Replica(SPATIAL, client_id=self.client_id, lineage=SPATIAL.genesis)
-        self.replica.load(self.log)
+        self.replica.load(self.log, snapshot=self.snapshot)
 
 
 def forgotten_mug() -> tuple[bytes, bytes, bytes]:

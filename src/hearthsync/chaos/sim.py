@@ -58,8 +58,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pycrdt import merge_updates
-
 from hearthsync import enrolment
 from hearthsync.chaos import bugs, household, quiescence
 from hearthsync.chaos.check import Findings, Holdings, Replica, Write, digest, verify
@@ -88,6 +86,7 @@ from hearthsync.protocol.session import (
     Session,
     State,
 )
+from hearthsync.transport.link import merged_for_sending
 
 TICK_S = 0.5  #: how often every session's heartbeat timer runs (as `Link` does)
 CONNECT_TIMEOUT_S = 1.0  #: a dial across a partition fails after this long
@@ -812,19 +811,19 @@ class Simulation:
         return self._bug_counter % bugs.EVERY == 0
 
     def _forward(self, robot: Robot, batch: Any) -> None:
-        """The commit listener: send every durable delta to every open connection, one
-        envelope per document (as `Link` does), never back to the device it came from."""
+        """The commit listener: send every durable delta to every open connection, merged
+        as `Link` merges them, never back to the device it came from."""
         for _other, conn in sorted(robot.conns.items()):
             side = conn.sides[robot.index]
             if not side.alive:
                 continue
-            by_doc: dict[str, list[bytes]] = {}
-            for doc_id, delta, origin in batch:
-                if side.session.relays(DocId(doc_id), origin):
-                    by_doc.setdefault(doc_id, []).append(delta)
-            for doc_id, deltas in by_doc.items():
-                merged = deltas[0] if len(deltas) == 1 else bytes(merge_updates(*deltas))
-                side.session.send_update(DocId(doc_id), merged)
+            relayed = [
+                (doc_id, delta)
+                for doc_id, delta, origin in batch
+                if side.session.relays(DocId(doc_id), origin)
+            ]
+            for doc_id, delta in merged_for_sending(relayed):
+                side.session.send_update(DocId(doc_id), delta)
             self._flush(conn, robot.index)
 
     def _to_every_link(

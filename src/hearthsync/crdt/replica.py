@@ -293,12 +293,13 @@ class Replica:
         part = updates.encode(update, [r for r in found if r not in later], b"\x00")
         self._merge(part)
         after = statevector.decode(self.doc.get_state())
-        items = () if snapshot else _items(update, found)
+        waiting = [run for run in found if run.end > after.get(run.client, 0)]
+        # read only when something waits: otherwise every deletion applies (`_keep`)
+        items = _items(update, found) if waiting and not snapshot else ()
         kept = b"\x00" if snapshot else delete_set  # a snapshot's deletions apply below
         held = False
-        for run in found:
-            if run.end > after.get(run.client, 0):
-                held |= self._hold_run(run, update, kept, update, items)
+        for run in waiting:
+            held |= self._hold_run(run, update, kept, update, items)
         if delete_set[:1] == b"\x00":
             return held
         keep = _keep(items, after)

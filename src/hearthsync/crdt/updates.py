@@ -211,6 +211,12 @@ def without(delete_set: bytes, ids: set[tuple[int, int]]) -> bytes:
     return delete_set_of(ranges)[1:]
 
 
+def deletes_nothing(update: bytes) -> bool:
+    """Whether ``update`` deletes nothing, told from its last byte: an empty delete set is a
+    zero count, and a non-empty one ends with a range's length, whose last byte is never 0."""
+    return update[-1:] == b"\x00"
+
+
 def deleted_ranges(delete_set: bytes) -> dict[int, list[tuple[int, int]]]:
     """The clock ranges ``[start, end)`` a delete set (an update's bytes after its structs)
     deletes, per client."""
@@ -304,11 +310,40 @@ def split(update: bytes, max_bytes: int) -> list[bytes]:
             size = 0
         parts[-1].append(piece)
         size += length
+    # each part carries the deletions of the entries its own items overwrite, which wait with
+    # those items where the part arrives beyond a gap (`hearthsync.crdt.replica`); the rest
+    # go with the last part
+    ranges = deleted_ranges(delete_set)
+    own = [_overwritten(update, part, ranges) for part in parts]
+    elsewhere = set().union(*own[:-1]) - own[-1]
     last = len(parts) - 1
     return [
-        encode(update, part, delete_set if index == last else b"\x00")
+        encode(
+            update,
+            part,
+            without(delete_set, elsewhere) if index == last else _delete_set_of_ids(own[index]),
+        )
         for index, part in enumerate(parts)
     ]
+
+
+def _overwritten(
+    update: bytes, part: list[Run], ranges: dict[int, list[tuple[int, int]]]
+) -> set[tuple[int, int]]:
+    """The origins of the items of ``part`` that ``ranges`` deletes."""
+    return {
+        origin
+        for run in part
+        for _, origin in origins(update, run)
+        if any(start <= origin[1] < end for start, end in ranges.get(origin[0], ()))
+    }
+
+
+def _delete_set_of_ids(ids: set[tuple[int, int]]) -> bytes:
+    ranges: dict[int, list[tuple[int, int]]] = {}
+    for client, clock in sorted(ids):
+        ranges.setdefault(client, []).append((clock, clock + 1))
+    return delete_set_of(ranges)[1:]
 
 
 def _cut(update: bytes, run: Run, max_bytes: int) -> list[Run]:

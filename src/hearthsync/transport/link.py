@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Protocol
 
@@ -37,7 +37,7 @@ from pycrdt import merge_updates
 from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed
 
-from hearthsync.crdt import statevector
+from hearthsync.crdt import statevector, updates
 from hearthsync.errors import HearthError, RemoteError
 from hearthsync.ids import DocId
 from hearthsync.protocol.session import (
@@ -207,14 +207,10 @@ class Link:
             await self._flush()
 
     def _send_merged(self, batch: list[tuple[str, bytes]]) -> None:
-        """One envelope per document for everything queued meanwhile (one signature each)."""
-        by_doc: dict[str, list[bytes]] = {}
-        for doc_id, delta in batch:
-            if delta:
-                by_doc.setdefault(doc_id, []).append(delta)
-        for doc_id, deltas in by_doc.items():
-            merged = deltas[0] if len(deltas) == 1 else bytes(merge_updates(*deltas))
-            if self.session.send_update(DocId(doc_id), merged):
+        """One envelope per document for everything queued meanwhile (one signature each),
+        but for deltas that delete: one each (`merged_for_sending`)."""
+        for doc_id, delta in merged_for_sending(batch):
+            if self.session.send_update(DocId(doc_id), delta):
                 self._sent(doc_id)
 
     # -------------------------------------------------------------- plumbing
@@ -338,3 +334,27 @@ async def _stop(tasks: list[asyncio.Task[None]]) -> BaseException | None:
         if error is not None and not isinstance(error, ConnectionClosed):
             return error
     return None
+
+
+def merged_for_sending(batch: Iterable[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """``batch`` (document, delta) as the updates to send, in order per document: deltas
+    that delete nothing merged while they follow each other, each delta that deletes alone.
+
+    Merged, one delta's removal of an entry would look, to a robot that holds another's
+    overwrite of it beyond a gap, like that overwrite's own deletion, which waits with it
+    (`hearthsync.crdt.replica`): the robots downstream would show the entry where the robots
+    that got the removal alone do not (found in review)."""
+    groups: dict[str, list[list[bytes]]] = {}  #: per document, in order: what goes together
+    for doc_id, delta in batch:
+        if not delta:
+            continue
+        found = groups.setdefault(doc_id, [])
+        if updates.deletes_nothing(delta) and found and updates.deletes_nothing(found[-1][-1]):
+            found[-1].append(delta)
+        else:
+            found.append([delta])
+    return [
+        (doc_id, group[0] if len(group) == 1 else bytes(merge_updates(*group)))
+        for doc_id, found in groups.items()
+        for group in found
+    ]
