@@ -313,6 +313,37 @@ def test_a_split_update_carries_each_overwrite_with_its_entry() -> None:
     assert whole.replica.digest() == split.replica.digest()
 
 
+def test_a_renewed_replica_keeps_the_deletions_that_wait_with_what_it_holds() -> None:
+    """Found in review: renewing a replica's client id (a robot restored from a backup) went
+    through a snapshot, which keeps held items without their deletions.  An event log whose
+    author removed an event and appended the next in one transaction then showed the removed
+    event again once the gap filled."""
+
+    def events(replica: Replica) -> Any:
+        return replica.doc.get("events", type=Array)
+
+    five = Replica(SPATIAL, client_id=5, lineage=SPATIAL.genesis)
+    _, first = five.transact(lambda: events(five).append("e0"))
+    placements = five.doc.get("placements", type=Map)
+    _, gap = five.transact(partial(placements.__setitem__, "keys", 2))
+
+    def remove_and_append() -> None:  # e1 goes after e0, which it removes
+        del events(five)[0]
+        events(five).append("e1")
+
+    _, third = five.transact(remove_and_append)
+    robot = Stored()
+    for update in (first, third):
+        assert update is not None
+        robot.receive(update)
+    assert events(robot.replica).to_py() == ["e0"]
+    robot.replica = robot.replica.renewed(77)
+    assert robot.replica.client_id == 77
+    assert gap is not None
+    robot.receive(gap)
+    assert events(robot.replica).to_py() == events(five).to_py() == ["e1"]
+
+
 def test_origins_are_the_items_an_update_inserts_after() -> None:
     first, _, third = overwrites()
     found, delete_set = updates.runs(third)

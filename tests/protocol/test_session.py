@@ -40,6 +40,7 @@ from hearthsync.protocol.session import (
     SealFailed,
     Session,
     State,
+    answer_from,
     sv_hash,
 )
 from tests.crypto.conftest import NOW, YEAR, Home, enrolled, identity
@@ -709,6 +710,40 @@ def test_what_was_not_relayed_is_offered_a_while_later_and_repaired(
     assert hall.docs.content(doc) == {"tea/mug": "green"}
     a[1].tick(NOW + 3 * UNRELAYED_OFFER_S)
     assert not inventories(a[1].data_to_send())
+
+
+def test_a_catch_up_answer_is_offered_on_not_relayed_as_it_came(
+    kitchen: Robot, hall: Robot
+) -> None:
+    """Found in review: a catch-up answer holds every author's updates the asker lacked, with
+    the answerer's whole delete set; relayed as it came, a robot with other gaps paired its
+    deletions with the wrong items.  It is offered at the next tick instead, and the peer
+    asks for a diff of its own."""
+    doc = DocId("user/alice/prefs")
+    a, b = connect(kitchen, hall)
+    kitchen.docs.write(doc, "tea/mug", "green")  # merged here from the answer of a third robot
+    assert not a[1].relays(doc, answer_from(ELSEWHERE))
+    assert not a[1].relays(doc, answer_from(hall.identity.device_id))  # the answerer: never
+    a[1].tick(NOW + 0.1)
+    (offer,) = inventories(a[1].data_to_send())
+    assert [entry.doc_id for entry in offer.entries] == [doc]  # type: ignore[attr-defined]
+    b[1].receive_data(f.encode(offer), NOW + 0.1)
+    pump(a, b, NOW + 0.1)
+    assert hall.docs.content(doc) == {"tea/mug": "green"}
+
+
+def test_an_update_from_an_answer_is_marked_as_such(kitchen: Robot, hall: Robot) -> None:
+    doc = DocId("user/alice/prefs")
+    kitchen.docs.write(doc, "tea/mug", "green")
+    a, b = connect(kitchen, hall)  # the hall catches up: SYNC_STEP2
+    answers = of_type(hall, ApplyUpdate)
+    assert answers
+    assert all(e.answer for e in answers)  # type: ignore[attr-defined]
+    assert a[1].send_update(doc, kitchen.docs.write(doc, "tea/mug", "blue"))  # UPDATE
+    pump(a, b)
+    live = of_type(hall, ApplyUpdate)[len(answers) :]
+    assert live
+    assert not any(e.answer for e in live)  # type: ignore[attr-defined]
 
 
 def test_an_ack_showing_the_peer_holds_it_cancels_the_offer(kitchen: Robot, hall: Robot) -> None:

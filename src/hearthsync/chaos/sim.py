@@ -85,6 +85,7 @@ from hearthsync.protocol.session import (
     SealFailed,
     Session,
     State,
+    answer_from,
 )
 from hearthsync.transport.link import merged_for_sending
 
@@ -788,6 +789,8 @@ class Simulation:
         before = bugs.content(peer, event.doc_id) if broken else {}
         try:
             origin = session.peer_id or event.author
+            if event.answer:  # not relayed as it came (`Session.relays`)
+                origin = answer_from(origin)
             done = peer.receive_update(
                 event.doc_id, event.update, origin=origin, packed=event.packed
             )

@@ -527,6 +527,19 @@ class Replica:
         finally:
             self.incoming = 0
 
+    def renewed(self, client_id: int) -> Replica:
+        """This replica under a new client id: what it shows, and what it holds aside as it
+        holds it (a snapshot would keep the held items without the deletions that wait with
+        them, `encode_state`)."""
+        self.settle()
+        if self.tainted:
+            raise RuntimeError(f"{self.info.doc_id}: rebuild this replica before renewing it")
+        fresh = Replica(self.info, client_id=client_id, lineage=self.lineage)
+        fresh.load([], snapshot=self.doc.get_update())
+        fresh._aside, fresh._held = list(self._aside), set(self._held)
+        fresh._merge_ready()
+        return fresh
+
     def adopt(self, state: bytes) -> None:
         """Load ``state`` (`encode_state`) that is already durable (no delta to store)."""
         self.load([], snapshot=state)

@@ -379,8 +379,7 @@ class DocumentSet:
         client_id = self._rng.randint(1, MAX_CLIENT_ID)
         while client_id in taken:
             client_id = self._rng.randint(1, MAX_CLIENT_ID)
-        fresh = Replica(replica.info, client_id=client_id, lineage=replica.lineage)
-        fresh.adopt(replica.encode_state())
+        fresh = replica.renewed(client_id)
         self.replicas[doc_id] = fresh
         self._watch(doc_id, fresh)
         replica.close()

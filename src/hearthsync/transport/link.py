@@ -52,6 +52,7 @@ from hearthsync.protocol.session import (
     RevocationsChanged,
     SealFailed,
     Session,
+    answer_from,
 )
 
 log = logging.getLogger(__name__)
@@ -267,10 +268,11 @@ class Link:
         order), while anything merged later is not promised.
         """
         try:
+            origin = self.session.peer_id or event.author
             done = self.target.receive_update(
                 event.doc_id,
                 event.update,
-                origin=self.session.peer_id or event.author,
+                origin=answer_from(origin) if event.answer else origin,
                 packed=event.packed,
             )
         except HearthError as exc:  # a corrupt local document
