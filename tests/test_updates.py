@@ -495,6 +495,21 @@ def test_a_deletion_that_arrives_before_what_it_deletes_survives_a_restart(
     assert restarted.replica.digest() == live.replica.digest()
 
 
+def test_a_deletion_held_aside_is_in_the_digest() -> None:
+    """Found in review: a catch-up answer is offered on, not relayed (`Session.relays`), and
+    a deletion of what has not arrived yet changed no digest, so the offer did not tell the
+    other robot about it; once the mug arrived there, it showed where it was removed here."""
+    keys, removal, _mug = forgotten_mug()
+    holder, other = Stored(), Stored()
+    for robot in (holder, other):
+        robot.receive(keys)
+    holder.receive(removal)
+    assert shown(holder.replica) == shown(other.replica)
+    assert holder.replica.digest() != other.replica.digest()
+    other.receive(removal)
+    assert holder.replica.digest() == other.replica.digest()
+
+
 def test_updates_whose_gaps_filled_are_not_kept_in_memory() -> None:
     """Found in review: while one run was held aside for good (a revoked robot's gap), every
     update ever held aside stayed in memory, whole."""

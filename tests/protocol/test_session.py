@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass, field
 
@@ -10,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pycrdt import Doc, Map
 
-from hearthsync.crdt import statevector
+from hearthsync.crdt import statevector, updates
 from hearthsync.crdt.kinds import HOME, parse
 from hearthsync.crypto.certificate import Certificate, Revocations, TrustStore
 from hearthsync.crypto.envelope import Envelope
@@ -87,7 +88,15 @@ class MemoryDocs:
         return statevector.canonical(doc.get_state()) if doc else b"\x00"
 
     def digest(self, doc_id: DocId) -> bytes:
-        return sv_hash(self.state_vector(doc_id))  # no clock gaps in these tests
+        """As `Replica.digest`: the state vector, and the delete set once anything was
+        deleted (no clock gaps in these tests: nothing is held aside)."""
+        doc = self.docs.get(doc_id)
+        deleted = updates.deletions(doc.get_update(doc.get_state())) if doc else b"\x00"
+        if deleted == b"\x00":
+            return sv_hash(self.state_vector(doc_id))
+        digest = hashlib.blake2b(statevector.canonical(doc.get_state()), digest_size=8)  # type: ignore[union-attr]
+        digest.update(deleted)
+        return digest.digest()
 
     def diff(self, doc_id: DocId, state_vector: bytes) -> list[bytes]:
         return [bytes(self.docs[doc_id].get_update(state_vector))]
@@ -865,3 +874,66 @@ def test_a_delta_sent_to_several_peers_is_sealed_once(kitchen: Robot, hall: Robo
             b[1].receive_data(data, NOW)
         pump(a, b)
     assert hall.docs.content(doc) == kitchen.docs.content(doc)
+
+
+def _removed_elsewhere(robot: Robot, doc: DocId, key: str) -> bytes:
+    """A third robot's update removing ``key`` from what ``robot`` holds of ``doc``."""
+    other = Doc(client_id=4242)
+    other.apply_update(robot.docs.docs[doc].get_update())
+    captured: list[bytes] = []
+    subscription = other.observe(lambda event: captured.append(event.update))
+    with other.transaction():
+        del other.get("m", type=Map)[key]
+    other.unobserve(subscription)
+    return captured[0]
+
+
+def test_an_answer_of_deletions_is_offered_even_when_an_ack_lands_first(
+    kitchen: Robot, hall: Robot
+) -> None:
+    """Found in review: an answer that brought only a deletion changed no state vector, so the
+    hall's ACK of an earlier update, landing before the next tick, cancelled its offer: the
+    hall showed the mug for good."""
+    doc = DocId("user/alice/prefs")
+    kitchen.docs.write(doc, "tea/mug", "green")
+    a, b = connect(kitchen, hall)
+    a[1].send_update(doc, kitchen.docs.write(doc, "coffee", "oat"))
+    for data in a[1].data_to_send():
+        b[1].receive_data(data, NOW)
+    for event in b[1].events_received():
+        assert isinstance(event, ApplyUpdate)
+        b[1].applied(event.doc_id, hall.docs.apply(event.doc_id, event.update))
+    ack_in_flight = b[1].data_to_send()
+    kitchen.docs.apply(doc, _removed_elsewhere(kitchen, doc, "tea/mug"))  # a third's answer
+    assert not a[1].relays(doc, answer_from(ELSEWHERE))
+    for data in ack_in_flight:  # lands before the tick
+        a[1].receive_data(data, NOW + 0.1)
+    a[1].tick(NOW + 0.5)
+    for data in a[1].data_to_send():
+        b[1].receive_data(data, NOW + 0.5)
+    pump(a, b, NOW + 0.5)
+    assert hall.docs.content(doc) == kitchen.docs.content(doc) == {"coffee": "oat"}
+
+
+def test_offers_due_at_every_tick_do_not_starve_the_retry_of_a_lost_request(
+    kitchen: Robot, hall: Robot
+) -> None:
+    """Found in review: one `elif` chain in `tick` ran the offer of answers merged since the
+    last tick before the retry of requests, so while a robot kept merging answers, a request
+    whose answer was lost was never made again."""
+    doc, other = DocId("user/alice/prefs"), DocId("user/alice/events/2026-03")
+    kitchen.docs.write(other, "k", "v")
+    a, b = connect(kitchen, hall)
+    hall.docs.write(doc, "tea/mug", "green")
+    a[1].receive_data(f.encode(f.Inventory(tuple(b[1]._entries([doc])))), NOW)
+    assert any(isinstance(f.decode(d), f.SyncStep1) for d in a[1].data_to_send())  # lost
+    asked_again = 0
+    t = 0.0
+    while t < REQUEST_RETRY_S * 2:
+        t += 0.5
+        kitchen.docs.write(other, "k", str(t))  # an answer from a third robot, merged
+        a[1].relays(other, answer_from(ELSEWHERE))
+        a[1].tick(NOW + t)
+        frames = [f.decode(d) for d in a[1].data_to_send()]
+        asked_again += sum(isinstance(x, f.SyncStep1) and x.doc_id == doc for x in frames)
+    assert asked_again >= 1

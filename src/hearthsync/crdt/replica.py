@@ -416,7 +416,10 @@ class Replica:
             for piece in ready:
                 if piece.data is not piece.bare:
                     keep = _keep(piece.items, after)
-                    self._merge(_without(piece.data, keep) if keep else piece.data)
+                    data = _without(piece.data, keep) if keep else piece.data
+                    self._merge(data)
+                    # and what it deletes that is not here yet, as `_merge_or_hold` holds it
+                    self._hold_deletions(_delete_set(data, self.doc.get_state()), piece.data)
             done = [p for p in self._aside if p.run.end <= p.seen(after)]
             if done:
                 for piece in done:
@@ -446,11 +449,12 @@ class Replica:
             unchecked, self._unchecked = self._unchecked, []
             state = self.doc.get_state()  # holding aside merges nothing: it stays as it is
             vector = statevector.decode(state)
+            deletions: list[tuple[bytes, bytes]] = []
             for update in unchecked:
                 rest = bytes(get_update(update, state))  # the one decode, in Yrs, as a rule
                 if rest[:1] == b"\x00":  # all of its structs integrated: the rest deletes
                     if rest[1:2] != b"\x00":
-                        self._hold_deletions(rest[1:], update, vector)
+                        deletions.append((rest[1:], update))
                     continue
                 self._hold_rest(update, update)
                 deleted = _delete_set(update, state)
@@ -460,9 +464,14 @@ class Replica:
                     keep = set()
                 if keep:
                     deleted = updates.without(deleted, keep)
-                self._hold_deletions(deleted, update, vector)
+                deletions.append((deleted, update))
             if self.tainted:  # they are all this document holds: `_replayed` reads them
+                # (and sorts their deletions: what Yrs showed beyond a gap counts as seen in
+                # the state read here, so what is deleted of it is told wrongly)
                 self._sources.extend(u for u in unchecked if u is not self._snapshot)
+            else:
+                for deleted, update in deletions:
+                    self._hold_deletions(deleted, update, vector)
 
     def rebuilt(self) -> Replica:
         """This replica without what Yrs showed beyond a gap: a new document, same client id,
@@ -495,7 +504,7 @@ class Replica:
     def digest(self) -> bytes:
         """What an inventory compares (SPEC §6.3): a hash of the canonical state vector,
         when anything was deleted of the canonical delete set, and when anything is held
-        aside of the clock ranges of its runs (`_held_ranges`).
+        aside of the clock ranges it holds (`_held_ranges`).
 
         The delete set is in because deletions apply at once, even of items not seen yet:
         replicas with equal state vectors could otherwise show different content and look in
@@ -503,7 +512,9 @@ class Replica:
         one exchange settles it.  What is held aside is in so that it reaches every robot
         before its gap fills: the entries it overwrites show until it does, so two robots that
         show the same may yet differ in it, and the one without it would fall behind when the
-        gap fills elsewhere (live links exchange no inventory).
+        gap fills elsewhere (live links exchange no inventory).  So are deletions of what has
+        not arrived: a catch-up answer is offered on, not relayed (`Session.relays`), and the
+        offer must tell a robot without them (found in review).
         """
         if self._digest is not None and self._digest[0] == self._version:
             return self._digest[1]
@@ -512,7 +523,7 @@ class Replica:
         deleted = updates.deletions(self.doc.get_update(state))
         if deleted != EMPTY_STATE:  # nothing deleted: the plain hash of the state vector
             digest.update(deleted)
-        if any(not piece.deletes for piece in self._aside):
+        if self._aside:
             digest.update(_held_ranges(self._aside, state))
         self._digest = (self._version, digest.digest())
         return self._digest[1]
@@ -578,25 +589,27 @@ class Replica:
 
 
 def _held_ranges(aside: list[_Piece], state: bytes) -> bytes:
-    """The runs ``aside`` holds, canonically: the clock ranges not seen in ``state`` (a state
-    vector), as a canonical delete set (clients ascending, ranges sorted and joined),
-    whatever updates they came in.  Deletions held aside are left out: one exchange settles
-    them once what they delete arrives (the delete set is in the digest)."""
+    """What ``aside`` holds, canonically: the clock ranges not seen in ``state`` (a state
+    vector) of its runs, then of its deletions, each as a canonical delete set (clients
+    ascending, ranges sorted and joined), whatever updates they came in."""
     vector = statevector.decode(state)
-    ranges: dict[int, list[tuple[int, int]]] = {}
-    for piece in aside:
-        start = max(piece.run.start, piece.seen(vector))
-        if not piece.deletes and start < piece.run.end:
-            ranges.setdefault(piece.run.client, []).append((start, piece.run.end))
-    joined: dict[int, list[tuple[int, int]]] = {}
-    for client in sorted(ranges):
-        spans = joined[client] = []
-        for start, end in sorted(ranges[client]):
-            if spans and start <= spans[-1][1]:
-                spans[-1] = (spans[-1][0], max(end, spans[-1][1]))
-            else:
-                spans.append((start, end))
-    return statevector.encode_delete_set(joined)
+    out = bytearray()
+    for deletes in (False, True):
+        ranges: dict[int, list[tuple[int, int]]] = {}
+        for piece in aside:
+            start = max(piece.run.start, piece.seen(vector))
+            if piece.deletes == deletes and start < piece.run.end:
+                ranges.setdefault(piece.run.client, []).append((start, piece.run.end))
+        joined: dict[int, list[tuple[int, int]]] = {}
+        for client in sorted(ranges):
+            spans = joined[client] = []
+            for start, end in sorted(ranges[client]):
+                if spans and start <= spans[-1][1]:
+                    spans[-1] = (spans[-1][0], max(end, spans[-1][1]))
+                else:
+                    spans.append((start, end))
+        out += statevector.encode_delete_set(joined)
+    return bytes(out)
 
 
 def _items(update: bytes, found: list[updates.Run]) -> tuple[tuple[int, int, tuple[int, int]], ...]:

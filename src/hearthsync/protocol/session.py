@@ -369,6 +369,9 @@ class Session:
     #: side's state vector when it held back the latest, which an ACK must cover
     _unrelayed: dict[DocId, statevector.StateVector] = field(default_factory=dict)
     _unrelayed_offer_at: float | None = None
+    #: documents merged from another peer's answer since the last offer: offered whatever
+    #: the peer acknowledges meanwhile (an answer may change no state vector: deletions)
+    _answered: set[DocId] = field(default_factory=set)
     _offered: set[DocId] = field(default_factory=set)  #: documents offered so far
     #: frames queued to send, by type (``UPDATE``, ``ACK``, ...): what this link costs
     frames_sent: Counter[str] = field(default_factory=Counter)
@@ -428,20 +431,27 @@ class Session:
             self._close(408, f"no frame for {now - self._last_received:.1f} s", by_peer=False)
         elif self.state is not State.OPEN and now - self._started > HANDSHAKE_TIMEOUT_S:
             self._close(408, f"no handshake after {now - self._started:.1f} s", by_peer=False)
-        elif self._settle_at is not None and now >= self._settle_at:
-            self._settle_wait = min(self._settle_wait * 2, SETTLE_MAX_S)
-            self._settle_at = now + self._settle_wait
-            self._offer_again()
-        elif self._unrelayed_offer_at is not None and now >= self._unrelayed_offer_at:
-            self._offer_again()
-        elif self._overdue(now):
-            for doc_id, (lineage, asked) in sorted(self._requested.items()):
-                if now - asked >= REQUEST_RETRY_S and self.docs.lineage(doc_id) in (None, lineage):
-                    self._requested[doc_id] = (lineage, now)
-                    self._send(f.SyncStep1(doc_id, lineage, self.docs.state_vector(doc_id)))
-        elif now - self._last_sent >= HEARTBEAT_S:
-            self._ping += 1
-            self._send(f.Ping(self._ping))
+        else:
+            sent = self._last_sent
+            if self._settle_at is not None and now >= self._settle_at:
+                self._settle_wait = min(self._settle_wait * 2, SETTLE_MAX_S)
+                self._settle_at = now + self._settle_wait
+                self._offer_again()
+            elif self._unrelayed_offer_at is not None and now >= self._unrelayed_offer_at:
+                self._offer_again()
+            # not in the same chain: offers due at every tick (answers merged while a robot
+            # catches up) starved the retries of lost requests (found in review)
+            if self._overdue(now):
+                for doc_id, (lineage, asked) in sorted(self._requested.items()):
+                    if now - asked >= REQUEST_RETRY_S and self.docs.lineage(doc_id) in (
+                        None,
+                        lineage,
+                    ):
+                        self._requested[doc_id] = (lineage, now)
+                        self._send(f.SyncStep1(doc_id, lineage, self.docs.state_vector(doc_id)))
+            if self._last_sent == sent and now - self._last_sent >= HEARTBEAT_S:
+                self._ping += 1
+                self._send(f.Ping(self._ping))
 
     def _await_ack(self, doc_id: DocId) -> None:
         """``doc_id`` was sent: offer the inventory again unless it is acknowledged soon.
@@ -467,7 +477,7 @@ class Session:
                 self._settle_at = None
         if held is not None and statevector.covers(theirs, held):
             del self._unrelayed[doc_id]  # it had them from elsewhere, as it said
-            if not self._unrelayed:
+            if not self._unrelayed and not self._answered:
                 self._unrelayed_offer_at = None
 
     def _overdue(self, now: float) -> bool:
@@ -523,7 +533,7 @@ class Session:
             # the peer asks for its own diff.
             # (a session not open yet offers its whole inventory once it opens)
             if self.state is State.OPEN and origin[len(ANSWER) :] != self.peer_id:
-                self._unrelayed[doc_id] = statevector.decode(self.docs.state_vector(doc_id))
+                self._answered.add(doc_id)
                 if self._unrelayed_offer_at is None or self._unrelayed_offer_at > self.now:
                     self._unrelayed_offer_at = self.now
             return False
@@ -698,8 +708,9 @@ class Session:
         """Anti-entropy (SPEC §6.4): offer what the peer has not acknowledged yet, and what
         was not relayed to it, as one inventory of just those documents.  A document that
         can no longer be offered (its key is gone) stops counting as unacknowledged."""
-        docs = sorted(self._unacked.keys() | self._unrelayed.keys())
+        docs = sorted(self._unacked.keys() | self._unrelayed.keys() | self._answered)
         self._unrelayed.clear()
+        self._answered.clear()
         self._unrelayed_offer_at = None
         entries = self._entries(docs)
         offered = {entry.doc_id for entry in entries}
