@@ -16,7 +16,7 @@ from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, merge_updates
 
 from hearthsync.crdt import statevector, updates
 from hearthsync.crdt.kinds import parse
-from hearthsync.crdt.replica import Replica
+from hearthsync.crdt.replica import EMPTY_UPDATE, Replica
 from hearthsync.errors import CorruptDocumentError, RemoteError
 from hearthsync.transport.link import merged_for_sending
 
@@ -342,6 +342,41 @@ def test_a_renewed_replica_keeps_the_deletions_that_wait_with_what_it_holds() ->
     assert gap is not None
     robot.receive(gap)
     assert events(robot.replica).to_py() == events(five).to_py() == ["e1"]
+
+
+def test_a_removal_that_waited_for_an_origin_applies_once_it_comes() -> None:
+    """Found in review: robot 5 appended e1 after robot 7's e0 and removed e0, in one
+    transaction.  A robot that got that update before e0 held e1 (its origin missing) with the
+    removal; when e0 came, Yrs integrated e1 on its own, and the removal was dropped with the
+    piece: e0 showed for good (a forgotten user's move, in the shared history)."""
+
+    def changes(replica: Replica) -> Any:
+        return replica.doc.get("changes", type=Array)
+
+    seven = Replica(SPATIAL, client_id=7, lineage=SPATIAL.genesis)
+    five = Replica(SPATIAL, client_id=5, lineage=SPATIAL.genesis)
+    _, e0 = seven.transact(lambda: changes(seven).append("e0"))
+    assert e0 is not None
+    five.apply(e0)
+
+    def append_and_remove() -> None:
+        changes(five).append("e1")
+        del changes(five)[0]
+
+    _, both = five.transact(append_and_remove)
+    assert both is not None
+    in_order, late, caught_up = Stored(9), Stored(10), Stored(11)
+    in_order.receive(e0)
+    in_order.receive(both)
+    late.receive(EMPTY_UPDATE)  # not empty: read before it is merged (`_merge_or_hold`)
+    late.receive(both)
+    late.receive(e0)
+    caught_up.receive(both)  # into an empty document: merged whole, sorted after
+    caught_up.receive(e0)
+    for robot in (in_order, late, caught_up):
+        assert changes(robot.replica).to_py() == changes(five).to_py() == ["e1"]
+        assert robot.replica.digest() == in_order.replica.digest()
+        assert robot.replica.beyond == []
 
 
 def test_origins_are_the_items_an_update_inserts_after() -> None:

@@ -937,3 +937,34 @@ def test_offers_due_at_every_tick_do_not_starve_the_retry_of_a_lost_request(
         frames = [f.decode(d) for d in a[1].data_to_send()]
         asked_again += sum(isinstance(x, f.SyncStep1) and x.doc_id == doc for x in frames)
     assert asked_again >= 1
+
+
+def test_a_deletion_not_relayed_is_offered_even_when_an_ack_lands_first(
+    kitchen: Robot, hall: Robot
+) -> None:
+    """Found in review: as for answers, a live deletion held back because the hall said it has
+    a session with the third robot (stale: that session broke with the removal on its way)
+    was noted with a state vector any ACK covers, and its offer was cancelled."""
+    doc = DocId("user/alice/prefs")
+    kitchen.docs.write(doc, "tea/mug", "green")
+    a, b = connect(kitchen, hall)
+    told_neighbours(a[1], (ELSEWHERE,))
+    a[1].send_update(doc, kitchen.docs.write(doc, "coffee", "oat"))
+    for data in a[1].data_to_send():
+        b[1].receive_data(data, NOW)
+    for event in b[1].events_received():
+        assert isinstance(event, ApplyUpdate)
+        b[1].applied(event.doc_id, hall.docs.apply(event.doc_id, event.update))
+    ack_in_flight = b[1].data_to_send()
+    removal = _removed_elsewhere(kitchen, doc, "tea/mug")
+    kitchen.docs.apply(doc, removal)  # live, from the third robot
+    assert not a[1].relays(doc, ELSEWHERE, removal)
+    for data in ack_in_flight:  # the ACK of the earlier write lands first
+        a[1].receive_data(data, NOW + 0.1)
+    told_neighbours(a[1], (), NOW + 1)  # the hall's session with the third robot broke
+    for t in (1, UNRELAYED_OFFER_S + 1, 40.0):
+        a[1].tick(NOW + t)
+        for data in a[1].data_to_send():
+            b[1].receive_data(data, NOW + t)
+        pump(a, b, NOW + t)
+    assert hall.docs.content(doc) == kitchen.docs.content(doc) == {"coffee": "oat"}

@@ -823,7 +823,7 @@ class Simulation:
             relayed = [
                 (doc_id, delta)
                 for doc_id, delta, origin in batch
-                if side.session.relays(DocId(doc_id), origin)
+                if side.session.relays(DocId(doc_id), origin, delta)
             ]
             for doc_id, delta in merged_for_sending(relayed):
                 side.session.send_update(DocId(doc_id), delta)

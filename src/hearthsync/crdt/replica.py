@@ -425,6 +425,13 @@ class Replica:
                 for piece in done:
                     if piece.deletes:  # what it deletes is here: Yrs applied it, or does now
                         self._merge(piece.data)
+                    elif piece.data is not piece.bare:
+                        # its items show, Yrs integrated them on its own (they waited for an
+                        # origin that came): the deletions that waited with them apply now
+                        # (found in review: an element removed with them stayed for good)
+                        rest = _delete_set(piece.data, self.doc.get_state())
+                        self._merge(b"\x00" + rest)
+                        self._hold_deletions(rest, piece.data)
                 self._aside = [p for p in self._aside if p.run.end > p.seen(after)]
                 self._held = {p.source for p in self._aside}
             if after == vector:

@@ -369,9 +369,10 @@ class Session:
     #: side's state vector when it held back the latest, which an ACK must cover
     _unrelayed: dict[DocId, statevector.StateVector] = field(default_factory=dict)
     _unrelayed_offer_at: float | None = None
-    #: documents merged from another peer's answer since the last offer: offered whatever
-    #: the peer acknowledges meanwhile (an answer may change no state vector: deletions)
-    _answered: set[DocId] = field(default_factory=set)
+    #: documents to offer whatever the peer acknowledges meanwhile: merged from another
+    #: peer's answer, or from a delta that deletes not relayed here (a deletion may change
+    #: no state vector, so an ACK of an earlier update would cover it)
+    _to_offer: set[DocId] = field(default_factory=set)
     _offered: set[DocId] = field(default_factory=set)  #: documents offered so far
     #: frames queued to send, by type (``UPDATE``, ``ACK``, ...): what this link costs
     frames_sent: Counter[str] = field(default_factory=Counter)
@@ -477,7 +478,7 @@ class Session:
                 self._settle_at = None
         if held is not None and statevector.covers(theirs, held):
             del self._unrelayed[doc_id]  # it had them from elsewhere, as it said
-            if not self._unrelayed and not self._answered:
+            if not self._unrelayed and not self._to_offer:
                 self._unrelayed_offer_at = None
 
     def _overdue(self, now: float) -> bool:
@@ -518,11 +519,12 @@ class Session:
         self._send(f.Neighbours(tuple(sorted(mine))))
         return True
 
-    def relays(self, doc_id: DocId, origin: str) -> bool:
+    def relays(self, doc_id: DocId, origin: str, delta: bytes = b"") -> bool:
         """Whether to send the peer a durable delta of ``doc_id`` that came from ``origin``
         (``""``: written here).  Not if it came from the peer, nor from a device the peer has
         a session with: that device sends the peer what it sent here (SPEC §6.4).  What is not
-        relayed is offered a while later all the same, in case the peer's word was stale."""
+        relayed is offered a while later all the same, in case the peer's word was stale (with
+        ``delta``, a delta that deletes is offered even if an ACK seems to cover it)."""
         if not origin:
             return True
         if origin.startswith(ANSWER):
@@ -533,7 +535,7 @@ class Session:
             # the peer asks for its own diff.
             # (a session not open yet offers its whole inventory once it opens)
             if self.state is State.OPEN and origin[len(ANSWER) :] != self.peer_id:
-                self._answered.add(doc_id)
+                self._to_offer.add(doc_id)
                 if self._unrelayed_offer_at is None or self._unrelayed_offer_at > self.now:
                     self._unrelayed_offer_at = self.now
             return False
@@ -541,7 +543,11 @@ class Session:
             return False
         if origin not in self.peer_neighbours:
             return True
-        self._unrelayed[doc_id] = statevector.decode(self.docs.state_vector(doc_id))
+        if delta and not updates.deletes_nothing(delta):
+            # an ACK covering the state vector proves nothing of a deletion (found in review)
+            self._to_offer.add(doc_id)
+        else:
+            self._unrelayed[doc_id] = statevector.decode(self.docs.state_vector(doc_id))
         if self._unrelayed_offer_at is None:
             self._unrelayed_offer_at = self.now + UNRELAYED_OFFER_S
         return False
@@ -708,9 +714,9 @@ class Session:
         """Anti-entropy (SPEC §6.4): offer what the peer has not acknowledged yet, and what
         was not relayed to it, as one inventory of just those documents.  A document that
         can no longer be offered (its key is gone) stops counting as unacknowledged."""
-        docs = sorted(self._unacked.keys() | self._unrelayed.keys() | self._answered)
+        docs = sorted(self._unacked.keys() | self._unrelayed.keys() | self._to_offer)
         self._unrelayed.clear()
-        self._answered.clear()
+        self._to_offer.clear()
         self._unrelayed_offer_at = None
         entries = self._entries(docs)
         offered = {entry.doc_id for entry in entries}
@@ -747,7 +753,7 @@ class Session:
         gone = self.peer_neighbours - neighbours
         self.peer_neighbours = neighbours
         self._events.append(NeighboursChanged(neighbours))
-        if gone and self._unrelayed:
+        if gone and (self._unrelayed or self._to_offer):
             self._offer_again()
 
     def _on_inventory(self, inventory: f.Inventory) -> None:

@@ -218,7 +218,7 @@ class Link:
 
     def _durable(self, batch: Durable) -> None:
         for doc_id, delta, origin in batch:
-            if not self.session.relays(DocId(doc_id), origin):
+            if not self.session.relays(DocId(doc_id), origin, delta):
                 continue  # the peer sent it, or has it from where it came (SPEC §6.4)
             if self._pending.qsize() >= MAX_PENDING_DELTAS:
                 self._overflow = True
