@@ -888,6 +888,20 @@ def _removed_elsewhere(robot: Robot, doc: DocId, key: str) -> bytes:
     return captured[0]
 
 
+def _written_and_applied(
+    a: tuple[Robot, Session], b: tuple[Robot, Session], doc: DocId, key: str, value: str
+) -> list[bytes]:
+    """``a`` writes ``key`` and sends it; ``b`` applies it.  Returns ``b``'s ACK, not yet
+    delivered."""
+    a[1].send_update(doc, a[0].docs.write(doc, key, value))
+    for data in a[1].data_to_send():
+        b[1].receive_data(data, NOW)
+    for event in b[1].events_received():
+        assert isinstance(event, ApplyUpdate)
+        b[1].applied(event.doc_id, b[0].docs.apply(event.doc_id, event.update))
+    return b[1].data_to_send()
+
+
 def test_an_answer_of_deletions_is_offered_even_when_an_ack_lands_first(
     kitchen: Robot, hall: Robot
 ) -> None:
@@ -897,13 +911,7 @@ def test_an_answer_of_deletions_is_offered_even_when_an_ack_lands_first(
     doc = DocId("user/alice/prefs")
     kitchen.docs.write(doc, "tea/mug", "green")
     a, b = connect(kitchen, hall)
-    a[1].send_update(doc, kitchen.docs.write(doc, "coffee", "oat"))
-    for data in a[1].data_to_send():
-        b[1].receive_data(data, NOW)
-    for event in b[1].events_received():
-        assert isinstance(event, ApplyUpdate)
-        b[1].applied(event.doc_id, hall.docs.apply(event.doc_id, event.update))
-    ack_in_flight = b[1].data_to_send()
+    ack_in_flight = _written_and_applied(a, b, doc, "coffee", "oat")
     kitchen.docs.apply(doc, _removed_elsewhere(kitchen, doc, "tea/mug"))  # a third's answer
     assert not a[1].relays(doc, answer_from(ELSEWHERE))
     for data in ack_in_flight:  # lands before the tick
@@ -949,13 +957,7 @@ def test_a_deletion_not_relayed_is_offered_even_when_an_ack_lands_first(
     kitchen.docs.write(doc, "tea/mug", "green")
     a, b = connect(kitchen, hall)
     told_neighbours(a[1], (ELSEWHERE,))
-    a[1].send_update(doc, kitchen.docs.write(doc, "coffee", "oat"))
-    for data in a[1].data_to_send():
-        b[1].receive_data(data, NOW)
-    for event in b[1].events_received():
-        assert isinstance(event, ApplyUpdate)
-        b[1].applied(event.doc_id, hall.docs.apply(event.doc_id, event.update))
-    ack_in_flight = b[1].data_to_send()
+    ack_in_flight = _written_and_applied(a, b, doc, "coffee", "oat")
     removal = _removed_elsewhere(kitchen, doc, "tea/mug")
     kitchen.docs.apply(doc, removal)  # live, from the third robot
     assert not a[1].relays(doc, ELSEWHERE, removal)
