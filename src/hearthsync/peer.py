@@ -1127,13 +1127,8 @@ class Peer:
         Merged, the document's own deletions of entries that a held item overwrites wait
         with that item on the robot that merges it; the sync session sends the two apart
         (`docs` ``.diff``), and so should anything else that keeps two robots in sync."""
-        replica = self._docs.settled(DocId(doc_id))
-        if replica is None:
-            raise NotFoundError(f"no document {doc_id!r}")
-        update = bytes(replica.doc.get_update(state_vector))
-        if replica.beyond:  # held aside, beyond a gap in its author's clock: others may fill it
-            update = bytes(merge_updates(update, *replica.beyond))
-        return update
+        parts = self.docs.diff(DocId(doc_id), state_vector)
+        return parts[0] if len(parts) == 1 else bytes(merge_updates(*parts))
 
     async def apply_update(self, doc_id: str, update: bytes, *, origin: str = "remote") -> bytes:
         """Merge another replica's update; return the state vector once it is durable here."""

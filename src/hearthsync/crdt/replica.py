@@ -607,15 +607,7 @@ def _held_ranges(aside: list[_Piece], state: bytes) -> bytes:
             start = max(piece.run.start, piece.seen(vector))
             if piece.deletes == deletes and start < piece.run.end:
                 ranges.setdefault(piece.run.client, []).append((start, piece.run.end))
-        joined: dict[int, list[tuple[int, int]]] = {}
-        for client in sorted(ranges):
-            spans = joined[client] = []
-            for start, end in sorted(ranges[client]):
-                if spans and start <= spans[-1][1]:
-                    spans[-1] = (spans[-1][0], max(end, spans[-1][1]))
-                else:
-                    spans.append((start, end))
-        out += statevector.encode_delete_set(joined)
+        out += statevector.canonical_ranges(ranges)
     return bytes(out)
 
 

@@ -89,7 +89,12 @@ def canonical_delete_set(update: bytes) -> bytes:
     structs, pos = _read_varuint(update, 0)
     if structs:
         raise RemoteError("not a delete set: the update holds structs")
-    ranges = delete_ranges(update[pos:])
+    return canonical_ranges(delete_ranges(update[pos:]))
+
+
+def canonical_ranges(ranges: Mapping[int, list[tuple[int, int]]]) -> bytes:
+    """``ranges`` as a canonical delete set: clients sorted, each client's ranges sorted and
+    joined where they touch or overlap."""
     joined: dict[int, list[tuple[int, int]]] = {}
     for client in sorted(ranges):
         spans = joined[client] = []
