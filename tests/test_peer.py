@@ -441,6 +441,31 @@ async def test_a_value_stamped_by_a_clock_years_ahead_can_still_be_corrected(
         assert Timestamp.parse(other.set_at).ms == MONDAY_MS
 
 
+async def test_two_corrections_in_one_instant_over_a_stamp_far_ahead_keep_their_order(
+    tmp_path: Path,
+) -> None:
+    """Alice corrects the hall robot twice before its group commit runs, while the mug it
+    holds was stamped in 2106: each write overtakes what the key holds, and the second must
+    also overtake the first, which is not in the document yet.  Stamped alike, the robots
+    would hold the second value while the first's stamp says it is just as recent."""
+    kitchen_wall, hall_wall = FakeWall(MONDAY_MS), FakeWall(MONDAY_MS)
+    async with (
+        Peer.open(tmp_path / "kitchen", device="kitchen", wall=kitchen_wall) as kitchen,
+        Peer.open(tmp_path / "hall", device="hall", wall=hall_wall) as hall,
+    ):
+        await blue_mug_stamped_in_2106(kitchen, kitchen_wall, hall)
+        green = hall.set_preference("alice", "drink/mug", "green")
+        red = hall.set_preference("alice", "drink/mug", "red")
+        first, second = await green, await red
+        assert first.set_at < second.set_at
+        await send_all(hall, kitchen)
+        for robot in (kitchen, hall):
+            held = robot.preference("alice", "drink/mug")
+            assert (held.value, held.set_at) == ("red", second.set_at)  # type: ignore[union-attr]
+        other = await hall.set_preference("alice", "drink/milk", "oat")
+        assert Timestamp.parse(other.set_at).ms == MONDAY_MS  # the clock stayed in 2026
+
+
 async def test_a_store_from_before_the_ahead_mark_reads_what_it_holds_once(
     tmp_path: Path,
 ) -> None:

@@ -103,6 +103,8 @@ W = TypeVar("W")
 ALWAYS = Condition()
 INDEX_IDLE_S = 0.05  #: see `Peer._index_staged`
 KEEP_TIME_S = 600.0  #: how often an open robot stores the time it reads (`Peer.keep_time`)
+#: overtaking stamps remembered (`Peer._overtaking`): far more than one group commit writes
+_OVERTAKING_KEPT = 4096
 INDEX_CHUNK = 64  #: vectors inserted into a graph per turn of the loop: about 5 ms
 INDEX_BACKLOG = 65_536  #: staged vectors (96 MiB at 384 dimensions) past which inserts go on
 NOWHERE = ContextSnapshot()
@@ -169,6 +171,11 @@ class Peer:
         # a fast generator for event ids, seeded from ``rng`` (so seeded runs stay reproducible)
         self._ids = random.Random(rng.getrandbits(128))
         self._handles: dict[DocId, tuple[Replica, object]] = {}
+        #: the stamps `_stamp_over` gave by overtaking a version too far ahead for the clock
+        #: to follow, by document and key, oldest first: such a stamp is not after the clock,
+        #: so a second write of the key, stamped before the group commit puts the first in
+        #: the document, must read it here to overtake it too
+        self._overtaking: dict[tuple[DocId, str], str] = {}
         self._closed = False
         self._users: frozenset[str] | None = None
         #: this device's household credentials, if it belongs to one (``hearth init``/``join``)
@@ -399,12 +406,24 @@ class Peer:
         """A stamp (and this device) for a write of ``key`` in the slot map ``slots`` of
         ``doc_id``'s handle: after every version of it held here (`HybridClock.after`)."""
 
+        mark = (doc_id, key)
+
         def newest() -> str:
             handle = self._peek(doc_id, make)
             versions = slots(handle).versions(key) if handle is not None else []
-            return max((str(getattr(v, "set_at", "")) for v in versions), default="")
+            held = max((str(getattr(v, "set_at", "")) for v in versions), default="")
+            issued = self._overtaking.get(mark, "")
+            if issued and issued <= held:  # that write is in the document now
+                del self._overtaking[mark]
+            return max(held, issued)
 
-        return str(self._clock.after(newest)), self.device_id
+        stamp = self._clock.after(newest)
+        if stamp > self._clock.last:  # it overtook a version the clock did not follow
+            self._overtaking.pop(mark, None)
+            self._overtaking[mark] = str(stamp)
+            if len(self._overtaking) > _OVERTAKING_KEPT:
+                del self._overtaking[next(iter(self._overtaking))]
+        return str(stamp), self.device_id
 
     def _meta(self) -> dict[str, str]:
         ahead = self._clock.ahead  # stored with the batch that holds it ("": none)
