@@ -418,7 +418,7 @@ class Peer:
             return max(held, issued)
 
         stamp = self._clock.after(newest)
-        if stamp > self._clock.last:  # it overtook a version the clock did not follow
+        if self._clock.ahead is not None and stamp > self._clock.last:  # it overtook a version
             self._overtaking.pop(mark, None)
             self._overtaking[mark] = str(stamp)
             if len(self._overtaking) > _OVERTAKING_KEPT:
