@@ -902,6 +902,45 @@ def _written_and_applied(
     return b[1].data_to_send()
 
 
+def _beyond_a_gap_elsewhere(robot: Robot, doc: DocId) -> bytes:
+    """A third robot's second write to ``doc``, whose first never reached ``robot``: content
+    beyond a gap in its author's clock, which ``robot`` holds aside."""
+    other = Doc(client_id=4343)
+    other.apply_update(robot.docs.docs[doc].get_update())
+    captured: list[bytes] = []
+    subscription = other.observe(lambda event: captured.append(event.update))
+    for key in ("tea/cup", "tea/pot"):  # the second deletes nothing
+        with other.transaction():
+            other.get("m", type=Map)[key] = "arrived"
+    other.unobserve(subscription)
+    assert updates.deletes_nothing(captured[1])
+    assert updates.reach(captured[1]) == {4343: 2}  # its clocks, though a gap comes first
+    return captured[1]
+
+
+def test_a_delta_held_aside_and_not_relayed_is_offered_even_when_an_ack_lands_first(
+    kitchen: Robot, hall: Robot
+) -> None:
+    """Found in review: a live delta held back from the hall (it said it has a session with
+    the third robot) whose content lies beyond a gap was held aside here, so it moved no
+    state vector, and the hall's ACK of anything cancelled its offer: a stale word left the
+    hall without it until it reconnected."""
+    doc = DocId("user/alice/prefs")
+    kitchen.docs.write(doc, "tea/mug", "green")
+    a, b = connect(kitchen, hall)
+    told_neighbours(a[1], (ELSEWHERE,))
+    ack_in_flight = _written_and_applied(a, b, doc, "coffee", "oat")
+    beyond = _beyond_a_gap_elsewhere(kitchen, doc)
+    # a replica holds it aside, which moves no state vector (`Replica`; Yrs, and so
+    # `MemoryDocs`, would show it): not applied here
+    assert not a[1].relays(doc, ELSEWHERE, beyond)
+    for data in ack_in_flight:  # the ACK of the earlier write lands first
+        a[1].receive_data(data, NOW + 0.1)
+    a[1].tick(NOW + UNRELAYED_OFFER_S + 1)
+    offered = [e.doc_id for x in inventories(a[1].data_to_send()) for e in x.entries]  # type: ignore[attr-defined]
+    assert offered == [doc]
+
+
 def test_an_answer_of_deletions_is_offered_even_when_an_ack_lands_first(
     kitchen: Robot, hall: Robot
 ) -> None:

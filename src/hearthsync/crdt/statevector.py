@@ -73,6 +73,17 @@ def canonical(data: bytes) -> bytes:
     return encode(decode(data))
 
 
+def joined(mine: StateVector, theirs: StateVector) -> StateVector:
+    """What has seen everything either has: the greater clock of each client."""
+    if covers(mine, theirs):
+        return mine
+    out = dict(mine)
+    for client, clock in theirs.items():
+        if clock > out.get(client, 0):
+            out[client] = clock
+    return MappingProxyType(out)
+
+
 def covers(mine: StateVector, theirs: StateVector) -> bool:
     """True when ``mine`` has seen everything ``theirs`` has."""
     return all(mine.get(client, 0) >= clock for client, clock in theirs.items())

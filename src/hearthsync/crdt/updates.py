@@ -176,6 +176,16 @@ def runs(update: bytes) -> tuple[list[Run], bytes]:
         raise UpdateFormatError("a string is not UTF-8") from None
 
 
+def reach(update: bytes) -> dict[int, int]:
+    """``{client id: clock}``: how far each author's content in ``update`` reaches, gaps
+    before it or not (`pycrdt.get_state` counts only what follows on from clock 0)."""
+    found: dict[int, int] = {}
+    for run in runs(update)[0]:
+        if run.end > found.get(run.client, 0):
+            found[run.client] = run.end
+    return found
+
+
 def origins(update: bytes, run: Run) -> list[tuple[int, tuple[int, int]]]:
     """The structs of ``run`` (read from ``update``) inserted after another item, as
     ``(clock, origin id)``: for a map entry, the origin is the entry it overwrote."""

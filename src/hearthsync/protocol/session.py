@@ -43,6 +43,7 @@ State table (a frame not listed for a state is a protocol error, code 400)::
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 from collections import Counter, OrderedDict
@@ -547,7 +548,14 @@ class Session:
             # an ACK covering the state vector proves nothing of a deletion (found in review)
             self._to_offer.add(doc_id)
         else:
-            self._unrelayed[doc_id] = statevector.decode(self.docs.state_vector(doc_id))
+            noted = statevector.decode(self.docs.state_vector(doc_id))
+            if delta:
+                # and the delta's own clocks: held aside here (beyond a gap in its author's
+                # clock), it moved no state vector, and any ACK would cover it (found in
+                # review: a stale NEIGHBOURS left the peer without it until it reconnected)
+                with contextlib.suppress(updates.UpdateFormatError):  # it merged here
+                    noted = statevector.joined(noted, updates.reach(delta))
+            self._unrelayed[doc_id] = noted
         if self._unrelayed_offer_at is None:
             self._unrelayed_offer_at = self.now + UNRELAYED_OFFER_S
         return False
