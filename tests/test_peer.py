@@ -18,6 +18,7 @@ from hearthsync import BlockedFieldError, Condition, NotFoundError, Peer, Valida
 from hearthsync.crypto.identity import KEY_FILE, DeviceIdentity
 from hearthsync.errors import ClosedError
 from hearthsync.hlc import Timestamp
+from hearthsync.model.records import MAX_LIST, Profile, merge_fields
 from tests.conftest import MONDAY_MS, FakeWall
 from tests.test_forgetting import enrol_household
 
@@ -529,6 +530,77 @@ async def test_fields_changed_on_two_robots_apart_both_survive(tmp_path: Path) -
     async with Peer.open(tmp_path / "hall", wall=hall_wall) as reopened:
         assert reopened.calibration("alice").pace == 0.3
         assert reopened.profile("alice").languages == ["en", "zh"]  # type: ignore[union-attr]
+
+
+async def test_facts_about_a_person_learnt_on_two_robots_apart_both_survive(
+    tmp_path: Path,
+) -> None:
+    """Profile attributes merge fact by fact: partitioned, the kitchen robot learns Alice's
+    height and the hall robot that she is left-handed; once they meet, both hold both.  A
+    removal (``None``) outranks the older value, on both robots and after a reopen, and a
+    fact set again after its removal comes back."""
+    kitchen_wall, hall_wall = FakeWall(MONDAY_MS), FakeWall(MONDAY_MS + 5_000)
+    async with (
+        Peer.open(tmp_path / "kitchen", device="kitchen", wall=kitchen_wall) as kitchen,
+        Peer.open(tmp_path / "hall", device="hall", wall=hall_wall) as hall,
+    ):
+        await kitchen.add_user("alice", name="Alice", attributes={"team": "Lyon"})
+        await send_all(kitchen, hall)
+        written = await kitchen.set_profile("alice", attributes={"height_cm": 165})
+        assert written.attributes == {"height_cm": 165, "team": "Lyon"}
+        await hall.set_profile("alice", attributes={"hand": "left"})
+        await send_all(kitchen, hall)
+        await send_all(hall, kitchen)
+        for robot in (kitchen, hall):
+            profile = robot.profile("alice")
+            assert profile is not None
+            assert profile.attributes == {"hand": "left", "height_cm": 165, "team": "Lyon"}
+        kitchen_wall.advance(60_000)
+        removed = await kitchen.set_profile("alice", attributes={"team": None})
+        assert removed.attributes == {"hand": "left", "height_cm": 165}
+        await send_all(kitchen, hall)
+        await hall.set_profile("alice", attributes={"hand": "right"})  # keeps the removal
+        await send_all(hall, kitchen)
+        for robot in (kitchen, hall):
+            assert robot.profile("alice").attributes == {"hand": "right", "height_cm": 165}  # type: ignore[union-attr]
+    async with Peer.open(tmp_path / "kitchen", wall=kitchen_wall) as reopened:
+        assert reopened.profile("alice").attributes == {"hand": "right", "height_cm": 165}  # type: ignore[union-attr]
+        kitchen_wall.advance(60_000)
+        await reopened.set_profile("alice", attributes={"team": "Nantes"})
+        assert reopened.profile("alice").attributes["team"] == "Nantes"  # type: ignore[union-attr]
+
+
+async def test_too_many_facts_about_a_person_are_refused_and_change_nothing(
+    peer: Peer,
+) -> None:
+    await peer.set_profile("alice", attributes={f"fact{i}": i for i in range(MAX_LIST)})
+    with pytest.raises(ValidationError) as refused:
+        peer.set_profile("alice", attributes={"one_more": 1})
+    assert refused.value.field == "attributes"
+    assert "one_more" not in peer.profile("alice").attributes  # type: ignore[union-attr]
+    await peer.set_profile("alice", attributes={"fact0": None, "one_more": 1})  # room made
+    profile = peer.profile("alice")
+    assert profile is not None
+    assert len(profile.attributes) == MAX_LIST
+    assert "fact0" not in profile.attributes
+
+
+def test_a_profile_from_before_fact_stamps_merges_its_facts_at_its_field_stamp() -> None:
+    """A stored version with one stamp for all its attributes (before facts had their own):
+    each of its facts is as recent as that stamp."""
+    old = Profile.derived(
+        user="alice", name="Alice", attributes={"hand": "left", "team": "Lyon"},
+        stamps={"attributes": "0001773014400000.00000.A"}, device="A",
+    )  # fmt: skip
+    new = Profile.derived(
+        user="alice", name="Alice", attributes={"team": None},
+        stamps={"attributes": "0001773014400001.00000.B"},
+        key_stamps={"attributes": {"team": "0001773014400001.00000.B"}}, device="B",
+    )  # fmt: skip
+    merged = merge_fields([old, new])
+    assert merged is not None
+    assert merged.shown().attributes == {"hand": "left"}
+    assert merged.key_stamps["attributes"]["hand"] == "0001773014400000.00000.A"
 
 
 async def test_profile_and_calibration_round_trip(peer: Peer) -> None:

@@ -600,10 +600,16 @@ class Peer:
         """Change profile fields of an existing user; the others keep their value.
 
         Profiles merge field by field (`FieldMerged`): a change made on another robot at the
-        same time to another field survives this one.
+        same time to another field survives this one.  ``attributes`` is a patch, merged fact
+        by fact: ``attributes={"height_cm": 165}`` sets that fact and keeps the others (those
+        another robot sets meanwhile too), and ``None`` removes one.
         """
         uid = self._require_user(user)
-        checked = Profile.build(**(self._profile_or_new(uid).model_dump() | fields))
+        current = self._profile_or_new(uid).model_dump()
+        if isinstance(fields.get("attributes"), dict):  # a patch: checked as it will stand
+            fields_now = {"attributes": current["attributes"] | fields["attributes"]}
+            Profile.build(**(current | fields | fields_now))
+        checked = Profile.build(**(current | fields))
         doc_id = user_doc(uid, Kind.PROFILE)
         return self._write(
             doc_id,
@@ -612,7 +618,8 @@ class Peer:
 
     def profile(self, user: str) -> Profile | None:
         handle = self._peek(user_doc(user, Kind.PROFILE), ProfileDoc)
-        return merge_fields(handle.profile.versions(PROFILE)) if handle else None
+        found = merge_fields(handle.profile.versions(PROFILE)) if handle else None
+        return found.shown() if found is not None else None
 
     def _profile_or_new(self, user: UserId) -> Profile:
         return self.profile(user) or Profile(user=user, name=user)
@@ -660,9 +667,15 @@ class Peer:
             current = merge_fields(held.versions(key)) or checked
             stamps = current.stamps | dict.fromkeys(fields, set_at)
             update = changed | {"set_at": set_at, "device": device, "stamps": stamps}
+            key_stamps = dict(current.key_stamps)
+            for name in set(fields) & set(current.KEYED):  # entry by entry, as a patch
+                entries = getattr(current, name) | changed[name]
+                own = key_stamps.get(name, {}) | dict.fromkeys(changed[name], set_at)
+                update[name], key_stamps[name] = _fewer_removed(entries, own)
+            update["key_stamps"] = key_stamps
             record = current.model_copy(update=update)
             held.put(key, record, device)
-            return record
+            return record.shown()
 
         return change
 
@@ -1466,3 +1479,24 @@ def _record_count(replica: Replica) -> int:
 
 
 __all__ = ["DocumentStatus", "Peer", "PeerStatus", "Recalled", "parse"]
+
+
+#: removed entries a keyed field keeps (`FieldMerged.KEYED`): so many facts removed and never
+#: set again are rare; past them, the oldest removal is forgotten (a robot that still holds
+#: the fact from before it, and writes the profile, brings it back)
+MAX_REMOVED = 64
+
+
+def _fewer_removed(
+    entries: dict[str, Any], stamps: dict[str, str]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """``entries`` and their ``stamps`` with at most `MAX_REMOVED` removed entries, the
+    newest removals kept."""
+    removed = sorted((stamps.get(k, ""), k) for k, v in entries.items() if v is None)
+    if len(removed) <= MAX_REMOVED:
+        return entries, stamps
+    dropped = {k for _, k in removed[: len(removed) - MAX_REMOVED]}
+    return (
+        {k: v for k, v in entries.items() if k not in dropped},
+        {k: at for k, at in stamps.items() if k not in dropped},
+    )

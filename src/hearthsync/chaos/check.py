@@ -95,7 +95,8 @@ class Write:
     #: where the write's own version is held (the same stamp), it must hold these
     expect: dict[str, Any] = field(default_factory=dict)
     #: a field-merged record (profile, calibration): the field written, whose own stamp
-    #: (``stamps[field]``) is compared rather than the record's
+    #: (``stamps[field]``) is compared rather than the record's; ``field/entry``: an entry of
+    #: a field merged entry by entry (``key_stamps[field][entry]``)
     merged: str = ""
     started_at: float = 0.0  #: simulated time the write was made (its op's time)
     #: the newest key epoch the writer held for the document when it wrote (-1: unknown)
@@ -151,7 +152,10 @@ class Holdings:
         if record is None:
             return "missing"
         if write.merged:
-            held = record.get("stamps", {}).get(write.merged, "")
+            name, _, entry = write.merged.partition("/")  # a field, or an entry of one
+            held = record.get("stamps", {}).get(name, "")
+            if entry:  # its own stamp, or its field's in a version from before entry stamps
+                held = record.get("key_stamps", {}).get(name, {}).get(entry, held)
         else:
             held = record.get("set_at", "")
         if held < write.set_at:
@@ -172,6 +176,9 @@ def _differs(record: dict[str, Any], write: Write) -> str | None:
     model = _RECORDS.get(write.root)
 
     def held(name: str) -> Any:
+        field_name, _, entry = name.partition("/")
+        if entry:  # an entry of a keyed field (profile attributes)
+            return record.get(field_name, {}).get(entry)
         if name in record or model is None or name not in model.model_fields:
             return record.get(name)
         return model.model_fields[name].get_default(call_default_factory=True)

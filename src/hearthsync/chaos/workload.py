@@ -114,6 +114,10 @@ class CausalityError(AssertionError):
     would lose to what it overwrote on every robot (DESIGN invariant 3)."""
 
 
+#: the profile attributes the workload writes
+PROFILE_FACTS = ("note", "seen")
+
+
 def _follows(what: str, stamp: str, held: Sequence[str]) -> None:
     """Check that a register write's ``stamp`` follows every version its robot ``held``."""
     newest = max(held, default="")
@@ -223,10 +227,13 @@ class Writer:
 
     async def set_profile(self, user: str, marker: str) -> Write:
         epoch = self._epoch("core", user)
-        record = await self.peer.set_profile(user, attributes={"note": marker})
+        # two facts, so robots apart set different ones and both must survive (merged by fact)
+        fact = PROFILE_FACTS[sum(map(ord, marker)) % len(PROFILE_FACTS)]
+        record = await self.peer.set_profile(user, attributes={fact: marker})
         return self._register(
             "profile", user_doc(user, Kind.PROFILE), "core", "profile", "profile",
-            record.stamps["attributes"], epoch, {"attributes": {"note": marker}}, "attributes",
+            record.key_stamps["attributes"][fact], epoch, {f"attributes/{fact}": marker},
+            f"attributes/{fact}",
         )  # fmt: skip
 
     async def set_calibration(self, user: str, field: str, value: float) -> Write:

@@ -63,7 +63,9 @@ def _bounded_json(value: JsonValue) -> JsonValue:
 #: written by the peer, not by people: clocks and device ids, whose digits are not personal
 #: data; and ``evidence``, which holds only event ids and markers (`_evidence_item`).  Ids that
 #: people choose (users, objects, regions) are checked: "555-123-4567" is a well-formed name.
-_SYSTEM_FIELDS = frozenset({"set_at", "device", "hlc", "at", "ts", "stamps", "evidence"})
+_SYSTEM_FIELDS = frozenset(
+    {"set_at", "device", "hlc", "at", "ts", "stamps", "key_stamps", "evidence"}
+)
 
 #: an event id, as `Peer` makes them (``ev-`` + hex): written by the peer, never checked
 _EVENT_ID = r"ev-[a-z0-9]{6,40}"
@@ -244,21 +246,47 @@ class FieldMerged(Record):
     """
 
     MERGED: ClassVar[tuple[str, ...]] = ()  #: the fields merged one by one
+    #: the mappings among ``MERGED`` merged entry by entry, each entry with its own stamp in
+    #: ``key_stamps``; an entry set to ``None`` is removed (kept as ``None``, so the removal
+    #: outranks older versions of it, and shown by `shown` without it)
+    KEYED: ClassVar[tuple[str, ...]] = ()
 
     stamps: Annotated[dict[Name, Hlc], Field(max_length=16)] = {}
+    key_stamps: Annotated[dict[Name, dict[Name, Hlc]], Field(max_length=4)] = {}
 
     @pydantic.model_validator(mode="after")
     def _stamps_name_fields(self) -> Self:
         unknown = sorted(set(self.stamps) - set(self.MERGED))
         if unknown:
             raise ValueError(f"stamps name fields it does not merge: {', '.join(unknown)}")
+        unkeyed = sorted(set(self.key_stamps) - set(self.KEYED))
+        if unkeyed:
+            raise ValueError(f"key_stamps name fields it does not merge by key: {unkeyed}")
         return self
+
+    def shown(self) -> Self:
+        """This record as people read it: without the removed entries of its keyed fields."""
+        removed = {
+            name: {k for k, v in getattr(self, name).items() if v is None} for name in self.KEYED
+        }
+        if not any(removed.values()):
+            return self
+        update: dict[str, Any] = {
+            name: {k: v for k, v in getattr(self, name).items() if v is not None}
+            for name in self.KEYED
+        }
+        update["key_stamps"] = {
+            name: {k: at for k, at in stamps.items() if k not in removed.get(name, ())}
+            for name, stamps in self.key_stamps.items()
+        }
+        return self.model_copy(update=update)
 
 
 class Profile(FieldMerged):
     """Who a person is to the household (``user/<id>/profile``)."""
 
     MERGED = ("name", "roles", "languages", "accessibility", "household_role", "attributes")
+    KEYED = ("attributes",)
 
     user: Name
     name: ShortText
@@ -271,9 +299,22 @@ class Profile(FieldMerged):
     household_role: Literal[
         "owner", "adult", "child", "guest", "resident", "patient", "caregiver", "worker", "staff"
     ] = "adult"
-    attributes: Annotated[dict[Name, Json], Field(max_length=MAX_LIST)] = {}
+    #: facts about the person, merged fact by fact; ``None`` removes one.  Removed facts are
+    #: kept (`FieldMerged.KEYED`), up to `MAX_LIST` of them, the oldest dropped first
+    #: (room for robots that added facts apart, each up to the limit, and for the removed)
+    attributes: Annotated[dict[Name, Json], Field(max_length=4 * MAX_LIST)] = {}
     set_at: Hlc = ""
     device: str = ""
+
+    @pydantic.field_validator("attributes")
+    @classmethod
+    def _few_attributes(
+        cls, attributes: dict[str, JsonValue], info: pydantic.ValidationInfo
+    ) -> dict[str, JsonValue]:
+        held = sum(value is not None for value in attributes.values())
+        if held > MAX_LIST and _as_written(info):
+            raise ValueError(f"{held} held, the limit is {MAX_LIST}")
+        return attributes
 
 
 class Calibration(FieldMerged):
@@ -504,13 +545,27 @@ def merge_fields(versions: Sequence[M]) -> M | None:
     if not versions:
         return None
     best: dict[str, tuple[str, str, Any]] = {}
+    keyed: dict[str, dict[str, tuple[str, str, Any]]] = {}
     for version in versions:
         stamps, device = version.stamps, str(getattr(version, "device", ""))
         for name in version.MERGED:
             at = stamps.get(name) if stamps else str(getattr(version, "set_at", ""))
+            if name in version.KEYED:  # entry by entry: each from the version that set it last
+                entries = keyed.setdefault(name, {})
+                own = version.key_stamps.get(name, {})
+                for key, value in getattr(version, name).items():
+                    key_at = own.get(key) or at  # a version from before key stamps: ``at``
+                    if key_at and (key not in entries or (key_at, device) > entries[key][:2]):
+                        entries[key] = (key_at, device, value)
+                continue
             if at and (name not in best or (at, device) > best[name][:2]):
                 best[name] = (at, device, getattr(version, name))
-    merged = {name: value for name, (_, _, value) in best.items()}
-    return versions[-1].model_copy(
-        update=merged | {"stamps": {name: at for name, (at, _, _) in best.items()}}
-    )
+    merged: dict[str, Any] = {name: value for name, (_, _, value) in best.items()}
+    stamps = {name: at for name, (at, _, _) in best.items()}
+    key_stamps: dict[str, dict[str, str]] = {}
+    for name, entries in keyed.items():
+        merged[name] = {key: value for key, (_, _, value) in sorted(entries.items())}
+        key_stamps[name] = {key: at for key, (at, _, _) in sorted(entries.items())}
+        if entries:
+            stamps[name] = max(at for at, _, _ in entries.values())
+    return versions[-1].model_copy(update=merged | {"stamps": stamps, "key_stamps": key_stamps})
