@@ -467,6 +467,46 @@ async def test_two_corrections_in_one_instant_over_a_stamp_far_ahead_keep_their_
         assert Timestamp.parse(other.set_at).ms == MONDAY_MS  # the clock stayed in 2026
 
 
+async def test_overtaking_one_record_far_ahead_leaves_a_record_of_the_same_name_alone(
+    tmp_path: Path,
+) -> None:
+    """Found in review: the stamps given by overtaking were remembered by document and key,
+    and a region and a thing may share a name in the spatial document: correcting a region
+    stamped in 2106 stamped the next move of the thing of that name in 2106 too."""
+    kitchen_wall, hall_wall = FakeWall(MONDAY_MS), FakeWall(MONDAY_MS)
+    async with (
+        Peer.open(tmp_path / "kitchen", device="kitchen", wall=kitchen_wall) as kitchen,
+        Peer.open(tmp_path / "hall", device="hall", wall=hall_wall) as hall,
+    ):
+        kitchen_wall.ms = 4_294_967_295_000  # 2106-02-07
+        await kitchen.set_region("fridge", "Fridge corner")
+        kitchen_wall.ms = MONDAY_MS
+        await send_all(kitchen, hall)
+        corrected = hall.set_region("fridge", "Fridge corner, left")
+        placed = hall.place("fridge", "The fridge", region="kitchen")  # in the same batch
+        assert Timestamp.parse((await corrected).set_at).ms == 4_294_967_295_000
+        assert Timestamp.parse((await placed).set_at).ms == MONDAY_MS
+
+
+async def test_a_forgotten_users_keys_are_not_remembered_for_overtaking(tmp_path: Path) -> None:
+    """Found in review: the key of a forgotten user's record, overtaken over a stamp in 2106,
+    stayed in the robot's memory after the forget."""
+    kitchen_wall, hall_wall = FakeWall(MONDAY_MS), FakeWall(MONDAY_MS)
+    async with (
+        Peer.open(tmp_path / "kitchen", device="kitchen", wall=kitchen_wall) as kitchen,
+        Peer.open(tmp_path / "hall", device="hall", wall=hall_wall) as hall,
+    ):
+        await kitchen.add_user("alice", name="Alice")
+        kitchen_wall.ms = 4_294_967_295_000
+        await kitchen.set_health("alice", "condition/diabetes", "type 2")
+        kitchen_wall.ms = MONDAY_MS
+        await send_all(kitchen, hall)
+        await hall.set_health("alice", "condition/diabetes", "type 1")
+        assert any("alice" in str(mark) for mark in hall._overtaking)
+        await hall.forget("alice")
+        assert not any("alice" in str(mark) for mark in hall._overtaking)
+
+
 async def test_a_store_from_before_the_ahead_mark_reads_what_it_holds_once(
     tmp_path: Path,
 ) -> None:

@@ -103,8 +103,6 @@ W = TypeVar("W")
 ALWAYS = Condition()
 INDEX_IDLE_S = 0.05  #: see `Peer._index_staged`
 KEEP_TIME_S = 600.0  #: how often an open robot stores the time it reads (`Peer.keep_time`)
-#: overtaking stamps remembered (`Peer._overtaking`): far more than one group commit writes
-_OVERTAKING_KEPT = 4096
 INDEX_CHUNK = 64  #: vectors inserted into a graph per turn of the loop: about 5 ms
 INDEX_BACKLOG = 65_536  #: staged vectors (96 MiB at 384 dimensions) past which inserts go on
 NOWHERE = ContextSnapshot()
@@ -172,10 +170,10 @@ class Peer:
         self._ids = random.Random(rng.getrandbits(128))
         self._handles: dict[DocId, tuple[Replica, object]] = {}
         #: the stamps `_stamp_over` gave by overtaking a version too far ahead for the clock
-        #: to follow, by document and key, oldest first: such a stamp is not after the clock,
-        #: so a second write of the key, stamped before the group commit puts the first in
-        #: the document, must read it here to overtake it too
-        self._overtaking: dict[tuple[DocId, str], str] = {}
+        #: to follow, by (document, slot map, key), with the batches committed then: such a
+        #: stamp is not after the clock, so a second write of the key, stamped before the
+        #: group commit puts the first in the document, must read it here to overtake it too
+        self._overtaking: dict[tuple[DocId, str, str], tuple[str, int]] = {}
         self._closed = False
         self._users: frozenset[str] | None = None
         #: this device's household credentials, if it belongs to one (``hearth init``/``join``)
@@ -382,6 +380,8 @@ class Peer:
         replica, and with it everything the user said, for as long as it is kept."""
         for doc_id in doc_ids:
             self._handles.pop(doc_id, None)
+        dropped = set(doc_ids)
+        self._overtaking = {m: v for m, v in self._overtaking.items() if m[0] not in dropped}
 
     def _peek(self, doc_id: DocId, make: Callable[[Any], H]) -> H | None:
         """The handle of ``doc_id`` if the document exists, without creating it."""
@@ -406,23 +406,31 @@ class Peer:
         """A stamp (and this device) for a write of ``key`` in the slot map ``slots`` of
         ``doc_id``'s handle: after every version of it held here (`HybridClock.after`)."""
 
-        mark = (doc_id, key)
+        committed = self._docs.batches_committed
+        if self._overtaking:
+            # A write is in the document once the batch after the one committing when it was
+            # stamped has run (or it never will be: refused, or its robot crashed)
+            self._overtaking = {
+                mark: issued
+                for mark, issued in self._overtaking.items()
+                if committed - issued[1] < 2
+            }
+        mark: tuple[DocId, str, str] | None = None
 
         def newest() -> str:
+            nonlocal mark
             handle = self._peek(doc_id, make)
-            versions = slots(handle).versions(key) if handle is not None else []
-            held = max((str(getattr(v, "set_at", "")) for v in versions), default="")
-            issued = self._overtaking.get(mark, "")
-            if issued and issued <= held:  # that write is in the document now
-                del self._overtaking[mark]
-            return max(held, issued)
+            if handle is None:
+                return ""
+            held_map = slots(handle)
+            mark = (doc_id, held_map.name, key)
+            held = max((str(getattr(v, "set_at", "")) for v in held_map.versions(key)), default="")
+            issued = self._overtaking.get(mark)
+            return max(held, issued[0]) if issued is not None else held
 
         stamp = self._clock.after(newest)
-        if self._clock.ahead is not None and stamp > self._clock.last:  # it overtook a version
-            self._overtaking.pop(mark, None)
-            self._overtaking[mark] = str(stamp)
-            if len(self._overtaking) > _OVERTAKING_KEPT:
-                del self._overtaking[next(iter(self._overtaking))]
+        if mark is not None and stamp > self._clock.last:  # it overtook a version held
+            self._overtaking[mark] = (str(stamp), committed)
         return str(stamp), self.device_id
 
     def _meta(self) -> dict[str, str]:

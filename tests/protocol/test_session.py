@@ -941,6 +941,33 @@ def test_a_delta_held_aside_and_not_relayed_is_offered_even_when_an_ack_lands_fi
     assert offered == [doc]
 
 
+def test_a_second_delta_not_relayed_keeps_what_the_first_noted(kitchen: Robot, hall: Robot) -> None:
+    """Found in review: the note of a delta held back replaced the one before it, so an
+    ordinary delta of the same document held back next dropped the reach of one held aside
+    here, and an ACK cancelled its offer after all."""
+    doc = DocId("user/alice/prefs")
+    kitchen.docs.write(doc, "tea/mug", "green")
+    a, b = connect(kitchen, hall)
+    told_neighbours(a[1], (ELSEWHERE,))
+    other = Doc(client_id=4545)
+    other.apply_update(kitchen.docs.docs[doc].get_update())
+    captured: list[bytes] = []
+    subscription = other.observe(lambda event: captured.append(event.update))
+    other.get("m", type=Map)["juice"] = "apple"
+    other.unobserve(subscription)
+    ordinary = captured[0]
+    kitchen.docs.apply(doc, ordinary)  # the third robot's ordinary write: both have it
+    hall.docs.apply(doc, ordinary)
+    ack_in_flight = _written_and_applied(a, b, doc, "coffee", "oat")
+    assert not a[1].relays(doc, ELSEWHERE, _beyond_a_gap_elsewhere(kitchen, doc))
+    assert not a[1].relays(doc, ELSEWHERE, ordinary)  # the next batch held back
+    for data in ack_in_flight:
+        a[1].receive_data(data, NOW + 0.1)
+    a[1].tick(NOW + UNRELAYED_OFFER_S + 1)
+    offered = [e.doc_id for x in inventories(a[1].data_to_send()) for e in x.entries]  # type: ignore[attr-defined]
+    assert offered == [doc]
+
+
 def test_an_answer_of_deletions_is_offered_even_when_an_ack_lands_first(
     kitchen: Robot, hall: Robot
 ) -> None:

@@ -62,6 +62,7 @@ class SlotMap(Generic[R]):
 
     def __init__(self, replica: Replica, name: str, record_type: type[R]) -> None:
         self._replica = replica
+        self.name = name  #: the root map's name in its document
         self._map: Map[str] = replica.doc.get(name, type=Map)
         self._type = record_type
         self._slots: dict[str, set[str]] | None = None  # record key -> slot keys, built lazily

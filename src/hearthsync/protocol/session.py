@@ -555,7 +555,12 @@ class Session:
                 # review: a stale NEIGHBOURS left the peer without it until it reconnected)
                 with contextlib.suppress(updates.UpdateFormatError):  # it merged here
                     noted = statevector.joined(noted, updates.reach(delta))
-            self._unrelayed[doc_id] = noted
+            # and what an earlier delta held back noted, which may reach further than both
+            # (found in review)
+            earlier = self._unrelayed.get(doc_id)
+            self._unrelayed[doc_id] = (
+                noted if earlier is None else statevector.joined(noted, earlier)
+            )
         if self._unrelayed_offer_at is None:
             self._unrelayed_offer_at = self.now + UNRELAYED_OFFER_S
         return False
