@@ -15,6 +15,8 @@ import pytest
 
 import hearthsync.peer as peer_module
 from hearthsync import BlockedFieldError, Condition, NotFoundError, Peer, ValidationError, enrolment
+from hearthsync.crdt.handles import ProfileDoc
+from hearthsync.crdt.kinds import Kind, user_doc
 from hearthsync.crypto.identity import KEY_FILE, DeviceIdentity
 from hearthsync.errors import ClosedError
 from hearthsync.hlc import Timestamp
@@ -625,22 +627,104 @@ async def test_too_many_facts_about_a_person_are_refused_and_change_nothing(
     assert "fact0" not in profile.attributes
 
 
+async def test_the_later_of_two_values_of_one_fact_wins_on_both_robots(tmp_path: Path) -> None:
+    """Robots apart that set the same fact differently agree on the later value, in either
+    order of arrival."""
+    kitchen_wall, hall_wall = FakeWall(MONDAY_MS), FakeWall(MONDAY_MS + 5_000)
+    async with (
+        Peer.open(tmp_path / "kitchen", device="kitchen", wall=kitchen_wall) as kitchen,
+        Peer.open(tmp_path / "hall", device="hall", wall=hall_wall) as hall,
+    ):
+        await kitchen.add_user("alice", name="Alice")
+        await send_all(kitchen, hall)
+        await hall.set_profile("alice", attributes={"hand": "right", "team": "Lyon"})
+        await kitchen.set_profile("alice", attributes={"hand": "left"})  # earlier clock
+        await send_all(hall, kitchen)
+        await send_all(kitchen, hall)
+        for robot in (kitchen, hall):
+            assert robot.profile("alice").attributes == {"hand": "right", "team": "Lyon"}  # type: ignore[union-attr]
+
+
+async def test_facts_are_a_patch_for_add_user_too(peer: Peer) -> None:
+    """Registering a known user again patches their facts, within the same limit."""
+    await peer.add_user("alice", name="Alice", attributes={f"a{i}": i for i in range(MAX_LIST)})
+    with pytest.raises(ValidationError) as refused:
+        await peer.add_user("alice", name="Alice", attributes={"b": 1})
+    assert refused.value.field == "attributes"
+    assert len(peer.profile("alice").attributes) == MAX_LIST  # type: ignore[union-attr]
+
+
+async def test_robots_apart_may_add_more_facts_than_one_may_and_still_change_the_profile(
+    tmp_path: Path,
+) -> None:
+    """Found in review: two robots apart each added 40 facts; the 80 they show together
+    refused every later change, a rename included.  A change that does not add to them is
+    taken, one that adds is refused, and removing more than `MAX_REMOVED` facts on both
+    robots apart brings none of them back when the kept removals are trimmed."""
+    kitchen_wall, hall_wall = FakeWall(MONDAY_MS), FakeWall(MONDAY_MS + 5_000)
+    async with (
+        Peer.open(tmp_path / "kitchen", device="kitchen", wall=kitchen_wall) as kitchen,
+        Peer.open(tmp_path / "hall", device="hall", wall=hall_wall) as hall,
+    ):
+        await kitchen.add_user("alice", name="Alice")
+        await send_all(kitchen, hall)
+        await kitchen.set_profile("alice", attributes={f"k{i}": i for i in range(MAX_LIST)})
+        await hall.set_profile("alice", attributes={f"h{i}": i for i in range(MAX_LIST)})
+        await send_all(kitchen, hall)
+        await send_all(hall, kitchen)
+        assert len(kitchen.profile("alice").attributes) == 2 * MAX_LIST  # type: ignore[union-attr]
+        await kitchen.set_profile("alice", name="Alicia")  # a rename is taken
+        with pytest.raises(ValidationError):
+            kitchen.set_profile("alice", attributes={"one_more": 1})
+        # each robot removes its own facts, apart: 128 removals between them
+        await kitchen.set_profile("alice", attributes=dict.fromkeys(map("k{}".format, range(64))))
+        await hall.set_profile("alice", attributes=dict.fromkeys(map("h{}".format, range(64))))
+        await send_all(kitchen, hall)
+        await send_all(hall, kitchen)
+        kitchen_wall.advance(60_000)
+        await kitchen.set_profile("alice", household_role="owner")  # trims the removals kept
+        await send_all(kitchen, hall)
+        for robot in (kitchen, hall):
+            profile = robot.profile("alice")
+            assert profile is not None
+            assert (profile.name, profile.attributes) == ("Alicia", {})
+        handle = kitchen._peek(user_doc("alice", Kind.PROFILE), ProfileDoc)
+        assert handle is not None
+        own = [v for v in handle.profile.versions("profile") if v.device == kitchen.device_id]
+        assert len(own[0].attributes) == peer_module.MAX_REMOVED  # what the hall still holds
+
+
+async def test_a_phone_number_as_a_fact_is_refused_without_repeating_it(peer: Peer) -> None:
+    with pytest.raises(BlockedFieldError) as refused:
+        peer.set_profile("alice", attributes={"555-123-4567": "mum"})
+    assert refused.value.field == "attributes"
+    assert "555" not in str(refused.value)
+    assert peer.profile("alice").attributes == {}  # type: ignore[union-attr]
+
+
 def test_a_profile_from_before_fact_stamps_merges_its_facts_at_its_field_stamp() -> None:
-    """A stored version with one stamp for all its attributes (before facts had their own):
-    each of its facts is as recent as that stamp."""
-    old = Profile.derived(
+    """A stored version with one stamp for all its attributes (before facts had their own)
+    set the whole mapping then: a fact it lacks, it had removed (found in review: upgrading
+    brought such facts back).  A version with its own stamps counts each fact at its own."""
+    t0, t1, t2, t3 = (f"00017730144{n:05d}.00000.X" for n in range(4))
+    older = Profile.derived(
         user="alice", name="Alice", attributes={"hand": "left", "team": "Lyon"},
-        stamps={"attributes": "0001773014400000.00000.A"}, device="A",
+        stamps={"attributes": t1}, device="A",
     )  # fmt: skip
-    new = Profile.derived(
-        user="alice", name="Alice", attributes={"team": None},
-        stamps={"attributes": "0001773014400001.00000.B"},
-        key_stamps={"attributes": {"team": "0001773014400001.00000.B"}}, device="B",
+    newer = Profile.derived(
+        user="alice", name="Alice", attributes={"hand": "left"}, stamps={"attributes": t2},
+        device="B",
     )  # fmt: skip
-    merged = merge_fields([old, new])
-    assert merged is not None
-    assert merged.shown().attributes == {"hand": "left"}
-    assert merged.key_stamps["attributes"]["hand"] == "0001773014400000.00000.A"
+    keyed = Profile.derived(
+        user="alice", name="Alice", attributes={"hand": None, "pet": "cat"},
+        stamps={"attributes": t3}, key_stamps={"attributes": {"hand": t0, "pet": t3}},
+        device="C",
+    )  # fmt: skip
+    for versions in ([older, newer, keyed], [keyed, newer, older], [newer, keyed, older]):
+        merged = merge_fields(versions)
+        assert merged is not None
+        assert merged.shown().attributes == {"hand": "left", "pet": "cat"}
+        assert merged.key_stamps["attributes"]["hand"] == t2
 
 
 async def test_profile_and_calibration_round_trip(peer: Peer) -> None:

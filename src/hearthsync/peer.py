@@ -62,10 +62,12 @@ from hearthsync.forgetting import Forgetting
 from hearthsync.hlc import MAX_AHEAD_MS, FloorWall, HybridClock, Timestamp, latest_stored
 from hearthsync.ids import DeviceId, DocId, LineageId, UserId, check_name
 from hearthsync.model.records import (
+    MAX_LIST,
     Calibration,
     Condition,
     ContextSnapshot,
     EventType,
+    FieldMerged,
     HealthRecord,
     InteractionEvent,
     M,
@@ -573,6 +575,9 @@ class Peer:
                 f"user {user!r} was forgotten; a returning person needs a new id", field="user"
             )
         record = Profile.build(user=user, name=name, **profile)  # checked before anything
+        held = self.profile(user)
+        if held is not None:  # registered already: its facts are a patch of the profile's
+            self._check_facts(held, record.attributes)
         doc_id = user_doc(record.user, Kind.PROFILE)
         change = self._merged_write(
             doc_id, ProfileDoc, lambda h: h.profile, PROFILE, record, {"name": name} | profile
@@ -613,11 +618,11 @@ class Peer:
         another robot sets meanwhile too), and ``None`` removes one.
         """
         uid = self._require_user(user)
-        current = self._profile_or_new(uid).model_dump()
-        if isinstance(fields.get("attributes"), dict):  # a patch: checked as it will stand
-            fields_now = {"attributes": current["attributes"] | fields["attributes"]}
-            Profile.build(**(current | fields | fields_now))
-        checked = Profile.build(**(current | fields))
+        current = self._profile_or_new(uid)
+        # the facts checked are the patch's; the profile's, where robots apart added more
+        # than the limit between them, would refuse even a rename
+        checked = Profile.build(**(current.model_dump() | {"attributes": {}} | fields))
+        self._check_facts(current, checked.attributes)
         doc_id = user_doc(uid, Kind.PROFILE)
         return self._write(
             doc_id,
@@ -631,6 +636,17 @@ class Peer:
 
     def _profile_or_new(self, user: UserId) -> Profile:
         return self.profile(user) or Profile(user=user, name=user)
+
+    @staticmethod
+    def _check_facts(current: Profile, patch: dict[str, Any]) -> None:
+        """Refuse a patch of ``current``'s facts that leaves more than `MAX_LIST` of them, unless
+        it leaves fewer than there are (robots apart may have added more between them)."""
+        before = len(current.attributes)
+        after = sum(v is not None for v in (current.attributes | patch).values())
+        if after > MAX_LIST and after > before:
+            raise ValidationError(
+                f"Profile.attributes: {after} facts, the limit is {MAX_LIST}", field="attributes"
+            )
 
     def set_calibration(self, user: str, **fields: Any) -> asyncio.Future[Calibration]:
         """Change the named calibration fields; the others keep their value.
@@ -676,10 +692,14 @@ class Peer:
             stamps = current.stamps | dict.fromkeys(fields, set_at)
             update = changed | {"set_at": set_at, "device": device, "stamps": stamps}
             key_stamps = dict(current.key_stamps)
-            for name in set(fields) & set(current.KEYED):  # entry by entry, as a patch
-                entries = getattr(current, name) | changed[name]
-                own = key_stamps.get(name, {}) | dict.fromkeys(changed[name], set_at)
-                update[name], key_stamps[name] = _fewer_removed(entries, own)
+            for name in current.KEYED:  # entry by entry: a patch; removals kept, not all
+                entries, own = getattr(current, name), key_stamps.get(name, {})
+                if name in fields:
+                    entries = entries | changed[name]
+                    own = own | dict.fromkeys(changed[name], set_at)
+                if name in stamps:
+                    others = [v for v in held.versions(key) if getattr(v, "device", "") != device]
+                    update[name], key_stamps[name] = _fewer_removed(entries, own, others, name)
             update["key_stamps"] = key_stamps
             record = current.model_copy(update=update)
             held.put(key, record, device)
@@ -1489,21 +1509,27 @@ def _record_count(replica: Replica) -> int:
 __all__ = ["DocumentStatus", "Peer", "PeerStatus", "Recalled", "parse"]
 
 
-#: removed entries a keyed field keeps (`FieldMerged.KEYED`): so many facts removed and never
-#: set again are rare; past them, the oldest removal is forgotten (a robot that still holds
-#: the fact from before it, and writes the profile, brings it back)
+#: removed entries a keyed field keeps (`FieldMerged.KEYED`) beyond those another robot's
+#: version still holds: so many facts removed and never set again are rare; past them, the
+#: oldest removal is forgotten (a robot that still holds the fact, not heard of here, and
+#: writes the profile, would bring it back)
 MAX_REMOVED = 64
 
 
 def _fewer_removed(
-    entries: dict[str, Any], stamps: dict[str, str]
+    entries: dict[str, Any], stamps: dict[str, str], others: Sequence[FieldMerged], name: str
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """``entries`` and their ``stamps`` with at most `MAX_REMOVED` removed entries, the
-    newest removals kept."""
+    newest removals kept, and every removal of an entry that one of the ``others`` versions
+    of the record still holds (without it, that version's value would show again)."""
     removed = sorted((stamps.get(k, ""), k) for k, v in entries.items() if v is None)
     if len(removed) <= MAX_REMOVED:
         return entries, stamps
-    dropped = {k for _, k in removed[: len(removed) - MAX_REMOVED]}
+    needed = {k for other in others for k, v in getattr(other, name).items() if v is not None}
+    droppable = [k for _, k in removed if k not in needed]
+    dropped = set(droppable[: max(0, len(removed) - MAX_REMOVED)])
+    if not dropped:
+        return entries, stamps
     return (
         {k: v for k, v in entries.items() if k not in dropped},
         {k: at for k, at in stamps.items() if k not in dropped},

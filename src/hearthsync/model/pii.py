@@ -158,6 +158,13 @@ def check_no_pii(value: object, *, field: str) -> None:
                     f"{category}s",
                     field=path,
                 )
+            category = blocked_category_of_text(str(key))
+            if category:  # a phone number as a key: named without it (errors get logged)
+                raise BlockedFieldError(
+                    f"a key of {field} looks like {_article(category)} {category}; "
+                    f"hearthsync does not store {category}s",
+                    field=field,
+                )
             check_no_pii(item, field=path)
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):

@@ -14,7 +14,7 @@ import json
 import re
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
 import pydantic
@@ -28,6 +28,8 @@ from hearthsync.model.pii import SUSPECT, check_no_pii
 MAX_TEXT = 2_000  #: characters in any free-text field
 MAX_JSON_BYTES = 16_384  #: encoded size of any free-form JSON field (payload, value)
 MAX_LIST = 64  #: items in any list field
+#: facts (and removed facts) a stored version of a profile may hold (`Profile.attributes`)
+MAX_STORED_FACTS = 4096
 MAX_DEPTH = 5  #: nesting of free-form JSON
 
 
@@ -300,9 +302,10 @@ class Profile(FieldMerged):
         "owner", "adult", "child", "guest", "resident", "patient", "caregiver", "worker", "staff"
     ] = "adult"
     #: facts about the person, merged fact by fact; ``None`` removes one.  Removed facts are
-    #: kept (`FieldMerged.KEYED`), up to `MAX_LIST` of them, the oldest dropped first
-    #: (room for robots that added facts apart, each up to the limit, and for the removed)
-    attributes: Annotated[dict[Name, Json], Field(max_length=4 * MAX_LIST)] = {}
+    #: kept (`FieldMerged.KEYED`), up to `MAX_LIST` of them, the oldest dropped first.  A
+    #: change holds at most `MAX_LIST` facts (and a person, as `Peer.set_profile` sees them);
+    #: a stored version up to `MAX_STORED_FACTS`, room for robots that added facts apart
+    attributes: dict[Name, Json] = {}
     set_at: Hlc = ""
     device: str = ""
 
@@ -311,9 +314,9 @@ class Profile(FieldMerged):
     def _few_attributes(
         cls, attributes: dict[str, JsonValue], info: pydantic.ValidationInfo
     ) -> dict[str, JsonValue]:
-        held = sum(value is not None for value in attributes.values())
-        if held > MAX_LIST and _as_written(info):
-            raise ValueError(f"{held} held, the limit is {MAX_LIST}")
+        limit = 2 * MAX_LIST if _as_written(info) else MAX_STORED_FACTS
+        if len(attributes) > limit:
+            raise ValueError(f"{len(attributes)} facts, the limit is {limit}")
         return attributes
 
 
@@ -537,6 +540,34 @@ R = TypeVar("R", bound=Record)
 M = TypeVar("M", bound=FieldMerged)
 
 
+def _merge_entries(
+    entries: dict[str, tuple[str, str, Any]],
+    versions: Sequence[M],
+    version: M,
+    name: str,
+    at: str,
+) -> None:
+    """Fold ``version``'s entries of the keyed field ``name`` into ``entries`` (key: stamp,
+    device, value): each entry from the version that set it last.  A version from before
+    entry stamps (none for ``name``) set the whole mapping at the field's stamp ``at``, and a
+    key it lacks, it had removed then: it counts as a removal of every key another version
+    holds."""
+    device = str(getattr(version, "device", ""))
+    values: dict[str, Any] = getattr(version, name)
+    own = version.key_stamps.get(name)
+    found: Iterable[tuple[str, Any, str]]
+    if own is None:
+        if not at:
+            return
+        everywhere = {key for other in versions for key in getattr(other, name)}
+        found = ((key, values.get(key), at) for key in everywhere)
+    else:
+        found = ((key, value, own.get(key) or at) for key, value in values.items())
+    for key, value, key_at in found:
+        if key_at and (key not in entries or (key_at, device) > entries[key][:2]):
+            entries[key] = (key_at, device, value)
+
+
 def merge_fields(versions: Sequence[M]) -> M | None:
     """One record of every robot's ``versions`` (oldest first, as `SlotMap.versions` gives
     them): each field from the version that set it last (by hybrid time, then device id), with
@@ -550,13 +581,8 @@ def merge_fields(versions: Sequence[M]) -> M | None:
         stamps, device = version.stamps, str(getattr(version, "device", ""))
         for name in version.MERGED:
             at = stamps.get(name) if stamps else str(getattr(version, "set_at", ""))
-            if name in version.KEYED:  # entry by entry: each from the version that set it last
-                entries = keyed.setdefault(name, {})
-                own = version.key_stamps.get(name, {})
-                for key, value in getattr(version, name).items():
-                    key_at = own.get(key) or at  # a version from before key stamps: ``at``
-                    if key_at and (key not in entries or (key_at, device) > entries[key][:2]):
-                        entries[key] = (key_at, device, value)
+            if name in version.KEYED:
+                _merge_entries(keyed.setdefault(name, {}), versions, version, name, at or "")
                 continue
             if at and (name not in best or (at, device) > best[name][:2]):
                 best[name] = (at, device, getattr(version, name))
