@@ -69,7 +69,7 @@ from hearthsync.protocol import frames as f
 #: 2: envelopes carry a codec (compressed updates, SPEC §4); 3: NEIGHBOURS, and the inventory
 #: hash covers the delete set (SPEC §6.3, §6.4)
 PROTOCOL_VERSION = 4
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  #: of the records documents hold (SPEC §6.1); 2: profile facts' stamps
 AUTH_TAG = b"hearth-auth-v1"
 EMPTY_UPDATE = b"\x00\x00"  #: what Yrs encodes when a diff holds nothing
 #: send a PING after this long without sending anything; with ~70 documents in a household this
