@@ -129,7 +129,7 @@ async def test_forget_removes_the_user_and_refuses_a_running_peer(tmp_path: Path
     assert "forgot alice" in done.stdout
     unknown = hearth("forget", str(path), "carol")
     assert unknown.returncode == 1
-    assert "unknown user 'carol'" in unknown.stdout
+    assert "unknown user 'carol'" in unknown.stderr
     async with Peer.open(path) as peer:
         assert peer.users() == ["bob"]
         assert list(peer.forgotten()) == ["alice"]
@@ -157,7 +157,10 @@ async def test_context_prints_tables_or_json_and_maintain_runs_the_slow_loop(
     assert "two pills after dinner" in reply["prompt"]
     unknown = hearth("context", str(path), "nobody", "--task", "vacuum")
     assert unknown.returncode == 1
-    assert "nobody" in unknown.stdout
+    said = " ".join(unknown.stderr.split())  # an error, on stderr, that a CLI user can act on
+    assert "error: unknown user 'nobody': add them first" in said
+    assert "'user ID NAME' on the console" in said
+    assert unknown.stdout == ""
     maintained = hearth("maintain", str(path))
     assert maintained.returncode == 0, maintained.stderr
     assert maintained.stdout.strip().endswith("changes")
@@ -169,8 +172,8 @@ def test_maintain_names_a_bad_lookback_as_the_flag_the_user_typed(tmp_path: Path
     assert made.returncode == 0, made.stderr
     done = hearth("maintain", str(path), "--lookback", "nope")
     assert done.returncode == 1
-    assert "lookback must look like" in done.stdout
-    assert "'nope'" in done.stdout
+    assert "lookback must look like" in done.stderr
+    assert "'nope'" in done.stderr
     assert "history_window" not in done.stdout + done.stderr
 
 

@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -265,6 +266,25 @@ async def test_hearth_run_serves_the_http_api_on_loopback_with_its_token(
         hearth, "context", str(household[0]), "alice", "--task", "general_assistant", "--json"
     )
     assert json.loads(printed)["context"]["preferences"][0]["value"] == "oat latte"
+
+
+def test_a_sync_port_in_use_is_a_short_error_naming_it(household: list[Path]) -> None:
+    """Found by a user of the household tutorial: the hall's --listen was the port the
+    kitchen's HTTP API took by default, and ``hearth run`` printed a 90-line traceback."""
+    assert HEARTH
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [HEARTH, "run", str(household[0]), "--listen", f"127.0.0.1:{port}", "--no-mdns",
+             "--no-api"],
+            capture_output=True, text=True, timeout=60, env=ENV, check=False,
+        )  # fmt: skip
+    assert done.returncode == 1
+    said = " ".join(done.stderr.split())
+    assert f"error: cannot listen on 127.0.0.1:{port} for sync: the address is in use" in said
+    assert "Traceback" not in done.stderr + done.stdout
 
 
 def test_the_http_api_is_refused_beyond_loopback(household: list[Path]) -> None:

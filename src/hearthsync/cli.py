@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import time
@@ -14,7 +15,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hearthsync.crypto.identity import display
 from hearthsync.errors import HearthError, StoreInUseError, ValidationError
 from hearthsync.peer import Peer
 
@@ -27,6 +27,7 @@ app = typer.Typer(
 bench_app = typer.Typer(help="Benchmarks against same-run baselines.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 console = Console()
+errors = Console(stderr=True)  #: ``error: ...`` lines (docs/reference/cli.md)
 
 
 @app.command()
@@ -147,7 +148,7 @@ def init(
             state = enrolment.create(path, peer.identity, household, device, now=now)
             console.print(
                 f"household [bold]{household}[/bold] ({state.household.id}) created; "
-                f"{device} ({display(peer.device_id)}) is its owner"
+                f"{device} ({peer.device_id}) is its owner"
             )
 
     asyncio.run(go())
@@ -271,7 +272,7 @@ def forget(
         return {"user": user, "device_id": tombstone.device, "at": tombstone.at}
 
     done = _online_or_offline(path, "POST", "/forget", {"user": user}, offline)
-    console.print(f"forgot {user}: tombstone signed by {display(done['device_id'])}")
+    console.print(f"forgot {user}: tombstone signed by {done['device_id']}")
 
 
 @app.command()
@@ -373,7 +374,7 @@ def _online_or_offline(
             )
         return asyncio.run(offline())
     except HearthError as exc:
-        console.print(f"[red]{exc}[/red]")
+        errors.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
 
 
@@ -407,6 +408,17 @@ def run(
     except ValidationError as exc:
         hint = "--api" if exc.field == "api" else "PATH"
         raise typer.BadParameter(str(exc), param_hint=hint) from None
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        # found by a user of the household tutorial: the hall's --listen was the port the
+        # kitchen's HTTP API took by default, and this was a traceback
+        errors.print(
+            f"[red]error:[/red] cannot listen on {listen} for sync: the address is in use "
+            "(by another robot's sync, or its HTTP API, which takes 127.0.0.1:7421 unless "
+            "given --api); choose another --listen port"
+        )
+        raise SystemExit(1) from None
 
 
 def _seconds(text: str, *, param_hint: str) -> int:
@@ -597,5 +609,5 @@ def main() -> None:
     try:
         app()
     except HearthError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        errors.print(f"[red]error:[/red] {exc}")
         raise SystemExit(1) from None

@@ -35,6 +35,15 @@ class NotFoundError(LocalError, KeyError):
         return str(self.args[0]) if self.args else "not found"
 
 
+def unknown_user(user: str) -> str:
+    """What a `NotFoundError` for a user the household does not have says, wherever it is
+    raised (Python, the CLI, the HTTP API)."""
+    return (
+        f"unknown user {user!r}: add them first (Peer.add_user, or 'user ID NAME' on the "
+        "console of 'hearth run')"
+    )
+
+
 class ClosedError(LocalError):
     """The peer or store was used after it was closed."""
 

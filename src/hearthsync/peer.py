@@ -57,7 +57,7 @@ from hearthsync.crdt.kinds import HOME, DocInfo, Kind, events_doc, parse, user_d
 from hearthsync.crdt.replica import Replica
 from hearthsync.crypto.identity import DeviceIdentity
 from hearthsync.crypto.statement import Statement
-from hearthsync.errors import NotFoundError, ValidationError
+from hearthsync.errors import NotFoundError, ValidationError, unknown_user
 from hearthsync.forgetting import Forgetting
 from hearthsync.hlc import MAX_AHEAD_MS, FloorWall, HybridClock, Timestamp, latest_stored
 from hearthsync.ids import DeviceId, DocId, LineageId, UserId, check_name
@@ -478,7 +478,7 @@ class Peer:
             check_name(user, field="user")
             if user in self._forgotten_users():
                 raise NotFoundError(f"user {user!r} was forgotten")
-            raise NotFoundError(f"unknown user {user!r}; add them first with add_user()")
+            raise NotFoundError(unknown_user(user))
         return UserId(user)
 
     def _not_forgotten(self, user: str | None, *, field: str) -> None:

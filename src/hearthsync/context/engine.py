@@ -38,7 +38,7 @@ from hearthsync.context.scopes import ScopedReader
 from hearthsync.context.shared import Wish, priority_reason, ranking, settle
 from hearthsync.context.situation import Situation, routine_active, situation, window_ms
 from hearthsync.context.views import SpatialView, Views
-from hearthsync.errors import NotFoundError, ValidationError
+from hearthsync.errors import NotFoundError, ValidationError, unknown_user
 from hearthsync.ids import check_name
 from hearthsync.model.records import MAX_TEXT
 
@@ -151,7 +151,7 @@ class ContextEngine:
         for gone in [u for u in self._finished if u not in users]:
             del self._finished[gone]
         if user not in users:
-            raise NotFoundError(f"unknown user {user!r}; add them first with add_user()")
+            raise NotFoundError(unknown_user(user))
         reader = ScopedReader(self.peer, task, grant.scopes)
         return _Request(user, task, now, window, grant, policy, reader)
 

@@ -25,7 +25,7 @@ from hearthsync.context.port import PeerReader
 from hearthsync.context.resolve import DAY_MS, resolve
 from hearthsync.context.scopes import ScopeDeniedError, ScopedReader
 from hearthsync.context.situation import Situation, describe_condition, situation
-from hearthsync.errors import NotFoundError, ValidationError
+from hearthsync.errors import NotFoundError, ValidationError, unknown_user
 from hearthsync.ids import KEY_RE
 
 #: what a person asking about their own preferences may read (never ``health``)
@@ -72,7 +72,7 @@ def _resolved(
     if not isinstance(key, str) or not KEY_RE.fullmatch(key):
         raise ValidationError(f"key must look like 'domain/key', got {key!r:.80}", field="key")
     if user not in engine.peer.users():
-        raise NotFoundError(f"unknown user {user!r}; add them first with add_user()")
+        raise NotFoundError(unknown_user(user))
     domain = key.partition("/")[0]
     if not policy.tasks.visible(domain, EXPLAIN_SCOPES):
         raise ScopeDeniedError(policy.tasks.sensitive[domain], "explain")

@@ -49,7 +49,7 @@ from hearthsync.context.resolve import (
     weigh,
 )
 from hearthsync.context.situation import window_ms
-from hearthsync.errors import NotFoundError, ValidationError
+from hearthsync.errors import NotFoundError, ValidationError, unknown_user
 from hearthsync.ids import check_name
 from hearthsync.model.records import MAX_LIST, EventType, Preference
 
@@ -121,7 +121,7 @@ def _known(peer: PeerPort, users: Sequence[str]) -> list[str]:
     for user in users:
         check_name(user, field="users")
         if user not in household:
-            raise NotFoundError(f"unknown user {user!r}; add them first with add_user()")
+            raise NotFoundError(unknown_user(user))
     return list(dict.fromkeys(users))
 
 

@@ -48,11 +48,6 @@ def _x25519_public_key(ed25519_public_key: bytes) -> PublicKey:
         raise CryptoError("not a valid Ed25519 public key") from None
 
 
-def display(device: DeviceId) -> str:
-    """``MFZWK3DPMFZWK3DP`` → ``MFZW-K3DP-MFZW-K3DP``."""
-    return "-".join(device[i : i + 4] for i in range(0, len(device), 4))
-
-
 @dataclass(frozen=True, slots=True)
 class DeviceIdentity:
     signing_key: SigningKey = field(repr=False)
