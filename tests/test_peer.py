@@ -694,6 +694,62 @@ async def test_robots_apart_may_add_more_facts_than_one_may_and_still_change_the
         assert len(own[0].attributes) == peer_module.MAX_REMOVED  # what the hall still holds
 
 
+async def test_facts_past_the_limit_can_be_changed_and_removed_but_not_added_to(
+    tmp_path: Path,
+) -> None:
+    """Found in a second review: three robots apart add 50 facts each; a change that removes
+    all 150 in one go was refused (the change was counted, removals included), and a change
+    that removed one fact and added another was taken, so robots apart could keep adding
+    past the limit round after round.  Past the limit, a person may change and remove
+    facts, not add any; a new person's first facts are within the limit too."""
+    walls = [FakeWall(MONDAY_MS + i * 1_000) for i in range(3)]
+    async with (
+        Peer.open(tmp_path / "kitchen", device="kitchen", wall=walls[0]) as kitchen,
+        Peer.open(tmp_path / "hall", device="hall", wall=walls[1]) as hall,
+        Peer.open(tmp_path / "garden", device="garden", wall=walls[2]) as garden,
+    ):
+        with pytest.raises(ValidationError) as refused:
+            await kitchen.add_user("bob", name="Bob", attributes={f"b{i}": i for i in range(65)})
+        assert refused.value.field == "attributes"
+        assert "bob" not in kitchen.users()
+        await kitchen.add_user("alice", name="Alice")
+        robots = (kitchen, hall, garden)
+        for robot in robots[1:]:
+            await send_all(kitchen, robot)
+        for n, robot in enumerate(robots):
+            await robot.set_profile("alice", attributes={f"r{n}f{i}": i for i in range(50)})
+        for one in robots:
+            for other in robots:
+                if one is not other:
+                    await send_all(one, other)
+        shown = kitchen.profile("alice")
+        assert shown is not None
+        assert len(shown.attributes) == 150
+        await kitchen.set_profile("alice", attributes={"r0f0": "changed"})  # a change: taken
+        await kitchen.set_profile("alice", attributes={"r0f1": None})  # a removal: taken
+        with pytest.raises(ValidationError):  # one out, one in: still adds past the limit
+            kitchen.set_profile("alice", attributes={"r0f2": None, "new": 1})
+        everything = dict.fromkeys(kitchen.profile("alice").attributes)  # type: ignore[union-attr]
+        await kitchen.set_profile("alice", attributes=everything)  # all 149 out at once
+        for robot in robots[1:]:
+            await send_all(kitchen, robot)
+        for robot in robots:
+            assert robot.profile("alice").attributes == {}  # type: ignore[union-attr]
+
+
+async def test_a_fact_named_like_a_phone_number_is_refused_in_any_form(peer: Peer) -> None:
+    """Found in a second review: a key in a phone number's usual written forms failed the
+    name rule first, and that error repeated it (message and field)."""
+    for key in ("+33612345678", "06 12 34 56 78", "alice@example.com"):
+        with pytest.raises(BlockedFieldError) as refused:
+            peer.set_profile("alice", attributes={key: "mum"})
+        assert key not in str(refused.value)
+        assert key not in str(refused.value.field)
+    # a removal carries nothing: it can take out a fact stored before the check refused it
+    await peer.set_profile("alice", attributes={"555-123-4567": None})
+    assert peer.profile("alice").attributes == {}  # type: ignore[union-attr]
+
+
 async def test_a_phone_number_as_a_fact_is_refused_without_repeating_it(peer: Peer) -> None:
     with pytest.raises(BlockedFieldError) as refused:
         peer.set_profile("alice", attributes={"555-123-4567": "mum"})

@@ -575,9 +575,8 @@ class Peer:
                 f"user {user!r} was forgotten; a returning person needs a new id", field="user"
             )
         record = Profile.build(user=user, name=name, **profile)  # checked before anything
-        held = self.profile(user)
-        if held is not None:  # registered already: its facts are a patch of the profile's
-            self._check_facts(held, record.attributes)
+        # registered already (or by another robot, not heard of yet): a patch of its facts
+        self._check_facts(self.profile(user) or Profile(user=user, name=name), record.attributes)
         doc_id = user_doc(record.user, Kind.PROFILE)
         change = self._merged_write(
             doc_id, ProfileDoc, lambda h: h.profile, PROFILE, record, {"name": name} | profile
@@ -639,11 +638,13 @@ class Peer:
 
     @staticmethod
     def _check_facts(current: Profile, patch: dict[str, Any]) -> None:
-        """Refuse a patch of ``current``'s facts that leaves more than `MAX_LIST` of them, unless
-        it leaves fewer than there are (robots apart may have added more between them)."""
-        before = len(current.attributes)
+        """Refuse a patch of ``current``'s facts that leaves more than `MAX_LIST` of them,
+        unless it adds none: robots apart may have added more between them, and a person
+        must still be able to change or remove those (and once every robot sees more than
+        the limit, none adds any, so robots apart never add more than the limit each)."""
         after = sum(v is not None for v in (current.attributes | patch).values())
-        if after > MAX_LIST and after > before:
+        adds = any(v is not None and k not in current.attributes for k, v in patch.items())
+        if after > MAX_LIST and adds:
             raise ValidationError(
                 f"Profile.attributes: {after} facts, the limit is {MAX_LIST}", field="attributes"
             )

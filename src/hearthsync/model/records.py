@@ -14,22 +14,20 @@ import json
 import re
 import types
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
 import pydantic
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 from pydantic.fields import FieldInfo
 
-from hearthsync.errors import ValidationError
+from hearthsync.errors import BlockedFieldError, ValidationError
 from hearthsync.ids import DEVICE_RE, KEY_RE, NAME_RE
-from hearthsync.model.pii import SUSPECT, check_no_pii
+from hearthsync.model.pii import SUSPECT, blocked_category_of_text, check_no_pii
 
 MAX_TEXT = 2_000  #: characters in any free-text field
 MAX_JSON_BYTES = 16_384  #: encoded size of any free-form JSON field (payload, value)
 MAX_LIST = 64  #: items in any list field
-#: facts (and removed facts) a stored version of a profile may hold (`Profile.attributes`)
-MAX_STORED_FACTS = 4096
 MAX_DEPTH = 5  #: nesting of free-form JSON
 
 
@@ -128,6 +126,9 @@ class Record(BaseModel):
             return self
         for name in _content_fields(type(self)):
             value = getattr(self, name)
+            if name in getattr(self, "KEYED", ()):  # a removal carries nothing to check, and
+                # must be able to take out a fact stored before a check refused its key
+                value = {key: item for key, item in value.items() if item is not None}
             if type(value) is str:
                 # the cheap test first: most text holds no digits (and many ids are empty)
                 if value and SUSPECT.search(value):
@@ -222,15 +223,30 @@ def _textless(info: FieldInfo) -> bool:
 
 def _translate(cls: type[BaseModel], exc: pydantic.ValidationError) -> ValidationError:
     first = exc.errors(include_url=False)[0]
-    field = ".".join(str(part) for part in first["loc"]) or None
+    # a key of a mapping is part of the location: one that looks like personal data (a phone
+    # number as a fact's name) is not repeated, there or in the message (errors get logged)
+    parts = [
+        str(part)
+        for part in first["loc"]
+        if not (isinstance(part, str) and blocked_category_of_text(part))
+    ]
+    field = ".".join(parts) or None
     cause = first.get("ctx", {}).get("error")
     if isinstance(cause, ValidationError):  # ours, raised inside a validator: keep its class
         return type(cause)(str(cause), field=cause.field or field)
     msg = first["msg"].removeprefix("Value error, ")
-    rule = _RULES.get(str(first.get("ctx", {}).get("pattern", "")))
-    if rule:
-        msg = f"{rule}, got {first['input']!r:.80}"
     where = f"{cls.__name__}.{field}" if field else cls.__name__
+    rule = _RULES.get(str(first.get("ctx", {}).get("pattern", "")))
+    if rule:  # the message would repeat what was given: not if it is personal data
+        given = first.get("input")
+        category = blocked_category_of_text(given) if isinstance(given, str) else None
+        if category:
+            return BlockedFieldError(
+                f"{where} looks like {'an' if category[0] in 'aeiou' else 'a'} {category}; "
+                f"hearthsync does not store {category}s",
+                field=field,
+            )
+        msg = f"{rule}, got {given!r:.80}"
     return ValidationError(f"{where}: {msg}", field=field)
 
 
@@ -303,8 +319,9 @@ class Profile(FieldMerged):
     ] = "adult"
     #: facts about the person, merged fact by fact; ``None`` removes one.  Removed facts are
     #: kept (`FieldMerged.KEYED`), up to `MAX_LIST` of them, the oldest dropped first.  A
-    #: change holds at most `MAX_LIST` facts (and a person, as `Peer.set_profile` sees them);
-    #: a stored version up to `MAX_STORED_FACTS`, room for robots that added facts apart
+    #: change sets at most `MAX_LIST` facts (and `Peer.set_profile` keeps a person within
+    #: that, as far as one robot sees); a stored version is read whatever it holds, so that
+    #: every robot shows the same profile, however many facts robots apart added between them
     attributes: dict[Name, Json] = {}
     set_at: Hlc = ""
     device: str = ""
@@ -314,9 +331,9 @@ class Profile(FieldMerged):
     def _few_attributes(
         cls, attributes: dict[str, JsonValue], info: pydantic.ValidationInfo
     ) -> dict[str, JsonValue]:
-        limit = 2 * MAX_LIST if _as_written(info) else MAX_STORED_FACTS
-        if len(attributes) > limit:
-            raise ValueError(f"{len(attributes)} facts, the limit is {limit}")
+        held = sum(value is not None for value in attributes.values())
+        if held > MAX_LIST and _as_written(info):
+            raise ValueError(f"{held} facts set, the limit is {MAX_LIST}")
         return attributes
 
 
@@ -542,7 +559,7 @@ M = TypeVar("M", bound=FieldMerged)
 
 def _merge_entries(
     entries: dict[str, tuple[str, str, Any]],
-    versions: Sequence[M],
+    everywhere: Callable[[], set[str]],
     version: M,
     name: str,
     at: str,
@@ -559,8 +576,7 @@ def _merge_entries(
     if own is None:
         if not at:
             return
-        everywhere = {key for other in versions for key in getattr(other, name)}
-        found = ((key, values.get(key), at) for key in everywhere)
+        found = ((key, values.get(key), at) for key in everywhere())
     else:
         found = ((key, value, own.get(key) or at) for key, value in values.items())
     for key, value, key_at in found:
@@ -577,12 +593,25 @@ def merge_fields(versions: Sequence[M]) -> M | None:
         return None
     best: dict[str, tuple[str, str, Any]] = {}
     keyed: dict[str, dict[str, tuple[str, str, Any]]] = {}
+    keys: dict[str, set[str]] = {}
+
+    def everywhere(name: str) -> Callable[[], set[str]]:
+        """Every key of the keyed field ``name`` in any version (read once per merge)."""
+
+        def read() -> set[str]:
+            if name not in keys:
+                keys[name] = {key for other in versions for key in getattr(other, name)}
+            return keys[name]
+
+        return read
+
     for version in versions:
         stamps, device = version.stamps, str(getattr(version, "device", ""))
         for name in version.MERGED:
             at = stamps.get(name) if stamps else str(getattr(version, "set_at", ""))
             if name in version.KEYED:
-                _merge_entries(keyed.setdefault(name, {}), versions, version, name, at or "")
+                entries = keyed.setdefault(name, {})
+                _merge_entries(entries, everywhere(name), version, name, at or "")
                 continue
             if at and (name not in best or (at, device) > best[name][:2]):
                 best[name] = (at, device, getattr(version, name))
