@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -535,17 +536,26 @@ async def test_a_store_from_before_the_ahead_mark_reads_what_it_holds_once(
     db.close()
 
 
-async def test_fields_changed_on_two_robots_apart_both_survive(tmp_path: Path) -> None:
-    """Calibration and profile merge field by field: partitioned, the kitchen robot learns
-    that Alice wants less initiative and the hall robot that she wants shorter answers; once
-    they meet, both robots hold both changes, and a later change of one field wins it alone."""
+@contextlib.asynccontextmanager
+async def kitchen_and_hall(
+    tmp_path: Path, **alice: Any
+) -> AsyncIterator[tuple[Peer, FakeWall, Peer, FakeWall]]:
+    """Two robots (the hall's clock 5 s ahead), both knowing Alice, added on the kitchen one."""
     kitchen_wall, hall_wall = FakeWall(MONDAY_MS), FakeWall(MONDAY_MS + 5_000)
     async with (
         Peer.open(tmp_path / "kitchen", device="kitchen", wall=kitchen_wall) as kitchen,
         Peer.open(tmp_path / "hall", device="hall", wall=hall_wall) as hall,
     ):
-        await kitchen.add_user("alice", name="Alice")
+        await kitchen.add_user("alice", name="Alice", **alice)
         await send_all(kitchen, hall)
+        yield kitchen, kitchen_wall, hall, hall_wall
+
+
+async def test_fields_changed_on_two_robots_apart_both_survive(tmp_path: Path) -> None:
+    """Calibration and profile merge field by field: partitioned, the kitchen robot learns
+    that Alice wants less initiative and the hall robot that she wants shorter answers; once
+    they meet, both robots hold both changes, and a later change of one field wins it alone."""
+    async with kitchen_and_hall(tmp_path) as (kitchen, kitchen_wall, hall, hall_wall):
         await kitchen.set_calibration("alice", proactivity=0.1)
         await kitchen.set_profile("alice", languages=["en", "zh"])
         await hall.set_calibration("alice", verbosity=0.2, pace=0.7)
@@ -581,13 +591,12 @@ async def test_facts_about_a_person_learnt_on_two_robots_apart_both_survive(
     height and the hall robot that she is left-handed; once they meet, both hold both.  A
     removal (``None``) outranks the older value, on both robots and after a reopen, and a
     fact set again after its removal comes back."""
-    kitchen_wall, hall_wall = FakeWall(MONDAY_MS), FakeWall(MONDAY_MS + 5_000)
-    async with (
-        Peer.open(tmp_path / "kitchen", device="kitchen", wall=kitchen_wall) as kitchen,
-        Peer.open(tmp_path / "hall", device="hall", wall=hall_wall) as hall,
+    async with kitchen_and_hall(tmp_path, attributes={"team": "Lyon"}) as (
+        kitchen,
+        kitchen_wall,
+        hall,
+        _hall_wall,
     ):
-        await kitchen.add_user("alice", name="Alice", attributes={"team": "Lyon"})
-        await send_all(kitchen, hall)
         written = await kitchen.set_profile("alice", attributes={"height_cm": 165})
         assert written.attributes == {"height_cm": 165, "team": "Lyon"}
         await hall.set_profile("alice", attributes={"hand": "left"})
@@ -630,13 +639,7 @@ async def test_too_many_facts_about_a_person_are_refused_and_change_nothing(
 async def test_the_later_of_two_values_of_one_fact_wins_on_both_robots(tmp_path: Path) -> None:
     """Robots apart that set the same fact differently agree on the later value, in either
     order of arrival."""
-    kitchen_wall, hall_wall = FakeWall(MONDAY_MS), FakeWall(MONDAY_MS + 5_000)
-    async with (
-        Peer.open(tmp_path / "kitchen", device="kitchen", wall=kitchen_wall) as kitchen,
-        Peer.open(tmp_path / "hall", device="hall", wall=hall_wall) as hall,
-    ):
-        await kitchen.add_user("alice", name="Alice")
-        await send_all(kitchen, hall)
+    async with kitchen_and_hall(tmp_path) as (kitchen, _kitchen_wall, hall, _hall_wall):
         await hall.set_profile("alice", attributes={"hand": "right", "team": "Lyon"})
         await kitchen.set_profile("alice", attributes={"hand": "left"})  # earlier clock
         await send_all(hall, kitchen)
@@ -661,13 +664,7 @@ async def test_robots_apart_may_add_more_facts_than_one_may_and_still_change_the
     refused every later change, a rename included.  A change that does not add to them is
     taken, one that adds is refused, and removing more than `MAX_REMOVED` facts on both
     robots apart brings none of them back when the kept removals are trimmed."""
-    kitchen_wall, hall_wall = FakeWall(MONDAY_MS), FakeWall(MONDAY_MS + 5_000)
-    async with (
-        Peer.open(tmp_path / "kitchen", device="kitchen", wall=kitchen_wall) as kitchen,
-        Peer.open(tmp_path / "hall", device="hall", wall=hall_wall) as hall,
-    ):
-        await kitchen.add_user("alice", name="Alice")
-        await send_all(kitchen, hall)
+    async with kitchen_and_hall(tmp_path) as (kitchen, kitchen_wall, hall, _hall_wall):
         await kitchen.set_profile("alice", attributes={f"k{i}": i for i in range(MAX_LIST)})
         await hall.set_profile("alice", attributes={f"h{i}": i for i in range(MAX_LIST)})
         await send_all(kitchen, hall)
