@@ -151,7 +151,12 @@ async def test_a_partitioned_process_keeps_writing_and_converges_after_the_heal(
         robots.append(await Robot.start(path, "--service-type", service_type))
     gamma = robots[2]
     await converge(robots, [])
+    assert (await gamma.ask("waitpeers 2 30")).startswith("PEERS ")
     assert await gamma.ask("partition on") == "ACK partition on"
+    # a robot cut off shows the robots it misses, not an empty table (found by a new user)
+    shown = " ".join((await asyncio.to_thread(hearth, "status", str(gamma.path))).split())
+    for other in robots[:2]:
+        assert f"not linked: {other.path.name} ({other.device_id}), last linked" in shown
     acked = []
     for i, robot in enumerate(robots):
         answer = await robot.ask(f"pref alice cut/{robot.path.name} {i}")

@@ -112,6 +112,16 @@ def _print_running(path: Path) -> None:
         table.add_row(device, f"{link['sent']:,}", f"{link['received']:,}",
                       f"{len(lag)}" + (f": {', '.join(lag[:3])}" if lag else ""))  # fmt: skip
     console.print(table)
+    for device, robot in sorted(running.get("household", {}).items()):
+        if robot["linked"]:
+            continue
+        when = robot["last_linked"]
+        since = (
+            f"last linked {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(when))}"
+            if when is not None
+            else "not linked since this run started"
+        )
+        console.print(f"not linked: {robot['name']} ({device}), {since}")
 
 
 def _now() -> int:

@@ -45,6 +45,7 @@ from hearthsync.discovery.events import PeerEvent
 from hearthsync.discovery.static import StaticPeer
 from hearthsync.errors import HearthError, ValidationError
 from hearthsync.peer import Peer
+from hearthsync.protocol.session import DEAD_AFTER_S
 from hearthsync.transport.service import SyncService
 
 log = logging.getLogger(__name__)
@@ -111,12 +112,12 @@ async def _serve(
         served = None
         if api is not None:  # the local HTTP API (its address is in run.json)
             served = await stack.enter_async_context(serve_api(peer, *api))
-        where = _Where(host, port, served)
-        _write_run_file(path, where, peer, service)
+        run_file = _RunFile(path, _Where(host, port, served), peer, service)
+        run_file.write()
         print(f"READY {peer.device_id} {host}:{port}", flush=True)
-        helpers = [asyncio.create_task(_keep_run_file(path, where, peer, service))]
+        helpers = [asyncio.create_task(_keep_run_file(run_file))]
         if console:  # the end of its input does not stop the robot: only a signal does
-            helpers.append(asyncio.create_task(_console(peer, service)))
+            helpers.append(asyncio.create_task(_console(peer, service, run_file)))
         await stop.wait()
         for task in helpers:
             task.cancel()
@@ -145,36 +146,68 @@ class _Where:
     api: tuple[str, int] | None
 
 
-def _write_run_file(path: Path, where: _Where, peer: Peer, service: SyncService) -> None:
-    links = {
-        device: {
-            "sent": link.bytes_sent,
-            "received": link.bytes_received,
-            "unacknowledged_documents": sorted(link.unacked),
+class _RunFile:
+    """``run.json``: where the robot listens, its links and their lag, and the household's
+    other robots, linked or not and when last linked (what ``hearth status`` shows: a robot
+    cut off lists the robots it misses, not an empty table)."""
+
+    def __init__(self, path: Path, where: _Where, peer: Peer, service: SyncService) -> None:
+        self.path, self.where, self.peer, self.service = path, where, peer, service
+        self.last_linked: dict[str, float] = {}  #: device -> when last seen linked
+        self.linked: frozenset[str] = frozenset()  #: the links as last written
+
+    def write(self) -> None:
+        now = time.time()
+        service, peer = self.service, self.peer
+        self.linked = frozenset(service.links)
+        for device in self.linked:
+            self.last_linked[device] = now
+        links = {
+            device: {
+                "sent": link.bytes_sent,
+                "received": link.bytes_received,
+                "unacknowledged_documents": sorted(link.unacked),
+            }
+            for device, link in service.links.items()
         }
-        for device, link in service.links.items()
-    }
-    api = {"host": where.api[0], "port": where.api[1]} if where.api else None
-    data = {"pid": os.getpid(), "host": where.host, "port": where.port, "api": api,
-            "device_id": peer.device_id, "links": links, "at": time.time()}  # fmt: skip
-    partial = path / f".{RUN_FILE}.tmp"
-    partial.write_text(json.dumps(data))
-    os.replace(partial, path / RUN_FILE)
+        household = {}
+        if peer.household is not None:
+            trust = peer.household.trust
+            for device in trust.devices():
+                if device == peer.device_id or trust.is_revoked(device):
+                    continue
+                household[device] = {
+                    "name": trust.certificate_of(device).device_name,
+                    "linked": device in self.linked,
+                    "last_linked": self.last_linked.get(device),
+                }
+        where = self.where
+        api = {"host": where.api[0], "port": where.api[1]} if where.api else None
+        data = {"pid": os.getpid(), "host": where.host, "port": where.port, "api": api,
+                "device_id": peer.device_id, "links": links, "household": household,
+                "at": now}  # fmt: skip
+        partial = self.path / f".{RUN_FILE}.tmp"
+        partial.write_text(json.dumps(data))
+        os.replace(partial, self.path / RUN_FILE)
 
 
-async def _keep_run_file(path: Path, where: _Where, peer: Peer, service: SyncService) -> None:
+async def _keep_run_file(run_file: _RunFile) -> None:
+    """Write ``run.json`` again whenever a link opens or closes, and every 2 s (the traffic)."""
+    service = run_file.service
     while True:
-        await asyncio.sleep(2.0)  # a refresh period, not a wait for an event
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await service.wait_until(lambda: frozenset(service.links) != run_file.linked)
         try:
-            _write_run_file(path, where, peer, service)
+            run_file.write()
         except OSError as exc:  # status is a convenience: never a reason to stop syncing
-            log.warning("could not write %s: %s", path / RUN_FILE, exc)
+            log.warning("could not write %s: %s", run_file.path / RUN_FILE, exc)
 
 
 # ------------------------------------------------------------------------------ the console
 
 
-async def _console(peer: Peer, service: SyncService) -> None:
+async def _console(peer: Peer, service: SyncService, run_file: _RunFile) -> None:
     reader = asyncio.StreamReader()
     loop = asyncio.get_running_loop()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -183,12 +216,12 @@ async def _console(peer: Peer, service: SyncService) -> None:
         if not words:
             continue
         try:
-            print(await _command(peer, service, words), flush=True)
+            print(await _command(peer, service, words, run_file), flush=True)
         except (HearthError, ValueError, IndexError) as exc:
             print(f"ERR {exc}", flush=True)
 
 
-async def _command(peer: Peer, service: SyncService, words: list[str]) -> str:
+async def _command(peer: Peer, service: SyncService, words: list[str], run_file: _RunFile) -> str:
     match words:
         case ["user", user, *name]:
             await peer.add_user(user, name=" ".join(name) or user)
@@ -233,7 +266,14 @@ async def _command(peer: Peer, service: SyncService, words: list[str]) -> str:
             await peer.flush()
             return f"DIGEST {digest(peer)}"
         case ["partition", "on"]:
+            run_file.write()  # the links about to be cut, as last linked now
             service.pause()
+            # answered once the links are gone (closing one is bounded by DEAD_AFTER_S) and
+            # run.json says so: `hearth status` then shows the cut
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DEAD_AFTER_S + 1.0):
+                    await service.wait_until(lambda: not service.links)
+            run_file.write()
             return "ACK partition on"
         case ["partition", "off"]:
             service.resume()
