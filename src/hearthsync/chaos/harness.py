@@ -11,10 +11,14 @@ command spells out).  Schedules run in worker processes, one per core by default
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import math
 import multiprocessing
 import os
 import shlex
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -252,6 +256,21 @@ def _start_method() -> str:
     return "spawn"
 
 
+def _die_with_parent(parent: int) -> None:
+    """A worker's initializer: end with the process that hands out the schedules.  Killed
+    (SIGKILL, or a SIGTERM it does not handle), that process left its workers running on,
+    found orphaned and busy after a 10,000-schedule run was stopped to start another."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before that took effect
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1  #: prctl(2): the signal this process gets when its parent ends
+
+
 def _worker(seed: int, scenario: Scenario, only: set[int] | None, keep: bool) -> Outcome:
     outcome = run_schedule(seed, scenario, only)
     if outcome.ok and not keep:  # the trace of a good schedule is not needed back: it is long
@@ -293,7 +312,10 @@ def run(
             take(_worker(s, scenario, only_faults, keep_traces))
     else:
         context = multiprocessing.get_context(_start_method())
-        with ProcessPoolExecutor(max_workers=min(jobs, schedules), mp_context=context) as pool:
+        with ProcessPoolExecutor(
+            max_workers=min(jobs, schedules), mp_context=context,
+            initializer=_die_with_parent, initargs=(os.getpid(),),
+        ) as pool:  # fmt: skip
             futures = [pool.submit(_worker, s, scenario, only_faults, keep_traces) for s in seeds]
             for future in as_completed(futures):
                 take(future.result())
