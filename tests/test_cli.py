@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +78,59 @@ def test_status_of_a_folder_without_a_peer_is_a_clear_error(tmp_path: Path) -> N
     done = hearth("status", str(tmp_path))
     assert done.returncode == 2
     assert "no hearthsync peer" in done.stderr
+
+
+def test_ordinary_mistakes_are_one_error_line_and_leave_nothing_behind(tmp_path: Path) -> None:
+    """Found in review: these printed tracebacks, or made a store in a folder that was not
+    a peer, which a later ``hearth join`` then found belonged to another device."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for args in (["run", str(empty)], ["revoke", str(empty), "ZZZZZZZZZZZZZZZZ"]):
+        done = hearth(*args)
+        assert done.returncode == 2, args
+        assert "no hearthsync peer" in done.stderr, args
+        assert list(empty.iterdir()) == [], args
+    mistyped = hearth("join", str(tmp_path / "j"), "HS1-garbage", "--device", "j")
+    assert mistyped.returncode == 1
+    assert "an invite code looks like" in mistyped.stderr
+    with socket.socket() as closed:  # a well-formed code whose inviter is not there
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    unreachable = hearth("join", str(tmp_path / "j"), f"HS1-{'A' * 26}-127.0.0.1:{port}",
+                         "--device", "j")  # fmt: skip
+    assert unreachable.returncode == 1
+    assert "could not reach the inviter" in unreachable.stderr
+    assert not (tmp_path / "j").exists()  # a retry starts afresh
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    made = hearth("init", str(a_file), "--household", "H", "--device", "x")
+    assert made.returncode == 1
+    assert made.stderr.startswith("error:")
+    robot = tmp_path / "robot"
+    assert hearth("init", str(robot), "--household", "H", "--device", "k").returncode == 0
+    nowhere = hearth("run", str(robot), "--listen", "192.0.2.1:7430", "--no-mdns", "--no-api")
+    assert nowhere.returncode == 1
+    assert "error: cannot listen on 192.0.2.1:7430 for sync" in " ".join(nowhere.stderr.split())
+    for done in (mistyped, unreachable, made, nowhere):
+        assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_status_of_a_robot_killed_without_a_goodbye_says_it_is_not_running(
+    tmp_path: Path,
+) -> None:
+    """Found in review: after a SIGKILL, run.json outlived the robot and status showed it as
+    running."""
+    from hearthsync.runner import RUN_FILE
+
+    robot = tmp_path / "robot"
+    assert hearth("init", str(robot), "--household", "H", "--device", "k").returncode == 0
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    pid = int(gone.stdout)
+    (robot / RUN_FILE).write_text(json.dumps({"pid": pid, "host": "x", "port": 1, "links": {}}))
+    done = hearth("status", str(robot))
+    assert done.returncode == 0, done.stderr
+    assert f"not running ({RUN_FILE} was left by pid {pid}, gone)" in done.stdout
 
 
 @pytest.mark.slow

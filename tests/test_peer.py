@@ -742,6 +742,9 @@ async def test_a_fact_named_like_a_phone_number_is_refused_in_any_form(peer: Pee
             peer.set_profile("alice", attributes={key: "mum"})
         assert key not in str(refused.value)
         assert key not in str(refused.value.field)
+    with pytest.raises(BlockedFieldError) as refused:  # and as a user id (found in review)
+        peer.set_profile("+1 555 123 4567", attributes={"a": 1})
+    assert "555" not in str(refused.value)
     # a removal carries nothing: it can take out a fact stored before the check refused it
     await peer.set_profile("alice", attributes={"555-123-4567": None})
     assert peer.profile("alice").attributes == {}  # type: ignore[union-attr]

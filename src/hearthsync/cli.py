@@ -6,6 +6,7 @@ import asyncio
 import errno
 import json
 import logging
+import socket
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -99,7 +100,12 @@ def _print_running(path: Path) -> None:
     if not run_file.exists():
         console.print("not running (no 'hearth run' for this folder)")
         return
+    from hearthsync.api.client import running_pid
+
     running = json.loads(run_file.read_text())
+    if running_pid(path) is None:  # killed (SIGKILL, a power cut): run.json outlived it
+        console.print(f"not running ({RUN_FILE} was left by pid {running.get('pid')}, gone)")
+        return
     console.print(
         f"running as pid {running['pid']}, listening on {running['host']}:{running['port']}"
     )
@@ -219,7 +225,13 @@ def join(
     peer: Annotated[str | None, typer.Option("--peer", help="HOST:PORT, if not the code's")] = None,
 ) -> None:
     """Enrol this robot in a household with an invite code."""
+    import shutil
+
     from hearthsync import enrolment
+    from hearthsync.crypto.pairing import Invite
+
+    Invite.parse(code)  # a mistyped code is refused before anything is made
+    new = not path.exists() or not any(path.iterdir())
 
     async def go() -> None:
         async with Peer.open(path, device=device) as opened:
@@ -235,7 +247,14 @@ def join(
                 f"{device} joined household {state.household.name} ({state.household.id})"
             )
 
-    asyncio.run(go())
+    try:
+        asyncio.run(go())
+    except BaseException:
+        # a join that failed (the inviter unreachable, the code spent) leaves no half-made
+        # peer behind, which a retry with another device name would find is not its own
+        if new and path.exists():
+            shutil.rmtree(path)
+        raise
 
 
 @app.command()
@@ -249,6 +268,8 @@ def revoke(
     running peer gossips the list and grants the new keys at once.
     """
     from hearthsync import enrolment
+
+    _require_peer(path)
 
     async def go() -> None:
         async with Peer.open(path) as peer:
@@ -406,6 +427,7 @@ def run(
     no_api: Annotated[bool, typer.Option("--no-api", help="do not serve the HTTP API")] = False,
 ) -> None:
     """Run this robot's peer until SIGINT/SIGTERM, syncing with its household."""
+    _require_peer(path)
     from hearthsync.discovery import parse_peer
     from hearthsync.runner import run as run_peer
 
@@ -419,15 +441,18 @@ def run(
         hint = "--api" if exc.field == "api" else "PATH"
         raise typer.BadParameter(str(exc), param_hint=hint) from None
     except OSError as exc:
-        if exc.errno != errno.EADDRINUSE:
+        if exc.errno == errno.EADDRINUSE:
+            # found by a user of the household tutorial: the hall's --listen was the port the
+            # kitchen's HTTP API took by default, and this was a traceback
+            why = (
+                "the address is in use (by another robot's sync, or its HTTP API, which takes "
+                "127.0.0.1:7421 unless given --api); choose another --listen port"
+            )
+        elif exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
+            why = f"{exc.strerror or exc} (not an address of this machine?)"
+        else:
             raise
-        # found by a user of the household tutorial: the hall's --listen was the port the
-        # kitchen's HTTP API took by default, and this was a traceback
-        errors.print(
-            f"[red]error:[/red] cannot listen on {listen} for sync: the address is in use "
-            "(by another robot's sync, or its HTTP API, which takes 127.0.0.1:7421 unless "
-            "given --api); choose another --listen port"
-        )
+        errors.print(f"[red]error:[/red] cannot listen on {listen} for sync: {why}")
         raise SystemExit(1) from None
 
 
@@ -619,5 +644,8 @@ def main() -> None:
     try:
         app()
     except HearthError as exc:
+        errors.print(f"[red]error:[/red] {exc}")
+        raise SystemExit(1) from None
+    except OSError as exc:  # a file where a folder should be, a disk that is full: no traceback
         errors.print(f"[red]error:[/red] {exc}")
         raise SystemExit(1) from None

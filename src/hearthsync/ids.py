@@ -28,6 +28,10 @@ KEY_RE = re.compile(r"[a-z0-9][a-z0-9_\-.]{0,63}(/[a-z0-9][a-z0-9_\-.]{0,63}){0,
 def check_name(value: str, *, field: str) -> str:
     """Return ``value`` if it is a well-formed name (user, device, object, region id)."""
     if not isinstance(value, str) or not NAME_RE.fullmatch(value):
+        from hearthsync.model.pii import check_no_pii  # ids is imported by the model
+
+        if isinstance(value, str):  # a phone number given as an id: refused, not repeated
+            check_no_pii(value, field=field)
         raise ValidationError(
             f"{field} must be 1-64 characters of a-z, 0-9, '_' or '-', got {value!r:.80}",
             field=field,

@@ -156,6 +156,14 @@ class _RunFile:
         self.last_linked: dict[str, float] = {}  #: device -> when last seen linked
         self.linked: frozenset[str] = frozenset()  #: the links as last written
 
+    def refresh(self) -> None:
+        """`write`, or warn: status is a convenience, never a reason to stop syncing (nor
+        to leave a console command unanswered)."""
+        try:
+            self.write()
+        except OSError as exc:
+            log.warning("could not write %s: %s", self.path / RUN_FILE, exc)
+
     def write(self) -> None:
         now = time.time()
         service, peer = self.service, self.peer
@@ -198,10 +206,7 @@ async def _keep_run_file(run_file: _RunFile) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2.0):
                 await service.wait_until(lambda: frozenset(service.links) != run_file.linked)
-        try:
-            run_file.write()
-        except OSError as exc:  # status is a convenience: never a reason to stop syncing
-            log.warning("could not write %s: %s", run_file.path / RUN_FILE, exc)
+        run_file.refresh()
 
 
 # ------------------------------------------------------------------------------ the console
@@ -217,7 +222,7 @@ async def _console(peer: Peer, service: SyncService, run_file: _RunFile) -> None
             continue
         try:
             print(await _command(peer, service, words, run_file), flush=True)
-        except (HearthError, ValueError, IndexError) as exc:
+        except (HearthError, ValueError, IndexError, OSError) as exc:
             print(f"ERR {exc}", flush=True)
 
 
@@ -266,14 +271,14 @@ async def _command(peer: Peer, service: SyncService, words: list[str], run_file:
             await peer.flush()
             return f"DIGEST {digest(peer)}"
         case ["partition", "on"]:
-            run_file.write()  # the links about to be cut, as last linked now
+            run_file.refresh()  # the links about to be cut, as last linked now
             service.pause()
             # answered once the links are gone (closing one is bounded by DEAD_AFTER_S) and
             # run.json says so: `hearth status` then shows the cut
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(DEAD_AFTER_S + 1.0):
                     await service.wait_until(lambda: not service.links)
-            run_file.write()
+            run_file.refresh()
             return "ACK partition on"
         case ["partition", "off"]:
             service.resume()
