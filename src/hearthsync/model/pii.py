@@ -129,6 +129,8 @@ def _is_phone(raw: str) -> bool:
         return True
     if not any(sep in raw for sep in " -().") or _IPV4.fullmatch(raw):
         return False
+    if set(_DIGITS.sub("", raw)) == {"."} and min(map(len, groups)) == 1:
+        return False  # a version (10.2.33.4455): dotted phone numbers have no 1-digit group
     return groups[0].startswith("0") or max(map(len, groups)) > 2
 
 
