@@ -21,7 +21,7 @@ from hearthsync.crdt.kinds import Kind, user_doc
 from hearthsync.crypto.identity import KEY_FILE, DeviceIdentity
 from hearthsync.errors import ClosedError
 from hearthsync.hlc import Timestamp
-from hearthsync.model.records import MAX_LIST, Profile, merge_fields
+from hearthsync.model.records import MAX_LIST, MAX_REMOVED, Profile, merge_fields
 from tests.conftest import MONDAY_MS, FakeWall
 from tests.test_forgetting import enrol_household
 
@@ -688,7 +688,7 @@ async def test_robots_apart_may_add_more_facts_than_one_may_and_still_change_the
         handle = kitchen._peek(user_doc("alice", Kind.PROFILE), ProfileDoc)
         assert handle is not None
         own = [v for v in handle.profile.versions("profile") if v.device == kitchen.device_id]
-        assert len(own[0].attributes) == peer_module.MAX_REMOVED  # what the hall still holds
+        assert len(own[0].attributes) == MAX_REMOVED  # what the hall still holds
 
 
 async def test_facts_past_the_limit_can_be_changed_and_removed_but_not_added_to(

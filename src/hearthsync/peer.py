@@ -67,7 +67,6 @@ from hearthsync.model.records import (
     Condition,
     ContextSnapshot,
     EventType,
-    FieldMerged,
     HealthRecord,
     InteractionEvent,
     M,
@@ -81,6 +80,7 @@ from hearthsync.model.records import (
     SpatialChange,
     given_fields,
     merge_fields,
+    trim_removals,
 )
 from hearthsync.offload import THREAD, Offload
 from hearthsync.protocol.session import DocMeta
@@ -700,7 +700,7 @@ class Peer:
                     own = own | dict.fromkeys(changed[name], set_at)
                 if name in stamps:
                     others = [v for v in held.versions(key) if getattr(v, "device", "") != device]
-                    update[name], key_stamps[name] = _fewer_removed(entries, own, others, name)
+                    update[name], key_stamps[name] = trim_removals(entries, own, others, name)
             update["key_stamps"] = key_stamps
             record = current.model_copy(update=update)
             held.put(key, record, device)
@@ -1508,30 +1508,3 @@ def _record_count(replica: Replica) -> int:
 
 
 __all__ = ["DocumentStatus", "Peer", "PeerStatus", "Recalled", "parse"]
-
-
-#: removed entries a keyed field keeps (`FieldMerged.KEYED`) beyond those another robot's
-#: version still holds: so many facts removed and never set again are rare; past them, the
-#: oldest removal is forgotten (a robot that still holds the fact, not heard of here, and
-#: writes the profile, would bring it back)
-MAX_REMOVED = 64
-
-
-def _fewer_removed(
-    entries: dict[str, Any], stamps: dict[str, str], others: Sequence[FieldMerged], name: str
-) -> tuple[dict[str, Any], dict[str, str]]:
-    """``entries`` and their ``stamps`` with at most `MAX_REMOVED` removed entries, the
-    newest removals kept, and every removal of an entry that one of the ``others`` versions
-    of the record still holds (without it, that version's value would show again)."""
-    removed = sorted((stamps.get(k, ""), k) for k, v in entries.items() if v is None)
-    if len(removed) <= MAX_REMOVED:
-        return entries, stamps
-    needed = {k for other in others for k, v in getattr(other, name).items() if v is not None}
-    droppable = [k for _, k in removed if k not in needed]
-    dropped = set(droppable[: max(0, len(removed) - MAX_REMOVED)])
-    if not dropped:
-        return entries, stamps
-    return (
-        {k: v for k, v in entries.items() if k not in dropped},
-        {k: at for k, at in stamps.items() if k not in dropped},
-    )

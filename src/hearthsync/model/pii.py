@@ -138,18 +138,27 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
+def blocked_text_error(text: str, *, field: str) -> BlockedFieldError | None:
+    """The error refusing ``text`` in ``field`` if it holds personal data, naming the field
+    and never repeating the text (errors get logged); else None."""
+    category = blocked_category_of_text(text)
+    if not category:
+        return None
+    return BlockedFieldError(
+        f"{field} looks like {_article(category)} {category}; hearthsync does not store "
+        f"{category}s",
+        field=field,
+    )
+
+
 def check_no_pii(value: object, *, field: str) -> None:
     """Raise `BlockedFieldError` naming the first blocked field found in ``value``."""
     if value is None or isinstance(value, int | float):
         return
     if isinstance(value, str):
-        category = blocked_category_of_text(value)
-        if category:
-            raise BlockedFieldError(
-                f"{field} looks like {_article(category)} {category}; hearthsync does not "
-                f"store {category}s",
-                field=field,
-            )
+        error = blocked_text_error(value, field=field)
+        if error is not None:
+            raise error
     elif isinstance(value, dict):
         for key, item in value.items():
             path = f"{field}.{key}"

@@ -14,16 +14,21 @@ import json
 import re
 import types
 import typing
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
 import pydantic
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 from pydantic.fields import FieldInfo
 
-from hearthsync.errors import BlockedFieldError, ValidationError
+from hearthsync.errors import ValidationError
 from hearthsync.ids import DEVICE_RE, KEY_RE, NAME_RE
-from hearthsync.model.pii import SUSPECT, blocked_category_of_text, check_no_pii
+from hearthsync.model.pii import (
+    SUSPECT,
+    blocked_category_of_text,
+    blocked_text_error,
+    check_no_pii,
+)
 
 MAX_TEXT = 2_000  #: characters in any free-text field
 MAX_JSON_BYTES = 16_384  #: encoded size of any free-form JSON field (payload, value)
@@ -239,13 +244,11 @@ def _translate(cls: type[BaseModel], exc: pydantic.ValidationError) -> Validatio
     rule = _RULES.get(str(first.get("ctx", {}).get("pattern", "")))
     if rule:  # the message would repeat what was given: not if it is personal data
         given = first.get("input")
-        category = blocked_category_of_text(given) if isinstance(given, str) else None
-        if category:
-            return BlockedFieldError(
-                f"{where} looks like {'an' if category[0] in 'aeiou' else 'a'} {category}; "
-                f"hearthsync does not store {category}s",
-                field=field,
-            )
+        refused = (
+            blocked_text_error(given, field=field or where) if isinstance(given, str) else None
+        )
+        if refused is not None:
+            return refused
         msg = f"{rule}, got {given!r:.80}"
     return ValidationError(f"{where}: {msg}", field=field)
 
@@ -559,7 +562,7 @@ M = TypeVar("M", bound=FieldMerged)
 
 def _merge_entries(
     entries: dict[str, tuple[str, str, Any]],
-    everywhere: Callable[[], set[str]],
+    everywhere: set[str],
     version: M,
     name: str,
     at: str,
@@ -576,7 +579,7 @@ def _merge_entries(
     if own is None:
         if not at:
             return
-        found = ((key, values.get(key), at) for key in everywhere())
+        found = ((key, values.get(key), at) for key in everywhere)
     else:
         found = ((key, value, own.get(key) or at) for key, value in values.items())
     for key, value, key_at in found:
@@ -593,17 +596,13 @@ def merge_fields(versions: Sequence[M]) -> M | None:
         return None
     best: dict[str, tuple[str, str, Any]] = {}
     keyed: dict[str, dict[str, tuple[str, str, Any]]] = {}
-    keys: dict[str, set[str]] = {}
-
-    def everywhere(name: str) -> Callable[[], set[str]]:
-        """Every key of the keyed field ``name`` in any version (read once per merge)."""
-
-        def read() -> set[str]:
-            if name not in keys:
-                keys[name] = {key for other in versions for key in getattr(other, name)}
-            return keys[name]
-
-        return read
+    # every key of each keyed field, which a version from before entry stamps removes if it
+    # lacks it: read only where there is such a version
+    everywhere = {
+        name: {key for version in versions for key in getattr(version, name)}
+        for name in versions[0].KEYED
+        if any(name not in version.key_stamps for version in versions)
+    }
 
     for version in versions:
         stamps, device = version.stamps, str(getattr(version, "device", ""))
@@ -611,7 +610,7 @@ def merge_fields(versions: Sequence[M]) -> M | None:
             at = stamps.get(name) if stamps else str(getattr(version, "set_at", ""))
             if name in version.KEYED:
                 entries = keyed.setdefault(name, {})
-                _merge_entries(entries, everywhere(name), version, name, at or "")
+                _merge_entries(entries, everywhere.get(name, set()), version, name, at or "")
                 continue
             if at and (name not in best or (at, device) > best[name][:2]):
                 best[name] = (at, device, getattr(version, name))
@@ -624,3 +623,30 @@ def merge_fields(versions: Sequence[M]) -> M | None:
         if entries:
             stamps[name] = max(at for at, _, _ in entries.values())
     return versions[-1].model_copy(update=merged | {"stamps": stamps, "key_stamps": key_stamps})
+
+
+#: removed entries a keyed field keeps (`FieldMerged.KEYED`) beyond those another robot's
+#: version still holds: so many facts removed and never set again are rare; past them, the
+#: oldest removal is forgotten (a robot that still holds the fact, not heard of here, and
+#: writes the profile, would bring it back)
+MAX_REMOVED = 64
+
+
+def trim_removals(
+    entries: dict[str, Any], stamps: dict[str, str], others: Sequence[FieldMerged], name: str
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """``entries`` and their ``stamps`` with at most `MAX_REMOVED` removed entries, the
+    newest removals kept, and every removal of an entry that one of the ``others`` versions
+    of the record still holds (without it, that version's value would show again)."""
+    removed = sorted((stamps.get(k, ""), k) for k, v in entries.items() if v is None)
+    if len(removed) <= MAX_REMOVED:
+        return entries, stamps
+    needed = {k for other in others for k, v in getattr(other, name).items() if v is not None}
+    droppable = [k for _, k in removed if k not in needed]
+    dropped = set(droppable[: max(0, len(removed) - MAX_REMOVED)])
+    if not dropped:
+        return entries, stamps
+    return (
+        {k: v for k, v in entries.items() if k not in dropped},
+        {k: at for k, at in stamps.items() if k not in dropped},
+    )
