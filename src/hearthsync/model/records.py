@@ -129,10 +129,10 @@ class Record(BaseModel):
     def _no_blocked_personal_data(self, info: pydantic.ValidationInfo) -> Self:
         if not _as_written(info):
             return self
-        for name in _content_fields(type(self)):
+        for name, keyed in _checked_fields(type(self)):
             value = getattr(self, name)
-            if name in getattr(self, "KEYED", ()):  # a removal carries nothing to check, and
-                # must be able to take out a fact stored before a check refused its key
+            if keyed:  # a removal carries nothing to check, and must be able to take out a
+                # fact stored before a check refused its key
                 value = {key: item for key, item in value.items() if item is not None}
             if type(value) is str:
                 # the cheap test first: most text holds no digits (and many ids are empty)
@@ -189,6 +189,14 @@ def given_fields(fields: dict[str, str]) -> str:
     if not fields:
         return ""
     return json.dumps(fields, separators=(",", ":"))[:-1] + ","
+
+
+@functools.cache
+def _checked_fields(cls: type[Record]) -> tuple[tuple[str, bool], ...]:
+    """`_content_fields`, each with whether it is keyed (`FieldMerged.KEYED`): looked up once
+    per class, as a missing attribute costs a raised error on each pydantic instance."""
+    keyed: tuple[str, ...] = getattr(cls, "KEYED", ())
+    return tuple((name, name in keyed) for name in _content_fields(cls))
 
 
 @functools.cache
