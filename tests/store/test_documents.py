@@ -556,6 +556,25 @@ async def test_a_failing_embedder_does_not_lose_acknowledged_events(
         assert [e.text for e in reopened.events("alice")] == ["first", "second"]
 
 
+async def test_events_of_a_failed_commit_are_embedded_once_with_the_batch_that_lands_them(
+    peer: Peer, peer_path: Path, wall: FakeWall, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the batch's embedding runs beside its transactions: a commit that fails after it
+    # finished must neither lose the events' vectors nor store them twice
+    fail_the_next_commit(peer, monkeypatch)
+    with pytest.raises(StoreError, match="disk I/O error"):
+        await peer.record_event("alice", "COMMAND", "tea", text="green tea", ts=MONDAY_MS)
+    await peer.record_event("alice", "COMMAND", "tea", text="oat latte", ts=MONDAY_MS + 1)
+    await peer.close()
+    async with Peer.open(peer_path, wall=wall) as reopened:
+        ids = {e.text: e.id for e in reopened.events("alice")}
+        assert set(ids) == {"green tea", "oat latte"}
+        rows = await reopened._docs._sqlite._rows("SELECT event_id FROM vectors")
+        assert sorted(str(row[0]) for row in rows) == sorted(ids.values())
+        found = await reopened.recall("alice", "green tea", k=1)
+        assert [r.event.text for r in found] == ["green tea"]
+
+
 async def test_a_failing_compaction_does_not_stop_the_writer(
     peer: Peer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -39,7 +39,7 @@ from hearthsync.crdt.kinds import DocInfo, Kind, parse
 from hearthsync.crdt.replica import MAX_CLIENT_ID, Replica, event_field
 from hearthsync.errors import ClosedError, CorruptDocumentError, DecryptionError
 from hearthsync.ids import DocId
-from hearthsync.offload import THREAD, Offload
+from hearthsync.offload import THREAD, Offload, inline
 from hearthsync.store.embedding import Embedder
 from hearthsync.store.sqlite import Batch, DocRow, SqliteStore, StoredDoc, VectorRow
 
@@ -494,6 +494,12 @@ class DocumentSet:
         replaced: list[DocId] = []
         results: list[Any] = []
         self._carry = []
+        queued = carried_embed + queue.embed
+        # the batch's events are embedded on another core while this one runs its
+        # transactions (numpy releases the GIL); inline (a simulation), in order, when awaited
+        embedding: Awaitable[tuple[list[VectorRow], np.ndarray]] = self._embed_or_skip(queued)
+        if queued and self._offload is not inline:
+            embedding = asyncio.ensure_future(embedding)
         try:
             for doc_id, changes in queue.changes.items():
                 # sorted (nothing local builds on a gap); may create a document: its row joins
@@ -510,9 +516,11 @@ class DocumentSet:
                         deltas.append((doc_id, delta, ""))
             new_docs, self._new = self._new, []
             replaced, self._replaced = self._replaced, []
-            queued = carried_embed + queue.embed
-            embed = queued + await self._unembedded(queue.rescan, queued)
-            vectors, matrix = await self._embed_or_skip(embed)
+            vectors, matrix = await embedding
+            rescanned = await self._unembedded(queue.rescan, queued)
+            if rescanned:
+                more, more_matrix = await self._embed_or_skip(rescanned)
+                vectors, matrix = vectors + more, np.concatenate([matrix, more_matrix])
             meta = self.meta() | queue.meta
             updates = [(doc_id, delta) for doc_id, delta, _ in deltas]
             batch = Batch(replaced=list(replaced), docs=new_docs, updates=updates,
@@ -521,6 +529,10 @@ class DocumentSet:
                           packed=queue.packed)  # fmt: skip
             await self._sqlite.commit(batch)
         except BaseException:
+            if isinstance(embedding, asyncio.Future) and not embedding.done():
+                embedding.cancel()  # its events are carried, to be embedded with their batch
+            elif isinstance(embedding, Coroutine):
+                embedding.close()  # never awaited: the transactions failed first
             self._new, self._carry = new_docs + self._new, deltas + self._carry
             self._replaced = replaced + self._replaced
             # their events are embedded with the batch that lands them, or never would be
