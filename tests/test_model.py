@@ -83,6 +83,10 @@ BLOCKED = [
     ({"value": "+44 20 7946 0958"}, "value", "phone"),
     ({"value": "new number 2026-03-14 06 12 34 56 78"}, "value", "phone"),  # after a date
     ({"value": 1, "note": "ring 07 81 23 45 67"}, "note", "phone"),
+    # ungrouped, after a trunk or an international prefix
+    ({"value": "call my son on 0612345678"}, "value", "phone"),
+    ({"value": "office 02079460958"}, "value", "phone"),
+    ({"value": {"son": "0033612345678"}}, "value.son", "phone"),
 ]
 
 
@@ -109,6 +113,10 @@ def test_blocked_personal_data_is_refused(extra: dict, field: str, category: str
         "sizes 38 39 40 41 42",
         "every 5 10 15 20 25 minutes",
         "firmware 10.2.33.4455",  # a version (found in review: taken for a phone number)
+        # runs of digits without a trunk prefix: seconds since 1970, an id, a padded count
+        "last seen 1767225600",
+        "order 123456789012",
+        "batch 0000012345",
     ],
 )
 def test_ordinary_text_with_numbers_is_accepted(text: str) -> None:

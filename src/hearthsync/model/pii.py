@@ -7,8 +7,9 @@ categories outright, by the name of a field and by the shape of a string value:
 category                field names refused                      values refused
 ======================  =======================================  ===========================
 email                   email, e_mail, mail                      ``name@host.tld``
-phone                   phone, telephone, mobile, cell, fax      9-15 digits after +, or
-                                                                 grouped (see `_is_phone`)
+phone                   phone, telephone, mobile, cell, fax      9-15 digits after +,
+                                                                 grouped, or after a 0
+                                                                 trunk prefix (`_is_phone`)
 address                 address, street, postcode, zip, zipcode  (by field name only)
 national id             ssn, national_id, passport, tax_id, ...  ``123-45-6789``
 card number             card, card_number, credit_card, iban     13-19 digits passing Luhn
@@ -17,8 +18,10 @@ password                password, passwd, pin, secret, ...       (by field name 
 
 The error names the field path (``payload.contact.email``) so the caller can fix the record.
 Phone numbers are found in the common groupings (``+33 6 12 34 56 78``, ``06 12 34 56 78``,
-``(415) 555-0100``); dates, times, IPv4 addresses, versions and lists of small numbers
-(``sizes 38 39 40 41 42``) are not phone numbers.
+``(415) 555-0100``) and ungrouped after a trunk or international prefix (``0612345678``,
+``0033612345678``); an ungrouped number without one (``4155550100``) is not told apart
+from other runs of digits, and passes.  Dates, times, IPv4 addresses, versions and lists of
+small numbers (``sizes 38 39 40 41 42``) are not phone numbers.
 """
 
 from __future__ import annotations
@@ -127,6 +130,12 @@ def _is_phone(raw: str) -> bool:
         return False
     if raw.startswith("+"):
         return True
+    if raw.isdigit():  # ungrouped: a number dialled with its trunk prefix (0612345678,
+        # 02079460958) or international one (0033612345678); other runs of digits (ids,
+        # seconds since 1970, a North American number written without spaces) are let be
+        return (raw[0] == "0" and raw[1] != "0" and len(raw) in (10, 11)) or (
+            raw.startswith("00") and raw[2] != "0" and len(raw) >= 11
+        )
     if not any(sep in raw for sep in " -().") or _IPV4.fullmatch(raw):
         return False
     if set(_DIGITS.sub("", raw)) == {"."} and min(map(len, groups)) == 1:
