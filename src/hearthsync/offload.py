@@ -14,6 +14,8 @@ whose timing the seed would not decide.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, Protocol, TypeVar
 
@@ -34,4 +36,12 @@ async def inline(func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> 
     return func(*args, **kwargs)
 
 
-THREAD: Offload = asyncio.to_thread  #: the default: a worker thread
+def thread(func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[T]:
+    """Start ``func`` on a worker thread now (not when awaited, as `asyncio.to_thread` does):
+    the caller can go on with its own work meanwhile, then await the result."""
+    loop = asyncio.get_running_loop()
+    context = contextvars.copy_context()
+    return loop.run_in_executor(None, functools.partial(context.run, func, *args, **kwargs))
+
+
+THREAD: Offload = thread  #: the default: a worker thread

@@ -7,6 +7,7 @@ import random
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 import zstandard
 from pycrdt import Doc, Map, merge_updates
@@ -194,6 +195,32 @@ async def test_corrupt_document_is_reported_and_the_others_load(
         assert len(reopened.events("alice")) == 40
         with pytest.raises(CorruptDocumentError, match="user/alice/prefs"):
             await reopened.set_preference("alice", "beverage/tea", "green")
+
+
+@pytest.mark.parametrize(
+    ("sql", "reason"),
+    [
+        ("UPDATE updates SET data = 'garbage'", "an update log row of the wrong type"),
+        ("UPDATE docs SET client_id = 'x'", "a document row of the wrong type"),
+        ("UPDATE docs SET snapshot = 'garbage', snapshot_codec = 0", "a snapshot of the wrong"),
+    ],
+)
+async def test_a_row_of_the_wrong_type_is_a_corrupt_document_and_the_others_load(
+    peer: Peer, peer_path: Path, wall: FakeWall, sql: str, reason: str
+) -> None:
+    # SQLite's loose typing lets a text sit where a blob or a number belongs
+    await fill_every_kind(peer)
+    await peer.compact()  # a snapshot for every document
+    await peer.set_preference("alice", "beverage/tea", "green")  # and a log row
+    await peer.close()
+    conn = sqlite3.connect(peer_path / "hearth.db")
+    conn.execute(f"{sql} WHERE doc_id = 'user/alice/prefs'")
+    conn.commit()
+    conn.close()
+    async with Peer.open(peer_path, wall=wall) as reopened:
+        assert set(reopened.corrupt) == {"user/alice/prefs"}
+        assert reason in reopened.corrupt["user/alice/prefs"]
+        assert len(reopened.events("alice")) == 40
 
 
 async def test_a_format_1_store_is_upgraded_in_place(tmp_path: Path, wall: FakeWall) -> None:
@@ -573,6 +600,119 @@ async def test_events_of_a_failed_commit_are_embedded_once_with_the_batch_that_l
         assert sorted(str(row[0]) for row in rows) == sorted(ids.values())
         found = await reopened.recall("alice", "green tea", k=1)
         assert [r.event.text for r in found] == ["green tea"]
+
+
+async def test_an_embedding_the_index_cannot_hold_leaves_the_event_durable_and_the_store_open(
+    peer: Peer, peer_path: Path, wall: FakeWall, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = peer._docs._embedder.embed
+
+    def poisoned(texts: list[str]) -> np.ndarray:
+        matrix = real(texts)
+        matrix[[i for i, text in enumerate(texts) if "poison" in text]] = np.nan
+        return matrix
+
+    monkeypatch.setattr(peer._docs._embedder, "embed", poisoned)
+    heard: list[str] = []
+    peer.on_durable(lambda batch: heard.extend(doc for doc, _, _ in batch))
+    await peer.record_event("alice", "COMMAND", "tea", text="poison", ts=MONDAY_MS)  # acknowledged
+    assert heard == ["user/alice/events/2026-03"]  # and sync hears of it
+    await peer.record_event("alice", "COMMAND", "tea", text="fine tea", ts=MONDAY_MS + 1)
+    await peer.close()
+    async with Peer.open(peer_path, wall=wall) as reopened:
+        assert [e.text for e in reopened.events("alice")] == ["poison", "fine tea"]
+        found = await reopened.recall("alice", "fine tea", k=5)
+        assert [r.event.text for r in found] == ["fine tea"]
+
+
+async def test_a_commit_retries_what_a_failed_batch_left_and_does_not_repeat_its_error(
+    peer: Peer, peer_path: Path, wall: FakeWall, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fail_the_next_commit(peer, monkeypatch)
+    with pytest.raises(StoreError, match="disk I/O error"):
+        await peer.set_preference("alice", "beverage/tea", "green")
+    await peer.commit()  # tries the carried delta again, and it lands
+    assert peer._docs._carry == []
+    await peer.compact()
+    await peer.crash()
+    async with Peer.open(peer_path, wall=wall) as reopened:
+        assert reopened.preference("alice", "beverage/tea").value == "green"  # type: ignore[union-attr]
+
+
+async def _held_commits(
+    peer: Peer, monkeypatch: pytest.MonkeyPatch, failing: set[int]
+) -> tuple[asyncio.Event, asyncio.Event]:
+    """Make the ``failing``-th commits of the store wait for the first event returned, then
+    fail; the second is set once one of them is waiting (its batch in flight)."""
+    real_commit = peer._sqlite.commit
+    gate, waiting = asyncio.Event(), asyncio.Event()
+    calls: list[int] = []
+
+    async def held(batch: object) -> None:
+        calls.append(len(calls) + 1)
+        if len(calls) in failing:
+            waiting.set()
+            await gate.wait()
+            raise StoreError("write on hearth.db failed: disk I/O error")
+        await real_commit(batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(peer._sqlite, "commit", held)
+    return gate, waiting
+
+
+async def _alices_updates(tmp_path: Path, wall: FakeWall) -> tuple[bytes, bytes]:
+    async with Peer.open(tmp_path / "hall", device="hall", wall=wall) as hall:
+        await hall.add_user("alice", name="Alice")
+        await hall.set_preference("alice", "tea/mug", "green")
+        return hall.diff("user/alice/prefs"), hall.diff("household")
+
+
+async def test_a_repeat_of_an_update_carried_into_a_batch_in_flight_waits_for_that_batch(
+    tmp_path: Path, wall: FakeWall, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a repeat answered "already durable" is acknowledged to its sender: it must not be,
+    # while the batch that carries it after a failure can still fail
+    prefs, household = await _alices_updates(tmp_path, wall)
+    peer = await Peer.start(tmp_path / "kitchen", device="kitchen", wall=wall, auto_commit=False)
+    gate, waiting = await _held_commits(peer, monkeypatch, failing={1, 2})
+    gate.set()
+    assert peer.receive_update("user/alice/prefs", prefs, origin="hall") is not None
+    with pytest.raises(StoreError):
+        await peer.commit()  # the delta is carried
+    gate.clear()
+    waiting.clear()
+    peer.receive_update("household", household, origin="hall")
+    retry = asyncio.ensure_future(peer.commit())  # carries the prefs delta, and is held
+    await asyncio.wait_for(waiting.wait(), 5)
+    repeat = peer.receive_update("user/alice/prefs", prefs, origin="hall")
+    assert repeat is not None
+    assert not repeat.done()
+    gate.set()
+    with pytest.raises(StoreError):
+        await retry
+    assert repeat.exception() is not None  # never acknowledged
+    await peer.crash()
+
+
+async def test_a_second_commit_while_one_is_in_flight_keeps_the_first_in_flight(
+    tmp_path: Path, wall: FakeWall, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prefs, household = await _alices_updates(tmp_path, wall)
+    peer = await Peer.start(tmp_path / "kitchen", device="kitchen", wall=wall, auto_commit=False)
+    gate, waiting = await _held_commits(peer, monkeypatch, failing={1})
+    peer.receive_update("user/alice/prefs", prefs, origin="hall")
+    first = asyncio.ensure_future(peer.commit())
+    await asyncio.wait_for(waiting.wait(), 5)
+    peer.receive_update("household", household, origin="hall")
+    second = asyncio.ensure_future(peer.commit())  # as a purge's write barrier makes one
+    await asyncio.sleep(0)  # one turn: its first step runs (it took the queue there, before)
+    repeat = peer.receive_update("user/alice/prefs", prefs, origin="hall")
+    assert repeat is not None
+    assert not repeat.done()  # the first batch has not landed
+    gate.set()
+    results = await asyncio.gather(first, second, return_exceptions=True)
+    assert isinstance(results[0], StoreError)
+    await peer.crash()
 
 
 async def test_a_failing_compaction_does_not_stop_the_writer(

@@ -340,11 +340,19 @@ async def test_an_open_under_way_when_its_user_is_dropped_leaves_nothing(tmp_pat
     assert sorted(p.name.split(".")[0] for p in tmp_path.iterdir()) == ["bob"] * 3
 
 
-async def test_malformed_source_rows_are_refused(tmp_path: Path) -> None:
+async def test_malformed_source_rows_are_left_out_and_the_rest_indexed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # derived data: one damaged row must not keep the index, or the peer, from opening
     source = MemorySource()
-    source.rows[NAME] = [(1, T0, b"\x00" * 10)]
-    with pytest.raises(StoreError, match="row 1 has 10 bytes"):
-        await memory(source, tmp_path).open_index("alice", "history")
+    fill(source, 3)
+    good = list(source.rows[NAME])
+    nan = np.full(DIM, np.nan, dtype="<f2").tobytes()
+    zero = np.zeros(DIM, dtype="<f2").tobytes()
+    source.rows[NAME] = [*good, (10, T0, b"\x00" * 10), (11, T0, nan), (12, T0, zero)]
+    index = await memory(source, tmp_path).open_index("alice", "history")
+    assert index.count == len(good)
+    assert "[10, 11, 12] are malformed" in caplog.text
     fill(source, 2, name="bob.history")
     source.rows["bob.history"].reverse()
     with pytest.raises(StoreError, match="rowid"):

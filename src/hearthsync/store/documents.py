@@ -39,7 +39,7 @@ from hearthsync.crdt.kinds import DocInfo, Kind, parse
 from hearthsync.crdt.replica import MAX_CLIENT_ID, Replica, event_field
 from hearthsync.errors import ClosedError, CorruptDocumentError, DecryptionError
 from hearthsync.ids import DocId
-from hearthsync.offload import THREAD, Offload, inline
+from hearthsync.offload import THREAD, Offload
 from hearthsync.store.embedding import Embedder
 from hearthsync.store.sqlite import Batch, DocRow, SqliteStore, StoredDoc, VectorRow
 
@@ -82,6 +82,8 @@ class _Queue:
 
 
 VectorSink = Callable[[Sequence[VectorRow], np.ndarray], None]
+#: a batch's embeddings: the rows to store, and their vectors (float32, one row each)
+Embedded = tuple[list[VectorRow], np.ndarray]
 #: told, after each commit, every (document, delta, origin) that just became durable, in
 #: commit order; ``origin`` is "" for local writes, else the device the delta came from
 CommitListener = Callable[[Sequence[tuple[str, bytes, str]]], None]
@@ -150,6 +152,9 @@ class DocumentSet:
     def _load_one(self, stored: StoredDoc) -> None:
         row = stored.row
         doc_id = DocId(row.doc_id)
+        if stored.damage is not None:
+            self.corrupt[doc_id] = CorruptDocumentError(doc_id, stored.damage)
+            return
         try:
             replica = Replica(parse(row.doc_id), client_id=row.client_id, lineage=row.lineage)  # type: ignore[arg-type]
             snapshot, updates = stored.snapshot(), stored.updates()
@@ -191,12 +196,16 @@ class DocumentSet:
         if self._auto:
             await self.write_barrier()
             return
-        queue = self._queue
-        if queue.done is None:
-            return
-        self._queue = _Queue()
-        self._inflight, self._inflight_queue = queue.done, queue
+        # the queue is taken under the lock: a commit made while another is in flight waits
+        # for it, and leaves it visible as in flight to `_pending` until it is durable
         async with self._lock:
+            queue = self._queue
+            if queue.done is None and not self._unlanded():
+                return
+            if queue.done is None:  # a failed batch's deltas or rows: try them again
+                queue.done = asyncio.get_running_loop().create_future()
+            self._queue = _Queue()
+            self._inflight, self._inflight_queue = queue.done, queue
             try:
                 results = await self._flush(queue)
             except Exception as exc:
@@ -452,18 +461,20 @@ class DocumentSet:
             # (tasks woken together, a gather of coroutines) join this batch, not the next
             await asyncio.sleep(0)
             self._wake.clear()
-            queue = self._queue
-            if queue.done is not None:
-                self._queue = _Queue()
-                self._inflight, self._inflight_queue = queue.done, queue
+            if self._queue.done is not None:
+                # taken under the lock: what holds it meanwhile (forgetting a user, say) sees
+                # this batch still queued
                 async with self._lock:
+                    queue = self._queue
+                    self._queue = _Queue()
+                    self._inflight, self._inflight_queue = queue.done, queue
                     try:
                         results = await self._flush(queue)
                     except Exception as exc:  # handed to every waiting writer
                         _settle_all(queue, exc)
                     else:
                         _settle_all(queue, None, results)
-                self._inflight_queue = None
+                    self._inflight_queue = None
                 # one turn for whoever waited on this batch (acknowledgements to send) before
                 # the housekeeping below, which may hold the loop for milliseconds
                 await asyncio.sleep(0)
@@ -494,12 +505,12 @@ class DocumentSet:
         replaced: list[DocId] = []
         results: list[Any] = []
         self._carry = []
+        # what the batch holds of carried deltas is in flight with it (`_pending`)
+        queue.remote_docs.update(doc_id for doc_id, _, _ in deltas)
         queued = carried_embed + queue.embed
         # the batch's events are embedded on another core while this one runs its
         # transactions (numpy releases the GIL); inline (a simulation), in order, when awaited
-        embedding: Awaitable[tuple[list[VectorRow], np.ndarray]] = self._embed_or_skip(queued)
-        if queued and self._offload is not inline:
-            embedding = asyncio.ensure_future(embedding)
+        embedding = self._start_embedding(queued)
         try:
             for doc_id, changes in queue.changes.items():
                 # sorted (nothing local builds on a gap); may create a document: its row joins
@@ -516,11 +527,13 @@ class DocumentSet:
                         deltas.append((doc_id, delta, ""))
             new_docs, self._new = self._new, []
             replaced, self._replaced = self._replaced, []
-            vectors, matrix = await embedding
+            vectors, matrix = await self._embedded(embedding, len(queued))
+            embedding = None
             rescanned = await self._unembedded(queue.rescan, queued)
             if rescanned:
-                more, more_matrix = await self._embed_or_skip(rescanned)
-                vectors, matrix = vectors + more, np.concatenate([matrix, more_matrix])
+                more = self._start_embedding(rescanned)
+                more_vectors, more_matrix = await self._embedded(more, len(rescanned))
+                vectors, matrix = vectors + more_vectors, np.concatenate([matrix, more_matrix])
             meta = self.meta() | queue.meta
             updates = [(doc_id, delta) for doc_id, delta, _ in deltas]
             batch = Batch(replaced=list(replaced), docs=new_docs, updates=updates,
@@ -529,10 +542,7 @@ class DocumentSet:
                           packed=queue.packed)  # fmt: skip
             await self._sqlite.commit(batch)
         except BaseException:
-            if isinstance(embedding, asyncio.Future) and not embedding.done():
-                embedding.cancel()  # its events are carried, to be embedded with their batch
-            elif isinstance(embedding, Coroutine):
-                embedding.close()  # never awaited: the transactions failed first
+            _abandon(embedding)  # its events are carried, to be embedded with their batch
             self._new, self._carry = new_docs + self._new, deltas + self._carry
             self._replaced = replaced + self._replaced
             # their events are embedded with the batch that lands them, or never would be
@@ -545,10 +555,17 @@ class DocumentSet:
         self.batches_committed += 1
         for changed, delta, _ in deltas:
             self._log_bytes[DocId(changed)] = self._log_bytes.get(DocId(changed), 0) + len(delta)
+        # the batch is durable: what listens to it must not make its writers think otherwise
         if vectors and self.on_vectors is not None:
-            self.on_vectors(vectors, matrix)
+            try:
+                self.on_vectors(vectors, matrix)
+            except Exception:  # derived data: the index catches up from the table when opened
+                log.exception("indexing %d committed vectors failed", len(vectors))
         for listener in self.on_commit:
-            listener(deltas)
+            try:
+                listener(deltas)
+            except Exception:
+                log.exception("a listener to committed batches failed")
         return results
 
     async def _unembedded(self, docs: set[DocId], queued: list[ToEmbed]) -> list[ToEmbed]:
@@ -573,30 +590,48 @@ class DocumentSet:
                     wanted.append(item)
         return wanted
 
-    async def _embed_or_skip(self, items: list[ToEmbed]) -> tuple[list[VectorRow], np.ndarray]:
-        """Embeddings for the batch, made on another core while writers keep queueing.
+    def _start_embedding(self, items: list[ToEmbed]) -> Awaitable[Embedded] | None:
+        """Start embedding ``items`` (on another core, or inline when awaited); None: none."""
+        if not items:
+            return None
+        # reserved here, on the loop, in batch order: an abandoned embedding still running on
+        # its thread must not race the next batch's for them
+        rowids = self._sqlite.vector_rowids(len(items))
+        return self._offload(self._embed, items, rowids)
+
+    async def _embedded(self, started: Awaitable[Embedded] | None, count: int) -> Embedded:
+        """The embeddings `_start_embedding` made.
 
         Embeddings are derived data: if the embedder fails, the events are still committed
         (without embeddings, so recall will not find them) rather than every write failing.
         """
-        if items:
+        if started is not None:
             try:
-                return await self._offload(self._embed, items)
+                return await started
             except Exception:
-                log.exception("embedding %d events failed; they are stored without", len(items))
+                log.exception("embedding %d events failed; they are stored without", count)
         return [], np.zeros((0, self._embedder.dim), dtype=np.float32)
 
-    def _embed(self, items: list[ToEmbed]) -> tuple[list[VectorRow], np.ndarray]:
-        if not items:
-            return [], np.zeros((0, self._embedder.dim), dtype=np.float32)
-        matrix = self._embedder.embed([item.text for item in items])
-        blobs = matrix.astype("<f2")
-        rowids = self._sqlite.vector_rowids(len(items))
+    def _embed(self, items: list[ToEmbed], rowids: range) -> Embedded:
+        matrix = np.asarray(self._embedder.embed([item.text for item in items]), np.float32)
+        dim = self._embedder.dim
+        if matrix.shape != (len(items), dim):
+            raise ValueError(f"the embedder gave shape {matrix.shape}, not ({len(items)}, {dim})")
+        blobs = matrix.astype("<f2")  # as stored: a value f16 cannot hold is infinite here
+        # a row the index cannot hold (not finite, or zero) is left out: that event is stored
+        # without an embedding, and its batch, and every later open, go on
+        usable = np.isfinite(blobs).all(axis=1) & np.any(blobs != 0, axis=1)
+        kept = list(zip(rowids, items, strict=True))
+        if not usable.all():
+            log.warning("%d of %d embeddings are not finite or are zero; those events are "
+                        "stored without", int((~usable).sum()), len(items))  # fmt: skip
+            kept = [pair for pair, ok in zip(kept, usable, strict=True) if ok]
+            matrix, blobs = matrix[usable], blobs[usable]
         rows = [
             VectorRow(
                 rowid, item.index_name, item.event_id, item.ts, blobs[i].tobytes(), item.record
             )
-            for i, (rowid, item) in enumerate(zip(rowids, items, strict=True))
+            for i, (rowid, item) in enumerate(kept)
         ]
         return rows, matrix
 
@@ -644,7 +679,10 @@ class DocumentSet:
                     _settle(written, error)
             queue.remote = [d for d in queue.remote if not theirs(d[0])]
             queue.remote_docs = {d for d in queue.remote_docs if not theirs(d)}
+            kept = {id(delta) for _, delta, _ in queue.remote}
+            queue.packed = {key: frame for key, frame in queue.packed.items() if key in kept}
             self._carry = [d for d in self._carry if not theirs(d[0])]
+            queue.embed = [e for e in queue.embed if e.index_name.partition(".")[0] != subject]
             self._carry_embed = [
                 e for e in self._carry_embed if e.index_name.partition(".")[0] != subject
             ]
@@ -680,9 +718,26 @@ class DocumentSet:
         if not self._auto:
             await self.commit()
             return
-        pending = self._queue.done or self._inflight
+        if self._unlanded():  # a failed batch's: the next one tries again, and this waits
+            self._wake_flusher()
+        pending = self._queue.done
+        if pending is None and self._inflight_queue is not None:
+            pending = self._inflight
         if pending is not None:
             await asyncio.shield(pending)
+
+    def _unlanded(self) -> bool:
+        """Whether a failed batch left deltas or rows to replace for the next one to write."""
+        return bool(self._carry or self._replaced)
+
+
+def _abandon(started: Awaitable[Any] | None) -> None:
+    """Let go of an embedding whose batch failed: a coroutine (inline) is never run, and a
+    thread's result, or error, is dropped without asyncio reporting it as never retrieved."""
+    if isinstance(started, Coroutine):
+        started.close()
+    elif isinstance(started, asyncio.Future):
+        started.add_done_callback(lambda done: done.cancelled() or done.exception())
 
 
 def _settle(

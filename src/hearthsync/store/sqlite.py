@@ -46,7 +46,7 @@ from typing import Any, Literal
 import aiosqlite
 
 from hearthsync.compression import CODEC_ZSTD, compress, decompress
-from hearthsync.errors import ClosedError, StoreError
+from hearthsync.errors import ClosedError, DecryptionError, StoreError
 
 FORMAT_VERSION = "2"
 #: what upgrades a file of the format before it to this one
@@ -105,13 +105,20 @@ class StoredDoc:
     row: DocRow
     stored_snapshot: tuple[int, bytes] | None
     stored_updates: list[tuple[int, bytes]]
+    #: what is wrong with its rows, if they are damaged (a value of the wrong type): the
+    #: document is then corrupt, and the others load
+    damage: str | None = None
 
     def snapshot(self) -> bytes | None:
+        if self.damage is not None:
+            raise DecryptionError(self.damage)
         if self.stored_snapshot is None:
             return None
         return decompress(*self.stored_snapshot)
 
     def updates(self) -> list[bytes]:
+        if self.damage is not None:
+            raise DecryptionError(self.damage)
         return [decompress(codec, data) for codec, data in self.stored_updates]
 
 
@@ -268,17 +275,29 @@ class SqliteStore:
     async def load(self) -> list[StoredDoc]:
         """Every document with its snapshot and log, the log in commit order."""
         logs: dict[str, list[tuple[int, bytes]]] = {}
+        damaged: dict[str, str] = {}  # a row SQLite's loose typing let through, by document
         sql = "SELECT doc_id, codec, data FROM updates ORDER BY seq"
         for doc_id, codec, data in await self._rows(sql):
-            logs.setdefault(doc_id, []).append((int(codec), bytes(data)))
+            if type(codec) is int and type(data) is bytes:
+                logs.setdefault(doc_id, []).append((codec, data))
+            else:
+                damaged.setdefault(str(doc_id), "an update log row of the wrong type")
         docs = []
         sql = (
             "SELECT doc_id, scope, subject, lineage, client_id, snapshot_codec, snapshot FROM docs"
         )
         for doc_id, scope, subject, lineage, client_id, codec, snapshot in await self._rows(sql):
-            row = DocRow(doc_id, scope, subject, lineage, int(client_id))
-            blob = (int(codec), bytes(snapshot)) if snapshot is not None else None
-            docs.append(StoredDoc(row, blob, logs.get(doc_id, [])))
+            texts = (doc_id, scope, subject, lineage)
+            if not all(type(text) is str for text in texts) or type(client_id) is not int:
+                damage: str | None = "a document row of the wrong type"
+                client_id = 0
+            elif snapshot is not None and not (type(codec) is int and type(snapshot) is bytes):
+                damage = "a snapshot of the wrong type"
+            else:
+                damage = damaged.get(doc_id)
+            row = DocRow(str(doc_id), str(scope), str(subject), str(lineage), client_id)
+            blob = (codec, snapshot) if snapshot is not None and damage is None else None
+            docs.append(StoredDoc(row, blob, logs.get(str(doc_id), []), damage))
         return docs
 
     async def vector_stats(self, index_name: str) -> tuple[int, int]:

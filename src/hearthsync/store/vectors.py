@@ -154,14 +154,22 @@ def index_name(user: str, scope: str) -> str:
 
 
 def decode_rows(rows: Sequence[Row], dim: int) -> tuple[I64Array, I64Array, F32Array]:
-    """Split source rows into rowids, timestamps and float32 vectors, rejecting malformed ones."""
-    for rowid, _, blob in rows:
-        if len(blob) != 2 * dim:
-            raise StoreError(f"vectors row {rowid} has {len(blob)} bytes, expected {2 * dim}")
-    rowids = np.array([r[0] for r in rows], dtype=np.int64)
-    ts = np.array([r[1] for r in rows], dtype=np.int64)
-    joined = b"".join(r[2] for r in rows)
-    vectors = np.frombuffer(joined, dtype="<f2").reshape(len(rows), dim).astype(np.float32)
+    """Split source rows into rowids, timestamps and float32 vectors, leaving out (and
+    logging) malformed ones: a blob of the wrong size, or a vector not finite or zero.  The
+    index is derived data: one damaged row costs recall that event, never the whole index."""
+    sized = [row for row in rows if isinstance(row[2], bytes) and len(row[2]) == 2 * dim]
+    joined = b"".join(r[2] for r in sized)
+    vectors = np.frombuffer(joined, dtype="<f2").reshape(len(sized), dim).astype(np.float32)
+    usable = np.isfinite(vectors).all(axis=1) & np.any(vectors != 0, axis=1)
+    if len(sized) < len(rows) or not usable.all():
+        kept = {id(row) for row, ok in zip(sized, usable, strict=True) if ok}
+        bad = [row[0] for row in rows if id(row) not in kept]
+        log.warning("vectors rows %s are malformed (size, or not finite, or zero); left out of "
+                    "the index", bad[:10])  # fmt: skip
+        sized = [row for row, ok in zip(sized, usable, strict=True) if ok]
+        vectors = vectors[usable]
+    rowids = np.array([r[0] for r in sized], dtype=np.int64)
+    ts = np.array([r[1] for r in sized], dtype=np.int64)
     return rowids, ts, vectors
 
 
