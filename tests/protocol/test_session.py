@@ -14,7 +14,7 @@ from pycrdt import Doc, Map
 from hearthsync.crdt import statevector, updates
 from hearthsync.crdt.kinds import HOME, parse
 from hearthsync.crypto.certificate import Certificate, Revocations, TrustStore
-from hearthsync.crypto.envelope import Envelope
+from hearthsync.crypto.envelope import Envelope, Header
 from hearthsync.crypto.identity import DeviceIdentity
 from hearthsync.crypto.keyring import KeyGrant, Keyring
 from hearthsync.errors import MissingKeyError
@@ -24,6 +24,7 @@ from hearthsync.protocol.session import (
     DEAD_AFTER_S,
     HANDSHAKE_TIMEOUT_S,
     HEARTBEAT_S,
+    MAX_UNOPENED,
     REQUEST_RETRY_S,
     SETTLE_S,
     SILENCE_S,
@@ -36,6 +37,7 @@ from hearthsync.protocol.session import (
     Event,
     KeyMissing,
     KeysChanged,
+    LineageMismatch,
     PeerAuthenticated,
     Sealer,
     SealFailed,
@@ -1036,3 +1038,214 @@ def test_a_deletion_not_relayed_is_offered_even_when_an_ack_lands_first(
             b[1].receive_data(data, NOW + t)
         pump(a, b, NOW + t)
     assert hall.docs.content(doc) == kitchen.docs.content(doc) == {"coffee": "oat"}
+
+
+# --- what a peer's frames may not make this side do (found in review) -----------------------
+
+
+def sent(session: Session) -> list[f.Frame]:
+    return [f.decode(data) for data in session.data_to_send()]
+
+
+def closed_with(session: Session) -> list[int]:
+    return [e.code for e in session.events_received() if isinstance(e, Closed)]
+
+
+def vector(*entries: tuple[int, int]) -> bytes:
+    """A state vector as a peer may write it, in any range."""
+    out = bytearray()
+    statevector.write_varuint(len(entries), out)
+    for client, clock in entries:
+        statevector.write_varuint(client, out)
+        statevector.write_varuint(clock, out)
+    return bytes(out)
+
+
+@pytest.mark.parametrize("frame", ["ACK", "SYNC_STEP1"])
+def test_a_state_vector_with_a_clock_no_document_holds_is_refused_before_the_documents_see_it(
+    kitchen: Robot, hall: Robot, monkeypatch: pytest.MonkeyPatch, frame: str
+) -> None:
+    """An ACK claiming clock 2**69 (Yrs clocks are u32) for a robot's own client id made the
+    robot renew that id, a durable change (`DocSource.peer_state`)."""
+    doc = DocId("user/alice/prefs")
+    hall.docs.write(doc, "tea", "green")
+    _, b = connect(kitchen, hall)
+    seen: list[bytes] = []
+    monkeypatch.setattr(hall.docs, "peer_state", lambda doc_id, sv: seen.append(sv))
+    own = hall.docs.docs[doc].client_id
+    claim = vector((own, 2**69))
+    lineage = parse(doc).genesis
+    b[1].receive_data(
+        f.encode(f.Ack(doc, claim) if frame == "ACK" else f.SyncStep1(doc, lineage, claim)), NOW
+    )
+    (error,) = sent(b[1])
+    assert isinstance(error, f.Error)
+    assert error.code == 400
+    assert "is over" in error.message
+    assert closed_with(b[1]) == [400]
+    assert seen == []
+
+
+@pytest.mark.parametrize("last", ["equal", "differs"])
+def test_a_document_named_twice_in_one_inventory_is_answered_once_for_its_last_entry(
+    kitchen: Robot, hall: Robot, last: str
+) -> None:
+    """One INVENTORY naming a document 10,000 times was answered 10,000 times, each answer
+    with the document's whole state vector."""
+    doc = DocId("user/alice/prefs")
+    hall.docs.write(doc, "tea", "green")
+    _, b = connect(kitchen, hall)
+    lineage = parse(doc).genesis
+    equal = f.InventoryEntry(doc, lineage, hall.docs.digest(doc))
+    differs = f.InventoryEntry(doc, lineage, b"\x00" * 8)
+    entries = [equal, differs] * 5_000
+    if last == "equal":
+        entries.reverse()
+    b[1].receive_data(f.encode(f.Inventory(tuple(entries))), NOW)  # a re-offer: ACKs answer
+    answers = sent(b[1])
+    assert b[1].state is State.OPEN
+    if last == "equal":
+        assert answers == [f.Ack(doc, hall.docs.state_vector(doc))]
+    else:
+        assert answers == [f.SyncStep1(doc, lineage, hall.docs.state_vector(doc))]
+
+
+def test_an_inventory_naming_a_document_outside_the_shared_scopes_sends_nothing_but_the_error(
+    kitchen: Robot, hall: Robot
+) -> None:
+    """A re-offered INVENTORY naming ``user/alice/health`` (kitchen may not read health) was
+    answered with ACKs for the entries before the refusal, the health document's among them,
+    telling kitchen its state vector."""
+    hall.docs.write("user/alice/prefs", "tea", "green")
+    hall.docs.write("user/alice/health", "medication", "metformin")
+    hall.docs.write("user/alice/profile", "name", "Alice")
+    _, b = connect(kitchen, hall)
+    entries = tuple(
+        f.InventoryEntry(DocId(doc), parse(doc).genesis, digest)
+        for doc, digest in [
+            ("user/alice/prefs", hall.docs.digest(DocId("user/alice/prefs"))),  # an ACK
+            ("user/alice/health", hall.docs.digest(DocId("user/alice/health"))),  # 403
+            ("user/alice/profile", b"\x00" * 8),  # a SYNC_STEP1
+        ]
+    )
+    b[1].receive_data(f.encode(f.Inventory(entries)), NOW)
+    (error,) = sent(b[1])
+    assert isinstance(error, f.Error)
+    assert error.code == 403
+    assert closed_with(b[1]) == [403]
+
+
+def test_the_entries_kept_for_documents_this_device_cannot_open_yet_are_bounded(
+    kitchen: Robot, hall: Robot
+) -> None:
+    """A peer offering ever new documents of users whose keys this device lacks grew what the
+    session keeps of its inventories without bound (100,000 entries in ten frames).  The
+    newest are kept, to ask for once a grant brings their keys."""
+    _, b = connect(kitchen, hall)
+    names = [f"user/u{i}/prefs" for i in range(MAX_UNOPENED + 100)]  # no data key for u<i>
+    for start in range(0, len(names), 2_000):
+        entries = [
+            f.InventoryEntry(DocId(doc), parse(doc).genesis, b"\x01" * 8)
+            for doc in names[start : start + 2_000]
+        ]
+        b[1].receive_data(f.encode(f.Inventory(tuple(entries))), NOW)
+        assert sent(b[1]) == []  # nothing to ask for: none can be opened here
+    assert b[1].state is State.OPEN
+    assert list(b[1]._unopened) == names[-MAX_UNOPENED:]
+
+
+def test_a_document_offered_before_its_key_is_granted_is_asked_for_once_the_grant_comes(
+    home: Home, kitchen: Robot, admin: Robot
+) -> None:
+    """An owner or admin offers its inventory before its grants when a session opens, and
+    sends no inventory after them: what the peer could not open then it asks for on the
+    grant."""
+    admin.keyring.create_data_key("carol", "core", home.random_bytes)  # kitchen lacks it
+    admin.docs.write("user/carol/prefs", "tea/mug", "green")
+    connect(admin, kitchen)
+    assert of_type(kitchen, KeysChanged)
+    assert kitchen.docs.content("user/carol/prefs") == {"tea/mug": "green"}
+
+
+def forged(header: Header) -> bytes:
+    """An envelope nobody signed: a signature of zeros over a ciphertext of zeros."""
+    return Envelope(header, b"\x00" * 24, b"\x00" * 16, b"\x00" * 64).to_wire()
+
+
+@pytest.mark.parametrize(
+    "problem", ["unknown author, other lineage", "other lineage", "epoch not held"]
+)
+@pytest.mark.parametrize("sender", ["kitchen", "admin"])
+def test_a_forged_envelope_is_refused_whatever_lineage_or_epoch_it_claims(
+    home: Home, kitchen: Robot, hall: Robot, admin: Robot, sender: str, problem: str
+) -> None:
+    """SPEC §4: the author's certificate and the signature are checked before anything else.
+    An envelope of an unknown author, or with a signature of zeros, claiming another lineage
+    or an epoch this device lacks was skipped quietly (LineageMismatch, KeyMissing) and the
+    session stayed open; from an admin it even asked for a new session (409)."""
+    peer = kitchen if sender == "kitchen" else admin
+    _, b = connect(peer, hall)
+    hall.events.clear()
+    doc = "user/alice/prefs"
+    author = "AAAAAAAAAAAAAAAA" if problem.startswith("unknown") else peer.identity.device_id
+    lineage = parse(doc).genesis if problem == "epoch not held" else "not-the-lineage"
+    epoch = 7 if problem == "epoch not held" else 0
+    b[1].receive_data(
+        f.encode(f.Update(forged(Header(doc, lineage, "core", epoch, author, 1)))), NOW
+    )
+    (error,) = sent(b[1])
+    assert isinstance(error, f.Error)
+    assert error.code == 401
+    events = b[1].events_received()
+    assert [e for e in events if isinstance(e, LineageMismatch | KeyMissing)] == []
+    assert [e.code for e in events if isinstance(e, Closed)] == [401]
+
+
+def test_a_signed_envelope_of_another_lineage_is_reported_and_the_session_stays_open(
+    kitchen: Robot, hall: Robot
+) -> None:
+    doc = DocId("user/alice/prefs")
+    a, b = connect(kitchen, hall)
+    delta = kitchen.docs.write(doc, "tea/mug", "blue")
+    other = LineageId("x" * 26)
+    b[1].receive_data(f.encode(f.Update(a[1]._seal(doc, other, delta))), NOW)
+    assert sent(b[1]) == []
+    assert b[1].events_received() == [LineageMismatch(doc, parse(doc).genesis, other)]
+    assert b[1].state is State.OPEN
+
+
+def test_an_update_of_a_forgotten_users_document_from_an_admin_is_dropped_not_fatal(
+    hall: Robot, admin: Robot
+) -> None:
+    """SPEC §8: updates of a forgotten user's documents are dropped.  From an owner or admin
+    that had not heard of the forgetting yet, each one closed the session with 409 ("reconnect
+    for the grant"), which would never come."""
+    doc = DocId("user/alice/prefs")
+    hall.docs.write(doc, "tea", "green")
+    a, b = connect(admin, hall)
+    hall.keyring.forget_user("alice")  # hall honoured alice's tombstone; admin has not yet
+    for value in ("black", "oolong"):
+        assert a[1].send_update(doc, admin.docs.write(doc, "tea", value))
+        for data in a[1].data_to_send():
+            b[1].receive_data(data, NOW)
+        assert sent(b[1]) == []  # no ERROR, and no ACK: nothing was applied
+        assert b[1].events_received() == []
+        assert b[1].state is State.OPEN
+    assert hall.docs.content(doc) == {"tea": "green"}
+    a[1].tick(NOW + SETTLE_S)  # unacknowledged: admin offers it again
+    pump(a, b, NOW + SETTLE_S)
+    assert b[1].state is State.OPEN
+    assert doc not in b[1]._unopened  # never to be asked for again
+    assert hall.docs.content(doc) == {"tea": "green"}
+
+
+def test_a_forged_envelope_of_a_forgotten_users_document_is_still_refused(
+    hall: Robot, admin: Robot
+) -> None:
+    doc = "user/alice/prefs"
+    _, b = connect(admin, hall)
+    hall.keyring.forget_user("alice")
+    header = Header(doc, parse(doc).genesis, "core", 0, admin.identity.device_id, 1)
+    b[1].receive_data(f.encode(f.Update(forged(header))), NOW)
+    assert [frame.code for frame in sent(b[1]) if isinstance(frame, f.Error)] == [401]
+    assert closed_with(b[1]) == [401]

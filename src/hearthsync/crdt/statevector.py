@@ -15,8 +15,18 @@ from types import MappingProxyType
 from hearthsync.errors import RemoteError
 
 MAX_ENTRIES = 4_096  #: clients one document may have seen; more is not a real document
+#: Yrs counts an author's structs in a u32: a greater clock is no document's
+MAX_CLOCK = 2**32 - 1
+#: the greatest client id Yrs draws (a JavaScript safe integer, so that Yjs reads it exactly);
+#: hearthsync's own replicas stay below 2**32 (`hearthsync.crdt.replica.MAX_CLIENT_ID`)
+MAX_CLIENT = 2**53 - 1
+#: vectors of at most this many bytes are remembered once decoded (`decode`, `canonical`): a
+#: household's documents have a few client ids each, about 10 bytes apiece.  Larger ones (up to
+#: the 64 KiB a frame may carry) are decoded every time: a peer sending distinct ones made the
+#: cache of 16,384 vectors hold 0.4 MB each, 7 GB in all
+CACHED_BYTES = 256
 
-StateVector = Mapping[int, int]  #: read-only: decoded vectors are shared (`decode` caches)
+StateVector = Mapping[int, int]  #: read-only: decoded vectors may be shared (`decode` caches)
 
 
 def _read_varuint(data: bytes, pos: int) -> tuple[int, int]:
@@ -41,10 +51,22 @@ def write_varuint(value: int, out: bytearray) -> None:
     out.append(value)
 
 
-@functools.lru_cache(maxsize=16_384)  # the same vectors come back in every ACK and inventory
 def decode(data: bytes) -> StateVector:
     """``{client id: clock}`` (read-only); raises `RemoteError` for anything that is not a
-    state vector."""
+    state vector, and for a client id or clock no Yrs document can hold (`MAX_CLIENT`,
+    `MAX_CLOCK`).  Small vectors are remembered (`CACHED_BYTES`)."""
+    if len(data) <= CACHED_BYTES:
+        return _decode_small(data)
+    return _decode(data)
+
+
+#: at most 4,096 vectors of `CACHED_BYTES`, each under 5 KB decoded: 20 MB at worst
+@functools.lru_cache(maxsize=4_096)  # the same vectors come back in every ACK and inventory
+def _decode_small(data: bytes) -> StateVector:
+    return _decode(data)
+
+
+def _decode(data: bytes) -> StateVector:
     count, pos = _read_varuint(data, 0)
     if count > MAX_ENTRIES:
         raise RemoteError(f"state vector claims {count} clients")
@@ -52,6 +74,10 @@ def decode(data: bytes) -> StateVector:
     for _ in range(count):
         client, pos = _read_varuint(data, pos)
         clock, pos = _read_varuint(data, pos)
+        if client > MAX_CLIENT:
+            raise RemoteError(f"state vector client id {client} is over {MAX_CLIENT}")
+        if clock > MAX_CLOCK:
+            raise RemoteError(f"state vector clock {clock} of client {client} is over {MAX_CLOCK}")
         vector[client] = clock
     if pos != len(data):
         raise RemoteError("state vector has trailing bytes")
@@ -68,8 +94,15 @@ def encode(vector: StateVector) -> bytes:
     return bytes(out)
 
 
-@functools.lru_cache(maxsize=16_384)  # asked for on every inventory and acknowledgement
 def canonical(data: bytes) -> bytes:
+    """``data`` re-encoded canonically (`encode`); small vectors are remembered."""
+    if len(data) <= CACHED_BYTES:
+        return _canonical_small(data)
+    return encode(decode(data))
+
+
+@functools.lru_cache(maxsize=16_384)  # asked for on every inventory and acknowledgement
+def _canonical_small(data: bytes) -> bytes:
     return encode(decode(data))
 
 

@@ -53,7 +53,13 @@ from typing import Protocol
 
 from hearthsync.crdt import statevector, updates
 from hearthsync.crypto.certificate import Certificate, Revocations, TrustStore
-from hearthsync.crypto.envelope import Envelope, Header, open_envelope_packed, seal
+from hearthsync.crypto.envelope import (
+    Envelope,
+    Header,
+    open_envelope_packed,
+    seal,
+    verify_envelope,
+)
 from hearthsync.crypto.identity import DeviceIdentity
 from hearthsync.crypto.keyring import Keyring
 from hearthsync.errors import (
@@ -95,6 +101,9 @@ PART_BYTES = 1024 * 1024
 UNRELAYED_OFFER_S = 5.0
 #: the origin prefix of an update applied from a catch-up answer: ``answer_from(peer)``
 ANSWER = "answer:"
+#: entries of the peer's inventories kept for documents this device cannot open yet (no key),
+#: to ask for once a grant brings the key; past this many the oldest is dropped (SPEC §6.3)
+MAX_UNOPENED = 4_096
 
 
 # ------------------------------------------------------------------------------ the port
@@ -351,7 +360,10 @@ class Session:
     _requested: dict[DocId, tuple[LineageId, float]] = field(default_factory=dict)
     #: envelope counters and envelopes, shared by every session of this device (`Sealer`)
     sealer: Sealer = field(default_factory=Sealer)
-    _their_inventory: dict[DocId, f.InventoryEntry] = field(default_factory=dict)
+    #: the latest entry of each document the peer offered that this device could not open
+    #: (no key for it yet), oldest first: asked for once a grant brings the key (`_on_grant`).
+    #: At most `MAX_UNOPENED`: a peer cannot grow it without bound
+    _unopened: dict[DocId, f.InventoryEntry] = field(default_factory=dict)
     _wall: float = field(default=0.0, init=False)
     _last_received: float = 0.0
     _last_sent: float = 0.0
@@ -673,6 +685,7 @@ class Session:
             self._receive_envelope(frame.envelope, expected_doc=None)
         elif isinstance(frame, f.Ack):
             self._require_shared(frame.doc_id)
+            statevector.decode(frame.state_vector)  # 400 before the documents see it
             self.docs.peer_state(frame.doc_id, frame.state_vector)
             self._acknowledged(frame.doc_id, frame.state_vector)
             self._events.append(Acked(frame.doc_id, frame.state_vector))
@@ -709,7 +722,7 @@ class Session:
             # what could not be sealed for the peer before may be now: offer it; and ask again
             # for what could not be opened
             self._offer(only_new=True)
-            self._request_missing(tuple(self._their_inventory.values()))
+            self._request_missing(tuple(self._unopened.values()))
 
     def _offer(self, *, only_new: bool = False) -> None:
         """Send the inventory (``only_new``: of the documents not offered before, if any);
@@ -770,16 +783,25 @@ class Session:
             self._offer_again()
 
     def _on_inventory(self, inventory: f.Inventory) -> None:
-        self._their_inventory.update((entry.doc_id, entry) for entry in inventory.entries)
+        # every entry is checked before any is answered: a document outside the shared scopes
+        # refuses the whole inventory (403) with nothing sent before the ERROR.  An ACK sent
+        # for the entries before it told the peer the state vector of a document it may not
+        # read (found in review).  A document named twice counts once, with its last entry:
+        # each repetition was answered (10,000 SYNC_STEP1 for one document; SPEC §6.3)
+        latest: dict[DocId, f.InventoryEntry] = {}
+        for entry in inventory.entries:
+            self._require_shared(entry.doc_id)
+            latest[entry.doc_id] = entry
+        entries = tuple(latest.values())
         self._inventories += 1
         if self._inventories > 1:  # offered again: the peer waits to hear what this side holds
-            for entry in inventory.entries:
+            for entry in entries:
                 same = self.docs.digest(entry.doc_id) == entry.sv_hash
                 if same and self.docs.lineage(entry.doc_id) == entry.lineage:
                     self._send(f.Ack(entry.doc_id, self.docs.state_vector(entry.doc_id)))
         # a new inventory asks again for every document that differs, even one requested
         # before: a request or its answer may have been lost (SPEC §6.4, anti-entropy)
-        self._request_missing(inventory.entries, again=True)
+        self._request_missing(entries, again=True)
         if not self._requested:
             self._events.append(CaughtUp())
 
@@ -789,8 +811,16 @@ class Session:
             same = self.docs.digest(entry.doc_id) == entry.sv_hash
             if entry.doc_id in self._unacked and same:  # it holds what this side holds: an ACK
                 self._acknowledged(entry.doc_id, self.docs.state_vector(entry.doc_id))
+            self._unopened.pop(entry.doc_id, None)  # kept again below, as the newest
             if not self._sealable(entry.doc_id):
-                continue  # no key for it here (yet): asking would only bring what cannot open
+                # no key for it here (yet): asking would only bring what cannot open.  A grant
+                # may bring the key: keep the entry to ask then, unless its user was forgotten
+                # (SPEC §8: never held again)
+                if not self._forgotten(entry.doc_id):
+                    self._unopened[entry.doc_id] = entry
+                    if len(self._unopened) > MAX_UNOPENED:
+                        del self._unopened[next(iter(self._unopened))]
+                continue
             mine = self.docs.lineage(entry.doc_id)
             if mine is not None and mine != entry.lineage:
                 self._events.append(LineageMismatch(entry.doc_id, mine, entry.lineage))
@@ -804,6 +834,7 @@ class Session:
 
     def _on_step1(self, step: f.SyncStep1) -> None:
         self._require_shared(step.doc_id)
+        statevector.decode(step.state_vector)  # 400 before the documents see it
         lineage = self.docs.lineage(step.doc_id)
         if lineage is None or lineage != step.lineage or not self._sealable(step.doc_id):
             # offered in an inventory, then forgotten, re-keyed or replaced here before the
@@ -876,6 +907,15 @@ class Session:
         return self.sealer.seal(doc_id, lineage, epoch, delta, make)
 
     def _receive_envelope(self, data: bytes, expected_doc: DocId | None) -> None:
+        """Check an envelope in SPEC §4's order (sizes and structure, the author's certificate,
+        the signature, then the key and decryption) and emit its update, or skip it.
+
+        Nothing is judged of an envelope before its signature verifies: a forged one (an
+        unknown author, a signature of zeros) is refused (401) whatever lineage or epoch it
+        claims.  It used to be skipped quietly as a lineage mismatch or a missing key (found
+        in review).  The signature is checked once per envelope: here when it is skipped, by
+        `open_envelope_packed` (before decrypting) when it is opened.
+        """
         envelope = Envelope.from_wire(data)
         header = envelope.header
         doc_id = DocId(header.doc_id)
@@ -885,18 +925,32 @@ class Session:
         meta = self.docs.describe(doc_id)
         if header.scope != meta.scope:
             raise ProtocolError(f"envelope of {doc_id!r} claims scope {header.scope!r}", code=403)
-        mine = self.docs.lineage(doc_id)
-        if (mine or meta.genesis) != header.lineage:
-            self._events.append(
-                LineageMismatch(doc_id, mine or meta.genesis, LineageId(header.lineage))
-            )
-            return
         author_key = self.trust.author_key(header.author, header.scope, int(self._wall))
-        try:
-            key = self.keyring.doc_key(
-                doc_id, header.lineage, meta.scope, meta.subject, header.epoch
-            )
-        except MissingKeyError:
+        lineage = LineageId(header.lineage)
+        mine = self.docs.lineage(doc_id) or meta.genesis
+        key: bytes | None = None
+        if mine == lineage and not self._forgotten(doc_id):
+            with contextlib.suppress(MissingKeyError):
+                key = self.keyring.doc_key(doc_id, lineage, meta.scope, meta.subject, header.epoch)
+        if key is None:
+            verify_envelope(envelope, author_key)  # before anything is said of it
+            self._skip_envelope(doc_id, meta, header, mine)
+            return
+        update, packed = open_envelope_packed(envelope, key, author_key)  # verifies, decrypts
+        answer = expected_doc is not None
+        self._events.append(ApplyUpdate(doc_id, lineage, update, header.author, packed, answer))
+
+    def _skip_envelope(self, doc_id: DocId, meta: DocMeta, header: Header, mine: LineageId) -> None:
+        """An envelope whose signature verified but that this device cannot open."""
+        if self._forgotten(doc_id):
+            # a document of a user forgotten here: dropped (SPEC §8).  The peer, an owner or
+            # admin included, may not have heard of the forgetting yet: closing the session
+            # (409, "reconnect for the grant") would do so again at every update it relays,
+            # and keep the news from it (found in review)
+            return
+        if mine != header.lineage:
+            self._events.append(LineageMismatch(doc_id, mine, LineageId(header.lineage)))
+        else:
             # sealed under a key not (yet) granted here: skip it (SPEC §6.2); the document is
             # asked for again once the key arrives.  From an owner or admin, which grants
             # every key it holds when a session opens, it means this device missed a grant
@@ -908,11 +962,6 @@ class Session:
                     f.ErrorCode.STALE_KEYS,
                     f"no key for {meta.scope} epoch {header.epoch}: reconnect for the grant",
                 )
-            return
-        update, packed = open_envelope_packed(envelope, key, author_key)
-        lineage = LineageId(header.lineage)
-        answer = expected_doc is not None
-        self._events.append(ApplyUpdate(doc_id, lineage, update, header.author, packed, answer))
 
     # -------------------------------------------------------------- scopes and plumbing
 
@@ -934,6 +983,11 @@ class Session:
         except MissingKeyError:
             return False
         return True
+
+    def _forgotten(self, doc_id: str) -> bool:
+        """``doc_id`` is a document of a user this device has forgotten (SPEC §8)."""
+        subject = self.docs.describe(doc_id).subject
+        return subject is not None and self.keyring.is_forgotten(subject)
 
     def _require_shared(self, doc_id: str) -> None:
         if not self._shared(doc_id):
