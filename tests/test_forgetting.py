@@ -337,6 +337,26 @@ async def test_a_store_that_commits_only_when_told_opens_and_then_finishes_the_p
     assert found_in(path, ALICE_SAYS) == []
 
 
+async def test_a_store_that_commits_only_when_told_closes_mid_purge_and_the_next_open_ends_it(
+    tmp_path: Path,
+) -> None:
+    """Found in review: closing such a store waited for the purge, whose writes only the
+    commit after that wait could land, for ever (and swallowed the caller's cancel)."""
+    path = tmp_path / "robot"
+    peer = await Peer.start(path, device="kitchen", wall=FakeWall())
+    await fill(peer, "alice", ALICE_SAYS)
+    tombstone = Statement.issue(peer.identity, FORGET, "alice", peer._stamp()[0])
+    await peer._docs.write(HOUSEHOLD, lambda _: peer._forgetting._bury(tombstone))
+    await peer.crash()
+    again = await Peer.start(path, wall=FakeWall(), auto_commit=False)
+    assert again._forgetting._tasks  # the purge waits in the background for a commit
+    async with asyncio.timeout(10):
+        await again.close()
+    async with Peer.open(path, wall=FakeWall()) as reopened:  # and finishes here
+        assert set(reopened.forgotten()) == {"alice"}
+    assert found_in(path, ALICE_SAYS) == []
+
+
 def test_a_tombstone_is_signed_and_checked() -> None:
     kitchen = DeviceIdentity(SigningKey(bytes([7]) * 32))
     tombstone = Statement.issue(kitchen, FORGET, "alice", "0001773014400000.00000.X")

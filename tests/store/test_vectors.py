@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from hearthsync.store.embedding import HashingEmbedder
 from hearthsync.store.vectors import (
     VectorIndex,
     VectorMemory,
+    _save_or_warn,
     bench_vectors,
     decode_rows,
     index_name,
@@ -26,6 +28,7 @@ DIM = 32
 EMBEDDER = HashingEmbedder(DIM)
 T0 = 1_773_014_400_000
 NAME = "alice.history"
+T = TypeVar("T")
 
 
 class MemorySource:
@@ -357,6 +360,25 @@ async def test_malformed_source_rows_are_left_out_and_the_rest_indexed(
     source.rows["bob.history"].reverse()
     with pytest.raises(StoreError, match="rowid"):
         await memory(source, tmp_path).open_index("bob", "history")
+
+
+async def test_a_row_committed_while_its_index_is_being_opened_is_found(tmp_path: Path) -> None:
+    # opening awaits after its last read of the table (inserting, saving): a batch committed
+    # then is handed to the memory (`stage`), which must keep it for the index being opened
+    source = MemorySource()
+    fill(source, 300)
+    mem: VectorMemory
+
+    async def offload(func: Callable[..., T], /, *args: Any) -> T:
+        if func is _save_or_warn:  # after the last read: a batch commits meanwhile
+            mem.stage("alice", "history", source.insert(NAME, ["zebra piano"], [T0 + 1]))
+        return func(*args)
+
+    mem = VectorMemory(source, tmp_path, EMBEDDER, batch=128, offload=offload)
+    index = await mem.open_index("alice", "history")
+    assert index.count + index.pending == 301
+    hits = index.search(EMBEDDER.embed(["zebra piano"])[0], k=1)
+    assert [hit.rowid for hit in hits] == [source.rows[NAME][-1][0]]
 
 
 def test_index_names_are_validated() -> None:

@@ -709,6 +709,11 @@ class DocumentSet:
         return await self._maybe_compact(force=True)
 
     @property
+    def auto_commit(self) -> bool:
+        """Whether a flusher commits writes (else they land only at `commit`)."""
+        return self._auto
+
+    @property
     def busy(self) -> bool:
         """Whether writes are queued or a batch is being committed."""
         return self._queue.done is not None or self._inflight_queue is not None
