@@ -639,6 +639,26 @@ async def test_a_commit_retries_what_a_failed_batch_left_and_does_not_repeat_its
         assert reopened.preference("alice", "beverage/tea").value == "green"  # type: ignore[union-attr]
 
 
+async def test_a_close_whose_last_commit_fails_still_lets_go_of_the_documents(
+    peer: Peer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Yrs holds the observers where Python's collector cannot see them: a set not released
+    # stays alive, with every replica, for good
+    monkeypatch.setattr(peer._sqlite, "commit", _always_failing)
+    replicas = list(peer._docs.replicas.values())
+    write = peer.set_preference("alice", "beverage/tea", "green")
+    with pytest.raises(StoreError):
+        await peer.close()
+    with pytest.raises(StoreError):
+        await write  # never acknowledged
+    assert replicas
+    assert all(replica._closed for replica in replicas)
+
+
+async def _always_failing(batch: object) -> None:
+    raise StoreError("write on hearth.db failed: disk I/O error")
+
+
 async def _held_commits(
     peer: Peer, monkeypatch: pytest.MonkeyPatch, failing: set[int]
 ) -> tuple[asyncio.Event, asyncio.Event]:

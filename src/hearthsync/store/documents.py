@@ -172,16 +172,20 @@ class DocumentSet:
         """Refuse new writes, make everything queued durable, then stop the flusher."""
         if self._closed:
             return
-        if not self._auto:
-            await self.commit()
-            if self._carry:  # one last try, as the flusher makes; errors surface
-                async with self._lock:
-                    await self._flush(_Queue())
-        self._closed = True
-        self._wake.set()
-        if self._flusher is not None:
-            await self._flusher
-        self._release()
+        try:
+            if not self._auto:
+                await self.commit()
+                if self._carry:  # one last try, as the flusher makes; errors surface
+                    async with self._lock:
+                        await self._flush(_Queue())
+        finally:
+            self._closed = True
+            self._wake.set()
+            try:
+                if self._flusher is not None:
+                    await self._flusher
+            finally:  # a close that failed too: Yrs' observers would keep the set alive
+                self._release()
 
     def _release(self) -> None:
         """Drop every subscription to the documents (`Replica.close`): Yrs holds observers
