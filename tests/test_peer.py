@@ -106,6 +106,21 @@ async def test_conditions_select_among_values(peer: Peer) -> None:
     assert len(peer.preferences("alice", "beverage/")) == 2
 
 
+async def test_a_condition_may_be_given_as_a_mapping_of_its_fields(peer: Peer) -> None:
+    # found in review: a dict raised AttributeError ('dict' object has no attribute 'key')
+    await peer.set_preference("alice", "beverage/coffee", "cortado", condition={"days": "weekend"})
+    held = peer.preference("alice", "beverage/coffee", Condition(days="weekend"))
+    assert held is not None
+    assert held.value == "cortado"
+    assert peer.preference("alice", "beverage/coffee", {"days": "weekend"}) == held
+    for bad, field in (({"days": "someday"}, "condition.days"), (5, "condition")):
+        with pytest.raises(ValidationError) as caught:
+            peer.set_preference("alice", "beverage/coffee", "x", condition=bad)  # type: ignore[arg-type]
+        assert caught.value.field == field
+    await peer.delete_preference("alice", "beverage/coffee", {"days": "weekend"})
+    assert peer.preference("alice", "beverage/coffee", {"days": "weekend"}) is None
+
+
 async def test_the_later_write_wins_and_delete_leaves_nothing(peer: Peer, wall: FakeWall) -> None:
     await peer.set_preference("alice", "beverage/mug", "blue-mug")
     wall.advance(60_000)

@@ -27,7 +27,7 @@ import os
 import random
 import time
 from bisect import bisect_left
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -724,14 +724,15 @@ class Peer:
         *,
         source: str = "explicit",
         confidence: float = 1.0,
-        condition: Condition | None = None,
+        condition: Condition | Mapping[str, Any] | None = None,
         evidence: Sequence[str] = (),
         evidence_count: int = 1,
         note: str = "",
     ) -> asyncio.Future[Preference]:
         """Record that ``user`` prefers ``value`` for ``key`` (under ``condition``)."""
         uid = self._require_user(user)
-        slot = f"{key}#{(condition or ALWAYS).key()}"
+        condition = _condition(condition)
+        slot = f"{key}#{condition.key()}"
         set_at, device = self._stamp_over(
             user_doc(uid, Kind.PREFS), PrefsDoc, lambda h: h.prefs, slot
         )
@@ -741,7 +742,7 @@ class Peer:
             value=value,
             source=source,
             confidence=confidence,
-            condition=condition or ALWAYS,
+            condition=condition,
             evidence=list(evidence),
             evidence_count=evidence_count,
             note=note,
@@ -751,13 +752,13 @@ class Peer:
         return self._put_preference(record)
 
     def delete_preference(
-        self, user: str, key: str, condition: Condition | None = None
+        self, user: str, key: str, condition: Condition | Mapping[str, Any] | None = None
     ) -> asyncio.Future[Preference]:
         """Delete ``key`` under ``condition``: a tombstone version, newer than every other."""
         current = self.preference(user, key, condition)
         if current is None:
             raise NotFoundError(f"{user} has no preference {key!r} under that condition")
-        slot = f"{key}#{(condition or ALWAYS).key()}"
+        slot = f"{key}#{_condition(condition).key()}"
         set_at, device = self._stamp_over(
             user_doc(user, Kind.PREFS), PrefsDoc, lambda h: h.prefs, slot
         )
@@ -775,13 +776,13 @@ class Peer:
         return self._write(doc_id, change)
 
     def preference(
-        self, user: str, key: str, condition: Condition | None = None
+        self, user: str, key: str, condition: Condition | Mapping[str, Any] | None = None
     ) -> Preference | None:
         """The current value of ``key`` under exactly ``condition`` (unconditional if None)."""
         handle = self._peek(user_doc(user, Kind.PREFS), PrefsDoc)
         if handle is None:
             return None
-        return handle.prefs.get(f"{key}#{(condition or ALWAYS).key()}")
+        return handle.prefs.get(f"{key}#{_condition(condition).key()}")
 
     def preferences(self, user: str, prefix: str = "") -> list[Preference]:
         """Every live preference of ``user`` whose key starts with ``prefix``, by key."""
@@ -791,13 +792,13 @@ class Peer:
         return [pref for slot, pref in handle.prefs.items() if slot.startswith(prefix)]
 
     def preference_history(
-        self, user: str, key: str, condition: Condition | None = None
+        self, user: str, key: str, condition: Condition | Mapping[str, Any] | None = None
     ) -> list[Preference]:
         """Every robot's latest version of ``key``, oldest first (for explanations)."""
         handle = self._peek(user_doc(user, Kind.PREFS), PrefsDoc)
         if handle is None:
             return []
-        return handle.prefs.versions(f"{key}#{(condition or ALWAYS).key()}")
+        return handle.prefs.versions(f"{key}#{_condition(condition).key()}")
 
     # ------------------------------------------------------------------ health
 
@@ -1457,6 +1458,26 @@ async def _check_embedder(sqlite: SqliteStore, embedder: Embedder) -> None:
             "open it with the same embedder",
             field="embedder",
         )
+
+
+def _condition(condition: Condition | Mapping[str, Any] | None) -> Condition:
+    """``condition`` as a record (None: always), a mapping of its fields validated as every
+    record is (an error names ``condition.<field>``), as ``context`` takes one too."""
+    if condition is None:
+        return ALWAYS
+    if isinstance(condition, Condition):
+        return condition
+    if not isinstance(condition, Mapping):
+        raise ValidationError(
+            f"condition must be a Condition or a mapping of its fields, not "
+            f"{type(condition).__name__}",
+            field="condition",
+        )
+    try:
+        return Condition.build(**condition)
+    except ValidationError as exc:
+        field = f"condition.{exc.field}" if exc.field else "condition"
+        raise type(exc)(f"condition: {exc}", field=field) from None
 
 
 def _month(ts_ms: int, field: str = "ts") -> str:

@@ -63,6 +63,21 @@ async def test_every_route_refuses_a_request_without_the_token(
     assert state(home) == before
 
 
+async def test_neither_the_schema_nor_a_parser_answers_a_caller_without_the_token(
+    api: httpx.AsyncClient,
+) -> None:
+    # found in review: the schema was served to anyone, and a malformed body was a 422
+    # describing the parse, before the token was looked at
+    schema = await api.get("/openapi.json")
+    malformed = await api.post(
+        "/context", content=b"{bad", headers={"Content-Type": "application/json"}
+    )
+    for answer in (schema, malformed):
+        assert answer.status_code == 401
+        assert answer.json() == {"error": "a valid bearer token is required", "field": None}
+    assert (await api.get("/openapi.json", headers=AUTH)).status_code == 200
+
+
 async def test_writes_then_a_context_and_its_explanation(api: httpx.AsyncClient) -> None:
     writes = [
         ("/preferences", {"user": "alice", "key": "beverage/coffee", "value": "oat latte",
@@ -210,7 +225,7 @@ async def test_forget_leaves_a_tombstone_and_the_user_is_gone(
 
 
 async def test_the_openapi_document_is_derived_from_the_models(api: httpx.AsyncClient) -> None:
-    document = (await api.get("/openapi.json")).json()
+    document = (await api.get("/openapi.json", headers=AUTH)).json()
 
     assert set(document["paths"]) == {path for _, path, _ in ROUTES}
     schemas = document["components"]["schemas"]

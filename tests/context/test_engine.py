@@ -80,6 +80,68 @@ async def test_recall_returns_the_related_events_only(home: Peer) -> None:
     assert context.recalled[0].score > 0
 
 
+async def test_recall_keeps_to_the_tasks_domains_as_the_recent_events_do(home: Peer) -> None:
+    # found in review: the beverage robot recalled "coffee with my sister who is pregnant"
+    await home.record_event(
+        "alice", "COMMAND", "beverage", text="coffee with oat milk", ts=clock(0)
+    )
+    await home.record_event(
+        "alice", "OBSERVATION", "family", text="coffee with my sister who is pregnant", ts=clock(0)
+    )
+    coffee = await get_context(
+        home, "alice", task="prepare_morning_beverage", time=MONDAY_9, query="coffee with my sister"
+    )
+    chat = await get_context(
+        home, "alice", task="companion_chat", time=MONDAY_9, query="coffee with my sister"
+    )
+
+    assert [e.event.domain for e in coffee.recalled] == ["beverage"]
+    assert [e.event.domain for e in chat.recalled] == ["family"]
+
+
+async def test_hits_the_task_may_not_see_do_not_crowd_out_those_it_may(home: Peer) -> None:
+    # found in review: ten withheld hits were fetched for k=5 and none was left to show
+    for n in range(12):
+        await home.record_event(
+            "alice", "COMMAND", "medication", text=f"coffee with my pill {n}", ts=clock(0) + n
+        )
+    await home.record_event(
+        "alice", "COMMAND", "beverage", text="coffee with oat milk", ts=clock(0)
+    )
+
+    context = await get_context(
+        home, "alice", task="prepare_morning_beverage", time=MONDAY_9, query="coffee with my pill"
+    )
+
+    assert [e.event.text for e in context.recalled] == ["coffee with oat milk"]
+
+
+async def test_a_sensitive_domain_holds_for_the_keys_under_it(home: Peer) -> None:
+    await home.set_preference("alice", "medication.evening/dose", "two pills")
+    await home.set_preference("alice", "tea.green/mug", "green-mug")
+
+    coffee = await get_context(home, "alice", task="prepare_morning_beverage", time=MONDAY_9)
+    medication = await get_context(home, "alice", task="medication_reminder", time=MONDAY_9)
+
+    assert [p.key for p in coffee.preferences] == ["tea.green/mug"]
+    assert "medication.evening/dose" in [p.key for p in medication.preferences]
+
+
+async def test_an_event_stamped_past_the_year_9999_is_shown_not_a_crash(home: Peer) -> None:
+    # found in review: the API took it, then answered every context that recalled it with 500
+    await home.record_event(
+        "alice", "COMMAND", "tea", text="the green mug for my tea", ts=253_402_297_200_000
+    )
+    late = dt.datetime(2026, 3, 9, 9, 0, tzinfo=dt.timezone(dt.timedelta(hours=14)))
+
+    context = await get_context(
+        home, "alice", task="general_assistant", time=late, query="which mug for tea"
+    )
+
+    assert [e.event.text for e in context.recalled] == ["the green mug for my tea"]
+    assert "9999-12-31" in context.to_prompt()
+
+
 async def test_places_are_the_users_things_and_what_is_at_the_location(home: Peer) -> None:
     await home.set_region("kitchen", "Kitchen")
     await home.set_region("shelf-2", "Shelf 2", parent="kitchen")

@@ -233,3 +233,13 @@ async def test_records_stored_under_older_rules_do_not_stop_the_slow_loop(
         assert {change.user for change in report.changes} == {"alice", "carol"}
         assert peer.preference("carol", "drink/tea").confidence < 0.5  # type: ignore[union-attr]
         assert peer.preference("alice", "drink/tea").evidence[0].startswith("hearth:")  # type: ignore[union-attr]
+
+
+async def test_a_correction_of_a_key_with_a_dotted_domain_is_recorded(home: Peer) -> None:
+    # found in review: the key was valid, but its first segment ("tea.x") was passed on as the
+    # event's domain, which a name may not be, and the refusal blamed a field never sent
+    await correct(home, "alice", "tea.x/mug", "green-mug")
+    held = home.preference("alice", "tea.x/mug")
+    assert held is not None
+    assert held.value == "green-mug"
+    assert [e.domain for e in home.events("alice")] == ["tea"]

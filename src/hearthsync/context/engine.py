@@ -44,6 +44,8 @@ from hearthsync.model.records import MAX_TEXT
 
 MAX_CHANGES = 20
 MAX_RELATIONS = 20
+#: the most hits one recall asks for while hits the task may not see crowd out the rest
+MAX_RECALL_FETCH = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,19 +172,26 @@ class ContextEngine:
         k = request.policy.recall_k
         if not query or not k or not request.reader.may("history"):
             return ()
-        # fetch more only when some hits may be withheld (recall's cost grows with k)
-        guarded = any(
+        # hits of domains the task may not see, or that are not relevant to it, are left out,
+        # as they are from the recent events; more are fetched while they crowd out the
+        # visible ones (found in review: ten withheld hits left none).  Recall's cost grows
+        # with k, so only a filtering task asks for more than k, and at most MAX_RECALL_FETCH
+        filtered = bool(request.grant.domains) or any(
             s not in request.grant.scopes for s in request.policy.tasks.sensitive.values()
         )
-        hits = await request.reader.recall(request.user, query, k=k * 2 if guarded else k)
-        # a similarity of zero or less says the event is unrelated, whatever the embedder
-        shown = [
-            EventItem(hit.event, round(hit.score, 4))
-            for hit in hits
-            if hit.score > 0
-            and request.policy.tasks.visible(hit.event.domain, request.grant.scopes)
-        ]
-        return tuple(shown[:k])
+        fetch = k * 2 if filtered else k
+        while True:
+            hits = await request.reader.recall(request.user, query, k=fetch)
+            # a similarity of zero or less says the event is unrelated, whatever the embedder
+            shown = [
+                EventItem(hit.event, round(hit.score, 4))
+                for hit in hits
+                if hit.score > 0 and request.visible(hit.event.domain)
+            ]
+            exhausted = len(hits) < fetch or (hits and hits[-1].score <= 0)
+            if len(shown) >= k or exhausted or fetch >= MAX_RECALL_FETCH:
+                return tuple(shown[:k])
+            fetch = min(fetch * 4, MAX_RECALL_FETCH)
 
     def _health(self, request: _Request) -> tuple[HealthFact, ...]:
         if not request.reader.may("health"):

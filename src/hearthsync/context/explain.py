@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from pydantic import JsonValue
 
 from hearthsync.context.engine import ContextEngine, engine_for
-from hearthsync.context.feedback import hlc_ms, signals_by_key
+from hearthsync.context.feedback import hlc_date, hlc_ms, signals_by_key
 from hearthsync.context.items import ResolvedPreference, show
 from hearthsync.context.policy import DEFAULT_POLICY, HouseholdPolicy
 from hearthsync.context.port import PeerReader
@@ -26,7 +26,7 @@ from hearthsync.context.resolve import DAY_MS, resolve
 from hearthsync.context.scopes import ScopeDeniedError, ScopedReader
 from hearthsync.context.situation import Situation, describe_condition, situation
 from hearthsync.errors import NotFoundError, ValidationError, unknown_user
-from hearthsync.ids import KEY_RE
+from hearthsync.ids import KEY_RE, key_domain
 
 #: what a person asking about their own preferences may read (never ``health``)
 EXPLAIN_SCOPES = ("core", "history", "spatial")
@@ -73,7 +73,7 @@ def _resolved(
         raise ValidationError(f"key must look like 'domain/key', got {key!r:.80}", field="key")
     if user not in engine.peer.users():
         raise NotFoundError(unknown_user(user))
-    domain = key.partition("/")[0]
+    domain = key_domain(key)
     if not policy.tasks.visible(domain, EXPLAIN_SCOPES):
         raise ScopeDeniedError(policy.tasks.sensitive[domain], "explain")
     now = situation(user, time, location, present)
@@ -110,7 +110,7 @@ def sentence(
     when = describe_condition(resolved.condition)
     head = f"{what} {when}" if when else what
     origin = resolved.provenance
-    date = dt.datetime.fromtimestamp(hlc_ms(origin.hlc) / 1000, tz or dt.UTC).strftime("%Y-%m-%d")
+    date = hlc_date(origin.hlc, tz or dt.UTC)
     robot = devices.get(origin.device) or origin.device[:8]
     # "on the kitchen robot", but "on kitchen-robot" for a robot already named so
     where = robot if robot.lower().endswith("robot") else f"the {robot} robot"

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from hearthsync.context.port import PeerPort
 from hearthsync.errors import ValidationError
-from hearthsync.ids import KEY_RE
+from hearthsync.ids import KEY_RE, key_domain
 from hearthsync.model.records import (
     Condition,
     ContextSnapshot,
@@ -134,8 +134,19 @@ def hlc_ms(hlc: str) -> int:
     return int(head) if head.isdigit() else 0
 
 
+def moment(ms: int, tz: dt.tzinfo | None = dt.UTC) -> dt.datetime:
+    """The time ``ms`` (since 1970) in ``tz`` (None: this machine's zone).  Past what a
+    datetime holds (an event may be stamped up to 2**53 ms, the year 285,000; a stamp's 16
+    digits go further), the last moment it does: a context holding such an event was a 500
+    at every call (found in review)."""
+    try:
+        return dt.datetime.fromtimestamp(ms / 1000, tz).astimezone(tz)
+    except (OverflowError, OSError, ValueError):
+        return dt.datetime.max.replace(tzinfo=tz or dt.UTC)
+
+
 def hlc_date(hlc: str, tz: dt.tzinfo | None = dt.UTC) -> str:
-    return dt.datetime.fromtimestamp(hlc_ms(hlc) / 1000, tz).strftime("%Y-%m-%d")
+    return moment(hlc_ms(hlc), tz).strftime("%Y-%m-%d")
 
 
 # ------------------------------------------------------------------------- the fast loop
@@ -147,7 +158,7 @@ def _domain(key: str) -> str:
             f"key must look like 'domain/key' (a-z, 0-9, '_', '-', '.'), got {key!r:.80}",
             field="key",
         )
-    return key.partition("/")[0]
+    return key_domain(key)
 
 
 async def correct(

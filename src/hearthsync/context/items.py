@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import JsonValue
 
-from hearthsync.context.feedback import canonical, hlc_ms
+from hearthsync.context.feedback import canonical, hlc_ms, moment
 from hearthsync.context.situation import describe_condition
 from hearthsync.model.records import (
     Condition,
@@ -40,7 +40,7 @@ class Provenance:
     @property
     def when(self) -> dt.datetime | None:
         ms = hlc_ms(self.hlc)
-        return dt.datetime.fromtimestamp(ms / 1000, dt.UTC) if ms else None
+        return _local(ms, dt.UTC) if ms else None
 
 
 def show(value: JsonValue) -> str:
@@ -223,7 +223,7 @@ class Relation:
 
 
 def _local(ms: int, tz: dt.tzinfo | None) -> dt.datetime:
-    return dt.datetime.fromtimestamp(ms / 1000, tz or dt.UTC)
+    return moment(ms, tz or dt.UTC)
 
 
 def _payload_words(payload: JsonValue) -> str:

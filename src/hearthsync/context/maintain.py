@@ -50,7 +50,7 @@ from hearthsync.context.resolve import (
 )
 from hearthsync.context.situation import window_ms
 from hearthsync.errors import NotFoundError, ValidationError, unknown_user
-from hearthsync.ids import check_name
+from hearthsync.ids import check_name, key_domain
 from hearthsync.model.records import MAX_LIST, EventType, Preference
 
 log = logging.getLogger(__name__)
@@ -217,7 +217,7 @@ async def _write(peer: PeerPort, winner: Candidate, verdict: _Verdict) -> bool:
     r = winner.record
     flag = drift_event(r)
     if verdict.drift is not None:
-        domain = r.key.partition("/")[0]
+        domain = key_domain(r.key)
         event = await peer.record_event(
             r.user,
             EventType.SYSTEM,

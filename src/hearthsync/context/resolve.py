@@ -32,6 +32,7 @@ from hearthsync.context.feedback import (
     event_ids,
     hlc_ms,
     is_stable,
+    moment,
     stated_at,
 )
 from hearthsync.context.items import Provenance, ResolvedPreference, SetAside, Stage
@@ -143,7 +144,7 @@ def weigh(
 
 def _situation_of(signal: Signal, tz: dt.tzinfo | None) -> Situation:
     event = signal.event
-    at = dt.datetime.fromtimestamp(event.ts / 1000, tz or dt.UTC)
+    at = moment(event.ts, tz or dt.UTC)
     context = event.context
     return Situation(at, context.location, frozenset(context.people_present))
 

@@ -6,12 +6,13 @@ running robot's context and one read from its store print alike.
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
+
+from hearthsync.context.feedback import moment
 
 
 def render(reply: dict[str, Any]) -> Group:
@@ -76,7 +77,7 @@ def _recalled(items: list[dict[str, Any]]) -> list[tuple[str, ...]]:
 
 
 def _time(ts_ms: int) -> str:
-    return dt.datetime.fromtimestamp(ts_ms / 1000).astimezone().strftime("%Y-%m-%d %H:%M")
+    return moment(ts_ms, None).strftime("%Y-%m-%d %H:%M")
 
 
 def _places(items: list[dict[str, Any]]) -> list[tuple[str, ...]]:

@@ -21,6 +21,7 @@ from hearthsync.context.feedback import hlc_ms
 from hearthsync.context.resolve import Candidate, Choice, choose
 from hearthsync.context.scopes import ScopedReader
 from hearthsync.context.situation import Situation, holds
+from hearthsync.ids import key_domain
 from hearthsync.model.records import Condition, Placement, Region, SpatialChange
 
 T = TypeVar("T")
@@ -151,7 +152,7 @@ def _preference_view(reader: ScopedReader, user: str) -> PreferenceView:
     conditions = {c.record.condition.key(): c.record.condition for v in by_key.values() for c in v}
     return PreferenceView(
         by_key={key: tuple(found) for key, found in by_key.items()},
-        keys=tuple((key, key.partition("/")[0]) for key in sorted(by_key)),
+        keys=tuple((key, key_domain(key)) for key in sorted(by_key)),
         conditions=tuple(conditions[name] for name in sorted(conditions)),
     )
 
