@@ -139,3 +139,57 @@ async def test_a_goodbye_does_not_stop_dialing_a_static_peer(robots: tuple[Peer,
             async with asyncio.timeout(TIMEOUT):
                 await hub.wait_for_peers({small.device_id})
             assert len(dial_loops()) == 1
+
+
+async def test_a_loop_whose_link_lost_to_a_duplicate_dials_again_once_the_winner_is_gone(
+    robots: tuple[Peer, Peer],
+) -> None:
+    """Found in review: the smaller robot's loop waited on an event of the link that won; a
+    second winning link replaced that event and the first was never set, so once the greater
+    robot went away and came back listening only, the smaller one never dialed it again."""
+    big, small = robots
+    home = BenchHome(users=("alice",))
+    big_creds = home.enrol(big)
+    hub = SyncService(big, big_creds)
+    await hub.__aenter__()
+    port = hub.port
+    try:
+        async with SyncService(small, home.enrol(small)) as edge, asyncio.timeout(TIMEOUT):
+            edge.dial("127.0.0.1", port)  # small -> big
+            await edge.wait_for_peers({big.device_id})
+            hub.dial("127.0.0.1", edge.port)  # big -> small wins: the smaller's own link goes
+            await edge.wait_until(lambda: not edge.links[big.device_id].dialed)
+            first = edge.links[big.device_id]
+            hub.dial("127.0.0.1", edge.port, device=small.device_id)  # found by mDNS too
+            await edge.wait_until(lambda: edge.links.get(big.device_id) not in (None, first))
+            await hub.__aexit__(None, None, None)  # the greater robot goes away...
+            await edge.wait_until(lambda: big.device_id not in edge.links)
+            hub = SyncService(big, big_creds, listen=("127.0.0.1", port))
+            await hub.__aenter__()  # ...and comes back, dialing nobody
+            await edge.wait_for_peers({big.device_id})
+    finally:
+        await hub.__aexit__(None, None, None)
+
+
+async def test_a_handshake_that_fails_backs_off_as_a_refused_dial_does(
+    robots: tuple[Peer, Peer],
+) -> None:
+    """Found in review: any dial that opened a websocket reset the backoff, so a record naming
+    this robot's own port (or a revoked peer, another household) was dialed 5 times a second."""
+    big, _ = robots
+    delays: list[float] = []
+    enough = asyncio.Event()
+    async with SyncService(big, BenchHome(users=("alice",)).enrol(big)) as hub:
+
+        async def back_off(delay: float) -> None:
+            delays.append(delay)
+            if len(delays) == 5:
+                enough.set()
+            await asyncio.sleep(0)
+
+        hub._back_off = back_off  # type: ignore[method-assign]
+        hub.dial("127.0.0.1", hub.port, device="Z" * 52)  # its own port, under another id
+        async with asyncio.timeout(TIMEOUT):
+            await enough.wait()
+        hub.stop_dialing("Z" * 52)
+    assert delays[:5] == [0.2, 0.4, 0.8, 1.6, 3.2]

@@ -611,6 +611,12 @@ class Session:
         if not self.closed:
             self._close(1000, reason, by_peer=False)
 
+    def refuse(self, reason: str) -> None:
+        """Close with an ERROR (400) for input the driver found malformed before it could be
+        a frame (a websocket text message, say)."""
+        if not self.closed:
+            self._fail(f.ErrorCode.MALFORMED, reason)
+
     # -------------------------------------------------------------- handshake
 
     def _dispatch(self, frame: f.Frame) -> None:

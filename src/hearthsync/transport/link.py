@@ -133,6 +133,7 @@ class Link:
         #: one down, once per update)
         self._undurable = 0
         self._room = asyncio.Event()  #: set whenever `_undurable` goes down
+        self.authenticated = False  #: the handshake completed (PEER_AUTHENTICATED was seen)
 
     @property
     def peer_id(self) -> str | None:
@@ -177,7 +178,7 @@ class Link:
     async def _receive(self) -> None:
         async for message in self.websocket:
             if isinstance(message, str):  # the protocol is binary only
-                self.session.receive_data(b"\x00not-binary", self._clock(), self._wall())
+                self.session.refuse("text messages are not accepted: the protocol is binary")
             else:
                 self.bytes_received += len(message)
                 self.session.receive_data(message, self._clock(), self._wall())
@@ -255,6 +256,7 @@ class Link:
             elif isinstance(event, SealFailed):
                 log.warning("did not send %s to %s: %s", event.doc_id, self.peer_id, event.reason)
             elif isinstance(event, PeerAuthenticated):
+                self.authenticated = True
                 log.info("link to %s authenticated", event.device_id)
                 self.target.trust_changed()  # its certificate joined the trust store
             if self._on_event is not None:

@@ -24,6 +24,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from functools import partial
 
 from websockets.asyncio.client import connect
 from websockets.asyncio.connection import Connection
@@ -51,6 +52,10 @@ log = logging.getLogger(__name__)
 FIRST_RETRY_S = 0.2
 MAX_RETRY_S = 10.0
 OPEN_TIMEOUT_S = 5.0
+#: connections accepted and not yet authenticated (or a join) at once; more are refused
+#: (1013), to try again.  Each may make the server hold a frame of up to 4 MiB before it
+#: proves anything: a flood from the LAN held 4 MiB per connection, without bound
+MAX_OPENING = 16
 JOIN_PATH = "/join"
 
 
@@ -103,9 +108,9 @@ class SyncService:
         #: one per device dialed (discovered) or per ``host:port`` (static)
         self._dials: dict[str, _Dial] = {}
         self.links: dict[str, Link] = {}
-        self._ended: dict[str, asyncio.Event] = {}
         self._changed = asyncio.Condition()
         self._closing = False
+        self._opening: set[object] = set()  #: accepted connections not yet authenticated
         #: shared by every link: a delta sent to several peers is sealed once (SPEC §4)
         self._sealer = Sealer()
 
@@ -214,6 +219,11 @@ class SyncService:
 
     async def _accept(self, websocket: ServerConnection) -> None:
         request = websocket.request
+        if len(self._opening) >= MAX_OPENING:
+            log.warning("refused a connection: %d are opening already", len(self._opening))
+            await websocket.close(1013, "too many connections opening: try again later")
+            return
+        self._opening.add(websocket)
         try:
             if request is not None and request.path == JOIN_PATH:
                 await self._answer_join(websocket)
@@ -221,6 +231,10 @@ class SyncService:
                 await self._run(websocket, dialed=False)
         except Exception:
             log.exception("an accepted link failed")
+        finally:
+            if websocket in self._opening:
+                self._opening.discard(websocket)
+                self._notify()  # room for another (`wait_until`)
 
     async def _answer_join(self, websocket: ServerConnection) -> None:
         """One join exchange (SPEC §7): a request in, the sealed enrolment (or a refusal) out."""
@@ -260,20 +274,33 @@ class SyncService:
                     uri, proxy=None, max_size=MAX_FRAME_LEN, compression=None,
                     ping_interval=None, open_timeout=OPEN_TIMEOUT_S,
                 ) as websocket:  # fmt: skip
-                    peer = await self._run(websocket, dialed=True)
-                    delay = FIRST_RETRY_S
+                    peer, authenticated = await self._run(websocket, dialed=True)
+                    if authenticated:  # a handshake that fails (this robot's own port, a
+                        # revoked peer, another household's) backs off as a refused dial does
+                        delay = FIRST_RETRY_S
             except (OSError, InvalidHandshake, InvalidURI, TimeoutError, ConnectionClosed) as exc:
                 log.debug("dialing %s failed: %s", uri, exc)
             except Exception:  # a bug must not end the loop: that pair would stay cut for good
                 log.exception("the link dialed to %s failed", uri)
             if peer is not None and peer in self.links:  # kept the other link: wait for its end
-                await self._ended[peer].wait()
+                # (whichever link that is by then: an event per link, replaced when a newer
+                # link took the place, was never set, and this loop never dialed again)
+                await self.wait_until(partial(self._ended, peer))
             if not dial.wanted:
                 return
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # backoff with jitter
+            await self._back_off(delay)
             delay = min(delay * 2, MAX_RETRY_S)
 
-    async def _run(self, websocket: Connection, *, dialed: bool) -> str | None:
+    async def _back_off(self, delay: float) -> None:
+        """Wait about ``delay`` seconds before a dial loop dials again (with jitter)."""
+        await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+
+    def _ended(self, peer: str) -> bool:
+        return peer not in self.links or self._closing
+
+    async def _run(self, websocket: Connection, *, dialed: bool) -> tuple[str | None, bool]:
+        """Run a link on ``websocket`` to its end; return the peer's device id (None before
+        its HELLO) and whether the handshake completed."""
         creds = self.credentials
         session = Session(
             creds.identity, creds.certificate.to_wire(), creds.trust, creds.keyring,
@@ -286,15 +313,16 @@ class SyncService:
         )  # fmt: skip
         if self._paused:  # paused while this connection was being opened
             await websocket.close(1001, "paused")
-            return None
+            return None, False
         try:
             await link.run()
         finally:
             await self._unregister(link)
-        return link.peer_id
+        return link.peer_id, link.authenticated
 
     def _on_event(self, link: Link, event: Event) -> None:
         if isinstance(event, PeerAuthenticated):
+            self._opening.discard(link.websocket)
             self._register(link, event.device_id)
         elif isinstance(event, NeighboursChanged):
             self._notify()
@@ -314,7 +342,6 @@ class SyncService:
                 return
             existing.close("duplicate connection")
         self.links[device] = link
-        self._ended[device] = asyncio.Event()
         self._announce()
         self._notify()
 
@@ -322,7 +349,6 @@ class SyncService:
         device = link.peer_id
         if device is not None and self.links.get(device) is link:
             del self.links[device]
-            self._ended.pop(device).set()
             self._announce()
             self._notify()
 
