@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
 
-from hearthsync import enrolment
+from hearthsync import Peer, enrolment
 from hearthsync.crypto import pairing
 from hearthsync.crypto.identity import DeviceIdentity
 from hearthsync.crypto.pairing import PairingError, join_request, open_join_response
+from hearthsync.transport.service import JOIN_PATH, SyncService
 from tests.test_forgetting import enrol_household
+
+TIMEOUT_S = 10.0
 
 
 def test_a_save_keeps_what_another_writer_put_in_the_file_and_reads_nothing_else(
@@ -109,3 +115,126 @@ async def test_joining_an_inviter_that_does_not_answer_is_a_clear_error(tmp_path
     code = "HS1-AAAAAAAAAAAAAAAAAAAAAAAAAA-127.0.0.1:9"
     with pytest.raises(PairingError, match=r"could not reach the inviter at 127\.0\.0\.1:9"):
         await enrolment.join(folder, identity, code, "robot", now=int(time.time()))
+
+
+async def test_a_robot_whose_answer_was_lost_joins_again_with_the_same_code(
+    tmp_path: Path,
+) -> None:
+    """Found in review: the inviter spends the code and certifies the robot before it
+    answers, so a robot whose answer was lost (the link dropped) was refused for good, with
+    "enrolled already" or "no open invite matches".  The same code and key now get the same
+    enrolment again; the code stays spent for every other key."""
+    owner_dir, kitchen_dir, guest_dir = tmp_path / "owner", tmp_path / "kitchen", tmp_path / "guest"
+    for folder in (kitchen_dir, guest_dir):
+        folder.mkdir()
+    kitchen = DeviceIdentity.load_or_create(kitchen_dir)
+    guest = DeviceIdentity.load_or_create(guest_dir)
+    answered = asyncio.Event()
+    async with Peer.open(owner_dir, device="owner") as owner:
+        state = enrolment.create(owner_dir, owner.identity, "Home", "owner", now=int(time.time()))
+
+        async def join(request: bytes) -> bytes:  # as `hearth run` answers: off the event loop
+            try:
+                return await asyncio.to_thread(
+                    enrolment.enrol, owner_dir, owner.identity, request, now=int(time.time())
+                )
+            finally:
+                answered.set()
+
+        async with SyncService(owner, state.credentials(owner.identity), join=join) as service:
+            invite = enrolment.add_invite(
+                owner_dir, state, "127.0.0.1", service.port, scopes=("core",), ttl_s=600,
+                now=int(time.time()),
+            )  # fmt: skip
+            async with connect(f"ws://127.0.0.1:{service.port}{JOIN_PATH}", proxy=None) as ws:
+                await ws.send(join_request(invite.secret, kitchen, "kitchen"))
+                ws.transport.abort()  # the link drops: the answer is lost
+            await asyncio.wait_for(answered.wait(), TIMEOUT_S)
+            spent = (owner_dir / enrolment.CREDENTIALS_FILE).read_bytes()
+            inviter = enrolment.load(owner_dir)
+            assert inviter is not None
+            assert inviter.trust.knows(kitchen.device_id)  # certified, and never told
+
+            joined = await enrolment.join(
+                kitchen_dir, kitchen, invite.code, "kitchen", now=int(time.time())
+            )
+            assert joined.certificate == inviter.trust.certificate_of(kitchen.device_id)
+            assert joined.keyring.scopes == {"core", "household"}
+            with pytest.raises(PairingError, match="no open invite matches"):
+                await enrolment.join(guest_dir, guest, invite.code, "guest", now=int(time.time()))
+            assert enrolment.load(guest_dir) is None
+            # answering again wrote nothing: the code is spent, the kitchen certified once
+            assert (owner_dir / enrolment.CREDENTIALS_FILE).read_bytes() == spent
+
+
+def test_a_spent_code_answers_again_only_its_own_unrevoked_device_until_it_expires(
+    tmp_path: Path,
+) -> None:
+    """The same request again gets the same certificate and changes nothing; another key, a
+    revoked device, or the code once expired are refused, as before."""
+    now = int(time.time())
+    owner_dir, owner, kitchen = _kitchen_enrolled(tmp_path, now)
+    hall_dir = tmp_path / "hall"
+    hall_dir.mkdir()
+    hall = DeviceIdentity.load_or_create(hall_dir)
+    state = enrolment.load(owner_dir, now)
+    assert state is not None
+    invite = enrolment.add_invite(
+        owner_dir, state, "127.0.0.1", 9, scopes=("core",), ttl_s=600, now=now
+    )
+    request = join_request(invite.secret, hall, "hall")
+    enrolment.enrol(owner_dir, owner, request, now=now)  # the answer is lost
+    path = owner_dir / enrolment.CREDENTIALS_FILE
+    spent = path.read_bytes()
+
+    again = enrolment.enrol(owner_dir, owner, request, now=now + 60)
+    adopted = enrolment.adopt(hall_dir, hall, open_join_response(again, invite.secret, hall), now)
+    state = enrolment.load(owner_dir, now)
+    assert state is not None
+    assert adopted.certificate == state.trust.certificate_of(hall.device_id)
+    assert path.read_bytes() == spent
+    for other in (kitchen, owner):  # their keys are public
+        stolen = _request_for(invite.secret, bytes(other.verify_key), "hall")
+        with pytest.raises(PairingError, match="no open invite matches"):
+            enrolment.enrol(owner_dir, owner, stolen, now=now)
+    with pytest.raises(PairingError, match="no open invite matches"):
+        enrolment.enrol(owner_dir, owner, request, now=now + 600)
+    assert path.read_bytes() == spent
+
+    enrolment.revoke(owner_dir, state, owner, hall.device_id, now=now)
+    revoked = path.read_bytes()
+    with pytest.raises(PairingError, match=f"device {hall.device_id} is revoked"):
+        enrolment.enrol(owner_dir, owner, request, now=now + 60)
+    assert path.read_bytes() == revoked
+
+
+async def test_joining_an_inviter_that_never_answers_gives_up_with_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: an inviter that accepts the connection and never answers (hung, or
+    not a hearthsync peer at all) kept ``hearth join`` waiting for ever."""
+    monkeypatch.setattr(enrolment, "JOIN_ANSWER_TIMEOUT_S", 0.2)
+    folder = tmp_path / "robot"
+    folder.mkdir()
+    identity = DeviceIdentity.load_or_create(folder)
+    heard, done = asyncio.Event(), asyncio.Event()
+
+    async def silent(websocket: ServerConnection) -> None:
+        await websocket.recv()
+        heard.set()
+        await done.wait()
+
+    async with serve(silent, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        code = pairing.Invite(bytes(16), "127.0.0.1", port).code
+        try:
+            async with asyncio.timeout(TIMEOUT_S):
+                with pytest.raises(
+                    PairingError,
+                    match=rf"inviter at 127\.0\.0\.1:{port} did not answer within 0\.2 s",
+                ):
+                    await enrolment.join(folder, identity, code, "robot", now=int(time.time()))
+        finally:
+            done.set()
+        assert heard.is_set()  # it was reached, and asked
+    assert enrolment.load(folder) is None

@@ -1,14 +1,16 @@
 """A device's household credentials on disk, and enrolment of new robots (I/O adapter).
 
 Everything a device needs to take part in sync (the household, its certificate, the
-certificates it trusts, the revocation list, its keys, and the invites it has open) lives in
-one file beside the store, ``household.key``, created with mode 0600 and replaced atomically.
+certificates it trusts, the revocation list, its keys, and its invites, open or spent, until
+they expire) lives in one file beside the store, ``household.key``, created with mode 0600 and
+replaced atomically.
 The cryptography is in `hearthsync.crypto` (sans I/O); this module reads and writes the file
 and speaks the two messages of the join exchange over a websocket.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
@@ -26,17 +28,25 @@ from hearthsync.crypto.household import Household
 from hearthsync.crypto.identity import DeviceIdentity, device_id_of
 from hearthsync.crypto.keyring import Keyring, export_secret_keys, import_secret_keys
 from hearthsync.crypto.pairing import (
+    NO_OPEN_INVITE,
     Enrolment,
     Invite,
     PairingError,
     PendingInvite,
+    SpentInvite,
     check_join_request,
     join_request,
     join_response,
     open_join_response,
 )
 from hearthsync.crypto.wire import pack, unpack_array
-from hearthsync.errors import CryptoError, MissingKeyError, StoreError, ValidationError
+from hearthsync.errors import (
+    CertificateError,
+    CryptoError,
+    MissingKeyError,
+    StoreError,
+    ValidationError,
+)
 from hearthsync.hlc import ClockHints
 from hearthsync.transport.service import JOIN_PATH, Credentials
 
@@ -47,6 +57,9 @@ CERT_YEARS = 10
 #: and a certificate must not be "not yet valid" on a robot whose clock is a little behind
 CLOCK_SLACK_S = 86_400
 YEAR_S = 365 * 86_400
+#: how long `join` waits for the inviter's answer once connected (it certifies the robot and
+#: seals its keys: well under a second on a robot)
+JOIN_ANSWER_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -58,6 +71,9 @@ class HouseholdState:
     trust: TrustStore
     keyring: Keyring
     invites: list[PendingInvite] = field(default_factory=list)
+    #: invites used, each with the device key it enrolled, kept until they expire: that device
+    #: may ask again with the same code (its answer was lost) and gets the same enrolment
+    spent: list[SpentInvite] = field(default_factory=list)
     #: the file's signature (`_signature`) right after this state last wrote it: while the
     #: file still has it, nobody else wrote it since, and `save` need not read it again
     seen: tuple[int, int, int] | None = field(default=None, compare=False, repr=False)
@@ -93,7 +109,9 @@ def load(folder: Path, now: int | None = None) -> HouseholdState | None:
         Certificate.from_wire(fields[2]),
         trust,
         import_secret_keys(fields[5]),
-        [PendingInvite.from_list(item) for item in fields[6]],
+        # one list of both: an open invite has four items, a spent one five (its device key)
+        [PendingInvite.from_list(item) for item in fields[6] if len(item) != 5],
+        [SpentInvite.from_list(item) for item in fields[6] if len(item) == 5],
     )
 
 
@@ -159,6 +177,7 @@ def _signature(path: Path) -> tuple[int, int, int]:
 
 def _merge(state: HouseholdState, disk: HouseholdState, now: int) -> None:
     state.invites = disk.invites
+    state.spent = disk.spent
     for device in _trust_order(disk):
         with contextlib.suppress(CryptoError):
             state.trust.add(disk.trust.certificate_of(device), now)
@@ -176,7 +195,7 @@ def _write(folder: Path, state: HouseholdState) -> None:
     data = pack([
         1, [h.id, h.name, h.owner_pk, h.nonce, h.secret], state.certificate.to_wire(), trusted,
         revocations.to_wire() if revocations else b"", export_secret_keys(state.keyring),
-        [invite.to_list() for invite in state.invites],
+        [i.to_list() for i in state.invites] + [s.to_list() for s in state.spent],
     ])  # fmt: skip
     path = folder / CREDENTIALS_FILE
     partial = folder / f".{CREDENTIALS_FILE}.{os.getpid()}.tmp"
@@ -252,9 +271,10 @@ def add_invite(
     with _locked(folder):
         fresh = load(folder, now) or state
         fresh.invites = [i for i in fresh.invites if i.expires_at > now]
+        fresh.spent = [s for s in fresh.spent if s.expires_at > now]
         fresh.invites.append(PendingInvite(secret, wanted, "member", now + ttl_s))
         _write(folder, fresh)
-    state.invites = fresh.invites
+    state.invites, state.spent = fresh.invites, fresh.spent
     return Invite(secret, host, port)
 
 
@@ -308,25 +328,41 @@ def enrol(
     folder: Path, identity: DeviceIdentity, request: bytes, *, now: int,
     random_bytes: Callable[[int], bytes] = os.urandom,
 ) -> bytes:  # fmt: skip
-    """Answer a join request (the inviter's side): certify the device, grant its keys."""
+    """Answer a join request (the inviter's side): certify the device, grant its keys.
+
+    The same request again (the same code and device key, before the code expires: the answer
+    was lost on the way) gets the same enrolment again, with the keys held now, and changes
+    nothing; the code with any other key is refused, as is a device revoked since."""
     with _locked(folder):
         state = load(folder, now)
         if state is None:
             raise PairingError("this device belongs to no household")
-        invite, device_pk, name = check_join_request(request, state.invites, now)
+        spent = [s for s in state.spent if s.expires_at > now]
+        invite, device_pk, name = check_join_request(
+            request, [*state.invites, *(s.invite for s in spent)], now
+        )
         enrolled = device_id_of(device_pk)
-        if state.trust.knows(enrolled):
-            # a device key is public (every handshake shows it): certifying it again would let
-            # whoever holds any invite rewrite another device's role and scopes, the owner's too
-            raise PairingError(f"device {enrolled} is enrolled already")
-        state.invites = [i for i in state.invites if i is not invite]  # one use only
-        certificate = Certificate.issue(
-            identity, household_id=state.household.id, device_pk=device_pk, device_name=name,
-            role=invite.role, scopes=invite.scopes, issued_at=now - CLOCK_SLACK_S,
-            expires_at=now + CERT_YEARS * YEAR_S,
-        )  # fmt: skip
-        state.trust.add(certificate, now)
-        _write(folder, state)  # spent before anything is sent: a crash cannot make it reusable
+        again = next((s for s in spent if s.invite is invite), None)
+        if again is not None:
+            if again.device_pk != device_pk:
+                raise PairingError(NO_OPEN_INVITE)  # one code, one device key
+            certificate = _enrolled_by(state, identity, again, now)
+        else:
+            if state.trust.knows(enrolled):
+                # a device key is public (every handshake shows it): certifying it again would
+                # let whoever holds any invite rewrite another device's role and scopes, the
+                # owner's too
+                raise PairingError(f"device {enrolled} is enrolled already")
+            state.invites = [i for i in state.invites if i is not invite]  # one use only
+            state.spent = [*spent, SpentInvite(invite, device_pk)]
+            certificate = Certificate.issue(
+                identity, household_id=state.household.id, device_pk=device_pk,
+                device_name=name, role=invite.role, scopes=invite.scopes,
+                issued_at=now - CLOCK_SLACK_S, expires_at=now + CERT_YEARS * YEAR_S,
+            )  # fmt: skip
+            state.trust.add(certificate, now)
+            # spent before anything is sent: a crash cannot make it reusable by another key
+            _write(folder, state)
     grants = state.keyring.grants_for(identity, device_pk, invite.scopes, random_bytes)
     revocations = state.trust.revocations
     enrolment = Enrolment(
@@ -335,6 +371,24 @@ def enrol(
         revocations.to_wire() if revocations else b"", tuple(grants),
     )  # fmt: skip
     return join_response(invite.secret, enrolment, device_pk, random_bytes(32))
+
+
+def _enrolled_by(
+    state: HouseholdState, identity: DeviceIdentity, spent: SpentInvite, now: int
+) -> Certificate:
+    """The certificate ``spent`` issued, to send again: only while it is the one held for the
+    device and still good (not revoked, nor its issuer)."""
+    device = device_id_of(spent.device_pk)
+    if state.trust.is_revoked(device):
+        raise PairingError(f"device {device} is revoked: it cannot join again")
+    try:
+        held = state.trust.verify(state.trust.certificate_of(device), now)
+    except CertificateError as exc:
+        raise PairingError(f"device {device} cannot join again: {exc}") from None
+    issued = (bytes(identity.verify_key), spent.invite.role, tuple(spent.invite.scopes))
+    if (held.issuer_pk, held.role, tuple(held.scopes)) != issued:
+        raise PairingError(f"device {device} holds another certificate now: make a new invite")
+    return held
 
 
 def adopt(folder: Path, identity: DeviceIdentity, enrolment: Enrolment, now: int) -> HouseholdState:
@@ -368,8 +422,15 @@ async def join(
     uri = f"ws://[{host}]:{port}{JOIN_PATH}" if ":" in host else f"ws://{host}:{port}{JOIN_PATH}"
     try:
         async with connect(uri, proxy=None, open_timeout=10, max_size=1024 * 1024) as websocket:
-            await websocket.send(join_request(invite.secret, identity, device_name))
-            answer = await websocket.recv()
+            try:
+                async with asyncio.timeout(JOIN_ANSWER_TIMEOUT_S):
+                    await websocket.send(join_request(invite.secret, identity, device_name))
+                    answer = await websocket.recv()
+            except TimeoutError:
+                raise PairingError(
+                    f"the inviter at {host}:{port} did not answer within "
+                    f"{JOIN_ANSWER_TIMEOUT_S:g} s"
+                ) from None
     except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
         raise PairingError(f"could not reach the inviter at {host}:{port}: {exc}") from None
     if isinstance(answer, str) or not answer.startswith(b"\x93"):

@@ -14,7 +14,7 @@ from hearthsync.discovery.events import MAX_PEERS
 from hearthsync.discovery.mdns import TXT_VERSION
 from hearthsync.errors import ValidationError
 from hearthsync.protocol.session import PROTOCOL_VERSION
-from tests.discovery.support import TAG, Recorder
+from tests.discovery.support import OTHER_TAG, TAG, Recorder
 
 
 def test_the_view_emits_only_real_changes() -> None:
@@ -130,3 +130,41 @@ async def test_services_that_break_the_rules_are_ignored_with_a_reason(
 
 def _names(prefix: str, item: tuple[str, str]) -> bool:
     return item[0].startswith(prefix)
+
+
+@pytest.mark.parametrize(
+    ("changed", "reason"),
+    [
+        ({"tag": OTHER_TAG}, "other household (tag differs)"),
+        ({"v": str(PROTOCOL_VERSION + 1)}, "protocol version"),
+        ({"id": "somebody-else"}, "TXT id does not match the instance name"),
+    ],
+    ids=["other-household", "other-version", "bad-id"],
+)
+async def test_a_peer_whose_records_turn_to_something_ignored_is_lost(
+    local: Callable[..., Discovery], service_type: str, changed: dict[str, str], reason: str
+) -> None:
+    """Found in review: the service was ignored, yet stayed in the view, so the robot kept
+    dialing a peer of another household, or of a version it cannot speak."""
+    ignored, events = Recorder(), Recorder()
+    properties = {"tag": TAG, "id": "porch", "v": TXT_VERSION}
+    async with (
+        AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only) as azc,
+        local("hub", 9001, on_ignored=ignored, on_event=events) as hub,
+    ):
+        porch = _porch(service_type, properties)
+        await (await azc.async_register_service(porch, cooperating_responders=True))
+        assert await events.found("porch") == PeerFound("porch", "127.0.0.1", 9100)
+        since = events.mark()
+        await (await azc.async_update_service(_porch(service_type, properties | changed)))
+        assert await events.lost("porch", since=since) == PeerLost("porch")
+        await ignored.wait_for(lambda i: i[0] == f"porch.{service_type}" and reason in i[1])
+        assert hub.peers() == {}
+        assert reason in hub.ignored()[f"porch.{service_type}"]
+
+
+def _porch(service_type: str, properties: dict[str, str]) -> AsyncServiceInfo:
+    return AsyncServiceInfo(
+        service_type, f"porch.{service_type}", port=9100, properties=properties,
+        server="porch.local.", parsed_addresses=["127.0.0.1"],
+    )  # fmt: skip

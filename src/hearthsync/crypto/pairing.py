@@ -16,9 +16,13 @@ enrolment      := [1, household:[id, name, owner_pk, nonce, secret], certificate
 
 Why this is enough: ``S`` never crosses the network, so someone who only watches it learns
 nothing they can use (the response is sealed to the new robot's key, and a recorded request
-replayed later finds the invite already spent); the MACs bind both messages to ``S``, so neither
-side can be impersonated by someone without the code; the inviter deletes the invite when it is
-used or expired, so a code works once.
+replayed later gets at most the same sealed answer again); the MACs bind both messages to ``S``,
+so neither side can be impersonated by someone without the code; the inviter closes the invite
+when it is used and deletes it when it expires, so a code enrols one device key.
+
+A used invite is kept, with the key it enrolled (`SpentInvite`), until it expires: a robot whose
+answer was lost on the way (the link dropped, the inviter restarted) asks again with the same
+code and key and gets the same enrolment again, while any other key is refused as before.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from hearthsync.errors import CryptoError, ValidationError
 SECRET_BYTES = 16
 PREFIX = "HS1"
 MAX_ENROLMENT_BYTES = 256 * 1024
+NO_OPEN_INVITE = "no open invite matches: the code is wrong, spent or expired"
 _REQUEST_PERSON = b"hearth-join-v1"
 _RESPONSE_PERSON = b"hearth-joined-v1"
 _CODE = re.compile(
@@ -117,6 +122,31 @@ class PendingInvite:
         return cls(secret, tuple(str(s) for s in scopes), role, expires_at)
 
 
+@dataclass(frozen=True, slots=True)
+class SpentInvite:
+    """An invite that enrolled ``device_pk``, kept until it expires so that device, and no
+    other, can ask again (its answer lost on the way) and get the same enrolment again."""
+
+    invite: PendingInvite
+    device_pk: bytes
+
+    def __repr__(self) -> str:
+        return f"SpentInvite({self.invite!r}, device_pk={self.device_pk.hex()[:16]}...)"
+
+    @property
+    def expires_at(self) -> int:
+        return self.invite.expires_at
+
+    def to_list(self) -> list[object]:
+        return [*self.invite.to_list(), self.device_pk]
+
+    @classmethod
+    def from_list(cls, value: list[object]) -> Self:
+        if len(value) != 5 or not isinstance(value[4], bytes) or len(value[4]) != 32:
+            raise PairingError("a stored invite is malformed")
+        return cls(PendingInvite.from_list(value[:4]), value[4])
+
+
 def join_request(secret: bytes, identity: DeviceIdentity, device_name: str) -> bytes:
     device_pk = bytes(identity.verify_key)
     mac = _mac(secret, device_pk + device_name.encode(), _REQUEST_PERSON)
@@ -137,7 +167,7 @@ def check_join_request(
             if invite.expires_at <= now:
                 raise PairingError("the invite code has expired: make a new one")
             return invite, device_pk, name
-    raise PairingError("no open invite matches: the code is wrong, spent or expired")
+    raise PairingError(NO_OPEN_INVITE)
 
 
 @dataclass(frozen=True, slots=True)

@@ -222,7 +222,8 @@ class Browser:
     A service is reported only when its TXT ``tag`` equals ours, its ``id`` is a valid device
     id equal to its instance name and not our own, and its ``v`` is our protocol version.
     Anything else is recorded in :meth:`ignored` (and passed to ``on_ignored``) with the
-    reason, which is what an operator needs when two robots "do not see each other".
+    reason, which is what an operator needs when two robots "do not see each other"; a peer
+    already in the view whose records change to something ignored is reported lost.
     """
 
     def __init__(
@@ -343,6 +344,11 @@ class Browser:
             reason = "no address or port"
         if reason is not None or host is None or info.port is None:
             self._ignore(name, reason or "unreachable")
+            # a peer in the view whose records now say otherwise (another household's tag,
+            # another version) is no longer one to dial: drop it, as a goodbye would
+            device_id = self._names.pop(name, None)
+            if device_id is not None:
+                self.view.lost(device_id)
             return
         device_id = name.removesuffix(f".{self.service_type}")
         self._names[name] = device_id
