@@ -82,12 +82,19 @@ async def test_reannouncement_brings_back_a_forgotten_peer(local: Local) -> None
         async with local("porch", 9004, reannounce_s=None):
             await events.found("porch")
         await events.lost("porch")
-        hub.forget("kitchen")
-        hub.forget("hall")
-        assert hub.peers() == {}
-        since = events.mark()
+        for _ in range(5):
+            hub.forget("kitchen")
+            hub.forget("hall")
+            assert hub.peers() == {}
+            since = events.mark()
 
-        await events.found("hall", within=3 * 1.0 + 1, since=since)
+            await events.found("hall", within=3 * 1.0 + 1, since=since)
+            if "kitchen" not in hub.peers():
+                break
+            # The hub's browser asks now and then, and the answers to a question bring back
+            # both (under load one came in the window): this round shows nothing, go again
+        else:
+            pytest.fail("in every round an answer to a query brought back the silent robot too")
         # (A burst of three packets already under way at forget time may be what brings it.)
         assert hall.advertiser.reannouncements >= 1
         assert hub.peers() == {"hall": ("127.0.0.1", 9003)}
