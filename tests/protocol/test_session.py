@@ -47,6 +47,7 @@ from hearthsync.protocol.session import (
     sv_hash,
 )
 from tests.crypto.conftest import NOW, YEAR, Home, enrolled, identity
+from tests.test_statevector import pairs
 
 
 class MemoryDocs:
@@ -1051,16 +1052,6 @@ def closed_with(session: Session) -> list[int]:
     return [e.code for e in session.events_received() if isinstance(e, Closed)]
 
 
-def vector(*entries: tuple[int, int]) -> bytes:
-    """A state vector as a peer may write it, in any range."""
-    out = bytearray()
-    statevector.write_varuint(len(entries), out)
-    for client, clock in entries:
-        statevector.write_varuint(client, out)
-        statevector.write_varuint(clock, out)
-    return bytes(out)
-
-
 @pytest.mark.parametrize("frame", ["ACK", "SYNC_STEP1"])
 def test_a_state_vector_with_a_clock_no_document_holds_is_refused_before_the_documents_see_it(
     kitchen: Robot, hall: Robot, monkeypatch: pytest.MonkeyPatch, frame: str
@@ -1073,7 +1064,7 @@ def test_a_state_vector_with_a_clock_no_document_holds_is_refused_before_the_doc
     seen: list[bytes] = []
     monkeypatch.setattr(hall.docs, "peer_state", lambda doc_id, sv: seen.append(sv))
     own = hall.docs.docs[doc].client_id
-    claim = vector((own, 2**69))
+    claim = pairs((own, 2**69))
     lineage = parse(doc).genesis
     b[1].receive_data(
         f.encode(f.Ack(doc, claim) if frame == "ACK" else f.SyncStep1(doc, lineage, claim)), NOW
