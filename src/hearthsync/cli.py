@@ -6,6 +6,8 @@ import asyncio
 import errno
 import json
 import logging
+import os
+import signal
 import socket
 import time
 from collections.abc import Callable, Coroutine
@@ -579,6 +581,27 @@ def chaos(
 
     if netns and not processes:
         raise typer.BadParameter("--netns needs --processes", param_hint="--netns")
+    if schedules < 1:
+        raise typer.BadParameter(f"must be at least 1, not {schedules}", param_hint="--schedules")
+    if jobs is not None and jobs < 1:
+        raise typer.BadParameter(f"must be at least 1, not {jobs}", param_hint="--jobs")
+    if json_file is not None:  # found before the run, not after it (the figures were lost)
+        _check_writable(json_file)
+    if processes:
+        # process mode runs its own scenario: options of the simulation would be ignored
+        ignored = {
+            "--duration": duration != 30.0, "--faults": faults is not None,
+            "--fault-rate": fault_rate is not None, "--scopes": scopes is not None,
+            "--mix": mix is not None, "--bug": bug is not None, "--trace": trace,
+            "--only-faults": only_faults is not None, "--jobs": jobs is not None,
+        }  # fmt: skip
+        given = [name for name, set_ in ignored.items() if set_]
+        if given:
+            raise typer.BadParameter(f"{', '.join(given)}: not for --processes (simulation only)")
+        if peers is not None and not 2 <= peers <= 16:
+            raise typer.BadParameter(f"must be 2 to 16, not {peers}", param_hint="--peers")
+        if edits is not None and edits < 6:
+            raise typer.BadParameter(f"must be at least 6, not {edits}", param_hint="--edits")
     if netns:
         from hearthsync.chaos.netns import unavailable
 
@@ -586,6 +609,9 @@ def chaos(
         if reason is not None:
             raise typer.BadParameter(f"no network namespaces here: {reason}", param_hint="--netns")
     if processes:
+        # SIGTERM stops a run as Ctrl-C does, its robots and proxies closed (found in review:
+        # it left a robot running and the run's folder behind)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         report = run_in_processes(
             console, schedules=schedules, seed=seed, peers=peers or 3, edits=edits or 12,
             netns=netns,
@@ -610,6 +636,15 @@ def chaos(
         write_json(json_file, report)
         console.print(f"wrote {json_file}")
     raise typer.Exit(exit_code(report))
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse ``--json PATH`` before a run if it could not be written after it."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise typer.BadParameter(f"cannot write {path}", param_hint="--json")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise typer.BadParameter(f"cannot write {path}", param_hint="--json")
 
 
 def _kinds(text: str) -> tuple[str, ...]:

@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from hearthsync.chaos import Scenario, run
+from hearthsync.chaos.console import add_process_run, exit_code
+from hearthsync.chaos.harness import Report
+from hearthsync.chaos.process import ProcessReport
 from hearthsync.cli import app
 
 FIGURES = {
@@ -60,14 +64,52 @@ def test_a_failing_run_exits_1_and_names_seed_and_replay() -> None:
         (("--faults", "partition,flood"), "unknown fault kinds"),
         (("--peers", "1"), "peers must be 2 to 16"),
         (("--bug", "nonsense"), "unknown bug"),
+        # found in review: tracebacks, or accepted and ignored
+        (("--schedules", "0"), "must be at least 1"),
+        (("--jobs", "-1"), "must be at least 1"),
+        (("--duration", "nan"), "must be finite"),
+        (("--fault-rate", "inf"), "must be finite"),
+        (("--processes", "--peers", "1"), "must be 2 to 16"),
+        (("--processes", "--edits", "5"), "must be at least 6"),
+        (("--processes", "--bug", "drop-every-10th-delta"), "not for --processes"),
+        (("--processes", "--duration", "5"), "not for --processes"),
+        (("--json", "/nonexistent/folder/x.json"), "cannot write"),
     ],
 )
 def test_bad_options_are_refused_before_anything_runs(
     args: tuple[str, ...], complaint: str
 ) -> None:
-    code, output = chaos("--schedules", "1", *args)
+    code, output = chaos(*(("--schedules", "1") if "--schedules" not in args else ()), *args)
     assert code == 2
     assert complaint in " ".join(output.split())
+
+
+def test_a_process_run_that_only_leaked_across_its_cut_fails() -> None:
+    # found in review: it was listed as failed, and the run said ok and exited 0
+    report = Report()
+    leaky = ProcessReport(
+        peers=3, seed=7, faults=1, fault_trace=["t=1.00 cut r1"], acknowledged_writes=4,
+        verified_writes=4, lost_writes=[], divergences=0, converge_s=1.0,
+        leaked_writes=[("r0", "chaos/004")],
+    )  # fmt: skip
+    add_process_run(report, leaky, edits=12)
+    assert not report.ok
+    assert exit_code(report) == 1
+    assert report.to_json()["isolation_leaks"] == 1
+    assert report.to_json()["faults_cut"] == 1
+
+
+def test_a_replay_of_a_run_with_only_some_faults_keeps_to_them() -> None:
+    # found in review: the replay left --only-faults out, and the trace listed every fault
+    scenario = Scenario(
+        peers=3, edits=10, duration=6.0, fault_rate=0.3, bug="drop-every-10th-delta"
+    )
+    report = run(schedules=1, seed=40, scenario=scenario, jobs=1, only_faults={0})
+    assert report.failures, "the broken build must fail this schedule"
+    failure = report.failures[0]
+    assert "--only-faults 0" in failure.replay
+    assert len(failure.fault_trace) == 1
+    assert " #0 " in failure.fault_trace[0]
 
 
 @pytest.mark.slow

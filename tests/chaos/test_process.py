@@ -316,6 +316,35 @@ async def test_three_robots_lose_nothing_through_a_cut_kills_and_a_heal(
     assert not set(report.isolated_writes) & set(report.lost_writes)
 
 
+NEVER_STORED = """
+# a broken 'hearth run': what arrives from other robots is merged and acknowledged, never stored
+import sys
+if len(sys.orig_argv) > 2 and sys.orig_argv[2] == "run":
+    from hearthsync.store import documents
+    flush = documents.DocumentSet._flush
+    async def _flush(self, queue):
+        queue.remote = []
+        return await flush(self, queue)
+    documents.DocumentSet._flush = _flush
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+async def test_robots_that_acknowledge_what_they_never_store_fail_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: the verdict read the robots' memory only, so such a build passed."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "sitecustomize.py").write_text(NEVER_STORED)
+    monkeypatch.setenv("PYTHONPATH", str(broken))  # the robots' processes only
+    report = await run_processes(tmp_path / "run", peers=3, seed=0, edits=12)
+    assert not report.ok
+    assert report.lost_writes
+    assert all("store)" in robot for robot, _ in report.lost_writes), report.lost_writes
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 async def test_a_long_silent_cut_is_noticed_by_the_heartbeats(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from hearthsync.chaos.harness import Failure, Report, run
 from hearthsync.chaos.plan import FAULT_KINDS, Scenario
 from hearthsync.chaos.process import ProcessReport, run_processes
 from hearthsync.chaos.sim import Outcome
+from hearthsync.errors import HearthError
 
 PROBLEMS_SHOWN = 8  #: per failing schedule; the rest are counted
 
@@ -82,18 +84,48 @@ def run_in_processes(
         task = progress.add_task("process runs", total=schedules, failed=0)
         failures = 0
         for run_seed in range(seed, seed + schedules):
-            with tempfile.TemporaryDirectory(prefix="hearth-chaos-processes-") as folder:
+            folder = Path(tempfile.mkdtemp(prefix="hearth-chaos-processes-"))
+            try:
                 found = asyncio.run(
-                    run_processes(
-                        Path(folder), peers=peers, seed=run_seed, edits=edits, netns=netns
-                    )
+                    run_processes(folder, peers=peers, seed=run_seed, edits=edits, netns=netns)
                 )
-            add_process_run(report, found, edits, netns=netns)
-            failures += not found.ok
+            except HearthError as exc:  # a robot that died: this schedule failed, not the run
+                add_process_error(report, run_seed, peers, edits, exc, folder, netns=netns)
+                failed = True
+            except BaseException:  # interrupted (SIGINT, SIGTERM): nothing to keep
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            else:
+                add_process_run(report, found, edits, netns=netns)
+                failed = not found.ok
+            if failed:  # its robots' folders and logs, for whoever reads the failure
+                console.print(f"schedule {run_seed} failed: its robots' folders are in {folder}")
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
+            failures += failed
             progress.update(task, advance=1, failed=failures)
     report.elapsed_s = time.perf_counter() - started
     print_report(console, report, processes=True, netns=netns)
     return report
+
+
+def add_process_error(
+    report: Report, seed: int, peers: int, edits: int, error: Exception, folder: Path,
+    *, netns: bool = False,
+) -> None:  # fmt: skip
+    """Count a process-mode run that ended in an error (a robot died) as a failed schedule."""
+    report.schedules += 1
+    report.errors += 1
+    report.failures.append(
+        Failure(seed, peers, [f"error: {error}"], [], _process_replay(seed, peers, edits, netns))
+    )
+
+
+def _process_replay(seed: int, peers: int, edits: int, netns: bool) -> str:
+    return (
+        f"hearth chaos --processes{' --netns' if netns else ''} --seed {seed} --schedules 1 "
+        f"--peers {peers} --edits {edits}"
+    )
 
 
 def add_process_run(
@@ -106,6 +138,7 @@ def add_process_run(
     report.verified_writes += found.verified_writes
     report.divergences += found.divergences
     report.lost_writes += len(found.lost_writes)
+    report.isolation_leaks += len(found.leaked_writes)
     report.converge_s.append(found.converge_s)
     for line in found.fault_trace:
         kind = line.split()[1] if len(line.split()) > 1 else "?"
@@ -116,11 +149,7 @@ def add_process_run(
         problems += [f"leaked across the cut: {robot} {key}" for robot, key in found.leaked_writes]
         if found.divergences:
             problems.append(f"divergence: {found.divergences} robots' digests differ")
-        replay = (
-            f"hearth chaos --processes{' --netns' if netns else ''} --seed {found.seed} "
-            "--schedules 1 "
-            f"--peers {found.peers} --edits {edits}"
-        )
+        replay = _process_replay(found.seed, found.peers, edits, netns)
         report.failures.append(
             Failure(found.seed, found.peers, problems, list(found.fault_trace), replay)
         )
@@ -187,7 +216,12 @@ def _rows(report: Report, processes: bool) -> list[tuple[str, str]]:
         ("divergences", _bad(report.divergences)),
         ("lost writes", _bad(report.lost_writes)),
     ]
-    if not processes:
+    if processes:
+        rows += [
+            ("writes seen across a cut", _bad(report.isolation_leaks)),
+            ("errors", _bad(report.errors)),
+        ]
+    else:
         rows += [
             ("revocation leaks", _bad(report.revocation_leaks)),
             ("forgotten users' remnants", _bad(report.forgetting_remnants)),

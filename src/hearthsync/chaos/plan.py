@@ -9,6 +9,7 @@ that still fails) leaves every write where it was.
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -71,6 +72,8 @@ class Scenario:
         peers = self.peers if self.scopes is None else len(self.scopes) + 1
         if peers is not None and not 2 <= peers <= 16:
             raise ValueError(f"peers must be 2 to 16, not {peers}")
+        if not (math.isfinite(self.duration) and math.isfinite(self.fault_rate)):
+            raise ValueError("duration and fault_rate must be finite numbers")
         if self.edits < 0 or self.duration <= 0 or self.fault_rate < 0:
             raise ValueError("edits, duration and fault_rate must not be negative")
         unknown = set(self.faults) - set(FAULT_KINDS)
