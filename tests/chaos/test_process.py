@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import random
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
+from hearthsync.chaos.console import run_in_processes
 from hearthsync.chaos.process import (
     CheckCut,
     Cut,
@@ -343,6 +347,42 @@ async def test_robots_that_acknowledge_what_they_never_store_fail_the_run(
     assert not report.ok
     assert report.lost_writes
     assert all("store)" in robot for robot, _ in report.lost_writes), report.lost_writes
+
+
+DIES = """
+# a broken 'hearth run' of r1: it dies at its first preference write
+import os, sys
+if len(sys.orig_argv) > 3 and sys.orig_argv[2] == "run" and sys.orig_argv[3].endswith("/r1"):
+    from hearthsync import runner
+    command = runner._command
+    async def _command(peer, service, words, run_file):
+        if words[0] == "pref":
+            os._exit(3)
+        return await command(peer, service, words, run_file)
+    runner._command = _command
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_a_robot_that_dies_fails_its_schedule_and_keeps_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: it ended the whole run with an error naming a log already deleted."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "sitecustomize.py").write_text(DIES)
+    monkeypatch.setenv("PYTHONPATH", str(broken))  # the robots' processes only
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the run's folders go
+    console = Console(file=io.StringIO(), width=200)
+    report = run_in_processes(console, schedules=1, seed=0, peers=3, edits=12)
+    assert not report.ok
+    assert report.errors == 1
+    assert "r1 exited (3)" in report.failures[0].problems[0]
+    assert "--processes --seed 0" in report.failures[0].replay
+    kept = list(tmp_path.glob("hearth-chaos-processes-*"))
+    assert len(kept) == 1
+    assert (kept[0] / "r1" / "stderr.log").exists()
 
 
 @pytest.mark.slow
