@@ -357,6 +357,10 @@ class DocumentSet:
                 queue.rescan.add(doc_id)
             self._untainted(doc_id, replica)
         if delta is None:  # a duplicate: durable once what it repeats is
+            if created and not replica.tainted:  # nothing at all: no document either (an
+                # empty update made a user appear, found in review)
+                self._forget_new(doc_id)
+                return None
             return self._pending(doc_id)
         queue.remote.append((doc_id, delta, origin))
         queue.remote_docs.add(doc_id)
