@@ -325,6 +325,30 @@ async def test_what_json_or_utf_8_cannot_hold_is_refused_at_the_call(
     assert {d: peer.state_vector(d) for d in peer.document_ids()} == before
 
 
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (lambda p: p.set_preference("alice", "tea/mug", "green", evidence=None), "evidence"),
+        (lambda p: p.events("alice", since="0"), "since"),
+        (lambda p: p.recall("alice", "tea", k="3"), "k"),
+        (lambda p: p.recall("alice", "tea", k=2.5), "k"),
+        (lambda p: p.recall("alice", "tea", until=1.5), "until"),
+    ],
+)
+async def test_arguments_of_the_wrong_type_are_refused_naming_them(
+    peer: Peer, call: Callable[[Peer], Any], field: str
+) -> None:
+    # found in review: TypeError, or numpy's UFuncTypeError
+    async def calling() -> None:
+        result = call(peer)
+        if asyncio.iscoroutine(result):
+            await result
+
+    with pytest.raises(ValidationError) as caught:
+        await calling()
+    assert caught.value.field == field
+
+
 async def test_an_update_that_holds_nothing_makes_no_document_and_no_user(peer: Peer) -> None:
     # found in review: it made a user appear, who then took writes
     await peer.apply_update("user/zed/profile", b"\x00\x00")
@@ -724,6 +748,18 @@ async def test_too_many_facts_about_a_person_are_refused_and_change_nothing(
     assert profile is not None
     assert len(profile.attributes) == MAX_LIST
     assert "fact0" not in profile.attributes
+
+
+async def test_patches_queued_together_keep_to_the_limit_of_facts(peer: Peer) -> None:
+    # found in review: each was checked against the profile before any of them, and 69 landed
+    results = await asyncio.gather(
+        *(peer.set_profile("alice", attributes={f"fact{i}": i}) for i in range(MAX_LIST + 5)),
+        return_exceptions=True,
+    )
+    refused = [r for r in results if isinstance(r, ValidationError)]
+    assert len(refused) == 5
+    assert all(r.field == "attributes" for r in refused)
+    assert len(peer.profile("alice").attributes) == MAX_LIST  # type: ignore[union-attr]
 
 
 async def test_the_later_of_two_values_of_one_fact_wins_on_both_robots(tmp_path: Path) -> None:

@@ -694,6 +694,10 @@ class Peer:
         def change(_: Replica) -> M:
             held = slots(self._handle(doc_id, make))
             current = merge_fields(held.versions(key)) or checked
+            if isinstance(current, Profile) and "attributes" in fields:
+                # again, against the facts as they stand now: patches queued together were
+                # each checked against the profile before any of them (found in review: 69)
+                self._check_facts(current.shown(), changed["attributes"])
             stamps = current.stamps | dict.fromkeys(fields, set_at)
             update = changed | {"set_at": set_at, "device": device, "stamps": stamps}
             key_stamps = dict(current.key_stamps)
@@ -747,7 +751,7 @@ class Peer:
             source=source,
             confidence=confidence,
             condition=condition,
-            evidence=list(evidence),
+            evidence=list(evidence) if isinstance(evidence, list | tuple) else evidence,
             evidence_count=evidence_count,
             note=note,
             set_at=set_at,
@@ -888,6 +892,7 @@ class Peer:
         domain: str | None = None,
     ) -> list[InteractionEvent]:
         """``user``'s events with ``since <= ts < until`` (ms), oldest first."""
+        _check_window(since, until)
         found: list[InteractionEvent] = []
         for doc_id in self._event_docs(user, since, until):
             events, keys = self._handle(doc_id, EventsDoc).events.ordered(_by_time)
@@ -919,6 +924,9 @@ class Peer:
     ) -> list[Recalled]:
         """The ``k`` events of ``user`` most similar to ``query`` within the time window."""
         uid = self._require_user(user)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValidationError(f"k must be a whole number, at least 1, not {k!r:.40}", field="k")
+        _check_window(since, until)
         index = await self._vectors.open_index(uid, HISTORY)
         self._index_later()
         vector = self._vectors.embedder.embed([query])[0] if isinstance(query, str) else query
@@ -1508,6 +1516,15 @@ def _condition(condition: Condition | Mapping[str, Any] | None) -> Condition:
     except ValidationError as exc:
         field = f"condition.{exc.field}" if exc.field else "condition"
         raise type(exc)(f"condition: {exc}", field=field) from None
+
+
+def _check_window(since: object, until: object) -> None:
+    """Refuse a bound of a time window that is not whole milliseconds (a string, a float)."""
+    for name, bound in (("since", since), ("until", until)):
+        if bound is not None and (isinstance(bound, bool) or not isinstance(bound, int)):
+            raise ValidationError(
+                f"{name} must be whole milliseconds since 1970, not {bound!r:.40}", field=name
+            )
 
 
 def _month(ts_ms: int, field: str = "ts") -> str:
