@@ -349,15 +349,15 @@ async def test_robots_that_acknowledge_what_they_never_store_fail_the_run(
     assert all("store)" in robot for robot, _ in report.lost_writes), report.lost_writes
 
 
-DIES = """
-# a broken 'hearth run' of r1: it dies at its first preference write
+BROKEN_R1 = """
+# a broken 'hearth run' of r1, at its first preference write
 import os, sys
 if len(sys.orig_argv) > 3 and sys.orig_argv[2] == "run" and sys.orig_argv[3].endswith("/r1"):
     from hearthsync import runner
     command = runner._command
     async def _command(peer, service, words, run_file):
         if words[0] == "pref":
-            os._exit(3)
+            {fault}
         return await command(peer, service, words, run_file)
     runner._command = _command
 """
@@ -365,20 +365,28 @@ if len(sys.orig_argv) > 3 and sys.orig_argv[2] == "run" and sys.orig_argv[3].end
 
 @pytest.mark.slow
 @pytest.mark.timeout(90)
-def test_a_robot_that_dies_fails_its_schedule_and_keeps_its_folder(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("fault", "problem"),
+    [
+        ("os._exit(3)", "r1 exited (3)"),  # it dies
+        ("return 'ERROR no'", "r1 refused chaos/"),  # it refuses: nothing acked, nothing lost
+    ],
+)
+def test_a_robot_that_dies_or_refuses_fails_its_schedule_which_keeps_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str, problem: str
 ) -> None:
-    """Found in review: it ended the whole run with an error naming a log already deleted."""
+    """Found in review: a death ended the whole run with an error naming a log already
+    deleted, and a build that refused every write passed (it acknowledged none)."""
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / "sitecustomize.py").write_text(DIES)
+    (broken / "sitecustomize.py").write_text(BROKEN_R1.replace("{fault}", fault))
     monkeypatch.setenv("PYTHONPATH", str(broken))  # the robots' processes only
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the run's folders go
     console = Console(file=io.StringIO(), width=200)
     report = run_in_processes(console, schedules=1, seed=0, peers=3, edits=12)
     assert not report.ok
     assert report.errors == 1
-    assert "r1 exited (3)" in report.failures[0].problems[0]
+    assert problem in report.failures[0].problems[0]
     assert "--processes --seed 0" in report.failures[0].replay
     kept = list(tmp_path.glob("hearth-chaos-processes-*"))
     assert len(kept) == 1

@@ -542,8 +542,9 @@ class _Run:
     async def _write(self, write: Write) -> None:
         answer = await self.robots[write.robot].ask(f"pref {USER} {write.key} {write.value}")
         if answer != f"ACK pref {USER} {write.key} {write.value}":
-            self.log(f"{write.robot} did not acknowledge {write.key}: {answer}")
-            return
+            # a live robot refuses nothing: a build that refused every write acknowledged
+            # none, so lost none, and passed (found in review)
+            raise RobotProcessError(f"{write.robot} refused {write.key}: {answer!r:.200}")
         self.acked.append(write)
         if self.victim is not None:
             self.cut_writes.append(write)
