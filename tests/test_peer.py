@@ -134,6 +134,17 @@ async def test_the_later_write_wins_and_delete_leaves_nothing(peer: Peer, wall: 
         await peer.delete_preference("alice", "beverage/mug")
 
 
+async def test_a_delete_follows_a_set_queued_before_it(peer: Peer) -> None:
+    # writes are queued in call order; found in review: the set was not found
+    written = peer.set_preference("alice", "tea/mug", "green")
+    deleted = peer.delete_preference("alice", "tea/mug")
+    await asyncio.gather(written, deleted)
+    assert peer.preference("alice", "tea/mug") is None
+    assert (await deleted).value == "green"
+    with pytest.raises(NotFoundError):
+        peer.delete_preference("alice", "tea/mug")  # nothing left to delete, nothing queued
+
+
 async def test_a_move_is_recorded_only_when_the_region_changes(peer: Peer) -> None:
     await peer.place("green-mug", "Green mug", region="shelf-2", owner="alice")
     await peer.place("green-mug", "Green mug", region="shelf-2", pose={"x": 0.1})

@@ -762,16 +762,28 @@ class Peer:
     def delete_preference(
         self, user: str, key: str, condition: Condition | Mapping[str, Any] | None = None
     ) -> asyncio.Future[Preference]:
-        """Delete ``key`` under ``condition``: a tombstone version, newer than every other."""
-        current = self.preference(user, key, condition)
-        if current is None:
-            raise NotFoundError(f"{user} has no preference {key!r} under that condition")
+        """Delete ``key`` under ``condition``: a tombstone version, newer than every other.
+
+        Writes are queued in call order: a `set_preference` of the key not yet applied is
+        deleted too (found in review: it was not found)."""
+        doc_id = user_doc(user, Kind.PREFS)
+        missing = f"{user} has no preference {key!r} under that condition"
+        if self.preference(user, key, condition) is None and not self._docs.queued(doc_id):
+            raise NotFoundError(missing)
         slot = f"{key}#{_condition(condition).key()}"
-        set_at, device = self._stamp_over(
-            user_doc(user, Kind.PREFS), PrefsDoc, lambda h: h.prefs, slot
-        )
-        tombstone = current.model_copy(update={"deleted": True, "set_at": set_at, "device": device})
-        return self._put_preference(tombstone)
+        set_at, device = self._stamp_over(doc_id, PrefsDoc, lambda h: h.prefs, slot)
+
+        def change(_: Replica) -> Preference:
+            prefs = self._handle(doc_id, PrefsDoc).prefs
+            current = prefs.get(slot)  # as it stands when the batch runs
+            if current is None:
+                raise NotFoundError(missing)
+            update = {"deleted": True, "set_at": set_at, "device": device}
+            tombstone = current.model_copy(update=update)
+            prefs.put(slot, tombstone, device)
+            return tombstone
+
+        return self._write(doc_id, change)
 
     def _put_preference(self, record: Preference) -> asyncio.Future[Preference]:
         doc_id = user_doc(record.user, Kind.PREFS)

@@ -716,6 +716,10 @@ class DocumentSet:
         await self.write_barrier()
         return await self._maybe_compact(force=True)
 
+    def queued(self, doc_id: DocId) -> bool:
+        """Whether writes to ``doc_id`` are queued and not yet applied to its replica."""
+        return doc_id in self._queue.changes
+
     @property
     def auto_commit(self) -> bool:
         """Whether a flusher commits writes (else they land only at `commit`)."""
