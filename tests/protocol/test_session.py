@@ -20,10 +20,12 @@ from hearthsync.crypto.keyring import KeyGrant, Keyring
 from hearthsync.errors import MissingKeyError
 from hearthsync.ids import DocId, LineageId
 from hearthsync.protocol import frames as f
+from hearthsync.protocol import session as session_module
 from hearthsync.protocol.session import (
     DEAD_AFTER_S,
     HANDSHAKE_TIMEOUT_S,
     HEARTBEAT_S,
+    MAX_REQUESTED,
     MAX_UNOPENED,
     REQUEST_RETRY_S,
     SETTLE_S,
@@ -1143,6 +1145,23 @@ def test_the_entries_kept_for_documents_this_device_cannot_open_yet_are_bounded(
         assert sent(b[1]) == []  # nothing to ask for: none can be opened here
     assert b[1].state is State.OPEN
     assert list(b[1]._unopened) == names[-MAX_UNOPENED:]
+
+
+def test_the_documents_asked_for_and_not_answered_yet_are_bounded(
+    kitchen: Robot, hall: Robot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer offering ever new months of a user's events, and never answering, grew what
+    the session asked for, and asked again every 5 s, without bound (here the bound is 2)."""
+    monkeypatch.setattr(session_module, "MAX_REQUESTED", 2)
+    _, b = connect(kitchen, hall)
+    names = ["user/alice/profile", "user/alice/prefs", "user/alice/calibration"]
+    entries = [f.InventoryEntry(DocId(doc), parse(doc).genesis, b"\x01" * 8) for doc in names]
+    b[1].receive_data(f.encode(f.Inventory(tuple(entries))), NOW)
+    asked = [frame.doc_id for frame in sent(b[1]) if isinstance(frame, f.SyncStep1)]
+    assert b[1].state is State.OPEN
+    assert asked == names[:2]
+    assert list(b[1]._requested) == names[:2]
+    assert MAX_REQUESTED == 4_096  # what a real session keeps
 
 
 def test_a_document_offered_before_its_key_is_granted_is_asked_for_once_the_grant_comes(

@@ -101,6 +101,10 @@ PART_BYTES = 1024 * 1024
 UNRELAYED_OFFER_S = 5.0
 #: the origin prefix of an update applied from a catch-up answer: ``answer_from(peer)``
 ANSWER = "answer:"
+#: documents asked for (SYNC_STEP1) and not answered yet; past this many, one more is asked
+#: for only once an answer comes, from the next inventory (SPEC §6.3).  A household holds far
+#: fewer; a peer offering ever new months of events, never answering, grew it without bound
+MAX_REQUESTED = 4_096
 #: entries of the peer's inventories kept for documents this device cannot open yet (no key),
 #: to ask for once a grant brings the key; past this many the oldest is dropped (SPEC §6.3)
 MAX_UNOPENED = 4_096
@@ -834,6 +838,8 @@ class Session:
             state_vector = self.docs.state_vector(entry.doc_id)
             if entry.doc_id in self._requested and not again:
                 continue
+            if entry.doc_id not in self._requested and len(self._requested) >= MAX_REQUESTED:
+                continue  # asked for from a later inventory, once answers have come
             if mine is None or self.docs.digest(entry.doc_id) != entry.sv_hash:
                 self._requested[entry.doc_id] = (entry.lineage, self.now)
                 self._send(f.SyncStep1(entry.doc_id, entry.lineage, state_vector))
