@@ -12,7 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import os
 import random
+import select
+import signal
+import subprocess
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,6 +33,7 @@ from hearthsync.chaos.process import (
     Restart,
     Write,
     draw_steps,
+    hearth_script,
     run_processes,
 )
 from hearthsync.chaos.proxy import FaultProxy
@@ -322,7 +327,6 @@ async def test_three_robots_lose_nothing_through_a_cut_kills_and_a_heal(
 
 NEVER_STORED = """
 # a broken 'hearth run': what arrives from other robots is merged and acknowledged, never stored
-import sys
 if len(sys.orig_argv) > 2 and sys.orig_argv[2] == "run":
     from hearthsync.store import documents
     flush = documents.DocumentSet._flush
@@ -401,3 +405,57 @@ async def test_a_long_silent_cut_is_noticed_by_the_heartbeats(tmp_path: Path) ->
     report = await run_processes(tmp_path, peers=3, seed=2, edits=6, cut_s=30.0)
     assert report.links_across_cut == 0, report.fault_trace
     assert report.ok, report
+
+
+STARTED = """
+import os, sys
+if len(sys.orig_argv) > 2 and sys.orig_argv[2] == "run":  # a robot: say so, with its pid
+    with open({fifo!r}, "w") as started:
+        started.write(f"{{os.getpid()}}\\n")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="waits on pidfds (Linux)")
+def test_sigterm_stops_a_process_run_and_leaves_no_robot_and_no_folder(tmp_path: Path) -> None:
+    """Found in review: SIGTERM ended the run but left a robot listening (its parent pid 1)
+    and the run's folder behind."""
+    fifo = tmp_path / "started"
+    os.mkfifo(fifo)
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(STARTED.format(fifo=str(fifo)))
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # before any robot opens it to write
+    env = os.environ | {"PYTHONPATH": str(inject), "TMPDIR": str(runs)}
+    command = [hearth_script(), "chaos", "--processes", "--peers", "3"]
+    pids: list[int] = []
+    try:
+        with subprocess.Popen(
+            [*command, "--schedules", "3"], env=env, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ) as runner:  # fmt: skip
+            try:
+                ready, _, _ = select.select([reader], [], [], 60)
+                assert ready, "no robot started within 60 s"
+                pids += [int(line) for line in os.read(reader, 4096).split()]
+                assert pids, "a robot opened the pipe and said nothing"
+                runner.send_signal(signal.SIGTERM)
+                runner.wait(timeout=60)
+            finally:
+                runner.kill()
+        with contextlib.suppress(BlockingIOError):
+            pids += [int(line) for line in os.read(reader, 4096).split()]  # started meanwhile
+    finally:
+        os.close(reader)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):  # gone already: what is wanted
+            fd = os.pidfd_open(pid)
+            try:
+                ended, _, _ = select.select([fd], [], [], 30)
+                assert ended, f"robot {pid} still runs 30 s after its run was stopped"
+            finally:
+                os.close(fd)
+    assert list(runs.iterdir()) == []
