@@ -250,6 +250,25 @@ def test_invite_refuses_a_ttl_of_zero_or_less_and_writes_no_invite(tmp_path: Pat
     assert "CODE HS1-" in granted.stdout
 
 
+def test_invite_does_not_hand_out_the_address_of_a_run_that_is_gone(tmp_path: Path) -> None:
+    # run.json outlives a 'hearth run' killed without a goodbye: its address answers nobody
+    from hearthsync import enrolment
+    from hearthsync.runner import RUN_FILE
+
+    path = tmp_path / "kitchen"
+    made = hearth("init", str(path), "--household", "Our Home", "--device", "kitchen")
+    assert made.returncode == 0, made.stderr
+    dead = 2**22 + 1  # above Linux's largest pid: no process has it
+    (path / RUN_FILE).write_text(json.dumps({"pid": dead, "host": "10.0.0.9", "port": 7420}))
+    refused = hearth("invite", str(path))
+    assert refused.returncode == 2
+    assert "start 'hearth run' first" in refused.stderr
+    assert "HS1-" not in refused.stdout
+    state = enrolment.load(path)
+    assert state is not None
+    assert state.invites == []
+
+
 @pytest.mark.parametrize("only", ["abc", "1,x", "-1"])
 def test_chaos_refuses_fault_numbers_that_are_not_numbers_without_a_traceback(only: str) -> None:
     done = hearth("chaos", "--only-faults", only, "--schedules", "1")

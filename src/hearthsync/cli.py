@@ -196,12 +196,14 @@ def invite(
     state = enrolment.load(path, _now())
     if state is None:
         raise typer.BadParameter(f"{path} belongs to no household", param_hint="PATH")
+    from hearthsync.api.client import running_pid
+
     if address is not None:
         host, port = _address(address)
-    elif (path / RUN_FILE).exists():
+    elif (path / RUN_FILE).exists() and running_pid(path) is not None:
         running = json.loads((path / RUN_FILE).read_text())
         host, port = running["host"], int(running["port"])
-    else:
+    else:  # no run, or one killed without a goodbye: its address would answer nobody
         raise typer.BadParameter("give --address HOST:PORT, or start 'hearth run' first")
     made = enrolment.add_invite(
         path,
