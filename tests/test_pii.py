@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -20,6 +21,7 @@ from hearthsync.crdt.handles import PrefsDoc
 from hearthsync.hlc import Timestamp
 from hearthsync.ids import DocId
 from hearthsync.model import (
+    Condition,
     InteractionEvent,
     Placement,
     Preference,
@@ -168,3 +170,12 @@ async def test_a_record_stored_under_other_rules_is_still_read(tmp_path: Path) -
         await peer._docs.write(doc_id, put_old)
     async with Peer.open(tmp_path / "robot") as peer:  # read back from the store
         assert {p.key for p in peer.preferences("alice")} == {"call/son", "drink/tea"}
+
+
+def test_a_record_built_directly_never_repeats_what_it_refuses() -> None:
+    """``Condition(...)`` (not ``build``) raised pydantic's error, which quotes the input: a
+    phone number typed where a location goes was repeated into the logs."""
+    with pytest.raises(pydantic.ValidationError) as caught:
+        Condition(location=PHONE)
+    assert PHONE not in str(caught.value)
+    assert "location" in str(caught.value)

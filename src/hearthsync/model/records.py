@@ -145,9 +145,12 @@ class Record(BaseModel):
 
     # a NaN or infinity in a pose or polygon was stored as null and lost the record at the
     # next read (found in review)
+    # and an error, even of a record built directly (not through `build`), never repeats the
+    # value it refuses: it may be personal data, and errors get logged
     model_config = ConfigDict(
-        frozen=True, extra="forbid", str_strip_whitespace=False, allow_inf_nan=False
-    )
+        frozen=True, extra="forbid", str_strip_whitespace=False, allow_inf_nan=False,
+        hide_input_in_errors=True,
+    )  # fmt: skip
 
     @pydantic.model_validator(mode="after")
     def _no_blocked_personal_data(self, info: pydantic.ValidationInfo) -> Self:
