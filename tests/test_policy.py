@@ -151,3 +151,51 @@ async def test_a_policy_set_after_another_wins_whatever_the_clocks(
         fourth = with_grant("tidy", "core")
         await hall.set_policy(fourth)
         assert hall.policy() == fourth
+
+
+async def test_a_policy_stamped_days_ahead_is_obeyed_once_the_clock_gets_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: refused while more than a day ahead, it stayed refused (the verdict
+    was kept until the household changed), though trust.md promises it is obeyed then."""
+    monkeypatch.setattr(enrolment, "PendingInvite", AdminInvite)
+    enrol_household(tmp_path, ["owner", "hall"])
+    now_ms = int(time.time() * 1000)
+    owner_wall, hall_wall = FakeWall(now_ms + 2 * 86_400_000), FakeWall(now_ms)  # 2 days fast
+    custom = with_grant("night_check", "core", "health")
+    async with (
+        Peer.open(tmp_path / "owner", device="owner", wall=owner_wall) as owner,
+        Peer.open(tmp_path / "hall", device="hall", wall=hall_wall) as hall,
+    ):
+        await owner.set_policy(custom)
+        await send_all(owner, hall)
+        assert hall.policy() == DEFAULT_POLICY
+        hall_wall.advance(2 * 86_400_000)
+        assert hall.policy() == custom
+
+
+async def test_an_admin_whose_certificate_expired_sets_the_policy_no_more(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: the verdict on its statement was kept after its certificate expired
+    (trust.md: expiry retires a robot nobody revoked), and the owner, holding that expired
+    certificate, could not even open its credentials again."""
+    monkeypatch.setattr(enrolment, "PendingInvite", AdminInvite)
+    monkeypatch.setattr(enrolment, "CERT_YEARS", 1)
+    monkeypatch.setattr(enrolment, "YEAR_S", 3 * 86_400)  # the hall's certificate: 3 days
+    enrol_household(tmp_path, ["owner", "hall"])
+    now_ms = int(time.time() * 1000)
+    owner_wall, hall_wall = FakeWall(now_ms), FakeWall(now_ms)
+    custom = with_grant("night_check", "core", "health")
+    async with (
+        Peer.open(tmp_path / "owner", device="owner", wall=owner_wall) as owner,
+        Peer.open(tmp_path / "hall", device="hall", wall=hall_wall) as hall,
+    ):
+        await hall.set_policy(custom)
+        await send_all(hall, owner)
+        assert owner.policy() == custom
+        owner_wall.advance(5 * 86_400_000)  # the hall's certificate has expired
+        assert owner.policy() == DEFAULT_POLICY
+    async with Peer.open(tmp_path / "owner", wall=owner_wall) as again:  # it opens
+        assert again.policy() == DEFAULT_POLICY
+        assert again.household is not None

@@ -101,9 +101,17 @@ def load(folder: Path, now: int | None = None) -> HouseholdState | None:
     when = int(time.time()) if now is None else now
     trust = TrustStore.for_household(household)
     for wire in fields[3]:  # issuers first: the file keeps them in the order they were trusted
-        trust.add(Certificate.from_wire(wire), when)
+        cert = Certificate.from_wire(wire)
+        try:
+            trust.add(cert, when)
+        except CertificateError:  # not good now (expired): kept, every use checks it
+            trust.restore(cert)
     if fields[4]:
-        trust.accept_revocations(Revocations.from_wire(fields[4]), when)
+        revocations = Revocations.from_wire(fields[4])
+        try:
+            trust.accept_revocations(revocations, when)
+        except CertificateError:
+            trust.restore_revocations(revocations)
     return HouseholdState(
         household,
         Certificate.from_wire(fields[2]),

@@ -258,6 +258,7 @@ async def _command(peer: Peer, service: SyncService, words: list[str], run_file:
             assert peer.household is not None
             epochs = enrolment.revoke(peer.path, peer.household, peer.identity, device,
                                       now=int(peer.wall()))  # fmt: skip
+            peer.trust_changed()  # what the revoked device signed no longer counts here
             service.trust_changed()  # drops the revoked device, tells the others
             service.send_grants()  # the new epochs' keys, to everyone still trusted
             return f"ACK revoke {device} " + ",".join(f"{s}@{e}" for s, e in sorted(epochs.items()))

@@ -931,6 +931,7 @@ class Simulation:
             owner.folder, owner.state, owner.identity, victim.device_id,
             now=int(_peer(owner).wall()), random_bytes=owner.rng.randbytes,
         )  # fmt: skip
+        _peer(owner).trust_changed()  # as the console's 'revoke' does
         self.revoked = victim.index
         self.revoked_epochs = dict(epochs)
         self._revocation_at[owner.index] = self._keys_at[owner.index] = self.now

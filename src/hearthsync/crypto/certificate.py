@@ -346,6 +346,32 @@ class TrustStore:
         self._certs[cert.device_id] = cert
         return cert
 
+    def restore(self, cert: Certificate) -> None:
+        """Keep ``cert``, read back from this device's own credentials, though it is not good
+        now (expired, or its issuer's is).  Every use verifies it at its own ``now``; refusing
+        it here made a robot holding one expired certificate unable to open its credentials
+        at all, and a clock glitched ahead for a while would have dropped every certificate
+        for good at the next save (found in review).  Its signature and household are
+        checked, as `add` checks them."""
+        cert.check_signature()
+        if cert.household_id != self.household_id:
+            raise CertificateError(f"certificate of {cert.device_id}: other household")
+        held = self._certs.get(cert.device_id)
+        if held is not None and held.is_self_signed:
+            return  # the household's root: nothing replaces it (`add`)
+        if held is None or cert.issued_at > held.issued_at:
+            self._certs[cert.device_id] = cert
+
+    def restore_revocations(self, revocations: Revocations) -> None:
+        """Keep the revocation list read back from this device's own credentials, though its
+        signer's certificate is not good now (`restore`): revoked stays revoked."""
+        revocations.check_signature()
+        if revocations.household_id != self.household_id:
+            raise CertificateError("revocation list: other household")
+        if self._revocations is None or revocations.serial > self._revocations.serial:
+            self._revocations = revocations
+            self._revoked = self._revoked | frozenset(revocations.revoked)
+
     def verify(self, cert: Certificate, now: int) -> Certificate:
         """Return ``cert`` if it is good at ``now``, else raise `CertificateError` (SPEC §3)."""
         return self._verify(cert, now, depth=0)
