@@ -21,7 +21,7 @@ from hearthsync.bench.household import BenchHome
 from hearthsync.crdt import statevector
 from hearthsync.protocol import frames as f
 from hearthsync.protocol.session import DEAD_AFTER_S, Session
-from hearthsync.transport.link import MAX_UNDURABLE
+from hearthsync.transport.link import MAX_UNDURABLE, Link
 from hearthsync.transport.service import SyncService
 
 MONTH0_MS = 1_600_000_000_000
@@ -145,3 +145,46 @@ async def test_a_peer_that_stops_reading_is_dropped(
                 ws.transport.abort()
     dropped = [r.getMessage() for r in caplog.records if "dropped the link" in r.getMessage()]
     assert dropped == [f"dropped the link to {hall.device_id}: it took no data for 0.5 s"]
+
+
+class HeldSocket:
+    """A websocket whose first send writes its frame, then waits (a full socket's drain)."""
+
+    def __init__(self) -> None:
+        self.wire: list[bytes] = []
+        self.waiting = asyncio.Event()
+        self.drained = asyncio.Event()
+
+    async def send(self, data: bytes) -> None:
+        self.wire.append(data)
+        if not self.waiting.is_set():
+            self.waiting.set()
+            await self.drained.wait()
+
+
+class Batches:
+    """A session whose frames come in the batches given, one batch per `data_to_send`."""
+
+    def __init__(self, *batches: list[bytes]) -> None:
+        self.batches = list(batches)
+
+    def data_to_send(self) -> list[bytes]:
+        return self.batches.pop(0) if self.batches else []
+
+
+async def test_frames_leave_in_the_order_the_session_made_them_when_the_socket_is_full() -> None:
+    """Found in review: a pump waiting on a full socket part-way through its batch let another
+    pump's frames overtake the rest, so an UPDATE overtook the KEY_GRANT of its key and the
+    peer closed the link (409)."""
+    socket_ = HeldSocket()
+    session = Batches([b"grant-old", b"grant-new"], [b"update-new"])
+    link = Link(socket_, session, None, dialed=False)  # type: ignore[arg-type]
+    first = asyncio.create_task(link._flush())
+    async with asyncio.timeout(TIMEOUT):
+        await socket_.waiting.wait()  # its first frame written, the rest of its batch waiting
+    second = asyncio.create_task(link._flush())
+    await asyncio.sleep(0)  # one turn: the second pump runs up to where it must wait
+    socket_.drained.set()
+    async with asyncio.timeout(TIMEOUT):
+        await asyncio.gather(first, second)
+    assert socket_.wire == [b"grant-old", b"grant-new", b"update-new"]

@@ -134,6 +134,7 @@ class Link:
         self._undurable = 0
         self._room = asyncio.Event()  #: set whenever `_undurable` goes down
         self.authenticated = False  #: the handshake completed (PEER_AUTHENTICATED was seen)
+        self._sending = asyncio.Lock()  #: one batch of frames on the wire at a time (`_flush`)
 
     @property
     def peer_id(self) -> str | None:
@@ -300,14 +301,20 @@ class Link:
         self.kick()
 
     async def _flush(self) -> None:
-        for data in self.session.data_to_send():
-            self.bytes_sent += len(data)
-            try:
-                async with asyncio.timeout(self._send_timeout):
-                    await self.websocket.send(data)  # awaits while the peer does not read
-            except TimeoutError:
-                self._abort(f"it took no data for {self._send_timeout:g} s")
-                return
+        """Send what the session has to send, in its order.  The pumps flush concurrently;
+        taking and sending under one lock keeps a batch whole: a send waiting on a full socket
+        (after its frame was written) let another pump's frames overtake the rest of its
+        batch, and an UPDATE overtook the KEY_GRANT of its key, which closed the link (409,
+        found in review)."""
+        async with self._sending:
+            for data in self.session.data_to_send():
+                self.bytes_sent += len(data)
+                try:
+                    async with asyncio.timeout(self._send_timeout):
+                        await self.websocket.send(data)  # awaits while the peer does not read
+                except TimeoutError:
+                    self._abort(f"it took no data for {self._send_timeout:g} s")
+                    return
 
     async def _flush_and_close(self) -> None:
         with contextlib.suppress(ConnectionClosed):
