@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -153,20 +153,32 @@ async def test_a_policy_set_after_another_wins_whatever_the_clocks(
         assert hall.policy() == fourth
 
 
+@asynccontextmanager
+async def owner_and_admin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, owner_ahead_ms: int = 0
+) -> AsyncIterator[tuple[Peer, FakeWall, Peer, FakeWall]]:
+    """An owner robot (``owner_ahead_ms`` fast) and an admin robot ("hall"), each with its
+    own clock: (owner, its wall, hall, its wall)."""
+    monkeypatch.setattr(enrolment, "PendingInvite", AdminInvite)
+    enrol_household(tmp_path, ["owner", "hall"])
+    now_ms = int(time.time() * 1000)
+    owner_wall, hall_wall = FakeWall(now_ms + owner_ahead_ms), FakeWall(now_ms)
+    async with (
+        Peer.open(tmp_path / "owner", device="owner", wall=owner_wall) as owner,
+        Peer.open(tmp_path / "hall", device="hall", wall=hall_wall) as hall,
+    ):
+        yield owner, owner_wall, hall, hall_wall
+
+
 async def test_a_policy_stamped_days_ahead_is_obeyed_once_the_clock_gets_there(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Found in review: refused while more than a day ahead, it stayed refused (the verdict
     was kept until the household changed), though trust.md promises it is obeyed then."""
-    monkeypatch.setattr(enrolment, "PendingInvite", AdminInvite)
-    enrol_household(tmp_path, ["owner", "hall"])
-    now_ms = int(time.time() * 1000)
-    owner_wall, hall_wall = FakeWall(now_ms + 2 * 86_400_000), FakeWall(now_ms)  # 2 days fast
     custom = with_grant("night_check", "core", "health")
-    async with (
-        Peer.open(tmp_path / "owner", device="owner", wall=owner_wall) as owner,
-        Peer.open(tmp_path / "hall", device="hall", wall=hall_wall) as hall,
-    ):
+    async with owner_and_admin(tmp_path, monkeypatch, owner_ahead_ms=2 * 86_400_000) as (
+        owner, _, hall, hall_wall,
+    ):  # fmt: skip
         await owner.set_policy(custom)
         await send_all(owner, hall)
         assert hall.policy() == DEFAULT_POLICY
@@ -180,17 +192,10 @@ async def test_an_admin_whose_certificate_expired_sets_the_policy_no_more(
     """Found in review: the verdict on its statement was kept after its certificate expired
     (trust.md: expiry retires a robot nobody revoked), and the owner, holding that expired
     certificate, could not even open its credentials again."""
-    monkeypatch.setattr(enrolment, "PendingInvite", AdminInvite)
     monkeypatch.setattr(enrolment, "CERT_YEARS", 1)
     monkeypatch.setattr(enrolment, "YEAR_S", 3 * 86_400)  # the hall's certificate: 3 days
-    enrol_household(tmp_path, ["owner", "hall"])
-    now_ms = int(time.time() * 1000)
-    owner_wall, hall_wall = FakeWall(now_ms), FakeWall(now_ms)
     custom = with_grant("night_check", "core", "health")
-    async with (
-        Peer.open(tmp_path / "owner", device="owner", wall=owner_wall) as owner,
-        Peer.open(tmp_path / "hall", device="hall", wall=hall_wall) as hall,
-    ):
+    async with owner_and_admin(tmp_path, monkeypatch) as (owner, owner_wall, hall, _):
         await hall.set_policy(custom)
         await send_all(hall, owner)
         assert owner.policy() == custom
