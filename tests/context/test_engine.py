@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from hearthsync import NotFoundError, Peer, ValidationError
-from hearthsync.context import engine_for, get_context
+from hearthsync.context import engine_for, explain, get_context
+from hearthsync.model import Condition
 from tests.conftest import FakeWall
 from tests.context.conftest import DAY, HOUR, at, clock
 
@@ -140,6 +141,26 @@ async def test_an_event_stamped_past_the_year_9999_is_shown_not_a_crash(home: Pe
 
     assert [e.event.text for e in context.recalled] == ["the green mug for my tea"]
     assert "9999-12-31" in context.to_prompt()
+
+
+async def test_a_forgotten_user_named_present_makes_no_condition_apply(home: Peer) -> None:
+    # found in review: Alice's "with bob" still applied for present=["bob"] after Bob was
+    # forgotten; a forgotten id names nobody (a returning person gets a new one)
+    await home.set_preference("alice", "beverage/mug", "blue")
+    await home.set_preference(
+        "alice", "beverage/mug", "green", condition=Condition(with_users=("bob",))
+    )
+    with_bob = await get_context(home, "alice", task="general_assistant", time=MONDAY_9,
+                                 present=["bob"])  # fmt: skip
+    assert [p.value for p in with_bob.preferences if p.key == "beverage/mug"] == ["green"]
+    await home.forget("bob")
+
+    after = await get_context(home, "alice", task="general_assistant", time=MONDAY_9,
+                              present=["bob"])  # fmt: skip
+
+    assert [p.value for p in after.preferences if p.key == "beverage/mug"] == ["blue"]
+    sentence = await explain(home, "alice", "beverage/mug", time=MONDAY_9, present=["bob"])
+    assert sentence.startswith("blue")
 
 
 async def test_places_are_the_users_things_and_what_is_at_the_location(home: Peer) -> None:

@@ -10,7 +10,7 @@ and `hearthsync.context.scopes.ScopedReader` refuses any call whose scope the ta
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, Protocol
 
 from hearthsync.model.records import (
@@ -49,6 +49,10 @@ class PeerReader(Protocol):
     def device_id(self) -> str: ...
 
     def users(self) -> Sequence[str]: ...
+
+    def forgotten(self) -> Mapping[str, Any]:
+        """The users forgotten here (by id), whose ids name nobody any more."""
+        ...
 
     # scope core
     def profile(self, user: str) -> Profile | None: ...

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hearthsync.errors import ValidationError
 from hearthsync.ids import check_name
@@ -36,6 +36,13 @@ class Situation:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ms", int(self.at.timestamp() * 1000))
+
+    def without(self, forgotten: Iterable[str]) -> Situation:
+        """This situation with no forgotten user present: a forgotten id names nobody (a
+        returning person gets a new one), so another user's "when bob is present" must not
+        apply for it (found in review)."""
+        gone = self.present.intersection(forgotten)
+        return replace(self, present=self.present - gone) if gone else self
 
     @property
     def weekend(self) -> bool:
