@@ -46,7 +46,7 @@ from typing import Any, Literal
 import aiosqlite
 
 from hearthsync.compression import CODEC_ZSTD, compress, decompress
-from hearthsync.errors import ClosedError, DecryptionError, StoreError
+from hearthsync.errors import ClosedError, StoreError
 
 FORMAT_VERSION = "2"
 #: what upgrades a file of the format before it to this one
@@ -106,19 +106,15 @@ class StoredDoc:
     stored_snapshot: tuple[int, bytes] | None
     stored_updates: list[tuple[int, bytes]]
     #: what is wrong with its rows, if they are damaged (a value of the wrong type): the
-    #: document is then corrupt, and the others load
+    #: document is then corrupt, and the others load (`DocumentSet._load_one`)
     damage: str | None = None
 
     def snapshot(self) -> bytes | None:
-        if self.damage is not None:
-            raise DecryptionError(self.damage)
         if self.stored_snapshot is None:
             return None
         return decompress(*self.stored_snapshot)
 
     def updates(self) -> list[bytes]:
-        if self.damage is not None:
-            raise DecryptionError(self.damage)
         return [decompress(codec, data) for codec, data in self.stored_updates]
 
 
