@@ -642,7 +642,7 @@ def chaos(
 
 def _check_writable(path: Path) -> None:
     """Refuse ``--json PATH`` before a run if it could not be written after it."""
-    folder = path.parent if str(path.parent) else Path(".")
+    folder = path.parent
     if path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
         raise typer.BadParameter(f"cannot write {path}", param_hint="--json")
     if path.exists() and not os.access(path, os.W_OK):

@@ -1268,6 +1268,11 @@ class Peer:
         """The valid tombstones of the household, by user."""
         return self._forgetting.tombstones()
 
+    def forgotten_users(self) -> frozenset[str]:
+        """The ids of the users forgotten here: `forgotten`'s keys, kept between changes of
+        the household (it checks every tombstone's signature at each call)."""
+        return self._forgotten_users()
+
     def keys_changed(self) -> None:
         """Another robot granted keys: keep them with this device's credentials."""
         if self.household is not None:

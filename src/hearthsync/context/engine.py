@@ -146,7 +146,7 @@ class ContextEngine:
         if not isinstance(policy, HouseholdPolicy):
             raise ValidationError("policy must be a HouseholdPolicy", field="policy")
         grant = policy.tasks.grant(task)
-        now = situation(user, time, location, present).without(self.peer.forgotten())
+        now = situation(user, time, location, present).without(self.peer.forgotten_users())
         window = window_ms(history_window)
         users = self.peer.users()
         self.views.keep(users)

@@ -76,7 +76,7 @@ def _resolved(
     domain = key_domain(key)
     if not policy.tasks.visible(domain, EXPLAIN_SCOPES):
         raise ScopeDeniedError(policy.tasks.sensitive[domain], "explain")
-    now = situation(user, time, location, present).without(engine.peer.forgotten())
+    now = situation(user, time, location, present).without(engine.peer.forgotten_users())
     reader = ScopedReader(engine.peer, "explain", EXPLAIN_SCOPES)
     candidates = engine.views.preferences(reader, user).by_key.get(key, ())
     first = resolve(key, candidates, now)

@@ -10,7 +10,8 @@ and `hearthsync.context.scopes.ScopedReader` refuses any call whose scope the ta
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any, Protocol
 
 from hearthsync.model.records import (
@@ -50,8 +51,8 @@ class PeerReader(Protocol):
 
     def users(self) -> Sequence[str]: ...
 
-    def forgotten(self) -> Mapping[str, Any]:
-        """The users forgotten here (by id), whose ids name nobody any more."""
+    def forgotten_users(self) -> AbstractSet[str]:
+        """The ids of the users forgotten here, which name nobody any more."""
         ...
 
     # scope core

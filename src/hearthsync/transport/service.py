@@ -110,7 +110,7 @@ class SyncService:
         self.links: dict[str, Link] = {}
         self._changed = asyncio.Condition()
         self._closing = False
-        self._opening: set[object] = set()  #: accepted connections not yet authenticated
+        self._opening: set[Connection] = set()  #: accepted connections not yet authenticated
         #: shared by every link: a delta sent to several peers is sealed once (SPEC §4)
         self._sealer = Sealer()
 
