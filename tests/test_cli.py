@@ -100,7 +100,8 @@ def test_ordinary_mistakes_are_one_error_line_and_leave_nothing_behind(tmp_path:
                          "--device", "j")  # fmt: skip
     assert unreachable.returncode == 1
     assert "could not reach the inviter" in unreachable.stderr
-    assert not (tmp_path / "j").exists()  # a retry starts afresh
+    # no half-made peer: only the key it sent, which a retry with this code sends again
+    assert [p.name for p in (tmp_path / "j").iterdir()] == ["join.pending"]
     a_file = tmp_path / "a-file"
     a_file.write_text("not a folder")
     made = hearth("init", str(a_file), "--household", "H", "--device", "x")

@@ -14,6 +14,7 @@ from hearthsync import Peer, enrolment
 from hearthsync.crypto import pairing
 from hearthsync.crypto.identity import DeviceIdentity
 from hearthsync.crypto.pairing import PairingError, join_request, open_join_response
+from hearthsync.errors import StoreError
 from hearthsync.transport.service import JOIN_PATH, SyncService
 from tests.test_forgetting import enrol_household
 
@@ -165,6 +166,62 @@ async def test_a_robot_whose_answer_was_lost_joins_again_with_the_same_code(
             assert enrolment.load(guest_dir) is None
             # answering again wrote nothing: the code is spent, the kitchen certified once
             assert (owner_dir / enrolment.CREDENTIALS_FILE).read_bytes() == spent
+
+
+def test_a_failed_join_keeps_only_its_key_and_sends_it_again_with_the_same_code(
+    tmp_path: Path,
+) -> None:
+    """What ``hearth join`` leaves after a failure (the process test is in test_household):
+    the key it sent, pending, owner-only, for that code only; nothing else of a peer."""
+    hall = tmp_path / "hall"
+    code = pairing.Invite(bytes(range(16)), "127.0.0.1", 9).code
+    sent = _a_join_that_fails(hall, code)
+    pending = hall / enrolment.PENDING_JOIN_FILE
+    assert [p.name for p in hall.iterdir()] == [enrolment.PENDING_JOIN_FILE]
+    assert pending.stat().st_mode & 0o777 == 0o600
+    assert bytes(range(16)) not in pending.read_bytes()  # a digest of the code, not the code
+    with enrolment.pending_join(hall, code):
+        assert not pending.exists()
+        assert DeviceIdentity.load_or_create(hall).device_id == sent.device_id
+    assert not pending.exists()  # joined: nothing pending
+
+    garden = tmp_path / "garden"
+    sent = _a_join_that_fails(garden, code)
+    another = pairing.Invite(bytes(16), "127.0.0.1", 9).code
+    with enrolment.pending_join(garden, another):
+        # that key may be certified already: an invite certifies only keys nobody knows
+        assert list(garden.iterdir()) == []
+        assert DeviceIdentity.load_or_create(garden).device_id != sent.device_id
+
+    mine = tmp_path / "mine"  # a folder the join did not make is left as it was
+    mine.mkdir()
+    (mine / "notes").write_text("mine")
+    _a_join_that_fails(mine, code)
+    assert sorted(p.name for p in mine.iterdir()) == ["device.key", "hearth.db", "notes", "vectors"]
+
+    shared = tmp_path / "shared"
+    _a_join_that_fails(shared, code)
+    (shared / enrolment.PENDING_JOIN_FILE).chmod(0o644)
+    joining = enrolment.pending_join(shared, code)
+    with pytest.raises(StoreError, match="readable by others"), joining:
+        pass
+
+
+def _a_join_that_fails(folder: Path, code: str) -> DeviceIdentity:
+    """What ``hearth join`` makes in ``folder`` before the inviter's answer never comes."""
+    made: list[DeviceIdentity] = []
+
+    def attempt() -> None:
+        with enrolment.pending_join(folder, code):
+            folder.mkdir(mode=0o700, exist_ok=True)
+            made.append(DeviceIdentity.load_or_create(folder))
+            (folder / "hearth.db").write_bytes(b"a half-made store")
+            (folder / "vectors").mkdir(exist_ok=True)
+            raise PairingError("could not reach the inviter")
+
+    with pytest.raises(PairingError, match="could not reach"):
+        attempt()
+    return made[0]
 
 
 def test_a_spent_code_answers_again_only_its_own_unrevoked_device_until_it_expires(

@@ -19,6 +19,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
+
+from hearthsync.transport.service import JOIN_PATH
 
 BIN = Path(sys.executable).parent
 HEARTH = shutil.which("hearth", path=str(BIN))
@@ -27,12 +31,16 @@ ENV = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "NO_PROXY": 
 
 
 def hearth(*args: str) -> str:
-    assert HEARTH, "the hearth console script is not installed beside this python"
-    done = subprocess.run(
-        [HEARTH, *args], capture_output=True, text=True, timeout=60, env=ENV, check=False
-    )
+    done = run_hearth(*args)
     assert done.returncode == 0, done.stderr + done.stdout
     return done.stdout
+
+
+def run_hearth(*args: str) -> subprocess.CompletedProcess[str]:
+    assert HEARTH, "the hearth console script is not installed beside this python"
+    return subprocess.run(
+        [HEARTH, *args], capture_output=True, text=True, timeout=60, env=ENV, check=False
+    )
 
 
 class Robot:
@@ -271,6 +279,55 @@ async def test_hearth_run_serves_the_http_api_on_loopback_with_its_token(
         hearth, "context", str(household[0]), "alice", "--task", "general_assistant", "--json"
     )
     assert json.loads(printed)["context"]["preferences"][0]["value"] == "oat latte"
+
+
+async def test_hearth_join_again_after_its_answer_was_lost_joins_with_the_key_it_sent(
+    household: list[Path], robots: list[Robot]
+) -> None:
+    """Found in review: the inviter answers the same code and key again, but ``hearth join``
+    removed the folder it had made when the answer was lost, its device key with it; the
+    retry sent a new key and was refused ("no open invite matches") until a new invite."""
+    alpha = await Robot.start(household[0], "--no-mdns")
+    robots.append(alpha)
+    out = hearth("invite", str(alpha.path), "--scopes", "core")
+    code = next(line.split()[1] for line in out.splitlines() if line.startswith("CODE "))
+    beta = household[1]
+    answers: list[str | bytes] = []
+    answered = asyncio.Event()
+
+    async def lose_the_answer(joiner: ServerConnection) -> None:
+        request = await joiner.recv()
+        async with connect(f"ws://127.0.0.1:{alpha.port}{JOIN_PATH}", proxy=None) as inviter:
+            await inviter.send(request)
+            answers.append(await inviter.recv())
+        answered.set()
+        joiner.transport.abort()  # the link drops: the answer is lost on its way to beta
+
+    async with serve(lose_the_answer, "127.0.0.1", 0) as proxy:
+        port = next(iter(proxy.sockets)).getsockname()[1]
+        lost = await asyncio.to_thread(
+            run_hearth, "join", str(beta), code, "--device", "beta", "--peer", f"127.0.0.1:{port}"
+        )
+        await asyncio.wait_for(answered.wait(), TIMEOUT)
+    assert answers[0][:1] == b"\x93", answers  # the inviter certified beta and answered
+    assert lost.returncode == 1
+    assert "could not reach the inviter" in lost.stderr
+    left = sorted(p.name for p in beta.iterdir()) if beta.exists() else []
+    mode = (beta / "join.pending").stat().st_mode & 0o777 if left == ["join.pending"] else None
+    status = await asyncio.to_thread(run_hearth, "status", str(beta))
+
+    joined = await asyncio.to_thread(run_hearth, "join", str(beta), code, "--device", "beta")
+    assert joined.returncode == 0, joined.stderr
+    # a failed join left no half-made robot: only its key, pending, owner-only as key files are
+    assert left == ["join.pending"]
+    assert mode == 0o600
+    assert "no hearthsync peer" in status.stderr
+    assert not (beta / "join.pending").exists()
+    robot = await Robot.start(beta, "--no-mdns", "--peer", f"127.0.0.1:{alpha.port}")
+    robots.append(robot)
+    assert (await robot.ask(f"waitpeers 1 {TIMEOUT}")).startswith("PEERS")
+    for said in (lost, status, joined):
+        assert "Traceback" not in said.stderr + said.stdout
 
 
 def test_a_sync_port_in_use_is_a_short_error_naming_it(household: list[Path]) -> None:

@@ -228,14 +228,11 @@ def join(
     device: Annotated[str, typer.Option(help="this robot's name")],
     peer: Annotated[str | None, typer.Option("--peer", help="HOST:PORT, if not the code's")] = None,
 ) -> None:
-    """Enrol this robot in a household with an invite code."""
-    import shutil
+    """Enrol this robot in a household with an invite code.
 
+    A failed join keeps only the key it sent (PATH/join.pending): retry with the same code.
+    """
     from hearthsync import enrolment
-    from hearthsync.crypto.pairing import Invite
-
-    Invite.parse(code)  # a mistyped code is refused before anything is made
-    new = not path.exists() or not any(path.iterdir())
 
     async def go() -> None:
         async with Peer.open(path, device=device) as opened:
@@ -251,14 +248,11 @@ def join(
                 f"{device} joined household {state.household.name} ({state.household.id})"
             )
 
-    try:
+    # a mistyped code is refused before anything is made; a join that failed (the inviter
+    # unreachable, its answer lost) leaves no half-made peer, only the key it sent, which a
+    # retry with the same code sends again
+    with enrolment.pending_join(path, code):
         asyncio.run(go())
-    except BaseException:
-        # a join that failed (the inviter unreachable, the code spent) leaves no half-made
-        # peer behind, which a retry with another device name would find is not its own
-        if new and path.exists():
-            shutil.rmtree(path)
-        raise
 
 
 @app.command()

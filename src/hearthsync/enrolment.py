@@ -3,7 +3,7 @@
 Everything a device needs to take part in sync (the household, its certificate, the
 certificates it trusts, the revocation list, its keys, and its invites, open or spent, until
 they expire) lives in one file beside the store, ``household.key``, created with mode 0600 and
-replaced atomically.
+replaced atomically.  A join that failed leaves only ``join.pending`` (`pending_join`).
 The cryptography is in `hearthsync.crypto` (sans I/O); this module reads and writes the file
 and speaks the two messages of the join exchange over a websocket.
 """
@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ from websockets.asyncio.client import connect
 
 from hearthsync.crypto.certificate import Certificate, Revocations, TrustStore
 from hearthsync.crypto.household import Household
-from hearthsync.crypto.identity import DeviceIdentity, device_id_of
+from hearthsync.crypto.identity import KEY_FILE, DeviceIdentity, device_id_of
 from hearthsync.crypto.keyring import Keyring, export_secret_keys, import_secret_keys
 from hearthsync.crypto.pairing import (
     NO_OPEN_INVITE,
@@ -51,6 +53,8 @@ from hearthsync.hlc import ClockHints
 from hearthsync.transport.service import JOIN_PATH, Credentials
 
 CREDENTIALS_FILE = "household.key"
+#: the device key of a join that failed, kept for a retry with the same code (`pending_join`)
+PENDING_JOIN_FILE = "join.pending"
 SCOPES = ("core", "health", "history", "household", "spatial")
 CERT_YEARS = 10
 #: certificates start this long before they are issued: robots' clocks drift (some have no RTC),
@@ -444,3 +448,80 @@ async def join(
     if isinstance(answer, str) or not answer.startswith(b"\x93"):
         raise PairingError(f"the inviter refused: {answer!r:.200}")
     return adopt(folder, identity, open_join_response(answer, invite.secret, identity), now)
+
+
+# ---------------------------------------------------------------------- a join that failed
+
+
+@contextlib.contextmanager
+def pending_join(folder: Path, code: str) -> Iterator[None]:
+    """Around a join into ``folder`` (``hearth join``: open the peer there, then `join`).
+
+    A join into a folder it makes (absent, empty, or left by a failed join) that fails
+    leaves no half-made peer, which `hearth run` or a retry could take for a robot: only the
+    device key it sent, in ``join.pending`` (mode 0600, as every key file) with a digest of
+    the code's secret.  The next join into the folder with the same code sends that key
+    again: the inviter may have certified it and lost its answer, and answers that key
+    again, never another (`enrol`).  A join with another code drops it (an invite certifies
+    only a key the household does not know), and one that succeeds leaves no pending file.
+    """
+    tag = _pending_tag(Invite.parse(code))
+    pending = folder / PENDING_JOIN_FILE
+    made = not folder.exists() or all(p.name == PENDING_JOIN_FILE for p in folder.iterdir())
+    if made and pending.exists():
+        seed = _pending_seed(pending, tag)
+        if seed is not None:
+            DeviceIdentity.load_or_create(folder, seed)
+        pending.unlink()
+    try:
+        yield
+    except BaseException:
+        if made and folder.exists():
+            _keep_only_the_key(folder, tag)
+        raise
+    pending.unlink(missing_ok=True)  # left by a crash between putting the key back and here
+
+
+def _pending_tag(invite: Invite) -> bytes:
+    """Which invite a pending key was sent with: its digest, so the file holds no code."""
+    return hashlib.blake2b(invite.secret, digest_size=16, person=b"hearth-pending1").digest()
+
+
+def _pending_seed(path: Path, tag: bytes) -> bytes | None:
+    """The key kept in ``path`` if it was sent with the invite of ``tag``."""
+    if path.stat().st_mode & 0o077:
+        raise StoreError(f"{path} is readable by others; run: chmod 600 {path}")
+    try:
+        _, kept, seed = unpack_array(
+            path.read_bytes(), what=PENDING_JOIN_FILE, length=3, max_bytes=1024, error=CryptoError
+        )
+    except CryptoError:
+        seed = None
+    if not isinstance(seed, bytes) or len(seed) != 32:
+        raise StoreError(f"{path} is not a pending join; remove it to join with a new key")
+    return seed if kept == tag else None
+
+
+def _keep_only_the_key(folder: Path, tag: bytes) -> None:
+    """Keep the device key as pending for the invite of ``tag``, and remove everything else
+    (all of the folder if no key was made)."""
+    key = folder / KEY_FILE
+    seed = key.read_bytes() if key.is_file() else b""
+    if len(seed) != 32:
+        shutil.rmtree(folder)
+        return
+    # written whole before anything else goes: a crash never leaves the folder without its key
+    partial = folder / f".{PENDING_JOIN_FILE}.{os.getpid()}.tmp"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pack([1, tag, seed]))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, folder / PENDING_JOIN_FILE)
+    for entry in folder.iterdir():
+        if entry.name == PENDING_JOIN_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
