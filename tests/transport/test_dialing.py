@@ -1,5 +1,6 @@
-"""Dial loops follow discovery: one per robot found, moved when it moves, ended when it says
-goodbye; static peers are dialed for good.  Real zeroconf and websockets on loopback."""
+"""Dial loops follow discovery: one per robot found, trying where it moved (a forged record
+cannot lead one away from it), ended when it says goodbye; static peers are dialed for good.
+Real zeroconf and websockets on loopback."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from zeroconf import IPVersion
+from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 from hearthsync import Peer
 from hearthsync.bench.household import BenchHome
-from hearthsync.discovery import Discovery, PeerEvent, PeerLost, PeerView
+from hearthsync.discovery import Discovery, PeerEvent, PeerFound, PeerLost, PeerView
+from hearthsync.discovery.mdns import TXT_VERSION
 from hearthsync.runner import _on_discovered
 from hearthsync.transport.service import SyncService
 
@@ -193,3 +197,82 @@ async def test_a_handshake_that_fails_backs_off_as_a_refused_dial_does(
             await enough.wait()
         hub.stop_dialing("Z" * 52)
     assert delays[:5] == [0.2, 0.4, 0.8, 1.6, 3.2]
+
+
+async def test_a_forged_mdns_record_does_not_keep_a_dial_loop_from_the_real_robot(
+    robots: tuple[Peer, Peer], tmp_path: Path
+) -> None:
+    """Anyone on the LAN can announce a record under a robot's device id and their own
+    address.  The loop followed it and dialed only there, failing every handshake, until the
+    real robot announced itself again (here: never).  Now the address where the robot proved
+    itself is still dialed, every other attempt."""
+    big, small = robots
+    home = BenchHome(users=("alice",))
+    service_type = f"_h{secrets.token_hex(4)}._tcp.local."
+    forged_seen = asyncio.Event()
+
+    def on_event(event: PeerEvent) -> None:
+        _on_discovered(big, hub, event)
+        if event == PeerFound(small.device_id, "127.0.0.1", impostor.port):
+            forged_seen.set()
+
+    async with (
+        Peer.open(tmp_path / "r3", device="r3") as stranger,
+        # the attacker's robot: it answers, and fails every handshake (another household)
+        SyncService(stranger, BenchHome(seed=6).enrol(stranger)) as impostor,
+        SyncService(big, home.enrol(big)) as hub,
+        SyncService(small, home.enrol(small)) as edge,
+        Discovery(
+            big.device_id, hub.port, TAG, interfaces=["127.0.0.1"], service_type=service_type,
+            on_event=on_event,
+        ),
+        Discovery(
+            small.device_id, edge.port, TAG, interfaces=["127.0.0.1"], service_type=service_type,
+            reannounce_s=None,
+        ),
+        AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only) as attacker,
+    ):  # fmt: skip
+        async with asyncio.timeout(TIMEOUT):
+            await hub.wait_for_peers({small.device_id})
+        real = hub.links[small.device_id]
+        forged = AsyncServiceInfo(
+            service_type, f"{small.device_id}.{service_type}", port=impostor.port,
+            properties={"tag": TAG, "id": small.device_id, "v": TXT_VERSION},
+            server=f"{small.device_id}.local.", parsed_addresses=["127.0.0.1"],
+        )  # fmt: skip
+        await (await attacker.async_register_service(forged, cooperating_responders=True))
+        async with asyncio.timeout(TIMEOUT):
+            await forged_seen.wait()
+        real.close("heartbeats stopped")  # the link ends: the loop dials again
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                await hub.wait_until(lambda: hub.links.get(small.device_id) not in (None, real))
+        except TimeoutError:
+            pytest.fail(f"the real robot was not dialed again; dialing {hub.dialing()}")
+
+
+async def test_a_loop_that_reaches_another_robot_of_the_household_drops_that_link(
+    robots: tuple[Peer, Peer], tmp_path: Path
+) -> None:
+    """A forged record may name a robot and the address of another robot of the household,
+    whose handshake succeeds.  The loop kept that link as its own until it ended, and never
+    dialed the robot it was for; the link is closed now, and the address takes its turn."""
+    big, small = robots
+    home = BenchHome(users=("alice",))
+    view = PeerView()
+    view.subscribe(lambda event: _on_discovered(big, hub, event))
+    async with (
+        Peer.open(tmp_path / "r3", device="r3") as third,
+        SyncService(third, home.enrol(third)) as other,
+        SyncService(big, home.enrol(big)) as hub,
+        SyncService(small, home.enrol(small)) as edge,
+    ):
+        view.found(small.device_id, "127.0.0.1", edge.port)
+        view.found(small.device_id, "127.0.0.1", other.port)  # forged, before the first dial
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                await hub.wait_for_peers({small.device_id})
+        except TimeoutError:
+            pytest.fail(f"the robot was never dialed; links to {set(hub.links)}")
+        assert third.device_id not in hub.links
+        assert hub.dialing() == {small.device_id: ("127.0.0.1", edge.port)}

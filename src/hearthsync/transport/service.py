@@ -9,9 +9,10 @@ without another message.
 
 Each address is dialed by one loop that reconnects for as long as it is wanted: a static peer's
 for the life of the service, a discovered peer's (keyed by its device id) until `stop_dialing`.
-Dialing a discovered device again only moves its loop to the new address: before, every
-rediscovery started another loop, and after a few restarts of a robot all of them redialed it
-at once, each paying a handshake to be closed as a duplicate, for the life of the process.
+Dialing a discovered device again only gives its loop one more address to try (`Addresses`):
+before, every rediscovery started another loop, and after a few restarts of a robot all of them
+redialed it at once, each paying a handshake to be closed as a duplicate, for the life of the
+process.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from hearthsync.protocol.session import (
     Sealer,
     Session,
 )
+from hearthsync.transport.addresses import Addresses
 from hearthsync.transport.link import Link, SyncTarget
 
 log = logging.getLogger(__name__)
@@ -61,10 +63,11 @@ JOIN_PATH = "/join"
 
 @dataclass(slots=True)
 class _Dial:
-    """One dial loop: where it connects next, and whether it should go on once a link ends."""
+    """One dial loop: the device it must reach (None: a static address, whoever answers), where
+    it may be, and whether the loop should go on once a link ends."""
 
-    host: str
-    port: int
+    device: str | None
+    addresses: Addresses
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     wanted: bool = True
 
@@ -151,14 +154,16 @@ class SyncService:
         """Keep a connection to ``host:port``, reconnecting with backoff and jitter.
 
         At most one loop dials a ``device`` (a peer found by discovery) or, without one, an
-        address: dialing it again only makes the loop connect to ``host:port`` from its next
-        attempt on (the device moved), and keeps a loop that `stop_dialing` was winding down."""
+        address: dialing it again adds ``host:port`` to the addresses the loop tries (the device
+        moved, or someone claims it did: see `Addresses`), and keeps a loop that `stop_dialing`
+        was winding down.  A link that authenticates another device than ``device`` is closed."""
         key = device if device is not None else f"{host}:{port}"
         dial = self._dials.get(key)
         if dial is not None:
-            dial.host, dial.port, dial.wanted = host, port, True
+            dial.addresses.heard((host, port))
+            dial.wanted = True
             return
-        dial = self._dials[key] = _Dial(host, port)
+        dial = self._dials[key] = _Dial(device, Addresses((host, port)))
         dial.task = self._spawn(self._dial_forever(key, dial), f"hearthsync-dial-{key}")
 
     def stop_dialing(self, device: str) -> None:
@@ -176,7 +181,7 @@ class SyncService:
 
     def dialing(self) -> dict[str, tuple[str, int]]:
         """Where each dial loop connects next, by device id (discovered) or ``host:port``."""
-        return {key: (d.host, d.port) for key, d in self._dials.items() if d.wanted}
+        return {key: d.addresses.next() for key, d in self._dials.items() if d.wanted}
 
     async def wait_for_links(self, count: int) -> None:
         """Wait until at least ``count`` peers have authenticated links."""
@@ -262,9 +267,10 @@ class SyncService:
     async def _redial(self, dial: _Dial) -> None:
         delay = FIRST_RETRY_S
         while not self._closing and dial.wanted:
-            host, port = dial.host, dial.port
+            host, port = address = dial.addresses.next()
             uri = f"ws://{host}:{port}/" if ":" not in host else f"ws://[{host}]:{port}/"
             peer: str | None = None
+            proved = False
             if self._paused:
                 async with self._changed:
                     await self._changed.wait_for(lambda: not self._paused or self._closing)
@@ -274,17 +280,23 @@ class SyncService:
                     uri, proxy=None, max_size=MAX_FRAME_LEN, compression=None,
                     ping_interval=None, open_timeout=OPEN_TIMEOUT_S,
                 ) as websocket:  # fmt: skip
-                    peer, authenticated = await self._run(websocket, dialed=True)
-                    if authenticated:  # a handshake that fails (this robot's own port, a
-                        # revoked peer, another household's) backs off as a refused dial does
+                    peer, authenticated = await self._run(
+                        websocket, dialed=True, device=dial.device
+                    )
+                    # a handshake that fails (this robot's own port, a revoked peer, another
+                    # household's, another device) backs off as a refused dial does
+                    proved = authenticated and dial.device in (None, peer)
+                    if proved:
                         delay = FIRST_RETRY_S
             except (OSError, InvalidHandshake, InvalidURI, TimeoutError, ConnectionClosed) as exc:
                 log.debug("dialing %s failed: %s", uri, exc)
             except Exception:  # a bug must not end the loop: that pair would stay cut for good
                 log.exception("the link dialed to %s failed", uri)
-            if peer is not None and peer in self.links:  # kept the other link: wait for its end
-                # (whichever link that is by then: an event per link, replaced when a newer
-                # link took the place, was never set, and this loop never dialed again)
+            dial.addresses.tried(address, proved=proved)
+            if proved and peer is not None and peer in self.links:
+                # kept the other link: wait for its end (whichever link that is by then: an
+                # event per link, replaced when a newer link took the place, was never set,
+                # and this loop never dialed again)
                 await self.wait_until(partial(self._ended, peer))
             if not dial.wanted:
                 return
@@ -298,9 +310,12 @@ class SyncService:
     def _ended(self, peer: str) -> bool:
         return peer not in self.links or self._closing
 
-    async def _run(self, websocket: Connection, *, dialed: bool) -> tuple[str | None, bool]:
+    async def _run(
+        self, websocket: Connection, *, dialed: bool, device: str | None = None
+    ) -> tuple[str | None, bool]:
         """Run a link on ``websocket`` to its end; return the peer's device id (None before
-        its HELLO) and whether the handshake completed."""
+        its HELLO) and whether the handshake completed.  A link dialed to reach ``device``
+        that authenticates another one is closed before it counts."""
         creds = self.credentials
         session = Session(
             creds.identity, creds.certificate.to_wire(), creds.trust, creds.keyring,
@@ -308,7 +323,8 @@ class SyncService:
             sealer=self._sealer,
         )  # fmt: skip
         link = Link(
-            websocket, session, self.target, dialed=dialed, on_event=self._on_event,
+            websocket, session, self.target, dialed=dialed,
+            on_event=partial(self._on_event, device=device),
             wall=self._clock, send_timeout=self._send_timeout,
         )  # fmt: skip
         if self._paused:  # paused while this connection was being opened
@@ -320,9 +336,12 @@ class SyncService:
             await self._unregister(link)
         return link.peer_id, link.authenticated
 
-    def _on_event(self, link: Link, event: Event) -> None:
+    def _on_event(self, link: Link, event: Event, *, device: str | None = None) -> None:
         if isinstance(event, PeerAuthenticated):
             self._opening.discard(link.websocket)
+            if device not in (None, event.device_id):  # a record naming one robot, another's
+                link.close("not the device dialed")  # address: that robot has its own loop
+                return
             self._register(link, event.device_id)
         elif isinstance(event, NeighboursChanged):
             self._notify()
