@@ -3,9 +3,11 @@ catching deliberately broken builds (so a green run means something)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shlex
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from typer.testing import CliRunner
 from hearthsync import chaos
 from hearthsync.chaos import FAULT_KINDS, Outcome, Scenario, make_plan, run_schedule
 from hearthsync.chaos.harness import problems
+from hearthsync.chaos.sim import new_loop
 from hearthsync.cli import app
 from hearthsync.store.sqlite import SqliteStore
 
@@ -225,3 +228,21 @@ def test_a_schedule_that_crashes_is_a_failure_with_its_seed_not_the_end_of_the_r
     assert [failure.seed for failure in report.failures] == [40, 41]
     crash = "PanicException: called `Option::unwrap()`"
     assert any(crash in problem for problem in report.failures[0].problems)
+
+
+def test_the_simulations_loop_still_waits_for_timers_and_threads() -> None:
+    """`new_loop` skips the selector's system call on turns that must not wait; a turn that
+    has to wait still polls, so a timer fires and a thread's hand-back wakes the loop."""
+
+    async def main() -> tuple[str, bool]:
+        loop = asyncio.get_running_loop()
+        handed: asyncio.Future[str] = loop.create_future()
+        timer: asyncio.Future[bool] = loop.create_future()
+        loop.call_later(0.05, timer.set_result, True)
+        threading.Thread(
+            target=lambda: loop.call_soon_threadsafe(handed.set_result, "from a thread")
+        ).start()
+        return await asyncio.wait_for(handed, 10), await asyncio.wait_for(timer, 10)
+
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        assert runner.run(main()) == ("from a thread", True)

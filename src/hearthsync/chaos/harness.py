@@ -35,7 +35,7 @@ from hearthsync.chaos.plan import (
     Scenario,
     make_plan,
 )
-from hearthsync.chaos.sim import Outcome, simulate
+from hearthsync.chaos.sim import Outcome, new_loop, simulate
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +181,8 @@ def _simulate(plan: Plan) -> Outcome:
     run: a Rust panic inside pycrdt reaches Python as a ``BaseException`` (and would not even
     pickle back from a worker process)."""
     try:
-        return asyncio.run(simulate(plan))
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            return runner.run(simulate(plan))
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:

@@ -50,6 +50,7 @@ import hashlib
 import heapq
 import logging
 import random
+import selectors
 import shutil
 import tempfile
 import time
@@ -979,6 +980,27 @@ def _merged(first: Findings, again: Findings) -> Findings:
 
 def _timed(outcome: Outcome, elapsed: float) -> Outcome:
     return replace(outcome, elapsed_s=elapsed)
+
+
+class _Unpolled(selectors.DefaultSelector):
+    """A selector that skips the system call when asked not to wait.
+
+    An asyncio loop polls its selector once per turn, with a zero timeout while callbacks are
+    ready; a simulation takes several turns per event (every ``await asyncio.sleep(0)`` of a
+    writer or a commit) and has no socket to poll, so those polls were about a twentieth of
+    a schedule.  A turn that would wait (nothing ready) still polls, so the loop's own wake-up
+    pipe (a signal, a thread handing back work) is read as before.
+    """
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout is not None and timeout <= 0:
+            return []
+        return super().select(timeout)
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    """An event loop made for simulations (`_Unpolled`): ``asyncio.Runner(loop_factory=...)``."""
+    return asyncio.SelectorEventLoop(_Unpolled())
 
 
 async def simulate(plan: Plan, folder: Path | None = None) -> Outcome:
