@@ -202,6 +202,26 @@ async def test_a_user_added_after_enrolment_reaches_every_robot_with_their_keys(
     assert await beta.ask("get bob tea/mug") == 'VALUE bob tea/mug "blue"'
 
 
+async def test_a_user_added_on_a_member_robot_reaches_every_robot(
+    household: list[Path], robots: list[Robot]
+) -> None:
+    """Only the owner and admins make data keys: dave, added on beta (a member), had none, and
+    what beta wrote of him stayed on beta, acknowledged and silent (found by a new user).  The
+    owner makes his keys when it hears of him and grants them."""
+    alpha = await Robot.start(household[0], "--no-mdns")
+    robots.append(alpha)
+    await enrol(alpha, household[1])
+    beta = await Robot.start(household[1], "--no-mdns", "--peer", f"127.0.0.1:{alpha.port}")
+    robots.append(beta)
+    assert (await beta.ask(f"waitpeers 1 {TIMEOUT}")).startswith("PEERS")
+    assert await beta.ask("user dave Dave") == "ACK user dave"
+    assert await beta.ask("pref dave tea/mug mint") == "ACK pref dave tea/mug mint"
+    assert await alpha.ask(f"wait dave tea/mug {TIMEOUT}") == "OK dave tea/mug"
+    assert await alpha.ask("get dave tea/mug") == 'VALUE dave tea/mug "mint"'
+    assert await alpha.ask("pref dave tea/milk oat") == "ACK pref dave tea/milk oat"
+    assert await beta.ask(f"wait dave tea/milk {TIMEOUT}") == "OK dave tea/milk"
+
+
 async def test_a_revoked_robot_is_dropped_refused_and_left_behind(
     household: list[Path], robots: list[Robot]
 ) -> None:

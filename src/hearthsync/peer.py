@@ -23,7 +23,6 @@ import datetime as dt
 import functools
 import hashlib
 import logging
-import os
 import random
 import time
 from bisect import bisect_left
@@ -306,6 +305,7 @@ class Peer:
             await peer._forgetting.resume(wait=auto_commit)
             for user in peer.users():
                 await vectors.open_index(user, HISTORY)
+            peer._key_new_users()  # users registered elsewhere before a crash let it make them
             peer._index_later()  # what the indexes caught up with is staged
         except BaseException:
             await peer.close()  # never a store left open (its thread would outlive the process)
@@ -544,6 +544,41 @@ class Peer:
 
     def _forget_users(self, _: object) -> None:
         self._users = None
+        # reading the users waits for the transaction to end
+        asyncio.get_running_loop().call_soon(self._key_new_users)
+
+    def _key_new_users(self) -> None:
+        """The owner makes the data keys of users another robot registered.
+
+        Only an owner or admin robot makes data keys, so a user added on a member robot
+        had none: their documents could not be sealed and stayed on that robot, silently,
+        until someone added them again on an admin (found by a new user following the
+        tutorial).  The owner makes them when it hears of the user, and grants them to every
+        robot it is linked to (`on_keys_made`).  The owner alone, not every admin: two admins
+        making keys for the same user at once would make two keys for one epoch."""
+        state = self.household
+        if state is not None and state.certificate.role == "owner" and not self._closed:
+            # not one whose keys were shredded (a tombstone this robot acted on, which the
+            # users it lists may not reflect yet)
+            self._make_keys(u for u in self._known_users() if not state.keyring.is_forgotten(u))
+
+    def _make_keys(self, users: Iterable[str]) -> None:
+        """Data keys for those of ``users`` that have none (admin robots only), kept with this
+        device's credentials and granted to the linked robots (`on_keys_made`)."""
+        if self.household is None:
+            return
+        made = [
+            u for u in sorted(users) if enrolment.add_user_keys(self.household, u, self._key_bytes)
+        ]
+        if made:
+            enrolment.save(self.path, self.household, int(self._wall()))
+            for listener in self.on_keys_made:
+                listener()
+
+    def _key_bytes(self, n: int) -> bytes:
+        """Key material: the peer's generator (`random.SystemRandom`, the OS's randomness,
+        unless a seeded one was given: a simulation, whose runs must replay bit for bit)."""
+        return self._rng.randbytes(n)
 
     def _settings_changed(self, _: object) -> None:
         self._settings.changed()
@@ -600,12 +635,7 @@ class Peer:
 
         # the user's data keys first (crypto-shredding), so that their documents can be sealed
         # for the other robots as soon as they are written
-        if self.household is not None and enrolment.add_user_keys(
-            self.household, record.user, os.urandom
-        ):
-            enrolment.save(self.path, self.household, int(self._wall()))
-            for listener in self.on_keys_made:
-                listener()
+        self._make_keys([record.user])
         _, written = await asyncio.gather(
             self._docs.write(DocId("household"), register), self._write(doc_id, change)
         )

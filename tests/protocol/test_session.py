@@ -651,6 +651,32 @@ def test_an_envelope_from_an_admin_under_an_unknown_key_asks_for_a_new_session(
     assert kitchen.docs.content("user/alice/prefs") == {"tea/mug": "blue"}
 
 
+def test_a_lost_grant_of_a_new_users_key_is_asked_for_again_by_reconnecting(
+    kitchen: Robot, admin: Robot, home: Home
+) -> None:
+    """An admin grants a new user's keys, then offers their documents; with the grants lost,
+    the kitchen used to keep the offer aside until a grant that never came (found by the
+    chaos harness, seed 20017).  An offer after the first, from a robot that grants every
+    key it holds, now means a grant was lost: the kitchen asks for a new session, which
+    grants it.  The first offer of a session, which comes before its grants, does not."""
+    admin.docs.write("user/alice/prefs", "tea/mug", "blue")
+    a, b = connect(admin, kitchen)
+    assert b[1].state is State.OPEN
+    admin.keyring.create_data_key("carol", "core", home.random_bytes)  # a new user
+    admin.docs.write("user/carol/prefs", "tea/mug", "green")
+    assert a[1].send_grants() > 0  # the grants, then the inventory that names carol's prefs
+    for data in a[1].data_to_send():
+        if not isinstance(f.decode(data), f.KeyGrant):  # the grants are lost
+            b[1].receive_data(data, NOW)
+    assert b[1].closed
+    error = [f.decode(d) for d in b[1].data_to_send()][-1]  # after the ACKs of what it holds
+    assert isinstance(error, f.Error)
+    assert error.code == f.ErrorCode.STALE_KEYS
+    _a2, _b2 = connect(admin, kitchen)  # the new session grants the key; carol's prefs come
+    assert kitchen.docs.content("user/carol/prefs") == {"tea/mug": "green"}
+    assert _b2[1].state is State.OPEN
+
+
 def test_a_device_missing_a_users_new_data_key_seals_under_the_previous_epoch(
     kitchen: Robot, hall: Robot, admin: Robot, home: Home
 ) -> None:

@@ -155,6 +155,11 @@ class Writer:
         else:
             held = {e for (u, s, e) in ring._data_keys if u == user and s == scope}
         self.held_epoch = max(held, default=-1)
+        if not held:
+            # a user registered on a robot that makes no keys: the owner makes them when it
+            # hears of the user, and the write is sealed once they are granted (-1: unknown,
+            # and left out of the revocation check, which needs the writer's epoch)
+            return -1
         return ring.sealing_epoch(scope, user)
 
     async def explained(

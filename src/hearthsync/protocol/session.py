@@ -811,11 +811,15 @@ class Session:
                     self._send(f.Ack(entry.doc_id, self.docs.state_vector(entry.doc_id)))
         # a new inventory asks again for every document that differs, even one requested
         # before: a request or its answer may have been lost (SPEC §6.4, anti-entropy)
-        self._request_missing(entries, again=True)
+        self._request_missing(entries, again=True, granted=self._inventories > 1)
         if not self._requested:
             self._events.append(CaughtUp())
 
-    def _request_missing(self, entries: Sequence[f.InventoryEntry], *, again: bool = False) -> None:
+    def _request_missing(
+        self, entries: Sequence[f.InventoryEntry], *, again: bool = False, granted: bool = False
+    ) -> None:
+        """Ask for the documents of ``entries`` that differ here.  ``granted``: the peer has
+        sent every grant it means to before these entries (an inventory after the first)."""
         for entry in entries:
             self._require_shared(entry.doc_id)
             same = self.docs.digest(entry.doc_id) == entry.sv_hash
@@ -827,6 +831,18 @@ class Session:
                 # may bring the key: keep the entry to ask then, unless its user was forgotten
                 # (SPEC §8: never held again)
                 if not self._forgotten(entry.doc_id):
+                    if granted and self._grants_every_key():
+                        # An owner or admin offers only what it may grant, and grants a key
+                        # before it offers what the key opens (at the session's opening, and
+                        # when it makes keys for a new user): the grant was lost.  Nothing
+                        # would bring it again before the next session (found by the chaos
+                        # harness, seed 20017: a new user's key grant dropped, and that
+                        # user's documents never reached the robot): reconnect for it
+                        self._fail(
+                            f.ErrorCode.STALE_KEYS,
+                            f"no key for {entry.doc_id}: reconnect for the grant",
+                        )
+                        return
                     self._unopened[entry.doc_id] = entry
                     if len(self._unopened) > MAX_UNOPENED:
                         del self._unopened[next(iter(self._unopened))]
@@ -995,6 +1011,11 @@ class Session:
         except MissingKeyError:
             return False
         return True
+
+    def _grants_every_key(self) -> bool:
+        """The peer is an owner or admin: it grants every key of the shared scopes it holds
+        when a session opens (SPEC §6.5)."""
+        return self.peer is not None and self.peer.certificate.role in ("owner", "admin")
 
     def _forgotten(self, doc_id: str) -> bool:
         """``doc_id`` is a document of a user this device has forgotten (SPEC §8)."""
