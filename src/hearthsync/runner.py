@@ -129,8 +129,9 @@ async def _serve(
 
 def _on_discovered(peer: Peer, service: SyncService, event: PeerEvent) -> None:
     """Dial what mDNS finds, one loop per robot (found again: the loop follows its address),
-    and stop dialing a robot that said goodbye.  Static peers are dialed by address, not by
-    device id, so a goodbye does not stop them."""
+    and tell the loop of a robot that said goodbye (anyone can say it in its name: the loop
+    goes on dialing where the robot proved itself, for a while).  Static peers are dialed by
+    address, not by device id, so a goodbye does not stop them."""
     if isinstance(event, PeerLost):
         service.stop_dialing(event.device_id)
     elif peer.device_id > event.device_id:  # only the device with the greater id dials

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hearthsync.transport.addresses import MAX_ADDRESSES, Address, Addresses
+from hearthsync.transport.addresses import GIVE_UP_AFTER, MAX_ADDRESSES, Address, Addresses
 
 REAL: Address = ("10.0.0.2", 8765)
 
@@ -46,3 +46,33 @@ def test_before_any_proof_the_addresses_heard_take_turns_newest_first() -> None:
     assert [attempt(addresses) for _ in range(4)] == [forged, REAL, forged, REAL]
     addresses.heard(REAL)  # it announced itself again
     assert attempt(addresses, proved_at=REAL) == REAL
+
+
+def test_a_lost_device_is_dialed_where_it_proved_itself_until_that_fails_for_a_while() -> None:
+    """A goodbye may be forged: the proven address is still dialed, and only it."""
+    addresses = Addresses(REAL)
+    attempt(addresses, proved_at=REAL)
+    addresses.heard(("10.0.0.66", 8765))
+    assert addresses.lose()
+    assert [attempt(addresses) for _ in range(GIVE_UP_AFTER - 1)] == [REAL] * (GIVE_UP_AFTER - 1)
+    assert not addresses.given_up
+    assert attempt(addresses, proved_at=REAL) == REAL  # it was there: count again from 0
+    for _ in range(GIVE_UP_AFTER):
+        assert not addresses.given_up
+        attempt(addresses)
+    assert addresses.given_up
+
+
+def test_a_lost_device_heard_again_is_not_given_up() -> None:
+    addresses = Addresses(REAL)
+    attempt(addresses, proved_at=REAL)
+    addresses.lose()
+    for _ in range(GIVE_UP_AFTER - 1):
+        attempt(addresses)
+    addresses.heard(REAL)  # it announced itself again
+    attempt(addresses)
+    assert not addresses.given_up
+
+
+def test_a_device_lost_before_it_proved_itself_anywhere_leaves_nothing_to_dial() -> None:
+    assert not Addresses(REAL).lose()

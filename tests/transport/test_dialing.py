@@ -1,6 +1,7 @@
 """Dial loops follow discovery: one per robot found, trying where it moved (a forged record
-cannot lead one away from it), ended when it says goodbye; static peers are dialed for good.
-Real zeroconf and websockets on loopback."""
+cannot lead one away from it), ended once it said goodbye and stopped answering (a forged
+goodbye cannot end one); static peers are dialed for good.  Real zeroconf and websockets on
+loopback."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from hearthsync.bench.household import BenchHome
 from hearthsync.discovery import Discovery, PeerEvent, PeerFound, PeerLost, PeerView
 from hearthsync.discovery.mdns import TXT_VERSION
 from hearthsync.runner import _on_discovered
-from hearthsync.transport.service import SyncService
+from hearthsync.transport.addresses import GIVE_UP_AFTER
+from hearthsync.transport.service import FIRST_RETRY_S, MAX_RETRY_S, SyncService
 
 TAG = "a1b2c3d4e5f60718"
 TIMEOUT = 10.0
@@ -49,15 +51,21 @@ async def ended(tasks: list[asyncio.Task[None]]) -> None:
         assert not pending, f"dial loops still running: {pending}"
 
 
-async def test_a_restarting_robot_is_dialed_by_one_loop_which_its_goodbye_ends(
+async def test_a_restarting_robot_is_dialed_by_one_loop_which_ends_once_it_is_gone(
     robots: tuple[Peer, Peer],
 ) -> None:
     """Each restart of the smaller robot (goodbye, then found again) used to add a dial loop
-    on the greater one, and none of them ever ended."""
+    on the greater one, and none of them ever ended.  After its goodbye, the loop dials where
+    the robot answered until that fails `GIVE_UP_AFTER` times in a row (no backoff here)."""
     big, small = robots
     home = BenchHome(users=("alice",))
     service_type = f"_h{secrets.token_hex(4)}._tcp.local."
     lost = asyncio.Event()
+    refused: list[float] = []
+
+    async def back_off(delay: float) -> None:
+        refused.append(delay)
+        await asyncio.sleep(0)
 
     def on_event(event: PeerEvent) -> None:
         _on_discovered(big, hub, event)
@@ -71,6 +79,7 @@ async def test_a_restarting_robot_is_dialed_by_one_loop_which_its_goodbye_ends(
             on_event=on_event,
         ),
     ):  # fmt: skip
+        hub._back_off = back_off  # type: ignore[method-assign]
         creds = home.enrol(small)
         port = 0  # the same port after the first run, as a restarted robot would have
         for _ in range(3):
@@ -86,14 +95,20 @@ async def test_a_restarting_robot_is_dialed_by_one_loop_which_its_goodbye_ends(
                     assert len(dial_loops()) == 1
                 async with asyncio.timeout(TIMEOUT):  # its goodbye, while the link is up
                     await lost.wait()
-            await ended(dial_loops())  # once the link ended too
+                refused.clear()
+            await ended(dial_loops())  # once the link ended, and dials to it failed
             assert hub.dialing() == {}
+            # the usual backoff before each failed attempt, growing to its maximum
+            assert refused[-GIVE_UP_AFTER:] == [
+                min(FIRST_RETRY_S * 2**i, MAX_RETRY_S) for i in range(GIVE_UP_AFTER)
+            ]
 
 
 async def test_a_robot_found_at_a_new_address_is_dialed_there_by_the_same_loop(
     robots: tuple[Peer, Peer],
 ) -> None:
-    """And a goodbye does not cut a link that works: heartbeats say whether a peer is alive."""
+    """And a goodbye does not cut a link that works (heartbeats say whether a peer is alive),
+    nor stop the loop from dialing where the robot answered once that link ends."""
     big, small = robots
     home = BenchHome(users=("alice",))
     view = PeerView()
@@ -120,12 +135,12 @@ async def test_a_robot_found_at_a_new_address_is_dialed_there_by_the_same_loop(
             link = hub.links[small.device_id]
             assert link.dialed
             view.lost(small.device_id)
-            assert hub.dialing() == {}
+            assert hub.dialing() == {small.device_id: ("127.0.0.1", edge.port)}
             assert hub.links.get(small.device_id) is link
-            assert not loop.done()
-            link.close("gone")  # the link ends: so does the loop
-            await ended([loop])
-            assert small.device_id not in hub.links
+            link.close("gone")  # the link ends: the robot is still there, and dialed again
+            async with asyncio.timeout(TIMEOUT):
+                await hub.wait_until(lambda: hub.links.get(small.device_id) not in (None, link))
+            assert dial_loops() == [loop]
 
 
 async def test_a_goodbye_does_not_stop_dialing_a_static_peer(robots: tuple[Peer, Peer]) -> None:
@@ -276,3 +291,58 @@ async def test_a_loop_that_reaches_another_robot_of_the_household_drops_that_lin
             pytest.fail(f"the robot was never dialed; links to {set(hub.links)}")
         assert third.device_id not in hub.links
         assert hub.dialing() == {small.device_id: ("127.0.0.1", edge.port)}
+
+
+async def test_a_forged_goodbye_does_not_stop_dialing_a_robot_still_there(
+    robots: tuple[Peer, Peer],
+) -> None:
+    """Anyone on the LAN can register a robot's records and unregister them.  The goodbye made
+    the browser report the robot lost, and its dial loop ended with the link it had, so once
+    that link dropped (a Wi-Fi blip) the robot was not dialed again until it announced itself.
+    Now the loop goes on dialing the address where the robot proved itself.
+
+    What discovery reports after the goodbye is not passed on: on a LAN the browsers have
+    backed off to hourly queries and nothing finds the robot again before its next
+    announcement, but these browsers, just started, query again within a second."""
+    big, small = robots
+    home = BenchHome(users=("alice",))
+    service_type = f"_h{secrets.token_hex(4)}._tcp.local."
+    lost = asyncio.Event()
+
+    def on_event(event: PeerEvent) -> None:
+        if not lost.is_set():
+            _on_discovered(big, hub, event)
+        if event == PeerLost(small.device_id):
+            lost.set()
+
+    async with (
+        SyncService(big, home.enrol(big)) as hub,
+        SyncService(small, home.enrol(small)) as edge,
+        Discovery(
+            big.device_id, hub.port, TAG, interfaces=["127.0.0.1"], service_type=service_type,
+            on_event=on_event,
+        ),
+        Discovery(
+            small.device_id, edge.port, TAG, interfaces=["127.0.0.1"], service_type=service_type,
+            reannounce_s=None,
+        ),
+        AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only) as attacker,
+    ):  # fmt: skip
+        async with asyncio.timeout(TIMEOUT):
+            await hub.wait_for_peers({small.device_id})
+        real = hub.links[small.device_id]
+        forged = AsyncServiceInfo(  # the robot's own records, word for word
+            service_type, f"{small.device_id}.{service_type}", port=edge.port,
+            properties={"tag": TAG, "id": small.device_id, "v": TXT_VERSION},
+            server=f"{small.device_id}.local.", parsed_addresses=["127.0.0.1"],
+        )  # fmt: skip
+        await (await attacker.async_register_service(forged, cooperating_responders=True))
+        await (await attacker.async_unregister_service(forged))  # the goodbye
+        async with asyncio.timeout(TIMEOUT):
+            await lost.wait()
+        real.close("heartbeats stopped")  # the link ends: the loop must dial again
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                await hub.wait_until(lambda: hub.links.get(small.device_id) not in (None, real))
+        except TimeoutError:
+            pytest.fail(f"the robot was not dialed again after a forged goodbye: {hub.dialing()}")

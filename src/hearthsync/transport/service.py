@@ -8,7 +8,8 @@ the other is closed.  Both sides apply the same rule, so they agree on which lin
 without another message.
 
 Each address is dialed by one loop that reconnects for as long as it is wanted: a static peer's
-for the life of the service, a discovered peer's (keyed by its device id) until `stop_dialing`.
+for the life of the service, a discovered peer's (keyed by its device id) until `stop_dialing`,
+and then, if it ever reached the device, until the address where it did fails for a while.
 Dialing a discovered device again only gives its loop one more address to try (`Addresses`):
 before, every rediscovery started another loop, and after a few restarts of a robot all of them
 redialed it at once, each paying a handshake to be closed as a duplicate, for the life of the
@@ -167,11 +168,14 @@ class SyncService:
         dial.task = self._spawn(self._dial_forever(key, dial), f"hearthsync-dial-{key}")
 
     def stop_dialing(self, device: str) -> None:
-        """Dial ``device`` no more (discovery lost it).  A link open to it is kept until it
-        ends: whether a peer is alive is for the heartbeats to say (a lost mDNS record is a
-        hint, not a verdict).  Static peers, keyed by address, are not affected."""
+        """Discovery lost ``device``: it said goodbye, or someone on the LAN did in its name (a
+        lost mDNS record is a hint, not a verdict).  A link open to it is kept until it ends:
+        whether a peer is alive is for the heartbeats to say.  A loop that reached the device
+        goes on dialing the address where it proved itself, with its backoff, and ends once
+        that fails `GIVE_UP_AFTER` times in a row; a loop that never reached it ends now (or
+        with the link).  Static peers, keyed by address, are not affected."""
         dial = self._dials.get(device)
-        if dial is None:
+        if dial is None or dial.addresses.lose():
             return
         dial.wanted = False
         if device not in self.links:  # nothing to keep: end the loop now
@@ -280,9 +284,12 @@ class SyncService:
                     uri, proxy=None, max_size=MAX_FRAME_LEN, compression=None,
                     ping_interval=None, open_timeout=OPEN_TIMEOUT_S,
                 ) as websocket:  # fmt: skip
+                    # proven as soon as the handshake says so, not when the link ends: a
+                    # goodbye heard while it lasts is weighed against it (`stop_dialing`)
                     peer, authenticated = await self._run(
-                        websocket, dialed=True, device=dial.device
-                    )
+                        websocket, dialed=True, device=dial.device,
+                        on_proved=partial(dial.addresses.tried, address, proved=True),
+                    )  # fmt: skip
                     # a handshake that fails (this robot's own port, a revoked peer, another
                     # household's, another device) backs off as a refused dial does
                     proved = authenticated and dial.device in (None, peer)
@@ -298,7 +305,7 @@ class SyncService:
                 # event per link, replaced when a newer link took the place, was never set,
                 # and this loop never dialed again)
                 await self.wait_until(partial(self._ended, peer))
-            if not dial.wanted:
+            if not dial.wanted or dial.addresses.given_up:
                 return
             await self._back_off(delay)
             delay = min(delay * 2, MAX_RETRY_S)
@@ -311,11 +318,13 @@ class SyncService:
         return peer not in self.links or self._closing
 
     async def _run(
-        self, websocket: Connection, *, dialed: bool, device: str | None = None
-    ) -> tuple[str | None, bool]:
+        self, websocket: Connection, *, dialed: bool, device: str | None = None,
+        on_proved: Callable[[], None] | None = None,
+    ) -> tuple[str | None, bool]:  # fmt: skip
         """Run a link on ``websocket`` to its end; return the peer's device id (None before
         its HELLO) and whether the handshake completed.  A link dialed to reach ``device``
-        that authenticates another one is closed before it counts."""
+        that authenticates another one is closed before it counts; one that authenticates
+        it calls ``on_proved`` at once."""
         creds = self.credentials
         session = Session(
             creds.identity, creds.certificate.to_wire(), creds.trust, creds.keyring,
@@ -324,7 +333,7 @@ class SyncService:
         )  # fmt: skip
         link = Link(
             websocket, session, self.target, dialed=dialed,
-            on_event=partial(self._on_event, device=device),
+            on_event=partial(self._on_event, device=device, on_proved=on_proved),
             wall=self._clock, send_timeout=self._send_timeout,
         )  # fmt: skip
         if self._paused:  # paused while this connection was being opened
@@ -336,12 +345,17 @@ class SyncService:
             await self._unregister(link)
         return link.peer_id, link.authenticated
 
-    def _on_event(self, link: Link, event: Event, *, device: str | None = None) -> None:
+    def _on_event(
+        self, link: Link, event: Event, *, device: str | None = None,
+        on_proved: Callable[[], None] | None = None,
+    ) -> None:  # fmt: skip
         if isinstance(event, PeerAuthenticated):
             self._opening.discard(link.websocket)
             if device not in (None, event.device_id):  # a record naming one robot, another's
                 link.close("not the device dialed")  # address: that robot has its own loop
                 return
+            if on_proved is not None:
+                on_proved()
             self._register(link, event.device_id)
         elif isinstance(event, NeighboursChanged):
             self._notify()
