@@ -270,6 +270,32 @@ def test_invite_does_not_hand_out_the_address_of_a_run_that_is_gone(tmp_path: Pa
     assert state.invites == []
 
 
+def test_invite_from_a_robot_listening_everywhere_hands_out_its_lan_address(
+    tmp_path: Path,
+) -> None:
+    """The README starts a robot with ``--listen 0.0.0.0:7420``: every invite was refused
+    ("0.0.0.0 is not an address a robot can dial"; found by a new user).  The code now carries
+    the address discovery advertises."""
+    import os
+
+    from hearthsync.crypto.pairing import Invite
+    from hearthsync.discovery.service import default_addresses
+    from hearthsync.runner import RUN_FILE
+
+    path = tmp_path / "kitchen"
+    made = hearth("init", str(path), "--household", "Our Home", "--device", "kitchen")
+    assert made.returncode == 0, made.stderr
+    running = {"pid": os.getpid(), "host": "0.0.0.0", "port": 7420}
+    (path / RUN_FILE).write_text(json.dumps(running))
+    done = hearth("invite", str(path))
+    assert done.returncode == 0, done.stderr
+    code = next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("CODE "))
+    invite = Invite.parse(code)
+    assert (invite.host, invite.port) == (default_addresses()[0], 7420)
+    assert invite.host != "0.0.0.0"
+    assert f"will dial {invite.host}:7420" in " ".join(done.stdout.split())
+
+
 @pytest.mark.parametrize("only", ["abc", "1,x", "-1"])
 def test_chaos_refuses_fault_numbers_that_are_not_numbers_without_a_traceback(only: str) -> None:
     done = hearth("chaos", "--only-faults", only, "--schedules", "1")

@@ -14,7 +14,7 @@ from hearthsync import Peer, enrolment
 from hearthsync.crypto import pairing
 from hearthsync.crypto.identity import DeviceIdentity
 from hearthsync.crypto.pairing import PairingError, join_request, open_join_response
-from hearthsync.errors import StoreError
+from hearthsync.errors import StoreError, ValidationError
 from hearthsync.transport.service import JOIN_PATH, SyncService
 from tests.test_forgetting import enrol_household
 
@@ -107,6 +107,19 @@ def test_revoking_a_device_starts_a_new_epoch_of_every_scope(tmp_path: Path) -> 
     assert set(epochs) == set(state.keyring.scopes)
     assert set(epochs) >= {"core", "health", "history", "household", "spatial"}
     assert set(epochs.values()) == {1}
+
+
+def test_a_robot_to_revoke_is_named_by_its_name_or_its_device_id(tmp_path: Path) -> None:
+    now = int(time.time())
+    owner_dir, _owner, kitchen = _kitchen_enrolled(tmp_path, now)
+    state = enrolment.load(owner_dir, now)
+    assert state is not None
+    name = state.trust.certificate_of(kitchen.device_id).device_name
+    assert enrolment.device_named(state, name) == kitchen.device_id
+    grouped = "-".join(kitchen.device_id[i : i + 4] for i in range(0, 16, 4))
+    assert enrolment.device_named(state, grouped) == kitchen.device_id  # as status shows it
+    with pytest.raises(ValidationError, match=rf"no robot named 'garden'.*known: .*{name}"):
+        enrolment.device_named(state, "garden")
 
 
 async def test_joining_an_inviter_that_does_not_answer_is_a_clear_error(tmp_path: Path) -> None:

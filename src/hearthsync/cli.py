@@ -203,6 +203,13 @@ def invite(
     elif (path / RUN_FILE).exists() and running_pid(path) is not None:
         running = json.loads((path / RUN_FILE).read_text())
         host, port = running["host"], int(running["port"])
+        if host in ("0.0.0.0", "::", ""):  # noqa: S104 - listening everywhere: not dialable
+            # where it is found on the LAN: the address mDNS advertises (`hearth run
+            # --listen 0.0.0.0:7420`, as the README starts a robot, refused every invite)
+            from hearthsync.discovery.service import default_addresses
+
+            host = default_addresses()[0]
+            console.print(f"the new robot will dial {host}:{port} (--address to choose another)")
     else:  # no run, or one killed without a goodbye: its address would answer nobody
         raise typer.BadParameter("give --address HOST:PORT, or start 'hearth run' first")
     made = enrolment.add_invite(
@@ -258,7 +265,7 @@ def join(
 @app.command()
 def revoke(
     path: Annotated[Path, typer.Argument(help="an owner or admin peer's folder")],
-    device: Annotated[str, typer.Argument(help="the device id to revoke")],
+    device: Annotated[str, typer.Argument(help="the robot to revoke: its name or device id")],
 ) -> None:
     """Revoke a robot: it is refused from now on and can decrypt nothing written afterwards.
 
@@ -266,18 +273,25 @@ def revoke(
     running peer gossips the list and grants the new keys at once.
     """
     from hearthsync import enrolment
+    from hearthsync.api.client import running_pid
 
     _require_peer(path)
+    if running_pid(path) is not None:
+        raise typer.BadParameter(
+            f"'hearth run' is running for {path}: type 'revoke {device}' at its console "
+            "(hearth run --console), or stop it first",
+            param_hint="PATH",
+        )
 
     async def go() -> None:
         async with Peer.open(path) as peer:
             state = peer.household
             if state is None:
                 raise typer.BadParameter(f"{path} belongs to no household", param_hint="PATH")
-            epochs = enrolment.revoke(path, state, peer.identity, device.replace("-", ""),
-                                      now=int(peer.wall()))  # fmt: skip
+            named = enrolment.device_named(state, device)
+            epochs = enrolment.revoke(path, state, peer.identity, named, now=int(peer.wall()))
         scopes = ", ".join(f"{s} (epoch {e})" for s, e in sorted(epochs.items()))
-        console.print(f"revoked {device}; new keys for {scopes}")
+        console.print(f"revoked {device} ({named}); new keys for {scopes}")
 
     asyncio.run(go())
 

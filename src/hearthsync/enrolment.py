@@ -305,6 +305,31 @@ def add_user_keys(state: HouseholdState, user: str, random_bytes: Callable[[int]
     return made
 
 
+def device_named(state: HouseholdState, device: str) -> str:
+    """The id of the robot ``device`` names: its device id (dashes allowed, as ``hearth
+    status`` groups it) or the name it joined with (``--device``), if one robot has it."""
+    plain = device.replace("-", "")
+    if state.trust.knows(plain):
+        return plain
+    named = [
+        d for d in state.trust.devices() if state.trust.certificate_of(d).device_name == device
+    ]
+    if len(named) == 1:
+        return named[0]
+    if named:
+        raise ValidationError(
+            f"{len(named)} robots are named {device!r} ({', '.join(named)}): give its device id",
+            field="device",
+        )
+    known = ", ".join(
+        f"{state.trust.certificate_of(d).device_name} ({d})" for d in state.trust.devices()
+    )
+    raise ValidationError(
+        f"no robot named {device!r} or with that device id in this household; known: {known}",
+        field="device",
+    )
+
+
 def revoke(
     folder: Path, state: HouseholdState, identity: DeviceIdentity, device: str, *, now: int,
     random_bytes: Callable[[int], bytes] = os.urandom,

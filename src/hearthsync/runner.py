@@ -257,6 +257,7 @@ async def _command(peer: Peer, service: SyncService, words: list[str], run_file:
             return "PEERS " + ",".join(sorted(service.links))
         case ["revoke", device]:
             assert peer.household is not None
+            device = enrolment.device_named(peer.household, device)  # a name, or the id
             epochs = enrolment.revoke(peer.path, peer.household, peer.identity, device,
                                       now=int(peer.wall()))  # fmt: skip
             peer.trust_changed()  # what the revoked device signed no longer counts here

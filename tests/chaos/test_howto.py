@@ -31,3 +31,22 @@ def test_the_how_to_examples_run(index: int, expected: list[str], tmp_path: Path
     assert done.returncode == 0, done.stderr
     for text in expected:
         assert text in done.stdout, done.stdout
+
+
+def test_the_failure_the_how_to_reads_is_what_the_harness_prints() -> None:
+    """The page's "Read a failure" block is a real run: its command fails, and prints the
+    problems, the minimal fault trace and the replay the page shows (a new user found that
+    the seed it named passed)."""
+    block = re.search(r"```text\n\$ (hearth chaos .*?)\n\.\.\.\n(.*?)```", HOWTO.read_text(), re.S)
+    assert block is not None
+    command = block.group(1).replace("\\\n", " ").split()
+    hearth = Path(sys.executable).with_name("hearth")
+    done = subprocess.run(
+        [str(hearth), *command[1:]], capture_output=True, text=True, timeout=110,
+        env={"COLUMNS": "200", "PATH": str(hearth.parent)},
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    printed = " ".join(done.stdout.split())
+    for line in block.group(2).splitlines():
+        if line.strip() and not line.startswith("───"):
+            assert " ".join(line.split()) in printed, line

@@ -6,6 +6,7 @@ loopback."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import socket
 from collections.abc import AsyncIterator
@@ -212,6 +213,37 @@ async def test_a_handshake_that_fails_backs_off_as_a_refused_dial_does(
             await enough.wait()
         hub.stop_dialing("Z" * 52)
     assert delays[:5] == [0.2, 0.4, 0.8, 1.6, 3.2]
+
+
+async def test_a_refusal_repeated_by_every_redial_is_one_warning_naming_the_peer(
+    robots: tuple[Peer, Peer], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A revoked robot redials every few seconds, for good: each refusal was a warning, and it
+    named the peer "None" (refused before it said who it is; found by a new user).  The same
+    refusal is now a warning once in `REPEAT_QUIET_S`, naming the peer's address."""
+    monkeypatch.setattr("hearthsync.transport.link._warned", {})  # no other test's warnings
+    big, _ = robots
+    attempts: list[float] = []
+    enough = asyncio.Event()
+    async with SyncService(big, BenchHome(users=("alice",)).enrol(big)) as hub:
+
+        async def back_off(delay: float) -> None:
+            attempts.append(delay)
+            if len(attempts) == 4:
+                enough.set()
+            await asyncio.sleep(0)
+
+        hub._back_off = back_off  # type: ignore[method-assign]
+        with caplog.at_level(logging.DEBUG, logger="hearthsync.transport.link"):
+            hub.dial("127.0.0.1", hub.port, device="Y" * 52)  # its own port: refused each time
+            async with asyncio.timeout(TIMEOUT):
+                await enough.wait()
+        hub.stop_dialing("Y" * 52)
+    closed = [r for r in caplog.records if "closed (" in r.getMessage()]
+    assert len(closed) >= 4, [r.getMessage() for r in closed]  # every refusal is still logged
+    warned = [r.getMessage() for r in closed if r.levelno >= logging.WARNING]
+    assert 1 <= len(warned) <= 2, warned  # once per side of the link, not once per redial
+    assert not any("link to None" in r.getMessage() for r in closed)
 
 
 async def test_a_forged_mdns_record_does_not_keep_a_dial_loop_from_the_real_robot(

@@ -57,6 +57,23 @@ from hearthsync.protocol.session import (
 
 log = logging.getLogger(__name__)
 
+#: a link's refusal already logged as a warning is logged again as one only after this long
+REPEAT_QUIET_S = 600.0
+MAX_WARNED = 256  #: refusals remembered for that (each names the device refused, or its cause)
+_warned: dict[str, float] = {}
+
+
+def _remote(websocket: Connection) -> str:
+    """The peer's address, for a link closed before the peer said who it is."""
+    try:
+        address = websocket.remote_address
+    except Exception:  # a transport already gone
+        return "an unknown peer"
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return "an unknown peer"
+
+
 #: deltas waiting to be sent to one peer before it counts as too slow
 MAX_PENDING_DELTAS = 10_000
 #: updates received from one peer, merged in memory and not yet durable, before the link stops
@@ -240,6 +257,23 @@ class Link:
         if sent is not None and statevector.covers(acked, sent):
             del self.unacked[doc_id]
 
+    def _log_closed(self, event: Closed) -> None:
+        """Log why the link closed: a warning, unless it is an ordinary end (1000, 408), or
+        the same refusal was logged in the last `REPEAT_QUIET_S` (a revoked robot redials
+        every few seconds, for good: a warning each time was noise; found by a new user)."""
+        peer = self.peer_id or _remote(self.websocket)  # refused before it said who it is
+        level = logging.INFO if event.code in (1000, 408) else logging.WARNING
+        if level == logging.WARNING:
+            now = time.monotonic()
+            said = f"{event.code} {event.reason}"
+            if now - _warned.get(said, -REPEAT_QUIET_S) < REPEAT_QUIET_S:
+                level = logging.DEBUG
+            else:
+                if len(_warned) >= MAX_WARNED:
+                    _warned.pop(next(iter(_warned)))
+                _warned[said] = now
+        log.log(level, "link to %s closed (%s): %s", peer, event.code, event.reason)
+
     async def _handle_events(self) -> None:
         for event in self.session.events_received():
             if isinstance(event, ApplyUpdate):
@@ -252,8 +286,7 @@ class Link:
             elif isinstance(event, Acked):
                 self._acked(event.doc_id, event.state_vector)
             elif isinstance(event, Closed):
-                level = logging.INFO if event.code in (1000, 408) else logging.WARNING
-                log.log(level, "link to %s closed (%s): %s", self.peer_id, event.code, event.reason)
+                self._log_closed(event)
             elif isinstance(event, SealFailed):
                 log.warning("did not send %s to %s: %s", event.doc_id, self.peer_id, event.reason)
             elif isinstance(event, PeerAuthenticated):
