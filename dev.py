@@ -3,6 +3,7 @@
 
     python3 dev.py demo    # one robot's memory: writes a few days of a household, reopens, prints
     python3 dev.py test    # the whole test suite
+    python3 dev.py setup   # only the set-up: then `source .venv/bin/activate` gives `hearth`
 
 Both create ``.venv`` beside this file (once), install hearthsync into it with its test
 dependencies (again only when ``pyproject.toml`` changed), then run inside it.  Extra

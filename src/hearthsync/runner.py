@@ -213,6 +213,14 @@ async def _keep_run_file(run_file: _RunFile) -> None:
 # ------------------------------------------------------------------------------ the console
 
 
+#: what the console's ``help`` lists (docs/reference/cli.md has the answers too)
+CONSOLE_COMMANDS = (
+    "user ID NAME", "pref USER KEY VALUE", "get USER KEY", "wait USER KEY SECONDS",
+    "waituser USER SECONDS", "peers", "waitpeers COUNT SECONDS", "partition on|off",
+    "revoke DEVICE (name or id)", "forget USER", "digest", "help",
+)  # fmt: skip
+
+
 async def _console(peer: Peer, service: SyncService, run_file: _RunFile) -> None:
     reader = asyncio.StreamReader()
     loop = asyncio.get_running_loop()
@@ -286,7 +294,9 @@ async def _command(peer: Peer, service: SyncService, words: list[str], run_file:
         case ["partition", "off"]:
             service.resume()
             return "ACK partition off"
-    raise ValueError(f"unknown command: {' '.join(words)!r}")
+        case ["help"]:
+            return "COMMANDS " + "; ".join(CONSOLE_COMMANDS)
+    raise ValueError(f"unknown command: {' '.join(words)!r}; 'help' lists the commands")
 
 
 def _value(text: str) -> object:
