@@ -160,6 +160,10 @@ async def test_a_partitioned_process_keeps_writing_and_converges_after_the_heal(
     gamma = robots[2]
     await converge(robots, [])
     assert (await gamma.ask("waitpeers 2 30")).startswith("PEERS ")
+    # linked robots are named too, not only those it misses (found by a new user)
+    linked = await asyncio.to_thread(run_hearth, "status", str(gamma.path))
+    for other in robots[:2]:  # in the peers table (its cells wrap at 80 columns)
+        assert other.path.name in linked.stdout.replace(str(gamma.path), ""), linked.stdout
     assert await gamma.ask("partition on") == "ACK partition on"
     # a robot cut off shows the robots it misses, not an empty table (found by a new user)
     shown = " ".join((await asyncio.to_thread(hearth, "status", str(gamma.path))).split())

@@ -115,12 +115,15 @@ def _print_running(path: Path) -> None:
         api = running["api"]
         console.print(f"HTTP API on {api['host']}:{api['port']} (bearer token in {path}/api.token)")
     table = Table("peer", "bytes sent", "bytes received", "lag (unacknowledged documents)")
+    household = running.get("household", {})
     for device, link in sorted(running["links"].items()):
         lag = link["unacknowledged_documents"]
-        table.add_row(device, f"{link['sent']:,}", f"{link['received']:,}",
+        name = household.get(device, {}).get("name")  # as 'not linked' names them below
+        peer = f"{name} ({device})" if name else device
+        table.add_row(peer, f"{link['sent']:,}", f"{link['received']:,}",
                       f"{len(lag)}" + (f": {', '.join(lag[:3])}" if lag else ""))  # fmt: skip
     console.print(table)
-    for device, robot in sorted(running.get("household", {}).items()):
+    for device, robot in sorted(household.items()):
         if robot["linked"]:
             continue
         when = robot["last_linked"]
