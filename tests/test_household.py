@@ -99,7 +99,8 @@ def household(tmp_path: Path) -> list[Path]:
 async def enrol(owner: Robot, path: Path) -> str:
     out = hearth("invite", str(owner.path), "--scopes", "core,history,spatial,health")
     code = next(line.split()[1] for line in out.splitlines() if line.startswith("CODE "))
-    hearth("join", str(path), code, "--device", path.name)
+    joined = " ".join(hearth("join", str(path), code, "--device", path.name).split())
+    assert f"{path.name} (device id " in joined, joined  # its own id, which status names
     with pytest.raises(AssertionError, match="no open invite matches"):  # a code works once
         hearth("join", str(path.parent / f"{path.name}-again"), code, "--device", "again")
     return code

@@ -255,7 +255,8 @@ def join(
                 address=_address(peer) if peer else None,
             )
             console.print(
-                f"{device} joined household {state.household.name} ({state.household.id})"
+                f"{device} (device id {opened.device_id}) joined household "
+                f"{state.household.name} ({state.household.id})"
             )
 
     # a mistyped code is refused before anything is made; a join that failed (the inviter
