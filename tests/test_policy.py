@@ -52,6 +52,40 @@ async def test_a_policy_is_kept_and_obeyed(tmp_path: Path) -> None:
         assert again.policy() == custom
 
 
+async def test_the_module_functions_obey_the_household_policy_too(tmp_path: Path) -> None:
+    """``hearthsync.context.get_context(peer, ...)`` and ``explain(peer, ...)``, which the
+    reference documents, used the built-in policy unless told: a task the household had
+    taken history from was given it, and the family event with it (found by a new user)."""
+    from hearthsync.context import explain, get_context
+
+    async with Peer.open(tmp_path / "robot", device="kitchen", wall=FakeWall()) as peer:
+        await peer.add_user("alice", name="Alice")
+        await peer.record_event("alice", "OBSERVATION", "family", text="grandma visits Sunday")
+        await peer.set_preference("alice", "beverage/coffee", "oat latte")
+        assert "history" in (await get_context(peer, "alice", task="companion_chat")).granted
+        await peer.set_policy(with_grant("companion_chat", "core"))
+        for context in (
+            await peer.get_context("alice", task="companion_chat"),
+            await get_context(peer, "alice", task="companion_chat"),
+        ):
+            assert context.granted == ("core",)
+            assert context.events == ()
+        told = await get_context(peer, "alice", task="companion_chat", policy=DEFAULT_POLICY)
+        assert "history" in told.granted  # a policy given is the one used
+        said = await explain(peer, "alice", "beverage/coffee")
+        assert said == await peer.explain("alice", "beverage/coffee")
+
+
+async def test_present_given_as_one_string_is_refused_not_read_letter_by_letter(
+    tmp_path: Path,
+) -> None:
+    async with Peer.open(tmp_path / "robot", device="kitchen", wall=FakeWall()) as peer:
+        await peer.add_user("alice", name="Alice")
+        with pytest.raises(ValidationError, match="present must be a list") as refused:
+            await peer.get_context("alice", task="beverage", present="bob")  # type: ignore[arg-type]
+        assert refused.value.field == "present"
+
+
 async def until(peers: list[Peer], condition: Callable[[], bool]) -> None:
     changed = asyncio.Event()
     offs = [p.on_durable(lambda _: changed.set()) for p in peers]

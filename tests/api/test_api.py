@@ -231,6 +231,18 @@ async def test_the_openapi_document_is_derived_from_the_models(api: httpx.AsyncC
     schemas = document["components"]["schemas"]
     assert {"ContextRequest", "ContextReply", "PreferenceWrite", "Problem"} <= set(schemas)
     assert schemas["ContextRequest"]["required"] == ["user", "task"]
+    # how to authenticate, for generated clients (the document said nothing; a new user)
+    assert document["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            assert operation.get("security") == [{"HTTPBearer": []}], (method, path)
+
+
+async def test_maintain_needs_no_body(api: httpx.AsyncClient) -> None:
+    """Both of its fields have defaults; a call without a body was a 422 (a new user)."""
+    done = await api.post("/maintain", headers=AUTH)
+    assert done.status_code == 200, done.text
+    assert done.json() == {"changes": []}
 
 
 def test_a_short_token_is_refused(peer: Peer) -> None:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -107,8 +108,10 @@ def _context_routes(app: FastAPI, peer: Peer, metrics: Metrics) -> None:
         return Explanation(sentence=sentence)
 
     @app.post("/maintain", response_model=Maintained)
-    async def maintained(body: MaintainRequest) -> Maintained:
-        """Run the slow loop now: fold confirmations, promote, decay, flag drift."""
+    async def maintained(body: MaintainRequest | None = None) -> Maintained:
+        """Run the slow loop now: fold confirmations, promote, decay, flag drift (no body:
+        the defaults)."""
+        body = body or MaintainRequest()
         report = await peer.maintain(lookback=body.lookback, users=body.users)
         return Maintained(changes=[change.line() for change in report.changes])
 
@@ -188,13 +191,20 @@ def _service_routes(app: FastAPI, peer: Peer, metrics: Metrics) -> None:
 # ---------------------------------------------------------------------------- guards
 
 
-def _bearer(token: str) -> Callable[[Request], Awaitable[None]]:
+#: declared as a security scheme, so the OpenAPI document says how to authenticate and
+#: generated clients send the token (it said nothing: found by a new user)
+_SCHEME = HTTPBearer(auto_error=False, description="the token in PATH/api.token")
+
+
+def _bearer(token: str) -> Callable[..., Awaitable[None]]:
     expected = token.encode()
 
-    async def require(request: Request) -> None:
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    async def require(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_SCHEME)],
+    ) -> None:
+        given = credentials.credentials if credentials is not None else ""
         # compare_digest takes as long whatever the bytes: no timing hint about the token
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected):
+        if credentials is None or not hmac.compare_digest(given.encode(), expected):
             raise HTTPException(
                 401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"}
             )

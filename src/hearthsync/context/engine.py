@@ -93,9 +93,11 @@ class ContextEngine:
         history_window: str = "7d",
         query: str | None = None,
         max_tokens: int | None = None,
-        policy: HouseholdPolicy = DEFAULT_POLICY,
+        policy: HouseholdPolicy | None = None,
     ) -> Context:
         """The context for ``user`` doing ``task`` (see the module docstring).
+
+        ``policy``: the household's in force on the peer (`household_policy`) unless given.
 
         ``time`` is a timezone-aware datetime (default: now, in this machine's zone);
         ``present`` names the other people in the room; ``max_tokens`` is the default budget of
@@ -114,7 +116,7 @@ class ContextEngine:
             task=task,
             situation=request.now,
             granted=request.grant.scopes,
-            withheld=policy.tasks.withheld(task),
+            withheld=request.policy.tasks.withheld(task),
             profile=request.reader.profile(user) if request.reader.may("core") else None,
             calibration=request.reader.calibration(user) if request.reader.may("core") else None,
             preferences=preferences,
@@ -124,7 +126,7 @@ class ContextEngine:
             changes=spatial[1],
             relations=self._relations(request),
             health=self._health(request),
-            events=tuple(events[: policy.max_events]),
+            events=tuple(events[: request.policy.max_events]),
             recalled=await self._recalled(request, query),
             query=query,
             max_tokens=max_tokens,
@@ -140,9 +142,11 @@ class ContextEngine:
         time: dt.datetime | None,
         present: Iterable[str],
         history_window: str,
-        policy: HouseholdPolicy,
+        policy: HouseholdPolicy | None,
     ) -> _Request:
         check_name(user, field="user")
+        if policy is None:
+            policy = household_policy(self.peer)
         if not isinstance(policy, HouseholdPolicy):
             raise ValidationError("policy must be a HouseholdPolicy", field="policy")
         grant = policy.tasks.grant(task)
@@ -343,6 +347,17 @@ def _check_query(query: str | None) -> None:
         raise ValidationError(f"query must be text of at most {MAX_TEXT} characters", field="query")
 
 
+def household_policy(peer: object) -> HouseholdPolicy:
+    """The policy in force on ``peer``: the household's (`Peer.policy`: signed by an owner or
+    admin, synced), or the built-in one for a reader that keeps none.
+
+    The module's functions used the built-in one unless told: ``get_context(peer, ...)``
+    gave a task the scopes the household had taken from it (found by a new user)."""
+    read = getattr(peer, "policy", None)
+    found = read() if callable(read) else None
+    return found if isinstance(found, HouseholdPolicy) else DEFAULT_POLICY
+
+
 _ENGINES: weakref.WeakKeyDictionary[object, ContextEngine] = weakref.WeakKeyDictionary()
 
 
@@ -365,9 +380,10 @@ async def get_context(
     history_window: str = "7d",
     query: str | None = None,
     max_tokens: int | None = None,
-    policy: HouseholdPolicy = DEFAULT_POLICY,
+    policy: HouseholdPolicy | None = None,
 ) -> Context:
-    """`ContextEngine.get_context` on ``peer``'s engine."""
+    """`ContextEngine.get_context` on ``peer``'s engine (under the household's policy in
+    force on ``peer`` unless ``policy`` is given)."""
     return await engine_for(peer).get_context(
         user, task=task, location=location, time=time, present=present,
         history_window=history_window, query=query, max_tokens=max_tokens, policy=policy,

@@ -17,10 +17,10 @@ from collections.abc import Iterable, Mapping
 
 from pydantic import JsonValue
 
-from hearthsync.context.engine import ContextEngine, engine_for
+from hearthsync.context.engine import ContextEngine, engine_for, household_policy
 from hearthsync.context.feedback import hlc_date, hlc_ms, signals_by_key
 from hearthsync.context.items import ResolvedPreference, show
-from hearthsync.context.policy import DEFAULT_POLICY, HouseholdPolicy
+from hearthsync.context.policy import HouseholdPolicy
 from hearthsync.context.port import PeerReader
 from hearthsync.context.resolve import DAY_MS, resolve
 from hearthsync.context.scopes import ScopeDeniedError, ScopedReader
@@ -47,7 +47,7 @@ async def explain(
     location: str | None = None,
     present: Iterable[str] = (),
     devices: Mapping[str, str] | None = None,
-    policy: HouseholdPolicy = DEFAULT_POLICY,
+    policy: HouseholdPolicy | None = None,
 ) -> str:
     """One sentence saying which value of ``key`` applies for ``user`` now, and why.
 
@@ -55,6 +55,8 @@ async def explain(
     `NotFoundError` if ``user`` has no value of ``key`` that applies in the situation, and
     `ScopeDeniedError` for a key in a domain that needs the ``health`` scope.
     """
+    if policy is None:  # the household's in force on the peer, as get_context reads it
+        policy = household_policy(peer)
     resolved, now, reader = _resolved(engine_for(peer), user, key, time, location, present, policy)
     names = {peer.device_id: peer.device, **(devices or {})}
     return sentence(resolved, phrase(resolved.value, reader), names, now.at.tzinfo)

@@ -96,6 +96,11 @@ def situation(
         )
     if location is not None:
         check_name(location, field="location")
+    if isinstance(present, str | bytes):  # "bob" was read as the people "b" and "o"
+        raise ValidationError(
+            f"present must be a list of user ids, not one string: [{present!r:.60}]?",
+            field="present",
+        )
     others = frozenset(check_name(name, field="present") for name in present) - {user}
     return Situation(at, location, others)
 
