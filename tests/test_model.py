@@ -39,6 +39,8 @@ INVALID = [
     (Calibration, {"user": "alice", "verbosity": 1.5}, "verbosity"),
     (Calibration, {"user": "alice", "personal_space_m": -1}, "personal_space_m"),
     (Preference, {"user": "alice", "key": "no spaces", "value": 1}, "key"),
+    # the rule says 'domain/key'; one segment was taken (found by a new user)
+    (Preference, {"user": "alice", "key": "coffee", "value": 1}, "key"),
     (Preference, {"user": "alice", "key": "a/b", "value": 1, "confidence": 2}, "confidence"),
     (Preference, {"user": "alice", "key": "a/b", "value": 1, "source": "rumour"}, "source"),
     (Preference, {"user": "alice", "key": "a/b", "value": "x" * 20_000}, "value"),
