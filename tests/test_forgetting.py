@@ -164,6 +164,14 @@ async def test_after_forgetting_no_view_or_write_brings_the_user_back(tmp_path: 
             peer.set_routine("insulin", "Alice's insulin", user="alice")
         await peer.flush()
         assert (peer.revision("home/spatial"), peer.revision("home/graph")) == revision
+        # reading says she was forgotten too, not "add them first" (which add_user refuses)
+        for read in (
+            peer.get_context("alice", task="general_assistant"),
+            peer.explain("alice", "beverage/coffee"),
+            peer.maintain(users=["alice"]),
+        ):
+            with pytest.raises(NotFoundError, match="user 'alice' was forgotten; a returning"):
+                await read
         assert [p.object for p in peer.placements()] == ["radio"]
 
 

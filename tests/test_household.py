@@ -222,6 +222,7 @@ async def test_a_user_added_on_a_member_robot_reaches_every_robot(
     # the console lists its commands (a new user found none, and no list in the tutorial)
     assert "'help' lists the commands" in await beta.ask("hello")
     assert (await beta.ask("help")).startswith("COMMANDS user ID NAME; pref USER KEY VALUE;")
+    assert await beta.ask("user") == "ERR usage: user ID NAME"
     assert await beta.ask("user dave Dave") == "ACK user dave"
     assert await beta.ask("pref dave tea/mug mint") == "ACK pref dave tea/mug mint"
     assert await alpha.ask(f"wait dave tea/mug {TIMEOUT}") == "OK dave tea/mug"

@@ -253,6 +253,11 @@ async def test_a_store_belongs_to_one_device(peer: Peer, peer_path: Path) -> Non
     with pytest.raises(ValidationError, match="needs a device name"):
         async with Peer.open(peer_path.parent / "fresh"):
             pass
+    with pytest.raises(ValidationError, match="device"):
+        async with Peer.open(peer_path.parent / "fresh", device="Not A Name!"):
+            pass
+    # refused before anything was made: no key, store or lock file of a half-made peer
+    assert not (peer_path.parent / "fresh").exists()
 
 
 async def test_device_key_is_private_and_never_printed(peer: Peer, peer_path: Path) -> None:

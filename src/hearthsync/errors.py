@@ -35,9 +35,12 @@ class NotFoundError(LocalError, KeyError):
         return str(self.args[0]) if self.args else "not found"
 
 
-def unknown_user(user: str) -> str:
+def unknown_user(user: str, *, forgotten: bool = False) -> str:
     """What a `NotFoundError` for a user the household does not have says, wherever it is
-    raised (Python, the CLI, the HTTP API)."""
+    raised (Python, the CLI, the HTTP API).  A forgotten user is not told to be added again,
+    which `add_user` refuses (found by a new user)."""
+    if forgotten:
+        return f"user {user!r} was forgotten; a returning person needs a new id"
     return (
         f"unknown user {user!r}: add them first (Peer.add_user, or 'user ID NAME' on the "
         "console of 'hearth run')"

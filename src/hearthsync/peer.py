@@ -256,6 +256,14 @@ class Peer:
         (a simulation).
         """
         folder = Path(path).expanduser()
+        if not (folder / DB_FILE).exists():
+            # checked before anything is made: a refused open left a key, a store and a lock
+            # file behind, a half-made peer (found by a new user)
+            if device is None:
+                raise ValidationError(
+                    "a new peer needs a device name: Peer.open(path, device=...)", field="device"
+                )
+            check_name(device, field="device")
         # what people told the robot is in plaintext in there (health included): the folder
         # is its device's alone, as its key files are (found in review: hearth.db was 0644)
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -473,9 +481,8 @@ class Peer:
     def _require_user(self, user: str) -> UserId:
         if user not in self._known_users():
             check_name(user, field="user")
-            if user in self._forgotten_users():
-                raise NotFoundError(f"user {user!r} was forgotten")
-            raise NotFoundError(unknown_user(user))
+            forgotten = user in self._forgotten_users()
+            raise NotFoundError(unknown_user(user, forgotten=forgotten))
         return UserId(user)
 
     def _not_forgotten(self, user: str | None, *, field: str) -> None:

@@ -296,6 +296,10 @@ async def _command(peer: Peer, service: SyncService, words: list[str], run_file:
             return "ACK partition off"
         case ["help"]:
             return "COMMANDS " + "; ".join(CONSOLE_COMMANDS)
+    known = {usage.split()[0] for usage in CONSOLE_COMMANDS}
+    if words[0] in known:  # a known command with the wrong arguments
+        usage = "; ".join(u for u in CONSOLE_COMMANDS if u.split()[0] == words[0])
+        raise ValueError(f"usage: {usage}")
     raise ValueError(f"unknown command: {' '.join(words)!r}; 'help' lists the commands")
 
 

@@ -157,7 +157,8 @@ class ContextEngine:
         for gone in [u for u in self._finished if u not in users]:
             del self._finished[gone]
         if user not in users:
-            raise NotFoundError(unknown_user(user))
+            forgotten = user in self.peer.forgotten_users()
+            raise NotFoundError(unknown_user(user, forgotten=forgotten))
         reader = ScopedReader(self.peer, task, grant.scopes)
         return _Request(user, task, now, window, grant, policy, reader)
 

@@ -74,7 +74,8 @@ def _resolved(
     if not isinstance(key, str) or not KEY_RE.fullmatch(key):
         raise ValidationError(f"key must look like 'domain/key', got {key!r:.80}", field="key")
     if user not in engine.peer.users():
-        raise NotFoundError(unknown_user(user))
+        forgotten = user in engine.peer.forgotten_users()
+        raise NotFoundError(unknown_user(user, forgotten=forgotten))
     domain = key_domain(key)
     if not policy.tasks.visible(domain, EXPLAIN_SCOPES):
         raise ScopeDeniedError(policy.tasks.sensitive[domain], "explain")

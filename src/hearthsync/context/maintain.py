@@ -121,7 +121,8 @@ def _known(peer: PeerPort, users: Sequence[str]) -> list[str]:
     for user in users:
         check_name(user, field="users")
         if user not in household:
-            raise NotFoundError(unknown_user(user))
+            forgotten = user in peer.forgotten_users()
+            raise NotFoundError(unknown_user(user, forgotten=forgotten))
     return list(dict.fromkeys(users))
 
 

@@ -126,7 +126,9 @@ def is_event_id(text: str) -> bool:
 def _evidence_item(item: str, info: pydantic.ValidationInfo) -> str:
     if _as_written(info) and not _EVIDENCE.fullmatch(item):
         # the value is not repeated: it may be personal data
-        raise ValueError("must be an event id ('ev-...') or a 'hearth:' marker")
+        raise ValueError(
+            "must be an event id ('ev-' then 6 to 40 of a-z 0-9) or a 'hearth:' marker"
+        )
     return item
 
 
