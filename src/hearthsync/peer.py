@@ -1396,11 +1396,13 @@ class Peer:
         time: dt.datetime | None = None,
         location: str | None = None,
         present: Sequence[str] = (),
+        task: str | None = None,
     ) -> str:
-        """One sentence: the value of ``key`` for ``user`` now, and why."""
+        """One sentence: the value of ``key`` for ``user`` now, and why (for ``task``: with
+        the scopes it is granted, so a medication task explains a medication key)."""
         return await explain_preference(
             self, user, key, time=time or self.now(), location=location, present=present,
-            devices=self.device_names(), policy=self.policy(),
+            devices=self.device_names(), policy=self.policy(), task=task,
         )  # fmt: skip
 
     async def maintain(

@@ -112,6 +112,15 @@ async def test_writes_then_a_context_and_its_explanation(api: httpx.AsyncClient)
         "/explain", json={"user": "alice", "key": "tea/mug", "time": MONDAY_9}, headers=AUTH
     )
     assert explained.json()["sentence"].startswith("the green mug, because you asked for it")
+    dose = {"user": "alice", "key": "medication.evening/dose", "value": "two pills"}
+    assert (await api.post("/preferences", json=dose, headers=AUTH)).status_code == 201
+    asked = {"user": "alice", "key": "medication.evening/dose", "time": MONDAY_9}
+    refused = await api.post("/explain", json=asked, headers=AUTH)
+    assert refused.status_code == 403, refused.text
+    granted = await api.post(
+        "/explain", json={**asked, "task": "medication_reminder"}, headers=AUTH
+    )  # a task granted health may have it explained
+    assert granted.json()["sentence"].startswith("two pills"), granted.text
 
 
 async def test_status_and_metrics(api: httpx.AsyncClient) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from hearthsync import NotFoundError, Peer, ValidationError
 from hearthsync.context import engine_for, explain, get_context
+from hearthsync.context.scopes import ScopeDeniedError
 from hearthsync.model import Condition
 from tests.conftest import FakeWall
 from tests.context.conftest import DAY, HOUR, at, clock
@@ -161,6 +162,24 @@ async def test_a_forgotten_user_named_present_makes_no_condition_apply(home: Pee
     assert [p.value for p in after.preferences if p.key == "beverage/mug"] == ["blue"]
     sentence = await explain(home, "alice", "beverage/mug", time=MONDAY_9, present=["bob"])
     assert sentence.startswith("blue")
+
+
+async def test_a_task_granted_health_explains_a_medication_key(home: Peer) -> None:
+    """``explain`` took no task and read with the scopes of a sentence any robot may say, so
+    no medication key could be explained, even to the medication robot (found by a new user).
+    With a task, it reads what the task is granted."""
+    await home.set_preference("alice", "medication.evening/dose", "two pills after dinner")
+    with pytest.raises(ScopeDeniedError, match="'health'"):
+        await home.explain("alice", "medication.evening/dose", time=MONDAY_9)
+    with pytest.raises(ScopeDeniedError, match="task 'beverage' is not granted"):
+        await home.explain("alice", "medication.evening/dose", time=MONDAY_9, task="beverage")
+    said = await home.explain(
+        "alice", "medication.evening/dose", time=MONDAY_9, task="medication_reminder"
+    )
+    assert said.startswith("two pills after dinner")
+    assert said == await explain(
+        home, "alice", "medication.evening/dose", time=MONDAY_9, task="medication_reminder"
+    )
 
 
 async def test_places_are_the_users_things_and_what_is_at_the_location(home: Peer) -> None:

@@ -103,8 +103,9 @@ def _context_routes(app: FastAPI, peer: Peer, metrics: Metrics) -> None:
     async def explanation(body: ExplainRequest) -> Explanation:
         """Why a preference has the value it has now, in one sentence."""
         sentence = await peer.explain(
-            body.user, body.key, time=body.time, location=body.location, present=body.present
-        )
+            body.user, body.key, time=body.time, location=body.location, present=body.present,
+            task=body.task,
+        )  # fmt: skip
         return Explanation(sentence=sentence)
 
     @app.post("/maintain", response_model=Maintained)

@@ -112,6 +112,9 @@ class ExplainRequest(Body):
     time: AwareDatetime | None = None
     location: Short | None = None
     present: Annotated[list[Short], Field(max_length=16)] = []
+    #: explain with the scopes this task is granted (a medication key needs a task granted
+    #: health); none: those of a sentence any robot may say
+    task: Short | None = None
 
 
 class Explanation(BaseModel):

@@ -48,6 +48,7 @@ async def explain(
     present: Iterable[str] = (),
     devices: Mapping[str, str] | None = None,
     policy: HouseholdPolicy | None = None,
+    task: str | None = None,
 ) -> str:
     """One sentence saying which value of ``key`` applies for ``user`` now, and why.
 
@@ -57,7 +58,9 @@ async def explain(
     """
     if policy is None:  # the household's in force on the peer, as get_context reads it
         policy = household_policy(peer)
-    resolved, now, reader = _resolved(engine_for(peer), user, key, time, location, present, policy)
+    resolved, now, reader = _resolved(
+        engine_for(peer), user, key, time, location, present, policy, task
+    )
     names = {peer.device_id: peer.device, **(devices or {})}
     return sentence(resolved, phrase(resolved.value, reader), names, now.at.tzinfo)
 
@@ -70,17 +73,25 @@ def _resolved(
     location: str | None,
     present: Iterable[str],
     policy: HouseholdPolicy,
+    task: str | None = None,
 ) -> tuple[ResolvedPreference, Situation, ScopedReader]:
     if not isinstance(key, str) or not KEY_RE.fullmatch(key):
         raise ValidationError(f"key must look like 'domain/key', got {key!r:.80}", field="key")
     if user not in engine.peer.users():
         forgotten = user in engine.peer.forgotten_users()
         raise NotFoundError(unknown_user(user, forgotten=forgotten))
+    # for a task, what it is granted (a medication task may explain a medication key: with
+    # no task, no health key could ever be explained; found by a new user); else the scopes
+    # of a sentence any robot may say
+    name = "explain" if task is None else task
+    scopes: tuple[str, ...] = (
+        EXPLAIN_SCOPES if task is None else tuple(policy.tasks.grant(task).scopes)
+    )
     domain = key_domain(key)
-    if not policy.tasks.visible(domain, EXPLAIN_SCOPES):
-        raise ScopeDeniedError(policy.tasks.sensitive[domain], "explain")
+    if not policy.tasks.visible(domain, scopes):
+        raise ScopeDeniedError(policy.tasks.sensitive[domain], name)
     now = situation(user, time, location, present).without(engine.peer.forgotten_users())
-    reader = ScopedReader(engine.peer, "explain", EXPLAIN_SCOPES)
+    reader = ScopedReader(engine.peer, name, scopes)
     candidates = engine.views.preferences(reader, user).by_key.get(key, ())
     first = resolve(key, candidates, now)
     if first is None:
