@@ -39,6 +39,8 @@ ROUTES = [
     ("POST", "/events", {"user": "alice", "type": "COMMAND", "domain": "tea", "text": "tea"}),
     ("POST", "/placements", {"object": "green-mug", "label": "Green mug"}),
     ("POST", "/maintain", {}),
+    ("POST", "/users", {"user": "carol", "name": "Carol"}),
+    ("GET", "/users", None),
     ("POST", "/forget", {"user": "alice"}),
     ("GET", "/status", None),
     ("GET", "/metrics", None),
@@ -245,6 +247,32 @@ async def test_the_openapi_document_is_derived_from_the_models(api: httpx.AsyncC
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
             assert operation.get("security") == [{"HTTPBearer": []}], (method, path)
+
+
+async def test_a_user_is_added_over_http_and_bad_fields_are_named(
+    api: httpx.AsyncClient, home: Peer
+) -> None:
+    """A running robot holds its store: over HTTP, another process could write everything
+    but the people to write it for (found by a new user)."""
+    added = await api.post(
+        "/users", json={"user": "carol", "name": "Carol", "languages": ["fr"]}, headers=AUTH
+    )
+    assert added.status_code == 201, added.text
+    assert added.json()["languages"] == ["fr"]
+    assert "carol" in home.users()
+    assert "carol" in (await api.get("/users", headers=AUTH)).json()["users"]
+    pref = {"user": "carol", "key": "tea/mug", "value": "blue"}
+    assert (await api.post("/preferences", json=pref, headers=AUTH)).status_code == 201
+    before = home.users()
+    for body, field in (
+        ({"user": "Dan!", "name": "Dan"}, "user"),
+        ({"user": "dan", "name": "Dan", "household_role": "king"}, "household_role"),
+        ({"user": "dan", "name": "Dan", "attributes": {"email": "dan@example.org"}}, "email"),
+    ):
+        refused = await api.post("/users", json=body, headers=AUTH)
+        assert refused.status_code == 422, refused.text
+        assert field in (refused.json()["field"] or ""), refused.json()
+    assert home.users() == before
 
 
 async def test_maintain_needs_no_body(api: httpx.AsyncClient) -> None:

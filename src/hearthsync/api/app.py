@@ -40,12 +40,14 @@ from hearthsync.api.schemas import (
     PreferenceWrite,
     Problem,
     Status,
+    Users,
+    UserWrite,
     problem,
 )
 from hearthsync.context import correct, feedback
 from hearthsync.context.scopes import ScopeDeniedError
 from hearthsync.errors import NotFoundError, ValidationError
-from hearthsync.model.records import InteractionEvent, Placement, Preference
+from hearthsync.model.records import InteractionEvent, Placement, Preference, Profile
 from hearthsync.peer import Peer
 
 MAX_BODY = 65_536
@@ -125,6 +127,17 @@ def _context_routes(app: FastAPI, peer: Peer, metrics: Metrics) -> None:
 
 
 def _write_routes(app: FastAPI, peer: Peer) -> None:
+    @app.post("/users", response_model=Profile, status_code=201)
+    async def user(body: UserWrite) -> Profile:
+        """Register a person in the household (registered already: change the fields given).
+        A running robot holds its store: this is how another process adds someone to it."""
+        return await peer.add_user(body.user, name=body.name, **body.profile())
+
+    @app.get("/users", response_model=Users)
+    async def users() -> Users:
+        """The household's users (the forgotten left out)."""
+        return Users(users=list(peer.users()))
+
     @app.post("/preferences", response_model=Preference, status_code=201)
     async def preference(body: PreferenceWrite) -> Preference:
         """Store a preference; durable when answered."""

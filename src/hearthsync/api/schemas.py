@@ -132,6 +132,27 @@ class Maintained(BaseModel):
     changes: list[str]
 
 
+class UserWrite(Body):
+    """A person to register (or, registered already, the profile fields to change)."""
+
+    user: Short
+    name: Short
+    roles: Annotated[list[Short], Field(max_length=64)] | None = None
+    languages: Annotated[list[Short], Field(max_length=16)] | None = None
+    accessibility: Annotated[list[Short], Field(max_length=64)] | None = None
+    household_role: Short | None = None
+    attributes: dict[str, JsonValue] | None = None
+
+    def profile(self) -> dict[str, Any]:
+        """The profile fields given (``None``: not given)."""
+        fields = ("roles", "languages", "accessibility", "household_role", "attributes")
+        return {f: getattr(self, f) for f in fields if getattr(self, f) is not None}
+
+
+class Users(BaseModel):
+    users: list[str]
+
+
 class ForgetRequest(Body):
     user: Short
 
