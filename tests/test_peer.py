@@ -1133,3 +1133,24 @@ async def test_what_a_robot_stores_is_its_own_user_s_alone(tmp_path: Path) -> No
             for path in files:
                 if path.exists():
                     assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+async def test_a_malformed_user_id_in_the_household_names_no_one(tmp_path: Path) -> None:
+    """Any robot of the household may write the users list: a malformed id there made
+    `Peer.open` fail and stopped the owner keying every user sorted after it (found in
+    review)."""
+    from hearthsync.ids import DocId
+
+    path = tmp_path / "robot"
+    async with Peer.open(path, device="kitchen") as peer:
+        await peer.add_user("alice", name="Alice")
+
+        def bad(_: object) -> None:
+            peer._household().users["Mallory!"] = "x"
+
+        await peer._docs.write(DocId("household"), bad)
+        assert peer.users() == ["alice"]
+    async with Peer.open(path) as again:
+        assert again.users() == ["alice"]
+        await again.add_user("zoe", name="Zoe")
+        assert again.users() == ["alice", "zoe"]

@@ -56,10 +56,10 @@ from hearthsync.crdt.kinds import HOME, DocInfo, Kind, events_doc, parse, user_d
 from hearthsync.crdt.replica import Replica
 from hearthsync.crypto.identity import DeviceIdentity
 from hearthsync.crypto.statement import Statement
-from hearthsync.errors import NotFoundError, ValidationError, unknown_user
+from hearthsync.errors import HearthError, NotFoundError, ValidationError, unknown_user
 from hearthsync.forgetting import Forgetting
 from hearthsync.hlc import MAX_AHEAD_MS, FloorWall, HybridClock, Timestamp, latest_stored
-from hearthsync.ids import DeviceId, DocId, LineageId, UserId, check_name
+from hearthsync.ids import NAME_RE, DeviceId, DocId, LineageId, UserId, check_name
 from hearthsync.model.records import (
     MAX_LIST,
     Calibration,
@@ -513,7 +513,11 @@ class Peer:
                 for replica in self._docs.replicas.values()
                 if replica.info.kind is Kind.PROFILE
             }
-            self._users = frozenset(listed | profiles) - self._forgotten_users()
+            # a malformed id in the list (any robot of the household may write it) names no
+            # one: it stopped `Peer.start` and the owner's keying of every user after it
+            # (found in review)
+            well_formed = {u for u in listed | profiles if NAME_RE.fullmatch(u)}
+            self._users = frozenset(well_formed) - self._forgotten_users()
         return self._users
 
     def _forgotten_users(self) -> frozenset[str]:
@@ -564,23 +568,54 @@ class Peer:
         robot it is linked to (`on_keys_made`).  The owner alone, not every admin: two admins
         making keys for the same user at once would make two keys for one epoch."""
         state = self.household
-        if state is not None and state.certificate.role == "owner" and not self._closed:
-            # not one whose keys were shredded (a tombstone this robot acted on, which the
-            # users it lists may not reflect yet)
-            self._make_keys(u for u in self._known_users() if not state.keyring.is_forgotten(u))
-
-    def _make_keys(self, users: Iterable[str]) -> None:
-        """Data keys for those of ``users`` that have none (admin robots only), kept with this
-        device's credentials and granted to the linked robots (`on_keys_made`)."""
-        if self.household is None:
+        if state is None or state.certificate.role != "owner" or self._closed:
             return
-        made = [
-            u for u in sorted(users) if enrolment.add_user_keys(self.household, u, self._key_bytes)
+        if DocId("household") in self._docs.corrupt:
+            return
+        keyed = self._household().keyed
+        # Only users no robot made keys for: one an admin registered comes with its marker
+        # (`add_user` writes both at once), one this robot keyed before a restore from a
+        # backup too; making another key for either split the household for good (two keys
+        # for one epoch, which every robot holding the first refuses; found in review).  Nor
+        # one this robot holds a key of, at any epoch: the robot that rotated the keys grants
+        # the new epoch's.  Nor one whose keys were shredded (a tombstone acted on here).
+        wanted = [
+            u
+            for u in self._known_users()
+            if u not in keyed
+            and not state.keyring.is_forgotten(u)
+            and not state.keyring.holds_data_keys(u)
         ]
+        made = self._make_keys(wanted)
+        if made:
+            marked = self._docs.write(DocId("household"), functools.partial(self._mark_keyed, made))
+            marked.add_done_callback(_log_failure("marking the users whose keys were made"))
+
+    def _mark_keyed(self, users: Sequence[str], _: Replica) -> None:
+        """Note in the household that this robot made the keys of ``users`` (once each)."""
+        keyed = self._household().keyed
+        for user in users:
+            if user not in keyed:
+                keyed[user] = self.device_id
+
+    def _make_keys(self, users: Iterable[str]) -> list[str]:
+        """Data keys for those of ``users`` that have none (admin robots only), kept with this
+        device's credentials and granted to the linked robots (`on_keys_made`); returns the
+        users it made keys for."""
+        if self.household is None:
+            return []
+        made = []
+        for user in sorted(users):
+            try:
+                if enrolment.add_user_keys(self.household, user, self._key_bytes):
+                    made.append(user)
+            except HearthError:  # this one (forgotten meanwhile): the others still get theirs
+                log.exception("could not make the keys of user %r", user)
         if made:
             enrolment.save(self.path, self.household, int(self._wall()))
             for listener in self.on_keys_made:
                 listener()
+        return made
 
     def _key_bytes(self, n: int) -> bytes:
         """Key material: the peer's generator (`random.SystemRandom`, the OS's randomness,
@@ -636,13 +671,15 @@ class Peer:
                     f"user {record.user!r} was forgotten; a returning person needs a new id",
                     field="user",
                 )
-            users = self._household().users
-            if record.user not in users:
-                users[record.user] = record.name
+            household = self._household()
+            if record.user not in household.users:
+                household.users[record.user] = record.name
+            if made and record.user not in household.keyed:  # in the same update: the owner
+                household.keyed[record.user] = self.device_id  # never hears one without the other
 
         # the user's data keys first (crypto-shredding), so that their documents can be sealed
         # for the other robots as soon as they are written
-        self._make_keys([record.user])
+        made = self._make_keys([record.user])
         _, written = await asyncio.gather(
             self._docs.write(DocId("household"), register), self._write(doc_id, change)
         )
@@ -1632,3 +1669,13 @@ def _record_count(replica: Replica) -> int:
 
 
 __all__ = ["DocumentStatus", "Peer", "PeerStatus", "Recalled", "parse"]
+
+
+def _log_failure(what: str) -> Callable[[asyncio.Future[Any]], None]:
+    """A done-callback that logs a background write's failure (else "never retrieved")."""
+
+    def done(future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            log.error("%s failed: %r", what, future.exception())
+
+    return done

@@ -246,6 +246,42 @@ async def test_a_refusal_repeated_by_every_redial_is_one_warning_naming_the_peer
     assert not any("link to None" in r.getMessage() for r in closed)
 
 
+async def test_a_loop_that_reaches_another_robot_leaves_that_robots_link_alone(
+    robots: tuple[Peer, Peer],
+) -> None:
+    """A loop for one robot dialing an address where another answers (an old DHCP lease, a
+    forged record) completed the handshake: the other robot replaced its good link with the
+    new one, which the dialer then closed, once per redial (found in review).  It is refused
+    at its HELLO now, before either side authenticates."""
+    big, small = robots
+    home = BenchHome(users=("alice",))
+    attempts: list[float] = []
+    enough = asyncio.Event()
+    async with (
+        SyncService(big, home.enrol(big)) as hub,
+        SyncService(small, home.enrol(small)) as edge,
+    ):
+
+        async def back_off(delay: float) -> None:
+            attempts.append(delay)
+            if len(attempts) == 3:
+                enough.set()
+            await asyncio.sleep(0)
+
+        hub.dial("127.0.0.1", edge.port, device=small.device_id)
+        async with asyncio.timeout(TIMEOUT):
+            await hub.wait_for_links(1)
+            await edge.wait_for_links(1)
+        ours, theirs = hub.links[small.device_id], edge.links[big.device_id]
+        hub._back_off = back_off  # type: ignore[method-assign]
+        hub.dial("127.0.0.1", edge.port, device="Y" * 16)  # another robot, said to be there
+        async with asyncio.timeout(TIMEOUT):
+            await enough.wait()
+        assert hub.links[small.device_id] is ours
+        assert edge.links[big.device_id] is theirs
+        hub.stop_dialing("Y" * 16)
+
+
 async def test_a_forged_mdns_record_does_not_keep_a_dial_loop_from_the_real_robot(
     robots: tuple[Peer, Peer], tmp_path: Path
 ) -> None:

@@ -188,3 +188,25 @@ async def test_frames_leave_in_the_order_the_session_made_them_when_the_socket_i
     async with asyncio.timeout(TIMEOUT):
         await asyncio.gather(first, second)
     assert socket_.wire == [b"grant-old", b"grant-new", b"update-new"]
+
+
+def test_the_same_refusal_warns_once_per_robot_not_once_for_all(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rate limit of repeated refusals hid a second robot's refusal behind the first's
+    (found in review): it is per robot."""
+    from types import SimpleNamespace
+
+    from hearthsync.protocol.session import Closed
+
+    monkeypatch.setattr("hearthsync.transport.link._warned", {})
+    refused = Closed(401, "this device has been revoked", by_peer=True)
+    with caplog.at_level(logging.DEBUG, logger="hearthsync.transport.link"):
+        for robot in ("AAAAAAAAAAAAAAAA", "BBBBBBBBBBBBBBBB", "AAAAAAAAAAAAAAAA"):
+            Link._log_closed(SimpleNamespace(peer_id=robot, websocket=None), refused)  # type: ignore[arg-type]
+    levels = [(r.getMessage()[8:24], r.levelno) for r in caplog.records]
+    assert levels == [
+        ("AAAAAAAAAAAAAAAA", logging.WARNING),
+        ("BBBBBBBBBBBBBBBB", logging.WARNING),
+        ("AAAAAAAAAAAAAAAA", logging.DEBUG),
+    ]

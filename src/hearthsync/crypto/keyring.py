@@ -334,6 +334,10 @@ class Keyring:
         self._data_keys.update(new_data_keys)
         return epochs
 
+    def holds_data_keys(self, user: str) -> bool:
+        """Whether any data key of ``user`` is held, of any scope and epoch."""
+        return any(held == user for held, _, _ in self._data_keys)
+
     def is_forgotten(self, user: str) -> bool:
         return user in self._forgotten
 

@@ -367,6 +367,11 @@ class Session:
     _requested: dict[DocId, tuple[LineageId, float]] = field(default_factory=dict)
     #: envelope counters and envelopes, shared by every session of this device (`Sealer`)
     sealer: Sealer = field(default_factory=Sealer)
+    #: the device this connection was dialed to reach (None: whoever answers).  Another one
+    #: is refused at its HELLO, before this side authenticates: completing the handshake made
+    #: that robot replace its good link with this one, which the dialer then closed, once per
+    #: redial (found in review)
+    expected: str | None = None
     #: the latest entry of each document the peer offered that this device could not open
     #: (no key for it yet), oldest first: asked for once a grant brings the key (`_on_grant`).
     #: At most `MAX_UNOPENED`: a peer cannot grow it without bound
@@ -655,6 +660,10 @@ class Session:
         certificate = Certificate.from_wire(hello.certificate)
         if certificate.device_id == self.identity.device_id:
             raise ProtocolError("the peer presented this device's own certificate", code=401)
+        if self.expected is not None and certificate.device_id != self.expected:
+            raise ProtocolError(
+                f"dialed {self.expected}, reached {certificate.device_id}", code=401
+            )
         # verifies chain, expiry and revocation; the newest certificate held for the device is
         # the one whose scopes count (an older one it presents may grant more)
         held = self.trust.add(certificate, int(self._wall))

@@ -265,7 +265,10 @@ class Link:
         level = logging.INFO if event.code in (1000, 408) else logging.WARNING
         if level == logging.WARNING:
             now = time.monotonic()
-            said = f"{event.code} {event.reason}"
+            # per robot (another's refusal is news); by host before it said who it is (each
+            # redial comes from another port)
+            who = self.peer_id or peer.rsplit(":", 1)[0]
+            said = f"{who} {event.code} {event.reason}"
             if now - _warned.get(said, -REPEAT_QUIET_S) < REPEAT_QUIET_S:
                 level = logging.DEBUG
             else:

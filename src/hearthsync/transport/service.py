@@ -323,13 +323,13 @@ class SyncService:
     ) -> tuple[str | None, bool]:  # fmt: skip
         """Run a link on ``websocket`` to its end; return the peer's device id (None before
         its HELLO) and whether the handshake completed.  A link dialed to reach ``device``
-        that authenticates another one is closed before it counts; one that authenticates
-        it calls ``on_proved`` at once."""
+        that reaches another one is refused at its HELLO (`Session.expected`), before either
+        side authenticates; one that authenticates it calls ``on_proved`` at once."""
         creds = self.credentials
         session = Session(
             creds.identity, creds.certificate.to_wire(), creds.trust, creds.keyring,
             self.target.docs, self._random_bytes, time.monotonic(), self._clock(),
-            sealer=self._sealer,
+            sealer=self._sealer, expected=device,
         )  # fmt: skip
         link = Link(
             websocket, session, self.target, dialed=dialed,
