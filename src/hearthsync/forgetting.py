@@ -156,7 +156,6 @@ class Forgetting:
         """Record ``tombstone`` in its device's slot (as registers do: every robot's stays)."""
         handle: HouseholdDoc = self._peer._handle(HOUSEHOLD, HouseholdDoc)
         handle.users.pop(tombstone.subject, None)
-        handle.keyed.pop(tombstone.subject, None)
         handle.forgotten[f"{tombstone.subject}{SEP}{tombstone.device}"] = tombstone.to_text()
 
     def _home_edits(self, user: str) -> list[asyncio.Future[Any]]:

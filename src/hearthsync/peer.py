@@ -313,7 +313,6 @@ class Peer:
             await peer._forgetting.resume(wait=auto_commit)
             for user in peer.users():
                 await vectors.open_index(user, HISTORY)
-            peer._key_new_users()  # users registered elsewhere before a crash let it make them
             peer._index_later()  # what the indexes caught up with is staged
         except BaseException:
             await peer.close()  # never a store left open (its thread would outlive the process)
@@ -555,48 +554,6 @@ class Peer:
 
     def _forget_users(self, _: object) -> None:
         self._users = None
-        # reading the users waits for the transaction to end
-        asyncio.get_running_loop().call_soon(self._key_new_users)
-
-    def _key_new_users(self) -> None:
-        """The owner makes the data keys of users another robot registered.
-
-        Only an owner or admin robot makes data keys, so a user added on a member robot
-        had none: their documents could not be sealed and stayed on that robot, silently,
-        until someone added them again on an admin (found by a new user following the
-        tutorial).  The owner makes them when it hears of the user, and grants them to every
-        robot it is linked to (`on_keys_made`).  The owner alone, not every admin: two admins
-        making keys for the same user at once would make two keys for one epoch."""
-        state = self.household
-        if state is None or state.certificate.role != "owner" or self._closed:
-            return
-        if DocId("household") in self._docs.corrupt:
-            return
-        keyed = self._household().keyed
-        # Only users no robot made keys for: one an admin registered comes with its marker
-        # (`add_user` writes both at once), one this robot keyed before a restore from a
-        # backup too; making another key for either split the household for good (two keys
-        # for one epoch, which every robot holding the first refuses; found in review).  Nor
-        # one this robot holds a key of, at any epoch: the robot that rotated the keys grants
-        # the new epoch's.  Nor one whose keys were shredded (a tombstone acted on here).
-        wanted = [
-            u
-            for u in self._known_users()
-            if u not in keyed
-            and not state.keyring.is_forgotten(u)
-            and not state.keyring.holds_data_keys(u)
-        ]
-        made = self._make_keys(wanted)
-        if made:
-            marked = self._docs.write(DocId("household"), functools.partial(self._mark_keyed, made))
-            marked.add_done_callback(_log_failure("marking the users whose keys were made"))
-
-    def _mark_keyed(self, users: Sequence[str], _: Replica) -> None:
-        """Note in the household that this robot made the keys of ``users`` (once each)."""
-        keyed = self._household().keyed
-        for user in users:
-            if user not in keyed:
-                keyed[user] = self.device_id
 
     def _make_keys(self, users: Iterable[str]) -> list[str]:
         """Data keys for those of ``users`` that have none (admin robots only), kept with this
@@ -616,6 +573,10 @@ class Peer:
             for listener in self.on_keys_made:
                 listener()
         return made
+
+    def _holds_keys_of(self, user: str) -> bool:
+        """Whether this robot holds a data key of ``user`` (any scope, any epoch)."""
+        return self.household is not None and self.household.keyring.holds_data_keys(user)
 
     def _key_bytes(self, n: int) -> bytes:
         """Key material: the peer's generator (`random.SystemRandom`, the OS's randomness,
@@ -671,15 +632,22 @@ class Peer:
                     f"user {record.user!r} was forgotten; a returning person needs a new id",
                     field="user",
                 )
-            household = self._household()
-            if record.user not in household.users:
-                household.users[record.user] = record.name
-            if made and record.user not in household.keyed:  # in the same update: the owner
-                household.keyed[record.user] = self.device_id  # never hears one without the other
+            users = self._household().users
+            if record.user not in users:
+                users[record.user] = record.name
 
         # the user's data keys first (crypto-shredding), so that their documents can be sealed
         # for the other robots as soon as they are written
-        made = self._make_keys([record.user])
+        if not self._make_keys([record.user]) and not self._holds_keys_of(record.user):
+            # a member robot makes no keys: what it writes of the user stays here until an
+            # owner or admin adds them too, and grants the keys (it was silent; found by a new
+            # user following the tutorial).  docs/explanation/sync.md says why the owner does
+            # not make them by itself.
+            log.warning(
+                "%r has no data keys on this robot, which makes none: their documents stay "
+                "here until an owner or admin robot adds them too",
+                record.user,
+            )
         _, written = await asyncio.gather(
             self._docs.write(DocId("household"), register), self._write(doc_id, change)
         )
@@ -1669,13 +1637,3 @@ def _record_count(replica: Replica) -> int:
 
 
 __all__ = ["DocumentStatus", "Peer", "PeerStatus", "Recalled", "parse"]
-
-
-def _log_failure(what: str) -> Callable[[asyncio.Future[Any]], None]:
-    """A done-callback that logs a background write's failure (else "never retrieved")."""
-
-    def done(future: asyncio.Future[Any]) -> None:
-        if not future.cancelled() and future.exception() is not None:
-            log.error("%s failed: %r", what, future.exception())
-
-    return done

@@ -25,7 +25,6 @@ from hearthsync.protocol.session import (
     DEAD_AFTER_S,
     HANDSHAKE_TIMEOUT_S,
     HEARTBEAT_S,
-    KEYLESS_RECONNECT_S,
     MAX_REQUESTED,
     MAX_UNOPENED,
     REQUEST_RETRY_S,
@@ -676,37 +675,6 @@ def test_a_lost_grant_of_a_new_users_key_is_asked_for_again_by_reconnecting(
     _a2, _b2 = connect(admin, kitchen)  # the new session grants the key; carol's prefs come
     assert kitchen.docs.content("user/carol/prefs") == {"tea/mug": "green"}
     assert _b2[1].state is State.OPEN
-
-
-def test_documents_no_held_key_seals_make_a_robot_reconnect_to_the_owner_for_the_grant(
-    kitchen: Robot, admin: Robot, home: Home, admin_keys: Keyring
-) -> None:
-    """carol was added on the kitchen, which makes no keys: what it wrote of her waits for the
-    owner's grant.  With that grant lost, nothing sent it again before the next session, and
-    carol's documents stayed on the kitchen (found by the chaos harness, seeds 20288 and
-    20300).  A session to the owner that has lasted `KEYLESS_RECONNECT_S` with such documents
-    held is closed (409), and the next one grants the key.  Not one to an admin, which makes
-    no keys for users others added: reconnecting to it would bring nothing."""
-    trust = TrustStore.for_household(home.household)
-    for known in ("owner", "admin"):
-        trust.add(home.certs[known], NOW)
-    owner = Robot(home.owner, home.certs["owner"], trust, admin_keys)
-    kitchen.docs.write("user/carol/prefs", "tea/mug", "green")  # no key for carol anywhere
-    _a, b = connect(owner, kitchen)
-    _, b_admin = connect(admin, kitchen)
-    for session in (b[1], b_admin[1]):
-        session.tick(NOW + KEYLESS_RECONNECT_S - 1)
-    assert not b[1].closed  # a grant may still be on its way
-    owner.keyring.create_data_key("carol", "core", home.random_bytes)  # its grant is lost
-    for session in (b[1], b_admin[1]):
-        session.tick(NOW + KEYLESS_RECONNECT_S)
-    assert b[1].closed
-    assert f.ErrorCode.STALE_KEYS in closed_with(b[1])
-    assert not b_admin[1].closed
-    _a2, b2 = connect(owner, kitchen)  # the new session grants the key; carol's prefs go
-    assert owner.docs.content("user/carol/prefs") == {"tea/mug": "green"}
-    b2[1].tick(NOW + KEYLESS_RECONNECT_S)
-    assert not b2[1].closed  # every document held is sealed now: no reason to reconnect
 
 
 def test_a_device_missing_a_users_new_data_key_seals_under_the_previous_epoch(

@@ -384,15 +384,11 @@ class HouseholdDoc:
         self.forgotten: Map[str] = replica.doc.get("forgotten", type=Map)
         #: signed settings, one slot per device (``<name>\x1f<device>``): the task policy
         self.settings: Map[str] = replica.doc.get("settings", type=Map)
-        #: users whose data keys a robot made (id → that robot's device id), written once, with
-        #: the keys: the owner makes the keys of users registered by robots that make none,
-        #: and only of those (`Peer._key_new_users`)
-        self.keyed: Map[str] = replica.doc.get("keyed", type=Map)
 
 
 #: the root types of each kind of document (the stored format; never rename one)
 ROOTS: dict[Kind, tuple[tuple[str, type[Map[Any]] | type[Array[Any]]], ...]] = {
-    Kind.HOUSEHOLD: (("users", Map), ("forgotten", Map), ("settings", Map), ("keyed", Map)),
+    Kind.HOUSEHOLD: (("users", Map), ("forgotten", Map), ("settings", Map)),
     Kind.SPATIAL: (("regions", Map), ("placements", Map), ("changes", Array)),
     Kind.GRAPH: (("routines", Map), ("relationships", Map)),
     Kind.PROFILE: (("profile", Map),),

@@ -99,9 +99,6 @@ PART_BYTES = 1024 * 1024
 #: offer the documents whose deltas were not relayed to the peer (it said it had them from
 #: elsewhere) this long after the first: the peer's word may be stale (SPEC §6.4)
 UNRELAYED_OFFER_S = 5.0
-#: how long a session to the owner may go on while this device holds documents no key it
-#: holds seals, before it reconnects to be granted the keys (`_keyless`)
-KEYLESS_RECONNECT_S = 10.0
 #: the origin prefix of an update applied from a catch-up answer: ``answer_from(peer)``
 ANSWER = "answer:"
 #: documents asked for (SYNC_STEP1) and not answered yet; past this many, one more is asked
@@ -405,7 +402,6 @@ class Session:
     def __post_init__(self, wall: float | None) -> None:
         self._nonce = self.random_bytes(f.NONCE_LEN)
         self._last_received = self._last_sent = self._started = self.now
-        self._keyless_checked = self.now  #: when `_keyless` last looked
         self._wall = self.now if wall is None else wall
         self._send(f.Hello(PROTOCOL_VERSION, SCHEMA_VERSION, self.certificate, self._nonce))
 
@@ -476,12 +472,6 @@ class Session:
                     ):
                         self._requested[doc_id] = (lineage, now)
                         self._send(f.SyncStep1(doc_id, lineage, self.docs.state_vector(doc_id)))
-            if self._keyless(now):
-                self._fail(
-                    f.ErrorCode.STALE_KEYS,
-                    "documents held here that no key held here seals: reconnect for the grant",
-                )
-                return
             if self._last_sent == sent and now - self._last_sent >= HEARTBEAT_S:
                 self._ping += 1
                 self._send(f.Ping(self._ping))
@@ -694,7 +684,6 @@ class Session:
         except Exception:  # nacl raises BadSignatureError or ValueError
             raise ProtocolError("AUTH signature does not verify", code=401) from None
         self.state = State.OPEN
-        self._keyless_checked = self.now
         self._events.append(PeerAuthenticated(peer.device_id, peer))
         self._offer()
         self.send_revocations()
@@ -1031,28 +1020,6 @@ class Session:
         except MissingKeyError:
             return False
         return True
-
-    def _keyless(self, now: float) -> bool:
-        """The peer is the owner, this session has been open `KEYLESS_RECONNECT_S`, and this
-        device still holds documents it may share with it that no key it holds seals.
-
-        The owner makes the keys of a user another robot registers, when it hears of them,
-        and grants them on every link; the documents of that user written here wait for them.
-        A grant lost on the way (or keys made while the link was down to a robot that heard
-        nothing since) was never sent again before the next session: what this robot wrote of
-        the user stayed here for good (found by the chaos harness, seeds 20288 and 20300).
-        Checked once per `KEYLESS_RECONNECT_S`: a reconnection is granted every key."""
-        if self.state is not State.OPEN or self.peer is None:
-            return False
-        if self.peer.certificate.role != "owner" or now - self._keyless_checked < (
-            KEYLESS_RECONNECT_S
-        ):
-            return False
-        self._keyless_checked = now
-        return any(
-            self._shared(doc_id) and not self._sealable(doc_id) and not self._forgotten(doc_id)
-            for doc_id, _ in self.docs.held()
-        )
 
     def _grants_every_key(self) -> bool:
         """The peer is an owner or admin: it grants every key of the shared scopes it holds
