@@ -7,6 +7,7 @@ robot's SQLite file, its WAL or its vector index files, while another user's dat
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import shutil
 import signal
@@ -618,3 +619,32 @@ async def test_a_purge_that_fails_after_an_earlier_one_finished_is_redone_at_the
     async with Peer.open(path, wall=FakeWall()) as robot:
         await robot._forgetting.close()  # the purge the open started
         assert robot._forgetting._purged("alice")
+
+
+# ---------------------------------------------------------------------- who makes keys
+
+
+def holds_keys(peer: Peer, user: str) -> bool:
+    assert peer.household is not None
+    return peer.household.keyring.holds_data_keys(user)
+
+
+async def test_a_member_that_adds_a_user_makes_no_keys_and_says_so(
+    household: list[Peer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """It was silent: the user's documents stayed on the member, acknowledged, and nothing
+    said why (found by a new user following the tutorial)."""
+    owner, hall, _garden = household
+    with caplog.at_level(logging.WARNING, logger="hearthsync.peer"):
+        await hall.add_user("erin", name="Erin")
+    assert not holds_keys(hall, "erin")
+    assert any("'erin' has no data keys on this robot" in r.getMessage() for r in caplog.records)
+    for doc_id in hall.document_ids():  # what the hall holds, to the owner
+        await owner.apply_update(doc_id, hall.diff(doc_id, owner.state_vector(doc_id)), origin="x")
+    assert "erin" in owner.users()
+    assert not holds_keys(owner, "erin")  # the owner does not key her by itself
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hearthsync.peer"):
+        await owner.add_user("erin", name="Erin")  # an owner adding her makes them
+    assert holds_keys(owner, "erin")
+    assert not [r for r in caplog.records if "no data keys" in r.getMessage()]

@@ -6,10 +6,11 @@ loopback."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -282,6 +283,29 @@ async def test_a_loop_that_reaches_another_robot_leaves_that_robots_link_alone(
         hub.stop_dialing("Y" * 16)
 
 
+@contextlib.asynccontextmanager
+async def discovered(
+    big: Peer, small: Peer, home: BenchHome, service_type: str,
+    on_event: Callable[[PeerEvent], None],
+) -> AsyncIterator[tuple[SyncService, SyncService, AsyncZeroconf]]:  # fmt: skip
+    """``big`` (its discovery events to ``on_event``) and ``small`` (announced once, never
+    again) serving and discovering each other on loopback, and an attacker's zeroconf."""
+    async with (
+        SyncService(big, home.enrol(big)) as hub,
+        SyncService(small, home.enrol(small)) as edge,
+        Discovery(
+            big.device_id, hub.port, TAG, interfaces=["127.0.0.1"], service_type=service_type,
+            on_event=on_event,
+        ),
+        Discovery(
+            small.device_id, edge.port, TAG, interfaces=["127.0.0.1"], service_type=service_type,
+            reannounce_s=None,
+        ),
+        AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only) as attacker,
+    ):  # fmt: skip
+        yield hub, edge, attacker
+
+
 async def test_a_forged_mdns_record_does_not_keep_a_dial_loop_from_the_real_robot(
     robots: tuple[Peer, Peer], tmp_path: Path
 ) -> None:
@@ -303,18 +327,8 @@ async def test_a_forged_mdns_record_does_not_keep_a_dial_loop_from_the_real_robo
         Peer.open(tmp_path / "r3", device="r3") as stranger,
         # the attacker's robot: it answers, and fails every handshake (another household)
         SyncService(stranger, BenchHome(seed=6).enrol(stranger)) as impostor,
-        SyncService(big, home.enrol(big)) as hub,
-        SyncService(small, home.enrol(small)) as edge,
-        Discovery(
-            big.device_id, hub.port, TAG, interfaces=["127.0.0.1"], service_type=service_type,
-            on_event=on_event,
-        ),
-        Discovery(
-            small.device_id, edge.port, TAG, interfaces=["127.0.0.1"], service_type=service_type,
-            reannounce_s=None,
-        ),
-        AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only) as attacker,
-    ):  # fmt: skip
+        discovered(big, small, home, service_type, on_event) as (hub, _edge, attacker),
+    ):
         async with asyncio.timeout(TIMEOUT):
             await hub.wait_for_peers({small.device_id})
         real = hub.links[small.device_id]
@@ -383,19 +397,7 @@ async def test_a_forged_goodbye_does_not_stop_dialing_a_robot_still_there(
         if event == PeerLost(small.device_id):
             lost.set()
 
-    async with (
-        SyncService(big, home.enrol(big)) as hub,
-        SyncService(small, home.enrol(small)) as edge,
-        Discovery(
-            big.device_id, hub.port, TAG, interfaces=["127.0.0.1"], service_type=service_type,
-            on_event=on_event,
-        ),
-        Discovery(
-            small.device_id, edge.port, TAG, interfaces=["127.0.0.1"], service_type=service_type,
-            reannounce_s=None,
-        ),
-        AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only) as attacker,
-    ):  # fmt: skip
+    async with discovered(big, small, home, service_type, on_event) as (hub, edge, attacker):
         async with asyncio.timeout(TIMEOUT):
             await hub.wait_for_peers({small.device_id})
         real = hub.links[small.device_id]
