@@ -1154,3 +1154,18 @@ async def test_a_malformed_user_id_in_the_household_names_no_one(tmp_path: Path)
         assert again.users() == ["alice"]
         await again.add_user("zoe", name="Zoe")
         assert again.users() == ["alice", "zoe"]
+
+
+def test_the_errors_a_caller_catches_are_importable_from_the_package() -> None:
+    """The reference names them; two lived only in submodules (found by a new user)."""
+    import hearthsync
+    from hearthsync.context.scopes import ScopeDeniedError
+    from hearthsync.errors import ClosedError as Closed
+    from hearthsync.errors import StoreInUseError
+
+    exported = {name: getattr(hearthsync, name) for name in hearthsync.__all__}
+    assert exported["ScopeDeniedError"] is ScopeDeniedError
+    assert exported["StoreInUseError"] is StoreInUseError
+    assert exported["ClosedError"] is Closed
+    for name in ("ValidationError", "BlockedFieldError", "NotFoundError", "CorruptDocumentError"):
+        assert issubclass(exported[name], hearthsync.HearthError)

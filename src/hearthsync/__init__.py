@@ -5,11 +5,14 @@ async with Peer.open("robot-folder", device="kitchen") as peer:
     ...
 """
 
+from hearthsync.context.scopes import ScopeDeniedError
 from hearthsync.errors import (
     BlockedFieldError,
+    ClosedError,
     CorruptDocumentError,
     HearthError,
     NotFoundError,
+    StoreInUseError,
     ValidationError,
 )
 from hearthsync.model import (
@@ -33,6 +36,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BlockedFieldError",
     "Calibration",
+    "ClosedError",
     "Condition",
     "ContextSnapshot",
     "CorruptDocumentError",
@@ -49,5 +53,7 @@ __all__ = [
     "Region",
     "Relationship",
     "Routine",
+    "ScopeDeniedError",
+    "StoreInUseError",
     "ValidationError",
 ]
