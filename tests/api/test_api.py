@@ -40,6 +40,8 @@ ROUTES = [
     ("POST", "/placements", {"object": "green-mug", "label": "Green mug"}),
     ("POST", "/maintain", {}),
     ("POST", "/users", {"user": "carol", "name": "Carol"}),
+    ("POST", "/profile", {"user": "alice", "languages": ["fr"]}),
+    ("POST", "/calibration", {"user": "alice", "verbosity": 0.2}),
     ("GET", "/users", None),
     ("POST", "/forget", {"user": "alice"}),
     ("GET", "/status", None),
@@ -273,6 +275,38 @@ async def test_a_user_is_added_over_http_and_bad_fields_are_named(
         assert refused.status_code == 422, refused.text
         assert field in (refused.json()["field"] or ""), refused.json()
     assert home.users() == before
+
+
+async def test_profile_and_calibration_change_only_the_fields_given(
+    api: httpx.AsyncClient, home: Peer
+) -> None:
+    """A robot's set-up screen in another language sets how a person is to be treated; over
+    HTTP it could not (found by a new user)."""
+    before = home.profile("alice")
+    assert before is not None
+    changed = await api.post(
+        "/profile", json={"user": "alice", "languages": ["fr"], "attributes": {"height_cm": 165}},
+        headers=AUTH,
+    )  # fmt: skip
+    assert changed.status_code == 201, changed.text
+    after = home.profile("alice")
+    assert after is not None
+    assert (after.languages, after.attributes["height_cm"]) == (["fr"], 165)
+    assert after.name == before.name  # not given: kept
+    tuned = await api.post("/calibration", json={"user": "alice", "verbosity": 0.2}, headers=AUTH)
+    assert tuned.status_code == 201, tuned.text
+    assert tuned.json()["verbosity"] == 0.2
+    assert tuned.json()["pace"] == 0.5  # not given: kept
+    for path, body, field in (
+        ("/calibration", {"user": "alice", "verbosity": 2}, "verbosity"),
+        ("/profile", {"user": "alice", "attributes": {"email": "a@example.org"}}, "email"),
+        ("/profile", {"user": "nobody", "languages": ["fr"]}, None),
+    ):
+        refused = await api.post(path, json=body, headers=AUTH)
+        assert refused.status_code in (404, 422), refused.text
+        if field is not None:
+            assert field in (refused.json()["field"] or ""), refused.json()
+    assert home.profile("alice") == after
 
 
 async def test_maintain_needs_no_body(api: httpx.AsyncClient) -> None:

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hearthsync.api.metrics import Metrics
 from hearthsync.api.schemas import (
+    CalibrationWrite,
     ContextReply,
     ContextRequest,
     CorrectionWrite,
@@ -39,6 +40,7 @@ from hearthsync.api.schemas import (
     PlacementWrite,
     PreferenceWrite,
     Problem,
+    ProfileWrite,
     Status,
     Users,
     UserWrite,
@@ -47,7 +49,13 @@ from hearthsync.api.schemas import (
 from hearthsync.context import correct, feedback
 from hearthsync.context.scopes import ScopeDeniedError
 from hearthsync.errors import NotFoundError, ValidationError
-from hearthsync.model.records import InteractionEvent, Placement, Preference, Profile
+from hearthsync.model.records import (
+    Calibration,
+    InteractionEvent,
+    Placement,
+    Preference,
+    Profile,
+)
 from hearthsync.peer import Peer
 
 MAX_BODY = 65_536
@@ -132,6 +140,16 @@ def _write_routes(app: FastAPI, peer: Peer) -> None:
         """Register a person in the household (registered already: change the fields given).
         A running robot holds its store: this is how another process adds someone to it."""
         return await peer.add_user(body.user, name=body.name, **body.profile())
+
+    @app.post("/profile", response_model=Profile, status_code=201)
+    async def profile(body: ProfileWrite) -> Profile:
+        """Change a registered user's profile fields; the others keep their value."""
+        return await peer.set_profile(body.user, **body.fields())
+
+    @app.post("/calibration", response_model=Calibration, status_code=201)
+    async def calibration(body: CalibrationWrite) -> Calibration:
+        """Change how robots behave with a registered user (the fields given)."""
+        return await peer.set_calibration(body.user, **body.fields())
 
     @app.get("/users", response_model=Users)
     async def users() -> Users:

@@ -153,6 +153,38 @@ class Users(BaseModel):
     users: list[str]
 
 
+class ProfileWrite(Body):
+    """Profile fields of a registered user to change (the others keep their value)."""
+
+    user: Short
+    name: Short | None = None
+    roles: Annotated[list[Short], Field(max_length=64)] | None = None
+    languages: Annotated[list[Short], Field(max_length=16)] | None = None
+    accessibility: Annotated[list[Short], Field(max_length=64)] | None = None
+    household_role: Short | None = None
+    #: a patch, merged fact by fact; ``null`` removes a fact
+    attributes: dict[str, JsonValue] | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The fields given (``None``: not given)."""
+        names = ("name", "roles", "languages", "accessibility", "household_role", "attributes")
+        return {f: getattr(self, f) for f in names if getattr(self, f) is not None}
+
+
+class CalibrationWrite(Body):
+    """Calibration fields of a registered user to change (the others keep their value)."""
+
+    user: Short
+    proactivity: float | None = None
+    verbosity: float | None = None
+    pace: float | None = None
+    personal_space_m: float | None = None
+
+    def fields(self) -> dict[str, Any]:
+        names = ("proactivity", "verbosity", "pace", "personal_space_m")
+        return {f: getattr(self, f) for f in names if getattr(self, f) is not None}
+
+
 class ForgetRequest(Body):
     user: Short
 
