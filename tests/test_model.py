@@ -300,3 +300,14 @@ def test_fields_merge_from_the_version_that_set_each_last() -> None:
     tie = newer.model_copy(update={"device": "c", "verbosity": 0.7})
     assert merge_fields([newer, tie]).verbosity == 0.7  # type: ignore[union-attr]
     assert merge_fields([]) is None
+
+
+def test_a_key_of_one_segment_written_before_the_rule_still_reads() -> None:
+    """One-segment keys are refused when written (the rule says 'domain/key'); a store
+    written before they were kept its 'coffee' preference, which refusing it on reading too
+    made vanish (`_STORED`: rules for what people write are not applied to what was)."""
+    with pytest.raises(ValidationError) as refused:
+        Preference.build(user="alice", key="coffee", value="oat")
+    assert refused.value.field == "key"
+    stored = Preference.decode('{"user":"alice","key":"coffee","value":"oat"}')
+    assert (stored.key, stored.value) == ("coffee", "oat")

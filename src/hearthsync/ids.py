@@ -22,7 +22,7 @@ EventId = NewType("EventId", str)
 #: lower-case letters, digits, ``_`` and ``-``; starts with a letter or digit; 1-64 characters.
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_\-]{0,63}")
 #: a preference or record key: ``domain/key`` segments of the name alphabet plus ``.``
-KEY_RE = re.compile(r"[a-z0-9][a-z0-9_\-.]{0,63}(/[a-z0-9][a-z0-9_\-.]{0,63}){1,3}")
+KEY_RE = re.compile(r"[a-z0-9][a-z0-9_\-.]{0,63}(/[a-z0-9][a-z0-9_\-.]{0,63}){0,3}")
 
 
 def key_domain(key: str) -> str:

@@ -136,6 +136,20 @@ Name = Annotated[str, StringConstraints(pattern=f"^{NAME_RE.pattern}$")]
 Key = Annotated[str, StringConstraints(pattern=f"^{KEY_RE.pattern}$")]
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
 ShortText = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+def _domain_key(key: str, info: pydantic.ValidationInfo) -> str:
+    """A key written now names its domain (``beverage/coffee``: the domain decides which
+    tasks may read it).  One read back keeps the shape it was written with: a key of one
+    segment was taken until 2026-12-06, and refusing it on reading made that preference
+    vanish from a store written before (the rule of `_STORED`)."""
+    if _as_written(info) and "/" not in key:
+        raise ValueError(_KEY_RULE)
+    return key
+
+
+#: the key of a preference or health record: a `Key` with its domain when written
+DomainKey = Annotated[Key, AfterValidator(_domain_key)]
 Json = Annotated[JsonValue, AfterValidator(_bounded_json)]
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 Hlc = Annotated[str, Field(max_length=120)]
@@ -430,7 +444,7 @@ class Preference(Record):
     SLOT_KEY_FIELD = "key"
 
     user: Name
-    key: Key
+    key: DomainKey
     value: Json
     source: Source = "explicit"
     confidence: Unit = 1.0
@@ -452,7 +466,7 @@ class HealthRecord(Record):
     SLOT_KEY_FIELD = "key"
 
     user: Name
-    key: Key
+    key: DomainKey
     value: Json
     note: Annotated[str, Field(max_length=MAX_TEXT)] = ""
     set_at: Hlc = ""
