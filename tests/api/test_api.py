@@ -42,6 +42,10 @@ ROUTES = [
     ("POST", "/users", {"user": "carol", "name": "Carol"}),
     ("POST", "/profile", {"user": "alice", "languages": ["fr"]}),
     ("POST", "/calibration", {"user": "alice", "verbosity": 0.2}),
+    ("POST", "/health", {"user": "alice", "key": "medication/evening", "value": "two pills"}),
+    ("POST", "/regions", {"region": "shelf-2", "label": "Shelf 2"}),
+    ("POST", "/routines", {"routine": "nap", "label": "Nap", "after": "13:00"}),
+    ("POST", "/relations", {"subject": "alice", "relation": "owns", "object": "green-mug"}),
     ("GET", "/users", None),
     ("POST", "/forget", {"user": "alice"}),
     ("GET", "/status", None),
@@ -307,6 +311,40 @@ async def test_profile_and_calibration_change_only_the_fields_given(
         if field is not None:
             assert field in (refused.json()["field"] or ""), refused.json()
     assert home.profile("alice") == after
+
+
+async def test_health_places_routines_and_relations_are_written_over_http(
+    api: httpx.AsyncClient, home: Peer
+) -> None:
+    """The rest of what the Python API writes (found missing by a new user)."""
+    writes = [
+        ("/health", {"user": "alice", "key": "medication/evening", "value": "two pills"}),
+        ("/regions", {"region": "kitchen", "label": "Kitchen"}),
+        ("/regions", {"region": "shelf-2", "label": "Shelf 2", "parent": "kitchen",
+                      "polygon": [[0, 0], [1, 0], [1, 1]]}),
+        ("/routines", {"routine": "nap", "label": "Nap", "user": "alice", "days": ["sat", "sun"],
+                       "after": "13:00", "before": "15:00", "constraints": ["no vacuuming"]}),
+        ("/relations", {"subject": "alice", "relation": "owns", "object": "green-mug"}),
+    ]  # fmt: skip
+    for path, body in writes:
+        answer = await api.post(path, json=body, headers=AUTH)
+        assert answer.status_code == 201, (path, answer.text)
+    assert [h.value for h in home.health("alice")] == ["two pills"]
+    assert {r.id: r.parent for r in home.regions()} == {"kitchen": None, "shelf-2": "kitchen"}
+    (nap,) = home.routines("alice")
+    assert (nap.days, nap.after, nap.constraints) == (["sat", "sun"], "13:00", ("no vacuuming",))
+    assert [r.object for r in home.relationships("alice")] == ["green-mug"]
+    for path, body, field in (
+        ("/health", {"user": "alice", "key": "bp", "value": 1}, "key"),
+        ("/health", {"user": "alice", "key": "note/x", "value": "call 06 12 34 56 78"}, "value"),
+        ("/routines", {"routine": "r", "label": "R", "days": ["someday"]}, "days"),
+        ("/regions", {"region": "Shelf 3", "label": "Shelf 3"}, "id"),
+    ):
+        refused = await api.post(path, json=body, headers=AUTH)
+        assert refused.status_code == 422, refused.text
+        assert field in (refused.json()["field"] or ""), refused.json()
+    assert len(home.health("alice")) == 1
+    assert len(home.regions()) == 2
 
 
 async def test_maintain_needs_no_body(api: httpx.AsyncClient) -> None:

@@ -35,12 +35,16 @@ from hearthsync.api.schemas import (
     FeedbackWrite,
     ForgetRequest,
     Forgotten,
+    HealthWrite,
     Maintained,
     MaintainRequest,
     PlacementWrite,
     PreferenceWrite,
     Problem,
     ProfileWrite,
+    RegionWrite,
+    RelationWrite,
+    RoutineWrite,
     Status,
     Users,
     UserWrite,
@@ -51,10 +55,14 @@ from hearthsync.context.scopes import ScopeDeniedError
 from hearthsync.errors import NotFoundError, ValidationError
 from hearthsync.model.records import (
     Calibration,
+    HealthRecord,
     InteractionEvent,
     Placement,
     Preference,
     Profile,
+    Region,
+    Relationship,
+    Routine,
 )
 from hearthsync.peer import Peer
 
@@ -150,6 +158,28 @@ def _write_routes(app: FastAPI, peer: Peer) -> None:
     async def calibration(body: CalibrationWrite) -> Calibration:
         """Change how robots behave with a registered user (the fields given)."""
         return await peer.set_calibration(body.user, **body.fields())
+
+    @app.post("/health", response_model=HealthRecord, status_code=201)
+    async def health(body: HealthWrite) -> HealthRecord:
+        """Store a health fact (the ``health`` scope: only tasks granted it read it)."""
+        return await peer.set_health(body.user, body.key, body.value, note=body.note)
+
+    @app.post("/regions", response_model=Region, status_code=201)
+    async def region(body: RegionWrite) -> Region:
+        """Name a place (its outline in ``frame``, its ``parent`` place)."""
+        fields = body.given("frame", "polygon", "parent", "tags")
+        return await peer.set_region(body.region, body.label, **fields)
+
+    @app.post("/routines", response_model=Routine, status_code=201)
+    async def routine(body: RoutineWrite) -> Routine:
+        """Set a routine: its days, its window, what robots do or must not do meanwhile."""
+        fields = body.given("user", "days", "after", "before", "actions", "constraints")
+        return await peer.set_routine(body.routine, body.label, **fields)
+
+    @app.post("/relations", response_model=Relationship, status_code=201)
+    async def relation(body: RelationWrite) -> Relationship:
+        """Relate two people, or a person and a thing or a place."""
+        return await peer.relate(body.subject, body.relation, body.object, note=body.note)
 
     @app.get("/users", response_model=Users)
     async def users() -> Users:

@@ -185,6 +185,47 @@ class CalibrationWrite(Body):
         return {f: getattr(self, f) for f in names if getattr(self, f) is not None}
 
 
+class _Given(Body):
+    """A write whose optional fields are passed on only when given (``None``: not given)."""
+
+    def given(self, *names: str) -> dict[str, Any]:
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+
+class HealthWrite(Body):
+    user: Short
+    key: Short
+    value: JsonValue
+    note: Text = ""
+
+
+class RegionWrite(_Given):
+    region: Short
+    label: Short
+    frame: Short | None = None
+    polygon: Annotated[list[tuple[float, float]], Field(max_length=256)] | None = None
+    parent: Short | None = None
+    tags: Annotated[list[Short], Field(max_length=64)] | None = None
+
+
+class RoutineWrite(_Given):
+    routine: Short
+    label: Short
+    user: Short | None = None
+    days: Annotated[list[Short], Field(max_length=7)] | None = None
+    after: Short | None = None
+    before: Short | None = None
+    actions: Annotated[list[Short], Field(max_length=64)] | None = None
+    constraints: Annotated[list[Short], Field(max_length=64)] | None = None
+
+
+class RelationWrite(Body):
+    subject: Short
+    relation: Short
+    object: Short
+    note: Text = ""
+
+
 class ForgetRequest(Body):
     user: Short
 
