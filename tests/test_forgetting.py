@@ -648,3 +648,14 @@ async def test_a_member_that_adds_a_user_makes_no_keys_and_says_so(
         await owner.add_user("erin", name="Erin")  # an owner adding her makes them
     assert holds_keys(owner, "erin")
     assert not [r for r in caplog.records if "no data keys" in r.getMessage()]
+
+
+async def test_a_robot_of_no_household_adds_users_without_a_word_about_keys(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It shares nothing, so it needs no keys: the warning meant for member robots was
+    printed for every user of `hearth demo` (found re-reading the change)."""
+    with caplog.at_level(logging.WARNING, logger="hearthsync.peer"):
+        async with Peer.open(tmp_path / "alone", device="alone") as peer:
+            await peer.add_user("alice", name="Alice")
+    assert not [r for r in caplog.records if "no data keys" in r.getMessage()]

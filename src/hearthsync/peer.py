@@ -56,7 +56,7 @@ from hearthsync.crdt.kinds import HOME, DocInfo, Kind, events_doc, parse, user_d
 from hearthsync.crdt.replica import Replica
 from hearthsync.crypto.identity import DeviceIdentity
 from hearthsync.crypto.statement import Statement
-from hearthsync.errors import HearthError, NotFoundError, ValidationError, unknown_user
+from hearthsync.errors import NotFoundError, ValidationError, unknown_user
 from hearthsync.forgetting import Forgetting
 from hearthsync.hlc import MAX_AHEAD_MS, FloorWall, HybridClock, Timestamp, latest_stored
 from hearthsync.ids import NAME_RE, DeviceId, DocId, LineageId, UserId, check_name
@@ -555,28 +555,15 @@ class Peer:
     def _forget_users(self, _: object) -> None:
         self._users = None
 
-    def _make_keys(self, users: Iterable[str]) -> list[str]:
-        """Data keys for those of ``users`` that have none (admin robots only), kept with this
-        device's credentials and granted to the linked robots (`on_keys_made`); returns the
-        users it made keys for."""
-        if self.household is None:
-            return []
-        made = []
-        for user in sorted(users):
-            try:
-                if enrolment.add_user_keys(self.household, user, self._key_bytes):
-                    made.append(user)
-            except HearthError:  # this one (forgotten meanwhile): the others still get theirs
-                log.exception("could not make the keys of user %r", user)
-        if made:
+    def _make_keys(self, user: str) -> None:
+        """Data keys of ``user`` where it has none (admin robots only), kept with this device's
+        credentials and granted to the linked robots (`on_keys_made`)."""
+        if self.household is not None and enrolment.add_user_keys(
+            self.household, user, self._key_bytes
+        ):
             enrolment.save(self.path, self.household, int(self._wall()))
             for listener in self.on_keys_made:
                 listener()
-        return made
-
-    def _holds_keys_of(self, user: str) -> bool:
-        """Whether this robot holds a data key of ``user`` (any scope, any epoch)."""
-        return self.household is not None and self.household.keyring.holds_data_keys(user)
 
     def _key_bytes(self, n: int) -> bytes:
         """Key material: the peer's generator (`random.SystemRandom`, the OS's randomness,
@@ -638,11 +625,13 @@ class Peer:
 
         # the user's data keys first (crypto-shredding), so that their documents can be sealed
         # for the other robots as soon as they are written
-        if not self._make_keys([record.user]) and not self._holds_keys_of(record.user):
+        self._make_keys(record.user)
+        state = self.household
+        if state is not None and not state.keyring.holds_data_keys(record.user):
             # a member robot makes no keys: what it writes of the user stays here until an
             # owner or admin adds them too, and grants the keys (it was silent; found by a new
             # user following the tutorial).  docs/explanation/sync.md says why the owner does
-            # not make them by itself.
+            # not make them by itself.  A robot of no household shares nothing: no keys needed
             log.warning(
                 "%r has no data keys on this robot, which makes none: their documents stay "
                 "here until an owner or admin robot adds them too",
