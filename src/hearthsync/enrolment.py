@@ -25,7 +25,7 @@ from typing import Any
 import websockets
 from websockets.asyncio.client import connect
 
-from hearthsync.crypto.certificate import Certificate, Revocations, TrustStore
+from hearthsync.crypto.certificate import ISSUING_ROLES, Certificate, Revocations, TrustStore
 from hearthsync.crypto.household import Household
 from hearthsync.crypto.identity import KEY_FILE, DeviceIdentity, device_id_of
 from hearthsync.crypto.keyring import Keyring, export_secret_keys, import_secret_keys
@@ -87,7 +87,7 @@ class HouseholdState:
 
     @property
     def is_admin(self) -> bool:
-        return self.certificate.role in ("owner", "admin")
+        return self.certificate.role in ISSUING_ROLES
 
 
 # ---------------------------------------------------------------------- the file

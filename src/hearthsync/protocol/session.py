@@ -52,7 +52,7 @@ from dataclasses import InitVar, dataclass, field
 from typing import Protocol
 
 from hearthsync.crdt import statevector, updates
-from hearthsync.crypto.certificate import Certificate, Revocations, TrustStore
+from hearthsync.crypto.certificate import ISSUING_ROLES, Certificate, Revocations, TrustStore
 from hearthsync.crypto.envelope import (
     Envelope,
     Header,
@@ -993,8 +993,7 @@ class Session:
             # every key it holds when a session opens, it means this device missed a grant
             # (a rotation it has not heard of): reconnect, and be granted it (SPEC §6.5)
             self._events.append(KeyMissing(doc_id, meta.scope, header.epoch))
-            assert self.peer is not None
-            if self.peer.certificate.role in ("owner", "admin"):
+            if self._grants_every_key():
                 self._fail(
                     f.ErrorCode.STALE_KEYS,
                     f"no key for {meta.scope} epoch {header.epoch}: reconnect for the grant",
@@ -1024,7 +1023,7 @@ class Session:
     def _grants_every_key(self) -> bool:
         """The peer is an owner or admin: it grants every key of the shared scopes it holds
         when a session opens (SPEC §6.5)."""
-        return self.peer is not None and self.peer.certificate.role in ("owner", "admin")
+        return self.peer is not None and self.peer.certificate.role in ISSUING_ROLES
 
     def _forgotten(self, doc_id: str) -> bool:
         """``doc_id`` is a document of a user this device has forgotten (SPEC §8)."""
