@@ -147,17 +147,17 @@ def _write_routes(app: FastAPI, peer: Peer) -> None:
     async def user(body: UserWrite) -> Profile:
         """Register a person in the household (registered already: change the fields given).
         A running robot holds its store: this is how another process adds someone to it."""
-        return await peer.add_user(body.user, name=body.name, **body.profile())
+        return await peer.add_user(body.user, **body.given("user"))
 
     @app.post("/profile", response_model=Profile, status_code=201)
     async def profile(body: ProfileWrite) -> Profile:
         """Change a registered user's profile fields; the others keep their value."""
-        return await peer.set_profile(body.user, **body.fields())
+        return await peer.set_profile(body.user, **body.given("user"))
 
     @app.post("/calibration", response_model=Calibration, status_code=201)
     async def calibration(body: CalibrationWrite) -> Calibration:
         """Change how robots behave with a registered user (the fields given)."""
-        return await peer.set_calibration(body.user, **body.fields())
+        return await peer.set_calibration(body.user, **body.given("user"))
 
     @app.post("/health", response_model=HealthRecord, status_code=201)
     async def health(body: HealthWrite) -> HealthRecord:
@@ -167,14 +167,12 @@ def _write_routes(app: FastAPI, peer: Peer) -> None:
     @app.post("/regions", response_model=Region, status_code=201)
     async def region(body: RegionWrite) -> Region:
         """Name a place (its outline in ``frame``, its ``parent`` place)."""
-        fields = body.given("frame", "polygon", "parent", "tags")
-        return await peer.set_region(body.region, body.label, **fields)
+        return await peer.set_region(body.region, body.label, **body.given("region", "label"))
 
     @app.post("/routines", response_model=Routine, status_code=201)
     async def routine(body: RoutineWrite) -> Routine:
         """Set a routine: its days, its window, what robots do or must not do meanwhile."""
-        fields = body.given("user", "days", "after", "before", "actions", "constraints")
-        return await peer.set_routine(body.routine, body.label, **fields)
+        return await peer.set_routine(body.routine, body.label, **body.given("routine", "label"))
 
     @app.post("/relations", response_model=Relationship, status_code=201)
     async def relation(body: RelationWrite) -> Relationship:

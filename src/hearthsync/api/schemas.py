@@ -132,32 +132,16 @@ class Maintained(BaseModel):
     changes: list[str]
 
 
-class UserWrite(Body):
-    """A person to register (or, registered already, the profile fields to change)."""
+class _Given(Body):
+    """A write whose optional fields are passed on only when given (``None``: not given)."""
 
-    user: Short
-    name: Short
-    roles: Annotated[list[Short], Field(max_length=64)] | None = None
-    languages: Annotated[list[Short], Field(max_length=16)] | None = None
-    accessibility: Annotated[list[Short], Field(max_length=64)] | None = None
-    household_role: Short | None = None
-    attributes: dict[str, JsonValue] | None = None
-
-    def profile(self) -> dict[str, Any]:
-        """The profile fields given (``None``: not given)."""
-        fields = ("roles", "languages", "accessibility", "household_role", "attributes")
-        return {f: getattr(self, f) for f in fields if getattr(self, f) is not None}
+    def given(self, *but: str) -> dict[str, Any]:
+        """Every field given, but those named (passed on by position)."""
+        names = type(self).model_fields
+        return {n: getattr(self, n) for n in names if n not in but and getattr(self, n) is not None}
 
 
-class Users(BaseModel):
-    users: list[str]
-
-
-class ProfileWrite(Body):
-    """Profile fields of a registered user to change (the others keep their value)."""
-
-    user: Short
-    name: Short | None = None
+class _ProfileFields(_Given):
     roles: Annotated[list[Short], Field(max_length=64)] | None = None
     languages: Annotated[list[Short], Field(max_length=16)] | None = None
     accessibility: Annotated[list[Short], Field(max_length=64)] | None = None
@@ -165,13 +149,26 @@ class ProfileWrite(Body):
     #: a patch, merged fact by fact; ``null`` removes a fact
     attributes: dict[str, JsonValue] | None = None
 
-    def fields(self) -> dict[str, Any]:
-        """The fields given (``None``: not given)."""
-        names = ("name", "roles", "languages", "accessibility", "household_role", "attributes")
-        return {f: getattr(self, f) for f in names if getattr(self, f) is not None}
+
+class UserWrite(_ProfileFields):
+    """A person to register (or, registered already, the profile fields to change)."""
+
+    user: Short
+    name: Short
 
 
-class CalibrationWrite(Body):
+class Users(BaseModel):
+    users: list[str]
+
+
+class ProfileWrite(_ProfileFields):
+    """Profile fields of a registered user to change (the others keep their value)."""
+
+    user: Short
+    name: Short | None = None
+
+
+class CalibrationWrite(_Given):
     """Calibration fields of a registered user to change (the others keep their value)."""
 
     user: Short
@@ -179,17 +176,6 @@ class CalibrationWrite(Body):
     verbosity: float | None = None
     pace: float | None = None
     personal_space_m: float | None = None
-
-    def fields(self) -> dict[str, Any]:
-        names = ("proactivity", "verbosity", "pace", "personal_space_m")
-        return {f: getattr(self, f) for f in names if getattr(self, f) is not None}
-
-
-class _Given(Body):
-    """A write whose optional fields are passed on only when given (``None``: not given)."""
-
-    def given(self, *names: str) -> dict[str, Any]:
-        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 
 class HealthWrite(Body):
