@@ -293,7 +293,9 @@ def revoke(
             if state is None:
                 raise typer.BadParameter(f"{path} belongs to no household", param_hint="PATH")
             named = enrolment.device_named(state, device)
-            epochs = enrolment.revoke(path, state, peer.identity, named, now=int(peer.wall()))
+            epochs = enrolment.revoke(
+                path, state, peer.identity, named, now=int(peer.wall()), users=peer.users()
+            )
         scopes = ", ".join(f"{s} (epoch {e})" for s, e in sorted(epochs.items()))
         console.print(f"revoked {device} ({named}); new keys for {scopes}")
 
@@ -559,6 +561,14 @@ def chaos(
     mix: Annotated[
         str | None, typer.Option(help="weights of the writes, e.g. pref=3,event=1,move=1")
     ] = None,
+    admin: Annotated[
+        bool | None,
+        typer.Option(
+            "--admin/--no-admin",
+            help="robot 1 is an admin, which makes and grants keys as the owner does "
+            "(default: drawn per seed, half the schedules of 3 robots or more)",
+        ),
+    ] = None,
     processes: Annotated[
         bool, typer.Option("--processes", help="real 'hearth run' processes behind proxies")
     ] = False,
@@ -607,6 +617,7 @@ def chaos(
             "--duration": duration != 30.0, "--faults": faults is not None,
             "--fault-rate": fault_rate is not None, "--scopes": scopes is not None,
             "--mix": mix is not None, "--bug": bug is not None, "--trace": trace,
+            "--admin/--no-admin": admin is not None,
             "--only-faults": only_faults is not None, "--jobs": jobs is not None,
         }  # fmt: skip
         given = [name for name, set_ in ignored.items() if set_]
@@ -637,7 +648,7 @@ def chaos(
                 faults=FAULT_KINDS if faults is None else _kinds(faults),
                 fault_rate=DEFAULT_FAULT_RATE if fault_rate is None else fault_rate, bug=bug,
                 scopes=None if scopes is None else tuple(_kinds(r) for r in scopes.split(";")),
-                mix=DEFAULT_MIX if mix is None else _weights(mix),
+                mix=DEFAULT_MIX if mix is None else _weights(mix), admin=admin,
             )  # fmt: skip
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None

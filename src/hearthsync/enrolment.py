@@ -17,7 +17,7 @@ import hashlib
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -291,11 +291,12 @@ def add_invite(
 
 
 def add_user_keys(state: HouseholdState, user: str, random_bytes: Callable[[int], bytes]) -> bool:
-    """Give ``user`` a data key in every scope (admins only); True if any was new."""
-    if not state.is_admin:
+    """Give ``user`` a data key in every scope this device holds keys of (admins only), for
+    its current epoch, where it holds none; True if any was new."""
+    if not state.is_admin or state.keyring.is_forgotten(user):
         return False
     made = False
-    for scope in SCOPES:
+    for scope in sorted(state.keyring.scopes & set(SCOPES)):
         epoch = state.keyring.current_epoch(scope)
         try:
             state.keyring.data_key(user, scope, epoch)
@@ -332,12 +333,13 @@ def device_named(state: HouseholdState, device: str) -> str:
 
 def revoke(
     folder: Path, state: HouseholdState, identity: DeviceIdentity, device: str, *, now: int,
-    random_bytes: Callable[[int], bytes] = os.urandom,
+    users: Iterable[str] = (), random_bytes: Callable[[int], bytes] = os.urandom,
 ) -> dict[str, int]:  # fmt: skip
     """Revoke ``device`` (``hearth revoke``): sign a new revocation list, start a new epoch of
     every scope this robot holds (the device can decrypt nothing written afterwards), save;
-    return the epochs.  The running sync gossips the list and grants the new keys to the
-    remaining robots.
+    return the epochs.  ``users`` are the household's (`Peer.users`): each gets a data key of
+    the new epoch, those this robot holds no key of yet too.  The running sync gossips the
+    list and grants the new keys to the remaining robots.
 
     Every scope, not those of the device's certificate: an older certificate of it may have
     granted more, and it keeps the keys it was given then (found in review)."""
@@ -353,7 +355,7 @@ def revoke(
         revoked=sorted(state.trust.revoked | {device}),
     )  # fmt: skip
     state.trust.accept_revocations(revocations, now)
-    epochs = state.keyring.rotate_for_revocation(state.keyring.scopes, random_bytes)
+    epochs = state.keyring.rotate_for_revocation(state.keyring.scopes, random_bytes, users)
     save(folder, state, now)
     return {str(scope): epoch for scope, epoch in epochs.items()}
 

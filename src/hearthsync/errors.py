@@ -108,5 +108,10 @@ class DecryptionError(CryptoError):
     """A ciphertext does not decrypt with the key it claims (tampered, or the key is gone)."""
 
 
+class UnknownKeyError(DecryptionError):
+    """A signed envelope opens with none of the keys held for its slot: its author sealed it
+    under a key not granted to this device (yet)."""
+
+
 class MissingKeyError(LocalError):
     """This device holds no key for that scope, user or epoch."""

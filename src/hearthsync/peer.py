@@ -314,6 +314,7 @@ class Peer:
             for user in peer.users():
                 await vectors.open_index(user, HISTORY)
             peer._index_later()  # what the indexes caught up with is staged
+            peer._key_users()  # users heard of before a crash, keyed by nobody here yet
         except BaseException:
             await peer.close()  # never a store left open (its thread would outlive the process)
             raise
@@ -554,16 +555,37 @@ class Peer:
 
     def _forget_users(self, _: object) -> None:
         self._users = None
+        # a user another robot added (a member, which makes no keys): keyed here, once the
+        # transaction that brought them ends (the list cannot be read inside it)
+        asyncio.get_running_loop().call_soon(self._key_users)
 
-    def _make_keys(self, user: str) -> None:
-        """Data keys of ``user`` where it has none (admin robots only), kept with this device's
-        credentials and granted to the linked robots (`on_keys_made`)."""
-        if self.household is not None and enrolment.add_user_keys(
-            self.household, user, self._key_bytes
-        ):
-            enrolment.save(self.path, self.household, int(self._wall()))
-            for listener in self.on_keys_made:
-                listener()
+    def _key_users(self) -> None:
+        """Owner and admin robots: data keys, for the current epoch of every scope, of every
+        user of the household that has none here (`_make_keys`).
+
+        A user added on a member robot (which makes no keys) has their documents sealed, and
+        so shared, once an owner or admin hears of them.  Two such robots that hear at once
+        each make a key for the same slot; every robot then holds both (`Keyring`: a slot
+        may hold several keys), where before the second was refused for good."""
+        if self._closed or self.household is None or not self.household.is_admin:
+            return
+        self._make_keys(*sorted(self._known_users()))
+
+    def _make_keys(self, *users: str) -> None:
+        """Data keys of ``users`` where they have none (admin robots only), kept with this
+        device's credentials and granted to the linked robots (`on_keys_made`)."""
+        state = self.household
+        if state is None:
+            return
+        made = [enrolment.add_user_keys(state, user, self._key_bytes) for user in users]
+        if any(made):
+            enrolment.save(self.path, state, int(self._wall()))
+            self._grant_keys()
+
+    def _grant_keys(self) -> None:
+        """Have every linked robot granted the keys this one holds (owners and admins)."""
+        for listener in self.on_keys_made:
+            listener()
 
     def _key_bytes(self, n: int) -> bytes:
         """Key material: the peer's generator (`random.SystemRandom`, the OS's randomness,
@@ -629,12 +651,13 @@ class Peer:
         state = self.household
         if state is not None and not state.keyring.holds_data_keys(record.user):
             # a member robot makes no keys: what it writes of the user stays here until an
-            # owner or admin adds them too, and grants the keys (it was silent; found by a new
-            # user following the tutorial).  docs/explanation/sync.md says why the owner does
-            # not make them by itself.  A robot of no household shares nothing: no keys needed
-            log.warning(
-                "%r has no data keys on this robot, which makes none: their documents stay "
-                "here until an owner or admin robot adds them too",
+            # owner or admin robot hears of them (from this robot or another) and grants it
+            # their keys (`_key_users`).  Said, as a robot out of reach of every owner and
+            # admin shares nothing of the user meanwhile.  A robot of no household shares
+            # nothing: no keys needed
+            log.info(
+                "%r has no data keys on this robot, which makes none: their documents are "
+                "shared once an owner or admin robot hears of them and grants the keys",
                 record.user,
             )
         _, written = await asyncio.gather(
@@ -1305,9 +1328,14 @@ class Peer:
         return self._forgotten_users()
 
     def keys_changed(self) -> None:
-        """Another robot granted keys: keep them with this device's credentials."""
+        """Another robot granted keys: keep them with this device's credentials.  An owner or
+        admin grants them on to the robots linked to it: one such robot's key of a slot that
+        this one keyed too is news to them, and the robots holding both seal with the same
+        one (`Keyring`)."""
         if self.household is not None:
             enrolment.save(self.path, self.household, int(self._wall()))
+            if self.household.is_admin:
+                self._grant_keys()
 
     def trust_changed(self) -> None:
         """The trust store changed (a newer revocation list, a certificate learned from a peer):
@@ -1315,6 +1343,8 @@ class Peer:
         check out before (their device may be known now)."""
         if self.household is not None:
             enrolment.save(self.path, self.household, int(self._wall()))
+            if self.household.is_admin:  # keys of an epoch a newer list accounts for now
+                self._grant_keys()
         self._settings.changed()
         self._users = self._forgotten = None  # a tombstone's device may check out now, or not
         self._forgetting.on_household_change()

@@ -81,7 +81,6 @@ async def run(
             peer, state.credentials(peer.identity), listen=listen,
             peers=tuple((p.host, p.port) for p in peers), join=join, clock=peer.wall,
         )  # fmt: skip
-        peer.on_keys_made.append(service.send_grants)
         async with service:
             await _serve(peer, service, path, mdns=mdns, service_type=service_type,
                          console=console, listen=listen, api=api)  # fmt: skip
@@ -267,7 +266,7 @@ async def _command(peer: Peer, service: SyncService, words: list[str], run_file:
             assert peer.household is not None
             device = enrolment.device_named(peer.household, device)  # a name, or the id
             epochs = enrolment.revoke(peer.path, peer.household, peer.identity, device,
-                                      now=int(peer.wall()))  # fmt: skip
+                                      now=int(peer.wall()), users=peer.users())  # fmt: skip
             peer.trust_changed()  # what the revoked device signed no longer counts here
             service.trust_changed()  # drops the revoked device, tells the others
             service.send_grants()  # the new epochs' keys, to everyone still trusted

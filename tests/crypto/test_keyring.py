@@ -103,16 +103,59 @@ def test_grant_from_a_non_admin_is_refused(home: Home, admin_keys: Keyring) -> N
         Keyring().accept_grant(by_stranger, home.hall, trust=home.trust, now=NOW)
 
 
-def test_conflicting_key_for_the_same_epoch_is_refused(home: Home, admin_keys: Keyring) -> None:
+def test_a_second_key_for_a_slot_is_held_beside_the_first(home: Home, admin_keys: Keyring) -> None:
+    """Two admin robots that each made a key for one slot, unaware of each other: both keys
+    are held, any opens, and every robot holding both seals with the same one."""
     kitchen = enrolled(home, admin_keys, home.kitchen)
+    first = admin_keys.scope_key("core", 0)
     rival = Keyring()
     rival.create_scope("core", lambda n: b"\x09" * n)
+    second = rival.scope_key("core", 0)
     grant = rival.grant(
         home.admin, home.kitchen.verify_key, scope="core", epoch=0, random_bytes=home.random_bytes
     )
-    with pytest.raises(CryptoError, match="different key"):
+    before = kitchen.key_count()
+    kitchen.accept_grant(grant, home.kitchen, trust=home.trust, now=NOW)
+    assert kitchen.key_count() == before + 1
+    assert set(kitchen.scope_keys("core", 0)) == {first, second}
+    smallest = min((first, second), key=keyring.key_id)
+    assert kitchen.scope_key("core", 0) == smallest
+    # the other order of arrival picks the same key
+    other = enrolled(home, rival, home.hall)
+    admin_grant = admin_keys.grant(
+        home.admin, home.hall.verify_key, scope="core", epoch=0, random_bytes=home.random_bytes
+    )
+    other.accept_grant(admin_grant, home.hall, trust=home.trust, now=NOW)
+    assert other.scope_key("core", 0) == smallest
+    doc = ("home/spatial", "g", "core", None, 0)
+    assert kitchen.doc_key(*doc) == other.doc_key(*doc)
+    assert set(kitchen.doc_keys(*doc)) == {
+        derive_doc_key(k, "home/spatial", "g") for k in (first, second)
+    }
+    # the same grant again teaches nothing; both keys are granted onwards, and kept on disk
+    kitchen.accept_grant(grant, home.kitchen, trust=home.trust, now=NOW)
+    assert kitchen.key_count() == before + 1
+    onwards = kitchen.grants_for(home.kitchen, home.hall.verify_key, ["core"], home.random_bytes)
+    assert len(onwards) == len(set(onwards))
+    restored = keyring.import_secret_keys(keyring.export_secret_keys(kitchen))
+    assert restored.scope_keys("core", 0) == kitchen.scope_keys("core", 0)
+    assert restored.key_count() == kitchen.key_count()
+    merged = Keyring()
+    assert merged.merge_from(kitchen) == kitchen.key_count()
+    assert merged.merge_from(rival) == 0  # held already
+
+
+def test_a_slot_holds_a_bounded_number_of_keys(home: Home, admin_keys: Keyring) -> None:
+    kitchen = enrolled(home, admin_keys, home.kitchen)
+    for n in range(keyring.MAX_KEYS_PER_SLOT + 2):
+        rival = Keyring()
+        rival.create_scope("core", lambda size, n=n: bytes([n + 10]) * size)
+        grant = rival.grant(
+            home.admin, home.kitchen.verify_key, scope="core", epoch=0,
+            random_bytes=home.random_bytes,
+        )  # fmt: skip
         kitchen.accept_grant(grant, home.kitchen, trust=home.trust, now=NOW)
-    assert kitchen.scope_key("core", 0) == admin_keys.scope_key("core", 0)
+    assert len(kitchen.scope_keys("core", 0)) == keyring.MAX_KEYS_PER_SLOT
 
 
 def test_rotation_makes_a_new_epoch_of_every_scope_the_device_held(

@@ -634,11 +634,20 @@ def test_an_unanswered_request_is_sent_again(kitchen: Robot, hall: Robot) -> Non
     assert again.doc_id == "user/alice/prefs"
 
 
+def revoke(home: Home, admin: Robot, device: str) -> None:
+    """The admin revokes ``device``: a revocation list (serial 1), then a new epoch of core."""
+    listed = Revocations.issue(
+        home.admin, household_id=home.household.id, serial=1, revoked=[device]
+    )
+    assert admin.trust.accept_revocations(listed, NOW)
+    admin.keyring.rotate_for_revocation(["core"], random.Random(2).randbytes)
+
+
 def test_an_envelope_from_an_admin_under_an_unknown_key_asks_for_a_new_session(
-    kitchen: Robot, admin: Robot
+    kitchen: Robot, admin: Robot, home: Home
 ) -> None:
     a, b = connect(admin, kitchen)
-    admin.keyring.rotate_for_revocation(["core"], random.Random(2).randbytes)
+    revoke(home, admin, "AAAAAAAAAAAAAAAA")
     delta = admin.docs.write("user/alice/prefs", "tea/mug", "blue")
     assert a[1].send_update(DocId("user/alice/prefs"), delta)
     for data in a[1].data_to_send():
@@ -1285,3 +1294,125 @@ def test_a_forged_envelope_of_a_forgotten_users_document_is_still_refused(
     b[1].receive_data(f.encode(f.Update(forged(header))), NOW)
     assert [frame.code for frame in sent(b[1]) if isinstance(frame, f.Error)] == [401]
     assert closed_with(b[1]) == [401]
+
+
+# --- several keys for one slot (SPEC §4) ----------------------------------------------------
+
+
+def owner_robot(home: Home) -> Robot:
+    """The owner, which keys users on its own: its keyring shares the admin's scope keys but
+    makes its own data keys (two robots adding one user, unaware of each other)."""
+    trust = TrustStore.for_household(home.household)
+    for known in ("owner", "admin"):
+        trust.add(home.certs[known], NOW)
+    return Robot(home.owner, home.certs["owner"], trust, Keyring())
+
+
+def test_members_holding_different_keys_of_a_slot_converge_once_granted_both(
+    home: Home, kitchen: Robot, hall: Robot, admin: Robot
+) -> None:
+    """The owner and the admin each added carol before hearing of each other: two keys for
+    one slot.  A member that holds only the other key skips an envelope under the first
+    (before, the second grant was refused for good and the household split); once granted
+    both, every robot opens everything and seals with the same key."""
+    owner = owner_robot(home)
+    owner.keyring.merge_from(admin.keyring)  # the scope keys, alice's and bob's
+    admin.keyring.create_data_key("carol", "core", random.Random(11).randbytes)
+    owner.keyring.create_data_key("carol", "core", random.Random(12).randbytes)
+    assert owner.keyring.data_key("carol", "core", 0) != admin.keyring.data_key("carol", "core", 0)
+    connect(admin, kitchen)  # kitchen holds the admin's key of carol
+    connect(owner, hall)  # hall the owner's
+    kitchen.docs.write("user/carol/prefs", "tea/mug", "green")
+    hall.events.clear()
+    a, b = connect(kitchen, hall)
+    assert "user/carol/prefs" not in hall.docs.docs  # sealed under a key hall lacks: skipped
+    assert of_type(hall, KeyMissing)
+    assert b[1].state is State.OPEN  # a member grants nothing: no reconnect, no error
+    # the owner and the admin meet: each grants the other its key, and holds both
+    connect(owner, admin)
+    both = set(owner.keyring.data_keys("carol", "core", 0))
+    assert both == set(admin.keyring.data_keys("carol", "core", 0))
+    assert len(both) == 2
+    connect(owner, hall)  # a new session grants hall the admin's key
+    assert set(hall.keyring.data_keys("carol", "core", 0)) == both
+    # kitchen offers again what hall has not acknowledged (anti-entropy): hall opens it now
+    later = NOW + SETTLE_S + 1
+    a[1].tick(later)
+    pump(a, b, now=later)
+    assert hall.docs.content("user/carol/prefs") == {"tea/mug": "green"}
+    connect(owner, kitchen)
+    # holding the same keys, every robot seals carol's documents with the same one
+    sealing = {
+        r.keyring.doc_key("user/carol/prefs", "g", "core", "carol", 0)
+        for r in (owner, admin, kitchen, hall)
+    }
+    assert len(sealing) == 1
+
+
+def test_an_envelope_from_an_admin_under_a_key_not_held_asks_for_a_new_session(
+    home: Home, kitchen: Robot, admin: Robot
+) -> None:
+    """An admin grants every key it holds when a session opens: an envelope of it that no
+    key held here opens means a grant was lost, as for a missing epoch (SPEC §6.5)."""
+    owner = owner_robot(home)
+    owner.keyring.merge_from(admin.keyring)
+    owner.keyring.create_data_key("carol", "core", random.Random(12).randbytes)
+    connect(owner, kitchen)  # kitchen holds the owner's key of carol
+    a, b = connect(admin, kitchen)
+    assert b[1].state is State.OPEN
+    admin.keyring.create_data_key("carol", "core", random.Random(11).randbytes)
+    theirs = admin.keyring.doc_key("user/carol/prefs", "g", "core", "carol", 0)
+    assert theirs not in kitchen.keyring.doc_keys("user/carol/prefs", "g", "core", "carol", 0)
+    admin.docs.write("user/carol/prefs", "tea/mug", "green")
+    delta = admin.docs.write("user/carol/prefs", "tea/pot", "brown")
+    assert a[1].send_update(DocId("user/carol/prefs"), delta)  # the grant never went
+    pump(a, b)
+    assert b[1].closed
+    assert [e.code for e in of_type(kitchen, Closed)][-1] == f.ErrorCode.STALE_KEYS
+    connect(admin, kitchen)  # the new session grants it: carol's prefs come
+    assert kitchen.docs.content("user/carol/prefs") == {"tea/mug": "green", "tea/pot": "brown"}
+
+
+def test_a_session_sends_each_grant_once(home: Home, admin: Robot, kitchen: Robot) -> None:
+    """An admin grants again whenever it has keys to pass on; the peer verified every grant
+    sent again.  Only the new ones go now."""
+    a, b = connect(admin, kitchen)
+    assert a[1].send_grants() == 0  # every key went when the session opened
+    admin.keyring.create_data_key("carol", "core", home.random_bytes)
+    assert a[1].send_grants() == 1
+    pump(a, b)
+    assert a[1].send_grants() == 0
+    assert kitchen.keyring.data_keys("carol", "core", 0) == admin.keyring.data_keys(
+        "carol", "core", 0
+    )
+
+
+def test_an_admin_grants_a_new_epoch_only_once_it_holds_the_revocation_behind_it(
+    home: Home, admin: Robot, kitchen: Robot, hall: Robot
+) -> None:
+    """Every new epoch comes of a revocation, whose list the rotating robot sends before the
+    keys.  An admin granted a new epoch's keys whose list was lost granted them on to the
+    robot just revoked, which it still took for a member, and that robot read what the
+    household wrote after revoking it (the chaos harness, seed 20071)."""
+    owner = owner_robot(home)
+    owner.keyring.merge_from(admin.keyring)
+    listed = Revocations.issue(
+        home.owner, household_id=home.household.id, serial=1, revoked=[hall.identity.device_id]
+    )
+    assert owner.trust.accept_revocations(listed, NOW)
+    owner.keyring.rotate_for_revocation(["core"], random.Random(2).randbytes)
+    # the owner's grants reach the admin, its revocation list does not
+    for grant in owner.keyring.grants_for(
+        home.owner, admin.identity.verify_key, ["core"], random.Random(3).randbytes
+    ):
+        admin.keyring.accept_grant(grant, admin.identity, trust=admin.trust, now=NOW)
+    assert admin.keyring.current_epoch("core") == 1
+    assert admin.trust.revocations is None
+    connect(admin, hall)
+    assert hall.keyring.current_epoch("core") == 0  # the revoked robot gets no epoch-1 key
+    a, b = connect(admin, kitchen)
+    assert kitchen.keyring.current_epoch("core") == 0  # nor anyone, until the list comes
+    assert admin.trust.accept_revocations(listed, NOW)
+    assert a[1].send_grants() > 0  # (`Peer.trust_changed` has every link grant again)
+    pump(a, b)
+    assert kitchen.keyring.current_epoch("core") == 1

@@ -230,6 +230,8 @@ def replay_command(seed: int, scenario: Scenario, faults: Sequence[int] | None =
         args += ["--mix", ",".join(f"{k}={w!r}" for k, w in scenario.mix.items())]
     if faults is not None:
         args += ["--only-faults", ",".join(str(i) for i in faults) or "none"]
+    if scenario.admin is not None:
+        args += ["--admin" if scenario.admin else "--no-admin"]
     if scenario.bug:
         args += ["--bug", scenario.bug]
     return shlex.join([*args, "--trace"])

@@ -17,7 +17,7 @@ from pathlib import Path
 from nacl.signing import SigningKey
 
 from hearthsync import enrolment
-from hearthsync.chaos.plan import FIRST_USERS, LATER_USERS, SCOPES, Plan
+from hearthsync.chaos.plan import FIRST_USERS, SCOPES, Plan
 from hearthsync.crypto.certificate import Certificate, TrustStore
 from hearthsync.crypto.household import Household
 from hearthsync.crypto.identity import KEY_FILE, DeviceIdentity
@@ -53,9 +53,8 @@ def create(plan: Plan, folder: Path) -> list[Member]:
     keys = Keyring()
     for scope in SCOPES:
         keys.create_scope(scope, setup.randbytes)
-        # the later users' too: a member robot makes no keys, so a user only members added
-        # would have none (docs/explanation/sync.md, "What is not done yet")
-        for user in FIRST_USERS + LATER_USERS:
+        # the later users get theirs during the run, from the owner, when it hears of them
+        for user in FIRST_USERS:
             keys.create_data_key(user, scope, setup.randbytes)
     identities = [owner] + [
         DeviceIdentity(SigningKey(setup.randbytes(32))) for _ in range(1, plan.peers)
@@ -68,7 +67,8 @@ def create(plan: Plan, folder: Path) -> list[Member]:
     ] + [
         Certificate.issue(
             owner, household_id=household.id, device_pk=bytes(identity.verify_key),
-            device_name=f"r{index}", role="member", scopes=plan.scopes[index],
+            device_name=f"r{index}", role="admin" if index in plan.admins else "member",
+            scopes=plan.scopes[index],
             issued_at=issued, expires_at=issued + CERT_S,
         )
         for index, identity in enumerate(identities) if index

@@ -59,6 +59,10 @@ class Scenario:
     #: robot and a hall robot that may read neither health nor history.  "household" is
     #: implied, as an invite implies it.  None: drawn per seed (a robot in four misses a scope)
     scopes: tuple[tuple[str, ...], ...] | None = None
+    #: robot 1 is an admin (it makes keys and grants them, as the owner does, and holds every
+    #: scope); None: drawn per seed, in half the schedules of three robots or more, unless
+    #: ``scopes`` are given
+    admin: bool | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mix", dict(self.mix))  # a plain dict: it goes to workers
@@ -81,6 +85,8 @@ class Scenario:
             raise ValueError(f"unknown fault kinds {sorted(unknown)}; known: {FAULT_KINDS}")
         if set(self.mix) - set(OP_KINDS) or not any(w > 0 for w in self.mix.values()):
             raise ValueError(f"mix must weigh some of {OP_KINDS}")
+        if self.admin and peers is not None and peers < 2:
+            raise ValueError("an admin needs a robot besides the owner")
         if self.bug is not None and self.bug not in BUGS:
             raise ValueError(f"unknown bug {self.bug!r}; known: {sorted(BUGS)}")
 
@@ -167,6 +173,7 @@ class Plan:
     scopes: tuple[tuple[str, ...], ...]  #: per robot, the scopes its certificate grants
     ops: tuple[Op, ...]
     faults: tuple[Fault, ...]
+    admins: tuple[int, ...] = ()  #: robots certified as admins (robot 0 is the owner)
 
     def without_faults(self, dropped: set[int]) -> Plan:
         return replace(self, faults=tuple(f for f in self.faults if f.index not in dropped))
@@ -201,7 +208,18 @@ def make_plan(seed: int, scenario: Scenario) -> Plan:
     ops.sort(key=lambda op: (op.at, op.robot))
     ops = [replace(op, index=i) for i, op in enumerate(ops)]
     faults = _faults(rng, scenario, peers)
-    return Plan(seed, scenario, peers, tuple(scopes), tuple(ops), tuple(faults))
+    # from a stream of its own: the writes and faults of every seed stay what they were
+    admin = scenario.admin
+    if admin is None:  # never in a household given robot by robot: it says what each reads
+        admin = (
+            scenario.scopes is None
+            and peers >= 3
+            and random.Random(f"hearthsync-chaos-admin-{seed}").random() < 0.5
+        )
+    admins = (1,) if admin else ()
+    if admin:
+        scopes[1] = SCOPES  # an admin grants the keys of every scope, so it holds them all
+    return Plan(seed, scenario, peers, tuple(scopes), tuple(ops), tuple(faults), admins)
 
 
 def _faults(rng: random.Random, scenario: Scenario, peers: int) -> list[Fault]:

@@ -437,6 +437,8 @@ class Simulation:
                 Robot(member.index, member.folder, member.identity, member.state,
                       member.scopes, member.rng, member.skew)
             )  # fmt: skip
+        for index in self.plan.admins:
+            self.note(f"r{index} is an admin: it makes and grants keys, as the owner r0 does")
         for robot in self.robots:
             await self._boot(robot)
             for n, user in enumerate(FIRST_USERS):
@@ -930,7 +932,8 @@ class Simulation:
             return
         epochs = enrolment.revoke(
             owner.folder, owner.state, owner.identity, victim.device_id,
-            now=int(_peer(owner).wall()), random_bytes=owner.rng.randbytes,
+            now=int(_peer(owner).wall()), users=_peer(owner).users(),
+            random_bytes=owner.rng.randbytes,
         )  # fmt: skip
         _peer(owner).trust_changed()  # as the console's 'revoke' does
         self.revoked = victim.index

@@ -14,6 +14,7 @@ and never reaches the AEAD; a bad envelope raises and changes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Self
 
@@ -43,7 +44,7 @@ from hearthsync.crypto.wire import (
     pack,
     unpack_array,
 )
-from hearthsync.errors import CryptoError, DecryptionError, SignatureError, ValidationError
+from hearthsync.errors import CryptoError, SignatureError, UnknownKeyError, ValidationError
 
 KIND_DELTA = 0
 KIND_SNAPSHOT = 1
@@ -228,24 +229,35 @@ def open_envelope(envelope: Envelope, key: bytes, author_verify_key: VerifyKey) 
     ``key`` is the document key (`Keyring.doc_key` for the header's scope and epoch); a
     missing key is the caller's `MissingKeyError`, raised before this is called.
     """
-    return open_envelope_packed(envelope, key, author_verify_key)[0]
+    return open_envelope_packed(envelope, [key], author_verify_key)[0]
 
 
 def open_envelope_packed(
-    envelope: Envelope, key: bytes, author_verify_key: VerifyKey
+    envelope: Envelope, keys: Sequence[bytes], author_verify_key: VerifyKey
 ) -> tuple[bytes, bytes | None]:
-    """`open_envelope`, and the Zstandard frame the update came in (``None`` if it came
-    uncompressed): the store keeps that frame as it is rather than compress the update again."""
+    """`open_envelope` with whichever of ``keys`` (`Keyring.doc_keys`: a slot may hold
+    several) it was sealed under, and the Zstandard frame the update came in (``None`` if it
+    came uncompressed): the store keeps that frame as it is rather than compress the update
+    again.  `UnknownKeyError` if none of them opens it.
+
+    The signature is checked first, once: an envelope that verifies and opens with none of
+    the keys was sealed by its author under a key this device does not hold (yet), since
+    nobody else could have changed its ciphertext.
+    """
     verify_envelope(envelope, author_verify_key)
-    check_bytes(key, field="key", size=KEY_BYTES)
-    try:
-        plaintext: bytes = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
-            envelope.ciphertext, envelope.header.ad, envelope.nonce, key
-        )
-    except (nacl.exceptions.CryptoError, ValueError):
-        raise DecryptionError(
-            f"envelope {envelope.header.doc_id!r} #{envelope.header.counter} does not decrypt "
-            f"with the key of scope {envelope.header.scope!r} epoch {envelope.header.epoch}"
-        ) from None
-    update = decompress(envelope.header.codec, plaintext)
-    return update, (plaintext if envelope.header.codec == CODEC_ZSTD else None)
+    header = envelope.header
+    for key in keys:
+        check_bytes(key, field="key", size=KEY_BYTES)
+        try:
+            plaintext: bytes = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
+                envelope.ciphertext, header.ad, envelope.nonce, key
+            )
+        except (nacl.exceptions.CryptoError, ValueError):
+            continue
+        update = decompress(header.codec, plaintext)
+        return update, (plaintext if header.codec == CODEC_ZSTD else None)
+    raise UnknownKeyError(
+        f"envelope {header.doc_id!r} #{header.counter} does not decrypt with the "
+        f"{'key' if len(keys) == 1 else f'{len(keys)} keys'} held here of scope "
+        f"{header.scope!r} epoch {header.epoch}"
+    )

@@ -10,6 +10,14 @@ Two kinds of 32-byte key, both per epoch:
 Revoking a device starts a new epoch of every scope it held (`Keyring.rotate_for_revocation`):
 what is written afterwards uses keys it never received.  Old epochs stay, so history still reads.
 
+A slot (a scope and epoch, or a user, scope and epoch) may hold **several keys**: two owner or
+admin robots that each add a user, or each revoke a robot, before hearing of the other make
+two keys for one slot, and neither can know.  Every robot keeps every key granted for a slot
+(at most `MAX_KEYS_PER_SLOT`), opens an envelope with whichever of them it was sealed under,
+and seals with the one of smallest key id (`key_id`), so robots that hold the same keys pick
+the same one.  Before, the second key was refused for good, and the household split in two
+(docs/explanation/sync.md, "Several keys for one slot").
+
 Keys travel as **key grants**: sealed to the recipient's X25519 key (its certified Ed25519 key,
 converted) and signed by an owner/admin device, so a grant can neither be read in transit nor
 forged by anyone who merely knows the recipient's public key.  The sealed box is built here from
@@ -20,6 +28,7 @@ byte-compatible with ``crypto_box_seal`` and opens with ``nacl.public.SealedBox`
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Self, TypeVar
@@ -60,6 +69,12 @@ SEALED_BYTES = 80
 MAX_GRANT_BYTES = 512
 GRANT_TAG = b"hearth-grant-v1"
 _DOC_PERSON = b"hearth-doc-v1"
+_KID_PERSON = b"hearth-kid-v1"
+#: keys held for one slot at most: one per owner or admin robot that made one unaware of the
+#: others, in practice one or two; more are dropped (logged), not held
+MAX_KEYS_PER_SLOT = 8
+
+log = logging.getLogger(__name__)
 
 RandomBytes = Callable[[int], bytes]
 K = TypeVar("K")
@@ -79,6 +94,12 @@ def derive_doc_key(base_key: bytes, doc_id: str, lineage: str) -> bytes:
     return blake2b(
         data, digest_size=KEY_BYTES, key=base_key, person=_DOC_PERSON, encoder=RawEncoder
     )
+
+
+def key_id(key: bytes) -> bytes:
+    """``BLAKE2b-8(key, person=b"hearth-kid-v1")``: which of a slot's keys seals (the smallest),
+    and the order the others are tried in.  Says nothing of the key (SPEC §4)."""
+    return blake2b(key, digest_size=8, person=_KID_PERSON, encoder=RawEncoder)
 
 
 def seal_to(recipient_pk: bytes | VerifyKey, message: bytes, ephemeral_seed: bytes) -> bytes:
@@ -175,18 +196,18 @@ class Keyring:
     """The keys this device holds.  ``repr`` lists scopes and epochs, never a key byte."""
 
     def __init__(self) -> None:
-        self._scope_keys: dict[tuple[Scope, int], bytes] = {}
-        self._data_keys: dict[tuple[UserId, Scope, int], bytes] = {}
+        #: the keys of each slot, smallest key id first: the first seals, any opens
+        self._scope_keys: dict[tuple[Scope, int], tuple[bytes, ...]] = {}
+        self._data_keys: dict[tuple[UserId, Scope, int], tuple[bytes, ...]] = {}
         self._forgotten: set[UserId] = set()
         # derived per-document keys and newest epochs, asked for on every envelope; both
         # emptied whenever the keys change (`_changed`), so forgetting leaves nothing behind
         self._derived: dict[tuple[bytes, str, str], bytes] = {}
         self._newest: dict[str, int] = {}
-        #: grants made, by (granter, recipient, kind, scope, user, epoch): a key's slot never
-        #: changes once filled, so the same grant is sent again rather than sealed and signed
-        #: again (about 0.2 ms each; every session opening offers every key); emptied when a
-        #: user is forgotten
-        self._grants: dict[tuple[bytes, bytes, str, str, str, int], bytes] = {}
+        #: grants made, by (granter, recipient, key): the same grant is sent again rather than
+        #: sealed and signed again (about 0.2 ms each; every session opening offers every
+        #: key); emptied when a user is forgotten
+        self._grants: dict[tuple[bytes, bytes, bytes], bytes] = {}
         #: the sealed keys of grants accepted: the same grant offered again (at every session
         #: opening) is checked, not unsealed and installed again
         self._accepted: set[bytes] = set()
@@ -212,19 +233,16 @@ class Keyring:
         never a forgotten user's); return how many were added."""
         added = 0
         self._changed()
-        for index, key in other._scope_keys.items():
-            if index not in self._scope_keys:
-                self._scope_keys[index] = key
-                added += 1
-        for data_index, key in other._data_keys.items():
-            if data_index not in self._data_keys and data_index[0] not in self._forgotten:
-                self._data_keys[data_index] = key
-                added += 1
+        for index, keys in other._scope_keys.items():
+            added += sum(_hold(self._scope_keys, index, key) for key in keys)
+        for data_index, keys in other._data_keys.items():
+            if data_index[0] not in self._forgotten:
+                added += sum(_hold(self._data_keys, data_index, key) for key in keys)
         return added
 
     def key_count(self) -> int:
         """How many keys this device holds (to tell whether a grant taught it anything)."""
-        return len(self._scope_keys) + len(self._data_keys)
+        return sum(map(len, self._scope_keys.values())) + sum(map(len, self._data_keys.values()))
 
     @property
     def scopes(self) -> frozenset[Scope]:
@@ -262,34 +280,56 @@ class Keyring:
         return epochs | {e for (_, s, e) in self._data_keys if s == scope}
 
     def scope_key(self, scope: str, epoch: int) -> bytes:
-        key = self._scope_keys.get((Scope(scope), epoch))
-        if key is None:
+        """The scope key that seals (of several for the slot, the smallest key id)."""
+        return self.scope_keys(scope, epoch)[0]
+
+    def scope_keys(self, scope: str, epoch: int) -> tuple[bytes, ...]:
+        """Every scope key held for (``scope``, ``epoch``), the sealing one first."""
+        keys = self._scope_keys.get((Scope(scope), epoch))
+        if keys is None:
             raise MissingKeyError(f"no key held for scope {scope!r} epoch {epoch}")
-        return key
+        return keys
 
     def data_key(self, user: str, scope: str, epoch: int) -> bytes:
-        key = self._data_keys.get((UserId(user), Scope(scope), epoch))
-        if key is None:
+        """``user``'s data key that seals (of several for the slot, the smallest key id)."""
+        return self.data_keys(user, scope, epoch)[0]
+
+    def data_keys(self, user: str, scope: str, epoch: int) -> tuple[bytes, ...]:
+        """Every data key held for (``user``, ``scope``, ``epoch``), the sealing one first."""
+        keys = self._data_keys.get((UserId(user), Scope(scope), epoch))
+        if keys is None:
             gone = " (user forgotten)" if user in self._forgotten else ""
             raise MissingKeyError(
                 f"no data key held for user {user!r}, scope {scope!r}, epoch {epoch}{gone}"
             )
-        return key
+        return keys
 
     def doc_key(
         self, doc_id: str, lineage: str, scope: str, subject: str | None, epoch: int
     ) -> bytes:
-        """The key of one document (SPEC §4): from the subject's data key, or the scope key
-        for household documents (``subject`` None).  `MissingKeyError` if the base is absent."""
+        """The key that seals one document (SPEC §4): from the subject's data key, or the
+        scope key for household documents (``subject`` None).  `MissingKeyError` if the base
+        is absent."""
+        return self.doc_keys(doc_id, lineage, scope, subject, epoch)[0]
+
+    def doc_keys(
+        self, doc_id: str, lineage: str, scope: str, subject: str | None, epoch: int
+    ) -> list[bytes]:
+        """Every key that may have sealed an envelope of the document: the sealing one
+        (`doc_key`) first, then the slot's others (an envelope from a robot that holds
+        other keys of the slot than this one)."""
         if subject is None:
-            base = self.scope_key(scope, epoch)
+            bases = self.scope_keys(scope, epoch)
         else:
-            base = self.data_key(subject, scope, epoch)
-        index = (base, doc_id, lineage)
-        key = self._derived.get(index)
-        if key is None:
-            key = self._derived[index] = derive_doc_key(base, doc_id, lineage)
-        return key
+            bases = self.data_keys(subject, scope, epoch)
+        keys = []
+        for base in bases:
+            index = (base, doc_id, lineage)
+            key = self._derived.get(index)
+            if key is None:
+                key = self._derived[index] = derive_doc_key(base, doc_id, lineage)
+            keys.append(key)
+        return keys
 
     def create_scope(self, scope: str, random_bytes: RandomBytes) -> int:
         """Make epoch 0 of a new scope (done once, by the owner, when the household starts)."""
@@ -297,11 +337,14 @@ class Keyring:
         if scope in self.scopes:
             raise ValidationError(f"scope {scope!r} already has keys", field="scope")
         self._changed()
-        self._scope_keys[(Scope(scope), 0)] = _new_key(random_bytes)
+        self._scope_keys[(Scope(scope), 0)] = (_new_key(random_bytes),)
         return 0
 
     def create_data_key(self, user: str, scope: str, random_bytes: RandomBytes) -> int:
-        """Make ``user``'s data key for the current epoch of ``scope``; return that epoch."""
+        """Make ``user``'s data key for the current epoch of ``scope``; return that epoch.
+
+        Refused where this device holds one for that epoch already: a robot makes at most
+        one key per slot, so a slot holds at most one per owner or admin robot."""
         check_text(user, field="user", pattern=NAME_RE)
         if user in self._forgotten:
             raise ValidationError(f"user {user!r} was forgotten", field="user")
@@ -309,26 +352,33 @@ class Keyring:
         if (user, scope, epoch) in self._data_keys:
             raise ValidationError(f"user {user!r} already has a {scope!r} key", field="user")
         self._changed()
-        self._data_keys[(UserId(user), Scope(scope), epoch)] = _new_key(random_bytes)
+        self._data_keys[(UserId(user), Scope(scope), epoch)] = (_new_key(random_bytes),)
         return epoch
 
     def rotate_for_revocation(
-        self, revoked_device_scopes: Iterable[str], random_bytes: RandomBytes
+        self,
+        revoked_device_scopes: Iterable[str],
+        random_bytes: RandomBytes,
+        users: Iterable[str] = (),
     ) -> dict[Scope, int]:
         """Start a new epoch of every scope a revoked device held; return the new epochs.
 
-        The scope key and every (non-forgotten) user's data key of the scope get fresh keys
-        at ``current_epoch + 1``; grant them to the remaining devices (`grants_for`).  All or
-        nothing: a scope this device holds no key for raises `MissingKeyError` before any change.
+        The scope key and the data key of every (non-forgotten) user of the scope get fresh
+        keys at ``current_epoch + 1``; grant them to the remaining devices (`grants_for`).
+        The users are those this device holds keys of and ``users`` (the household's list):
+        a user keyed by another robot only, not yet granted here, still gets a new key, or
+        their writes would go on under the epoch the revoked device holds.  All or nothing:
+        a scope this device holds no key for raises `MissingKeyError` before any change.
         """
         scopes = sorted({Scope(s) for s in revoked_device_scopes})
         epochs = {s: self.current_epoch(s) + 1 for s in scopes}
-        new_scope_keys: dict[tuple[Scope, int], bytes] = {}
-        new_data_keys: dict[tuple[UserId, Scope, int], bytes] = {}
+        listed = {UserId(u) for u in users if NAME_RE.fullmatch(u)} - self._forgotten
+        new_scope_keys: dict[tuple[Scope, int], tuple[bytes, ...]] = {}
+        new_data_keys: dict[tuple[UserId, Scope, int], tuple[bytes, ...]] = {}
         for scope in scopes:
-            new_scope_keys[(scope, epochs[scope])] = _new_key(random_bytes)
-            for user in sorted({u for (u, s, _) in self._data_keys if s == scope}):
-                new_data_keys[(user, scope, epochs[scope])] = _new_key(random_bytes)
+            new_scope_keys[(scope, epochs[scope])] = (_new_key(random_bytes),)
+            for user in sorted({u for (u, s, _) in self._data_keys if s == scope} | listed):
+                new_data_keys[(user, scope, epochs[scope])] = (_new_key(random_bytes),)
         self._changed()
         self._scope_keys.update(new_scope_keys)
         self._data_keys.update(new_data_keys)
@@ -368,8 +418,14 @@ class Keyring:
     ) -> bytes:
         """A signed key grant of one held key, sealed to ``recipient_pk`` (SPEC §4)."""
         key = self.scope_key(scope, epoch) if user is None else self.data_key(user, scope, epoch)
+        return self._grant(granter, recipient_pk, scope, epoch, user, key, random_bytes)
+
+    def _grant(
+        self, granter: DeviceIdentity, recipient_pk: bytes | VerifyKey, scope: str,
+        epoch: int, user: str | None, key: bytes, random_bytes: RandomBytes,
+    ) -> bytes:  # fmt: skip
         kind = "scope" if user is None else "data"
-        made = (bytes(granter.verify_key), bytes(recipient_pk), kind, scope, user or "", epoch)
+        made = (bytes(granter.verify_key), bytes(recipient_pk), key)
         if made in self._grants:
             return self._grants[made]
         unsigned = KeyGrant(
@@ -393,19 +449,24 @@ class Keyring:
         recipient_pk: bytes | VerifyKey,
         scopes: Iterable[str],
         random_bytes: RandomBytes,
+        max_epoch: int | None = None,
     ) -> list[bytes]:
-        """Grants of every key (all epochs, scope and data keys) of ``scopes`` that we hold:
-        what a newly enrolled device, or one left after a revocation, needs."""
+        """Grants of every key (all epochs, scope and data keys, every key of a slot) of
+        ``scopes`` that we hold, up to epoch ``max_epoch`` if given: what a newly enrolled
+        device, or one left after a revocation, needs."""
         wanted = set(scopes)
+        top = max_epoch if max_epoch is not None else float("inf")
         grants = [
-            self.grant(granter, recipient_pk, scope=s, epoch=e, random_bytes=random_bytes)
-            for (s, e) in sorted(self._scope_keys)
-            if s in wanted
+            self._grant(granter, recipient_pk, s, e, None, key, random_bytes)
+            for (s, e), keys in sorted(self._scope_keys.items())
+            if s in wanted and e <= top
+            for key in keys
         ]
         grants += [
-            self.grant(granter, recipient_pk, scope=s, epoch=e, user=u, random_bytes=random_bytes)
-            for (u, s, e) in sorted(self._data_keys)
-            if s in wanted
+            self._grant(granter, recipient_pk, s, e, u, key, random_bytes)
+            for (u, s, e), keys in sorted(self._data_keys.items())
+            if s in wanted and e <= top
+            for key in keys
         ]
         return grants
 
@@ -436,23 +497,28 @@ class Keyring:
         scope = Scope(grant.scope)
         self._changed()
         if grant.kind == "scope":
-            _put_once(self._scope_keys, (scope, grant.epoch), key)
+            _hold(self._scope_keys, (scope, grant.epoch), key)
             return
         user = UserId(grant.user)
         if user in self._forgotten:
             # refused, quietly: an owner or admin that has not yet heard of the forgetting
             # grants what it still holds; closing its session would keep the news from it
             return
-        _put_once(self._data_keys, (user, scope, grant.epoch), key)
+        _hold(self._data_keys, (user, scope, grant.epoch), key)
 
 
-def _put_once(slot: dict[K, bytes], index: K, key: bytes) -> None:
-    held = slot.get(index)
-    if held is not None and not hmac.compare_digest(held, key):
-        # Two admins rotated concurrently and made the same epoch twice: refuse loudly rather
-        # than encrypt with a key the other devices do not share.
-        raise CryptoError(f"a different key is already held for {index}")
-    slot[index] = key
+def _hold(slots: dict[K, tuple[bytes, ...]], index: K, key: bytes) -> bool:
+    """Hold ``key`` among its slot's keys, smallest key id first; False if held already (or
+    the slot is full).  A second key for a slot is not an error: two owner or admin robots
+    made one each, unaware of each other (the module's docstring)."""
+    held = slots.get(index, ())
+    if any(hmac.compare_digest(key, other) for other in held):
+        return False
+    if len(held) >= MAX_KEYS_PER_SLOT:
+        log.warning("not holding a key for %s: it holds %d already", index, len(held))
+        return False
+    slots[index] = tuple(sorted((*held, key), key=key_id))
+    return True
 
 
 def _new_key(random_bytes: RandomBytes) -> bytes:
@@ -463,13 +529,17 @@ def _new_key(random_bytes: RandomBytes) -> bytes:
 # The store keeps a device's keyring in its 0600 credentials file; these two functions are the
 # only way key bytes leave a Keyring, and they are named so that no one calls them by accident.
 
+#: a slot's keys are entries of their own: a keyring of one key per slot reads as before, and
+#: an older version reading this one keeps one key of a slot (the last), as it always did
 _KEYRING_FORMAT = 1
 
 
 def export_secret_keys(keyring: Keyring) -> bytes:
     """Every key this device holds, for its own private credentials file only."""
-    scope_keys = [[s, e, k] for (s, e), k in sorted(keyring._scope_keys.items())]
-    data_keys = [[u, s, e, k] for (u, s, e), k in sorted(keyring._data_keys.items())]
+    scope_keys = [[s, e, k] for (s, e), keys in sorted(keyring._scope_keys.items()) for k in keys]
+    data_keys = [
+        [u, s, e, k] for (u, s, e), keys in sorted(keyring._data_keys.items()) for k in keys
+    ]
     return pack([_KEYRING_FORMAT, scope_keys, data_keys, sorted(keyring._forgotten)])
 
 
@@ -482,10 +552,11 @@ def import_secret_keys(data: bytes) -> Keyring:
     keyring = Keyring()
     try:
         for scope, epoch, key in fields[1]:
-            keyring._scope_keys[(Scope(scope), int(epoch))] = check_bytes(key, field="key", size=32)
+            index = (Scope(scope), int(epoch))
+            _hold(keyring._scope_keys, index, check_bytes(key, field="key", size=32))
         for user, scope, epoch, key in fields[2]:
-            index = (UserId(user), Scope(scope), int(epoch))
-            keyring._data_keys[index] = check_bytes(key, field="key", size=32)
+            data_index = (UserId(user), Scope(scope), int(epoch))
+            _hold(keyring._data_keys, data_index, check_bytes(key, field="key", size=32))
         keyring._forgotten.update(UserId(u) for u in fields[3])
     except (TypeError, ValueError) as exc:
         raise CryptoError(f"keyring: malformed entry ({type(exc).__name__})") from None

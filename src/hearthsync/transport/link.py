@@ -111,6 +111,12 @@ class SyncTarget(Protocol):
         """A peer granted keys this device did not hold: persist them."""
         ...
 
+    @property
+    def on_keys_made(self) -> list[Callable[[], None]]:
+        """Called when the peer has keys to grant (it made some, or an owner or admin was
+        granted some): the service grants them to every linked robot."""
+        ...
+
     def trust_changed(self) -> None:
         """The trust store changed (a newer revocation list, a peer's certificate): persist it."""
         ...

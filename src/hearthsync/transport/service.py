@@ -121,6 +121,7 @@ class SyncService:
     # -------------------------------------------------------------- lifecycle
 
     async def __aenter__(self) -> SyncService:
+        self.target.on_keys_made.append(self.send_grants)
         if self._listen is not None:
             host, port = self._listen
             self._server = await serve(
@@ -133,6 +134,8 @@ class SyncService:
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._closing = True
+        with contextlib.suppress(ValueError):
+            self.target.on_keys_made.remove(self.send_grants)
         for link in list(self.links.values()):
             link.close("shutting down")
         for task in list(self._tasks):
