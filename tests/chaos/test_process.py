@@ -26,6 +26,8 @@ from rich.console import Console
 
 from hearthsync.chaos.console import run_in_processes
 from hearthsync.chaos.process import (
+    NEW_USER,
+    AddUser,
     CheckCut,
     Cut,
     Heal,
@@ -294,7 +296,10 @@ def test_every_run_cuts_kills_restarts_and_writes_only_on_live_robots(seed: int)
     first_cut = next(i for i, step in enumerate(steps) if isinstance(step, Cut))
     victim = steps[first_cut]
     assert isinstance(victim, Cut)
-    assert steps[first_cut + 1] == Write(victim.robot, "chaos/004", writes[4].value)
+    # the robot cut off adds a user, and writes of them first: keyed only after the heal
+    assert steps[first_cut + 1] == AddUser(victim.robot, NEW_USER)
+    assert steps[first_cut + 2] == Write(victim.robot, "chaos/004", writes[4].value, NEW_USER)
+    assert [w.user for w in writes].count(NEW_USER) == 1
 
 
 # ------------------------------------------------------------------------------ real robots
@@ -321,8 +326,10 @@ async def test_three_robots_lose_nothing_through_a_cut_kills_and_a_heal(
     # written on the cut robot during the cut: absent on the others before the heal...
     assert any(robot == victim for robot, _ in report.isolated_writes), report.isolated_writes
     assert report.leaked_writes == []
-    # ... and on every robot after it (verified == acknowledged, with their values)
+    # ... and on every robot after it (verified == acknowledged, with their values), the write
+    # of the user it added while cut off included: the owner keyed them once it heard
     assert not set(report.isolated_writes) & set(report.lost_writes)
+    assert f"{victim} adds {NEW_USER}" in trace
 
 
 NEVER_STORED = """

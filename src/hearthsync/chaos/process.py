@@ -14,7 +14,10 @@ failing seed replays the same scenario):
 1. **weather**: writes, with now and then a delay, a reset or lossy connects on a robot's paths;
 2. **partition**: one robot is cut off (silently: its connections stay open and carry nothing)
    while every robot keeps writing, one robot is SIGKILLed and restarted meanwhile, and before
-   the heal the harness checks that no write crossed the cut, in either direction;
+   the heal the harness checks that no write crossed the cut, in either direction.  The robot
+   cut off adds a user first (`NEW_USER`) and writes of them: a member robot makes no keys,
+   so that write reaches the others only once the owner hears of the user after the heal,
+   keys them and grants the keys;
 3. **aftershock**: another robot is SIGKILLed and restarted cut off (a robot rebooting out of
    reach), writing while the others do, with more weather; then the final heal, from which
    convergence is timed.
@@ -49,6 +52,7 @@ from hearthsync.errors import HearthError
 from hearthsync.peer import Peer
 
 USER = "alice"
+NEW_USER = "erin"  #: added by the robot cut off, during the partition
 SCOPES = "core,health,history,spatial"
 LOG_FILE = "stderr.log"  #: in each robot's folder: its stderr, every start appended
 START_TIMEOUT_S = 30.0
@@ -74,6 +78,13 @@ class Write:
     robot: str
     key: str
     value: int
+    user: str = USER
+
+
+@dataclass(frozen=True, slots=True)
+class AddUser:
+    robot: str
+    user: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +131,7 @@ class Heal:
     """Every proxy back to a perfect network."""
 
 
-Step = Write | Delay | Reset | Drop | Cut | Kill | Restart | CheckCut | Heal
+Step = Write | AddUser | Delay | Reset | Drop | Cut | Kill | Restart | CheckCut | Heal
 FAULTS = (Delay, Reset, Drop, Cut, Kill)
 
 
@@ -139,9 +150,9 @@ def draw_steps(seed: int, peers: int, edits: int, *, weather: bool = True) -> li
     steps: list[Step] = []
     down: set[str] = set()
 
-    def write(i: int, robot: str | None = None) -> None:
+    def write(i: int, robot: str | None = None, user: str = USER) -> None:
         robot = robot or rng.choice([n for n in names if n not in down])
-        steps.append(Write(robot, f"chaos/{i:03d}", rng.randrange(1_000_000)))
+        steps.append(Write(robot, f"chaos/{i:03d}", rng.randrange(1_000_000), user))
 
     def some_weather() -> None:
         if rng.random() >= WEATHER_P or not weather:
@@ -165,7 +176,7 @@ def draw_steps(seed: int, peers: int, edits: int, *, weather: bool = True) -> li
         some_weather()
         write(i)
     victim = rng.choice(names)
-    steps.append(Cut(victim))
+    steps += [Cut(victim), AddUser(victim, NEW_USER)]
     kill_at, back_at, crashed = crash(first + 1, second)  # after the victim's first write
     for i in range(first, second):
         if i == kill_at:
@@ -174,7 +185,10 @@ def draw_steps(seed: int, peers: int, edits: int, *, weather: bool = True) -> li
         if i == back_at:
             steps.append(Restart(crashed))
             down.discard(crashed)
-        write(i, victim if i == first else None)
+        if i == first:
+            write(i, victim, NEW_USER)
+        else:
+            write(i)
     if crashed in down:
         steps.append(Restart(crashed))
         down.discard(crashed)
@@ -494,6 +508,10 @@ class _Run:
         match step:
             case Write():
                 await self._write(step)
+            case AddUser(robot, user):
+                await self._expect(self.robots[robot], f"user {user} {user.title()}",
+                                   f"ACK user {user}")  # fmt: skip
+                self._note(f"{robot} adds {user}")
             case Delay(robot, other, seconds):
                 for pair in ((robot, other), (other, robot)):
                     self.proxies[pair].delay(seconds)
@@ -540,8 +558,9 @@ class _Run:
         self.log(line)
 
     async def _write(self, write: Write) -> None:
-        answer = await self.robots[write.robot].ask(f"pref {USER} {write.key} {write.value}")
-        if answer != f"ACK pref {USER} {write.key} {write.value}":
+        command = f"pref {write.user} {write.key} {write.value}"
+        answer = await self.robots[write.robot].ask(command)
+        if answer != f"ACK {command}":
             # a live robot refuses nothing: a build that refused every write acknowledged
             # none, so lost none, and passed (found in review)
             raise RobotProcessError(f"{write.robot} refused {write.key}: {answer!r:.200}")
@@ -567,12 +586,14 @@ class _Run:
             crossed = set()
             for n, write in enumerate(writes):
                 if n == 0:
-                    answer = await robot.ask(f"wait {USER} {write.key} {self.cut_s}", self.cut_s)
+                    answer = await robot.ask(
+                        f"wait {write.user} {write.key} {self.cut_s}", self.cut_s
+                    )
                     if answer.split()[0] not in ("OK", "TIMEOUT"):
                         raise RobotProcessError(f"{name} answered {answer!r} to wait")
                     arrived = answer.startswith("OK ")
                 else:
-                    arrived = await self._value(robot, write.key) is not None
+                    arrived = await self._value(robot, write) is not None
                 if arrived:
                     crossed.add(write)
             return crossed
@@ -611,8 +632,8 @@ class _Run:
             found = []
             for write in self.acked:
                 left = max(0.1, deadline - time.monotonic())
-                answer = await robot.ask(f"wait {USER} {write.key} {left:.2f}", left)
-                if answer == f"OK {USER} {write.key}":
+                answer = await robot.ask(f"wait {write.user} {write.key} {left:.2f}", left)
+                if answer == f"OK {write.user} {write.key}":
                     found.append(write)
                 else:
                     missing.add((write.robot, write.key))
@@ -622,7 +643,7 @@ class _Run:
         converge_s = time.monotonic() - self.healed_at
         for robot, writes in zip(self.robots.values(), found, strict=True):
             for write in writes:  # arrived: with the value that was acknowledged?
-                if await self._value(robot, write.key) != write.value:
+                if await self._value(robot, write) != write.value:
                     missing.add((write.robot, write.key))
         digests = [await self._digest(robot) for robot in self.robots.values()]
         self.log(f"converged in {converge_s:.2f} s; digests {sorted(set(digests))}")
@@ -654,16 +675,16 @@ class _Run:
         for robot in self.robots.values():
             async with Peer.open(robot.path) as stored:
                 for write in self.acked:
-                    found = stored.preference(USER, write.key)
+                    found = stored.preference(write.user, write.key)
                     if found is None or found.value != write.value:
                         missing.add((f"{write.robot} (in {robot.name}'s store)", write.key))
                 digests.append(digest(stored))
         self._note("killed every robot and read back its store")
         return digests
 
-    async def _value(self, robot: Robot, key: str) -> object:
-        answer = await robot.ask(f"get {USER} {key}")
-        prefix = f"VALUE {USER} {key} "
+    async def _value(self, robot: Robot, write: Write) -> object:
+        answer = await robot.ask(f"get {write.user} {write.key}")
+        prefix = f"VALUE {write.user} {write.key} "
         if not answer.startswith(prefix):
             raise RobotProcessError(f"{robot.name} answered {answer!r} to get")
         return json.loads(answer.removeprefix(prefix))
