@@ -560,14 +560,19 @@ class Peer:
         asyncio.get_running_loop().call_soon(self._key_users)
 
     def _key_users(self) -> None:
-        """Owner and admin robots: data keys, for the current epoch of every scope, of every
-        user of the household that has none here (`_make_keys`).
+        """The owner robot: data keys, for the current epoch of every scope, of every user
+        of the household that has none here (`_make_keys`).
 
         A user added on a member robot (which makes no keys) has their documents sealed, and
-        so shared, once an owner or admin hears of them.  Two such robots that hear at once
-        each make a key for the same slot; every robot then holds both (`Keyring`: a slot
-        may hold several keys), where before the second was refused for good."""
-        if self._closed or self.household is None or not self.household.is_admin:
+        so shared, once the owner hears of them.  An admin that adds a user the owner keyed
+        too makes a second key for the slot; every robot then holds both (`Keyring`: a slot
+        may hold several keys), where before the second was refused for good.  Only the
+        owner keys the users it hears of: an admin doing so too made two keys of every such
+        user, and with no link between the two (a member between them, which passes no keys
+        on) what the member sealed with one never reached the robot holding the other (found
+        in review)."""
+        state = self.household
+        if self._closed or state is None or state.certificate.role != "owner":
             return
         self._make_keys(*sorted(self._known_users()))
 
@@ -650,14 +655,13 @@ class Peer:
         self._make_keys(record.user)
         state = self.household
         if state is not None and not state.keyring.holds_data_keys(record.user):
-            # a member robot makes no keys: what it writes of the user stays here until an
-            # owner or admin robot hears of them (from this robot or another) and grants it
-            # their keys (`_key_users`).  Said, as a robot out of reach of every owner and
-            # admin shares nothing of the user meanwhile.  A robot of no household shares
-            # nothing: no keys needed
+            # a member robot makes no keys: what it writes of the user stays here until the
+            # owner robot hears of them (from this robot or another) and grants it their keys
+            # (`_key_users`).  Said, as a robot out of the owner's reach shares nothing of
+            # the user meanwhile.  A robot of no household shares nothing: no keys needed
             log.info(
                 "%r has no data keys on this robot, which makes none: their documents are "
-                "shared once an owner or admin robot hears of them and grants the keys",
+                "shared once the owner robot hears of them and grants the keys",
                 record.user,
             )
         _, written = await asyncio.gather(

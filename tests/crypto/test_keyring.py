@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 
 import pytest
 from nacl.public import SealedBox
 
 from hearthsync.crypto import keyring
-from hearthsync.crypto.identity import x25519_public_key
+from hearthsync.crypto.identity import DeviceIdentity, x25519_public_key
 from hearthsync.crypto.keyring import GRANT_TAG, KeyGrant, Keyring, derive_doc_key, seal_to
+from hearthsync.crypto.wire import unpack_array
 from hearthsync.errors import (
     CertificateError,
     CryptoError,
@@ -18,6 +20,7 @@ from hearthsync.errors import (
     SignatureError,
     ValidationError,
 )
+from hearthsync.ids import Scope, UserId
 
 from .conftest import NOW, SCOPES, Home, enrolled, identity
 
@@ -103,59 +106,115 @@ def test_grant_from_a_non_admin_is_refused(home: Home, admin_keys: Keyring) -> N
         Keyring().accept_grant(by_stranger, home.hall, trust=home.trust, now=NOW)
 
 
-def test_a_second_key_for_a_slot_is_held_beside_the_first(home: Home, admin_keys: Keyring) -> None:
-    """Two admin robots that each made a key for one slot, unaware of each other: both keys
-    are held, any opens, and every robot holding both seals with the same one."""
+def test_a_second_data_key_for_a_slot_is_held_beside_the_first(
+    home: Home, admin_keys: Keyring
+) -> None:
+    """The owner and an admin each keyed carol, unaware of each other: both keys are held,
+    any opens, and every robot holding both seals with the same one."""
     kitchen = enrolled(home, admin_keys, home.kitchen)
-    first = admin_keys.scope_key("core", 0)
+    admin_keys.create_data_key("carol", "core", lambda n: b"\x08" * n)
+    first = admin_keys.data_key("carol", "core", 0)
     rival = Keyring()
-    rival.create_scope("core", lambda n: b"\x09" * n)
-    second = rival.scope_key("core", 0)
-    grant = rival.grant(
-        home.admin, home.kitchen.verify_key, scope="core", epoch=0, random_bytes=home.random_bytes
-    )
+    rival.merge_from(admin_keys)  # the scope keys and alice's and bob's: one household
+    rival._data_keys.pop((UserId("carol"), Scope("core"), 0))
+    rival.create_data_key("carol", "core", lambda n: b"\x09" * n)
+    second = rival.data_key("carol", "core", 0)
+    assert first != second
+
+    def grant(ring: Keyring, to: DeviceIdentity) -> bytes:
+        return ring.grant(
+            home.admin, to.verify_key, scope="core", epoch=0, user="carol",
+            random_bytes=home.random_bytes,
+        )  # fmt: skip
+
     before = kitchen.key_count()
-    kitchen.accept_grant(grant, home.kitchen, trust=home.trust, now=NOW)
-    assert kitchen.key_count() == before + 1
-    assert set(kitchen.scope_keys("core", 0)) == {first, second}
+    for ring in (admin_keys, rival):
+        kitchen.accept_grant(grant(ring, home.kitchen), home.kitchen, trust=home.trust, now=NOW)
+    assert kitchen.key_count() == before + 2
+    assert set(kitchen.data_keys("carol", "core", 0)) == {first, second}
     smallest = min((first, second), key=keyring.key_id)
-    assert kitchen.scope_key("core", 0) == smallest
+    assert kitchen.data_key("carol", "core", 0) == smallest
     # the other order of arrival picks the same key
-    other = enrolled(home, rival, home.hall)
-    admin_grant = admin_keys.grant(
-        home.admin, home.hall.verify_key, scope="core", epoch=0, random_bytes=home.random_bytes
-    )
-    other.accept_grant(admin_grant, home.hall, trust=home.trust, now=NOW)
-    assert other.scope_key("core", 0) == smallest
-    doc = ("home/spatial", "g", "core", None, 0)
+    other = enrolled(home, admin_keys, home.hall)
+    for ring in (rival, admin_keys):
+        other.accept_grant(grant(ring, home.hall), home.hall, trust=home.trust, now=NOW)
+    assert other.data_key("carol", "core", 0) == smallest
+    doc = ("user/carol/prefs", "g", "core", "carol", 0)
     assert kitchen.doc_key(*doc) == other.doc_key(*doc)
-    assert set(kitchen.doc_keys(*doc)) == {
-        derive_doc_key(k, "home/spatial", "g") for k in (first, second)
-    }
+    opening = {derive_doc_key(k, "user/carol/prefs", "g") for k in (first, second)}
+    assert set(kitchen.doc_keys(*doc)) == opening
     # the same grant again teaches nothing; both keys are granted onwards, and kept on disk
-    kitchen.accept_grant(grant, home.kitchen, trust=home.trust, now=NOW)
-    assert kitchen.key_count() == before + 1
+    kitchen.accept_grant(grant(rival, home.kitchen), home.kitchen, trust=home.trust, now=NOW)
+    assert kitchen.key_count() == before + 2
     onwards = kitchen.grants_for(home.kitchen, home.hall.verify_key, ["core"], home.random_bytes)
     assert len(onwards) == len(set(onwards))
     restored = keyring.import_secret_keys(keyring.export_secret_keys(kitchen))
-    assert restored.scope_keys("core", 0) == kitchen.scope_keys("core", 0)
+    assert restored.data_keys("carol", "core", 0) == kitchen.data_keys("carol", "core", 0)
     assert restored.key_count() == kitchen.key_count()
     merged = Keyring()
     assert merged.merge_from(kitchen) == kitchen.key_count()
-    assert merged.merge_from(rival) == 0  # held already
+    assert merged.merge_from(kitchen) == 0  # held already
+
+
+def test_an_older_version_reading_the_keyring_keeps_the_sealing_key() -> None:
+    """One key per slot, it keeps a slot's last entry: the sealing key is written last."""
+    ring = Keyring()
+    ring.create_scope("core", lambda n: b"\x01" * n)
+    for n in (2, 3, 4):
+        other = Keyring()
+        other.create_scope("core", lambda size: b"\x01" * size)
+        other.create_data_key("carol", "core", lambda size, n=n: bytes([n]) * size)
+        ring.merge_from(other)
+    fields = unpack_array(
+        keyring.export_secret_keys(ring), what="k", length=4, max_bytes=65536, error=CryptoError
+    )
+    last = {(u, s, e): k for u, s, e, k in fields[2]}
+    assert last[("carol", "core", 0)] == ring.data_key("carol", "core", 0)
+    assert len(ring.data_keys("carol", "core", 0)) == 3
+
+
+def test_a_second_scope_key_for_an_epoch_is_refused(home: Home, admin_keys: Keyring) -> None:
+    """Scope keys are made once (epoch 0, by the owner) and by a revocation's rotation: two
+    for one epoch are two revocations at once, whose lists do not merge.  A robot holding
+    both granted one side's keys to the robot the other side revoked (found in review)."""
+    kitchen = enrolled(home, admin_keys, home.kitchen)
+    rival = Keyring()
+    rival.create_scope("core", lambda n: b"\x09" * n)
+    grant = rival.grant(
+        home.admin, home.kitchen.verify_key, scope="core", epoch=0, random_bytes=home.random_bytes
+    )
+    with pytest.raises(CryptoError, match="two revocations at once"):
+        kitchen.accept_grant(grant, home.kitchen, trust=home.trust, now=NOW)
+    assert kitchen.scope_keys("core", 0) == (admin_keys.scope_key("core", 0),)
 
 
 def test_a_slot_holds_a_bounded_number_of_keys(home: Home, admin_keys: Keyring) -> None:
     kitchen = enrolled(home, admin_keys, home.kitchen)
     for n in range(keyring.MAX_KEYS_PER_SLOT + 2):
         rival = Keyring()
-        rival.create_scope("core", lambda size, n=n: bytes([n + 10]) * size)
+        rival.create_scope("core", lambda size: b"\x01" * size)
+        rival.create_data_key("alice", "core", lambda size, n=n: bytes([n + 10]) * size)
         grant = rival.grant(
-            home.admin, home.kitchen.verify_key, scope="core", epoch=0,
+            home.admin, home.kitchen.verify_key, scope="core", epoch=0, user="alice",
             random_bytes=home.random_bytes,
         )  # fmt: skip
         kitchen.accept_grant(grant, home.kitchen, trust=home.trust, now=NOW)
-    assert len(kitchen.scope_keys("core", 0)) == keyring.MAX_KEYS_PER_SLOT
+    assert len(kitchen.data_keys("alice", "core", 0)) == keyring.MAX_KEYS_PER_SLOT
+
+
+def test_rotation_keys_the_listed_users_this_robot_holds_no_key_of(admin_keys: Keyring) -> None:
+    """A user keyed by another robot only, not granted here yet, still gets a key of the new
+    epoch: their writes went on under the epoch the revoked robot holds."""
+    rng = random.Random(5).randbytes
+    admin_keys.rotate_for_revocation(["core"], rng, users=["alice", "erin", "Not An Id"])
+    assert admin_keys.data_key("erin", "core", 1)
+    assert admin_keys.data_key("alice", "core", 1) != admin_keys.data_key("alice", "core", 0)
+    with pytest.raises(MissingKeyError):
+        admin_keys.data_key("erin", "core", 0)  # no key of the epoch before: not held here
+    admin_keys.forget_user("carol")
+    admin_keys.rotate_for_revocation(["core"], rng, users=["carol"])
+    with pytest.raises(MissingKeyError, match="forgotten"):
+        admin_keys.data_key("carol", "core", 2)
 
 
 def test_rotation_makes_a_new_epoch_of_every_scope_the_device_held(

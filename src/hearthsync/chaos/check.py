@@ -8,6 +8,7 @@ another client id): the content is what a robot reads.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pycrdt import Array, Map
 
 from hearthsync.crdt.handles import ROOTS
 from hearthsync.crdt.statevector import canonical
+from hearthsync.errors import MissingKeyError
 from hearthsync.ids import DocId
 from hearthsync.model.records import (
     Calibration,
@@ -303,6 +305,14 @@ def _leaks(
     if revoked is None or not revoked_epochs:
         return []
     leaks: list[str] = []
+    # the keys first: with a new epoch's key, the revoked robot reads whatever ciphertext of
+    # it it comes by later (from a relay, say), even though no write reached it here
+    state = revoked.peer.household
+    for scope, rotated in sorted(revoked_epochs.items()):
+        with contextlib.suppress(MissingKeyError):
+            top = state.keyring.current_epoch(scope) if state is not None else -1
+            if top >= rotated:
+                leaks.append(f"r{revoked.index} holds a key of {scope} epoch {top}")
     held = Holdings(revoked.peer)
     for write in writes:
         new_epoch = revoked_epochs.get(write.scope)

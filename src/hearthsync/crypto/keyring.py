@@ -229,12 +229,13 @@ class Keyring:
     __str__ = __repr__
 
     def merge_from(self, other: Keyring) -> int:
-        """Hold every key of ``other`` that this keyring lacks (never replacing one it holds,
-        never a forgotten user's); return how many were added."""
+        """Hold every key of ``other`` that this keyring lacks (never a forgotten user's, nor
+        a second scope key of an epoch: `_install`); return how many were added."""
         added = 0
         self._changed()
         for index, keys in other._scope_keys.items():
-            added += sum(_hold(self._scope_keys, index, key) for key in keys)
+            if index not in self._scope_keys:
+                added += sum(_hold(self._scope_keys, index, key) for key in keys)
         for data_index, keys in other._data_keys.items():
             if data_index[0] not in self._forgotten:
                 added += sum(_hold(self._data_keys, data_index, key) for key in keys)
@@ -449,23 +450,21 @@ class Keyring:
         recipient_pk: bytes | VerifyKey,
         scopes: Iterable[str],
         random_bytes: RandomBytes,
-        max_epoch: int | None = None,
     ) -> list[bytes]:
         """Grants of every key (all epochs, scope and data keys, every key of a slot) of
-        ``scopes`` that we hold, up to epoch ``max_epoch`` if given: what a newly enrolled
-        device, or one left after a revocation, needs."""
+        ``scopes`` that we hold: what a newly enrolled device, or one left after a
+        revocation, needs."""
         wanted = set(scopes)
-        top = max_epoch if max_epoch is not None else float("inf")
         grants = [
             self._grant(granter, recipient_pk, s, e, None, key, random_bytes)
             for (s, e), keys in sorted(self._scope_keys.items())
-            if s in wanted and e <= top
+            if s in wanted
             for key in keys
         ]
         grants += [
             self._grant(granter, recipient_pk, s, e, u, key, random_bytes)
             for (u, s, e), keys in sorted(self._data_keys.items())
-            if s in wanted and e <= top
+            if s in wanted
             for key in keys
         ]
         return grants
@@ -477,13 +476,16 @@ class Keyring:
 
         Order: structure, recipient, granter authority (a good owner/admin certificate in
         ``trust``), signature, then unsealing.  Any failure raises and changes nothing.  A
-        good grant of a forgotten user's key is not an error; its key is dropped unused.
+        good grant of a forgotten user's key is not an error; its key is dropped unused.  So
+        is one of an epoch no revocation list held here accounts for (`accounted_for`).
         """
         grant = KeyGrant.from_wire(data)
         if grant.recipient != identity.device_id:
             raise CryptoError(f"key grant is for device {grant.recipient}, not this one")
         trust.authority(grant.granter_pk, now)
         grant.check_signature()
+        if not accounted_for(grant.epoch, trust):
+            return grant
         if grant.sealed in self._accepted:
             return grant  # its key is held already: the same sealed bytes hold the same key
         key = unseal(identity, grant.sealed)
@@ -497,6 +499,16 @@ class Keyring:
         scope = Scope(grant.scope)
         self._changed()
         if grant.kind == "scope":
+            held = self._scope_keys.get((scope, grant.epoch), ())
+            if held and not any(hmac.compare_digest(key, other) for other in held):
+                # scope keys are made once, by the owner (epoch 0), and by a revocation's
+                # rotation: two of one epoch are two revocations at once, whose lists (of one
+                # serial) do not merge.  Holding both, a robot granted one side's keys to
+                # the robot the other side revoked (found in review): refused, loudly
+                raise CryptoError(
+                    f"a different key is already held for scope {scope!r} epoch "
+                    f"{grant.epoch}: two revocations at once"
+                )
             _hold(self._scope_keys, (scope, grant.epoch), key)
             return
         user = UserId(grant.user)
@@ -505,6 +517,21 @@ class Keyring:
             # grants what it still holds; closing its session would keep the news from it
             return
         _hold(self._data_keys, (user, scope, grant.epoch), key)
+
+
+def accounted_for(epoch: int, trust: TrustStore) -> bool:
+    """Whether a revocation list held in ``trust`` accounts for ``epoch``: every epoch after
+    the first comes of a revocation, whose list has a serial of at least the epoch, and a
+    rotation sends its list before its keys (SPEC §4).
+
+    A key of a later epoch held here was either granted before its list (lost on the way:
+    the simulation drops frames), and an admin holding it granted it on to the robot the
+    list revokes, which it still took for a member (seed 20071); or planted ahead by an
+    admin about to be revoked, to be the key the household seals with once it is (found in
+    review).  Refused, it comes again once the list is here: the granter's next session
+    grants it, and a robot that meets a document it cannot open asks for that session."""
+    revocations = trust.revocations
+    return epoch <= (revocations.serial if revocations is not None else 0)
 
 
 def _hold(slots: dict[K, tuple[bytes, ...]], index: K, key: bytes) -> bool:
@@ -536,9 +563,13 @@ _KEYRING_FORMAT = 1
 
 def export_secret_keys(keyring: Keyring) -> bytes:
     """Every key this device holds, for its own private credentials file only."""
-    scope_keys = [[s, e, k] for (s, e), keys in sorted(keyring._scope_keys.items()) for k in keys]
+    # a slot's sealing key (the first) last: a version that holds one key per slot keeps the
+    # last entry of a slot, and so seals as this one does
+    scope_keys = [
+        [s, e, k] for (s, e), keys in sorted(keyring._scope_keys.items()) for k in keys[::-1]
+    ]
     data_keys = [
-        [u, s, e, k] for (u, s, e), keys in sorted(keyring._data_keys.items()) for k in keys
+        [u, s, e, k] for (u, s, e), keys in sorted(keyring._data_keys.items()) for k in keys[::-1]
     ]
     return pack([_KEYRING_FORMAT, scope_keys, data_keys, sorted(keyring._forgotten)])
 

@@ -402,6 +402,7 @@ class Session:
     #: whenever it has keys to pass on, and the peer verified every grant it was sent again
     #: (about 54 µs each): a key made for a new user cost each link every grant held
     _granted: set[bytes] = field(default_factory=set)
+    _sent_serial: int = 0  #: of the revocation list last sent on this session
     #: frames queued to send, by type (``UPDATE``, ``ACK``, ...): what this link costs
     frames_sent: Counter[str] = field(default_factory=Counter)
 
@@ -601,6 +602,7 @@ class Session:
             self._fail(f.ErrorCode.UNAUTHORIZED, "this device has been revoked")
             return False
         self._send(f.RevocationList(held.to_wire()))
+        self._sent_serial = held.serial
         return True
 
     def send_grants(self, *, offer: bool = True) -> int:
@@ -615,18 +617,20 @@ class Session:
         if mine.role not in ("owner", "admin"):
             return 0
         peer = self.peer.certificate
+        if self.trust.is_revoked(peer.device_id):
+            # revoked since the session opened, and not closed yet: a robot that revokes
+            # grants the new epoch's keys to every link (`Peer.trust_changed`) before the
+            # service drops the revoked one, and it was granted them too (found in review)
+            return 0
         shared = set(mine.scopes) & set(peer.scopes)
-        # Only an epoch some revocation list this device holds accounts for: every new epoch
-        # comes of a revocation, whose list has a serial at least the epoch, and which the
-        # rotating robot sends before the keys.  An admin granted a new epoch's keys whose
-        # list was lost (the simulation drops frames, seed 20071) granted them on to the
-        # robot just revoked, which it still took for a member
-        revocations = self.trust.revocations
-        known = revocations.serial if revocations is not None else 0
-        held = self.keyring.grants_for(
-            self.identity, peer.verify_key, shared, self.random_bytes, max_epoch=known
-        )
+        held = self.keyring.grants_for(self.identity, peer.verify_key, shared, self.random_bytes)
         grants = [grant for grant in held if grant not in self._granted]
+        listed = self.trust.revocations
+        if grants and listed is not None and listed.serial > self._sent_serial:
+            # the list before the keys: a key of an epoch no list held there accounts for is
+            # not held (`keyring.accounted_for`), and a robot that revokes grants before its
+            # service sends the list on
+            self.send_revocations()
         self._granted.update(grants)
         for grant in grants:
             self._send(f.KeyGrant(grant))
