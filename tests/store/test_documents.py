@@ -10,16 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zstandard
-from pycrdt import Doc, Map, merge_updates
+from pycrdt import Array, Doc, Map, merge_updates
 
 from hearthsync.compression import decompress
 from hearthsync.crdt import statevector as sv
-from hearthsync.crdt.handles import SlotMap
+from hearthsync.crdt.handles import Log, SlotMap
 from hearthsync.crdt.kinds import parse
 from hearthsync.crdt.replica import Replica
 from hearthsync.errors import CorruptDocumentError, StoreError
 from hearthsync.ids import DocId
-from hearthsync.model import Condition, Pose, Preference
+from hearthsync.model import Condition, InteractionEvent, Pose, Preference
 from hearthsync.peer import Peer
 from hearthsync.store.documents import CHANGES_PER_TRANSACTION, DocumentSet
 from hearthsync.store.embedding import HashingEmbedder
@@ -322,6 +322,41 @@ def test_concurrent_register_writes_resolve_by_hybrid_time_not_by_yrs() -> None:
         robots[b].apply(robots[a].doc.get_update(robots[b].state_vector()))
     assert [m.get("tea/mug#").value for m in maps] == ["green", "green"]  # type: ignore[union-attr]
     assert [len(m.versions("tea/mug#")) for m in maps] == [2, 2]
+
+
+def test_views_write_the_deltas_pycrdt_writes() -> None:
+    """`SlotMap.put` and `Log.append` insert through the open Yrs transaction, without
+    pycrdt's wrappers: the deltas are byte for byte those of pycrdt's own ``__setitem__`` and
+    ``append``; outside a transaction they call those, as before."""
+    pref = Preference.build(
+        user="alice", key="tea/mug", value="blue", set_at="0000000000001000.00000.AAAA",
+        device="AAAA",
+    )  # fmt: skip
+    event = InteractionEvent.build(
+        id="ev-0000000003e8aaaaaaaaaaaaaaaaaaaa", user="alice", type="COMMAND", domain="tea",
+        text="a mug of tea", ts=1000,
+    )  # fmt: skip
+    infos = (parse("user/alice/prefs"), parse("user/alice/events/2026-03"))
+    ours = [Replica(info, client_id=7, lineage=info.genesis) for info in infos]
+    theirs = [Replica(info, client_id=7, lineage=info.genesis) for info in infos]
+    slots, log = SlotMap(ours[0], "prefs", Preference), Log(ours[1], "events", InteractionEvent)
+    prefs, events = theirs[0].doc.get("prefs", type=Map), theirs[1].doc.get("events", type=Array)
+    stored_pref = pref.encode(without=frozenset({"user", "key", "device"}))
+    stored_event = event.encode(without=frozenset({"user"}))
+    for count in (3, 1):  # several writes in one transaction, then one alone
+        for mine, pycrdts, a, b in (
+            (lambda: slots.put("tea/mug#", pref, "AAAA"),
+             lambda: prefs.__setitem__("tea/mug#\x1fAAAA", stored_pref), *ours[:1], *theirs[:1]),
+            (lambda: log.append(event), lambda: events.append(stored_event), ours[1], theirs[1]),
+        ):  # fmt: skip
+            _, delta = a.transact(lambda mine=mine, n=count: [mine() for _ in range(n)])
+            _, expected = b.transact(lambda pycrdts=pycrdts, n=count: [pycrdts() for _ in range(n)])
+            assert delta is not None
+            assert delta == expected
+    log.append(event)  # no transaction open: pycrdt's own append makes one
+    events.append(stored_event)
+    assert ours[1].doc.get_update() == theirs[1].doc.get_update()
+    assert [e.text for e in log] == ["a mug of tea"] * 5
 
 
 async def test_client_id_is_persisted_per_document(

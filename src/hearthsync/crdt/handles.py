@@ -27,7 +27,7 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any, Generic
 
-from pycrdt import Array, Map
+from pycrdt import Array, Map, ReadTransaction
 
 from hearthsync.crdt.kinds import HOME, Kind
 from hearthsync.crdt.replica import Replica, event_field
@@ -125,7 +125,12 @@ class SlotMap(Generic[R]):
         """
         slot = f"{key}{SEP}{device}"
         self._check_implied(key, record, device)
-        self._map[slot] = record.encode(without=self._without)
+        text = record.encode(without=self._without)
+        txn = _open_transaction(self._map)
+        if txn is None:
+            self._map[slot] = text
+        else:
+            self._map.integrated.insert(txn, slot, text)
         self._index().setdefault(key, set()).add(slot)
         self._cache[slot] = record
 
@@ -248,7 +253,12 @@ class Log(Generic[R]):
             raise ValueError(f"a record of {getattr(record, 'user', None)!r} in {self._user}'s log")
         if text is None:
             text = record.encode(without=self._without)
-        self._array.append(text)
+        txn = _open_transaction(self._array)
+        if txn is None:
+            self._array.append(text)
+        else:
+            array = self._array.integrated
+            array.insert(txn, array.len(txn), text)
         self._by_text[text] = record
         self._ordered = None
         if self._decoded is not None:
@@ -318,6 +328,20 @@ class Log(Generic[R]):
                 log.warning("%s: skipping an entry that does not decode: %s",
                             self._replica.info.doc_id, exc)  # fmt: skip
         return record
+
+
+def _open_transaction(shared: Array[Any] | Map[Any]) -> Any | None:
+    """The Yrs transaction of the write transaction ``shared``'s document is in (a change run
+    by `Replica.transact`), or None outside one.
+
+    Writing a string through it is the Yrs insert pycrdt's ``append`` and ``__setitem__`` make
+    (the same delta, byte for byte), without the four nested transactions and checks they open
+    around it per item: half of what appending an event cost in a batch of 256.
+    """
+    txn = shared.doc._txn
+    if txn is None or isinstance(txn, ReadTransaction):
+        return None  # pycrdt's own call opens one, or refuses a read-only one
+    return txn._txn
 
 
 def _implied_user(replica: Replica, record_type: type[Record]) -> str:
