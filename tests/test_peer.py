@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import pytest
 
 import hearthsync.peer as peer_module
@@ -23,6 +24,7 @@ from hearthsync.crypto.identity import KEY_FILE, DeviceIdentity
 from hearthsync.errors import ClosedError
 from hearthsync.hlc import Timestamp
 from hearthsync.model.records import MAX_LIST, MAX_REMOVED, Profile, merge_fields
+from hearthsync.store.vectors import decode_rows
 from tests.conftest import MONDAY_MS, FakeWall
 from tests.test_forgetting import enrol_household
 
@@ -216,6 +218,27 @@ async def test_recall_finds_what_is_committed_before_the_graph_holds_it(
         index = await reopened._vectors.open_index("alice", "history")
         assert (index.count, index.pending) == (3, 0)
         assert reopened._vectors.last_sync("alice", "history").action == "loaded"
+
+
+async def test_what_is_staged_is_what_the_stored_rows_decode_to(peer: Peer) -> None:
+    """The flusher stages the vectors its embedder made, not decoded again from the rows it
+    committed: they must be the very vectors an open that stages those rows gets."""
+    peer.index_idle_s = 3600.0  # left staged
+    writes = [
+        peer.record_event(user, "COMMAND", "misc", text=f"task {i} of {user}", ts=MONDAY_MS + i)
+        for i in range(6)
+        for user in ("alice", "bob")
+    ]
+    await asyncio.gather(*writes)
+    for user in ("alice", "bob"):
+        index = await peer._vectors.open_index(user, "history")
+        rows = await peer._sqlite.vector_rows(f"{user}.history", 0, 100)
+        rowids, ts, vectors = decode_rows(rows, index.dim)
+        keys, staged_ts, unit = index._staged_view()
+        assert keys.tolist() == rowids.tolist()
+        assert staged_ts.tolist() == ts.tolist()
+        expected = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        assert np.array_equal(unit, expected)
 
 
 async def test_the_indexer_fills_the_graph_once_the_store_is_idle(peer: Peer) -> None:

@@ -1046,12 +1046,13 @@ class Peer:
         The vectors are staged, searchable at once (exactly), and inserted into the HNSW graph
         later by `_index_staged`: an insertion costs far more than the write itself.
         """
-        by_index: dict[str, list[tuple[int, int, bytes]]] = {}
-        for row in rows:
-            by_index.setdefault(row.index_name, []).append((row.rowid, row.ts, row.vec))
-        for name, batch in by_index.items():
+        by_index: dict[str, list[int]] = {}
+        for at, row in enumerate(rows):
+            by_index.setdefault(row.index_name, []).append(at)
+        for name, picked in by_index.items():
             user, _, scope = name.partition(".")
-            self._vectors.stage(user, scope, batch)
+            batch = [(row.rowid, row.ts, row.vec) for row in map(rows.__getitem__, picked)]
+            self._vectors.stage(user, scope, batch, matrix[picked])
         self._index_later()
 
     def _index_later(self) -> None:

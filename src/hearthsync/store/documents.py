@@ -82,7 +82,8 @@ class _Queue:
 
 
 VectorSink = Callable[[Sequence[VectorRow], np.ndarray], None]
-#: a batch's embeddings: the rows to store, and their vectors (float32, one row each)
+#: a batch's embeddings: the rows to store, and their vectors as stored (the float16 values
+#: of the rows' blobs, as float32: what reading the rows back gives), one row each
 Embedded = tuple[list[VectorRow], np.ndarray]
 #: told, after each commit, every (document, delta, origin) that just became durable, in
 #: commit order; ``origin`` is "" for local writes, else the device the delta came from
@@ -641,7 +642,8 @@ class DocumentSet:
             )
             for i, (rowid, item) in enumerate(kept)
         ]
-        return rows, matrix
+        # on this thread: the loop stages these (`VectorMemory.stage`) without decoding blobs
+        return rows, blobs.astype(np.float32)
 
     # ---------------------------------------------------------------------- compaction
 

@@ -817,15 +817,23 @@ class VectorMemory:
             return 0
         return index.add_rows(rows)
 
-    def stage(self, user: str, scope: str, rows: Sequence[Row]) -> int:
+    def stage(
+        self, user: str, scope: str, rows: Sequence[Row], vectors: F32Array | None = None
+    ) -> int:
         """Make rows just committed to the table searchable now, and leave them to `absorb`
-        for the graph (`VectorIndex.stage`); ignored if the index is not open."""
+        for the graph (`VectorIndex.stage`); ignored if the index is not open.  ``vectors``:
+        the rows' blobs decoded (float16 as float32), if the caller has them (the flusher,
+        whose embedder made them): decoding the blobs again cost about 1 us an event."""
         name = index_name(user, scope)
         index = self._open.get(name)
         if index is None:
             self._opening.get(name, []).extend(rows)  # an index being opened takes them then
             return 0
-        return index.stage(*decode_rows(rows, index.dim)) if rows else 0
+        if not rows:
+            return 0
+        if vectors is None:
+            return index.stage(*decode_rows(rows, index.dim))
+        return index.stage([row[0] for row in rows], [row[1] for row in rows], vectors)
 
     @property
     def pending(self) -> int:
