@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,12 @@ import pytest
 
 import hearthsync
 from hearthsync.errors import StoreError, ValidationError
-from hearthsync.store.embedding import HashingEmbedder, MiniLMEmbedder, default_embedder
+from hearthsync.store.embedding import (
+    HashingEmbedder,
+    MiniLMEmbedder,
+    default_embedder,
+    normalise_text,
+)
 
 TEXTS = ["Alice asked for coffee with oat milk", "bob turned off the garage lights", ""]
 
@@ -29,6 +35,45 @@ def test_same_vectors_in_another_process_with_another_hash_seed() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, check=True, text=True
     )
     assert bytes.fromhex(out.stdout) == HashingEmbedder().embed(TEXTS).tobytes()
+
+
+def _reference(embedder: HashingEmbedder, texts: list[str]) -> np.ndarray:
+    """hashing-v1 as first written: each kind of feature summed on its own, then damped with
+    ``sign * log1p``; a faster implementation must give the very same bits (index stamps
+    name the embedder, so every robot's vectors must be identical, whatever its version)."""
+    dim = embedder.dim
+    texts = [normalise_text(text) for text in texts]
+    sums = np.zeros(len(texts) * dim, dtype=np.float64)
+    word_rows = [row for row, text in enumerate(texts) for _ in text.split()]
+    word_hashes = [embedder._word_hash(word) for text in texts for word in text.split()]
+    features = (
+        (*embedder._ngram_features(texts), 1.0),
+        (np.array(word_rows, dtype=np.uint64), np.array(word_hashes, dtype=np.uint64), 2.0),
+    )
+    for rows, hashes, weight in features:
+        buckets = (hashes % np.uint64(dim)).astype(np.int64)
+        signs = np.where(hashes >> np.uint64(63), -weight, weight)
+        sums += np.bincount(
+            rows.astype(np.int64) * dim + buckets, weights=signs, minlength=sums.size
+        )
+    matrix = sums.reshape(len(texts), dim)
+    matrix = np.sign(matrix) * np.log1p(np.abs(matrix))
+    norms = np.linalg.norm(matrix, axis=1)
+    empty = norms == 0.0
+    matrix[empty] = 1.0
+    norms[empty] = np.sqrt(dim)
+    return (matrix / norms[:, None]).astype(np.float32)
+
+
+@pytest.mark.parametrize("dim", [384, 32])
+def test_vectors_are_those_of_hashing_v1_as_first_written(dim: int) -> None:
+    rnd = random.Random(3)
+    words = ("coffee", "tea", "oat", "milk", "mug", "green", "shelf", "kitchen", "lights",
+             "555-123", "café", "☕", "ж", "x")  # fmt: skip
+    texts = [" ".join(rnd.choices(words, k=rnd.randrange(0, 12))) for _ in range(500)]
+    texts += ["", "   ", "\x00", "t", "ok", "x" * 10_000, "a\x00b", "Alice  asked\tfor COFFEE"]
+    embedder = HashingEmbedder(dim)
+    assert embedder.embed(texts).tobytes() == _reference(embedder, texts).tobytes()
 
 
 def test_feature_buckets_and_signs_are_pinned() -> None:

@@ -113,26 +113,28 @@ class HashingEmbedder:
         return out
 
     def _embed_normalised(self, texts: list[str]) -> F32Matrix:
-        sums = np.zeros(len(texts) * self._dim, dtype=np.float64)
         rows, hashes = self._ngram_features(texts)
-        self._accumulate(sums, rows, hashes, 1.0)
-        rows, hashes = self._word_features(texts)
-        self._accumulate(sums, rows, hashes, _WORD_WEIGHT)
+        word_rows, word_hashes = self._word_features(texts)
+        # one bincount for both kinds of feature: every weight is +-1 or +-2, so each bucket's
+        # sum is exact in float64, the same whichever order its weights are added in
+        hashes = np.concatenate((hashes, word_hashes))
+        weights = np.where(hashes >> np.uint64(63), -1.0, 1.0)
+        weights[rows.size :] *= _WORD_WEIGHT
+        flat = np.concatenate((rows, word_rows)).astype(np.int64) * self._dim
+        flat += (hashes % np.uint64(self._dim)).astype(np.int64)
+        sums = np.bincount(flat, weights=weights, minlength=len(texts) * self._dim)
         matrix = sums.reshape(len(texts), self._dim)
-        matrix = np.sign(matrix) * np.log1p(np.abs(matrix))
-        norms = np.linalg.norm(matrix, axis=1)
+        # sign(x) * log1p(|x|), in place: copysign gives the same bits (x is never NaN, and a
+        # zero bucket stays +0.0 either way)
+        damped = np.log1p(np.abs(matrix))
+        np.copysign(damped, matrix, out=damped)
+        norms = np.linalg.norm(damped, axis=1)
         empty = norms == 0.0
-        matrix[empty] = 1.0  # the fixed vector for "no features": all components equal
+        damped[empty] = 1.0  # the fixed vector for "no features": all components equal
         norms[empty] = np.sqrt(self._dim)
-        result: F32Matrix = (matrix / norms[:, None]).astype(np.float32)
+        damped /= norms[:, None]
+        result: F32Matrix = damped.astype(np.float32)
         return result
-
-    def _accumulate(self, sums: Any, rows: U64Array, hashes: U64Array, weight: float) -> None:
-        """Add ``±weight`` for each feature into its row's bucket (one bincount, no Python loop)."""
-        buckets = (hashes % np.uint64(self._dim)).astype(np.int64)
-        signs = np.where(hashes >> np.uint64(63), -weight, weight)
-        flat = rows.astype(np.int64) * self._dim + buckets
-        sums += np.bincount(flat, weights=signs, minlength=sums.size)
 
     def _ngram_features(self, texts: list[str]) -> tuple[U64Array, U64Array]:
         """(row, hash) of every character n-gram of every text, padded with spaces at both ends."""
@@ -150,13 +152,11 @@ class HashingEmbedder:
 
     def _word_features(self, texts: list[str]) -> tuple[U64Array, U64Array]:
         """(row, hash) of every word; word hashes are blake2b, memoised per embedder."""
-        rows: list[int] = []
-        hashes: list[int] = []
-        for row, text in enumerate(texts):
-            words = text.split()
-            rows.extend([row] * len(words))
-            hashes.extend(self._word_hash(w) for w in words)
-        return np.array(rows, dtype=np.uint64), np.array(hashes, dtype=np.uint64)
+        split = [text.split() for text in texts]
+        rows = np.repeat(np.arange(len(texts), dtype=np.uint64), [len(words) for words in split])
+        cached = self._word_cache.get
+        hashes = [cached(word) or self._word_hash(word) for words in split for word in words]
+        return rows, np.array(hashes, dtype=np.uint64)
 
     def _word_hash(self, word: str) -> int:
         cached = self._word_cache.get(word)
