@@ -149,6 +149,10 @@ def test_hybrid_clock_is_monotonic_and_follows_what_it_observes() -> None:
     third = clock.now()
     assert (third.ms, third.counter) > (9_000, 3)
     assert Timestamp.parse(str(third)) == third
+    assert str(Timestamp(1_764_062_400_000, 7, "B")) == "0001764062400000.00007.B"
+    text = clock.now_text()  # the text of the next stamp, made without the object
+    assert Timestamp.parse(text) == Timestamp(third.ms, third.counter + 1, "A")
+    assert str(clock.now()) > text
     with pytest.raises(ValidationError):
         Timestamp.parse("yesterday")
 

@@ -401,7 +401,7 @@ class Peer:
         whose stamp the clock could not see when it arrived (a signed statement's)."""
         if after:
             self._clock.observe(Timestamp.parse(after), max_ahead_ms=MAX_AHEAD_MS)
-        return str(self._clock.now()), self.device_id
+        return self._clock.now_text(), self.device_id
 
     def _stamp_over(
         self,
