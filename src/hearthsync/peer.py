@@ -102,6 +102,7 @@ H = TypeVar("H")
 PROFILE, CALIBRATION = "profile", "calibration"  #: the one slot key of each document
 W = TypeVar("W")
 ALWAYS = Condition()
+_SEQUENCES = (list, tuple)  #: not ``list | tuple``, a union built anew at every write
 INDEX_IDLE_S = 0.05  #: see `Peer._index_staged`
 KEEP_TIME_S = 600.0  #: how often an open robot stores the time it reads (`Peer.keep_time`)
 INDEX_CHUNK = 64  #: vectors inserted into a graph per turn of the loop: about 5 ms
@@ -809,7 +810,7 @@ class Peer:
             source=source,
             confidence=confidence,
             condition=condition,
-            evidence=list(evidence) if isinstance(evidence, list | tuple) else evidence,
+            evidence=list(evidence) if isinstance(evidence, _SEQUENCES) else evidence,
             evidence_count=evidence_count,
             note=note,
             set_at=set_at,

@@ -51,11 +51,14 @@ def _depth(value: object, level: int = 0) -> int:
     return level
 
 
+_WHOLE = (bool, int)  #: a tuple, not ``bool | int``: a union is built anew at every call
+
+
 def _bounded_json(value: JsonValue) -> JsonValue:
     """``value`` if JSON holds it as it is, within the limits.  A NaN or infinity (JSON has
     none: it was stored as null, and a null fact is a removal) and a lone surrogate (no UTF-8:
     the write failed at its commit, outside any check) are refused (found in review)."""
-    if value is None or isinstance(value, bool | int):
+    if value is None or isinstance(value, _WHOLE):
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -111,6 +114,11 @@ _EVIDENCE = re.compile(
 #: of the household has and this one has not) would make that record unreadable, and every
 #: read of the document it is in with it.
 _STORED = {"stored": True}
+
+
+#: the values `check_no_pii` looks into (a tuple: ``dict | list | tuple`` in a call is a new
+#: union each time, twice the cost of the ``isinstance`` itself)
+_CONTAINERS = (dict, list, tuple)
 
 
 def _as_written(info: pydantic.ValidationInfo) -> bool:
@@ -181,8 +189,8 @@ class Record(BaseModel):
                 # the cheap test first: most text holds no digits (and many ids are empty)
                 if value and SUSPECT.search(value):
                     check_no_pii(value, field=name)
-            elif isinstance(value, dict | list | tuple):  # nested records check themselves
-                check_no_pii(value, field=name)
+            elif value and isinstance(value, _CONTAINERS):  # nested records check themselves
+                check_no_pii(value, field=name)  # (an empty one holds nothing to check)
         return self
 
     @classmethod
