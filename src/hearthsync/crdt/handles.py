@@ -335,8 +335,9 @@ def _open_transaction(shared: Array[Any] | Map[Any]) -> Any | None:
     by `Replica.transact`), or None outside one.
 
     Writing a string through it is the Yrs insert pycrdt's ``append`` and ``__setitem__`` make
-    (the same delta, byte for byte), without the four nested transactions and checks they open
-    around it per item: half of what appending an event cost in a batch of 256.
+    (the same delta, byte for byte), without the nested transactions and checks they open
+    around it per item (five for an append, two for a set): half of what appending an event
+    cost in a batch of 256.
     """
     txn = shared.doc._txn
     if txn is None or isinstance(txn, ReadTransaction):
