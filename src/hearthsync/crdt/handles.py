@@ -339,10 +339,12 @@ def _open_transaction(shared: Array[Any] | Map[Any]) -> Any | None:
     around it per item (five for an append, two for a set): half of what appending an event
     cost in a batch of 256.
     """
-    txn = shared.doc._txn
+    # pycrdt's private attributes (0.12 to 0.14, as pyproject pins): without them, the
+    # public call, slower and the same
+    txn = getattr(shared.doc, "_txn", None)
     if txn is None or isinstance(txn, ReadTransaction):
         return None  # pycrdt's own call opens one, or refuses a read-only one
-    return txn._txn
+    return getattr(txn, "_txn", None)
 
 
 def _implied_user(replica: Replica, record_type: type[Record]) -> str:
