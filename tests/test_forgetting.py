@@ -699,3 +699,21 @@ async def test_a_robot_of_no_household_adds_users_without_a_word_about_keys(
         async with Peer.open(tmp_path / "alone", device="alone") as peer:
             await peer.add_user("alice", name="Alice")
     assert not [r for r in caplog.records if "no data keys" in r.getMessage()]
+
+
+async def test_an_owner_granted_a_new_epoch_keys_the_users_its_rotation_did_not_know_of(
+    household: list[Peer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An admin that had not heard of a user revoked a robot: its rotation keyed the others
+    only, and the user's documents went on under the epoch the revoked robot holds (found in
+    review).  The owner keys them in any epoch it is granted (`keys_changed`)."""
+    owner, hall, _garden = household
+    await hall.add_user("erin", name="Erin")
+    keying = owner._key_users
+    monkeypatch.setattr(owner, "_key_users", lambda: None)  # not keyed on hearing, here
+    for doc_id in hall.document_ids():
+        await owner.apply_update(doc_id, hall.diff(doc_id, owner.state_vector(doc_id)), origin="x")
+    assert not holds_keys(owner, "erin")
+    monkeypatch.setattr(owner, "_key_users", keying)
+    owner.keys_changed()  # as when a grant of a new epoch lands
+    assert holds_keys(owner, "erin")

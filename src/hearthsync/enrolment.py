@@ -355,7 +355,9 @@ def revoke(
         revoked=sorted(state.trust.revoked | {device}),
     )  # fmt: skip
     state.trust.accept_revocations(revocations, now)
-    epochs = state.keyring.rotate_for_revocation(state.keyring.scopes, random_bytes, users)
+    epochs = state.keyring.rotate_for_revocation(
+        state.keyring.scopes, random_bytes, users, serial=revocations.serial
+    )
     save(folder, state, now)
     return {str(scope): epoch for scope, epoch in epochs.items()}
 

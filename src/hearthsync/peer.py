@@ -1342,6 +1342,7 @@ class Peer:
             enrolment.save(self.path, self.household, int(self._wall()))
             if self.household.is_admin:
                 self._grant_keys()
+            self._key_users()  # a new epoch's keys: users its rotation did not know of
 
     def trust_changed(self) -> None:
         """The trust store changed (a newer revocation list, a certificate learned from a peer):
@@ -1351,6 +1352,7 @@ class Peer:
             enrolment.save(self.path, self.household, int(self._wall()))
             if self.household.is_admin:  # keys of an epoch a newer list accounts for now
                 self._grant_keys()
+            self._key_users()
         self._settings.changed()
         self._users = self._forgotten = None  # a tombstone's device may check out now, or not
         self._forgetting.on_household_change()

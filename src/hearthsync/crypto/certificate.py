@@ -397,10 +397,13 @@ class TrustStore:
         revocations.check_signature()
         if revocations.household_id != self.household_id:
             raise CertificateError("revocation list: other household")
-        self.authority(revocations.issuer_pk, now)
         held = self._revocations
         if held is not None and revocations.serial <= held.serial:
+            # judged before its signer: a list this device holds too, whose signer's
+            # certificate has expired since, closed every session it came on (401), and no
+            # robot could join (found in review)
             return False
+        self.authority(revocations.issuer_pk, now)
         if revocations.serial > (held.serial if held else 0) + MAX_SERIAL_STEP:
             # one list after another: a serial leaping to the largest there is (an admin's
             # list signed with 2**64-1) would leave no serial for any later revocation

@@ -361,18 +361,24 @@ class Keyring:
         revoked_device_scopes: Iterable[str],
         random_bytes: RandomBytes,
         users: Iterable[str] = (),
+        serial: int = 0,
     ) -> dict[Scope, int]:
         """Start a new epoch of every scope a revoked device held; return the new epochs.
 
         The scope key and the data key of every (non-forgotten) user of the scope get fresh
-        keys at ``current_epoch + 1``; grant them to the remaining devices (`grants_for`).
-        The users are those this device holds keys of and ``users`` (the household's list):
-        a user keyed by another robot only, not yet granted here, still gets a new key, or
-        their writes would go on under the epoch the revoked device holds.  All or nothing:
-        a scope this device holds no key for raises `MissingKeyError` before any change.
+        keys at ``current_epoch + 1``, or at ``serial`` (the serial of the revocation list
+        that revokes the device) if that is later; grant them to the remaining devices
+        (`grants_for`).  A robot that revoked without the household's newest keys (members
+        pass lists on, never keys) made an epoch another robot had made already, whose key
+        the robot it revoked held (found in review): the list's serial is new, so is the
+        epoch.  The users are those this device holds keys of and ``users`` (the household's
+        list): a user keyed by another robot only, not yet granted here, still gets a new
+        key, or their writes would go on under the epoch the revoked device holds.  All or
+        nothing: a scope this device holds no key for raises `MissingKeyError` before any
+        change.
         """
         scopes = sorted({Scope(s) for s in revoked_device_scopes})
-        epochs = {s: self.current_epoch(s) + 1 for s in scopes}
+        epochs = {s: max(self.current_epoch(s) + 1, serial) for s in scopes}
         listed = {UserId(u) for u in users if NAME_RE.fullmatch(u)} - self._forgotten
         new_scope_keys: dict[tuple[Scope, int], tuple[bytes, ...]] = {}
         new_data_keys: dict[tuple[UserId, Scope, int], tuple[bytes, ...]] = {}

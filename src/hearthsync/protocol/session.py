@@ -61,7 +61,7 @@ from hearthsync.crypto.envelope import (
     verify_envelope,
 )
 from hearthsync.crypto.identity import DeviceIdentity
-from hearthsync.crypto.keyring import Keyring, key_id
+from hearthsync.crypto.keyring import Keyring, accounted_for, key_id
 from hearthsync.errors import (
     CryptoError,
     MissingKeyError,
@@ -109,6 +109,8 @@ MAX_REQUESTED = 4_096
 #: entries of the peer's inventories kept for documents this device cannot open yet (no key),
 #: to ask for once a grant brings the key; past this many the oldest is dropped (SPEC §6.3)
 MAX_UNOPENED = 4_096
+#: grants held back until a revocation list accounts for their epoch (`Session._pending_grants`)
+MAX_PENDING = 1_024
 
 
 # ------------------------------------------------------------------------------ the port
@@ -375,6 +377,11 @@ class Session:
     #: (no key for it yet), oldest first: asked for once a grant brings the key (`_on_grant`).
     #: At most `MAX_UNOPENED`: a peer cannot grow it without bound
     _unopened: dict[DocId, f.InventoryEntry] = field(default_factory=dict)
+    #: grants of an epoch no revocation list held here accounts for yet (`accounted_for`):
+    #: accepted again once a list does.  The granter sends each grant once per session, so
+    #: one dropped for want of its list (lost, or not sent first) was not granted again
+    #: until a new session, and from a member robot none asks for one (found in review)
+    _pending_grants: list[bytes] = field(default_factory=list)
     _wall: float = field(default=0.0, init=False)
     _last_received: float = 0.0
     _last_sent: float = 0.0
@@ -754,10 +761,19 @@ class Session:
         assert self.peer is not None
         if self.trust.is_revoked(self.peer.certificate.device_id):
             self._fail(f.ErrorCode.UNAUTHORIZED, "this device has been revoked")
+            return
+        pending, self._pending_grants = self._pending_grants, []
+        for grant in pending:
+            with contextlib.suppress(CryptoError):  # its granter revoked meanwhile: dropped
+                self._on_grant(grant)
 
     def _on_grant(self, data: bytes) -> None:
         before = self.keyring.key_count()
-        self.keyring.accept_grant(data, self.identity, trust=self.trust, now=int(self._wall))
+        grant = self.keyring.accept_grant(
+            data, self.identity, trust=self.trust, now=int(self._wall)
+        )
+        if not accounted_for(grant.epoch, self.trust) and len(self._pending_grants) < MAX_PENDING:
+            self._pending_grants.append(data)
         learned = self.keyring.key_count() - before
         if learned:
             self._events.append(KeysChanged(learned))
