@@ -10,13 +10,16 @@ Two kinds of 32-byte key, both per epoch:
 Revoking a device starts a new epoch of every scope it held (`Keyring.rotate_for_revocation`):
 what is written afterwards uses keys it never received.  Old epochs stay, so history still reads.
 
-A slot (a scope and epoch, or a user, scope and epoch) may hold **several keys**: two owner or
-admin robots that each add a user, or each revoke a robot, before hearing of the other make
-two keys for one slot, and neither can know.  Every robot keeps every key granted for a slot
-(at most `MAX_KEYS_PER_SLOT`), opens an envelope with whichever of them it was sealed under,
-and seals with the one of smallest key id (`key_id`), so robots that hold the same keys pick
-the same one.  Before, the second key was refused for good, and the household split in two
-(docs/explanation/sync.md, "Several keys for one slot").
+A user's data-key slot (user, scope, epoch) may hold **several keys**: the owner, keying a
+person a member added, and an admin adding the same person before they hear of each other
+make two keys for one slot, and neither can know.  Every robot keeps every key granted for a
+slot (at most `MAX_KEYS_PER_SLOT`), opens an envelope with whichever of them it was sealed
+under, and seals with the one of smallest key id (`key_id`), so robots that hold the same keys
+pick the same one.  Before, the second key was refused for good, and the household split in
+two.  A scope key's slot holds one: only a revocation makes one after epoch 0, so two are two
+revocations made apart (`_install`).  A key of an epoch the revocation list held does not
+account for is not held (`accounted_for`).  docs/explanation/sync.md, "Several keys for one
+slot", says why each rule.
 
 Keys travel as **key grants**: sealed to the recipient's X25519 key (its certified Ed25519 key,
 converted) and signed by an owner/admin device, so a grant can neither be read in transit nor
