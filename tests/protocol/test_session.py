@@ -1493,9 +1493,28 @@ def test_a_grant_dropped_for_want_of_its_list_is_held_until_the_list_comes(
             b[1].receive_data(data, NOW)
     pump(a, b)
     assert kitchen.keyring.current_epoch("core") == 0
-    b[1].receive_data(listed[0], NOW)  # it comes after all (again, or by another robot)
+    b[1].receive_data(listed[0], NOW)  # it comes after all
     assert kitchen.keyring.current_epoch("core") == 1
     assert not b[1].closed
+
+
+def test_a_grant_kept_for_its_list_is_taken_when_another_session_brings_the_list(
+    home: Home, admin: Robot, kitchen: Robot
+) -> None:
+    owner = owner_robot(home)
+    owner.keyring.merge_from(admin.keyring)
+    a, b = connect(admin, kitchen)
+    revoke_as(owner, home.owner, home, "AAAAAAAAAAAAAAAA", 21)
+    connect(owner, admin)
+    assert a[1].send_grants() > 0
+    for data in a[1].data_to_send():
+        if not isinstance(f.decode(data), f.RevocationList):  # the list is lost
+            b[1].receive_data(data, NOW)
+    assert kitchen.keyring.current_epoch("core") == 0
+    assert owner.trust.revocations is not None
+    assert kitchen.trust.accept_revocations(owner.trust.revocations, NOW)  # by another link
+    b[1].tick(NOW + 1)
+    assert kitchen.keyring.current_epoch("core") == 1
 
 
 def test_a_list_held_on_both_sides_is_not_judged_by_its_expired_signer(

@@ -381,7 +381,7 @@ class Session:
     #: accepted again once a list does.  The granter sends each grant once per session, so
     #: one dropped for want of its list (lost, or not sent first) was not granted again
     #: until a new session, and from a member robot none asks for one (found in review)
-    _pending_grants: list[bytes] = field(default_factory=list)
+    _pending_grants: list[tuple[int, bytes]] = field(default_factory=list)
     _wall: float = field(default=0.0, init=False)
     _last_received: float = 0.0
     _last_sent: float = 0.0
@@ -470,6 +470,8 @@ class Session:
             self._close(408, f"no handshake after {now - self._started:.1f} s", by_peer=False)
         else:
             sent = self._last_sent
+            if self._pending_grants and self.state is State.OPEN:
+                self._take_pending_grants()  # a list another session brought
             if self._settle_at is not None and now >= self._settle_at:
                 self._settle_wait = min(self._settle_wait * 2, SETTLE_MAX_S)
                 self._settle_at = now + self._settle_wait
@@ -762,10 +764,22 @@ class Session:
         if self.trust.is_revoked(self.peer.certificate.device_id):
             self._fail(f.ErrorCode.UNAUTHORIZED, "this device has been revoked")
             return
-        pending, self._pending_grants = self._pending_grants, []
-        for grant in pending:
+        self._take_pending_grants()
+
+    def _take_pending_grants(self) -> None:
+        """Accept the grants kept aside (`_pending_grants`) that a revocation list held now
+        accounts for: one this session brought, or another (checked at every tick)."""
+        ready = [data for epoch, data in self._pending_grants if accounted_for(epoch, self.trust)]
+        if not ready:
+            return
+        self._pending_grants = [
+            (epoch, data)
+            for epoch, data in self._pending_grants
+            if not accounted_for(epoch, self.trust)
+        ]
+        for data in ready:
             with contextlib.suppress(CryptoError):  # its granter revoked meanwhile: dropped
-                self._on_grant(grant)
+                self._on_grant(data)
 
     def _on_grant(self, data: bytes) -> None:
         before = self.keyring.key_count()
@@ -773,7 +787,7 @@ class Session:
             data, self.identity, trust=self.trust, now=int(self._wall)
         )
         if not accounted_for(grant.epoch, self.trust) and len(self._pending_grants) < MAX_PENDING:
-            self._pending_grants.append(data)
+            self._pending_grants.append((grant.epoch, data))
         learned = self.keyring.key_count() - before
         if learned:
             self._events.append(KeysChanged(learned))
