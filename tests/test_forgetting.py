@@ -433,6 +433,15 @@ async def household(tmp_path: Path) -> AsyncIterator[list[Peer]]:
         yield [await stack.enter_async_context(Peer.open(tmp_path / n, device=n)) for n in names]
 
 
+def service(peer: Peer, *dial: int) -> SyncService:
+    """``peer``'s sync on loopback: listening (no ``dial``) or dialing those ports."""
+    assert peer.household is not None
+    credentials = peer.household.credentials(peer.identity)
+    if not dial:
+        return SyncService(peer, credentials)
+    return SyncService(peer, credentials, listen=None, peers=[("127.0.0.1", p) for p in dial])
+
+
 def holds_alice(peer: Peer) -> bool:
     return any(d.startswith("user/alice/") for d in peer.document_ids())
 
@@ -443,13 +452,6 @@ async def test_every_robot_forgets_and_a_robot_that_was_away_too(
     owner, hall, garden = household
     await fill(owner, "alice", ALICE_SAYS)
     await fill(owner, "bob", BOB_SAYS)
-
-    def service(peer: Peer, *dial: int) -> SyncService:
-        assert peer.household is not None
-        credentials = peer.household.credentials(peer.identity)
-        if not dial:
-            return SyncService(peer, credentials)
-        return SyncService(peer, credentials, listen=None, peers=[("127.0.0.1", p) for p in dial])
 
     async with AsyncExitStack() as stack:
         hub = await stack.enter_async_context(service(owner))
@@ -643,13 +645,6 @@ async def test_a_user_a_member_adds_is_keyed_by_the_owner_and_reaches_every_robo
     assert any("'erin' has no data keys on this robot" in r.getMessage() for r in caplog.records)
     await hall.set_preference("erin", "tea/mug", "green")
     assert owner.household is not None
-
-    def service(peer: Peer, *dial: int) -> SyncService:
-        assert peer.household is not None
-        credentials = peer.household.credentials(peer.identity)
-        if not dial:
-            return SyncService(peer, credentials)
-        return SyncService(peer, credentials, listen=None, peers=[("127.0.0.1", p) for p in dial])
 
     async with AsyncExitStack() as stack:
         hub = await stack.enter_async_context(service(owner))
