@@ -350,8 +350,14 @@ def revoke(
     if not state.trust.knows(device):
         raise ValidationError(f"no certificate known for device {device}", field="device")
     held = state.trust.revocations
+    # past every epoch held too: a keyring from before epochs followed serials may hold one at
+    # or past the list's serial, and a rotation to it would be a key no robot holds (found in
+    # review).  The serial may leap as far as `MAX_SERIAL_STEP`, which a household's epochs
+    # never reach.
+    top = max((state.keyring.current_epoch(s) for s in state.keyring.scopes), default=0)
+    serial = max((held.serial + 1) if held else 1, top + 1)
     revocations = Revocations.issue(
-        identity, household_id=state.household.id, serial=(held.serial + 1) if held else 1,
+        identity, household_id=state.household.id, serial=serial,
         revoked=sorted(state.trust.revoked | {device}),
     )  # fmt: skip
     state.trust.accept_revocations(revocations, now)

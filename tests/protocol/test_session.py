@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 from dataclasses import dataclass, field
@@ -1539,3 +1540,46 @@ def test_a_list_held_on_both_sides_is_not_judged_by_its_expired_signer(
     pump(a, b, later)
     assert a[1].state is State.OPEN
     assert b[1].state is State.OPEN
+
+
+def test_a_robot_enrolled_by_a_revoked_admin_gets_nothing_more_on_its_open_session(
+    home: Home, admin: Robot, kitchen: Robot
+) -> None:
+    """Revoking an admin revokes the certificates it issued (SPEC §3), but a session open
+    with a robot it enrolled was checked by that robot's own id only: it stayed open and was
+    granted the new epoch's keys (found in review)."""
+    owner = owner_robot(home)
+    owner.keyring.merge_from(admin.keyring)
+    owner.trust.add(home.certs["kitchen"], NOW)  # the admin enrolled the kitchen
+    a, b = connect(owner, kitchen)
+    assert revoke_as(owner, home.owner, home, home.admin.device_id, 31)["core"] == 1
+    assert a[1].send_grants() == 0
+    assert not a[1].send_revocations()  # it closes the session instead
+    assert a[1].closed
+    pump(a, b)
+    with pytest.raises(MissingKeyError):
+        kitchen.keyring.scope_keys("core", 1)
+
+
+def test_the_owner_keying_users_in_a_rotations_grant_batch_makes_no_second_keys(
+    home: Home, admin: Robot
+) -> None:
+    """The owner keys every user it holds no key of in the current epoch whenever it is
+    granted a key (`Peer.keys_changed`).  An admin's rotation granted its scope key first,
+    and the owner made a second key of every user before theirs came (found in review): the
+    data keys come first now, and the epoch new keys are made in is the scope key's."""
+    owner = owner_robot(home)
+    owner.keyring.merge_from(admin.keyring)
+    revoke_as(admin, home.admin, home, "AAAAAAAAAAAAAAAA", 22)
+    assert owner.trust.accept_revocations(admin.trust.revocations, NOW)  # type: ignore[arg-type]
+    rng = random.Random(4).randbytes
+    for grant in admin.keyring.grants_for(home.admin, home.owner.verify_key, ["core"], rng):
+        owner.keyring.accept_grant(grant, home.owner, trust=owner.trust, now=NOW)
+        epoch = owner.keyring.current_epoch("core")  # what `_key_users` does, at every grant
+        for user in ("alice", "bob"):
+            with contextlib.suppress(MissingKeyError):
+                owner.keyring.data_keys(user, "core", epoch)
+                continue
+            owner.keyring.create_data_key(user, "core", rng)
+    assert owner.keyring.current_epoch("core") == 1
+    assert [len(owner.keyring.data_keys(u, "core", 1)) for u in ("alice", "bob")] == [1, 1]

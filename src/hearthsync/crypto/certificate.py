@@ -13,6 +13,7 @@ certificate is reported as forged, not as "expired" because of a flipped bit in 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Self
@@ -35,6 +36,8 @@ from hearthsync.crypto.wire import (
 )
 from hearthsync.errors import CertificateError, ValidationError
 from hearthsync.ids import DeviceId, Scope
+
+log = logging.getLogger(__name__)
 
 ROLES = ("owner", "admin", "member")
 #: roles whose certificates may issue certificates, revocations and key grants (SPEC §3)
@@ -402,6 +405,13 @@ class TrustStore:
             # judged before its signer: a list this device holds too, whose signer's
             # certificate has expired since, closed every session it came on (401), and no
             # robot could join (found in review)
+            if revocations.serial == held.serial and revocations.revoked != held.revoked:
+                log.warning(
+                    "two revocation lists of serial %d revoke different robots (%s here, %s "
+                    "there): two revocations made apart are not safe; revoke again, from the "
+                    "owner, every robot of both", held.serial, ", ".join(held.revoked),
+                    ", ".join(revocations.revoked),
+                )  # fmt: skip
             return False
         self.authority(revocations.issuer_pk, now)
         if revocations.serial > (held.serial if held else 0) + MAX_SERIAL_STEP:

@@ -253,10 +253,17 @@ class Keyring:
         return frozenset(s for s, _ in self._scope_keys) | {s for _, s, _ in self._data_keys}
 
     def current_epoch(self, scope: str) -> int:
-        """The newest epoch this device holds any key of ``scope`` for: what new writes use."""
+        """The newest epoch this device holds the scope key of (any key of ``scope``, if it
+        holds no scope key of it): the epoch new users' keys are made in.
+
+        The scope key's, not a data key's: a rotation's grants send every data key of an
+        epoch before its scope key (`grants_for`), so the owner, which keys every user it
+        holds no key of in this epoch whenever it is granted keys, does not key them in the
+        middle of the batch that brings theirs (it made a second key of every user at every
+        admin's rotation; found in review)."""
         newest = self._newest.get(scope)
         if newest is None:
-            epochs = self._epochs(scope)
+            epochs = {e for (s, e) in self._scope_keys if s == scope} or self._epochs(scope)
             if not epochs:
                 raise MissingKeyError(f"no key held for scope {scope!r}")
             newest = self._newest[scope] = max(epochs)
@@ -464,15 +471,17 @@ class Keyring:
         ``scopes`` that we hold: what a newly enrolled device, or one left after a
         revocation, needs."""
         wanted = set(scopes)
+        # the data keys first: a robot makes a new user's keys in the epoch of the newest
+        # scope key it holds (`current_epoch`), so a rotation's scope key comes after its data
         grants = [
-            self._grant(granter, recipient_pk, s, e, None, key, random_bytes)
-            for (s, e), keys in sorted(self._scope_keys.items())
+            self._grant(granter, recipient_pk, s, e, u, key, random_bytes)
+            for (u, s, e), keys in sorted(self._data_keys.items())
             if s in wanted
             for key in keys
         ]
         grants += [
-            self._grant(granter, recipient_pk, s, e, u, key, random_bytes)
-            for (u, s, e), keys in sorted(self._data_keys.items())
+            self._grant(granter, recipient_pk, s, e, None, key, random_bytes)
+            for (s, e), keys in sorted(self._scope_keys.items())
             if s in wanted
             for key in keys
         ]

@@ -63,6 +63,7 @@ from hearthsync.crypto.envelope import (
 from hearthsync.crypto.identity import DeviceIdentity
 from hearthsync.crypto.keyring import Keyring, accounted_for, key_id
 from hearthsync.errors import (
+    CertificateError,
     CryptoError,
     MissingKeyError,
     ProtocolError,
@@ -607,8 +608,9 @@ class Session:
         held = self.trust.revocations
         if self.state is not State.OPEN or held is None:
             return False
-        if self.peer is not None and self.trust.is_revoked(self.peer.certificate.device_id):
-            self._fail(f.ErrorCode.UNAUTHORIZED, "this device has been revoked")
+        refused = self._peer_refused()
+        if refused is not None:
+            self._fail(f.ErrorCode.UNAUTHORIZED, refused)
             return False
         self._send(f.RevocationList(held.to_wire()))
         self._sent_serial = held.serial
@@ -626,7 +628,7 @@ class Session:
         if mine.role not in ("owner", "admin"):
             return 0
         peer = self.peer.certificate
-        if self.trust.is_revoked(peer.device_id):
+        if self._peer_refused() is not None:
             # revoked since the session opened, and not closed yet: a robot that revokes
             # grants the new epoch's keys to every link (`Peer.trust_changed`) before the
             # service drops the revoked one, and it was granted them too (found in review)
@@ -761,10 +763,29 @@ class Session:
             return  # not newer than what this device holds
         self._events.append(RevocationsChanged(self.trust.revoked))
         assert self.peer is not None
-        if self.trust.is_revoked(self.peer.certificate.device_id):
-            self._fail(f.ErrorCode.UNAUTHORIZED, "this device has been revoked")
+        refused = self._peer_refused()
+        if refused is not None:
+            self._fail(f.ErrorCode.UNAUTHORIZED, refused)
             return
         self._take_pending_grants()
+
+    def _peer_refused(self) -> str | None:
+        """Why the peer is no longer trusted (its certificate, or one it hangs from, revoked
+        or expired since the handshake), or None.  Its own id alone was checked: a robot
+        enrolled by an admin revoked since kept its open session, and was granted the new
+        epoch's keys (found in review)."""
+        if self.peer is None:
+            return None
+        try:
+            self.trust.verify(self.peer.certificate, int(self._wall))
+        except CertificateError as exc:
+            return str(exc)
+        return None
+        try:
+            self.trust.verify(self.peer.certificate, int(self._wall))
+        except CertificateError as exc:
+            return "revoked" in str(exc)
+        return False
 
     def _take_pending_grants(self) -> None:
         """Accept the grants kept aside (`_pending_grants`) that a revocation list held now
