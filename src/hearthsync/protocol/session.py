@@ -61,7 +61,7 @@ from hearthsync.crypto.envelope import (
     verify_envelope,
 )
 from hearthsync.crypto.identity import DeviceIdentity
-from hearthsync.crypto.keyring import Keyring, accounted_for, key_id
+from hearthsync.crypto.keyring import Keyring, accounted_for
 from hearthsync.errors import (
     CertificateError,
     CryptoError,
@@ -296,6 +296,8 @@ class Sealer:
     def __init__(self, capacity: int = 256) -> None:
         self.capacity = capacity
         self._counters: dict[DocId, int] = {}
+        #: by document, lineage, document key and delta (the key itself: hashing it again on
+        #: every send bought nothing, and the keyring holds it anyway)
         self._recent: OrderedDict[tuple[DocId, LineageId, bytes, bytes], bytes] = OrderedDict()
         self.reused = 0  #: envelopes sent again instead of sealed again
 
@@ -313,7 +315,7 @@ class Sealer:
         ``make(counter)``, kept for the next peer."""
         if len(delta) > self.CACHED_BYTES:
             return make(self.counter(doc_id))
-        key = (doc_id, lineage, key_id(doc_key), delta)
+        key = (doc_id, lineage, doc_key, delta)
         found = self._recent.get(key)
         if found is not None:
             self._recent.move_to_end(key)
