@@ -560,7 +560,7 @@ class Peer:
         # transaction that brought them ends (the list cannot be read inside it)
         asyncio.get_running_loop().call_soon(self._key_users)
 
-    def _key_users(self) -> None:
+    def _key_users(self) -> bool:
         """The owner robot: data keys, for the current epoch of every scope, of every user
         of the household that has none here (`_make_keys`).
 
@@ -574,19 +574,21 @@ class Peer:
         in review)."""
         state = self.household
         if self._closed or state is None or state.certificate.role != "owner":
-            return
-        self._make_keys(*sorted(self._known_users()))
+            return False
+        return self._make_keys(*sorted(self._known_users()))
 
-    def _make_keys(self, *users: str) -> None:
+    def _make_keys(self, *users: str) -> bool:
         """Data keys of ``users`` where they have none (admin robots only), kept with this
-        device's credentials and granted to the linked robots (`on_keys_made`)."""
+        device's credentials and granted to the linked robots (`on_keys_made`); whether it
+        made any."""
         state = self.household
         if state is None:
-            return
+            return False
         made = [enrolment.add_user_keys(state, user, self._key_bytes) for user in users]
         if any(made):
             enrolment.save(self.path, state, int(self._wall()))
             self._grant_keys()
+        return any(made)
 
     def _grant_keys(self) -> None:
         """Have every linked robot granted the keys this one holds (owners and admins)."""
@@ -1338,23 +1340,26 @@ class Peer:
         admin grants them on to the robots linked to it: one such robot's key of a slot that
         this one keyed too is news to them, and the robots holding both seal with the same
         one (`Keyring`)."""
-        if self.household is not None:
-            enrolment.save(self.path, self.household, int(self._wall()))
-            if self.household.is_admin:
-                self._grant_keys()
-            self._key_users()  # a new epoch's keys: users its rotation did not know of
+        self._credentials_changed()
+
+    def _credentials_changed(self) -> None:
+        """Keys or trust changed: the owner keys the users a new epoch's rotation did not
+        know of, the credentials are saved (once), and an owner or admin grants what it
+        holds now (keys it was granted, keys of an epoch a newer list accounts for)."""
+        state = self.household
+        if state is None or self._key_users():  # keying saves and grants
+            return
+        enrolment.save(self.path, state, int(self._wall()))
+        if state.is_admin:
+            self._grant_keys()
 
     def trust_changed(self) -> None:
         """The trust store changed (a newer revocation list, a certificate learned from a peer):
         keep it with this device's credentials, and look again at tombstones that did not
         check out before (their device may be known now)."""
-        if self.household is not None:
-            enrolment.save(self.path, self.household, int(self._wall()))
-            if self.household.is_admin:  # keys of an epoch a newer list accounts for now
-                self._grant_keys()
-            self._key_users()
-        self._settings.changed()
         self._users = self._forgotten = None  # a tombstone's device may check out now, or not
+        self._credentials_changed()  # (keys the users of that list, not the cached one)
+        self._settings.changed()
         self._forgetting.on_household_change()
 
     def on_durable(self, listener: CommitListener) -> Callable[[], None]:

@@ -267,9 +267,10 @@ async def _command(peer: Peer, service: SyncService, words: list[str], run_file:
             device = enrolment.device_named(peer.household, device)  # a name, or the id
             epochs = enrolment.revoke(peer.path, peer.household, peer.identity, device,
                                       now=int(peer.wall()), users=peer.users())  # fmt: skip
-            peer.trust_changed()  # what the revoked device signed no longer counts here
+            # what the revoked device signed no longer counts here; the new epochs' keys go to
+            # every robot still trusted, after the list (`Session.send_grants`)
+            peer.trust_changed()
             service.trust_changed()  # drops the revoked device, tells the others
-            service.send_grants()  # the new epochs' keys, to everyone still trusted
             return f"ACK revoke {device} " + ",".join(f"{s}@{e}" for s, e in sorted(epochs.items()))
         case ["forget", user]:
             tombstone = await peer.forget(user)

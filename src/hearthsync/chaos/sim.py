@@ -945,10 +945,9 @@ class Simulation:
             if write.robot == victim.index:
                 write.kept_by = frozenset(i for i, held in holdings if held.holds(write))
         self.note(f"r0 revokes r{victim.index}: new epochs {sorted(self.revoked_epochs.items())}")
-        # as the console's 'revoke' does: gossip the list (which drops the revoked robot), then
-        # grant the new epochs' keys to everyone still trusted
+        # as the console's 'revoke' does: gossip the list, which drops the revoked robot (the
+        # new epochs' keys went to everyone still trusted with `trust_changed`, after the list)
         self._to_every_link(owner, Session.send_revocations)
-        self._to_every_link(owner, Session.send_grants)
 
     # ------------------------------------------------------------------ quiescence
 
