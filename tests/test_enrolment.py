@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from hearthsync import Peer, enrolment
 from hearthsync.crypto import pairing
+from hearthsync.crypto.certificate import Certificate
 from hearthsync.crypto.identity import DeviceIdentity
 from hearthsync.crypto.pairing import PairingError, join_request, open_join_response
 from hearthsync.errors import StoreError, ValidationError
@@ -107,6 +109,38 @@ def test_revoking_a_device_starts_a_new_epoch_of_every_scope(tmp_path: Path) -> 
     assert set(epochs) == set(state.keyring.scopes)
     assert set(epochs) >= {"core", "health", "history", "household", "spatial"}
     assert set(epochs.values()) == {1}
+
+
+@pytest.mark.parametrize("role", ["admin", "member"])
+def test_only_the_owner_revokes_and_a_refusal_changes_nothing(tmp_path: Path, role: str) -> None:
+    """Lists from one signer form one chain.  When an admin revoked too, two lists made apart
+    (in a partition) had one serial; each side ignored the other's list and granted its new
+    keys to the robot the other side had revoked."""
+    now = int(time.time())
+    _owner_dir, owner, kitchen = _kitchen_enrolled(tmp_path, now)
+    kitchen_dir = tmp_path / "kitchen"
+    state = enrolment.load(kitchen_dir, now)
+    assert state is not None
+    if role == "admin":  # the owner made the kitchen an admin
+        held = state.certificate
+        promoted = Certificate.issue(
+            owner, household_id=held.household_id, device_pk=held.device_pk,
+            device_name=held.device_name, role="admin", scopes=held.scopes,
+            issued_at=now, expires_at=now + 3600,
+        )  # fmt: skip
+        state.trust.add(promoted, now)
+        state = dataclasses.replace(state, certificate=promoted)
+        enrolment.save(kitchen_dir, state, now)
+    credentials = (kitchen_dir / enrolment.CREDENTIALS_FILE).read_bytes()
+    epochs = {s: state.keyring.current_epoch(s) for s in state.keyring.scopes}
+    with pytest.raises(
+        ValidationError, match=f"only the household owner can revoke; this robot is {role}"
+    ):
+        enrolment.revoke(kitchen_dir, state, kitchen, owner.device_id, now=now)
+    assert state.trust.revocations is None
+    assert {s: state.keyring.current_epoch(s) for s in state.keyring.scopes} == epochs
+    assert (kitchen_dir / enrolment.CREDENTIALS_FILE).read_bytes() == credentials
+    assert state.is_admin == (role == "admin")
 
 
 def test_a_robot_to_revoke_is_named_by_its_name_or_its_device_id(tmp_path: Path) -> None:

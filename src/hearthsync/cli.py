@@ -268,7 +268,7 @@ def join(
 
 @app.command()
 def revoke(
-    path: Annotated[Path, typer.Argument(help="an owner or admin peer's folder")],
+    path: Annotated[Path, typer.Argument(help="the household owner's folder")],
     device: Annotated[str, typer.Argument(help="the robot to revoke: its name or device id")],
 ) -> None:
     """Revoke a robot: it is refused from now on and can decrypt nothing written afterwards.

@@ -335,16 +335,21 @@ def revoke(
     folder: Path, state: HouseholdState, identity: DeviceIdentity, device: str, *, now: int,
     users: Iterable[str] = (), random_bytes: Callable[[int], bytes] = os.urandom,
 ) -> dict[str, int]:  # fmt: skip
-    """Revoke ``device`` (``hearth revoke``): sign a new revocation list, start a new epoch of
-    every scope this robot holds (the device can decrypt nothing written afterwards), save;
-    return the epochs.  ``users`` are the household's (`Peer.users`): each gets a data key of
-    the new epoch, those this robot holds no key of yet too.  The running sync gossips the
-    list and grants the new keys to the remaining robots.
+    """Revoke ``device`` (``hearth revoke``, the owner only): sign a new revocation list,
+    start a new epoch of every scope this robot holds (the device can decrypt nothing written
+    afterwards), save; return the epochs.  ``users`` are the household's (`Peer.users`): each
+    gets a data key of the new epoch, those this robot holds no key of yet too.  The running
+    sync gossips the list and grants the new keys to the remaining robots.
 
     Every scope, not those of the device's certificate: an older certificate of it may have
     granted more, and it keeps the keys it was given then (found in review)."""
-    if not state.is_admin:
-        raise ValidationError("only the owner or an admin device can revoke", field="path")
+    if state.certificate.role != "owner":
+        # one signer keeps the lists one chain (SPEC §3): lists two robots signed apart had
+        # one serial, and each side granted its new keys to the robot the other revoked
+        raise ValidationError(
+            f"only the household owner can revoke; this robot is {state.certificate.role} "
+            "(run 'hearth revoke' on the owner)", field="path",
+        )  # fmt: skip
     if device == identity.device_id:
         raise ValidationError("a device cannot revoke itself", field="device")
     if not state.trust.knows(device):

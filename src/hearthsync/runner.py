@@ -19,7 +19,7 @@ standard output (an operator's and a test's way in; robot software uses the HTTP
     peers                      -> PEERS id,id,...
     waitpeers COUNT SECONDS    -> PEERS id,... once COUNT peers are linked | TIMEOUT peers ...
     partition on|off           -> ACK partition on|off   (cut / restore every connection)
-    revoke DEVICE              -> ACK revoke DEVICE scope@epoch,...  (owner/admin only)
+    revoke DEVICE              -> ACK revoke DEVICE scope@epoch,...  (the owner only)
     digest                     -> DIGEST <hex>   (every document, once flushed: chaos checks)
     forget USER                -> ACK forget USER DEVICE  (the user is forgotten everywhere)
 """

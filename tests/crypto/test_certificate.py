@@ -82,7 +82,7 @@ def test_revoked_device_and_what_its_issuer_revocation_implies(home: Home) -> No
 def test_revocations_only_newer_serials_and_only_growing(home: Home) -> None:
     def issue(serial: int, revoked: list[str]) -> Revocations:
         return Revocations.issue(
-            home.admin, household_id=home.household.id, serial=serial, revoked=revoked
+            home.owner, household_id=home.household.id, serial=serial, revoked=revoked
         )
 
     kitchen, hall = home.kitchen.device_id, home.hall.device_id
@@ -98,14 +98,23 @@ def test_revocations_only_newer_serials_and_only_growing(home: Home) -> None:
     assert home.trust.revocations.serial == 3
 
 
-def test_revocations_from_a_member_or_forged_are_refused(home: Home) -> None:
+def test_revocations_from_a_member_an_admin_or_forged_are_refused(home: Home) -> None:
     by_member = Revocations.issue(
         home.kitchen, household_id=home.household.id, serial=1, revoked=[home.hall.device_id]
     )
     with pytest.raises(CertificateError, match="may not issue"):
         home.trust.accept_revocations(by_member, NOW)
-    good = Revocations.issue(
+    # an admin issues certificates, not revocations: the owner's lists are one chain, and two
+    # lists made apart (an admin's and the owner's) no longer share a serial
+    by_admin = Revocations.issue(
         home.admin, household_id=home.household.id, serial=1, revoked=[home.hall.device_id]
+    )
+    with pytest.raises(CertificateError, match=f"signed by admin {home.admin.device_id}; only"):
+        home.trust.accept_revocations(by_admin, NOW)
+    assert home.trust.revocations is None
+    assert home.trust.verify(home.trust.certificate_of(home.hall.device_id), NOW)
+    good = Revocations.issue(
+        home.owner, household_id=home.household.id, serial=1, revoked=[home.hall.device_id]
     )
     tampered = bytearray(good.to_wire())
     tampered[-1] ^= 0x80
@@ -113,7 +122,7 @@ def test_revocations_from_a_member_or_forged_are_refused(home: Home) -> None:
         home.trust.accept_revocations(Revocations.from_wire(bytes(tampered)), NOW)
     assert home.trust.revoked == frozenset()
     against_owner = Revocations.issue(
-        home.admin, household_id=home.household.id, serial=1, revoked=[home.owner.device_id]
+        home.owner, household_id=home.household.id, serial=1, revoked=[home.owner.device_id]
     )
     with pytest.raises(CertificateError, match="revokes the household owner"):
         home.trust.accept_revocations(against_owner, NOW)
@@ -211,10 +220,10 @@ def test_no_certificate_replaces_the_owners_root(home: Home) -> None:
 
 
 def test_a_revocation_list_may_not_leap_to_the_last_serial(home: Home) -> None:
-    """An admin's list numbered 2**64-1 would leave no serial for any later list: after it,
-    not even the owner could revoke anyone, that admin included."""
+    """A list numbered 2**64-1 (a bug, a corrupted counter) would leave no serial for any
+    later list: after it, the owner could revoke no one again."""
     leap = Revocations.issue(
-        home.admin, household_id=home.household.id, serial=2**64 - 1, revoked=()
+        home.owner, household_id=home.household.id, serial=2**64 - 1, revoked=()
     )
     with pytest.raises(CertificateError, match="leaps"):
         home.trust.accept_revocations(leap, NOW)

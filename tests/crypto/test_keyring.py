@@ -174,16 +174,16 @@ def test_an_older_version_reading_the_keyring_keeps_the_sealing_key() -> None:
 
 
 def test_a_second_scope_key_for_an_epoch_is_refused(home: Home, admin_keys: Keyring) -> None:
-    """Scope keys are made once (epoch 0, by the owner) and by a revocation's rotation: two
-    for one epoch are two revocations at once, whose lists do not merge.  A robot holding
-    both granted one side's keys to the robot the other side revoked (found in review)."""
+    """Scope keys are made once (epoch 0, by the owner) and by the owner's revocations: two
+    for one epoch are two lists of one serial (a restored owner).  A robot holding both
+    granted one side's keys to the robot the other side revoked (found in review)."""
     kitchen = enrolled(home, admin_keys, home.kitchen)
     rival = Keyring()
     rival.create_scope("core", lambda n: b"\x09" * n)
     grant = rival.grant(
         home.admin, home.kitchen.verify_key, scope="core", epoch=0, random_bytes=home.random_bytes
     )
-    with pytest.raises(CryptoError, match="two revocations at once"):
+    with pytest.raises(CryptoError, match="two revocations of one serial"):
         kitchen.accept_grant(grant, home.kitchen, trust=home.trust, now=NOW)
     assert kitchen.scope_keys("core", 0) == (admin_keys.scope_key("core", 0),)
 

@@ -261,7 +261,7 @@ def test_an_untrusted_device_is_refused(
     if problem == "revoked":
         kitchen.trust.accept_revocations(
             Revocations.issue(
-                home.admin, household_id=home.household.id, serial=1, revoked=[intruder.device_id]
+                home.owner, household_id=home.household.id, serial=1, revoked=[intruder.device_id]
             ),
             NOW,
         )
@@ -636,9 +636,10 @@ def test_an_unanswered_request_is_sent_again(kitchen: Robot, hall: Robot) -> Non
 
 
 def revoke(home: Home, admin: Robot, device: str) -> None:
-    """The admin revokes ``device``: a revocation list (serial 1), then a new epoch of core."""
+    """The owner revokes ``device`` (list serial 1); the admin holds the list and the new
+    epoch of core, made on its keyring here as a stand-in for the owner's grants."""
     listed = Revocations.issue(
-        home.admin, household_id=home.household.id, serial=1, revoked=[device]
+        home.owner, household_id=home.household.id, serial=1, revoked=[device]
     )
     assert admin.trust.accept_revocations(listed, NOW)
     admin.keyring.rotate_for_revocation(["core"], random.Random(2).randbytes)
@@ -1454,22 +1455,28 @@ def revoke_as(who: Robot, signer: DeviceIdentity, home: Home, device: str, seed:
 def test_a_revoker_without_the_newest_keys_makes_a_new_epoch_not_an_old_one_again(
     home: Home, admin: Robot, kitchen: Robot, hall: Robot
 ) -> None:
-    """The admin holds list 1 (a member passed it on, and members grant nothing) but not
-    epoch 1's keys.  Revoking hall, it made epoch 0 + 1 = 1 again: the owner refused its key
-    and kept sealing under its own epoch 1, whose key hall holds (found in review).  The
-    epoch is the list's serial now: 2."""
+    """An owner restored from a backup older than its last revocation holds that list again
+    (gossip brings it; members grant no keys) but not epoch 1's keys.  Revoking hall, it made
+    epoch 0 + 1 = 1 again: the others refused its key and kept sealing under their epoch 1,
+    whose key hall holds (found in review, with an admin revoking).  The epoch is the list's
+    serial now: 2."""
     owner = owner_robot(home)
     owner.keyring.merge_from(admin.keyring)
+    restored = owner_robot(home)  # the backup: epoch 0 only
+    restored.keyring.merge_from(admin.keyring)
     revoke_as(owner, home.owner, home, "AAAAAAAAAAAAAAAA", 21)  # serial 1, epoch 1
+    connect(owner, admin)
     connect(owner, hall)
-    connect(hall, admin)  # the list reaches the admin; no keys do
-    assert admin.trust.revocations is not None
-    assert admin.keyring.current_epoch("core") == 0
-    assert revoke_as(admin, home.admin, home, hall.identity.device_id, 22)["core"] == 2
-    a, b = connect(admin, owner)
+    assert admin.keyring.current_epoch("core") == 1
+    assert hall.keyring.current_epoch("core") == 1
+    connect(hall, restored)  # the list reaches the restored owner; no keys do
+    assert restored.trust.revocations is not None
+    assert restored.keyring.current_epoch("core") == 0
+    assert revoke_as(restored, home.owner, home, hall.identity.device_id, 22)["core"] == 2
+    a, b = connect(restored, admin)
     assert not a[1].closed
     assert not b[1].closed
-    assert owner.keyring.sealing_epoch("core", "alice") == 2
+    assert admin.keyring.sealing_epoch("core", "alice") == 2
     with pytest.raises(MissingKeyError):
         hall.keyring.data_keys("alice", "core", 2)
 
@@ -1523,7 +1530,9 @@ def test_a_list_held_on_both_sides_is_not_judged_by_its_expired_signer(
 ) -> None:
     """Two robots holding the same list, whose signer's certificate has expired since,
     refused each other (401) at every session, and no robot could join (found in review): a
-    list no newer than the one held is ignored before its signer is judged."""
+    list no newer than the one held is ignored before its signer is judged.  (The list here
+    is one an admin signed when admins still revoked, read back from each robot's
+    credentials; the owner's own certificate may expire too.)"""
     short = identity(9)
     cert = home.issue(
         home.owner, short, role="admin", expires_at=NOW + 100,
@@ -1534,7 +1543,8 @@ def test_a_list_held_on_both_sides_is_not_judged_by_its_expired_signer(
     )
     for r in (kitchen, hall):
         r.trust.add(cert, NOW)
-        assert r.trust.accept_revocations(listed, NOW)
+        r.trust.restore_revocations(listed)
+        assert r.trust.revocations == listed
     later = NOW + 1000
     a, b = (kitchen, kitchen.session(now=later)), (hall, hall.session(now=later))
     pump(a, b, later)
@@ -1565,21 +1575,54 @@ def test_the_owner_keying_users_in_a_rotations_grant_batch_makes_no_second_keys(
     home: Home, admin: Robot
 ) -> None:
     """The owner keys every user it holds no key of in the current epoch whenever it is
-    granted a key (`Peer.keys_changed`).  An admin's rotation granted its scope key first,
-    and the owner made a second key of every user before theirs came (found in review): the
-    data keys come first now, and the epoch new keys are made in is the scope key's."""
+    granted a key (`Peer.keys_changed`).  A rotation's grants gave its scope key first, and
+    the owner made a second key of every user before theirs came (found in review, with an
+    admin rotating): the data keys come first now, and the epoch new keys are made in is the
+    scope key's.  Here an owner restored from a backup older than its rotation is granted
+    that rotation's keys back by the admin."""
     owner = owner_robot(home)
     owner.keyring.merge_from(admin.keyring)
-    revoke_as(admin, home.admin, home, "AAAAAAAAAAAAAAAA", 22)
-    assert owner.trust.accept_revocations(admin.trust.revocations, NOW)  # type: ignore[arg-type]
+    restored = owner_robot(home)  # the backup: epoch 0 only
+    restored.keyring.merge_from(admin.keyring)
+    revoke_as(owner, home.owner, home, "AAAAAAAAAAAAAAAA", 22)
+    connect(owner, admin)
+    assert admin.keyring.current_epoch("core") == 1
+    assert restored.trust.accept_revocations(owner.trust.revocations, NOW)  # type: ignore[arg-type]
     rng = random.Random(4).randbytes
     for grant in admin.keyring.grants_for(home.admin, home.owner.verify_key, ["core"], rng):
-        owner.keyring.accept_grant(grant, home.owner, trust=owner.trust, now=NOW)
-        epoch = owner.keyring.current_epoch("core")  # what `_key_users` does, at every grant
+        restored.keyring.accept_grant(grant, home.owner, trust=restored.trust, now=NOW)
+        epoch = restored.keyring.current_epoch("core")  # what `_key_users` does, per grant
         for user in ("alice", "bob"):
             with contextlib.suppress(MissingKeyError):
-                owner.keyring.data_keys(user, "core", epoch)
+                restored.keyring.data_keys(user, "core", epoch)
                 continue
-            owner.keyring.create_data_key(user, "core", rng)
-    assert owner.keyring.current_epoch("core") == 1
-    assert [len(owner.keyring.data_keys(u, "core", 1)) for u in ("alice", "bob")] == [1, 1]
+            restored.keyring.create_data_key(user, "core", rng)
+    assert restored.keyring.current_epoch("core") == 1
+    assert [len(restored.keyring.data_keys(u, "core", 1)) for u in ("alice", "bob")] == [1, 1]
+
+
+def test_a_revocation_list_an_admin_signed_closes_the_session_and_revokes_nothing(
+    home: Home, admin: Robot, kitchen: Robot, hall: Robot
+) -> None:
+    """Only the owner revokes (SPEC §3).  An admin's list (say one signed when admins still
+    revoked, read back from its credentials) is refused: the session closes, the kitchen
+    still trusts the robot it names, and serves its other sessions."""
+    a, b = connect(admin, kitchen)
+    c, d = connect(hall, kitchen)
+    listed = Revocations.issue(
+        home.admin, household_id=home.household.id, serial=1, revoked=[hall.identity.device_id]
+    )
+    admin.trust.restore_revocations(listed)
+    assert a[1].send_revocations()
+    pump(a, b)
+    assert b[1].closed
+    (closed,) = of_type(kitchen, Closed)
+    assert closed.code == 401
+    assert "only the household owner revokes" in closed.reason
+    assert kitchen.trust.revocations is None
+    assert not kitchen.trust.is_revoked(hall.identity.device_id)
+    assert d[1].state is State.OPEN
+    delta = hall.docs.write("user/alice/prefs", "tea/mug", "red")
+    assert c[1].send_update(DocId("user/alice/prefs"), delta)
+    pump(c, d)
+    assert kitchen.docs.content("user/alice/prefs") == {"tea/mug": "red"}

@@ -1,10 +1,10 @@
 """Device certificates, revocation lists and the trust store that checks them (SPEC §3).
 
-The owner's self-signed certificate is the root; the owner and admins certify devices; a signed,
-serial-numbered revocation list removes them.  `TrustStore` answers the one question a session,
-the relay and the keyring ask: *is this certificate good now?*  It holds only certificates that
-verified when added, and re-checks the whole chain on every `TrustStore.verify`, because an
-issuer may have expired or been revoked since.
+The owner's self-signed certificate is the root; the owner and admins certify devices; a
+serial-numbered revocation list, which only the owner signs, removes them.  `TrustStore`
+answers the one question a session, the relay and the keyring ask: *is this certificate good
+now?*  It holds only certificates that verified when added, and re-checks the whole chain on
+every `TrustStore.verify`, because an issuer may have expired or been revoked since.
 
 Checks run in a fixed order: signature, household, issuer authority, revocation, validity
 window.  The signature comes before any field is believed, so a forged
@@ -395,7 +395,8 @@ class TrustStore:
         """Adopt ``revocations`` if it is newer; return whether it replaced the held list.
 
         An older or equal serial is ignored (gossip redelivers old lists).  A newer list that
-        forgets a revoked device is refused: ``revoked`` only ever grows (SPEC §3).
+        forgets a revoked device is refused: ``revoked`` only ever grows.  Only the owner signs
+        lists, so they form one chain (SPEC §3); a list an admin signed is refused.
         """
         revocations.check_signature()
         if revocations.household_id != self.household_id:
@@ -408,12 +409,20 @@ class TrustStore:
             if revocations.serial == held.serial and revocations.revoked != held.revoked:
                 log.warning(
                     "two revocation lists of serial %d revoke different robots (%s here, %s "
-                    "there): two revocations made apart are not safe; revoke again, from the "
-                    "owner, every robot of both", held.serial, ", ".join(held.revoked),
+                    "there): an owner restored from an old backup revoked again; revoke, from "
+                    "the owner, every robot of both", held.serial, ", ".join(held.revoked),
                     ", ".join(revocations.revoked),
                 )  # fmt: skip
             return False
-        self.authority(revocations.issuer_pk, now)
+        signer = self.authority(revocations.issuer_pk, now)
+        if not signer.is_self_signed:
+            # one signer, so one chain of lists: two lists made apart (an admin's and the
+            # owner's, in a partition) had one serial, each side ignored the other's, and each
+            # granted its new keys to the robot the other had revoked (SPEC §3)
+            raise CertificateError(
+                f"revocation list {revocations.serial}: signed by admin {signer.device_id}; "
+                "only the household owner revokes"
+            )
         if revocations.serial > (held.serial if held else 0) + MAX_SERIAL_STEP:
             # one list after another: a serial leaping to the largest there is (an admin's
             # list signed with 2**64-1) would leave no serial for any later revocation

@@ -16,10 +16,10 @@ make two keys for one slot, and neither can know.  Every robot keeps every key g
 slot (at most `MAX_KEYS_PER_SLOT`), opens an envelope with whichever of them it was sealed
 under, and seals with the one of smallest key id (`key_id`), so robots that hold the same keys
 pick the same one.  Before, the second key was refused for good, and the household split in
-two.  A scope key's slot holds one: only a revocation makes one after epoch 0, so two are two
-revocations made apart (`_install`).  A key of an epoch the revocation list held does not
-account for is not held (`accounted_for`).  docs/explanation/sync.md, "Several keys for one
-slot", says why each rule.
+two.  A scope key's slot holds one: only the owner's revocations make one after epoch 0, so two
+mean a restored owner revoked under a serial it had used (`_install`).  A key of an epoch the
+revocation list held does not account for is not held (`accounted_for`).
+docs/explanation/sync.md, "Several keys for one slot", says why each rule.
 
 Keys travel as **key grants**: sealed to the recipient's X25519 key (its certified Ed25519 key,
 converted) and signed by an owner/admin device, so a grant can neither be read in transit nor
@@ -519,13 +519,13 @@ class Keyring:
         if grant.kind == "scope":
             held = self._scope_keys.get((scope, grant.epoch), ())
             if held and not any(hmac.compare_digest(key, other) for other in held):
-                # scope keys are made once, by the owner (epoch 0), and by a revocation's
-                # rotation: two of one epoch are two revocations at once, whose lists (of one
-                # serial) do not merge.  Holding both, a robot granted one side's keys to
-                # the robot the other side revoked (found in review): refused, loudly
+                # scope keys are made once, by the owner (epoch 0), and by the owner's
+                # revocations: two of one epoch are two lists of one serial (an owner restored
+                # from an old backup).  Holding both, a robot granted one side's keys to the
+                # robot the other side revoked (found in review): refused, loudly
                 raise CryptoError(
                     f"a different key is already held for scope {scope!r} epoch "
-                    f"{grant.epoch}: two revocations at once"
+                    f"{grant.epoch}: two revocations of one serial"
                 )
             _hold(self._scope_keys, (scope, grant.epoch), key)
             return
@@ -546,7 +546,8 @@ def accounted_for(epoch: int, trust: TrustStore) -> bool:
     the simulation drops frames), and an admin holding it granted it on to the robot the
     list revokes, which it still took for a member (seed 20071); or planted ahead by an
     admin about to be revoked, to be the key the household seals with once it is (found in
-    review).  Refused, it comes again once the list is here: the granter's next session
+    review; only the owner revokes now, but a key's list may still be lost on the way).
+    Refused, it comes again once the list is here: the granter's next session
     grants it, and a robot that meets a document it cannot open asks for that session."""
     revocations = trust.revocations
     return epoch <= (revocations.serial if revocations is not None else 0)
