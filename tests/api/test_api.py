@@ -47,6 +47,7 @@ ROUTES = [
     ("POST", "/routines", {"routine": "nap", "label": "Nap", "after": "13:00"}),
     ("POST", "/relations", {"subject": "alice", "relation": "owns", "object": "green-mug"}),
     ("GET", "/users", None),
+    ("DELETE", "/preferences", {"user": "alice", "key": "tea/mug"}),
     ("POST", "/forget", {"user": "alice"}),
     ("GET", "/status", None),
     ("GET", "/metrics", None),
@@ -194,6 +195,60 @@ async def test_bad_input_gets_a_4xx_naming_the_problem_and_changes_nothing(
     assert answer.json()["error"]
     await home.flush()
     assert state(home) == before
+
+
+async def test_a_preference_deleted_is_gone_from_the_context_and_from_a_reopened_store(
+    api: httpx.AsyncClient, home: Peer
+) -> None:
+    """A person takes a preference back: the route answers the tombstone once it is durable,
+    and contexts stop serving the value; the one set under a condition stays."""
+    for condition in (None, {"days": "weekend"}):
+        pref = {"user": "alice", "key": "beverage/coffee", "value": "cortado"}
+        written = await api.post("/preferences", json=pref | {"condition": condition}, headers=AUTH)
+        assert written.status_code == 201
+    deleted = await api.request(
+        "DELETE", "/preferences", json={"user": "alice", "key": "beverage/coffee"}, headers=AUTH
+    )
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json()["deleted"] is True
+    assert deleted.json()["value"] == "cortado"
+    assert home.preference("alice", "beverage/coffee") is None
+    kept = home.preference("alice", "beverage/coffee", {"days": "weekend"})
+    assert kept is not None
+    assert kept.value == "cortado"
+    again = await api.request(
+        "DELETE", "/preferences", json={"user": "alice", "key": "beverage/coffee"}, headers=AUTH
+    )
+    assert again.status_code == 404
+    assert "alice has no preference 'beverage/coffee'" in again.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"user": "alice", "key": "Bad Key"}, 422, "key"),
+        ({"user": "Alice!", "key": "tea/mug"}, 422, "user"),
+        ({"user": "alice", "key": "tea/mug", "colour": "red"}, 422, "colour"),
+        ({"user": "alice", "key": "tea/mug", "condition": {"days": "someday"}}, 422,
+         "condition.days"),
+        ({"user": "dana", "key": "tea/mug"}, 404, None),
+        ({"user": "alice", "key": "tea/kettle"}, 404, None),
+    ],
+)  # fmt: skip
+async def test_deleting_a_preference_that_is_not_there_or_badly_named_changes_nothing(
+    api: httpx.AsyncClient, home: Peer, body: Any, status: int, field: str | None
+) -> None:
+    await home.set_preference("alice", "tea/mug", "green-mug")
+    before = state(home)
+
+    answer = await api.request("DELETE", "/preferences", json=body, headers=AUTH)
+
+    assert answer.status_code == status, answer.text
+    assert answer.json()["field"] == field
+    assert answer.json()["error"]
+    await home.flush()
+    assert state(home) == before
+    assert home.preference("alice", "tea/mug") is not None
 
 
 async def test_malformed_and_oversized_bodies_are_refused(

@@ -39,6 +39,7 @@ from hearthsync.api.schemas import (
     Maintained,
     MaintainRequest,
     PlacementWrite,
+    PreferenceDelete,
     PreferenceWrite,
     Problem,
     ProfileWrite,
@@ -191,6 +192,12 @@ def _write_routes(app: FastAPI, peer: Peer) -> None:
             body.user, body.key, body.value, source=body.source, confidence=body.confidence,
             condition=body.condition, evidence=body.evidence, note=body.note,
         )  # fmt: skip
+
+    @app.delete("/preferences", response_model=Preference)
+    async def unset(body: PreferenceDelete) -> Preference:
+        """Delete a preference (the person took it back): answered with its tombstone, durable
+        when answered, and synced like any write; 404 if there is none under that condition."""
+        return await peer.delete_preference(body.user, body.key, body.condition)
 
     @app.post("/corrections", response_model=Preference, status_code=201)
     async def correction(body: CorrectionWrite) -> Preference:

@@ -18,6 +18,8 @@ from hearthsync.model.records import (
     Condition,
     ContextSnapshot,
     EventType,
+    Key,
+    Name,
     Pose,
     Source,
 )
@@ -62,6 +64,14 @@ class PreferenceWrite(Body):
     condition: Condition | None = None
     evidence: Annotated[list[Annotated[str, Field(max_length=80)]], Field(max_length=64)] = []
     note: Text = ""
+
+
+class PreferenceDelete(Body):
+    """Which preference to delete: ``key`` under exactly ``condition`` (None: unconditional)."""
+
+    user: Name
+    key: Key
+    condition: Condition | None = None
 
 
 class CorrectionWrite(Body):
