@@ -176,6 +176,7 @@ async def test_status_and_metrics(api: httpx.AsyncClient) -> None:
         ("/context", {"user": "alice", "task": "general", "history_window": "forever"}, 422,
          "history_window"),
         ("/context", {"user": "dana", "task": "general"}, 404, None),
+        ("/context", {"user": "alice", "task": "general", "max_tokens": 3}, 422, "max_tokens"),
         ("/explain", {"user": "alice", "key": "medication/pills"}, 403, "health"),
         ("/maintain", {"lookback": "nope"}, 422, "lookback"),
         ("/maintain", {"lookback": "0d"}, 422, "lookback"),

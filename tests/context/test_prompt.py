@@ -35,12 +35,13 @@ def test_a_packed_prompt_fits_its_budget_and_holds_only_whole_items(
     header: str, sections: list[Section], budget: int
 ) -> None:
     header = " ".join(header.split())
+    if estimate_tokens(header + "\n") > budget:
+        with pytest.raises(ValidationError, match=f"max_tokens {budget} is too small"):
+            pack(header, sections, budget)
+        return
     prompt = pack(header, sections, budget)
 
     assert estimate_tokens(prompt) <= budget
-    if estimate_tokens(header + "\n") > budget:
-        assert prompt == ""
-        return
     lines = prompt.split("\n")
     assert lines[0] == header
     headings = {f"## {s.heading}" for s in sections}
@@ -69,7 +70,9 @@ def test_items_of_higher_priority_go_first_and_a_heading_never_goes_alone() -> N
     assert pack("ctx", sections, just_now) == "ctx\n## Now\n- no vacuuming"
     assert pack("ctx", sections, just_now + 2) == "ctx\n## Now\n- no vacuuming"
     assert pack("ctx", sections, estimate_tokens("ctx\n")) == "ctx"
-    assert pack("a much longer header than the budget", sections, 2) == ""
+    with pytest.raises(ValidationError, match="header alone takes 13 tokens") as refused:
+        pack("a much longer header than the budget", sections, 2)
+    assert refused.value.field == "max_tokens"
 
 
 @pytest.fixture
@@ -94,10 +97,14 @@ async def test_a_real_context_packs_within_every_budget(rich: Context) -> None:
     full_lines = set(full.split("\n"))
     counted = sum(estimate_tokens(line + "\n") for line in full.split("\n"))
 
-    for budget in range(1, counted + 2):
+    header = estimate_tokens(full.split("\n")[0] + "\n")
+    for budget in range(1, header):  # a prompt with no header would be no context at all
+        with pytest.raises(ValidationError, match=f"header alone takes {header} tokens"):
+            rich.to_prompt(budget)
+    for budget in range(header, counted + 2):
         prompt = rich.to_prompt(budget)
         assert estimate_tokens(prompt) <= budget
-        assert set(prompt.split("\n")) <= full_lines | {""}
+        assert set(prompt.split("\n")) <= full_lines
     assert rich.to_prompt(counted) == full
     assert rich.to_prompt(counted - 1) != full
     assert full.split("\n")[1:3] == ["## Now", "- Quiet morning until 10:00: no music"]

@@ -58,11 +58,17 @@ def check_budget(max_tokens: int | None) -> int | None:
 
 
 def pack(header: str, sections: Sequence[Section], max_tokens: int | None) -> str:
-    """The prompt: ``header``, then as many whole lines of ``sections`` as the budget holds."""
+    """The prompt: ``header``, then as many whole lines of ``sections`` as the budget holds.
+
+    A budget too small for the header (who, which task, when, what was withheld) is refused:
+    an empty prompt, which this returned before, handed a model no context and no sign of it."""
     budget = check_budget(max_tokens)
     left = sys.maxsize if budget is None else budget
     if _cost(header) > left:
-        return ""
+        raise ValidationError(
+            f"max_tokens {budget} is too small for this context: its header alone takes "
+            f"{_cost(header)} tokens", field="max_tokens",
+        )  # fmt: skip
     out = [header]
     left -= _cost(header)
     for section in sections:
