@@ -27,7 +27,10 @@ async def api(home: Peer) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def state(peer: Peer) -> dict[str, bytes]:
-    return {doc_id: peer.state_vector(doc_id) for doc_id in peer.document_ids()}
+    """What ``peer`` holds: the state vector of every document that holds anything (a read
+    opens the household's empty ones, and that is no change)."""
+    held = {doc_id: peer.state_vector(doc_id) for doc_id in peer.document_ids()}
+    return {doc_id: vector for doc_id, vector in held.items() if vector != b"\x00"}
 
 
 ROUTES = [
