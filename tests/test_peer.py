@@ -340,8 +340,10 @@ async def test_a_robot_whose_clock_reset_still_opens_and_keeps_time(
         (lambda p: p.set_region("hall", "Hall", polygon=[(math.inf, 0), (1, 0), (0, 1)]),
          "polygon.0.0"),
         (lambda p: p.set_preference("alice", "tea/mug", math.nan), "value"),
-        (lambda p: p.set_preference("alice", "tea/mug", {"sizes": [1, math.inf]}), "value"),
-        (lambda p: p.set_profile("alice", attributes={"height": math.nan}), "attributes"),
+        (lambda p: p.set_preference("alice", "tea/mug", {"sizes": [1, math.inf]}),
+         "value.sizes.1"),
+        (lambda p: p.set_preference("alice", "tea/mug", {"float": [math.nan]}), "value.float.0"),
+        (lambda p: p.set_profile("alice", attributes={"height": math.nan}), "attributes.height"),
         (lambda p: p.set_preference("alice", "tea/mug", "green \ud800"), "value"),
         (lambda p: p.set_health("alice", "medication/x", {"dose": "\ud800"}), "value"),
         (lambda p: p.record_event("alice", "COMMAND", "tea", payload={"a": "\ud800"}), "payload"),
@@ -354,13 +356,13 @@ async def test_what_json_or_utf_8_cannot_hold_is_refused_at_the_call(
 ) -> None:
     """Found in review: a NaN was stored as null (a placement or region lost at the next
     read, a fact removed), and a lone surrogate failed at the commit, outside any check,
-    leaving an empty document behind."""
+    leaving an empty document behind.  The field is named as the caller gave it, without the
+    JSON branches pydantic puts in the location (it was ``value.float``)."""
     await peer.set_region("kitchen", "Kitchen")
     before = {d: peer.state_vector(d) for d in peer.document_ids()}
     with pytest.raises(ValidationError) as caught:
         write(peer)
-    assert caught.value.field is not None
-    assert caught.value.field.startswith(field)
+    assert caught.value.field == field
     assert {d: peer.state_vector(d) for d in peer.document_ids()} == before
 
 

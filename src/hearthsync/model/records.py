@@ -15,7 +15,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
 import pydantic
@@ -199,7 +199,7 @@ class Record(BaseModel):
         try:
             return cls(**fields)
         except pydantic.ValidationError as exc:
-            raise _translate(cls, exc) from None
+            raise _translate(cls, exc, fields) from None
 
     @classmethod
     def derived(cls, **fields: Any) -> Self:
@@ -209,7 +209,7 @@ class Record(BaseModel):
         try:
             return cls.model_validate(fields, context=_STORED)
         except pydantic.ValidationError as exc:
-            raise _translate(cls, exc) from None
+            raise _translate(cls, exc, fields) from None
 
     #: the field whose value is the record's key in a slot map (its slot key, before any
     #: ``#condition``), so a document need not store it twice (`hearthsync.crdt.handles`)
@@ -285,13 +285,44 @@ def _textless(info: FieldInfo) -> bool:
     return any(getattr(m, "pattern", None) == _EVENT_ID_RULE for m in info.metadata)
 
 
-def _translate(cls: type[BaseModel], exc: pydantic.ValidationError) -> ValidationError:
+#: the branches of a JSON value's union, which pydantic puts in an error's location
+_JSON_BRANCHES = frozenset({"list", "dict", "str", "int", "float", "bool"})
+
+
+def _located(loc: tuple[int | str, ...], given: Any) -> list[int | str]:
+    """``loc`` as a place in what was ``given``: the union branches pydantic names in it are
+    left out (a NaN in a preference's value was ``value.float``, in a list ``value.list.1.float``,
+    found in review).  A part that is a key or an index of the value reached so far is a place;
+    a branch name that is not is left out; past anything else (a record given as an object,
+    say), the rest is kept as pydantic gives it."""
+    parts: list[int | str] = []
+    here, walking = given, given is not None
+    for part in loc:
+        if walking:
+            if isinstance(here, Mapping) and part in here:
+                here = here[part]
+                parts.append(part)
+                continue
+            if isinstance(here, list | tuple) and isinstance(part, int) and 0 <= part < len(here):
+                here = here[part]
+                parts.append(part)
+                continue
+            if part in _JSON_BRANCHES:
+                continue
+            walking = False
+        parts.append(part)
+    return parts
+
+
+def _translate(
+    cls: type[BaseModel], exc: pydantic.ValidationError, given: Mapping[str, Any] | None = None
+) -> ValidationError:
     first = exc.errors(include_url=False)[0]
     # a key of a mapping is part of the location: one that looks like personal data (a phone
     # number as a fact's name) is not repeated, there or in the message (errors get logged)
     parts = [
         str(part)
-        for part in first["loc"]
+        for part in _located(first["loc"], given)
         if not (isinstance(part, str) and blocked_category_of_text(part))
     ]
     field = ".".join(parts) or None
