@@ -33,6 +33,9 @@ from hearthsync.chaos.process import (
     Heal,
     Kill,
     Restart,
+    Revoke,
+    Settle,
+    Stray,
     Write,
     draw_steps,
     hearth_script,
@@ -300,6 +303,26 @@ def test_every_run_cuts_kills_restarts_and_writes_only_on_live_robots(seed: int)
     assert steps[first_cut + 1] == AddUser(victim.robot, NEW_USER)
     assert steps[first_cut + 2] == Write(victim.robot, "chaos/004", writes[4].value, NEW_USER)
     assert [w.user for w in writes].count(NEW_USER) == 1
+    # once every write so far is everywhere, the owner revokes another robot, which writes
+    # once more and then takes no part: no write, kill or cut of it
+    (revoke,) = [i for i, step in enumerate(steps) if isinstance(step, Revoke)]
+    gone = steps[revoke]
+    assert isinstance(gone, Revoke)
+    assert gone.robot != "r0"
+    assert isinstance(steps[revoke - 1], Settle)
+    stray = steps[revoke + 1]
+    assert isinstance(stray, Stray)
+    assert stray.robot == gone.robot
+    assert stray.key not in {write.key for write in writes}
+    later = steps[revoke + 2 :]
+    assert all(getattr(step, "robot", None) != gone.robot for step in later
+               if isinstance(step, Write | Kill | Cut | Restart))  # fmt: skip
+    assert revoke > next(i for i, step in enumerate(steps) if isinstance(step, Heal))
+
+
+def test_two_robots_revoke_none() -> None:
+    """The one left would have no one to converge with."""
+    assert not any(isinstance(step, Revoke | Settle | Stray) for step in draw_steps(3, 2, 12))
 
 
 # ------------------------------------------------------------------------------ real robots
@@ -330,6 +353,51 @@ async def test_three_robots_lose_nothing_through_a_cut_kills_and_a_heal(
     # of the user it added while cut off included: the owner keyed them once it heard
     assert not set(report.isolated_writes) & set(report.lost_writes)
     assert f"{victim} adds {NEW_USER}" in trace
+    # the owner revoked a robot: its later write reached no one, no one links to it, and it
+    # holds no key of the new epoch (its credentials read back)
+    assert report.revoked in ("r1", "r2")
+    assert f" revoke {report.revoked}" in trace
+    assert f"{report.revoked}, revoked, writes chaos/stray" in trace
+    assert report.revocation_leaks == []
+
+
+BROKEN_REVOCATION = """
+# a broken 'hearth run'
+import sys
+if len(sys.orig_argv) > 2 and sys.orig_argv[2] == "run":
+    from hearthsync.crypto import certificate
+    from hearthsync.protocol import session
+    {fault}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(
+    ("fault", "found"),
+    [
+        # revocation lists are taken for nothing, the owner's own among them
+        ("certificate.TrustStore.accept_revocations = lambda self, revocations, now: False",
+         ["holds chaos/stray, written by {gone} after its revocation",
+          "is still linked to {gone}, revoked"]),
+        # a session does not check its peer again once open (the first review of stop 21):
+        # the owner grants the new epoch's keys to the robot it revoked, on its open link
+        ("session.Session._peer_refused = lambda self: None",
+         ["{gone}, revoked, holds a key of core epoch"]),
+    ],
+)  # fmt: skip
+async def test_robots_that_mishandle_a_revocation_fail_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str, found: list[str]
+) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "sitecustomize.py").write_text(BROKEN_REVOCATION.replace("{fault}", fault))
+    monkeypatch.setenv("PYTHONPATH", str(broken))  # the robots' processes only
+    report = await run_processes(tmp_path / "run", peers=3, seed=0, edits=12)
+    assert not report.ok
+    leaks = " | ".join(report.revocation_leaks)
+    for leak in found:
+        assert leak.format(gone=report.revoked) in leaks, leaks
 
 
 NEVER_STORED = """

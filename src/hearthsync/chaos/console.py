@@ -139,14 +139,16 @@ def add_process_run(
     report.divergences += found.divergences
     report.lost_writes += len(found.lost_writes)
     report.isolation_leaks += len(found.leaked_writes)
+    report.revocation_leaks += len(found.revocation_leaks)
     report.converge_s.append(found.converge_s)
     for line in found.fault_trace:
         kind = line.split()[1] if len(line.split()) > 1 else "?"
-        if kind in ("cut", "kill", "delay", "reset", "drop"):
+        if kind in ("cut", "kill", "delay", "reset", "drop", "revoke"):
             report.fault_counts[kind] = report.fault_counts.get(kind, 0) + 1
     if not found.ok:
         problems = [f"lost: {robot} acknowledged {key}" for robot, key in found.lost_writes]
         problems += [f"leaked across the cut: {robot} {key}" for robot, key in found.leaked_writes]
+        problems += [f"revocation leak: {leak}" for leak in found.revocation_leaks]
         if found.divergences:
             problems.append(f"divergence: {found.divergences} robots' digests differ")
         replay = _process_replay(found.seed, found.peers, edits, netns)
@@ -200,7 +202,7 @@ def print_report(
 
 
 def _rows(report: Report, processes: bool) -> list[tuple[str, str]]:
-    kinds = ("cut", "kill", "delay", "reset", "drop") if processes else FAULT_KINDS
+    kinds = ("cut", "kill", "delay", "reset", "drop", "revoke") if processes else FAULT_KINDS
     by_kind = ", ".join(f"{k} {report.fault_counts.get(k, 0)}" for k in kinds)
     rows = [
         ("schedules run", f"{report.schedules}"),
@@ -219,6 +221,7 @@ def _rows(report: Report, processes: bool) -> list[tuple[str, str]]:
     if processes:
         rows += [
             ("writes seen across a cut", _bad(report.isolation_leaks)),
+            ("revocation leaks", _bad(report.revocation_leaks)),
             ("errors", _bad(report.errors)),
         ]
     else:

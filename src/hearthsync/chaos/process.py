@@ -18,14 +18,18 @@ failing seed replays the same scenario):
    cut off adds a user first (`NEW_USER`) and writes of them: a member robot makes no keys,
    so that write reaches the others only once the owner hears of the user after the heal,
    keys them and grants the keys;
-3. **aftershock**: another robot is SIGKILLed and restarted cut off (a robot rebooting out of
+3. **revocation** (three robots or more): once every write so far is on every robot, the owner
+   revokes another robot at its console (`Revoke`).  The revoked robot, still running, writes
+   once more (`Stray`): that write must reach no other robot, and it must never hold a key of
+   the epochs the revocation started (its credentials are read back at the end);
+4. **aftershock**: another robot is SIGKILLed and restarted cut off (a robot rebooting out of
    reach), writing while the others do, with more weather; then the final heal, from which
-   convergence is timed.
+   convergence is timed.  The revoked robot takes no part: the others converge without it.
 
 A write counts as acknowledged when its robot answered ``ACK`` (the write is durable there).
-After the heal every robot must hold every acknowledged write (checked with the console's
-``wait``, which answers once the value is there: no polling here) and all robots must agree on
-the digest of every document they hold.
+After the heal every robot (but a revoked one) must hold every acknowledged write (checked
+with the console's ``wait``, which answers once the value is there: no polling here) and all of
+them must agree on the digest of every document they hold.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from hearthsync import enrolment
 from hearthsync.chaos.check import digest
 from hearthsync.chaos.harness import die_with_parent
 from hearthsync.chaos.netns import Lan
@@ -122,6 +127,28 @@ class Restart:
 
 
 @dataclass(frozen=True, slots=True)
+class Settle:
+    """Wait until every write acknowledged so far is on every robot."""
+
+
+@dataclass(frozen=True, slots=True)
+class Revoke:
+    """The owner (the first robot) revokes ``robot`` at its console."""
+
+    robot: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stray:
+    """The revoked ``robot`` writes after its revocation: acknowledged by itself, and by
+    no other robot ever held."""
+
+    robot: str
+    key: str
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
 class CheckCut:
     """Before the partition heals: no write of its part crossed it."""
 
@@ -131,8 +158,23 @@ class Heal:
     """Every proxy back to a perfect network."""
 
 
-Step = Write | AddUser | Delay | Reset | Drop | Cut | Kill | Restart | CheckCut | Heal
-FAULTS = (Delay, Reset, Drop, Cut, Kill)
+Step = (
+    Write
+    | AddUser
+    | Delay
+    | Reset
+    | Drop
+    | Cut
+    | Kill
+    | Restart
+    | Settle
+    | Revoke
+    | Stray
+    | CheckCut
+    | Heal
+)
+FAULTS = (Delay, Reset, Drop, Cut, Kill, Revoke)
+OWNER = "r0"  #: the robot that made the household: the one that revokes
 
 
 def robot_names(peers: int) -> list[str]:
@@ -149,9 +191,10 @@ def draw_steps(seed: int, peers: int, edits: int, *, weather: bool = True) -> li
     first, second = edits // 3, 2 * edits // 3
     steps: list[Step] = []
     down: set[str] = set()
+    revoked: set[str] = set()
 
     def write(i: int, robot: str | None = None, user: str = USER) -> None:
-        robot = robot or rng.choice([n for n in names if n not in down])
+        robot = robot or rng.choice([n for n in names if n not in down | revoked])
         steps.append(Write(robot, f"chaos/{i:03d}", rng.randrange(1_000_000), user))
 
     def some_weather() -> None:
@@ -170,7 +213,8 @@ def draw_steps(seed: int, peers: int, edits: int, *, weather: bool = True) -> li
     def crash(start: int, end: int) -> tuple[int, int, str]:
         """A kill before edit ``kill_at`` and a restart before edit ``back_at`` (or at end)."""
         kill_at = rng.randrange(start, end)
-        return kill_at, min(kill_at + rng.randint(1, 2), end), rng.choice(names)
+        crashed = rng.choice([n for n in names if n not in revoked])
+        return kill_at, min(kill_at + rng.randint(1, 2), end), crashed
 
     for i in range(first):
         some_weather()
@@ -193,6 +237,10 @@ def draw_steps(seed: int, peers: int, edits: int, *, weather: bool = True) -> li
         steps.append(Restart(crashed))
         down.discard(crashed)
     steps += [CheckCut(), Heal()]
+    if peers >= 3:  # two robots go on without it
+        gone = rng.choice(names[1:])
+        steps += [Settle(), Revoke(gone), Stray(gone, "chaos/stray", rng.randrange(1_000_000))]
+        revoked.add(gone)
     kill_at, back_at, crashed = crash(second, edits)
     for i in range(second, edits):
         if i == kill_at:  # and it comes back where no link reaches: the heal has work to do
@@ -234,12 +282,17 @@ class ProcessReport:
     links_across_cut: int = 0
     """Links across the partition still up when it was checked (robots count one each way):
     the heartbeat had not noticed it yet."""
+    revoked: str = ""  #: the robot the owner revoked ("" if none: two robots)
+    revocation_leaks: list[str] = field(default_factory=list)
+    """What crossed a revocation: the revoked robot's later write held elsewhere, a key of an
+    epoch the revocation started held by it, a robot still linked to it at the end."""
 
     @property
     def ok(self) -> bool:
         return (
             not self.lost_writes
             and not self.leaked_writes
+            and not self.revocation_leaks
             and self.divergences == 0
             and self.verified_writes == self.acknowledged_writes
         )
@@ -455,6 +508,10 @@ class _Run:
         self.isolated: list[tuple[str, str]] = []
         self.leaked: list[tuple[str, str]] = []
         self.links_across_cut = 0
+        self.revoked: str | None = None
+        self.epochs: dict[str, int] = {}  #: scope: the epoch the revocation started
+        self.strays: list[Stray] = []
+        self.missing: set[tuple[str, str]] = set()  #: acknowledged, and not everywhere
         self.t0 = time.monotonic()
         self.healed_at = self.t0
 
@@ -538,6 +595,21 @@ class _Run:
             case Restart(robot):
                 await self._start(self.robots[robot])
                 self._note(f"restart {robot}")
+            case Settle():
+                deadline = time.monotonic() + CONVERGE_TIMEOUT_S
+                await asyncio.gather(*(
+                    self._arrived(robot, self.acked, deadline) for robot in self._live()
+                ))  # fmt: skip
+                self._note(f"settled: {len(self.acked)} writes on every robot")
+            case Revoke(robot):
+                await self._revoke(robot)
+            case Stray(robot, key, value):
+                command = f"pref {USER} {key} {value}"
+                answer = await self.robots[robot].ask(command)
+                if answer != f"ACK {command}":  # its own store takes it: nobody else may
+                    raise RobotProcessError(f"{robot} refused {key}: {answer!r:.200}")
+                self.strays.append(step)
+                self._note(f"{robot}, revoked, writes {key}")
             case CheckCut():
                 await self._check_cut()
             case Heal():
@@ -548,6 +620,22 @@ class _Run:
                 self.victim = None
                 self.healed_at = time.monotonic()
                 self._note("heal")
+
+    def _live(self) -> list[Robot]:
+        """Every robot but the revoked one."""
+        return [robot for name, robot in self.robots.items() if name != self.revoked]
+
+    async def _revoke(self, name: str) -> None:
+        gone = self.robots[name]
+        answer = await self.robots[OWNER].ask(f"revoke {name}")
+        prefix = f"ACK revoke {gone.device_id} "
+        if not answer.startswith(prefix):
+            raise RobotProcessError(f"{OWNER} answered {answer!r:.200} to revoke {name}")
+        for made in answer.removeprefix(prefix).split(","):
+            scope, epoch = made.split("@")
+            self.epochs[scope] = int(epoch)
+        self.revoked = name
+        self._note(f"revoke {name}")
 
     def _paths(self, robot: str) -> list[FaultProxy]:
         return [proxy for pair, proxy in self.proxies.items() if robot in pair]
@@ -623,34 +711,40 @@ class _Run:
 
     # -------------------------------------------------------------- the verdict
 
+    async def _arrived(self, robot: Robot, writes: list[Write], deadline: float) -> list[Write]:
+        """The ``writes`` that reach ``robot`` by ``deadline`` (waited for, not polled); the
+        others are added to ``missing``."""
+        found = []
+        for write in writes:
+            left = max(0.1, deadline - time.monotonic())
+            answer = await robot.ask(f"wait {write.user} {write.key} {left:.2f}", left)
+            if answer == f"OK {write.user} {write.key}":
+                found.append(write)
+            else:
+                self.missing.add((write.robot, write.key))
+        return found
+
     async def verify(self, seed: int) -> ProcessReport:
-        """Every acknowledged write on every robot (waited for, not polled), then digests."""
+        """Every acknowledged write on every robot but a revoked one (waited for, not polled),
+        then digests, then what crossed the revocation."""
         deadline = self.healed_at + CONVERGE_TIMEOUT_S
-        missing: set[tuple[str, str]] = set()
-
-        async def arrived(robot: Robot) -> list[Write]:
-            found = []
-            for write in self.acked:
-                left = max(0.1, deadline - time.monotonic())
-                answer = await robot.ask(f"wait {write.user} {write.key} {left:.2f}", left)
-                if answer == f"OK {write.user} {write.key}":
-                    found.append(write)
-                else:
-                    missing.add((write.robot, write.key))
-            return found
-
-        found = await asyncio.gather(*(arrived(robot) for robot in self.robots.values()))
+        missing = self.missing
+        live = self._live()
+        found = await asyncio.gather(
+            *(self._arrived(robot, self.acked, deadline) for robot in live)
+        )
         converge_s = time.monotonic() - self.healed_at
-        for robot, writes in zip(self.robots.values(), found, strict=True):
+        for robot, writes in zip(live, found, strict=True):
             for write in writes:  # arrived: with the value that was acknowledged?
                 if await self._value(robot, write) != write.value:
                     missing.add((write.robot, write.key))
-        digests = [await self._digest(robot) for robot in self.robots.values()]
+        digests = [await self._digest(robot) for robot in live]
         self.log(f"converged in {converge_s:.2f} s; digests {sorted(set(digests))}")
+        leaks = await self._check_revocation(live)
         # then as after a crash: what only memory held is gone.  Every robot is killed and
         # its store read back; without this a robot that acknowledged what it never stored
         # passed (found in review: memory alone was checked)
-        stored_digests = await self._check_stored(missing)
+        stored_digests = await self._check_stored(missing, leaks)
         digests += stored_digests
         lost = sorted(missing)
         proxies = [proxy.counters for proxy in self.proxies.values()]
@@ -663,22 +757,55 @@ class _Run:
             leaked_writes=list(self.leaked), links_across_cut=self.links_across_cut,
             bytes_forwarded=sum(c.bytes_forwarded for c in proxies),
             refused_connections=sum(c.refused for c in proxies),
+            revoked=self.revoked or "", revocation_leaks=leaks,
         )  # fmt: skip
 
-    async def _check_stored(self, missing: set[tuple[str, str]]) -> list[str]:
+    async def _check_revocation(self, live: list[Robot]) -> list[str]:
+        """Once the others converged: none holds the revoked robot's later write, and none
+        is still linked to it."""
+        if self.revoked is None:
+            return []
+        gone = self.robots[self.revoked]
+        leaks = []
+        for robot in live:
+            for stray in self.strays:
+                write = Write(stray.robot, stray.key, stray.value)
+                if await self._value(robot, write) is not None:
+                    leaks.append(f"{robot.name} holds {stray.key}, written by "
+                                 f"{stray.robot} after its revocation")  # fmt: skip
+            answer = await robot.ask("peers")
+            if gone.device_id in answer.removeprefix("PEERS").strip().split(","):
+                leaks.append(f"{robot.name} is still linked to {gone.name}, revoked")
+        return leaks
+
+    async def _check_stored(self, missing: set[tuple[str, str]], leaks: list[str]) -> list[str]:
         """Kill every robot, open each store here, and add to ``missing`` each acknowledged
-        write it lacks (or holds with another value); the stores' digests."""
+        write it lacks (or holds with another value); the stores' digests.  The revoked
+        robot's store is not required to hold anything: its credentials must hold no key of
+        an epoch its revocation started (else added to ``leaks``)."""
         for robot in self.robots.values():
             if robot.alive:
                 await robot.kill()
         digests = []
-        for robot in self.robots.values():
+        for robot in self._live():
             async with Peer.open(robot.path) as stored:
                 for write in self.acked:
                     found = stored.preference(write.user, write.key)
                     if found is None or found.value != write.value:
                         missing.add((f"{write.robot} (in {robot.name}'s store)", write.key))
+                for stray in self.strays:
+                    if stored.preference(USER, stray.key) is not None:
+                        leaks.append(f"{robot.name}'s store holds {stray.key}, written by "
+                                     f"{stray.robot} after its revocation")  # fmt: skip
                 digests.append(digest(stored))
+        if self.revoked is not None:
+            state = enrolment.load(self.robots[self.revoked].path)
+            assert state is not None, "a robot of the household has credentials"
+            for scope, epoch in sorted(self.epochs.items()):
+                held = state.keyring.current_epoch(scope) if scope in state.keyring.scopes else -1
+                if held >= epoch:
+                    leaks.append(f"{self.revoked}, revoked, holds a key of {scope} epoch {held} "
+                                 f"(its revocation started {epoch})")  # fmt: skip
         self._note("killed every robot and read back its store")
         return digests
 
