@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import shutil
 import time
@@ -51,6 +52,8 @@ from hearthsync.errors import (
 )
 from hearthsync.hlc import ClockHints
 from hearthsync.transport.service import JOIN_PATH, Credentials
+
+log = logging.getLogger(__name__)
 
 CREDENTIALS_FILE = "household.key"
 #: the device key of a join that failed, kept for a retry with the same code (`pending_join`)
@@ -354,6 +357,41 @@ def revoke(
         raise ValidationError("a device cannot revoke itself", field="device")
     if not state.trust.knows(device):
         raise ValidationError(f"no certificate known for device {device}", field="device")
+    return _rotate(folder, state, identity, state.trust.revoked | {device}, now=now,
+                   users=users, random_bytes=random_bytes)  # fmt: skip
+
+
+def catch_up(
+    folder: Path, state: HouseholdState, identity: DeviceIdentity, *, now: int,
+    users: Iterable[str] = (), random_bytes: Callable[[int], bytes] = os.urandom,
+) -> dict[str, int]:  # fmt: skip
+    """The owner, holding a revocation list newer than its keys, rotates again (a list of the
+    next serial, revoking the same robots); the epochs made, ``{}`` if none was needed.
+
+    Only the owner revokes, so only an owner restored from a backup older than its last
+    revocation holds such a list (the household gossips it back) without that revocation's
+    keys, which it alone granted.  It sealed under the epoch the revoked robot holds, for
+    every robot to read and store (found in review); the new epoch is one the revoked robot
+    never gets."""
+    held = state.trust.revocations
+    if state.certificate.role != "owner" or held is None:
+        return {}
+    if all(state.keyring.current_epoch(scope) >= held.serial for scope in state.keyring.scopes):
+        return {}
+    log.warning(
+        "this owner holds revocation list %d but not the keys its rotation made (restored "
+        "from an older backup?): rotating again", held.serial,
+    )  # fmt: skip
+    return _rotate(folder, state, identity, state.trust.revoked, now=now, users=users,
+                   random_bytes=random_bytes)  # fmt: skip
+
+
+def _rotate(
+    folder: Path, state: HouseholdState, identity: DeviceIdentity, revoked: Iterable[str], *,
+    now: int, users: Iterable[str], random_bytes: Callable[[int], bytes],
+) -> dict[str, int]:  # fmt: skip
+    """Sign the next revocation list, of ``revoked``, start a new epoch of every scope at its
+    serial, save; the epochs."""
     held = state.trust.revocations
     # past every epoch held too: a keyring from before epochs followed serials may hold one at
     # or past the list's serial, and a rotation to it would be a key no robot holds (found in
@@ -362,9 +400,8 @@ def revoke(
     top = max((state.keyring.current_epoch(s) for s in state.keyring.scopes), default=0)
     serial = max((held.serial + 1) if held else 1, top + 1)
     revocations = Revocations.issue(
-        identity, household_id=state.household.id, serial=serial,
-        revoked=sorted(state.trust.revoked | {device}),
-    )  # fmt: skip
+        identity, household_id=state.household.id, serial=serial, revoked=sorted(revoked)
+    )
     state.trust.accept_revocations(revocations, now)
     epochs = state.keyring.rotate_for_revocation(
         state.keyring.scopes, random_bytes, users, serial=revocations.serial

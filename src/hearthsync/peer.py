@@ -562,7 +562,8 @@ class Peer:
 
     def _key_users(self) -> bool:
         """The owner robot: data keys, for the current epoch of every scope, of every user
-        of the household that has none here (`_make_keys`).
+        of the household that has none here (`_make_keys`); first a new epoch if it holds a
+        revocation list newer than its keys (`enrolment.catch_up`: restored from a backup).
 
         A user added on a member robot (which makes no keys) has their documents sealed, and
         so shared, once the owner hears of them.  An admin that adds a user the owner keyed
@@ -575,7 +576,17 @@ class Peer:
         state = self.household
         if self._closed or state is None or state.certificate.role != "owner":
             return False
-        return self._make_keys(*sorted(self._known_users()))
+        rotated = enrolment.catch_up(self.path, state, self.identity, now=int(self._wall()),
+                                     users=self.users(), random_bytes=self._key_bytes)  # fmt: skip
+        # keyed in the new epoch, every user that rotation did not know of too; granted after
+        # the new list (`Session.send_grants`)
+        return self._make_keys(*sorted(self._known_users())) or self._granted(bool(rotated))
+
+    def _granted(self, made: bool) -> bool:
+        """Grant what this robot holds if it ``made`` keys; ``made``."""
+        if made:
+            self._grant_keys()
+        return made
 
     def _make_keys(self, *users: str) -> bool:
         """Data keys of ``users`` where they have none (admin robots only), kept with this
