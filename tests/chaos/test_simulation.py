@@ -110,6 +110,37 @@ def test_every_fault_kind_is_drawn_and_partitions_split_every_robot() -> None:
     assert kinds == set(FAULT_KINDS)
 
 
+def test_the_owner_revokes_at_most_two_robots_and_leaves_two() -> None:
+    counts = set()
+    for seed in range(60):
+        for peers in (3, 4, 6):
+            scenario = Scenario(peers=peers, edits=2, fault_rate=1.0, faults=("revoke",))
+            victims = [f.robots[0] for f in make_plan(seed, scenario).faults]
+            assert len(victims) == len(set(victims)) <= chaos.plan.MAX_REVOCATIONS
+            assert 0 not in victims
+            assert peers - len(victims) >= 2
+            counts.add(len(victims))
+    assert counts == {1, 2}
+
+
+def test_two_revocations_one_behind_a_partition_leak_nothing() -> None:
+    """The owner revokes r3, then r1 while a partition keeps some robots from the first
+    list: each robot that learns the second list learns both (a list holds every robot
+    revoked), neither revoked robot holds a key of an epoch its revocation started, and the
+    writes they made before are kept where they were held."""
+    scenario = Scenario(
+        peers=5, edits=8, duration=10.0, fault_rate=0.6, faults=("revoke", "partition", "crash")
+    )
+    revokes = [f for f in make_plan(7, scenario).faults if f.kind == "revoke"]
+    assert [f.robots for f in revokes] == [(3,), (1,)]
+    outcome = run_schedule(7, scenario)
+    assert outcome.ok, problems(outcome)
+    rotations = [line for line in outcome.trace if " r0 revokes " in line]
+    assert [line.split(" r0 revokes ")[1].split(":")[0] for line in rotations] == ["r3", "r1"]
+    first, second = (re.findall(r"'core', (\d+)", line) for line in rotations)
+    assert int(second[0]) > int(first[0])
+
+
 def test_removing_faults_leaves_every_write_where_it_was() -> None:
     plan = make_plan(5, Scenario(peers=5, edits=10, fault_rate=0.5))
     assert len(plan.faults) > 3

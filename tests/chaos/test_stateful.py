@@ -22,6 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from hearthsync.chaos import OP_KINDS, Fault, Op, Scenario, Simulation, make_plan
 from hearthsync.chaos.check import Holdings, about, tombstoned
 from hearthsync.chaos.harness import problems
+from hearthsync.chaos.plan import MAX_REVOCATIONS
 from hearthsync.chaos.sim import _fast_tmp
 
 T = TypeVar("T")
@@ -39,7 +40,7 @@ class HouseholdUnderChaos(RuleBasedStateMachine):
         self.logs: Any = None
         self.ops = 0
         self.faults = 0
-        self.revoked = False  # the simulation follows one revocation per household
+        self.revoked: list[int] = []  # the owner revokes two robots at most, leaving two
 
     def run(self, step: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(step)
@@ -113,11 +114,16 @@ class HouseholdUnderChaos(RuleBasedStateMachine):
     def skew(self, robot: int, jump: float) -> None:
         self.fault("skew", robots=(self.robot(robot),), amount=jump)
 
-    @precondition(lambda self: not self.revoked)
+    @precondition(
+        lambda self: (
+            len(self.revoked) < MAX_REVOCATIONS and self.s.plan.peers - len(self.revoked) >= 3
+        )
+    )
     @rule(robot=st.integers(1, MAX_PEERS - 1))
     def revoke(self, robot: int) -> None:
-        self.revoked = True
-        victim = 1 + (robot - 1) % (self.s.plan.peers - 1)  # never the owner
+        left = [r for r in range(1, self.s.plan.peers) if r not in self.revoked]  # not the owner
+        victim = left[robot % len(left)]
+        self.revoked.append(victim)
         self.fault("revoke", robots=(victim,))
 
     def _link(self, link: tuple[int, int] | None) -> tuple[int, ...]:

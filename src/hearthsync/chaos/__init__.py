@@ -9,7 +9,7 @@
 
 Each schedule is a deterministic simulation (`hearthsync.chaos.sim`): real `Peer` stores and
 real protocol sessions on a simulated network and clock, one seeded generator, faults
-(partitions, drops, duplicates, reordering, delays, crashes, clock skew, a revocation) under a
+(partitions, drops, duplicates, reordering, delays, crashes, clock skew, revocations) under a
 workload of writes (`hearthsync.chaos.workload`: preferences, profiles, calibration, moves,
 events, health, new users, forgetting), then a heal; the checkers (`hearthsync.chaos.check`)
 prove convergence, that no acknowledged write was lost, no leak past a revocation and nothing

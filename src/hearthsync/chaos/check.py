@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,7 +104,7 @@ class Write:
     started_at: float = 0.0  #: simulated time the write was made (its op's time)
     #: the newest key epoch the writer held for the document when it wrote (-1: unknown)
     held_epoch: int = -1
-    #: a write of the robot revoked later: the members that held it when the revocation ran
+    #: a write of a robot revoked later: the members that held it when its revocation ran
     #: (they must keep it); None: not known to any member then, not required
     kept_by: frozenset[int] | None = None
 
@@ -223,34 +224,37 @@ def verify(
     members: list[Replica],
     writes: list[Write],
     *,
-    revoked: Replica | None = None,
-    revoked_epochs: dict[str, int] | None = None,
+    revoked: Sequence[Replica] = (),
+    revoked_epochs: dict[int, dict[str, int]] | None = None,
     forget_targets: set[str] | None = None,
-    revocation_known: dict[int, float] | None = None,
+    revocation_known: dict[int, dict[int, float]] | None = None,
 ) -> Findings:
     """Check a quiescent household: convergence, no loss, no leak past a revocation.
 
     * every pair of ``members`` holds identical documents (state vector and content) in
       every scope both may read, and no robot holds a document outside its scopes;
     * every acknowledged write of a member is present, with the value written, on every
-      member that may read it; a write of the revoked robot on every member that held it
-      when the revocation ran (`Write.kept_by`; the others rightly refuse the rest);
+      member that may read it; a write of a revoked robot on every member that held it when
+      its revocation ran and is a member still (`Write.kept_by`; the others rightly refuse
+      the rest);
     * only users named by a forget the workload attempted (``forget_targets``, acknowledged
       or not; None: trust the acknowledged forgets alone) are forgotten anywhere, and nothing
       of a forgotten user remains;
-    * no write a robot made once it knew of the revocation (``revocation_known``: robot ->
-      simulated time from which it had processed the revocation and the new keys) reached
-      the revoked robot, and each was sealed under the revocation's new epoch or later.
+    * for each ``revoked`` robot (its index: the epochs its revocation started, in
+      ``revoked_epochs``), no write a robot made once it knew of that revocation
+      (``revocation_known``: revoked robot -> robot -> simulated time from which it had
+      processed the revocation and the new keys) reached it, each was sealed under the
+      revocation's new epoch or later, and it holds no key of those epochs.
     """
     states = {m.index: document_states(m.peer) for m in members}
     names: dict[str, str] = {m.peer.device_id: f"r{m.index}" for m in members}
-    if revoked is not None:
-        names[revoked.peer.device_id] = f"r{revoked.index} (revoked)"
+    for victim in revoked:
+        names[victim.peer.device_id] = f"r{victim.index} (revoked)"
     divergences = _divergences(members, states, names)
     holdings = {m.index: Holdings(m.peer) for m in members}
     lost: list[str] = []
     verified = exempt = 0
-    revoked_index = revoked.index if revoked else None
+    revoked_indices = {victim.index for victim in revoked}
     acked = {w.slot for w in writes if w.kind == "forget"}
     # a user the workload asked to forget: the system under test is not asked who that is
     asked = acked if forget_targets is None else acked | forget_targets
@@ -263,18 +267,19 @@ def verify(
     # forgotten: what a member acknowledged forgetting, and every tombstone a member holds
     # of a user someone asked to forget (a robot revoked later may have forgotten someone
     # before, and been heard)
-    forgotten = {w.slot for w in writes if w.kind == "forget" and w.robot != revoked_index}
+    forgotten = {w.slot for w in writes if w.kind == "forget" and w.robot not in revoked_indices}
     forgotten |= claimed & asked
     buried = forgotten | (seen & asked)
     for write in writes:
         if write.kind != "forget" and about(write) in buried:
             exempt += 1
             continue
-        if write.robot == revoked_index:
-            if not write.kept_by:
+        if write.robot in revoked_indices:
+            # held when its robot was revoked, by robots that are members still
+            due = [m for m in members if m.index in (write.kept_by or ())]
+            if not due:
                 exempt += 1
                 continue
-            due = [m for m in members if m.index in write.kept_by]
         else:
             due = [m for m in members if write.scope in m.scopes]
         wrong = [(m.index, holdings[m.index].why_not(write)) for m in due]
@@ -287,14 +292,20 @@ def verify(
             lost.append(f"{write.describe()} {when} with another value: {'; '.join(differ)}")
         if not missing and not differ:
             verified += 1
-    leaks = _leaks(writes, revoked, revoked_epochs or {}, revocation_known)
+    epochs, known = revoked_epochs or {}, revocation_known
+    leaks = [
+        leak
+        for victim in revoked
+        for leak in _leaks(writes, victim, epochs.get(victim.index, {}),
+                           None if known is None else known.get(victim.index, {}))
+    ]  # fmt: skip
     remnants = [line for m in members for line in _remnants(m, forgotten, states[m.index])]
     return Findings(verified, lost, divergences, leaks, exempt, remnants)
 
 
 def _leaks(
     writes: list[Write],
-    revoked: Replica | None,
+    revoked: Replica,
     revoked_epochs: dict[str, int],
     known: dict[int, float] | None,
 ) -> list[str]:
@@ -302,7 +313,7 @@ def _leaks(
     from what the harness knows (when each robot had processed the revocation), not from
     the epoch the system under test reports; the epoch is then checked too.  Without
     ``known``, the writes reporting a post-revocation epoch (the older, weaker check)."""
-    if revoked is None or not revoked_epochs:
+    if not revoked_epochs:
         return []
     leaks: list[str] = []
     # the keys first: with a new epoch's key, the revoked robot reads whatever ciphertext of

@@ -23,6 +23,8 @@ FAULT_KINDS = ("partition", "drop", "duplicate", "reorder", "delay", "crash", "s
 OP_KINDS = ("pref", "profile", "calibration", "move", "event", "user", "health", "forget")
 SCOPES = ("core", "health", "history", "household", "spatial")
 DEFAULT_FAULT_RATE = 0.25
+#: revocations in one schedule, at most (each by the owner, of another robot)
+MAX_REVOCATIONS = 2
 #: users every robot knows from the start, and users a robot may create during the run
 FIRST_USERS = ("alice", "bob")
 LATER_USERS = ("carol", "dan")
@@ -227,7 +229,7 @@ def _faults(rng: random.Random, scenario: Scenario, peers: int) -> list[Fault]:
         return []
     count = max(1, round(rng.gauss(scenario.fault_rate * scenario.duration, 1.0)))
     kinds = list(scenario.faults)
-    revoked = False
+    revoked: list[int] = []
     faults: list[Fault] = []
     for _ in range(count):
         kind = rng.choice(kinds)
@@ -258,10 +260,15 @@ def _faults(rng: random.Random, scenario: Scenario, peers: int) -> list[Fault]:
                     amount += GLITCH_AHEAD_S
                 faults.append(Fault(0, kind, at, at, (robot,), amount=amount))
             case "revoke":
-                if revoked or peers < 3:
-                    continue  # one revocation per schedule; robot 0 (the owner) revokes
-                revoked = True
-                victim = rng.randrange(1, peers)
+                # robot 0, the owner, revokes (it alone may), at most two robots, and leaves
+                # two robots at least
+                if len(revoked) == MAX_REVOCATIONS or peers - len(revoked) < 3:
+                    continue
+                victim = (
+                    rng.choice([r for r in range(1, peers) if r not in revoked])
+                    if revoked else rng.randrange(1, peers)
+                )  # fmt: skip
+                revoked.append(victim)
                 faults.append(Fault(0, kind, at, at, (victim,)))
     faults.sort(key=lambda f: (f.at, f.kind))
     return [replace(f, index=i) for i, f in enumerate(faults)]

@@ -26,8 +26,8 @@ What the simulated network and clock add, and why each is realistic:
 * **compaction**: each robot folds a document's update log into a snapshot once the log passes
   512 bytes (a robot in service: 16 KiB), so snapshots are taken at any point of a run, between
   any two arrivals;
-* **revoke**: the owner revokes a robot mid-run; the checkers then prove it receives nothing
-  written with the new keys.
+* **revoke**: the owner revokes a robot mid-run (two at most); the checkers then prove each
+  receives nothing written with the keys its revocation started, and holds none of them.
 
 The simulation drives each session the way `hearthsync.transport.link.Link` does: a received
 update is merged at once and acknowledged (with the state vector right after the merge) once
@@ -217,13 +217,15 @@ class Simulation:
         self._conn_seq = 0
         self._active: list[Fault] = []
         self._settling = False
-        self.revoked: int | None = None
-        self.revoked_epochs: dict[str, int] = {}
+        #: the robots the owner revoked, in order, and the epochs each revocation started
+        self.revoked: list[int] = []
+        self.revoked_epochs: dict[int, dict[str, int]] = {}
         #: every user a forget op set out to forget, acknowledged or not (what may be forgotten)
         self.forget_targets: set[str] = set()
-        #: when each robot processed the revocation (and, `_keys_at`, new keys after it)
-        self._revocation_at: dict[int, float] = {}
-        self._keys_at: dict[int, float] = {}
+        #: per revoked robot, when each robot processed its revocation (and, `_keys_at`, new
+        #: keys after it)
+        self._revocation_at: dict[int, dict[int, float]] = {}
+        self._keys_at: dict[int, dict[int, float]] = {}
         self.messages = 0
         self.lost = 0
         self._in_flight = 0  # messages on their way between robots that are not revoked
@@ -342,18 +344,16 @@ class Simulation:
 
     def check(self) -> Findings:
         """The checkers (`hearthsync.chaos.check.verify`) on the household as it is now."""
-        members = [
-            Replica(r.index, _peer(r), r.scopes) for r in self.robots if r.index != self.revoked
-        ]
-        victim = self.robots[self.revoked] if self.revoked is not None else None
+        members = [Replica(r.index, _peer(r), r.scopes) for r in self._members()]
+        victims = [self.robots[v] for v in self.revoked]
         known = {
-            r: max(at, self._keys_at[r])
-            for r, at in self._revocation_at.items()
-            if r in self._keys_at
-        }
+            victim: {r: max(at, keys[r]) for r, at in self._revocation_at[victim].items()
+                     if r in keys}
+            for victim, keys in self._keys_at.items()
+        }  # fmt: skip
         return verify(
             members, self.writes,
-            revoked=Replica(victim.index, _peer(victim), victim.scopes) if victim else None,
+            revoked=[Replica(v.index, _peer(v), v.scopes) for v in victims],
             revoked_epochs=self.revoked_epochs, forget_targets=self.forget_targets,
             revocation_known=known,
         )  # fmt: skip
@@ -622,7 +622,7 @@ class Simulation:
             return
         wait = robot.retry.get(other.index, FIRST_RETRY_S)
         robot.retry[other.index] = min(wait * 2, MAX_RETRY_S)
-        if self._settling and self.revoked not in (robot.index, other.index):
+        if self._settling and robot.index not in self.revoked and other.index not in self.revoked:
             wait = min(wait, 1.0)  # after the heal members keep trying; cap it so runs end
         wait *= self.net.uniform(0.5, 1.5)  # jitter
         incarnation = robot.incarnation
@@ -705,7 +705,7 @@ class Simulation:
         self.messages += 1
         # quiescence waits for every message between robots that are still members (heartbeats
         # included: they cost a round trip now and then, and need no look inside a frame)
-        counted = self.revoked not in (sender, receiver)
+        counted = sender not in self.revoked and receiver not in self.revoked
         drop = dup = extra = reorder = 0.0
         pair = (min(sender, receiver), max(sender, receiver))
         for fault in self._active:
@@ -765,14 +765,16 @@ class Simulation:
                 self._apply(robot, conn, event)
             elif isinstance(event, RevocationsChanged):  # keep it; tell the others (SyncService)
                 self.note(f"r{robot.index} learns revocations {sorted(event.revoked)}")
-                if self.revoked is not None:
-                    self._revocation_at.setdefault(robot.index, self.now)
+                for victim in self.revoked:
+                    if self.robots[victim].device_id in event.revoked:
+                        self._revocation_at[victim].setdefault(robot.index, self.now)
                 _peer(robot).trust_changed()
                 self._to_every_link(robot, Session.send_revocations, but=conn)
             elif isinstance(event, KeysChanged):
                 _peer(robot).keys_changed()
-                if robot.index in self._revocation_at:
-                    self._keys_at.setdefault(robot.index, self.now)
+                for victim, learnt in self._revocation_at.items():
+                    if robot.index in learnt:
+                        self._keys_at[victim].setdefault(robot.index, self.now)
             elif isinstance(event, PeerAuthenticated):
                 robot.retry.pop(conn.other(robot.index), None)
                 self._announce(robot)
@@ -936,15 +938,16 @@ class Simulation:
             random_bytes=owner.rng.randbytes,
         )  # fmt: skip
         _peer(owner).trust_changed()  # as the console's 'revoke' does
-        self.revoked = victim.index
-        self.revoked_epochs = dict(epochs)
-        self._revocation_at[owner.index] = self._keys_at[owner.index] = self.now
+        self.revoked.append(victim.index)
+        self.revoked_epochs[victim.index] = dict(epochs)
+        self._revocation_at[victim.index] = {owner.index: self.now}
+        self._keys_at[victim.index] = {owner.index: self.now}
         # the victim's writes a member holds now are the household's: they must stay
         holdings = [(r.index, Holdings(r.peer)) for r in self._members() if r.peer is not None]
         for write in self.writes:
             if write.robot == victim.index:
                 write.kept_by = frozenset(i for i, held in holdings if held.holds(write))
-        self.note(f"r0 revokes r{victim.index}: new epochs {sorted(self.revoked_epochs.items())}")
+        self.note(f"r0 revokes r{victim.index}: new epochs {sorted(epochs.items())}")
         # as the console's 'revoke' does: gossip the list, which drops the revoked robot (the
         # new epochs' keys went to everyone still trusted with `trust_changed`, after the list)
         self._to_every_link(owner, Session.send_revocations)
@@ -952,7 +955,7 @@ class Simulation:
     # ------------------------------------------------------------------ quiescence
 
     def _members(self) -> list[Robot]:
-        return [r for r in self.robots if r.index != self.revoked]
+        return [r for r in self.robots if r.index not in self.revoked]
 
     def _busy(self) -> str | None:
         """Why the household is not quiescent yet (None: it is)."""
