@@ -13,7 +13,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from hearthsync import Peer, enrolment
 from hearthsync.crypto import pairing
-from hearthsync.crypto.certificate import Certificate
+from hearthsync.crypto.certificate import Certificate, Revocations
 from hearthsync.crypto.identity import DeviceIdentity
 from hearthsync.crypto.pairing import PairingError, join_request, open_join_response
 from hearthsync.errors import StoreError, ValidationError
@@ -342,3 +342,32 @@ async def test_joining_an_inviter_that_never_answers_gives_up_with_a_clear_error
             done.set()
         assert heard.is_set()  # it was reached, and asked
     assert enrolment.load(folder) is None
+
+
+def test_an_owner_holding_a_list_an_admin_signed_signs_it_again(tmp_path: Path) -> None:
+    """A list an admin signed before only the owner revoked is ignored by robots that do not
+    hold it: the owner, holding one, signs the next list itself, revoking the same robots."""
+    now = int(time.time())
+    owner_dir, owner, kitchen = _kitchen_enrolled(tmp_path, now)
+    state = enrolment.load(owner_dir, now)
+    assert state is not None
+    (tmp_path / "admin").mkdir()
+    admin = DeviceIdentity.load_or_create(tmp_path / "admin")
+    promoted = Certificate.issue(
+        owner, household_id=state.household.id, device_pk=bytes(admin.verify_key),
+        device_name="admin", role="admin", scopes=("core",), issued_at=now, expires_at=now + 60,
+    )  # fmt: skip
+    state.trust.add(promoted, now)
+    legacy = Revocations.issue(
+        admin, household_id=state.household.id, serial=1, revoked=[kitchen.device_id]
+    )
+    state.trust.restore_revocations(legacy)  # read back from credentials written before
+    assert enrolment.catch_up(owner_dir, state, owner, now=now) == {
+        scope: 2 for scope in state.keyring.scopes
+    }
+    signed = state.trust.revocations
+    assert signed is not None
+    assert signed.serial == 2
+    assert signed.issuer_pk == bytes(owner.verify_key)
+    assert signed.revoked == (kitchen.device_id,)
+    assert enrolment.catch_up(owner_dir, state, owner, now=now) == {}  # once

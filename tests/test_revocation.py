@@ -67,7 +67,7 @@ async def test_an_owner_restored_from_before_its_revocation_rotates_again(
         assert owner.household.trust.revocations.serial == 2
         assert epoch(owner) == 2
         assert owner.household.keyring.sealing_epoch("core", "alice") == 2
-        assert "rotating again" in caplog.text
+        assert "but not the keys its rotation made" in caplog.text
         # ... and the hall robot seals under it too, once granted
         await owner.set_preference("alice", "tea/cup", "blue-cup")
         await until([hall], lambda: hall.preference("alice", "tea/cup") is not None)
@@ -78,3 +78,80 @@ async def test_an_owner_restored_from_before_its_revocation_rotates_again(
     garden_state = enrolment.load(garden_dir)
     assert garden_state is not None
     assert garden_state.keyring.current_epoch("core") == 0  # never granted anything newer
+
+
+async def test_a_restored_owner_merges_the_lists_it_signed_apart(tmp_path: Path) -> None:
+    """Found in review: the restored owner first met the attic robot, which held only the
+    first of two lists (garden revoked), and rotated on it: its own list 2 revoked the garden
+    robot alone, while the household's list 2 revoked the shed robot too.  Each side ignored
+    the other's list of that serial; the hall robot refused the owner's second key of epoch 2
+    and closed every session (401), and the owner never revoked the shed robot.  Now the
+    owner merges what it hears of lists it signed apart: list 3, both robots, epoch 3."""
+    names = ["owner", "hall", "attic", "garden", "shed"]
+    enrol_household(tmp_path, names)
+    folder = {name: tmp_path / name for name in names}
+    async with Peer.open(folder["owner"], device="owner") as owner:
+        await owner.add_user("alice", name="Alice")
+    backup = tmp_path / "backup"
+    shutil.copytree(folder["owner"], backup)
+    revoked = {}
+
+    async def revoke(linked: list[str], victim: str, key: str) -> None:
+        async with AsyncExitStack() as stack:
+            owner = await stack.enter_async_context(Peer.open(folder["owner"], device="owner"))
+            hub = await stack.enter_async_context(service(owner))
+            robots = []
+            for name in linked:
+                robots.append(await stack.enter_async_context(Peer.open(folder[name], device=name)))
+                await stack.enter_async_context(service(robots[-1], hub.port))
+            assert owner.household is not None
+            revoked[victim] = enrolment.device_named(owner.household, victim)
+            enrolment.revoke(folder["owner"], owner.household, owner.identity, revoked[victim],
+                             now=int(owner.wall()), users=owner.users())  # fmt: skip
+            owner.trust_changed()
+            hub.trust_changed()
+            await owner.set_preference("alice", key, "x")  # sealed under the new epoch
+            await until(robots, lambda: all(r.preference("alice", key) for r in robots))
+
+    await revoke(["hall", "attic"], "garden", "tea/one")  # list 1, epoch 1
+    await revoke(["hall"], "shed", "tea/two")  # list 2, epoch 2: the attic robot is away
+    shutil.rmtree(folder["owner"])
+    shutil.copytree(backup, folder["owner"])
+
+    async with AsyncExitStack() as stack:
+        owner = await stack.enter_async_context(Peer.open(folder["owner"], device="owner"))
+        attic = await stack.enter_async_context(Peer.open(folder["attic"], device="attic"))
+        hub = await stack.enter_async_context(service(owner))
+        await stack.enter_async_context(service(attic, hub.port))
+        # the attic robot's list 1 comes back first: the owner rotates on it (list 2, which
+        # the household used already), and what the attic robot writes reaches it then
+        await attic.set_preference("alice", "tea/attic", "x")
+        await until([owner], lambda: owner.preference("alice", "tea/attic") is not None)
+        trust = owner.household.trust if owner.household else None
+        assert trust is not None
+        assert trust.revocations is not None
+        assert trust.revocations.serial == 2
+        assert not trust.is_revoked(revoked["shed"])
+
+        hall = await stack.enter_async_context(Peer.open(folder["hall"], device="hall"))
+        await stack.enter_async_context(service(hall, hub.port))
+        # the hall robot's list 2 conflicts with the owner's: merged, at serial 3
+        await hall.set_preference("alice", "tea/hall", "x")
+        await until([owner], lambda: owner.preference("alice", "tea/hall") is not None)
+        assert trust.revocations.serial == 3
+        assert set(trust.revocations.revoked) == {revoked["garden"], revoked["shed"]}
+        assert trust.conflicting == ()
+        assert epoch(owner) == 3
+        await owner.set_preference("alice", "tea/three", "x")
+        await until([hall, attic], lambda: all(
+            r.preference("alice", "tea/three") is not None for r in (hall, attic)
+        ))  # fmt: skip
+        for robot in (hall, attic):
+            assert robot.household is not None
+            assert robot.household.trust.revocations == trust.revocations
+            assert robot.household.keyring.sealing_epoch("core", "alice") == 3
+
+    for victim in ("garden", "shed"):
+        state = enrolment.load(folder[victim])
+        assert state is not None
+        assert state.keyring.current_epoch("core") == 0  # never linked since: nothing newer

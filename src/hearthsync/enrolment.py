@@ -365,22 +365,32 @@ def catch_up(
     folder: Path, state: HouseholdState, identity: DeviceIdentity, *, now: int,
     users: Iterable[str] = (), random_bytes: Callable[[int], bytes] = os.urandom,
 ) -> dict[str, int]:  # fmt: skip
-    """The owner, holding a revocation list newer than its keys, rotates again (a list of the
-    next serial, revoking the same robots); the epochs made, ``{}`` if none was needed.
+    """The owner, holding a revocation list newer than its keys, lists it signed apart
+    (`TrustStore.conflicting`), or a list an admin signed, signs the next list (revoking
+    every robot of them all) and starts a new epoch of every scope; the epochs made, ``{}``
+    if none was needed.
 
     Only the owner revokes, so only an owner restored from a backup older than its last
-    revocation holds such a list (the household gossips it back) without that revocation's
-    keys, which it alone granted.  It sealed under the epoch the revoked robot holds, for
-    every robot to read and store (found in review); the new epoch is one the revoked robot
-    never gets."""
+    revocation holds a list (gossiped back) without that revocation's keys, which it alone
+    granted: it sealed under the epoch the revoked robot holds (found in review).  Rotating
+    on the first such list, an old one, it reused a serial the household had used for
+    another robot, and the two lists never merged (found in the next review): what it hears
+    of lists it signed apart is merged now, at a serial past them all."""
     held = state.trust.revocations
     if state.certificate.role != "owner" or held is None:
         return {}
-    if all(state.keyring.current_epoch(scope) >= held.serial for scope in state.keyring.scopes):
+    behind = any(state.keyring.current_epoch(s) < held.serial for s in state.keyring.scopes)
+    conflicting = state.trust.conflicting
+    # a list an admin signed before admins stopped revoking: signed again, by the owner
+    legacy = held.issuer_pk != state.certificate.device_pk
+    if not (behind or conflicting or legacy):
         return {}
     log.warning(
-        "this owner holds revocation list %d but not the keys its rotation made (restored "
-        "from an older backup?): rotating again", held.serial,
+        "this owner holds revocation list %d %s: signing the next, revoking %s, with a new "
+        "epoch of every scope", held.serial,
+        "and conflicting lists it signed apart (restored from an older backup?)" if conflicting
+        else "but not the keys its rotation made (restored from an older backup?)" if behind
+        else "signed by an admin", ", ".join(sorted(state.trust.revoked)),
     )  # fmt: skip
     return _rotate(folder, state, identity, state.trust.revoked, now=now, users=users,
                    random_bytes=random_bytes)  # fmt: skip
@@ -398,7 +408,8 @@ def _rotate(
     # review).  The serial may leap as far as `MAX_SERIAL_STEP`, which a household's epochs
     # never reach.
     top = max((state.keyring.current_epoch(s) for s in state.keyring.scopes), default=0)
-    serial = max((held.serial + 1) if held else 1, top + 1)
+    apart = max((c.serial for c in state.trust.conflicting), default=0)  # lists to merge
+    serial = max((held.serial + 1) if held else 1, top + 1, apart + 1)
     revocations = Revocations.issue(
         identity, household_id=state.household.id, serial=serial, revoked=sorted(revoked)
     )

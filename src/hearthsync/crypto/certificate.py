@@ -52,6 +52,8 @@ MAX_REVOCATIONS_BYTES = 64 * 1024  # SPEC §3
 MAX_REVOKED = 2048
 #: an issuer chain longer than this is refused (renewals could otherwise form a cycle)
 MAX_CHAIN = 8
+#: conflicting revocation lists held at once (`TrustStore.conflicting`), until the owner merges
+MAX_CONFLICTING = 8
 
 CERT_TAG = b"hearth-cert-v1"
 REVOKE_TAG = b"hearth-revoke-v1"
@@ -282,6 +284,7 @@ class TrustStore:
         self._scopes: dict[DeviceId, tuple[Certificate, frozenset[Scope]]] = {}
         self._revocations: Revocations | None = None
         self._revoked: frozenset[str] = frozenset()
+        self._conflicting: tuple[Revocations, ...] = ()
 
     @classmethod
     def for_household(cls, household: Household) -> TrustStore:
@@ -299,7 +302,22 @@ class TrustStore:
         return self._revocations
 
     @property
+    def conflicting(self) -> tuple[Revocations, ...]:
+        """Lists the owner signed that the held one neither replaces nor contains: an owner
+        restored from a backup older than its last revocation signed them apart (SPEC §3).
+        Their robots count as revoked here too; they are gossiped with the held list, and the
+        owner merges them (`enrolment.catch_up`).  Not kept with the credentials: the robots
+        holding them as their list send them again."""
+        return self._conflicting
+
+    def gossip(self) -> list[Revocations]:
+        """The lists to send a peer: the held one, then the conflicting ones."""
+        held = [] if self._revocations is None else [self._revocations]
+        return held + list(self._conflicting)
+
+    @property
     def revoked(self) -> frozenset[str]:
+        """Every robot revoked by the held list or a conflicting one."""
         return self._revoked
 
     def is_revoked(self, device: str) -> bool:
@@ -392,56 +410,75 @@ class TrustStore:
         return self._authority(issuer_pk, now, depth=0)
 
     def accept_revocations(self, revocations: Revocations, now: int) -> bool:
-        """Adopt ``revocations`` if it is newer; return whether it replaced the held list.
+        """Take ``revocations`` in; return whether anything changed here (SPEC §3).
 
-        An older or equal serial is ignored (gossip redelivers old lists).  A newer list that
-        forgets a revoked device is refused: ``revoked`` only ever grows.  Only the owner signs
-        lists, so they form one chain (SPEC §3); a list an admin signed is refused.
-        """
+        Only the owner signs lists, so they form one chain: a list with a greater serial that
+        revokes every robot the held one does replaces it.  One the held list contains (an
+        older serial, or gossip redelivering it) is ignored, before its signer is judged.  A
+        list an admin signed is ignored, with a warning: admins do not revoke.  Anything else
+        the owner signed apart from the held list (restored from an older backup, it reused
+        a serial or left a robot out) is kept as *conflicting* (`conflicting`): its robots are
+        revoked here at once, and the owner, hearing of it, signs the union at a new serial.
+        Raising (a 401) closed every session between robots holding different lists, and the
+        owner, ignoring a list of a serial it had used, never learnt what it revoked (found
+        in review)."""
         revocations.check_signature()
         if revocations.household_id != self.household_id:
             raise CertificateError("revocation list: other household")
         held = self._revocations
-        if held is not None and revocations.serial <= held.serial:
+        listed = frozenset(revocations.revoked)
+        if held is not None and revocations.serial <= held.serial and listed <= self._revoked:
             # judged before its signer: a list this device holds too, whose signer's
             # certificate has expired since, closed every session it came on (401), and no
             # robot could join (found in review)
-            if revocations.serial == held.serial and revocations.revoked != held.revoked:
-                log.warning(
-                    "two revocation lists of serial %d revoke different robots (%s here, %s "
-                    "there): an owner restored from an old backup revoked again; revoke, from "
-                    "the owner, every robot of both", held.serial, ", ".join(held.revoked),
-                    ", ".join(revocations.revoked),
-                )  # fmt: skip
+            return False
+        if revocations in self._conflicting:
             return False
         signer = self.authority(revocations.issuer_pk, now)
         if not signer.is_self_signed:
             # one signer, so one chain of lists: two lists made apart (an admin's and the
             # owner's, in a partition) had one serial, each side ignored the other's, and each
-            # granted its new keys to the robot the other had revoked (SPEC §3)
-            raise CertificateError(
-                f"revocation list {revocations.serial}: signed by admin {signer.device_id}; "
-                "only the household owner revokes"
-            )
-        if revocations.serial > (held.serial if held else 0) + MAX_SERIAL_STEP:
-            # one list after another: a serial leaping to the largest there is (an admin's
-            # list signed with 2**64-1) would leave no serial for any later revocation
+            # granted its new keys to the robot the other had revoked.  Ignored rather than
+            # refused: a list an admin signed before this rule, held by some robots, would
+            # close every session between them and the others
+            log.warning(
+                "ignored revocation list %d signed by admin %s: only the household owner "
+                "revokes", revocations.serial, signer.device_id,
+            )  # fmt: skip
+            return False
+        top = max([held.serial if held else 0, *(c.serial for c in self._conflicting)])
+        if revocations.serial > top + MAX_SERIAL_STEP:
+            # one list after another: a serial leaping to the largest there is (a list signed
+            # with 2**64-1) would leave no serial for any later revocation
             raise CertificateError(
                 f"revocation list {revocations.serial} leaps more than {MAX_SERIAL_STEP} "
                 f"past the list held"
             )
         owners = {d for d, cert in self._certs.items() if cert.is_self_signed}
-        if owners.intersection(revocations.revoked):
+        if owners.intersection(listed):
             raise CertificateError(
                 f"revocation list {revocations.serial} revokes the household owner"
             )
-        dropped = self._revoked.difference(revocations.revoked)
-        if dropped:
-            raise CertificateError(
-                f"revocation list {revocations.serial} un-revokes {', '.join(sorted(dropped))}"
+        if held is None or (revocations.serial > held.serial and listed >= set(held.revoked)):
+            self._revocations = revocations
+            self._conflicting = tuple(
+                c for c in self._conflicting if not frozenset(c.revoked) <= listed
             )
-        self._revocations = revocations
-        self._revoked = frozenset(revocations.revoked)
+        elif len(self._conflicting) >= MAX_CONFLICTING:
+            log.warning(
+                "ignored revocation list %d: %d conflicting lists held already, waiting for "
+                "the owner to merge them", revocations.serial, MAX_CONFLICTING,
+            )  # fmt: skip
+            return False
+        else:
+            log.warning(
+                "revocation list %d (revoking %s) conflicts with the list held, %d (revoking "
+                "%s): the owner signed them apart (restored from an older backup?); both "
+                "count here until the owner merges them", revocations.serial,
+                ", ".join(sorted(listed)), held.serial, ", ".join(held.revoked),
+            )  # fmt: skip
+            self._conflicting += (revocations,)
+        self._revoked = frozenset(self._revoked | listed)
         return True
 
     def _verify(self, cert: Certificate, now: int, *, depth: int) -> Certificate:

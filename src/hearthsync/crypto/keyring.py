@@ -286,6 +286,13 @@ class Keyring:
             newest = self._newest[index] = max(epochs)
         return newest
 
+    def newest_held(self, scope: str) -> int:
+        """The newest epoch of ``scope`` this device holds any key of, a scope key or any
+        user's data key (-1 if none): what a revoked robot can read of (`current_epoch`
+        looks at scope keys, and a user's data key of a new epoch alone opens their
+        documents)."""
+        return max(self._epochs(scope), default=-1)
+
     def _epochs(self, scope: str) -> set[int]:
         epochs = {e for (s, e) in self._scope_keys if s == scope}
         return epochs | {e for (_, s, e) in self._data_keys if s == scope}
@@ -522,11 +529,14 @@ class Keyring:
                 # scope keys are made once, by the owner (epoch 0), and by the owner's
                 # revocations: two of one epoch are two lists of one serial (an owner restored
                 # from an old backup).  Holding both, a robot granted one side's keys to the
-                # robot the other side revoked (found in review): refused, loudly
-                raise CryptoError(
-                    f"a different key is already held for scope {scope!r} epoch "
-                    f"{grant.epoch}: two revocations of one serial"
-                )
+                # robot the other side revoked (found in review): the first is kept.  Not an
+                # error: refusing closed the session before the grants of the epoch the owner
+                # merges the two lists into, which come after, and the household split
+                log.warning(
+                    "kept the key held for scope %r epoch %d, not another one granted: two "
+                    "revocations of one serial", str(scope), grant.epoch,
+                )  # fmt: skip
+                return
             _hold(self._scope_keys, (scope, grant.epoch), key)
             return
         user = UserId(grant.user)

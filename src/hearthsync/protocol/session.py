@@ -413,6 +413,8 @@ class Session:
     #: (about 54 µs each): a key made for a new user cost each link every grant held
     _granted: set[bytes] = field(default_factory=set)
     _sent_serial: int = 0  #: of the revocation list last sent on this session
+    #: the conflicting lists sent on this session (`TrustStore.conflicting`): sent once each
+    _sent_conflicting: set[Revocations] = field(default_factory=set)
     #: frames queued to send, by type (``UPDATE``, ``ACK``, ...): what this link costs
     frames_sent: Counter[str] = field(default_factory=Counter)
 
@@ -606,7 +608,8 @@ class Session:
         return False
 
     def send_revocations(self) -> bool:
-        """Gossip the revocation list this device holds (SPEC §6.5); whether one was sent."""
+        """Gossip the revocation list this device holds, and any conflicting one not sent on
+        this session yet (SPEC §6.5); whether one was sent."""
         held = self.trust.revocations
         if self.state is not State.OPEN or held is None:
             return False
@@ -616,6 +619,10 @@ class Session:
             return False
         self._send(f.RevocationList(held.to_wire()))
         self._sent_serial = held.serial
+        for other in self.trust.conflicting:  # until the owner merges them, with their robots
+            if other not in self._sent_conflicting:
+                self._send(f.RevocationList(other.to_wire()))
+                self._sent_conflicting.add(other)
         return True
 
     def send_grants(self, *, offer: bool = True) -> int:
