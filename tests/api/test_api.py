@@ -50,7 +50,7 @@ ROUTES = [
     ("POST", "/routines", {"routine": "nap", "label": "Nap", "after": "13:00"}),
     ("POST", "/relations", {"subject": "alice", "relation": "owns", "object": "green-mug"}),
     ("GET", "/users", None),
-    ("DELETE", "/preferences", {"user": "alice", "key": "tea/mug"}),
+    ("POST", "/preferences/delete", {"user": "alice", "key": "tea/mug"}),
     ("POST", "/forget", {"user": "alice"}),
     ("GET", "/status", None),
     ("GET", "/metrics", None),
@@ -210,8 +210,8 @@ async def test_a_preference_deleted_is_gone_from_the_context_and_from_a_reopened
         pref = {"user": "alice", "key": "beverage/coffee", "value": "cortado"}
         written = await api.post("/preferences", json=pref | {"condition": condition}, headers=AUTH)
         assert written.status_code == 201
-    deleted = await api.request(
-        "DELETE", "/preferences", json={"user": "alice", "key": "beverage/coffee"}, headers=AUTH
+    deleted = await api.post(
+        "/preferences/delete", json={"user": "alice", "key": "beverage/coffee"}, headers=AUTH
     )
     assert deleted.status_code == 200, deleted.text
     assert deleted.json()["deleted"] is True
@@ -220,8 +220,8 @@ async def test_a_preference_deleted_is_gone_from_the_context_and_from_a_reopened
     kept = home.preference("alice", "beverage/coffee", {"days": "weekend"})
     assert kept is not None
     assert kept.value == "cortado"
-    again = await api.request(
-        "DELETE", "/preferences", json={"user": "alice", "key": "beverage/coffee"}, headers=AUTH
+    again = await api.post(
+        "/preferences/delete", json={"user": "alice", "key": "beverage/coffee"}, headers=AUTH
     )
     assert again.status_code == 404
     assert "alice has no preference 'beverage/coffee'" in again.json()["error"]
@@ -245,7 +245,7 @@ async def test_deleting_a_preference_that_is_not_there_or_badly_named_changes_no
     await home.set_preference("alice", "tea/mug", "green-mug")
     before = state(home)
 
-    answer = await api.request("DELETE", "/preferences", json=body, headers=AUTH)
+    answer = await api.post("/preferences/delete", json=body, headers=AUTH)
 
     assert answer.status_code == status, answer.text
     assert answer.json()["field"] == field

@@ -17,13 +17,17 @@ Before the checkers were made stricter, each of these builds passed every schedu
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
-from hearthsync import chaos
+from hearthsync import Peer, chaos, enrolment
 from hearthsync.chaos import Scenario, run_schedule
+from hearthsync.chaos.check import Replica, _leaks
 from hearthsync.chaos.harness import problems
+from tests.test_forgetting import enrol_household
 
 FORGETTING = {"pref": 2, "event": 2, "user": 1, "forget": 1}
 #: bug -> (scenario, a seed it fails at, a problem line that must be reported)
@@ -123,3 +127,36 @@ def test_a_purge_a_crash_cut_short_is_no_error() -> None:
     a failure (seed 490819 of a 1,000-schedule run)."""
     outcome = run_schedule(490819, Scenario(edits=50, duration=30.0))
     assert problems(outcome) == []
+
+
+async def test_a_revoked_robot_holding_only_a_new_data_key_is_a_leak(tmp_path: Path) -> None:
+    """Found in review: the key check looked at the newest scope key only, and a rotation's
+    grants send every data key of the new epoch before its scope key: a revoked robot whose
+    batch of grants was cut off after alice's new data key (with which it reads everything
+    of alice's sealed under it) passed."""
+    enrol_household(tmp_path, ["owner", "hall", "garden"])
+    async with (
+        Peer.open(tmp_path / "owner", device="owner") as owner,
+        Peer.open(tmp_path / "garden", device="garden") as garden,
+    ):
+        await owner.add_user("alice", name="Alice")
+        mine, theirs = owner.household, garden.household
+        assert mine is not None
+        assert theirs is not None
+        epochs = enrolment.revoke(tmp_path / "owner", mine, owner.identity, garden.device_id,
+                                  now=int(owner.wall()), users=owner.users())  # fmt: skip
+        assert mine.trust.revocations is not None
+        theirs.trust.accept_revocations(mine.trust.revocations, int(garden.wall()))
+        grants = mine.keyring.grants_for(
+            owner.identity, garden.identity.verify_key, ["core"], random.Random(1).randbytes
+        )
+        for data in grants:  # a broken build grants to the revoked robot; cut off midway
+            grant = theirs.keyring.accept_grant(
+                data, garden.identity, trust=theirs.trust, now=int(garden.wall())
+            )
+            if grant.kind == "data" and grant.epoch == epochs["core"]:
+                break
+        assert theirs.keyring.current_epoch("core") < epochs["core"]  # the scope key's
+        revoked = Replica(2, garden, frozenset({"core"}))
+        leaks = _leaks([], revoked, epochs, None)
+        assert f"r2 holds a key of core epoch {epochs['core']}" in leaks

@@ -314,6 +314,9 @@ def test_every_run_cuts_kills_restarts_and_writes_only_on_live_robots(seed: int)
     assert isinstance(stray, Stray)
     assert stray.robot == gone.robot
     assert stray.key not in {write.key for write in writes}
+    owners = steps[revoke + 2]  # the owner writes at once, under the new epoch
+    assert isinstance(owners, Write)
+    assert owners.robot == "r0"
     later = steps[revoke + 2 :]
     assert all(getattr(step, "robot", None) != gone.robot for step in later
                if isinstance(step, Write | Kill | Cut | Restart))  # fmt: skip

@@ -193,10 +193,11 @@ def _write_routes(app: FastAPI, peer: Peer) -> None:
             condition=body.condition, evidence=body.evidence, note=body.note,
         )  # fmt: skip
 
-    @app.delete("/preferences", response_model=Preference)
+    @app.post("/preferences/delete", response_model=Preference)
     async def unset(body: PreferenceDelete) -> Preference:
         """Delete a preference (the person took it back): answered with its tombstone, durable
-        when answered, and synced like any write; 404 if there is none under that condition."""
+        when answered, and synced like any write; 404 if there is none under that condition.
+        A POST with a body, not a DELETE: many clients and proxies drop a DELETE's body."""
         return await peer.delete_preference(body.user, body.key, body.condition)
 
     @app.post("/corrections", response_model=Preference, status_code=201)

@@ -8,7 +8,6 @@ another client id): the content is what a robot reads.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from collections.abc import Sequence
@@ -19,7 +18,6 @@ from pycrdt import Array, Map
 
 from hearthsync.crdt.handles import ROOTS
 from hearthsync.crdt.statevector import canonical
-from hearthsync.errors import MissingKeyError
 from hearthsync.ids import DocId
 from hearthsync.model.records import (
     Calibration,
@@ -320,10 +318,11 @@ def _leaks(
     # it it comes by later (from a relay, say), even though no write reached it here
     state = revoked.peer.household
     for scope, rotated in sorted(revoked_epochs.items()):
-        with contextlib.suppress(MissingKeyError):
-            top = state.keyring.current_epoch(scope) if state is not None else -1
-            if top >= rotated:
-                leaks.append(f"r{revoked.index} holds a key of {scope} epoch {top}")
+        # any key: a user's data key alone opens that user's documents (a check of the scope
+        # key passed a robot holding only new data keys, found in review)
+        top = state.keyring.newest_held(scope) if state is not None else -1
+        if top >= rotated:
+            leaks.append(f"r{revoked.index} holds a key of {scope} epoch {top}")
     held = Holdings(revoked.peer)
     for write in writes:
         new_epoch = revoked_epochs.get(write.scope)

@@ -20,8 +20,11 @@ failing seed replays the same scenario):
    keys them and grants the keys;
 3. **revocation** (three robots or more): once every write so far is on every robot, the owner
    revokes another robot at its console (`Revoke`).  The revoked robot, still running, writes
-   once more (`Stray`): that write must reach no other robot, and it must never hold a key of
-   the epochs the revocation started (its credentials are read back at the end);
+   once more (`Stray`): that write must never reach the owner (the others may take it before
+   they hear of the revocation, and keep it).  The owner writes next: what it writes from then
+   on must never reach the revoked robot's store, and the revoked robot must hold no key of
+   the epochs the revocation started, neither scope key nor any user's data key (its store
+   and credentials are read back at the end);
 4. **aftershock**: another robot is SIGKILLed and restarted cut off (a robot rebooting out of
    reach), writing while the others do, with more weather; then the final heal, from which
    convergence is timed.  The revoked robot takes no part: the others converge without it.
@@ -237,12 +240,15 @@ def draw_steps(seed: int, peers: int, edits: int, *, weather: bool = True) -> li
         steps.append(Restart(crashed))
         down.discard(crashed)
     steps += [CheckCut(), Heal()]
+    start = second
     if peers >= 3:  # two robots go on without it
         gone = rng.choice(names[1:])
         steps += [Settle(), Revoke(gone), Stray(gone, "chaos/stray", rng.randrange(1_000_000))]
         revoked.add(gone)
-    kill_at, back_at, crashed = crash(second, edits)
-    for i in range(second, edits):
+        write(second, OWNER)  # under the new epoch at once: it must never reach the revoked
+        start = second + 1
+    kill_at, back_at, crashed = crash(start, edits)
+    for i in range(start, edits):
         if i == kill_at:  # and it comes back where no link reaches: the heal has work to do
             steps += [Kill(crashed), Cut(crashed)]
             down.add(crashed)
@@ -511,7 +517,8 @@ class _Run:
         self.revoked: str | None = None
         self.epochs: dict[str, int] = {}  #: scope: the epoch the revocation started
         self.strays: list[Stray] = []
-        self.missing: set[tuple[str, str]] = set()  #: acknowledged, and not everywhere
+        #: the owner's writes once it revoked: sealed under keys the revoked robot never gets
+        self.owners_later: list[Write] = []
         self.t0 = time.monotonic()
         self.healed_at = self.t0
 
@@ -597,9 +604,12 @@ class _Run:
                 self._note(f"restart {robot}")
             case Settle():
                 deadline = time.monotonic() + CONVERGE_TIMEOUT_S
+                missing: set[tuple[str, str]] = set()  # the verdict's own wait decides loss
                 await asyncio.gather(*(
-                    self._arrived(robot, self.acked, deadline) for robot in self._live()
+                    self._arrived(robot, self.acked, deadline, missing) for robot in self._live()
                 ))  # fmt: skip
+                if missing:
+                    raise RobotProcessError(f"the household did not settle: {sorted(missing)}")
                 self._note(f"settled: {len(self.acked)} writes on every robot")
             case Revoke(robot):
                 await self._revoke(robot)
@@ -655,6 +665,8 @@ class _Run:
         self.acked.append(write)
         if self.victim is not None:
             self.cut_writes.append(write)
+        if self.revoked is not None and write.robot == OWNER:
+            self.owners_later.append(write)
 
     async def _check_cut(self) -> None:
         """No write made during the cut crossed it: the victim's writes are on no other robot,
@@ -711,7 +723,9 @@ class _Run:
 
     # -------------------------------------------------------------- the verdict
 
-    async def _arrived(self, robot: Robot, writes: list[Write], deadline: float) -> list[Write]:
+    async def _arrived(
+        self, robot: Robot, writes: list[Write], deadline: float, missing: set[tuple[str, str]]
+    ) -> list[Write]:
         """The ``writes`` that reach ``robot`` by ``deadline`` (waited for, not polled); the
         others are added to ``missing``."""
         found = []
@@ -721,17 +735,17 @@ class _Run:
             if answer == f"OK {write.user} {write.key}":
                 found.append(write)
             else:
-                self.missing.add((write.robot, write.key))
+                missing.add((write.robot, write.key))
         return found
 
     async def verify(self, seed: int) -> ProcessReport:
         """Every acknowledged write on every robot but a revoked one (waited for, not polled),
         then digests, then what crossed the revocation."""
         deadline = self.healed_at + CONVERGE_TIMEOUT_S
-        missing = self.missing
+        missing: set[tuple[str, str]] = set()  # acknowledged, and not everywhere
         live = self._live()
         found = await asyncio.gather(
-            *(self._arrived(robot, self.acked, deadline) for robot in live)
+            *(self._arrived(robot, self.acked, deadline, missing) for robot in live)
         )
         converge_s = time.monotonic() - self.healed_at
         for robot, writes in zip(live, found, strict=True):
@@ -761,14 +775,16 @@ class _Run:
         )  # fmt: skip
 
     async def _check_revocation(self, live: list[Robot]) -> list[str]:
-        """Once the others converged: none holds the revoked robot's later write, and none
-        is still linked to it."""
+        """Once the others converged: the owner, which knew of the revocation before the
+        revoked robot wrote again, does not hold that write (another robot may have taken it
+        before it heard of the revocation, and rightly keeps it), and no robot is still
+        linked to the revoked one."""
         if self.revoked is None:
             return []
         gone = self.robots[self.revoked]
         leaks = []
         for robot in live:
-            for stray in self.strays:
+            for stray in self.strays if robot.name == OWNER else ():
                 write = Write(stray.robot, stray.key, stray.value)
                 if await self._value(robot, write) is not None:
                     leaks.append(f"{robot.name} holds {stray.key}, written by "
@@ -793,16 +809,22 @@ class _Run:
                     found = stored.preference(write.user, write.key)
                     if found is None or found.value != write.value:
                         missing.add((f"{write.robot} (in {robot.name}'s store)", write.key))
-                for stray in self.strays:
+                for stray in self.strays if robot.name == OWNER else ():
                     if stored.preference(USER, stray.key) is not None:
                         leaks.append(f"{robot.name}'s store holds {stray.key}, written by "
                                      f"{stray.robot} after its revocation")  # fmt: skip
                 digests.append(digest(stored))
         if self.revoked is not None:
-            state = enrolment.load(self.robots[self.revoked].path)
+            gone = self.robots[self.revoked]
+            async with Peer.open(gone.path) as stored:  # what the owner wrote since: never
+                for write in self.owners_later:
+                    if stored.preference(write.user, write.key) is not None:
+                        leaks.append(f"{gone.name}, revoked, holds {write.key}, written by "
+                                     f"{OWNER} after the revocation")  # fmt: skip
+            state = enrolment.load(gone.path)
             assert state is not None, "a robot of the household has credentials"
             for scope, epoch in sorted(self.epochs.items()):
-                held = state.keyring.current_epoch(scope) if scope in state.keyring.scopes else -1
+                held = state.keyring.newest_held(scope)  # a scope key or any user's data key
                 if held >= epoch:
                     leaks.append(f"{self.revoked}, revoked, holds a key of {scope} epoch {held} "
                                  f"(its revocation started {epoch})")  # fmt: skip
