@@ -362,6 +362,13 @@ def test_an_owner_holding_a_list_an_admin_signed_signs_it_again(tmp_path: Path) 
         admin, household_id=state.household.id, serial=1, revoked=[kitchen.device_id]
     )
     state.trust.restore_revocations(legacy)  # read back from credentials written before
+    enrolment.save(owner_dir, state, now)
+    # read back again: a list coming in is ignored for an admin's signature, but the robot's
+    # own was dropped with it, and the robot it revoked trusted again (found in review)
+    state = enrolment.load(owner_dir, now)
+    assert state is not None
+    assert state.trust.revocations == legacy
+    assert state.trust.is_revoked(kitchen.device_id)
     assert enrolment.catch_up(owner_dir, state, owner, now=now) == {
         scope: 2 for scope in state.keyring.scopes
     }
@@ -371,3 +378,34 @@ def test_an_owner_holding_a_list_an_admin_signed_signs_it_again(tmp_path: Path) 
     assert signed.issuer_pk == bytes(owner.verify_key)
     assert signed.revoked == (kitchen.device_id,)
     assert enrolment.catch_up(owner_dir, state, owner, now=now) == {}  # once
+
+
+def test_conflicting_revocation_lists_are_kept_with_the_credentials(tmp_path: Path) -> None:
+    """A list the owner signed apart revokes its robots at once: lost at a restart, its robot
+    was trusted again until the robot met one holding it as its own list (found in review)."""
+    now = int(time.time())
+    _owner_dir, owner, _kitchen = _kitchen_enrolled(tmp_path, now)
+    kitchen_dir = tmp_path / "kitchen"
+    state = enrolment.load(kitchen_dir, now)
+    assert state is not None
+    household = state.household.id
+    first = Revocations.issue(owner, household_id=household, serial=2, revoked=["A" * 16])
+    apart = Revocations.issue(owner, household_id=household, serial=2, revoked=["B" * 16])
+    assert state.trust.accept_revocations(first, now)
+    assert state.trust.accept_revocations(apart, now)
+    assert state.trust.conflicting == (apart,)
+    enrolment.save(kitchen_dir, state, now)
+    again = enrolment.load(kitchen_dir, now)
+    assert again is not None
+    assert again.trust.revocations == first
+    assert again.trust.conflicting == (apart,)
+    assert again.trust.is_revoked("B" * 16)
+    merged = Revocations.issue(
+        owner, household_id=household, serial=3, revoked=["A" * 16, "B" * 16]
+    )
+    assert again.trust.accept_revocations(merged, now)
+    enrolment.save(kitchen_dir, again, now)
+    merged_back = enrolment.load(kitchen_dir, now)
+    assert merged_back is not None
+    assert merged_back.trust.conflicting == ()
+    assert len(enrolment._fields(kitchen_dir / enrolment.CREDENTIALS_FILE)) == 7  # as before

@@ -116,9 +116,16 @@ def load(folder: Path, now: int | None = None) -> HouseholdState | None:
     if fields[4]:
         revocations = Revocations.from_wire(fields[4])
         try:
-            trust.accept_revocations(revocations, when)
+            taken = trust.accept_revocations(revocations, when)
         except CertificateError:
+            taken = False
+        if not taken:  # its own file: kept even if not good now (revoked stays revoked), and
+            # a list an admin signed before only the owner revoked, which a list coming in
+            # is ignored for (dropping it here trusted its robot again; found in review)
             trust.restore_revocations(revocations)
+    for wire in fields[7] if len(fields) > 7 else ():
+        with contextlib.suppress(CryptoError):  # a conflicting list (`TrustStore.conflicting`)
+            trust.accept_revocations(Revocations.from_wire(wire), when)
     return HouseholdState(
         household,
         Certificate.from_wire(fields[2]),
@@ -146,9 +153,11 @@ def clock_hints(folder: Path) -> ClockHints | None:
 
 def _fields(path: Path) -> list[Any]:
     """The credentials file's top-level fields, checked for shape only."""
+    # an eighth field, the conflicting revocation lists, only while there are any: a file
+    # without them still opens with a version that does not know of them
     return unpack_array(
         path.read_bytes(), what=CREDENTIALS_FILE, length=7, max_bytes=16 * 1024 * 1024,
-        error=CryptoError, max_array=100_000,
+        error=CryptoError, max_array=100_000, max_length=8,
     )  # fmt: skip
 
 
@@ -196,9 +205,9 @@ def _merge(state: HouseholdState, disk: HouseholdState, now: int) -> None:
     for device in _trust_order(disk):
         with contextlib.suppress(CryptoError):
             state.trust.add(disk.trust.certificate_of(device), now)
-    if disk.trust.revocations is not None:
+    for revocations in disk.trust.gossip():  # the held list, then conflicting ones
         with contextlib.suppress(CryptoError):
-            state.trust.accept_revocations(disk.trust.revocations, now)
+            state.trust.accept_revocations(revocations, now)
     state.keyring.merge_from(disk.keyring)
 
 
@@ -207,10 +216,12 @@ def _write(folder: Path, state: HouseholdState) -> None:
     h = state.household
     trusted = [state.trust.certificate_of(d).to_wire() for d in _trust_order(state)]
     revocations = state.trust.revocations
+    conflicting = [listed.to_wire() for listed in state.trust.conflicting]
     data = pack([
         1, [h.id, h.name, h.owner_pk, h.nonce, h.secret], state.certificate.to_wire(), trusted,
         revocations.to_wire() if revocations else b"", export_secret_keys(state.keyring),
         [i.to_list() for i in state.invites] + [s.to_list() for s in state.spent],
+        *([conflicting] if conflicting else []),
     ])  # fmt: skip
     path = folder / CREDENTIALS_FILE
     partial = folder / f".{CREDENTIALS_FILE}.{os.getpid()}.tmp"

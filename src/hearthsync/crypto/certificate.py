@@ -306,8 +306,9 @@ class TrustStore:
         """Lists the owner signed that the held one neither replaces nor contains: an owner
         restored from a backup older than its last revocation signed them apart (SPEC §3).
         Their robots count as revoked here too; they are gossiped with the held list, and the
-        owner merges them (`enrolment.catch_up`).  Not kept with the credentials: the robots
-        holding them as their list send them again."""
+        owner merges them (`enrolment.catch_up`).  Kept with the credentials, in a field of
+        their own while there are any (a robot restarting trusted their robots again until
+        it met one holding them; found in review)."""
         return self._conflicting
 
     def gossip(self) -> list[Revocations]:

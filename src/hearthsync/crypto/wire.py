@@ -51,9 +51,11 @@ def unpack_array(
     error: type[CryptoError],
     max_array: int = 64,
     versioned: bool = True,
+    max_length: int | None = None,
 ) -> list[Any]:
-    """Decode ``data`` as one msgpack array of ``length`` items whose first item is version 1
-    (unless not ``versioned``: an envelope's version sits in its header).
+    """Decode ``data`` as one msgpack array of ``length`` items (up to ``max_length``, if
+    given: fields added since) whose first item is version 1 (unless not ``versioned``: an
+    envelope's version sits in its header).
 
     Size limits are checked before parsing (SPEC §1: "receivers reject larger input before
     parsing further") and passed to msgpack so a nested length prefix cannot allocate more.
@@ -76,7 +78,7 @@ def unpack_array(
         )
     except _UNPACK_ERRORS as exc:
         raise error(f"{what}: not a msgpack value ({type(exc).__name__})") from None
-    if not isinstance(value, list) or len(value) != length:
+    if not isinstance(value, list) or not length <= len(value) <= (max_length or length):
         raise error(f"{what}: expected an array of {length} fields")
     if versioned:
         check_version(value, what=what, error=error)
