@@ -155,3 +155,69 @@ async def test_a_restored_owner_merges_the_lists_it_signed_apart(tmp_path: Path)
         state = enrolment.load(folder[victim])
         assert state is not None
         assert state.keyring.current_epoch("core") == 0  # never linked since: nothing newer
+
+
+async def test_a_restored_owner_revoking_a_robot_again_is_told_apart_and_merges(
+    tmp_path: Path,
+) -> None:
+    """Found in review: an owner restored from before its revocation of the garden robot,
+    which it shows as trusted, revokes it again.  It signed the household's very list
+    (Ed25519 signatures are deterministic) with a different key of epoch 1: no robot saw a
+    conflict, the hall robot kept its own key of the epoch, could not open what the owner
+    sealed, and reconnected (409) for good.  Lists carry a nonce now: the two lists of serial
+    1 conflict, and the owner merges them into list 2 and epoch 2."""
+    enrol_household(tmp_path, NAMES)
+    owner_dir, hall_dir, garden_dir = (tmp_path / name for name in NAMES)
+    async with Peer.open(owner_dir, device="owner") as owner:
+        await owner.add_user("alice", name="Alice")
+    backup = tmp_path / "backup"
+    shutil.copytree(owner_dir, backup)
+
+    async with AsyncExitStack() as stack:  # the household's revocation: list 1, epoch 1
+        owner = await stack.enter_async_context(Peer.open(owner_dir, device="owner"))
+        hall = await stack.enter_async_context(Peer.open(hall_dir, device="hall"))
+        hub = await stack.enter_async_context(service(owner))
+        await stack.enter_async_context(service(hall, hub.port))
+        assert owner.household is not None
+        garden = enrolment.device_named(owner.household, "garden")
+        enrolment.revoke(owner_dir, owner.household, owner.identity, garden,
+                         now=int(owner.wall()), users=owner.users())  # fmt: skip
+        owner.trust_changed()
+        hub.trust_changed()
+        await owner.set_preference("alice", "tea/one", "x")
+        await until([hall], lambda: hall.preference("alice", "tea/one") is not None)
+        household_list = owner.household.trust.revocations
+
+    shutil.rmtree(owner_dir)
+    shutil.copytree(backup, owner_dir)
+    async with Peer.open(owner_dir, device="owner") as owner:  # offline, it revokes again
+        assert owner.household is not None
+        enrolment.revoke(owner_dir, owner.household, owner.identity, garden,
+                         now=int(owner.wall()), users=owner.users())  # fmt: skip
+        again = owner.household.trust.revocations
+        assert again is not None
+        assert household_list is not None
+        assert (again.serial, again.revoked) == (household_list.serial, household_list.revoked)
+        assert again != household_list  # told apart by their nonces
+
+    async with AsyncExitStack() as stack:
+        owner = await stack.enter_async_context(Peer.open(owner_dir, device="owner"))
+        hall = await stack.enter_async_context(Peer.open(hall_dir, device="hall"))
+        hub = await stack.enter_async_context(service(owner))
+        await stack.enter_async_context(service(hall, hub.port))
+        await owner.add_user("bob", name="Bob")  # the household document: a scope key's
+        await hall.set_preference("alice", "tea/hall", "x")
+        await until([hall], lambda: "bob" in hall.users())
+        await until([owner], lambda: owner.preference("alice", "tea/hall") is not None)
+        assert owner.household is not None
+        assert hall.household is not None
+        merged = owner.household.trust.revocations
+        assert merged is not None
+        assert merged.serial == 2
+        assert merged.revoked == (garden,)
+        assert owner.household.trust.conflicting == ()
+        assert hall.household.trust.revocations == merged
+        assert epoch(owner) == epoch(hall) == 2
+    garden_state = enrolment.load(garden_dir)
+    assert garden_state is not None
+    assert garden_state.keyring.newest_held("core") == 0

@@ -26,7 +26,13 @@ from typing import Any
 import websockets
 from websockets.asyncio.client import connect
 
-from hearthsync.crypto.certificate import ISSUING_ROLES, Certificate, Revocations, TrustStore
+from hearthsync.crypto.certificate import (
+    ISSUING_ROLES,
+    REVOCATION_NONCE_BYTES,
+    Certificate,
+    Revocations,
+    TrustStore,
+)
 from hearthsync.crypto.household import Household
 from hearthsync.crypto.identity import KEY_FILE, DeviceIdentity, device_id_of
 from hearthsync.crypto.keyring import Keyring, export_secret_keys, import_secret_keys
@@ -422,8 +428,9 @@ def _rotate(
     apart = max((c.serial for c in state.trust.conflicting), default=0)  # lists to merge
     serial = max((held.serial + 1) if held else 1, top + 1, apart + 1)
     revocations = Revocations.issue(
-        identity, household_id=state.household.id, serial=serial, revoked=sorted(revoked)
-    )
+        identity, household_id=state.household.id, serial=serial, revoked=sorted(revoked),
+        nonce=random_bytes(REVOCATION_NONCE_BYTES),
+    )  # fmt: skip
     state.trust.accept_revocations(revocations, now)
     epochs = state.keyring.rotate_for_revocation(
         state.keyring.scopes, random_bytes, users, serial=revocations.serial

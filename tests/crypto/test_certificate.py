@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import pytest
 
 from hearthsync.crypto.certificate import Certificate, Revocations, TrustStore
 from hearthsync.crypto.household import Household
+from hearthsync.crypto.wire import pack
 from hearthsync.errors import CertificateError, ValidationError
 
 from .conftest import NOW, SCOPES, YEAR, Home, identity
@@ -247,3 +249,31 @@ def test_a_revocation_list_may_not_leap_to_the_last_serial(home: Home) -> None:
         home.owner, household_id=home.household.id, serial=1, revoked=(home.admin.device_id,)
     )
     assert home.trust.accept_revocations(first, NOW)
+
+
+def test_a_list_with_a_nonce_is_version_2_and_told_apart_from_its_twin(home: Home) -> None:
+    """Two lists the owner signed apart, of one serial and the same robots, differ by their
+    nonces (SPEC §3): the second is conflicting, not a redelivery of the first."""
+
+    def issue(nonce: bytes) -> Revocations:
+        return Revocations.issue(
+            home.owner, household_id=home.household.id, serial=1,
+            revoked=[home.hall.device_id], nonce=nonce,
+        )  # fmt: skip
+
+    first, twin = issue(b"\x01" * 16), issue(b"\x02" * 16)
+    assert first.to_wire()[1] == 2  # the array's first item: version 2
+    assert Revocations.from_wire(first.to_wire()) == first
+    assert Revocations.from_wire(issue(b"").to_wire()).nonce == b""  # version 1 still reads
+    assert home.trust.accept_revocations(first, NOW)
+    assert not home.trust.accept_revocations(first, NOW)  # redelivered
+    assert home.trust.accept_revocations(twin, NOW)
+    assert home.trust.conflicting == (twin,)
+    with pytest.raises(CertificateError, match="signature does not verify"):
+        Revocations.from_wire(replace(first, nonce=b"\x03" * 16).to_wire()).check_signature()
+    fields = [first.household_id, 1, list(first.revoked), first.issuer_pk, first.nonce]
+    for version in (1, 3):  # version 1 has no nonce; there is no version 3
+        with pytest.raises(CertificateError, match="unsupported version"):
+            Revocations.from_wire(pack([version, *fields, first.signature]))
+    with pytest.raises(ValidationError, match="nonce"):
+        issue(b"\x01" * 15)

@@ -54,6 +54,8 @@ MAX_REVOKED = 2048
 MAX_CHAIN = 8
 #: conflicting revocation lists held at once (`TrustStore.conflicting`), until the owner merges
 MAX_CONFLICTING = 8
+#: the nonce of a version 2 revocation list, which tells lists signed apart from each other
+REVOCATION_NONCE_BYTES = 16
 
 CERT_TAG = b"hearth-cert-v1"
 REVOKE_TAG = b"hearth-revoke-v1"
@@ -205,9 +207,14 @@ class Certificate:
 
 @dataclass(frozen=True, slots=True)
 class Revocations:
-    """``[1, household_id, serial, revoked, issuer_pk, signature]`` (SPEC §3).
+    """``[1, household_id, serial, revoked, issuer_pk, signature]``, or with a ``nonce``
+    ``[2, household_id, serial, revoked, issuer_pk, nonce, signature]`` (SPEC §3).
 
-    ``revoked`` is sorted and free of duplicates so that the encoding is canonical.
+    ``revoked`` is sorted and free of duplicates so that the encoding is canonical.  The
+    nonce tells apart two lists the owner signed apart with the same serial and robots: an
+    owner restored from an older backup that revokes again a robot the household revoked
+    since signed the household's very list (Ed25519 signatures are deterministic) with a
+    different key of that epoch, and no robot saw a conflict (found in review).
     """
 
     household_id: str
@@ -215,6 +222,7 @@ class Revocations:
     revoked: tuple[str, ...]
     issuer_pk: bytes
     signature: bytes = field(repr=False)
+    nonce: bytes = b""
 
     def __post_init__(self) -> None:
         check_text(self.household_id, field="household_id", pattern=B32_ID_RE)
@@ -222,14 +230,18 @@ class Revocations:
         check_sorted_names(self.revoked, field="revoked", pattern=B32_ID_RE, max_items=MAX_REVOKED)
         check_bytes(self.issuer_pk, field="issuer_pk", size=32)
         check_bytes(self.signature, field="signature", size=64)
+        if self.nonce:
+            check_bytes(self.nonce, field="nonce", size=REVOCATION_NONCE_BYTES)
 
     @classmethod
     def issue(
-        cls, issuer: DeviceIdentity, *, household_id: str, serial: int, revoked: Iterable[str]
-    ) -> Self:
-        """Sign a revocation list; ``revoked`` must repeat every device of the previous list."""
+        cls, issuer: DeviceIdentity, *, household_id: str, serial: int, revoked: Iterable[str],
+        nonce: bytes = b"",
+    ) -> Self:  # fmt: skip
+        """Sign a revocation list; ``revoked`` must repeat every device of the previous list.
+        A revocation passes a fresh ``nonce`` (16 bytes; none: a version 1 list)."""
         listed = tuple(sorted(set(revoked)))
-        unsigned = cls(household_id, serial, listed, bytes(issuer.verify_key), bytes(64))
+        unsigned = cls(household_id, serial, listed, bytes(issuer.verify_key), bytes(64), nonce)
         signature = issuer.signing_key.sign(REVOKE_TAG + unsigned.signed_part()).signature
         return replace(unsigned, signature=signature)
 
@@ -237,16 +249,19 @@ class Revocations:
     def issuer_id(self) -> DeviceId:
         return device_id_of(self.issuer_pk)
 
+    def _fields(self) -> list[object]:
+        fields: list[object] = [self.household_id, self.serial, list(self.revoked), self.issuer_pk]
+        return [2, *fields, self.nonce] if self.nonce else [1, *fields]
+
     def signed_part(self) -> bytes:
-        return pack([1, self.household_id, self.serial, list(self.revoked), self.issuer_pk])
+        return pack(self._fields())
 
     def check_signature(self) -> None:
         what = f"revocation list {self.serial}"
         _verify(REVOKE_TAG, self.signed_part(), self.signature, self.issuer_pk, what)
 
     def to_wire(self) -> bytes:
-        fields = [self.household_id, self.serial, list(self.revoked), self.issuer_pk]
-        return pack([1, *fields, self.signature])
+        return pack([*self._fields(), self.signature])
 
     @classmethod
     def from_wire(cls, data: bytes) -> Self:
@@ -255,15 +270,25 @@ class Revocations:
             data,
             what=what,
             length=6,
+            max_length=7,
             max_bytes=MAX_REVOCATIONS_BYTES,
             error=CertificateError,
             max_array=MAX_REVOKED,
+            versioned=False,
         )
+        if value[0] != len(value) - 5 or type(value[0]) is not int:  # 1: six fields, 2: seven
+            raise CertificateError(f"{what}: unsupported version {value[0]!r:.20}")
         if isinstance(value[3], list):
             value[3] = tuple(value[3])
         try:
-            revocations = cls(*value[1:])
-        except ValidationError as exc:
+            if value[0] == 2:
+                household, serial, revoked, issuer, nonce, signature = value[1:]
+                if not nonce:
+                    raise ValidationError("a version 2 list has a nonce", field="nonce")
+                revocations = cls(household, serial, revoked, issuer, signature, nonce)
+            else:
+                revocations = cls(*value[1:])
+        except (ValidationError, TypeError) as exc:
             raise CertificateError(f"{what}: {exc}") from None
         check_canonical(data, revocations.to_wire(), what=what, error=CertificateError)
         return revocations
@@ -428,10 +453,13 @@ class TrustStore:
             raise CertificateError("revocation list: other household")
         held = self._revocations
         listed = frozenset(revocations.revoked)
-        if held is not None and revocations.serial <= held.serial and listed <= self._revoked:
+        if held is not None and (
+            revocations == held or (revocations.serial < held.serial and listed <= self._revoked)
+        ):
             # judged before its signer: a list this device holds too, whose signer's
             # certificate has expired since, closed every session it came on (401), and no
-            # robot could join (found in review)
+            # robot could join (found in review).  Another list of the held serial, even one
+            # revoking the same robots, was signed apart (its nonce differs): conflicting
             return False
         if revocations in self._conflicting:
             return False
