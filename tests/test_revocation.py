@@ -20,36 +20,56 @@ def epoch(peer: Peer, scope: str = "core") -> int:
     return peer.household.keyring.current_epoch(scope)
 
 
+async def backed_up(tmp_path: Path, names: list[str]) -> tuple[dict[str, Path], Path]:
+    """A household of ``names`` (the first the owner, which knows alice), and a copy of the
+    owner's folder: its backup."""
+    enrol_household(tmp_path, names)
+    folder = {name: tmp_path / name for name in names}
+    async with Peer.open(folder[names[0]], device=names[0]) as owner:
+        await owner.add_user("alice", name="Alice")
+    backup = tmp_path / "backup"
+    shutil.copytree(folder[names[0]], backup)
+    return folder, backup
+
+
+async def revoke(folder: dict[str, Path], linked: list[str], victim: str, key: str) -> str:
+    """The owner, linked to ``linked``, revokes ``victim`` (as the console does), then writes
+    ``key`` under the new epoch and waits until every linked robot holds it; the victim's id."""
+    async with AsyncExitStack() as stack:
+        owner = await stack.enter_async_context(Peer.open(folder["owner"], device="owner"))
+        hub = await stack.enter_async_context(service(owner))
+        robots = []
+        for name in linked:
+            robots.append(await stack.enter_async_context(Peer.open(folder[name], device=name)))
+            await stack.enter_async_context(service(robots[-1], hub.port))
+        assert owner.household is not None
+        device = enrolment.device_named(owner.household, victim)
+        enrolment.revoke(folder["owner"], owner.household, owner.identity, device,
+                         now=int(owner.wall()), users=owner.users())  # fmt: skip
+        owner.trust_changed()
+        hub.trust_changed()
+        await owner.set_preference("alice", key, "x")  # sealed under the new epoch
+        await until(robots, lambda: all(r.preference("alice", key) for r in robots))
+    return device
+
+
+def restore(folder: Path, backup: Path) -> None:
+    """The owner's disk fails; its folder comes back from the backup."""
+    shutil.rmtree(folder)
+    shutil.copytree(backup, folder)
+
+
 async def test_an_owner_restored_from_before_its_revocation_rotates_again(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    enrol_household(tmp_path, NAMES)
-    owner_dir, hall_dir, garden_dir = (tmp_path / name for name in NAMES)
-    async with Peer.open(owner_dir, device="owner") as owner:
-        await owner.add_user("alice", name="Alice")
-    backup = tmp_path / "backup"
-    shutil.copytree(owner_dir, backup)
-
+    folder, backup = await backed_up(tmp_path, NAMES)
+    owner_dir, hall_dir, garden_dir = (folder[name] for name in NAMES)
     # the owner revokes the garden robot; the hall robot gets the list and the new keys
-    async with AsyncExitStack() as stack:
-        owner = await stack.enter_async_context(Peer.open(owner_dir, device="owner"))
-        hall = await stack.enter_async_context(Peer.open(hall_dir, device="hall"))
-        hub = await stack.enter_async_context(service(owner))
-        await stack.enter_async_context(service(hall, hub.port))
-        assert owner.household is not None
-        garden = enrolment.device_named(owner.household, "garden")
-        epochs = enrolment.revoke(owner_dir, owner.household, owner.identity, garden,
-                                  now=int(owner.wall()), users=owner.users())  # fmt: skip
-        assert epochs["core"] == 1
-        owner.trust_changed()
-        hub.trust_changed()
-        await owner.set_preference("alice", "tea/mug", "green-mug")  # sealed under epoch 1
-        await until([hall], lambda: hall.preference("alice", "tea/mug") is not None)
-        assert epoch(hall) == 1
-
-    # the owner's disk fails; it is restored from the backup, from before the revocation
-    shutil.rmtree(owner_dir)
-    shutil.copytree(backup, owner_dir)
+    garden = await revoke(folder, ["hall"], "garden", "tea/mug")
+    hall_state = enrolment.load(hall_dir)
+    assert hall_state is not None
+    assert hall_state.keyring.current_epoch("core") == 1
+    restore(owner_dir, backup)  # from before the revocation
     async with AsyncExitStack() as stack:
         owner = await stack.enter_async_context(Peer.open(owner_dir, device="owner"))
         hall = await stack.enter_async_context(Peer.open(hall_dir, device="hall"))
@@ -87,36 +107,12 @@ async def test_a_restored_owner_merges_the_lists_it_signed_apart(tmp_path: Path)
     the other's list of that serial; the hall robot refused the owner's second key of epoch 2
     and closed every session (401), and the owner never revoked the shed robot.  Now the
     owner merges what it hears of lists it signed apart: list 3, both robots, epoch 3."""
-    names = ["owner", "hall", "attic", "garden", "shed"]
-    enrol_household(tmp_path, names)
-    folder = {name: tmp_path / name for name in names}
-    async with Peer.open(folder["owner"], device="owner") as owner:
-        await owner.add_user("alice", name="Alice")
-    backup = tmp_path / "backup"
-    shutil.copytree(folder["owner"], backup)
-    revoked = {}
-
-    async def revoke(linked: list[str], victim: str, key: str) -> None:
-        async with AsyncExitStack() as stack:
-            owner = await stack.enter_async_context(Peer.open(folder["owner"], device="owner"))
-            hub = await stack.enter_async_context(service(owner))
-            robots = []
-            for name in linked:
-                robots.append(await stack.enter_async_context(Peer.open(folder[name], device=name)))
-                await stack.enter_async_context(service(robots[-1], hub.port))
-            assert owner.household is not None
-            revoked[victim] = enrolment.device_named(owner.household, victim)
-            enrolment.revoke(folder["owner"], owner.household, owner.identity, revoked[victim],
-                             now=int(owner.wall()), users=owner.users())  # fmt: skip
-            owner.trust_changed()
-            hub.trust_changed()
-            await owner.set_preference("alice", key, "x")  # sealed under the new epoch
-            await until(robots, lambda: all(r.preference("alice", key) for r in robots))
-
-    await revoke(["hall", "attic"], "garden", "tea/one")  # list 1, epoch 1
-    await revoke(["hall"], "shed", "tea/two")  # list 2, epoch 2: the attic robot is away
-    shutil.rmtree(folder["owner"])
-    shutil.copytree(backup, folder["owner"])
+    folder, backup = await backed_up(tmp_path, ["owner", "hall", "attic", "garden", "shed"])
+    revoked = {
+        "garden": await revoke(folder, ["hall", "attic"], "garden", "tea/one"),  # list 1
+        "shed": await revoke(folder, ["hall"], "shed", "tea/two"),  # list 2: the attic is away
+    }
+    restore(folder["owner"], backup)
 
     async with AsyncExitStack() as stack:
         owner = await stack.enter_async_context(Peer.open(folder["owner"], device="owner"))
@@ -166,30 +162,13 @@ async def test_a_restored_owner_revoking_a_robot_again_is_told_apart_and_merges(
     conflict, the hall robot kept its own key of the epoch, could not open what the owner
     sealed, and reconnected (409) for good.  Lists carry a nonce now: the two lists of serial
     1 conflict, and the owner merges them into list 2 and epoch 2."""
-    enrol_household(tmp_path, NAMES)
-    owner_dir, hall_dir, garden_dir = (tmp_path / name for name in NAMES)
-    async with Peer.open(owner_dir, device="owner") as owner:
-        await owner.add_user("alice", name="Alice")
-    backup = tmp_path / "backup"
-    shutil.copytree(owner_dir, backup)
-
-    async with AsyncExitStack() as stack:  # the household's revocation: list 1, epoch 1
-        owner = await stack.enter_async_context(Peer.open(owner_dir, device="owner"))
-        hall = await stack.enter_async_context(Peer.open(hall_dir, device="hall"))
-        hub = await stack.enter_async_context(service(owner))
-        await stack.enter_async_context(service(hall, hub.port))
-        assert owner.household is not None
-        garden = enrolment.device_named(owner.household, "garden")
-        enrolment.revoke(owner_dir, owner.household, owner.identity, garden,
-                         now=int(owner.wall()), users=owner.users())  # fmt: skip
-        owner.trust_changed()
-        hub.trust_changed()
-        await owner.set_preference("alice", "tea/one", "x")
-        await until([hall], lambda: hall.preference("alice", "tea/one") is not None)
-        household_list = owner.household.trust.revocations
-
-    shutil.rmtree(owner_dir)
-    shutil.copytree(backup, owner_dir)
+    folder, backup = await backed_up(tmp_path, NAMES)
+    owner_dir, hall_dir, garden_dir = (folder[name] for name in NAMES)
+    garden = await revoke(folder, ["hall"], "garden", "tea/one")  # list 1, epoch 1
+    household_state = enrolment.load(owner_dir)
+    assert household_state is not None
+    household_list = household_state.trust.revocations
+    restore(owner_dir, backup)
     async with Peer.open(owner_dir, device="owner") as owner:  # offline, it revokes again
         assert owner.household is not None
         enrolment.revoke(owner_dir, owner.household, owner.identity, garden,
