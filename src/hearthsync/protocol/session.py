@@ -790,11 +790,6 @@ class Session:
         except CertificateError as exc:
             return str(exc)
         return None
-        try:
-            self.trust.verify(self.peer.certificate, int(self._wall))
-        except CertificateError as exc:
-            return "revoked" in str(exc)
-        return False
 
     def _take_pending_grants(self) -> None:
         """Accept the grants kept aside (`_pending_grants`) that a revocation list held now
