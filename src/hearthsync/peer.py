@@ -580,13 +580,11 @@ class Peer:
                                      users=self.users(), random_bytes=self._key_bytes)  # fmt: skip
         # keyed in the new epoch, every user that rotation did not know of too; granted after
         # the new list (`Session.send_grants`)
-        return self._make_keys(*sorted(self._known_users())) or self._granted(bool(rotated))
-
-    def _granted(self, made: bool) -> bool:
-        """Grant what this robot holds if it ``made`` keys; ``made``."""
-        if made:
+        if self._make_keys(*sorted(self._known_users())):  # saved and granted
+            return True
+        if rotated:  # saved by the rotation
             self._grant_keys()
-        return made
+        return bool(rotated)
 
     def _make_keys(self, *users: str) -> bool:
         """Data keys of ``users`` where they have none (admin robots only), kept with this

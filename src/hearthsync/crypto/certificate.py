@@ -483,8 +483,7 @@ class TrustStore:
                 f"revocation list {revocations.serial} leaps more than {MAX_SERIAL_STEP} "
                 f"past the list held"
             )
-        owners = {d for d, cert in self._certs.items() if cert.is_self_signed}
-        if owners.intersection(listed):
+        if signer.device_id in listed:  # the signer is the owner (above)
             raise CertificateError(
                 f"revocation list {revocations.serial} revokes the household owner"
             )
@@ -507,7 +506,7 @@ class TrustStore:
                 ", ".join(sorted(listed)), held.serial, ", ".join(held.revoked),
             )  # fmt: skip
             self._conflicting += (revocations,)
-        self._revoked = frozenset(self._revoked | listed)
+        self._revoked |= listed
         return True
 
     def _verify(self, cert: Certificate, now: int, *, depth: int) -> Certificate:
