@@ -152,11 +152,16 @@ def test_bench_local_quick_writes_the_named_keys(tmp_path: Path) -> None:
         "index_catchup_s",
         "recall_under_load_max_ms",
         "recall_idle_p50_ms",
+        "write_floor_per_s",
+        "write_floor_vs_sqlite",
     ):
         assert isinstance(figures[key], float), key
         assert figures[key] > 0, key
     assert figures["write_vs_sqlite"] == pytest.approx(
         figures["write_durable_per_s"] / figures["sqlite_batched_insert_per_s"]
+    )
+    assert figures["write_floor_vs_sqlite"] == pytest.approx(
+        figures["write_floor_per_s"] / figures["sqlite_batched_insert_per_s"]
     )
     assert figures["recall_under_load_vs_idle"] == pytest.approx(
         figures["recall_under_load_max_ms"] / figures["recall_idle_p50_ms"]

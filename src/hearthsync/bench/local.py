@@ -7,6 +7,10 @@ Figures (the keys of ``--json``), each with its same-run baseline:
   raw ``sqlite3`` inserting 200-byte rows 1,000 per commit with the same pragmas.
   ``index_catchup_s``: how long the HNSW graph then takes to insert the events' vectors
   (searchable exactly meanwhile), once the writers stop.
+* ``write_floor_per_s`` (and ``write_floor_vs_sqlite``): the same writes with nothing durable,
+  nothing asynchronous and nothing embedded: each stamped, validated, encoded and applied to a
+  pycrdt document in transactions of 256, as the store does.  No peer writes faster than this
+  in one Python thread, so ``write_floor_vs_sqlite`` is as high as ``write_vs_sqlite`` can go.
 * ``recall_under_load_max_ms`` (and ``_p50_ms``): recall latency while 64 writers record
   events, one recall every 0.1 s; ``recall_under_load_vs_idle``: that maximum over the median
   recall of the same peer once idle (``recall_idle_p50_ms``).
@@ -28,13 +32,17 @@ import tempfile
 import time
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import pycrdt
 from rich.console import Console
 
 from hearthsync.bench import print_figures
-from hearthsync.model.records import Condition, ContextSnapshot
-from hearthsync.peer import Peer
+from hearthsync.crdt.handles import SEP, _open_transaction
+from hearthsync.hlc import HybridClock
+from hearthsync.model.records import Condition, ContextSnapshot, InteractionEvent, Preference
+from hearthsync.peer import NOWHERE, Peer
+from hearthsync.store.documents import CHANGES_PER_TRANSACTION
 from hearthsync.store.vectors import bench_vectors
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00Z
@@ -138,6 +146,82 @@ async def durable_writes(folder: Path, writes: int, writers: int = 256) -> dict[
         catchup_s = time.perf_counter() - started
     figures["write_durable_per_s"] = 2 / sum(1 / v for v in figures.values())  # harmonic mean
     figures["index_catchup_s"] = catchup_s
+    return figures
+
+
+def write_floor(writes: int, writers: int = 256) -> dict[str, float]:
+    """The writes of `durable_writes` with everything but the model and the CRDT taken away:
+    stamped by a hybrid clock, validated by the records' own checks, encoded as the documents
+    store them and applied in pycrdt transactions of `CHANGES_PER_TRANSACTION` (one delta
+    each), in one thread, with no store, no event loop, no embedding and no vector index.
+    An upper bound on what `durable_writes` can reach on this machine in this run."""
+    per_writer = writes // writers
+    clock = HybridClock("bench", lambda: int(time.time() * 1000))
+    deltas: list[bytes] = []
+
+    def applied(doc: pycrdt.Doc[Any], items: list[tuple[str, str]], kind: str) -> None:
+        # the handles' own fast path (`hearthsync.crdt.handles`): one Yrs insert per item
+        prefs, events = doc.get("prefs", type=pycrdt.Map), doc.get("events", type=pycrdt.Array)
+        for start in range(0, len(items), CHANGES_PER_TRANSACTION):
+            with doc.transaction():
+                txn = _open_transaction(prefs)
+                for slot, record in items[start : start + CHANGES_PER_TRANSACTION]:
+                    if kind == "prefs":
+                        prefs.integrated.insert(txn, slot, record)
+                    else:
+                        events.integrated.insert(txn, events.integrated.len(txn), record)
+
+    def prefs() -> None:
+        doc: pycrdt.Doc[Any] = pycrdt.Doc()
+        doc.observe(lambda event: deltas.append(event.update))
+        items: list[tuple[str, str]] = []
+        for n in range(writers):
+            rnd = random.Random(n)
+            for i in range(per_writer):
+                pref = Preference.build(
+                    user=USERS[i % len(USERS)], key=f"bench/k{rnd.randrange(500)}", value=i,
+                    set_at=clock.now_text(), device="bench",
+                )  # fmt: skip
+                slot = f"{pref.user}/{pref.key}#{SEP}bench"
+                items.append((slot, pref.encode(without=frozenset({"user", "key", "device"}))))
+                if len(items) == CHANGES_PER_TRANSACTION:
+                    applied(doc, items, "prefs")
+                    items = []
+        applied(doc, items, "prefs")
+
+    texts = [
+        [" ".join(rnd.choices(WORDS, k=6)) for _ in range(per_writer)]
+        for rnd in map(random.Random, range(writers))
+    ]
+    ids = random.Random(0)
+
+    def events() -> None:
+        doc: pycrdt.Doc[Any] = pycrdt.Doc()
+        doc.observe(lambda event: deltas.append(event.update))
+        items: list[tuple[str, str]] = []
+        for n in range(writers):
+            for i, text in enumerate(texts[n]):
+                ts = START_MS + i * 1000
+                event = InteractionEvent.build(
+                    id=f"ev-{ts:012x}{ids.getrandbits(80):020x}", user=USERS[i % 4],
+                    type="OBSERVATION", domain="bench", text=text, context=NOWHERE, ts=ts,
+                    hlc=clock.now_text(), device="bench",
+                )  # fmt: skip
+                items.append(("", event.encode(without=frozenset({"user"}))))
+                if len(items) == CHANGES_PER_TRANSACTION:
+                    applied(doc, items, "events")
+                    items = []
+        applied(doc, items, "events")
+
+    figures: dict[str, float] = {}
+    for name, work in (("prefs", prefs), ("events", events)):
+        started = time.perf_counter()
+        work()
+        elapsed = time.perf_counter() - started
+        figures[f"write_floor_{name}_per_s"] = per_writer * writers / elapsed
+    if not deltas:  # pragma: no cover - the observer is what proves the CRDT did the work
+        raise RuntimeError("the floor's documents yielded no delta")
+    figures["write_floor_per_s"] = 2 / sum(1 / v for v in figures.values())  # harmonic mean
     return figures
 
 
@@ -264,6 +348,11 @@ async def run_local(console: Console | None = None, *, quick: bool = False) -> d
             figures.update(await durable_writes(folder, 51_200 // scale))
         figures["write_vs_sqlite"] = (
             figures["write_durable_per_s"] / figures["sqlite_batched_insert_per_s"]
+        )
+        with console.status("the same writes with nothing durable (the ceiling)"):
+            figures.update(write_floor(51_200 // scale))
+        figures["write_floor_vs_sqlite"] = (
+            figures["write_floor_per_s"] / figures["sqlite_batched_insert_per_s"]
         )
         with console.status("recall while 64 writers record events"):
             figures.update(await recall_under_load(folder, 3.0 / scale))
