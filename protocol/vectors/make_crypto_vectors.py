@@ -139,6 +139,28 @@ def revocations_json() -> dict[str, Any]:
         "signed_part": revocations.signed_part().hex(),
         "signature": revocations.signature.hex(),
         "wire": revocations.to_wire().hex(),
+        # version 2, what `hearth revoke` signs now: the owner's, with a nonce that tells
+        # apart two lists it signed apart with the same serial
+        "version_2": revocations_v2(),
+    }
+
+
+def revocations_v2() -> dict[str, Any]:
+    home = household()
+    revoked = sorted([identity(MEMBER_SEED).device_id, identity(ADMIN_SEED).device_id])
+    nonce = bytes(range(0x50, 0x60))
+    revocations = Revocations.issue(
+        identity(OWNER_SEED), household_id=home.id, serial=2, revoked=revoked, nonce=nonce
+    )
+    return {
+        "issuer_seed": OWNER_SEED.hex(),
+        "serial": 2,
+        "revoked": revoked,
+        "nonce": nonce.hex(),
+        "issuer_pk": revocations.issuer_pk.hex(),
+        "signed_part": revocations.signed_part().hex(),
+        "signature": revocations.signature.hex(),
+        "wire": revocations.to_wire().hex(),
     }
 
 
