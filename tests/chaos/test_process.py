@@ -199,6 +199,35 @@ async def test_a_delay_keeps_the_order_even_when_it_shrinks(proxy: FaultProxy) -
     await close(writer)
 
 
+async def test_a_throttle_delivers_a_chunk_in_pieces_and_a_heal_lifts_it(
+    proxy: FaultProxy, echo: Echo
+) -> None:
+    """At 20,000 bytes a second, 4,000 bytes to the echo server and back arrive whole and in
+    order, in pieces, and no sooner than the bandwidth allows (a busy machine only makes it
+    later: a lower bound holds however loaded the machine is)."""
+    proxy.throttle(20_000)
+    assert proxy.counters.throttles == 1
+    reader, writer = await dial(proxy)
+    sent = bytes(range(256)) * 15 + bytes(160)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    writer.write(sent)
+    pieces = []
+    async with asyncio.timeout(TIMEOUT):
+        while sum(map(len, pieces)) < len(sent):
+            pieces.append(await reader.read(len(sent)))
+    assert b"".join(pieces) == sent
+    assert len(pieces) > 1
+    assert loop.time() - started >= 9 * 400 / 20_000  # ten slices, nine waits between them
+    proxy.heal()
+    writer.write(sent)
+    assert await read(reader, len(sent)) == sent
+    assert proxy.counters.bytes_forwarded == 4 * len(sent)
+    with pytest.raises(ValueError, match="negative"):
+        proxy.throttle(-1)
+    await close(writer)
+
+
 async def test_drop_refuses_connections_with_its_seeded_probability(
     proxy: FaultProxy, echo: Echo
 ) -> None:

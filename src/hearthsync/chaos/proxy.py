@@ -14,6 +14,8 @@ and bytes are pumped both ways through controls a chaos run flips:
 * `reset` closes every proxied connection at once, both sides, without a close handshake.
 * `delay` adds latency to every chunk, in order (the reading and the writing of each direction
   are separate tasks, so latency does not turn into a throughput cap).
+* `throttle` caps each direction of every connection at a bandwidth (a robot at the edge of
+  the Wi-Fi): the bytes arrive, slowly, a few at a time.
 * `drop` refuses new connections with a probability.  TCP cannot lose bytes inside a live
   stream without breaking it (a gap is retransmitted or kills the connection), so loss is
   modelled where TCP shows it to the application: connections that fail.
@@ -38,6 +40,8 @@ CHUNK = 64 * 1024
 #: chunks read ahead of the writer per direction: enough to keep a delayed stream moving,
 #: small enough that a slow reader pushes back on the sender instead of growing this process
 READ_AHEAD = 64
+#: a throttled connection forwards this many seconds' worth of bytes at a time
+THROTTLE_SLICE_S = 0.02
 Address = tuple[str, int]
 
 
@@ -52,11 +56,12 @@ class ProxyCounters:
     resets: int = 0  #: connections closed by `reset`
     refused: int = 0  #: connections closed by `drop`
     delays: int = 0  #: `delay` calls that set a latency
+    throttles: int = 0  #: `throttle` calls that set a bandwidth
 
     @property
     def faults(self) -> int:
         """Faults applied (an unreachable target is the robot's state, not a fault)."""
-        return self.cuts + self.resets + self.refused + self.delays
+        return self.cuts + self.resets + self.refused + self.delays + self.throttles
 
 
 class FaultProxy:
@@ -70,6 +75,7 @@ class FaultProxy:
         self._flowing.set()
         self._delay = 0.0
         self._drop = 0.0
+        self._rate = 0.0  #: bytes a second per direction and connection; 0: unthrottled
         self._rng = random.Random(0)
         self._server: asyncio.Server | None = None
         self._pipes: set[_Pipe] = set()
@@ -152,6 +158,15 @@ class FaultProxy:
             self.counters.delays += 1
         self._delay = seconds
 
+    def throttle(self, bytes_per_s: float) -> None:
+        """Forward at most ``bytes_per_s`` each way on each connection from now on (0: no
+        cap), in slices of a fiftieth of a second: a frame arrives a piece at a time."""
+        if bytes_per_s < 0:
+            raise ValueError("a bandwidth cannot be negative")
+        if bytes_per_s > 0:
+            self.counters.throttles += 1
+        self._rate = bytes_per_s
+
     def drop(self, probability: float, rng: random.Random) -> None:
         """Refuse each new connection with ``probability``, drawn from ``rng``.
 
@@ -164,8 +179,9 @@ class FaultProxy:
         self._rng = rng
 
     def heal(self) -> None:
-        """Lift every fault: forward again (held bytes first), no delay, no drop."""
+        """Lift every fault: forward again (held bytes first), no delay, no throttle, no drop."""
         self._delay = 0.0
+        self._rate = 0.0
         self._drop = 0.0
         self._flowing.set()
 
@@ -274,6 +290,12 @@ class _Pipe:
                 if sink.can_write_eof():
                     sink.write_eof()
                 return
-            sink.write(data)
-            await sink.drain()
-            self.proxy.counters.bytes_forwarded += len(data)
+            while data:
+                rate = self.proxy._rate
+                piece = data if not rate else data[: max(1, int(rate * THROTTLE_SLICE_S))]
+                data = data[len(piece) :]
+                sink.write(piece)
+                await sink.drain()
+                self.proxy.counters.bytes_forwarded += len(piece)
+                if rate:  # the bandwidth itself, as the latency above: not a wait for an event
+                    await asyncio.sleep(len(piece) / rate)

@@ -462,6 +462,15 @@ class Session:
         except (RemoteError, ValidationError) as exc:
             self._fail(f.ErrorCode.MALFORMED, str(exc))
 
+    def heard(self, now: float) -> None:
+        """Bytes of a frame are arriving that has not arrived whole yet: a large one on a slow
+        link.  The peer is alive (SPEC §6.4): without this, a frame that takes longer than
+        `DEAD_AFTER_S` to arrive closed the session every time it was sent, and a robot at
+        the edge of the Wi-Fi never caught up.  Only once authenticated: a stranger that
+        trickles bytes is still held to the handshake's deadline."""
+        if self.state is State.OPEN and not self.closed:
+            self._last_received = max(self._last_received, now)
+
     def tick(self, now: float, wall: float | None = None) -> None:
         """Heartbeats: ping when idle, close when the peer has been silent too long or the
         handshake is overdue; offer the inventory again once updates have settled."""

@@ -16,11 +16,17 @@ sans-I/O session cannot do itself:
 * **back-pressure**: the outgoing queue of deltas is bounded; a peer too slow to drain it is
   disconnected and catches up from the inventory when it reconnects, instead of growing this
   process's memory without bound;
-* **a peer that stops reading is dropped**: a send that cannot hand its frame to the socket for
-  `send_timeout` (`DEAD_AFTER_S` by default) aborts the connection.  Without the bound, the task
-  sending a heartbeat waited behind the full socket, so the session's own dead-peer rule
-  (`Session.tick`) never ran again, and a hung or powered-off robot kept its link, and the
-  redial of that pair, for as long as TCP did not give up (for ever, for a hung process).
+* **a peer that stops reading is dropped**: a send during which the socket takes none of the
+  bytes waiting for it for `send_timeout` (`DEAD_AFTER_S` by default) aborts the connection.
+  Without the bound, the task sending a heartbeat waited behind the full socket, so the
+  session's own dead-peer rule (`Session.tick`) never ran again, and a hung or powered-off
+  robot kept its link, and the redial of that pair, for as long as TCP did not give up (for
+  ever, for a hung process);
+* **a slow link is not a dead one**: a peer whose socket drains slowly is still reading, and
+  bytes arriving of a frame not yet whole are still the peer speaking (`Session.heard`, counted
+  by `CountingServerConnection` and `CountingClientConnection`).  Both rules used to count
+  whole frames only, so a frame that took longer than `DEAD_AFTER_S` to cross the link (1 MiB
+  below about 85 KB/s) dropped the link each time it was sent, and the robot never caught up.
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ from functools import partial
 from typing import Protocol
 
 from pycrdt import merge_updates
+from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.connection import Connection
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from hearthsync.crdt import statevector, updates
@@ -72,6 +80,41 @@ def _remote(websocket: Connection) -> str:
     if isinstance(address, tuple) and len(address) >= 2:
         return f"{address[0]}:{address[1]}"
     return "an unknown peer"
+
+
+class CountingServerConnection(ServerConnection):
+    """An accepted websocket that counts the bytes arriving (`Link` tells its session)."""
+
+    bytes_arrived = 0
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_arrived += len(data)
+        super().data_received(data)
+
+
+class CountingClientConnection(ClientConnection):
+    """A dialed websocket that counts the bytes arriving (`Link` tells its session)."""
+
+    bytes_arrived = 0
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_arrived += len(data)
+        super().data_received(data)
+
+
+def _arrived(websocket: Connection) -> int | None:
+    """Bytes arrived on ``websocket`` so far, if it counts them."""
+    if isinstance(websocket, CountingServerConnection | CountingClientConnection):
+        return websocket.bytes_arrived
+    return None
+
+
+def _unsent(websocket: Connection) -> int | None:
+    """Bytes written to ``websocket`` that its socket has not taken yet, if it can tell."""
+    try:
+        return int(websocket.transport.get_write_buffer_size())
+    except Exception:  # a transport gone, or none (a test double)
+        return None
 
 
 #: deltas waiting to be sent to one peer before it counts as too slow
@@ -158,6 +201,7 @@ class Link:
         self._room = asyncio.Event()  #: set whenever `_undurable` goes down
         self.authenticated = False  #: the handshake completed (PEER_AUTHENTICATED was seen)
         self._sending = asyncio.Lock()  #: one batch of frames on the wire at a time (`_flush`)
+        self._arrived = _arrived(websocket)  #: bytes arrived as of the last tick
 
     @property
     def peer_id(self) -> str | None:
@@ -217,6 +261,10 @@ class Link:
     async def _tick(self) -> None:
         while not self.session.closed:
             await asyncio.sleep(TICK_S)  # a timer, not a wait for an event: heartbeats
+            arrived = _arrived(self.websocket)
+            if arrived != self._arrived:  # part of a frame, still on its way
+                self._arrived = arrived
+                self.session.heard(self._clock())
             self.session.tick(self._clock(), self._wall())
             await self._handle_events()
             await self._flush()
@@ -351,12 +399,29 @@ class Link:
         async with self._sending:
             for data in self.session.data_to_send():
                 self.bytes_sent += len(data)
-                try:
-                    async with asyncio.timeout(self._send_timeout):
-                        await self.websocket.send(data)  # awaits while the peer does not read
-                except TimeoutError:
-                    self._abort(f"it took no data for {self._send_timeout:g} s")
+                if not await self._send(data):
                     return
+
+    async def _send(self, data: bytes) -> bool:
+        """Send one frame; False if the peer was dropped instead: the socket took none of the
+        bytes waiting for it for `send_timeout` (a slow reader that takes some goes on)."""
+        sending = asyncio.ensure_future(self.websocket.send(data))  # waits while unread
+        waiting: int | None = None  # what the socket had not taken at the last timeout
+        try:
+            while not (await asyncio.wait((sending,), timeout=self._send_timeout))[0]:
+                # progress is counted from one timeout to the next (the frame is written by
+                # then): a peer that reads nothing goes within two
+                now_waiting = _unsent(self.websocket)
+                if now_waiting is None or (waiting is not None and now_waiting >= waiting):
+                    sending.cancel()
+                    self._abort(f"it took no data for {self._send_timeout:g} s")
+                    return False
+                waiting = now_waiting
+        except asyncio.CancelledError:
+            sending.cancel()
+            raise
+        sending.result()  # a closed connection raises here, as the send did
+        return True
 
     async def _flush_and_close(self) -> None:
         with contextlib.suppress(ConnectionClosed):

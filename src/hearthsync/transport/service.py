@@ -48,7 +48,12 @@ from hearthsync.protocol.session import (
     Session,
 )
 from hearthsync.transport.addresses import Addresses
-from hearthsync.transport.link import Link, SyncTarget
+from hearthsync.transport.link import (
+    CountingClientConnection,
+    CountingServerConnection,
+    Link,
+    SyncTarget,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +132,7 @@ class SyncService:
             self._server = await serve(
                 self._accept, host, port, max_size=MAX_FRAME_LEN, compression=None,
                 ping_interval=None,  # liveness is the session's heartbeat (SPEC §6)
+                create_connection=CountingServerConnection,  # a slow link is not a dead one
             )  # fmt: skip
         for host, port in self._static:
             self.dial(host, port)
@@ -286,6 +292,7 @@ class SyncService:
                 async with connect(
                     uri, proxy=None, max_size=MAX_FRAME_LEN, compression=None,
                     ping_interval=None, open_timeout=OPEN_TIMEOUT_S,
+                    create_connection=CountingClientConnection,
                 ) as websocket:  # fmt: skip
                     # proven as soon as the handshake says so, not when the link ends: a
                     # goodbye heard while it lasts is weighed against it (`stop_dialing`)

@@ -1,0 +1,140 @@
+"""A slow link is not a dead one: frames that take longer than the dead-peer rule to cross
+a link still arrive, over real websockets on loopback through a throttling proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from hearthsync import Peer
+from hearthsync.bench.household import BenchHome
+from hearthsync.chaos.proxy import FaultProxy
+from hearthsync.protocol import session as session_module
+from hearthsync.transport import link as link_module
+from hearthsync.transport.service import SyncService
+
+from .test_link import TIMEOUT, converged, until, write_blob
+
+DEAD_S = 1.0  #: the dead-peer rule, shortened from 12 s so the test takes seconds
+RATE = 100_000  #: bytes a second each way: a robot at the edge of the Wi-Fi, scaled down
+
+
+@pytest.fixture
+def quick_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(session_module, "DEAD_AFTER_S", DEAD_S)
+    monkeypatch.setattr(session_module, "HEARTBEAT_S", DEAD_S / 4)
+    monkeypatch.setattr(link_module, "TICK_S", DEAD_S / 10)
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[tuple[Peer, Peer]]:
+    async with (
+        Peer.open(tmp_path / "kitchen", device="kitchen") as kitchen,
+        Peer.open(tmp_path / "hall", device="hall") as hall,
+    ):
+        for robot in (kitchen, hall):
+            await robot.add_user("alice", name="Alice")
+        yield kitchen, hall
+
+
+@pytest.mark.usefixtures("quick_rules")
+async def test_a_frame_slower_than_the_dead_peer_rule_arrives_on_one_link(
+    pair: tuple[Peer, Peer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """300 KB that do not compress, in one document: the catch-up answer is one frame that
+    takes two to three times `DEAD_AFTER_S` to cross.  The robot receiving it hears its bytes
+    arrive (`Session.heard`) and keeps the link.  (Before, it closed the link for want of a
+    whole frame every time, redialed, asked again, and never caught up.)"""
+    kitchen, hall = pair
+    home = BenchHome(users=("alice",))
+    rng = random.Random(2)
+    await asyncio.gather(*(write_blob(kitchen, rng, i, documents=1) for i in range(20)))
+    async with (
+        SyncService(kitchen, home.enrol(kitchen), send_timeout=DEAD_S) as hub,
+        FaultProxy(("127.0.0.1", hub.port), name="wifi") as wifi,
+    ):
+        wifi.throttle(RATE)
+        peers = (wifi.address,)
+        async with SyncService(
+            hall, home.enrol(hall), listen=None, peers=peers, send_timeout=DEAD_S
+        ) as edge:
+            async with asyncio.timeout(TIMEOUT):
+                await edge.wait_for_peers({kitchen.device_id})
+            link = edge.links[kitchen.device_id]
+            await until([kitchen, hall], lambda: converged([kitchen, hall]), within=30.0)
+            assert edge.links.get(kitchen.device_id) is link  # never dropped, never redialed
+        assert wifi.counters.bytes_forwarded > 2 * RATE * DEAD_S  # it did take that long
+        assert wifi.counters.connections == 1
+    warned = [r for r in caplog.records if r.levelno >= logging.WARNING and "hearthsync" in r.name]
+    assert not warned, caplog.text
+
+
+class DrainingSocket:
+    """A websocket whose send waits on a socket that takes a little of its frame each time
+    the link looks (``drains`` looks, then the frame is gone), or none (``drains=0``)."""
+
+    def __init__(self, drains: int) -> None:
+        self.transport = self
+        self.wire: list[bytes] = []
+        self.unsent = 1_000_000
+        self.drains = drains
+        self.done = asyncio.Event()
+        self.aborted = False
+
+    async def send(self, data: bytes) -> None:
+        self.wire.append(data)
+        await self.done.wait()
+
+    def get_write_buffer_size(self) -> int:
+        if self.drains:
+            self.unsent -= 1000
+            self.drains -= 1
+            if not self.drains:
+                self.done.set()
+        return self.unsent
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.done.set()
+
+
+class OneFrame:
+    """A session with one frame to send."""
+
+    closed = False
+    peer_id = "SLOWSLOWSLOWSLOW"
+
+    def __init__(self) -> None:
+        self.frames = [b"a large catch-up answer"]
+
+    def data_to_send(self) -> list[bytes]:
+        out, self.frames = self.frames, []
+        return out
+
+    def close(self, reason: str) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("drains", [0, 5])
+async def test_a_send_goes_on_while_the_socket_takes_bytes_and_stops_when_it_takes_none(
+    drains: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A peer reading slowly takes part of the frame in every `send_timeout`: the send waits
+    for as long as that goes on (before, it was dropped after one `send_timeout` however much
+    it took); a peer that takes nothing is dropped within two."""
+    socket_ = DrainingSocket(drains)
+    session = OneFrame()
+    link = link_module.Link(socket_, session, None, dialed=False, send_timeout=0.02)  # type: ignore[arg-type]
+    async with asyncio.timeout(TIMEOUT):
+        await link._flush()
+    assert socket_.wire == [b"a large catch-up answer"]
+    assert socket_.aborted is (drains == 0)
+    assert session.closed is (drains == 0)
+    dropped = [r.getMessage() for r in caplog.records if "dropped the link" in r.getMessage()]
+    assert dropped == ([f"dropped the link to {session.peer_id}: it took no data for 0.02 s"]
+                       if drains == 0 else [])  # fmt: skip
