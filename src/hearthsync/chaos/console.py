@@ -34,6 +34,9 @@ from hearthsync.errors import HearthError
 
 PROBLEMS_SHOWN = 8  #: per failing schedule; the rest are counted
 
+#: the fault kinds of process mode, as its fault trace names them
+PROCESS_FAULT_KINDS = ("cut", "kill", "delay", "throttle", "reset", "drop", "revoke")
+
 
 def run_simulated(
     console: Console,
@@ -143,7 +146,7 @@ def add_process_run(
     report.converge_s.append(found.converge_s)
     for line in found.fault_trace:
         kind = line.split()[1] if len(line.split()) > 1 else "?"
-        if kind in ("cut", "kill", "delay", "reset", "drop", "revoke"):
+        if kind in PROCESS_FAULT_KINDS:
             report.fault_counts[kind] = report.fault_counts.get(kind, 0) + 1
     if not found.ok:
         problems = [f"lost: {robot} acknowledged {key}" for robot, key in found.lost_writes]
@@ -202,7 +205,7 @@ def print_report(
 
 
 def _rows(report: Report, processes: bool) -> list[tuple[str, str]]:
-    kinds = ("cut", "kill", "delay", "reset", "drop", "revoke") if processes else FAULT_KINDS
+    kinds = PROCESS_FAULT_KINDS if processes else FAULT_KINDS
     by_kind = ", ".join(f"{k} {report.fault_counts.get(k, 0)}" for k in kinds)
     rows = [
         ("schedules run", f"{report.schedules}"),

@@ -11,7 +11,8 @@ robot B only through the proxy ``(A, B)``, so the harness owns the network.
 A run has three parts, drawn up front from the seed by `draw_steps` (a pure function, so a
 failing seed replays the same scenario):
 
-1. **weather**: writes, with now and then a delay, a reset or lossy connects on a robot's paths;
+1. **weather**: writes, with now and then a delay, a reset, lossy connects or a slow link (a
+   bandwidth cap, the edge of the Wi-Fi) on a robot's paths;
 2. **partition**: one robot is cut off (silently: its connections stay open and carry nothing)
    while every robot keeps writing, one robot is SIGKILLed and restarted meanwhile, and before
    the heal the harness checks that no write crossed the cut, in either direction.  The robot
@@ -103,6 +104,15 @@ class Delay:
 
 
 @dataclass(frozen=True, slots=True)
+class Throttle:
+    """The link between ``robot`` and ``other`` carries ``bytes_per_s`` each way until the heal."""
+
+    robot: str
+    other: str
+    bytes_per_s: int
+
+
+@dataclass(frozen=True, slots=True)
 class Reset:
     robot: str
 
@@ -165,6 +175,7 @@ Step = (
     Write
     | AddUser
     | Delay
+    | Throttle
     | Reset
     | Drop
     | Cut
@@ -176,7 +187,7 @@ Step = (
     | CheckCut
     | Heal
 )
-FAULTS = (Delay, Reset, Drop, Cut, Kill, Revoke)
+FAULTS = (Delay, Throttle, Reset, Drop, Cut, Kill, Revoke)
 OWNER = "r0"  #: the robot that made the household: the one that revokes
 
 
@@ -186,7 +197,7 @@ def robot_names(peers: int) -> list[str]:
 
 def draw_steps(seed: int, peers: int, edits: int, *, weather: bool = True) -> list[Step]:
     """The scenario of a run: the same seed, peers and edits give the same steps (without
-    ``weather``: no delays, resets or refused connects, the rest drawn as with it)."""
+    ``weather``: no delays, slow links, resets or refused connects, the rest drawn as with it)."""
     if peers < 2 or edits < 6:
         raise ValueError("a chaos run needs at least 2 robots and 6 edits")
     rng = random.Random(seed)
@@ -204,10 +215,13 @@ def draw_steps(seed: int, peers: int, edits: int, *, weather: bool = True) -> li
         if rng.random() >= WEATHER_P or not weather:
             return
         robot = rng.choice(names)
-        kind = rng.choice((Delay, Reset, Drop))
+        kind = rng.choice((Delay, Throttle, Reset, Drop))
         if kind is Delay:
             other = rng.choice([n for n in names if n != robot])
             steps.append(Delay(robot, other, round(rng.uniform(0.005, 0.05), 3)))
+        elif kind is Throttle:
+            other = rng.choice([n for n in names if n != robot])
+            steps.append(Throttle(robot, other, rng.randrange(20_000, 200_000, 1_000)))
         elif kind is Reset:
             steps.append(Reset(robot))
         else:
@@ -272,7 +286,7 @@ class ProcessReport:
 
     peers: int
     seed: int
-    faults: int  #: delays, resets, drops, cuts and kills applied
+    faults: int  #: delays, throttles, resets, drops, cuts, kills and revocations applied
     fault_trace: list[str]  #: every fault, restart and heal, as ``t=1.20 cut r1``
     acknowledged_writes: int
     verified_writes: int  #: acknowledged writes found, with their value, on every robot
@@ -460,7 +474,8 @@ async def run_processes(
     it must be gone (`ProcessReport.links_across_cut`); shorter, they survive it silently.
     With ``netns`` the robots run in network namespaces on one bridge and find each other by
     mDNS (`hearthsync.chaos.netns`), and a cut unplugs a robot from the bridge, mDNS included;
-    there is no weather then (delays, resets and refused connects are the proxies' faults).
+    there is no weather then (delays, slow links, resets and refused connects are the proxies'
+    faults).
     Every process, proxy and namespace is gone before this returns, whatever happened.
     """
     names = robot_names(peers)
@@ -580,6 +595,10 @@ class _Run:
                 for pair in ((robot, other), (other, robot)):
                     self.proxies[pair].delay(seconds)
                 self._note(f"delay {robot}<->{other} {seconds * 1000:.0f}ms")
+            case Throttle(robot, other, bytes_per_s):
+                for pair in ((robot, other), (other, robot)):
+                    self.proxies[pair].throttle(bytes_per_s)
+                self._note(f"throttle {robot}<->{other} {bytes_per_s / 1000:.0f} KB/s")
             case Reset(robot):
                 for proxy in self._paths(robot):
                     proxy.reset()
