@@ -36,6 +36,7 @@ from hearthsync.chaos.process import (
     Revoke,
     Settle,
     Stray,
+    Throttle,
     Write,
     draw_steps,
     hearth_script,
@@ -304,6 +305,17 @@ async def test_closing_the_proxy_closes_its_connections_and_leaves_no_task(echo:
 def test_the_steps_are_drawn_from_the_seed_alone() -> None:
     assert draw_steps(5, 3, 12) == draw_steps(5, 3, 12)
     assert draw_steps(5, 3, 12) != draw_steps(6, 3, 12)
+
+
+def test_the_weather_caps_a_pair_s_bandwidth_in_some_runs_and_never_without_weather() -> None:
+    throttles = [
+        step for seed in range(20) for step in draw_steps(seed, 3, 12)
+        if isinstance(step, Throttle)
+    ]  # fmt: skip
+    assert throttles
+    assert all(t.robot != t.other and 20_000 <= t.bytes_per_s < 200_000 for t in throttles)
+    calm = [draw_steps(seed, 3, 12, weather=False) for seed in range(20)]
+    assert not [step for steps in calm for step in steps if isinstance(step, Throttle)]
 
 
 @pytest.mark.parametrize("seed", range(20))
