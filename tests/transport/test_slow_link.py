@@ -120,21 +120,32 @@ class OneFrame:
         self.closed = True
 
 
-@pytest.mark.parametrize("drains", [0, 5])
-async def test_a_send_goes_on_while_the_socket_takes_bytes_and_stops_when_it_takes_none(
-    drains: int, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("drains", "authenticated", "dropped_for"),
+    [
+        (5, True, None),
+        (0, True, "it took no data for 0.02 s"),
+        (5, False, "it took no frame in 0.02 s before authenticating"),
+    ],
+)
+async def test_a_send_goes_on_while_an_authenticated_peer_takes_bytes_and_no_longer(
+    drains: int, authenticated: bool, dropped_for: str | None, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A peer reading slowly takes part of the frame in every `send_timeout`: the send waits
     for as long as that goes on (before, it was dropped after one `send_timeout` however much
-    it took); a peer that takes nothing is dropped within two."""
+    it took); a peer that takes nothing for one is dropped.  A peer not yet authenticated is
+    dropped after one however much it takes (found in review: a stranger flooding websocket
+    pings and reading a little now and then held its opening slot, past the handshake's
+    deadline, for as long as it liked)."""
     socket_ = DrainingSocket(drains)
     session = OneFrame()
     link = link_module.Link(socket_, session, None, dialed=False, send_timeout=0.02)  # type: ignore[arg-type]
+    link.authenticated = authenticated
     async with asyncio.timeout(TIMEOUT):
         await link._flush()
     assert socket_.wire == [b"a large catch-up answer"]
-    assert socket_.aborted is (drains == 0)
-    assert session.closed is (drains == 0)
+    assert socket_.aborted is (dropped_for is not None)
+    assert session.closed is (dropped_for is not None)
     dropped = [r.getMessage() for r in caplog.records if "dropped the link" in r.getMessage()]
-    assert dropped == ([f"dropped the link to {session.peer_id}: it took no data for 0.02 s"]
-                       if drains == 0 else [])  # fmt: skip
+    assert dropped == ([f"dropped the link to {session.peer_id}: {dropped_for}"]
+                       if dropped_for else [])  # fmt: skip

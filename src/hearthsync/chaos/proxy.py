@@ -271,7 +271,10 @@ class _Pipe:
         flowing = self.proxy._flowing
         while True:
             await flowing.wait()  # during a cut the bytes wait in the kernel, as on a dead route
-            data = await source.read(CHUNK)
+            # throttled, a slice at a time: what waits for the slow link waits in the sender's
+            # socket (which pushes back on it), not in this process
+            rate = self.proxy._rate
+            data = await source.read(max(1, int(rate * THROTTLE_SLICE_S)) if rate else CHUNK)
             await chunks.put((self.proxy._due(), data))
             if not data:
                 return
@@ -291,6 +294,7 @@ class _Pipe:
                     sink.write_eof()
                 return
             while data:
+                await flowing.wait()  # a cut stops a throttled chunk part-way too
                 rate = self.proxy._rate
                 piece = data if not rate else data[: max(1, int(rate * THROTTLE_SLICE_S))]
                 data = data[len(piece) :]

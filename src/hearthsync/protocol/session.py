@@ -447,12 +447,9 @@ class Session:
         """Handle one received message.  A bad one closes the session with an ``ERROR``."""
         if self.closed:
             return
-        silent = now - self._last_received
-        self.now = self._last_received = now
+        self.now = now
+        self._heard_at(now)
         self._wall = now if wall is None else wall
-        if silent > SILENCE_S and self._settle_at is not None:
-            self._settle_wait = SETTLE_S
-            self._settle_at = now  # due at the next tick: the link is back
         try:
             self._dispatch(f.decode(data))
         except ProtocolError as exc:
@@ -469,7 +466,17 @@ class Session:
         the edge of the Wi-Fi never caught up.  Only once authenticated: a stranger that
         trickles bytes is still held to the handshake's deadline."""
         if self.state is State.OPEN and not self.closed:
-            self._last_received = max(self._last_received, now)
+            self._heard_at(now)
+
+    def _heard_at(self, now: float) -> None:
+        silent = now - self._last_received
+        self._last_received = max(self._last_received, now)
+        if silent > SILENCE_S and self._settle_at is not None:
+            # the link is back: the re-offer is due at the next tick, whether the first sign
+            # was a whole frame or the first bytes of one (found in review: a slow frame after
+            # a cut left the repair to the backed-off re-offer, up to `SETTLE_MAX_S` later)
+            self._settle_wait = SETTLE_S
+            self._settle_at = now
 
     def tick(self, now: float, wall: float | None = None) -> None:
         """Heartbeats: ping when idle, close when the peer has been silent too long or the

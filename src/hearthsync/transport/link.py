@@ -291,6 +291,8 @@ class Link:
 
     def _durable(self, batch: Durable) -> None:
         for doc_id, delta, origin in batch:
+            if self._overflow:  # the link closes: the peer catches up from the inventory, and
+                return  # a send stuck meanwhile must not see one marker more per commit
             if not self.session.relays(DocId(doc_id), origin, delta):
                 continue  # the peer sent it, or has it from where it came (SPEC §6.4)
             if self._pending.qsize() >= MAX_PENDING_DELTAS:
@@ -404,17 +406,29 @@ class Link:
 
     async def _send(self, data: bytes) -> bool:
         """Send one frame; False if the peer was dropped instead: the socket took none of the
-        bytes waiting for it for `send_timeout` (a slow reader that takes some goes on)."""
+        bytes waiting for it for `send_timeout` (an authenticated peer reading slowly, that
+        takes some in every `send_timeout`, is sent on)."""
         sending = asyncio.ensure_future(self.websocket.send(data))  # waits while unread
-        waiting: int | None = None  # what the socket had not taken at the last timeout
         try:
+            await asyncio.sleep(0)  # one turn: the send writes its frame, then waits to drain
+            waiting = _unsent(self.websocket)  # what the socket has not taken, frame included
             while not (await asyncio.wait((sending,), timeout=self._send_timeout))[0]:
-                # progress is counted from one timeout to the next (the frame is written by
-                # then): a peer that reads nothing goes within two
                 now_waiting = _unsent(self.websocket)
-                if now_waiting is None or (waiting is not None and now_waiting >= waiting):
+                # a stranger's frames are a few hundred bytes: one not taken in a window is not
+                # a slow link, and waiting on would hold its opening slot past the handshake's
+                # deadline (it can make its socket take a little now and then, found in review)
+                if (
+                    not self.authenticated
+                    or now_waiting is None
+                    or waiting is None
+                    or now_waiting >= waiting
+                ):
                     sending.cancel()
-                    self._abort(f"it took no data for {self._send_timeout:g} s")
+                    if self.authenticated:
+                        self._abort(f"it took no data for {self._send_timeout:g} s")
+                    else:
+                        self._abort(f"it took no frame in {self._send_timeout:g} s before "
+                                    "authenticating")  # fmt: skip
                     return False
                 waiting = now_waiting
         except asyncio.CancelledError:
@@ -436,7 +450,8 @@ class Link:
         """Drop a peer that stopped reading: a closing handshake would wait behind the frames
         it does not read either.  It catches up from the inventory when it reconnects."""
         level = logging.INFO if self.session.closed else logging.WARNING
-        log.log(level, "dropped the link to %s: %s", self.peer_id, reason)
+        peer = self.peer_id or _remote(self.websocket)  # a stranger: where it dialed from
+        log.log(level, "dropped the link to %s: %s", peer, reason)
         self.session.close(reason)
         self.websocket.transport.abort()
 
