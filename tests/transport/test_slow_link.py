@@ -149,3 +149,27 @@ async def test_a_send_goes_on_while_an_authenticated_peer_takes_bytes_and_no_lon
     dropped = [r.getMessage() for r in caplog.records if "dropped the link" in r.getMessage()]
     assert dropped == ([f"dropped the link to {session.peer_id}: {dropped_for}"]
                        if dropped_for else [])  # fmt: skip
+
+
+class Relaying(OneFrame):
+    """A session that relays every delta to its peer."""
+
+    def relays(self, doc_id: str, origin: str, delta: bytes) -> bool:
+        return True
+
+
+def test_an_overflowing_link_queues_one_marker_however_many_commits_follow(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A peer too slow for the deltas is closed once its queue is full, by one marker in the
+    queue.  While a send to it stays stuck (a slow link), each commit after that added one
+    marker more, without bound (found in review)."""
+    monkeypatch.setattr(link_module, "MAX_PENDING_DELTAS", 2)
+    link = link_module.Link(DrainingSocket(0), Relaying(), None, dialed=False)  # type: ignore[arg-type]
+    delta = ("user/alice/prefs", b"delta", "")
+    link._durable([delta] * 3)
+    assert link._overflow
+    assert link._pending.qsize() == 3  # two deltas, one marker
+    for _ in range(10):
+        link._durable([delta])
+    assert link._pending.qsize() == 3
