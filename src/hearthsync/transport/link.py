@@ -407,34 +407,45 @@ class Link:
     async def _send(self, data: bytes) -> bool:
         """Send one frame; False if the peer was dropped instead: the socket took none of the
         bytes waiting for it for `send_timeout` (an authenticated peer reading slowly, that
-        takes some in every `send_timeout`, is sent on)."""
-        sending = asyncio.ensure_future(self.websocket.send(data))  # waits while unread
+        takes some in every `send_timeout`, is sent on).
+
+        No task and no timer for a send the socket takes at once (nearly all): a callback
+        looks at the socket on the next turn of the loop, once the send has written its frame
+        and waits for it to drain, and from then on every `send_timeout`."""
+        loop = asyncio.get_running_loop()
+        waiting: int | None = None  # what the socket had not taken, at the last look
+        late = False
+        handle: asyncio.Handle  # the next look
+
+        def look() -> None:
+            nonlocal waiting, handle, late
+            now_waiting = _unsent(self.websocket)
+            # a stranger's frames are a few hundred bytes: one not taken in a window is not a
+            # slow link, and waiting on would hold its opening slot past the handshake's
+            # deadline (it can make its socket take a little now and then, found in review)
+            if waiting is not None and (
+                not self.authenticated or now_waiting is None or now_waiting >= waiting
+            ):
+                late = True
+                deadline.reschedule(loop.time())  # ends the send below, now
+                return
+            waiting = now_waiting if now_waiting is not None else -1
+            handle = loop.call_later(self._send_timeout, look)
+
+        handle = loop.call_soon(look)
         try:
-            await asyncio.sleep(0)  # one turn: the send writes its frame, then waits to drain
-            waiting = _unsent(self.websocket)  # what the socket has not taken, frame included
-            while not (await asyncio.wait((sending,), timeout=self._send_timeout))[0]:
-                now_waiting = _unsent(self.websocket)
-                # a stranger's frames are a few hundred bytes: one not taken in a window is not
-                # a slow link, and waiting on would hold its opening slot past the handshake's
-                # deadline (it can make its socket take a little now and then, found in review)
-                if (
-                    not self.authenticated
-                    or now_waiting is None
-                    or waiting is None
-                    or now_waiting >= waiting
-                ):
-                    sending.cancel()
-                    if self.authenticated:
-                        self._abort(f"it took no data for {self._send_timeout:g} s")
-                    else:
-                        self._abort(f"it took no frame in {self._send_timeout:g} s before "
-                                    "authenticating")  # fmt: skip
-                    return False
-                waiting = now_waiting
-        except asyncio.CancelledError:
-            sending.cancel()
-            raise
-        sending.result()  # a closed connection raises here, as the send did
+            async with asyncio.timeout(None) as deadline:
+                await self.websocket.send(data)  # waits while the peer does not read
+        except TimeoutError:
+            if not late:
+                raise
+            if self.authenticated:
+                self._abort(f"it took no data for {self._send_timeout:g} s")
+            else:
+                self._abort(f"it took no frame in {self._send_timeout:g} s before authenticating")
+            return False
+        finally:
+            handle.cancel()
         return True
 
     async def _flush_and_close(self) -> None:
