@@ -10,8 +10,7 @@ import random
 import socket
 import string
 import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 from websockets.asyncio.client import connect
@@ -55,17 +54,6 @@ async def write_blob(robot: Peer, rng: random.Random, i: int, *, documents: int)
     blob = "".join(rng.choices(string.ascii_letters + string.digits, k=15_000))
     ts = MONTH0_MS + (i % documents) * MONTH_MS + i
     await robot.record_event("alice", "COMMAND", "tea", text="tea", payload={"blob": blob}, ts=ts)
-
-
-@pytest.fixture
-async def pair(tmp_path: Path) -> AsyncIterator[tuple[Peer, Peer]]:
-    async with (
-        Peer.open(tmp_path / "kitchen", device="kitchen") as kitchen,
-        Peer.open(tmp_path / "hall", device="hall") as hall,
-    ):
-        for robot in (kitchen, hall):
-            await robot.add_user("alice", name="Alice")
-        yield kitchen, hall
 
 
 async def test_a_catch_up_of_a_hundred_documents_converges_on_one_link(

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -29,17 +27,6 @@ def quick_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(session_module, "DEAD_AFTER_S", DEAD_S)
     monkeypatch.setattr(session_module, "HEARTBEAT_S", DEAD_S / 4)
     monkeypatch.setattr(link_module, "TICK_S", DEAD_S / 10)
-
-
-@pytest.fixture
-async def pair(tmp_path: Path) -> AsyncIterator[tuple[Peer, Peer]]:
-    async with (
-        Peer.open(tmp_path / "kitchen", device="kitchen") as kitchen,
-        Peer.open(tmp_path / "hall", device="hall") as hall,
-    ):
-        for robot in (kitchen, hall):
-            await robot.add_user("alice", name="Alice")
-        yield kitchen, hall
 
 
 @pytest.mark.usefixtures("quick_rules")
