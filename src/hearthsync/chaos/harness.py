@@ -17,6 +17,7 @@ import math
 import multiprocessing
 import os
 import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -35,7 +36,14 @@ from hearthsync.chaos.plan import (
     Scenario,
     make_plan,
 )
-from hearthsync.chaos.sim import Outcome, new_loop, simulate
+from hearthsync.chaos.sim import (
+    SCRATCH_PREFIX,
+    Outcome,
+    new_loop,
+    scratch_root,
+    simulate,
+    sweep_scratch,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,12 +288,24 @@ def die_with_parent(parent: int) -> None:
     """A worker's initializer: end with the process that hands out the schedules.  Killed
     (SIGKILL, or a SIGTERM it does not handle), that process left its workers running on,
     found orphaned and busy after a 10,000-schedule run was stopped to start another."""
+    # a worker ended by SIGTERM removes its scratch folders first: ended outright, each left
+    # its robots' stores in /dev/shm, memory, until the next reboot (found after CI runs of
+    # the workers test).  Not by raising SystemExit for the schedule's own cleanup: the
+    # handler can run inside a __del__ or a weakref callback, which swallow the exception,
+    # and the worker ran on, orphaned
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:  # it died before that took effect
         os._exit(1)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    for folder in scratch_root().glob(f"{SCRATCH_PREFIX}{os.getpid()}-*"):
+        shutil.rmtree(folder, ignore_errors=True)
+    os._exit(128 + signum)
 
 
 _PR_SET_PDEATHSIG = 1  #: prctl(2): the signal this process gets when its parent ends
@@ -316,6 +336,7 @@ def run(
     trace is dropped unless ``keep_traces``."""
     scenario = scenario or Scenario()
     jobs = jobs or os.cpu_count() or 1
+    sweep_scratch()  # what killed runs left behind
     report = Report()
     started = time.perf_counter()
     outcomes: list[Outcome] = []

@@ -49,6 +49,7 @@ import contextlib
 import hashlib
 import heapq
 import logging
+import os
 import random
 import selectors
 import shutil
@@ -1008,11 +1009,47 @@ def new_loop() -> asyncio.AbstractEventLoop:
     return asyncio.SelectorEventLoop(_Unpolled())
 
 
+#: a schedule's scratch folder: ``hearth-chaos-<pid>-<random>``, the pid of the process
+#: running it, so that `sweep_scratch` can tell one whose process is gone
+SCRATCH_PREFIX = "hearth-chaos-"
+
+
+def scratch_root() -> Path:
+    """Where schedules make their scratch folders."""
+    return Path(_fast_tmp() or tempfile.gettempdir())
+
+
+def sweep_scratch(root: Path | None = None) -> int:
+    """Remove the scratch folders of schedules whose process is gone (killed before it could
+    clean up: SIGKILL, the machine's OOM killer); return how many.  /dev/shm is memory: each
+    one left there held its robots' stores until the next reboot.  Folders of live processes,
+    and any without a pid in their name, are left alone."""
+    removed = 0
+    for folder in (root or scratch_root()).glob(f"{SCRATCH_PREFIX}*-*"):
+        pid_text = folder.name[len(SCRATCH_PREFIX) :].partition("-")[0]
+        if not pid_text.isdigit() or not folder.is_dir() or _alive(int(pid_text)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
 async def simulate(plan: Plan, folder: Path | None = None) -> Outcome:
     """Run ``plan`` in a fresh temporary folder (removed afterwards unless ``folder`` given)."""
     if folder is not None:
         return await Simulation(plan, folder).run()
-    scratch = Path(tempfile.mkdtemp(prefix="hearth-chaos-", dir=_fast_tmp()))
+    prefix = f"{SCRATCH_PREFIX}{os.getpid()}-"
+    scratch = Path(tempfile.mkdtemp(prefix=prefix, dir=scratch_root()))
     try:
         return await Simulation(plan, scratch).run()
     finally:
