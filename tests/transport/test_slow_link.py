@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 
 import pytest
 
@@ -160,3 +161,57 @@ def test_an_overflowing_link_queues_one_marker_however_many_commits_follow(
     for _ in range(10):
         link._durable([delta])
     assert link._pending.qsize() == 3
+
+
+#: the HTTP upgrade a websocket client sends, by hand (the test speaks raw bytes after it)
+UPGRADE = (
+    b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+#: a masked websocket ping with 125 bytes of payload: the server writes a 127-byte pong
+PING = b"\x89\xfd" + bytes(4) + b"p" * 125
+
+
+async def reset_while_flooding(flood: socket.socket, limit: int = 40_000_000) -> bool:
+    """Send pings until the server resets the connection (True) or ``limit`` bytes went."""
+    loop = asyncio.get_running_loop()
+    burst = PING * 1000
+    try:
+        for _ in range(limit // len(burst)):
+            await loop.sock_sendall(flood, burst)
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    return False
+
+
+async def test_a_stranger_flooding_pings_it_does_not_read_is_dropped(
+    pair: tuple[Peer, Peer], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in review: websockets writes a pong for every ping at once, and a peer that sends
+    pings and reads nothing had the server hold them all in memory, before the handshake too.
+    Past `MAX_UNSENT` (256 KiB here) the connection is dropped; the server serves on."""
+    monkeypatch.setattr(link_module, "MAX_UNSENT", 256 * 1024)
+    kitchen, hall = pair
+    home = BenchHome(users=("alice",))
+    loop = asyncio.get_running_loop()
+    async with SyncService(kitchen, home.enrol(kitchen)) as hub:
+        flood = socket.socket()
+        flood.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # reads nothing after
+        flood.setblocking(False)
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                await loop.sock_connect(flood, ("127.0.0.1", hub.port))
+                await loop.sock_sendall(flood, UPGRADE)
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += await loop.sock_recv(flood, 1)
+                assert head.startswith(b"HTTP/1.1 101")
+                assert await reset_while_flooding(flood), "40 MB of pings and no reset"
+        finally:
+            flood.close()
+        dropped = [r.getMessage() for r in caplog.records if "does not read" in r.getMessage()]
+        assert len(dropped) == 1, dropped
+        peers = (("127.0.0.1", hub.port),)
+        async with SyncService(hall, home.enrol(hall), listen=None, peers=peers) as edge:
+            async with asyncio.timeout(TIMEOUT):
+                await edge.wait_for_peers({kitchen.device_id})

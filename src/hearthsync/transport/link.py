@@ -48,6 +48,7 @@ from websockets.exceptions import ConnectionClosed
 from hearthsync.crdt import statevector, updates
 from hearthsync.errors import HearthError, RemoteError
 from hearthsync.ids import DocId
+from hearthsync.protocol.frames import MAX_FRAME_LEN
 from hearthsync.protocol.session import (
     DEAD_AFTER_S,
     Acked,
@@ -82,24 +83,46 @@ def _remote(websocket: Connection) -> str:
     return "an unknown peer"
 
 
+#: bytes written to a peer and not yet taken by its socket past which it is dropped: a send
+#: writes one frame (at most `MAX_FRAME_LEN`) and waits for it to drain before the next, so
+#: only a peer that makes this side write without reading (websocket pings: their pongs are
+#: written at once, whatever waits) gets this far
+MAX_UNSENT = 2 * MAX_FRAME_LEN
+
+
 class CountingServerConnection(ServerConnection):
-    """An accepted websocket that counts the bytes arriving (`Link` tells its session)."""
+    """An accepted websocket that counts the bytes arriving (`Link` tells its session), and
+    drops a peer that makes it write more than `MAX_UNSENT` it does not read."""
 
     bytes_arrived = 0
 
     def data_received(self, data: bytes) -> None:
         self.bytes_arrived += len(data)
         super().data_received(data)
+        _drop_if_unread(self)
 
 
 class CountingClientConnection(ClientConnection):
-    """A dialed websocket that counts the bytes arriving (`Link` tells its session)."""
+    """A dialed websocket that counts the bytes arriving (`Link` tells its session), and
+    drops a peer that makes it write more than `MAX_UNSENT` it does not read."""
 
     bytes_arrived = 0
 
     def data_received(self, data: bytes) -> None:
         self.bytes_arrived += len(data)
         super().data_received(data)
+        _drop_if_unread(self)
+
+
+def _drop_if_unread(websocket: Connection) -> None:
+    """A peer that floods websocket pings and reads nothing had this side write their pongs
+    into memory without bound, before the handshake too: a stranger on the LAN could fill it
+    (found in review)."""
+    unsent = websocket.transport.get_write_buffer_size()
+    if unsent > MAX_UNSENT:
+        log.warning("dropped the link to %s: %d bytes it does not read wait for it",
+                    _remote(websocket), unsent)  # fmt: skip
+        websocket.transport.abort()
 
 
 def _arrived(websocket: Connection) -> int | None:
