@@ -7,12 +7,16 @@ import asyncio
 import logging
 import random
 import socket
+import sys
+import types
 
 import pytest
+from websockets.asyncio.server import ServerConnection, serve
 
 from hearthsync import Peer
 from hearthsync.bench.household import BenchHome
 from hearthsync.chaos.proxy import FaultProxy
+from hearthsync.protocol import frames as f
 from hearthsync.protocol import session as session_module
 from hearthsync.transport import link as link_module
 from hearthsync.transport.service import SyncService
@@ -215,3 +219,77 @@ async def test_a_stranger_flooding_pings_it_does_not_read_is_dropped(
         async with SyncService(hall, home.enrol(hall), listen=None, peers=peers) as edge:
             async with asyncio.timeout(TIMEOUT):
                 await edge.wait_for_peers({kitchen.device_id})
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIOCOUTQ is Linux's")
+async def test_what_waits_for_a_peer_counts_the_kernel_s_send_queue_too() -> None:
+    """Found in review: the transport's buffer shrinks only when the socket turns writable
+    again, after about a third of a send buffer of up to 4 MiB was acknowledged, so a peer
+    reading 100 KB/s without a pause looked idle for whole windows and was dropped.  The
+    bytes the kernel holds, not yet acknowledged, are counted with the transport's."""
+    loop = asyncio.get_running_loop()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    try:
+        _reader, writer = await asyncio.open_connection(*listener.getsockname()[:2])
+        peer, _ = await loop.sock_accept(listener)  # and reads nothing
+        try:
+            writer.write(bytes(4 * 1024 * 1024))  # the kernel takes what it can at once
+            websocket = types.SimpleNamespace(transport=writer.transport)
+            transport_only = writer.transport.get_write_buffer_size()
+            counted = link_module._unsent(websocket)  # type: ignore[arg-type]
+            assert counted is not None
+            assert transport_only > 0
+            assert counted > transport_only  # the kernel holds some: they are counted
+            assert counted <= 4 * 1024 * 1024
+        finally:
+            writer.transport.abort()
+            peer.close()
+    finally:
+        listener.close()
+
+
+@pytest.mark.slow  # about 12 s: the reader's pace is the point
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIOCOUTQ is Linux's")
+async def test_a_steady_slow_reader_of_a_large_frame_keeps_its_link() -> None:
+    """A peer that reads 100 KB/s without a pause, of a 4 MiB frame, over real sockets: it
+    takes bytes in every `send_timeout` (2 s) and keeps its link until the frame is through.
+    (Found in review: counted by the transport's buffer alone, it looked idle for a whole
+    window while the kernel's send buffer drained, and was dropped after 2 s.)"""
+    loop = asyncio.get_running_loop()
+    session = OneFrame()
+    session.frames = [bytes(f.MAX_FRAME_LEN - 64)]
+    sent = asyncio.Event()
+
+    async def handler(websocket: ServerConnection) -> None:
+        link = link_module.Link(websocket, session, None, dialed=False, send_timeout=2.0)  # type: ignore[arg-type]
+        link.authenticated = True
+        await link._flush()
+        sent.set()
+        await websocket.wait_closed()
+
+    async with serve(
+        handler, "127.0.0.1", 0, compression=None, ping_interval=None, max_size=None,
+        create_connection=link_module.CountingServerConnection,
+    ) as server:  # fmt: skip
+        reader = socket.socket()
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        reader.setblocking(False)
+        try:
+            got = 0
+            async with asyncio.timeout(120):
+                await loop.sock_connect(reader, server.sockets[0].getsockname()[:2])
+                await loop.sock_sendall(reader, UPGRADE)
+                while not sent.is_set():
+                    data = await loop.sock_recv(reader, RATE // 100)
+                    if not data:
+                        break
+                    got += len(data)
+                    await asyncio.sleep(0.01)  # the reader's pace: 100 KB/s, not an event
+        finally:
+            reader.close()
+    assert not session.closed, f"dropped after the peer read {got} bytes"
+    assert sent.is_set()
+    # the send waited through several windows (what the kernels hold of the frame, about
+    # 3 MB on loopback, is not read before it ends)
+    assert got > 2 * 2.0 * RATE
