@@ -91,9 +91,9 @@ def _remote(websocket: Connection) -> str:
 MAX_UNSENT = 2 * MAX_FRAME_LEN
 
 
-class CountingServerConnection(ServerConnection):
-    """An accepted websocket that counts the bytes arriving (`Link` tells its session), and
-    drops a peer that makes it write more than `MAX_UNSENT` it does not read."""
+class _Counting(Connection):
+    """A websocket that counts the bytes arriving (`Link` tells its session), and drops a
+    peer that makes it write more than `MAX_UNSENT` it does not read."""
 
     bytes_arrived = 0
     watch_unread = True  #: off once the link closes (`Link._flush_and_close`)
@@ -105,18 +105,12 @@ class CountingServerConnection(ServerConnection):
             _drop_if_unread(self)
 
 
-class CountingClientConnection(ClientConnection):
-    """A dialed websocket that counts the bytes arriving (`Link` tells its session), and
-    drops a peer that makes it write more than `MAX_UNSENT` it does not read."""
+class CountingServerConnection(_Counting, ServerConnection):
+    """An accepted websocket that counts (`_Counting`)."""
 
-    bytes_arrived = 0
-    watch_unread = True  #: off once the link closes (`Link._flush_and_close`)
 
-    def data_received(self, data: bytes) -> None:
-        self.bytes_arrived += len(data)
-        super().data_received(data)
-        if self.watch_unread:
-            _drop_if_unread(self)
+class CountingClientConnection(_Counting, ClientConnection):
+    """A dialed websocket that counts (`_Counting`)."""
 
 
 def _drop_if_unread(websocket: Connection) -> None:
@@ -132,7 +126,7 @@ def _drop_if_unread(websocket: Connection) -> None:
 
 def _arrived(websocket: Connection) -> int | None:
     """Bytes arrived on ``websocket`` so far, if it counts them."""
-    if isinstance(websocket, CountingServerConnection | CountingClientConnection):
+    if isinstance(websocket, _Counting):
         return websocket.bytes_arrived
     return None
 
@@ -500,7 +494,7 @@ class Link:
         return True
 
     async def _flush_and_close(self) -> None:
-        if isinstance(self.websocket, CountingServerConnection | CountingClientConnection):
+        if isinstance(self.websocket, _Counting):
             # a send cancelled part-way left its frame in the buffer, and the frames flushed
             # now may pass `MAX_UNSENT` behind it: the close has its own bound (found in review)
             self.websocket.watch_unread = False
