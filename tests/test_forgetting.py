@@ -660,6 +660,44 @@ async def test_a_user_a_member_adds_is_keyed_by_the_owner_and_reaches_every_robo
     assert [p.preference("erin", "tea/mug").value for p in everyone] == ["green"] * 3  # type: ignore[union-attr]
 
 
+async def test_a_member_granted_a_users_keys_offers_their_documents_on_its_other_links(
+    household: list[Peer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hall added erin and wrote her preferences while cut off from the owner.  The
+    garden, linked to the hall, was granted her keys by the owner, who then left.  When
+    the owner grants the hall her keys too, the hall's link to the garden offers what they
+    open; before, only a new session there did, and the household did not settle (the
+    chaos harness's process mode: three robots, seed 0, under load)."""
+    owner, hall, garden = household
+    await hall.add_user("erin", name="Erin")
+    await hall.set_preference("erin", "tea/mug", "green")
+    granted = asyncio.Event()
+    keys_changed = garden.keys_changed
+
+    def garden_keys_changed() -> None:
+        keys_changed()
+        if holds_keys(garden, "erin"):
+            granted.set()
+
+    monkeypatch.setattr(garden, "keys_changed", garden_keys_changed)
+    assert hall.household is not None
+
+    async with AsyncExitStack() as stack:
+        middle = await stack.enter_async_context(service(garden))
+        hall_sync = SyncService(
+            hall, hall.household.credentials(hall.identity), peers=(("127.0.0.1", middle.port),)
+        )
+        await stack.enter_async_context(hall_sync)
+        await until([garden], lambda: "erin" in garden.users())
+        async with service(owner, middle.port):  # the owner hears of erin, keys and grants
+            async with asyncio.timeout(TIMEOUT):
+                await granted.wait()
+        assert garden.preference("erin", "tea/mug") is None  # the hall could not seal it
+        async with service(owner, hall_sync.port):  # now the hall is granted her keys
+            await until([garden], lambda: garden.preference("erin", "tea/mug") is not None)
+    assert garden.preference("erin", "tea/mug").value == "green"  # type: ignore[union-attr]
+
+
 async def test_an_owner_keys_at_open_the_users_it_heard_of_and_did_not_key(
     household: list[Peer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1221,6 +1221,47 @@ def test_a_document_offered_before_its_key_is_granted_is_asked_for_once_the_gran
     assert kitchen.docs.content("user/carol/prefs") == {"tea/mug": "green"}
 
 
+def test_keys_granted_on_one_session_offer_what_they_open_on_the_others(
+    home: Home, kitchen: Robot, hall: Robot, admin: Robot
+) -> None:
+    """The hall wrote carol's preferences before it held her key (a user added while it was
+    cut off from the owner): its session with the kitchen offered nothing of hers.  The
+    admin then grants both robots her key on their own sessions.  The hall's session with
+    the kitchen offers her preferences once told (`keys_learned`, as the service does on a
+    `KeysChanged` of another link); before, only a new session there did (found in review
+    of a chaos failure: the household did not settle)."""
+    admin.keyring.create_data_key("carol", "core", home.random_bytes)
+    hall.docs.write("user/carol/prefs", "tea/mug", "green")
+    a, b = connect(kitchen, hall)
+    connect(admin, kitchen)
+    assert of_type(kitchen, KeysChanged)
+    hall.events.clear()
+    connect(admin, hall)
+    assert of_type(hall, KeysChanged)
+    pump(a, b)
+    assert kitchen.docs.content("user/carol/prefs") == {}  # the session never offered it
+    b[1].keys_learned()
+    pump(a, b)
+    assert kitchen.docs.content("user/carol/prefs") == {"tea/mug": "green"}
+
+
+def test_keys_granted_on_another_session_ask_again_for_what_could_not_be_opened(
+    home: Home, kitchen: Robot, hall: Robot, admin: Robot
+) -> None:
+    """The hall offered carol's preferences to the kitchen before the kitchen held her key:
+    kept aside.  Granted the key by the admin on another session, the kitchen asks the hall
+    for them at once, not at the hall's next re-offer."""
+    admin.keyring.create_data_key("carol", "core", home.random_bytes)
+    connect(admin, hall)
+    hall.docs.write("user/carol/prefs", "tea/mug", "green")
+    a, b = connect(kitchen, hall)
+    assert kitchen.docs.content("user/carol/prefs") == {}
+    connect(admin, kitchen)
+    a[1].keys_learned()
+    pump(a, b)  # no tick: the hall's re-offer is not due
+    assert kitchen.docs.content("user/carol/prefs") == {"tea/mug": "green"}
+
+
 def forged(header: Header) -> bytes:
     """An envelope nobody signed: a signature of zeros over a ciphertext of zeros."""
     return Envelope(header, b"\x00" * 24, b"\x00" * 16, b"\x00" * 64).to_wire()

@@ -624,11 +624,15 @@ class _Run:
             case Settle():
                 deadline = time.monotonic() + CONVERGE_TIMEOUT_S
                 missing: set[tuple[str, str]] = set()  # the verdict's own wait decides loss
-                await asyncio.gather(*(
-                    self._arrived(robot, self.acked, deadline, missing) for robot in self._live()
-                ))  # fmt: skip
+                live = self._live()
+                found = await asyncio.gather(
+                    *(self._arrived(robot, self.acked, deadline, missing) for robot in live)
+                )
                 if missing:
-                    raise RobotProcessError(f"the household did not settle: {sorted(missing)}")
+                    absent = [f"{w.robot}'s {w.key} on {robot.name}"
+                              for robot, got in zip(live, found, strict=True)
+                              for w in self.acked if w not in got]  # fmt: skip
+                    raise RobotProcessError(f"the household did not settle: {', '.join(absent)}")
                 self._note(f"settled: {len(self.acked)} writes on every robot")
             case Revoke(robot):
                 await self._revoke(robot)

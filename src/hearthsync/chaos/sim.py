@@ -771,8 +771,9 @@ class Simulation:
                         self._revocation_at[victim].setdefault(robot.index, self.now)
                 _peer(robot).trust_changed()
                 self._to_every_link(robot, Session.send_revocations, but=conn)
-            elif isinstance(event, KeysChanged):
+            elif isinstance(event, KeysChanged):  # keep them; offer the others (SyncService)
                 _peer(robot).keys_changed()
+                self._to_every_link(robot, Session.keys_learned, but=conn)
                 for victim, learnt in self._revocation_at.items():
                     if robot.index in learnt:
                         self._keys_at[victim].setdefault(robot.index, self.now)

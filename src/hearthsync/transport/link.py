@@ -279,6 +279,11 @@ class Link:
         if self.session.send_grants():
             self.kick()
 
+    def keys_learned(self) -> None:
+        """Keys were granted on another link: offer what may be sealed for this peer now."""
+        self.session.keys_learned()
+        self.kick()
+
     def send_revocations(self) -> None:
         self.session.send_revocations()  # may close the session: a revoked peer
         self.kick()

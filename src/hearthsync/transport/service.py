@@ -41,6 +41,7 @@ from hearthsync.protocol.frames import MAX_FRAME_LEN
 from hearthsync.protocol.session import (
     DEAD_AFTER_S,
     Event,
+    KeysChanged,
     NeighboursChanged,
     PeerAuthenticated,
     RevocationsChanged,
@@ -373,6 +374,10 @@ class SyncService:
             for other in list(self.links.values()):
                 if other is not link:
                     other.send_revocations()
+        elif isinstance(event, KeysChanged):  # granted by one peer: what the others may get
+            for other in list(self.links.values()):
+                if other is not link:
+                    other.keys_learned()
 
     def _register(self, link: Link, device: str) -> None:
         if self._paused:  # the handshake was under way when the partition began
