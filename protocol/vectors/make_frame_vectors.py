@@ -42,6 +42,7 @@ GRAMMAR: dict[str, tuple[int, tuple[str, ...]]] = {
     "KEY_GRANT": (12, ("grant",)),
     "REVOCATIONS": (13, ("revocations",)),
     "NEIGHBOURS": (14, ("devices",)),
+    "KEY_REQUEST": (15, ("scope", "user")),
 }
 ENTRY_FIELDS = ("doc_id", "lineage", "sv_hash")
 VISIBLE_ASCII = "".join(chr(c) for c in range(0x21, 0x7F))  # the 94 characters ids may use
@@ -103,6 +104,8 @@ VALID: list[tuple[str, str, dict[str, Any]]] = [
     ("revocations", "REVOCATIONS", {"revocations": pattern(150, 16)}),
     ("neighbours-none", "NEIGHBOURS", {"devices": []}),
     ("neighbours", "NEIGHBOURS", {"devices": ["d-3f2a9c0b1d4e5f60", "d-0011223344556677"]}),
+    ("key-request", "KEY_REQUEST", {"scope": "health", "user": "carol"}),
+    ("key-request-household", "KEY_REQUEST", {"scope": "spatial", "user": ""}),
 ]  # fmt: skip
 
 
@@ -138,7 +141,7 @@ def invalid() -> list[tuple[str, bytes, int, str, str]]:
         ("top-level-map", packb({"type": 9}), 400, "frame", "maps are never valid"),
         ("top-level-uint", b"\x09", 400, "frame", "a frame is an array"),
         ("type-zero", packb([0]), 501, "frame.type", "unknown frame type"),
-        ("type-fifteen", packb([15, 1]), 501, "frame.type", "unknown frame type"),
+        ("type-sixteen", packb([16, 1]), 501, "frame.type", "unknown frame type"),
         ("type-uint64-max", packb([2**64 - 1]), 501, "frame.type", "unknown frame type"),
         ("type-as-bool", b"\x92\xc3\x00", 400, "frame.type", "bool is not a uint"),
         ("type-as-str", packb(["PING", 1]), 400, "frame.type", "str is not a uint"),
@@ -199,6 +202,10 @@ def invalid() -> list[tuple[str, bytes, int, str, str]]:
          "ids are not empty"),
         ("neighbours-bin-id", packb([14, [b"d"]]), 400, "NEIGHBOURS.devices[0]",
          "bin is not str"),
+        ("key-request-empty-scope", packb([15, "", "carol"]), 400, "KEY_REQUEST.scope",
+         "a scope is an id, not empty"),
+        ("key-request-no-user", packb([15, "core"]), 400, "KEY_REQUEST",
+         "two fields"),
     ]  # fmt: skip
 
 

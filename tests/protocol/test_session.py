@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import random
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from hearthsync.protocol.session import (
     DEAD_AFTER_S,
     HANDSHAKE_TIMEOUT_S,
     HEARTBEAT_S,
+    KEY_REQUEST_MAX_S,
+    KEY_REQUEST_S,
     MAX_REQUESTED,
     MAX_UNOPENED,
     REQUEST_RETRY_S,
@@ -692,6 +695,95 @@ def test_a_lost_grant_of_a_new_users_key_is_asked_for_again_by_reconnecting(
     _a2, _b2 = connect(admin, kitchen)  # the new session grants the key; carol's prefs come
     assert kitchen.docs.content("user/carol/prefs") == {"tea/mug": "green"}
     assert _b2[1].state is State.OPEN
+
+
+def key_requests(session: Session) -> list[tuple[str, str]]:
+    return [(fr.scope, fr.user) for fr in sent(session) if isinstance(fr, f.KeyRequest)]
+
+
+def test_a_lost_grant_of_a_slot_only_the_member_holds_documents_of_is_asked_for_again(
+    hall: Robot, admin: Robot, home: Home
+) -> None:
+    """The admin keyed carol and granted her health key; the grant was lost.  Only the hall
+    holds a health record of hers, so no offer of the admin's ever named the document and
+    nothing asked for a new session: the record stayed on the hall for good (the chaos
+    harness, seed 1001921).  The hall now asks for the keys of what it cannot seal
+    (KEY_REQUEST), the admin grants them again, and the record goes out."""
+    a, b = connect(admin, hall)
+    admin.keyring.create_data_key("carol", "health", home.random_bytes)
+    assert a[1].send_grants() > 0
+    for data in a[1].data_to_send():
+        if not isinstance(f.decode(data), f.KeyGrant):  # the grant is lost
+            b[1].receive_data(data, NOW)
+    pump(a, b)
+    hall.docs.write("user/carol/health", "mobility", "cane")
+    with pytest.raises(MissingKeyError):
+        hall.keyring.sealing_epoch("health", "carol")
+    b[1].tick(NOW + KEY_REQUEST_S - 0.5)
+    assert key_requests(b[1]) == []  # the session's own grants come first
+    b[1].tick(NOW + KEY_REQUEST_S)
+    (request,) = [fr for fr in sent(b[1]) if isinstance(fr, f.KeyRequest)]
+    assert (request.scope, request.user) == ("health", "carol")
+    a[1].receive_data(f.encode(request), NOW + KEY_REQUEST_S)
+    pump(a, b, NOW + KEY_REQUEST_S)
+    assert hall.keyring.sealing_epoch("health", "carol") == 0
+    assert admin.docs.content("user/carol/health") == {"mobility": "cane"}
+    assert b[1].state is State.OPEN
+
+
+def test_key_requests_back_off_and_cost_nothing_when_every_document_seals(
+    hall: Robot, admin: Robot
+) -> None:
+    """A user added on a member waits for the owner to hear of them: the member asks again
+    at doubling intervals, up to `KEY_REQUEST_MAX_S`.  With nothing unsealable it sends no
+    KEY_REQUEST at all, and to a member (which grants nothing) never."""
+    hall.docs.write("user/alice/prefs", "tea/mug", "green")
+    _, b = connect(admin, hall)
+    asked = []
+    for second in range(1, 200):
+        b[1].tick(NOW + second)
+        b[1].receive_data(f.encode(f.Pong(0)), NOW + second)  # the admin stays alive
+        if key_requests(b[1]):
+            asked.append(second)
+    assert asked == []
+    hall.docs.write("user/erin/prefs", "tea/mug", "green")  # erin: keyed by no one yet
+    for second in range(200, 400):
+        b[1].tick(NOW + second)
+        b[1].receive_data(f.encode(f.Pong(0)), NOW + second)
+        if key_requests(b[1]):
+            asked.append(second)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(asked)]
+    assert gaps[:4] == [5, 10, 20, 40]
+    assert set(gaps[4:]) == {KEY_REQUEST_MAX_S}
+
+
+def test_a_key_request_is_answered_by_an_owner_or_admin_once_in_a_while_and_only_in_shared_scopes(
+    kitchen: Robot, hall: Robot, admin: Robot, home: Home
+) -> None:
+    admin.keyring.create_data_key("carol", "core", home.random_bytes)
+    a, b = connect(admin, kitchen)
+    a[1].receive_data(f.encode(f.KeyRequest("core", "carol")), NOW)
+    assert [type(fr) for fr in sent(a[1])] == [f.KeyGrant]  # granted again, though granted
+    a[1].receive_data(f.encode(f.KeyRequest("core", "carol")), NOW + 1)
+    assert sent(a[1]) == []  # once per KEY_REQUEST_S
+    a[1].receive_data(f.encode(f.KeyRequest("core", "carol")), NOW + KEY_REQUEST_S)
+    assert [type(fr) for fr in sent(a[1])] == [f.KeyGrant]
+    a[1].receive_data(f.encode(f.KeyRequest("core", "dan")), NOW + KEY_REQUEST_S)
+    assert sent(a[1]) == []  # no key of that slot here: nothing
+    a[1].receive_data(f.encode(f.KeyRequest("core", "")), NOW + KEY_REQUEST_S)
+    assert {KeyGrant.from_wire(fr.grant).kind for fr in sent(a[1])} == {"scope"}
+    # a member grants nothing
+    c, d = connect(kitchen, hall)
+    c[1].receive_data(f.encode(f.KeyRequest("core", "alice")), NOW)
+    assert sent(c[1]) == []
+    assert c[1].state is State.OPEN
+    # health: the kitchen may not read it; asking for its keys closes the session
+    a[1].receive_data(f.encode(f.KeyRequest("health", "carol")), NOW + KEY_REQUEST_S)
+    assert a[1].closed
+    (error,) = sent(a[1])
+    assert isinstance(error, f.Error)
+    assert error.code == 403
+    del b, d
 
 
 def test_a_device_missing_a_users_new_data_key_seals_under_the_previous_epoch(

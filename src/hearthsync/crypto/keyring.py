@@ -494,6 +494,31 @@ class Keyring:
         ]
         return grants
 
+    def grants_of_slot(
+        self,
+        granter: DeviceIdentity,
+        recipient_pk: bytes | VerifyKey,
+        scope: str,
+        user: str | None,
+        random_bytes: RandomBytes,
+    ) -> list[bytes]:
+        """Grants of every key we hold of one slot, every epoch: ``user``'s data keys of
+        ``scope``, or (``user`` None) the scope's own keys.  What a device asks for when it
+        holds documents it cannot seal (a grant lost on the way, SPEC §6.5)."""
+        if user is None:
+            held = [(e, keys) for (s, e), keys in sorted(self._scope_keys.items()) if s == scope]
+        else:
+            held = [
+                (e, keys)
+                for (u, s, e), keys in sorted(self._data_keys.items())
+                if u == user and s == scope
+            ]
+        return [
+            self._grant(granter, recipient_pk, scope, e, user, key, random_bytes)
+            for e, keys in held
+            for key in keys
+        ]
+
     def accept_grant(
         self, data: bytes, identity: DeviceIdentity, *, trust: TrustStore, now: int
     ) -> KeyGrant:

@@ -84,6 +84,7 @@ class FrameType(IntEnum):
     KEY_GRANT = 12
     REVOCATIONS = 13
     NEIGHBOURS = 14
+    KEY_REQUEST = 15
 
 
 class ErrorCode(IntEnum):
@@ -245,6 +246,16 @@ class Neighbours:
     devices: Annotated[tuple[str, ...], DEVICES]
 
 
+@dataclass(frozen=True, slots=True)
+class KeyRequest:
+    """The sender holds documents of ``scope`` (of ``user``; "" for the household's own) that
+    it holds no key to seal: an owner or admin grants it that slot's keys again (SPEC §6.5)."""
+
+    TYPE: ClassVar[FrameType] = FrameType.KEY_REQUEST
+    scope: Annotated[str, ID]
+    user: Annotated[str, TEXT]
+
+
 Frame = (
     Hello
     | Auth
@@ -260,11 +271,12 @@ Frame = (
     | KeyGrant
     | RevocationList
     | Neighbours
+    | KeyRequest
 )
 
 FRAME_CLASSES: tuple[type[Any], ...] = (
     Hello, Auth, Inventory, SyncStep1, SyncStep2, SyncDone, Update, Ack, Ping, Pong, Error,
-    KeyGrant, RevocationList, Neighbours,
+    KeyGrant, RevocationList, Neighbours, KeyRequest,
 )  # fmt: skip
 _BY_TYPE: dict[int, type[Any]] = {cls.TYPE: cls for cls in FRAME_CLASSES}
 
