@@ -30,6 +30,7 @@ from hearthsync.protocol.session import (
     HEARTBEAT_S,
     KEY_REQUEST_MAX_S,
     KEY_REQUEST_S,
+    MAX_KEYS_PER_SLOT,
     MAX_REQUESTED,
     MAX_UNOPENED,
     REQUEST_RETRY_S,
@@ -784,6 +785,93 @@ def test_a_key_request_is_answered_by_an_owner_or_admin_once_in_a_while_and_only
     assert isinstance(error, f.Error)
     assert error.code == 403
     del b, d
+
+
+def test_a_key_request_brings_the_revocation_list_again_with_the_keys(
+    home: Home, hall: Robot, admin: Robot
+) -> None:
+    """The admin's revocation list was lost at the session's opening, then carol was keyed
+    in the list's epoch: a grant of it is only set aside where no list accounts for its
+    epoch.  Answering a KEY_REQUEST sent the grant again each round but never the list, and
+    the same key piled up, sealed anew each time (found in review).  Now the list comes
+    first, and one slot's grants set aside stay at `MAX_KEYS_PER_SLOT`."""
+    revoke(home, admin, "AAAAAAAAAAAAAAAA")
+    a, b = (admin, admin.session()), (hall, hall.session())
+    for _ in range(10):  # the handshake; the admin's REVOCATIONS frame is lost
+        for data in a[1].data_to_send():
+            if not isinstance(f.decode(data), f.RevocationList):
+                b[1].receive_data(data, NOW)
+        for data in b[1].data_to_send():
+            a[1].receive_data(data, NOW)
+    assert b[1].state is State.OPEN
+    admin.keyring.create_data_key("carol", "core", home.random_bytes)  # in epoch 1
+    for _ in range(MAX_KEYS_PER_SLOT + 4):  # the same key, sealed anew each time
+        (grant,) = admin.keyring.grants_of_slot(
+            home.admin, hall.identity.verify_key, "core", "carol", home.random_bytes
+        )
+        b[1].receive_data(f.encode(f.KeyGrant(grant)), NOW)
+    carol = [d for _, d in b[1]._pending_grants if KeyGrant.from_wire(d).user == "carol"]
+    assert len(carol) == MAX_KEYS_PER_SLOT
+    hall.docs.write("user/carol/prefs", "tea/mug", "green")
+    later = NOW + KEY_REQUEST_S
+    b[1].tick(later)
+    a[1].tick(later)
+    pump(a, b, later)
+    assert hall.trust.revocations is not None
+    assert admin.docs.content("user/carol/prefs") == {"tea/mug": "green"}
+    assert b[1]._pending_grants == []
+
+
+def test_slots_past_the_first_key_requests_are_asked_for_in_later_rounds(
+    home: Home, hall: Robot, admin: Robot
+) -> None:
+    """70 users added on the hall and keyed by no one, and one the admin keyed, its grant
+    lost: the first 64 slots, asked for every round, kept the last from ever being asked
+    for (found in review)."""
+    for i in range(70):
+        hall.docs.write(f"user/u{i:02d}/prefs", "k", "v")
+    hall.docs.write("user/zz/prefs", "tea/mug", "green")
+    a, b = connect(admin, hall)
+    admin.keyring.create_data_key("zz", "core", home.random_bytes)  # its grant: never sent
+    for second in range(1, 60):
+        b[1].tick(NOW + second)
+        a[1].tick(NOW + second)
+        pump(a, b, NOW + second)
+    assert admin.docs.content("user/zz/prefs") == {"tea/mug": "green"}
+
+
+def test_a_revoked_peer_asking_for_keys_is_refused_and_granted_nothing(
+    home: Home, hall: Robot, admin: Robot
+) -> None:
+    a, _ = connect(admin, hall)
+    revoke(home, admin, hall.identity.device_id)
+    a[1].receive_data(f.encode(f.KeyRequest("core", "alice")), NOW + 1)
+    frames = sent(a[1])
+    assert not [fr for fr in frames if isinstance(fr, f.KeyGrant)]
+    assert a[1].closed
+    assert [fr.code for fr in frames if isinstance(fr, f.Error)] == [401]
+
+
+def test_no_key_request_for_scopes_not_shared_forgotten_users_or_to_a_member(
+    home: Home, kitchen: Robot, hall: Robot, admin: Robot
+) -> None:
+    """The kitchen holds a health record it may not read (a scope the session does not
+    share: the admin would refuse the request, 403, and drop the link each round) and a
+    document of a user it forgot; the hall holds a user no one keyed, but its peer is a
+    member, which grants nothing."""
+    kitchen.docs.write("user/carol/health", "mobility", "cane")
+    kitchen.docs.write("user/dan/prefs", "tea/mug", "green")
+    kitchen.keyring.forget_user("dan")
+    _, b = connect(admin, kitchen)
+    hall.docs.write("user/erin/prefs", "tea/mug", "green")
+    c, _d = connect(kitchen, hall)
+    for second in range(1, 130):
+        for session in (b[1], _d[1]):
+            session.tick(NOW + second)
+            session.receive_data(f.encode(f.Pong(0)), NOW + second)
+            assert key_requests(session) == []
+    assert b[1].state is State.OPEN
+    del c
 
 
 def test_a_device_missing_a_users_new_data_key_seals_under_the_previous_epoch(

@@ -61,7 +61,7 @@ from hearthsync.crypto.envelope import (
     verify_envelope,
 )
 from hearthsync.crypto.identity import DeviceIdentity
-from hearthsync.crypto.keyring import Keyring, accounted_for
+from hearthsync.crypto.keyring import MAX_KEYS_PER_SLOT, KeyGrant, Keyring, accounted_for
 from hearthsync.errors import (
     CertificateError,
     CryptoError,
@@ -75,7 +75,8 @@ from hearthsync.ids import DocId, LineageId
 from hearthsync.protocol import frames as f
 
 #: 2: envelopes carry a codec (compressed updates, SPEC §4); 3: NEIGHBOURS, and the inventory
-#: hash covers the delete set (SPEC §6.3, §6.4)
+#: hash covers the delete set (SPEC §6.3, §6.4); 4: revocation lists of version 2 (SPEC §3);
+#: 5: KEY_REQUEST (SPEC §6.5)
 PROTOCOL_VERSION = 5
 SCHEMA_VERSION = 2  #: of the records documents hold (SPEC §6.1); 2: profile facts' stamps
 AUTH_TAG = b"hearth-auth-v1"
@@ -342,6 +343,12 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
+def _slot_of(data: bytes) -> tuple[str, str, str, int, bytes]:
+    """The slot and granter of a grant already checked (`Session._set_aside`)."""
+    grant = KeyGrant.from_wire(data)
+    return (grant.kind, grant.scope, grant.user, grant.epoch, grant.granter_pk)
+
+
 def sv_hash(state_vector: bytes) -> bytes:
     """``BLAKE2b-8`` of a canonical state vector (SPEC §5)."""
     return hashlib.blake2b(state_vector, digest_size=8).digest()
@@ -429,6 +436,7 @@ class Session:
     #: when each slot (scope, user) was last granted again on request (at most
     #: `MAX_UNOPENED` kept)
     _regranted: dict[tuple[str, str], float] = field(default_factory=dict)
+    _asked_slots: set[tuple[str, str]] = field(default_factory=set)  #: in the last KEY_REQUESTs
     _sent_serial: int = 0  #: of the revocation list last sent on this session
     #: the conflicting lists sent on this session (`TrustStore.conflicting`): sent once each
     _sent_conflicting: set[Revocations] = field(default_factory=set)
@@ -851,11 +859,25 @@ class Session:
             data, self.identity, trust=self.trust, now=int(self._wall)
         )
         if not accounted_for(grant.epoch, self.trust) and len(self._pending_grants) < MAX_PENDING:
-            self._pending_grants.append((grant.epoch, data))
+            self._set_aside(grant, data)
         learned = self.keyring.key_count() - before
         if learned:
             self._events.append(KeysChanged(learned))
             self.keys_learned()
+
+    def _set_aside(self, grant: KeyGrant, data: bytes) -> None:
+        """Keep ``grant`` until a revocation list accounts for its epoch: at most
+        `MAX_KEYS_PER_SLOT` of one slot from one granter (the oldest go).  A grant sent
+        again (KEY_REQUEST) is sealed anew, so the same key came in other bytes each round,
+        and each was kept until the list came (found in review: 27 kept of 4 keys)."""
+        slot = (grant.kind, grant.scope, grant.user, grant.epoch, grant.granter_pk)
+        same = [
+            i for i, (_, held) in enumerate(self._pending_grants)
+            if _slot_of(held) == slot
+        ]  # fmt: skip
+        for i in reversed(same[: max(0, len(same) + 1 - MAX_KEYS_PER_SLOT)]):
+            del self._pending_grants[i]
+        self._pending_grants.append((grant.epoch, data))
 
     def keys_learned(self) -> None:
         """This device holds keys it did not (granted on this session or on another one):
@@ -888,7 +910,11 @@ class Session:
         key held here seals (SPEC §6.5), then look again later, backing off while any
         remain: a user added on a member waits for the owner to hear of them."""
         slots = self._unsealable()
-        for scope, user in slots[:MAX_KEY_REQUESTS]:
+        # the slots not asked for last time first: slots that stay unsealable (users no one
+        # keyed yet) kept the others from ever being asked for (found in review)
+        batch = sorted(slots, key=lambda slot: slot in self._asked_slots)[:MAX_KEY_REQUESTS]
+        self._asked_slots = set(batch)
+        for scope, user in batch:
             self._send(f.KeyRequest(scope, user))
         if not slots:  # looked at again now and then: a document may become one
             self._keys_check_wait = KEY_REQUEST_S
@@ -910,7 +936,11 @@ class Session:
             raise ProtocolError(f"KEY_REQUEST for {scope!r}, a scope this session does not share",
                                 code=403)  # fmt: skip
         mine = self.trust.certificate_of(self.identity.device_id)
-        if mine.role not in ("owner", "admin") or self._peer_refused() is not None:
+        if mine.role not in ("owner", "admin"):
+            return
+        refused = self._peer_refused()
+        if refused is not None:  # revoked since the session opened: as `send_grants`
+            self._fail(f.ErrorCode.UNAUTHORIZED, refused)
             return
         slot = (scope, user)
         last = self._regranted.get(slot)
@@ -924,9 +954,11 @@ class Session:
             self.identity, self.peer.certificate.verify_key, scope, user or None,
             self.random_bytes,
         )  # fmt: skip
-        listed = self.trust.revocations
-        if grants and listed is not None and listed.serial > self._sent_serial:
-            self.send_revocations()  # the list before the keys, as `send_grants` sends them
+        if grants:
+            # the list before the keys, as `send_grants` sends them, and sent again: the
+            # first may have been lost too, and a grant of an epoch no list held there
+            # accounts for is only set aside (found in review)
+            self.send_revocations()
         self._granted.update(grants)
         for grant in grants:
             self._send(f.KeyGrant(grant))
@@ -935,11 +967,12 @@ class Session:
         """Send the inventory (``only_new``: of the documents not offered before, if any);
         every document in it counts as unacknowledged until the peer shows it holds as much
         (SPEC §6.4), so a lost inventory is offered again."""
-        entries = self._inventory()
-        if only_new:
-            entries = [entry for entry in entries if entry.doc_id not in self._offered]
+        if only_new:  # the documents offered already are not even looked at (a digest each)
+            entries = self._entries([d for d, _ in self.docs.held() if d not in self._offered])
             if not entries:
                 return
+        else:
+            entries = self._inventory()
         self._offered.update(entry.doc_id for entry in entries)
         self._send_offer(entries, restart=True)
 
