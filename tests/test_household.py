@@ -244,10 +244,15 @@ async def test_a_revoked_robot_is_dropped_refused_and_left_behind(
     beta, gamma = robots[1:]
     assert (await alpha.ask(f"waitpeers 2 {TIMEOUT}")).startswith("PEERS")
     await converge(robots, [])
+    assert await beta.ask(f"waitrevoked {gamma.device_id} 0.2") == (
+        f"TIMEOUT revoked {gamma.device_id}"
+    )
+    waiting = asyncio.create_task(beta.ask(f"waitrevoked {gamma.device_id} {TIMEOUT}"))
     # by the name it joined with: the id alone was taken (found by a new user)
     answer = await alpha.ask("revoke gamma")
     assert answer.startswith(f"ACK revoke {gamma.device_id} "), answer
     assert "core@1" in answer  # a new epoch of every scope gamma held
+    assert await waiting == f"REVOKED {gamma.device_id}"  # woken by the list from alpha
     assert (
         await alpha.ask("pref alice after/revocation yes") == "ACK pref alice after/revocation yes"
     )

@@ -216,7 +216,7 @@ async def _keep_run_file(run_file: _RunFile) -> None:
 CONSOLE_COMMANDS = (
     "user ID NAME", "pref USER KEY VALUE", "get USER KEY", "wait USER KEY SECONDS",
     "waituser USER SECONDS", "peers", "waitpeers COUNT SECONDS", "partition on|off",
-    "revoke DEVICE (name or id)", "forget USER", "digest", "help",
+    "revoke DEVICE (name or id)", "waitrevoked DEVICE SECONDS", "forget USER", "digest", "help",
 )  # fmt: skip
 
 
@@ -272,6 +272,16 @@ async def _command(peer: Peer, service: SyncService, words: list[str], run_file:
             peer.trust_changed()
             service.trust_changed()  # drops the revoked device, tells the others
             return f"ACK revoke {device} " + ",".join(f"{s}@{e}" for s, e in sorted(epochs.items()))
+        case ["waitrevoked", device, seconds]:
+            assert peer.household is not None
+            trust = peer.household.trust
+            device = device.replace("-", "")
+            try:  # woken when the trust store takes a list in (`SyncService.wait_until`)
+                async with asyncio.timeout(float(seconds)):
+                    await service.wait_until(lambda: device in trust.revoked)
+            except TimeoutError:
+                return f"TIMEOUT revoked {device}"
+            return f"REVOKED {device}"
         case ["forget", user]:
             tombstone = await peer.forget(user)
             return f"ACK forget {user} {tombstone.device}"

@@ -203,8 +203,9 @@ class SyncService:
             await self._changed.wait_for(lambda: len(self.links) >= count)
 
     async def wait_until(self, condition: Callable[[], bool]) -> None:
-        """Wait until ``condition`` holds, checked again whenever a link opens or closes or
-        a peer says which devices it has links with (wrap it in ``asyncio.timeout``)."""
+        """Wait until ``condition`` holds, checked again whenever a link opens or closes, a
+        peer says which devices it has links with, or a peer brings a newer revocation list
+        (wrap it in ``asyncio.timeout``)."""
         async with self._changed:
             await self._changed.wait_for(condition)
 
@@ -374,6 +375,7 @@ class SyncService:
             for other in list(self.links.values()):
                 if other is not link:
                     other.send_revocations()
+            self._notify()  # `wait_until` a device is revoked here
         elif isinstance(event, KeysChanged):  # granted by one peer: what the others may get
             for other in list(self.links.values()):
                 if other is not link:
