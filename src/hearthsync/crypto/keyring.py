@@ -478,21 +478,8 @@ class Keyring:
         ``scopes`` that we hold: what a newly enrolled device, or one left after a
         revocation, needs."""
         wanted = set(scopes)
-        # the data keys first: a robot makes a new user's keys in the epoch of the newest
-        # scope key it holds (`current_epoch`), so a rotation's scope key comes after its data
-        grants = [
-            self._grant(granter, recipient_pk, s, e, u, key, random_bytes)
-            for (u, s, e), keys in sorted(self._data_keys.items())
-            if s in wanted
-            for key in keys
-        ]
-        grants += [
-            self._grant(granter, recipient_pk, s, e, None, key, random_bytes)
-            for (s, e), keys in sorted(self._scope_keys.items())
-            if s in wanted
-            for key in keys
-        ]
-        return grants
+        return self._grants_of(granter, recipient_pk, random_bytes,
+                            lambda user, scope: scope in wanted)  # fmt: skip
 
     def grants_of_slot(
         self,
@@ -505,19 +492,33 @@ class Keyring:
         """Grants of every key we hold of one slot, every epoch: ``user``'s data keys of
         ``scope``, or (``user`` None) the scope's own keys.  What a device asks for when it
         holds documents it cannot seal (a grant lost on the way, SPEC §6.5)."""
-        if user is None:
-            held = [(e, keys) for (s, e), keys in sorted(self._scope_keys.items()) if s == scope]
-        else:
-            held = [
-                (e, keys)
-                for (u, s, e), keys in sorted(self._data_keys.items())
-                if u == user and s == scope
-            ]
-        return [
-            self._grant(granter, recipient_pk, scope, e, user, key, random_bytes)
-            for e, keys in held
+        return self._grants_of(granter, recipient_pk, random_bytes,
+                            lambda u, s: s == scope and u == user)  # fmt: skip
+
+    def _grants_of(
+        self,
+        granter: DeviceIdentity,
+        recipient_pk: bytes | VerifyKey,
+        random_bytes: RandomBytes,
+        wanted: Callable[[str | None, str], bool],
+    ) -> list[bytes]:
+        """Grants of every key held of the slots ``wanted(user, scope)`` picks (``user``
+        None: a scope key)."""
+        # the data keys first: a robot makes a new user's keys in the epoch of the newest
+        # scope key it holds (`current_epoch`), so a rotation's scope key comes after its data
+        grants = [
+            self._grant(granter, recipient_pk, s, e, u, key, random_bytes)
+            for (u, s, e), keys in sorted(self._data_keys.items())
+            if wanted(u, s)
             for key in keys
         ]
+        grants += [
+            self._grant(granter, recipient_pk, s, e, None, key, random_bytes)
+            for (s, e), keys in sorted(self._scope_keys.items())
+            if wanted(None, s)
+            for key in keys
+        ]
+        return grants
 
     def accept_grant(
         self, data: bytes, identity: DeviceIdentity, *, trust: TrustStore, now: int
