@@ -103,10 +103,21 @@ async def test_forgetting_leaves_no_byte_of_the_user_in_any_file(tmp_path: Path)
         assert len(await peer.recall("alice", "coffee please", k=3)) == 3
         await peer.compact()  # Alice's words now sit in snapshots too, not only in logs
         assert found_in(path, ALICE_SAYS)
+        held = " | ".join(peer.forgetting_remnants("alice"))
+        for remnant in (
+            "honours no tombstone of alice",
+            "documents of alice (user/alice/",
+            "lists alice as a user",
+            "its home documents mention alice",
+            "has not finished purging alice",
+        ):
+            assert remnant in held, held  # fmt: skip
 
         tombstone = await peer.forget("alice")
 
         assert found_in(path, ALICE_SAYS) == []
+        assert peer.forgetting_remnants("alice") == []
+        assert "lists bob as a user" in peer.forgetting_remnants("bob")
         assert tombstone.device == peer.device_id
         assert set(peer.forgotten()) == {"alice"}
         assert peer.users() == ["bob"]
@@ -617,6 +628,8 @@ async def test_a_purge_that_fails_after_an_earlier_one_finished_is_redone_at_the
         with pytest.raises(OSError, match="went away"):
             await robot._forgetting.purge("alice")
         assert not robot._forgetting._purged("alice")
+        # nothing of hers shows in memory: only the purge's missing end tells
+        assert robot.forgetting_remnants("alice") == ["has not finished purging alice"]
         monkeypatch.undo()
     async with Peer.open(path, wall=FakeWall()) as robot:
         await robot._forgetting.close()  # the purge the open started

@@ -262,6 +262,29 @@ async def test_a_revoked_robot_is_dropped_refused_and_left_behind(
     assert (await alpha.ask("peers")) == f"PEERS {beta.device_id}"
 
 
+async def test_a_robot_answers_forgotten_once_another_robots_forgetting_is_done_there(
+    household: list[Path], robots: list[Robot]
+) -> None:
+    alpha = await Robot.start(household[0], "--no-mdns")
+    robots.append(alpha)
+    await alpha.ask("user bob Bob")
+    await enrol(alpha, household[1])
+    beta = await Robot.start(household[1], "--no-mdns", "--peer", f"127.0.0.1:{alpha.port}")
+    robots.append(beta)
+    assert await beta.ask(f"waituser bob {TIMEOUT}") == "OK user bob"
+    assert await beta.ask("pref bob tea/mug blue") == "ACK pref bob tea/mug blue"
+    assert await alpha.ask(f"wait bob tea/mug {TIMEOUT}") == "OK bob tea/mug"
+    answer = await beta.ask("forgotten bob 0.2")
+    assert answer.startswith("TIMEOUT forgotten bob: honours no tombstone of bob; "), answer
+    assert "holds 2 documents of bob (user/bob/prefs, user/bob/profile)" in answer
+    waiting = asyncio.create_task(beta.ask(f"forgotten bob {TIMEOUT}"))
+    assert (await alpha.ask("forget bob")).startswith("ACK forget bob ")
+    # woken by the end of its own purge (which commits no document), not found by polling
+    assert await waiting == "FORGOTTEN bob"
+    assert await alpha.ask("forgotten bob 0") == "FORGOTTEN bob"
+    assert await beta.ask("forgotten") == "ERR usage: forgotten USER SECONDS"
+
+
 async def test_hearth_run_serves_the_http_api_on_loopback_with_its_token(
     household: list[Path], robots: list[Robot]
 ) -> None:

@@ -264,6 +264,31 @@ class Forgetting:
         records are read once, by `resume`, and kept as purges start and end."""
         return user in self._purged_here
 
+    def remnants(self, user: str) -> list[str]:
+        """What this robot still holds of ``user``, whom the household forgot: one line per
+        kind of remnant, empty once forgetting is done here.  The purge's last record
+        (`_purged`) counts: what cannot be seen from memory (the update logs, the ``vectors``
+        rows) is gone only then."""
+        peer = self._peer
+        found = []
+        if user not in self.forgotten():
+            found.append(f"honours no tombstone of {user}")
+        docs = self._documents_of(user)
+        if docs:
+            found.append(f"holds {len(docs)} documents of {user} ({', '.join(docs[:3])})")
+        if user in peer.users():
+            found.append(f"lists {user} as a user")
+        keyring = peer.household.keyring if peer.household is not None else None
+        if keyring is not None and not keyring.is_forgotten(user):
+            found.append(f"holds the data keys of {user}")
+        if any(peer._vectors.directory.glob(f"{user}.*")):
+            found.append(f"holds vector index files of {user}")
+        if self._home_mentions(user):
+            found.append(f"its home documents mention {user}")
+        if not self._purged(user):
+            found.append(f"has not finished purging {user}")
+        return found
+
     def _holds_anything_of(self, user: str) -> bool:
         """Cheaply: does this robot hold something of ``user`` that a purge would delete?
 

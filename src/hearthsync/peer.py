@@ -1344,6 +1344,13 @@ class Peer:
         the household (it checks every tombstone's signature at each call)."""
         return self._forgotten_users()
 
+    def forgetting_remnants(self, user: str) -> list[str]:
+        """What this robot still holds of ``user``, forgotten (documents, the user's entry,
+        data keys, index files, mentions in the home documents, a purge not finished): one
+        line each, empty once forgetting ``user`` is done here.  For checks (the chaos
+        harness, an operator's console): a user never forgotten has remnants by definition."""
+        return self._forgetting.remnants(user)
+
     def keys_changed(self) -> None:
         """Another robot granted keys: keep them with this device's credentials.  An owner or
         admin grants them on to the robots linked to it: one such robot's key of a slot that

@@ -20,8 +20,12 @@ standard output (an operator's and a test's way in; robot software uses the HTTP
     waitpeers COUNT SECONDS    -> PEERS id,... once COUNT peers are linked | TIMEOUT peers ...
     partition on|off           -> ACK partition on|off   (cut / restore every connection)
     revoke DEVICE              -> ACK revoke DEVICE scope@epoch,...  (the owner only)
+    waitrevoked DEVICE SECONDS -> REVOKED DEVICE once this robot holds its revocation
+                                  | TIMEOUT revoked DEVICE
     digest                     -> DIGEST <hex>   (every document, once flushed: chaos checks)
     forget USER                -> ACK forget USER DEVICE  (the user is forgotten everywhere)
+    forgotten USER SECONDS     -> FORGOTTEN USER once nothing of theirs remains here
+                                  | TIMEOUT forgotten USER: what remains; ...
 """
 
 from __future__ import annotations
@@ -216,7 +220,8 @@ async def _keep_run_file(run_file: _RunFile) -> None:
 CONSOLE_COMMANDS = (
     "user ID NAME", "pref USER KEY VALUE", "get USER KEY", "wait USER KEY SECONDS",
     "waituser USER SECONDS", "peers", "waitpeers COUNT SECONDS", "partition on|off",
-    "revoke DEVICE (name or id)", "waitrevoked DEVICE SECONDS", "forget USER", "digest", "help",
+    "revoke DEVICE (name or id)", "waitrevoked DEVICE SECONDS", "forget USER",
+    "forgotten USER SECONDS", "digest", "help",
 )  # fmt: skip
 
 
@@ -285,6 +290,10 @@ async def _command(peer: Peer, service: SyncService, words: list[str], run_file:
         case ["forget", user]:
             tombstone = await peer.forget(user)
             return f"ACK forget {user} {tombstone.device}"
+        case ["forgotten", user, seconds]:  # another robot's forgetting reached this one
+            if await _wait_for(peer, lambda: not peer.forgetting_remnants(user), float(seconds)):
+                return f"FORGOTTEN {user}"
+            return f"TIMEOUT forgotten {user}: {'; '.join(peer.forgetting_remnants(user))}"
         case ["digest"]:  # equal on two robots: they hold the same documents
             # imported here: the chaos package (simulator and all) is no part of a running robot
             from hearthsync.chaos.check import digest
@@ -324,6 +333,7 @@ async def _wait_for(peer: Peer, condition: object, seconds: float) -> bool:
     assert callable(condition)
     changed = asyncio.Event()
     off = peer.on_durable(lambda _: changed.set())
+    peer.on_forgotten.append(woken := lambda _: changed.set())  # a purge's end commits nothing
     try:
         async with asyncio.timeout(seconds):
             while not condition():
@@ -334,3 +344,4 @@ async def _wait_for(peer: Peer, condition: object, seconds: float) -> bool:
         return False
     finally:
         off()
+        peer.on_forgotten.remove(woken)

@@ -89,7 +89,9 @@ async def test_robots_found_by_mdns_lose_nothing_through_a_cut_kills_and_a_heal(
     report = await run_processes(tmp_path, peers=3, seed=seed, edits=12, netns=True)
     trace = " | ".join(report.fault_trace)
     assert report.ok, trace
-    assert report.acknowledged_writes == report.verified_writes == 12
+    assert report.acknowledged_writes == report.verified_writes + report.exempt_writes == 13
+    assert report.forgotten == "frank"
+    assert report.forgetting_remnants == []
     for word in (" cut ", " kill ", " restart ", " heal"):
         assert word in f"{trace} ", trace
     victim = next(line.split()[2] for line in report.fault_trace if " cut " in line)

@@ -24,12 +24,17 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from hearthsync.chaos import process
 from hearthsync.chaos.console import run_in_processes
 from hearthsync.chaos.process import (
+    FORGOTTEN,
+    LATE_KEY,
     NEW_USER,
+    USER,
     AddUser,
     CheckCut,
     Cut,
+    Forget,
     Heal,
     Kill,
     Restart,
@@ -322,7 +327,8 @@ def test_the_weather_caps_a_pair_s_bandwidth_in_some_runs_and_never_without_weat
 def test_every_run_cuts_kills_restarts_and_writes_only_on_live_robots(seed: int) -> None:
     steps = draw_steps(seed, 3, 12)
     writes = [step for step in steps if isinstance(step, Write)]
-    assert len({write.key for write in writes}) == 12
+    assert {write.key for write in writes} == {f"chaos/{i:03d}" for i in range(12)} | {LATE_KEY}
+    assert len(writes) == 13
     assert sum(isinstance(step, Cut) for step in steps) == 2
     assert sum(isinstance(step, CheckCut) for step in steps) == 1
     assert isinstance(steps[-1], Heal)
@@ -344,6 +350,16 @@ def test_every_run_cuts_kills_restarts_and_writes_only_on_live_robots(seed: int)
     assert steps[first_cut + 1] == AddUser(victim.robot, NEW_USER)
     assert steps[first_cut + 2] == Write(victim.robot, "chaos/004", writes[4].value, NEW_USER)
     assert [w.user for w in writes].count(NEW_USER) == 1
+    # then a robot the cut does not reach forgets frank, of whom the second write and one in
+    # four before the cut were; the robot cut off, which cannot hear of it, writes of him
+    forget = steps[first_cut + 3]
+    assert isinstance(forget, Forget)
+    assert (forget.user, forget.robot != victim.robot) == (FORGOTTEN, True)
+    assert steps[first_cut + 4] == Write(victim.robot, LATE_KEY, 4, FORGOTTEN)
+    before = [step for step in steps[:first_cut] if isinstance(step, Write)]
+    assert [w.user == FORGOTTEN for w in before] == [False, True, False, False]
+    after = [step for step in steps[first_cut + 5 :] if isinstance(step, Write)]
+    assert {w.user for w in after} == {USER}
     # once every write so far is everywhere, the owner revokes another robot, which writes
     # once more and then takes no part: no write, kill or cut of it
     (revoke,) = [i for i, step in enumerate(steps) if isinstance(step, Revoke)]
@@ -382,7 +398,11 @@ async def test_three_robots_lose_nothing_through_a_cut_kills_and_a_heal(
     trace = " | ".join(report.fault_trace)
     assert report.lost_writes == [], trace
     assert report.divergences == 0, trace
-    assert report.acknowledged_writes == report.verified_writes == 12
+    # every write but frank's is everywhere; his (one before the cut, one on the robot cut
+    # off after he was forgotten elsewhere) are nowhere, in memory or store
+    assert report.acknowledged_writes == report.verified_writes + report.exempt_writes == 13
+    assert report.exempt_writes == 2
+    assert (report.forgotten, report.forgetting_remnants) == (FORGOTTEN, [])
     assert report.ok
     # the faults really happened: kills, restarts, and a cut that held
     for word in (" cut ", " kill ", " restart ", " heal"):
@@ -403,6 +423,46 @@ async def test_three_robots_lose_nothing_through_a_cut_kills_and_a_heal(
     assert f" revoke {report.revoked}" in trace
     assert f"{report.revoked}, revoked, writes chaos/stray" in trace
     assert report.revocation_leaks == []
+    forgetter = next(line.split()[1] for line in report.fault_trace if "forgets" in line)
+    assert forgetter != victim
+    assert f"{victim} adds {NEW_USER} | " in trace  # then the forgetting, across the cut
+
+
+IGNORES_TOMBSTONES = """
+# a broken 'hearth run': a robot forgets a user when told to, never when another robot did
+import sys
+if len(sys.orig_argv) > 2 and sys.orig_argv[2] == "run":
+    from hearthsync import forgetting
+    forgetting.Forgetting.on_household_change = lambda self: None
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+async def test_robots_that_ignore_another_robots_forgetting_fail_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The remnants are found in memory and in the stores as the robots left them (opening a
+    store here honours the tombstone, and would have hidden them)."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "sitecustomize.py").write_text(IGNORES_TOMBSTONES)
+    monkeypatch.setenv("PYTHONPATH", str(broken))  # the robots' processes only
+    monkeypatch.setattr(process, "CONVERGE_TIMEOUT_S", 15.0)  # waited out for the remnants
+    report = await run_processes(tmp_path / "run", peers=3, seed=0, edits=12)
+    assert not report.ok
+    assert report.lost_writes == []  # everything else worked
+    found = " | ".join(report.forgetting_remnants)
+    forgetter = next(line.split()[1] for line in report.fault_trace if "forgets" in line)
+    for robot in {"r0", "r1", "r2"} - {forgetter, report.revoked}:
+        # his profile (added at the start) and his preferences (written of before the cut)
+        assert f"{robot} holds 2 documents of {FORGOTTEN} (user/{FORGOTTEN}/prefs" in found
+        assert f"{robot} has not finished purging {FORGOTTEN}" in found, found
+        assert f"{robot}'s store holds 2 documents of {FORGOTTEN}" in found, found
+        assert f"{robot}'s store does not record a finished purge of {FORGOTTEN}" in found
+        assert f"{robot}'s credentials hold the data keys of {FORGOTTEN}" in found, found
+    held = {line.split()[0].partition("'")[0] for line in report.forgetting_remnants}
+    assert forgetter not in held  # it forgot him itself
 
 
 BROKEN_REVOCATION = """

@@ -139,10 +139,12 @@ def add_process_run(
     report.faults += found.faults
     report.acknowledged_writes += found.acknowledged_writes
     report.verified_writes += found.verified_writes
+    report.exempt_writes += found.exempt_writes
     report.divergences += found.divergences
     report.lost_writes += len(found.lost_writes)
     report.isolation_leaks += len(found.leaked_writes)
     report.revocation_leaks += len(found.revocation_leaks)
+    report.forgetting_remnants += len(found.forgetting_remnants)
     report.converge_s.append(found.converge_s)
     for line in found.fault_trace:
         kind = line.split()[1] if len(line.split()) > 1 else "?"
@@ -152,6 +154,7 @@ def add_process_run(
         problems = [f"lost: {robot} acknowledged {key}" for robot, key in found.lost_writes]
         problems += [f"leaked across the cut: {robot} {key}" for robot, key in found.leaked_writes]
         problems += [f"revocation leak: {leak}" for leak in found.revocation_leaks]
+        problems += [f"forgetting remnant: {line}" for line in found.forgetting_remnants]
         if found.divergences:
             problems.append(f"divergence: {found.divergences} robots' digests differ")
         replay = _process_replay(found.seed, found.peers, edits, netns)
@@ -213,10 +216,8 @@ def _rows(report: Report, processes: bool) -> list[tuple[str, str]]:
         ("writes acknowledged", f"{report.acknowledged_writes}"),
         ("writes verified everywhere", f"{report.verified_writes}"),
     ]
-    if not processes:
-        rows.append(
-            ("writes not required", f"{report.exempt_writes} (of revoked robots, forgotten users)")
-        )
+    whose = "of the forgotten user" if processes else "of revoked robots, forgotten users"
+    rows.append(("writes not required", f"{report.exempt_writes} ({whose})"))
     rows += [
         ("divergences", _bad(report.divergences)),
         ("lost writes", _bad(report.lost_writes)),
@@ -225,6 +226,7 @@ def _rows(report: Report, processes: bool) -> list[tuple[str, str]]:
         rows += [
             ("writes seen across a cut", _bad(report.isolation_leaks)),
             ("revocation leaks", _bad(report.revocation_leaks)),
+            ("forgotten users' remnants", _bad(report.forgetting_remnants)),
             ("errors", _bad(report.errors)),
         ]
     else:

@@ -18,7 +18,10 @@ failing seed replays the same scenario):
    the heal the harness checks that no write crossed the cut, in either direction.  The robot
    cut off adds a user first (`NEW_USER`) and writes of them: a member robot makes no keys,
    so that write reaches the others only once the owner hears of the user after the heal,
-   keys them and grants the keys;
+   keys them and grants the keys.  Then another robot forgets a user the household has known
+   from the start (`FORGOTTEN`, of whom a write in four so far was), and the robot cut off,
+   which cannot hear of it, writes of them once more: after the heal that write, and every
+   other of theirs, must be gone from every robot, memory and store;
 3. **revocation** (three robots or more): once every write so far is on every robot, the owner
    revokes another robot at its console (`Revoke`).  The revoked robot, still running, writes
    once more (`Stray`): that write must never reach the owner (the others may take it before
@@ -45,6 +48,7 @@ import os
 import random
 import shutil
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -58,10 +62,14 @@ from hearthsync.chaos.harness import die_with_parent
 from hearthsync.chaos.netns import Lan
 from hearthsync.chaos.proxy import FaultProxy
 from hearthsync.errors import HearthError
-from hearthsync.peer import Peer
+from hearthsync.forgetting import PURGED
+from hearthsync.peer import DB_FILE, Peer
 
 USER = "alice"
 NEW_USER = "erin"  #: added by the robot cut off, during the partition
+#: known from the start, written of, and forgotten during the partition by a robot not cut off
+FORGOTTEN = "frank"
+LATE_KEY = "chaos/late"  #: the robot cut off writes of `FORGOTTEN` after the forgetting
 SCOPES = "core,health,history,spatial"
 LOG_FILE = "stderr.log"  #: in each robot's folder: its stderr, every start appended
 START_TIMEOUT_S = 30.0
@@ -95,6 +103,14 @@ class Write:
 
 @dataclass(frozen=True, slots=True)
 class AddUser:
+    robot: str
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class Forget:
+    """``robot`` forgets ``user`` at its console (`Peer.forget`)."""
+
     robot: str
     user: str
 
@@ -177,6 +193,7 @@ class Heal:
 Step = (
     Write
     | AddUser
+    | Forget
     | Delay
     | Throttle
     | Reset
@@ -238,7 +255,7 @@ def draw_steps(seed: int, peers: int, edits: int, *, weather: bool = True) -> li
 
     for i in range(first):
         some_weather()
-        write(i)
+        write(i, user=FORGOTTEN if i % 4 == 1 else USER)  # (no draw: seeds keep their runs)
     victim = rng.choice(names)
     steps += [Cut(victim), AddUser(victim, NEW_USER)]
     kill_at, back_at, crashed = crash(first + 1, second)  # after the victim's first write
@@ -251,6 +268,9 @@ def draw_steps(seed: int, peers: int, edits: int, *, weather: bool = True) -> li
             down.discard(crashed)
         if i == first:
             write(i, victim, NEW_USER)
+            # forgotten by a robot the cut does not reach, then written of where it does
+            steps.append(Forget(names[(names.index(victim) + 1) % len(names)], FORGOTTEN))
+            steps.append(Write(victim, LATE_KEY, i, FORGOTTEN))
         else:
             write(i)
     if crashed in down:
@@ -309,6 +329,11 @@ class ProcessReport:
     revocation_leaks: list[str] = field(default_factory=list)
     """What crossed a revocation: the revoked robot's later write held elsewhere, a key of an
     epoch the revocation started held by it, a robot still linked to it at the end."""
+    forgotten: str = ""  #: the user a robot forgot during the partition ("" if none)
+    exempt_writes: int = 0  #: acknowledged writes of the forgotten user: required gone
+    forgetting_remnants: list[str] = field(default_factory=list)
+    """What a robot (its memory, or its store and credentials as it left them) still held of
+    the forgotten user at the end."""
 
     @property
     def ok(self) -> bool:
@@ -316,8 +341,9 @@ class ProcessReport:
             not self.lost_writes
             and not self.leaked_writes
             and not self.revocation_leaks
+            and not self.forgetting_remnants
             and self.divergences == 0
-            and self.verified_writes == self.acknowledged_writes
+            and self.verified_writes + self.exempt_writes == self.acknowledged_writes
         )
 
 
@@ -538,6 +564,9 @@ class _Run:
         self.unheard: list[str] = []  #: robots the revocation did not reach (`_revoke`)
         #: the owner's writes once it revoked: sealed under keys the revoked robot never gets
         self.owners_later: list[Write] = []
+        self.forgotten: str | None = None
+        #: acknowledged writes of the forgotten user: required on no robot, not on every one
+        self.exempt: list[Write] = []
         self.t0 = time.monotonic()
         self.healed_at = self.t0
 
@@ -555,7 +584,8 @@ class _Run:
             "init", str(owner.path), "--household", f"chaos {seed}", "--device", owner.name
         )
         await self._start(owner)
-        await self._expect(owner, f"user {USER} Alice", f"ACK user {USER}")
+        for user in (USER, FORGOTTEN):
+            await self._expect(owner, f"user {user} {user.title()}", f"ACK user {user}")
         host = "127.0.0.1" if self.lan is None else self.lan.address(owner.name)
         for robot in others:  # the join dials the owner directly: enrolment is not under test
             out = await hearth("invite", str(owner.path), "--scopes", SCOPES,
@@ -566,8 +596,9 @@ class _Run:
         await asyncio.gather(*(self._start(robot) for robot in others))
         count = len(self.robots) - 1
         await asyncio.gather(*(
-            self._expect(robot, f"waituser {USER} {LINK_TIMEOUT_S}", f"OK user {USER}",
-                         LINK_TIMEOUT_S) for robot in self.robots.values()
+            self._expect(robot, f"waituser {user} {LINK_TIMEOUT_S}", f"OK user {user}",
+                         LINK_TIMEOUT_S)
+            for robot in self.robots.values() for user in (USER, FORGOTTEN)
         ))  # fmt: skip
         for robot in self.robots.values():
             answer = await robot.ask(f"waitpeers {count} {LINK_TIMEOUT_S}", LINK_TIMEOUT_S)
@@ -595,6 +626,15 @@ class _Run:
                 await self._expect(self.robots[robot], f"user {user} {user.title()}",
                                    f"ACK user {user}")  # fmt: skip
                 self._note(f"{robot} adds {user}")
+            case Forget(robot, user):
+                answer = await self.robots[robot].ask(f"forget {user}")
+                if not answer.startswith(f"ACK forget {user} "):
+                    raise RobotProcessError(f"{robot} answered {answer!r:.200} to forget {user}")
+                self.forgotten = user
+                self.exempt += [write for write in self.acked if write.user == user]
+                self.acked = [write for write in self.acked if write.user != user]
+                self.cut_writes = [write for write in self.cut_writes if write.user != user]
+                self._note(f"{robot} forgets {user}")
             case Delay(robot, other, seconds):
                 for pair in ((robot, other), (other, robot)):
                     self.proxies[pair].delay(seconds)
@@ -704,6 +744,9 @@ class _Run:
             # a live robot refuses nothing: a build that refused every write acknowledged
             # none, so lost none, and passed (found in review)
             raise RobotProcessError(f"{write.robot} refused {write.key}: {answer!r:.200}")
+        if write.user == self.forgotten:  # by a robot that has not heard yet: gone later
+            self.exempt.append(write)
+            return
         self.acked.append(write)
         if self.victim is not None:
             self.cut_writes.append(write)
@@ -789,6 +832,7 @@ class _Run:
         found = await asyncio.gather(
             *(self._arrived(robot, self.acked, deadline, missing) for robot in live)
         )
+        remnants = await self._check_forgotten(live, deadline)
         converge_s = time.monotonic() - self.healed_at
         for robot, writes in zip(live, found, strict=True):
             for write in writes:  # arrived: with the value that was acknowledged?
@@ -800,13 +844,13 @@ class _Run:
         # then as after a crash: what only memory held is gone.  Every robot is killed and
         # its store read back; without this a robot that acknowledged what it never stored
         # passed (found in review: memory alone was checked)
-        stored_digests = await self._check_stored(missing, leaks)
+        stored_digests = await self._check_stored(missing, leaks, remnants)
         digests += stored_digests
         lost = sorted(missing)
         proxies = [proxy.counters for proxy in self.proxies.values()]
         return ProcessReport(
             peers=len(self.robots), seed=seed, faults=self.faults, fault_trace=list(self.trace),
-            acknowledged_writes=len(self.acked),
+            acknowledged_writes=len(self.acked) + len(self.exempt),
             verified_writes=len(self.acked) - len({key for _, key in lost}),
             lost_writes=lost, divergences=sum(d != digests[0] for d in digests),
             converge_s=converge_s, isolated_writes=list(self.isolated),
@@ -814,7 +858,29 @@ class _Run:
             bytes_forwarded=sum(c.bytes_forwarded for c in proxies),
             refused_connections=sum(c.refused for c in proxies),
             revoked=self.revoked or "", revocation_leaks=leaks,
+            forgotten=self.forgotten or "", exempt_writes=len(self.exempt),
+            forgetting_remnants=remnants,
         )  # fmt: skip
+
+    async def _check_forgotten(self, live: list[Robot], deadline: float) -> list[str]:
+        """Every robot but a revoked one holds nothing of the forgotten user by ``deadline``
+        (waited for, not polled): what each still holds then, one line per remnant."""
+        if self.forgotten is None:
+            return []
+        user = self.forgotten
+        left = max(0.1, deadline - time.monotonic())
+        answers = await asyncio.gather(
+            *(robot.ask(f"forgotten {user} {left:.2f}", left) for robot in live)
+        )
+        remnants = []
+        for robot, answer in zip(live, answers, strict=True):
+            if answer == f"FORGOTTEN {user}":
+                continue
+            if not answer.startswith(f"TIMEOUT forgotten {user}: "):
+                raise RobotProcessError(f"{robot.name} answered {answer!r:.200} to forgotten")
+            held = answer.removeprefix(f"TIMEOUT forgotten {user}: ").split("; ")
+            remnants += [f"{robot.name} {line}" for line in held]
+        return remnants
 
     async def _check_revocation(self, live: list[Robot]) -> list[str]:
         """Once the others converged: no robot holds what the revoked one wrote after every
@@ -835,16 +901,23 @@ class _Run:
                 leaks.append(f"{robot.name} is still linked to {gone.name}, revoked")
         return leaks
 
-    async def _check_stored(self, missing: set[tuple[str, str]], leaks: list[str]) -> list[str]:
+    async def _check_stored(
+        self, missing: set[tuple[str, str]], leaks: list[str], remnants: list[str]
+    ) -> list[str]:
         """Kill every robot, open each store here, and add to ``missing`` each acknowledged
         write it lacks (or holds with another value); the stores' digests.  The revoked
         robot's store is not required to hold anything: its credentials must hold no key of
-        an epoch its revocation started (else added to ``leaks``)."""
+        an epoch its revocation started (else added to ``leaks``).  What a store or the
+        credentials still hold of the forgotten user, read as the robot left them (opening a
+        store finishes a purge a crash cut short), is added to ``remnants``."""
         for robot in self.robots.values():
             if robot.alive:
                 await robot.kill()
         digests = []
         for robot in self._live():
+            if self.forgotten is not None:
+                remnants += [f"{robot.name}'s {line}"
+                             for line in _stored_remnants(robot.path, self.forgotten)]  # fmt: skip
             async with Peer.open(robot.path) as stored:
                 for write in self.acked:
                     found = stored.preference(write.user, write.key)
@@ -904,3 +977,34 @@ class _Run:
         unclean = {n: c for n, c in zip(self.robots, codes, strict=True) if c not in (0, None)}
         if unclean:
             self.log(f"robots that did not stop cleanly: {unclean}")
+
+
+def _stored_remnants(path: Path, user: str) -> list[str]:
+    """What the store and credentials in ``path`` hold of ``user``, forgotten, as a killed
+    robot left them: read with `sqlite3` (opening it as a `Peer` would finish a purge cut
+    short, and hide that it was).  See `hearthsync.forgetting` for what a purge deletes."""
+    found = []
+    with contextlib.closing(sqlite3.connect(path / DB_FILE)) as conn:
+        prefix = f"user/{user}/"
+        checks = {
+            "documents": ("SELECT count(*) FROM docs WHERE substr(doc_id, 1, ?) = ?", prefix),
+            "update log rows": (
+                "SELECT count(*) FROM updates WHERE substr(doc_id, 1, ?) = ?",
+                prefix,
+            ),
+            "embeddings": (
+                "SELECT count(*) FROM vectors WHERE substr(index_name, 1, ?) = ?",
+                f"{user}.",
+            ),
+        }
+        for what, (sql, start) in checks.items():
+            (count,) = conn.execute(sql, (len(start), start)).fetchone()
+            if count:
+                found.append(f"store holds {count} {what} of {user}")
+        done = conn.execute("SELECT value FROM meta WHERE key = ?", (PURGED.format(user=user),))
+        if (done.fetchone() or ("",))[0] != "1":
+            found.append(f"store does not record a finished purge of {user}")
+    state = enrolment.load(path)
+    if state is not None and not state.keyring.is_forgotten(user):
+        found.append(f"credentials hold the data keys of {user}")
+    return found
