@@ -98,6 +98,37 @@ def test_an_invite_does_not_certify_a_device_enrolled_already(tmp_path: Path) ->
     assert state.trust.certificate_of(kitchen.device_id) == before
 
 
+def test_the_owner_invites_an_admin_who_invites_members_and_no_admin(tmp_path: Path) -> None:
+    now = int(time.time())
+    owner_dir, hall_dir = tmp_path / "owner", tmp_path / "hall"
+    owner_dir.mkdir()
+    hall_dir.mkdir()
+    owner = DeviceIdentity.load_or_create(owner_dir)
+    hall = DeviceIdentity.load_or_create(hall_dir)
+    state = enrolment.create(owner_dir, owner, "Home", "owner", now=now)
+    with pytest.raises(ValidationError, match="invited as member or admin, not 'owner'"):
+        enrolment.add_invite(
+            owner_dir, state, "127.0.0.1", 9, scopes=("core",), ttl_s=600, now=now, role="owner"
+        )
+    invite = enrolment.add_invite(
+        owner_dir, state, "127.0.0.1", 9, scopes=("core",), ttl_s=600, now=now, role="admin"
+    )
+    answer = enrolment.enrol(owner_dir, owner, join_request(invite.secret, hall, "hall"), now=now)
+    admin = enrolment.adopt(hall_dir, hall, open_join_response(answer, invite.secret, hall), now)
+    assert (admin.certificate.role, admin.is_admin) == ("admin", True)
+    credentials = (hall_dir / enrolment.CREDENTIALS_FILE).read_bytes()
+    with pytest.raises(ValidationError, match="only the household owner can invite an admin"):
+        enrolment.add_invite(
+            hall_dir, admin, "127.0.0.1", 9, scopes=("core",), ttl_s=600, now=now, role="admin"
+        )
+    assert (hall_dir / enrolment.CREDENTIALS_FILE).read_bytes() == credentials
+    member = enrolment.add_invite(
+        hall_dir, admin, "127.0.0.1", 9, scopes=("core",), ttl_s=600, now=now
+    )
+    assert [i.role for i in admin.invites] == ["member"]
+    assert member.secret == admin.invites[0].secret
+
+
 def test_revoking_a_device_starts_a_new_epoch_of_every_scope(tmp_path: Path) -> None:
     """Not only of the scopes of the certificate held for it now: an older certificate may have
     granted more, and the device keeps the keys it was given then."""

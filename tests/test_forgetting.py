@@ -509,6 +509,28 @@ async def test_a_tombstone_from_a_device_outside_the_household_is_ignored(
     assert owner.preference("alice", "beverage/coffee") is not None
 
 
+async def test_a_tombstone_that_does_not_check_out_is_warned_of_once_and_only_if_alone(
+    household: list[Peer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once the other robots endorsed it, the tombstone of a robot revoked since is the rule,
+    not a fault: warning of it at every open of every robot (the chaos harness's process mode
+    printed it for each store it read back) said something was wrong when nothing was."""
+    owner, _, _ = household
+    await fill(owner, "alice", ALICE_SAYS)
+    await fill(owner, "bob", BOB_SAYS)
+    await owner.forget("bob")
+    stranger = DeviceIdentity(SigningKey(bytes([9]) * 32))
+    with caplog.at_level(logging.WARNING, logger="hearthsync.forgetting"):
+        for user in ("alice", "bob"):  # bob's forged one sits beside the owner's own
+            forged = Statement.issue(stranger, FORGET, user, owner._stamp()[0])
+            await owner._docs.write(HOUSEHOLD, lambda _, t=forged: owner._forgetting._bury(t))
+        for _ in range(3):
+            assert set(owner.forgotten()) == {"bob"}
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1, warned
+    assert warned[0].startswith("not (yet) honouring the tombstone of 'alice': ")
+
+
 async def test_a_tombstone_that_does_not_check_out_does_not_refuse_the_users_data(
     tmp_path: Path,
 ) -> None:

@@ -96,8 +96,8 @@ def household(tmp_path: Path) -> list[Path]:
     return [alpha, beta, gamma]
 
 
-async def enrol(owner: Robot, path: Path) -> str:
-    out = hearth("invite", str(owner.path), "--scopes", "core,history,spatial,health")
+async def enrol(owner: Robot, path: Path, *options: str) -> str:
+    out = hearth("invite", str(owner.path), "--scopes", "core,history,spatial,health", *options)
     code = next(line.split()[1] for line in out.splitlines() if line.startswith("CODE "))
     joined = " ".join(hearth("join", str(path), code, "--device", path.name).split())
     assert f"{path.name} (device id " in joined, joined  # its own id, which status names
@@ -283,6 +283,30 @@ async def test_a_robot_answers_forgotten_once_another_robots_forgetting_is_done_
     assert await waiting == "FORGOTTEN bob"
     assert await alpha.ask("forgotten bob 0") == "FORGOTTEN bob"
     assert await beta.ask("forgotten") == "ERR usage: forgotten USER SECONDS"
+
+
+async def test_an_admin_the_owner_invited_invites_a_member_and_no_admin(
+    household: list[Path], robots: list[Robot]
+) -> None:
+    alpha = await Robot.start(household[0], "--no-mdns")
+    robots.append(alpha)
+    await alpha.ask("user alice Alice")
+    await enrol(alpha, household[1], "--admin")
+    beta = await Robot.start(household[1], "--no-mdns", "--peer", f"127.0.0.1:{alpha.port}")
+    robots.append(beta)
+    with pytest.raises(AssertionError, match="only the household owner can invite an admin"):
+        hearth("invite", str(beta.path), "--admin")
+    # the member beta invites joins through beta, and the household is one
+    await enrol(beta, household[2])
+    gamma = await Robot.start(household[2], "--no-mdns", "--peer", f"127.0.0.1:{beta.port}")
+    robots.append(gamma)
+    assert await gamma.ask(f"waituser alice {TIMEOUT}") == "OK user alice"
+    assert await gamma.ask("pref alice tea/mug green") == "ACK pref alice tea/mug green"
+    assert await alpha.ask(f"wait alice tea/mug {TIMEOUT}") == "OK alice tea/mug"
+    # an admin makes keys: a user it adds is readable at once on the robots linked to it
+    assert await beta.ask("user dave Dave") == "ACK user dave"
+    assert await beta.ask("pref dave tea/milk oat") == "ACK pref dave tea/milk oat"
+    assert await gamma.ask(f"wait dave tea/milk {TIMEOUT}") == "OK dave tea/milk"
 
 
 async def test_hearth_run_serves_the_http_api_on_loopback_with_its_token(

@@ -186,6 +186,14 @@ def invite(
         str | None,
         typer.Option(help="HOST:PORT the new robot dials (default: where 'hearth run' listens)"),
     ] = None,
+    admin: Annotated[
+        bool,
+        typer.Option(
+            "--admin",
+            help="the new robot is an admin: it invites robots and makes and grants data "
+            "keys, as the owner does (the owner only)",
+        ),
+    ] = False,
 ) -> None:
     """Print a one-time code (and its QR code) that enrols a new robot."""
     import io
@@ -223,6 +231,7 @@ def invite(
         scopes=tuple(s for s in scopes.split(",") if s),
         ttl_s=ttl_s,
         now=_now(),
+        role="admin" if admin else "member",
     )
     qr = io.StringIO()
     segno.make(made.code, error="m").terminal(out=qr, compact=True)

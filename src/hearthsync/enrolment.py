@@ -65,6 +65,7 @@ CREDENTIALS_FILE = "household.key"
 #: the device key of a join that failed, kept for a retry with the same code (`pending_join`)
 PENDING_JOIN_FILE = "join.pending"
 SCOPES = ("core", "health", "history", "household", "spatial")
+INVITED_ROLES = ("member", "admin")  #: what an invite may make a robot (`add_invite`)
 CERT_YEARS = 10
 #: certificates start this long before they are issued: robots' clocks drift (some have no RTC),
 #: and a certificate must not be "not yet valid" on a robot whose clock is a little behind
@@ -285,11 +286,25 @@ def create(
 
 def add_invite(
     folder: Path, state: HouseholdState, host: str, port: int, *, scopes: tuple[str, ...],
-    ttl_s: int, now: int, random_bytes: Callable[[int], bytes] = os.urandom,
+    ttl_s: int, now: int, role: str = "member",
+    random_bytes: Callable[[int], bytes] = os.urandom,
 ) -> Invite:  # fmt: skip
-    """Make a one-time invite for a new robot (``hearth invite``)."""
+    """Make a one-time invite for a new robot (``hearth invite``), a member or (``role``
+    ``"admin"``, the owner only) an admin: a robot that invites others and makes and grants
+    data keys as the owner does, and revokes nothing (only the owner revokes)."""
     if not state.is_admin:
         raise ValidationError("only the owner or an admin device can invite", field="path")
+    if role not in INVITED_ROLES:
+        raise ValidationError(
+            f"a robot is invited as {' or '.join(INVITED_ROLES)}, not {role!r:.40}", field="role"
+        )
+    if role == "admin" and state.certificate.role != "owner":
+        # an admin making admins would let one robot, once compromised, multiply itself
+        # beyond what the owner chose; the owner alone decides who holds that power
+        raise ValidationError(
+            f"only the household owner can invite an admin; this robot is {state.certificate.role}",
+            field="role",
+        )
     unknown = set(scopes) - set(SCOPES)
     if unknown:
         raise ValidationError(f"unknown scopes: {', '.join(sorted(unknown))}", field="scopes")
@@ -304,7 +319,7 @@ def add_invite(
         fresh = load(folder, now) or state
         fresh.invites = [i for i in fresh.invites if i.expires_at > now]
         fresh.spent = [s for s in fresh.spent if s.expires_at > now]
-        fresh.invites.append(PendingInvite(secret, wanted, "member", now + ttl_s))
+        fresh.invites.append(PendingInvite(secret, wanted, role, now + ttl_s))
         _write(folder, fresh)
     state.invites, state.spent = fresh.invites, fresh.spent
     return Invite(secret, host, port)

@@ -67,13 +67,21 @@ class Forgetting:
         """A valid tombstone (a ``forget`` statement) of each forgotten user, this robot's
         own where it made or endorsed one."""
         found: dict[str, Statement] = {}
+        refused: dict[str, str] = {}
         for slot, text in sorted(self._forgotten_map().items()):
             user = slot.partition(SEP)[0]
-            tombstone = self._valid(user, text)
+            tombstone = self._valid(user, text, refused)
             if tombstone is not None and (
                 user not in found or tombstone.device == self._peer.device_id
             ):
                 found[user] = tombstone
+        # a tombstone that does not check out matters only if no other one does: one by a
+        # robot revoked since is the rule once the others endorsed it (warning of it at every
+        # open of every robot said something was wrong when nothing was)
+        for user, why in refused.items():
+            if user not in found and user not in self._warned:
+                self._warned.add(user)  # checked again when trust changes: not acted on
+                log.warning("not (yet) honouring the tombstone of %r: %s", user, why)
         return found
 
     def forgotten(self) -> frozenset[str]:
@@ -101,9 +109,10 @@ class Forgetting:
         handle: HouseholdDoc = self._peer._handle(HOUSEHOLD, HouseholdDoc)
         return {str(k): str(v) for k, v in handle.forgotten.items()}
 
-    def _valid(self, user: str, text: str) -> Statement | None:
+    def _valid(self, user: str, text: str, refused: dict[str, str]) -> Statement | None:
         """The tombstone, if it is well formed, signed, and by a device this robot trusts:
-        itself, or one with a certificate of the household, valid now and not revoked."""
+        itself, or one with a certificate of the household, valid now and not revoked; else
+        None, and why in ``refused`` (under ``user``)."""
         peer = self._peer
         trust = peer.household.trust if peer.household is not None else None
         try:
@@ -116,9 +125,7 @@ class Forgetting:
                 tombstone, own_device=peer.device_id, trust=trust, now=int(peer._wall())
             )
         except CryptoError as exc:
-            if user not in self._warned:  # checked again when trust changes: not acted on
-                self._warned.add(user)
-                log.warning("not (yet) honouring the tombstone of %r: %s", user, exc)
+            refused[user] = str(exc)
             return None
         return tombstone
 

@@ -43,6 +43,7 @@ from hearthsync.chaos.process import (
     Stray,
     Throttle,
     Write,
+    admin_of,
     draw_steps,
     hearth_script,
     run_processes,
@@ -380,6 +381,12 @@ def test_every_run_cuts_kills_restarts_and_writes_only_on_live_robots(seed: int)
     assert revoke > next(i for i, step in enumerate(steps) if isinstance(step, Heal))
 
 
+def test_odd_seeds_of_three_robots_or_more_have_an_admin() -> None:
+    assert [admin_of(seed, 3) for seed in range(4)] == [None, "r1", None, "r1"]
+    assert admin_of(5, 7) == "r1"
+    assert admin_of(5, 2) is None  # as in the simulation: three robots or more
+
+
 def test_two_robots_revoke_none() -> None:
     """The one left would have no one to converge with."""
     assert not any(isinstance(step, Revoke | Settle | Stray) for step in draw_steps(3, 2, 12))
@@ -409,6 +416,8 @@ async def test_three_robots_lose_nothing_through_a_cut_kills_and_a_heal(
         assert word in f"{trace} ", trace
     assert report.faults >= 4
     assert report.bytes_forwarded > 0  # the robots talked through the proxies
+    # seed 1 (odd): r1 joined as an admin, and makes and grants keys as the owner does
+    assert ("r1 is an admin" in trace) == (seed == 1), trace
     victim = next(line.split()[2] for line in report.fault_trace if " cut " in line)
     # written on the cut robot during the cut: absent on the others before the heal...
     assert any(robot == victim for robot, _ in report.isolated_writes), report.isolated_writes

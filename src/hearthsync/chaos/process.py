@@ -209,6 +209,14 @@ Step = (
 )
 FAULTS = (Delay, Throttle, Reset, Drop, Cut, Kill, Revoke)
 OWNER = "r0"  #: the robot that made the household: the one that revokes
+ADMIN = "r1"  #: invited as an admin in the runs `admin_of` says
+
+
+def admin_of(seed: int, peers: int) -> str | None:
+    """The admin of a run (it invites, and makes and grants data keys, as the owner does):
+    `ADMIN` in every other seed of three robots or more, none otherwise.  Not drawn from the
+    seed's random steps, so adding it left every seed's scenario as it was."""
+    return ADMIN if peers >= 3 and seed % 2 == 1 else None
 
 
 def robot_names(peers: int) -> list[str]:
@@ -573,8 +581,10 @@ class _Run:
     # -------------------------------------------------------------- setup
 
     async def setup(self, seed: int) -> None:
-        """A household made with the CLI, every robot running, linked, and knowing alice."""
+        """A household made with the CLI, every robot running, linked, and knowing alice and
+        frank; `admin_of` the seed invited as an admin."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        admin = admin_of(seed, len(self.robots))
         for name, robot in self.robots.items():  # on a LAN they find each other by mDNS
             robot.dial = [
                 proxy.address for (dialer, _), proxy in self.proxies.items() if dialer == name
@@ -589,7 +599,8 @@ class _Run:
         host = "127.0.0.1" if self.lan is None else self.lan.address(owner.name)
         for robot in others:  # the join dials the owner directly: enrolment is not under test
             out = await hearth("invite", str(owner.path), "--scopes", SCOPES,
-                               "--address", f"{host}:{owner.port}")  # fmt: skip
+                               "--address", f"{host}:{owner.port}",
+                               *(["--admin"] if robot.name == admin else []))  # fmt: skip
             code = next(line.split()[1] for line in out.splitlines() if line.startswith("CODE "))
             await hearth("join", str(robot.path), code, "--device", robot.name,
                          prefix=robot.prefix)  # fmt: skip
@@ -607,6 +618,8 @@ class _Run:
         self.t0 = time.monotonic()
         how = f"{len(self.proxies)} proxies" if self.lan is None else "a bridge, by mDNS"
         self.log(f"household of {len(self.robots)} robots linked through {how}")
+        if admin is not None:
+            self._note(f"{admin} is an admin: it makes and grants keys, as {OWNER} does")
 
     async def _start(self, robot: Robot) -> None:
         await robot.start()
