@@ -26,7 +26,12 @@ sans-I/O session cannot do itself:
   bytes arriving of a frame not yet whole are still the peer speaking (`Session.heard`, counted
   by `CountingServerConnection` and `CountingClientConnection`).  Both rules used to count
   whole frames only, so a frame that took longer than `DEAD_AFTER_S` to cross the link (1 MiB
-  below about 85 KB/s) dropped the link each time it was sent, and the robot never caught up.
+  below about 85 KB/s) dropped the link each time it was sent, and the robot never caught up;
+* **a stranger is held to small messages**: a peer's first two messages (HELLO, then AUTH or
+  ERROR; a join request on the join path) may hold at most `OPENING_MAX_MESSAGE_LEN` bytes;
+  a larger one closes the connection (1009) before it is read.  Before, each of up to
+  `MAX_OPENING` connections that had proved nothing could make this device hold 16 queued
+  messages of 4 MiB each.
 """
 
 from __future__ import annotations
@@ -38,13 +43,17 @@ import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 
 from pycrdt import merge_updates
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import ServerConnection
+from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Protocol as WebsocketProtocol
+from websockets.server import ServerProtocol
 
 from hearthsync.crdt import statevector, updates
 from hearthsync.errors import HearthError, RemoteError
@@ -105,12 +114,55 @@ class _Counting(Connection):
             _drop_if_unread(self)
 
 
+#: the most each of a peer's first `OPENING_MESSAGES` messages may hold (SPEC §5.1): a HELLO
+#: is at most about 1,100 bytes, an AUTH 70, an ERROR about 270, a join request 1,024
+OPENING_MAX_MESSAGE_LEN = 2048
+OPENING_MESSAGES = 2
+_DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
+
+
+def _limit_the_opening(protocol: WebsocketProtocol) -> None:
+    """Hold ``protocol``'s peer to `OPENING_MAX_MESSAGE_LEN` bytes a message until its first
+    `OPENING_MESSAGES` have arrived, then to `MAX_FRAME_LEN`.
+
+    The limit changes as the parser takes each frame (`Protocol.recv_frame`), not when the
+    session reads the message: a peer that proved itself sends its INVENTORY right behind its
+    AUTH, often in the same TCP segment, which the parser reads before the session has seen
+    the AUTH.  A stranger's third message can still be large, but the session closes the
+    connection on reading the first two (401), a loop turn later."""
+    protocol.max_message_size = OPENING_MAX_MESSAGE_LEN
+    received = protocol.recv_frame
+    left = OPENING_MESSAGES
+
+    def recv_frame(frame: Frame) -> None:
+        nonlocal left
+        received(frame)
+        if frame.fin and frame.opcode in _DATA:
+            left -= 1
+            if left == 0:
+                protocol.max_message_size = MAX_FRAME_LEN
+                del protocol.recv_frame  # the class's own from now on
+
+    # websockets offers no hook between two frames, nor a way to choose the protocol's class
+    protocol.recv_frame = recv_frame  # type: ignore[method-assign]
+
+
 class CountingServerConnection(_Counting, ServerConnection):
-    """An accepted websocket that counts (`_Counting`)."""
+    """An accepted websocket that counts (`_Counting`), its opening held to small messages
+    (`_limit_the_opening`)."""
+
+    def __init__(self, protocol: ServerProtocol, *args: Any, **kwargs: Any) -> None:
+        _limit_the_opening(protocol)
+        super().__init__(protocol, *args, **kwargs)
 
 
 class CountingClientConnection(_Counting, ClientConnection):
-    """A dialed websocket that counts (`_Counting`)."""
+    """A dialed websocket that counts (`_Counting`), its opening held to small messages
+    (`_limit_the_opening`): whatever answers at an address mDNS gave is a stranger too."""
+
+    def __init__(self, protocol: ClientProtocol, *args: Any, **kwargs: Any) -> None:
+        _limit_the_opening(protocol)
+        super().__init__(protocol, *args, **kwargs)
 
 
 def _drop_if_unread(websocket: Connection) -> None:
