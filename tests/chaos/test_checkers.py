@@ -9,6 +9,8 @@ Before the checkers were made stricter, each of these builds passed every schedu
   were forgotten, not those the workload asked to forget;
 * ``refuse-every-preference``: a write failing with `NotFoundError` was "not acknowledged";
 * ``keep-forgotten-rows``: remnants and losses were checked in memory only, never in the store;
+* ``never-scrub-after-forgetting``: remnants were what memory shows (documents, the user's
+  entry, keys): a purge that never vacuumed the file left nothing there to see;
 * ``purge-a-revoked-robots-writes``: every write of a revoked robot was excused, those the
   household already held too;
 * ``seal-under-the-oldest-epoch``: the leak check looked only at writes whose reported key
@@ -53,6 +55,11 @@ CASES = {
         Scenario(peers=3, edits=15, duration=8.0, faults=("drop",), fault_rate=0.2, mix=FORGETTING),
         1,
         "forgetting remnant: after a restart:",
+    ),
+    "never-scrub-after-forgetting": (
+        Scenario(peers=3, edits=15, duration=8.0, faults=("drop",), fault_rate=0.2, mix=FORGETTING),
+        1,
+        "has not finished purging",
     ),
     "purge-a-revoked-robots-writes": (
         Scenario(

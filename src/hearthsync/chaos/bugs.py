@@ -24,6 +24,10 @@ stricter; `install` puts them on a robot at every boot):
   accepted only for a forgotten or unknown user);
 * ``keep-forgotten-rows``: forgetting drops a user's documents from memory, not from the
   store (every robot restarts from its store at the end, and is checked again);
+* ``never-scrub-after-forgetting``: a purge deletes a forgotten user's documents and keys, then
+  fails to vacuum the file, so their words stay in its free pages and WAL (memory shows
+  nothing of them: the checkers ask the purge's own record of its end,
+  `Peer.forgetting_remnants`);
 * ``purge-a-revoked-robots-writes``: on learning a revocation, a robot deletes every slot the
   revoked robot wrote, its accepted past writes too (those a member held must stay);
 * ``seal-under-the-oldest-epoch``: the keyring seals under the oldest epoch it holds, so a
@@ -129,6 +133,8 @@ def install(bug: str | None, peer: Peer, keyring: Keyring) -> None:
             _refuse_preferences(peer)
         case "keep-forgotten-rows":
             _keep_rows(peer)
+        case "never-scrub-after-forgetting":
+            _never_scrub(peer)
         case "purge-a-revoked-robots-writes":
             _purge_revoked(peer)
         case "seal-under-the-oldest-epoch":
@@ -169,6 +175,13 @@ def _keep_rows(peer: Peer) -> None:
         return None
 
     peer._sqlite.drop_docs = broken  # type: ignore[method-assign]
+
+
+def _never_scrub(peer: Peer) -> None:
+    async def broken() -> None:
+        raise OSError("the vacuum failed (a deliberately broken build)")
+
+    peer._sqlite.scrub = broken  # type: ignore[method-assign]
 
 
 def _purge_revoked(peer: Peer) -> None:

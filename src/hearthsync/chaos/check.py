@@ -377,7 +377,18 @@ def _remnants(member: Replica, forgotten: set[str], held: dict[str, DocState]) -
             found.append(f"r{member.index} still lists forgotten {user} as a user")
         if household is not None and not household.keyring.is_forgotten(user):
             found.append(f"r{member.index} still holds the data keys of forgotten {user}")
+        # what the robot's own account adds (`Peer.forgetting_remnants`): index files, the
+        # home documents' mentions, and a purge that did not run to its end (the update logs
+        # and vector rows, which memory does not show, are gone only then)
+        found += [
+            f"r{member.index} {line} (forgotten)"
+            for line in member.peer.forgetting_remnants(user)
+            if line.startswith(_OWN_ACCOUNT)
+        ]
     return found
+
+
+_OWN_ACCOUNT = ("holds vector index files", "its home documents mention", "has not finished")
 
 
 def _divergences(
