@@ -72,6 +72,7 @@ async def test_status_lists_documents_of_a_peer(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "user/alice/prefs" in done.stdout
     assert "hall" in done.stdout
+    assert "in no household (hearth init, or hearth join)" in done.stdout
 
 
 def test_status_of_a_folder_without_a_peer_is_a_clear_error(tmp_path: Path) -> None:

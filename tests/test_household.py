@@ -296,6 +296,10 @@ async def test_an_admin_the_owner_invited_invites_a_member_and_no_admin(
     robots.append(beta)
     with pytest.raises(AssertionError, match="only the household owner can invite an admin"):
         hearth("invite", str(beta.path), "--admin")
+    shown = " ".join(hearth("status", str(beta.path)).split())
+    assert "household 'Test Home': this robot is admin, reads core, health, history, spatial" in (
+        shown
+    ), shown
     # the member beta invites joins through beta, and the household is one
     await enrol(beta, household[2])
     gamma = await Robot.start(household[2], "--no-mdns", "--peer", f"127.0.0.1:{beta.port}")

@@ -76,6 +76,7 @@ async def _status(path: Path) -> None:
 def _print_status(path: Path, status: Status) -> None:
     """``status`` is a detailed status (``?detail=true``), from the store or the API."""
     console.print(f"[bold]{status.device}[/bold] ({status.device_id}) at {path}")
+    _print_membership(path)
     console.print(f"users: {', '.join(status.users) or '-'}; file {status.file_bytes:,} bytes")
     table = Table("document", "scope", "records", "snapshot B", "log entries", "log B")
     for doc in status.sizes or []:
@@ -92,6 +93,22 @@ def _print_status(path: Path, status: Status) -> None:
         console.print(f"vector index {name}: {count} embeddings")
     for doc_id, reason in status.corrupt.items():
         console.print(f"[red]corrupt[/red] {doc_id}: {reason}")
+
+
+def _print_membership(path: Path) -> None:
+    """The household this robot belongs to, as its credentials say: its role and scopes."""
+    from hearthsync import enrolment
+
+    state = enrolment.load(path)
+    if state is None:
+        console.print("in no household (hearth init, or hearth join)")
+        return
+    held = state.certificate
+    scopes = ", ".join(s for s in held.scopes if s != "household")
+    console.print(
+        f"household {state.household.name!r}: this robot is {held.role}, reads {scopes or '-'}",
+        highlight=False,
+    )
 
 
 def _print_running(path: Path) -> None:
