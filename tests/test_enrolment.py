@@ -122,6 +122,13 @@ def test_the_owner_invites_an_admin_who_invites_members_and_no_admin(tmp_path: P
             hall_dir, admin, "127.0.0.1", 9, scopes=("core",), ttl_s=600, now=now, role="admin"
         )
     assert (hall_dir / enrolment.CREDENTIALS_FILE).read_bytes() == credentials
+    # found in review: an admin given core certified robots reading health, whose keys the
+    # owner then granted them (its certificates would not verify now: SPEC §3)
+    with pytest.raises(ValidationError, match="does not read health, so it cannot invite"):
+        enrolment.add_invite(
+            hall_dir, admin, "127.0.0.1", 9, scopes=("core", "health"), ttl_s=600, now=now
+        )
+    assert (hall_dir / enrolment.CREDENTIALS_FILE).read_bytes() == credentials
     member = enrolment.add_invite(
         hall_dir, admin, "127.0.0.1", 9, scopes=("core",), ttl_s=600, now=now
     )

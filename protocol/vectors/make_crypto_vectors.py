@@ -55,7 +55,7 @@ def certificate_cases() -> list[dict[str, Any]]:
     home = household()
     cases = [
         ("owner", OWNER_SEED, OWNER_SEED, "hall-hub", ["core", "health", "history", "spatial"]),
-        ("admin", ADMIN_SEED, OWNER_SEED, "alice-phone", ["core", "health"]),
+        ("admin", ADMIN_SEED, OWNER_SEED, "alice-phone", ["core", "health", "spatial"]),
         ("member", MEMBER_SEED, ADMIN_SEED, "kitchen-robot", ["spatial", "core"]),
     ]
     out = []

@@ -207,8 +207,8 @@ def invite(
         bool,
         typer.Option(
             "--admin",
-            help="the new robot is an admin: it invites robots and makes and grants data "
-            "keys, as the owner does (the owner only)",
+            help="the new robot is an admin: it invites members, and makes and grants the "
+            "data keys of the people it adds (the owner only)",
         ),
     ] = False,
 ) -> None:

@@ -290,8 +290,9 @@ def add_invite(
     random_bytes: Callable[[int], bytes] = os.urandom,
 ) -> Invite:  # fmt: skip
     """Make a one-time invite for a new robot (``hearth invite``), a member or (``role``
-    ``"admin"``, the owner only) an admin: a robot that invites others and makes and grants
-    data keys as the owner does, and revokes nothing (only the owner revokes)."""
+    ``"admin"``, the owner only) an admin: a robot that invites members, makes and grants
+    the data keys of the people it adds, and revokes nothing (only the owner revokes).  The
+    scopes are at most the inviter's own (SPEC §3)."""
     if not state.is_admin:
         raise ValidationError("only the owner or an admin device can invite", field="path")
     if role not in INVITED_ROLES:
@@ -299,8 +300,7 @@ def add_invite(
             f"a robot is invited as {' or '.join(INVITED_ROLES)}, not {role!r:.40}", field="role"
         )
     if role == "admin" and state.certificate.role != "owner":
-        # an admin making admins would let one robot, once compromised, multiply itself
-        # beyond what the owner chose; the owner alone decides who holds that power
+        # the certificate would not verify (SPEC §3: admins certify members only)
         raise ValidationError(
             f"only the household owner can invite an admin; this robot is {state.certificate.role}",
             field="role",
@@ -308,6 +308,13 @@ def add_invite(
     unknown = set(scopes) - set(SCOPES)
     if unknown:
         raise ValidationError(f"unknown scopes: {', '.join(sorted(unknown))}", field="scopes")
+    beyond = set(scopes) - set(state.certificate.scopes)
+    if beyond:  # its certificate would not verify (SPEC §3): said here, not at the join
+        raise ValidationError(
+            f"this robot does not read {', '.join(sorted(beyond))}, so it cannot invite a "
+            f"robot that does (it reads {', '.join(state.certificate.scopes)})",
+            field="scopes",
+        )
     if host in ("0.0.0.0", "::", ""):  # noqa: S104 - a listening address, not a dialable one
         raise ValidationError(
             f"{host or 'no host'} is not an address a robot can dial: give --address HOST:PORT",

@@ -39,6 +39,8 @@ def test_scopes_are_sorted_and_round_trip(home: Home) -> None:
         ("bit flipped", "signature does not verify"),
         ("self-signed impostor", "not the household owner"),
         ("owner role from an admin", "role owner is only valid self-signed"),
+        ("a scope its issuer lacks", "scopes household beyond its own"),
+        ("admin role from an admin", "an admin, which certifies members only"),
     ],
 )
 def test_bad_certificate_is_refused_with_its_own_message(
@@ -55,6 +57,12 @@ def test_bad_certificate_is_refused_with_its_own_message(
         "bit flipped": lambda: _flip_name_bit(home.issue(home.admin, device)),
         "self-signed impostor": lambda: home.issue(stranger, stranger, role="owner"),
         "owner role from an admin": lambda: home.issue(home.admin, device, role="owner"),
+        # the admin holds core, health, history and spatial (found in review: an admin given
+        # some scopes certified robots reading others, and made admins of its own)
+        "a scope its issuer lacks": lambda: home.issue(
+            home.admin, device, scopes=("core", "household")
+        ),
+        "admin role from an admin": lambda: home.issue(home.admin, device, role="admin"),
     }[case]()
     with pytest.raises(CertificateError, match=message):
         home.trust.verify(cert, NOW + 10)

@@ -213,9 +213,10 @@ ADMIN = "r1"  #: invited as an admin in the runs `admin_of` says
 
 
 def admin_of(seed: int, peers: int) -> str | None:
-    """The admin of a run (it invites, and makes and grants data keys, as the owner does):
-    `ADMIN` in every other seed of three robots or more, none otherwise.  Not drawn from the
-    seed's random steps, so adding it left every seed's scenario as it was."""
+    """The admin of a run (it invites members, and makes and grants the data keys of the
+    people it adds): `ADMIN` in every other seed of three robots or more, none otherwise.
+    Not drawn from the seed's random steps, so adding it left every seed's scenario as it
+    was."""
     return ADMIN if peers >= 3 and seed % 2 == 1 else None
 
 
@@ -619,7 +620,7 @@ class _Run:
         how = f"{len(self.proxies)} proxies" if self.lan is None else "a bridge, by mDNS"
         self.log(f"household of {len(self.robots)} robots linked through {how}")
         if admin is not None:
-            self._note(f"{admin} is an admin: it makes and grants keys, as {OWNER} does")
+            self._note(f"{admin} is an admin: it keys the people it adds, and grants keys")
 
     async def _start(self, robot: Robot) -> None:
         await robot.start()

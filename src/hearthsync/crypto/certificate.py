@@ -541,9 +541,24 @@ class TrustStore:
                 "(role owner is only valid self-signed)"
             )
         try:
-            self._authority(cert.issuer_pk, now, depth=depth + 1)
+            issuer = self._authority(cert.issuer_pk, now, depth=depth + 1)
         except CertificateError as exc:
             raise CertificateError(f"certificate of {cert.device_id}: {exc}") from None
+        # an issuer passes on no more than it holds (SPEC §3): an admin given some scopes
+        # certified robots reading others (health among them), and the owner granted them
+        # those keys; and only the owner makes admins, or one admin, once taken, signs
+        # itself as many as it likes (found in review)
+        beyond = sorted(set(cert.scopes) - set(issuer.scopes))
+        if beyond:
+            raise CertificateError(
+                f"certificate of {cert.device_id}: issued by a device that may not issue "
+                f"({issuer.device_id}: scopes {', '.join(beyond)} beyond its own)"
+            )
+        if cert.role == "admin" and issuer.role != "owner":
+            raise CertificateError(
+                f"certificate of {cert.device_id}: issued by a device that may not issue "
+                f"({issuer.device_id}: an admin, which certifies members only)"
+            )
 
     def _authority(self, issuer_pk: bytes, now: int, *, depth: int) -> Certificate:
         issuer = device_id_of(issuer_pk)
