@@ -9,14 +9,22 @@ from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, Side, State
+from websockets.uri import parse_uri
 
 from hearthsync import Peer
 from hearthsync.bench.household import BenchHome
 from hearthsync.protocol import frames as f
-from hearthsync.transport.link import OPENING_MAX_MESSAGE_LEN, _limit_the_opening
+from hearthsync.protocol.session import PROTOCOL_VERSION, SCHEMA_VERSION
+from hearthsync.transport.link import (
+    AUTH_OPENING,
+    OPENING_MAX_MESSAGE_LEN,
+    CountingClientConnection,
+    _limit_the_opening,
+)
 from hearthsync.transport.service import MAX_OPENING, SyncService
 
 TIMEOUT = 10.0
@@ -90,36 +98,84 @@ async def test_a_first_message_larger_than_an_opening_closes_the_connection_unre
         await opened(stack, hub)
 
 
-def masked(data: bytes) -> bytes:
-    return Frame(Opcode.BINARY, data).serialize(mask=True, extensions=[])
+async def test_a_stranger_replaying_a_certificate_and_pinging_is_still_held_to_the_opening(
+    hub: SyncService,
+) -> None:
+    """Found in review: the limit lifted after any two messages, and a stranger lifted it
+    with another robot's certificate in a HELLO (public: every robot shows its own) and a
+    PING (allowed before the session opens), then held a message of 4 MiB for 10 s."""
+    async with AsyncExitStack() as stack, asyncio.timeout(TIMEOUT):
+        ws = await opened(stack, hub)
+        replayed = BenchHome(users=("alice",)).owner_cert.to_wire()  # the owner's, signed
+        await ws.send(f.encode(f.Hello(PROTOCOL_VERSION, SCHEMA_VERSION, replayed, bytes(32))))
+        await ws.send(f.encode(f.Ping(1)))
+        await ws.send(bytes(3 * 2**20))
+        await ws.wait_closed()  # after the hub's AUTH and PONG
+        assert ws.close_code == 1009
 
 
-@pytest.mark.parametrize("split", [False, True])
-def test_the_opening_limit_lifts_after_two_messages_parsed_together(split: bool) -> None:
-    """A peer's INVENTORY often arrives in the segment that carries its AUTH, and is parsed
-    before the session reads the AUTH: the limit lifts as the parser takes the second message
-    (in one piece or fragmented), not when the session does."""
+def masked(data: bytes, opcode: Opcode = Opcode.BINARY, *, fin: bool = True) -> bytes:
+    return Frame(opcode, data, fin=fin).serialize(mask=True, extensions=[])
+
+
+def limited() -> Protocol:
     protocol = Protocol(Side.SERVER, state=State.OPEN, max_size=4 * 2**20)
     _limit_the_opening(protocol)
-    if split:  # the second message in two fragments
-        second = Frame(Opcode.BINARY, b"a" * 50, fin=False).serialize(mask=True, extensions=[])
-        second += Frame(Opcode.CONT, b"b" * 50).serialize(mask=True, extensions=[])
+    return protocol
+
+
+HELLO = bytes([0x95, 0x01]) + b"h" * 998  # how a HELLO begins; its body is not parsed here
+AUTH = AUTH_OPENING + bytes([0xC4, 64]) + b"s" * 64
+BIG = b"i" * 3 * 2**20
+
+
+@pytest.mark.parametrize("split", [0, 1, 2])
+def test_the_opening_limit_lifts_as_an_auth_is_parsed_with_what_follows(split: int) -> None:
+    """A peer's INVENTORY often arrives in the segment that carries its AUTH, and is parsed
+    before the session reads the AUTH: the limit lifts as the parser takes the AUTH, whole or
+    in fragments (``split``: the first fragment's length; 0: one piece)."""
+    protocol = limited()
+    if split:
+        auth = masked(AUTH[:split], fin=False) + masked(AUTH[split:], Opcode.CONT)
     else:
-        second = masked(b"a" * 100)
-    protocol.receive_data(masked(b"h" * 1000) + second + masked(b"i" * 3 * 2**20))
+        auth = masked(AUTH)
+    protocol.receive_data(masked(HELLO) + masked(f.encode(f.Ping(7))) + auth + masked(BIG))
     received = protocol.events_received()
-    assert [len(frame.data) for frame in received] == [1000, *([50, 50] if split else [100]),
-                                                       3 * 2**20]  # fmt: skip
+    assert len(received[-1].data) == len(BIG)
     assert protocol.state is State.OPEN
     assert protocol.max_message_size == 4 * 2**20
     assert "recv_frame" not in vars(protocol)  # the class's own again
 
 
-def test_a_second_message_over_the_opening_limit_fails_the_protocol() -> None:
-    protocol = Protocol(Side.SERVER, state=State.OPEN, max_size=4 * 2**20)
-    _limit_the_opening(protocol)
-    protocol.receive_data(masked(b"h" * 1000) + masked(b"a" * (OPENING_MAX_MESSAGE_LEN + 1)))
-    assert [len(frame.data) for frame in protocol.events_received()] == [1000]
+@pytest.mark.parametrize(
+    "before",
+    [
+        [HELLO, f.encode(f.Ping(1)), f.encode(f.Pong(1))],  # any number of small messages
+        [b"\x92", b"\x02"],  # an AUTH's two bytes, but in two messages
+    ],
+    ids=["hello-ping-pong", "auth-bytes-apart"],
+)
+def test_nothing_but_an_auth_lifts_the_opening_limit(before: list[bytes]) -> None:
+    protocol = limited()
+    protocol.receive_data(b"".join(map(masked, before)) + masked(b"a" * (2048 + 1)))
+    assert len(protocol.events_received()) == len(before)
     assert protocol.state is State.CLOSING
     assert protocol.close_sent is not None
     assert protocol.close_sent.code == 1009
+
+
+def test_fragments_of_a_message_are_one_message_to_the_opening_limit() -> None:
+    """Two small fragments, neither ending its message, lift nothing; the message they
+    begin is held to the limit as a whole."""
+    for first in (b"a" * 1500, AUTH_OPENING + b"x" * 1500):  # an AUTH lifts it once whole
+        protocol = limited()
+        protocol.receive_data(masked(first, fin=False) + masked(b"b" * 1000, Opcode.CONT))
+        assert protocol.close_sent is not None
+        assert protocol.close_sent.code == 1009
+
+
+async def test_a_robot_dialing_holds_what_answers_to_the_opening_limit() -> None:
+    """Whatever answers at an address mDNS gave is a stranger too."""
+    protocol = ClientProtocol(parse_uri("ws://127.0.0.1:9/"), max_size=4 * 2**20)
+    CountingClientConnection(protocol)
+    assert protocol.max_message_size == OPENING_MAX_MESSAGE_LEN

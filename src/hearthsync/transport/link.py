@@ -27,9 +27,9 @@ sans-I/O session cannot do itself:
   by `CountingServerConnection` and `CountingClientConnection`).  Both rules used to count
   whole frames only, so a frame that took longer than `DEAD_AFTER_S` to cross the link (1 MiB
   below about 85 KB/s) dropped the link each time it was sent, and the robot never caught up;
-* **a stranger is held to small messages**: a peer's first two messages (HELLO, then AUTH or
-  ERROR; a join request on the join path) may hold at most `OPENING_MAX_MESSAGE_LEN` bytes;
-  a larger one closes the connection (1009) before it is read.  Before, each of up to
+* **a stranger is held to small messages**: until a peer's AUTH has arrived (and on the join
+  path), its messages may hold at most `OPENING_MAX_MESSAGE_LEN` bytes; a larger one closes
+  the connection (1009) before it is read.  Before, each of up to
   `MAX_OPENING` connections that had proved nothing could make this device hold 16 queued
   messages of 4 MiB each.
 """
@@ -58,7 +58,7 @@ from websockets.server import ServerProtocol
 from hearthsync.crdt import statevector, updates
 from hearthsync.errors import HearthError, RemoteError
 from hearthsync.ids import DocId
-from hearthsync.protocol.frames import MAX_FRAME_LEN
+from hearthsync.protocol.frames import MAX_FRAME_LEN, FrameType
 from hearthsync.protocol.session import (
     DEAD_AFTER_S,
     Acked,
@@ -114,34 +114,42 @@ class _Counting(Connection):
             _drop_if_unread(self)
 
 
-#: the most each of a peer's first `OPENING_MESSAGES` messages may hold (SPEC §5.1): a HELLO
-#: is at most about 1,100 bytes, an AUTH 70, an ERROR about 270, a join request 1,024
+#: the most a peer's message may hold until its AUTH has arrived (SPEC §6.1): a HELLO is at
+#: most about 1,100 bytes, an AUTH 70, an ERROR about 270, a PING 12, a join request 1,024
 OPENING_MAX_MESSAGE_LEN = 2048
-OPENING_MESSAGES = 2
+#: how an AUTH frame begins (SPEC §5: an array of two, its type in its shortest form)
+AUTH_OPENING = bytes([0x92, FrameType.AUTH])
 _DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
 
 
 def _limit_the_opening(protocol: WebsocketProtocol) -> None:
-    """Hold ``protocol``'s peer to `OPENING_MAX_MESSAGE_LEN` bytes a message until its first
-    `OPENING_MESSAGES` have arrived, then to `MAX_FRAME_LEN`.
+    """Hold ``protocol``'s peer to `OPENING_MAX_MESSAGE_LEN` bytes a message until a message
+    that is an AUTH has arrived, then to `MAX_FRAME_LEN`.
 
-    The limit changes as the parser takes each frame (`Protocol.recv_frame`), not when the
-    session reads the message: a peer that proved itself sends its INVENTORY right behind its
-    AUTH, often in the same TCP segment, which the parser reads before the session has seen
-    the AUTH.  A stranger's third message can still be large, but the session closes the
-    connection on reading the first two (401), a loop turn later."""
+    The limit lifts as the parser takes the AUTH (`Protocol.recv_frame`), not when the
+    session reads it: a peer that has checked this side's AUTH sends its INVENTORY right
+    behind its own, often in the same TCP segment, which the parser reads before the
+    session has seen the AUTH.  Counting messages instead let a stranger lift it with two
+    small ones: another robot's certificate in a HELLO (every robot shows its own to anyone)
+    and a PING, which the session allows before it opens (found in review).  A stranger can
+    still send a large message right behind a forged AUTH, but the session closes the
+    connection on reading that AUTH (401), a loop turn later.  On the join path no AUTH
+    comes: the limit stays."""
     protocol.max_message_size = OPENING_MAX_MESSAGE_LEN
     received = protocol.recv_frame
-    left = OPENING_MESSAGES
+    head = b""  # the first bytes of the message being parsed
 
     def recv_frame(frame: Frame) -> None:
-        nonlocal left
+        nonlocal head
         received(frame)
-        if frame.fin and frame.opcode in _DATA:
-            left -= 1
-            if left == 0:
-                protocol.max_message_size = MAX_FRAME_LEN
-                del protocol.recv_frame  # the class's own from now on
+        if frame.opcode not in _DATA:
+            return
+        if frame.opcode is not Opcode.CONT:
+            head = b""
+        head += bytes(frame.data[: len(AUTH_OPENING) - len(head)])
+        if frame.fin and head == AUTH_OPENING:
+            protocol.max_message_size = MAX_FRAME_LEN
+            del protocol.recv_frame  # the class's own from now on
 
     # websockets offers no hook between two frames, nor a way to choose the protocol's class
     protocol.recv_frame = recv_frame  # type: ignore[method-assign]
