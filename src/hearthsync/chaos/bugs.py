@@ -25,9 +25,10 @@ stricter; `install` puts them on a robot at every boot):
 * ``keep-forgotten-rows``: forgetting drops a user's documents from memory, not from the
   store (every robot restarts from its store at the end, and is checked again);
 * ``never-scrub-after-forgetting``: a purge deletes a forgotten user's documents and keys, then
-  fails to vacuum the file, so their words stay in its free pages and WAL (memory shows
-  nothing of them: the checkers ask the purge's own record of its end,
-  `Peer.forgetting_remnants`);
+  stops silently, before vacuuming the file and recording its end, so their words stay in its
+  free pages and WAL (memory shows nothing of them: the checkers ask the purge's own record of
+  its end, `Peer.forgetting_remnants`; a purge that recorded an end it never reached would
+  pass them, and only the byte scans of tests/test_forgetting.py would tell);
 * ``purge-a-revoked-robots-writes``: on learning a revocation, a robot deletes every slot the
   revoked robot wrote, its accepted past writes too (those a member held must stay);
 * ``seal-under-the-oldest-epoch``: the keyring seals under the oldest epoch it holds, so a
@@ -178,10 +179,20 @@ def _keep_rows(peer: Peer) -> None:
 
 
 def _never_scrub(peer: Peer) -> None:
-    async def broken() -> None:
-        raise OSError("the vacuum failed (a deliberately broken build)")
+    """The purge stops silently before the vacuum (a ``return`` left in, an error swallowed):
+    no vacuum, and its end never recorded.  Raising instead was caught by the older checks,
+    as an error logged (found in review)."""
+    commit_meta = peer._sqlite.commit_meta
 
-    peer._sqlite.scrub = broken  # type: ignore[method-assign]
+    async def skipped() -> None:
+        return None
+
+    async def unrecorded(meta: dict[str, str]) -> None:
+        ended = {key for key, value in meta.items() if key.startswith("purged:") and value}
+        await commit_meta({key: value for key, value in meta.items() if key not in ended})
+
+    peer._sqlite.scrub = skipped  # type: ignore[method-assign]
+    peer._sqlite.commit_meta = unrecorded  # type: ignore[method-assign]
 
 
 def _purge_revoked(peer: Peer) -> None:
