@@ -509,6 +509,22 @@ async def test_a_tombstone_from_a_device_outside_the_household_is_ignored(
     assert owner.preference("alice", "beverage/coffee") is not None
 
 
+async def test_a_robot_of_a_household_accounts_for_the_keys_and_index_files_of_a_user(
+    household: list[Peer],
+) -> None:
+    """`Peer.forgetting_remnants` names every kind of remnant; a review broke the lines of
+    the data keys and of the index files and no test noticed."""
+    owner, _, _ = household
+    await fill(owner, "alice", ALICE_SAYS)
+    assert len(await owner.recall("alice", "coffee please", k=3)) == 3
+    owner._vectors.save()  # as a close does: her index files on disk
+    held = owner.forgetting_remnants("alice")
+    assert "holds the data keys of alice" in held
+    assert "holds vector index files of alice" in held
+    await owner.forget("alice")
+    assert owner.forgetting_remnants("alice") == []
+
+
 async def test_a_tombstone_that_does_not_check_out_is_warned_of_once_and_only_if_alone(
     household: list[Peer], caplog: pytest.LogCaptureFixture
 ) -> None:
