@@ -659,10 +659,11 @@ def chaos(
         reason = unavailable()
         if reason is not None:
             raise typer.BadParameter(f"no network namespaces here: {reason}", param_hint="--netns")
+    # SIGTERM stops a run as Ctrl-C does: process mode closes its robots and proxies (found
+    # in review: it left a robot running and the run's folder behind), and a simulation
+    # reports what ran
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     if processes:
-        # SIGTERM stops a run as Ctrl-C does, its robots and proxies closed (found in review:
-        # it left a robot running and the run's folder behind)
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
         report = run_in_processes(
             console, schedules=schedules, seed=seed, peers=peers or 3, edits=edits or 12,
             netns=netns,

@@ -132,3 +132,63 @@ def test_process_mode_runs_real_robots_and_writes_the_same_figures(tmp_path: Pat
     assert "forgotten users' remnants" in output
     assert figures["faults"] >= 4  # the cut, two kills, and whatever weather the seed drew
     assert figures["failing_seeds"] == []
+
+
+SMALL = Scenario(peers=3, edits=4, duration=4.0, fault_rate=0.5)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_an_interrupted_run_reports_the_schedules_that_ended(jobs: int) -> None:
+    """Ctrl-C in the third hour of a long run threw the first two away: nothing was printed
+    or written before the end."""
+    ended: list[int] = []
+
+    def interrupt_after_two(outcome: object) -> None:
+        ended.append(getattr(outcome, "seed"))  # noqa: B009 - an Outcome
+        if len(ended) == 2:
+            raise KeyboardInterrupt
+
+    report = run(schedules=8, seed=5, scenario=SMALL, jobs=jobs, on_outcome=interrupt_after_two)
+    assert (report.interrupted, report.complete) == (True, False)
+    assert (report.schedules, report.requested) == (2, 8)
+    assert report.acknowledged_writes > 0
+    assert exit_code(report) == 130
+    figures = report.to_json()
+    assert (figures["interrupted"], figures["schedules_requested"]) == (True, 8)
+
+
+PROGRESS_AT_ONCE = """
+from hearthsync.chaos import console
+console.PROGRESS_EVERY_S = 0.0  # a progress line after every schedule
+"""
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_stops_a_long_run_which_reports_and_writes_what_ran(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    (tmp_path / "sitecustomize.py").write_text(PROGRESS_AT_ONCE)
+    out = tmp_path / "chaos.json"
+    hearth = Path(sys.executable).parent / "hearth"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    with subprocess.Popen(
+        [str(hearth), "chaos", "--schedules", "10000", "--peers", "3", "--edits", "4",
+         "--duration", "4", "--jobs", "2", "--json", str(out)],
+        stdout=subprocess.PIPE, text=True, env=env,
+    ) as run_:  # fmt: skip
+        assert run_.stdout is not None
+        for line in run_.stdout:  # without a terminal: a line per schedule here
+            if "schedules, 0 failed" in line:
+                break
+        run_.send_signal(signal.SIGTERM)
+        rest = run_.stdout.read()
+        code = run_.wait()
+    assert code == 130, rest
+    assert "interrupted after" in rest
+    figures = json.loads(out.read_text())
+    assert figures["interrupted"] is True
+    assert 1 <= figures["schedules"] < 10000
+    assert figures["failing_seeds"] == []

@@ -33,6 +33,8 @@ from hearthsync.chaos.sim import Outcome
 from hearthsync.errors import HearthError
 
 PROBLEMS_SHOWN = 8  #: per failing schedule; the rest are counted
+PROGRESS_EVERY_S = 60.0  #: with no terminal for the progress bar, a line this often
+INTERRUPTED = 130  #: the exit status of a run stopped before its end (128 + SIGINT)
 
 #: the fault kinds of process mode, as its fault trace names them
 PROCESS_FAULT_KINDS = ("cut", "kill", "delay", "throttle", "reset", "drop", "revoke")
@@ -52,16 +54,25 @@ def run_simulated(
     """Run the simulated schedules with a progress bar, then print the summary (and, with
     ``trace``, the full trace of every failing schedule, or of the one schedule run)."""
     traced: list[Outcome] = []
+    started = last = time.monotonic()
     with _progress(console) as progress:
         task = progress.add_task("schedules", total=schedules, failed=0)
-        failed = 0
+        failed = done = 0
 
         def advance(outcome: Outcome) -> None:
-            nonlocal failed
+            nonlocal failed, done, last
             failed += not outcome.ok
+            done += 1
             progress.update(task, advance=1, failed=failed)
             if trace and (not outcome.ok or schedules == 1):
                 traced.append(outcome)
+            now = time.monotonic()
+            if not console.is_terminal and now - last >= PROGRESS_EVERY_S:
+                # no bar to watch (a log, CI, nohup): a line now and then instead
+                last = now
+                rate = 60 * done / (now - started)
+                console.print(f"{done}/{schedules} schedules, {failed} failed, "
+                              f"{rate:.0f} a minute", highlight=False)  # fmt: skip
 
         report = run(
             schedules=schedules, seed=seed, scenario=scenario, jobs=jobs, minimise=minimise,
@@ -81,7 +92,7 @@ def run_in_processes(
     """Process mode: ``schedules`` runs of real ``hearth run`` processes behind fault
     proxies (`hearthsync.chaos.process`), or with ``netns`` in network namespaces on one
     bridge, one after the other, summed into one `Report`."""
-    report = Report()
+    report = Report(requested=schedules)
     started = time.perf_counter()
     with _progress(console) as progress:
         task = progress.add_task("process runs", total=schedules, failed=0)
@@ -164,7 +175,10 @@ def add_process_run(
 
 
 def exit_code(report: Report) -> int:
-    return 0 if report.ok else 1
+    """1 on any failure; else 130 (as for SIGINT) if interrupted; else 0."""
+    if not report.ok:
+        return 1
+    return INTERRUPTED if report.interrupted else 0
 
 
 def write_json(path: Path, report: Report) -> None:
@@ -204,6 +218,11 @@ def print_report(
             console.print(f"    {line}", markup=False, highlight=False)
         console.print(f"  replay: [bold]{failure.replay}[/bold]", highlight=False, soft_wrap=True)
     verdict = "[green]ok[/green]" if report.ok else "[red]FAILED[/red]"
+    if report.interrupted:
+        console.print(
+            f"[yellow]interrupted[/yellow] after {report.schedules} of {report.requested} "
+            "schedules: what ran is reported above, and proves nothing of the rest"
+        )
     console.print(f"{verdict}: {report.schedules} schedules, seeds {_seeds(report)}")
 
 

@@ -77,6 +77,9 @@ class Report:
     failures: list[Failure] = field(default_factory=list)
     fault_counts: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    #: the schedules asked for; fewer ran if the run was interrupted (Ctrl-C, SIGTERM)
+    requested: int = 0
+    interrupted: bool = False
 
     @property
     def ok(self) -> bool:
@@ -87,6 +90,11 @@ class Report:
             and not (self.unconverged or self.forgetting_remnants or self.isolation_leaks)
             and (not self.failures)
         )
+
+    @property
+    def complete(self) -> bool:
+        """Every schedule asked for ran (an interrupted run proves only what it ran)."""
+        return not self.interrupted
 
     @property
     def failing_seeds(self) -> list[int]:
@@ -127,6 +135,8 @@ class Report:
         """The flat object ``hearth chaos --json`` writes."""
         return {
             "schedules": self.schedules,
+            "schedules_requested": self.requested,
+            "interrupted": self.interrupted,
             "faults": self.faults,
             "acknowledged_writes": self.acknowledged_writes,
             "verified_writes": self.verified_writes,
@@ -294,6 +304,9 @@ def die_with_parent(parent: int) -> None:
     # handler can run inside a __del__ or a weakref callback, which swallow the exception,
     # and the worker ran on, orphaned
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # Ctrl-C reaches every process of the terminal's group: the run that hands out the
+    # schedules stops handing them out and reports; a worker ends its schedule first
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL(None, use_errno=True)
@@ -333,11 +346,17 @@ def run(
     report.  ``jobs`` worker processes (default: one per core); failures are shrunk to a
     minimal fault trace unless ``minimise`` is false.  ``on_outcome`` is called with each
     schedule's `Outcome` as it ends (a progress bar), in the order they end; a good schedule's
-    trace is dropped unless ``keep_traces``."""
+    trace is dropped unless ``keep_traces``.
+
+    Interrupted (`KeyboardInterrupt`: Ctrl-C, or SIGTERM where the caller maps it so, as
+    ``hearth chaos`` does), the run stops handing out schedules, lets those running end, and
+    returns the report of the schedules that ended before the interrupt, marked
+    ``interrupted`` (their failures not shrunk, to stop soon): an hour of a long run is not
+    thrown away for want of its last minutes."""
     scenario = scenario or Scenario()
     jobs = jobs or os.cpu_count() or 1
     sweep_scratch()  # what killed runs left behind
-    report = Report()
+    report = Report(requested=schedules)
     started = time.perf_counter()
     outcomes: list[Outcome] = []
     seeds = range(seed, seed + schedules)
@@ -348,22 +367,39 @@ def run(
         if on_outcome is not None:
             on_outcome(outcome)
 
-    if jobs == 1 or schedules == 1:
-        for s in seeds:
-            take(_worker(s, scenario, only_faults, keep_traces))
-    else:
-        context = multiprocessing.get_context(_start_method())
-        with ProcessPoolExecutor(
-            max_workers=min(jobs, schedules), mp_context=context,
-            initializer=die_with_parent, initargs=(os.getpid(),),
-        ) as pool:  # fmt: skip
-            futures = [pool.submit(_worker, s, scenario, only_faults, keep_traces) for s in seeds]
-            for future in as_completed(futures):
-                take(future.result())
+    try:
+        if jobs == 1 or schedules == 1:
+            for s in seeds:
+                take(_worker(s, scenario, only_faults, keep_traces))
+        else:
+            _in_workers(seeds, jobs, take, (scenario, only_faults, keep_traces))
+    except KeyboardInterrupt:
+        report.interrupted = True
     report.elapsed_s = time.perf_counter() - started
+    shrinking = minimise and only_faults is None and not report.interrupted
     for outcome in sorted(outcomes, key=lambda o: o.seed):
         if not outcome.ok:
-            report.failures.append(
-                _failure(outcome, scenario, minimise and only_faults is None, only_faults)
-            )
+            report.failures.append(_failure(outcome, scenario, shrinking, only_faults))
     return report
+
+
+def _in_workers(
+    seeds: range,
+    jobs: int,
+    take: Callable[[Outcome], None],
+    args: tuple[Scenario, set[int] | None, bool],
+) -> None:
+    """Run ``seeds`` in ``jobs`` worker processes, handing each `Outcome` to ``take`` as it
+    ends.  On `KeyboardInterrupt`, the schedules not started are cancelled and those running
+    are let end (a second or so; their outcomes dropped) before it propagates."""
+    context = multiprocessing.get_context(_start_method())
+    pool = ProcessPoolExecutor(
+        max_workers=min(jobs, len(seeds)), mp_context=context,
+        initializer=die_with_parent, initargs=(os.getpid(),),
+    )  # fmt: skip
+    try:
+        futures = [pool.submit(_worker, s, *args) for s in seeds]
+        for future in as_completed(futures):
+            take(future.result())
+    finally:  # interrupted: nothing more starts, and the workers end with their schedule
+        pool.shutdown(wait=True, cancel_futures=True)
