@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -112,6 +113,28 @@ async def test_a_stranger_replaying_a_certificate_and_pinging_is_still_held_to_t
         await ws.send(bytes(3 * 2**20))
         await ws.wait_closed()  # after the hub's AUTH and PONG
         assert ws.close_code == 1009
+
+
+async def test_a_peer_refused_before_it_proved_anything_gets_no_closing_handshake(
+    hub: SyncService,
+) -> None:
+    """Found in review: a forged AUTH lifts the opening limit at the parser; the session
+    refuses it at once, but the closing handshake then kept the connection, and the 4 MiB
+    messages queued behind the AUTH, for the 10 s of the close timeout.  Refused before
+    proving anything, a peer gets its ERROR and the socket closes (1006: no close frame)."""
+    async with AsyncExitStack() as stack, asyncio.timeout(TIMEOUT):
+        ws = await opened(stack, hub)
+        replayed = BenchHome(users=("alice",)).owner_cert.to_wire()
+        await ws.send(f.encode(f.Hello(PROTOCOL_VERSION, SCHEMA_VERSION, replayed, bytes(32))))
+        await ws.send(f.encode(f.Auth(bytes(64))))  # signs nothing
+        answers = []
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                answers.append(f.decode(await ws.recv()))
+        refused = [a for a in answers if isinstance(a, f.Error)]
+        assert [e.code for e in refused] == [f.ErrorCode.UNAUTHORIZED], answers
+        await ws.wait_closed()
+        assert ws.close_code == 1006  # the hub closed the socket: no handshake to wait out
 
 
 def masked(data: bytes, opcode: Opcode = Opcode.BINARY, *, fin: bool = True) -> bytes:

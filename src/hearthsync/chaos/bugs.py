@@ -28,7 +28,7 @@ stricter; `install` puts them on a robot at every boot):
   stops silently, before vacuuming the file and recording its end, so their words stay in its
   free pages and WAL (memory shows nothing of them: the checkers ask the purge's own record of
   its end, `Peer.forgetting_remnants`; a purge that recorded an end it never reached would
-  pass them, and only the byte scans of tests/test_forgetting.py would tell);
+  pass them);
 * ``purge-a-revoked-robots-writes``: on learning a revocation, a robot deletes every slot the
   revoked robot wrote, its accepted past writes too (those a member held must stay);
 * ``seal-under-the-oldest-epoch``: the keyring seals under the oldest epoch it holds, so a

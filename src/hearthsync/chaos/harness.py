@@ -322,6 +322,7 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 
 _PR_SET_PDEATHSIG = 1  #: prctl(2): the signal this process gets when its parent ends
+WORKER_STOP_S = 10.0  #: how long an interrupted run waits for a worker it stopped to end
 
 
 def _worker(seed: int, scenario: Scenario, only: set[int] | None, keep: bool) -> Outcome:
@@ -349,10 +350,10 @@ def run(
     trace is dropped unless ``keep_traces``.
 
     Interrupted (`KeyboardInterrupt`: Ctrl-C, or SIGTERM where the caller maps it so, as
-    ``hearth chaos`` does), the run stops handing out schedules, lets those running end, and
-    returns the report of the schedules that ended before the interrupt, marked
-    ``interrupted`` (their failures not shrunk, to stop soon): an hour of a long run is not
-    thrown away for want of its last minutes."""
+    ``hearth chaos`` does), the run stops the schedules running (they count for nothing) and
+    returns the report of those that ended before, marked ``interrupted``; failures not yet
+    shrunk then stay as they failed.  An hour of a long run is not thrown away for want of
+    its last minutes."""
     scenario = scenario or Scenario()
     jobs = jobs or os.cpu_count() or 1
     sweep_scratch()  # what killed runs left behind
@@ -378,8 +379,14 @@ def run(
     report.elapsed_s = time.perf_counter() - started
     shrinking = minimise and only_faults is None and not report.interrupted
     for outcome in sorted(outcomes, key=lambda o: o.seed):
-        if not outcome.ok:
-            report.failures.append(_failure(outcome, scenario, shrinking, only_faults))
+        if outcome.ok:
+            continue
+        try:
+            failure = _failure(outcome, scenario, shrinking, only_faults)
+        except KeyboardInterrupt:  # shrinking reruns schedules: it can take a while
+            report.interrupted, shrinking = True, False
+            failure = _failure(outcome, scenario, shrinking, only_faults)
+        report.failures.append(failure)
     return report
 
 
@@ -390,9 +397,11 @@ def _in_workers(
     args: tuple[Scenario, set[int] | None, bool],
 ) -> None:
     """Run ``seeds`` in ``jobs`` worker processes, handing each `Outcome` to ``take`` as it
-    ends.  On `KeyboardInterrupt`, the schedules not started are cancelled and those running
-    are let end (a second or so; their outcomes dropped) before it propagates."""
+    ends.  On `KeyboardInterrupt`, the schedules not started are cancelled and the workers
+    stopped (SIGTERM: each removes its scratch folders and exits) before it propagates."""
     context = multiprocessing.get_context(_start_method())
+    others = set(multiprocessing.active_children())  # the caller's own: never stopped here
+    stopped: set[multiprocessing.process.BaseProcess] = set()
     pool = ProcessPoolExecutor(
         max_workers=min(jobs, len(seeds)), mp_context=context,
         initializer=die_with_parent, initargs=(os.getpid(),),
@@ -401,5 +410,15 @@ def _in_workers(
         futures = [pool.submit(_worker, s, *args) for s in seeds]
         for future in as_completed(futures):
             take(future.result())
-    finally:  # interrupted: nothing more starts, and the workers end with their schedule
+    except BaseException:
+        # waiting for the schedules running took a schedule or two (the pool starts one
+        # more than it has workers), and a second Ctrl-C meanwhile left the pool half shut
+        # down, hanging for good (found in review)
+        stopped = set(multiprocessing.active_children()) - others
+        for worker in stopped:
+            worker.terminate()
+        raise
+    finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        for worker in stopped:  # reaped: no zombie outlives the run
+            worker.join(WORKER_STOP_S)

@@ -565,6 +565,13 @@ class Link:
             self.websocket.watch_unread = False
         with contextlib.suppress(ConnectionClosed):
             await self._flush()
+        if not self.authenticated:
+            # no closing handshake with a peer that proved nothing: it sends its ERROR (401,
+            # 426...) and the socket closes.  Waiting for the peer's close frame kept what it
+            # had sent queued meanwhile, up to 16 messages of 4 MiB behind a forged AUTH, for
+            # the 10 s of the close timeout (found in review)
+            self.websocket.transport.close()
+            return
         try:
             async with asyncio.timeout(self._send_timeout):
                 await self.websocket.close()  # it waits for the socket to drain, without bound
