@@ -280,18 +280,9 @@ class Forgetting:
         found = []
         if user not in self.forgotten():
             found.append(f"honours no tombstone of {user}")
-        docs = self._documents_of(user)
-        if docs:
-            found.append(f"holds {len(docs)} documents of {user} ({', '.join(docs[:3])})")
+        found += self._held(user)
         if user in peer.users():
             found.append(f"lists {user} as a user")
-        keyring = peer.household.keyring if peer.household is not None else None
-        if keyring is not None and not keyring.is_forgotten(user):
-            found.append(f"holds the data keys of {user}")
-        if any(peer._vectors.directory.glob(f"{user}.*")):
-            found.append(f"holds vector index files of {user}")
-        if self._home_mentions(user):
-            found.append(f"its home documents mention {user}")
         if not self._purged(user):
             found.append(f"has not finished purging {user}")
         return found
@@ -304,14 +295,24 @@ class Forgetting:
         destroyed left its user's words in them for good (found in review).  It catches what
         came back after a finished purge: a robot that had not heard of the tombstone yet may
         have written their routine or their things into a home document since."""
+        return bool(self._held(user))
+
+    def _held(self, user: str) -> list[str]:
+        """What of ``user`` a purge deletes and memory shows, one line each (see
+        `_holds_anything_of` for what it does not show)."""
         peer = self._peer
+        found = []
+        docs = self._documents_of(user)
+        if docs:
+            found.append(f"holds {len(docs)} documents of {user} ({', '.join(docs[:3])})")
         keyring = peer.household.keyring if peer.household is not None else None
-        return (
-            bool(self._documents_of(user))
-            or any(peer._vectors.directory.glob(f"{user}.*"))
-            or (keyring is not None and not keyring.is_forgotten(user))
-            or self._home_mentions(user)
-        )
+        if keyring is not None and not keyring.is_forgotten(user):
+            found.append(f"holds the data keys of {user}")
+        if any(peer._vectors.directory.glob(f"{user}.*")):
+            found.append(f"holds vector index files of {user}")
+        if self._home_mentions(user):
+            found.append(f"its home documents mention {user}")
+        return found
 
     def _home_mentions(self, user: str) -> bool:
         peer = self._peer
