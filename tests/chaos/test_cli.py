@@ -158,8 +158,8 @@ def test_an_interrupted_run_reports_the_schedules_that_ended(jobs: int) -> None:
 
 
 PROGRESS_AT_ONCE = """
-# 'hearth chaos' only: every other python of the group (multiprocessing's resource tracker)
-# started slow importing hearthsync, and a Ctrl-C landing meanwhile printed its traceback
+# 'hearth chaos' only: its workers need not print a line, and importing hearthsync in every
+# python of the group only made each slower to start
 import sys
 if sys.orig_argv[2:3] == ["chaos"]:
     from hearthsync.chaos import console

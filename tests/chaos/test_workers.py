@@ -85,3 +85,51 @@ def test_a_sweep_removes_the_scratch_folders_of_processes_gone_and_no_other(
         f"{SCRATCH_PREFIX}{alive}-abc", f"{SCRATCH_PREFIX}old_name",
         f"{SCRATCH_PREFIX}processes-abc",
     ]  # fmt: skip
+
+
+CTRL_C_AT_BIRTH = textwrap.dedent(
+    """
+    # a spawned worker signals itself as the interpreter starts, before it has imported
+    # hearthsync or run its initializer: the moment a Ctrl-C used to print a traceback
+    import os, signal, sys
+    if "spawn_main" in " ".join(sys.orig_argv):
+        os.kill(os.getpid(), signal.SIGINT)
+        with open(os.path.join(os.environ["MARKS"], str(os.getpid())), "w") as mark:
+            mark.write(str(signal.SIGINT in signal.sigpending()))
+    """
+)
+
+SPAWNED_RUN = textwrap.dedent(
+    """
+    from hearthsync.chaos import harness
+    from hearthsync.chaos.plan import Scenario
+
+    if __name__ == "__main__":
+        harness._start_method = lambda: "spawn"  # the import is slow: the window is wide
+        report = harness.run(schedules=4, seed=1, jobs=2, minimise=False,
+                             scenario=Scenario(peers=3, edits=3, duration=3.0))
+        print("RAN", report.schedules, report.interrupted, report.errors, flush=True)
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+def test_a_worker_takes_no_ctrl_c_even_before_it_has_started(tmp_path: Path) -> None:
+    """Ctrl-C reaches every process of the terminal's group.  A worker ignored it only once
+    its initializer ran, and a spawned worker first spends a second or more importing: one
+    landing meanwhile printed a traceback and broke the pool (found by CI).  Workers now
+    start with it held back, and discard it once they ignore it."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    (tmp_path / "sitecustomize.py").write_text(CTRL_C_AT_BIRTH)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "MARKS": str(marks)}
+    done = subprocess.run(
+        [sys.executable, "-c", SPAWNED_RUN], capture_output=True, text=True, env=env,
+        cwd=os.getcwd(), timeout=240,
+    )  # fmt: skip
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["RAN", "4", "False", "0"], done.stdout + done.stderr
+    pending = [m.read_text() for m in marks.iterdir()]
+    assert pending, "no worker was spawned"
+    assert set(pending) == {"True"}, pending  # each was signalled, and held it back

@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -307,12 +307,33 @@ def die_with_parent(parent: int) -> None:
     # Ctrl-C reaches every process of the terminal's group: the run that hands out the
     # schedules stops handing them out and reports; a worker ends its schedule first
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # held back from its start: see _held_back
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:  # it died before that took effect
         os._exit(1)
+
+
+@contextlib.contextmanager
+def _held_back(signum: int) -> Iterator[None]:
+    """Hold ``signum`` back (blocked, pending) in this thread, and so in every process it
+    starts, until the block ends; then a signal that came meanwhile is taken here.
+
+    A worker ignores Ctrl-C only once its initializer runs, and a spawned worker first
+    imports hearthsync, a second or more on a loaded machine: a Ctrl-C in between printed
+    its traceback and broke the pool (found by CI).  Started blocked, it takes none until
+    the initializer has set it ignored, which also discards one pending."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no process group to signal
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signum})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -407,7 +428,8 @@ def _in_workers(
         initializer=die_with_parent, initargs=(os.getpid(),),
     )  # fmt: skip
     try:
-        futures = [pool.submit(_worker, s, *args) for s in seeds]
+        with _held_back(signal.SIGINT):  # the workers start as the pool is handed its work
+            futures = [pool.submit(_worker, s, *args) for s in seeds]
         for future in as_completed(futures):
             take(future.result())
     except BaseException:
