@@ -953,7 +953,7 @@ class Peer:
         )
         doc_id = events_doc(uid, _month(when))
         record = event.encode(without=_WITHOUT_USER)  # as its document stores it
-        embed = ToEmbed(f"{uid}.{HISTORY}", event.id, when, _embedding_text(event), record)
+        embed = ToEmbed(_history_index(uid), event.id, when, _embedding_text(event), record)
 
         def change(_: Replica) -> InteractionEvent:
             self._handle(doc_id, EventsDoc).events.append(event, record)
@@ -1009,6 +1009,9 @@ class Peer:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValidationError(f"k must be a whole number, at least 1, not {k!r:.40}", field="k")
         _check_window(since, until)
+        # every event `events` lists can be recalled: merged from another robot, it is in
+        # memory at once, and its embedding lands with the batch that makes it durable
+        await self._docs.embedded(_history_index(uid))
         index = await self._vectors.open_index(uid, HISTORY)
         self._index_later()
         vector = self._vectors.embedder.embed([query])[0] if isinstance(query, str) else query
@@ -1088,8 +1091,11 @@ class Peer:
                     "not embedding an event of %s that does not decode: %s", info.doc_id, exc
                 )
                 continue
-            index = f"{event.user}.{HISTORY}"
-            wanted.append(ToEmbed(index, event.id, event.ts, _embedding_text(event), text))
+            wanted.append(
+                ToEmbed(
+                    _history_index(event.user), event.id, event.ts, _embedding_text(event), text
+                )
+            )
         return wanted
 
     async def _index_staged(self) -> None:
@@ -1605,6 +1611,11 @@ def _restored(
             mark = held
         held = None
     return held, mark
+
+
+def _history_index(user: str) -> str:
+    """The vector index of ``user``'s events, as `ToEmbed.index_name` names it."""
+    return f"{user}.{HISTORY}"
 
 
 def _condition(condition: Condition | Mapping[str, Any] | None) -> Condition:

@@ -603,6 +603,31 @@ async def test_a_corrupt_events_document_replaced_by_a_peer_is_not_embedded_twic
         )
 
 
+async def test_an_event_merged_from_another_robot_is_recalled_before_its_batch_lands(
+    tmp_path: Path, wall: FakeWall
+) -> None:
+    """A merged event is listed at once, in memory; its embedding lands with the batch that
+    makes it durable.  Recall in between missed it (found as a flaky sync test): it now waits
+    for that batch, as it would for the robot's own writes."""
+    doc = "user/alice/events/2026-03"
+    async with (
+        Peer.open(tmp_path / "a", device="a", wall=wall) as a,
+        Peer.open(tmp_path / "b", device="b", wall=wall) as b,
+    ):
+        for robot in (a, b):
+            await robot.add_user("alice", name="Alice")
+        await a.record_event("alice", "COMMAND", "mug", text="use the green mug", ts=MONDAY_MS)
+        await exchange(a, b)
+        await a.record_event("alice", "COMMAND", "shelf", text="the good shelf", ts=MONDAY_MS + 1)
+        landing = b.receive_update(doc, a.diff(doc, b.state_vector(doc)), origin="a")
+        assert landing is not None
+        assert not landing.done()  # merged in memory, not yet durable
+        assert [e.text for e in b.events("alice")] == ["use the green mug", "the good shelf"]
+        hits = await b.recall("alice", "the good shelf", k=1)
+        assert [hit.event.text for hit in hits] == ["the good shelf"]
+        await landing
+
+
 async def test_a_failing_embedder_does_not_lose_acknowledged_events(
     peer: Peer, peer_path: Path, wall: FakeWall, monkeypatch: pytest.MonkeyPatch
 ) -> None:

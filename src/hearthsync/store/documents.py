@@ -24,6 +24,7 @@ Key invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -79,6 +80,8 @@ class _Queue:
     rescan: set[DocId] = field(default_factory=set)
     meta: dict[str, str] = field(default_factory=dict)
     done: asyncio.Future[None] | None = None
+    #: the vector indexes the batch embeds events of, once it is taken (carried ones too)
+    indexes: set[str] = field(default_factory=set)
 
 
 VectorSink = Callable[[Sequence[VectorRow], np.ndarray], None]
@@ -517,6 +520,7 @@ class DocumentSet:
         # what the batch holds of carried deltas is in flight with it (`_pending`)
         queue.remote_docs.update(doc_id for doc_id, _, _ in deltas)
         queued = carried_embed + queue.embed
+        queue.indexes = {item.index_name for item in queued}  # what recall waits for
         # the batch's events are embedded on another core while this one runs its
         # transactions (numpy releases the GIL); inline (a simulation), in order, when awaited
         embedding = self._start_embedding(queued)
@@ -720,6 +724,34 @@ class DocumentSet:
         """Compact every document with a log now; return how many were compacted."""
         await self.write_barrier()
         return await self._maybe_compact(force=True)
+
+    async def embedded(self, index_name: str) -> None:
+        """Return once the events of ``index_name`` held in memory or queued now have their
+        embeddings committed: those of the batch in flight, and those still queued, merged
+        from another robot (in memory already) or written here.  Recall waits for this, or
+        an event a robot lists could not be recalled for a batch's time (found as a flaky
+        test: recall right after a synced event missed it).  A batch that fails is not
+        raised here: its events are carried to the next, and recall goes on without them."""
+        waits: list[asyncio.Future[None]] = []
+        inflight = self._inflight_queue
+        if (
+            inflight is not None
+            and self._inflight is not None
+            and (index_name in inflight.indexes or inflight.rescan)
+        ):
+            waits.append(self._inflight)
+        queue = self._queue
+        if self._auto and (
+            queue.rescan
+            or any(e.index_name == index_name for e in queue.embed)
+            or any(e.index_name == index_name for e in self._carry_embed)
+        ):
+            self._wake_flusher()  # a failed batch's events are carried: no batch has them yet
+            if queue.done is not None:
+                waits.append(queue.done)
+        for batch in waits:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(batch)
 
     def queued(self, doc_id: DocId) -> bool:
         """Whether writes to ``doc_id`` are queued and not yet applied to its replica."""
