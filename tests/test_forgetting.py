@@ -28,10 +28,17 @@ from hearthsync.compression import decompress
 from hearthsync.crypto.identity import DeviceIdentity
 from hearthsync.crypto.pairing import join_request, open_join_response
 from hearthsync.crypto.statement import FORGET, Statement
-from hearthsync.errors import CryptoError, NotFoundError, SignatureError, ValidationError
-from hearthsync.forgetting import HOUSEHOLD
+from hearthsync.errors import (
+    CryptoError,
+    NotFoundError,
+    SignatureError,
+    StoreError,
+    ValidationError,
+)
+from hearthsync.forgetting import HOUSEHOLD, PURGED
 from hearthsync.ids import DocId
-from hearthsync.peer import HISTORY
+from hearthsync.peer import DB_FILE, HISTORY
+from hearthsync.store.sqlite import read_meta, rows_of_subject
 from hearthsync.transport.service import SyncService
 from tests.conftest import MONDAY_MS, FakeWall
 
@@ -254,6 +261,17 @@ async def test_a_purge_killed_before_its_last_step_is_finished_at_the_next_open(
         _, stderr = await proc.communicate()
     assert proc.returncode == -signal.SIGKILL, stderr.decode()
     assert found_in(path, ALICE_SAYS)  # the crash left her words behind
+    # as the crash left it (a WAL, no index of it): read without changing a byte
+    files = {f.name: f.read_bytes() for f in path.glob(f"{DB_FILE}*")}
+    assert f"{DB_FILE}-wal" in files
+    left = rows_of_subject(path / DB_FILE, "alice")
+    assert set(left) == {"documents", "update log rows", "embeddings"}
+    if step == "drop_vectors":
+        assert left["embeddings"] > 0
+    else:  # her rows are gone; only the purge's record of its end shows it was cut short
+        assert set(left.values()) == {0}
+    assert read_meta(path / DB_FILE, PURGED.format(user="alice")) != "1"
+    assert {f.name: f.read_bytes() for f in path.glob(f"{DB_FILE}*")} == files
     if household:  # and it came after her keys were destroyed
         state = enrolment.load(path, int(time.time()))
         assert state is not None
@@ -264,6 +282,15 @@ async def test_a_purge_killed_before_its_last_step_is_finished_at_the_next_open(
         assert again.preference("bob", "beverage/coffee") is not None
     assert found_in(path, ALICE_SAYS) == []
     assert found_in(path, BOB_SAYS)
+    assert set(rows_of_subject(path / DB_FILE, "alice").values()) == {0}
+    assert rows_of_subject(path / DB_FILE, "bob")["documents"] > 0
+    assert read_meta(path / DB_FILE, PURGED.format(user="alice")) == "1"
+
+
+def test_a_store_file_read_for_remnants_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no store file"):
+        rows_of_subject(tmp_path / DB_FILE, "alice")
+    assert not (tmp_path / DB_FILE).exists()  # not created, empty, by the attempt
 
 
 class HeldOffload:

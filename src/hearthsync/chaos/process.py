@@ -48,7 +48,6 @@ import os
 import random
 import shutil
 import signal
-import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -64,6 +63,7 @@ from hearthsync.chaos.proxy import FaultProxy
 from hearthsync.errors import HearthError
 from hearthsync.forgetting import PURGED
 from hearthsync.peer import DB_FILE, Peer
+from hearthsync.store.sqlite import read_meta, rows_of_subject
 
 USER = "alice"
 NEW_USER = "erin"  #: added by the robot cut off, during the partition
@@ -995,29 +995,15 @@ class _Run:
 
 def _stored_remnants(path: Path, user: str) -> list[str]:
     """What the store and credentials in ``path`` hold of ``user``, forgotten, as a killed
-    robot left them: read with `sqlite3` (opening it as a `Peer` would finish a purge cut
+    robot left them: read-only, not as a store (opening it as a `Peer` would finish a purge cut
     short, and hide that it was).  See `hearthsync.forgetting` for what a purge deletes."""
-    found = []
-    with contextlib.closing(sqlite3.connect(path / DB_FILE)) as conn:
-        prefix = f"user/{user}/"
-        checks = {
-            "documents": ("SELECT count(*) FROM docs WHERE substr(doc_id, 1, ?) = ?", prefix),
-            "update log rows": (
-                "SELECT count(*) FROM updates WHERE substr(doc_id, 1, ?) = ?",
-                prefix,
-            ),
-            "embeddings": (
-                "SELECT count(*) FROM vectors WHERE substr(index_name, 1, ?) = ?",
-                f"{user}.",
-            ),
-        }
-        for what, (sql, start) in checks.items():
-            (count,) = conn.execute(sql, (len(start), start)).fetchone()
-            if count:
-                found.append(f"store holds {count} {what} of {user}")
-        done = conn.execute("SELECT value FROM meta WHERE key = ?", (PURGED.format(user=user),))
-        if (done.fetchone() or ("",))[0] != "1":
-            found.append(f"store does not record a finished purge of {user}")
+    found = [
+        f"store holds {count} {what} of {user}"
+        for what, count in rows_of_subject(path / DB_FILE, user).items()
+        if count
+    ]
+    if read_meta(path / DB_FILE, PURGED.format(user=user)) != "1":
+        found.append(f"store does not record a finished purge of {user}")
     state = enrolment.load(path)
     if state is not None and not state.keyring.is_forgotten(user):
         found.append(f"credentials hold the data keys of {user}")

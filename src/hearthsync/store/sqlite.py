@@ -474,6 +474,50 @@ class _Compressed(list[tuple[object, ...]]):
                 self[i] = (*row[:at], codec, stored, *row[at + 1 :])
 
 
+def rows_of_subject(path: Path, user: str) -> dict[str, int]:
+    """How many rows of ``user`` the store file ``path`` holds, by what they are: documents,
+    update log rows, embeddings (what `SqliteStore.drop_docs` and `drop_vectors` delete).
+
+    Read-only, as a crash left the file, with no `SqliteStore` (opening the peer finishes a
+    purge cut short, and would hide that it was): for checks of what forgetting left."""
+    prefix, index_prefix = f"user/{user}/", f"{user}."
+    with _read_only(path) as conn:
+        return {
+            what: conn.execute(sql, (len(start), start)).fetchone()[0]
+            for what, sql, start in (
+                ("documents", "SELECT count(*) FROM docs WHERE substr(doc_id, 1, ?) = ?", prefix),
+                ("update log rows",
+                 "SELECT count(*) FROM updates WHERE substr(doc_id, 1, ?) = ?", prefix),
+                ("embeddings",
+                 "SELECT count(*) FROM vectors WHERE substr(index_name, 1, ?) = ?", index_prefix),
+            )
+        }  # fmt: skip
+
+
+def read_meta(path: Path, key: str) -> str | None:
+    """The meta value ``key`` of the store file ``path``, read-only (see `rows_of_subject`)."""
+    with _read_only(path) as conn:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+@contextlib.contextmanager
+def _read_only(path: Path) -> Iterator[sqlite3.Connection]:
+    if not path.is_file():  # else sqlite3 creates it, empty
+        raise StoreError(f"no store file at {path}")
+    # a peer keeps its WAL index in memory (EXCLUSIVE locking): reading its WAL here builds
+    # one in a -shm file, removed after, so the folder is left as it was found
+    shm = path.with_name(f"{path.name}-shm")
+    had_shm = shm.exists()
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        yield conn
+    finally:
+        conn.close()
+        if not had_shm:
+            shm.unlink(missing_ok=True)
+
+
 def _no_room(path: Path) -> str:
     """A hint for SQLite's errors, which do not say when the file system is full."""
     try:
