@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from pathlib import Path
 
@@ -16,8 +17,9 @@ from hearthsync.crypto import pairing
 from hearthsync.crypto.certificate import Certificate, Revocations
 from hearthsync.crypto.identity import DeviceIdentity
 from hearthsync.crypto.pairing import PairingError, join_request, open_join_response
-from hearthsync.errors import StoreError, ValidationError
+from hearthsync.errors import OverreachError, StoreError, ValidationError
 from hearthsync.transport.service import JOIN_PATH, SyncService
+from tests.crypto.conftest import identity
 from tests.test_forgetting import enrol_household
 
 TIMEOUT_S = 10.0
@@ -447,3 +449,41 @@ def test_conflicting_revocation_lists_are_kept_with_the_credentials(tmp_path: Pa
     assert merged_back is not None
     assert merged_back.trust.conflicting == ()
     assert len(enrolment._fields(kitchen_dir / enrolment.CREDENTIALS_FILE)) == 7  # as before
+
+
+def test_a_certificate_an_admin_gave_beyond_its_scopes_is_warned_of_at_every_open(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before robots checked a certificate's scopes against its issuer's (SPEC §3), an admin
+    could certify a robot beyond its own.  Such a certificate, read back from credentials,
+    never verifies again and that robot syncs with none: said, not left to be found."""
+    now = int(time.time())
+    owner_dir, owner, _ = _kitchen_enrolled(tmp_path, now)
+    caplog.set_level(logging.WARNING, logger="hearthsync.enrolment")
+    state = enrolment.load(owner_dir, now)
+    assert state is not None
+    assert caplog.records == []  # a good household: nothing to say
+    admin, member = identity(7), identity(8)
+    promoted = Certificate.issue(
+        owner, household_id=state.household.id, device_pk=bytes(admin.verify_key),
+        device_name="admin", role="admin", scopes=("core",), issued_at=now, expires_at=now + 600,
+    )  # fmt: skip
+    state.trust.add(promoted, now)
+    over = Certificate.issue(
+        admin, household_id=state.household.id, device_pk=bytes(member.verify_key),
+        device_name="den", role="member", scopes=("core", "health"), issued_at=now,
+        expires_at=now + 600,
+    )  # fmt: skip
+    with pytest.raises(OverreachError, match="scopes health beyond its own"):
+        state.trust.add(over, now)
+    state.trust.restore(over)  # as credentials written before the check held it
+    enrolment.save(owner_dir, state, now)
+    again = enrolment.load(owner_dir, now)
+    assert again is not None
+    warned = [r.getMessage() for r in caplog.records if r.name == "hearthsync.enrolment"]
+    assert len(warned) == 1, warned
+    assert over.device_id in warned[0]
+    assert "scopes health beyond its own" in warned[0]
+    assert "no robot of the household trusts it" in warned[0]
+    with pytest.raises(OverreachError):  # and it is still refused
+        again.trust.verify(again.trust.certificate_of(over.device_id), now)

@@ -53,6 +53,7 @@ from hearthsync.errors import (
     CertificateError,
     CryptoError,
     MissingKeyError,
+    OverreachError,
     StoreError,
     ValidationError,
 )
@@ -118,6 +119,13 @@ def load(folder: Path, now: int | None = None) -> HouseholdState | None:
         cert = Certificate.from_wire(wire)
         try:
             trust.add(cert, when)
+        except OverreachError as exc:
+            # certified by an admin beyond the admin's own scopes before robots checked that
+            # (SPEC §3): it will never verify again, and no robot syncs with that device
+            # any more; said at every open until the owner certifies it anew
+            log.warning("%s; no robot of the household trusts it (SPEC §3): that robot "
+                        "syncs with none until the owner certifies it anew", exc)  # fmt: skip
+            trust.restore(cert)
         except CertificateError:  # not good now (expired): kept, every use checks it
             trust.restore(cert)
     if fields[4]:

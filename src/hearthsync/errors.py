@@ -100,6 +100,11 @@ class CertificateError(CryptoError):
     """A certificate is malformed, forged, expired, of another household, or revoked."""
 
 
+class OverreachError(CertificateError):
+    """A certificate its issuer could not give: scopes beyond the issuer's own, or an admin
+    certified by an admin (SPEC §3).  Not a matter of time: it will never verify."""
+
+
 class SignatureError(CryptoError):
     """A signature does not verify."""
 

@@ -34,7 +34,7 @@ from hearthsync.crypto.wire import (
     pack,
     unpack_array,
 )
-from hearthsync.errors import CertificateError, ValidationError
+from hearthsync.errors import CertificateError, OverreachError, ValidationError
 from hearthsync.ids import DeviceId, Scope
 
 log = logging.getLogger(__name__)
@@ -542,20 +542,20 @@ class TrustStore:
             )
         try:
             issuer = self._authority(cert.issuer_pk, now, depth=depth + 1)
-        except CertificateError as exc:
-            raise CertificateError(f"certificate of {cert.device_id}: {exc}") from None
+        except CertificateError as exc:  # of its kind: an issuer's overreach taints it too
+            raise type(exc)(f"certificate of {cert.device_id}: {exc}") from None
         # an issuer passes on no more than it holds (SPEC §3): an admin given some scopes
         # certified robots reading others (health among them), and the owner granted them
         # those keys; and only the owner makes admins, or one admin, once taken, signs
         # itself as many as it likes (found in review)
         beyond = sorted(set(cert.scopes) - set(issuer.scopes))
         if beyond:
-            raise CertificateError(
+            raise OverreachError(
                 f"certificate of {cert.device_id}: issued by a device that may not issue "
                 f"({issuer.device_id}: scopes {', '.join(beyond)} beyond its own)"
             )
         if cert.role == "admin" and issuer.role != "owner":
-            raise CertificateError(
+            raise OverreachError(
                 f"certificate of {cert.device_id}: issued by a device that may not issue "
                 f"({issuer.device_id}: an admin, which certifies members only)"
             )
