@@ -29,7 +29,9 @@ id an error.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hearthsync.crdt.handles import SEP, GraphDoc, HouseholdDoc, SpatialDoc
@@ -47,6 +49,29 @@ log = logging.getLogger(__name__)
 HOUSEHOLD = DocId("household")
 #: the ``meta`` key recording that the purge of a user finished (see the module doc)
 PURGED = "purged:{user}"
+
+
+class Left(enum.Enum):
+    """What kind of thing a robot still holds of a forgotten user (`Remnant`)."""
+
+    NO_TOMBSTONE = "no tombstone honoured"
+    DOCUMENTS = "documents"
+    DATA_KEYS = "data keys"
+    INDEX_FILES = "vector index files"
+    HOME_MENTIONS = "mentions in the home documents"
+    USER_ENTRY = "the user's entry"
+    PURGE_UNFINISHED = "a purge not finished"
+
+
+@dataclass(frozen=True, slots=True)
+class Remnant:
+    """One kind of thing a robot still holds of a forgotten user, and a line saying it."""
+
+    left: Left
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
 
 
 class Forgetting:
@@ -271,20 +296,20 @@ class Forgetting:
         records are read once, by `resume`, and kept as purges start and end."""
         return user in self._purged_here
 
-    def remnants(self, user: str) -> list[str]:
-        """What this robot still holds of ``user``, whom the household forgot: one line per
-        kind of remnant, empty once forgetting is done here.  The purge's last record
-        (`_purged`) counts: what cannot be seen from memory (the update logs, the ``vectors``
-        rows) is gone only then."""
+    def remnants(self, user: str) -> list[Remnant]:
+        """What this robot still holds of ``user``, whom the household forgot: one per kind
+        of remnant, none once forgetting is done here.  The purge's last record (`_purged`)
+        counts: what cannot be seen from memory (the update logs, the ``vectors`` rows) is
+        gone only then."""
         peer = self._peer
         found = []
         if user not in self.forgotten():
-            found.append(f"honours no tombstone of {user}")
+            found.append(Remnant(Left.NO_TOMBSTONE, f"honours no tombstone of {user}"))
         found += self._held(user)
         if user in peer.users():
-            found.append(f"lists {user} as a user")
+            found.append(Remnant(Left.USER_ENTRY, f"lists {user} as a user"))
         if not self._purged(user):
-            found.append(f"has not finished purging {user}")
+            found.append(Remnant(Left.PURGE_UNFINISHED, f"has not finished purging {user}"))
         return found
 
     def _holds_anything_of(self, user: str) -> bool:
@@ -297,21 +322,24 @@ class Forgetting:
         have written their routine or their things into a home document since."""
         return bool(self._held(user))
 
-    def _held(self, user: str) -> list[str]:
-        """What of ``user`` a purge deletes and memory shows, one line each (see
-        `_holds_anything_of` for what it does not show)."""
+    def _held(self, user: str) -> list[Remnant]:
+        """What of ``user`` a purge deletes and memory shows (see `_holds_anything_of` for
+        what it does not show)."""
         peer = self._peer
         found = []
         docs = self._documents_of(user)
         if docs:
-            found.append(f"holds {len(docs)} documents of {user} ({', '.join(docs[:3])})")
+            shown = ", ".join(docs[:3])
+            found.append(
+                Remnant(Left.DOCUMENTS, f"holds {len(docs)} documents of {user} ({shown})")
+            )
         keyring = peer.household.keyring if peer.household is not None else None
         if keyring is not None and not keyring.is_forgotten(user):
-            found.append(f"holds the data keys of {user}")
+            found.append(Remnant(Left.DATA_KEYS, f"holds the data keys of {user}"))
         if any(peer._vectors.directory.glob(f"{user}.*")):
-            found.append(f"holds vector index files of {user}")
+            found.append(Remnant(Left.INDEX_FILES, f"holds vector index files of {user}"))
         if self._home_mentions(user):
-            found.append(f"its home documents mention {user}")
+            found.append(Remnant(Left.HOME_MENTIONS, f"its home documents mention {user}"))
         return found
 
     def _home_mentions(self, user: str) -> bool:

@@ -57,7 +57,7 @@ from hearthsync.crdt.replica import Replica
 from hearthsync.crypto.identity import DeviceIdentity
 from hearthsync.crypto.statement import Statement
 from hearthsync.errors import NotFoundError, ValidationError, unknown_user
-from hearthsync.forgetting import Forgetting
+from hearthsync.forgetting import Forgetting, Remnant
 from hearthsync.hlc import MAX_AHEAD_MS, FloorWall, HybridClock, Timestamp, latest_stored
 from hearthsync.ids import NAME_RE, DeviceId, DocId, LineageId, UserId, check_name
 from hearthsync.model.records import (
@@ -1350,10 +1350,11 @@ class Peer:
         the household (it checks every tombstone's signature at each call)."""
         return self._forgotten_users()
 
-    def forgetting_remnants(self, user: str) -> list[str]:
+    def forgetting_remnants(self, user: str) -> list[Remnant]:
         """What this robot still holds of ``user``, forgotten (documents, the user's entry,
         data keys, index files, mentions in the home documents, a purge not finished): one
-        line each, empty once forgetting ``user`` is done here.  For checks (the chaos
+        `Remnant` each (its kind, and a line saying it), none once forgetting ``user`` is
+        done here.  For checks (the chaos
         harness, an operator's console): a user never forgotten has remnants by definition."""
         return self._forgetting.remnants(user)
 

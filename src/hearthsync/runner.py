@@ -293,7 +293,9 @@ async def _command(peer: Peer, service: SyncService, words: list[str], run_file:
         case ["forgotten", user, seconds]:  # another robot's forgetting reached this one
             if await _wait_for(peer, lambda: not peer.forgetting_remnants(user), float(seconds)):
                 return f"FORGOTTEN {user}"
-            return f"TIMEOUT forgotten {user}: {'; '.join(peer.forgetting_remnants(user))}"
+            return (
+                f"TIMEOUT forgotten {user}: {'; '.join(map(str, peer.forgetting_remnants(user)))}"
+            )
         case ["digest"]:  # equal on two robots: they hold the same documents
             # imported here: the chaos package (simulator and all) is no part of a running robot
             from hearthsync.chaos.check import digest

@@ -18,6 +18,7 @@ from pycrdt import Array, Map
 
 from hearthsync.crdt.handles import ROOTS
 from hearthsync.crdt.statevector import canonical
+from hearthsync.forgetting import Left
 from hearthsync.ids import DocId
 from hearthsync.model.records import (
     Calibration,
@@ -381,14 +382,14 @@ def _remnants(member: Replica, forgotten: set[str], held: dict[str, DocState]) -
         # home documents' mentions, and a purge that did not run to its end (the update logs
         # and vector rows, which memory does not show, are gone only then)
         found += [
-            f"r{member.index} {line} (forgotten)"
-            for line in member.peer.forgetting_remnants(user)
-            if line.startswith(_OWN_ACCOUNT)
+            f"r{member.index} {remnant} (forgotten)"
+            for remnant in member.peer.forgetting_remnants(user)
+            if remnant.left in _OWN_ACCOUNT
         ]
     return found
 
 
-_OWN_ACCOUNT = ("holds vector index files", "its home documents mention", "has not finished")
+_OWN_ACCOUNT = {Left.INDEX_FILES, Left.HOME_MENTIONS, Left.PURGE_UNFINISHED}
 
 
 def _divergences(
