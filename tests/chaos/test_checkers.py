@@ -11,6 +11,8 @@ Before the checkers were made stricter, each of these builds passed every schedu
 * ``keep-forgotten-rows``: remnants and losses were checked in memory only, never in the store;
 * ``never-scrub-after-forgetting``: remnants were what memory shows (documents, the user's
   entry, keys): a purge that never vacuumed the file left nothing there to see;
+* ``keep-forgotten-embeddings``: the store was checked only through what a restarted robot
+  loads, and a forgotten user's embedding rows (their events' words) are loaded by none;
 * ``purge-a-revoked-robots-writes``: every write of a revoked robot was excused, those the
   household already held too;
 * ``seal-under-the-oldest-epoch``: the leak check looked only at writes whose reported key
@@ -60,6 +62,11 @@ CASES = {
         Scenario(peers=3, edits=15, duration=8.0, faults=("drop",), fault_rate=0.2, mix=FORGETTING),
         1,
         "has not finished purging",
+    ),
+    "keep-forgotten-embeddings": (
+        Scenario(peers=3, edits=15, duration=8.0, faults=("drop",), fault_rate=0.2, mix=FORGETTING),
+        3,
+        "records a finished purge of carol yet holds embeddings",
     ),
     "purge-a-revoked-robots-writes": (
         Scenario(

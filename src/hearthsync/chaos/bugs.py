@@ -29,6 +29,10 @@ stricter; `install` puts them on a robot at every boot):
   free pages and WAL (memory shows nothing of them: the checkers ask the purge's own record of
   its end, `Peer.forgetting_remnants`; a purge that recorded an end it never reached would
   pass them);
+* ``keep-forgotten-embeddings``: a purge deletes everything of its user but the ``vectors``
+  rows (each the event's text beside its embedding), then records its end: memory shows
+  nothing and the purge's record says done (the checkers read each store as the final crash
+  left it: a purge that records its end must have left no row of its user);
 * ``purge-a-revoked-robots-writes``: on learning a revocation, a robot deletes every slot the
   revoked robot wrote, its accepted past writes too (those a member held must stay);
 * ``seal-under-the-oldest-epoch``: the keyring seals under the oldest epoch it holds, so a
@@ -136,6 +140,8 @@ def install(bug: str | None, peer: Peer, keyring: Keyring) -> None:
             _keep_rows(peer)
         case "never-scrub-after-forgetting":
             _never_scrub(peer)
+        case "keep-forgotten-embeddings":
+            _keep_embeddings(peer)
         case "purge-a-revoked-robots-writes":
             _purge_revoked(peer)
         case "seal-under-the-oldest-epoch":
@@ -176,6 +182,13 @@ def _keep_rows(peer: Peer) -> None:
         return None
 
     peer._sqlite.drop_docs = broken  # type: ignore[method-assign]
+
+
+def _keep_embeddings(peer: Peer) -> None:
+    async def skipped(user: str) -> None:
+        return None
+
+    peer._sqlite.drop_vectors = skipped  # type: ignore[method-assign]
 
 
 def _never_scrub(peer: Peer) -> None:

@@ -114,6 +114,7 @@ BUGS = {
     "refuse-every-preference": "every preference write fails as about an unknown user",
     "keep-forgotten-rows": "a forgotten user's documents stay in the store",
     "never-scrub-after-forgetting": "a purge stops silently before the vacuum and its end",
+    "keep-forgotten-embeddings": "a purge leaves the embedding rows, and records its end",
     "purge-a-revoked-robots-writes": "learning a revocation deletes the revoked robot's writes",
     "seal-under-the-oldest-epoch": "a key rotation never takes effect: the oldest epoch seals",
 }

@@ -72,9 +72,10 @@ from hearthsync.crypto.identity import DeviceIdentity
 from hearthsync.crypto.keyring import Keyring
 from hearthsync.enrolment import HouseholdState
 from hearthsync.errors import ClosedError, HearthError, NotFoundError
+from hearthsync.forgetting import PURGED
 from hearthsync.ids import DocId
 from hearthsync.offload import inline
-from hearthsync.peer import Peer
+from hearthsync.peer import DB_FILE, Peer
 from hearthsync.protocol.session import (
     ApplyUpdate,
     Closed,
@@ -89,6 +90,7 @@ from hearthsync.protocol.session import (
     State,
     answer_from,
 )
+from hearthsync.store.sqlite import read_meta, rows_of_subject
 from hearthsync.transport.link import merged_for_sending
 
 TICK_S = 0.5  #: how often every session's heartbeat timer runs (as `Link` does)
@@ -364,9 +366,11 @@ class Simulation:
         gone) and run the checkers again: memory ahead of the files (a forgotten user's rows
         left in the store, a write acknowledged but not stored) shows here.  The restarted
         robots are not linked: nothing more is exchanged."""
+        stored: list[str] = []
         for robot in self.robots:
             peer, robot.peer = _peer(robot), None
             await peer.crash()
+            stored += _purged_yet_stored(robot, self.forget_targets)
             await self._boot(robot, link=False)
         found = self.check()
         for robot in self.robots:  # what a boot resumes in the background (`Forgetting.resume`)
@@ -376,7 +380,7 @@ class Simulation:
             lost=[f"after a restart: {x}" for x in found.lost],
             divergences=[f"after a restart: {x}" for x in found.divergences],
             leaks=[f"after a restart: {x}" for x in found.leaks],
-            remnants=[f"after a restart: {x}" for x in found.remnants],
+            remnants=stored + [f"after a restart: {x}" for x in found.remnants],
         )
 
     async def _idle(self, robot: Robot) -> None:
@@ -967,6 +971,22 @@ class Simulation:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _purged_yet_stored(robot: Robot, users: set[str]) -> list[str]:
+    """What ``robot``'s store file, as a crash left it, holds of a user whose purge it records
+    as finished.  Memory cannot show it (the update logs, the ``vectors`` rows), and a purge
+    that records its end is trusted at every later open: it must have left no row behind."""
+    db = robot.folder / DB_FILE
+    found = []
+    for user in sorted(users):
+        if read_meta(db, PURGED.format(user=user)) != "1":
+            continue  # not claimed done: the robot's own account says so (`Left`)
+        left = [f"{what} ({n})" for what, n in rows_of_subject(db, user).items() if n]
+        if left:
+            found.append(f"r{robot.index}'s store records a finished purge of {user} yet "
+                         f"holds {', '.join(left)} of them (forgotten)")  # fmt: skip
+    return found
 
 
 def _peer(robot: Robot) -> Peer:
