@@ -257,6 +257,7 @@ def _set_aside(
     """Every other value, newest statement first, once each (a value stated on several robots,
     or consolidated, is one alternative)."""
     seen = {(winner.value_id, winner.record.condition.key())}
+    applies = {id(c) for c in applicable}
     found: list[SetAside] = []
     for candidate in sorted(live, key=lambda c: c.rank, reverse=True):
         mark = (candidate.value_id, candidate.record.condition.key())
@@ -264,7 +265,7 @@ def _set_aside(
             continue
         seen.add(mark)
         r = candidate.record
-        reason = _reason(winner, candidate, any(c is candidate for c in applicable))
+        reason = _reason(winner, candidate, id(candidate) in applies)
         found.append(SetAside(r.value, r.source, r.condition, reason, candidate.provenance()))
     return tuple(found)
 
