@@ -38,7 +38,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -331,8 +331,9 @@ def _value(text: str) -> object:
         return text
 
 
-async def _wait_for(peer: Peer, condition: object, seconds: float) -> bool:
-    assert callable(condition)
+async def _wait_for(peer: Peer, condition: Callable[[], bool], seconds: float) -> bool:
+    """Whether ``condition`` holds within ``seconds``: looked at again after each commit and
+    each purge's end, never by polling."""
     changed = asyncio.Event()
     off = peer.on_durable(lambda _: changed.set())
     peer.on_forgotten.append(woken := lambda _: changed.set())  # a purge's end commits nothing
