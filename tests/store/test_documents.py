@@ -628,6 +628,56 @@ async def test_an_event_merged_from_another_robot_is_recalled_before_its_batch_l
         await landing
 
 
+async def test_the_rescan_of_a_replaced_document_survives_a_failed_commit(
+    tmp_path: Path, wall: FakeWall, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: a corrupt events document replaced by a peer embeds what it lacks by
+    a rescan; when that batch failed, the rescan waited for another update of the same
+    document, which might never come, and the event it listed was never recalled."""
+    a_path, b_path = tmp_path / "a", tmp_path / "b"
+    doc = "user/alice/events/2026-03"
+    async with Peer.open(a_path, device="a", wall=wall) as a, Peer.open(b_path, device="b") as b:
+        await a.add_user("alice", name="Alice")
+        await a.record_event("alice", "COMMAND", "drink", text="green tea please", ts=MONDAY_MS)
+        await exchange(a, b)
+        await b.record_event("alice", "COMMAND", "drink", text="a new one", ts=MONDAY_MS + 9)
+    db = sqlite3.connect(a_path / "hearth.db")
+    assert db.execute(
+        "UPDATE updates SET data = x'0badbadbad', codec = 0 WHERE doc_id = ?", (doc,)
+    ).rowcount
+    db.commit()
+    db.close()
+    async with Peer.open(a_path, wall=wall) as a, Peer.open(b_path) as b:
+        fail_the_next_commit(a, monkeypatch)
+        with pytest.raises(StoreError, match="disk I/O error"):
+            await a.apply_update(doc, b.diff(doc), origin="b")
+        assert "a new one" in [e.text for e in a.events("alice")]
+        texts = [hit.event.text for hit in await a.recall("alice", "a new one", k=1)]
+        assert texts == ["a new one"]
+    async with Peer.open(a_path, wall=wall) as a:  # and stored
+        texts = [hit.event.text for hit in await a.recall("alice", "a new one", k=1)]
+        assert texts == ["a new one"]
+
+
+async def test_recall_on_a_peer_whose_last_batch_failed_at_close_does_not_wait(
+    peer: Peer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: events carried from a failed batch made recall wait for a batch
+    that a closed peer never commits: it hung for good."""
+
+    async def failing(batch: object) -> None:
+        raise StoreError("write on hearth.db failed: disk I/O error")
+
+    monkeypatch.setattr(peer._sqlite, "commit", failing)
+    with pytest.raises(StoreError):
+        await peer.record_event("alice", "COMMAND", "drink", text="tea", ts=MONDAY_MS)
+    with pytest.raises(StoreError):
+        await peer.close()
+    async with asyncio.timeout(10):  # fails loudly, rather than hang
+        found = await peer.recall("alice", "tea", k=1)
+    assert found == []  # the event was never stored, nor embedded
+
+
 async def test_a_failing_embedder_does_not_lose_acknowledged_events(
     peer: Peer, peer_path: Path, wall: FakeWall, monkeypatch: pytest.MonkeyPatch
 ) -> None:

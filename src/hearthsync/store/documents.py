@@ -496,9 +496,11 @@ class DocumentSet:
                 except Exception:  # compaction is an optimisation: retried after the next batch
                     log.exception("compaction failed; the update log is kept")
             if self._closed and self._queue.done is None:
-                if self._carry:  # a failed batch's deltas: one last try, errors surface
+                # a failed batch's deltas and rescans: one last try, errors surface
+                if self._carry or self._carry_embed or self._queue.rescan:
                     async with self._lock:
-                        await self._flush(_Queue())
+                        last, self._queue = self._queue, _Queue()
+                        await self._flush(last)
                 return
 
     def _settle_merged(self, queue: _Queue) -> None:
@@ -560,7 +562,9 @@ class DocumentSet:
             self._replaced = replaced + self._replaced
             # their events are embedded with the batch that lands them, or never would be
             self._carry_embed = carried_embed + queue.embed + self._carry_embed
-            self._rescan |= queue.rescan
+            # and the events a rescan was to find, by the next batch, whatever it holds (kept
+            # for a later update of the same document, no batch took them: found in review)
+            self._queue.rescan |= queue.rescan
             # a renewed client id too, or memory writes on under the new id while the store
             # keeps the old one, which the next open reuses (invariant 2); one renewed since wins
             self._queue.client_ids = queue.client_ids | self._queue.client_ids
@@ -732,6 +736,8 @@ class DocumentSet:
         an event a robot lists could not be recalled for a batch's time (found as a flaky
         test: recall right after a synced event missed it).  A batch that fails is not
         raised here: its events are carried to the next, and recall goes on without them."""
+        if self._closed or self._flusher is None or self._flusher.done():
+            return  # no batch will come (a close whose last batch failed: found in review)
         waits: list[asyncio.Future[None]] = []
         inflight = self._inflight_queue
         if (
