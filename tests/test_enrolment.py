@@ -487,3 +487,38 @@ def test_a_certificate_an_admin_gave_beyond_its_scopes_is_warned_of_at_every_ope
     assert "no robot of the household trusts it" in warned[0]
     with pytest.raises(OverreachError):  # and it is still refused
         again.trust.verify(again.trust.certificate_of(over.device_id), now)
+
+
+def test_what_an_overreaching_issuer_certified_is_warned_of_too(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in review: an admin made by an admin (before robots refused that) certified a
+    member within its scopes; the member's certificate never verifies either, and was restored
+    silently, as if merely expired."""
+    now = int(time.time())
+    owner_dir, owner, _ = _kitchen_enrolled(tmp_path, now)
+    state = enrolment.load(owner_dir, now)
+    assert state is not None
+    first, second, member = identity(7), identity(8), identity(9)
+    hid = state.household.id
+
+    def issue(by: DeviceIdentity, to: DeviceIdentity, name: str, role: str) -> Certificate:
+        return Certificate.issue(
+            by, household_id=hid, device_pk=bytes(to.verify_key), device_name=name, role=role,
+            scopes=("core",), issued_at=now, expires_at=now + 600,
+        )  # fmt: skip
+
+    state.trust.add(issue(owner, first, "a1", "admin"), now)
+    made_by_an_admin = issue(first, second, "a2", "admin")
+    state.trust.restore(made_by_an_admin)  # as credentials written before the check held it
+    den = issue(second, member, "den", "member")
+    with pytest.raises(OverreachError, match="an admin, which certifies members only"):
+        state.trust.add(den, now)
+    state.trust.restore(den)
+    enrolment.save(owner_dir, state, now)
+    caplog.set_level(logging.WARNING, logger="hearthsync.enrolment")
+    assert enrolment.load(owner_dir, now) is not None
+    warned = [r.getMessage() for r in caplog.records if r.name == "hearthsync.enrolment"]
+    assert sorted(w.split(":")[0] for w in warned) == sorted(
+        f"certificate of {c.device_id}" for c in (made_by_an_admin, den)
+    )

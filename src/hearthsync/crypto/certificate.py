@@ -542,7 +542,7 @@ class TrustStore:
             )
         try:
             issuer = self._authority(cert.issuer_pk, now, depth=depth + 1)
-        except CertificateError as exc:  # of its kind: an issuer's overreach taints it too
+        except CertificateError as exc:  # of its kind (`_authority`)
             raise type(exc)(f"certificate of {cert.device_id}: {exc}") from None
         # an issuer passes on no more than it holds (SPEC §3): an admin given some scopes
         # certified robots reading others (health among them), and the owner granted them
@@ -572,5 +572,6 @@ class TrustStore:
             raise CertificateError(f"{refuse}: chain longer than {MAX_CHAIN})")
         try:
             return self._verify(held, now, depth=depth)
-        except CertificateError as exc:
-            raise CertificateError(f"{refuse}: {exc})") from None
+        except CertificateError as exc:  # of its kind: what an overreaching issuer certified
+            # never verifies either (found in review: it was restored as if merely expired)
+            raise type(exc)(f"{refuse}: {exc})") from None
