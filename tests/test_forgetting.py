@@ -301,6 +301,24 @@ def test_a_store_file_read_for_remnants_must_exist(tmp_path: Path) -> None:
     assert not (tmp_path / DB_FILE).exists()  # not created, empty, by the attempt
 
 
+async def test_a_store_read_for_remnants_is_left_as_found_and_a_running_ones_refused(
+    tmp_path: Path,
+) -> None:
+    """Found in review: reading a store closed cleanly (no WAL) left an empty WAL file
+    behind; reading a running robot's store waited five seconds and raised sqlite3's own
+    error."""
+    path = tmp_path / "robot"
+    async with Peer.open(path, device="kitchen", wall=FakeWall()) as peer:
+        await fill(peer, "alice", ALICE_SAYS)
+        with pytest.raises(StoreError, match="is a robot running on it"):
+            rows_of_subject(path / DB_FILE, "alice")
+        assert await peer.set_preference("alice", "tea/sugar", 1)  # it runs on, unharmed
+    before = sorted(p.name for p in path.iterdir())
+    assert rows_of_subject(path / DB_FILE, "alice")["documents"] > 0
+    assert read_meta(path / DB_FILE, "format") == "2"
+    assert sorted(p.name for p in path.iterdir()) == before
+
+
 class HeldOffload:
     """The peer's offload (`hearthsync.offload`), which holds the next insert into a vector
     index, once `hold` is called, until `release` is set."""

@@ -505,17 +505,25 @@ def read_meta(path: Path, key: str) -> str | None:
 def _read_only(path: Path) -> Iterator[sqlite3.Connection]:
     if not path.is_file():  # else sqlite3 creates it, empty
         raise StoreError(f"no store file at {path}")
-    # a peer keeps its WAL index in memory (EXCLUSIVE locking): reading its WAL here builds
-    # one in a -shm file, removed after, so the folder is left as it was found
-    shm = path.with_name(f"{path.name}-shm")
-    had_shm = shm.exists()
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    # a peer keeps its WAL index in memory (EXCLUSIVE locking): reading the file here makes
+    # a -shm file and, if there was none, an empty -wal; both are removed after, so that the
+    # folder is left as it was found (found in review)
+    made = [p for p in (path.with_name(f"{path.name}-{end}") for end in ("shm", "wal"))
+            if not p.exists()]  # fmt: skip
     try:
-        yield conn
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=0.1)
+        try:
+            yield conn
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        # a robot running on it holds it locked (EXCLUSIVE): read a store it left, not its own
+        raise StoreError(f"cannot read {path}: {exc} (is a robot running on it?)") from exc
     finally:
-        conn.close()
-        if not had_shm:
-            shm.unlink(missing_ok=True)
+        for extra in made:
+            with contextlib.suppress(FileNotFoundError):
+                if extra.stat().st_size == 0 or extra.name.endswith("-shm"):
+                    extra.unlink()
 
 
 def _no_room(path: Path) -> str:
