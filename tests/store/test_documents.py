@@ -6,6 +6,7 @@ import asyncio
 import random
 import sqlite3
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -17,10 +18,10 @@ from hearthsync.crdt import statevector as sv
 from hearthsync.crdt.handles import Log, SlotMap
 from hearthsync.crdt.kinds import parse
 from hearthsync.crdt.replica import Replica
-from hearthsync.errors import CorruptDocumentError, StoreError
+from hearthsync.errors import ClosedError, CorruptDocumentError, StoreError
 from hearthsync.ids import DocId
 from hearthsync.model import Condition, InteractionEvent, Pose, Preference
-from hearthsync.peer import Peer
+from hearthsync.peer import HISTORY, Peer
 from hearthsync.store.documents import CHANGES_PER_TRANSACTION, DocumentSet
 from hearthsync.store.embedding import HashingEmbedder
 from hearthsync.store.sqlite import SqliteStore
@@ -676,6 +677,115 @@ async def test_recall_on_a_peer_whose_last_batch_failed_at_close_does_not_wait(
     async with asyncio.timeout(10):  # fails loudly, rather than hang
         found = await peer.recall("alice", "tea", k=1)
     assert found == []  # the event was never stored, nor embedded
+
+
+async def test_recall_on_a_peer_committing_by_hand_waits_for_the_batch_in_flight(
+    tmp_path: Path, wall: FakeWall, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: without a flusher (``auto_commit=False``) recall stopped waiting for
+    the commit in flight that embeds an event `events` already lists."""
+    doc = "user/alice/events/2026-03"
+    async with (
+        Peer.open(tmp_path / "a", device="a", wall=wall) as a,
+        Peer.open(tmp_path / "b", device="b", wall=wall, auto_commit=False) as b,
+    ):
+        await a.add_user("alice", name="Alice")
+        await a.record_event("alice", "COMMAND", "mug", text="use the green mug", ts=MONDAY_MS)
+        b.receive_update("household", a.diff("household"), origin="a")
+        b.receive_update(doc, a.diff(doc), origin="a")
+        await b.commit()
+        await a.record_event("alice", "COMMAND", "shelf", text="the good shelf", ts=MONDAY_MS + 1)
+        b.receive_update(doc, a.diff(doc, b.state_vector(doc)), origin="a")
+        entered, gate = asyncio.Event(), asyncio.Event()
+        real = b._sqlite.commit
+
+        async def held(batch: object) -> None:
+            entered.set()
+            await gate.wait()
+            await real(batch)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(b._sqlite, "commit", held)
+        committing = asyncio.create_task(b.commit())
+        async with asyncio.timeout(10):
+            await entered.wait()  # the batch is in flight, its commit held
+        assert [e.text for e in b.events("alice")] == ["use the green mug", "the good shelf"]
+        waiting = asyncio.create_task(b._docs.embedded(f"alice.{HISTORY}"))  # what recall does
+        try:
+            for _ in range(5):  # loop turns, not time: it waits on the batch, with no I/O
+                await asyncio.sleep(0)
+            assert not waiting.done()
+        finally:
+            gate.set()  # or the close waits for the held commit for good
+            await committing
+        async with asyncio.timeout(10):
+            await waiting
+        hits = await b.recall("alice", "the good shelf", k=1)
+        assert [hit.event.text for hit in hits] == ["the good shelf"]
+
+
+async def test_a_flush_after_a_close_whose_last_batch_failed_says_so(
+    peer: Peer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: a barrier (`Peer.flush`, `status`, `compact`) woke a flusher that
+    had ended, and waited for good."""
+
+    async def failing(batch: object) -> None:
+        raise StoreError("write on hearth.db failed: disk I/O error")
+
+    monkeypatch.setattr(peer._sqlite, "commit", failing)
+    with pytest.raises(StoreError):
+        await peer.record_event("alice", "COMMAND", "drink", text="tea", ts=MONDAY_MS)
+    with pytest.raises(StoreError):
+        await peer.close()
+    async with asyncio.timeout(10):  # fails loudly, rather than hang
+        with pytest.raises(ClosedError, match="its last batch failed"):
+            await peer.flush()
+
+
+class ContendedLock(asyncio.Lock):
+    """A lock that says when someone starts waiting for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.contended = asyncio.Event()
+
+    async def acquire(self) -> Literal[True]:
+        if self.locked():
+            self.contended.set()
+        return await super().acquire()
+
+
+async def test_a_barrier_made_while_the_last_batch_waits_for_the_lock_is_answered(
+    peer: Peer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: at close, the flusher's last try at a failed batch waits for the lock
+    (a compaction, a purge may hold it); a barrier made meanwhile joined that batch, which
+    never answered it."""
+    docs = peer._docs
+    lock = ContendedLock()
+    monkeypatch.setattr(docs, "_lock", lock)
+
+    async def no_compaction(force: bool = False) -> int:  # the flusher goes idle at once
+        return 0
+
+    monkeypatch.setattr(docs, "_maybe_compact", no_compaction)
+    fail_the_next_commit(peer, monkeypatch)
+    with pytest.raises(StoreError):
+        await peer.record_event("alice", "COMMAND", "drink", text="tea", ts=MONDAY_MS)
+    await lock.acquire()  # as a compaction or a purge holds it
+    closing = asyncio.create_task(docs.close())
+    async with asyncio.timeout(10):
+        await lock.contended.wait()  # the flusher, at its last batch, waits for it
+    assert docs._queue.done is None
+    assert docs._carry
+    barrier = asyncio.create_task(docs.write_barrier())
+    await asyncio.sleep(0)
+    assert docs._queue.done is not None  # it joined the batch to come
+    lock.release()
+    async with asyncio.timeout(10):
+        await closing  # the carried event is committed by the last batch
+        await barrier
+    assert not docs._carry
 
 
 async def test_a_failing_embedder_does_not_lose_acknowledged_events(

@@ -179,9 +179,7 @@ class DocumentSet:
         try:
             if not self._auto:
                 await self.commit()
-                if self._carry:  # one last try, as the flusher makes; errors surface
-                    async with self._lock:
-                        await self._flush(_Queue())
+                await self._last_batch()  # as the flusher makes
         finally:
             self._closed = True
             self._wake.set()
@@ -496,12 +494,34 @@ class DocumentSet:
                 except Exception:  # compaction is an optimisation: retried after the next batch
                     log.exception("compaction failed; the update log is kept")
             if self._closed and self._queue.done is None:
-                # a failed batch's deltas and rescans: one last try, errors surface
-                if self._carry or self._carry_embed or self._queue.rescan:
-                    async with self._lock:
-                        last, self._queue = self._queue, _Queue()
-                        await self._flush(last)
+                await self._last_batch()
                 return
+
+    async def _last_batch(self) -> None:
+        """At close: one last try at what a failed batch left (deltas, rows, embeddings,
+        rescans, a renewed client id); errors surface.  Like any batch, it is in flight while
+        it runs, and answers a barrier that came meanwhile (found in review: a barrier made
+        while this waited for the lock was never answered)."""
+        async with self._lock:
+            last = self._queue
+            left = (
+                self._unlanded() or self._new or self._carry_embed or last.rescan or last.client_ids
+            )
+            if last.done is None and not left:
+                return
+            self._queue = _Queue()
+            if last.done is None:
+                last.done = asyncio.get_running_loop().create_future()
+            self._inflight, self._inflight_queue = last.done, last
+            try:
+                results = await self._flush(last)
+            except Exception as exc:
+                _settle_all(last, exc)
+                raise
+            else:
+                _settle_all(last, None, results)
+            finally:
+                self._inflight_queue = None
 
     def _settle_merged(self, queue: _Queue) -> None:
         """Sort what was merged from elsewhere into content beyond a clock gap or not, now
@@ -736,7 +756,7 @@ class DocumentSet:
         an event a robot lists could not be recalled for a batch's time (found as a flaky
         test: recall right after a synced event missed it).  A batch that fails is not
         raised here: its events are carried to the next, and recall goes on without them."""
-        if self._closed or self._flusher is None or self._flusher.done():
+        if self._closed:
             return  # no batch will come (a close whose last batch failed: found in review)
         waits: list[asyncio.Future[None]] = []
         inflight = self._inflight_queue
@@ -747,7 +767,7 @@ class DocumentSet:
         ):
             waits.append(self._inflight)
         queue = self._queue
-        if self._auto and (
+        if self._flushing() and (
             queue.rescan
             or any(e.index_name == index_name for e in queue.embed)
             or any(e.index_name == index_name for e in self._carry_embed)
@@ -779,12 +799,20 @@ class DocumentSet:
             await self.commit()
             return
         if self._unlanded():  # a failed batch's: the next one tries again, and this waits
+            if not self._flushing():  # for a batch no flusher will make (found in review)
+                raise ClosedError("the peer is closed, and its last batch failed: what it "
+                                  "held in memory is not stored")  # fmt: skip
             self._wake_flusher()
         pending = self._queue.done
         if pending is None and self._inflight_queue is not None:
             pending = self._inflight
         if pending is not None:
             await asyncio.shield(pending)
+
+    def _flushing(self) -> bool:
+        """Whether a flusher runs, to commit what is queued (not with ``auto_commit`` off,
+        nor once it has ended at close)."""
+        return self._flusher is not None and not self._flusher.done()
 
     def _unlanded(self) -> bool:
         """Whether a failed batch left deltas or rows to replace for the next one to write."""
