@@ -22,10 +22,10 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from hearthsync.chaos.check import Findings
 from hearthsync.chaos.plan import (
@@ -317,29 +317,32 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-@contextlib.contextmanager
-def _held_back(signum: int) -> Iterator[None]:
-    """Hold ``signum`` back (blocked, pending) in this thread, and so in every process it
-    starts, until the block ends; then a signal that came meanwhile is taken here.
+_T = TypeVar("_T")
+
+
+def _held_back(signum: int, work: Callable[[], _T]) -> _T:
+    """Do ``work`` with ``signum`` held back (blocked, pending) in this thread, and so in
+    every process it starts; a signal that came meanwhile is taken once it is done.
 
     A worker ignores Ctrl-C only once its initializer runs, and a spawned worker first
     imports hearthsync, a second or more on a loaded machine: a Ctrl-C in between printed
     its traceback and broke the pool (found by CI).  Started blocked, it takes none until
-    the initializer has set it ignored, which also discards one pending."""
+    the initializer has set it ignored, which also discards one pending.
+
+    A function, not a context manager: a signal handled just before the block can be raised
+    at the next call or function entry, and with ``with`` some of those lie outside any
+    ``try`` (in `contextlib`'s ``__enter__`` and ``__exit__``), where the block stayed in
+    place (found in review).  Here every one after the block is inside the ``try``."""
     if not hasattr(signal, "pthread_sigmask"):  # Windows: no process group to signal
-        yield
-        return
-    # the mask as it is, read without changing it: a Ctrl-C taken by the call that blocks
-    # (it runs pending handlers once the mask is set) left the signal blocked for good
+        return work()
+    # the mask as it is, read without changing it (a Ctrl-C taken here changes nothing)
     before = signal.pthread_sigmask(signal.SIG_BLOCK, ())
     try:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signum})
-        yield
+        return work()
     finally:
-        # a signal handled just before the block can be raised at the next call, before it
-        # restores anything (the signal stayed blocked for good, one run in five under a
-        # storm of Ctrl-Cs; found in review): the restoring call is made until it returns,
-        # inline (entering a function is such a moment), and what was raised raised after
+        # inline, retried until it returns: entering a function is such a moment, and the
+        # signal stayed blocked for good one run in five under a storm of Ctrl-Cs
         raised: BaseException | None = None
         while True:
             try:
@@ -444,8 +447,8 @@ def _in_workers(
         initializer=die_with_parent, initargs=(os.getpid(),),
     )  # fmt: skip
     try:
-        with _held_back(signal.SIGINT):  # the workers start as the pool is handed its work
-            futures = [pool.submit(_worker, s, *args) for s in seeds]
+        # the workers start as the pool is handed its work
+        futures = _held_back(signal.SIGINT, lambda: [pool.submit(_worker, s, *args) for s in seeds])
         for future in as_completed(futures):
             take(future.result())
     except BaseException:
