@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import shutil
 import signal
@@ -33,12 +34,13 @@ from hearthsync.errors import (
     NotFoundError,
     SignatureError,
     StoreError,
+    StoreInUseError,
     ValidationError,
 )
 from hearthsync.forgetting import HOUSEHOLD, PURGED, Left, Remnant
 from hearthsync.ids import DocId
 from hearthsync.peer import DB_FILE, HISTORY
-from hearthsync.store.sqlite import read_meta, rows_of_subject
+from hearthsync.store.sqlite import _read_only, read_meta, rows_of_subject
 from hearthsync.transport.service import SyncService
 from tests.conftest import MONDAY_MS, FakeWall
 
@@ -310,13 +312,22 @@ async def test_a_store_read_for_remnants_is_left_as_found_and_a_running_ones_ref
     path = tmp_path / "robot"
     async with Peer.open(path, device="kitchen", wall=FakeWall()) as peer:
         await fill(peer, "alice", ALICE_SAYS)
-        with pytest.raises(StoreError, match="is a robot running on it"):
+        with pytest.raises(StoreInUseError, match=str(os.getpid())):  # named, at once
             rows_of_subject(path / DB_FILE, "alice")
         assert await peer.set_preference("alice", "tea/sugar", 1)  # it runs on, unharmed
     before = sorted(p.name for p in path.iterdir())
+    # no robot starts on it meanwhile (found in review: one starting as the read ended wrote
+    # its commits into the empty WAL the read then removed)
+    with _read_only(path / DB_FILE), pytest.raises(StoreInUseError):
+        await Peer.start(path, wall=FakeWall())
     assert rows_of_subject(path / DB_FILE, "alice")["documents"] > 0
     assert read_meta(path / DB_FILE, "format") == "2"
     assert sorted(p.name for p in path.iterdir()) == before
+    other = tmp_path / "other"
+    other.mkdir()
+    sqlite3.connect(other / DB_FILE).close()  # a file, but not a store
+    with pytest.raises(StoreError, match=r"cannot read .*no such table: meta$"):
+        read_meta(other / DB_FILE, "format")
 
 
 class HeldOffload:

@@ -47,6 +47,7 @@ import aiosqlite
 
 from hearthsync.compression import CODEC_ZSTD, compress, decompress
 from hearthsync.errors import ClosedError, StoreError
+from hearthsync.store.lock import FolderLock
 
 FORMAT_VERSION = "2"
 #: what upgrades a file of the format before it to this one
@@ -479,7 +480,8 @@ def rows_of_subject(path: Path, user: str) -> dict[str, int]:
     update log rows, embeddings (what `SqliteStore.drop_docs` and `drop_vectors` delete).
 
     Read-only, as a crash left the file, with no `SqliteStore` (opening the peer finishes a
-    purge cut short, and would hide that it was): for checks of what forgetting left."""
+    purge cut short, and would hide that it was): for checks of what forgetting left.  Takes
+    the folder's lock meanwhile: a store a robot runs on raises `StoreInUseError`."""
     prefix, index_prefix = f"user/{user}/", f"{user}."
     with _read_only(path) as conn:
         return {
@@ -505,25 +507,31 @@ def read_meta(path: Path, key: str) -> str | None:
 def _read_only(path: Path) -> Iterator[sqlite3.Connection]:
     if not path.is_file():  # else sqlite3 creates it, empty
         raise StoreError(f"no store file at {path}")
-    # a peer keeps its WAL index in memory (EXCLUSIVE locking): reading the file here makes
-    # a -shm file and, if there was none, an empty -wal; both are removed after, so that the
-    # folder is left as it was found (found in review)
-    made = [p for p in (path.with_name(f"{path.name}-{end}") for end in ("shm", "wal"))
-            if not p.exists()]  # fmt: skip
+    # the folder's lock, as a peer takes it: a robot running on the store is refused at once
+    # (`StoreInUseError`), and none can start while this reads, then find the empty WAL it
+    # made removed under it (found in review: its commits went to a deleted file)
+    lock = FolderLock.acquire(path.parent)
     try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=0.1)
+        # a peer keeps its WAL index in memory (EXCLUSIVE locking): reading the file here
+        # makes a -shm file and, if there was none, an empty -wal; both are removed after, so
+        # that the folder is left as it was found
+        made = [p for p in (path.with_name(f"{path.name}-{end}") for end in ("shm", "wal"))
+                if not p.exists()]  # fmt: skip
         try:
-            yield conn
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                yield conn
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read {path}: {exc}") from exc
         finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        # a robot running on it holds it locked (EXCLUSIVE): read a store it left, not its own
-        raise StoreError(f"cannot read {path}: {exc} (is a robot running on it?)") from exc
+            for extra in made:
+                with contextlib.suppress(FileNotFoundError):
+                    if extra.name.endswith("-shm") or extra.stat().st_size == 0:
+                        extra.unlink()
     finally:
-        for extra in made:
-            with contextlib.suppress(FileNotFoundError):
-                if extra.stat().st_size == 0 or extra.name.endswith("-shm"):
-                    extra.unlink()
+        lock.release()
 
 
 def _no_room(path: Path) -> str:
