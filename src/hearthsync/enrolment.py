@@ -120,11 +120,13 @@ def load(folder: Path, now: int | None = None) -> HouseholdState | None:
         try:
             trust.add(cert, when)
         except OverreachError as exc:
-            # certified by an admin beyond the admin's own scopes before robots checked that
-            # (SPEC §3): it will never verify again, and no robot syncs with that device
-            # any more; said at every open until the owner certifies it anew
+            # certified beyond what its issuer may give before robots checked that, or by
+            # such an issuer (SPEC §3): it will never verify again, and no robot syncs with
+            # that device any more; said at every open until the owner certifies anew the
+            # device, or the issuer that overreached
             log.warning("%s; no robot of the household trusts it (SPEC §3): that robot "
-                        "syncs with none until the owner certifies it anew", exc)  # fmt: skip
+                        "syncs with none until the owner certifies it, or the device that "
+                        "overreached, anew", exc)  # fmt: skip
             trust.restore(cert)
         except CertificateError:  # not good now (expired): kept, every use checks it
             trust.restore(cert)
