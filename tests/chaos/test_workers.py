@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import select
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -184,3 +187,51 @@ def test_a_ctrl_c_as_signals_are_held_back_never_leaves_them_held_back() -> None
     verdict, interrupted = done.stdout.split()
     assert verdict == "CLEAR", done.stdout + done.stderr
     assert int(interrupted) > 0, "no Ctrl-C landed inside the block: the test proved nothing"
+
+
+SCHEDULE_S = 20.0  #: how long a stand-in schedule takes, far beyond the test's wait
+
+
+def a_long_schedule(seed: int, *args: object) -> int:
+    """A stand-in for `harness._worker`: a schedule far longer than the test is willing to
+    wait for (a worker that is not stopped makes the run wait it out)."""
+    threading.Event().wait(SCHEDULE_S)
+    return seed
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+def test_a_ctrl_c_while_the_workers_are_stopped_stops_them_all(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found in review: a second Ctrl-C landing as the interrupted run stopped its workers
+    skipped the rest, and the run then waited out their whole schedules (a third Ctrl-C
+    meanwhile left them running).  Real SIGINTs: the first stops the wait for outcomes, the
+    second lands in the middle of stopping the workers."""
+    from hearthsync.chaos import harness
+
+    def first_ctrl_c(futures: object) -> list[object]:
+        os.kill(os.getpid(), signal.SIGINT)
+        return []
+
+    real_children = multiprocessing.active_children
+    seen: list[int] = []
+
+    def second_ctrl_c() -> list[multiprocessing.process.BaseProcess]:
+        seen.append(1)
+        if len(seen) == 2:  # the second look: as the interrupted run stops its workers
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_children()
+
+    monkeypatch.setattr(harness, "_worker", a_long_schedule)
+    monkeypatch.setattr(harness, "as_completed", first_ctrl_c)
+    monkeypatch.setattr(multiprocessing, "active_children", second_ctrl_c)
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        harness._in_workers(range(4), 2, lambda outcome: None, (None, None, False))  # type: ignore[arg-type]
+    monkeypatch.undo()
+    assert len(seen) >= 2, "the workers were never looked for: the test proved nothing"
+    assert time.monotonic() - started < SCHEDULE_S / 2, "it waited out the schedules"
+    left = [p for p in multiprocessing.active_children() if p.is_alive()]
+    for p in left:
+        p.kill()
+    assert left == []

@@ -738,7 +738,69 @@ async def test_a_flush_after_a_close_whose_last_batch_failed_says_so(
     with pytest.raises(StoreError):
         await peer.close()
     async with asyncio.timeout(10):  # fails loudly, rather than hang
-        with pytest.raises(ClosedError, match="its last batch failed"):
+        with pytest.raises(ClosedError, match="closed, and what it holds in memory is not stored"):
+            await peer.flush()
+
+
+async def test_a_write_made_while_a_close_by_hand_runs_is_answered(
+    tmp_path: Path, wall: FakeWall, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: without a flusher, a close commits what is queued, then makes a last
+    batch; a write made while that last batch ran was never answered, neither stored nor
+    refused."""
+    peer = await Peer.start(tmp_path / "a", device="a", wall=wall, auto_commit=False)
+    docs = peer._docs
+    first = docs.write(DocId("household"), lambda _: 1)
+    real = docs._sqlite.commit
+    entered: asyncio.Queue[asyncio.Event] = asyncio.Queue()
+
+    async def held(batch: object) -> None:
+        gate = asyncio.Event()
+        entered.put_nowait(gate)
+        await gate.wait()
+        await real(batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(docs._sqlite, "commit", held)
+    closing = asyncio.create_task(peer.close())
+    async with asyncio.timeout(10):
+        (await entered.get()).set()  # the close's commit, with the first write
+        second = docs.write(DocId("household"), lambda _: 2)  # still taken: not closed yet
+        (await entered.get()).set()  # the last batch, with the second
+        third = docs.write(DocId("household"), lambda _: 3)
+        await closing
+        assert (await first, await second) == (1, 2)
+        with pytest.raises(ClosedError):
+            await third
+
+
+async def test_a_client_id_renewed_after_the_last_batch_is_refused_not_awaited(
+    peer: Peer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: a client id renewed (a session's doing) while the last batch of a
+    close ran queued a batch no flusher would take, and a flush then waited for good."""
+    docs = peer._docs
+    entered, gate = asyncio.Event(), asyncio.Event()
+    real = docs._sqlite.commit
+
+    async def held(batch: object) -> None:
+        entered.set()
+        await gate.wait()
+        await real(batch)  # type: ignore[arg-type]
+
+    fail_the_next_commit(peer, monkeypatch)  # a failed batch: the close makes a last one
+    with pytest.raises(StoreError):
+        await peer.record_event("alice", "COMMAND", "x", text="tea", ts=MONDAY_MS)
+    monkeypatch.setattr(docs._sqlite, "commit", held)
+    closing = asyncio.create_task(peer.close())
+    household = DocId("household")
+    async with asyncio.timeout(10):
+        await entered.wait()  # the last batch in flight
+        replica = docs.replicas[household]
+        seen = sv.decode(replica.state_vector()).get(replica.client_id, 0)
+        assert docs.renew_if_stale(household, {replica.client_id: seen + 5})
+        gate.set()
+        await closing
+        with pytest.raises(ClosedError):
             await peer.flush()
 
 

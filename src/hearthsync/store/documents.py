@@ -187,6 +187,10 @@ class DocumentSet:
                 if self._flusher is not None:
                     await self._flusher
             finally:  # a close that failed too: Yrs' observers would keep the set alive
+                # what came after the last batch (a write made during a close by hand, a
+                # client id renewed): no batch takes it now; its writers are answered, not
+                # left waiting for good (found in review)
+                _settle_all(self._queue, ClosedError("the peer closed before this was stored"))
                 self._release()
 
     def _release(self) -> None:
@@ -798,10 +802,11 @@ class DocumentSet:
         if not self._auto:
             await self.commit()
             return
+        if not self._flushing() and (self._unlanded() or self._queue.done is not None):
+            # a batch no flusher will make: a close whose last batch failed, or what came
+            # after it, a client id renewed say (found in review: both waited for good)
+            raise ClosedError("the peer is closed, and what it holds in memory is not stored")
         if self._unlanded():  # a failed batch's: the next one tries again, and this waits
-            if not self._flushing():  # for a batch no flusher will make (found in review)
-                raise ClosedError("the peer is closed, and its last batch failed: what it "
-                                  "held in memory is not stored")  # fmt: skip
             self._wake_flusher()
         pending = self._queue.done
         if pending is None and self._inflight_queue is not None:
