@@ -52,6 +52,22 @@ def test_a_save_keeps_what_another_writer_put_in_the_file_and_reads_nothing_else
     assert len(kept.invites) == 1
 
 
+def made_admin(
+    owner: DeviceIdentity,
+    state: enrolment.HouseholdState,
+    admin: DeviceIdentity,
+    now: int,
+    *,
+    ttl_s: int,
+) -> Certificate:
+    """The certificate of ``admin``, made an admin reading ``core`` by the owner."""
+    return Certificate.issue(
+        owner, household_id=state.household.id, device_pk=bytes(admin.verify_key),
+        device_name="admin", role="admin", scopes=("core",), issued_at=now,
+        expires_at=now + ttl_s,
+    )  # fmt: skip
+
+
 def _kitchen_enrolled(tmp_path: Path, now: int) -> tuple[Path, DeviceIdentity, DeviceIdentity]:
     """An owner, and a kitchen robot it enrolled with core, spatial and history."""
     owner_dir, kitchen_dir = tmp_path / "owner", tmp_path / "kitchen"
@@ -393,10 +409,7 @@ def test_an_owner_holding_a_list_an_admin_signed_signs_it_again(tmp_path: Path) 
     assert state is not None
     (tmp_path / "admin").mkdir()
     admin = DeviceIdentity.load_or_create(tmp_path / "admin")
-    promoted = Certificate.issue(
-        owner, household_id=state.household.id, device_pk=bytes(admin.verify_key),
-        device_name="admin", role="admin", scopes=("core",), issued_at=now, expires_at=now + 60,
-    )  # fmt: skip
+    promoted = made_admin(owner, state, admin, now, ttl_s=60)
     state.trust.add(promoted, now)
     legacy = Revocations.issue(
         admin, household_id=state.household.id, serial=1, revoked=[kitchen.device_id]
@@ -464,11 +477,7 @@ def test_a_certificate_an_admin_gave_beyond_its_scopes_is_warned_of_at_every_ope
     assert state is not None
     assert caplog.records == []  # a good household: nothing to say
     admin, member = identity(7), identity(8)
-    promoted = Certificate.issue(
-        owner, household_id=state.household.id, device_pk=bytes(admin.verify_key),
-        device_name="admin", role="admin", scopes=("core",), issued_at=now, expires_at=now + 600,
-    )  # fmt: skip
-    state.trust.add(promoted, now)
+    state.trust.add(made_admin(owner, state, admin, now, ttl_s=600), now)
     over = Certificate.issue(
         admin, household_id=state.household.id, device_pk=bytes(member.verify_key),
         device_name="den", role="member", scopes=("core", "health"), issued_at=now,

@@ -572,18 +572,16 @@ async def test_a_corrupt_household_is_reported_and_a_peer_replaces_it(
         assert a.users() == ["alice", "bob"]
 
 
-async def test_a_corrupt_events_document_replaced_by_a_peer_is_not_embedded_twice(
-    tmp_path: Path, wall: FakeWall
-) -> None:
-    """Its events' embeddings are stored here already: the replaced document embeds only the
-    events that have none, or recall would return every event twice."""
-    import sqlite3
-
+async def an_events_document_corrupt_on_a(
+    tmp_path: Path, wall: FakeWall, texts: tuple[str, ...]
+) -> tuple[Path, Path, str]:
+    """Robots a and b, closed: both hold Alice's events ``texts``, b also "a new one", and
+    a's stored events document no longer decodes.  Returns both folders and the document."""
     a_path, b_path = tmp_path / "a", tmp_path / "b"
     doc = "user/alice/events/2026-03"
     async with Peer.open(a_path, device="a", wall=wall) as a, Peer.open(b_path, device="b") as b:
         await a.add_user("alice", name="Alice")
-        for i, text in enumerate(("green tea please", "coffee with oat milk", "lights on")):
+        for i, text in enumerate(texts):
             await a.record_event("alice", "COMMAND", "drink", text=text, ts=MONDAY_MS + i)
         await exchange(a, b)
         await b.record_event("alice", "COMMAND", "drink", text="a new one", ts=MONDAY_MS + 9)
@@ -593,6 +591,17 @@ async def test_a_corrupt_events_document_replaced_by_a_peer_is_not_embedded_twic
     ).rowcount
     db.commit()
     db.close()
+    return a_path, b_path, doc
+
+
+async def test_a_corrupt_events_document_replaced_by_a_peer_is_not_embedded_twice(
+    tmp_path: Path, wall: FakeWall
+) -> None:
+    """Its events' embeddings are stored here already: the replaced document embeds only the
+    events that have none, or recall would return every event twice."""
+    a_path, b_path, doc = await an_events_document_corrupt_on_a(
+        tmp_path, wall, ("green tea please", "coffee with oat milk", "lights on")
+    )
     async with Peer.open(a_path, wall=wall) as a, Peer.open(b_path) as b:
         assert set(a.corrupt) == {doc}
         await a.apply_update(doc, b.diff(doc), origin="b")
@@ -635,19 +644,9 @@ async def test_the_rescan_of_a_replaced_document_survives_a_failed_commit(
     """Found in review: a corrupt events document replaced by a peer embeds what it lacks by
     a rescan; when that batch failed, the rescan waited for another update of the same
     document, which might never come, and the event it listed was never recalled."""
-    a_path, b_path = tmp_path / "a", tmp_path / "b"
-    doc = "user/alice/events/2026-03"
-    async with Peer.open(a_path, device="a", wall=wall) as a, Peer.open(b_path, device="b") as b:
-        await a.add_user("alice", name="Alice")
-        await a.record_event("alice", "COMMAND", "drink", text="green tea please", ts=MONDAY_MS)
-        await exchange(a, b)
-        await b.record_event("alice", "COMMAND", "drink", text="a new one", ts=MONDAY_MS + 9)
-    db = sqlite3.connect(a_path / "hearth.db")
-    assert db.execute(
-        "UPDATE updates SET data = x'0badbadbad', codec = 0 WHERE doc_id = ?", (doc,)
-    ).rowcount
-    db.commit()
-    db.close()
+    a_path, b_path, doc = await an_events_document_corrupt_on_a(
+        tmp_path, wall, ("green tea please",)
+    )
     async with Peer.open(a_path, wall=wall) as a, Peer.open(b_path) as b:
         fail_the_next_commit(a, monkeypatch)
         with pytest.raises(StoreError, match="disk I/O error"):
@@ -660,11 +659,12 @@ async def test_the_rescan_of_a_replaced_document_survives_a_failed_commit(
         assert texts == ["a new one"]
 
 
-async def test_recall_on_a_peer_whose_last_batch_failed_at_close_does_not_wait(
+async def test_after_a_close_whose_last_batch_failed_nothing_waits_for_good(
     peer: Peer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Found in review: events carried from a failed batch made recall wait for a batch
-    that a closed peer never commits: it hung for good."""
+    that a closed peer never commits, and a barrier (`Peer.flush`, `status`, `compact`)
+    woke a flusher that had ended: both hung for good."""
 
     async def failing(batch: object) -> None:
         raise StoreError("write on hearth.db failed: disk I/O error")
@@ -676,6 +676,8 @@ async def test_recall_on_a_peer_whose_last_batch_failed_at_close_does_not_wait(
         await peer.close()
     async with asyncio.timeout(10):  # fails loudly, rather than hang
         found = await peer.recall("alice", "tea", k=1)
+        with pytest.raises(ClosedError, match="closed, and what it holds in memory is not stored"):
+            await peer.flush()
     assert found == []  # the event was never stored, nor embedded
 
 
@@ -721,25 +723,6 @@ async def test_recall_on_a_peer_committing_by_hand_waits_for_the_batch_in_flight
             await waiting
         hits = await b.recall("alice", "the good shelf", k=1)
         assert [hit.event.text for hit in hits] == ["the good shelf"]
-
-
-async def test_a_flush_after_a_close_whose_last_batch_failed_says_so(
-    peer: Peer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Found in review: a barrier (`Peer.flush`, `status`, `compact`) woke a flusher that
-    had ended, and waited for good."""
-
-    async def failing(batch: object) -> None:
-        raise StoreError("write on hearth.db failed: disk I/O error")
-
-    monkeypatch.setattr(peer._sqlite, "commit", failing)
-    with pytest.raises(StoreError):
-        await peer.record_event("alice", "COMMAND", "drink", text="tea", ts=MONDAY_MS)
-    with pytest.raises(StoreError):
-        await peer.close()
-    async with asyncio.timeout(10):  # fails loudly, rather than hang
-        with pytest.raises(ClosedError, match="closed, and what it holds in memory is not stored"):
-            await peer.flush()
 
 
 async def test_a_write_made_while_a_close_by_hand_runs_is_answered(
