@@ -1501,7 +1501,7 @@ class Peer:
                 index = await self._vectors.open_index(user, HISTORY)
             except NotFoundError:  # forgotten while this ran: nothing of theirs to count
                 continue
-            vectors[f"{user}.{HISTORY}"] = _embedded(index)
+            vectors[_history_index(user)] = _embedded(index)
         return PeerStatus(
             path=self.path,
             device=self.device,

@@ -156,7 +156,7 @@ CTRL_C_STORM = textwrap.dedent(
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         while not stop.is_set():
             os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.0002)
+            stop.wait(0.0002)  # paced, until told to stop
 
     threading.Thread(target=storm, daemon=True).start()
     interrupted, deadline = 0, time.monotonic() + 3
