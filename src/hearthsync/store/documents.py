@@ -206,25 +206,9 @@ class DocumentSet:
         if self._auto:
             await self.write_barrier()
             return
-        # the queue is taken under the lock: a commit made while another is in flight waits
-        # for it, and leaves it visible as in flight to `_pending` until it is durable
-        async with self._lock:
-            queue = self._queue
-            if queue.done is None and not self._unlanded():
-                return
-            if queue.done is None:  # a failed batch's deltas or rows: try them again
-                queue.done = asyncio.get_running_loop().create_future()
-            self._queue = _Queue()
-            self._inflight, self._inflight_queue = queue.done, queue
-            try:
-                results = await self._flush(queue)
-            except Exception as exc:
-                _settle_all(queue, exc)
-                raise
-            else:
-                _settle_all(queue, None, results)
-            finally:
-                self._inflight_queue = None
+        queue = await self._batch_now(everything_left=False)
+        if queue is None:
+            return
         self._settle_merged(queue)
         try:
             await self._maybe_compact()
@@ -506,26 +490,38 @@ class DocumentSet:
         rescans, a renewed client id); errors surface.  Like any batch, it is in flight while
         it runs, and answers a barrier that came meanwhile (found in review: a barrier made
         while this waited for the lock was never answered)."""
+        await self._batch_now(everything_left=True)
+
+    async def _batch_now(self, *, everything_left: bool) -> _Queue | None:
+        """Commit what is queued now as one batch, with what a failed batch left (its deltas
+        and rows; with ``everything_left``, its embeddings, rescans, new rows and renewed
+        client id too), and answer its writers and barriers; raises if it failed.  Returns
+        the batch, or None if there was nothing to commit.
+
+        The queue is taken under the lock: a batch made while another is in flight waits for
+        it, and stays visible as in flight to `_pending` until it is durable."""
         async with self._lock:
-            last = self._queue
-            left = (
-                self._unlanded() or self._new or self._carry_embed or last.rescan or last.client_ids
+            queue = self._queue
+            left = self._unlanded() or (
+                everything_left
+                and bool(self._new or self._carry_embed or queue.rescan or queue.client_ids)
             )
-            if last.done is None and not left:
-                return
+            if queue.done is None and not left:
+                return None
             self._queue = _Queue()
-            if last.done is None:
-                last.done = asyncio.get_running_loop().create_future()
-            self._inflight, self._inflight_queue = last.done, last
+            if queue.done is None:
+                queue.done = asyncio.get_running_loop().create_future()
+            self._inflight, self._inflight_queue = queue.done, queue
             try:
-                results = await self._flush(last)
+                results = await self._flush(queue)
             except Exception as exc:
-                _settle_all(last, exc)
+                _settle_all(queue, exc)
                 raise
             else:
-                _settle_all(last, None, results)
+                _settle_all(queue, None, results)
             finally:
                 self._inflight_queue = None
+        return queue
 
     def _settle_merged(self, queue: _Queue) -> None:
         """Sort what was merged from elsewhere into content beyond a clock gap or not, now
