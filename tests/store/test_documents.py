@@ -20,7 +20,7 @@ from hearthsync.crdt.kinds import parse
 from hearthsync.crdt.replica import Replica
 from hearthsync.errors import ClosedError, CorruptDocumentError, StoreError
 from hearthsync.ids import DocId
-from hearthsync.model import Condition, InteractionEvent, Pose, Preference
+from hearthsync.model import Condition, InteractionEvent, Pose, Preference, Region
 from hearthsync.peer import HISTORY, Peer
 from hearthsync.store.documents import CHANGES_PER_TRANSACTION, DocumentSet
 from hearthsync.store.embedding import HashingEmbedder
@@ -754,6 +754,48 @@ async def test_a_write_made_while_a_close_by_hand_runs_is_answered(
         assert (await first, await second) == (1, 2)
         with pytest.raises(ClosedError):
             await third
+
+
+def _a_batch_held_in_flight(
+    peer: Peer, monkeypatch: pytest.MonkeyPatch
+) -> tuple[asyncio.Future[Region], asyncio.Event]:
+    """A write whose batch's commit never returns (a disk that hangs), and the event set once
+    that batch is in flight (by hand: once a commit or a close takes it)."""
+    in_flight = asyncio.Event()
+
+    async def hangs(batch: object) -> None:
+        in_flight.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(peer._sqlite, "commit", hangs)
+    return peer.set_region("kitchen", "Kitchen"), in_flight
+
+
+@pytest.mark.parametrize("auto_commit", [True, False], ids=["flusher", "by-hand"])
+async def test_a_close_cancelled_while_its_batch_is_in_flight_answers_its_writers(
+    tmp_path: Path, wall: FakeWall, monkeypatch: pytest.MonkeyPatch, auto_commit: bool
+) -> None:
+    """Found in review: a close cancelled while a batch was in flight (the flusher's, or its
+    own last one) left that batch's writers, and any barrier that joined it, waiting for
+    good: a cancellation is not an ``Exception``, and only those were handed to them."""
+    peer = await Peer.start(tmp_path / "a", device="a", wall=wall, auto_commit=auto_commit)
+    docs = peer._docs
+    written, in_flight = _a_batch_held_in_flight(peer, monkeypatch)
+    closing = asyncio.create_task(docs.close())
+    async with asyncio.timeout(10):
+        await in_flight.wait()
+        barrier = asyncio.create_task(docs.write_barrier())
+        await asyncio.sleep(0)  # it joins the batch in flight
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        with pytest.raises(ClosedError, match="cancelled"):
+            await written
+        with pytest.raises(ClosedError):  # by hand, it made a batch of its own: refused
+            await barrier
+    assert docs._carry  # not stored; nor dropped from memory while the set lives
+    monkeypatch.undo()
+    await peer.close()  # the rest of the close: the store's connection, the folder's lock
 
 
 async def test_a_client_id_renewed_after_the_last_batch_is_refused_not_awaited(

@@ -470,9 +470,13 @@ class DocumentSet:
                         results = await self._flush(queue)
                     except Exception as exc:  # handed to every waiting writer
                         _settle_all(queue, exc)
+                    except BaseException:
+                        _settle_all(queue, _cancelled())
+                        raise
                     else:
                         _settle_all(queue, None, results)
-                    self._inflight_queue = None
+                    finally:
+                        self._inflight_queue = None
                 # one turn for whoever waited on this batch (acknowledgements to send) before
                 # the housekeeping below, which may hold the loop for milliseconds
                 await asyncio.sleep(0)
@@ -508,6 +512,12 @@ class DocumentSet:
             )
             if queue.done is None and not left:
                 return None
+            if self._closed and not everything_left:
+                # a commit by hand after a close that was cancelled or whose last batch failed:
+                # the set is closed (its replicas let go); only the close's last batch runs
+                error = ClosedError("the peer is closed, and what it holds in memory is not stored")
+                _settle_all(queue, error)
+                raise error
             self._queue = _Queue()
             if queue.done is None:
                 queue.done = asyncio.get_running_loop().create_future()
@@ -516,6 +526,9 @@ class DocumentSet:
                 results = await self._flush(queue)
             except Exception as exc:
                 _settle_all(queue, exc)
+                raise
+            except BaseException:
+                _settle_all(queue, _cancelled())
                 raise
             else:
                 _settle_all(queue, None, results)
@@ -818,6 +831,13 @@ class DocumentSet:
     def _unlanded(self) -> bool:
         """Whether a failed batch left deltas or rows to replace for the next one to write."""
         return bool(self._carry or self._replaced)
+
+
+def _cancelled() -> ClosedError:
+    """What the writers of a batch cancelled in flight are told (a close cancelled while it
+    waited for that batch): a cancellation is no ``Exception``, and answered only as one,
+    they waited for good (found in review).  Their deltas are carried, not stored."""
+    return ClosedError("the batch was cancelled before it was stored")
 
 
 def _abandon(started: Awaitable[Any] | None) -> None:
