@@ -1,0 +1,193 @@
+"""Frames lost inside one session, followed by an ACK that proves less than it is taken to.
+
+Over a websocket nothing is lost inside a connection (SPEC §6.4), so none of this happens on
+today's transports; the simulation's drop fault, an envelope skipped for want of a key and the
+coming relay's outages do lose frames inside a session.  An ACK's state vector proves which
+items the peer holds, not which deletions it applied nor what it holds aside beyond a gap in an
+author's clock.  A lost removal, a lost offer, or a lost delta held aside, followed by the ACK
+of an earlier write, cancels the re-offer that would have repaired it, for as long as the
+session lasts (a new session's inventories compare digests, which cover both).
+
+Found in review (2026-12-07).  Each test is a strict expected failure: it pins the gap until
+the protocol closes it (an answer to a re-offer that names the digests it matched, so that only
+such an answer, or the peer's own request, cancels what an ACK cannot prove), and fails loudly
+the day it passes.
+"""
+
+from __future__ import annotations
+
+import pytest
+from pycrdt import Doc, Map
+
+from hearthsync.crypto.keyring import Keyring
+from hearthsync.ids import DocId
+from hearthsync.protocol import frames as f
+from hearthsync.protocol.session import SETTLE_MAX_S, UNRELAYED_OFFER_S, Session, answer_from
+from tests.crypto.conftest import NOW, Home
+from tests.protocol.test_session import (
+    ELSEWHERE,
+    Robot,
+    _beyond_a_gap_elsewhere,
+    _removed_elsewhere,
+    _written_and_applied,
+    connect,
+    inventories,
+    pump,
+    robot,
+    told_neighbours,
+)
+
+Link = tuple[Robot, Session]
+
+
+@pytest.fixture
+def kitchen(home: Home, admin_keys: Keyring) -> Robot:
+    return robot(home, admin_keys, home.kitchen, "kitchen")
+
+
+@pytest.fixture
+def hall(home: Home, admin_keys: Keyring) -> Robot:
+    return robot(home, admin_keys, home.hall, "hall")
+
+
+GAP = pytest.mark.xfail(
+    strict=True,
+    reason="an ACK cancels a re-offer of what its state vector cannot show (SPEC §6.4)",
+)
+
+
+def _offers(a: Link, b: Link, start: float, end: float) -> list[DocId]:
+    """Tick both sides every 0.5 s from ``start`` to ``end``, delivering everything; return
+    the documents ``a`` offered in inventories meanwhile."""
+    offered: list[DocId] = []
+    t = start
+    while t <= end:
+        a[1].tick(NOW + t)
+        b[1].tick(NOW + t)
+        sent = a[1].data_to_send()
+        offered += [entry.doc_id for inv in inventories(sent) for entry in inv.entries]
+        for data in sent:
+            b[1].receive_data(data, NOW + t)
+        pump(a, b, NOW + t)
+        t += 0.5
+    return offered
+
+
+def _lose(a: Link) -> list[f.Frame]:
+    """What ``a`` has queued, lost on the way."""
+    return [f.decode(data) for data in a[1].data_to_send()]
+
+
+@GAP
+def test_an_offered_deletion_whose_inventory_is_lost_is_offered_again(
+    kitchen: Robot, hall: Robot
+) -> None:
+    """An answer that brought a deletion is offered (never relayed); the offer is lost, and
+    the ACK of the write before it covers the state vector the offer noted."""
+    doc = DocId("user/alice/prefs")
+    kitchen.docs.write(doc, "tea/mug", "green")
+    a, b = connect(kitchen, hall)
+    ack_in_flight = _written_and_applied(a, b, doc, "coffee", "oat")
+    kitchen.docs.apply(doc, _removed_elsewhere(kitchen, doc, "tea/mug"))  # a third's answer
+    assert not a[1].relays(doc, answer_from(ELSEWHERE))
+    a[1].tick(NOW + 0.5)
+    lost = _lose(a)
+    assert [e.doc_id for x in lost if isinstance(x, f.Inventory) for e in x.entries] == [doc]
+    for data in ack_in_flight:  # lands after the offer went
+        a[1].receive_data(data, NOW + 0.6)
+    _offers(a, b, 1.0, 3 * SETTLE_MAX_S)
+    assert hall.docs.content(doc) == kitchen.docs.content(doc) == {"coffee": "oat"}
+
+
+@GAP
+def test_a_removal_sent_live_and_lost_is_offered_again(kitchen: Robot, hall: Robot) -> None:
+    """A removal (forgetting removes entries) adds no item: the ACK of the write before it
+    covers the state vector noted when it was sent."""
+    doc = DocId("user/alice/prefs")
+    kitchen.docs.write(doc, "tea/mug", "green")
+    a, b = connect(kitchen, hall)
+    ack_in_flight = _written_and_applied(a, b, doc, "coffee", "oat")
+    removal = _removed_elsewhere(kitchen, doc, "tea/mug")  # as if written here
+    kitchen.docs.apply(doc, removal)
+    assert a[1].send_update(doc, removal)
+    assert [type(x) for x in _lose(a)] == [f.Update]
+    for data in ack_in_flight:
+        a[1].receive_data(data, NOW + 0.1)
+    _offers(a, b, 0.5, 3 * SETTLE_MAX_S)
+    assert hall.docs.content(doc) == kitchen.docs.content(doc) == {"coffee": "oat"}
+
+
+@GAP
+def test_a_held_back_delta_beyond_a_gap_whose_offer_is_lost_is_offered_again(
+    kitchen: Robot, hall: Robot
+) -> None:
+    """Not relayed (the hall said it has a session with the author); its offer is lost, and
+    the offer noted the bare state vector, dropping the clocks the delta reaches."""
+    doc = DocId("user/alice/prefs")
+    kitchen.docs.write(doc, "tea/mug", "green")
+    a, b = connect(kitchen, hall)
+    told_neighbours(a[1], (ELSEWHERE,))
+    ack_in_flight = _written_and_applied(a, b, doc, "coffee", "oat")
+    beyond = _beyond_a_gap_elsewhere(kitchen, doc)
+    assert not a[1].relays(doc, ELSEWHERE, beyond)
+    a[1].tick(NOW + UNRELAYED_OFFER_S)
+    lost = _lose(a)
+    assert [e.doc_id for x in lost if isinstance(x, f.Inventory) for e in x.entries] == [doc]
+    for data in ack_in_flight:
+        a[1].receive_data(data, NOW + UNRELAYED_OFFER_S + 0.1)
+    assert doc in _offers(a, b, UNRELAYED_OFFER_S + 0.5, UNRELAYED_OFFER_S + 3 * SETTLE_MAX_S)
+
+
+@GAP
+def test_a_relayed_delta_beyond_a_gap_lost_on_the_way_is_offered_again(
+    kitchen: Robot, hall: Robot
+) -> None:
+    """Relayed (the hall has no session with its author) and lost: the state vector noted
+    when it was sent does not move for content held aside."""
+    doc = DocId("user/alice/prefs")
+    kitchen.docs.write(doc, "tea/mug", "green")
+    a, b = connect(kitchen, hall)
+    ack_in_flight = _written_and_applied(a, b, doc, "coffee", "oat")
+    beyond = _beyond_a_gap_elsewhere(kitchen, doc)
+    assert a[1].relays(doc, ELSEWHERE, beyond)
+    assert a[1].send_update(doc, beyond)
+    assert [type(x) for x in _lose(a)] == [f.Update]
+    for data in ack_in_flight:
+        a[1].receive_data(data, NOW + 0.1)
+    assert doc in _offers(a, b, 0.5, 3 * SETTLE_MAX_S)
+
+
+@GAP
+def test_content_held_aside_then_released_by_the_peers_own_update_converges(
+    kitchen: Robot, hall: Robot
+) -> None:
+    """A third robot (gone since) wrote cup, then pot.  The kitchen got only pot, held it
+    aside, and relayed it to the hall: lost, and the ACK of an earlier write cancelled the
+    re-offer.  The hall then got cup and sent it on; the kitchen's gap fills and it shows pot.
+    What came from the peer is never relayed back to it: the two differ for good."""
+    doc = DocId("user/alice/prefs")
+    kitchen.docs.write(doc, "tea/mug", "green")
+    a, b = connect(kitchen, hall)
+    ack_in_flight = _written_and_applied(a, b, doc, "coffee", "oat")
+    third = Doc(client_id=4343)
+    third.apply_update(kitchen.docs.docs[doc].get_update())
+    captured: list[bytes] = []
+    subscription = third.observe(lambda event: captured.append(event.update))
+    for key in ("tea/cup", "tea/pot"):
+        with third.transaction():
+            third.get("m", type=Map)[key] = "third"
+    third.unobserve(subscription)
+    cup, pot = captured
+    kitchen.docs.apply(doc, pot)  # beyond the gap: held aside, no state vector moves
+    assert a[1].relays(doc, ELSEWHERE, pot)
+    assert a[1].send_update(doc, pot)
+    assert [type(x) for x in _lose(a)] == [f.Update]
+    for data in ack_in_flight:
+        a[1].receive_data(data, NOW + 0.1)
+    hall.docs.apply(doc, cup)  # from the third robot directly
+    assert b[1].relays(doc, ELSEWHERE, cup)
+    assert b[1].send_update(doc, cup)
+    pump(a, b, NOW + 0.2)  # the kitchen applies cup and ACKs it
+    assert not a[1].relays(doc, hall.identity.device_id, cup)  # never back to the peer
+    _offers(a, b, 0.5, 3 * SETTLE_MAX_S)
+    assert kitchen.docs.content(doc) == hall.docs.content(doc)
