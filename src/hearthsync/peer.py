@@ -331,8 +331,11 @@ class Peer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keeper
         try:
-            await self._forgetting.close()
-            await self._docs.close()
+            try:
+                await self._forgetting.close()
+            finally:  # cancelled while a purge ran: the documents are closed all the same, or
+                # the flusher ran on, writes were taken and no replica was let go (review)
+                await self._docs.close()
             await self._indexed()  # the next open loads the graph, not rebuilds what was staged
             self._vectors.save()
             await self._keep_time_or_warn()

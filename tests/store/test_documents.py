@@ -17,7 +17,7 @@ from hearthsync.compression import decompress
 from hearthsync.crdt import statevector as sv
 from hearthsync.crdt.handles import Log, SlotMap
 from hearthsync.crdt.kinds import parse
-from hearthsync.crdt.replica import Replica
+from hearthsync.crdt.replica import EMPTY_UPDATE, Replica
 from hearthsync.errors import ClosedError, CorruptDocumentError, StoreError
 from hearthsync.ids import DocId
 from hearthsync.model import Condition, InteractionEvent, Pose, Preference, Region
@@ -1183,3 +1183,166 @@ async def test_a_closed_store_says_so(tmp_path: Path) -> None:
         await sqlite.get_meta("k")
     with pytest.raises(ClosedError, match="closed"):
         await sqlite.commit_meta({"k": "w"})
+
+
+def _watched_commits(peer: Peer, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Set once a batch's real commit has been handed to the connection's thread."""
+    real = peer._sqlite.commit
+    entered = asyncio.Event()
+
+    async def watched(batch: object) -> None:
+        entered.set()
+        await real(batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(peer._sqlite, "commit", watched)
+    return entered
+
+
+async def test_a_commit_by_hand_cancelled_while_its_transaction_runs_lands_once(
+    tmp_path: Path, wall: FakeWall, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: a commit by hand cancelled (a caller's timeout, a purge cancelled by
+    a close) while its transaction ran on the connection's thread landed all the same, yet
+    was carried as if it had not: its new document rows, inserted again, failed every later
+    batch (UNIQUE constraint), and the store took nothing more until restarted."""
+    peer = await Peer.start(tmp_path / "a", device="a", wall=wall, auto_commit=False)
+    try:
+        entered = _watched_commits(peer, monkeypatch)
+        written = peer.set_region("kitchen", "Kitchen")  # the first write to home/spatial
+        committing = asyncio.create_task(peer.commit())
+        async with asyncio.timeout(10):
+            await entered.wait()  # its transaction is on the connection's thread
+            committing.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await committing
+            assert (await written).id == "kitchen"  # it landed: answered as stored
+            assert not peer._docs._carry
+            assert not peer._docs._new
+            later = peer.set_region("hall", "Hall")
+            await peer.commit()
+            assert (await later).id == "hall"
+    finally:
+        await peer.close()
+    async with Peer.open(tmp_path / "a", wall=wall) as reopened:
+        assert sorted(region.id for region in reopened.regions()) == ["hall", "kitchen"]
+
+
+async def test_a_cancelled_commit_by_hand_stores_an_embedding_once(
+    tmp_path: Path, wall: FakeWall, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: the events of a batch cancelled while it landed were embedded again
+    with the next batch, under new rows, and recall found the event twice."""
+    path = tmp_path / "a"
+    peer = await Peer.start(path, device="a", wall=wall, auto_commit=False)
+    try:
+        added = asyncio.ensure_future(peer.add_user("alice", name="Alice"))
+        await asyncio.sleep(0)  # it queues its write
+        await peer.commit()
+        await added
+        entered = _watched_commits(peer, monkeypatch)
+        recorded = peer.record_event("alice", "COMMAND", "tea", text="green tea", ts=MONDAY_MS)
+        committing = asyncio.create_task(peer.commit())
+        async with asyncio.timeout(10):
+            await entered.wait()
+            committing.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await committing
+            await recorded
+            await peer.commit()
+    finally:
+        await peer.close()
+    async with Peer.open(path, wall=wall) as reopened:
+        rows = await reopened._docs._sqlite._rows("SELECT event_id FROM vectors")
+        assert len(rows) == 1
+        hits = await reopened.recall("alice", "green tea", k=5)
+        assert [hit.event.text for hit in hits] == ["green tea"]
+
+
+async def test_an_empty_update_for_a_corrupt_document_changes_nothing(
+    peer: Peer, peer_path: Path, wall: FakeWall
+) -> None:
+    """Found in review: an update holding nothing, for a document this robot could not read,
+    took it off the corrupt list and had the next batch delete its rows."""
+    await peer.set_preference("alice", "beverage/tea", "green")
+    await peer.close()
+    db = sqlite3.connect(peer_path / "hearth.db")
+    assert db.execute(
+        "UPDATE updates SET data = x'0badbadbad', codec = 0 WHERE doc_id = 'user/alice/prefs'"
+    ).rowcount
+    db.commit()
+    db.close()
+    async with Peer.open(peer_path, wall=wall) as reopened:
+        assert set(reopened.corrupt) == {"user/alice/prefs"}
+        assert reopened.receive_update("user/alice/prefs", EMPTY_UPDATE, origin="b") is None
+        assert set(reopened.corrupt) == {"user/alice/prefs"}
+        await reopened.set_region("kitchen", "Kitchen")  # any batch
+    db = sqlite3.connect(peer_path / "hearth.db")
+    rows = db.execute("SELECT count(*) FROM docs WHERE doc_id = 'user/alice/prefs'").fetchone()
+    db.close()
+    assert rows == (1,)  # its rows kept, for a robot that can replace them
+
+
+async def test_a_batch_whose_embedding_cannot_start_carries_its_deltas(
+    tmp_path: Path, wall: FakeWall, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: `_flush` emptied the carry before its try, so a failure starting the
+    embedding (an executor shut down) dropped the batch's remote deltas, held in memory only;
+    a repeat of the update was then answered "durable" at once, and never was."""
+    src = await Peer.start(tmp_path / "b", device="b", wall=wall)
+    await src.add_user("alice", name="Alice")
+    await src.record_event("alice", "COMMAND", "tea", text="green tea", ts=MONDAY_MS)
+    doc = "user/alice/events/2026-03"
+    household, events = src.diff("household"), src.diff(doc)
+    await src.close()
+    path = tmp_path / "a"
+    peer = await Peer.start(path, device="a", wall=wall, auto_commit=False)
+    docs = peer._docs
+    real = docs._offload
+
+    def refuses(*args: object, **kwargs: object) -> object:
+        monkeypatch.setattr(docs, "_offload", real)  # once
+        raise RuntimeError("cannot schedule new futures after shutdown")
+
+    assert peer.receive_update("household", household, origin="b") is not None
+    await peer.commit()
+    monkeypatch.setattr(docs, "_offload", refuses)
+    assert peer.receive_update(doc, events, origin="b") is not None
+    with pytest.raises(RuntimeError):
+        await peer.commit()
+    assert [e.text for e in peer.events("alice")] == ["green tea"]  # in memory
+    async with asyncio.timeout(10):  # sent again: durable only with the next batch
+        repeated = asyncio.ensure_future(peer.apply_update(doc, events, origin="b"))
+        await peer.commit()
+        await repeated
+    await peer.close()
+    async with Peer.open(path, wall=wall) as reopened:
+        assert [e.text for e in reopened.events("alice")] == ["green tea"]  # and on disk
+
+
+async def test_a_peer_close_cancelled_while_a_purge_runs_still_closes_its_documents(
+    peer: Peer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: `Peer.close` waits for the purges running before it closes the
+    documents; cancelled there, it closed the store but left the document set open: its
+    flusher ran on, writes were taken, and no replica was let go."""
+    docs = peer._docs
+    entered, gate = asyncio.Event(), asyncio.Event()
+    real = docs._sqlite.commit
+
+    async def held(batch: object) -> None:
+        entered.set()
+        await gate.wait()
+        await real(batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(docs._sqlite, "commit", held)
+    peer._forgetting._start("alice", always=True)  # a purge in the background
+    closing = asyncio.create_task(peer.close())
+    async with asyncio.timeout(10):
+        await entered.wait()  # the purge's first write is in flight; close waits for it
+        closing.cancel()
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+    assert docs._closed
+    assert docs._flusher is not None
+    assert docs._flusher.done()

@@ -82,6 +82,8 @@ class _Queue:
     done: asyncio.Future[None] | None = None
     #: the vector indexes the batch embeds events of, once it is taken (carried ones too)
     indexes: set[str] = field(default_factory=set)
+    #: what its changes returned, when it landed though its commit was cancelled
+    landed: list[Any] | None = None
 
 
 VectorSink = Callable[[Sequence[VectorRow], np.ndarray], None]
@@ -350,6 +352,11 @@ class DocumentSet:
             if created and not replica.tainted:  # nothing at all: no document either (an
                 # empty update made a user appear, found in review)
                 self._forget_new(doc_id)
+                if corrupt is not None:  # nor a corrupt one replaced by nothing, its rows
+                    # deleted with the next batch (found in review)
+                    self._replaced.remove(doc_id)
+                    self._rescan.discard(doc_id)
+                    self.corrupt[doc_id] = corrupt
                 return None
             return self._pending(doc_id)
         queue.remote.append((doc_id, delta, origin))
@@ -471,7 +478,7 @@ class DocumentSet:
                     except Exception as exc:  # handed to every waiting writer
                         _settle_all(queue, exc)
                     except BaseException:
-                        _settle_all(queue, _cancelled())
+                        _settle_interrupted(queue)
                         raise
                     else:
                         _settle_all(queue, None, results)
@@ -528,7 +535,7 @@ class DocumentSet:
                 _settle_all(queue, exc)
                 raise
             except BaseException:
-                _settle_all(queue, _cancelled())
+                _settle_interrupted(queue)
                 raise
             else:
                 _settle_all(queue, None, results)
@@ -547,19 +554,25 @@ class DocumentSet:
         # Whatever fails from here to the commit, every delta already applied in memory is
         # carried into the next batch: memory must never run ahead of the disk for good.
         deltas: list[tuple[str, bytes, str]] = self._carry + queue.remote
-        carried_embed, self._carry_embed = self._carry_embed, []
+        carried_embed = self._carry_embed
         new_docs: list[DocRow] = []
         replaced: list[DocId] = []
         results: list[Any] = []
-        self._carry = []
         # what the batch holds of carried deltas is in flight with it (`_pending`)
         queue.remote_docs.update(doc_id for doc_id, _, _ in deltas)
         queued = carried_embed + queue.embed
         queue.indexes = {item.index_name for item in queued}  # what recall waits for
-        # the batch's events are embedded on another core while this one runs its
-        # transactions (numpy releases the GIL); inline (a simulation), in order, when awaited
-        embedding = self._start_embedding(queued)
+        embedding: Awaitable[Embedded] | None = None
+        batch: Batch | None = None
+        interrupted: BaseException | None = None
+        # taken right before the try: whatever fails after it carries them back (found in
+        # review: an embedding that could not start dropped them, held in memory only)
+        self._carry, self._carry_embed = [], []
         try:
+            # the batch's events are embedded on another core while this one runs its
+            # transactions (numpy releases the GIL); inline (a simulation), in order, when
+            # awaited
+            embedding = self._start_embedding(queued)
             for doc_id, changes in queue.changes.items():
                 # sorted (nothing local builds on a gap); may create a document: its row joins
                 # this batch
@@ -589,19 +602,14 @@ class DocumentSet:
                           client_ids=list(queue.client_ids.items()),
                           packed=queue.packed)  # fmt: skip
             await self._sqlite.commit(batch)
-        except BaseException:
-            _abandon(embedding)  # its events are carried, to be embedded with their batch
-            self._new, self._carry = new_docs + self._new, deltas + self._carry
-            self._replaced = replaced + self._replaced
-            # their events are embedded with the batch that lands them, or never would be
-            self._carry_embed = carried_embed + queue.embed + self._carry_embed
-            # and the events a rescan was to find, by the next batch, whatever it holds (kept
-            # for a later update of the same document, no batch took them: found in review)
-            self._queue.rescan |= queue.rescan
-            # a renewed client id too, or memory writes on under the new id while the store
-            # keeps the old one, which the next open reuses (invariant 2); one renewed since wins
-            self._queue.client_ids = queue.client_ids | self._queue.client_ids
-            raise
+        except BaseException as exc:
+            if batch is not None and batch.stored:
+                # cancelled, yet its transaction landed (it runs on the connection's thread
+                # whatever the await does): a stored batch, answered as one (`_settle_interrupted`)
+                interrupted = exc
+            else:
+                self._carry_back(queue, deltas, carried_embed, new_docs, replaced, embedding)
+                raise
         self.batches_committed += 1
         for changed, delta, _ in deltas:
             self._log_bytes[DocId(changed)] = self._log_bytes.get(DocId(changed), 0) + len(delta)
@@ -616,7 +624,33 @@ class DocumentSet:
                 listener(deltas)
             except Exception:
                 log.exception("a listener to committed batches failed")
+        if interrupted is not None:
+            queue.landed = results
+            raise interrupted
         return results
+
+    def _carry_back(
+        self,
+        queue: _Queue,
+        deltas: list[tuple[str, bytes, str]],
+        carried_embed: list[ToEmbed],
+        new_docs: list[DocRow],
+        replaced: list[DocId],
+        embedding: Awaitable[Embedded] | None,
+    ) -> None:
+        """A batch that did not land: everything it took is carried into the next one, since
+        memory must never run ahead of the disk for good."""
+        _abandon(embedding)  # its events are carried, to be embedded with their batch
+        self._new, self._carry = new_docs + self._new, deltas + self._carry
+        self._replaced = replaced + self._replaced
+        # their events are embedded with the batch that lands them, or never would be
+        self._carry_embed = carried_embed + queue.embed + self._carry_embed
+        # and the events a rescan was to find, by the next batch, whatever it holds (kept
+        # for a later update of the same document, no batch took them: found in review)
+        self._queue.rescan |= queue.rescan
+        # a renewed client id too, or memory writes on under the new id while the store
+        # keeps the old one, which the next open reuses (invariant 2); one renewed since wins
+        self._queue.client_ids = queue.client_ids | self._queue.client_ids
 
     async def _unembedded(self, docs: set[DocId], queued: list[ToEmbed]) -> list[ToEmbed]:
         """What to embed of these events documents: every event with no embedding yet (rare:
@@ -833,11 +867,15 @@ class DocumentSet:
         return bool(self._carry or self._replaced)
 
 
-def _cancelled() -> ClosedError:
-    """What the writers of a batch cancelled in flight are told (a close cancelled while it
-    waited for that batch): a cancellation is no ``Exception``, and answered only as one,
-    they waited for good (found in review).  Their deltas are carried, not stored."""
-    return ClosedError("the batch was cancelled before it was stored")
+def _settle_interrupted(queue: _Queue) -> None:
+    """Answer the writers of a batch cancelled in flight (a close, or a commit by hand,
+    cancelled while it waited for that batch): a cancellation is no ``Exception``, and
+    answered only as one, they waited for good (found in review).  A batch that landed all
+    the same gets its results; one that did not, `ClosedError` (its deltas are carried)."""
+    if queue.landed is not None:
+        _settle_all(queue, None, queue.landed)
+    else:
+        _settle_all(queue, ClosedError("the batch was cancelled before it was stored"))
 
 
 def _abandon(started: Awaitable[Any] | None) -> None:

@@ -35,10 +35,11 @@ Rules this module lives by:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -142,6 +143,9 @@ class Batch:
     client_ids: list[tuple[str, int]] = field(default_factory=list)  #: renewed (invariant 2)
     #: Zstandard frames of some of ``updates`` (by ``id`` of their bytes), kept as they came
     packed: dict[int, bytes] = field(default_factory=dict)
+    #: set once its transaction committed: `SqliteStore.commit` cancelled while the
+    #: connection's thread ran it says by this whether it landed all the same
+    stored: bool = field(default=False, compare=False)
 
     def __bool__(self) -> bool:
         return bool(
@@ -353,6 +357,10 @@ class SqliteStore:
         # not take these numbers, nor put the counter back (a failed batch leaves a gap only)
         self._next_seq = first_seq + len(updates)
         replaced = [(doc_id,) for doc_id in batch.replaced]
+
+        def landed() -> None:
+            batch.stored = True
+
         await self._transaction(
             ("DELETE FROM updates WHERE doc_id = ?", replaced),
             ("DELETE FROM docs WHERE doc_id = ?", replaced),
@@ -365,6 +373,7 @@ class SqliteStore:
             ("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(batch.meta.items())),
             ("UPDATE docs SET client_id = ? WHERE doc_id = ?",
              [(client_id, doc_id) for doc_id, client_id in batch.client_ids]),
+            on_commit=landed,
         )  # fmt: skip
 
     async def commit_meta(self, meta: dict[str, str]) -> None:
@@ -414,11 +423,18 @@ class SqliteStore:
         """Execute ``sql`` to completion and release its statement (pragmas return rows)."""
         await self._rows(sql, args)
 
-    async def _transaction(self, *steps: tuple[str, Iterable[Sequence[object]]]) -> None:
-        """Run every step in one transaction, in one hop to the connection's thread.
+    async def _transaction(
+        self,
+        *steps: tuple[str, Iterable[Sequence[object]]],
+        on_commit: Callable[[], None] | None = None,
+    ) -> None:
+        """Run every step in one transaction, in one hop to the connection's thread;
+        ``on_commit`` runs there once it has committed.
 
         A transaction as separate aiosqlite calls (BEGIN, each insert, COMMIT) costs a thread
-        round trip each: about half of a lone write's latency.
+        round trip each: about half of a lone write's latency.  Cancelled, this still returns
+        (raising) only once the thread has ended the transaction, which it does whatever the
+        await does: the caller then knows from ``on_commit`` whether it landed.
         """
         batches = [
             (sql, rows if isinstance(rows, _Compressed) else list(rows)) for sql, rows in steps
@@ -434,6 +450,8 @@ class SqliteStore:
                     if rows:
                         conn.executemany(sql, rows)
                 conn.execute("COMMIT")
+                if on_commit is not None:
+                    on_commit()
             except BaseException:
                 # SQLite has already rolled back after some errors (a full disk, an I/O error):
                 # a second ROLLBACK would fail and hide the error that matters
@@ -444,7 +462,29 @@ class SqliteStore:
         with self._failing("write"):
             # aiosqlite has no public call for "run this function on the connection's thread";
             # _execute is what each of its public methods uses to do exactly that.
-            await self._conn._execute(work, self._conn._conn)  # type: ignore[no-untyped-call]
+            try:
+                await self._conn._execute(work, self._conn._conn)  # type: ignore[no-untyped-call]
+            except asyncio.CancelledError:
+                # found in review: a commit by hand cancelled here landed all the same, was
+                # carried as if it had not, and its document rows, inserted again, failed
+                # every later batch (UNIQUE constraint)
+                await _after_queued_work(self._conn)
+                raise
+
+
+async def _after_queued_work(conn: aiosqlite.Connection) -> None:
+    """Return once the connection's thread has run everything queued on it so far (it runs
+    its queue in order), however often the caller is cancelled meanwhile."""
+    ran = asyncio.ensure_future(conn._execute(_nothing))  # type: ignore[no-untyped-call]
+    while not ran.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(ran)
+    if not ran.cancelled():
+        ran.exception()  # a closed connection ran nothing more: nothing to wait for
+
+
+def _nothing() -> None:
+    pass
 
 
 class _Compressed(list[tuple[object, ...]]):
