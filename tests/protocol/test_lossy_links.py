@@ -56,6 +56,19 @@ GAP = pytest.mark.xfail(
 )
 
 
+def _an_ack_in_flight(
+    kitchen: Robot, hall: Robot, neighbours: tuple[str, ...] = ()
+) -> tuple[DocId, Link, Link, list[bytes]]:
+    """The kitchen holds ``tea/mug`` and, linked to the hall (which says it has sessions with
+    ``neighbours``), writes ``coffee``; the hall's ACK of it is on its way back, not delivered."""
+    doc = DocId("user/alice/prefs")
+    kitchen.docs.write(doc, "tea/mug", "green")
+    a, b = connect(kitchen, hall)
+    if neighbours:
+        told_neighbours(a[1], neighbours)
+    return doc, a, b, _written_and_applied(a, b, doc, "coffee", "oat")
+
+
 def _offers(a: Link, b: Link, start: float, end: float) -> list[DocId]:
     """Tick both sides every 0.5 s from ``start`` to ``end``, delivering everything; return
     the documents ``a`` offered in inventories meanwhile."""
@@ -84,10 +97,7 @@ def test_an_offered_deletion_whose_inventory_is_lost_is_offered_again(
 ) -> None:
     """An answer that brought a deletion is offered (never relayed); the offer is lost, and
     the ACK of the write before it covers the state vector the offer noted."""
-    doc = DocId("user/alice/prefs")
-    kitchen.docs.write(doc, "tea/mug", "green")
-    a, b = connect(kitchen, hall)
-    ack_in_flight = _written_and_applied(a, b, doc, "coffee", "oat")
+    doc, a, b, ack_in_flight = _an_ack_in_flight(kitchen, hall)
     kitchen.docs.apply(doc, _removed_elsewhere(kitchen, doc, "tea/mug"))  # a third's answer
     assert not a[1].relays(doc, answer_from(ELSEWHERE))
     a[1].tick(NOW + 0.5)
@@ -103,10 +113,7 @@ def test_an_offered_deletion_whose_inventory_is_lost_is_offered_again(
 def test_a_removal_sent_live_and_lost_is_offered_again(kitchen: Robot, hall: Robot) -> None:
     """A removal (forgetting removes entries) adds no item: the ACK of the write before it
     covers the state vector noted when it was sent."""
-    doc = DocId("user/alice/prefs")
-    kitchen.docs.write(doc, "tea/mug", "green")
-    a, b = connect(kitchen, hall)
-    ack_in_flight = _written_and_applied(a, b, doc, "coffee", "oat")
+    doc, a, b, ack_in_flight = _an_ack_in_flight(kitchen, hall)
     removal = _removed_elsewhere(kitchen, doc, "tea/mug")  # as if written here
     kitchen.docs.apply(doc, removal)
     assert a[1].send_update(doc, removal)
@@ -123,11 +130,7 @@ def test_a_held_back_delta_beyond_a_gap_whose_offer_is_lost_is_offered_again(
 ) -> None:
     """Not relayed (the hall said it has a session with the author); its offer is lost, and
     the offer noted the bare state vector, dropping the clocks the delta reaches."""
-    doc = DocId("user/alice/prefs")
-    kitchen.docs.write(doc, "tea/mug", "green")
-    a, b = connect(kitchen, hall)
-    told_neighbours(a[1], (ELSEWHERE,))
-    ack_in_flight = _written_and_applied(a, b, doc, "coffee", "oat")
+    doc, a, b, ack_in_flight = _an_ack_in_flight(kitchen, hall, neighbours=(ELSEWHERE,))
     beyond = _beyond_a_gap_elsewhere(kitchen, doc)
     assert not a[1].relays(doc, ELSEWHERE, beyond)
     a[1].tick(NOW + UNRELAYED_OFFER_S)
@@ -144,10 +147,7 @@ def test_a_relayed_delta_beyond_a_gap_lost_on_the_way_is_offered_again(
 ) -> None:
     """Relayed (the hall has no session with its author) and lost: the state vector noted
     when it was sent does not move for content held aside."""
-    doc = DocId("user/alice/prefs")
-    kitchen.docs.write(doc, "tea/mug", "green")
-    a, b = connect(kitchen, hall)
-    ack_in_flight = _written_and_applied(a, b, doc, "coffee", "oat")
+    doc, a, b, ack_in_flight = _an_ack_in_flight(kitchen, hall)
     beyond = _beyond_a_gap_elsewhere(kitchen, doc)
     assert a[1].relays(doc, ELSEWHERE, beyond)
     assert a[1].send_update(doc, beyond)
@@ -165,10 +165,7 @@ def test_content_held_aside_then_released_by_the_peers_own_update_converges(
     aside, and relayed it to the hall: lost, and the ACK of an earlier write cancelled the
     re-offer.  The hall then got cup and sent it on; the kitchen's gap fills and it shows pot.
     What came from the peer is never relayed back to it: the two differ for good."""
-    doc = DocId("user/alice/prefs")
-    kitchen.docs.write(doc, "tea/mug", "green")
-    a, b = connect(kitchen, hall)
-    ack_in_flight = _written_and_applied(a, b, doc, "coffee", "oat")
+    doc, a, b, ack_in_flight = _an_ack_in_flight(kitchen, hall)
     third = Doc(client_id=4343)
     third.apply_update(kitchen.docs.docs[doc].get_update())
     captured: list[bytes] = []

@@ -698,15 +698,8 @@ async def test_recall_on_a_peer_committing_by_hand_waits_for_the_batch_in_flight
         await b.commit()
         await a.record_event("alice", "COMMAND", "shelf", text="the good shelf", ts=MONDAY_MS + 1)
         b.receive_update(doc, a.diff(doc, b.state_vector(doc)), origin="a")
-        entered, gate = asyncio.Event(), asyncio.Event()
-        real = b._sqlite.commit
-
-        async def held(batch: object) -> None:
-            entered.set()
-            await gate.wait()
-            await real(batch)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(b._sqlite, "commit", held)
+        gate = asyncio.Event()
+        entered = _watched_commits(b, monkeypatch, gate)
         committing = asyncio.create_task(b.commit())
         async with asyncio.timeout(10):
             await entered.wait()  # the batch is in flight, its commit held
@@ -1185,13 +1178,18 @@ async def test_a_closed_store_says_so(tmp_path: Path) -> None:
         await sqlite.commit_meta({"k": "w"})
 
 
-def _watched_commits(peer: Peer, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
-    """Set once a batch's real commit has been handed to the connection's thread."""
+def _watched_commits(
+    peer: Peer, monkeypatch: pytest.MonkeyPatch, gate: asyncio.Event | None = None
+) -> asyncio.Event:
+    """An event set as each batch's commit starts; the commit goes on to the real one once
+    ``gate`` is set, if one is given."""
     real = peer._sqlite.commit
     entered = asyncio.Event()
 
     async def watched(batch: object) -> None:
         entered.set()
+        if gate is not None:
+            await gate.wait()
         await real(batch)  # type: ignore[arg-type]
 
     monkeypatch.setattr(peer._sqlite, "commit", watched)
@@ -1326,15 +1324,8 @@ async def test_a_peer_close_cancelled_while_a_purge_runs_still_closes_its_docume
     documents; cancelled there, it closed the store but left the document set open: its
     flusher ran on, writes were taken, and no replica was let go."""
     docs = peer._docs
-    entered, gate = asyncio.Event(), asyncio.Event()
-    real = docs._sqlite.commit
-
-    async def held(batch: object) -> None:
-        entered.set()
-        await gate.wait()
-        await real(batch)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(docs._sqlite, "commit", held)
+    gate = asyncio.Event()
+    entered = _watched_commits(peer, monkeypatch, gate)
     peer._forgetting._start("alice", always=True)  # a purge in the background
     closing = asyncio.create_task(peer.close())
     async with asyncio.timeout(10):
