@@ -43,6 +43,7 @@ GRAMMAR: dict[str, tuple[int, tuple[str, ...]]] = {
     "REVOCATIONS": (13, ("revocations",)),
     "NEIGHBOURS": (14, ("devices",)),
     "KEY_REQUEST": (15, ("scope", "user")),
+    "MATCHED": (16, ("entries",)),
 }
 ENTRY_FIELDS = ("doc_id", "lineage", "sv_hash")
 VISIBLE_ASCII = "".join(chr(c) for c in range(0x21, 0x7F))  # the 94 characters ids may use
@@ -106,13 +107,14 @@ VALID: list[tuple[str, str, dict[str, Any]]] = [
     ("neighbours", "NEIGHBOURS", {"devices": ["d-3f2a9c0b1d4e5f60", "d-0011223344556677"]}),
     ("key-request", "KEY_REQUEST", {"scope": "health", "user": "carol"}),
     ("key-request-household", "KEY_REQUEST", {"scope": "spatial", "user": ""}),
+    ("matched", "MATCHED", {"entries": [entry("user/alice/prefs", "g-0011223344556677", 17)]}),
 ]  # fmt: skip
 
 
 def wire(frame_type: str, fields: dict[str, Any]) -> list[Any]:
     number, order = GRAMMAR[frame_type]
     values = [fields[name] for name in order]
-    if frame_type == "INVENTORY":
+    if frame_type in ("INVENTORY", "MATCHED"):
         values = [[[e[name] for name in ENTRY_FIELDS] for e in fields["entries"]]]
     return [number, *values]
 
@@ -141,7 +143,7 @@ def invalid() -> list[tuple[str, bytes, int, str, str]]:
         ("top-level-map", packb({"type": 9}), 400, "frame", "maps are never valid"),
         ("top-level-uint", b"\x09", 400, "frame", "a frame is an array"),
         ("type-zero", packb([0]), 501, "frame.type", "unknown frame type"),
-        ("type-sixteen", packb([16, 1]), 501, "frame.type", "unknown frame type"),
+        ("type-seventeen", packb([17, 1]), 501, "frame.type", "unknown frame type"),
         ("type-uint64-max", packb([2**64 - 1]), 501, "frame.type", "unknown frame type"),
         ("type-as-bool", b"\x92\xc3\x00", 400, "frame.type", "bool is not a uint"),
         ("type-as-str", packb(["PING", 1]), 400, "frame.type", "str is not a uint"),

@@ -1,17 +1,11 @@
 """Frames lost inside one session, followed by an ACK that proves less than it is taken to.
 
-Over a websocket nothing is lost inside a connection (SPEC §6.4), so none of this happens on
-today's transports; the simulation's drop fault, an envelope skipped for want of a key and the
-coming relay's outages do lose frames inside a session.  An ACK's state vector proves which
-items the peer holds, not which deletions it applied nor what it holds aside beyond a gap in an
-author's clock.  A lost removal, a lost offer, or a lost delta held aside, followed by the ACK
-of an earlier write, cancels the re-offer that would have repaired it, for as long as the
-session lasts (a new session's inventories compare digests, which cover both).
-
-Found in review (2026-12-07).  Each test is a strict expected failure: it pins the gap until
-the protocol closes it (an answer to a re-offer that names the digests it matched, so that only
-such an answer, or the peer's own request, cancels what an ACK cannot prove), and fails loudly
-the day it passes.
+An ACK's state vector proves which items the peer holds, not which deletions it applied nor
+what it holds aside beyond a gap in an author's clock.  In protocol 5, a lost removal, offer or
+delta held aside, followed by the ACK of an earlier write, cancelled the re-offer that would
+have repaired it, for as long as the session lasted.  Protocol 6 settles such a document only
+by a MATCHED of the digest offered, or by the peer's own SYNC_STEP1 (SPEC §6.4).  Found in
+review (2026-12-07): each test failed before.
 """
 
 from __future__ import annotations
@@ -50,12 +44,6 @@ def hall(home: Home, admin_keys: Keyring) -> Robot:
     return robot(home, admin_keys, home.hall, "hall")
 
 
-GAP = pytest.mark.xfail(
-    strict=True,
-    reason="an ACK cancels a re-offer of what its state vector cannot show (SPEC §6.4)",
-)
-
-
 def _an_ack_in_flight(
     kitchen: Robot, hall: Robot, neighbours: tuple[str, ...] = ()
 ) -> tuple[DocId, Link, Link, list[bytes]]:
@@ -91,7 +79,6 @@ def _lose(a: Link) -> list[f.Frame]:
     return [f.decode(data) for data in a[1].data_to_send()]
 
 
-@GAP
 def test_an_offered_deletion_whose_inventory_is_lost_is_offered_again(
     kitchen: Robot, hall: Robot
 ) -> None:
@@ -109,7 +96,6 @@ def test_an_offered_deletion_whose_inventory_is_lost_is_offered_again(
     assert hall.docs.content(doc) == kitchen.docs.content(doc) == {"coffee": "oat"}
 
 
-@GAP
 def test_a_removal_sent_live_and_lost_is_offered_again(kitchen: Robot, hall: Robot) -> None:
     """A removal (forgetting removes entries) adds no item: the ACK of the write before it
     covers the state vector noted when it was sent."""
@@ -124,7 +110,6 @@ def test_a_removal_sent_live_and_lost_is_offered_again(kitchen: Robot, hall: Rob
     assert hall.docs.content(doc) == kitchen.docs.content(doc) == {"coffee": "oat"}
 
 
-@GAP
 def test_a_held_back_delta_beyond_a_gap_whose_offer_is_lost_is_offered_again(
     kitchen: Robot, hall: Robot
 ) -> None:
@@ -141,7 +126,6 @@ def test_a_held_back_delta_beyond_a_gap_whose_offer_is_lost_is_offered_again(
     assert doc in _offers(a, b, UNRELAYED_OFFER_S + 0.5, UNRELAYED_OFFER_S + 3 * SETTLE_MAX_S)
 
 
-@GAP
 def test_a_relayed_delta_beyond_a_gap_lost_on_the_way_is_offered_again(
     kitchen: Robot, hall: Robot
 ) -> None:
@@ -157,7 +141,6 @@ def test_a_relayed_delta_beyond_a_gap_lost_on_the_way_is_offered_again(
     assert doc in _offers(a, b, 0.5, 3 * SETTLE_MAX_S)
 
 
-@GAP
 def test_content_held_aside_then_released_by_the_peers_own_update_converges(
     kitchen: Robot, hall: Robot
 ) -> None:
@@ -188,3 +171,29 @@ def test_content_held_aside_then_released_by_the_peers_own_update_converges(
     assert not a[1].relays(doc, hall.identity.device_id, cup)  # never back to the peer
     _offers(a, b, 0.5, 3 * SETTLE_MAX_S)
     assert kitchen.docs.content(doc) == hall.docs.content(doc)
+
+
+def test_a_matched_offer_settles_only_what_was_offered(kitchen: Robot, hall: Robot) -> None:
+    """A MATCHED proves the peer held the digest offered; a removal sent after the offer is
+    still owed, and is offered again when its MATCHED comes back for the old digest."""
+    doc, a, b, ack_in_flight = _an_ack_in_flight(kitchen, hall)
+    for data in ack_in_flight:
+        a[1].receive_data(data, NOW + 0.1)
+    kitchen.docs.apply(doc, _removed_elsewhere(kitchen, doc, "tea/mug"))
+    assert not a[1].relays(doc, answer_from(ELSEWHERE))  # offered at the next tick
+    a[1].tick(NOW + 0.5)
+    offer = a[1].data_to_send()
+    assert [e.doc_id for x in inventories(offer) for e in x.entries] == [doc]
+    removal = _removed_elsewhere(kitchen, doc, "coffee")  # written here after the offer
+    kitchen.docs.apply(doc, removal)
+    assert a[1].send_update(doc, removal)
+    assert [type(x) for x in _lose(a)] == [f.Update]  # lost
+    hall.docs.apply(doc, _removed_elsewhere(hall, doc, "tea/mug"))  # as the offer's answer
+    for data in offer:
+        b[1].receive_data(data, NOW + 0.6)
+    answers = [f.decode(data) for data in b[1].data_to_send()]
+    assert [type(x) for x in answers] == [f.Matched]  # the hall holds the offered digest
+    for answer in answers:
+        a[1].receive_data(f.encode(answer), NOW + 0.7)
+    assert doc in _offers(a, b, 1.0, 3 * SETTLE_MAX_S)
+    assert hall.docs.content(doc) == kitchen.docs.content(doc) == {}

@@ -1318,11 +1318,11 @@ def test_a_document_named_twice_in_one_inventory_is_answered_once_for_its_last_e
     entries = [equal, differs] * 5_000
     if last == "equal":
         entries.reverse()
-    b[1].receive_data(f.encode(f.Inventory(tuple(entries))), NOW)  # a re-offer: ACKs answer
+    b[1].receive_data(f.encode(f.Inventory(tuple(entries))), NOW)  # a re-offer: MATCHED
     answers = sent(b[1])
     assert b[1].state is State.OPEN
     if last == "equal":
-        assert answers == [f.Ack(doc, hall.docs.state_vector(doc))]
+        assert answers == [f.Matched((equal,))]
     else:
         assert answers == [f.SyncStep1(doc, lineage, hall.docs.state_vector(doc))]
 

@@ -85,6 +85,7 @@ class FrameType(IntEnum):
     REVOCATIONS = 13
     NEIGHBOURS = 14
     KEY_REQUEST = 15
+    MATCHED = 16
 
 
 class ErrorCode(IntEnum):
@@ -256,6 +257,17 @@ class KeyRequest:
     user: Annotated[str, TEXT]
 
 
+@dataclass(frozen=True, slots=True)
+class Matched:
+    """The answer to an inventory offered again (SPEC §6.4): its entries the sender holds
+    exactly as offered (same lineage, same digest), echoed.  Unlike an ``ACK``, which shows
+    only the items the sender holds, a matched digest also proves its deletions and what it
+    holds aside beyond a gap."""
+
+    TYPE: ClassVar[FrameType] = FrameType.MATCHED
+    entries: Annotated[tuple[InventoryEntry, ...], Records(InventoryEntry, MAX_INVENTORY_ENTRIES)]
+
+
 Frame = (
     Hello
     | Auth
@@ -272,11 +284,12 @@ Frame = (
     | RevocationList
     | Neighbours
     | KeyRequest
+    | Matched
 )
 
 FRAME_CLASSES: tuple[type[Any], ...] = (
     Hello, Auth, Inventory, SyncStep1, SyncStep2, SyncDone, Update, Ack, Ping, Pong, Error,
-    KeyGrant, RevocationList, Neighbours, KeyRequest,
+    KeyGrant, RevocationList, Neighbours, KeyRequest, Matched,
 )  # fmt: skip
 _BY_TYPE: dict[int, type[Any]] = {cls.TYPE: cls for cls in FRAME_CLASSES}
 
@@ -368,6 +381,7 @@ __all__ = [
     "Hello",
     "Inventory",
     "InventoryEntry",
+    "Matched",
     "Neighbours",
     "Ping",
     "Pong",

@@ -36,6 +36,7 @@ State table (a frame not listed for a state is a protocol error, code 400)::
     OPEN         SYNC_DONE      emit SyncDone (+ CaughtUp when all done)   OPEN
     OPEN         UPDATE         open envelope, emit ApplyUpdate            OPEN
     OPEN         ACK            emit Acked                                 OPEN
+    OPEN         MATCHED        what it proves is no longer owed; Acked    OPEN
     OPEN         NEIGHBOURS     note them; offer what was not relayed      OPEN
     any          PING / PONG    answer / note liveness                     same
     any          ERROR          emit Closed                                CLOSED
@@ -77,7 +78,7 @@ from hearthsync.protocol import frames as f
 #: 2: envelopes carry a codec (compressed updates, SPEC §4); 3: NEIGHBOURS, and the inventory
 #: hash covers the delete set (SPEC §6.3, §6.4); 4: revocation lists of version 2 (SPEC §3);
 #: 5: KEY_REQUEST (SPEC §6.5)
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 SCHEMA_VERSION = 2  #: of the records documents hold (SPEC §6.1); 2: profile facts' stamps
 AUTH_TAG = b"hearth-auth-v1"
 EMPTY_UPDATE = b"\x00\x00"  #: what Yrs encodes when a diff holds nothing
@@ -363,6 +364,21 @@ class _Peer:
     nonce: bytes
 
 
+@dataclass(slots=True)
+class _Owed:
+    """What the peer has not shown it holds of one document this side sent or offered it."""
+
+    #: this side's state vector when it sent it (with the clocks held-aside content reaches):
+    #: an ACK that covers it settles the debt, unless ``exact``
+    state: statevector.StateVector
+    #: an ACK cannot prove it: a deletion that added no item, or content held aside beyond a
+    #: gap (neither moves a state vector).  Only a MATCHED of the digest offered, or the
+    #: peer's own SYNC_STEP1 (it then asks until answered), settles it
+    exact: bool = False
+    #: the digest offered for it, while nothing was sent since: a MATCHED of it settles it
+    offered: bytes | None = None
+
+
 @dataclass
 class Session:
     """The protocol state of one connection with another device of the household."""
@@ -406,9 +422,8 @@ class Session:
     _started: float = 0.0
     _settle_at: float | None = None
     _settle_wait: float = SETTLE_S
-    #: documents sent (UPDATE, SYNC_STEP2) and not yet acknowledged: this side's state vector
-    #: when it sent them, which an ACK must cover
-    _unacked: dict[DocId, statevector.StateVector] = field(default_factory=dict)
+    #: documents sent (UPDATE, SYNC_STEP2, INVENTORY) and not yet acknowledged (`_Owed`)
+    _unacked: dict[DocId, _Owed] = field(default_factory=dict)
     _inventories: int = 0  #: inventories received
     #: the devices the peer said it has an open session with (NEIGHBOURS)
     peer_neighbours: frozenset[str] = frozenset()
@@ -540,32 +555,74 @@ class Session:
                 self._ping += 1
                 self._send(f.Ping(self._ping))
 
-    def _await_ack(self, doc_id: DocId) -> None:
+    def _await_ack(self, doc_id: DocId, delta: bytes | None = None) -> None:
         """``doc_id`` was sent: offer the inventory again unless it is acknowledged soon.
 
         A re-offer already due stays due: pushing it back on every send starved it for as
         long as updates kept flowing, and an update lost in a partition then reached the peer
         only once the household fell quiet (found by the chaos harness, seed 30029: a robot
-        was revoked first, and what it wrote in the partition never arrived)."""
-        self._unacked[doc_id] = statevector.decode(self.docs.state_vector(doc_id))
+        was revoked first, and what it wrote in the partition never arrived).
+
+        ``delta``: what was sent, live; None: an answer (SYNC_STEP2), which holds everything
+        this side holds and which the peer asks for again until it has it.  A live delta an
+        ACK cannot prove (`_Owed.exact`) stays owed until a MATCHED or a SYNC_STEP1 settles it:
+        a removal lost on the way, then the ACK of the write before it, left the peer without
+        it for the session (found in review)."""
+        state = statevector.decode(self.docs.state_vector(doc_id))
+        before = self._unacked.get(doc_id)
+        if delta is None:
+            self._unacked[doc_id] = _Owed(state)
+        else:
+            exact = before is not None and before.exact
+            with contextlib.suppress(updates.UpdateFormatError):  # it merged here
+                reach = updates.reach(delta)
+                if not statevector.covers(state, reach):  # held aside here: so it is there
+                    exact, state = True, statevector.joined(state, reach)
+                elif not reach and not updates.deletes_nothing(delta):  # a deletion alone
+                    exact = True
+            if before is not None:
+                state = statevector.joined(state, before.state)
+            self._unacked[doc_id] = _Owed(state, exact)
         if self._settle_at is None:
             self._settle_wait = SETTLE_S
             self._settle_at = self.now + SETTLE_S
 
-    def _acknowledged(self, doc_id: DocId, state_vector: bytes) -> None:
+    def _acknowledged(self, doc_id: DocId, state_vector: bytes, *, proven: bool = False) -> None:
+        """The peer holds ``state_vector`` of ``doc_id`` (``proven``: and everything this side
+        sent of it, deletions and held-aside content included, or will get it)."""
         sent = self._unacked.get(doc_id)
         held = self._unrelayed.get(doc_id)
         if sent is None and held is None:
             return
         theirs = statevector.decode(state_vector)
-        if sent is not None and statevector.covers(theirs, sent):
-            del self._unacked[doc_id]
-            if not self._unacked:
-                self._settle_at = None
+        if (
+            sent is not None
+            and (proven or not sent.exact)
+            and statevector.covers(theirs, sent.state)
+        ):
+            self._settle(doc_id)
         if held is not None and statevector.covers(theirs, held):
             del self._unrelayed[doc_id]  # it had them from elsewhere, as it said
             if not self._unrelayed and not self._to_offer:
                 self._unrelayed_offer_at = None
+
+    def _settle(self, doc_id: DocId) -> None:
+        """The peer holds what this side sent or offered of ``doc_id``."""
+        del self._unacked[doc_id]
+        if not self._unacked:
+            self._settle_at = None
+
+    def _on_matched(self, entries: Sequence[f.InventoryEntry]) -> None:
+        """The peer holds these documents exactly as this side offered them: settle each one
+        nothing was sent of since it was offered."""
+        for entry in entries:
+            self._require_shared(entry.doc_id)
+        for entry in entries:
+            owed = self._unacked.get(entry.doc_id)
+            if owed is not None and owed.offered == entry.sv_hash:
+                self._settle(entry.doc_id)
+            if entry.sv_hash == self.docs.digest(entry.doc_id):  # as ACKs of it said
+                self._events.append(Acked(entry.doc_id, self.docs.state_vector(entry.doc_id)))
 
     def _overdue(self, now: float) -> bool:
         """A request went unanswered too long (it or its answer was lost): ask again."""
@@ -589,7 +646,7 @@ class Session:
         for envelope in envelopes:
             self._send(f.Update(envelope))
         if envelopes:
-            self._await_ack(doc_id)
+            self._await_ack(doc_id, delta)
         return bool(envelopes)
 
     def announce(self, devices: Iterable[str]) -> bool:
@@ -804,6 +861,8 @@ class Session:
             self._on_neighbours(frame.devices)
         elif isinstance(frame, f.KeyRequest):
             self._on_key_request(frame.scope, frame.user)
+        elif isinstance(frame, f.Matched):
+            self._on_matched(frame.entries)
         else:
             raise ProtocolError(f"{frame.TYPE.name} is not expected once the session is open")
 
@@ -981,6 +1040,13 @@ class Session:
         was not relayed to it, as one inventory of just those documents.  A document that
         can no longer be offered (its key is gone) stops counting as unacknowledged."""
         docs = sorted(self._unacked.keys() | self._unrelayed.keys() | self._to_offer)
+        # what an ACK cannot prove (found in review: re-offered as a bare state vector, a
+        # lost offer was settled by the ACK of an earlier write): deletions not relayed, held
+        # content not relayed, and what was owed so already
+        exact = set(self._to_offer) | {d for d, o in self._unacked.items() if o.exact}
+        for doc_id, noted in self._unrelayed.items():
+            if not statevector.covers(statevector.decode(self.docs.state_vector(doc_id)), noted):
+                exact.add(doc_id)
         self._unrelayed.clear()
         self._to_offer.clear()
         self._unrelayed_offer_at = None
@@ -991,15 +1057,19 @@ class Session:
         if not self._unacked:
             self._settle_at = None
         if entries:
-            self._send_offer(entries, restart=False)
+            self._send_offer(entries, restart=False, exact=exact)
 
-    def _send_offer(self, entries: list[f.InventoryEntry], *, restart: bool) -> None:
+    def _send_offer(
+        self, entries: list[f.InventoryEntry], *, restart: bool, exact: set[DocId] | None = None
+    ) -> None:
         """Send ``entries`` as an inventory.  Each counts as unacknowledged until the peer
         shows it holds as much as this side (SPEC §6.4), so a lost offer is made again: after
         `SETTLE_S` from now (``restart``), or when the re-offer already due comes."""
         self._send(f.Inventory(tuple(entries)))
         for entry in entries:
-            self._unacked[entry.doc_id] = statevector.decode(self.docs.state_vector(entry.doc_id))
+            owed = _Owed(statevector.decode(self.docs.state_vector(entry.doc_id)),
+                         exact is not None and entry.doc_id in exact, entry.sv_hash)  # fmt: skip
+            self._unacked[entry.doc_id] = owed
         if entries and (restart or self._settle_at is None):
             self._settle_wait = SETTLE_S
             self._settle_at = self.now + SETTLE_S
@@ -1035,10 +1105,14 @@ class Session:
         entries = tuple(latest.values())
         self._inventories += 1
         if self._inventories > 1:  # offered again: the peer waits to hear what this side holds
-            for entry in entries:
-                same = self.docs.digest(entry.doc_id) == entry.sv_hash
-                if same and self.docs.lineage(entry.doc_id) == entry.lineage:
-                    self._send(f.Ack(entry.doc_id, self.docs.state_vector(entry.doc_id)))
+            matched = tuple(
+                entry
+                for entry in entries
+                if self.docs.digest(entry.doc_id) == entry.sv_hash
+                and self.docs.lineage(entry.doc_id) == entry.lineage
+            )
+            if matched:  # one frame for them all (an ACK each, before protocol 6)
+                self._send(f.Matched(matched))
         # a new inventory asks again for every document that differs, even one requested
         # before: a request or its answer may have been lost (SPEC §6.4, anti-entropy)
         self._request_missing(entries, again=True, granted=self._inventories > 1)
@@ -1053,8 +1127,8 @@ class Session:
         for entry in entries:
             self._require_shared(entry.doc_id)
             same = self.docs.digest(entry.doc_id) == entry.sv_hash
-            if entry.doc_id in self._unacked and same:  # it holds what this side holds: an ACK
-                self._acknowledged(entry.doc_id, self.docs.state_vector(entry.doc_id))
+            if entry.doc_id in self._unacked and same:  # it holds what this side holds, exactly
+                self._acknowledged(entry.doc_id, self.docs.state_vector(entry.doc_id), proven=True)
             self._unopened.pop(entry.doc_id, None)  # kept again below, as the newest
             if not self._sealable(entry.doc_id):
                 # no key for it here (yet): asking would only bring what cannot open.  A grant
@@ -1102,7 +1176,9 @@ class Session:
             self._send(f.SyncDone(step.doc_id))
             return
         self.docs.peer_state(step.doc_id, step.state_vector)
-        self._acknowledged(step.doc_id, step.state_vector)  # what the peer holds, it said
+        # what the peer holds, it said; it asks again until answered, and the answer holds
+        # everything this side holds, deletions and held-aside content included
+        self._acknowledged(step.doc_id, step.state_vector, proven=True)
         try:
             deltas = self.docs.diff(step.doc_id, step.state_vector)
         except ValueError:  # Yrs: "Cannot decode state"
