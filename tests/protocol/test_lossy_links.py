@@ -197,3 +197,24 @@ def test_a_matched_offer_settles_only_what_was_offered(kitchen: Robot, hall: Rob
         a[1].receive_data(f.encode(answer), NOW + 0.7)
     assert doc in _offers(a, b, 1.0, 3 * SETTLE_MAX_S)
     assert hall.docs.content(doc) == kitchen.docs.content(doc) == {}
+
+
+def test_an_answer_of_a_deletion_alone_lost_before_its_done_is_offered_again(
+    kitchen: Robot, hall: Robot
+) -> None:
+    """The hall asks for a document it lacks only a deletion of; the answer is lost, its
+    SYNC_DONE arrives (the hall stops asking), and the ACK of an earlier write covers the
+    state vector the answer was noted with: it must not settle it."""
+    doc, a, b, ack_in_flight = _an_ack_in_flight(kitchen, hall)
+    kitchen.docs.apply(doc, _removed_elsewhere(kitchen, doc, "tea/mug"))  # a third's removal
+    lineage = kitchen.docs.lineage(doc)
+    assert lineage is not None
+    asked = f.SyncStep1(doc, lineage, hall.docs.state_vector(doc))
+    a[1].receive_data(f.encode(asked), NOW + 0.1)
+    answer = [f.decode(data) for data in a[1].data_to_send()]
+    assert [type(x) for x in answer] == [f.SyncStep2, f.SyncDone]
+    b[1].receive_data(f.encode(answer[1]), NOW + 0.2)  # the SYNC_STEP2 is lost
+    for data in ack_in_flight:
+        a[1].receive_data(data, NOW + 0.3)
+    assert doc in _offers(a, b, 0.5, 3 * SETTLE_MAX_S)
+    assert hall.docs.content(doc) == kitchen.docs.content(doc) == {"coffee": "oat"}
