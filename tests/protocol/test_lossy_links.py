@@ -218,3 +218,88 @@ def test_an_answer_of_a_deletion_alone_lost_before_its_done_is_offered_again(
         a[1].receive_data(data, NOW + 0.3)
     assert doc in _offers(a, b, 0.5, 3 * SETTLE_MAX_S)
     assert hall.docs.content(doc) == kitchen.docs.content(doc) == {"coffee": "oat"}
+
+
+def _asked_and_answered(a: Link, b: Link, now: float) -> list[f.Frame]:
+    """``a`` offers what is due; ``b`` asks for it; ``a``'s answer, not yet delivered."""
+    a[1].tick(NOW + now)
+    for data in a[1].data_to_send():
+        b[1].receive_data(data, NOW + now)
+    asked = [f.decode(data) for data in b[1].data_to_send()]
+    assert [type(x) for x in asked] == [f.SyncStep1]
+    for frame in asked:
+        a[1].receive_data(f.encode(frame), NOW + now + 0.1)
+    answer = [f.decode(data) for data in a[1].data_to_send()]
+    assert [type(x) for x in answer] == [f.SyncStep2, f.SyncDone]
+    return answer
+
+
+def test_an_offered_deletion_whose_answer_is_lost_while_its_done_arrives_is_offered_again(
+    kitchen: Robot, hall: Robot
+) -> None:
+    """Found in review of protocol 6: the hall asks for an offered deletion; the answer is
+    lost, its SYNC_DONE arrives (the hall asks no more), and the ACK of an earlier write
+    settled the answer."""
+    doc, a, b, ack_in_flight = _an_ack_in_flight(kitchen, hall)
+    kitchen.docs.apply(doc, _removed_elsewhere(kitchen, doc, "tea/mug"))
+    assert not a[1].relays(doc, answer_from(ELSEWHERE))
+    answer = _asked_and_answered(a, b, 0.5)
+    b[1].receive_data(f.encode(answer[1]), NOW + 0.7)  # the SYNC_STEP2 is lost
+    for data in ack_in_flight:
+        a[1].receive_data(data, NOW + 0.8)
+    _offers(a, b, 1.0, 3 * SETTLE_MAX_S)
+    assert hall.docs.content(doc) == kitchen.docs.content(doc) == {"coffee": "oat"}
+
+
+def test_an_answer_of_items_and_a_deletion_lost_while_its_done_arrives_is_offered_again(
+    kitchen: Robot, hall: Robot
+) -> None:
+    """Found in review of protocol 6: the answer carries a third robot's item and a removal;
+    it is lost, its SYNC_DONE arrives, the hall gets the item from the third robot, and its
+    ACK of the kitchen's next write covers what the answer was noted with."""
+    doc, a, b, ack_in_flight = _an_ack_in_flight(kitchen, hall)
+    for data in ack_in_flight:
+        a[1].receive_data(data, NOW + 0.1)
+    third = Doc(client_id=4343)
+    third.apply_update(kitchen.docs.docs[doc].get_update())
+    captured: list[bytes] = []
+    subscription = third.observe(lambda event: captured.append(event.update))
+    with third.transaction():
+        third.get("m", type=Map)["tea/cup"] = "third"
+    third.unobserve(subscription)
+    (cup,) = captured
+    kitchen.docs.apply(doc, cup)  # both came in a third robot's catch-up answer
+    kitchen.docs.apply(doc, _removed_elsewhere(kitchen, doc, "tea/mug"))
+    assert not a[1].relays(doc, answer_from(ELSEWHERE))
+    answer = _asked_and_answered(a, b, 0.5)
+    b[1].receive_data(f.encode(answer[1]), NOW + 0.7)  # the SYNC_STEP2 is lost
+    hall.docs.apply(doc, cup)  # from the third robot, directly
+    assert a[1].send_update(doc, kitchen.docs.write(doc, "tea/pot", "black"))
+    for data in a[1].data_to_send():
+        b[1].receive_data(data, NOW + 0.8)
+    pump(a, b, NOW + 0.9)  # the hall applies it and ACKs it
+    _offers(a, b, 1.0, 3 * SETTLE_MAX_S)
+    assert hall.docs.content(doc) == kitchen.docs.content(doc)
+
+
+def test_a_lost_removal_then_a_repeated_request_whose_answer_is_lost_is_offered_again(
+    kitchen: Robot, hall: Robot
+) -> None:
+    """Found in review of protocol 6: a removal sent live is lost; a repeat of an earlier
+    SYNC_STEP1 settles it (the peer asks), its answer is lost while its SYNC_DONE arrives."""
+    doc, a, b, ack_in_flight = _an_ack_in_flight(kitchen, hall)
+    lineage = kitchen.docs.lineage(doc)
+    assert lineage is not None
+    repeated = f.SyncStep1(doc, lineage, hall.docs.state_vector(doc))
+    removal = _removed_elsewhere(kitchen, doc, "tea/mug")
+    kitchen.docs.apply(doc, removal)
+    assert a[1].send_update(doc, removal)
+    assert [type(x) for x in _lose(a)] == [f.Update]
+    a[1].receive_data(f.encode(repeated), NOW + 0.2)
+    answer = [f.decode(data) for data in a[1].data_to_send()]
+    assert [type(x) for x in answer] == [f.SyncStep2, f.SyncDone]
+    b[1].receive_data(f.encode(answer[1]), NOW + 0.3)  # the SYNC_STEP2 is lost
+    for data in ack_in_flight:
+        a[1].receive_data(data, NOW + 0.4)
+    _offers(a, b, 0.5, 3 * SETTLE_MAX_S)
+    assert hall.docs.content(doc) == kitchen.docs.content(doc) == {"coffee": "oat"}

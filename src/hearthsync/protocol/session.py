@@ -621,8 +621,8 @@ class Session:
             owed = self._unacked.get(entry.doc_id)
             if owed is not None and owed.offered == entry.sv_hash:
                 self._settle(entry.doc_id)
-            if entry.sv_hash == self.docs.digest(entry.doc_id):  # as ACKs of it said
-                self._events.append(Acked(entry.doc_id, self.docs.state_vector(entry.doc_id)))
+                # what the peer holds, as an ACK of it said (the link's own bookkeeping)
+                self._events.append(Acked(entry.doc_id, statevector.encode(owed.state)))
 
     def _overdue(self, now: float) -> bool:
         """A request went unanswered too long (it or its answer was lost): ask again."""
@@ -1067,9 +1067,11 @@ class Session:
         `SETTLE_S` from now (``restart``), or when the re-offer already due comes."""
         self._send(f.Inventory(tuple(entries)))
         for entry in entries:
-            owed = _Owed(statevector.decode(self.docs.state_vector(entry.doc_id)),
-                         exact is not None and entry.doc_id in exact, entry.sv_hash)  # fmt: skip
-            self._unacked[entry.doc_id] = owed
+            before = self._unacked.get(entry.doc_id)
+            unprovable = before is not None and before.exact  # an offer proves nothing more
+            unprovable |= exact is not None and entry.doc_id in exact
+            state = statevector.decode(self.docs.state_vector(entry.doc_id))
+            self._unacked[entry.doc_id] = _Owed(state, unprovable, entry.sv_hash)
         if entries and (restart or self._settle_at is None):
             self._settle_wait = SETTLE_S
             self._settle_at = self.now + SETTLE_S
@@ -1191,12 +1193,11 @@ class Session:
                     sent = True
         if sent:
             self._await_ack(step.doc_id)
-            owed = self._unacked[step.doc_id]
-            if statevector.covers(statevector.decode(step.state_vector), owed.state):
-                # the peer held every item already: it asked for deletions or held-aside
-                # content, which no ACK proves.  Its SYNC_DONE may arrive without the answer
-                # (lost on the way), and then it asks no more (found in review)
-                owed.exact = True
+            if len(deltas) > 1 or not updates.deletes_nothing(deltas[0]):
+                # it holds deletions, or content held aside here, which no ACK proves; and
+                # the peer's SYNC_DONE may arrive without it (lost on the way), ending its
+                # asking (found in review, twice)
+                self._unacked[step.doc_id].exact = True
         self._send(f.SyncDone(step.doc_id))
 
     def _on_done(self, doc_id: DocId) -> None:
