@@ -303,3 +303,26 @@ def test_a_lost_removal_then_a_repeated_request_whose_answer_is_lost_is_offered_
         a[1].receive_data(data, NOW + 0.4)
     _offers(a, b, 0.5, 3 * SETTLE_MAX_S)
     assert hall.docs.content(doc) == kitchen.docs.content(doc) == {"coffee": "oat"}
+
+
+def test_an_offer_of_new_documents_keeps_what_an_ack_cannot_prove_owed(
+    kitchen: Robot, hall: Robot
+) -> None:
+    """Found in review of protocol 6: offering the documents not offered yet (when keys
+    arrive) noted each one afresh, so a removal sent and lost before it, then settled by the
+    ACK of an earlier write, was never offered again."""
+    a, b = connect(kitchen, hall)
+    doc = DocId("user/alice/calibration")  # made after the session opened: never offered
+    for data in _written_and_applied(a, b, doc, "tea/mug", "green"):
+        a[1].receive_data(data, NOW)
+    ack_in_flight = _written_and_applied(a, b, doc, "coffee", "oat")
+    removal = _removed_elsewhere(kitchen, doc, "tea/mug")
+    kitchen.docs.apply(doc, removal)
+    assert a[1].send_update(doc, removal)
+    assert [type(x) for x in _lose(a)] == [f.Update]
+    a[1].keys_learned()  # offers what was never offered: this document
+    assert [e.doc_id for x in _lose(a) if isinstance(x, f.Inventory) for e in x.entries] == [doc]
+    for data in ack_in_flight:
+        a[1].receive_data(data, NOW + 0.1)
+    assert doc in _offers(a, b, 0.5, 3 * SETTLE_MAX_S)
+    assert hall.docs.content(doc) == kitchen.docs.content(doc) == {"coffee": "oat"}
