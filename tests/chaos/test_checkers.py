@@ -66,7 +66,7 @@ CASES = {
     "keep-forgotten-embeddings": (
         Scenario(peers=3, edits=15, duration=8.0, faults=("drop",), fault_rate=0.2, mix=FORGETTING),
         3,
-        "records a finished purge of carol yet holds embeddings",
+        "yet holds embeddings",
     ),
     "purge-a-revoked-robots-writes": (
         Scenario(
