@@ -16,7 +16,13 @@ from pycrdt import Doc, Map
 from hearthsync.crypto.keyring import Keyring
 from hearthsync.ids import DocId
 from hearthsync.protocol import frames as f
-from hearthsync.protocol.session import SETTLE_MAX_S, UNRELAYED_OFFER_S, Session, answer_from
+from hearthsync.protocol.session import (
+    SETTLE_MAX_S,
+    UNRELAYED_OFFER_S,
+    Acked,
+    Session,
+    answer_from,
+)
 from tests.crypto.conftest import NOW, Home
 from tests.protocol.test_session import (
     ELSEWHERE,
@@ -326,3 +332,25 @@ def test_an_offer_of_new_documents_keeps_what_an_ack_cannot_prove_owed(
         a[1].receive_data(data, NOW + 0.1)
     assert doc in _offers(a, b, 0.5, 3 * SETTLE_MAX_S)
     assert hall.docs.content(doc) == kitchen.docs.content(doc) == {"coffee": "oat"}
+
+
+def test_a_matched_offer_reports_the_state_it_proves_though_the_document_moved_on(
+    kitchen: Robot, hall: Robot
+) -> None:
+    """Found in review of protocol 6: MATCHED reported `Acked` (which the transport link
+    keeps its own list of unacknowledged documents by) only while the document was still
+    as offered; one written to meanwhile stayed unacknowledged on the link for good."""
+    doc, a, b, ack_in_flight = _an_ack_in_flight(kitchen, hall)
+    kitchen.docs.apply(doc, _removed_elsewhere(kitchen, doc, "tea/mug"))
+    assert not a[1].relays(doc, answer_from(ELSEWHERE))
+    a[1].tick(NOW + 0.5)
+    offered = kitchen.docs.state_vector(doc)
+    hall.docs.apply(doc, _removed_elsewhere(hall, doc, "tea/mug"))  # it holds what was offered
+    for data in ack_in_flight + a[1].data_to_send():
+        b[1].receive_data(data, NOW + 0.6)
+    kitchen.docs.write(doc, "tea/pot", "black")  # moved on, not sent yet
+    a[1].events_received()
+    for data in b[1].data_to_send():
+        a[1].receive_data(data, NOW + 0.7)
+    acked = [e for e in a[1].events_received() if isinstance(e, Acked)]
+    assert [(e.doc_id, e.state_vector) for e in acked] == [(doc, offered)]
