@@ -564,7 +564,8 @@ class Session:
         was revoked first, and what it wrote in the partition never arrived).
 
         ``delta``: what was sent, live; None: an answer (SYNC_STEP2), which holds everything
-        this side holds and which the peer asks for again until it has it.  A live delta an
+        this side holds (`_on_step1` marks it exact when it deletes or holds held-aside
+        content: a SYNC_DONE arriving without it ends the peer's asking).  A live delta an
         ACK cannot prove (`_Owed.exact`) stays owed until a MATCHED or a SYNC_STEP1 settles it:
         a removal lost on the way, then the ACK of the write before it, left the peer without
         it for the session (found in review)."""
@@ -1178,8 +1179,8 @@ class Session:
             self._send(f.SyncDone(step.doc_id))
             return
         self.docs.peer_state(step.doc_id, step.state_vector)
-        # what the peer holds, it said; it asks again until answered, and the answer holds
-        # everything this side holds, deletions and held-aside content included
+        # what the peer holds, it said; the answer below holds everything this side holds,
+        # and is owed again (exactly, if an ACK cannot prove it) until the peer shows it
         self._acknowledged(step.doc_id, step.state_vector, proven=True)
         try:
             deltas = self.docs.diff(step.doc_id, step.state_vector)
