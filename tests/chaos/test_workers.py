@@ -12,6 +12,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -209,9 +210,11 @@ def test_a_ctrl_c_while_the_workers_are_stopped_stops_them_all(
     second lands in the middle of stopping the workers."""
     from hearthsync.chaos import harness
 
-    def first_ctrl_c(futures: object) -> list[object]:
+    real_wait = harness.wait
+
+    def first_ctrl_c(*args: Any, **kwargs: Any) -> Any:
         os.kill(os.getpid(), signal.SIGINT)
-        return []
+        return real_wait(*args, **kwargs)
 
     real_children = multiprocessing.active_children
     seen: list[int] = []
@@ -223,7 +226,7 @@ def test_a_ctrl_c_while_the_workers_are_stopped_stops_them_all(
         return real_children()
 
     monkeypatch.setattr(harness, "_worker", a_long_schedule)
-    monkeypatch.setattr(harness, "as_completed", first_ctrl_c)
+    monkeypatch.setattr(harness, "wait", first_ctrl_c)
     monkeypatch.setattr(multiprocessing, "active_children", second_ctrl_c)
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
@@ -231,6 +234,46 @@ def test_a_ctrl_c_while_the_workers_are_stopped_stops_them_all(
     monkeypatch.undo()
     assert len(seen) >= 2, "the workers were never looked for: the test proved nothing"
     assert time.monotonic() - started < SCHEDULE_S / 2, "it waited out the schedules"
+    left = [p for p in multiprocessing.active_children() if p.is_alive()]
+    for p in left:
+        p.kill()
+    assert left == []
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+def test_a_ctrl_c_is_never_raised_inside_the_pools_own_waits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by CI: a run hung for good in `ProcessPoolExecutor.shutdown`, its manager
+    thread waiting on a future's lock.  A `KeyboardInterrupt` raised inside the pool's waits
+    (between a lock's acquire and the ``try`` that releases it) had left the lock held.  A
+    Ctrl-C now is noted while the pool runs, and raised once it is shut down: here every
+    Ctrl-C lands inside the pool's wait, and none may be raised there."""
+    from hearthsync.chaos import harness
+
+    real_wait = harness.wait
+    raised_inside: list[str] = []
+    calls: list[int] = []
+
+    def ctrl_c_inside(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # its handler runs before kill returns
+            return real_wait(*args, **kwargs)
+        except KeyboardInterrupt:
+            raised_inside.append("wait")
+            raise
+
+    monkeypatch.setattr(harness, "_worker", a_long_schedule)
+    monkeypatch.setattr(harness, "wait", ctrl_c_inside)
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        harness._in_workers(range(4), 2, lambda outcome: None, (None, None, False))  # type: ignore[arg-type]
+    monkeypatch.undo()
+    assert calls, "the pool was never waited on: the test proved nothing"
+    assert raised_inside == [], "Ctrl-C was raised inside the pool's wait"
+    assert time.monotonic() - started < SCHEDULE_S / 2, "it waited out the schedules"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     left = [p for p in multiprocessing.active_children() if p.is_alive()]
     for p in left:
         p.kill()

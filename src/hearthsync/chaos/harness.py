@@ -22,8 +22,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -437,34 +437,75 @@ def _in_workers(
     args: tuple[Scenario, set[int] | None, bool],
 ) -> None:
     """Run ``seeds`` in ``jobs`` worker processes, handing each `Outcome` to ``take`` as it
-    ends.  On `KeyboardInterrupt`, the schedules not started are cancelled and the workers
-    stopped (SIGTERM: each removes its scratch folders and exits) before it propagates."""
+    ends.  On Ctrl-C (or a SIGTERM its caller maps to one), the schedules not started are
+    cancelled and the workers stopped (SIGTERM: each removes its scratch folders and exits);
+    then the signal is taken as its caller's handler would take it (`KeyboardInterrupt`).
+
+    Ctrl-C is noted, not raised, while the pool runs: a `KeyboardInterrupt` raised inside
+    the pool's own waits could land between a lock's acquire and the ``try`` that releases
+    it, and the pool's shutdown then waited on that lock for good (found by CI: a run hung
+    in `ProcessPoolExecutor.shutdown`, its manager thread in `Future.cancel`)."""
     context = multiprocessing.get_context(_start_method())
     others = set(multiprocessing.active_children())  # the caller's own: never stopped here
     stopped: set[multiprocessing.process.BaseProcess] = set()
-    pool = ProcessPoolExecutor(
-        max_workers=min(jobs, len(seeds)), mp_context=context,
-        initializer=die_with_parent, initargs=(os.getpid(),),
-    )  # fmt: skip
+    with _signals_noted() as noted:
+        pool = ProcessPoolExecutor(
+            max_workers=min(jobs, len(seeds)), mp_context=context,
+            initializer=die_with_parent, initargs=(os.getpid(),),
+        )  # fmt: skip
+        finished = False
+        try:
+            # the workers start as the pool is handed its work, with Ctrl-C held back
+            # until their initializer ignores it (see `_held_back`)
+            pending = _held_back(
+                signal.SIGINT, lambda: {pool.submit(_worker, s, *args) for s in seeds}
+            )
+            while pending and not noted:
+                done, pending = wait(pending, timeout=_SIGNAL_POLL_S, return_when=FIRST_COMPLETED)
+                for future in done:
+                    take(future.result())
+            finished = not noted
+        finally:
+            if not finished:  # interrupted, or `take` raised: the schedules running are void
+                stopped.update(set(multiprocessing.active_children()) - others)
+                for worker in stopped:
+                    worker.terminate()
+            pool.shutdown(wait=True, cancel_futures=True)
+            for worker in stopped:  # reaped: no zombie outlives the run
+                worker.join(WORKER_STOP_S)
+
+
+_SIGNAL_POLL_S = 0.1  #: how often a run in workers looks for a Ctrl-C it noted
+
+
+@contextlib.contextmanager
+def _signals_noted() -> Iterator[list[int]]:
+    """Within the block, Ctrl-C (and any signal whose handler raises `KeyboardInterrupt`,
+    as ``hearth chaos`` maps SIGTERM) is only noted in the list yielded; on the way out the
+    block ends with `KeyboardInterrupt` if one was noted, once the caller's handlers are back.
+
+    The handler appends to a list and nothing more: it runs in the main thread between any
+    two bytecodes, locks held or not.  Off the main thread no handler can be set, and none
+    is needed: Python raises `KeyboardInterrupt` only in the main thread."""
+    noted: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield noted
+        return
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    taken = {n: h for n, h in previous.items() if h is signal.default_int_handler}
+    owner = os.getpid()
+
+    def note(signum: int, frame: object) -> None:
+        if os.getpid() != owner:  # a forked worker, stopped before its initializer ran
+            _exit_on_sigterm(signum, frame)
+        noted.append(signum)
+
+    for signum in taken:
+        signal.signal(signum, note)
     try:
-        # the workers start as the pool is handed its work
-        futures = _held_back(signal.SIGINT, lambda: [pool.submit(_worker, s, *args) for s in seeds])
-        for future in as_completed(futures):
-            take(future.result())
-    except BaseException:
-        # waiting for the schedules running took a schedule or two (the pool starts one
-        # more than it has workers), and a second Ctrl-C meanwhile left the pool half shut
-        # down, hanging for good (found in review); and one landing as they were stopped
-        # skipped the rest (found in a later review): stopped with Ctrl-C held back
-
-        def stop_them() -> None:
-            stopped.update(set(multiprocessing.active_children()) - others)
-            for worker in stopped:
-                worker.terminate()
-
-        _held_back(signal.SIGINT, stop_them)
-        raise
+        yield noted
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        for worker in stopped:  # reaped: no zombie outlives the run
-            worker.join(WORKER_STOP_S)
+        for signum, handler in taken.items():
+            signal.signal(signum, handler)
+        if noted:
+            raise KeyboardInterrupt  # what each of those handlers would have raised
