@@ -732,6 +732,48 @@ def test_a_lost_grant_of_a_slot_only_the_member_holds_documents_of_is_asked_for_
     assert b[1].state is State.OPEN
 
 
+def test_a_member_sealing_under_an_older_epoch_than_the_admins_is_granted_the_newer_key(
+    hall: Robot, admin: Robot, home: Home
+) -> None:
+    """After a revocation the admin keyed carol in the new epoch; its grant to the hall was
+    lost on a link that stayed open.  The hall held a key of carol's from before (made by an
+    admin revoked since), so it could seal and never asked (`KEY_REQUEST` is for what a
+    device cannot seal at all), and the admin, lacking that key, skipped all it sent: the
+    two never converged (the chaos harness, seed 7002366).  An envelope from a member under
+    an older epoch of a slot than the admin holds means a grant the member missed: the
+    admin grants the slot again, and what the hall wrote arrives."""
+    listed = Revocations.issue(
+        home.owner, household_id=home.household.id, serial=1, revoked=["AAAAAAAAAAAAAAAA"]
+    )
+    for robot_ in (admin, hall):
+        assert robot_.trust.accept_revocations(listed, NOW)
+    admin.keyring.rotate_for_revocation(["core", "health"], random.Random(2).randbytes)
+    hall.keyring.create_data_key("carol", "core", random.Random(3).randbytes)  # epoch 0
+    assert hall.keyring.sealing_epoch("core", "carol") == 0
+    a, b = connect(admin, hall)
+    admin.keyring.create_data_key("carol", "core", home.random_bytes)  # epoch 1
+    assert a[1].send_grants() > 0
+    for data in a[1].data_to_send():
+        if not isinstance(f.decode(data), f.KeyGrant):  # the grants are lost
+            b[1].receive_data(data, NOW)
+    pump(a, b)
+    assert hall.keyring.sealing_epoch("core", "carol") == 0
+    delta = hall.docs.write("user/carol/prefs", "tea/mug", "green")
+    assert b[1].send_update(DocId("user/carol/prefs"), delta)
+    for data in b[1].data_to_send():
+        a[1].receive_data(data, NOW)
+    assert [e.epoch for e in a[1].events_received() if isinstance(e, KeyMissing)] == [0]
+    regranted = [KeyGrant.from_wire(fr.grant) for fr in sent(a[1]) if isinstance(fr, f.KeyGrant)]
+    assert {(g.user, g.scope, g.epoch) for g in regranted} == {("carol", "core", 1)}
+    for grant in regranted:
+        b[1].receive_data(f.encode(f.KeyGrant(grant.to_wire())), NOW)
+    assert hall.keyring.sealing_epoch("core", "carol") == 1
+    b[1].tick(NOW + SETTLE_S)  # the update was never acknowledged: offered again
+    pump(a, b, NOW + SETTLE_S)
+    assert admin.docs.content("user/carol/prefs") == {"tea/mug": "green"}
+    assert (a[1].state, b[1].state) == (State.OPEN, State.OPEN)
+
+
 def test_key_requests_back_off_and_cost_nothing_when_every_document_seals(
     hall: Robot, admin: Robot
 ) -> None:

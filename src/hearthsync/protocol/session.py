@@ -995,6 +995,15 @@ class Session:
         ):
             raise ProtocolError(f"KEY_REQUEST for {scope!r}, a scope this session does not share",
                                 code=403)  # fmt: skip
+        self._grant_slot_again(scope, user)
+
+    def _grant_slot_again(self, scope: str, user: str) -> None:
+        """Owner/admin devices: grant again every key of one slot (``user`` "" for the scope
+        key) held here, every epoch, whether or not this session granted them already; at
+        most once per `KEY_REQUEST_S` a slot.  Asked for (`KEY_REQUEST`), or called for by an
+        envelope the peer sealed under an older epoch of the slot than this device holds
+        (`_skip_envelope`)."""
+        assert self.peer is not None
         mine = self.trust.certificate_of(self.identity.device_id)
         if mine.role not in ("owner", "admin"):
             return
@@ -1311,6 +1320,13 @@ class Session:
                     f.ErrorCode.STALE_KEYS,
                     f"no key for {meta.scope} epoch {header.epoch}: reconnect for the grant",
                 )
+            elif self._holds_later_epoch(meta.scope, meta.subject, header.epoch):
+                # the peer seals with the newest key it holds of the slot: an older one than
+                # this device's means it missed a grant of ours.  A member holding an older
+                # key (an admin's, made before the rotation) never asks (`KEY_REQUEST` is for
+                # what it cannot seal at all), and sealed for good under a key this owner or
+                # admin lacks (found by the chaos harness, seed 7002366): granted again
+                self._grant_slot_again(meta.scope, meta.subject or "")
 
     # -------------------------------------------------------------- scopes and plumbing
 
@@ -1332,6 +1348,14 @@ class Session:
         except MissingKeyError:
             return False
         return True
+
+    def _holds_later_epoch(self, scope: str, subject: str | None, epoch: int) -> bool:
+        """This device holds a key of the slot (``subject``'s data keys of ``scope``, or the
+        scope's own keys) of an epoch after ``epoch``."""
+        try:
+            return self.keyring.sealing_epoch(scope, subject) > epoch
+        except MissingKeyError:
+            return False
 
     def _grants_every_key(self) -> bool:
         """The peer is an owner or admin: it grants every key of the shared scopes it holds
