@@ -1368,6 +1368,22 @@ class Peer:
         one (`Keyring`)."""
         self._credentials_changed()
 
+    def keys_wanted(self, user: str) -> None:
+        """The owner: a linked robot asked for the keys of ``user``, whom no robot keyed in
+        the current epoch.  It holds their documents: a user an admin added, and keyed
+        alone, after the owner had revoked it, whose entry the household refused (every
+        robot refuses what a revoked robot writes after its revocation).  The robot that
+        took the admin's keys before it heard of the revocation seals nothing of the user
+        under them now (the revoked admin holds them), and what it wrote of them waited on
+        it for good (the chaos harness, seed 7002366).  Keyed here in the current epoch,
+        saved and granted on every link (`_make_keys`)."""
+        state = self.household
+        if self._closed or state is None or state.certificate.role != "owner":
+            return
+        if user in self._forgotten_users():  # a tombstone the keyring has not taken yet
+            return
+        self._make_keys(user)
+
     def _credentials_changed(self) -> None:
         """Keys or trust changed: the owner keys the users a new epoch's rotation did not
         know of, the credentials are saved (once), and an owner or admin grants what it

@@ -45,6 +45,7 @@ from hearthsync.protocol.session import (
     Event,
     KeyMissing,
     KeysChanged,
+    KeysWanted,
     LineageMismatch,
     PeerAuthenticated,
     Sealer,
@@ -735,22 +736,23 @@ def test_a_lost_grant_of_a_slot_only_the_member_holds_documents_of_is_asked_for_
 def test_a_member_sealing_under_an_older_epoch_than_the_admins_is_granted_the_newer_key(
     hall: Robot, admin: Robot, home: Home
 ) -> None:
-    """After a revocation the admin keyed carol in the new epoch; its grant to the hall was
-    lost on a link that stayed open.  The hall held a key of carol's from before (made by an
-    admin revoked since), so it could seal and never asked (`KEY_REQUEST` is for what a
-    device cannot seal at all), and the admin, lacking that key, skipped all it sent: the
-    two never converged (the chaos harness, seed 7002366).  An envelope from a member under
-    an older epoch of a slot than the admin holds means a grant the member missed: the
-    admin grants the slot again, and what the hall wrote arrives."""
+    """After a revocation the admin keyed carol in the new epoch; its grants to the hall
+    (the epoch's scope key, carol's key) were lost on a link that stayed open.  The hall held
+    a key of carol's from before (made by an admin revoked since), so it could seal and
+    never asked (`KEY_REQUEST` is for what a device cannot seal at all), and the admin,
+    lacking that key, skipped all it sent: the two never converged (the chaos harness, seed
+    7002366).  An envelope from a member under an older epoch of a slot than the admin
+    holds means a grant the member missed: the admin grants the slot again, and what the
+    hall wrote arrives."""
     listed = Revocations.issue(
         home.owner, household_id=home.household.id, serial=1, revoked=["AAAAAAAAAAAAAAAA"]
     )
     for robot_ in (admin, hall):
         assert robot_.trust.accept_revocations(listed, NOW)
-    admin.keyring.rotate_for_revocation(["core", "health"], random.Random(2).randbytes)
     hall.keyring.create_data_key("carol", "core", random.Random(3).randbytes)  # epoch 0
     assert hall.keyring.sealing_epoch("core", "carol") == 0
     a, b = connect(admin, hall)
+    admin.keyring.rotate_for_revocation(["core", "health"], random.Random(2).randbytes)
     admin.keyring.create_data_key("carol", "core", home.random_bytes)  # epoch 1
     assert a[1].send_grants() > 0
     for data in a[1].data_to_send():
@@ -916,28 +918,71 @@ def test_no_key_request_for_scopes_not_shared_forgotten_users_or_to_a_member(
     del c
 
 
-def test_a_device_missing_a_users_new_data_key_seals_under_the_previous_epoch(
+def test_a_device_missing_a_users_new_data_key_seals_nothing_of_theirs_until_granted_it(
     kitchen: Robot, hall: Robot, admin: Robot, home: Home
 ) -> None:
-    """Grants arrive one key at a time: holding a rotation's scope key but not yet a user's
-    data key must not stop the device from sending that user's documents."""
+    """A revocation started epoch 1; the kitchen was granted its scope key but not alice's
+    data key of it.  It used to seal alice's documents under epoch 0 meanwhile, which the
+    revoked robot holds: what it wrote after the revocation was readable by that robot, and
+    where no robot ever keyed the user in the new epoch (one a revoked admin had added), for
+    good (the chaos harness, seed 7002366).  It now seals nothing of alice's until granted
+    her key of epoch 1: it asks for it (`KEY_REQUEST`), and then sends."""
+    a, b = connect(admin, kitchen)
     revoke(home, admin, "AAAAAAAAAAAAAAAA")
-    assert kitchen.trust.accept_revocations(admin.trust.revocations, NOW)  # type: ignore[arg-type]
-    grants = admin.keyring.grants_for(
-        home.admin, kitchen.identity.verify_key, ["core"], random.Random(3).randbytes
-    )
-    for wire in grants:
-        if KeyGrant.from_wire(wire).kind == "scope":  # the data keys' grants are lost
-            kitchen.keyring.accept_grant(wire, kitchen.identity, trust=kitchen.trust, now=NOW)
-    assert kitchen.keyring.sealing_epoch("core", None) == 1
-    assert kitchen.keyring.sealing_epoch("core", "alice") == 0
-    a, b = connect(kitchen, hall)
-    delta = kitchen.docs.write("user/alice/prefs", "tea/mug", "blue")
-    assert a[1].send_update(DocId("user/alice/prefs"), delta)
+    assert a[1].send_grants() > 0
+    for data in a[1].data_to_send():
+        frame = f.decode(data)
+        if isinstance(frame, f.KeyGrant) and KeyGrant.from_wire(frame.grant).kind != "scope":
+            continue  # the data keys' grants are lost
+        b[1].receive_data(data, NOW)
     pump(a, b)
-    assert hall.docs.content("user/alice/prefs") == {"tea/mug": "blue"}
-    with pytest.raises(MissingKeyError):
-        kitchen.keyring.sealing_epoch("core", "carol")
+    assert kitchen.keyring.sealing_epoch("core", None) == 1
+    with pytest.raises(MissingKeyError, match="epoch 1"):
+        kitchen.keyring.sealing_epoch("core", "alice")
+    assert kitchen.keyring.data_keys("alice", "core", 0)  # held, and not sealed with
+    c, d = connect(kitchen, hall)
+    delta = kitchen.docs.write("user/alice/prefs", "tea/mug", "blue")
+    assert not c[1].send_update(DocId("user/alice/prefs"), delta)
+    pump(c, d)
+    assert hall.docs.content("user/alice/prefs") == {}
+    b[1].tick(NOW + KEY_REQUEST_S)
+    (request,) = [fr for fr in sent(b[1]) if isinstance(fr, f.KeyRequest)]
+    assert (request.scope, request.user) == ("core", "alice")
+    a[1].receive_data(f.encode(request), NOW + KEY_REQUEST_S)
+    pump(a, b, NOW + KEY_REQUEST_S)
+    assert kitchen.keyring.sealing_epoch("core", "alice") == 1
+    assert admin.docs.content("user/alice/prefs") == {"tea/mug": "blue"}  # offered once sealable
+    del d
+
+
+def test_the_owner_keys_a_user_it_is_asked_for_that_no_robot_keyed_in_the_current_epoch(
+    home: Home, hall: Robot, admin: Robot
+) -> None:
+    """Carol was added, and keyed, by an admin after the owner had revoked it, and the
+    household refused its entry: no robot keyed her in the new epoch, and the hall, which
+    took the admin's keys before it heard of the revocation, held what it wrote of her for
+    good (the chaos harness, seed 7002366).  Asked for her keys, the owner reports that it
+    holds none of the epoch (`KeysWanted`: its peer keys her and grants the keys); an admin
+    does not (only the owner keys the people it hears of), nor does the owner for a user
+    forgotten, a malformed id, or past `MAX_KEYED_ON_REQUEST` users of one session."""
+    owner = owner_robot(home)
+    owner.trust.add(home.certs["hall"], NOW)
+    owner.keyring.merge_from(admin.keyring)  # epoch 0 of every scope, alice's and bob's keys
+    owner.keyring.forget_user("erin")
+    a, b = connect(owner, hall)
+    wanted = []
+    for user in ("carol", "alice", "Not An Id", "erin", *(f"u{i}" for i in range(20))):
+        a[1].receive_data(f.encode(f.KeyRequest("core", user)), NOW)
+        wanted += [e.user for e in a[1].events_received() if isinstance(e, KeysWanted)]
+    assert wanted[:2] == ["carol", "u0"]  # alice is keyed, the id malformed, erin forgotten
+    assert len(wanted) == session_module.MAX_KEYED_ON_REQUEST
+    a[1].receive_data(f.encode(f.KeyRequest("core", "carol")), NOW + KEY_REQUEST_S)
+    assert not [e for e in a[1].events_received() if isinstance(e, KeysWanted)]  # once
+    c, _ = connect(owner, admin)
+    e, _f = connect(admin, hall)
+    e[1].receive_data(f.encode(f.KeyRequest("core", "dan")), NOW)
+    assert not [ev for ev in e[1].events_received() if isinstance(ev, KeysWanted)]
+    del b, c
 
 
 # --- relaying (SPEC §6.4) -------------------------------------------------------------------

@@ -81,6 +81,7 @@ from hearthsync.protocol.session import (
     Closed,
     KeyMissing,
     KeysChanged,
+    KeysWanted,
     LineageMismatch,
     PeerAuthenticated,
     RevocationsChanged,
@@ -775,6 +776,8 @@ class Simulation:
                         self._revocation_at[victim].setdefault(robot.index, self.now)
                 _peer(robot).trust_changed()
                 self._to_every_link(robot, Session.send_revocations, but=conn)
+            elif isinstance(event, KeysWanted):  # the owner keys them (`Link`)
+                _peer(robot).keys_wanted(event.user)
             elif isinstance(event, KeysChanged):  # keep them; offer the others (SyncService)
                 _peer(robot).keys_changed()
                 self._to_every_link(robot, Session.keys_learned, but=conn)

@@ -26,7 +26,7 @@ from hearthsync.chaos.plan import FIRST_USERS, LATER_USERS, OBJECTS, PREF_KEYS, 
 from hearthsync.crdt.handles import PrefsDoc
 from hearthsync.crdt.kinds import HOME, Kind, events_doc, user_doc
 from hearthsync.crypto.keyring import Keyring
-from hearthsync.errors import NotFoundError, ValidationError
+from hearthsync.errors import MissingKeyError, NotFoundError, ValidationError
 from hearthsync.ids import DocId
 from hearthsync.model.records import Condition
 from hearthsync.peer import Peer
@@ -155,12 +155,14 @@ class Writer:
         else:
             held = {e for (u, s, e) in ring._data_keys if u == user and s == scope}
         self.held_epoch = max(held, default=-1)
-        if not held:
-            # a user registered on a robot that makes no keys: the owner makes them when it
-            # hears of the user, and the write is sealed once they are granted (-1: unknown,
-            # and left out of the revocation check, which needs the writer's epoch)
+        try:
+            return ring.sealing_epoch(scope, user)
+        except MissingKeyError:
+            # a user registered on a robot that makes no keys, or whose key of the scope's
+            # newest epoch is not granted here yet: the owner makes it when it hears of the
+            # user, and the write is sealed once it is granted (-1: unknown, and left out of
+            # the revocation check, which needs the writer's epoch)
             return -1
-        return ring.sealing_epoch(scope, user)
 
     async def explained(
         self, user: str | None, write: Awaitable[T], also: Callable[[], bool] | None = None

@@ -271,9 +271,15 @@ class Keyring:
 
     def sealing_epoch(self, scope: str, user: str | None) -> int:
         """The newest epoch whose key for ``user``'s documents of ``scope`` (household
-        documents: ``user`` None) this device holds: what sealing uses.  Grants arrive one key
-        at a time, so a device may hold a rotation's scope key before a user's data key; it
-        then seals that user's documents under the previous epoch rather than not at all."""
+        documents: ``user`` None) this device holds: what sealing uses.
+
+        Not a user's data key older than the scope's newest epoch held (`current_epoch`):
+        that epoch began with a revocation, and the revoked robot holds the keys before it.
+        `MissingKeyError` then, until the user's key of the new epoch is granted (the
+        document is asked for with `KEY_REQUEST`, SPEC §6.5).  Sealing under the older key,
+        as robots did, left what they wrote of such a user readable by the revoked robot,
+        and, for a user the owner never keyed since (one a revoked admin added), never
+        readable by the owner (the chaos harness, seed 7002366)."""
         index = f"{scope}\x00{user or ''}"
         newest = self._newest.get(index)
         if newest is None:
@@ -281,9 +287,17 @@ class Keyring:
                 epochs = {e for (s, e) in self._scope_keys if s == scope}
             else:
                 epochs = {e for (u, s, e) in self._data_keys if u == user and s == scope}
-            if not epochs:
-                raise MissingKeyError(f"no key held for scope {scope!r}, user {user!r}")
-            newest = self._newest[index] = max(epochs)
+            newest = max(epochs, default=-1)
+            if user is not None and newest < self.current_epoch(scope):
+                newest = -2  # held, but of an epoch before the scope's newest
+            self._newest[index] = newest
+        if newest == -1:
+            raise MissingKeyError(f"no key held for scope {scope!r}, user {user!r}")
+        if newest == -2:
+            raise MissingKeyError(
+                f"no key held for scope {scope!r}, user {user!r} in epoch "
+                f"{self.current_epoch(scope)}, the scope's newest here (not granted yet)"
+            )
         return newest
 
     def newest_held(self, scope: str) -> int:

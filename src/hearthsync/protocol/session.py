@@ -72,7 +72,7 @@ from hearthsync.errors import (
     UnknownKeyError,
     ValidationError,
 )
-from hearthsync.ids import DocId, LineageId
+from hearthsync.ids import NAME_RE, DocId, LineageId
 from hearthsync.protocol import frames as f
 
 #: 2: envelopes carry a codec (compressed updates, SPEC §4); 3: NEIGHBOURS, and the inventory
@@ -121,6 +121,8 @@ MAX_PENDING = 1_024
 KEY_REQUEST_S = 5.0
 KEY_REQUEST_MAX_S = 60.0
 MAX_KEY_REQUESTS = 64  #: slots asked for at once; the rest at the next round
+#: users the owner keys because a session's peer asked for their keys (`KeysWanted`), at most
+MAX_KEYED_ON_REQUEST = 16
 
 
 # ------------------------------------------------------------------------------ the port
@@ -244,6 +246,16 @@ class KeysChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class KeysWanted:
+    """(The owner only.)  The peer asked for the keys of ``user`` (`KEY_REQUEST`), and this
+    device holds none of the scope's newest epoch: no robot keyed the user in it (one only
+    an admin revoked since had keyed, whose entry the household refused).  The driver keys
+    them (`Peer.keys_wanted`), which grants them on every link."""
+
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
 class SealFailed:
     """This device could not seal ``doc_id`` for the peer (a struct over the envelope limit,
     or bytes that are not an update): it was not sent."""
@@ -282,6 +294,7 @@ Event = (
     | LineageMismatch
     | KeyMissing
     | KeysChanged
+    | KeysWanted
     | RevocationsChanged
     | SealFailed
     | NeighboursChanged
@@ -451,6 +464,7 @@ class Session:
     #: when each slot (scope, user) was last granted again on request (at most
     #: `MAX_UNOPENED` kept)
     _regranted: dict[tuple[str, str], float] = field(default_factory=dict)
+    _wanted: set[str] = field(default_factory=set)  #: users asked for: `KeysWanted`
     _asked_slots: set[tuple[str, str]] = field(default_factory=set)  #: in the last KEY_REQUESTs
     _sent_serial: int = 0  #: of the revocation list last sent on this session
     #: the conflicting lists sent on this session (`TrustStore.conflicting`): sent once each
@@ -995,26 +1009,46 @@ class Session:
         ):
             raise ProtocolError(f"KEY_REQUEST for {scope!r}, a scope this session does not share",
                                 code=403)  # fmt: skip
-        self._grant_slot_again(scope, user)
+        if self._grant_slot_again(scope, user) and user and self._unkeyed(scope, user):
+            self._wanted.add(user)
+            self._events.append(KeysWanted(user))
 
-    def _grant_slot_again(self, scope: str, user: str) -> None:
+    def _unkeyed(self, scope: str, user: str) -> bool:
+        """This device is the owner, and keys ``user`` if asked: a well-formed id, not
+        forgotten, no key of ``scope``'s newest epoch held, and fewer than
+        `MAX_KEYED_ON_REQUEST` users asked for on this session.  Only the owner keys the
+        people it hears of (an admin doing so too made two keys of each, "Several keys for
+        one slot" in docs/explanation/sync.md)."""
+        if self.trust.certificate_of(self.identity.device_id).role != "owner":
+            return False
+        if user in self._wanted or len(self._wanted) >= MAX_KEYED_ON_REQUEST:
+            return False
+        if not NAME_RE.fullmatch(user) or self.keyring.is_forgotten(user):
+            return False
+        try:
+            self.keyring.data_keys(user, scope, self.keyring.current_epoch(scope))
+        except MissingKeyError:
+            return True
+        return False
+
+    def _grant_slot_again(self, scope: str, user: str) -> bool:
         """Owner/admin devices: grant again every key of one slot (``user`` "" for the scope
         key) held here, every epoch, whether or not this session granted them already; at
         most once per `KEY_REQUEST_S` a slot.  Asked for (`KEY_REQUEST`), or called for by an
         envelope the peer sealed under an older epoch of the slot than this device holds
-        (`_skip_envelope`)."""
+        (`_skip_envelope`).  Whether it answered (not refused, not too soon)."""
         assert self.peer is not None
         mine = self.trust.certificate_of(self.identity.device_id)
         if mine.role not in ("owner", "admin"):
-            return
+            return False
         refused = self._peer_refused()
         if refused is not None:  # revoked since the session opened: as `send_grants`
             self._fail(f.ErrorCode.UNAUTHORIZED, refused)
-            return
+            return False
         slot = (scope, user)
         last = self._regranted.get(slot)
         if last is not None and self.now - last < KEY_REQUEST_S:
-            return
+            return False
         self._regranted.pop(slot, None)
         self._regranted[slot] = self.now
         if len(self._regranted) > MAX_UNOPENED:
@@ -1031,6 +1065,7 @@ class Session:
         self._granted.update(grants)
         for grant in grants:
             self._send(f.KeyGrant(grant))
+        return True
 
     def _offer(self, *, only_new: bool = False) -> None:
         """Send the inventory (``only_new``: of the documents not offered before, if any);

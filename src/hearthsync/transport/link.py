@@ -67,6 +67,7 @@ from hearthsync.protocol.session import (
     DocSource,
     Event,
     KeysChanged,
+    KeysWanted,
     PeerAuthenticated,
     RevocationsChanged,
     SealFailed,
@@ -254,6 +255,11 @@ class SyncTarget(Protocol):
 
     def keys_changed(self) -> None:
         """A peer granted keys this device did not hold: persist them."""
+        ...
+
+    def keys_wanted(self, user: str) -> None:
+        """(The owner.)  A peer asked for the keys of ``user``, whom no robot keyed in the
+        current epoch: key them, which grants them on every link."""
         ...
 
     @property
@@ -447,6 +453,8 @@ class Link:
                     self._apply(event)
             elif isinstance(event, KeysChanged):
                 self.target.keys_changed()
+            elif isinstance(event, KeysWanted):
+                self.target.keys_wanted(event.user)
             elif isinstance(event, RevocationsChanged):
                 self.target.trust_changed()
             elif isinstance(event, Acked):
