@@ -225,14 +225,22 @@ def test_a_ctrl_c_while_the_workers_are_stopped_stops_them_all(
             os.kill(os.getpid(), signal.SIGINT)
         return real_children()
 
-    monkeypatch.setattr(harness, "_worker", a_long_schedule)
     monkeypatch.setattr(harness, "wait", first_ctrl_c)
     monkeypatch.setattr(multiprocessing, "active_children", second_ctrl_c)
+    _interrupted_in_workers(monkeypatch)
+    assert len(seen) >= 2, "the workers were never looked for: the test proved nothing"
+
+
+def _interrupted_in_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run four long schedules in two workers, which a Ctrl-C the caller arranged must stop
+    at once (`KeyboardInterrupt`), leaving no worker behind."""
+    from hearthsync.chaos import harness
+
+    monkeypatch.setattr(harness, "_worker", a_long_schedule)
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         harness._in_workers(range(4), 2, lambda outcome: None, (None, None, False))  # type: ignore[arg-type]
     monkeypatch.undo()
-    assert len(seen) >= 2, "the workers were never looked for: the test proved nothing"
     assert time.monotonic() - started < SCHEDULE_S / 2, "it waited out the schedules"
     left = [p for p in multiprocessing.active_children() if p.is_alive()]
     for p in left:
@@ -264,17 +272,8 @@ def test_a_ctrl_c_is_never_raised_inside_the_pools_own_waits(
             raised_inside.append("wait")
             raise
 
-    monkeypatch.setattr(harness, "_worker", a_long_schedule)
     monkeypatch.setattr(harness, "wait", ctrl_c_inside)
-    started = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        harness._in_workers(range(4), 2, lambda outcome: None, (None, None, False))  # type: ignore[arg-type]
-    monkeypatch.undo()
+    _interrupted_in_workers(monkeypatch)
     assert calls, "the pool was never waited on: the test proved nothing"
     assert raised_inside == [], "Ctrl-C was raised inside the pool's wait"
-    assert time.monotonic() - started < SCHEDULE_S / 2, "it waited out the schedules"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    left = [p for p in multiprocessing.active_children() if p.is_alive()]
-    for p in left:
-        p.kill()
-    assert left == []

@@ -703,6 +703,16 @@ def key_requests(session: Session) -> list[tuple[str, str]]:
     return [(fr.scope, fr.user) for fr in sent(session) if isinstance(fr, f.KeyRequest)]
 
 
+def asked_and_answered(a: tuple[Robot, Session], b: tuple[Robot, Session]) -> tuple[str, str]:
+    """``b`` looks for what it cannot seal `KEY_REQUEST_S` after the session opened and asks
+    ``a`` for it, once; ``a`` answers.  The slot asked for."""
+    b[1].tick(NOW + KEY_REQUEST_S)
+    (request,) = [fr for fr in sent(b[1]) if isinstance(fr, f.KeyRequest)]
+    a[1].receive_data(f.encode(request), NOW + KEY_REQUEST_S)
+    pump(a, b, NOW + KEY_REQUEST_S)
+    return request.scope, request.user
+
+
 def test_a_lost_grant_of_a_slot_only_the_member_holds_documents_of_is_asked_for_again(
     hall: Robot, admin: Robot, home: Home
 ) -> None:
@@ -723,11 +733,7 @@ def test_a_lost_grant_of_a_slot_only_the_member_holds_documents_of_is_asked_for_
         hall.keyring.sealing_epoch("health", "carol")
     b[1].tick(NOW + KEY_REQUEST_S - 0.5)
     assert key_requests(b[1]) == []  # the session's own grants come first
-    b[1].tick(NOW + KEY_REQUEST_S)
-    (request,) = [fr for fr in sent(b[1]) if isinstance(fr, f.KeyRequest)]
-    assert (request.scope, request.user) == ("health", "carol")
-    a[1].receive_data(f.encode(request), NOW + KEY_REQUEST_S)
-    pump(a, b, NOW + KEY_REQUEST_S)
+    assert asked_and_answered(a, b) == ("health", "carol")
     assert hall.keyring.sealing_epoch("health", "carol") == 0
     assert admin.docs.content("user/carol/health") == {"mobility": "cane"}
     assert b[1].state is State.OPEN
@@ -945,11 +951,7 @@ def test_a_device_missing_a_users_new_data_key_seals_nothing_of_theirs_until_gra
     assert not c[1].send_update(DocId("user/alice/prefs"), delta)
     pump(c, d)
     assert hall.docs.content("user/alice/prefs") == {}
-    b[1].tick(NOW + KEY_REQUEST_S)
-    (request,) = [fr for fr in sent(b[1]) if isinstance(fr, f.KeyRequest)]
-    assert (request.scope, request.user) == ("core", "alice")
-    a[1].receive_data(f.encode(request), NOW + KEY_REQUEST_S)
-    pump(a, b, NOW + KEY_REQUEST_S)
+    assert asked_and_answered(a, b) == ("core", "alice")
     assert kitchen.keyring.sealing_epoch("core", "alice") == 1
     assert admin.docs.content("user/alice/prefs") == {"tea/mug": "blue"}  # offered once sealable
     del d
