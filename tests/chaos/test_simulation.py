@@ -283,6 +283,9 @@ def test_the_simulations_loop_still_waits_for_timers_and_threads() -> None:
 FOUND = {
     7002366: "an admin revoked unaware keyed a user the owner never heard of; a member sealed "
     "what it wrote of them under the admin's keys, which the owner lacked (2026-12-07)",
+    8000096: "a write a robot could not seal when made (its user's key of a second "
+    "revocation's epoch not granted yet) was taken by the checker for one sealed under an "
+    "epoch the first revoked robot holds (2026-12-07, the checker's bug)",
 }
 
 

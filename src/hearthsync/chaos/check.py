@@ -90,7 +90,9 @@ class Write:
     root: str  #: the document's root type holding it
     slot: str  #: slot key (registers), event id (events) or user id (users)
     set_at: str  #: the hybrid timestamp of a register write ("" otherwise)
-    epoch: int  #: the writer's current key epoch of ``scope`` when it wrote
+    #: the key epoch the writer sealed ``scope`` under when it wrote; -1: none, no key of the
+    #: newest epoch held (sealed once one is granted, under it: `Keyring.sealing_epoch`)
+    epoch: int
     acked_at: float = 0.0
     #: what the write carried, as entries of the stored record (an event's text, a
     #: preference's value, a placement's label and region, a merged field and its value):
@@ -340,7 +342,7 @@ def _leaks(
                 # made before its robot knew of the revocation, or held the new key (grants
                 # arrive one key at a time): it may reach the revoked robot
                 continue
-            if write.epoch < new_epoch:
+            if 0 <= write.epoch < new_epoch:
                 leaks.append(f"{write.describe()} made at t={write.started_at:.3f}, after "
                              f"r{write.robot} processed the revocation, sealed under epoch "
                              f"{write.epoch} < {new_epoch}")  # fmt: skip
