@@ -682,7 +682,7 @@ def chaos(
         only = None if only_faults is None else _fault_numbers(only_faults)
         report = run_simulated(
             console, schedules=schedules, seed=seed, scenario=scenario, jobs=jobs,
-            only_faults=only, trace=trace, minimise=minimise,
+            only_faults=only, trace=trace, minimise=minimise, ignore_later_signals=True,
         )  # fmt: skip
     if json_file:
         write_json(json_file, report)

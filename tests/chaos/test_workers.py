@@ -11,6 +11,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -210,7 +211,7 @@ def test_a_ctrl_c_while_the_workers_are_stopped_stops_them_all(
     second lands in the middle of stopping the workers."""
     from hearthsync.chaos import harness
 
-    real_wait = harness.wait
+    real_wait = harness._next_ended
 
     def first_ctrl_c(*args: Any, **kwargs: Any) -> Any:
         os.kill(os.getpid(), signal.SIGINT)
@@ -225,7 +226,7 @@ def test_a_ctrl_c_while_the_workers_are_stopped_stops_them_all(
             os.kill(os.getpid(), signal.SIGINT)
         return real_children()
 
-    monkeypatch.setattr(harness, "wait", first_ctrl_c)
+    monkeypatch.setattr(harness, "_next_ended", first_ctrl_c)
     monkeypatch.setattr(multiprocessing, "active_children", second_ctrl_c)
     _interrupted_in_workers(monkeypatch)
     assert len(seen) >= 2, "the workers were never looked for: the test proved nothing"
@@ -259,7 +260,7 @@ def test_a_ctrl_c_is_never_raised_inside_the_pools_own_waits(
     Ctrl-C lands inside the pool's wait, and none may be raised there."""
     from hearthsync.chaos import harness
 
-    real_wait = harness.wait
+    real_wait = harness._next_ended
     raised_inside: list[str] = []
     calls: list[int] = []
 
@@ -272,8 +273,75 @@ def test_a_ctrl_c_is_never_raised_inside_the_pools_own_waits(
             raised_inside.append("wait")
             raise
 
-    monkeypatch.setattr(harness, "wait", ctrl_c_inside)
+    monkeypatch.setattr(harness, "_next_ended", ctrl_c_inside)
     _interrupted_in_workers(monkeypatch)
     assert calls, "the pool was never waited on: the test proved nothing"
     assert raised_inside == [], "Ctrl-C was raised inside the pool's wait"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.fixture
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM mapped to `KeyboardInterrupt`, as ``hearth chaos`` maps it; put back after."""
+    before = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGTERM, before)
+
+
+@pytest.mark.parametrize("at", ["swapping", "putting back"])
+def test_a_signal_while_the_handlers_are_swapped_leaves_none_of_them_noting(
+    monkeypatch: pytest.MonkeyPatch, sigterm_as_ctrl_c: None, at: str
+) -> None:
+    """Found in review: SIGINT's and SIGTERM's handlers are swapped one after the other.  A
+    SIGTERM between the two swaps, or a Ctrl-C between putting them back, left a handler
+    that only notes in place for good: every later Ctrl-C (or SIGTERM) was lost.  Real
+    signals, sent at exactly those moments."""
+    from hearthsync.chaos import harness
+
+    real_signal = signal.signal
+    sent: list[int] = []
+
+    def signal_then_another(signum: int, handler: Any) -> Any:
+        previous = real_signal(signum, handler)
+        swapping = handler is not signal.default_int_handler
+        if signum == signal.SIGINT and not sent and swapping == (at == "swapping"):
+            other = signal.SIGTERM if swapping else signal.SIGINT
+            sent.append(other)
+            os.kill(os.getpid(), other)  # its handler runs before kill returns
+        return previous
+
+    monkeypatch.setattr(signal, "signal", signal_then_another)
+    with pytest.raises(KeyboardInterrupt), harness._signals_noted():
+        pass
+    monkeypatch.undo()
+    assert sent, "no signal was sent: the test proved nothing"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is signal.default_int_handler
+
+
+def test_once_interrupted_a_run_that_only_reports_ignores_later_signals(
+    monkeypatch: pytest.MonkeyPatch, sigterm_as_ctrl_c: None
+) -> None:
+    """Found in review: Ctrl-C held down cut ``hearth chaos`` short after the first one
+    stopped the workers: no report, no JSON, killed by SIGINT instead of exiting 130.  With
+    ``ignore_later_signals`` the handlers that noted the first become `SIG_IGN`."""
+    from hearthsync.chaos import harness
+
+    real_next = harness._next_ended
+
+    def ctrl_c_twice(*args: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_next(*args)
+
+    monkeypatch.setattr(harness, "_next_ended", ctrl_c_twice)
+    monkeypatch.setattr(harness, "_worker", a_long_schedule)
+    try:
+        report = harness.run(schedules=4, seed=1, jobs=2, ignore_later_signals=True)
+        assert report.interrupted
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGINT)  # ignored: nothing is raised
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)

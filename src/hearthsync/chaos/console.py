@@ -50,9 +50,12 @@ def run_simulated(
     only_faults: set[int] | None = None,
     trace: bool = False,
     minimise: bool = True,
+    ignore_later_signals: bool = False,
 ) -> Report:
     """Run the simulated schedules with a progress bar, then print the summary (and, with
-    ``trace``, the full trace of every failing schedule, or of the one schedule run)."""
+    ``trace``, the full trace of every failing schedule, or of the one schedule run).
+    ``ignore_later_signals``: as `hearthsync.chaos.run` (``hearth chaos``, which exits once
+    it has reported)."""
     traced: list[Outcome] = []
     started = last = time.monotonic()
     with _progress(console) as progress:
@@ -77,6 +80,7 @@ def run_simulated(
         report = run(
             schedules=schedules, seed=seed, scenario=scenario, jobs=jobs, minimise=minimise,
             only_faults=only_faults, on_outcome=advance, keep_traces=trace and schedules == 1,
+            ignore_later_signals=ignore_later_signals,
         )  # fmt: skip
     for outcome in sorted(traced, key=lambda o: o.seed):
         console.rule(f"trace of schedule {outcome.seed}")

@@ -15,7 +15,9 @@ import contextlib
 import ctypes
 import math
 import multiprocessing
+import multiprocessing.connection
 import os
+import queue
 import shlex
 import shutil
 import signal
@@ -23,7 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -382,6 +384,7 @@ def run(
     only_faults: set[int] | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
     keep_traces: bool = False,
+    ignore_later_signals: bool = False,
 ) -> Report:
     """Run ``schedules`` simulated schedules seeded ``seed``, ``seed + 1``, …; return the
     report.  ``jobs`` worker processes (default: one per core); failures are shrunk to a
@@ -393,7 +396,10 @@ def run(
     ``hearth chaos`` does), the run stops the schedules running (they count for nothing) and
     returns the report of those that ended before, marked ``interrupted``; failures not yet
     shrunk then stay as they failed.  An hour of a long run is not thrown away for want of
-    its last minutes."""
+    its last minutes.  ``ignore_later_signals`` (a command that reports and exits, as
+    ``hearth chaos``): once interrupted, Ctrl-C and SIGTERM are ignored for good, so that
+    more of them (a key held down) cannot cut the report short; called from the main thread
+    only."""
     scenario = scenario or Scenario()
     jobs = jobs or os.cpu_count() or 1
     sweep_scratch()  # what killed runs left behind
@@ -413,8 +419,13 @@ def run(
             for s in seeds:
                 take(_worker(s, scenario, only_faults, keep_traces))
         else:
-            _in_workers(seeds, jobs, take, (scenario, only_faults, keep_traces))
+            _in_workers(
+                seeds, jobs, take, (scenario, only_faults, keep_traces),
+                ignore_later_signals=ignore_later_signals,
+            )  # fmt: skip
     except KeyboardInterrupt:
+        if ignore_later_signals:
+            _ignore_signals()
         report.interrupted = True
     report.elapsed_s = time.perf_counter() - started
     shrinking = minimise and only_faults is None and not report.interrupted
@@ -424,10 +435,18 @@ def run(
         try:
             failure = _failure(outcome, scenario, shrinking, only_faults)
         except KeyboardInterrupt:  # shrinking reruns schedules: it can take a while
+            if ignore_later_signals:
+                _ignore_signals()
             report.interrupted, shrinking = True, False
             failure = _failure(outcome, scenario, shrinking, only_faults)
         report.failures.append(failure)
     return report
+
+
+def _ignore_signals() -> None:
+    """Ctrl-C and SIGTERM are ignored from now on (`run`'s ``ignore_later_signals``)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _in_workers(
@@ -435,11 +454,15 @@ def _in_workers(
     jobs: int,
     take: Callable[[Outcome], None],
     args: tuple[Scenario, set[int] | None, bool],
+    *,
+    ignore_later_signals: bool = False,
 ) -> None:
     """Run ``seeds`` in ``jobs`` worker processes, handing each `Outcome` to ``take`` as it
     ends.  On Ctrl-C (or a SIGTERM its caller maps to one), the schedules not started are
-    cancelled and the workers stopped (SIGTERM: each removes its scratch folders and exits);
-    then the signal is taken as its caller's handler would take it (`KeyboardInterrupt`).
+    cancelled and the workers stopped (SIGTERM: each removes its scratch folders and exits;
+    SIGKILL for one still running `WORKER_STOP_S` later); then `KeyboardInterrupt` is raised,
+    as the caller's handler would have.  ``ignore_later_signals``: from then on Ctrl-C and
+    SIGTERM are ignored (see `run`).
 
     Ctrl-C is noted, not raised, while the pool runs: a `KeyboardInterrupt` raised inside
     the pool's own waits could land between a lock's acquire and the ``try`` that releases
@@ -447,52 +470,83 @@ def _in_workers(
     in `ProcessPoolExecutor.shutdown`, its manager thread in `Future.cancel`)."""
     context = multiprocessing.get_context(_start_method())
     others = set(multiprocessing.active_children())  # the caller's own: never stopped here
-    stopped: set[multiprocessing.process.BaseProcess] = set()
-    with _signals_noted() as noted:
+    with _signals_noted(ignore_after=ignore_later_signals) as noted:
         pool = ProcessPoolExecutor(
             max_workers=min(jobs, len(seeds)), mp_context=context,
             initializer=die_with_parent, initargs=(os.getpid(),),
         )  # fmt: skip
         finished = False
         try:
+            # each future puts itself here as it ends: waiting on a queue costs nothing per
+            # schedule pending, where `concurrent.futures.wait` looked at every one of them
+            # at each look for a Ctrl-C (16 ms a look with 10,000 pending; found in review)
+            ended: queue.SimpleQueue[Future[Outcome]] = queue.SimpleQueue()
             # the workers start as the pool is handed its work, with Ctrl-C held back
             # until their initializer ignores it (see `_held_back`)
-            pending = _held_back(
-                signal.SIGINT, lambda: {pool.submit(_worker, s, *args) for s in seeds}
+            futures = _held_back(
+                signal.SIGINT, lambda: [pool.submit(_worker, s, *args) for s in seeds]
             )
-            while pending and not noted:
-                done, pending = wait(pending, timeout=_SIGNAL_POLL_S, return_when=FIRST_COMPLETED)
-                for future in done:
-                    take(future.result())
+            for future in futures:
+                future.add_done_callback(ended.put)
+            left = len(futures)
+            while left and not noted:
+                next_one = _next_ended(ended, _SIGNAL_POLL_S)
+                if next_one is not None:
+                    left -= 1
+                    take(next_one.result())
             finished = not noted
         finally:
             if not finished:  # interrupted, or `take` raised: the schedules running are void
-                stopped.update(set(multiprocessing.active_children()) - others)
-                for worker in stopped:
-                    worker.terminate()
+                _stop(set(multiprocessing.active_children()) - others)
             pool.shutdown(wait=True, cancel_futures=True)
-            for worker in stopped:  # reaped: no zombie outlives the run
-                worker.join(WORKER_STOP_S)
 
 
 _SIGNAL_POLL_S = 0.1  #: how often a run in workers looks for a Ctrl-C it noted
 
 
+def _next_ended(
+    ended: queue.SimpleQueue[Future[Outcome]], timeout: float
+) -> Future[Outcome] | None:
+    """The next schedule's future to end, or None if none did within ``timeout``."""
+    try:
+        return ended.get(timeout=timeout)
+    except queue.Empty:
+        return None
+
+
+def _stop(workers: set[multiprocessing.process.BaseProcess]) -> None:
+    """End ``workers``: SIGTERM (each removes its scratch folders), then SIGKILL for any
+    still running `WORKER_STOP_S` later (busy in native code, which holds off a Python
+    signal handler), so that the pool's shutdown, which joins them without a timeout, ends.
+    Waited on by their sentinels, not by pid: the pool's own thread may reap them first."""
+    for worker in workers:
+        worker.terminate()
+    running = {worker.sentinel: worker for worker in workers}
+    deadline = time.monotonic() + WORKER_STOP_S
+    while running and (left := deadline - time.monotonic()) > 0:
+        for sentinel in multiprocessing.connection.wait(list(running), timeout=left):
+            running.pop(sentinel)  # type: ignore[arg-type]
+    for worker in running.values():  # not ended: its pid is not reaped, so it is still its
+        worker.kill()
+
+
 @contextlib.contextmanager
-def _signals_noted() -> Iterator[list[int]]:
+def _signals_noted(*, ignore_after: bool = False) -> Iterator[list[int]]:
     """Within the block, Ctrl-C (and any signal whose handler raises `KeyboardInterrupt`,
     as ``hearth chaos`` maps SIGTERM) is only noted in the list yielded; on the way out the
-    block ends with `KeyboardInterrupt` if one was noted, once the caller's handlers are back.
+    block ends with `KeyboardInterrupt` if one was noted, once the caller's handlers are back
+    (``ignore_after``: replaced by `signal.SIG_IGN` instead, for good).
 
     The handler appends to a list and nothing more: it runs in the main thread between any
     two bytecodes, locks held or not.  Off the main thread no handler can be set, and none
-    is needed: Python raises `KeyboardInterrupt` only in the main thread."""
+    is needed: Python raises `KeyboardInterrupt` only in the main thread.  Handlers are
+    swapped inside the ``try`` and put back by a loop that a signal cannot break off: a
+    SIGTERM between the swaps of SIGINT and SIGTERM, or a Ctrl-C between putting them back,
+    left one noting for good, and later signals were lost (found in review)."""
     noted: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield noted
         return
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    taken = {n: h for n, h in previous.items() if h is signal.default_int_handler}
     owner = os.getpid()
 
     def note(signum: int, frame: object) -> None:
@@ -500,12 +554,25 @@ def _signals_noted() -> Iterator[list[int]]:
             _exit_on_sigterm(signum, frame)
         noted.append(signum)
 
-    for signum in taken:
-        signal.signal(signum, note)
+    swapped: list[tuple[int, Any]] = []
     try:
+        for which in (signal.SIGINT, signal.SIGTERM):
+            handler = signal.getsignal(which)
+            if handler is signal.default_int_handler:
+                swapped.append((which, handler))  # before the swap: undone if it raises
+                signal.signal(which, note)
         yield noted
     finally:
-        for signum, handler in taken.items():
-            signal.signal(signum, handler)
+        raised: BaseException | None = None
+        while True:  # as `_held_back`: retried until every handler is back
+            try:
+                for signum, handler in swapped:
+                    signal.signal(signum, signal.SIG_IGN if noted and ignore_after else handler)
+            except BaseException as exc:  # a Ctrl-C taken by a handler just put back
+                raised = exc
+                continue
+            break
+        if raised is not None:
+            raise raised
         if noted:
             raise KeyboardInterrupt  # what each of those handlers would have raised
