@@ -200,3 +200,40 @@ async def test_a_restored_owner_revoking_a_robot_again_is_told_apart_and_merges(
     garden_state = enrolment.load(garden_dir)
     assert garden_state is not None
     assert garden_state.keyring.newest_held("core") == 0
+
+
+async def test_the_owner_keys_users_it_is_asked_for_up_to_a_bound_of_unlisted_ones(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A member asks the owner for the keys of a user no robot keyed in the current epoch
+    (one only a revoked admin had added): the owner keys them (`Peer.keys_wanted`).  Found
+    in review: any member could ask for any id on session after session, each keyed in
+    every scope, granted everywhere and rotated at every revocation, until the owner's
+    credentials were too large to load.  Past `MAX_UNLISTED_KEYED` users the household does
+    not list, it keys no more; one listed since makes room."""
+    from hearthsync.peer import MAX_UNLISTED_KEYED
+
+    enrol_household(tmp_path, ["owner", "hall"])
+    async with (
+        Peer.open(tmp_path / "owner", device="owner") as owner,
+        Peer.open(tmp_path / "hall", device="hall") as hall,
+    ):
+        assert owner.household is not None
+        assert hall.household is not None
+        ring = owner.household.keyring
+        before = ring.keyed_users()
+        hall.keys_wanted("ghost0")  # a member keys no one
+        assert hall.household.keyring.keyed_users() == before
+        for i in range(MAX_UNLISTED_KEYED + 4):
+            owner.keys_wanted(f"ghost{i}")
+        keyed = ring.keyed_users() - before
+        assert keyed == {f"ghost{i}" for i in range(MAX_UNLISTED_KEYED)}
+        assert {s for (u, s, _) in ring._data_keys if u == "ghost0"} == set(ring.scopes)
+        assert "users keyed so are not on the household's list" in caplog.text
+        reloaded = enrolment.load(tmp_path / "owner")  # saved with the credentials
+        assert reloaded is not None
+        assert "ghost0" in reloaded.keyring.keyed_users()
+        await owner.add_user("ghost0", name="Carol")  # listed now: room for one more
+        owner.keys_wanted("late")
+        owner.keys_wanted("later")
+        assert ring.keyed_users() - before - keyed == {"late"}

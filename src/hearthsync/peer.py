@@ -104,6 +104,9 @@ W = TypeVar("W")
 ALWAYS = Condition()
 _SEQUENCES = (list, tuple)  #: not ``list | tuple``, a union built anew at every write
 INDEX_IDLE_S = 0.05  #: see `Peer._index_staged`
+#: users the owner keys because a robot asked for their keys (`Peer.keys_wanted`) while the
+#: household does not list them; past this many, it keys no more until some are listed
+MAX_UNLISTED_KEYED = 16
 KEEP_TIME_S = 600.0  #: how often an open robot stores the time it reads (`Peer.keep_time`)
 INDEX_CHUNK = 64  #: vectors inserted into a graph per turn of the loop: about 5 ms
 INDEX_BACKLOG = 65_536  #: staged vectors (96 MiB at 384 dimensions) past which inserts go on
@@ -1382,6 +1385,19 @@ class Peer:
             return
         if user in self._forgotten_users():  # a tombstone the keyring has not taken yet
             return
+        keyed = state.keyring.keyed_users()
+        if user not in keyed:
+            # any member may ask, for any id, on session after session: each asked for and
+            # never heard of is keyed in every scope, granted everywhere, rotated at every
+            # revocation, and past 4 MiB of keys the credentials no longer load (found in
+            # review).  Past `MAX_UNLISTED_KEYED` of them, no more
+            unlisted = keyed - self._known_users()
+            if len(unlisted) >= MAX_UNLISTED_KEYED:
+                log.warning(
+                    "not keying %r, asked for by a robot: %d users keyed so are not on the "
+                    "household's list yet (at most %d)", user, len(unlisted), MAX_UNLISTED_KEYED,
+                )  # fmt: skip
+                return
         self._make_keys(user)
 
     def _credentials_changed(self) -> None:

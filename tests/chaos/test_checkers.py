@@ -29,8 +29,10 @@ import pytest
 
 from hearthsync import Peer, chaos, enrolment
 from hearthsync.chaos import Scenario, run_schedule
-from hearthsync.chaos.check import Replica, _leaks
+from hearthsync.chaos.check import Replica, Write, _leaks
 from hearthsync.chaos.harness import problems
+from hearthsync.chaos.workload import Writer
+from hearthsync.ids import DocId, Scope, UserId
 from tests.test_forgetting import enrol_household
 
 FORGETTING = {"pref": 2, "event": 2, "user": 1, "forget": 1}
@@ -141,6 +143,46 @@ def test_a_purge_a_crash_cut_short_is_no_error() -> None:
     a failure (seed 490819 of a 1,000-schedule run)."""
     outcome = run_schedule(490819, Scenario(edits=50, duration=30.0))
     assert problems(outcome) == []
+
+
+@pytest.mark.parametrize("sealed", ["held back", "under the old epoch"])
+async def test_a_write_held_back_for_want_of_the_newest_key_is_no_leak_and_one_sealed_old_is(
+    tmp_path: Path, sealed: str
+) -> None:
+    """Two revocations: the hall holds the second's scope key, alice's key of the first's
+    epoch only.  It seals nothing of alice's then (the workload records epoch -1), which the
+    checker took for a write sealed under an epoch before the first revocation's (seed
+    8000096, found in review).  A write sealed under the old epoch while the writer held a
+    newer key of the scope stays a leak: the writer's newest epoch is the scope's, not the
+    user's, so a keyring sealing under alice's newest key alone is caught (found in review)."""
+    enrol_household(tmp_path, ["owner", "hall", "garden"])
+    async with (
+        Peer.open(tmp_path / "hall", device="hall") as hall,
+        Peer.open(tmp_path / "garden", device="garden") as garden,
+    ):
+        state = hall.household
+        assert state is not None
+        ring = state.keyring
+        ring.create_data_key("alice", "core", random.Random(1).randbytes)
+        ring.rotate_for_revocation(["core"], random.Random(2).randbytes, serial=1)
+        ring.rotate_for_revocation(["core"], random.Random(3).randbytes, users=(), serial=2)
+        del ring._data_keys[(UserId("alice"), Scope("core"), 2)]  # not granted yet
+        ring._changed()
+        writer = Writer(1, hall, ring)
+        epoch = writer._epoch("core", "alice")
+        assert (epoch, writer.held_epoch) == (-1, 2)
+        if sealed == "under the old epoch":
+            epoch = 1  # a keyring that seals under alice's newest key, ignoring the scope's
+        write = Write(
+            1, "pref", DocId("user/alice/prefs"), "core", "prefs", "tea", "t", epoch,
+            started_at=10.0, held_epoch=writer.held_epoch,
+        )  # fmt: skip
+        revoked = Replica(2, garden, frozenset({"core"}))
+        leaks = _leaks([write], revoked, {"core": 2}, {1: 5.0})
+        assert leaks == ([] if sealed == "held back" else [
+            f"{write.describe()} made at t=10.000, after r1 processed the revocation, "
+            "sealed under epoch 1 < 2"
+        ])  # fmt: skip
 
 
 async def test_a_revoked_robot_holding_only_a_new_data_key_is_a_leak(tmp_path: Path) -> None:

@@ -318,3 +318,29 @@ def test_a_grant_made_again_is_the_same_grant_until_its_user_is_forgotten(
     admin_keys.forget_user("alice")
     with pytest.raises(MissingKeyError, match="forgotten"):
         alice_core()
+
+
+def test_nothing_is_sealed_under_a_key_older_than_the_newest_epoch_of_any_key_held() -> None:
+    """A rotation grants a new epoch's data keys before its scope key (`grants_for`), and any
+    grant may be lost: holding bob's key of epoch 1, and alice's and the scope key of epoch
+    0 only, a robot sealed alice's documents and the household's under epoch 0, which the
+    robot revoked holds (found in review; SPEC §4).  It seals neither until granted them."""
+    ring = Keyring()
+    rnd = random.Random(3).randbytes
+    ring.create_scope("core", rnd)
+    for user in ("alice", "bob"):
+        ring.create_data_key(user, "core", rnd)
+    assert ring.sealing_epoch("core", "alice") == ring.sealing_epoch("core", None) == 0
+    source = Keyring()
+    source.merge_from(ring)
+    source.rotate_for_revocation(["core"], rnd, serial=1)
+    bob = (UserId("bob"), Scope("core"), 1)
+    assert keyring._hold(ring._data_keys, bob, source.data_key("bob", "core", 1))
+    ring._changed()  # as a grant taken does
+    assert ring.newest_held("core") == 1
+    assert ring.current_epoch("core") == 0  # the scope key of epoch 1 is not held
+    assert ring.sealing_epoch("core", "bob") == 1
+    for user in ("alice", None):
+        with pytest.raises(MissingKeyError, match="epoch 1"):
+            ring.sealing_epoch("core", user)
+    assert ring.newest_of_slot("core", "alice") == 0  # held, and opens what it sealed

@@ -148,20 +148,17 @@ class Writer:
 
     def _epoch(self, scope: str, user: str | None = None) -> int:
         """The key epoch this robot seals ``user``'s documents of ``scope`` under, now (and,
-        in `held_epoch`, the newest it holds: the keyring's choice is under test)."""
-        ring = self.keyring
-        if user is None:
-            held = {e for (s, e) in ring._scope_keys if s == scope}
-        else:
-            held = {e for (u, s, e) in ring._data_keys if u == user and s == scope}
-        self.held_epoch = max(held, default=-1)
+        in `held_epoch`, the newest epoch of the scope it holds any key of: the keyring's
+        choice is under test; the newest of the user's own keys hid a robot that sealed
+        under an older one than the scope's, found in review)."""
+        self.held_epoch = self.keyring.newest_held(scope)
         try:
-            return ring.sealing_epoch(scope, user)
+            return self.keyring.sealing_epoch(scope, user)
         except MissingKeyError:
             # a user registered on a robot that makes no keys, or whose key of the scope's
             # newest epoch is not granted here yet: the owner makes it when it hears of the
-            # user, and the write is sealed once it is granted (-1: unknown, and left out of
-            # the revocation check, which needs the writer's epoch)
+            # user, and the write is sealed once it is granted (-1: sealed later, under the
+            # newest epoch then; left out of the check of the epoch sealed under)
             return -1
 
     async def explained(

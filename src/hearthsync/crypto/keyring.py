@@ -270,25 +270,24 @@ class Keyring:
         return newest
 
     def sealing_epoch(self, scope: str, user: str | None) -> int:
-        """The newest epoch whose key for ``user``'s documents of ``scope`` (household
-        documents: ``user`` None) this device holds: what sealing uses.
+        """The epoch whose key for ``user``'s documents of ``scope`` (household documents:
+        ``user`` None, the scope key) sealing uses: the newest epoch of the scope this device
+        holds any key of (`newest_held`: a scope key, or any user's data key).
 
-        Not a user's data key older than the scope's newest epoch held (`current_epoch`):
-        that epoch began with a revocation, and the revoked robot holds the keys before it.
-        `MissingKeyError` then, until the user's key of the new epoch is granted (the
-        document is asked for with `KEY_REQUEST`, SPEC §6.5).  Sealing under the older key,
-        as robots did, left what they wrote of such a user readable by the revoked robot,
-        and, for a user the owner never keyed since (one a revoked admin added), never
-        readable by the owner (the chaos harness, seed 7002366)."""
+        Not an older key of the slot: that epoch began with a revocation, and the revoked
+        robot holds the keys before it.  `MissingKeyError` then, until the slot's key of the
+        newest epoch is granted (the document is asked for with `KEY_REQUEST`, SPEC §6.5).
+        Sealing under the older key, as robots did, left what they wrote after a revocation
+        readable by the robot revoked, and, for a user the owner never keyed since (one a
+        revoked admin added), never readable by the owner (the chaos harness, seed 7002366).
+        Compared with the newest epoch of *any* key, not of the scope key alone: a robot
+        that missed the new scope key with the user's went on sealing under the old epoch,
+        and never asked (found in review)."""
         index = f"{scope}\x00{user or ''}"
         newest = self._newest.get(index)
         if newest is None:
-            if user is None:
-                epochs = {e for (s, e) in self._scope_keys if s == scope}
-            else:
-                epochs = {e for (u, s, e) in self._data_keys if u == user and s == scope}
-            newest = max(epochs, default=-1)
-            if user is not None and newest < self.current_epoch(scope):
+            newest = self.newest_of_slot(scope, user)
+            if 0 <= newest < self.newest_held(scope):
                 newest = -2  # held, but of an epoch before the scope's newest
             self._newest[index] = newest
         if newest == -1:
@@ -296,9 +295,20 @@ class Keyring:
         if newest == -2:
             raise MissingKeyError(
                 f"no key held for scope {scope!r}, user {user!r} in epoch "
-                f"{self.current_epoch(scope)}, the scope's newest here (not granted yet)"
+                f"{self.newest_held(scope)}, the scope's newest here (not granted yet)"
             )
         return newest
+
+    def newest_of_slot(self, scope: str, user: str | None) -> int:
+        """The newest epoch of ``user``'s data keys of ``scope`` (None: of the scope key)
+        held, whether or not it seals (-1: none)."""
+        if user is None:
+            return max((e for (s, e) in self._scope_keys if s == scope), default=-1)
+        return max((e for (u, s, e) in self._data_keys if u == user and s == scope), default=-1)
+
+    def keyed_users(self) -> frozenset[UserId]:
+        """The users this device holds any data key of."""
+        return frozenset(user for user, _, _ in self._data_keys)
 
     def newest_held(self, scope: str) -> int:
         """The newest epoch of ``scope`` this device holds any key of, a scope key or any

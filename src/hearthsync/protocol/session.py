@@ -651,8 +651,15 @@ class Session:
             self._send(f.Ack(doc_id, state_vector))
 
     def send_update(self, doc_id: DocId, delta: bytes) -> bool:
-        """Forward a durable local delta if the peer may read it; return whether it was sent."""
-        if self.state is not State.OPEN or not self._sealable(doc_id):
+        """Forward a durable local delta if the peer may read it; return whether it was sent.
+
+        One this device cannot seal now (its key of the scope's newest epoch not granted
+        yet) is offered once it can: `keys_learned` offers the documents not offered, and
+        this one counts as not offered again."""
+        if self.state is not State.OPEN:
+            return False
+        if not self._sealable(doc_id):
+            self._offered.discard(doc_id)
             return False
         lineage = self.docs.lineage(doc_id)
         if lineage is None:
@@ -1355,13 +1362,16 @@ class Session:
                     f.ErrorCode.STALE_KEYS,
                     f"no key for {meta.scope} epoch {header.epoch}: reconnect for the grant",
                 )
-            elif self._holds_later_epoch(meta.scope, meta.subject, header.epoch):
-                # the peer seals with the newest key it holds of the slot: an older one than
-                # this device's means it missed a grant of ours.  A member holding an older
-                # key (an admin's, made before the rotation) never asks (`KEY_REQUEST` is for
-                # what it cannot seal at all), and sealed for good under a key this owner or
-                # admin lacks (found by the chaos harness, seed 7002366): granted again
+            elif self.keyring.newest_of_slot(meta.scope, meta.subject) > header.epoch:
+                # the peer seals under the newest epoch it holds any key of: an older one
+                # than this device holds of the slot means it missed grants of ours, the
+                # slot's and the scope key's of that epoch.  Holding a key it can seal with,
+                # it never asks (`KEY_REQUEST` is for what it cannot seal), and sealed for
+                # good under a key this owner or admin lacks (found by the chaos harness,
+                # seed 7002366): both granted again
                 self._grant_slot_again(meta.scope, meta.subject or "")
+                if meta.subject is not None:
+                    self._grant_slot_again(meta.scope, "")
 
     # -------------------------------------------------------------- scopes and plumbing
 
@@ -1383,14 +1393,6 @@ class Session:
         except MissingKeyError:
             return False
         return True
-
-    def _holds_later_epoch(self, scope: str, subject: str | None, epoch: int) -> bool:
-        """This device holds a key of the slot (``subject``'s data keys of ``scope``, or the
-        scope's own keys) of an epoch after ``epoch``."""
-        try:
-            return self.keyring.sealing_epoch(scope, subject) > epoch
-        except MissingKeyError:
-            return False
 
     def _grants_every_key(self) -> bool:
         """The peer is an owner or admin: it grants every key of the shared scopes it holds
