@@ -472,18 +472,9 @@ class DocumentSet:
                 async with self._lock:
                     queue = self._queue
                     self._queue = _Queue()
-                    self._inflight, self._inflight_queue = queue.done, queue
-                    try:
-                        results = await self._flush(queue)
-                    except Exception as exc:  # handed to every waiting writer
-                        _settle_all(queue, exc)
-                    except BaseException:
-                        _settle_interrupted(queue)
-                        raise
-                    else:
-                        _settle_all(queue, None, results)
-                    finally:
-                        self._inflight_queue = None
+                    # an error is handed to every waiting writer; the flusher goes on
+                    with contextlib.suppress(Exception):
+                        await self._flush_answering(queue)
                 # one turn for whoever waited on this batch (acknowledgements to send) before
                 # the housekeeping below, which may hold the loop for milliseconds
                 await asyncio.sleep(0)
@@ -528,20 +519,27 @@ class DocumentSet:
             self._queue = _Queue()
             if queue.done is None:
                 queue.done = asyncio.get_running_loop().create_future()
-            self._inflight, self._inflight_queue = queue.done, queue
-            try:
-                results = await self._flush(queue)
-            except Exception as exc:
-                _settle_all(queue, exc)
-                raise
-            except BaseException:
-                _settle_interrupted(queue)
-                raise
-            else:
-                _settle_all(queue, None, results)
-            finally:
-                self._inflight_queue = None
+            await self._flush_answering(queue)
         return queue
+
+    async def _flush_answering(self, queue: _Queue) -> None:
+        """Commit ``queue`` as the batch in flight (the lock held) and answer its writers and
+        barriers: with its results; with the error it failed with, raised again; cancelled,
+        with what happened to it (`_settle_interrupted`: a cancellation is no `Exception`,
+        and its writers waited for good before, found in review)."""
+        self._inflight, self._inflight_queue = queue.done, queue
+        try:
+            results = await self._flush(queue)
+        except Exception as exc:
+            _settle_all(queue, exc)
+            raise
+        except BaseException:
+            _settle_interrupted(queue)
+            raise
+        else:
+            _settle_all(queue, None, results)
+        finally:
+            self._inflight_queue = None
 
     def _settle_merged(self, queue: _Queue) -> None:
         """Sort what was merged from elsewhere into content beyond a clock gap or not, now
