@@ -237,3 +237,9 @@ async def test_the_owner_keys_users_it_is_asked_for_up_to_a_bound_of_unlisted_on
         owner.keys_wanted("late")
         owner.keys_wanted("later")
         assert ring.keyed_users() - before - keyed == {"late"}
+        # one never listed can be forgotten, its keys shredded: room again (found in review:
+        # `forget` knew only listed users, and the bound never freed up)
+        await owner.forget("ghost1")
+        assert "ghost1" not in ring.keyed_users()
+        owner.keys_wanted("later")
+        assert "later" in ring.keyed_users()

@@ -163,7 +163,12 @@ class Forgetting:
         if existing is not None:
             await self.purge(user)
             return existing
-        if user not in peer._known_users():
+        state = peer.household
+        keyed = state.keyring.keyed_users() if state is not None else frozenset()
+        # a user the owner keyed because a robot asked (`Peer.keys_wanted`) is on no list,
+        # yet its keys are held: forgettable, or the owner could never shred them, nor make
+        # room for others to be keyed so (found in review)
+        if user not in peer._known_users() and user not in keyed:
             raise NotFoundError(f"unknown user {user!r}: nothing to forget")
         self._seen.add(user)
         tombstone = await self._endorse(user)

@@ -286,9 +286,17 @@ FOUND = {
     8000096: "a write a robot could not seal when made (its user's key of a second "
     "revocation's epoch not granted yet) was taken by the checker for one sealed under an "
     "epoch the first revoked robot holds (2026-12-07, the checker's bug)",
+    20089: "(edits 4, duration 5, fault rate 1.2: one of CI's) a write left out of a re-offer "
+    "while a newer epoch's key was held, not its slot's, was never offered again on that "
+    "session (2026-12-07)",
 }
+
+
+#: the scenario of each found seed, where not the default one
+FOUND_IN = {20089: CI_SCENARIO}
 
 
 @pytest.mark.parametrize("seed", sorted(FOUND))
 def test_a_schedule_the_harness_found_failing_passes(seed: int) -> None:
-    assert problems(run_schedule(seed, Scenario())) == [], FOUND[seed]
+    scenario = FOUND_IN.get(seed, Scenario())
+    assert problems(run_schedule(seed, scenario)) == [], FOUND[seed]

@@ -992,6 +992,77 @@ def test_an_update_not_sealable_when_written_is_offered_once_it_is(
     assert hall.docs.content("user/alice/prefs") == {"tea/cup": "white", "tea/mug": "blue"}
 
 
+def test_an_update_held_back_from_a_re_offer_for_want_of_a_key_is_offered_once_sealable(
+    kitchen: Robot, hall: Robot
+) -> None:
+    """The chaos harness, seed 20089: an update went out, its ACK was lost; by the re-offer
+    the robot held a newer epoch's key of another user, not this document's, so the re-offer
+    left it out and stopped counting it as unacknowledged, while still counting it as
+    offered: the key came, and nothing offered it again on that session."""
+    kitchen.docs.write("user/alice/prefs", "tea/cup", "white")
+    a, b = connect(kitchen, hall)
+    delta = kitchen.docs.write("user/alice/prefs", "tea/mug", "blue")
+    assert a[1].send_update(DocId("user/alice/prefs"), delta)
+    a[1].data_to_send()  # lost
+    newer = Keyring()
+    newer.merge_from(kitchen.keyring)
+    newer.rotate_for_revocation(["core"], random.Random(4).randbytes, serial=1)
+    bob, alice = (UserId("bob"), Scope("core"), 1), (UserId("alice"), Scope("core"), 1)
+    assert keyring_module._hold(kitchen.keyring._data_keys, bob, newer.data_key("bob", "core", 1))
+    kitchen.keyring._changed()
+    a[1].tick(NOW + SETTLE_S)  # the re-offer: alice's prefs cannot be sealed now
+    assert DocId("user/alice/prefs") not in a[1]._unacked
+    pump(a, b, NOW + SETTLE_S)
+    for robot_ in (kitchen, hall):
+        keyring_module._hold(robot_.keyring._data_keys, alice, newer.data_key("alice", "core", 1))
+        robot_.keyring._changed()
+    a[1].keys_learned()
+    pump(a, b, NOW + SETTLE_S)
+    assert hall.docs.content("user/alice/prefs") == {"tea/cup": "white", "tea/mug": "blue"}
+
+
+def _owner_revokes_and_grants_the_hall(home: Home, hall: Robot, admin: Robot) -> None:
+    """The owner revokes a robot (list 1, epoch 1 of every scope) and grants the hall the
+    new keys; the admin, not linked to the owner, stays at epoch 0 (it hears the list from
+    the hall: members pass lists on)."""
+    owner = owner_robot(home)
+    owner.trust.add(home.certs["hall"], NOW)
+    owner.keyring.merge_from(admin.keyring)
+    listed = Revocations.issue(
+        home.owner, household_id=home.household.id, serial=1, revoked=["AAAAAAAAAAAAAAAA"]
+    )
+    for robot_ in (owner, hall, admin):
+        assert robot_.trust.accept_revocations(listed, NOW)
+    owner.keyring.rotate_for_revocation(owner.keyring.scopes, random.Random(5).randbytes,
+                                        serial=1)  # fmt: skip
+    a, b = connect(owner, hall)
+    assert hall.keyring.sealing_epoch("core", "alice") == 1
+    b[1].close()
+    pump(a, b)
+
+
+def test_a_member_ahead_of_an_admin_takes_what_it_can_open_and_stays_connected(
+    home: Home, hall: Robot, admin: Robot
+) -> None:
+    """Found in review: the hall holds epoch 1 (the owner's rotation), the admin, cut off
+    from the owner, epoch 0, and adds carol in it.  The hall can open carol's documents
+    (it holds her key of epoch 0) but not seal them.  It took "cannot seal" for "cannot
+    open": it never asked for them, and at every offer of the admin after the first it
+    closed the session for a grant (409) that the admin had no newer key to give."""
+    _owner_revokes_and_grants_the_hall(home, hall, admin)
+    admin.keyring.create_data_key("carol", "core", home.random_bytes)
+    admin.docs.write("user/carol/prefs", "tea/mug", "green")
+    a, b = connect(admin, hall)
+    assert hall.docs.content("user/carol/prefs") == {"tea/mug": "green"}
+    delta = admin.docs.write("user/carol/prefs", "tea/cup", "white")
+    assert a[1].send_update(DocId("user/carol/prefs"), delta)
+    a[1].data_to_send()  # lost: the admin offers again
+    a[1].tick(NOW + SETTLE_S)
+    pump(a, b, NOW + SETTLE_S)
+    assert b[1].state is State.OPEN
+    assert hall.docs.content("user/carol/prefs") == {"tea/mug": "green", "tea/cup": "white"}
+
+
 def test_the_owner_keys_a_user_it_is_asked_for_that_no_robot_keyed_in_the_current_epoch(
     home: Home, hall: Robot, admin: Robot
 ) -> None:
