@@ -7,6 +7,7 @@ import hashlib
 import itertools
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -35,6 +36,7 @@ from hearthsync.protocol.session import (
     MAX_REQUESTED,
     MAX_UNOPENED,
     REQUEST_RETRY_S,
+    SETTLE_MAX_S,
     SETTLE_S,
     SILENCE_S,
     UNRELAYED_OFFER_S,
@@ -2048,3 +2050,180 @@ def test_a_revocation_list_an_admin_signed_is_ignored_and_revokes_nothing(
     assert c[1].send_update(DocId("user/alice/prefs"), delta)
     pump(c, d)
     assert kitchen.docs.content("user/alice/prefs") == {"tea/mug": "red"}
+
+
+# --- documents that cannot be sealed for a while (keys of a newer epoch held, not the slot's)
+
+ALICE_PREFS = DocId("user/alice/prefs")
+
+
+def _newer(robot: Robot) -> Keyring:
+    newer = Keyring()
+    newer.merge_from(robot.keyring)
+    newer.rotate_for_revocation(["core"], random.Random(4).randbytes, serial=1)
+    return newer
+
+
+def _unsealable(robot: Robot, newer: Keyring) -> None:
+    """``robot`` holds bob's epoch-1 key, not alice's: alice's documents cannot be sealed."""
+    bob = (UserId("bob"), Scope("core"), 1)
+    assert keyring_module._hold(robot.keyring._data_keys, bob, newer.data_key("bob", "core", 1))
+    robot.keyring._changed()
+
+
+def _sealable_again(newer: Keyring, *robots: Robot) -> None:
+    alice = (UserId("alice"), Scope("core"), 1)
+    for robot_ in robots:
+        keyring_module._hold(robot_.keyring._data_keys, alice, newer.data_key("alice", "core", 1))
+        robot_.keyring._changed()
+
+
+def _deleted_here(robot: Robot, doc: DocId, key: str) -> bytes:
+    captured: list[bytes] = []
+    d: Doc = robot.docs.docs[doc]
+    sub = d.observe(lambda e: captured.append(e.update))
+    with d.transaction():
+        del d.get("m", type=Map)[key]
+    d.unobserve(sub)
+    return captured[0]
+
+
+def _run(a: tuple[Robot, Session], b: tuple[Robot, Session], times: Sequence[float]) -> None:
+    for t in times:
+        a[1].tick(NOW + t)
+        b[1].tick(NOW + t)
+        pump(a, b, NOW + t)
+
+
+def test_a_deletion_written_while_unsealable_is_not_settled_by_the_ack_of_a_later_write(
+    kitchen: Robot, hall: Robot
+) -> None:
+    """Written while no key sealed it, a deletion is never sent: `keys_learned` offers it
+    later as an ordinary (provable) offer.  That offer lost, the ACK of the next write,
+    which covers the state vector, settles it, and the hall shows the mug for good."""
+    kitchen.docs.write(ALICE_PREFS, "tea/mug", "green")
+    a, b = connect(kitchen, hall)
+    newer = _newer(kitchen)
+    _unsealable(kitchen, newer)
+    assert not a[1].send_update(ALICE_PREFS, _deleted_here(kitchen, ALICE_PREFS, "tea/mug"))
+    _sealable_again(newer, kitchen, hall)
+    a[1].keys_learned()
+    assert [type(x) for x in sent(a[1])] == [f.Inventory]  # lost
+    for data in _written_and_applied(a, b, ALICE_PREFS, "coffee", "oat"):  # its ACK arrives
+        a[1].receive_data(data, NOW + 0.1)
+    _run(a, b, (SETTLE_S, 3 * SETTLE_S, 10.0, 40.0, 100.0))
+    assert hall.docs.content(ALICE_PREFS) == kitchen.docs.content(ALICE_PREFS) == {"coffee": "oat"}
+
+
+def test_a_deletion_sent_then_dropped_from_a_re_offer_for_want_of_a_key_stays_unprovable(
+    kitchen: Robot, hall: Robot
+) -> None:
+    """A deletion sent and lost is owed exactly (only a MATCHED or SYNC_STEP1 settles it).
+    The re-offer, made while the document cannot be sealed, drops it, and with it that it
+    was exact: the offer once sealable again is an ordinary one."""
+    kitchen.docs.write(ALICE_PREFS, "tea/mug", "green")
+    a, b = connect(kitchen, hall)
+    assert a[1].send_update(ALICE_PREFS, _deleted_here(kitchen, ALICE_PREFS, "tea/mug"))
+    a[1].data_to_send()  # lost
+    assert a[1]._unacked[ALICE_PREFS].exact
+    newer = _newer(kitchen)
+    _unsealable(kitchen, newer)
+    a[1].tick(NOW + SETTLE_S)  # the re-offer leaves it out
+    assert ALICE_PREFS not in a[1]._unacked
+    _sealable_again(newer, kitchen, hall)
+    a[1].keys_learned()
+    a[1].data_to_send()  # the offer, lost
+    for data in _written_and_applied(a, b, ALICE_PREFS, "coffee", "oat"):
+        a[1].receive_data(data, NOW + SETTLE_S)
+    _run(a, b, (2 * SETTLE_S, 4 * SETTLE_S, 10.0, 40.0, 100.0))
+    assert hall.docs.content(ALICE_PREFS) == kitchen.docs.content(ALICE_PREFS) == {"coffee": "oat"}
+
+
+def test_an_answer_of_deletions_held_back_for_want_of_a_key_stays_unprovable(
+    kitchen: Robot, hall: Robot
+) -> None:
+    """As above, for an answer from a third robot that brought only a deletion
+    (`_to_offer`, exact): dropped from the re-offer while unsealable, offered later as an
+    ordinary offer; that offer lost, a later ACK settles it."""
+    kitchen.docs.write(ALICE_PREFS, "tea/mug", "green")
+    a, b = connect(kitchen, hall)
+    kitchen.docs.apply(ALICE_PREFS, _removed_elsewhere(kitchen, ALICE_PREFS, "tea/mug"))
+    assert not a[1].relays(ALICE_PREFS, answer_from(ELSEWHERE))
+    newer = _newer(kitchen)
+    _unsealable(kitchen, newer)
+    a[1].tick(NOW + 0.5)  # the offer of it: left out
+    assert not sent(a[1])
+    _sealable_again(newer, kitchen, hall)
+    a[1].keys_learned()
+    a[1].data_to_send()  # the offer, lost
+    for data in _written_and_applied(a, b, ALICE_PREFS, "coffee", "oat"):
+        a[1].receive_data(data, NOW + 1)
+    _run(a, b, (SETTLE_S + 1, 10.0, 40.0, 100.0))
+    assert hall.docs.content(ALICE_PREFS) == kitchen.docs.content(ALICE_PREFS) == {"coffee": "oat"}
+
+
+def _owner_at_epoch_1_without_alice(home: Home, hall: Robot, admin: Robot) -> Robot:
+    """The owner holds core's epoch-1 scope key (list 1) and alice's key of epoch 0 only (an
+    admin keyed her, and granted it): alice's documents do not seal on the owner."""
+    owner = owner_robot(home)
+    owner.trust.add(home.certs["hall"], NOW)
+    owner.keyring.merge_from(admin.keyring)
+    listed = Revocations.issue(
+        home.owner, household_id=home.household.id, serial=1, revoked=["AAAAAAAAAAAAAAAA"]
+    )
+    for robot_ in (owner, hall):
+        assert robot_.trust.accept_revocations(listed, NOW)
+    key = random.Random(7).randbytes(32)
+    assert keyring_module._hold(owner.keyring._scope_keys, (Scope("core"), 1), key)
+    owner.keyring._changed()
+    return owner
+
+
+def test_a_document_the_owner_makes_sealable_by_keying_a_user_is_offered_until_acknowledged(
+    home: Home, hall: Robot, admin: Robot
+) -> None:
+    """Keys made here (`Peer._make_keys`: the owner keys a user it hears of, or is asked
+    for) make documents sealable again without `keys_learned`: the driver only calls
+    `send_grants`, whose inventory is not booked (neither `_offered` nor `_unacked`).  Lost,
+    the document is never offered on that session."""
+    owner = _owner_at_epoch_1_without_alice(home, hall, admin)
+    owner.docs.write(ALICE_PREFS, "tea/mug", "green")
+    a, b = connect(owner, hall)
+    assert ALICE_PREFS not in a[1]._offered
+    assert not hall.docs.content(ALICE_PREFS)
+    owner.keyring.create_data_key("alice", "core", random.Random(8).randbytes)  # epoch 1
+    assert a[1].send_grants()  # `on_keys_made`, as the drivers call it
+    for frame in sent(a[1]):
+        if not isinstance(frame, f.Inventory):  # the inventory is lost
+            b[1].receive_data(f.encode(frame), NOW)
+    pump(a, b)
+    _run(a, b, (SETTLE_S, 10.0, 40.0, 100.0, 200.0))
+    assert hall.docs.content(ALICE_PREFS) == {"tea/mug": "green"}
+
+
+def test_a_peer_that_cannot_seal_what_it_holds_more_of_is_not_offered_to_for_good(
+    kitchen: Robot, hall: Robot
+) -> None:
+    """Found in review: the hall holds more of a document than the kitchen (it wrote while it
+    could not seal it) and cannot offer it.  The kitchen's re-offer then never settles: the
+    digests differ, so no MATCHED; the hall asks, the kitchen answers with its delete set
+    (exact: no ACK proves it), and the hall's SYNC_STEP1 settled the debt only for the
+    answer to owe it again, restarting the re-offers at `SETTLE_S`: an answer every 2 s, 900
+    in half an hour, for as long as the hall waits for the key.  The re-offers now go on
+    backing off, to one every `SETTLE_MAX_S` (not fewer: nothing proves the hall holds the
+    kitchen's deletions while the two digests differ)."""
+    kitchen.docs.write(ALICE_PREFS, "tea/mug", "green")
+    kitchen.docs.write(ALICE_PREFS, "tea/mug", "blue")  # an overwrite: a deletion
+    a, b = connect(kitchen, hall)
+    _unsealable(hall, _newer(hall))
+    assert not b[1].send_update(ALICE_PREFS, hall.docs.write(ALICE_PREFS, "tea/cup", "white"))
+    assert a[1].send_update(ALICE_PREFS, kitchen.docs.write(ALICE_PREFS, "coffee", "oat"))
+    for data in a[1].data_to_send():
+        b[1].receive_data(data, NOW)
+    for event in b[1].events_received():
+        b[1].applied(event.doc_id, hall.docs.apply(event.doc_id, event.update))  # type: ignore[union-attr]
+    b[1].data_to_send()  # its ACK, lost
+    before = a[1].frames_sent["SYNC_STEP2"]
+    _run(a, b, [float(t) for t in range(1, 1_801)])  # half an hour, a tick a second
+    answers = a[1].frames_sent["SYNC_STEP2"] - before
+    assert answers <= 1_800 / SETTLE_MAX_S + 5, f"{answers} answers in 30 minutes"

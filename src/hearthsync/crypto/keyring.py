@@ -302,9 +302,15 @@ class Keyring:
     def newest_of_slot(self, scope: str, user: str | None) -> int:
         """The newest epoch of ``user``'s data keys of ``scope`` (None: of the scope key)
         held, whether or not it seals (-1: none)."""
-        if user is None:
-            return max((e for (s, e) in self._scope_keys if s == scope), default=-1)
-        return max((e for (u, s, e) in self._data_keys if u == user and s == scope), default=-1)
+        index = f"slot\x00{scope}\x00{user if user is not None else ''}"
+        newest = self._newest.get(index)
+        if newest is None:
+            if user is None:
+                epochs = [e for (s, e) in self._scope_keys if s == scope]
+            else:
+                epochs = [e for (u, s, e) in self._data_keys if u == user and s == scope]
+            newest = self._newest[index] = max(epochs, default=-1)
+        return newest
 
     def keyed_users(self) -> frozenset[UserId]:
         """The users this device holds any data key of."""
