@@ -207,6 +207,10 @@ class Keyring:
         # emptied whenever the keys change (`_changed`), so forgetting leaves nothing behind
         self._derived: dict[tuple[bytes, str, str], bytes] = {}
         self._newest: dict[str, int] = {}
+        #: per scope, the newest epoch of the data keys forgetting shredded: still counted
+        #: as held by `newest_held`, so forgetting a user cannot bring sealing back to an
+        #: epoch before a revocation (found in review)
+        self._shredded: dict[Scope, int] = {}
         #: grants made, by (granter, recipient, key): the same grant is sent again rather than
         #: sealed and signed again (about 0.2 ms each; every session opening offers every
         #: key); emptied when a user is forgotten
@@ -242,6 +246,8 @@ class Keyring:
         for data_index, keys in other._data_keys.items():
             if data_index[0] not in self._forgotten:
                 added += sum(_hold(self._data_keys, data_index, key) for key in keys)
+        for scope, epoch in other._shredded.items():
+            self._shredded[scope] = max(self._shredded.get(scope, -1), epoch)
         return added
 
     def key_count(self) -> int:
@@ -321,7 +327,7 @@ class Keyring:
         user's data key (-1 if none): what a revoked robot can read of (`current_epoch`
         looks at scope keys, and a user's data key of a new epoch alone opens their
         documents)."""
-        return max(self._epochs(scope), default=-1)
+        return max(self._epochs(scope) | {self._shredded.get(Scope(scope), -1)})
 
     def _epochs(self, scope: str) -> set[int]:
         epochs = {e for (s, e) in self._scope_keys if s == scope}
@@ -455,6 +461,8 @@ class Keyring:
         self._changed()
         for key in doomed:
             del self._data_keys[key]
+            _, scope, epoch = key
+            self._shredded[scope] = max(self._shredded.get(scope, -1), epoch)
         self._forgotten.add(UserId(user))
         self._grants.clear()
         self._accepted.clear()
@@ -656,14 +664,17 @@ def export_secret_keys(keyring: Keyring) -> bytes:
     data_keys = [
         [u, s, e, k] for (u, s, e), keys in sorted(keyring._data_keys.items()) for k in keys[::-1]
     ]
-    return pack([_KEYRING_FORMAT, scope_keys, data_keys, sorted(keyring._forgotten)])
+    fields = [_KEYRING_FORMAT, scope_keys, data_keys, sorted(keyring._forgotten)]
+    if keyring._shredded:  # a fifth field only then: a version before it reads the rest
+        fields.append([[s, e] for s, e in sorted(keyring._shredded.items())])
+    return pack(fields)
 
 
 def import_secret_keys(data: bytes) -> Keyring:
     """The inverse of `export_secret_keys`; `CryptoError` if the bytes are not a keyring."""
     fields = unpack_array(
-        data, what="keyring", length=4, max_bytes=4 * 1024 * 1024, error=CryptoError,
-        max_array=100_000,
+        data, what="keyring", length=4, max_length=5, max_bytes=4 * 1024 * 1024,
+        error=CryptoError, max_array=100_000,
     )  # fmt: skip
     keyring = Keyring()
     try:
@@ -674,6 +685,8 @@ def import_secret_keys(data: bytes) -> Keyring:
             data_index = (UserId(user), Scope(scope), int(epoch))
             _hold(keyring._data_keys, data_index, check_bytes(key, field="key", size=32))
         keyring._forgotten.update(UserId(u) for u in fields[3])
+        for scope, epoch in fields[4] if len(fields) > 4 else ():  # since forgetting floors
+            keyring._shredded[Scope(scope)] = int(epoch)
     except (TypeError, ValueError) as exc:
         raise CryptoError(f"keyring: malformed entry ({type(exc).__name__})") from None
     return keyring

@@ -48,7 +48,7 @@ import contextlib
 import enum
 import hashlib
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import InitVar, dataclass, field
 from typing import Protocol
 
@@ -450,9 +450,6 @@ class Session:
     #: no state vector, so an ACK of an earlier update would cover it)
     _to_offer: set[DocId] = field(default_factory=set)
     _offered: set[DocId] = field(default_factory=set)  #: documents offered so far
-    #: left out of what was sent or offered for want of a key (the slot's of the newest epoch
-    #: held): offered again once sealable, as what an ACK cannot prove (it may be a deletion)
-    _held_back: set[DocId] = field(default_factory=set)
     #: the grants sent on this session: sent once each.  An owner or admin grants again
     #: whenever it has keys to pass on, and the peer verified every grant it was sent again
     #: (about 54 µs each): a key made for a new user cost each link every grant held
@@ -781,11 +778,13 @@ class Session:
             self._send(f.KeyGrant(grant))
         if grants and offer:  # the peer may now open documents it skipped: offer them again
             # keys made here may make documents sealable that were not (held back, or left
-            # out at the opening): offered, and owed, as `keys_learned` offers them; the
-            # inventory after them is not owed (found in review: lost, such a document was
-            # never offered on the session)
-            self._offer(only_new=True)
-            self._send(f.Inventory(tuple(self._inventory())))
+            # out at the opening): owed, as `keys_learned` offers them (found in review:
+            # lost, such a document was never offered on the session); one inventory, not
+            # one more of those (each was asked for and answered twice, found in review)
+            entries = self._inventory()
+            new = {e.doc_id for e in entries} - self._offered
+            self._offered |= new
+            self._send_offer(entries, restart=False, owing=new)
         return len(grants)
 
     def close(self, reason: str = "closing") -> None:
@@ -1085,11 +1084,9 @@ class Session:
     def _hold_back(self, doc_id: DocId) -> None:
         """``doc_id`` could not be sealed for the peer now (its slot's key of the newest
         epoch held here is not granted yet): counted as not offered, so that `keys_learned`
-        offers it once it can be, and as held back, so that offer is exact.  Counted as
-        offered, a write held back was never offered again on the session (the chaos
-        harness, seed 20089)."""
+        offers it once it can be.  Counted as offered, a write held back was never offered
+        again on the session (the chaos harness, seed 20089)."""
         self._offered.discard(doc_id)
-        self._held_back.add(doc_id)
 
     def _offer(self, *, only_new: bool = False) -> None:
         """Send the inventory (``only_new``: of the documents not offered before, if any);
@@ -1102,25 +1099,15 @@ class Session:
         else:
             entries = self._inventory()
         self._offered.update(entry.doc_id for entry in entries)
-        # what was held back for want of a key may be a deletion, or an answer's delete set:
-        # offered as what an ACK cannot prove (found in review: offered plainly, and that
-        # offer lost, the ACK of a later write settled a removal the peer never had)
-        exact = self._held_back & self._offered
-        self._held_back -= exact
-        self._send_offer(entries, restart=True, exact=exact)
+        # a new offer of some documents does not put off a re-offer of others already due
+        # (found in review: keys learned restarted it)
+        self._send_offer(entries, restart=not only_new)
 
     def _offer_again(self) -> None:
         """Anti-entropy (SPEC §6.4): offer what the peer has not acknowledged yet, and what
         was not relayed to it, as one inventory of just those documents.  A document that
         can no longer be offered (its key is gone) stops counting as unacknowledged."""
         docs = sorted(self._unacked.keys() | self._unrelayed.keys() | self._to_offer)
-        # what an ACK cannot prove (found in review: re-offered as a bare state vector, a
-        # lost offer was settled by the ACK of an earlier write): deletions not relayed, held
-        # content not relayed, and what was owed so already
-        exact = set(self._to_offer) | {d for d, o in self._unacked.items() if o.exact}
-        for doc_id, noted in self._unrelayed.items():
-            if not statevector.covers(statevector.decode(self.docs.state_vector(doc_id)), noted):
-                exact.add(doc_id)
         self._unrelayed.clear()
         self._to_offer.clear()
         self._unrelayed_offer_at = None
@@ -1138,22 +1125,31 @@ class Session:
         if not self._unacked:
             self._settle_at = None
         if entries:
-            self._send_offer(entries, restart=False, exact=exact)
+            self._send_offer(entries, restart=False)
 
     def _send_offer(
-        self, entries: list[f.InventoryEntry], *, restart: bool, exact: set[DocId] | None = None
+        self,
+        entries: list[f.InventoryEntry],
+        *,
+        restart: bool,
+        owing: Collection[DocId] | None = None,
     ) -> None:
-        """Send ``entries`` as an inventory.  Each counts as unacknowledged until the peer
-        shows it holds as much as this side (SPEC §6.4), so a lost offer is made again: after
-        `SETTLE_S` from now (``restart``), or when the re-offer already due comes."""
+        """Send ``entries`` as an inventory.  Each (of ``owing``, if given) counts as owed
+        until the peer matches its digest (`MATCHED`, or its own inventory) or asks for it
+        (`SYNC_STEP1`), so a lost offer is made again: after `SETTLE_S` from now
+        (``restart``), or when the re-offer already due comes.
+
+        Never settled by an `ACK`: an offer is answered by a match or a request, and an
+        `ACK` shows the items the peer holds, not the deletions.  Settled by the `ACK` of a
+        later write, a lost offer of a removal made while the two robots were apart (or
+        held back for want of a key) left the peer without it for the session (found in
+        review, twice)."""
         self._send(f.Inventory(tuple(entries)))
-        for entry in entries:
-            before = self._unacked.get(entry.doc_id)
-            unprovable = before is not None and before.exact  # an offer proves nothing more
-            unprovable |= exact is not None and entry.doc_id in exact
+        owed = [e for e in entries if owing is None or e.doc_id in owing]
+        for entry in owed:
             state = statevector.decode(self.docs.state_vector(entry.doc_id))
-            self._unacked[entry.doc_id] = _Owed(state, unprovable, entry.sv_hash)
-        if entries and (restart or self._settle_at is None):
+            self._unacked[entry.doc_id] = _Owed(state, True, entry.sv_hash)
+        if owed and (restart or self._settle_at is None):
             self._settle_wait = SETTLE_S
             self._settle_at = self.now + SETTLE_S
 
@@ -1260,6 +1256,7 @@ class Session:
             # once it can (`keys_learned`): the peer, answered with nothing, stops asking
             # (the chaos harness, seed 20089)
             if lineage is not None and lineage == step.lineage:
+                self.docs.peer_state(step.doc_id, step.state_vector)  # as below (invariant 2)
                 self._hold_back(step.doc_id)
             self._send(f.SyncDone(step.doc_id))
             return
