@@ -2324,3 +2324,23 @@ def test_a_deletion_made_between_sessions_whose_opening_offer_is_lost_is_not_set
         a[1].receive_data(data, NOW + 0.1)
     _run(a, b, (SETTLE_S, 3 * SETTLE_S, 10.0, 40.0, 100.0))
     assert hall.docs.content(ALICE_PREFS) == kitchen.docs.content(ALICE_PREFS) == {"coffee": "oat"}
+
+
+def test_a_user_the_driver_did_not_key_is_wanted_again_later_on_the_session(
+    home: Home, hall: Robot, admin: Robot
+) -> None:
+    """Found in review: `KeysWanted` was reported once per user per session.  The driver may
+    not key them (`Peer.keys_wanted`: its bound of unlisted users full); once room was made,
+    the member still asked every `KEY_REQUEST_MAX_S`, but the session never reported it
+    again while the link held.  It does, at most once every `KEY_REQUEST_MAX_S`."""
+    owner = owner_robot(home)
+    owner.trust.add(home.certs["hall"], NOW)
+    owner.keyring.merge_from(admin.keyring)
+    a, b = connect(owner, hall)
+    wanted = []
+    for t in (1.0, 2.0 + KEY_REQUEST_S, 1.0 + KEY_REQUEST_MAX_S):
+        b[1]._send(f.KeyRequest("core", "carol"))
+        for data in b[1].data_to_send():
+            a[1].receive_data(data, NOW + t)
+        wanted += [t for e in a[1].events_received() if isinstance(e, KeysWanted)]
+    assert wanted == [1.0, 1.0 + KEY_REQUEST_MAX_S]  # the driver did not key carol

@@ -464,7 +464,8 @@ class Session:
     #: when each slot (scope, user) was last granted again on request (at most
     #: `MAX_UNOPENED` kept)
     _regranted: dict[tuple[str, str], float] = field(default_factory=dict)
-    _wanted: set[str] = field(default_factory=set)  #: users asked for: `KeysWanted`
+    #: users reported wanted (`KeysWanted`), and when
+    _wanted: dict[str, float] = field(default_factory=dict)
     _asked_slots: set[tuple[str, str]] = field(default_factory=set)  #: in the last KEY_REQUESTs
     _sent_serial: int = 0  #: of the revocation list last sent on this session
     #: the conflicting lists sent on this session (`TrustStore.conflicting`): sent once each
@@ -1024,18 +1025,23 @@ class Session:
             raise ProtocolError(f"KEY_REQUEST for {scope!r}, a scope this session does not share",
                                 code=403)  # fmt: skip
         if self._grant_slot_again(scope, user) and user and self._unkeyed(scope, user):
-            self._wanted.add(user)
+            self._wanted[user] = self.now
             self._events.append(KeysWanted(user))
 
     def _unkeyed(self, scope: str, user: str) -> bool:
         """This device is the owner, and keys ``user`` if asked: a well-formed id, not
         forgotten, no key of ``scope``'s newest epoch held, and fewer than
-        `MAX_KEYED_ON_REQUEST` users asked for on this session.  Only the owner keys the
-        people it hears of (an admin doing so too made two keys of each, "Several keys for
-        one slot" in docs/explanation/sync.md)."""
+        `MAX_KEYED_ON_REQUEST` users asked for on this session; each reported again at most
+        once every `KEY_REQUEST_MAX_S` (the peer may have refused to key them then: its bound
+        of unlisted users full, found in review).  Only the owner keys the people it hears
+        of (an admin doing so too made two keys of each, "Several keys for one slot" in
+        docs/explanation/sync.md)."""
         if self.trust.certificate_of(self.identity.device_id).role != "owner":
             return False
-        if user in self._wanted or len(self._wanted) >= MAX_KEYED_ON_REQUEST:
+        last = self._wanted.get(user)
+        if last is not None and self.now - last < KEY_REQUEST_MAX_S:
+            return False
+        if last is None and len(self._wanted) >= MAX_KEYED_ON_REQUEST:
             return False
         if not NAME_RE.fullmatch(user) or self.keyring.is_forgotten(user):
             return False
