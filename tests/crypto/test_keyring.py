@@ -12,7 +12,7 @@ from nacl.public import SealedBox
 from hearthsync.crypto import keyring
 from hearthsync.crypto.identity import DeviceIdentity, x25519_public_key
 from hearthsync.crypto.keyring import GRANT_TAG, KeyGrant, Keyring, derive_doc_key, seal_to
-from hearthsync.crypto.wire import unpack_array
+from hearthsync.crypto.wire import pack, unpack_array
 from hearthsync.errors import (
     CertificateError,
     CryptoError,
@@ -344,3 +344,44 @@ def test_nothing_is_sealed_under_a_key_older_than_the_newest_epoch_of_any_key_he
         with pytest.raises(MissingKeyError, match="epoch 1"):
             ring.sealing_epoch("core", user)
     assert ring.newest_of_slot("core", "alice") == 0  # held, and opens what it sealed
+
+
+def _with_shredded(ring: Keyring, shredded: list[list[object]]) -> bytes:
+    """``ring`` exported, with ``shredded`` as its fifth field (the epochs forgetting shred)."""
+    fields = unpack_array(
+        keyring.export_secret_keys(ring), what="keyring", length=4, max_length=5,
+        max_bytes=1 << 22, error=CryptoError, max_array=100_000,
+    )  # fmt: skip
+    return pack([*fields[:4], shredded])
+
+
+@pytest.mark.parametrize(
+    "shredded",
+    [
+        [["core", 2**63]],  # a floor no rotation reaches: core never sealed again
+        [["core", -7]],  # below "none held" (-1)
+        [["no such scope!", 1]],  # not a scope name
+        [[5, 1], ["core", 0]],  # not a string: the next save could not sort the field
+        [["core", True]],  # a bool taken for 1
+        [["core", "3"]],  # a string taken for 3
+    ],
+)
+def test_the_epochs_forgetting_shredded_are_checked_when_read(
+    admin_keys: Keyring, shredded: list[list[object]]
+) -> None:
+    """Found in review: the fifth keyring field was taken as it came."""
+    with pytest.raises(CryptoError, match="malformed entry"):
+        keyring.import_secret_keys(_with_shredded(admin_keys, shredded))
+
+
+def test_forgetting_keeps_the_newest_epoch_it_shredded_with_the_keys(admin_keys: Keyring) -> None:
+    """A scope named twice keeps the highest (as forgetting and merging do); a keyring with
+    nothing shredded is written with four fields, which a version before them reads."""
+    again = keyring.import_secret_keys(_with_shredded(admin_keys, [["core", 3], ["core", 1]]))
+    assert again.newest_held("core") == 3
+    four = unpack_array(keyring.export_secret_keys(admin_keys), what="k", length=4,
+                        max_bytes=1 << 22, error=CryptoError, max_array=100_000)  # fmt: skip
+    assert len(four) == 4
+    admin_keys.forget_user("alice")
+    again = keyring.import_secret_keys(keyring.export_secret_keys(admin_keys))
+    assert again._shredded == dict.fromkeys(SCOPES, 0)

@@ -652,6 +652,9 @@ def _new_key(random_bytes: RandomBytes) -> bytes:
 #: a slot's keys are entries of their own: a keyring of one key per slot reads as before, and
 #: an older version reading this one keeps one key of a slot (the last), as it always did
 _KEYRING_FORMAT = 1
+#: an epoch is a revocation list's serial (SPEC §4): none reaches this; a floor past it can
+#: only come of a damaged file
+MAX_SHREDDED_EPOCH = 2**32
 
 
 def export_secret_keys(keyring: Keyring) -> bytes:
@@ -686,7 +689,12 @@ def import_secret_keys(data: bytes) -> Keyring:
             _hold(keyring._data_keys, data_index, check_bytes(key, field="key", size=32))
         keyring._forgotten.update(UserId(u) for u in fields[3])
         for scope, epoch in fields[4] if len(fields) > 4 else ():  # since forgetting floors
-            keyring._shredded[Scope(scope)] = int(epoch)
+            # checked as every field is: a huge epoch stopped all sealing in the scope for
+            # good, a scope not a name broke every save after (found in review)
+            name = Scope(check_text(scope, field="scope", pattern=NAME_RE))
+            if check_uint(epoch, field="epoch") > MAX_SHREDDED_EPOCH:
+                raise ValueError("epoch")
+            keyring._shredded[name] = max(keyring._shredded.get(name, -1), epoch)
     except (TypeError, ValueError) as exc:
         raise CryptoError(f"keyring: malformed entry ({type(exc).__name__})") from None
     return keyring
