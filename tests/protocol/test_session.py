@@ -2095,17 +2095,13 @@ def _run(a: tuple[Robot, Session], b: tuple[Robot, Session], times: Sequence[flo
         pump(a, b, NOW + t)
 
 
-def test_a_deletion_written_while_unsealable_is_not_settled_by_the_ack_of_a_later_write(
-    kitchen: Robot, hall: Robot
+def _offer_once_sealable_lost_then_a_write_acked(
+    a: tuple[Robot, Session], b: tuple[Robot, Session], newer: Keyring
 ) -> None:
-    """Written while no key sealed it, a deletion is never sent: `keys_learned` offers it
-    later as an ordinary (provable) offer.  That offer lost, the ACK of the next write,
-    which covers the state vector, settles it, and the hall shows the mug for good."""
-    kitchen.docs.write(ALICE_PREFS, "tea/mug", "green")
-    a, b = connect(kitchen, hall)
-    newer = _newer(kitchen)
-    _unsealable(kitchen, newer)
-    assert not a[1].send_update(ALICE_PREFS, _deleted_here(kitchen, ALICE_PREFS, "tea/mug"))
+    """Alice's key of epoch 1 comes to both; the kitchen (``a``) offers alice's prefs, and
+    the offer is lost; then a write of the kitchen's, whose ACK arrives.  The hall must end
+    with the kitchen's prefs, the mug removed."""
+    (kitchen, _), (hall, _) = a, b
     _sealable_again(newer, kitchen, hall)
     a[1].keys_learned()
     assert [type(x) for x in sent(a[1])] == [f.Inventory]  # lost
@@ -2115,12 +2111,27 @@ def test_a_deletion_written_while_unsealable_is_not_settled_by_the_ack_of_a_late
     assert hall.docs.content(ALICE_PREFS) == kitchen.docs.content(ALICE_PREFS) == {"coffee": "oat"}
 
 
+def test_a_deletion_written_while_unsealable_is_not_settled_by_the_ack_of_a_later_write(
+    kitchen: Robot, hall: Robot
+) -> None:
+    """Found in review: written while no key sealed it, a deletion is not sent; `keys_learned`
+    offered it later as an ACK could prove it.  That offer lost, the ACK of the next write,
+    which covered the state vector, settled it, and the hall showed the mug for good."""
+    kitchen.docs.write(ALICE_PREFS, "tea/mug", "green")
+    a, b = connect(kitchen, hall)
+    newer = _newer(kitchen)
+    _unsealable(kitchen, newer)
+    assert not a[1].send_update(ALICE_PREFS, _deleted_here(kitchen, ALICE_PREFS, "tea/mug"))
+    _offer_once_sealable_lost_then_a_write_acked(a, b, newer)
+
+
 def test_a_deletion_sent_then_dropped_from_a_re_offer_for_want_of_a_key_stays_unprovable(
     kitchen: Robot, hall: Robot
 ) -> None:
-    """A deletion sent and lost is owed exactly (only a MATCHED or SYNC_STEP1 settles it).
-    The re-offer, made while the document cannot be sealed, drops it, and with it that it
-    was exact: the offer once sealable again is an ordinary one."""
+    """Found in review: a deletion sent and lost is owed exactly (only a MATCHED or
+    SYNC_STEP1 settles it).  The re-offer, made while the document could not be sealed,
+    dropped it, and with it that it was exact: the offer once sealable again was one an ACK
+    could settle."""
     kitchen.docs.write(ALICE_PREFS, "tea/mug", "green")
     a, b = connect(kitchen, hall)
     assert a[1].send_update(ALICE_PREFS, _deleted_here(kitchen, ALICE_PREFS, "tea/mug"))
@@ -2243,13 +2254,7 @@ def test_a_deletion_unsealable_at_the_opening_is_offered_exactly_once_sealable(
     _unsealable(kitchen, newer)
     a, b = connect(kitchen, hall)  # the opening inventory leaves alice's prefs out
     assert ALICE_PREFS not in a[1]._offered
-    _sealable_again(newer, kitchen, hall)
-    a[1].keys_learned()
-    assert [type(x) for x in sent(a[1])] == [f.Inventory]  # lost
-    for data in _written_and_applied(a, b, ALICE_PREFS, "coffee", "oat"):  # its ACK arrives
-        a[1].receive_data(data, NOW + 0.1)
-    _run(a, b, (SETTLE_S, 3 * SETTLE_S, 10.0, 40.0, 100.0))
-    assert hall.docs.content(ALICE_PREFS) == kitchen.docs.content(ALICE_PREFS) == {"coffee": "oat"}
+    _offer_once_sealable_lost_then_a_write_acked(a, b, newer)
 
 
 def test_forgetting_a_user_does_not_bring_sealing_back_to_an_epoch_before_a_revocation(
