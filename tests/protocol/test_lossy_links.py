@@ -240,6 +240,21 @@ def _asked_and_answered(a: Link, b: Link, now: float) -> list[f.Frame]:
     return answer
 
 
+def _done_without_its_answer_then_the_ack(
+    a: Link,
+    b: Link,
+    done: f.Frame,
+    ack_in_flight: list[bytes],
+    at: float,
+) -> None:
+    """The answer's SYNC_STEP2 is lost and its SYNC_DONE arrives (the hall asks no more) at
+    ``at``; then the ACK of an earlier write; then the kitchen's re-offers, for a while."""
+    b[1].receive_data(f.encode(done), NOW + at)
+    for data in ack_in_flight:
+        a[1].receive_data(data, NOW + at + 0.1)
+    _offers(a, b, at + 0.2, 3 * SETTLE_MAX_S)
+
+
 def test_an_offered_deletion_whose_answer_is_lost_while_its_done_arrives_is_offered_again(
     kitchen: Robot, hall: Robot
 ) -> None:
@@ -250,10 +265,7 @@ def test_an_offered_deletion_whose_answer_is_lost_while_its_done_arrives_is_offe
     kitchen.docs.apply(doc, _removed_elsewhere(kitchen, doc, "tea/mug"))
     assert not a[1].relays(doc, answer_from(ELSEWHERE))
     answer = _asked_and_answered(a, b, 0.5)
-    b[1].receive_data(f.encode(answer[1]), NOW + 0.7)  # the SYNC_STEP2 is lost
-    for data in ack_in_flight:
-        a[1].receive_data(data, NOW + 0.8)
-    _offers(a, b, 1.0, 3 * SETTLE_MAX_S)
+    _done_without_its_answer_then_the_ack(a, b, answer[1], ack_in_flight, 0.7)
     assert hall.docs.content(doc) == kitchen.docs.content(doc) == {"coffee": "oat"}
 
 
@@ -304,10 +316,7 @@ def test_a_lost_removal_then_a_repeated_request_whose_answer_is_lost_is_offered_
     a[1].receive_data(f.encode(repeated), NOW + 0.2)
     answer = [f.decode(data) for data in a[1].data_to_send()]
     assert [type(x) for x in answer] == [f.SyncStep2, f.SyncDone]
-    b[1].receive_data(f.encode(answer[1]), NOW + 0.3)  # the SYNC_STEP2 is lost
-    for data in ack_in_flight:
-        a[1].receive_data(data, NOW + 0.4)
-    _offers(a, b, 0.5, 3 * SETTLE_MAX_S)
+    _done_without_its_answer_then_the_ack(a, b, answer[1], ack_in_flight, 0.3)
     assert hall.docs.content(doc) == kitchen.docs.content(doc) == {"coffee": "oat"}
 
 

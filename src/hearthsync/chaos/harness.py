@@ -526,7 +526,7 @@ def _stop(workers: set[multiprocessing.process.BaseProcess]) -> None:
     while running and (left := deadline - time.monotonic()) > 0:
         for sentinel in multiprocessing.connection.wait(list(running), timeout=left):
             running.pop(sentinel)  # type: ignore[arg-type]
-    for worker in running.values():  # not ended: its pid is not reaped, so it is still its
+    for worker in running.values():  # not ended, so not reaped: the pid is still the worker's
         worker.kill()
 
 

@@ -1119,14 +1119,13 @@ class Session:
         self._unrelayed_offer_at = None
         entries = self._entries(docs)
         offered = {entry.doc_id for entry in entries}
-        for doc_id in [d for d in self._unacked if d not in offered]:
-            del self._unacked[doc_id]
-        # not sealable now (a newer epoch's key held, not yet the slot's): offered again once
-        # it is (`keys_learned` offers what was not offered).  Counted as offered, a write
-        # made while it could be sealed, then held back from this offer, never reached the
-        # peer on that session (the chaos harness, seed 20089)
+        # not sealable now (its key gone, or a newer epoch's key held, not yet the slot's):
+        # owed no more, and offered again once it can be (`keys_learned` offers what was not
+        # offered).  Counted as offered, a write made while it could be sealed, then held back
+        # from this offer, never reached the peer on that session (the chaos harness, 20089)
         for doc_id in docs:
             if doc_id not in offered:
+                self._unacked.pop(doc_id, None)
                 self._hold_back(doc_id)
         if not self._unacked:
             self._settle_at = None
@@ -1253,6 +1252,8 @@ class Session:
         self._require_shared(step.doc_id)
         statevector.decode(step.state_vector)  # 400 before the documents see it
         lineage = self.docs.lineage(step.doc_id)
+        if lineage == step.lineage:  # what it holds of this document: checked (invariant 2)
+            self.docs.peer_state(step.doc_id, step.state_vector)
         if lineage is None or lineage != step.lineage or not self._sealable(step.doc_id):
             # offered in an inventory, then forgotten, re-keyed or replaced here before the
             # request came (a user forgotten mid-session): nothing to send, and no fault of
@@ -1261,12 +1262,10 @@ class Session:
             # cannot seal now (the key of a newer epoch than its slot's held) is offered again
             # once it can (`keys_learned`): the peer, answered with nothing, stops asking
             # (the chaos harness, seed 20089)
-            if lineage is not None and lineage == step.lineage:
-                self.docs.peer_state(step.doc_id, step.state_vector)  # as below (invariant 2)
+            if lineage == step.lineage:
                 self._hold_back(step.doc_id)
             self._send(f.SyncDone(step.doc_id))
             return
-        self.docs.peer_state(step.doc_id, step.state_vector)
         # what the peer holds, it said; the answer below holds everything this side holds,
         # and is owed again (exactly, if an ACK cannot prove it) until the peer shows it.
         # The re-offers keep backing off: settled and owed again at once, the debt restarted
