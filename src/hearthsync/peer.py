@@ -77,6 +77,7 @@ from hearthsync.model.records import (
     Relationship,
     Routine,
     SpatialChange,
+    as_condition,
     given_fields,
     merge_fields,
     trim_removals,
@@ -101,7 +102,6 @@ HISTORY = "history"
 H = TypeVar("H")
 PROFILE, CALIBRATION = "profile", "calibration"  #: the one slot key of each document
 W = TypeVar("W")
-ALWAYS = Condition()
 _SEQUENCES = (list, tuple)  #: not ``list | tuple``, a union built anew at every write
 INDEX_IDLE_S = 0.05  #: see `Peer._index_staged`
 #: users the owner keys because a robot asked for their keys (`Peer.keys_wanted`) while the
@@ -815,7 +815,7 @@ class Peer:
     ) -> asyncio.Future[Preference]:
         """Record that ``user`` prefers ``value`` for ``key`` (under ``condition``)."""
         uid = self._require_user(user)
-        condition = _condition(condition)
+        condition = as_condition(condition)
         slot = f"{key}#{condition.key()}"
         set_at, device = self._stamp_over(
             user_doc(uid, Kind.PREFS), PrefsDoc, lambda h: h.prefs, slot
@@ -846,7 +846,7 @@ class Peer:
         missing = f"{user} has no preference {key!r} under that condition"
         if self.preference(user, key, condition) is None and not self._docs.queued(doc_id):
             raise NotFoundError(missing)
-        slot = f"{key}#{_condition(condition).key()}"
+        slot = f"{key}#{as_condition(condition).key()}"
         set_at, device = self._stamp_over(doc_id, PrefsDoc, lambda h: h.prefs, slot)
 
         def change(_: Replica) -> Preference:
@@ -878,7 +878,7 @@ class Peer:
         handle = self._peek(user_doc(user, Kind.PREFS), PrefsDoc)
         if handle is None:
             return None
-        return handle.prefs.get(f"{key}#{_condition(condition).key()}")
+        return handle.prefs.get(f"{key}#{as_condition(condition).key()}")
 
     def preferences(self, user: str, prefix: str = "") -> list[Preference]:
         """Every live preference of ``user`` whose key starts with ``prefix``, by key."""
@@ -894,7 +894,7 @@ class Peer:
         handle = self._peek(user_doc(user, Kind.PREFS), PrefsDoc)
         if handle is None:
             return []
-        return handle.prefs.versions(f"{key}#{_condition(condition).key()}")
+        return handle.prefs.versions(f"{key}#{as_condition(condition).key()}")
 
     # ------------------------------------------------------------------ health
 
@@ -1652,26 +1652,6 @@ def _restored(
 def _history_index(user: str) -> str:
     """The vector index of ``user``'s events, as `ToEmbed.index_name` names it."""
     return f"{user}.{HISTORY}"
-
-
-def _condition(condition: Condition | Mapping[str, Any] | None) -> Condition:
-    """``condition`` as a record (None: always), a mapping of its fields validated as every
-    record is (an error names ``condition.<field>``), as ``context`` takes one too."""
-    if condition is None:
-        return ALWAYS
-    if isinstance(condition, Condition):
-        return condition
-    if not isinstance(condition, Mapping):
-        raise ValidationError(
-            f"condition must be a Condition or a mapping of its fields, not "
-            f"{type(condition).__name__}",
-            field="condition",
-        )
-    try:
-        return Condition.build(**condition)
-    except ValidationError as exc:
-        field = f"condition.{exc.field}" if exc.field else "condition"
-        raise type(exc)(f"condition: {exc}", field=field) from None
 
 
 def _check_window(since: object, until: object) -> None:

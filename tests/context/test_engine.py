@@ -182,6 +182,46 @@ async def test_a_task_granted_health_explains_a_medication_key(home: Peer) -> No
     )
 
 
+async def test_a_task_without_the_history_explains_what_its_context_shows(home: Peer) -> None:
+    """``explain`` read events to count confirmations whatever the task's scopes: every
+    explanation for a task without ``history`` (climate, vacuuming) was refused, for keys its
+    own context showed (found in review)."""
+    await home.set_preference("alice", "comfort/temperature", {"min": 19, "max": 21})
+    await home.set_preference("alice", "cleaning/hours", "mornings")
+
+    climate = await get_context(home, "alice", task="adjust_climate", time=MONDAY_9)
+    assert climate.shared_setting("comfort/temperature") is not None
+    said = await home.explain("alice", "comfort/temperature", time=MONDAY_9, task="adjust_climate")
+    assert said.startswith('{"max":21,"min":19}, because you said so')
+    said = await home.explain("alice", "cleaning/hours", time=MONDAY_9, task="vacuum")
+    assert said.startswith("mornings, because you said so")
+
+
+@pytest.mark.parametrize("user", [["alice"], {"alice": 1}, None, "+33 6 12 34 56 78"])
+async def test_explain_refuses_a_malformed_user_naming_it_and_never_repeating_it(
+    home: Peer, user: Any
+) -> None:
+    """``explain`` looked the user up unchecked: a list raised a bare TypeError, and a phone
+    number was repeated in the not-found error, which gets logged (found in review)."""
+    await home.set_preference("alice", "beverage/mug", "green-mug")
+    with pytest.raises(ValidationError) as caught:
+        await home.explain(user, "beverage/mug", time=MONDAY_9)
+    assert caught.value.field == "user"
+    assert "12 34 56" not in str(caught.value)
+
+
+async def test_a_statement_stamped_far_ahead_is_explained_not_refused(home: Peer) -> None:
+    """A ``stated`` time past the clock (a robot whose clock ran years ahead) made the
+    confirmations' window start in the year 318,000, and the explanation failed on a
+    ``since`` its caller never gave (found in review)."""
+    ahead = "hearth:stated=9999999999999999.00000.kitchen"
+    await home.set_preference("alice", "tea/mug", "blue-mug", evidence=[ahead])
+
+    said = await home.explain("alice", "tea/mug", time=MONDAY_9)
+
+    assert said.startswith("blue-mug, because you said so on 9999-12-31")
+
+
 async def test_places_are_the_users_things_and_what_is_at_the_location(home: Peer) -> None:
     await home.set_region("kitchen", "Kitchen")
     await home.set_region("shelf-2", "Shelf 2", parent="kitchen")
@@ -262,6 +302,30 @@ async def test_an_overnight_routine_is_active_after_midnight(home: Peer) -> None
     assert not await active(4, "01:00")  # Thursday's night
 
 
+async def test_an_overnight_condition_belongs_to_the_day_it_started_on(home: Peer) -> None:
+    """A condition counted the weekday at the clock's time, and a routine the day the window
+    started on: "weekends, 22:00-02:00" held in Friday's small hours and not in Sunday's,
+    and a routine of the same window the other way round (found in review)."""
+    await home.set_preference("alice", "noise/level", "quiet")
+    late = Condition(days="weekend", after="22:00", before="02:00")
+    await home.set_preference("alice", "noise/level", "party", condition=late)
+    await home.set_routine(
+        "late", "Weekend nights", user="alice", days=["sat", "sun"], after="22:00", before="02:00"
+    )
+
+    async def night(day: int, hhmm: str) -> tuple[object, bool]:
+        context = await get_context(home, "alice", task="general", time=at(clock(day, hhmm)))
+        return context.preference("noise/level").value, bool(context.routines)  # type: ignore[union-attr]
+
+    assert await night(4, "23:00") == ("quiet", False)  # Friday night: a weekday's
+    assert await night(5, "01:00") == ("quiet", False)  # still Friday's night
+    assert await night(5, "23:00") == ("party", True)  # Saturday night
+    assert await night(6, "01:00") == ("party", True)
+    assert await night(6, "23:00") == ("party", True)  # Sunday night
+    assert await night(7, "01:00") == ("party", True)  # still Sunday's, on Monday
+    assert await night(7, "23:00") == ("quiet", False)
+
+
 async def test_the_context_serialises_to_json(home: Peer) -> None:
     await home.set_preference("alice", "beverage/coffee", "oat latte")
 
@@ -285,3 +349,21 @@ async def test_forgetting_a_user_drops_what_the_engine_derived_from_them(home: P
     with pytest.raises(NotFoundError, match="alice"):
         await get_context(home, "alice", task="general_assistant", time=MONDAY_9)
     assert "alice" not in engine.views._preferences
+
+
+async def test_forgetting_drops_what_the_engine_derived_without_another_context(
+    home: Peer,
+) -> None:
+    """Only `get_context` dropped a forgotten user's views and resolved values: after an
+    `explain`, they stayed in memory until some context was asked for (found in review)."""
+    await home.set_preference("bob", "comfort/temperature", {"min": 25, "max": 26})
+    await get_context(home, "bob", task="general_assistant", time=MONDAY_9)
+    await home.explain("bob", "comfort/temperature", time=MONDAY_9)
+    engine = engine_for(home)
+    assert "bob" in engine.views._preferences
+    assert "bob" in engine._finished
+
+    await home.forget("bob")
+
+    assert "bob" not in engine.views._preferences
+    assert "bob" not in engine._finished

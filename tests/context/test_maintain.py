@@ -243,3 +243,25 @@ async def test_a_correction_of_a_key_with_a_dotted_domain_is_recorded(home: Peer
     assert held is not None
     assert held.value == "green-mug"
     assert [e.domain for e in home.events("alice")] == ["tea"]
+
+
+@pytest.mark.parametrize(
+    ("key", "condition", "field"),
+    [("tea", None, "key"), ("tea/mug", {"days": "sometimes"}, "condition.days")],
+)
+async def test_a_refused_correction_writes_nothing(
+    home: Peer, key: str, condition: dict[str, str] | None, field: str
+) -> None:
+    """The correction's event was recorded before the preference was checked: a refused
+    correction left it in the history (synced to every robot), and with ``served`` it
+    counted against the value held (found in review)."""
+    await home.set_preference("alice", "tea/mug", "green-mug")
+    before = await get_context(home, "alice", task="general_assistant", time=at(clock(0, "09:00")))
+
+    with pytest.raises(ValidationError) as caught:
+        await correct(home, "alice", key, "blue-mug", served="green-mug", condition=condition)  # type: ignore[arg-type]
+
+    assert caught.value.field == field
+    assert home.events("alice") == []
+    after = await get_context(home, "alice", task="general_assistant", time=at(clock(0, "09:00")))
+    assert after.preference("tea/mug") == before.preference("tea/mug")

@@ -137,6 +137,31 @@ async def test_alices_office_is_two_degrees_cooler_than_the_household_range(home
     )  # fmt: skip
 
 
+async def test_a_shared_setting_is_the_same_whoever_asks_with_a_visitor_present(
+    home: Peer,
+) -> None:
+    """Another present person's wishes were resolved with only the users present, the
+    asking user's with everyone: a "with grandma" wish (a visitor, no user) held for whoever
+    asked and for no one else, and the thermostat's answer depended on who asked (found in
+    review)."""
+    for user in ("alice", "bob"):
+        await home.set_preference(user, "comfort/temperature", {"min": 18, "max": 20})
+        grandma = Condition(with_users=("grandma",))
+        await home.set_preference(user, "comfort/temperature", {"min": 23, "max": 24},
+                                  condition=grandma)  # fmt: skip
+
+    async def thermostat(user: str, present: list[str]) -> object:
+        context = await get_context(home, user, task="adjust_climate", present=present,
+                                    time=at(clock(0, "09:00")))  # fmt: skip
+        setting = context.shared_setting("comfort/temperature")
+        assert setting is not None
+        return setting.value, dict(setting.wishes)
+
+    warm = {"min": 23, "max": 24}
+    assert await thermostat("alice", ["bob", "grandma"]) == (warm, {"alice": warm, "bob": warm})
+    assert await thermostat("bob", ["alice", "grandma"]) == (warm, {"alice": warm, "bob": warm})
+
+
 async def test_when_no_range_suits_everyone_the_owner_has_priority(home: Peer) -> None:
     await _thermostat_household(home)
 

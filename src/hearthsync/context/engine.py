@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import weakref
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Collection, Container, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from hearthsync.context.assembled import Context
@@ -81,6 +81,24 @@ class ContextEngine:
         #: per user, per key: the last preference finished without feedback signals, with
         #: the choice and the minute it was finished for (see `_resolve_all`)
         self._finished: dict[str, dict[str, tuple[Choice, int, ResolvedPreference]]] = {}
+        # a forgotten user's views and resolved values go with their documents, not at the
+        # next `get_context` (found in review: `explain` never dropped them, and they stayed
+        # in memory until some context was asked for)
+        listeners = getattr(peer, "on_forgotten", None)
+        if isinstance(listeners, list):
+            listeners.append(self.forget)
+
+    def forget(self, user: str) -> None:
+        """Drop what this engine derived of ``user`` (forgotten: nothing of theirs may
+        outlive their documents, derived data included)."""
+        self.views.drop(user)
+        self._finished.pop(user, None)
+
+    def keep(self, users: Collection[str]) -> None:
+        """Drop what this engine derived of users no longer in the household."""
+        self.views.keep(users)
+        for gone in [u for u in self._finished if u not in users]:
+            del self._finished[gone]
 
     async def get_context(
         self,
@@ -153,9 +171,7 @@ class ContextEngine:
         now = situation(user, time, location, present).without(self.peer.forgotten_users())
         window = window_ms(history_window)
         users = self.peer.users()
-        self.views.keep(users)
-        for gone in [u for u in self._finished if u not in users]:
-            del self._finished[gone]
+        self.keep(users)
         if user not in users:
             forgotten = user in self.peer.forgotten_users()
             raise NotFoundError(unknown_user(user, forgotten=forgotten))
@@ -253,7 +269,7 @@ class ContextEngine:
     ) -> tuple[SharedSetting, ...]:
         """Each shared key relevant to the task, settled among everyone present."""
         people = [request.user, *sorted(u for u in request.now.present if u in self.peer.users())]
-        theirs = {user: self._their_preferences(request, user, people) for user in people[1:]}
+        theirs = {user: self._their_preferences(request, user) for user in people[1:]}
         profiles = {user: request.reader.profile(user) for user in people}
         order = ranking(people, profiles, request.policy.rooms)
         settled: list[SharedSetting] = []
@@ -268,11 +284,14 @@ class ContextEngine:
                 settled.append(setting)
         return tuple(settled)
 
-    def _their_preferences(
-        self, request: _Request, user: str, people: Sequence[str]
-    ) -> dict[str, ResolvedPreference]:
-        """Another present person's shared-setting values, under their own conditions."""
-        now = Situation(request.now.at, request.now.location, frozenset(people) - {user})
+    def _their_preferences(self, request: _Request, user: str) -> dict[str, ResolvedPreference]:
+        """Another present person's shared-setting values, under their own conditions: with
+        everyone in the room present, visitors who are no user included, as the asking
+        user's are (found in review: only users counted for the others, so a "with grandma"
+        wish held for whoever asked and for no one else, and the setting depended on who
+        asked)."""
+        present = (request.now.present | {request.user}) - {user}
+        now = Situation(request.now.at, request.now.location, frozenset(present))
         shared = request.policy.rooms.shared
         return {p.key: p for p in self._resolve_all(request, user, now, {}, only=shared)}
 

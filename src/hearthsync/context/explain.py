@@ -26,7 +26,7 @@ from hearthsync.context.resolve import DAY_MS, resolve
 from hearthsync.context.scopes import ScopeDeniedError, ScopedReader
 from hearthsync.context.situation import Situation, describe_condition, situation
 from hearthsync.errors import NotFoundError, ValidationError, unknown_user
-from hearthsync.ids import KEY_RE, key_domain
+from hearthsync.ids import KEY_RE, check_name, key_domain
 
 #: what a person asking about their own preferences may read (never ``health``)
 EXPLAIN_SCOPES = ("core", "history", "spatial")
@@ -75,6 +75,9 @@ def _resolved(
     policy: HouseholdPolicy,
     task: str | None = None,
 ) -> tuple[ResolvedPreference, Situation, ScopedReader]:
+    # checked as `get_context` checks it (found in review: a phone number given as the user
+    # was repeated in the error, and a list raised a bare TypeError)
+    check_name(user, field="user")
     if not isinstance(key, str) or not KEY_RE.fullmatch(key):
         raise ValidationError(f"key must look like 'domain/key', got {key!r:.80}", field="key")
     if user not in engine.peer.users():
@@ -96,8 +99,16 @@ def _resolved(
     first = resolve(key, candidates, now)
     if first is None:
         raise NotFoundError(f"{user} has no value of {key!r} that applies {now.describe()}")
-    # every confirmation since the statement (a day's slack: an event's ts is its robot's clock)
-    since = hlc_ms(first.provenance.hlc) - DAY_MS
+    if not reader.may("history"):
+        # a task not granted the history (climate, vacuuming) explains without counting
+        # confirmations, as its context resolves without them (found in review: every
+        # explanation for such a task was refused for want of the history scope)
+        return first, now, reader
+    # every confirmation since the statement (a day's slack: an event's ts is its robot's
+    # clock); a statement stamped after now (a stamp from a clock far ahead) counts from now:
+    # the events' bounds refused its year, and the explanation failed on a field the caller
+    # never gave (found in review)
+    since = min(hlc_ms(first.provenance.hlc), now.ms) - DAY_MS
     events = reader.events(user, since=since, until=now.ms + 1)
     signals = signals_by_key(events).get(key, [])
     return resolve(key, candidates, now, signals) or first, now, reader

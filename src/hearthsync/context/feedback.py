@@ -38,6 +38,7 @@ from hearthsync.model.records import (
     EventType,
     InteractionEvent,
     Preference,
+    as_condition,
     is_event_id,
 )
 
@@ -177,7 +178,17 @@ async def correct(
 
     The preference is written with source ``correction`` and confidence 0.95, justified by the
     event; `maintain` later promotes it to stable once it is confirmed consistently.
+
+    A correction the preference would refuse (a key without its domain, a bad condition or
+    value) raises before anything is written: its event, recorded first, stayed in the
+    history and synced, and with ``served`` counted against the value held (found in
+    review).
     """
+    condition = as_condition(condition)
+    Preference.build(
+        user=user, key=key, value=value, source="correction", confidence=CORRECTION_CONFIDENCE,
+        condition=condition,
+    )  # fmt: skip
     payload: dict[str, Any] = {"key": key, "value": value}
     if served is not None:
         payload["served"] = served

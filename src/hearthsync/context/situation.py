@@ -130,8 +130,10 @@ def in_window(clock: str, after: str | None, before: str | None) -> bool:
 
 def holds(condition: Condition, now: Situation) -> bool:
     """Whether every part of ``condition`` holds in ``now`` (an empty condition always holds)."""
-    if condition.days is not None and (condition.days == "weekend") != now.weekend:
-        return False
+    if condition.days is not None:
+        weekend = _weekday(now, condition.after, condition.before) >= 5
+        if (condition.days == "weekend") != weekend:
+            return False
     if not in_window(now.clock, condition.after, condition.before):
         return False
     if condition.location is not None and condition.location != now.location:
@@ -177,7 +179,15 @@ def routine_active(routine: Routine, now: Situation) -> bool:
         return False
     if not routine.days:
         return True
-    after, before, day = routine.after, routine.before, now.day
+    return DAY_NAMES[_weekday(now, routine.after, routine.before)] in routine.days
+
+
+def _weekday(now: Situation, after: str | None, before: str | None) -> int:
+    """The day (Monday 0) a window ``[after, before)`` holding now started on: the
+    early-morning part of one that runs past midnight belongs to the day before.  Conditions
+    and routines count alike (found in review: a "weekend, 22:00-02:00" preference held on
+    Friday night after midnight and not on Sunday night, and a routine the other way)."""
+    day = now.at.weekday()
     if after is not None and before is not None and after > before and now.clock < before:
-        day = DAY_NAMES[(now.at.weekday() - 1) % 7]
-    return day in routine.days
+        day = (day - 1) % 7
+    return day

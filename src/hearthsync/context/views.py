@@ -134,6 +134,10 @@ class Views:
         slot = self._preferences.setdefault(user, _Slot())
         return slot.get(reader.stamp(f"user/{user}/prefs"), lambda: _preference_view(reader, user))
 
+    def drop(self, user: str) -> None:
+        """Drop ``user``'s views."""
+        self._preferences.pop(user, None)
+
     def keep(self, users: Collection[str]) -> None:
         """Drop the views of users no longer in the household (forgotten: nothing of theirs
         may outlive their documents, derived data included)."""

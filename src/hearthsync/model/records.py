@@ -470,6 +470,30 @@ class Condition(Record):
         return ",".join(parts)
 
 
+#: the empty condition: a preference that applies always
+ALWAYS = Condition()
+
+
+def as_condition(condition: Condition | Mapping[str, Any] | None) -> Condition:
+    """``condition`` as a record (None: always), a mapping of its fields validated as every
+    record is (an error names ``condition.<field>``)."""
+    if condition is None:
+        return ALWAYS
+    if isinstance(condition, Condition):
+        return condition
+    if not isinstance(condition, Mapping):
+        raise ValidationError(
+            f"condition must be a Condition or a mapping of its fields, not "
+            f"{type(condition).__name__}",
+            field="condition",
+        )
+    try:
+        return Condition.build(**condition)
+    except ValidationError as exc:
+        field = f"condition.{exc.field}" if exc.field else "condition"
+        raise type(exc)(f"condition: {exc}", field=field) from None
+
+
 Source = Literal["explicit", "correction", "implicit", "learned"]
 
 
