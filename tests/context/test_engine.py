@@ -210,16 +210,25 @@ async def test_explain_refuses_a_malformed_user_naming_it_and_never_repeating_it
     assert "12 34 56" not in str(caught.value)
 
 
-async def test_a_statement_stamped_far_ahead_is_explained_not_refused(home: Peer) -> None:
-    """A ``stated`` time past the clock (a robot whose clock ran years ahead) made the
-    confirmations' window start in the year 318,000, and the explanation failed on a
-    ``since`` its caller never gave (found in review)."""
+async def test_a_statement_marked_far_ahead_neither_wins_for_good_nor_breaks_explain(
+    home: Peer, wall: FakeWall
+) -> None:
+    """A ``stated`` marker past its record's own stamp (a caller's, or a clock's far ahead)
+    outranked every later statement for good, and `explain` failed on a ``since`` in the
+    year 318,000 that its caller never gave (found in review).  A statement is never later
+    than the copy that carries it."""
     ahead = "hearth:stated=9999999999999999.00000.kitchen"
     await home.set_preference("alice", "tea/mug", "blue-mug", evidence=[ahead])
-
     said = await home.explain("alice", "tea/mug", time=MONDAY_9)
+    assert said == "blue-mug, because you said so on 2026-03-09 on the kitchen robot"
 
-    assert said.startswith("blue-mug, because you said so on 9999-12-31")
+    wall.ms += 60_000
+    await home.set_preference("alice", "tea/mug", "green-mug", condition={"days": "weekday"})
+
+    context = await get_context(home, "alice", task="general_assistant", time=MONDAY_9)
+    assert context.preference("tea/mug").value == "green-mug"  # type: ignore[union-attr]
+    said = await home.explain("alice", "tea/mug", time=MONDAY_9)
+    assert said.startswith("green-mug on weekdays, because you said so on 2026-03-09")
 
 
 async def test_places_are_the_users_things_and_what_is_at_the_location(home: Peer) -> None:

@@ -104,10 +104,16 @@ def signals_by_key(events: Iterable[InteractionEvent]) -> dict[str, list[Signal]
 
 
 def stated_at(record: Preference) -> str:
-    """When the person stated ``record``'s value: its marker if consolidated, else ``set_at``."""
+    """When the person stated ``record``'s value: its marker if consolidated, else ``set_at``.
+
+    Never after ``set_at``: a copy is consolidated after the statement it keeps.  A marker
+    past its own record's stamp (written by a caller, or by a clock far ahead) outranked
+    every later statement under rule 3, for good (found in review); the record's stamp
+    follows the clock rules every write does (`HybridClock.after`)."""
     for item in record.evidence:
         if item.startswith(STATED):
-            return item[len(STATED) :]
+            stated = item[len(STATED) :]
+            return stated if not record.set_at or stated <= record.set_at else record.set_at
     return record.set_at
 
 
