@@ -109,6 +109,7 @@ async def _serve(
                 interfaces=[host] if host not in ("", "0.0.0.0") else None,  # noqa: S104
                 addresses=[host] if host not in ("", "0.0.0.0") else None,  # noqa: S104
                 service_type=service_type or SERVICE_TYPE,
+                preferred=lambda device: _known_robot(peer, device),
             )  # fmt: skip
             await stack.enter_async_context(discovery)
             discovery.subscribe(lambda event: _on_discovered(peer, service, event))
@@ -128,6 +129,13 @@ async def _serve(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     (path / RUN_FILE).unlink(missing_ok=True)
+
+
+def _known_robot(peer: Peer, device: str) -> bool:
+    """A robot of the household this one holds the certificate of, not revoked: it takes
+    the place of a record nobody proved in a full discovery view (`PeerView.found`)."""
+    trust = peer.household.trust if peer.household is not None else None
+    return trust is not None and device in trust.devices() and not trust.is_revoked(device)
 
 
 def _on_discovered(peer: Peer, service: SyncService, event: PeerEvent) -> None:

@@ -13,8 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import zeroconf.const
+from zeroconf import DNSOutgoing, DNSPointer, IPVersion
+from zeroconf.asyncio import AsyncZeroconf
 
 from hearthsync.discovery import Discovery, PeerFound, PeerLost
+from hearthsync.discovery.mdns import MAX_RESOLVING
 from hearthsync.errors import LocalError
 from tests.discovery.support import OTHER_TAG, TAG, TIMEOUT_S, Recorder
 
@@ -151,3 +155,39 @@ async def test_a_discovery_is_entered_once(local: Local) -> None:
         pass
     with pytest.raises(LocalError, match="entered once"):
         await discovery.__aenter__()
+
+
+async def test_forged_ptrs_are_resolved_a_few_at_a_time_and_robots_are_still_found(
+    local: Local, service_type: str
+) -> None:
+    """Found in review: each PTR naming a new instance started a resolve that multicast
+    queries for 3 s, without bound (2,000 forged names, 43 KB: 2,000 resolves, 12,000 query
+    packets in 5 s), and an alias of another type raised into the loop's handler.  Now at
+    most `MAX_RESOLVING` run, the rest wait, and a robot whose announcement carries its
+    records is taken from the cache at once, however many wait."""
+    forged = [f"fake-{n:03d}.{service_type}" for n in range(MAX_RESOLVING * 8)]
+    aliases = ["x.other._tcp.local.", "plain.local."]
+    hub_events, hub_ignored = Recorder(), Recorder()
+    async with local("hub", 9001, on_event=hub_events, on_ignored=hub_ignored) as hub:
+        forger = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
+        try:
+            await forger.zeroconf.async_wait_for_start()
+            out = DNSOutgoing(zeroconf.const._FLAGS_QR_RESPONSE | zeroconf.const._FLAGS_AA)
+            for name in [*forged, *aliases]:
+                ptr = DNSPointer(service_type, zeroconf.const._TYPE_PTR,
+                                 zeroconf.const._CLASS_IN, 4500, name)  # fmt: skip
+                out.add_answer_at_time(ptr, 0)
+            forger.zeroconf.async_send(out)
+            for alias in aliases:
+                await hub_ignored.wait_for(
+                    lambda i, a=alias: i[0] == a and "not an instance" in i[1]
+                )
+
+            async with local("attic", 9004):
+                await hub_events.found("attic")
+            browser = hub._browser
+            assert browser is not None
+            assert len(browser._resolving) <= MAX_RESOLVING
+            assert browser._waiting  # the flood was more than the slots
+        finally:
+            await forger.async_close()

@@ -57,6 +57,47 @@ def test_the_view_is_bounded() -> None:
     assert view.found("robot-0", "10.0.0.6", 1)  # a known peer may still move
 
 
+def test_a_robot_known_takes_the_place_of_a_record_nobody_proved_in_a_full_view() -> None:
+    """Found in review: anyone who sniffed the tag (in clear in every announcement) could
+    fill the view with made-up robots, and a robot of the household that restarted after was
+    never reported, so never dialed.  A preferred one (`hearth run`: a robot whose
+    certificate it holds) takes the place of the oldest that is not."""
+    known = {"attic", "hall"}
+    view, events = PeerView(preferred=known.__contains__), Recorder()
+    for n in range(MAX_PEERS):
+        view.found(f"fake-{n}", "10.0.0.9", 1)
+    view.subscribe(events)
+
+    assert not view.found("fake-more", "10.0.0.9", 1)  # no room for another stranger
+    assert view.found("attic", "10.0.0.5", 1)
+    assert view.found("hall", "10.0.0.6", 1)
+
+    assert events.events() == [
+        PeerLost("fake-0"), PeerFound("attic", "10.0.0.5", 1),
+        PeerLost("fake-1"), PeerFound("hall", "10.0.0.6", 1),
+    ]  # fmt: skip
+    assert len(view.peers()) == MAX_PEERS
+
+
+def test_a_full_view_of_robots_known_keeps_them() -> None:
+    view = PeerView(preferred=lambda key: True)
+    for n in range(MAX_PEERS):
+        view.found(f"robot-{n}", "10.0.0.5", 1)
+    assert not view.found("robot-new", "10.0.0.5", 1)  # nothing not preferred to give way
+    assert "robot-0" in view.peers()
+
+
+def test_a_preference_that_fails_prefers_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    def broken(key: str) -> bool:
+        raise RuntimeError("consumer bug")
+
+    view = PeerView(preferred=broken)
+    for n in range(MAX_PEERS):
+        view.found(f"robot-{n}", "10.0.0.5", 1)
+    assert not view.found("attic", "10.0.0.5", 1)
+    assert "the preference for attic failed" in caplog.text
+
+
 async def test_a_closed_view_ends_new_and_old_streams() -> None:
     view = PeerView()
     view.found("kitchen", "10.0.0.5", 1)

@@ -20,13 +20,19 @@ from hearthsync import Peer
 from hearthsync.bench.household import BenchHome
 from hearthsync.protocol import frames as f
 from hearthsync.protocol.session import PROTOCOL_VERSION, SCHEMA_VERSION
+from hearthsync.transport import service as service_module
 from hearthsync.transport.link import (
     AUTH_OPENING,
     OPENING_MAX_MESSAGE_LEN,
     CountingClientConnection,
     _limit_the_opening,
 )
-from hearthsync.transport.service import MAX_OPENING, SyncService
+from hearthsync.transport.service import (
+    MAX_OPENING,
+    MAX_OPENING_PER_ADDRESS,
+    SyncService,
+    _counted_address,
+)
 
 TIMEOUT = 10.0
 
@@ -66,6 +72,56 @@ async def test_connections_past_the_cap_of_those_opening_are_refused_until_some_
         await flood[0].close()
         await hub.wait_until(lambda: len(hub._opening) < MAX_OPENING)
         await opened(stack, hub)  # room again
+
+
+async def test_one_address_cannot_hold_every_opening_slot(
+    hub: SyncService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: one host that opened `MAX_OPENING` connections and never spoke
+    (reopening each as it was closed) kept every robot from linking to this one.  Loopback
+    is not counted, so the hosts here are 127.0.0.2 and 127.0.0.3, counted as if remote."""
+    monkeypatch.setattr(service_module, "_counted_address", lambda remote: remote[0])
+
+    async def from_host(stack: AsyncExitStack, host: str) -> ClientConnection:
+        return await stack.enter_async_context(
+            connect(f"ws://127.0.0.1:{hub.port}/", proxy=None, ping_interval=None,
+                    local_addr=(host, 0))
+        )  # fmt: skip
+
+    async with AsyncExitStack() as stack, asyncio.timeout(TIMEOUT):
+        stranger = [await from_host(stack, "127.0.0.2") for _ in range(MAX_OPENING_PER_ADDRESS)]
+        for ws in stranger:
+            assert isinstance(f.decode(await ws.recv()), f.Hello)
+        extra = await from_host(stack, "127.0.0.2")
+        with pytest.raises(ConnectionClosed) as refused:
+            await extra.recv()
+        assert refused.value.rcvd is not None
+        assert refused.value.rcvd.code == 1013
+        robot = await from_host(stack, "127.0.0.3")  # another host still gets in
+        assert isinstance(f.decode(await robot.recv()), f.Hello)
+        await stranger[0].close()
+        await hub.wait_until(
+            lambda: list(hub._opening.values()).count("127.0.0.2") < MAX_OPENING_PER_ADDRESS
+        )
+        again = await from_host(stack, "127.0.0.2")
+        assert isinstance(f.decode(await again.recv()), f.Hello)
+
+
+@pytest.mark.parametrize(
+    ("remote", "counted"),
+    [
+        (("192.168.1.20", 5000), "192.168.1.20"),
+        (("::ffff:192.168.1.20", 5000, 0, 0), "192.168.1.20"),  # the same host, over IPv6
+        (("fe80::1%eth0", 5000, 0, 2), "fe80::1"),
+        (("127.0.0.1", 5000), None),
+        (("::1", 5000, 0, 0), None),
+        (("::ffff:127.0.0.1", 5000, 0, 0), None),
+        (None, None),
+        (("not an address", 5000), None),
+    ],
+)
+def test_what_counts_as_one_address(remote: object, counted: str | None) -> None:
+    assert _counted_address(remote) == counted
 
 
 async def test_a_text_message_is_refused_as_not_the_protocol(hub: SyncService) -> None:

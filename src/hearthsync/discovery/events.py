@@ -103,7 +103,9 @@ class PeerView:
     what it sees without remembering what it already reported.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, preferred: Callable[[str], bool] | None = None) -> None:
+        #: keys that take the place of others when the view is full (`found`)
+        self._preferred = preferred
         self._peers: dict[str, tuple[str, int]] = {}
         self._callbacks: list[Callback] = []
         self._streams: list[EventStream] = []
@@ -118,11 +120,34 @@ class PeerView:
         if self._closed or self._peers.get(key) == (host, port):
             return False
         if key not in self._peers and len(self._peers) >= MAX_PEERS:
-            log.warning("discovery: ignoring %s, already %d peers in view", key, MAX_PEERS)
-            return False
+            victim = self._room_for(key)
+            if victim is None:
+                log.warning("discovery: ignoring %s, already %d peers in view", key, MAX_PEERS)
+                return False
+            log.warning("discovery: %s takes the place of %s in a full view", key, victim)
+            del self._peers[victim]
+            self._emit(PeerLost(victim))
         self._peers[key] = (host, port)
         self._emit(PeerFound(key, host, port))
         return True
+
+    def _room_for(self, key: str) -> str | None:
+        """The entry a ``preferred`` key takes the place of in a full view: the oldest that
+        is not preferred (None: none, or ``key`` is not preferred).  Records anyone on the
+        LAN can forge (the tag is in clear in every announcement) filled the view, and a
+        robot of the household that restarted after was never reported, so never dialed
+        (found in review); the robots a robot knows the certificates of are preferred."""
+        if self._preferred is None or not self._is_preferred(key):
+            return None
+        return next((k for k in self._peers if not self._is_preferred(k)), None)
+
+    def _is_preferred(self, key: str) -> bool:
+        assert self._preferred is not None
+        try:
+            return self._preferred(key)
+        except Exception:
+            log.exception("discovery: the preference for %s failed", key)
+            return False
 
     def lost(self, key: str) -> bool:
         """Drop ``key``; emit :class:`PeerLost` if it was in the view."""

@@ -58,6 +58,8 @@ class Discovery:
     the ``interfaces`` themselves, else the address of the interface that routes multicast.
     ``reannounce_s=None`` turns periodic re-announcement off (see ``mdns`` for why it exists).
     With ``enable_mdns=False`` only the ``static`` peers are reported and no socket is opened.
+    ``preferred(device_id)``: peers that take the place of others in a full view (`PeerView`;
+    `hearth run` prefers the robots it holds the certificates of).
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class Discovery:
         enable_mdns: bool = True,
         on_event: Callback | None = None,
         on_ignored: IgnoredCallback | None = None,
+        preferred: Callable[[str], bool] | None = None,
     ) -> None:
         self.device_id = check_device(device_id)
         self.port = check_port(port)
@@ -86,7 +89,7 @@ class Discovery:
         self.reannounce_s = reannounce_s
         self.static = parse_peers(static)
         self.enable_mdns = enable_mdns
-        self.view = PeerView()
+        self.view = PeerView(preferred)
         if on_event is not None:
             self.view.subscribe(on_event)
         self._on_ignored = on_ignored

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import random
@@ -65,6 +66,11 @@ OPEN_TIMEOUT_S = 5.0
 #: (1013), to try again.  Each may make the server hold a frame of up to 4 MiB before it
 #: proves anything: a flood from the LAN held 4 MiB per connection, without bound
 MAX_OPENING = 16
+#: of those, at once from one address: one host that opened `MAX_OPENING` connections and
+#: never spoke (reopening each as the session closed it) kept every robot of the household
+#: from linking to this one (found in review).  Loopback is not counted: what connects from
+#: this machine (the chaos harness's proxies, every robot of a test) is not on the LAN
+MAX_OPENING_PER_ADDRESS = 4
 JOIN_PATH = "/join"
 
 
@@ -120,7 +126,9 @@ class SyncService:
         self.links: dict[str, Link] = {}
         self._changed = asyncio.Condition()
         self._closing = False
-        self._opening: set[Connection] = set()  #: accepted connections not yet authenticated
+        #: accepted connections not yet authenticated, each with the address it came from
+        #: (None: not counted per address, `_counted_address`)
+        self._opening: dict[Connection, str | None] = {}
         #: shared by every link: a delta sent to several peers is sealed once (SPEC §4)
         self._sealer = Sealer()
 
@@ -239,11 +247,19 @@ class SyncService:
 
     async def _accept(self, websocket: ServerConnection) -> None:
         request = websocket.request
+        address = _counted_address(websocket.remote_address)
         if len(self._opening) >= MAX_OPENING:
             log.warning("refused a connection: %d are opening already", len(self._opening))
             await websocket.close(1013, "too many connections opening: try again later")
             return
-        self._opening.add(websocket)
+        if address is not None:
+            same = sum(1 for other in self._opening.values() if other == address)
+            if same >= MAX_OPENING_PER_ADDRESS:
+                log.warning("refused a connection: %d are opening from its address already",
+                            same)  # fmt: skip
+                await websocket.close(1013, "too many connections opening: try again later")
+                return
+        self._opening[websocket] = address
         try:
             if request is not None and request.path == JOIN_PATH:
                 await self._answer_join(websocket)
@@ -253,7 +269,7 @@ class SyncService:
             log.exception("an accepted link failed")
         finally:
             if websocket in self._opening:
-                self._opening.discard(websocket)
+                del self._opening[websocket]
                 self._notify()  # room for another (`wait_until`)
 
     async def _answer_join(self, websocket: ServerConnection) -> None:
@@ -362,7 +378,7 @@ class SyncService:
         on_proved: Callable[[], None] | None = None,
     ) -> None:  # fmt: skip
         if isinstance(event, PeerAuthenticated):
-            self._opening.discard(link.websocket)
+            self._opening.pop(link.websocket, None)
             if device not in (None, event.device_id):  # a record naming one robot, another's
                 link.close("not the device dialed")  # address: that robot has its own loop
                 return
@@ -425,3 +441,17 @@ class SyncService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+def _counted_address(remote: object) -> str | None:
+    """The address an accepted connection counts against (`MAX_OPENING_PER_ADDRESS`): its
+    host, an IPv4 address mapped into IPv6 as IPv4; None for loopback or no address."""
+    if not isinstance(remote, tuple) or not remote or not isinstance(remote[0], str):
+        return None
+    try:
+        ip = ipaddress.ip_address(remote[0].partition("%")[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return None if ip.is_loopback else str(ip)
