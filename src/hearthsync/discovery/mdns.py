@@ -16,7 +16,10 @@ Two things mDNS does not do, and what we do instead:
 
 * It never notices a robot that lost power or left the network silently: its records live in
   every cache for their TTL (75 minutes for the PTR).  Liveness comes from websocket
-  heartbeats; the transport calls :meth:`Browser.forget` when a peer stops answering.
+  heartbeats: a link whose heartbeats stop ends, and its dial loop keeps trying the address
+  where the peer last proved itself (`hearthsync.transport.addresses`), whatever the view says.
+  :meth:`Browser.forget` drops a peer from the view until it announces itself again, for a
+  caller that wants the view to follow the links; `hearth run` does not need it.
 * It does not rediscover after a late heal: browsers back off their queries to about once an
   hour.  So the :class:`Advertiser` re-announces every ``reannounce_s`` seconds, and the
   :class:`Browser` treats any announcement of a peer missing from its view as "found", even when
