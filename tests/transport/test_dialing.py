@@ -216,6 +216,48 @@ async def test_a_handshake_that_fails_backs_off_as_a_refused_dial_does(
     assert delays[:5] == [0.2, 0.4, 0.8, 1.6, 3.2]
 
 
+async def test_links_that_end_at_once_after_the_handshake_back_off(
+    robots: tuple[Peer, Peer],
+) -> None:
+    """Found in review: any link that authenticated reset the backoff when it ended, so a
+    peer that closed each link right after the handshake (or a reconnect asked for a grant
+    that never came) was redialed 5 times a second, for good.  Only a link that lasted
+    `LINK_LIVED_S` starts the backoff afresh."""
+    big, small = robots
+    home = BenchHome(users=("alice",))
+    delays: list[float] = []
+    enough = asyncio.Event()
+    async with (
+        SyncService(big, home.enrol(big)) as hub,
+        SyncService(small, home.enrol(small)) as edge,
+    ):
+
+        async def back_off(delay: float) -> None:
+            delays.append(delay)
+            if len(delays) == 4:
+                enough.set()
+            await asyncio.sleep(0)
+
+        async def cut_each_link() -> None:
+            while True:
+                await edge.wait_until(lambda: big.device_id in edge.links)
+                edge.links[big.device_id].close("cut at once")
+                await edge.wait_until(lambda: big.device_id not in edge.links)
+
+        hub._back_off = back_off  # type: ignore[method-assign]
+        cutter = asyncio.create_task(cut_each_link())
+        try:
+            hub.dial("127.0.0.1", edge.port, device=small.device_id)
+            async with asyncio.timeout(TIMEOUT):
+                await enough.wait()
+        finally:
+            cutter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await cutter
+        hub.stop_dialing(small.device_id)
+    assert delays[:4] == [0.2, 0.4, 0.8, 1.6]
+
+
 async def test_a_refusal_repeated_by_every_redial_is_one_warning_naming_the_peer(
     robots: tuple[Peer, Peer], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -61,6 +61,11 @@ log = logging.getLogger(__name__)
 
 FIRST_RETRY_S = 0.2
 MAX_RETRY_S = 10.0
+#: a link that authenticated starts its loop's backoff afresh, unless links keep ending
+#: sooner than this: the n-th in a row backs off as the n-th failed dial would.  A failure
+#: that recurs after the handshake (a peer that closes each link at once, a reconnect asked
+#: for a grant that never comes) was redialed 5 times a second for good (found in review)
+LINK_LIVED_S = 10.0
 OPEN_TIMEOUT_S = 5.0
 #: connections accepted and not yet authenticated (or a join) at once; more are refused
 #: (1013), to try again.  Each may make the server hold a frame of up to 4 MiB before it
@@ -297,6 +302,7 @@ class SyncService:
 
     async def _redial(self, dial: _Dial) -> None:
         delay = FIRST_RETRY_S
+        short = 0  # links in a row that authenticated and ended before `LINK_LIVED_S`
         while not self._closing and dial.wanted:
             host, port = address = dial.addresses.next()
             uri = f"ws://{host}:{port}/" if ":" not in host else f"ws://[{host}]:{port}/"
@@ -306,6 +312,7 @@ class SyncService:
                 async with self._changed:
                     await self._changed.wait_for(lambda: not self._paused or self._closing)
                 continue
+            started = time.monotonic()
             try:
                 async with connect(
                     uri, proxy=None, max_size=MAX_FRAME_LEN, compression=None,
@@ -321,8 +328,10 @@ class SyncService:
                     # a handshake that fails (this robot's own port, a revoked peer, another
                     # household's, another device) backs off as a refused dial does
                     proved = authenticated and dial.device in (None, peer)
-                    if proved:
-                        delay = FIRST_RETRY_S
+                    if proved:  # afresh, unless links keep ending at once: by them
+                        lived = time.monotonic() - started >= LINK_LIVED_S
+                        short = 0 if lived else short + 1
+                        delay = min(FIRST_RETRY_S * 2 ** max(short - 1, 0), MAX_RETRY_S)
             except (OSError, InvalidHandshake, InvalidURI, TimeoutError, ConnectionClosed) as exc:
                 log.debug("dialing %s failed: %s", uri, exc)
             except Exception:  # a bug must not end the loop: that pair would stay cut for good
