@@ -35,6 +35,12 @@ CODECS = (CODEC_NONE, CODEC_ZSTD)
 
 #: the largest update an envelope may carry once decompressed (SPEC §1)
 MAX_UPDATE_BYTES = 64 * 1024 * 1024
+#: the largest row the store reads back of its own (a snapshot, a logged update): it wrote
+#: them, and compaction writes a document's whole state, which may outgrow what an envelope
+#: carries.  Read back under `MAX_UPDATE_BYTES`, the snapshot of a month of large events
+#: (70 MB) made the month corrupt at the next open, every acknowledged event in it lost
+#: (found in review); the bound only stops a damaged frame from asking for any size at all
+MAX_STORED_BYTES = 2 * 1024 * 1024 * 1024
 #: smaller updates go uncompressed: a Zstandard frame costs ~10 bytes and ~10 µs
 MIN_COMPRESS_BYTES = 128
 #: compressing these scopes would let lengths hint at their content (see the module docstring)

@@ -198,6 +198,39 @@ async def test_corrupt_document_is_reported_and_the_others_load(
             await reopened.set_preference("alice", "beverage/tea", "green")
 
 
+async def test_a_document_larger_than_an_envelope_carries_compacts_and_reopens(
+    peer: Peer, peer_path: Path, wall: FakeWall
+) -> None:
+    """Found in review: the store read its own snapshots back under the envelopes' bound
+    (`MAX_UPDATE_BYTES`, 64 MiB), so once a document outgrew it (a month of large events)
+    the snapshot compaction wrote made it corrupt at the next open, every acknowledged write
+    in it lost."""
+    from pycrdt import Text
+
+    from hearthsync.compression import MAX_UPDATE_BYTES
+
+    doc_id = DocId("home/graph")
+    big = "hearth " * (MAX_UPDATE_BYTES // 7 + 1)
+
+    def grow(replica: Replica) -> None:
+        replica.doc.get("bulk", type=Text).insert(0, big)
+
+    await peer._docs.write(doc_id, grow)
+    await peer.relate("alice", "owns", "green-mug")
+    state = peer._docs.replica(doc_id).state_vector()
+    assert await peer.compact() >= 1
+    await peer.close()
+    conn = sqlite3.connect(peer_path / "hearth.db")
+    (stored,) = conn.execute("SELECT snapshot FROM docs WHERE doc_id = ?", (doc_id,)).fetchone()
+    conn.close()
+    assert zstandard.frame_content_size(stored) > MAX_UPDATE_BYTES  # compressed, and past it
+
+    async with Peer.open(peer_path, wall=wall) as reopened:
+        assert reopened.corrupt == {}
+        assert reopened._docs.replica(doc_id).state_vector() == state
+        assert reopened.relationships("alice")
+
+
 @pytest.mark.parametrize(
     ("sql", "reason"),
     [

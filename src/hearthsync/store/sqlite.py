@@ -46,7 +46,7 @@ from typing import Any, Literal
 
 import aiosqlite
 
-from hearthsync.compression import CODEC_ZSTD, compress, decompress
+from hearthsync.compression import CODEC_ZSTD, MAX_STORED_BYTES, compress, decompress
 from hearthsync.errors import ClosedError, StoreError
 from hearthsync.store.lock import FolderLock
 
@@ -114,10 +114,10 @@ class StoredDoc:
     def snapshot(self) -> bytes | None:
         if self.stored_snapshot is None:
             return None
-        return decompress(*self.stored_snapshot)
+        return decompress(*self.stored_snapshot, limit=MAX_STORED_BYTES)
 
     def updates(self) -> list[bytes]:
-        return [decompress(codec, data) for codec, data in self.stored_updates]
+        return [decompress(c, data, limit=MAX_STORED_BYTES) for c, data in self.stored_updates]
 
 
 @dataclass(frozen=True, slots=True)
