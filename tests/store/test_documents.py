@@ -470,6 +470,60 @@ async def test_a_garbage_update_changes_nothing(peer: Peer) -> None:
     assert peer.preference("bob", "tea/mug") is not None
 
 
+def _update_of_authors(count: int, root: str = "prefs") -> bytes:
+    """One update holding a struct of each of ``count`` authors."""
+    parts = []
+    for client in range(1000, 1000 + count):
+        doc: Doc = Doc(client_id=client)
+        doc[root] = Map({f"k{client}": "v"})
+        parts.append(doc.get_update())
+    return merge_updates(*parts)
+
+
+@pytest.mark.parametrize("doc_id", ["user/bob/prefs", "user/bob/health"])  # held, and new
+async def test_an_update_naming_more_authors_than_a_document_may_hold_changes_nothing(
+    peer: Peer, peer_path: Path, wall: FakeWall, doc_id: str
+) -> None:
+    """Found in review: such an update (from a misbehaving robot) was merged and stored, then
+    every read of the document's state vector raised: the caller got an error for an update
+    that was durable, the flusher died (later writes waited for good), and the store never
+    opened again."""
+    await peer.set_preference("bob", "tea/mug", "blue")
+    before = {d: peer.state_vector(d) for d in peer.document_ids()}
+    update = _update_of_authors(sv.MAX_ENTRIES + 1)
+
+    with pytest.raises(CorruptDocumentError, match="4097"):
+        await peer.apply_update(doc_id, update)
+
+    assert {d: peer.state_vector(d) for d in peer.document_ids()} == before
+    async with asyncio.timeout(10):
+        await peer.set_preference("bob", "tea/cup", "white")  # the flusher still serves
+    await peer.close()
+    async with Peer.open(peer_path, wall=wall) as reopened:
+        assert reopened.corrupt == {}
+        assert reopened.preference("bob", "tea/cup") is not None
+
+
+async def test_a_stored_update_naming_too_many_authors_is_a_corrupt_document(
+    peer: Peer, peer_path: Path, wall: FakeWall
+) -> None:
+    """Stored before merging refused it, it kept the whole store from opening (found in
+    review): now that document is reported, and the others load."""
+    await fill_every_kind(peer)
+    await peer.close()
+    conn = sqlite3.connect(peer_path / "hearth.db")
+    conn.execute(
+        "UPDATE updates SET data = ?, codec = 0 WHERE doc_id = 'user/alice/prefs'",
+        (_update_of_authors(sv.MAX_ENTRIES + 2),),
+    )
+    conn.commit()
+    conn.close()
+    async with Peer.open(peer_path, wall=wall) as reopened:
+        assert set(reopened.corrupt) == {"user/alice/prefs"}
+        assert "4098 clients" in reopened.corrupt["user/alice/prefs"]
+        assert len(reopened.events("alice")) == 40
+
+
 async def test_event_log_cache_follows_local_and_remote_appends(
     peer: Peer, wall: FakeWall, tmp_path: Path
 ) -> None:

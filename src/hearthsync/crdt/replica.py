@@ -14,11 +14,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pycrdt import Doc, get_update, merge_updates
+from pycrdt import Doc, get_state, get_update, merge_updates
 
 from hearthsync.crdt import statevector, updates
 from hearthsync.crdt.kinds import DocInfo
-from hearthsync.errors import CorruptDocumentError
+from hearthsync.errors import CorruptDocumentError, RemoteError
 from hearthsync.ids import LineageId
 
 T = TypeVar("T")
@@ -212,6 +212,7 @@ class Replica:
         """
         if self._held and _key(update) in self._held:
             return None  # an update held aside already (sent on by every robot that got it)
+        self._refuse_too_many_clients(update)
         if self._sub is None and not self._aside and self.doc.get_state() == EMPTY_STATE:
             # nothing here yet: all of the update is new, so it is the delta (this also keeps
             # whatever Yrs holds pending for later, exactly as a captured delta would).  What
@@ -239,6 +240,33 @@ class Replica:
         # others.  Re-merging what was already known is a no-op; compaction folds overlaps.
         changed = self._take() is not None
         return update if changed or held else None
+
+    def _refuse_too_many_clients(self, update: bytes) -> None:
+        """`CorruptDocumentError` if merging ``update`` would make this document hold more
+        authors than a state vector may name (`statevector.MAX_ENTRIES`), before anything
+        changes.  Merged, such an update was stored, then every reading of the document's
+        state vector raised, and the store no longer opened (found in review).  An update
+        names how many authors it holds structs of first: the exact count (a decode of the
+        whole update) is asked for only when that and the authors here could pass the bound."""
+        named = _leading_uint(update)
+        if named is None:
+            return
+        here = statevector.decode(self.state_vector())
+        if named + len(here) <= statevector.MAX_ENTRIES:
+            return
+        try:
+            theirs = statevector.decode(get_state(update))
+        except RemoteError as exc:
+            raise CorruptDocumentError(self.info.doc_id, str(exc)) from None
+        except Exception:  # not an update: merging it says so
+            return
+        authors = len(theirs.keys() | here.keys())
+        if authors > statevector.MAX_ENTRIES:
+            raise CorruptDocumentError(
+                self.info.doc_id,
+                f"the update would make the document hold {authors} authors, over "
+                f"{statevector.MAX_ENTRIES}",
+            )
 
     def load(self, updates: Iterable[bytes], *, snapshot: bytes | None = None) -> None:
         """Merge what the store holds of this document (durable already: nothing to capture):
@@ -665,3 +693,15 @@ def _delete_set(update: bytes, state: bytes) -> bytes:
         return updates.runs(update)[1]
     except updates.UpdateFormatError:  # content kinds we never write: Yrs has the last word
         return b"\x00"
+
+
+def _leading_uint(data: bytes) -> int | None:
+    """The varuint an update starts with (how many authors it holds structs of), None if
+    the bytes do not start with one."""
+    value = shift = 0
+    for byte in data[:10]:
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value
+        shift += 7
+    return None

@@ -38,7 +38,7 @@ from pycrdt import Array
 from hearthsync.crdt import statevector
 from hearthsync.crdt.kinds import DocInfo, Kind, parse
 from hearthsync.crdt.replica import MAX_CLIENT_ID, Replica, event_field
-from hearthsync.errors import ClosedError, CorruptDocumentError, DecryptionError
+from hearthsync.errors import ClosedError, CorruptDocumentError, DecryptionError, RemoteError
 from hearthsync.ids import DocId
 from hearthsync.offload import THREAD, Offload
 from hearthsync.store.embedding import Embedder
@@ -165,7 +165,10 @@ class DocumentSet:
             replica = Replica(parse(row.doc_id), client_id=row.client_id, lineage=row.lineage)  # type: ignore[arg-type]
             snapshot, updates = stored.snapshot(), stored.updates()
             replica.load(updates, snapshot=snapshot or None)
-        except (CorruptDocumentError, DecryptionError, ValueError) as exc:
+        except (CorruptDocumentError, DecryptionError, RemoteError, ValueError) as exc:
+            # RemoteError: a state vector no document may have (more authors than
+            # `statevector.MAX_ENTRIES`), stored before merging refused it: the store did
+            # not open at all (found in review)
             reason = exc.reason if isinstance(exc, CorruptDocumentError) else str(exc)
             self.corrupt[doc_id] = CorruptDocumentError(doc_id, reason)
             return
@@ -478,7 +481,10 @@ class DocumentSet:
                 # one turn for whoever waited on this batch (acknowledgements to send) before
                 # the housekeeping below, which may hold the loop for milliseconds
                 await asyncio.sleep(0)
-                self._settle_merged(queue)
+                try:  # a fault here must not end the flusher: every later writer would wait
+                    self._settle_merged(queue)  # for good (found in review)
+                except Exception:
+                    log.exception("sorting what was merged failed; it is sorted at the next read")
                 try:
                     await self._maybe_compact()
                 except Exception:  # compaction is an optimisation: retried after the next batch
