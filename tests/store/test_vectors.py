@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -117,6 +118,16 @@ def _garbage_index(d: Path) -> None:
     path.write_bytes(b"\x00garbage" * (path.stat().st_size // 8))
 
 
+def _damage_index_middle(d: Path) -> None:
+    """Bytes flipped halfway through, where neither the header nor the tail is (found in
+    review: loaded as is, it answered wrongly, raised, or crashed the process)."""
+    path = next(d.glob("alice.history.*.usearch"))
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+    path.write_bytes(bytes(data))
+
+
 def _delete_stamp(d: Path) -> None:
     (d / "alice.history.stamp.json").unlink()
 
@@ -154,6 +165,42 @@ async def test_damaged_files_are_rebuilt_with_the_same_results(
     assert report.action == "rebuilt"
     assert reason in (report.reason or "")
     assert source.rows_read == 300
+
+
+async def test_an_index_damaged_between_head_and_tail_is_rebuilt(tmp_path: Path) -> None:
+    source, before = await built(tmp_path, n=1000)
+    path = next(tmp_path.glob("alice.history.*.usearch"))
+    assert path.stat().st_size > 2 * vectors._CRC_SPAN + 128  # the middle is neither head nor tail
+    _damage_index_middle(tmp_path)
+    async with memory(source, tmp_path) as mem:
+        assert await recall_all(mem) == before
+        report = mem.last_sync("alice", "history")
+    assert report is not None
+    assert (report.action, report.reason) == (
+        "rebuilt", "unreadable: index file damaged since its stamp was written (crc32 differs)"
+    )  # fmt: skip
+    async with memory(source, tmp_path) as mem:  # and the rebuilt one is saved as good
+        assert await recall_all(mem) == before
+        assert mem.last_sync("alice", "history") == vectors.SyncReport("loaded", 0)
+
+
+async def test_a_stamp_from_before_the_whole_files_crc_loads_and_is_saved_with_it(
+    tmp_path: Path,
+) -> None:
+    """A stamp written by an older version (no ``skipped``, no ``index_full_crc``) loads as
+    it did, rather than costing a rebuild (30 s at 100,000), and the next save keeps the
+    whole file's crc."""
+    source, before = await built(tmp_path)
+    stamp_path = tmp_path / "alice.history.stamp.json"
+    older = json.loads(stamp_path.read_bytes())
+    del older["skipped"], older["index_full_crc"]
+    stamp_path.write_text(json.dumps(older))
+    async with memory(source, tmp_path) as mem:
+        assert await recall_all(mem) == before
+        assert mem.last_sync("alice", "history") == vectors.SyncReport("loaded", 0)
+    saved = json.loads(stamp_path.read_bytes())
+    assert saved["index_full_crc"] >= 0
+    assert saved["skipped"] == 0
 
 
 async def test_index_of_another_embedder_is_not_used(tmp_path: Path) -> None:
@@ -362,6 +409,28 @@ async def test_malformed_source_rows_are_left_out_and_the_rest_indexed(
         await memory(source, tmp_path).open_index("bob", "history")
 
 
+async def test_malformed_rows_left_out_do_not_make_every_open_rebuild(tmp_path: Path) -> None:
+    """Found in review: the saved index counted the rows it held, the table every row, so
+    one malformed row made each later open rebuild the whole index (12 s at 100,000)."""
+    source = MemorySource()
+    fill(source, 20)
+    source.rows[NAME][3] = (source.rows[NAME][3][0], T0, b"\x00")  # a blob of the wrong size
+    async with memory(source, tmp_path) as mem:
+        assert (await mem.open_index("alice", "history")).count == 19
+        assert mem.last_sync("alice", "history").action == "rebuilt"  # type: ignore[union-attr]
+    bad_later = np.full(DIM, np.nan, dtype="<f2").tobytes()
+    source.rows[NAME].append((source.next_rowid, T0, bad_later))  # caught up, left out
+    source.next_rowid += 1
+    fill(source, 2)
+    for expected in ("caught_up", "loaded", "loaded"):
+        read_before = source.rows_read
+        async with memory(source, tmp_path) as mem:
+            index = await mem.open_index("alice", "history")
+            assert index.count + index.pending == 21  # in the graph, or staged for it
+            assert mem.last_sync("alice", "history").action == expected  # type: ignore[union-attr]
+        assert source.rows_read - read_before <= 3  # the new rows at most, never all of them
+
+
 async def test_a_row_committed_while_its_index_is_being_opened_is_found(tmp_path: Path) -> None:
     # opening awaits after its last read of the table (inserting, saving): a batch committed
     # then is handed to the memory (`stage`), which must keep it for the index being opened
@@ -467,6 +536,13 @@ def test_empty_index_and_empty_window(tmp_path: Path) -> None:
     assert empty.search(query, since_ms=0, until_ms=T0) == []
     index, _, _ = small_index(tmp_path)
     assert index.search(query, since_ms=T0 - 10, until_ms=T0 - 1) == []
+
+
+def test_a_huge_k_returns_every_hit_of_the_window(tmp_path: Path) -> None:
+    """A k of 10**400 with a window the graph answers overflowed a float (found in review)."""
+    index, _, _ = small_index(tmp_path, n=vectors.EXACT_WINDOW_LIMIT + 500)
+    inside = index.search(np.ones(DIM), k=10**400, since_ms=T0, until_ms=T0 + 10**12)
+    assert len(inside) == index.count
 
 
 def test_bad_queries_are_refused(tmp_path: Path) -> None:

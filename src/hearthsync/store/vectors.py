@@ -119,6 +119,15 @@ class IndexStamp:
     index_crc: int
     times_bytes: int
     times_crc: int
+    #: source rows up to ``last_rowid`` left out as malformed (`decode_rows`): the index
+    #: holds ``count`` rows, the table ``count + skipped`` up to it.  Without it, one bad row
+    #: made every open rebuild the whole index (found in review).  Absent: 0 (older stamps)
+    skipped: int = 0
+    #: crc32 of the whole index file (-1: a stamp written before it was kept, checked by
+    #: ``index_crc``, head and tail only, until the next save).  Head and tail missed damage
+    #: in between: a graph loaded damaged answered wrongly, raised, or crashed the process,
+    #: and the next save stamped the damage as good (found in review)
+    index_full_crc: int = -1
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -131,7 +140,7 @@ class IndexStamp:
             raise ValueError("stamp is not a JSON object")
         values: dict[str, Any] = {}
         for field in fields(cls):
-            value = data.get(field.name)
+            value = data.get(field.name, field.default)
             expected = int if field.type == "int" else str
             if type(value) is not expected:
                 raise ValueError(f"stamp field {field.name!r} is {value!r:.40}")
@@ -277,6 +286,7 @@ class VectorIndex:
         self._tail_ts: I64Array = np.empty(0, dtype=np.int64)
         self._tail_unit: F32Array = np.empty((0, self.dim), dtype=np.float32)
         self._lo = self._hi = 0
+        self._skipped = 0
         self._dirty = self._stamp is not None
 
     def _new_index(self) -> Index:
@@ -295,7 +305,26 @@ class VectorIndex:
         """Add source rows (rowid, ts_ms, f16 bytes); return how many were new."""
         if not rows:
             return 0
-        return self.add(*decode_rows(rows, self.dim))
+        return self.add(*self._decoded(rows))
+
+    def stage_rows(self, rows: Sequence[Row]) -> int:
+        """`stage` source rows (rowid, ts_ms, f16 bytes); return how many were new."""
+        if not rows:
+            return 0
+        return self.stage(*self._decoded(rows))
+
+    @property
+    def skipped(self) -> int:
+        """Source rows left out as malformed (`IndexStamp.skipped`)."""
+        return self._skipped
+
+    def _decoded(self, rows: Sequence[Row]) -> tuple[I64Array, I64Array, F32Array]:
+        decoded = decode_rows(rows, self.dim)
+        left_out = len(rows) - decoded[0].size
+        if left_out:
+            self._skipped += left_out
+            self._dirty = True  # the stamp must count them, or the next open rebuilds
+        return decoded
 
     def add(self, rowids: npt.ArrayLike, ts_ms: npt.ArrayLike, vectors: npt.ArrayLike) -> int:
         """Add vectors under their rowids; rowids already present are skipped (idempotent)."""
@@ -448,6 +477,9 @@ class VectorIndex:
         the window, and falling back to an exact scan when the graph still cannot fill ``k`` hits.
         """
         query = self._check_query(vector, k)
+        # never more than it holds: a k of 10**400 overflowed the float that sizes a window's
+        # search, an OverflowError rather than every hit (found in review)
+        k = min(k, max(self.count + self.pending, 1))
         hits = self._graph_hits(query, k, since_ms, until_ms)
         if not self.pending:
             return hits
@@ -553,11 +585,14 @@ class VectorIndex:
             if _file_fingerprint(index_path, full=False) != (stamp.index_bytes, stamp.index_crc):
                 return "index file truncated or replaced since its stamp was written"
             self._read_index(index_path, stamp)
+            if stamp.index_full_crc < 0:
+                self._dirty = True  # an older stamp: the next save keeps the whole file's crc
         except FileNotFoundError as exc:
             return f"missing file {Path(exc.filename or '?').name} (never saved, or save cut short)"
         except (OSError, ValueError, RuntimeError) as exc:
             return f"unreadable: {exc}"
         self._keys, self._ts, self._stamp = keys, ts, stamp
+        self._skipped = stamp.skipped
         return None
 
     def _read_stamp(self) -> IndexStamp:
@@ -593,8 +628,13 @@ class VectorIndex:
         meta = Index.metadata(os.fspath(path))
         if not meta or meta["dimensions"] != self.dim or meta["count_present"] != stamp.count:
             raise ValueError(f"index header disagrees with the stamp: {meta}")
+        # read once: the bytes checked are the bytes loaded (a crc32 costs about 12 ms for
+        # the 53 MB of 100,000 vectors)
+        data = path.read_bytes()
+        if stamp.index_full_crc >= 0 and zlib.crc32(data) != stamp.index_full_crc:
+            raise ValueError("index file damaged since its stamp was written (crc32 differs)")
         index = self._new_index()
-        index.load(os.fspath(path))
+        index.load(data)
         self._index = index
 
     def save(self) -> IndexStamp:
@@ -612,9 +652,10 @@ class VectorIndex:
             index_path, times_path = self._write_generation(generation)
             index_fp = _file_fingerprint(index_path, full=False)
             times_fp = _file_fingerprint(times_path, full=True)
+            whole = _file_fingerprint(index_path, full=True)[1]
             stamp = IndexStamp(
                 INDEX_FORMAT, self.embedder, self.dim, self.dtype, self.count, self.last_rowid,
-                generation, *index_fp, *times_fp,
+                generation, *index_fp, *times_fp, skipped=self._skipped, index_full_crc=whole,
             )  # fmt: skip
             self._write_stamp(stamp)
         except (OSError, RuntimeError) as exc:  # usearch reports a failed write as RuntimeError
@@ -747,7 +788,7 @@ class VectorMemory:
                 # staged here, with no await before the index is open, so every later row
                 # reaches it directly.  Rows read by `_sync` too are skipped (`VectorIndex.stage`)
                 if arrived:
-                    index.stage(*decode_rows(arrived, index.dim))
+                    index.stage_rows(arrived)
                 self._open[name] = index
                 self._reports[name] = report
             return self._open[name]
@@ -760,7 +801,7 @@ class VectorMemory:
         count, max_rowid = await self._source.vector_stats(name)
         reason = index.problem or self._lost_rows(index, count, max_rowid)
         if reason is None:
-            before = index.count
+            before = index.count + index.skipped
             # a few rows (those committed since the last save): staged, searchable at once and
             # left to the graph for later, so an open never waits for HNSW inserts
             stage = count - before <= STAGE_CATCH_UP
@@ -795,7 +836,7 @@ class VectorMemory:
             _check_order(rows, after, name)
             if rows:
                 if stage:
-                    index.stage(*decode_rows(rows, index.dim))
+                    index.stage_rows(rows)
                 else:
                     await self.offload(index.add_rows, rows)  # keeps the loop responsive
                 read += len(rows)
@@ -832,7 +873,7 @@ class VectorMemory:
         if not rows:
             return 0
         if vectors is None:
-            return index.stage(*decode_rows(rows, index.dim))
+            return index.stage_rows(rows)
         return index.stage([row[0] for row in rows], [row[1] for row in rows], vectors)
 
     @property
