@@ -28,6 +28,7 @@ from hearthsync.model import (
     Relationship,
     Routine,
 )
+from hearthsync.model.records import MAX_JSON_BYTES
 
 GOOD_EVENT = {"id": "ev-abc123", "user": "alice", "type": "COMMAND", "domain": "beverage", "ts": 1}
 
@@ -315,3 +316,16 @@ def test_a_key_of_one_segment_written_before_the_rule_still_reads() -> None:
     assert refused.value.field == "key"
     stored = Preference.decode('{"user":"alice","key":"coffee","value":"oat"}')
     assert (stored.key, stored.value) == ("coffee", "oat")
+
+
+def test_a_string_value_is_bounded_as_json_writes_it() -> None:
+    """Found in review: a plain string was measured by its UTF-8 bytes, not as JSON writes it,
+    so 16,000 NULs (six bytes each, escaped) were stored as a 96 KB record; the same
+    characters in a list were refused."""
+    nuls = "\x00" * 16_000
+    with pytest.raises(ValidationError, match="bytes encoded"):
+        Preference.build(user="alice", key="a/b", value=nuls)
+    with pytest.raises(ValidationError, match="bytes encoded"):
+        Preference.build(user="alice", key="a/b", value=[nuls])
+    fits = "x" * (MAX_JSON_BYTES - 2)
+    assert Preference.build(user="alice", key="a/b", value=fits).value == fits

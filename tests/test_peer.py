@@ -1194,3 +1194,50 @@ def test_the_errors_a_caller_catches_are_importable_from_the_package() -> None:
     assert exported["ClosedError"] is Closed
     for name in ("ValidationError", "BlockedFieldError", "NotFoundError", "CorruptDocumentError"):
         assert issubclass(exported[name], hearthsync.HearthError)
+
+
+async def test_a_forgotten_user_is_never_written_back_as_someone_present(peer: Peer) -> None:
+    """Found in review: after `forget("bob")`, an owner, a routine's user and a relationship
+    naming bob were refused, but a condition's ``with_users`` and an event's
+    ``people_present`` took his id back into the documents, for good."""
+    await peer.forget("bob")
+    before = state(peer)
+    with pytest.raises(NotFoundError, match=r"condition\.with_users"):
+        peer.set_preference("alice", "music/genre", "jazz", condition={"with_users": ["bob"]})
+    with pytest.raises(NotFoundError, match=r"context\.people_present"):
+        peer.record_event("alice", "OBSERVATION", "kitchen", context={"people_present": ["bob"]})
+    await peer.flush()
+    assert state(peer) == before
+
+
+@pytest.mark.parametrize("field", ["deleted", "set_at", "device"])
+async def test_fields_the_peer_writes_are_not_taken_from_a_caller(peer: Peer, field: str) -> None:
+    """Found in review: ``deleted=True`` removed a region or routine (no delete is
+    documented), and ``set_at`` or ``device`` raised a TypeError."""
+    await peer.set_region("kitchen", "Kitchen")
+    await peer.set_routine("nap", "Nap")
+    before = state(peer)
+    value: Any = True if field == "deleted" else "x"
+    with pytest.raises(ValidationError) as region:
+        peer.set_region("kitchen", "Kitchen", **{field: value})
+    with pytest.raises(ValidationError) as routine:
+        peer.set_routine("nap", "Nap", **{field: value})
+    assert region.value.field == routine.value.field == field
+    await peer.flush()
+    assert state(peer) == before
+    assert [r.id for r in peer.regions()] == ["kitchen"]
+
+
+async def test_reading_the_home_makes_no_document(peer_path: Path, wall: FakeWall) -> None:
+    """Found in review: reading regions, places, routines or relationships of a home that
+    had none made empty documents, stored at close and listed by `status`."""
+    async with Peer.open(peer_path, device="kitchen", wall=wall) as fresh:
+        assert fresh.regions() == []
+        assert fresh.placements() == []
+        assert fresh.placement("mug") is None
+        assert fresh.spatial_changes() == []
+        assert fresh.routines() == []
+        assert fresh.relationships() == []
+        assert fresh.document_ids() == ["household"]
+    async with Peer.open(peer_path, wall=wall) as reopened:
+        assert reopened.document_ids() == ["household"]

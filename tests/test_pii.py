@@ -15,7 +15,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from hearthsync import BlockedFieldError, Peer, ValidationError
+from hearthsync import BlockedFieldError, NotFoundError, Peer, ValidationError
 from hearthsync.context.feedback import DRIFT, STABLE, STATED
 from hearthsync.crdt.handles import PrefsDoc
 from hearthsync.hlc import Timestamp
@@ -140,6 +140,58 @@ async def test_personal_data_in_any_field_is_refused_and_nothing_is_written(
     await peer.flush()
     assert state(peer) == before
     assert await durable_rows(peer) == rows
+
+
+@pytest.mark.parametrize(
+    "hidden",
+    ["alice\u200b@example.com", "06\u200b12\u200b34\u200b56\u200b78", "4111\u00ad1111\u2060"
+     "1111\ufeff1111"],
+)  # fmt: skip
+async def test_personal_data_split_by_invisible_characters_is_refused(
+    peer: Peer, hidden: str
+) -> None:
+    """Found in review: a zero-width space between the digits of a phone number, or before
+    an email's "@", hid it from every pattern; it was stored."""
+    before = state(peer)
+    with pytest.raises(BlockedFieldError) as caught:
+        await peer.set_preference("alice", "contact/note", hidden)
+    assert caught.value.field == "value"
+    assert hidden not in str(caught.value)
+    assert state(peer) == before
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda p: p.set_preference("0612345678", "beverage/tea", "green"),
+        lambda p: p.record_event("4111111111111111", "COMMAND", "x"),
+        lambda p: p.delete_preference("0612345678", "beverage/tea"),
+        lambda p: p.delete_preference("alice", "contact/0612345678"),
+        lambda p: p.record_event("alice", "COMMAND", "x", ts="06 12 34 56 78"),
+        lambda p: p.events("alice", since="06 12 34 56 78"),
+        lambda p: p.recall("alice", "tea", k="06 12 34 56 78"),
+        lambda p: p.forget("0612345678"),
+    ],
+)
+async def test_an_error_never_repeats_what_looks_like_personal_data(
+    peer: Peer, call: Callable[[Peer], Any]
+) -> None:
+    """Found in review: a well-formed id that is a phone or card number was refused as an
+    unknown user, quoted word for word, and so were a timestamp, a window's bound and a k
+    that held one.  Errors get logged."""
+
+    async def called() -> None:
+        result = call(peer)
+        if hasattr(result, "__await__"):
+            await result
+
+    with pytest.raises((ValidationError, NotFoundError)) as caught:
+        await called()
+    said = str(caught.value)
+    assert "0612345678" not in said
+    assert "06 12 34 56 78" not in said
+    assert "4111111111111111" not in said
+    assert "not repeated" in said
 
 
 async def test_a_record_stored_under_other_rules_is_still_read(tmp_path: Path) -> None:

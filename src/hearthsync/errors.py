@@ -39,11 +39,13 @@ def unknown_user(user: str, *, forgotten: bool = False) -> str:
     """What a `NotFoundError` for a user the household does not have says, wherever it is
     raised (Python, the CLI, the HTTP API).  A forgotten user is not told to be added again,
     which `add_user` refuses (found by a new user)."""
+    from hearthsync.model.pii import quoted  # the model imports this module
+
     if forgotten:
-        return f"user {user!r} was forgotten; a returning person needs a new id"
+        return f"user {quoted(user)} was forgotten; a returning person needs a new id"
     return (
-        f"unknown user {user!r}: add them first (Peer.add_user, or 'user ID NAME' on the "
-        "console of 'hearth run')"
+        f"unknown user {quoted(user)}: add them first (Peer.add_user, or 'user ID NAME' on "
+        "the console of 'hearth run')"
     )
 
 

@@ -40,6 +40,7 @@ from hearthsync.crdt.replica import Replica
 from hearthsync.crypto.statement import FORGET, Statement, check_statement
 from hearthsync.errors import ClosedError, CryptoError, NotFoundError
 from hearthsync.ids import DocId, UserId
+from hearthsync.model.pii import quoted
 
 if TYPE_CHECKING:
     from hearthsync.peer import Peer
@@ -169,7 +170,7 @@ class Forgetting:
         # yet its keys are held: forgettable, or the owner could never shred them, nor make
         # room for others to be keyed so (found in review)
         if user not in peer._known_users() and user not in keyed:
-            raise NotFoundError(f"unknown user {user!r}: nothing to forget")
+            raise NotFoundError(f"unknown user {quoted(user)}: nothing to forget")
         self._seen.add(user)
         tombstone = await self._endorse(user)
         await self.purge(user)

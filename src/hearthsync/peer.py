@@ -60,6 +60,7 @@ from hearthsync.errors import NotFoundError, ValidationError, unknown_user
 from hearthsync.forgetting import Forgetting, Remnant
 from hearthsync.hlc import MAX_AHEAD_MS, FloorWall, HybridClock, Timestamp, latest_stored
 from hearthsync.ids import NAME_RE, DeviceId, DocId, LineageId, UserId, check_name
+from hearthsync.model.pii import blocked_category_of_text, quoted
 from hearthsync.model.records import (
     MAX_LIST,
     Calibration,
@@ -816,6 +817,8 @@ class Peer:
         """Record that ``user`` prefers ``value`` for ``key`` (under ``condition``)."""
         uid = self._require_user(user)
         condition = as_condition(condition)
+        for present in condition.with_users:  # a forgotten id is never written back (found
+            self._not_forgotten(present, field="condition.with_users")  # in review)
         slot = f"{key}#{condition.key()}"
         set_at, device = self._stamp_over(
             user_doc(uid, Kind.PREFS), PrefsDoc, lambda h: h.prefs, slot
@@ -843,7 +846,10 @@ class Peer:
         Writes are queued in call order: a `set_preference` of the key not yet applied is
         deleted too (found in review: it was not found)."""
         doc_id = user_doc(user, Kind.PREFS)
-        missing = f"{user} has no preference {key!r} under that condition"
+        who = user if isinstance(user, str) and NAME_RE.fullmatch(user) else quoted(user)
+        if blocked_category_of_text(who):
+            who = quoted(user)
+        missing = f"{who} has no preference {quoted(key)} under that condition"
         if self.preference(user, key, condition) is None and not self._docs.queued(doc_id):
             raise NotFoundError(missing)
         slot = f"{key}#{as_condition(condition).key()}"
@@ -939,7 +945,7 @@ class Peer:
         ):
             # checked before the id is made of it (a float failed there, outside any check)
             raise ValidationError(
-                f"ts must be whole milliseconds since 1970, 0 to 2**53, not {ts!r:.40}",
+                f"ts must be whole milliseconds since 1970, 0 to 2**53, not {quoted(ts)}",
                 field="ts",
             )
         when = int(self._wall() * 1000) if ts is None else ts
@@ -957,6 +963,8 @@ class Peer:
             device=device,
             session=session,
         )
+        for present in event.context.people_present:  # a forgotten id is never written
+            self._not_forgotten(present, field="context.people_present")  # back (review)
         doc_id = events_doc(uid, _month(when))
         record = event.encode(without=_WITHOUT_USER)  # as its document stores it
         embed = ToEmbed(_history_index(uid), event.id, when, _embedding_text(event), record)
@@ -1013,7 +1021,9 @@ class Peer:
         """The ``k`` events of ``user`` most similar to ``query`` within the time window."""
         uid = self._require_user(user)
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValidationError(f"k must be a whole number, at least 1, not {k!r:.40}", field="k")
+            raise ValidationError(
+                f"k must be a whole number, at least 1, not {quoted(k)}", field="k"
+            )
         _check_window(since, until)
         # every event `events` lists can be recalled: merged from another robot, it is in
         # memory at once, and its embedding lands with the batch that makes it durable
@@ -1142,6 +1152,7 @@ class Peer:
     # ------------------------------------------------------------------ home: spatial
 
     def set_region(self, region: str, label: str, **fields: Any) -> asyncio.Future[Region]:
+        _people_write_these(fields)
         spatial = DocId("home/spatial")
         set_at, device = self._stamp_over(spatial, SpatialDoc, lambda h: h.regions, region)
         record = Region.build(id=region, label=label, set_at=set_at, device=device, **fields)
@@ -1153,7 +1164,8 @@ class Peer:
         return self._write(DocId("home/spatial"), change)
 
     def regions(self) -> list[Region]:
-        return [record for _, record in self._spatial().regions.items()]
+        spatial = self._seen_spatial()
+        return [record for _, record in spatial.regions.items()] if spatial else []
 
     def place(
         self,
@@ -1205,26 +1217,36 @@ class Peer:
         return self._write(DocId("home/spatial"), change)
 
     def placement(self, object: str) -> Placement | None:
-        return self._spatial().placements.get(object)
+        spatial = self._seen_spatial()
+        return spatial.placements.get(object) if spatial else None
 
     def placements(self, *, region: str | None = None, owner: str | None = None) -> list[Placement]:
+        spatial = self._seen_spatial()
         return [
             record
-            for _, record in self._spatial().placements.items()
+            for _, record in (spatial.placements.items() if spatial else ())
             if (region is None or record.region == region)
             and (owner is None or record.owner == owner)
         ]
 
     def spatial_changes(self, object: str | None = None) -> list[SpatialChange]:
-        changes = self._spatial().changes
-        return [c for c in changes if object is None or c.object == object]
+        spatial = self._seen_spatial()
+        if spatial is None:
+            return []
+        return [c for c in spatial.changes if object is None or c.object == object]
 
     def _spatial(self) -> SpatialDoc:
         return self._handle(DocId("home/spatial"), SpatialDoc)
 
+    def _seen_spatial(self) -> SpatialDoc | None:
+        """The spatial document for reading: None if there is none (a read made an empty
+        document, stored at the next batch; found in review)."""
+        return self._peek(DocId("home/spatial"), SpatialDoc)
+
     # ------------------------------------------------------------------ home: graph
 
     def set_routine(self, routine: str, label: str, **fields: Any) -> asyncio.Future[Routine]:
+        _people_write_these(fields)
         graph = DocId("home/graph")
         set_at, device = self._stamp_over(graph, GraphDoc, lambda h: h.routines, routine)
         record = Routine.build(id=routine, label=label, set_at=set_at, device=device, **fields)
@@ -1237,7 +1259,9 @@ class Peer:
         return self._write(DocId("home/graph"), change)
 
     def routines(self, user: str | None = None) -> list[Routine]:
-        return [r for _, r in self._graph().routines.items() if user is None or r.user == user]
+        graph = self._peek(DocId("home/graph"), GraphDoc)  # a read makes no document
+        found = graph.routines.items() if graph else ()
+        return [r for _, r in found if user is None or r.user == user]
 
     def relate(
         self, subject: str, relation: str, object: str, *, note: str = ""
@@ -1264,9 +1288,10 @@ class Peer:
         return self._write(DocId("home/graph"), change)
 
     def relationships(self, subject: str | None = None) -> list[Relationship]:
+        graph = self._peek(DocId("home/graph"), GraphDoc)  # a read makes no document
         return [
             r
-            for _, r in self._graph().relationships.items()
+            for _, r in (graph.relationships.items() if graph else ())
             if subject is None or subject in (r.subject, r.object)
         ]
 
@@ -1654,12 +1679,25 @@ def _history_index(user: str) -> str:
     return f"{user}.{HISTORY}"
 
 
+#: record fields the peer writes itself, never a caller's ``**fields``
+_PEERS_OWN = ("set_at", "device", "deleted")
+
+
+def _people_write_these(fields: Mapping[str, Any]) -> None:
+    """Refuse the fields the peer writes itself among a caller's ``**fields``: ``deleted``
+    removed a region or routine with no delete documented, and ``set_at`` or ``device``
+    raised a TypeError (found in review)."""
+    for name in _PEERS_OWN:
+        if name in fields:
+            raise ValidationError(f"{name} is written by the peer, not given", field=name)
+
+
 def _check_window(since: object, until: object) -> None:
     """Refuse a bound of a time window that is not whole milliseconds (a string, a float)."""
     for name, bound in (("since", since), ("until", until)):
         if bound is not None and (isinstance(bound, bool) or not isinstance(bound, int)):
             raise ValidationError(
-                f"{name} must be whole milliseconds since 1970, not {bound!r:.40}", field=name
+                f"{name} must be whole milliseconds since 1970, not {quoted(bound)}", field=name
             )
 
 

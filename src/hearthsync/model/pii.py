@@ -21,7 +21,11 @@ Phone numbers are found in the common groupings (``+33 6 12 34 56 78``, ``06 12 
 ``(415) 555-0100``) and ungrouped after a trunk or international prefix (``0612345678``,
 ``0033612345678``); an ungrouped number without one (``4155550100``) is not told apart
 from other runs of digits, and passes.  Dates, times, IPv4 addresses, versions and lists of
-small numbers (``sizes 38 39 40 41 42``) are not phone numbers.
+small numbers (``sizes 38 39 40 41 42``) are not phone numbers.  Characters that show
+nothing (a zero-width space, a soft hyphen) are left out before matching.  Numbers (an int or
+a float) are not strings and are not checked; nor are the peer's own fields (clocks, device
+ids) or ``evidence`` (event ids and the slow loop's markers, by pattern).  An error that could
+repeat a value shaped like one of these says so instead (`quoted`).
 """
 
 from __future__ import annotations
@@ -60,11 +64,16 @@ for _category, _names in {
     for _name in _names:
         _BLOCKED_NAMES[_name] = _category
 
+#: characters that show nothing: between the digits of a phone number or around an email's
+#: "@", they hid it from every pattern (found in review), so they are left out before matching
+_INVISIBLE = "\u00ad\u200b\u200c\u200d\u2060\ufeff"
+_STRIP_INVISIBLE = str.maketrans("", "", _INVISIBLE)
 #: the cheap test first, as most text holds no digits: an ``@``, or a digit and 7 more
-#: characters of digits and separators, which every shape below starts with (so this skips
-#: nothing they would find: ``test_the_cheap_test_skips_nothing_a_detector_finds``).  Spelled
-#: to start with a character set, which ``re`` skips to faster than to an alternative
-SUSPECT = re.compile(r"[@\d](?:(?<=@)|[\d \-().]{7})")
+#: characters of digits, separators and invisible characters, which every shape below starts
+#: with (so this skips nothing they would find:
+#: ``test_the_cheap_test_skips_nothing_a_detector_finds``).  Spelled to start with a
+#: character set, which ``re`` skips to faster than to an alternative
+SUSPECT = re.compile(rf"[@\d](?:(?<=@)|[\d \-().{_INVISIBLE}]{{7}})")
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
 _NATIONAL_ID = re.compile(r"\b\d{3}-\d{2}-\d{4}\b")
@@ -105,6 +114,8 @@ def blocked_category_of_text(text: str) -> str | None:
 
 def _category_of_text(text: str) -> str | None:
     """The blocked category ``text`` holds a value of, by shape alone (no cheap test first)."""
+    if not text.isascii():
+        text = text.translate(_STRIP_INVISIBLE)
     if "@" in text and _EMAIL.search(text):
         return "email"
     if _NATIONAL_ID.search(text):
@@ -158,6 +169,18 @@ def blocked_text_error(text: str, *, field: str) -> BlockedFieldError | None:
         f"{category}s",
         field=field,
     )
+
+
+def quoted(value: object, limit: int = 40) -> str:
+    """``value`` as an error message may show it: its ``repr`` (cut to ``limit``), unless it
+    is text shaped like personal data, which errors never repeat (they get logged; found in
+    review: an id or a timestamp that was a phone number came back word for word)."""
+    if isinstance(value, str):
+        category = blocked_category_of_text(value)
+        if category:
+            return f"(a value shaped like {_article(category)} {category}, not repeated)"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def check_no_pii(value: object, *, field: str) -> None:
