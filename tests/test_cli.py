@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -12,6 +13,10 @@ from pathlib import Path
 import pytest
 
 HEARTH = shutil.which("hearth", path=str(Path(sys.executable).parent))
+#: the code under test, where it is not the installed one (a worktree run with PYTHONPATH=src):
+#: without it the subprocess ran the installed package, and a test of a fix passed or failed
+#: on code it never saw
+PYTHONPATH = {"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}
 
 
 def hearth(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -22,7 +27,7 @@ def hearth(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[s
         text=True,
         timeout=300,
         cwd=cwd,
-        env={"COLUMNS": "160", "PATH": str(Path(sys.executable).parent)},
+        env={"COLUMNS": "160", "PATH": str(Path(sys.executable).parent), **PYTHONPATH},
     )
 
 
@@ -170,8 +175,6 @@ def test_bench_local_quick_writes_the_named_keys(tmp_path: Path) -> None:
 
 
 async def test_forget_removes_the_user_and_refuses_a_running_peer(tmp_path: Path) -> None:
-    import os
-
     from hearthsync import Peer
     from hearthsync.runner import RUN_FILE
 
@@ -282,8 +285,6 @@ def test_invite_from_a_robot_listening_everywhere_hands_out_its_lan_address(
     """The README starts a robot with ``--listen 0.0.0.0:7420``: every invite was refused
     ("0.0.0.0 is not an address a robot can dial"; found by a new user).  The code now carries
     the address discovery advertises."""
-    import os
-
     from hearthsync.crypto.pairing import Invite
     from hearthsync.discovery.service import default_addresses
     from hearthsync.runner import RUN_FILE
