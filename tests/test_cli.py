@@ -309,3 +309,33 @@ def test_chaos_refuses_fault_numbers_that_are_not_numbers_without_a_traceback(on
     assert done.returncode == 2
     assert "Invalid value for --only-faults: wants fault numbers" in done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+
+
+async def test_names_and_values_are_printed_as_typed_never_as_markup(tmp_path: Path) -> None:
+    """Found in review: a household name is any text, and the command line printed it as rich
+    markup.  "Flat 2[/b]" raised MarkupError: ``hearth init`` exited 1 having made the
+    household, and ``hearth status`` failed on every robot of it; "Casa [red]Rossi" lost its
+    "[red]".  An error quoting what the user typed, and a preference's value in ``hearth
+    context``, failed alike."""
+    from hearthsync import Condition, Peer
+
+    path = tmp_path / "kitchen"
+    name = "Flat 2[/b] Casa [red]Rossi :fire:"
+    made = hearth("init", str(path), "--household", name, "--device", "kitchen")
+    assert made.returncode == 0, made.stderr
+    assert f"household {name} (" in " ".join(made.stdout.split())
+    shown = hearth("status", str(path))
+    assert shown.returncode == 0, shown.stderr
+    assert f"household {name!r}: this robot is owner" in " ".join(shown.stdout.split())
+    refused = hearth("revoke", str(path), "[/b]")
+    assert refused.returncode == 1
+    assert "error: no robot named '[/b]'" in " ".join(refused.stderr.split())
+    async with Peer.open(path) as peer:
+        await peer.add_user("chen", name="Mrs Chen")
+        await peer.set_preference("chen", "beverage/tea", "[/b] jasmine", condition=Condition())
+    table = hearth("context", str(path), "chen", "--task", "prepare_morning_beverage")
+    assert table.returncode == 0, table.stderr
+    assert "[/b] jasmine" in table.stdout
+    for done in (made, shown, refused, table):
+        assert "Traceback" not in done.stderr + done.stdout
+        assert "MarkupError" not in done.stderr + done.stdout

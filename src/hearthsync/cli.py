@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from hearthsync.errors import HearthError, StoreInUseError, ValidationError
 from hearthsync.peer import Peer
@@ -29,8 +31,23 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Benchmarks against same-run baselines.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
-console = Console()
-errors = Console(stderr=True)  #: ``error: ...`` lines (docs/reference/cli.md)
+# What people named (a household, a robot, a user) and what peers sent is printed as text,
+# never read as markup: "Flat 2[/b]" raised MarkupError in 'hearth init', 'hearth status' and
+# 'hearth join', and "The Smiths [home]" lost its "[home]" (found in review).  Such values go
+# through `escape` in a line with markup, `_cells` in a table, or a print with markup=False;
+# no emoji codes either (":fire:" in a name stays as typed, with or without markup).
+console = Console(emoji=False)
+errors = Console(stderr=True, emoji=False)  #: ``error: ...`` lines (docs/reference/cli.md)
+
+
+def _error(message: object) -> None:
+    """``error: MESSAGE`` on stderr; the message (often quoting what the user typed) as text."""
+    errors.print(f"[red]error:[/red] {escape(str(message))}")
+
+
+def _cells(*values: object) -> list[Text]:
+    """A table row of plain text: a table reads a str cell as markup."""
+    return [Text(str(value)) for value in values]
 
 
 @app.command()
@@ -75,24 +92,21 @@ async def _status(path: Path) -> None:
 
 def _print_status(path: Path, status: Status) -> None:
     """``status`` is a detailed status (``?detail=true``), from the store or the API."""
-    console.print(f"[bold]{status.device}[/bold] ({status.device_id}) at {path}")
+    console.print(
+        f"[bold]{escape(status.device)}[/bold] ({escape(status.device_id)}) at {escape(str(path))}"
+    )
     _print_membership(path)
-    console.print(f"users: {', '.join(status.users) or '-'}; file {status.file_bytes:,} bytes")
+    users = ", ".join(status.users) or "-"
+    console.print(f"users: {users}; file {status.file_bytes:,} bytes", markup=False)
     table = Table("document", "scope", "records", "snapshot B", "log entries", "log B")
     for doc in status.sizes or []:
-        table.add_row(
-            doc.doc_id,
-            doc.scope,
-            str(doc.records),
-            str(doc.snapshot_bytes),
-            str(doc.log_entries),
-            str(doc.log_bytes),
-        )
+        table.add_row(*_cells(doc.doc_id, doc.scope, doc.records, doc.snapshot_bytes,
+                              doc.log_entries, doc.log_bytes))  # fmt: skip
     console.print(table)
     for name, count in sorted((status.vectors or {}).items()):
-        console.print(f"vector index {name}: {count} embeddings")
+        console.print(f"vector index {name}: {count} embeddings", markup=False)
     for doc_id, reason in status.corrupt.items():
-        console.print(f"[red]corrupt[/red] {doc_id}: {reason}")
+        console.print(f"[red]corrupt[/red] {escape(doc_id)}: {escape(reason)}")
 
 
 def _print_membership(path: Path) -> None:
@@ -107,8 +121,8 @@ def _print_membership(path: Path) -> None:
     scopes = ", ".join(s for s in held.scopes if s != "household")
     console.print(
         f"household {state.household.name!r}: this robot is {held.role}, reads {scopes or '-'}",
-        highlight=False,
-    )
+        markup=False, highlight=False,
+    )  # fmt: skip
 
 
 def _print_running(path: Path) -> None:
@@ -123,22 +137,28 @@ def _print_running(path: Path) -> None:
 
     running = json.loads(run_file.read_text())
     if running_pid(path) is None:  # killed (SIGKILL, a power cut): run.json outlived it
-        console.print(f"not running ({RUN_FILE} was left by pid {running.get('pid')}, gone)")
+        console.print(
+            f"not running ({RUN_FILE} was left by pid {running.get('pid')}, gone)", markup=False
+        )
         return
     console.print(
-        f"running as pid {running['pid']}, listening on {running['host']}:{running['port']}"
+        f"running as pid {running['pid']}, listening on {running['host']}:{running['port']}",
+        markup=False,
     )
     if running.get("api"):
         api = running["api"]
-        console.print(f"HTTP API on {api['host']}:{api['port']} (bearer token in {path}/api.token)")
+        console.print(
+            f"HTTP API on {api['host']}:{api['port']} (bearer token in {path}/api.token)",
+            markup=False,
+        )
     table = Table("peer", "bytes sent", "bytes received", "lag (unacknowledged documents)")
     household = running.get("household", {})
     for device, link in sorted(running["links"].items()):
         lag = link["unacknowledged_documents"]
         name = household.get(device, {}).get("name")  # as 'not linked' names them below
         peer = f"{name} ({device})" if name else device
-        table.add_row(peer, f"{link['sent']:,}", f"{link['received']:,}",
-                      f"{len(lag)}" + (f": {', '.join(lag[:3])}" if lag else ""))  # fmt: skip
+        waiting = f"{len(lag)}" + (f": {', '.join(lag[:3])}" if lag else "")
+        table.add_row(*_cells(peer, f"{link['sent']:,}", f"{link['received']:,}", waiting))
     console.print(table)
     for device, robot in sorted(household.items()):
         if robot["linked"]:
@@ -149,7 +169,7 @@ def _print_running(path: Path) -> None:
             if when is not None
             else "not linked since this run started"
         )
-        console.print(f"not linked: {robot['name']} ({device}), {since}")
+        console.print(f"not linked: {robot['name']} ({device}), {since}", markup=False)
 
 
 def _now() -> int:
@@ -185,8 +205,8 @@ def init(
             now = int(peer.wall())
             state = enrolment.create(path, peer.identity, household, device, now=now)
             console.print(
-                f"household [bold]{household}[/bold] ({state.household.id}) created; "
-                f"{device} ({peer.device_id}) is its owner"
+                f"household [bold]{escape(household)}[/bold] ({state.household.id}) created; "
+                f"{escape(device)} ({peer.device_id}) is its owner"
             )
 
     asyncio.run(go())
@@ -237,7 +257,10 @@ def invite(
             from hearthsync.discovery.service import default_addresses
 
             host = default_addresses()[0]
-            console.print(f"the new robot will dial {host}:{port} (--address to choose another)")
+            console.print(
+                f"the new robot will dial {host}:{port} (--address to choose another)",
+                markup=False,
+            )
     else:  # no run, or one killed without a goodbye: its address would answer nobody
         raise typer.BadParameter("give --address HOST:PORT, or start 'hearth run' first")
     made = enrolment.add_invite(
@@ -252,8 +275,8 @@ def invite(
     )
     qr = io.StringIO()
     segno.make(made.code, error="m").terminal(out=qr, compact=True)
-    console.print(qr.getvalue(), highlight=False)
-    console.print(f"invite code (works once, for {ttl}): [bold]{made.code}[/bold]")
+    console.print(qr.getvalue(), markup=False, highlight=False)
+    console.print(f"invite code (works once, for {escape(ttl)}): [bold]{escape(made.code)}[/bold]")
     print(f"CODE {made.code}", flush=True)
 
 
@@ -282,7 +305,8 @@ def join(
             )
             console.print(
                 f"{device} (device id {opened.device_id}) joined household "
-                f"{state.household.name} ({state.household.id})"
+                f"{state.household.name} ({state.household.id})",
+                markup=False,
             )
 
     # a mistyped code is refused before anything is made; a join that failed (the inviter
@@ -323,7 +347,7 @@ def revoke(
                 path, state, peer.identity, named, now=int(peer.wall()), users=peer.users()
             )
         scopes = ", ".join(f"{s} (epoch {e})" for s, e in sorted(epochs.items()))
-        console.print(f"revoked {device} ({named}); new keys for {scopes}")
+        console.print(f"revoked {device} ({named}); new keys for {scopes}", markup=False)
 
     asyncio.run(go())
 
@@ -347,7 +371,7 @@ def forget(
         return {"user": user, "device_id": tombstone.device, "at": tombstone.at}
 
     done = _online_or_offline(path, "POST", "/forget", {"user": user}, offline)
-    console.print(f"forgot {user}: tombstone signed by {done['device_id']}")
+    console.print(f"forgot {user}: tombstone signed by {done['device_id']}", markup=False)
 
 
 @app.command()
@@ -449,7 +473,7 @@ def _online_or_offline(
             )
         return asyncio.run(offline())
     except HearthError as exc:
-        errors.print(f"[red]error:[/red] {exc}")
+        _error(exc)
         raise typer.Exit(1) from None
 
 
@@ -496,7 +520,7 @@ def run(
             why = f"{exc.strerror or exc} (not an address of this machine?)"
         else:
             raise
-        errors.print(f"[red]error:[/red] cannot listen on {listen} for sync: {why}")
+        _error(f"cannot listen on {listen} for sync: {why}")
         raise SystemExit(1) from None
 
 
@@ -557,7 +581,7 @@ def _write_figures(json_file: Path | None, figures: dict[str, float]) -> None:
     """``--json FILE``: the figures as one flat JSON object."""
     if json_file:
         json_file.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
-        console.print(f"wrote {json_file}")
+        console.print(f"wrote {json_file}", markup=False)
 
 
 @app.command()
@@ -686,7 +710,7 @@ def chaos(
         )  # fmt: skip
     if json_file:
         write_json(json_file, report)
-        console.print(f"wrote {json_file}")
+        console.print(f"wrote {json_file}", markup=False)
     raise typer.Exit(exit_code(report))
 
 
@@ -731,8 +755,8 @@ def main() -> None:
     try:
         app()
     except HearthError as exc:
-        errors.print(f"[red]error:[/red] {exc}")
+        _error(exc)
         raise SystemExit(1) from None
     except OSError as exc:  # a file where a folder should be, a disk that is full: no traceback
-        errors.print(f"[red]error:[/red] {exc}")
+        _error(exc)
         raise SystemExit(1) from None

@@ -50,10 +50,10 @@ def _preferences(context: dict[str, Any]) -> Table | None:
                   title="preferences, resolved for now", title_justify="left")  # fmt: skip
     for pref in context["preferences"]:
         aside = "; ".join(f"{a['value']!s} ({a['reason']})" for a in pref["set_aside"])
-        table.add_row(
+        table.add_row(*_cells(
             pref["key"], str(pref["value"]), f"{pref['source']}, {pref['stage']}",
             f"{pref['confidence']:.2f}", pref["rule"], aside or "-",
-        )  # fmt: skip
+        ))  # fmt: skip
     return table
 
 
@@ -62,8 +62,14 @@ def _rows(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> 
         return None
     table = Table(*columns, title=title, title_justify="left")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*_cells(*row))
     return table
+
+
+def _cells(*values: str) -> list[Text]:
+    """Cells as plain text: a table reads a str cell as markup, and what people said (an
+    event's text, a preference's value) is not markup ("[/b]" in one raised MarkupError)."""
+    return [Text(value) for value in values]
 
 
 def _events(items: list[dict[str, Any]]) -> list[tuple[str, ...]]:
