@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
 import time
 from pathlib import Path
@@ -308,6 +309,42 @@ def test_a_failed_join_keeps_only_its_key_and_sends_it_again_with_the_same_code(
     joining = enrolment.pending_join(shared, code)
     with pytest.raises(StoreError, match="readable by others"), joining:
         pass
+
+
+def test_a_join_whose_enrolment_was_saved_is_kept_whatever_fails_after_it(
+    tmp_path: Path,
+) -> None:
+    """Found in review: ``hearth join`` said it had joined inside `pending_join`, so a failure
+    to say it (a household name rich read as bad markup, stdout on a full disk) undid a join
+    the inviter had certified: its credentials and store wiped, join.pending kept, and every
+    retry refused, the code spent on it."""
+    now = int(time.time())
+    owner_dir, hall = tmp_path / "owner", tmp_path / "hall"
+    owner_dir.mkdir()
+    owner = DeviceIdentity.load_or_create(owner_dir)
+    state = enrolment.create(owner_dir, owner, "Flat 2[/b]", "owner", now=now)
+    invite = enrolment.add_invite(
+        owner_dir, state, "127.0.0.1", 9, scopes=("core",), ttl_s=600, now=now
+    )
+    joined: list[DeviceIdentity] = []
+
+    def attempt() -> None:  # as `hearth join` does, but its last word cannot be written
+        with enrolment.pending_join(hall, invite.code):
+            hall.mkdir(mode=0o700)
+            joined.append(robot := DeviceIdentity.load_or_create(hall))
+            answer = enrolment.enrol(
+                owner_dir, owner, join_request(invite.secret, robot, "hall"), now=now
+            )
+            enrolment.adopt(hall, robot, open_join_response(answer, invite.secret, robot), now)
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left on device"):
+        attempt()
+    kept = enrolment.load(hall, now)
+    assert kept is not None
+    assert kept.certificate.device_id == joined[0].device_id
+    assert DeviceIdentity.load_or_create(hall).device_id == joined[0].device_id
+    assert not (hall / enrolment.PENDING_JOIN_FILE).exists()
 
 
 def _a_join_that_fails(folder: Path, code: str) -> DeviceIdentity:

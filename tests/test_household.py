@@ -417,6 +417,48 @@ async def test_hearth_join_again_after_its_answer_was_lost_joins_with_the_key_it
         assert "Traceback" not in said.stderr + said.stdout
 
 
+async def test_a_join_is_kept_whatever_fails_after_it_and_says_the_name_as_typed(
+    tmp_path: Path, robots: list[Robot]
+) -> None:
+    """Found in review: in a household named "Flat 2[/b]" every ``hearth join`` failed on the
+    markup of its own success message, and the failure undid the join the inviter had
+    certified (its code spent): credentials and store wiped, and every retry refused.  Any
+    failure to print did the same (stdout on a full disk, /dev/full here)."""
+    flat, hall, den = (tmp_path / name for name in ("flat", "hall", "den"))
+    hearth("init", str(flat), "--household", "Flat 2[/b]", "--device", "flat")
+    owner = await Robot.start(flat, "--no-mdns", "--api", "127.0.0.1:0")
+    robots.append(owner)
+
+    def code() -> str:
+        out = hearth("invite", str(flat), "--scopes", "core")
+        return next(line.split()[1] for line in out.splitlines() if line.startswith("CODE "))
+
+    joined = run_hearth("join", str(hall), code(), "--device", "hall")
+    assert joined.returncode == 0, joined.stderr
+    assert "joined household Flat 2[/b] (" in " ".join(joined.stdout.split())
+    assert "household 'Flat 2[/b]': this robot is member" in " ".join(
+        hearth("status", str(hall)).split()
+    )
+
+    def join_to_a_full_disk(code: str) -> subprocess.CompletedProcess[str]:
+        assert HEARTH
+        with open("/dev/full", "w") as full:
+            return subprocess.run(
+                [HEARTH, "join", str(den), code, "--device", "den"],
+                stdout=full, stderr=subprocess.PIPE, text=True, timeout=60, env=ENV, check=False,
+            )  # fmt: skip
+
+    unsaid = await asyncio.to_thread(join_to_a_full_disk, code())
+    assert unsaid.returncode == 1
+    assert "No space left on device" in unsaid.stderr
+    assert "Traceback" not in unsaid.stderr
+    assert (den / "household.key").exists()
+    assert not (den / "join.pending").exists()
+    robot = await Robot.start(den, "--no-mdns", "--no-api", "--peer", f"127.0.0.1:{owner.port}")
+    robots.append(robot)
+    assert (await robot.ask(f"waitpeers 1 {TIMEOUT}")).startswith("PEERS")
+
+
 def test_a_sync_port_in_use_is_a_short_error_naming_it(household: list[Path]) -> None:
     """Found by a user of the household tutorial: the hall's --listen was the port the
     kitchen's HTTP API took by default, and ``hearth run`` printed a 90-line traceback."""

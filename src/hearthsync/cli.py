@@ -293,7 +293,7 @@ def join(
     """
     from hearthsync import enrolment
 
-    async def go() -> None:
+    async def go() -> tuple[enrolment.HouseholdState, str]:
         async with Peer.open(path, device=device) as opened:
             state = await enrolment.join(
                 path,
@@ -303,17 +303,20 @@ def join(
                 now=int(opened.wall()),
                 address=_address(peer) if peer else None,
             )
-            console.print(
-                f"{device} (device id {opened.device_id}) joined household "
-                f"{state.household.name} ({state.household.id})",
-                markup=False,
-            )
+            return state, opened.device_id
 
     # a mistyped code is refused before anything is made; a join that failed (the inviter
     # unreachable, its answer lost) leaves no half-made peer, only the key it sent, which a
     # retry with the same code sends again
     with enrolment.pending_join(path, code):
-        asyncio.run(go())
+        state, device_id = asyncio.run(go())
+    # said once the join is done: a failure to say it (stdout on a full disk) undid the join
+    # (found in review), and the code was spent on it
+    console.print(
+        f"{device} (device id {device_id}) joined household "
+        f"{state.household.name} ({state.household.id})",
+        markup=False,
+    )
 
 
 @app.command()

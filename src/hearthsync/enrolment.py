@@ -602,6 +602,8 @@ def pending_join(folder: Path, code: str) -> Iterator[None]:
     again: the inviter may have certified it and lost its answer, and answers that key
     again, never another (`enrol`).  A join with another code drops it (an invite certifies
     only a key the household does not know), and one that succeeds leaves no pending file.
+    A join whose enrolment was saved (`adopt`) has succeeded: what fails after it (printing
+    so, closing the store) undoes nothing.
     """
     tag = _pending_tag(Invite.parse(code))
     pending = folder / PENDING_JOIN_FILE
@@ -614,8 +616,13 @@ def pending_join(folder: Path, code: str) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        if made and folder.exists():
-            _keep_only_the_key(folder, tag)
+        # undoing an adopted join wiped a robot the inviter had certified, its code spent on
+        # it, and kept join.pending: every retry was refused (found in review)
+        if not (folder / CREDENTIALS_FILE).exists():
+            if made and folder.exists():
+                _keep_only_the_key(folder, tag)
+            raise
+        pending.unlink(missing_ok=True)
         raise
     pending.unlink(missing_ok=True)  # left by a crash between putting the key back and here
 
