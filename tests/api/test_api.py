@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,6 +13,9 @@ import pytest
 
 from hearthsync import Peer, ValidationError
 from hearthsync.api import MAX_BODY, make_app
+from hearthsync.api.app import MIN_TOKEN
+from hearthsync.api.server import TOKEN_FILE, api_token
+from hearthsync.errors import StoreError
 from tests.context.conftest import at, clock
 
 TOKEN = "kitchen-robot-api-token-0123"
@@ -417,6 +421,47 @@ def test_a_short_token_is_refused(peer: Peer) -> None:
     with pytest.raises(ValidationError) as caught:
         make_app(peer, "short")
     assert caught.value.field == "token"
+
+
+@pytest.mark.parametrize(
+    "left", [b"", b"\n", b"\0" * 44, b"short-token\n", b"\xff\xfe" * 22], ids=repr
+)
+def test_an_api_token_a_crash_left_unusable_is_made_anew_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, left: bytes
+) -> None:
+    """Found in review: api.token was created, then written, with no fsync or rename; a crash
+    between the two (or before the data reached the disk) left it empty or zeroed, and every
+    later ``hearth run`` refused to start ("the API token needs at least 16 characters"),
+    naming neither the file nor what to do.  Such a token authenticated nobody: it is
+    replaced, whole, and the warning names the file."""
+    path = tmp_path / TOKEN_FILE
+    path.write_bytes(left)
+    path.chmod(0o600)
+    token = api_token(tmp_path)
+    assert len(token) >= MIN_TOKEN
+    assert token.isprintable()
+    assert path.read_text() == token + "\n"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == [TOKEN_FILE]  # nothing half-written beside
+    warned = [r.getMessage() for r in caplog.records if r.name == "hearthsync.api.server"]
+    assert len(warned) == 1
+    assert f"{path} held no usable token" in warned[0]
+    assert api_token(tmp_path) == token  # kept from then on
+    assert len(caplog.records) == 1
+
+
+def test_an_api_token_file_that_cannot_be_read_is_named_with_what_to_do(tmp_path: Path) -> None:
+    (tmp_path / TOKEN_FILE).mkdir()
+    with pytest.raises(StoreError, match=rf"{TOKEN_FILE}: Is a directory; fix it, or remove it"):
+        api_token(tmp_path)
+
+
+def test_a_new_api_token_is_written_whole_and_readable_by_its_owner_only(tmp_path: Path) -> None:
+    token = api_token(tmp_path)
+    assert len(token) >= MIN_TOKEN
+    assert (tmp_path / TOKEN_FILE).stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == [TOKEN_FILE]
+    assert api_token(tmp_path) == token
 
 
 def test_the_committed_openapi_document_is_the_one_the_code_derives() -> None:

@@ -2,8 +2,8 @@
 
 The API listens on a loopback address only: it is for the robot's own software stack, and its
 bearer token is the only thing between a caller and everything the robot knows.  The token is
-made once per peer folder (``api.token``, mode 0600, 32 random bytes as text) and read by local
-clients (``hearth context`` among them) from there.
+made once per peer folder (``api.token``, mode 0600, 32 random bytes as text, written whole or
+not at all) and read by local clients (``hearth context`` among them) from there.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import uvicorn
 
-from hearthsync.api.app import make_app
-from hearthsync.errors import ValidationError
+from hearthsync.api.app import MIN_TOKEN, make_app
+from hearthsync.errors import StoreError, ValidationError
 from hearthsync.peer import Peer
 
 log = logging.getLogger(__name__)
@@ -31,14 +31,50 @@ DEFAULT_PORT = 7421
 
 
 def api_token(folder: Path) -> str:
-    """The API token of the peer in ``folder``, made (mode 0600) the first time it is asked."""
+    """The API token of the peer in ``folder``, made (mode 0600) the first time it is asked.
+
+    A file holding no token a client could send (empty, or zeros: what a crash while it was
+    written left, and then every ``hearth run`` refused to start, naming neither the file nor
+    what to do; found in review) is replaced by a new token, with a warning: such a token
+    authenticated nobody.  Only a process holding the peer (`Peer.open` locks its folder)
+    calls this, so no two make a token at once.
+    """
     path = folder / TOKEN_FILE
-    if not path.exists():
-        token = secrets.token_urlsafe(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(token + "\n")
-    return path.read_text().strip()
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        token = None
+    except UnicodeDecodeError:
+        token = ""  # not text: no client could send it
+    except OSError as exc:
+        raise StoreError(
+            f"cannot read the HTTP API's token {path}: {exc.strerror or exc}; fix it, or remove "
+            "it and 'hearth run' makes a new one"
+        ) from None
+    if token is not None and len(token) >= MIN_TOKEN and token.isprintable():
+        return token
+    if token is not None:
+        log.warning("%s held no usable token (a crash while it was written?): made a new one, "
+                    "which local clients read from there", path)  # fmt: skip
+    token = secrets.token_urlsafe(32)
+    _write_whole(path, token + "\n")
+    return token
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """Write ``path`` (mode 0600) whole or not at all, and durably: beside it, then renamed."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+    folder = os.open(path.parent, os.O_RDONLY)  # the rename, durable too
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def check_loopback(host: str) -> None:
