@@ -459,6 +459,33 @@ async def test_a_join_is_kept_whatever_fails_after_it_and_says_the_name_as_typed
     assert (await robot.ask(f"waitpeers 1 {TIMEOUT}")).startswith("PEERS")
 
 
+async def test_an_over_long_console_line_is_answered_and_the_console_goes_on(
+    household: list[Path],
+) -> None:
+    """Found in review: a console line over asyncio's 64 KiB limit (a pasted value) raised
+    outside the console's ``try``: the console answered nothing more, and at SIGTERM ``hearth
+    run`` exited 1 with a traceback, never printed STOPPED and left run.json behind.  Each
+    too-long line, however it arrives, now gets one ``ERR`` and the console goes on."""
+    robot = await Robot.start(household[0], "--no-mdns", "--api", "127.0.0.1:0")
+    try:
+        too_long = "ERR a console line is at most 65536 bytes"
+        assert await robot.ask("pref alice beverage/tea " + "x" * 70_000) == too_long
+        assert robot.process.stdin is not None
+        robot.process.stdin.write(b"pref alice beverage/tea " + b"y" * 150_000)  # in parts:
+        await robot.process.stdin.drain()  # more than the limit, then more, then its end
+        assert await robot.ask("z" * 100_000) == too_long
+        robot.process.stdin.write(b"get alice \xff\n")  # not UTF-8: that raised there too
+        assert (await robot.line()).startswith("ERR 'utf-8' codec can't decode byte 0xff")
+        assert await robot.ask("user alice Alice") == "ACK user alice"
+        assert await robot.ask("get alice beverage/tea") == "VALUE alice beverage/tea null"
+    finally:
+        code = await robot.stop()
+    assert code == 0
+    assert robot.process.stdout is not None
+    assert (await robot.process.stdout.read()).decode().split() == ["STOPPED"]
+    assert not (household[0] / "run.json").exists()
+
+
 def test_a_sync_port_in_use_is_a_short_error_naming_it(household: list[Path]) -> None:
     """Found by a user of the household tutorial: the hall's --listen was the port the
     kitchen's HTTP API took by default, and ``hearth run`` printed a 90-line traceback."""

@@ -8,8 +8,9 @@ sent, connections are closed, the store is flushed.  While it runs, ``run.json``
 folder says where it listens (sync and API) and whom it is connected to (``hearth status``,
 ``hearth invite`` and ``hearth context`` read it).
 
-With ``--console`` it also reads one command per line on standard input and answers on
-standard output (an operator's and a test's way in; robot software uses the HTTP API)::
+With ``--console`` it also reads one command per line (at most `CONSOLE_LINE_LIMIT` bytes) on
+standard input and answers on standard output (an operator's and a test's way in; robot
+software uses the HTTP API)::
 
     user ID NAME               -> ACK user ID
     pref USER KEY VALUE        -> ACK pref USER KEY VALUE       (VALUE is JSON, or a word)
@@ -38,7 +39,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,16 +120,25 @@ async def _serve(
         run_file = _RunFile(path, _Where(host, port, served), peer, service)
         run_file.write()
         print(f"READY {peer.device_id} {host}:{port}", flush=True)
-        helpers = [asyncio.create_task(_keep_run_file(run_file))]
+        helpers = [asyncio.create_task(_keep_run_file(run_file), name="run.json")]
         if console:  # the end of its input does not stop the robot: only a signal does
-            helpers.append(asyncio.create_task(_console(peer, service, run_file)))
+            helpers.append(asyncio.create_task(_console(peer, service, run_file), name="console"))
+        for task in helpers:
+            task.add_done_callback(_said_if_failed)
         await stop.wait()
         for task in helpers:
             task.cancel()
-        for task in helpers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # what a helper failed of was said when it failed: the shutdown goes on (a console
+        # that had failed made 'hearth run' exit 1 with a traceback at SIGTERM, with no
+        # STOPPED and run.json left; found in review)
+        await asyncio.gather(*helpers, return_exceptions=True)
     (path / RUN_FILE).unlink(missing_ok=True)
+
+
+def _said_if_failed(task: asyncio.Task[None]) -> None:
+    """Log a helper of the run that ended on an error, when it ends: the robot syncs on."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("the %s task stopped: %s: %s", task.get_name(), type(error).__name__, error)
 
 
 def _known_robot(peer: Peer, device: str) -> bool:
@@ -233,18 +243,46 @@ CONSOLE_COMMANDS = (
 )  # fmt: skip
 
 
+#: the longest console line (a command and its value), in bytes: a longer one is answered
+#: with ``ERR`` and skipped whole (robot software with more to say uses the HTTP API)
+CONSOLE_LINE_LIMIT = 65_536
+
+
 async def _console(peer: Peer, service: SyncService, run_file: _RunFile) -> None:
-    reader = asyncio.StreamReader()
+    reader = asyncio.StreamReader(limit=CONSOLE_LINE_LIMIT)
     loop = asyncio.get_running_loop()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    while line := await reader.readline():
-        words = line.decode().split()
-        if not words:
-            continue
+    async for line in _lines(reader):
         try:
+            if line is None:
+                raise ValueError(f"a console line is at most {CONSOLE_LINE_LIMIT} bytes")
+            words = line.decode().split()
+            if not words:
+                continue
             print(await _command(peer, service, words, run_file), flush=True)
         except (HearthError, ValueError, IndexError, OSError) as exc:
             print(f"ERR {exc}", flush=True)
+
+
+async def _lines(reader: asyncio.StreamReader) -> AsyncIterator[bytes | None]:
+    """The lines of ``reader``, None for each longer than its limit, skipped to its end: one
+    answer per line, whatever its length.  ``readline`` raised ValueError for such a line,
+    outside the console's ``try``, and the console answered nothing more (found in review);
+    it also left the rest of the line to be read as a line of its own."""
+    too_long = False
+    while True:
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as end:  # the input ends (with an unfinished line)
+            if end.partial:
+                yield None if too_long else end.partial
+            return
+        except asyncio.LimitOverrunError as over:  # no newline within the limit
+            await reader.readexactly(over.consumed)  # dropped; so is the rest, up to a newline
+            too_long = True
+            continue
+        yield None if too_long else line
+        too_long = False
 
 
 async def _command(peer: Peer, service: SyncService, words: list[str], run_file: _RunFile) -> str:
