@@ -339,3 +339,27 @@ async def test_names_and_values_are_printed_as_typed_never_as_markup(tmp_path: P
     for done in (made, shown, refused, table):
         assert "Traceback" not in done.stderr + done.stdout
         assert "MarkupError" not in done.stderr + done.stdout
+
+
+def test_a_refused_init_leaves_the_folder_as_it_was(tmp_path: Path) -> None:
+    """Found in review: ``hearth init`` opened the peer before it checked the household's
+    name, and a refused init left a key, a store and a lock file, tied to the device name
+    (the next init, with another, was refused)."""
+    new = tmp_path / "new"
+    for household, device in (("", "kitchen"), ("x" * 300, "kitchen"), ("Home", "Kitchen")):
+        refused = hearth("init", str(new), "--household", household, "--device", device)
+        assert refused.returncode == 1, (household, device)
+        assert refused.stderr.startswith("error:"), refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert not new.exists(), (household, device)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refused = hearth("init", str(empty), "--household", "", "--device", "hall")
+    assert refused.returncode == 1
+    assert list(empty.iterdir()) == []
+    made = hearth("init", str(new), "--household", "Home", "--device", "hall")
+    assert made.returncode == 0, made.stderr
+    held = sorted(p.name for p in new.iterdir())
+    again = hearth("init", str(new), "--household", "", "--device", "hall")
+    assert again.returncode == 1
+    assert sorted(p.name for p in new.iterdir()) == held

@@ -200,6 +200,8 @@ def init(
     """Start a household with this robot as its owner."""
     from hearthsync import enrolment
 
+    enrolment.check_new_robot(path, device, household)  # a refused init makes nothing
+
     async def go() -> None:
         async with Peer.open(path, device=device) as peer:
             now = int(peer.wall())

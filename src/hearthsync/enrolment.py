@@ -48,7 +48,7 @@ from hearthsync.crypto.pairing import (
     join_response,
     open_join_response,
 )
-from hearthsync.crypto.wire import pack, unpack_array
+from hearthsync.crypto.wire import check_text, pack, unpack_array
 from hearthsync.errors import (
     CertificateError,
     CryptoError,
@@ -58,6 +58,7 @@ from hearthsync.errors import (
     ValidationError,
 )
 from hearthsync.hlc import ClockHints
+from hearthsync.ids import check_name
 from hearthsync.transport.service import JOIN_PATH, Credentials
 
 log = logging.getLogger(__name__)
@@ -270,6 +271,19 @@ def _trust_order(state: HouseholdState) -> list[str]:
 
 
 # ---------------------------------------------------------------------- households and invites
+
+
+def check_new_robot(folder: Path, device_name: str, household_name: str | None = None) -> None:
+    """Refuse, before anything is made, what ``hearth init`` (``household_name`` given: its
+    `create`) or ``hearth join`` would refuse later of their arguments: a bad name, a folder
+    that belongs to a household already.  A refused command leaves the folder as it was;
+    found in review: init opened the peer first, and a bad household name left a store, a
+    key and a lock file behind, tied to the device name."""
+    check_name(device_name, field="device")
+    if household_name is not None:
+        check_text(household_name, field="household name")
+    if load(folder) is not None:
+        raise ValidationError(f"{folder} already belongs to a household", field="path")
 
 
 def create(
