@@ -363,3 +363,40 @@ def test_a_refused_init_leaves_the_folder_as_it_was(tmp_path: Path) -> None:
     again = hearth("init", str(new), "--household", "", "--device", "hall")
     assert again.returncode == 1
     assert sorted(p.name for p in new.iterdir()) == held
+
+
+def test_a_refused_or_failed_join_leaves_what_the_folder_held(tmp_path: Path) -> None:
+    """Found in review: ``hearth join`` checked --peer after it had made the folder and a
+    key, and left join.pending; it removed the empty folder the user had made for a bad
+    --device; and it left its key, store and lock file beside the user's files when it
+    failed in a folder of another kind."""
+    with socket.socket() as closed:  # a well-formed code whose inviter is not there
+        closed.bind(("127.0.0.1", 0))
+        code = f"HS1-{'A' * 26}-127.0.0.1:{closed.getsockname()[1]}"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad_device = hearth("join", str(empty), code, "--device", "Hall")
+    assert bad_device.returncode == 1
+    assert "error: device must be" in bad_device.stderr
+    assert empty.is_dir()
+    assert list(empty.iterdir()) == []
+    bad_peer = hearth("join", str(tmp_path / "p"), code, "--device", "p", "--peer", "127.0.0.1")
+    assert bad_peer.returncode == 1
+    assert "missing ':PORT'" in bad_peer.stderr
+    assert not (tmp_path / "p").exists()
+    home = tmp_path / "home"
+    assert hearth("init", str(home), "--household", "H", "--device", "home").returncode == 0
+    held = sorted(p.name for p in home.iterdir())
+    joined = hearth("join", str(home), code, "--device", "home")
+    assert joined.returncode == 1
+    assert "already belongs to a household" in joined.stderr
+    assert sorted(p.name for p in home.iterdir()) == held
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine")
+    unreachable = hearth("join", str(notes), code, "--device", "n")
+    assert unreachable.returncode == 1
+    assert "could not reach the inviter" in unreachable.stderr
+    assert sorted(p.name for p in notes.iterdir()) == ["join.pending", "todo.txt"]
+    for done in (bad_device, bad_peer, joined, unreachable):
+        assert "Traceback" not in done.stderr + done.stdout

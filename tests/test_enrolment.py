@@ -297,11 +297,14 @@ def test_a_failed_join_keeps_only_its_key_and_sends_it_again_with_the_same_code(
         assert list(garden.iterdir()) == []
         assert DeviceIdentity.load_or_create(garden).device_id != sent.device_id
 
-    mine = tmp_path / "mine"  # a folder the join did not make is left as it was
-    mine.mkdir()
-    (mine / "notes").write_text("mine")
-    _a_join_that_fails(mine, code)
-    assert sorted(p.name for p in mine.iterdir()) == ["device.key", "hearth.db", "notes", "vectors"]
+    mine = tmp_path / "mine"  # a folder the join did not make keeps what it held, and only
+    mine.mkdir()  # the key of what the join made there (found in review: its key, store and
+    (mine / "notes").write_text("mine")  # lock file were left beside the user's files)
+    sent = _a_join_that_fails(mine, code)
+    assert sorted(p.name for p in mine.iterdir()) == [enrolment.PENDING_JOIN_FILE, "notes"]
+    assert (mine / "notes").read_text() == "mine"
+    with enrolment.pending_join(mine, code):
+        assert DeviceIdentity.load_or_create(mine).device_id == sent.device_id
 
     shared = tmp_path / "shared"
     _a_join_that_fails(shared, code)
@@ -345,6 +348,36 @@ def test_a_join_whose_enrolment_was_saved_is_kept_whatever_fails_after_it(
     assert kept.certificate.device_id == joined[0].device_id
     assert DeviceIdentity.load_or_create(hall).device_id == joined[0].device_id
     assert not (hall / enrolment.PENDING_JOIN_FILE).exists()
+
+
+async def test_a_refused_join_never_removes_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    """Found in review: an empty folder counted as made by the join, so a join refused
+    before it made anything (a bad --device) removed the folder the user had made."""
+    code = pairing.Invite(bytes(range(16)), "127.0.0.1", 9).code
+    empty = tmp_path / "empty"
+    empty.mkdir()
+
+    async def open_as(device: str) -> None:
+        async with Peer.open(empty, device=device):  # refused before it makes anything
+            pass
+
+    refused = enrolment.pending_join(empty, code)
+    with pytest.raises(ValidationError, match="device must be"), refused:
+        await open_as("Bad Name")
+    assert empty.is_dir()
+    assert list(empty.iterdir()) == []
+    _a_join_that_fails(empty, code)  # and one that made a key keeps it there, pending
+    assert [p.name for p in empty.iterdir()] == [enrolment.PENDING_JOIN_FILE]
+    absent = tmp_path / "absent"  # a folder it made, and left with nothing to keep, goes
+
+    def refused_after_making_the_folder() -> None:
+        with enrolment.pending_join(absent, code):
+            absent.mkdir()
+            raise PairingError("the inviter refused")
+
+    with pytest.raises(PairingError):
+        refused_after_making_the_folder()
+    assert not absent.exists()
 
 
 def _a_join_that_fails(folder: Path, code: str) -> DeviceIdentity:

@@ -295,21 +295,21 @@ def join(
     """
     from hearthsync import enrolment
 
+    # refused before anything is made: a bad --device or --peer left a key and join.pending
+    # in the folder, or removed the empty folder the user had made (found in review)
+    enrolment.check_new_robot(path, device)
+    address = _address(peer) if peer is not None else None
+
     async def go() -> tuple[enrolment.HouseholdState, str]:
         async with Peer.open(path, device=device) as opened:
             state = await enrolment.join(
-                path,
-                opened.identity,
-                code,
-                device,
-                now=int(opened.wall()),
-                address=_address(peer) if peer else None,
+                path, opened.identity, code, device, now=int(opened.wall()), address=address
             )
             return state, opened.device_id
 
     # a mistyped code is refused before anything is made; a join that failed (the inviter
     # unreachable, its answer lost) leaves no half-made peer, only the key it sent, which a
-    # retry with the same code sends again
+    # retry with the same code sends again, and whatever was in the folder before
     with enrolment.pending_join(path, code):
         state, device_id = asyncio.run(go())
     # said once the join is done: a failure to say it (stdout on a full disk) undid the join

@@ -609,32 +609,37 @@ async def join(
 def pending_join(folder: Path, code: str) -> Iterator[None]:
     """Around a join into ``folder`` (``hearth join``: open the peer there, then `join`).
 
-    A join into a folder it makes (absent, empty, or left by a failed join) that fails
-    leaves no half-made peer, which `hearth run` or a retry could take for a robot: only the
-    device key it sent, in ``join.pending`` (mode 0600, as every key file) with a digest of
-    the code's secret.  The next join into the folder with the same code sends that key
-    again: the inviter may have certified it and lost its answer, and answers that key
-    again, never another (`enrol`).  A join with another code drops it (an invite certifies
-    only a key the household does not know), and one that succeeds leaves no pending file.
-    A join whose enrolment was saved (`adopt`) has succeeded: what fails after it (printing
-    so, closing the store) undoes nothing.
+    A join that fails leaves no half-made peer, which `hearth run` or a retry could take for
+    a robot: what it made in the folder is removed (the folder too, if it made it), nothing
+    else, except the device key it made and sent, kept in ``join.pending`` (mode 0600, as
+    every key file) with a digest of the code's secret.  The next join into the folder with
+    the same code sends that key again: the inviter may have certified it and lost its
+    answer, and answers that key again, never another (`enrol`).  A join with another code
+    drops it (an invite certifies only a key the household does not know), and one that
+    succeeds leaves no pending file.  A join whose enrolment was saved (`adopt`) has
+    succeeded: what fails after it (printing so, closing the store) undoes nothing.
+
+    Found in review: an empty folder counted as made by the join, and a join refused in it
+    removed the user's folder; in a folder of another kind a failed join left its key, store
+    and lock file beside the user's files.
     """
     tag = _pending_tag(Invite.parse(code))
     pending = folder / PENDING_JOIN_FILE
-    made = not folder.exists() or all(p.name == PENDING_JOIN_FILE for p in folder.iterdir())
-    if made and pending.exists():
+    existed = folder.exists()
+    before = {entry.name for entry in folder.iterdir()} if existed else set()
+    if PENDING_JOIN_FILE in before and KEY_FILE not in before:
         seed = _pending_seed(pending, tag)
         if seed is not None:
-            DeviceIdentity.load_or_create(folder, seed)
+            DeviceIdentity.load_or_create(folder, seed)  # the join's own, as it was
         pending.unlink()
+        before.discard(PENDING_JOIN_FILE)
     try:
         yield
     except BaseException:
         # undoing an adopted join wiped a robot the inviter had certified, its code spent on
         # it, and kept join.pending: every retry was refused (found in review)
-        if not (folder / CREDENTIALS_FILE).exists():
-            if made and folder.exists():
-                _keep_only_the_key(folder, tag)
+        if CREDENTIALS_FILE in before or not (folder / CREDENTIALS_FILE).exists():
+            _undo(folder, tag, before=before if existed else None)
             raise
         pending.unlink(missing_ok=True)
         raise
@@ -661,26 +666,30 @@ def _pending_seed(path: Path, tag: bytes) -> bytes | None:
     return seed if kept == tag else None
 
 
-def _keep_only_the_key(folder: Path, tag: bytes) -> None:
-    """Keep the device key as pending for the invite of ``tag``, and remove everything else
-    (all of the folder if no key was made)."""
-    key = folder / KEY_FILE
-    seed = key.read_bytes() if key.is_file() else b""
-    if len(seed) != 32:
-        shutil.rmtree(folder)
+def _undo(folder: Path, tag: bytes, *, before: set[str] | None) -> None:
+    """Remove what a failed join made in ``folder``, which held ``before`` (None: the join
+    made it), but keep the device key it made as pending for the invite of ``tag``."""
+    if not folder.is_dir():
         return
-    # written whole before anything else goes: a crash never leaves the folder without its key
-    partial = folder / f".{PENDING_JOIN_FILE}.{os.getpid()}.tmp"
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pack([1, tag, seed]))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, folder / PENDING_JOIN_FILE)
+    held = set() if before is None else before
+    key = folder / KEY_FILE
+    seed = key.read_bytes() if KEY_FILE not in held and key.is_file() else b""
+    kept = len(seed) == 32
+    if kept:  # written whole before anything goes: a crash never loses the key it sent
+        partial = folder / f".{PENDING_JOIN_FILE}.{os.getpid()}.tmp"
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pack([1, tag, seed]))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, folder / PENDING_JOIN_FILE)
     for entry in folder.iterdir():
-        if entry.name == PENDING_JOIN_FILE:
+        if entry.name in held or (kept and entry.name == PENDING_JOIN_FILE):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:
             entry.unlink()
+    if before is None and not kept:
+        with contextlib.suppress(OSError):  # not empty: someone else wrote there meanwhile
+            folder.rmdir()
