@@ -400,3 +400,22 @@ def test_a_refused_or_failed_join_leaves_what_the_folder_held(tmp_path: Path) ->
     assert sorted(p.name for p in notes.iterdir()) == ["join.pending", "todo.txt"]
     for done in (bad_device, bad_peer, joined, unreachable):
         assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_invite_refuses_a_ttl_over_30_days_in_one_line(tmp_path: Path) -> None:
+    """Found in review: --ttl had no upper bound, and a huge one raised OverflowError (a
+    traceback) writing the invite to household.key."""
+    path = tmp_path / "kitchen"
+    made = hearth("init", str(path), "--household", "Our Home", "--device", "kitchen")
+    assert made.returncode == 0, made.stderr
+    credentials = (path / "household.key").read_bytes()
+    for ttl in ("99999999999999999999d", "31d", "2592001"):
+        refused = hearth("invite", str(path), "--ttl", ttl, "--address", "127.0.0.1:7420")
+        assert refused.returncode == 2, ttl
+        said = " ".join(refused.stderr.split())
+        assert "Invalid value for --ttl: must be at most 30d (2592000 seconds)" in said, ttl
+        assert "Traceback" not in refused.stderr, ttl
+    assert (path / "household.key").read_bytes() == credentials  # no invite written
+    granted = hearth("invite", str(path), "--ttl", "30d", "--address", "127.0.0.1:7420")
+    assert granted.returncode == 0, granted.stderr
+    assert "CODE HS1-" in granted.stdout

@@ -155,6 +155,24 @@ def test_the_owner_invites_an_admin_who_invites_members_and_no_admin(tmp_path: P
     assert member.secret == admin.invites[0].secret
 
 
+def test_an_invite_works_for_at_most_30_days(tmp_path: Path) -> None:
+    """Found in review: a huge ``ttl_s`` raised OverflowError writing the credentials file."""
+    now = int(time.time())
+    owner = DeviceIdentity.load_or_create(tmp_path)
+    state = enrolment.create(tmp_path, owner, "Home", "owner", now=now)
+    credentials = (tmp_path / enrolment.CREDENTIALS_FILE).read_bytes()
+    for ttl_s in (0, enrolment.MAX_INVITE_TTL_S + 1, 10**30):
+        with pytest.raises(ValidationError, match="an invite works for 1 s to 30 days"):
+            enrolment.add_invite(
+                tmp_path, state, "127.0.0.1", 9, scopes=("core",), ttl_s=ttl_s, now=now
+            )
+    assert (tmp_path / enrolment.CREDENTIALS_FILE).read_bytes() == credentials
+    enrolment.add_invite(
+        tmp_path, state, "127.0.0.1", 9, scopes=("core",), ttl_s=enrolment.MAX_INVITE_TTL_S,
+        now=now,
+    )  # fmt: skip
+
+
 def test_revoking_a_device_starts_a_new_epoch_of_every_scope(tmp_path: Path) -> None:
     """Not only of the scopes of the certificate held for it now: an older certificate may have
     granted more, and the device keeps the keys it was given then."""

@@ -220,7 +220,9 @@ def invite(
     scopes: Annotated[
         str, typer.Option(help="comma-separated scopes to grant")
     ] = "core,history,spatial",
-    ttl: Annotated[str, typer.Option(help="how long the code works: 90s, 10m, 1h")] = "10m",
+    ttl: Annotated[
+        str, typer.Option(help="how long the code works: 90s, 10m, 1h (at most 30d)")
+    ] = "10m",
     address: Annotated[
         str | None,
         typer.Option(help="HOST:PORT the new robot dials (default: where 'hearth run' listens)"),
@@ -242,7 +244,7 @@ def invite(
     from hearthsync import enrolment
     from hearthsync.runner import RUN_FILE
 
-    ttl_s = _seconds(ttl, param_hint="--ttl")
+    ttl_s = _seconds(ttl, param_hint="--ttl", most=enrolment.MAX_INVITE_TTL_S)
     state = enrolment.load(path, _now())
     if state is None:
         raise typer.BadParameter(f"{path} belongs to no household", param_hint="PATH")
@@ -529,19 +531,25 @@ def run(
         raise SystemExit(1) from None
 
 
-def _seconds(text: str, *, param_hint: str) -> int:
+def _seconds(text: str, *, param_hint: str, most: int) -> int:
     """A duration as a person types it (``90s``, ``10m``, ``1h``, ``2d``, or seconds), in
-    seconds; refused unless longer than zero (an invite that has already expired is no use)."""
+    seconds; refused unless longer than zero (an invite that has already expired is no use)
+    and at most ``most`` seconds (a whole number of days)."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
         seconds = int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
     except (ValueError, IndexError):
         raise typer.BadParameter(
-            f"not a duration: {text!r} (try 90s, 10m, 1h)", param_hint=param_hint
+            f"not a duration: {text!r:.40} (try 90s, 10m, 1h)", param_hint=param_hint
         ) from None
     if seconds <= 0:
         raise typer.BadParameter(
             f"must be longer than zero, got {text!r} (try 90s, 10m, 1h)", param_hint=param_hint
+        )
+    if seconds > most:  # found in review: a huge one overflowed writing the invite, a traceback
+        raise typer.BadParameter(
+            f"must be at most {most // 86400}d ({most} seconds), got {text!r:.40}",
+            param_hint=param_hint,
         )
     return seconds
 

@@ -68,6 +68,9 @@ CREDENTIALS_FILE = "household.key"
 PENDING_JOIN_FILE = "join.pending"
 SCOPES = ("core", "health", "history", "household", "spatial")
 INVITED_ROLES = ("member", "admin")  #: what an invite may make a robot (`add_invite`)
+#: the longest an invite works: a code is a key to the household while it works, and one
+#: good for longer is rather a robot's enrolment waiting to happen (``hearth invite --ttl``)
+MAX_INVITE_TTL_S = 30 * 86_400
 CERT_YEARS = 10
 #: certificates start this long before they are issued: robots' clocks drift (some have no RTC),
 #: and a certificate must not be "not yet valid" on a robot whose clock is a little behind
@@ -343,6 +346,11 @@ def add_invite(
         raise ValidationError(
             f"{host or 'no host'} is not an address a robot can dial: give --address HOST:PORT",
             field="address",
+        )
+    if not 0 < ttl_s <= MAX_INVITE_TTL_S:  # a huge one overflowed the file's integers
+        raise ValidationError(
+            f"an invite works for 1 s to {MAX_INVITE_TTL_S // 86_400} days, not {ttl_s} s",
+            field="ttl",
         )
     secret = random_bytes(16)
     wanted = tuple(sorted(set(scopes) | {"household"}))
