@@ -6,6 +6,9 @@ import asyncio
 import dataclasses
 import errno
 import logging
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -619,3 +622,23 @@ def test_what_an_overreaching_issuer_certified_is_warned_of_too(
     assert sorted(w.split(":")[0] for w in warned) == sorted(
         f"certificate of {c.device_id}" for c in (made_by_an_admin, den)
     )
+
+
+def test_a_save_removes_what_a_save_killed_before_its_rename_left(tmp_path: Path) -> None:
+    """Found in review: a robot killed between writing ``.household.key.<pid>.tmp`` and its
+    rename left that file, with every key of its time, for good: a user forgotten since kept
+    their data keys in it.  A later save removes those of processes that are gone, never
+    one a live process is writing."""
+    owner = DeviceIdentity.load_or_create(tmp_path)
+    state = enrolment.create(tmp_path, owner, "Home", "owner", now=int(time.time()))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    stale = tmp_path / f".{enrolment.CREDENTIALS_FILE}.{int(gone.stdout)}.tmp"
+    live = tmp_path / f".{enrolment.CREDENTIALS_FILE}.{os.getppid()}.tmp"
+    for left in (stale, live):
+        left.write_bytes((tmp_path / enrolment.CREDENTIALS_FILE).read_bytes())
+
+    enrolment.save(tmp_path, state)
+
+    assert not stale.exists()
+    assert live.exists()

@@ -26,6 +26,7 @@ from nacl.signing import SigningKey
 
 from hearthsync import Peer, enrolment
 from hearthsync.compression import decompress
+from hearthsync.crdt.kinds import parse
 from hearthsync.crypto.identity import DeviceIdentity
 from hearthsync.crypto.pairing import join_request, open_join_response
 from hearthsync.crypto.statement import FORGET, Statement
@@ -870,3 +871,78 @@ async def test_an_owner_granted_a_new_epoch_keys_the_users_its_rotation_did_not_
     monkeypatch.setattr(owner, "_key_users", keying)
     owner.keys_changed()  # as when a grant of a new epoch lands
     assert holds_keys(owner, "erin")
+
+
+async def test_home_is_no_user_and_a_tombstone_of_home_takes_nothing(
+    tmp_path: Path, wall: FakeWall
+) -> None:
+    """Found in review: "home" was accepted as a user id, but it is the subject of the
+    household's shared documents, and forgetting "home" dropped ``household``,
+    ``home/graph`` and ``home/spatial`` (every routine, relationship and place) on every
+    robot that honoured the tombstone."""
+    async with Peer.open(tmp_path / "robot", device="kitchen", wall=wall) as peer:
+        await peer.add_user("bob", name="Bob")
+        await peer.place("mug", "Bob's mug", owner="bob", region="kitchen")
+        await peer.set_routine("bob-night", "Night", user="bob")
+        with pytest.raises(ValidationError, match="shared documents"):
+            await peer.add_user("home", name="Home")
+        with pytest.raises(ValidationError, match="not a hearthsync document id"):
+            parse("user/home/prefs")
+        with pytest.raises(NotFoundError, match="shared documents"):
+            await peer.forget("home")
+        tombstone = Statement.issue(peer.identity, FORGET, "home", peer._stamp()[0])
+        await peer._docs.write(HOUSEHOLD, lambda _: peer._forgetting._bury(tombstone))
+        await asyncio.gather(*peer._forgetting._tasks)
+        assert "home" not in peer.forgotten()
+        assert [p.object for p in peer.placements()] == ["mug"]
+        assert [r.id for r in peer.routines()] == ["bob-night"]
+        assert {"household", "home/graph", "home/spatial"} <= set(peer.document_ids())
+
+
+async def test_what_a_robot_away_wrote_of_a_user_forgotten_meanwhile_is_purged_on_its_return(
+    tmp_path: Path, wall: FakeWall
+) -> None:
+    """Found in review: a robot away while alice was forgotten had written her routine and
+    her hat; merged on its return, both showed on the robot that had purged her, and their
+    text stayed in its update log for good (its purge was over).  A home document's update
+    naming a forgotten user makes the robot purge them again."""
+
+    async def send(source: Peer, target: Peer, prefix: str) -> None:
+        for doc_id in source.document_ids():
+            if doc_id.startswith(prefix):
+                diff = source.diff(doc_id, target.state_vector(doc_id))
+                await target.apply_update(doc_id, diff, origin="garden")
+
+    async with (
+        Peer.open(tmp_path / "owner", device="owner", wall=wall) as owner,
+        Peer.open(tmp_path / "garden", device="garden", wall=wall) as garden,
+    ):
+        await owner.add_user("alice", name="Alice")
+        await send(owner, garden, "")
+        await garden.set_routine("alice-walk", f"walk {ALICE_SAYS}", user="alice")
+        await garden.place("alice-hat", f"hat {ALICE_SAYS}", region="hall", owner="alice")
+        await owner.forget("alice")
+        assert owner.forgetting_remnants("alice") == []
+
+        await send(garden, owner, "home/")  # back, before it hears of the forgetting
+        async with asyncio.timeout(TIMEOUT):
+            while owner._forgetting._tasks:
+                await asyncio.wait(list(owner._forgetting._tasks))
+        assert owner.routines() == []
+        assert owner.placements() == []
+        assert owner.forgetting_remnants("alice") == []
+        assert found_in(tmp_path / "owner", ALICE_SAYS) == []
+    assert found_in(tmp_path / "owner", ALICE_SAYS) == []
+
+
+async def test_forgetting_drops_the_words_the_embedder_memoised(
+    tmp_path: Path, wall: FakeWall
+) -> None:
+    """Found in review: the default embedder kept every word it had embedded (event texts,
+    queries) until its cache filled, a forgotten user's among them."""
+    async with Peer.open(tmp_path / "robot", device="kitchen", wall=wall) as peer:
+        await fill(peer, "alice", ALICE_SAYS)
+        embedder = peer._vectors.embedder
+        assert ALICE_SAYS in embedder._word_cache  # type: ignore[attr-defined]
+        await peer.forget("alice")
+        assert ALICE_SAYS not in embedder._word_cache  # type: ignore[attr-defined]

@@ -253,6 +253,33 @@ def _write(folder: Path, state: HouseholdState) -> None:
         os.fsync(handle.fileno())
     os.replace(partial, path)
     state.seen = _signature(path)
+    _sweep_partial_writes(folder)
+
+
+def _sweep_partial_writes(folder: Path) -> None:
+    """Remove what a save killed before its rename left (``.household.key.<pid>.tmp``, of a
+    process that is gone): it holds every key of its time, those of users forgotten since
+    included, and nothing else ever removed it (found in review)."""
+    prefix, suffix = f".{CREDENTIALS_FILE}.", ".tmp"
+    for entry in folder.iterdir():
+        name = entry.name
+        if not (name.startswith(prefix) and name.endswith(suffix)):
+            continue
+        pid = name[len(prefix) : -len(suffix)]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            entry.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 def _trust_order(state: HouseholdState) -> list[str]:

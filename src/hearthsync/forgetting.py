@@ -83,6 +83,7 @@ class Forgetting:
         self._lock = asyncio.Lock()  # one purge at a time: each vacuums the whole file
         self._tasks: set[asyncio.Task[None]] = set()
         self._seen: set[str] = set()  # tombstones already acted on in this run
+        self._again: set[str] = set()  # purge once more when the one running ends
         self._warned: set[str] = set()  # tombstones that did not check out (logged once)
         #: users purged here to the end (`PURGED`): forgotten, if the tombstones are unreadable
         self._purged_here: set[str] = set()
@@ -147,6 +148,8 @@ class Forgetting:
                 raise CryptoError(
                     f"a {tombstone.kind} of {tombstone.subject!r} filed under {user!r}"
                 )
+            if user == HOME:  # no user: the household's own documents (found in review)
+                raise CryptoError(f"{HOME!r} names the household's documents, not a user")
             check_statement(
                 tombstone, own_device=peer.device_id, trust=trust, now=int(peer._wall())
             )
@@ -160,6 +163,8 @@ class Forgetting:
     async def forget(self, user: str) -> Statement:
         """Forget ``user`` everywhere; returns once this robot holds nothing of theirs."""
         peer = self._peer
+        if user == HOME:
+            raise NotFoundError(f"{HOME!r} names the household's shared documents, not a user")
         existing = self.tombstones().get(user)
         if existing is not None:
             await self.purge(user)
@@ -245,6 +250,23 @@ class Forgetting:
             self._seen.add(user)
             self._start(user, always=True)
 
+    def on_home_merged(self, update: bytes) -> None:
+        """A home document merged ``update`` from another robot.  A robot that was away while
+        a user was forgotten brings what it wrote of them meanwhile (a routine, a thing they
+        own), even deleted by its own purge since: it showed here, and its text stayed in
+        this robot's update log, for good, as this robot had purged already (found in
+        review).  An update that names a forgotten user (their id in its bytes: a few false
+        alarms cost a compaction) makes this robot purge them again, which deletes what
+        shows, compacts and scrubs the file."""
+        purging = {task.get_name() for task in self._tasks if not task.done()}
+        for user in self._peer._forgotten_users():
+            if user.encode() not in update:
+                continue
+            if f"hearthsync-forget-{user}" in purging:
+                self._again.add(user)  # past its home edits, maybe: once more after it
+            else:
+                self._start(user, always=True)
+
     def _start(self, user: str, *, always: bool) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(
             self._honour(user, always=always), name=f"hearthsync-forget-{user}"
@@ -263,8 +285,12 @@ class Forgetting:
                 await self.purge(user)
         except ClosedError:
             log.info("the peer closed while forgetting %r: finished when it next opens", user)
+            return
         except Exception:  # a failed purge is retried at the next open
             log.exception("forgetting %r failed; it is retried when the store is next opened", user)
+        if user in self._again:  # more of them arrived while this purge ran (`on_home_merged`)
+            self._again.discard(user)
+            self._start(user, always=True)
 
     async def resume(self, *, wait: bool = True) -> None:
         """At open: finish every purge a crash interrupted, that is of each tombstoned user
@@ -382,6 +408,9 @@ class Forgetting:
             async with peer._vector_lock:
                 await peer._vectors.drop(user)
                 await peer._sqlite.drop_vectors(user)
+            forget_words = getattr(peer._vectors.embedder, "forget_words", None)
+            if callable(forget_words):  # an embedder that memoises what it embedded
+                forget_words()
             if peer.household is not None:
                 peer.household.keyring.forget_user(user)
                 peer.keys_changed()

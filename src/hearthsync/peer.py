@@ -638,6 +638,11 @@ class Peer:
 
     async def add_user(self, user: str, *, name: str, **profile: Any) -> Profile:
         """Register ``user`` in the household with a profile (idempotent)."""
+        if user == HOME:
+            raise ValidationError(
+                f"{HOME!r} names the household's shared documents; choose another id",
+                field="user",
+            )
         if user in self._forgotten_users():
             raise ValidationError(
                 f"user {user!r} was forgotten; a returning person needs a new id", field="user"
@@ -1347,10 +1352,14 @@ class Peer:
         simulation; `apply_update` is the awaitable form.  ``packed``: the Zstandard frame
         ``update`` arrived in, if any, which the store keeps rather than compress again."""
         info = parse(doc_id)
-        if info.subject in self._forgotten_users():
+        forgotten = self._forgotten_users()
+        if info.subject in forgotten:
             return None  # refused: what remains of a forgotten user is not taken back in
         done = self._docs.apply_remote(DocId(doc_id), update, origin, packed=packed)
         self._users = None  # the household's user list may have changed
+        if forgotten and info.kind in (Kind.GRAPH, Kind.SPATIAL):
+            # a robot away while a user was forgotten brings back what it wrote of them
+            self._forgetting.on_home_merged(update)
         if done is not None:
             # what this robot writes from now on is stamped after what it has just received,
             # or a robot whose wall clock is slow would lose every correction it is told

@@ -25,6 +25,9 @@ from dataclasses import dataclass
 from hearthsync.errors import ValidationError
 from hearthsync.ids import NAME_RE, DocId, LineageId, Scope, UserId, genesis_lineage
 
+#: the subject of the household's shared documents, so never a user's id: a user "home"
+#: was accepted, and forgetting them dropped ``household``, ``home/graph`` and
+#: ``home/spatial`` on every robot (found in review)
 HOME = "home"
 
 
@@ -79,7 +82,7 @@ def parse(doc_id: str) -> DocInfo:
     if doc_id == "home/graph":
         return DocInfo(DocId(doc_id), Kind.GRAPH, SCOPES[Kind.GRAPH], HOME)
     match = _USER_DOC.fullmatch(doc_id) or _EVENTS_DOC.fullmatch(doc_id)
-    if match and NAME_RE.fullmatch(match["user"]):
+    if match and NAME_RE.fullmatch(match["user"]) and match["user"] != HOME:
         kind = Kind(match.groupdict().get("kind") or "events")
         month = match.groupdict().get("month")
         return DocInfo(DocId(doc_id), kind, SCOPES[kind], match["user"], month)

@@ -36,7 +36,7 @@ import numpy as np
 from pycrdt import Array
 
 from hearthsync.crdt import statevector
-from hearthsync.crdt.kinds import DocInfo, Kind, parse
+from hearthsync.crdt.kinds import HOME, DocInfo, Kind, parse
 from hearthsync.crdt.replica import MAX_CLIENT_ID, Replica, event_field
 from hearthsync.errors import ClosedError, CorruptDocumentError, DecryptionError, RemoteError
 from hearthsync.ids import DocId
@@ -760,6 +760,9 @@ class DocumentSet:
         acknowledged), and deltas carried from a failed batch go too: nothing may recreate
         what is being forgotten.
         """
+
+        if subject == HOME:  # the household's own documents are nobody's to forget
+            raise ValueError(f"{HOME!r} is the subject of the household's documents, no user")
 
         def theirs(doc_id: str) -> bool:
             return parse(doc_id).subject == subject

@@ -158,6 +158,11 @@ class HashingEmbedder:
         hashes = [cached(word) or self._word_hash(word) for words in split for word in words]
         return rows, np.array(hashes, dtype=np.uint64)
 
+    def forget_words(self) -> None:
+        """Drop the memoised words: a user forgotten, the words of their events must not
+        stay in memory (found in review).  They are hashed again as they come."""
+        self._word_cache.clear()
+
     def _word_hash(self, word: str) -> int:
         cached = self._word_cache.get(word)
         if cached is None:
