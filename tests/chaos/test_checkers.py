@@ -24,6 +24,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -216,3 +217,96 @@ async def test_a_revoked_robot_holding_only_a_new_data_key_is_a_leak(tmp_path: P
         revoked = Replica(2, garden, frozenset({"core"}))
         leaks = _leaks([], revoked, epochs, None)
         assert f"r2 holds a key of core epoch {epochs['core']}" in leaks
+
+
+# ------------------------------------------------------- blind spots a review found (stop 29)
+
+
+def _caught(outcome: chaos.Outcome, marker: str) -> list[str]:
+    return [line for line in problems(outcome) if marker in line]
+
+
+def test_a_view_reading_stale_records_over_converged_documents_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The checkers compared documents only: a robot whose typed view kept a record a
+    remote update had changed (a cache not cleared) read another value than the others over
+    identical documents, and every checker passed."""
+    from hearthsync.crdt import handles
+
+    def stale(self: handles.SlotMap[Any], event: Any) -> None:
+        incoming = self._replica.incoming
+        if not incoming:
+            return
+        keys = None if incoming > handles.BULK_BYTES else handles.event_field(event, "keys")
+        if keys is None:
+            self._slots = None
+            self._cache.clear()
+            self._dirty.clear()
+            self._undecodable.clear()
+            return
+        for slot in keys:  # the cached record is kept: the bug
+            self._undecodable.discard(slot)
+            if self._slots is not None:
+                self._dirty.add(slot)
+
+    monkeypatch.setattr(handles.SlotMap, "_on_change", stale)
+    scenario = Scenario(peers=4, edits=15, duration=8.0, faults=("drop", "partition"),
+                        fault_rate=0.3, mix={"pref": 1})  # fmt: skip
+    assert _caught(run_schedule(0, scenario), "stale")
+
+
+def test_members_taking_a_revoked_robots_writes_after_all_knew_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A revoked robot's write no member held at its revocation counted as not required,
+    and nothing checked that the members refused it: a build that enforced the list only
+    where keys are granted (sessions took the revoked robot's envelopes) passed."""
+    import sys
+
+    from hearthsync.crypto import certificate
+
+    real = certificate.TrustStore._verify
+    granting = {"send_grants", "_grant_slot_again", "grants_for", "_take_pending_grants",
+                "_on_grant"}  # fmt: skip
+
+    def ignores_the_list(self: Any, cert: Any, now: int, *, depth: int) -> Any:
+        frame = sys._getframe(1)
+        while frame is not None:  # where keys are granted, the list still holds
+            if frame.f_code.co_name in granting:
+                return real(self, cert, now, depth=depth)
+            frame = frame.f_back  # type: ignore[assignment]
+        revoked, self._revoked = self._revoked, frozenset()
+        try:
+            return real(self, cert, now, depth=depth)
+        finally:
+            self._revoked = revoked
+
+    scenario = Scenario(peers=4, edits=20, duration=10.0, faults=("revoke",), fault_rate=0.3,
+                        mix={"pref": 2, "move": 1, "event": 1})  # fmt: skip
+    assert not _caught(run_schedule(0, scenario), "after every member knew")
+    monkeypatch.setattr(certificate.TrustStore, "_verify", ignores_the_list)
+    assert _caught(run_schedule(0, scenario), "after every member knew")
+
+
+def test_a_profile_fact_dropped_by_a_later_fact_of_the_same_robot_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fact's write counted as held when its entry had no stamp but its field's stamp was
+    newer: a merge that kept only the facts of each robot's latest patch lost the others on
+    every robot, and every checker passed."""
+    import hearthsync.peer as peer_module
+
+    real = peer_module.trim_removals
+
+    def latest_only(entries: Any, stamps: Any, others: Any, name: str) -> Any:
+        entries, stamps = real(entries, stamps, others, name)
+        newest = max(stamps.values(), default="")
+        keep = {k for k, at in stamps.items() if at == newest}
+        return ({k: v for k, v in entries.items() if k in keep},
+                {k: at for k, at in stamps.items() if k in keep})  # fmt: skip
+
+    monkeypatch.setattr(peer_module, "trim_removals", latest_only)
+    scenario = Scenario(peers=3, edits=14, duration=6.0, faults=("drop",), fault_rate=0.2,
+                        mix={"profile": 1})  # fmt: skip
+    assert _caught(run_schedule(0, scenario), "profile by")

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pycrdt import Array, Map
 
-from hearthsync.crdt.handles import ROOTS
+from hearthsync.crdt.handles import ROOTS, SlotMap
 from hearthsync.crdt.statevector import canonical
 from hearthsync.forgetting import Left
 from hearthsync.ids import DocId
@@ -158,8 +158,16 @@ class Holdings:
         if write.merged:
             name, _, entry = write.merged.partition("/")  # a field, or an entry of one
             held = record.get("stamps", {}).get(name, "")
-            if entry:  # its own stamp, or its field's in a version from before entry stamps
-                held = record.get("key_stamps", {}).get(name, {}).get(entry, held)
+            if entry:
+                # its own stamp: every entry the workload writes has one.  Falling back on the
+                # field's, a fact a broken merge dropped counted as held once the robot wrote
+                # another fact (found in review).  A removal may be trimmed away with its stamp
+                # (`trim_removals`): then the fact's absence is what was written
+                entries = record.get("key_stamps", {}).get(name, {})
+                if entry not in entries:
+                    removal = all(value is None for value in write.expect.values())
+                    return _differs(record, write) if removal else "missing"
+                held = entries[entry]
         else:
             held = record.get("set_at", "")
         if held < write.set_at:
@@ -254,6 +262,7 @@ def verify(
     divergences = _divergences(members, states, names)
     holdings = {m.index: Holdings(m.peer) for m in members}
     lost: list[str] = []
+    taken_past_revocation: list[str] = []
     verified = exempt = 0
     revoked_indices = {victim.index for victim in revoked}
     acked = {w.slot for w in writes if w.kind == "forget"}
@@ -280,6 +289,9 @@ def verify(
             due = [m for m in members if m.index in (write.kept_by or ())]
             if not due:
                 exempt += 1
+                taken_past_revocation.extend(
+                    _taken_past_revocation(write, members, holdings, revocation_known)
+                )
                 continue
         else:
             due = [m for m in members if write.scope in m.scopes]
@@ -300,8 +312,61 @@ def verify(
         for leak in _leaks(writes, victim, epochs.get(victim.index, {}),
                            None if known is None else known.get(victim.index, {}))
     ]  # fmt: skip
+    leaks += taken_past_revocation
+    divergences += [line for m in members for line in _stale_reads(m)]
     remnants = [line for m in members for line in _remnants(m, forgotten, states[m.index])]
     return Findings(verified, lost, divergences, leaks, exempt, remnants)
+
+
+def _taken_past_revocation(
+    write: Write,
+    members: list[Replica],
+    holdings: dict[int, Holdings],
+    known: dict[int, dict[int, float]] | None,
+) -> list[str]:
+    """Members holding a revoked robot's ``write`` made once every member had processed its
+    revocation: each refuses what that robot writes from then on, and none can have taken it
+    from another member.  Without this, members that went on taking a revoked robot's
+    writes passed every checker (found in review: the list was enforced on grants only)."""
+    if known is None or write.kind in ("user", "forget"):
+        return []
+    learnt = known.get(write.robot, {})
+    if any(m.index not in learnt for m in members):
+        return []  # a member that never processed the revocation may rightly take it
+    if write.started_at <= max(learnt[m.index] for m in members):
+        return []
+    # a slot (or an event) of the revoked robot's own: held only if taken from it
+    takers = [f"r{m.index}" for m in members if holdings[m.index].holds(write)]
+    if not takers:
+        return []
+    return [
+        f"{write.describe()}, made at t={write.started_at:.3f} after every member knew of "
+        f"r{write.robot}'s revocation, taken by {','.join(takers)}"
+    ]
+
+
+def _stale_reads(member: Replica) -> list[str]:
+    """Where what ``member`` reads through its typed views differs from a fresh reading of
+    the same documents: the checkers compare documents, and a view that missed a change (a
+    cache not cleared) showed robots different values over identical documents unnoticed
+    (found in review)."""
+    peer = member.peer
+    found: list[str] = []
+    for doc_id, (replica, handle) in sorted(peer._handles.items()):
+        if peer._docs.get(doc_id) is not replica:
+            continue  # replaced since: the next read rebuilds it
+        make: Callable[[Any], object] = type(handle)
+        fresh = make(replica)
+        for name, view in vars(handle).items():
+            if not isinstance(view, SlotMap):
+                continue
+            again: SlotMap[Any] = getattr(fresh, name)
+            keys = set(view._index()) | set(again._index())
+            for key in sorted(keys):
+                if view.versions(key) != again.versions(key):
+                    found.append(f"r{member.index} reads {doc_id} {name}[{key}] stale")
+                    break
+    return found
 
 
 def _leaks(
