@@ -237,6 +237,7 @@ def verify(
     revoked_epochs: dict[int, dict[str, int]] | None = None,
     forget_targets: set[str] | None = None,
     revocation_known: dict[int, dict[int, float]] | None = None,
+    views: bool = True,
 ) -> Findings:
     """Check a quiescent household: convergence, no loss, no leak past a revocation.
 
@@ -313,7 +314,8 @@ def verify(
                            None if known is None else known.get(victim.index, {}))
     ]  # fmt: skip
     leaks += taken_past_revocation
-    divergences += [line for m in members for line in _stale_reads(m)]
+    if views:  # what each robot reads through its typed views, against a fresh reading
+        divergences += [line for m in members for line in _stale_reads(m)]
     remnants = [line for m in members for line in _remnants(m, forgotten, states[m.index])]
     return Findings(verified, lost, divergences, leaks, exempt, remnants)
 

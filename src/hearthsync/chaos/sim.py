@@ -346,8 +346,9 @@ class Simulation:
             logger.removeHandler(handler)
             logger.propagate = propagate
 
-    def check(self) -> Findings:
-        """The checkers (`hearthsync.chaos.check.verify`) on the household as it is now."""
+    def check(self, *, views: bool = True) -> Findings:
+        """The checkers (`hearthsync.chaos.check.verify`) on the household as it is now
+        (``views``: the robots' typed views too, which a restart has just built afresh)."""
         members = [Replica(r.index, _peer(r), r.scopes) for r in self._members()]
         victims = [self.robots[v] for v in self.revoked]
         known = {
@@ -359,7 +360,7 @@ class Simulation:
             members, self.writes,
             revoked=[Replica(v.index, _peer(v), v.scopes) for v in victims],
             revoked_epochs=self.revoked_epochs, forget_targets=self.forget_targets,
-            revocation_known=known,
+            revocation_known=known, views=views,
         )  # fmt: skip
 
     async def check_restarted(self) -> Findings:
@@ -373,7 +374,7 @@ class Simulation:
             await peer.crash()
             stored += _purged_yet_stored(robot, self.forget_targets)
             await self._boot(robot, link=False)
-        found = self.check()
+        found = self.check(views=False)
         for robot in self.robots:  # what a boot resumes in the background (`Forgetting.resume`)
             await self._idle(robot)
         return replace(
