@@ -167,6 +167,23 @@ def test_an_overflowing_link_queues_one_marker_however_many_commits_follow(
     assert link._pending.qsize() == 3
 
 
+def test_a_link_whose_queued_deltas_outgrow_their_bytes_bound_overflows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The queue was bounded by its count of deltas, and a delta is a group commit's change
+    to one document, of any size: a peer reading slowly let 68 MB queue up, growing with the
+    write rate (found in review).  Past `MAX_PENDING_BYTES` the link overflows."""
+    monkeypatch.setattr(link_module, "MAX_PENDING_BYTES", 10_000)
+    link = link_module.Link(DrainingSocket(0), Relaying(), None, dialed=False)  # type: ignore[arg-type]
+    big = ("user/alice/events/2026-03", bytes(4_000), "")
+    link._durable([big, big])
+    assert not link._overflow
+    assert link._pending_bytes == 8_000
+    link._durable([big])
+    assert link._overflow
+    assert link._pending.qsize() == 3  # two deltas, one marker
+
+
 #: the HTTP upgrade a websocket client sends, by hand (the test speaks raw bytes after it)
 UPGRADE = (
     b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

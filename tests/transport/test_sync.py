@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 import random
 import string
 from collections.abc import AsyncIterator, Callable
@@ -254,3 +256,34 @@ async def test_a_restarted_peer_does_not_receive_unchanged_documents_again(
         off()
         assert "user/alice/events/2026-03" not in applied
         assert again < first / 5, (again, first)
+
+
+async def test_two_robots_each_far_behind_the_other_catch_up_both_ways(tmp_path: Path) -> None:
+    """Found in review: the reader waited for its own sends, so two robots each answering a
+    large catch-up of the other (more than 7.5 MB each way on loopback) filled both sockets,
+    read nothing, were dropped after `send_timeout`, and did it again at every retry: the
+    pair never converged.  The reader now goes on reading while the writer sends."""
+    home = BenchHome(users=("alice",))
+    month_ms, first_ms = 31 * 86_400_000, 1_600_000_000_000
+    async with (
+        Peer.open(tmp_path / "a", device="a") as a,
+        Peer.open(tmp_path / "b", device="b") as b,
+    ):
+        for peer, months in ((a, range(0, 20)), (b, range(20, 40))):
+            await peer.add_user("alice", name="Alice")
+            writes = [
+                peer.record_event(
+                    "alice", "COMMAND", "tea", text="tea",
+                    ts=first_ms + months[i % 20] * month_ms + i,
+                    payload={"blob": base64.b64encode(os.urandom(11_000)).decode()},
+                )
+                for i in range(1200)
+            ]  # fmt: skip
+            await asyncio.gather(*writes)  # 1,200 events of 15 KB: 18 MB each, the other lacks
+        async with (
+            SyncService(a, home.enrol(a), send_timeout=5.0) as hub,
+            SyncService(b, home.enrol(b), listen=None, peers=(("127.0.0.1", hub.port),),
+                        send_timeout=5.0),
+        ):  # fmt: skip
+            await until([a, b], lambda: len(a.events("alice")) == len(b.events("alice")) == 2400)
+        assert converged([a, b])

@@ -409,6 +409,7 @@ class Session:
     peer: _Peer | None = None
     _nonce: bytes = b""
     _outgoing: list[bytes] = field(default_factory=list)
+    _outgoing_bytes: int = 0  #: of `_outgoing`
     _events: list[Event] = field(default_factory=list)
     #: documents asked for (SYNC_STEP1) and not yet answered: lineage, when last asked
     _requested: dict[DocId, tuple[LineageId, float]] = field(default_factory=dict)
@@ -492,7 +493,12 @@ class Session:
     def data_to_send(self) -> list[bytes]:
         """Frames to send, in order, each as one binary message.  Call after every input."""
         out, self._outgoing = self._outgoing, []
+        self._outgoing_bytes = 0
         return out
+
+    def unsent_bytes(self) -> int:
+        """The bytes of the frames `data_to_send` has not taken yet."""
+        return self._outgoing_bytes
 
     def events_received(self) -> list[Event]:
         out, self._events = self._events, []
@@ -1462,12 +1468,16 @@ class Session:
             raise ProtocolError(f"{doc_id!r} is outside the scopes this session shares", code=403)
 
     def _send(self, frame: f.Frame) -> None:
-        self._outgoing.append(f.encode(frame))
+        data = f.encode(frame)
+        self._outgoing.append(data)
+        self._outgoing_bytes += len(data)
         self.frames_sent[frame.TYPE.name] += 1
         self._last_sent = self.now
 
     def _fail(self, code: int, reason: str) -> None:
-        self._outgoing.append(f.encode(f.error_frame(ProtocolError(reason, code=code))))
+        data = f.encode(f.error_frame(ProtocolError(reason, code=code)))
+        self._outgoing.append(data)
+        self._outgoing_bytes += len(data)
         self._close(code, reason, by_peer=False)
 
     def _close(self, code: int, reason: str, *, by_peer: bool) -> None:

@@ -220,11 +220,20 @@ def _kernel_unsent(websocket: Connection) -> int:
     return 0
 
 
-#: deltas waiting to be sent to one peer before it counts as too slow
+#: deltas waiting to be sent to one peer before it counts as too slow, and their bytes: a
+#: delta is a group commit's change to one document, of any size, and a peer reading slowly
+#: (never dropped by `send_timeout`) let 68 MB queue up and growing at the write rate while
+#: the count allowed 10,000 of them (found in review)
 MAX_PENDING_DELTAS = 10_000
+MAX_PENDING_BYTES = 64 * 1024 * 1024
 #: updates received from one peer, merged in memory and not yet durable, before the link stops
 #: reading until the oldest is (back-pressure towards a peer faster than this device's disk)
 MAX_UNDURABLE = 64
+#: frames the session made and the socket has not taken yet, at most: past it the peer is
+#: too slow (it catches up from the inventory at its next link).  The reader goes on reading
+#: while the writer waits on the socket (`Link._write`), so what a burst of requests makes
+#: the session answer waits here; generous, as a catch-up's answers all come at once
+MAX_UNSENT_BYTES = 256 * 1024 * 1024
 TICK_S = 0.5
 
 Durable = Sequence[tuple[str, bytes, str]]
@@ -297,6 +306,7 @@ class Link:
         self._wall = wall  #: certificates, grants and revocations
         self._send_timeout = send_timeout  #: a peer that takes no frame this long is dropped
         self._pending: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self._pending_bytes = 0  #: of the deltas in `_pending`
         self._overflow = False
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -309,6 +319,7 @@ class Link:
         self._room = asyncio.Event()  #: set whenever `_undurable` goes down
         self.authenticated = False  #: the handshake completed (PEER_AUTHENTICATED was seen)
         self._sending = asyncio.Lock()  #: one batch of frames on the wire at a time (`_flush`)
+        self._to_send = asyncio.Event()  #: the reader has frames for the writer (`_write`)
         self._arrived = _arrived(websocket)  #: bytes arrived as of the last tick
 
     @property
@@ -320,6 +331,7 @@ class Link:
         unsubscribe = self.target.on_durable(self._durable)
         tasks = [
             asyncio.create_task(self._receive(), name="hearthsync-link-receive"),
+            asyncio.create_task(self._write(), name="hearthsync-link-write"),
             asyncio.create_task(self._tick(), name="hearthsync-link-tick"),
             asyncio.create_task(self._forward(), name="hearthsync-link-forward"),
         ]
@@ -364,12 +376,27 @@ class Link:
                 self.bytes_received += len(message)
                 self.session.receive_data(message, self._clock(), self._wall())
             await self._handle_events()
-            await self._flush()
+            # not sent here: a reader that waited for its own sends read nothing meanwhile,
+            # and two robots each answering a large catch-up of the other filled both
+            # sockets, stopped reading both, and dropped the link for good at every retry
+            # (found in review: 7.5 MB each way on loopback); the writer sends them
+            self._to_send.set()
+            if self.session.unsent_bytes() > MAX_UNSENT_BYTES:
+                self.session.close("too slow: reconnect and catch up from the inventory")
             if self.session.closed:
                 return
             while self._undurable >= MAX_UNDURABLE:  # let the disk catch up
                 self._room.clear()
                 await self._room.wait()
+
+    async def _write(self) -> None:
+        """Send what the reader made the session queue, while the reader goes on reading."""
+        while True:
+            await self._to_send.wait()
+            self._to_send.clear()
+            await self._flush()
+            if self.session.closed and not self.session.unsent_bytes():
+                return
 
     async def _tick(self) -> None:
         while not self.session.closed:
@@ -387,6 +414,7 @@ class Link:
             batch = [await self._pending.get()]
             while not self._pending.empty():
                 batch.append(self._pending.get_nowait())
+            self._pending_bytes -= sum(len(delta) for _, delta in batch)
             if self._overflow:
                 self.session.close("too slow: reconnect and catch up from the inventory")
             else:
@@ -408,11 +436,15 @@ class Link:
                 return  # a send stuck meanwhile must not see one marker more per commit
             if not self.session.relays(DocId(doc_id), origin, delta):
                 continue  # the peer sent it, or has it from where it came (SPEC §6.4)
-            if self._pending.qsize() >= MAX_PENDING_DELTAS:
+            if (
+                self._pending.qsize() >= MAX_PENDING_DELTAS
+                or self._pending_bytes + len(delta) > MAX_PENDING_BYTES
+            ):
                 self._overflow = True
                 self._pending.put_nowait(("", b""))
                 return
             self._pending.put_nowait((doc_id, delta))
+            self._pending_bytes += len(delta)
 
     def _sent(self, doc_id: str) -> None:
         self.unacked[doc_id] = statevector.decode(self.target.docs.state_vector(DocId(doc_id)))
