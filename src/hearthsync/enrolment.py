@@ -59,6 +59,7 @@ from hearthsync.errors import (
 )
 from hearthsync.hlc import ClockHints
 from hearthsync.ids import check_name
+from hearthsync.store.lock import pid_alive
 from hearthsync.transport.service import JOIN_PATH, Credentials
 
 log = logging.getLogger(__name__)
@@ -266,20 +267,10 @@ def _sweep_partial_writes(folder: Path) -> None:
         if not (name.startswith(prefix) and name.endswith(suffix)):
             continue
         pid = name[len(prefix) : -len(suffix)]
-        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+        if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
             continue
         with contextlib.suppress(FileNotFoundError):
             entry.unlink()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
 
 
 def _trust_order(state: HouseholdState) -> list[str]:

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import secrets
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -45,6 +45,21 @@ def dial_loops() -> list[asyncio.Task[None]]:
         for task in asyncio.all_tasks()
         if task.get_name().startswith("hearthsync-dial-") and not task.done()
     ]
+
+
+def recording(
+    delays: list[float], enough: asyncio.Event, *, at: int
+) -> Callable[[float], Awaitable[None]]:
+    """A dial loop's `_back_off` that records each delay, waits for none, and sets
+    ``enough`` at the ``at``-th."""
+
+    async def back_off(delay: float) -> None:
+        delays.append(delay)
+        if len(delays) == at:
+            enough.set()
+        await asyncio.sleep(0)
+
+    return back_off
 
 
 async def ended(tasks: list[asyncio.Task[None]]) -> None:
@@ -221,8 +236,8 @@ async def test_links_that_end_at_once_after_the_handshake_back_off(
 ) -> None:
     """Found in review: any link that authenticated reset the backoff when it ended, so a
     peer that closed each link right after the handshake (or a reconnect asked for a grant
-    that never came) was redialed 5 times a second, for good.  Only a link that lasted
-    `LINK_LIVED_S` starts the backoff afresh."""
+    that never came) was redialed 5 times a second, for good.  Links that keep ending
+    sooner than `LINK_LIVED_S` back off as failed dials do."""
     big, small = robots
     home = BenchHome(users=("alice",))
     delays: list[float] = []
@@ -231,12 +246,7 @@ async def test_links_that_end_at_once_after_the_handshake_back_off(
         SyncService(big, home.enrol(big)) as hub,
         SyncService(small, home.enrol(small)) as edge,
     ):
-
-        async def back_off(delay: float) -> None:
-            delays.append(delay)
-            if len(delays) == 4:
-                enough.set()
-            await asyncio.sleep(0)
+        back_off = recording(delays, enough, at=4)
 
         async def cut_each_link() -> None:
             while True:
@@ -304,13 +314,7 @@ async def test_a_loop_that_reaches_another_robot_leaves_that_robots_link_alone(
         SyncService(big, home.enrol(big)) as hub,
         SyncService(small, home.enrol(small)) as edge,
     ):
-
-        async def back_off(delay: float) -> None:
-            attempts.append(delay)
-            if len(attempts) == 3:
-                enough.set()
-            await asyncio.sleep(0)
-
+        back_off = recording(attempts, enough, at=3)
         hub.dial("127.0.0.1", edge.port, device=small.device_id)
         async with asyncio.timeout(TIMEOUT):
             await hub.wait_for_links(1)

@@ -91,6 +91,7 @@ from hearthsync.protocol.session import (
     State,
     answer_from,
 )
+from hearthsync.store.lock import pid_alive
 from hearthsync.store.sqlite import read_meta, rows_of_subject
 from hearthsync.transport.link import merged_for_sending
 
@@ -1052,21 +1053,11 @@ def sweep_scratch(root: Path | None = None) -> int:
     removed = 0
     for folder in (root or scratch_root()).glob(f"{SCRATCH_PREFIX}*-*"):
         pid_text = folder.name[len(SCRATCH_PREFIX) :].partition("-")[0]
-        if not pid_text.isdigit() or not folder.is_dir() or _alive(int(pid_text)):
+        if not pid_text.isdigit() or not folder.is_dir() or pid_alive(int(pid_text)):
             continue
         shutil.rmtree(folder, ignore_errors=True)
         removed += 1
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
 
 
 async def simulate(plan: Plan, folder: Path | None = None) -> Outcome:

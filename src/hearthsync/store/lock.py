@@ -91,13 +91,18 @@ def _pid_in(fd: int) -> int | None:
         return None
     if pid <= 0:
         return None
+    return pid if pid_alive(pid) else None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs (another user's counts: alive)."""
     try:
         os.kill(pid, 0)  # signal 0: is it alive?
     except PermissionError:  # alive, but another user's
-        return pid
-    except OSError:
-        return None
-    return pid
+        return True
+    except (OSError, OverflowError):
+        return False
+    return True
 
 
 def _after_fork_in_child() -> None:
