@@ -262,14 +262,14 @@ class Forgetting:
         for user in self._peer._forgotten_users():
             if user.encode() not in update:
                 continue
-            if f"hearthsync-forget-{user}" in purging:
+            if _task_name(user) in purging:
                 self._again.add(user)  # past its home edits, maybe: once more after it
             else:
                 self._start(user, always=True)
 
     def _start(self, user: str, *, always: bool) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(
-            self._honour(user, always=always), name=f"hearthsync-forget-{user}"
+            self._honour(user, always=always), name=_task_name(user)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -423,6 +423,11 @@ class Forgetting:
         log.info("forgot %r", UserId(user))
         for listener in list(peer.on_forgotten):
             listener(user)
+
+
+def _task_name(user: str) -> str:
+    """The name of the task honouring ``user``'s tombstone (`Forgetting._start`)."""
+    return f"hearthsync-forget-{user}"
 
 
 def _subject(replica: Replica) -> str | None:
