@@ -935,6 +935,42 @@ async def test_what_a_robot_away_wrote_of_a_user_forgotten_meanwhile_is_purged_o
     assert found_in(tmp_path / "owner", ALICE_SAYS) == []
 
 
+async def test_an_update_whose_text_only_contains_a_forgotten_id_purges_nothing_again(
+    tmp_path: Path, wall: FakeWall
+) -> None:
+    """A home document's update that merely holds a forgotten user's id inside other text (a
+    forgotten "al" in "meal" and "hallway") made the robot purge them again: a compaction
+    and a VACUUM of the whole file for every such update.  Only a record naming them does."""
+
+    async def send(source: Peer, target: Peer, prefix: str) -> None:
+        for doc_id in source.document_ids():
+            if doc_id.startswith(prefix):
+                diff = source.diff(doc_id, target.state_vector(doc_id))
+                await target.apply_update(doc_id, diff, origin="garden")
+
+    async with (
+        Peer.open(tmp_path / "owner", device="owner", wall=wall) as owner,
+        Peer.open(tmp_path / "garden", device="garden", wall=wall) as garden,
+    ):
+        await owner.add_user("al", name="Al")
+        await owner.add_user("bob", name="Bob")
+        await send(owner, garden, "")
+        await owner.forget("al")  # garden, away, has not heard
+        await garden.set_routine("bob-meal", "meal in the hallway", user="bob")
+        await garden.place("salt", "salt", region="hall", owner="bob")
+        await send(garden, owner, "home/")
+        assert not owner._forgetting._tasks  # no purge started
+        assert [r.id for r in owner.routines()] == ["bob-meal"]
+
+        await garden.set_routine("al-walk", "walk", user="al")  # a record naming al: again
+        await send(garden, owner, "home/")
+        assert owner._forgetting._tasks
+        async with asyncio.timeout(TIMEOUT):
+            while owner._forgetting._tasks:
+                await asyncio.wait(list(owner._forgetting._tasks))
+        assert [r.id for r in owner.routines()] == ["bob-meal"]
+
+
 async def test_forgetting_drops_the_words_the_embedder_memoised(
     tmp_path: Path, wall: FakeWall
 ) -> None:

@@ -255,12 +255,17 @@ class Forgetting:
         a user was forgotten brings what it wrote of them meanwhile (a routine, a thing they
         own), even deleted by its own purge since: it showed here, and its text stayed in
         this robot's update log, for good, as this robot had purged already (found in
-        review).  An update that names a forgotten user (their id in its bytes: a few false
-        alarms cost a compaction) makes this robot purge them again, which deletes what
-        shows, compacts and scrubs the file."""
+        review).  An update that names a forgotten user makes this robot purge them again,
+        which deletes what shows, compacts and scrubs the file.
+
+        A home document names a user only as a whole JSON string in a record (a routine's
+        ``user``, an edge's ``subject`` or ``object``, a thing's ``owner``: what the purge
+        deletes by), so ``"al"``, quotes included, is looked for: the bare id was found in
+        any text holding it (a forgotten "al" in "meal", "hallway"), and every such update
+        cost a compaction and a VACUUM of the whole file."""
         purging = {task.get_name() for task in self._tasks if not task.done()}
         for user in self._peer._forgotten_users():
-            if user.encode() not in update:
+            if f'"{user}"'.encode() not in update:  # ids are [a-z0-9_-]: JSON escapes none
                 continue
             if _task_name(user) in purging:
                 self._again.add(user)  # past its home edits, maybe: once more after it
