@@ -2349,3 +2349,32 @@ def test_a_user_the_driver_did_not_key_is_wanted_again_later_on_the_session(
             a[1].receive_data(data, NOW + t)
         wanted += [t for e in a[1].events_received() if isinstance(e, KeysWanted)]
     assert wanted == [1.0, 1.0 + KEY_REQUEST_MAX_S]  # the driver did not key carol
+
+
+def test_more_documents_than_one_inventory_holds_are_offered_in_several_after_the_grants(
+    home: Home, admin_keys: Keyring, admin: Robot
+) -> None:
+    """Found in review: a robot holding more documents to offer than one INVENTORY holds
+    (SPEC §5.1: 10,000; a member of the history scope may write that many months of a user's
+    events, and every robot takes them) put them all in one frame, which its own codec
+    refused: every session it opened closed at once, with a 400 blaming the peer.  They go
+    in frames of at most 10,000, those past the first after the grants, so that a document
+    there whose key the peer lacks yet is not taken for a lost grant (409)."""
+    archive = identity(6)
+    cert = home.issue(home.admin, archive, scopes=("core", "history"))
+    home.certs["archive"] = home.trust.add(cert, NOW)
+    member = robot(home, admin_keys, archive, "archive")
+    admin.keyring.create_data_key("carol", "history", home.random_bytes)  # the member lacks it
+    months = [f"{1000 + i // 12:04d}-{i % 12 + 1:02d}" for i in range(f.MAX_INVENTORY_ENTRIES)]
+    for month in months:
+        admin.docs.write(f"user/alice/events/{month}", "e", "x")
+    admin.docs.write("user/carol/events/2026-03", "e", "x")  # sorted last: in the second frame
+    a, b = connect(admin, member)
+    assert a[1].state is b[1].state is State.OPEN
+    assert of_type(member, KeysChanged)
+    for t in range(2, 60, 4):  # the re-offers bring what the requests' bound left out
+        a[1].tick(NOW + t)
+        b[1].tick(NOW + t)
+        pump(a, b, NOW + t)
+    assert b[1].state is State.OPEN
+    assert sorted(member.docs.docs) == sorted(admin.docs.docs)

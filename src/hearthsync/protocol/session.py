@@ -867,6 +867,9 @@ class Session:
         self._offer()
         self.send_revocations()
         self.send_grants(offer=False)  # the inventory just went: the peer asks again from it
+        # what one INVENTORY could not hold goes after the grants: the peer takes it for an
+        # inventory after the first, whose documents it must be able to open (SPEC §6.5)
+        self._offer(only_new=True)
         if self._grants_every_key():  # ask for what its grants leave unsealable, later
             self._keys_check_at = self.now + KEY_REQUEST_S
 
@@ -1108,8 +1111,8 @@ class Session:
             entries = self._entries([d for d, _ in self.docs.held() if d not in self._offered])
             if not entries:
                 return
-        else:
-            entries = self._inventory()
+        else:  # one frame's worth (SPEC §5.1): the rest once the grants went (`_on_auth`)
+            entries = self._inventory()[: f.MAX_INVENTORY_ENTRIES]
         self._offered.update(entry.doc_id for entry in entries)
         # a new offer of some documents does not put off a re-offer of others already due
         # (found in review: keys learned restarted it)
@@ -1154,8 +1157,14 @@ class Session:
         `ACK` shows the items the peer holds, not the deletions.  Settled by the `ACK` of a
         later write, a lost offer of a removal made while the two robots were apart (or
         held back for want of a key) left the peer without it for the session (found in
-        review, twice)."""
-        self._send(f.Inventory(tuple(entries)))
+        review, twice).
+
+        In frames of at most `MAX_INVENTORY_ENTRIES` (SPEC §5.1): a robot holding more
+        documents put them in one, which its own codec refused, and every session it opened
+        closed with a 400 blaming the peer (found in review)."""
+        step = f.MAX_INVENTORY_ENTRIES
+        for start in range(0, max(len(entries), 1), step):
+            self._send(f.Inventory(tuple(entries[start : start + step])))
         owed = [e for e in entries if owing is None or e.doc_id in owing]
         for entry in owed:
             state = statevector.decode(self.docs.state_vector(entry.doc_id))
