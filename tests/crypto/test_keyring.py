@@ -18,6 +18,7 @@ from hearthsync.errors import (
     CryptoError,
     DecryptionError,
     MissingKeyError,
+    OverreachError,
     SignatureError,
     ValidationError,
 )
@@ -105,6 +106,42 @@ def test_grant_from_a_non_admin_is_refused(home: Home, admin_keys: Keyring) -> N
     )
     with pytest.raises(CertificateError, match="no certificate known"):
         Keyring().accept_grant(by_stranger, home.hall, trust=home.trust, now=NOW)
+
+
+def test_a_grant_of_a_scope_beyond_its_granters_certificate_is_refused(
+    home: Home, admin_keys: Keyring
+) -> None:
+    """An admin certified for ``core`` alone made a key for alice's ``health`` slot, with a
+    key id smaller than the owner's, and granted it: the hall robot held it beside the
+    owner's key and sealed alice's health with it, which that admin could then read (found
+    in review).  A granter passes on keys of its own certificate's scopes only (SPEC §3)."""
+    narrow = identity(5)
+    home.trust.add(home.issue(home.owner, narrow, role="admin", scopes=("core",)), NOW)
+    hall = enrolled(home, admin_keys, home.hall)
+    honest = hall.data_key("alice", "health", 0)
+    planted = next(
+        key for n in range(256)
+        if keyring.key_id(key := bytes([n]) * 32) < keyring.key_id(honest)
+    )  # fmt: skip
+    rival = Keyring()
+    rival.create_scope("health", home.random_bytes)
+    rival.create_data_key("alice", "health", lambda size: planted)
+    grant = rival.grant(
+        narrow, home.hall.verify_key, scope="health", epoch=0, user="alice",
+        random_bytes=home.random_bytes,
+    )  # fmt: skip
+    with pytest.raises(OverreachError, match="scope 'health' beyond its own"):
+        hall.accept_grant(grant, home.hall, trust=home.trust, now=NOW)
+    assert hall.data_keys("alice", "health", 0) == (honest,)
+    # what its certificate names it grants as any admin does
+    rival.create_scope("core", home.random_bytes)
+    rival.create_data_key("alice", "core", home.random_bytes)
+    core = rival.grant(
+        narrow, home.hall.verify_key, scope="core", epoch=0, user="alice",
+        random_bytes=home.random_bytes,
+    )  # fmt: skip
+    hall.accept_grant(core, home.hall, trust=home.trust, now=NOW)
+    assert rival.data_key("alice", "core", 0) in hall.data_keys("alice", "core", 0)
 
 
 def test_a_second_data_key_for_a_slot_is_held_beside_the_first(

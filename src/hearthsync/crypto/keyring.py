@@ -61,6 +61,7 @@ from hearthsync.errors import (
     CryptoError,
     DecryptionError,
     MissingKeyError,
+    OverreachError,
     SignatureError,
     ValidationError,
 )
@@ -564,15 +565,24 @@ class Keyring:
         """Check a grant addressed to ``identity`` and hold its key.
 
         Order: structure, recipient, granter authority (a good owner/admin certificate in
-        ``trust``), signature, then unsealing.  Any failure raises and changes nothing.  A
-        good grant of a forgotten user's key is not an error; its key is dropped unused.  So
-        is one of an epoch no revocation list held here accounts for (`accounted_for`).
+        ``trust``), signature, the granter's scopes, then unsealing.  Any failure raises and
+        changes nothing.  A good grant of a forgotten user's key is not an error; its key is
+        dropped unused.  So is one of an epoch no revocation list held here accounts for
+        (`accounted_for`).
         """
         grant = KeyGrant.from_wire(data)
         if grant.recipient != identity.device_id:
             raise CryptoError(f"key grant is for device {grant.recipient}, not this one")
-        trust.authority(grant.granter_pk, now)
+        granter = trust.authority(grant.granter_pk, now)
         grant.check_signature()
+        if grant.scope not in granter.scopes:
+            # a granter passes on no more than its certificate names, as a certificate's
+            # issuer does (SPEC §3): an admin given core alone granted a key of its own
+            # making for a user's health slot, robots sealed with it (the smallest key id
+            # of the slot) and it read what they wrote (found in review)
+            raise OverreachError(
+                f"key grant by {granter.device_id}: scope {grant.scope!r} beyond its own"
+            )
         if not accounted_for(grant.epoch, trust):
             return grant
         if grant.sealed in self._accepted:
