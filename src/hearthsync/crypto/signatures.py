@@ -18,6 +18,7 @@ chaos harness) share it, as they share the CPU; each real robot has its own.
 from __future__ import annotations
 
 import hashlib
+import threading
 
 import nacl.exceptions
 from nacl.signing import VerifyKey
@@ -26,6 +27,11 @@ from nacl.signing import VerifyKey
 MEMORY = 4096
 
 _good: dict[tuple[bytes, bytes, bytes], None] = {}
+#: held while the memory changes: a robot answers a join on a worker thread
+#: (`enrolment.enrol`) while its sessions check signatures on the event loop's, and two
+#: threads that found it full forgot the same signature, the second with a KeyError (found
+#: in review)
+_changing = threading.Lock()
 
 
 def _key(public_key: bytes, message: bytes, signature: bytes) -> tuple[bytes, bytes, bytes]:
@@ -42,9 +48,10 @@ def verifies(public_key: bytes, message: bytes, signature: bytes) -> bool:
         VerifyKey(bytes(public_key)).verify(message, signature)
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError):
         return False
-    if len(_good) >= MEMORY:
-        del _good[next(iter(_good))]
-    _good[key] = None
+    with _changing:
+        if len(_good) >= MEMORY:
+            del _good[next(iter(_good))]
+        _good[key] = None
     return True
 
 
