@@ -422,3 +422,35 @@ def test_forgetting_keeps_the_newest_epoch_it_shredded_with_the_keys(admin_keys:
     admin_keys.forget_user("alice")
     again = keyring.import_secret_keys(keyring.export_secret_keys(admin_keys))
     assert again._shredded == dict.fromkeys(SCOPES, 0)
+
+
+_KEY = b"\x07" * 32
+
+
+@pytest.mark.parametrize(
+    ("field", "entry"),
+    [
+        (1, [5, 0, _KEY]),  # a scope not a string: every save after failed to sort the keys
+        (1, ["no such scope!", 0, _KEY]),
+        (1, ["core", -3, _KEY]),  # an epoch below none
+        (1, ["core", 2**64 - 1, _KEY]),  # no epoch after it: the scope never rotates again
+        (1, ["core", 1.9, _KEY]),  # a float taken for 1
+        (1, ["core", "7", _KEY]),  # a string taken for 7
+        (1, ["core", True, _KEY]),  # a bool taken for 1
+        (2, [b"alice", "core", 0, _KEY]),  # a user not a string
+        (2, ["alice", "core", -1, _KEY]),
+        (3, 5),  # a forgotten user not a string: every save after failed to sort them
+        (3, "Not A User"),
+    ],
+)
+def test_every_keyring_entry_is_checked_when_read(
+    admin_keys: Keyring, field: int, entry: object
+) -> None:
+    """Found in review: the keys and forgotten users were taken as they came, and a damaged
+    entry made every later `repr` and save of the keyring raise TypeError, or left an epoch
+    no rotation could pass; the floors of forgetting were checked already."""
+    fields = unpack_array(keyring.export_secret_keys(admin_keys), what="k", length=4,
+                          max_bytes=1 << 22, error=CryptoError, max_array=100_000)  # fmt: skip
+    fields[field].append(entry)
+    with pytest.raises(CryptoError, match="malformed entry"):
+        keyring.import_secret_keys(pack(fields))

@@ -662,9 +662,9 @@ def _new_key(random_bytes: RandomBytes) -> bytes:
 #: a slot's keys are entries of their own: a keyring of one key per slot reads as before, and
 #: an older version reading this one keeps one key of a slot (the last), as it always did
 _KEYRING_FORMAT = 1
-#: an epoch is a revocation list's serial (SPEC §4): none reaches this; a floor past it can
-#: only come of a damaged file
-MAX_SHREDDED_EPOCH = 2**32
+#: an epoch is a revocation list's serial (SPEC §4): none reaches this; a key or a floor
+#: past it can only come of a damaged file
+MAX_EPOCH = 2**32
 
 
 def export_secret_keys(keyring: Keyring) -> bytes:
@@ -690,21 +690,33 @@ def import_secret_keys(data: bytes) -> Keyring:
         error=CryptoError, max_array=100_000,
     )  # fmt: skip
     keyring = Keyring()
+    # every entry checked as it is made: a huge epoch stopped all sealing in the scope for
+    # good, a scope or user not a name broke every save after (found in review, for the
+    # floors of forgetting first, then for the keys and the forgotten users)
     try:
         for scope, epoch, key in fields[1]:
-            index = (Scope(scope), int(epoch))
+            index = (_name(scope), _epoch(epoch))
             _hold(keyring._scope_keys, index, check_bytes(key, field="key", size=32))
         for user, scope, epoch, key in fields[2]:
-            data_index = (UserId(user), Scope(scope), int(epoch))
+            data_index = (UserId(_name(user)), _name(scope), _epoch(epoch))
             _hold(keyring._data_keys, data_index, check_bytes(key, field="key", size=32))
-        keyring._forgotten.update(UserId(u) for u in fields[3])
+        keyring._forgotten.update(UserId(_name(u)) for u in fields[3])
         for scope, epoch in fields[4] if len(fields) > 4 else ():  # since forgetting floors
-            # checked as every field is: a huge epoch stopped all sealing in the scope for
-            # good, a scope not a name broke every save after (found in review)
-            name = Scope(check_text(scope, field="scope", pattern=NAME_RE))
-            if check_uint(epoch, field="epoch") > MAX_SHREDDED_EPOCH:
-                raise ValueError("epoch")
-            keyring._shredded[name] = max(keyring._shredded.get(name, -1), epoch)
+            name = _name(scope)
+            keyring._shredded[name] = max(keyring._shredded.get(name, -1), _epoch(epoch))
     except (TypeError, ValueError) as exc:
         raise CryptoError(f"keyring: malformed entry ({type(exc).__name__})") from None
     return keyring
+
+
+def _name(value: object) -> Scope:
+    """A scope or user name read back from a keyring (`ValidationError`, a ValueError)."""
+    return Scope(check_text(value, field="name", pattern=NAME_RE))
+
+
+def _epoch(value: object) -> int:
+    """An epoch read back from a keyring: one no revocation list's serial reaches is damage."""
+    epoch = check_uint(value, field="epoch")
+    if epoch > MAX_EPOCH:
+        raise ValueError("epoch")
+    return epoch
