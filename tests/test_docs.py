@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from hearthsync import Peer, context
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,3 +48,71 @@ def test_examples_run(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "weekdays: oat latte; mug: green-mug (on shelf-2)" in done.stdout
     assert "the green mug, not the blue one" in done.stdout
+
+
+def _documented_calls(doc: str) -> list[tuple[str, str]]:
+    """Every ``name(params)`` (``await``, ``Peer.`` allowed) quoted in ``doc``."""
+    text = (ROOT / doc).read_text()
+    pattern = r"`(?:await |async with |peer = await )?(?:Peer\.)?(\w+)\(([^`]*?)\)(?: as peer)?`"
+    return re.findall(pattern, text)
+
+
+def _parameters(listed: str) -> dict[str, str | None]:
+    """``a, *, b=1, **c`` -> {"a": None, "b": "1", "c": None}: names and documented defaults."""
+    found: dict[str, str | None] = {}
+    depth, start = 0, 0
+    for i, char in enumerate(listed + ","):
+        depth += (char in "([{") - (char in ")]}")
+        if char == "," and depth == 0:
+            item = listed[start:i].strip().lstrip("*")
+            start = i + 1
+            if item and item != "...":
+                name, _, default = item.partition("=")
+                found[name.strip()] = default.strip() or None
+    return found
+
+
+def _same_default(documented: str, real: object) -> bool:
+    try:
+        return bool(ast.literal_eval(documented) == real)
+    except ValueError:  # a name: time.time, asyncio.to_thread
+        return documented.rsplit(".", 1)[-1] == getattr(real, "__name__", repr(real))
+
+
+@pytest.mark.parametrize(
+    ("doc", "owner"), [("docs/reference/peer.md", Peer), ("docs/reference/context.md", context)]
+)
+def test_documented_signatures_are_the_codes(doc: str, owner: object) -> None:
+    """Every call the reference spells out has exactly the parameters, and the defaults, that
+    the code has (context.md gave `explain` no `task` and `policy=DEFAULT_POLICY` for what is
+    the household's policy in force: found by a review of the docs)."""
+    wrong = []
+    for name, listed in _documented_calls(doc):
+        function = getattr(owner, name, None)
+        if not inspect.isfunction(function) and not inspect.ismethod(function):
+            continue
+        real = inspect.signature(function).parameters
+        if listed == "...":  # Peer.start(...): "the same" as Peer.open
+            continue
+        documented = _parameters(listed)
+        named = {n for n, p in real.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        named -= {"self", "cls"}
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in real.values())
+        if missing := named - documented.keys():
+            wrong.append(f"{doc}: {name}() does not list {sorted(missing)}")
+        if not takes_any and (extra := documented.keys() - named - {""}):
+            wrong.append(f"{doc}: {name}() lists {sorted(extra)}, which it does not take")
+        for param, default in documented.items():
+            if default is None or param not in real:
+                continue
+            if not _same_default(default, real[param].default):
+                wrong.append(
+                    f"{doc}: {name}({param}={default}), the code's is {real[param].default!r}"
+                )
+    assert not wrong, "\n".join(wrong)
+
+
+def test_every_public_peer_member_is_in_the_reference() -> None:
+    text = (ROOT / "docs" / "reference" / "peer.md").read_text()
+    public = [name for name in dir(Peer) if not name.startswith("_")]
+    assert [name for name in public if not re.search(rf"`[^`]*\b{name}\b", text)] == []
