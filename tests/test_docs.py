@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import inspect
 import re
 import subprocess
@@ -116,3 +117,55 @@ def test_every_public_peer_member_is_in_the_reference() -> None:
     text = (ROOT / "docs" / "reference" / "peer.md").read_text()
     public = [name for name in dir(Peer) if not name.startswith("_")]
     assert [name for name in public if not re.search(rf"`[^`]*\b{name}\b", text)] == []
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces as '-'."""
+    headings = re.findall(r"^#+ (.*)$", page.read_text(), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def _exists(dotted: str) -> bool:
+    """``hearthsync.a.b.c``: the longest importable module, then attributes down to ``c``."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            found: object = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attribute in parts[cut:]:
+            if not hasattr(found, attribute):
+                return False
+            found = getattr(found, attribute)
+        return True
+    return False
+
+
+def test_what_the_docs_cite_exists() -> None:
+    """Every relative link (and its anchor), repository path, test name and ``hearthsync.``
+    name that a page of the docs cites is there: a renamed test or a moved module left pages
+    pointing at nothing (found by a review of the docs)."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    tests = "\n".join(p.read_text() for p in (ROOT / "tests").rglob("*.py"))
+    broken = []
+    for page in pages:
+        text = page.read_text()
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if target.startswith(("http://", "https://")):
+                continue
+            file, _, anchor = target.partition("#")
+            linked = (page.parent / file).resolve() if file else page
+            if not linked.exists():
+                broken.append(f"{page.name}: link {target}")
+            elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
+                broken.append(f"{page.name}: anchor {target}")
+        for path in re.findall(r"`((?:tests|src|protocol|docs|examples)/[\w/.\-]+)`", text):
+            if not (ROOT / path).exists():
+                broken.append(f"{page.name}: path {path}")
+        for test in re.findall(r"`(test_\w+)`", text):
+            if f"def {test}(" not in tests:
+                broken.append(f"{page.name}: test {test}")
+        for name in re.findall(r"`(hearthsync(?:\.\w+)+)", text):
+            if not _exists(name):
+                broken.append(f"{page.name}: name {name}")
+    assert broken == []
