@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 import importlib
 import inspect
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
 from hearthsync import Peer, context
+from tests.test_household import ENV, Robot, hearth
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -169,3 +172,25 @@ def test_what_the_docs_cite_exists() -> None:
             if not _exists(name):
                 broken.append(f"{page.name}: name {name}")
     assert broken == []
+
+
+async def test_the_household_tutorial_asks_a_running_robot(tmp_path: Path) -> None:
+    """The tutorial's Python asks a real ``hearth run`` for a context over its HTTP API, as
+    robot software does while the robot syncs (the tutorial never showed how: found by a
+    review of the docs), and prints the preference the robot was told."""
+    (script,) = python_blocks("docs/tutorial/household.md")
+    kitchen = tmp_path / "robots" / "kitchen"
+    hearth("init", str(kitchen), "--household", "Our Home", "--device", "kitchen")
+    robot = await Robot.start(kitchen, "--no-mdns", "--api", "127.0.0.1:0")
+    try:
+        assert await robot.ask("user alice Alice") == "ACK user alice"
+        assert (await robot.ask('pref alice beverage/coffee "oat latte"')).startswith("ACK")
+        (tmp_path / "ask.py").write_text(textwrap.dedent(script))
+        done = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "ask.py"], cwd=tmp_path, capture_output=True,
+            text=True, timeout=120, env=ENV,
+        )  # fmt: skip
+    finally:
+        assert await robot.stop() == 0
+    assert done.returncode == 0, done.stderr
+    assert "beverage/coffee: oat latte" in done.stdout
