@@ -140,6 +140,23 @@ def test_status_of_a_robot_killed_without_a_goodbye_says_it_is_not_running(
     assert f"not running ({RUN_FILE} was left by pid {pid}, gone)" in done.stdout
 
 
+def test_bench_sync_without_its_baseline_says_which_extra_to_install() -> None:
+    """pycrdt-websocket, the baseline, is in the ``bench`` extra, not a robot's dependencies:
+    without it ``hearth bench sync`` ended in a ModuleNotFoundError traceback."""
+    code = (
+        "import sys; sys.modules['pycrdt.websocket'] = None; "
+        "sys.argv = ['hearth', 'bench', 'sync', '--quick']; "
+        "from hearthsync.cli import main; main()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "COLUMNS": "160", **PYTHONPATH},
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "pip install 'hearthsync[bench]'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 @pytest.mark.slow
 def test_bench_local_quick_writes_the_named_keys(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"

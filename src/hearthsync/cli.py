@@ -572,7 +572,16 @@ def bench_sync(
     quick: Annotated[bool, typer.Option(help="smaller sizes, for a smoke run")] = False,
 ) -> None:
     """Household sync on loopback, against pycrdt-websocket measured in the same run."""
-    from hearthsync.bench.sync import run_sync
+    try:
+        from hearthsync.bench.sync import run_sync
+    except ModuleNotFoundError as missing:  # the baseline is no dependency of a robot
+        if not (missing.name or "").startswith("pycrdt.websocket"):
+            raise
+        _error(
+            "hearth bench sync measures pycrdt-websocket in the same run: "
+            "pip install 'hearthsync[bench]'"
+        )
+        raise typer.Exit(1) from None
 
     figures = asyncio.run(run_sync(console=console, quick=quick))
     _write_figures(json_file, figures)
