@@ -19,7 +19,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from hearthsync import Peer, enrolment
 from hearthsync.crypto import pairing
 from hearthsync.crypto.certificate import Certificate, Revocations
-from hearthsync.crypto.identity import DeviceIdentity
+from hearthsync.crypto.identity import KEY_FILE, DeviceIdentity
 from hearthsync.crypto.pairing import PairingError, join_request, open_join_response
 from hearthsync.errors import OverreachError, StoreError, ValidationError
 from hearthsync.transport.service import JOIN_PATH, SyncService
@@ -635,10 +635,14 @@ def test_a_save_removes_what_a_save_killed_before_its_rename_left(tmp_path: Path
                           capture_output=True, text=True, check=True)  # fmt: skip
     stale = tmp_path / f".{enrolment.CREDENTIALS_FILE}.{int(gone.stdout)}.tmp"
     live = tmp_path / f".{enrolment.CREDENTIALS_FILE}.{os.getppid()}.tmp"
+    stale_key = tmp_path / f".{KEY_FILE}.{int(gone.stdout)}.tmp"  # a device key's creation's
     for left in (stale, live):
         left.write_bytes((tmp_path / enrolment.CREDENTIALS_FILE).read_bytes())
+    os.link(tmp_path / KEY_FILE, stale_key)  # killed between its link and its unlink
 
     enrolment.save(tmp_path, state)
 
     assert not stale.exists()
+    assert not stale_key.exists()
+    assert (tmp_path / KEY_FILE).exists()
     assert live.exists()

@@ -260,11 +260,16 @@ def _write(folder: Path, state: HouseholdState) -> None:
 def _sweep_partial_writes(folder: Path) -> None:
     """Remove what a save killed before its rename left (``.household.key.<pid>.tmp``, of a
     process that is gone): it holds every key of its time, those of users forgotten since
-    included, and nothing else ever removed it (found in review)."""
-    prefix, suffix = f".{CREDENTIALS_FILE}.", ".tmp"
+    included, and nothing else ever removed it (found in review).  And what a device key's
+    creation killed before its link or unlink left (``.device.key.<pid>.tmp``: a key never
+    used, or a second name of the robot's own; found in review)."""
+    suffix = ".tmp"
     for entry in folder.iterdir():
         name = entry.name
-        if not (name.startswith(prefix) and name.endswith(suffix)):
+        prefix = next(
+            (f".{n}." for n in (CREDENTIALS_FILE, KEY_FILE) if name.startswith(f".{n}.")), ""
+        )
+        if not (prefix and name.endswith(suffix)):
             continue
         pid = name[len(prefix) : -len(suffix)]
         if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
