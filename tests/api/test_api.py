@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.types import Message
 
 from hearthsync import Peer, ValidationError
 from hearthsync.api import MAX_BODY, make_app
@@ -286,6 +287,39 @@ async def test_malformed_and_oversized_bodies_are_refused(
     assert (huge.status_code, streamed.status_code) == (413, 413)
     assert huge.json() == {"error": f"the body is larger than {MAX_BODY:,} bytes", "field": None}
     assert state(home) == before
+
+
+async def test_a_request_whose_client_went_away_before_its_body_ended_is_not_carried_out(
+    home: Peer,
+) -> None:
+    """Found in review: a client that declared 200 bytes, sent a whole JSON object and some
+    blanks, then went away, had its write carried out (a retry of an event then appends it
+    twice); a request never finished is bad input, and changes nothing."""
+    app = make_app(home, TOKEN)
+    before = state(home)
+    body = b'{"user": "alice", "key": "tea/unfinished", "value": "sent half"}  '
+    parts: list[Message] = [
+        {"type": "http.request", "body": body, "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return parts.pop(0) if parts else {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    headers = [(b"authorization", f"Bearer {TOKEN}".encode()), (b"content-length", b"200"),
+               (b"content-type", b"application/json")]  # fmt: skip
+    scope = {"type": "http", "method": "POST", "path": "/preferences", "headers": headers,
+             "query_string": b"", "app": app}  # fmt: skip
+    await app(scope, receive, send)
+
+    assert sent == []  # nobody to answer
+    await home.flush()
+    assert state(home) == before
+    assert home.preference("alice", "tea/unfinished") is None
 
 
 async def test_forget_leaves_a_tombstone_and_the_user_is_gone(
