@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 TOKEN_FILE = "api.token"  # noqa: S105 - a file name, not a secret
 DEFAULT_PORT = 7421
+#: seconds the requests in flight have to end once the robot stops; then they are cancelled
+#: (unanswered, so nothing they would have acknowledged is lost)
+SHUTDOWN_GRACE_S = 5
 
 
 def api_token(folder: Path) -> str:
@@ -127,7 +130,12 @@ async def serve_api(peer: Peer, host: str, port: int) -> AsyncIterator[tuple[str
     app = make_app(peer, api_token(peer.path))
     sock = _bind(host, port)
     bound = sock.getsockname()
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+    # bounded: uvicorn waits for every request in flight, and a client that never ended its
+    # request's body held 'hearth run' after SIGTERM forever (found in review)
+    config = uvicorn.Config(
+        app, log_level="warning", lifespan="off", access_log=False,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+    )  # fmt: skip
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="hearthsync-api")
     try:
