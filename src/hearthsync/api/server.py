@@ -18,7 +18,9 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from hearthsync.api.app import MIN_TOKEN, make_app
 from hearthsync.errors import StoreError, ValidationError
@@ -31,6 +33,9 @@ DEFAULT_PORT = 7421
 #: seconds the requests in flight have to end once the robot stops; then they are cancelled
 #: (unanswered, so nothing they would have acknowledged is lost)
 SHUTDOWN_GRACE_S = 5
+#: seconds a request has to arrive whole (head and body), from the connection or the answer
+#: before it; then the connection is closed
+REQUEST_TIMEOUT_S = 10.0
 
 
 def api_token(folder: Path) -> str:
@@ -115,6 +120,51 @@ def _bind(host: str, port: int) -> socket.socket:
     raise ValidationError(f"the HTTP API cannot listen on {host}", field="api")
 
 
+class _Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1, with a deadline for each request to arrive whole.
+
+    uvicorn gives a request's head no deadline (its keep-alive timeout starts after an answer,
+    and any byte stops it): a local process that knows no token could open connections, send
+    half a head and keep them, until the robot had no descriptor left for its own software
+    (found in review).  The deadline is not moved by what trickles in.
+    """
+
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self._await_request()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        self._await_request()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._await_request()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_deadline()
+        super().connection_lost(exc)
+
+    def _await_request(self) -> None:
+        """Start the deadline while a request is awaited or arriving; stop it once whole."""
+        if self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):
+            self._stop_deadline()
+        elif self._deadline is None and not self.transport.is_closing():
+            self._deadline = self.loop.call_later(REQUEST_TIMEOUT_S, self._too_late)
+
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_late(self) -> None:
+        self._deadline = None
+        # a body still awaited: the application is told the client went away, and does nothing
+        self.transport.close()
+
+
 class _Server(uvicorn.Server):
     """uvicorn inside ``hearth run``: the robot, not uvicorn, handles SIGINT and SIGTERM."""
 
@@ -134,7 +184,7 @@ async def serve_api(peer: Peer, host: str, port: int) -> AsyncIterator[tuple[str
     # request's body held 'hearth run' after SIGTERM forever (found in review)
     config = uvicorn.Config(
         app, log_level="warning", lifespan="off", access_log=False,
-        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S, http=_Protocol,
     )  # fmt: skip
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="hearthsync-api")
