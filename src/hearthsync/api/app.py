@@ -292,10 +292,17 @@ def _errors(app: FastAPI) -> None:
             reason = first.get("ctx", {}).get("error", "")
             return JSONResponse(problem(f"the body is not valid JSON: {reason}"), 422)
         where = ".".join(str(part) for part in first["loc"] if part != "body")
+        if first["type"] == "recursion_depth_exceeded":
+            # its location spells the JSON value's union tags at every level (value.list.0.
+            # list.0...): kilobytes naming no field of the request; the field is its first part
+            where = where.partition(".")[0]
+            return JSONResponse(problem(f"{where}: nested too deeply", where), 422)
         return JSONResponse(problem(f"{where or 'body'}: {first['msg']}", where or None), 422)
 
     async def http(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
+        if isinstance(exc.__cause__, RecursionError):  # FastAPI's 400, listed nowhere
+            return JSONResponse(problem("the body is not valid JSON: nested too deeply"), 422)
         return JSONResponse(problem(str(exc.detail)), exc.status_code, headers=exc.headers)
 
     for kind in STATUS:
