@@ -357,6 +357,27 @@ async def test_a_request_whose_client_went_away_before_its_body_ended_is_not_car
     assert home.preference("alice", "tea/unfinished") is None
 
 
+@pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded", "text/plain"])
+async def test_a_json_body_sent_as_another_type_is_refused_saying_so(
+    api: httpx.AsyncClient, home: Peer, content_type: str | None
+) -> None:
+    """Found in review: ``curl -d '{...}'`` sends a form's type, and the answer was 'body:
+    Input should be a valid dictionary or object to extract fields from', which says nothing
+    of the header to add."""
+    before = state(home)
+    headers = AUTH | ({"content-type": content_type} if content_type else {})
+    body = b'{"user": "alice", "key": "tea/mug", "value": "green-mug"}'
+
+    answer = await api.post("/preferences", content=body, headers=headers)
+
+    assert answer.status_code == 422
+    assert answer.json() == {
+        "error": "the body must be JSON, sent with 'Content-Type: application/json'",
+        "field": None,
+    }
+    assert state(home) == before
+
+
 async def test_forget_leaves_a_tombstone_and_the_user_is_gone(
     api: httpx.AsyncClient, home: Peer
 ) -> None:

@@ -291,6 +291,10 @@ def _errors(app: FastAPI) -> None:
         if first["type"] == "json_invalid":  # its location is a character offset, not a field
             reason = first.get("ctx", {}).get("error", "")
             return JSONResponse(problem(f"the body is not valid JSON: {reason}"), 422)
+        if tuple(first["loc"]) == ("body",) and isinstance(first.get("input"), bytes):
+            # FastAPI parses JSON only under a JSON type; curl -d sends a form's
+            message = "the body must be JSON, sent with 'Content-Type: application/json'"
+            return JSONResponse(problem(message), 422)
         where = ".".join(str(part) for part in first["loc"] if part != "body")
         if first["type"] == "recursion_depth_exceeded":
             # its location spells the JSON value's union tags at every level (value.list.0.
