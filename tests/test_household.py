@@ -486,6 +486,29 @@ async def test_an_over_long_console_line_is_answered_and_the_console_goes_on(
     assert not (household[0] / "run.json").exists()
 
 
+async def test_a_console_pref_keeps_its_value_whole_and_needs_one(household: list[Path]) -> None:
+    """Found in review: ``pref USER KEY`` without a value stored "" (a write, synced), and a
+    value's runs of spaces were squeezed to one (a JSON string changed on its way in)."""
+    robot = await Robot.start(household[0], "--no-mdns", "--no-api")
+    try:
+        assert await robot.ask("user alice Alice") == "ACK user alice"
+        assert (await robot.ask("pref alice beverage/x")).startswith("ERR usage: pref USER KEY")
+        assert await robot.ask("get alice beverage/x") == "VALUE alice beverage/x null"
+        value = '{"a":  "b   c", "d": "\\t"}'
+        assert await robot.ask(f"pref alice beverage/y   {value}  ") == (
+            f"ACK pref alice beverage/y {value}"
+        )
+        assert await robot.ask("get alice beverage/y") == (
+            'VALUE alice beverage/y {"a": "b   c", "d": "\\t"}'
+        )
+        assert await robot.ask("pref alice beverage/z oat  latte") == (
+            "ACK pref alice beverage/z oat  latte"
+        )
+        assert await robot.ask("get alice beverage/z") == 'VALUE alice beverage/z "oat  latte"'
+    finally:
+        assert await robot.stop() == 0
+
+
 def test_a_sync_port_in_use_is_a_short_error_naming_it(household: list[Path]) -> None:
     """Found by a user of the household tutorial: the hall's --listen was the port the
     kitchen's HTTP API took by default, and ``hearth run`` printed a 90-line traceback."""

@@ -256,9 +256,13 @@ async def _console(peer: Peer, service: SyncService, run_file: _RunFile) -> None
         try:
             if line is None:
                 raise ValueError(f"a console line is at most {CONSOLE_LINE_LIMIT} bytes")
-            words = line.decode().split()
+            text = line.decode()
+            words = text.split()
             if not words:
                 continue
+            if words[0] == "pref":  # its VALUE is the rest of the line, runs of spaces kept
+                words = text.split(maxsplit=3)
+                words[3:] = [value.strip() for value in words[3:]]
             print(await _command(peer, service, words, run_file), flush=True)
         except (HearthError, ValueError, IndexError, OSError) as exc:
             print(f"ERR {exc}", flush=True)
@@ -290,9 +294,9 @@ async def _command(peer: Peer, service: SyncService, words: list[str], run_file:
         case ["user", user, *name]:
             await peer.add_user(user, name=" ".join(name) or user)
             return f"ACK user {user}"
-        case ["pref", user, key, *value]:
-            await peer.set_preference(user, key, _value(" ".join(value)))
-            return f"ACK pref {user} {key} {' '.join(value)}"
+        case ["pref", user, key, value]:  # a line without VALUE is refused, writing nothing
+            await peer.set_preference(user, key, _value(value))  # (it stored "": found in review)
+            return f"ACK pref {user} {key} {value}"
         case ["get", user, key]:
             found = peer.preference(user, key)
             return f"VALUE {user} {key} {json.dumps(found.value if found else None)}"
