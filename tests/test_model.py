@@ -329,3 +329,19 @@ def test_a_string_value_is_bounded_as_json_writes_it() -> None:
         Preference.build(user="alice", key="a/b", value=[nuls])
     fits = "x" * (MAX_JSON_BYTES - 2)
     assert Preference.build(user="alice", key="a/b", value=fits).value == fits
+
+
+@pytest.mark.parametrize("where", ["value", "list", "object"])
+def test_an_integer_json_cannot_read_back_is_refused(where: str) -> None:
+    """Found in review: an integer of more than 4,300 digits passed validation and was stored
+    (pydantic writes any integer), but no JSON reader takes it back: the preference was
+    acknowledged, then skipped as undecodable after a restart and on every other robot.  In
+    a list it was refused as "not NaN or an infinity"."""
+    huge = 10**4_300
+    value = {"value": huge, "list": [1, huge], "object": {"n": -huge}}[where]
+    with pytest.raises(ValidationError, match="digits") as refused:
+        Preference.build(user="alice", key="a/b", value=value)
+    assert refused.value.field == "value"
+    largest = {"value": huge - 1, "list": [1, huge - 1], "object": {"n": 1 - huge}}[where]
+    pref = Preference.build(user="alice", key="a/b", value=largest)
+    assert Preference.decode(pref.encode()) == pref

@@ -43,23 +43,38 @@ _KEY_RULE = "must look like 'domain/key' (a-z, 0-9, '_', '-', '.')"
 _RULES = {f"^{NAME_RE.pattern}$": _NAME_RULE, f"^{KEY_RE.pattern}$": _KEY_RULE}
 
 
+#: integers of more digits are refused: pydantic writes any integer, but neither it nor
+#: Python's ``json`` reads back more than 4,300 digits (the stored record never read again)
+MAX_INT_DIGITS = 4_300
+_INT_LIMIT = 10**MAX_INT_DIGITS
+
+
 def _depth(value: object, level: int = 0) -> int:
+    """How deep ``value`` nests; raises `ValueError` for an integer JSON cannot read back."""
     if isinstance(value, dict):
         return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
     if isinstance(value, list):
         return max((_depth(v, level + 1) for v in value), default=level + 1)
+    if type(value) is int:
+        _readable_int(value)
     return level
 
 
-_WHOLE = (bool, int)  #: a tuple, not ``bool | int``: a union is built anew at every call
+def _readable_int(value: int) -> int:
+    if not -_INT_LIMIT < value < _INT_LIMIT:
+        raise ValueError(f"must be an integer of at most {MAX_INT_DIGITS} digits")
+    return value
 
 
 def _bounded_json(value: JsonValue) -> JsonValue:
     """``value`` if JSON holds it as it is, within the limits.  A NaN or infinity (JSON has
-    none: it was stored as null, and a null fact is a removal) and a lone surrogate (no UTF-8:
-    the write failed at its commit, outside any check) are refused (found in review)."""
-    if value is None or isinstance(value, _WHOLE):
+    none: it was stored as null, and a null fact is a removal), a lone surrogate (no UTF-8:
+    the write failed at its commit, outside any check) and an integer of more than
+    `MAX_INT_DIGITS` (no JSON reader takes it back) are refused (found in review)."""
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, int):
+        return _readable_int(value)
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError("must be a finite number, not NaN or an infinity")
