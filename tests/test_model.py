@@ -345,3 +345,26 @@ def test_an_integer_json_cannot_read_back_is_refused(where: str) -> None:
     largest = {"value": huge - 1, "list": [1, huge - 1], "object": {"n": 1 - huge}}[where]
     pref = Preference.build(user="alice", key="a/b", value=largest)
     assert Preference.decode(pref.encode()) == pref
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\u00b2" * 16 + ".00000.B",
+        "\u0661" * 16 + ".00000.B",
+        "0" * 16 + "." + "\uff10" * 5 + ".B",
+        "+" + "0" * 15 + ".00000.B",
+    ],
+)
+def test_a_stamp_is_ascii_digits_only(text: str) -> None:
+    """Found in review: ``str.isdigit`` takes any Unicode digit.  A stamp of superscripts
+    raised a bare ValueError (a signed policy statement so stamped failed every
+    get_context; a record so stamped, every write of its key over a stamp far ahead), and
+    one of Arabic-Indic digits parsed to a stamp whose text sorts below it, so the write
+    meant to overtake it lost."""
+    with pytest.raises(ValidationError):
+        Timestamp.parse(text)
+    day = 86_400_000
+    clock = HybridClock("A", lambda: 10 * day)
+    clock.observe(Timestamp(13 * day, 0, "B"), max_ahead_ms=day)  # a glitched robot's
+    assert clock.after(lambda: text).ms == 10 * day  # malformed: left alone, as "garbage" is

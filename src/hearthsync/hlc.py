@@ -52,10 +52,17 @@ class Timestamp:
             len(parts) != 3
             or len(parts[0]) != _MS_WIDTH
             or len(parts[1]) != _COUNTER_WIDTH
-            or not (parts[0].isdigit() and parts[1].isdigit() and parts[2])
+            # ASCII: `str.isdigit` takes any Unicode digit, which `int` refuses (U+00B2)
+            # or reads into a stamp whose text sorts elsewhere (U+0661): string order must
+            # be time order
+            or not (_ascii_digits(parts[0]) and _ascii_digits(parts[1]) and parts[2])
         ):
             raise ValidationError(f"not a hybrid logical timestamp: {text!r:.80}", field="hlc")
         return cls(int(parts[0]), int(parts[1]), parts[2])
+
+
+def _ascii_digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
 
 
 class HybridClock:
