@@ -54,7 +54,7 @@ SCOPES: dict[Kind, Scope] = {
 }
 
 _USER_DOC = re.compile(r"user/(?P<user>[^/]+)/(?P<kind>profile|prefs|calibration|health)")
-_EVENTS_DOC = re.compile(r"user/(?P<user>[^/]+)/events/(?P<month>\d{4}-(0[1-9]|1[0-2]))")
+_EVENTS_DOC = re.compile(r"user/(?P<user>[^/]+)/events/(?P<month>[0-9]{4}-(0[1-9]|1[0-2]))")
 
 
 @dataclass(frozen=True, slots=True)
