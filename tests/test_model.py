@@ -368,3 +368,19 @@ def test_a_stamp_is_ascii_digits_only(text: str) -> None:
     clock = HybridClock("A", lambda: 10 * day)
     clock.observe(Timestamp(13 * day, 0, "B"), max_ahead_ms=day)  # a glitched robot's
     assert clock.after(lambda: text).ms == 10 * day  # malformed: left alone, as "garbage" is
+
+
+@pytest.mark.parametrize("record", [Condition, Routine])
+def test_a_time_of_day_is_written_in_ascii_digits(record: type) -> None:
+    """Found in review: pydantic's ``\\d`` takes any Unicode digit, so 07:00 in Arabic-Indic
+    digits was a valid bound; bounds are compared as text with the clock's ``HH:MM``, and a
+    preference for 07:00-12:00 so written held at no time of day.  One stored so still reads
+    (the rule of `_STORED`), and can be corrected."""
+    seven = "0\u0667:00"
+    fields = {"after": seven} | ({"id": "r", "label": "R"} if record is Routine else {})
+    with pytest.raises(ValidationError, match="ASCII") as refused:
+        record.build(**fields)
+    assert refused.value.field == "after"
+    assert record.build(**(fields | {"before": "07:00", "after": None})).before == "07:00"
+    stored = record.derived(**fields)
+    assert record.decode(stored.encode()).after == seven
