@@ -519,6 +519,24 @@ async def test_a_stamp_like_value_does_not_drag_the_household_clock(tmp_path: Pa
         assert reopened.preference("alice", "misc/even") is not None
 
 
+async def test_a_stamp_like_name_does_not_drag_the_household_clock(tmp_path: Path) -> None:
+    """Found in review: the household document holds a person's name as they typed it, not
+    inside a record's JSON, so a name shaped like a stored stamp 23 hours ahead dragged the
+    clock of every robot that synced it 23 hours ahead (and one further ahead pinned its
+    'ahead' mark).  Nothing in the household document is a record's stamp to follow."""
+    wall = FakeWall(MONDAY_MS)
+    ahead = f"{MONDAY_MS + 23 * 3_600_000:016d}.00000"
+    async with (
+        Peer.open(tmp_path / "kitchen", device="kitchen", wall=wall) as kitchen,
+        Peer.open(tmp_path / "hall", device="hall", wall=wall) as hall,
+    ):
+        await kitchen.add_user("alice", name=f'"hlc":"{ahead}.x')
+        await send_all(kitchen, hall)
+        assert hall.users() == ["alice"]
+        written = await hall.set_preference("alice", "misc/even", 1)
+        assert Timestamp.parse(written.set_at).ms == MONDAY_MS
+
+
 async def test_a_robot_days_behind_still_overwrites_what_it_shows(tmp_path: Path) -> None:
     """The hall robot was off for three days in a house without internet, and its clock (no
     battery) resumed from when it stopped.  What the kitchen robot wrote meanwhile is stamped

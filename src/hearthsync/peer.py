@@ -145,6 +145,14 @@ class PeerStatus:
     vectors: dict[str, int]  #: per index: the events it answers for (in its graph or staged)
 
 
+def _holds_stamps(doc_id: str) -> bool:
+    """Whether ``doc_id``'s records carry stamps a clock follows (`latest_stored`).  Not the
+    household document: it holds names as people typed them, outside any record's JSON, and
+    a name shaped like a stamp a day ahead dragged every robot's clock there (found in
+    review); its signed settings and tombstones are hex, stamped by `Peer._stamp`."""
+    return doc_id != "household"
+
+
 class Peer:
     """One robot's memory.  Open with `Peer.open` (a context manager) or `Peer.start`."""
 
@@ -299,7 +307,9 @@ class Peer:
             docs = DocumentSet(sqlite, embedder, rng, auto_commit=auto_commit, offload=offload)
             await docs.load()
             if ahead is None:  # a store from before `meta.ahead`: what it holds, read once
-                for replica in docs.replicas.values():
+                for doc_id, replica in docs.replicas.items():
+                    if not _holds_stamps(doc_id):
+                        continue
                     held = latest_stored(replica.encode_state())
                     if held is not None:
                         clock.observe(held, max_ahead_ms=MAX_AHEAD_MS)
@@ -1360,7 +1370,7 @@ class Peer:
         if forgotten and info.kind in (Kind.GRAPH, Kind.SPATIAL):
             # a robot away while a user was forgotten brings back what it wrote of them
             self._forgetting.on_home_merged(update)
-        if done is not None:
+        if done is not None and _holds_stamps(doc_id):
             # what this robot writes from now on is stamped after what it has just received,
             # or a robot whose wall clock is slow would lose every correction it is told
             seen = latest_stored(update)
