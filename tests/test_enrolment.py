@@ -7,6 +7,7 @@ import dataclasses
 import errno
 import logging
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -646,3 +647,23 @@ def test_a_save_removes_what_a_save_killed_before_its_rename_left(tmp_path: Path
     assert not stale_key.exists()
     assert (tmp_path / KEY_FILE).exists()
     assert live.exists()
+
+
+def test_a_save_is_durable_with_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in review: the credentials were fsynced, then renamed into place, but the folder
+    was not fsynced after the rename: a power cut could bring back the file before it (a
+    spent invite unspent, a new key epoch gone)."""
+    owner = DeviceIdentity.load_or_create(tmp_path)
+    state = enrolment.create(tmp_path, owner, "Home", "owner", now=int(time.time()))
+    synced: list[tuple[bool, bool]] = []  # (a folder, the new file in place by then)
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        placed = not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+        synced.append((stat.S_ISDIR(os.fstat(fd).st_mode), placed))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    enrolment.save(tmp_path, state)
+    assert synced[0] == (False, False)  # the new file, before its rename
+    assert (True, True) in synced  # the folder, after it

@@ -253,6 +253,14 @@ def _write(folder: Path, state: HouseholdState) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(partial, path)
+    # the rename is durable only once the folder is: without this, a power cut could bring
+    # back the credentials before it, a spent invite unspent or a new key epoch gone (found
+    # in review)
+    directory = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
     state.seen = _signature(path)
     _sweep_partial_writes(folder)
 
