@@ -261,6 +261,29 @@ def test_a_schedule_that_crashes_is_a_failure_with_its_seed_not_the_end_of_the_r
     assert any(crash in problem for problem in report.failures[0].problems)
 
 
+def test_a_background_task_of_a_robot_that_fails_is_an_error_of_its_schedule(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A robot's indexer that raises, then is replaced by the next one, was never retrieved:
+    asyncio printed it on stderr and the schedule passed (found in review)."""
+    from hearthsync.peer import Peer
+
+    real = Peer._index_staged
+    runs: list[Peer] = []
+
+    async def fails_once(peer: Peer) -> None:
+        runs.append(peer)
+        if len(runs) == 1:
+            raise RuntimeError("the indexer failed")
+        await real(peer)
+
+    monkeypatch.setattr(Peer, "_index_staged", fails_once)
+    outcome = run_schedule(3, Scenario(peers=3, edits=10, duration=5.0, faults=()))
+    assert len(runs) > 1  # replaced by a later one: nothing awaited the one that failed
+    assert not outcome.ok
+    assert any("RuntimeError('the indexer failed')" in error for error in outcome.errors)
+
+
 def test_the_simulations_loop_still_waits_for_timers_and_threads() -> None:
     """`new_loop` skips the selector's system call on turns that must not wait; a turn that
     has to wait still polls, so a timer fires and a thread's hand-back wakes the loop."""
