@@ -76,6 +76,14 @@ def test_a_failing_run_exits_1_and_names_seed_and_replay() -> None:
         (("--processes", "--bug", "drop-every-10th-delta"), "not for --processes"),
         (("--processes", "--duration", "5"), "not for --processes"),
         (("--json", "/nonexistent/folder/x.json"), "cannot write"),
+        # found in review: a traceback from the plan's draw (weights that add up to infinity)
+        (("--mix", "pref=inf"), "weights must be finite"),
+        (("--mix", "pref=1e308,event=1e308"), "weights must be finite"),
+        (("--mix", "pref=-1,event=1"), "must not be negative"),
+        # found in review: drawing the plan ran until the machine ran out of memory
+        (("--edits", "100000000"), "at most 100000 writes per robot"),
+        (("--duration", "1e300"), "simulated seconds"),
+        (("--fault-rate", "1e12"), "at most 100000 faults"),
     ],
 )
 def test_bad_options_are_refused_before_anything_runs(

@@ -23,6 +23,11 @@ FAULT_KINDS = ("partition", "drop", "duplicate", "reorder", "delay", "crash", "s
 OP_KINDS = ("pref", "profile", "calibration", "move", "event", "user", "health", "forget")
 SCOPES = ("core", "health", "history", "household", "spatial")
 DEFAULT_FAULT_RATE = 0.25
+#: the largest schedule a scenario may ask for: the plan is drawn whole before it runs, and
+#: ``--edits 100000000`` or ``--duration 1e300`` drew until the machine ran out of memory
+MAX_EDITS = 100_000  #: writes per robot
+MAX_DURATION_S = 86_400.0  #: a simulated day (its heartbeats alone take about a minute)
+MAX_FAULTS = 100_000  #: ``fault_rate * duration``, the faults drawn
 #: revocations in one schedule, at most (each by the owner, of another robot)
 MAX_REVOCATIONS = 2
 #: users every robot knows from the start, and users a robot may create during the run
@@ -82,11 +87,23 @@ class Scenario:
             raise ValueError("duration and fault_rate must be finite numbers")
         if self.edits < 0 or self.duration <= 0 or self.fault_rate < 0:
             raise ValueError("edits, duration and fault_rate must not be negative")
+        if self.edits > MAX_EDITS or self.duration > MAX_DURATION_S:
+            raise ValueError(f"a schedule has at most {MAX_EDITS} writes per robot and lasts "
+                             f"at most {MAX_DURATION_S:.0f} simulated seconds")  # fmt: skip
+        if self.fault_rate * self.duration > MAX_FAULTS:
+            raise ValueError(f"a schedule draws at most {MAX_FAULTS} faults "
+                             "(fault_rate * duration)")  # fmt: skip
         unknown = set(self.faults) - set(FAULT_KINDS)
         if unknown:
             raise ValueError(f"unknown fault kinds {sorted(unknown)}; known: {FAULT_KINDS}")
         if set(self.mix) - set(OP_KINDS) or not any(w > 0 for w in self.mix.values()):
             raise ValueError(f"mix must weigh some of {OP_KINDS}")
+        # drawn with `random.choices`, which raises on a total that is not finite (a
+        # traceback from the plan's draw, found in review) and skips a weight below 0
+        if not math.isfinite(sum(self.mix.values())):
+            raise ValueError("mix weights must be finite, and add up to a finite number")
+        if any(w < 0 for w in self.mix.values()):
+            raise ValueError("mix weights must not be negative")
         if self.admin and peers is not None and peers < 2:
             raise ValueError("an admin needs a robot besides the owner")
         if self.bug is not None and self.bug not in BUGS:
