@@ -144,6 +144,37 @@ def test_process_mode_runs_real_robots_and_writes_the_same_figures(tmp_path: Pat
     assert figures["failing_seeds"] == []
 
 
+def test_an_interrupted_process_run_reports_the_runs_that_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: Ctrl-C in the second of three process runs exited 130 with nothing
+    printed (not even that it was interrupted) and no ``--json``, the first run thrown away."""
+    folders: list[Path] = []
+
+    async def one_run(folder: Path, *, peers: int, seed: int, **_: object) -> ProcessReport:
+        folders.append(folder)
+        if seed == 2:
+            raise KeyboardInterrupt  # as asyncio.run raises it, once the robots are closed
+        return ProcessReport(
+            peers=peers, seed=seed, faults=2, fault_trace=["t=1.00 cut r1", "t=2.00 kill r2"],
+            acknowledged_writes=9, verified_writes=9, lost_writes=[], divergences=0,
+            converge_s=0.5,
+        )  # fmt: skip
+
+    monkeypatch.setattr("hearthsync.chaos.console.run_processes", one_run)
+    out = tmp_path / "processes.json"
+    code, output = chaos("--processes", "--schedules", "3", "--seed", "1", "--json", str(out))
+    assert code == 130, output
+    assert "interrupted after 1 of 3 schedules" in " ".join(output.split())
+    figures = json.loads(out.read_text())
+    assert (figures["interrupted"], figures["schedules"], figures["schedules_requested"]) == (
+        True, 1, 3,
+    )  # fmt: skip
+    assert figures["acknowledged_writes"] == 9
+    assert len(folders) == 2
+    assert not any(folder.exists() for folder in folders)  # neither kept: neither failed
+
+
 SMALL = Scenario(peers=3, edits=4, duration=4.0, fault_rate=0.5)
 
 
