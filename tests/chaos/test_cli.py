@@ -94,6 +94,22 @@ def test_bad_options_are_refused_before_anything_runs(
     assert complaint in " ".join(output.split())
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "complaint"),
+    [
+        ({"schedules": 0}, "schedules must be at least 1, not 0"),
+        ({"schedules": -3}, "schedules must be at least 1, not -3"),
+        ({"schedules": 2, "jobs": 0}, "jobs must be at least 1, not 0"),
+        ({"schedules": 2, "jobs": -1}, "jobs must be at least 1, not -1"),
+    ],
+)
+def test_run_refuses_what_hearth_chaos_refuses(kwargs: dict[str, int], complaint: str) -> None:
+    """Found in review: ``run(schedules=0)`` said "max_workers must be greater than 0", and
+    ``jobs=0`` ran with one worker per core."""
+    with pytest.raises(ValueError, match=complaint):
+        run(scenario=Scenario(peers=2, edits=1, duration=1.0), **kwargs)
+
+
 def test_a_process_run_that_only_leaked_across_its_cut_fails() -> None:
     # found in review: it was listed as failed, and the run said ok and exited 0
     report = Report()

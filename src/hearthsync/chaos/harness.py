@@ -400,6 +400,9 @@ def run(
     ``hearth chaos``): once interrupted, Ctrl-C and SIGTERM are ignored for good, so that
     more of them (a key held down) cannot cut the report short; called from the main thread
     only."""
+    if schedules < 1 or (jobs is not None and jobs < 1):  # as ``hearth chaos`` refuses them
+        what, value = ("schedules", schedules) if schedules < 1 else ("jobs", jobs)
+        raise ValueError(f"{what} must be at least 1, not {value}")
     scenario = scenario or Scenario()
     jobs = jobs or os.cpu_count() or 1
     sweep_scratch()  # what killed runs left behind
