@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import select
@@ -345,3 +346,46 @@ def test_once_interrupted_a_run_that_only_reports_ignores_later_signals(
         os.kill(os.getpid(), signal.SIGINT)  # ignored: nothing is raised
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+DIES = textwrap.dedent(
+    """
+    import json, os, signal
+    from hearthsync.chaos import harness, run
+    from hearthsync.chaos.plan import Scenario
+
+    real = harness.run_schedule
+
+    def dies_on_3(seed, scenario, only=None):
+        if seed == 3:  # as the OOM killer, or a crash in native code, ends a worker
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(seed, scenario, only)
+
+    harness.run_schedule = dies_on_3  # the workers are forked: they run it too
+
+    if __name__ == "__main__":
+        report = run(schedules=8, seed=0, jobs=2, scenario=Scenario(peers=2, edits=2))
+        print(json.dumps({**report.to_json(), "problems": [f.problems for f in report.failures]}))
+    """
+)
+
+
+def test_a_worker_that_dies_fails_its_schedule_and_the_run_still_reports(
+    tmp_path: Path,
+) -> None:
+    """Found in review: a worker killed (the OOM killer, a segfault in native code) ended the
+    run with the pool's BrokenProcessPool traceback: no report, no --json, nor the seed."""
+    script = tmp_path / "dies.py"
+    script.write_text(DIES)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    figures = json.loads(done.stdout)
+    assert 3 in figures["failing_seeds"]  # among the schedules the workers held as it died
+    assert len(figures["failing_seeds"]) <= 3  # two workers, and one queued beside them
+    assert any("worker process died" in p for ps in figures["problems"] for p in ps)
+    assert figures["interrupted"] is True
+    assert figures["errors"] >= 1
+    assert figures["schedules"] + len(figures["failing_seeds"]) <= 8

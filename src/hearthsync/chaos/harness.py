@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -396,7 +397,9 @@ def run(
     ``hearth chaos`` does), the run stops the schedules running (they count for nothing) and
     returns the report of those that ended before, marked ``interrupted``; failures not yet
     shrunk then stay as they failed.  An hour of a long run is not thrown away for want of
-    its last minutes.  ``ignore_later_signals`` (a command that reports and exits, as
+    its last minutes.  A worker that dies (the OOM killer, a crash in native code) breaks
+    the pool: the run stops the same way, and each schedule the workers held then fails,
+    with its replay.  ``ignore_later_signals`` (a command that reports and exits, as
     ``hearth chaos``): once interrupted, Ctrl-C and SIGTERM are ignored for good, so that
     more of them (a key held down) cannot cut the report short; called from the main thread
     only."""
@@ -430,6 +433,15 @@ def run(
         if ignore_later_signals:
             _ignore_signals()
         report.interrupted = True
+    except WorkerDied as died:  # the schedules that ended are reported all the same
+        report.interrupted = True
+        report.errors += len(died.seeds)
+        report.failures += [
+            Failure(
+                s, make_plan(s, scenario).peers, [f"error: {died}"], [], replay_command(s, scenario)
+            )
+            for s in died.seeds
+        ]
     report.elapsed_s = time.perf_counter() - started
     shrinking = minimise and only_faults is None and not report.interrupted
     for outcome in sorted(outcomes, key=lambda o: o.seed):
@@ -444,6 +456,18 @@ def run(
             failure = _failure(outcome, scenario, shrinking, only_faults)
         report.failures.append(failure)
     return report
+
+
+class WorkerDied(Exception):
+    """A worker process died (killed by the OOM killer, or a crash in native code) while
+    it held ``seeds``: the pool is broken, and the run stops with what ended."""
+
+    def __init__(self, seeds: list[int]) -> None:
+        super().__init__(
+            "a worker process died while the workers held this schedule (killed, out of "
+            "memory maybe, or by a crash in native code): replay it alone to tell"
+        )
+        self.seeds = seeds
 
 
 def _ignore_signals() -> None:
@@ -496,6 +520,8 @@ def _in_workers(
                 next_one = _next_ended(ended, _SIGNAL_POLL_S)
                 if next_one is not None:
                     left -= 1
+                    if _broke(next_one):
+                        raise WorkerDied(_held(seeds, futures, jobs))
                     take(next_one.result())
             finished = not noted
         finally:
@@ -505,6 +531,21 @@ def _in_workers(
 
 
 _SIGNAL_POLL_S = 0.1  #: how often a run in workers looks for a Ctrl-C it noted
+
+
+def _broke(future: Future[Outcome]) -> bool:
+    return (
+        future.done() and not future.cancelled()
+        and isinstance(future.exception(), BrokenProcessPool)
+    )  # fmt: skip
+
+
+def _held(seeds: range, futures: list[Future[Outcome]], jobs: int) -> list[int]:
+    """The seeds the workers held when the pool broke: the pool hands schedules out in the
+    order submitted, ``jobs`` running and one queued, so the first ``jobs + 1`` of those
+    that failed with it (found in review: a worker killed ended the run with a traceback)."""
+    broken = [seed for seed, future in zip(seeds, futures, strict=True) if _broke(future)]
+    return broken[: jobs + 1]
 
 
 def _next_ended(
