@@ -1259,3 +1259,30 @@ async def test_reading_the_home_makes_no_document(peer_path: Path, wall: FakeWal
         assert fresh.document_ids() == ["household"]
     async with Peer.open(peer_path, wall=wall) as reopened:
         assert reopened.document_ids() == ["household"]
+
+
+@pytest.mark.parametrize("stop", ["close", "crash"])
+async def test_a_failed_indexer_does_not_keep_the_robot_from_stopping(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, stop: str
+) -> None:
+    """Found in review: an indexer task that had failed was awaited by `crash` before the
+    store was closed, so its exception came out of `crash` and the store's lock stayed held;
+    `close` raised it before the vector memory was saved.  Both now log it and stop."""
+
+    async def fails(peer: Peer) -> None:
+        raise RuntimeError("the indexer failed")
+
+    monkeypatch.setattr(Peer, "_index_staged", fails)
+    async with Peer.open(tmp_path / "robot", device="robot") as peer:  # its exit: a no-op
+        await peer.add_user("alice", name="Alice")
+        await peer.record_event("alice", "OBSERVATION", "kitchen", text="the green mug")
+        assert peer._indexer is not None
+        async with asyncio.timeout(10):
+            await asyncio.wait([peer._indexer])
+        await getattr(peer, stop)()
+        assert "the indexer failed" in caplog.text
+    monkeypatch.undo()
+    async with Peer.open(tmp_path / "robot", device="robot") as again:  # the lock was let go
+        assert [hit.event.text for hit in await again.recall("alice", "mug", k=1)] == [
+            "the green mug"
+        ]

@@ -145,6 +145,22 @@ class PeerStatus:
     vectors: dict[str, int]  #: per index: the events it answers for (in its graph or staged)
 
 
+async def _stopped(task: asyncio.Task[None] | None) -> None:
+    """Cancel ``task`` and wait for its end.  A failure it had ended with is logged, not
+    raised: the robot stops all the same (found in review: an indexer that had failed made
+    `Peer.crash` raise before the store was closed, its lock still held, and `Peer.close`
+    raise before the vector memory was saved)."""
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    except Exception:
+        log.exception("%s had failed", task.get_name())
+
+
 def _holds_stamps(doc_id: str) -> bool:
     """Whether ``doc_id``'s records carry stamps a clock follows (`latest_stored`).  Not the
     household document: it holds names as people typed them, outside any record's JSON, and
@@ -340,11 +356,8 @@ class Peer:
         if self._closed:
             return
         self._closed = True
-        if self._keeper is not None:
-            self._keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keeper
         try:
+            await _stopped(self._keeper)
             try:
                 await self._forgetting.close()
             finally:  # cancelled while a purge ran: the documents are closed all the same, or
@@ -354,10 +367,7 @@ class Peer:
             self._vectors.save()
             await self._keep_time_or_warn()
         finally:
-            try:
-                await self._sqlite.close()
-            finally:
-                self._lock.release()
+            await self._close_file()
 
     async def crash(self) -> None:
         """Stop as a killed process would: whatever is not committed is lost, nothing is
@@ -367,11 +377,13 @@ class Peer:
             return
         self._closed = True
         self._docs.crash()
-        for task in (self._keeper, self._indexer):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        try:
+            for task in (self._keeper, self._indexer):
+                await _stopped(task)
+        finally:
+            await self._close_file()
+
+    async def _close_file(self) -> None:
         try:
             await self._sqlite.close()
         finally:
@@ -1155,11 +1167,8 @@ class Peer:
     async def _indexed(self) -> None:
         """Insert every staged vector into its graph now, when closing: on a worker thread,
         as nothing is committed (and so staged) any more."""
-        if self._indexer is not None:
-            self._indexer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._indexer
-            self._indexer = None
+        await _stopped(self._indexer)
+        self._indexer = None
         async with self._vector_lock:
             if self._vectors.pending:
                 await self._vectors.offload(self._vectors.absorb)
