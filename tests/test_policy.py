@@ -12,6 +12,7 @@ import pytest
 
 from hearthsync import Peer, enrolment
 from hearthsync.context import DEFAULT_POLICY, HouseholdPolicy, TaskGrant
+from hearthsync.crdt.handles import SEP
 from hearthsync.crypto.pairing import PendingInvite
 from hearthsync.crypto.statement import POLICY, Statement
 from hearthsync.errors import ValidationError
@@ -238,3 +239,49 @@ async def test_an_admin_whose_certificate_expired_sets_the_policy_no_more(
     async with Peer.open(tmp_path / "owner", wall=owner_wall) as again:  # it opens
         assert again.policy() == DEFAULT_POLICY
         assert again.household is not None
+
+
+async def test_a_member_cannot_roll_the_policy_back_to_an_older_statement(
+    tmp_path: Path,
+) -> None:
+    """Found in review: a member robot, which may edit the household document, wrote the
+    owner's older statement (that had given the general assistant health records) back into
+    the owner's slot, or removed the owner's statement: every robot obeyed the older policy,
+    or the default, though the owner had signed a newer one."""
+    enrol_household(tmp_path, ["owner", "hall"])
+    now_ms = int(time.time() * 1000)
+    owner_wall = FakeWall(now_ms)
+    async with (
+        Peer.open(tmp_path / "owner", device="owner", wall=owner_wall) as owner,
+        Peer.open(tmp_path / "hall", device="hall", wall=FakeWall(now_ms)) as hall,
+    ):
+        await owner.add_user("chen", name="Mrs Chen")
+        await owner.set_health("chen", "medication/evening", "two pills after dinner")
+        loose = with_grant("general_assistant", "core", "health", "history")
+        await owner.set_policy(loose)
+        await send_all(owner, hall)
+        slot = f"{TASKS}{SEP}{owner.device_id}"
+        older = hall._household().settings[slot]  # kept by the member
+        strict = with_grant("general_assistant", "core")
+        await owner.set_policy(strict)
+        await send_all(owner, hall)
+        assert hall.policy() == strict
+
+        def put(_: object) -> None:
+            hall._household().settings[slot] = older
+
+        def remove(_: object) -> None:
+            hall._household().settings.pop(slot)
+
+        for tamper in (put, remove):
+            await hall._docs.write(DocId("household"), tamper)
+            await send_all(hall, owner)
+            assert owner.policy() == strict
+            context = await owner.get_context("chen", task="general_assistant")
+            assert context.health == ()
+            await owner.flush()  # the owner wrote its statement back: every robot obeys it
+            await send_all(owner, hall)
+            assert hall._household().settings[slot] != older
+            assert hall.policy() == strict
+    async with Peer.open(tmp_path / "owner", wall=owner_wall) as again:
+        assert again.policy() == strict

@@ -8,17 +8,24 @@ device (``tasks\\x1f<device id>``, as registers do): two admins changing the pol
 partitioned both keep their statement, and every robot obeys the same one, the newest by
 hybrid timestamp (DESIGN invariant 3).  A statement that does not check out is ignored and
 reported; with none, the built-in default policy applies.
+
+A signature does not stop a robot that may edit the document (any of the household's) from
+writing a device's *older* statement back into its slot, or removing it: so each robot holds
+the newest valid statement it has seen of each device, obeys it while it checks out, and writes
+it back into its slot when the document holds an older one (or none), where every robot, and
+this one after a restart, finds it again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
 from hearthsync.context.policy import DEFAULT_POLICY, HouseholdPolicy
 from hearthsync.crdt.handles import SEP, HouseholdDoc
 from hearthsync.crypto.statement import POLICY, Statement, check_statement
-from hearthsync.errors import CryptoError, ValidationError
+from hearthsync.errors import CryptoError, HearthError, ValidationError
 from hearthsync.hlc import MAX_AHEAD_MS, Timestamp
 from hearthsync.ids import DocId
 
@@ -42,6 +49,9 @@ class HouseholdSettings:
         self._policy: tuple[HouseholdPolicy, Statement | None] | None = None
         self._read_at = 0.0  #: this robot's clock when the policy was read
         self._refused: set[str] = set()  # statements already reported as not checking out
+        #: each device's newest statement seen valid here: a slot set back to an older one,
+        #: or emptied, by a robot that may edit the document does not undo it
+        self._held: dict[str, str] = {}
 
     def changed(self) -> None:
         """The household's settings (or this robot's trust) changed: read them again."""
@@ -87,16 +97,18 @@ class HouseholdSettings:
     def store(self, statement: Statement) -> None:
         """Write ``statement`` into this device's slot (inside the write's transaction)."""
         handle: HouseholdDoc = self._peer._handle(HOUSEHOLD, HouseholdDoc)
-        handle.settings[f"{statement.subject}{SEP}{statement.device}"] = statement.to_text()
+        slot = f"{statement.subject}{SEP}{statement.device}"
+        handle.settings[slot] = self._held[slot] = statement.to_text()
 
     # ------------------------------------------------------------------ reading
 
     def _read_policy(self) -> tuple[HouseholdPolicy, Statement | None]:
         best: tuple[tuple[str, str], HouseholdPolicy, Statement] | None = None
-        for slot, text in self._settings().items():
-            if slot.partition(SEP)[0] != TASKS:
-                continue
-            found = self._valid(slot, text)
+        stored = {
+            slot: text for slot, text in self._settings().items() if slot.partition(SEP)[0] == TASKS
+        }
+        for slot in sorted(stored.keys() | self._held.keys()):
+            found = self._newest(slot, stored.get(slot))
             if found is None:
                 continue
             statement, policy = found
@@ -104,6 +116,31 @@ class HouseholdSettings:
             if best is None or rank > best[0]:
                 best = (rank, policy, statement)
         return (DEFAULT_POLICY, None) if best is None else (best[1], best[2])
+
+    def _newest(self, slot: str, text: str | None) -> tuple[Statement, HouseholdPolicy] | None:
+        """The newer valid one of the statement in ``slot`` and the one held for it; the held
+        one, when newer, is written back."""
+        found = self._valid(slot, text) if text is not None else None
+        held = self._held.get(slot)
+        if held is not None and held != text:
+            kept = self._valid(slot, held)
+            if kept is not None and (found is None or kept[0].at > found[0].at):
+                log.warning("the task policy in %r was set back or removed: restoring it", slot)
+                self._restore(kept[0])
+                return kept
+        if found is not None:
+            self._held[slot] = found[0].to_text()
+        return found
+
+    def _restore(self, statement: Statement) -> None:
+        """Write ``statement`` back into its slot (when this robot can write: it is serving)."""
+        try:
+            asyncio.get_running_loop()
+            written = self._peer._docs.write(HOUSEHOLD, lambda _: self.store(statement))
+        except (RuntimeError, HearthError) as exc:  # no loop, closed, or a corrupt document
+            log.warning("the task policy could not be restored: %s", exc)
+            return
+        written.add_done_callback(_report)
 
     def _settings(self) -> dict[str, str]:
         if self._peer._docs.get(HOUSEHOLD) is None:
@@ -130,6 +167,11 @@ class HouseholdSettings:
                 log.warning("ignoring the task policy in %r: %s", slot, exc)
             return None
         return statement, policy
+
+
+def _report(written: asyncio.Future[object]) -> None:
+    if not written.cancelled() and written.exception() is not None:
+        log.warning("the task policy could not be restored: %s", written.exception())
 
 
 def _not_ahead(statement: Statement, now: float) -> None:
