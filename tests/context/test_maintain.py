@@ -265,3 +265,44 @@ async def test_a_refused_correction_writes_nothing(
     assert home.events("alice") == []
     after = await get_context(home, "alice", task="general_assistant", time=at(clock(0, "09:00")))
     assert after.preference("tea/mug") == before.preference("tea/mug")
+
+
+@pytest.mark.parametrize("arrive", ["before", "after"])
+async def test_confirmations_made_elsewhere_count_whenever_they_arrive(
+    tmp_path: Path, arrive: str
+) -> None:
+    """Found in review: confirmations the hall robot recorded while partitioned, arriving
+    after the kitchen robot consolidated, were older (by hybrid time) than its copy and never
+    counted anywhere: the count depended on the order events arrived in."""
+    kitchen_wall, hall_wall = FakeWall(clock(0)), FakeWall(clock(0))
+    async with (
+        Peer.open(tmp_path / "k", device="kitchen", wall=kitchen_wall, rng=random.Random(1)) as k,
+        Peer.open(tmp_path / "h", device="hall", wall=hall_wall, rng=random.Random(2)) as h,
+    ):
+        for peer in (k, h):
+            await peer.add_user("alice", name="Alice")
+        await correct(k, "alice", "tea/mug", "green-mug")
+        await _sync(k, h)
+        for day in range(1, 6):  # partitioned: the hall robot serves her tea five mornings
+            hall_wall.ms = clock(day, "07:30")
+            await feedback(h, "alice", "tea/mug", "green-mug")
+        kitchen_wall.ms = clock(6, "07:30")
+        await feedback(k, "alice", "tea/mug", "green-mug")
+        if arrive == "before":
+            await _sync(h, k)
+        await maintain(k, now=at(kitchen_wall.ms))
+        await _sync(k, h)
+        await _sync(h, k)
+
+        for peer in (k, h):
+            context = await get_context(
+                peer, "alice", task="general", time=at(clock(7)), history_window="30d"
+            )
+            mug = context.preference("tea/mug")
+            assert mug is not None
+            assert mug.confirmations == 6
+        await maintain(k, now=at(clock(7)))
+        stored = k.preference("alice", "tea/mug")
+        assert stored is not None
+        assert stored.evidence_count == 7
+        assert (await maintain(k, now=at(clock(7)))).changes == ()  # counted once

@@ -33,6 +33,7 @@ from hearthsync.context.port import PeerPort
 from hearthsync.errors import ValidationError
 from hearthsync.ids import KEY_RE, key_domain
 from hearthsync.model.records import (
+    MAX_LIST,
     Condition,
     ContextSnapshot,
     EventType,
@@ -52,6 +53,8 @@ STATED = "hearth:stated="
 STABLE = "hearth:stable"
 DRIFT = "hearth:drift="
 MARKER = "hearth:"
+#: event ids a consolidated copy keeps in its evidence (the newest), beside up to 3 markers
+KEEP_EVENTS = MAX_LIST - 4
 
 
 @dataclass(frozen=True, slots=True)

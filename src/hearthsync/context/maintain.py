@@ -30,6 +30,7 @@ from typing import Literal
 
 from hearthsync.context.feedback import (
     DRIFT,
+    KEEP_EVENTS,
     STABLE,
     STATED,
     Signal,
@@ -51,7 +52,7 @@ from hearthsync.context.resolve import (
 from hearthsync.context.situation import window_ms
 from hearthsync.errors import NotFoundError, ValidationError, unknown_user
 from hearthsync.ids import check_name, key_domain
-from hearthsync.model.records import MAX_LIST, EventType, Preference
+from hearthsync.model.records import EventType, Preference
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,6 @@ PROMOTE_AFTER = 10
 PROMOTE_SPAN_DAYS = 7
 DRIFT_WINDOW_DAYS = 14
 DECAY_STEP = 0.05
-#: event ids kept in a consolidated record's evidence (the newest), beside up to 3 markers
-KEEP_EVENTS = MAX_LIST - 4
 
 Action = Literal["folded", "promoted", "decayed", "contradicted", "drift"]
 

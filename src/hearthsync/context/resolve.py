@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from hearthsync.context.feedback import (
+    KEEP_EVENTS,
     Signal,
     canonical,
     drift_event,
@@ -118,17 +119,23 @@ def weigh(
 ) -> Weight:
     """Count ``signals`` about ``candidate``'s value that arose where its condition held.
 
-    By default only signals newer (by hybrid time) than the record count: older ones are folded
-    into its confidence and evidence count already.  With ``since_ms``, every signal after the
-    statement whose event happened since ``since_ms`` counts (what "lately" means for drift).
+    By default only signals the record has not folded in count: those after the statement
+    that its evidence does not list.  (Newer than the record is not enough: confirmations
+    made on another robot while partitioned, arriving after this copy was consolidated, are
+    older than it and were never counted, on any robot: found in review.)  A copy whose
+    evidence may have been cut (`KEEP_EVENTS`), or a record never consolidated, counts those
+    newer than itself.  With ``since_ms``, every signal after the statement whose event
+    happened since ``since_ms`` counts (what "lately" means for drift).
     """
-    after = candidate.record.set_at if since_ms is None else candidate.stated
+    after, folded = _folded(candidate) if since_ms is None else (candidate.stated, frozenset())
     plus = minus = 0
     last = candidate.written_ms
     events: list[str] = []
     for signal in signals:
         event = signal.event
         if event.hlc <= after or (since_ms is not None and event.ts < since_ms):
+            continue
+        if event.id in folded:
             continue
         if not holds(candidate.record.condition, _situation_of(signal, tz)):
             continue
@@ -140,6 +147,15 @@ def weigh(
             continue
         events.append(event.id)
     return Weight(plus, minus, last, tuple(sorted(events)))
+
+
+def _folded(candidate: Candidate) -> tuple[str, frozenset[str]]:
+    """What ``candidate``'s record has counted: the signals up to a stamp, and these events."""
+    record = candidate.record
+    ids = candidate.origin.events
+    if candidate.stated < record.set_at and len(ids) < KEEP_EVENTS:
+        return candidate.stated, frozenset(ids)
+    return record.set_at, frozenset()
 
 
 def _situation_of(signal: Signal, tz: dt.tzinfo | None) -> Situation:
