@@ -306,3 +306,47 @@ async def test_confirmations_made_elsewhere_count_whenever_they_arrive(
         assert stored is not None
         assert stored.evidence_count == 7
         assert (await maintain(k, now=at(clock(7)))).changes == ()  # counted once
+
+
+class _ForgetsBobMeanwhile:
+    """A peer on which Bob is forgotten while the slow loop waits for the disk."""
+
+    def __init__(self, peer: Peer) -> None:
+        self._peer = peer
+        self.forgotten = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._peer, name)
+
+    async def flush(self) -> None:
+        if not self.forgotten:
+            self.forgotten = True
+            await self._peer.forget("bob")
+        await self._peer.flush()
+
+
+async def test_a_user_forgotten_meanwhile_does_not_stop_the_slow_loop(
+    home: Peer, wall: FakeWall
+) -> None:
+    """Found in review: Bob forgotten while the loop folded his first key, his drifting
+    second key raised `NotFoundError` out of `maintain` (recording the drift), and Charlie,
+    after him, was not maintained."""
+    wall.ms = clock(0, "07:30")
+    for user in ("bob", "charlie"):
+        await correct(home, user, "tea/mug", "green-mug")
+    await correct(home, "bob", "cleaning/hour", "noon")
+    for day in range(1, 13):
+        wall.ms = clock(day, "07:30")
+        for user in ("bob", "charlie"):
+            await feedback(home, user, "tea/mug", "green-mug")
+    assert len((await maintain(home, now=at(wall.ms))).actions("promoted")) == 2
+    for day in range(20, 25):
+        wall.ms = clock(day, "07:30")
+        await feedback(home, "bob", "tea/mug", "blue-mug", "chose")  # drifting
+        await feedback(home, "charlie", "tea/mug", "green-mug")
+    await feedback(home, "bob", "cleaning/hour", "noon")
+
+    report = await maintain(_ForgetsBobMeanwhile(home), now=at(wall.ms))  # type: ignore[arg-type]
+
+    assert [(c.user, c.action) for c in report.changes] == [("charlie", "folded")]
+    assert home.forgotten_users() == {"bob"}

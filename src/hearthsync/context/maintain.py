@@ -138,6 +138,9 @@ async def _maintain_user(peer: PeerPort, user: str, at: dt.datetime, since: int)
         except ValidationError as exc:  # a value stored under older rules: left as it is
             log.warning("maintain: %s %s not rewritten: %s", user, winner.record.key, exc)
             continue
+        except NotFoundError:  # forgotten meanwhile: nothing of theirs is written again
+            log.info("maintain: %s was forgotten while the slow loop ran", user)
+            break
         if written:
             changes.append(verdict.change)
     return changes
