@@ -285,3 +285,40 @@ async def test_a_member_cannot_roll_the_policy_back_to_an_older_statement(
             assert hall.policy() == strict
     async with Peer.open(tmp_path / "owner", wall=owner_wall) as again:
         assert again.policy() == strict
+
+
+async def test_a_statement_on_another_subject_is_not_the_task_policy(
+    household: list[Peer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in review: the subject of a statement in a task policy slot was not checked, so
+    a policy statement the owner signed about anything else (a room's rules, later) could be
+    filed there and obeyed; and of the statements refused in one slot, only the first was
+    ever reported."""
+    owner, hall = household
+    assert owner.household is not None
+    slot = f"{TASKS}{SEP}{owner.device_id}"
+    loose = with_grant("general_assistant", "core", "health", "history")
+
+    def statement(subject: str, body: str) -> str:
+        assert owner.household is not None
+        return Statement.issue(
+            owner.identity, POLICY, subject, owner._stamp()[0], body=body,
+            certificate=owner.household.certificate.to_wire(),
+        ).to_text()  # fmt: skip
+
+    for text in (statement("rooms", loose.to_json()), statement(TASKS, "{")):
+        await hall._docs.write(DocId("household"), _put(hall, slot, text))
+        await send_all(hall, owner)
+        with caplog.at_level("WARNING", logger="hearthsync.settings"):
+            caplog.clear()
+            assert owner.policy() == DEFAULT_POLICY
+        assert [r for r in caplog.records if "ignoring the task policy" in r.getMessage()]
+
+
+def _put(peer: Peer, slot: str, text: str) -> Callable[[object], None]:
+    """A change that writes ``text`` into ``slot`` of the household's settings."""
+
+    def put(_: object) -> None:
+        peer._household().settings[slot] = text
+
+    return put

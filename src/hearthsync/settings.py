@@ -48,7 +48,8 @@ class HouseholdSettings:
         self._peer = peer
         self._policy: tuple[HouseholdPolicy, Statement | None] | None = None
         self._read_at = 0.0  #: this robot's clock when the policy was read
-        self._refused: set[str] = set()  # statements already reported as not checking out
+        #: the statement last reported as not checking out, by slot (each new one is reported)
+        self._refused: dict[str, str] = {}
         #: each device's newest statement seen valid here: a slot set back to an older one,
         #: or emptied, by a robot that may edit the document does not undo it
         self._held: dict[str, str] = {}
@@ -153,8 +154,13 @@ class HouseholdSettings:
         trust = peer.household.trust if peer.household is not None else None
         try:
             statement = Statement.from_text(text)
-            if statement.kind != POLICY or slot != f"{TASKS}{SEP}{statement.device}":
-                raise CryptoError(f"a {statement.kind} statement in the policy slot {slot!r}")
+            if (statement.kind, statement.subject) != (POLICY, TASKS) or slot != (
+                f"{TASKS}{SEP}{statement.device}"
+            ):
+                raise CryptoError(
+                    f"a {statement.kind} statement on {statement.subject!r} in the policy "
+                    f"slot {slot!r}"
+                )
             now = peer._wall()
             check_statement(
                 statement, own_device=peer.device_id, trust=trust, now=int(now), roles=ADMINS,
@@ -162,8 +168,8 @@ class HouseholdSettings:
             _not_ahead(statement, now)
             policy = HouseholdPolicy.from_json(statement.body)
         except (CryptoError, ValidationError) as exc:
-            if slot not in self._refused:
-                self._refused.add(slot)
+            if self._refused.get(slot) != text:
+                self._refused[slot] = text
                 log.warning("ignoring the task policy in %r: %s", slot, exc)
             return None
         return statement, policy
