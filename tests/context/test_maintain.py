@@ -350,3 +350,39 @@ async def test_a_user_forgotten_meanwhile_does_not_stop_the_slow_loop(
 
     assert [(c.user, c.action) for c in report.changes] == [("charlie", "folded")]
     assert home.forgotten_users() == {"bob"}
+
+
+async def test_a_value_deleted_on_another_robot_stays_deleted(tmp_path: Path) -> None:
+    """Found in review: Alice's explicit "jazz", said to the kitchen robot and deleted on the
+    hall robot, came back on every robot once the den robot learned a value after the
+    deletion (an explicit statement beats a learned pattern), and the slow loop then wrote
+    it back as a fresh copy."""
+    wall = FakeWall(clock(0))
+    async with (
+        Peer.open(tmp_path / "k", device="kitchen", wall=wall, rng=random.Random(1)) as k,
+        Peer.open(tmp_path / "h", device="hall", wall=wall, rng=random.Random(2)) as h,
+        Peer.open(tmp_path / "d", device="den", wall=wall, rng=random.Random(3)) as d,
+    ):
+        for peer in (k, h, d):
+            await peer.add_user("alice", name="Alice")
+        await k.set_preference("alice", "music/morning", "jazz", confidence=0.9)
+        await _sync(k, h)
+        wall.ms = clock(1)
+        await h.delete_preference("alice", "music/morning")
+        await _sync(h, d)
+        wall.ms = clock(2)
+        await d.set_preference("alice", "music/morning", "pop", source="learned", confidence=0.6)
+        for source, target in ((d, k), (d, h), (h, k)):
+            await _sync(source, target)
+
+        for peer in (k, h, d):
+            context = await get_context(peer, "alice", task="general", time=at(clock(3)))
+            music = context.preference("music/morning")
+            assert music is not None
+            assert (music.value, [a.value for a in music.set_aside]) == ("pop", [])
+        wall.ms = clock(80)
+        report = await maintain(k, now=at(wall.ms))
+        assert [(c.key, c.action) for c in report.changes] == [("music/morning", "decayed")]
+        stored = k.preference("alice", "music/morning")
+        assert stored is not None
+        assert stored.value == "pop"

@@ -45,6 +45,7 @@ from hearthsync.context.resolve import (
     DAY_MS,
     Candidate,
     Weight,
+    candidates,
     confidence,
     drifting,
     weigh,
@@ -154,7 +155,7 @@ def _slot_winners(peer: PeerPort, user: str) -> list[Candidate]:
 
 def _slot_winner(peer: PeerPort, user: str, latest: Preference) -> Candidate | None:
     versions = peer.preference_history(user, latest.key, latest.condition)
-    live = [Candidate.of(v) for v in versions if not v.deleted]
+    live = candidates(versions)
     return max(live, key=lambda c: c.rank) if live else None
 
 

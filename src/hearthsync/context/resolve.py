@@ -94,6 +94,17 @@ class Candidate:
         return dataclasses.replace(self.origin, events=self.origin.events + tuple(extra_events))
 
 
+def candidates(versions: Iterable[Preference]) -> list[Candidate]:
+    """The live ``versions`` of one preference: not deleted, and stated after the newest
+    deletion.  A deletion writes a tombstone into its robot's slot only: the other robots'
+    older versions stayed, and came back as soon as any version was written after it (an
+    explicit one beating the new learned one; found in review)."""
+    held = list(versions)
+    deleted = max((v.set_at for v in held if v.deleted), default="")
+    found = (Candidate.of(v) for v in held if not v.deleted)
+    return [c for c in found if c.stated > deleted]
+
+
 def _stating_device(stated: str, record: Preference) -> str:
     """The robot the person said it to: the device part of the statement's timestamp."""
     device = stated.split(".", 2)[-1] if stated.count(".") >= 2 else ""

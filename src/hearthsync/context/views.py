@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from hearthsync.context.feedback import hlc_ms
-from hearthsync.context.resolve import Candidate, Choice, choose
+from hearthsync.context.resolve import Candidate, Choice, candidates, choose
 from hearthsync.context.scopes import ScopedReader
 from hearthsync.context.situation import Situation, holds
 from hearthsync.ids import key_domain
@@ -152,7 +152,7 @@ def _preference_view(reader: ScopedReader, user: str) -> PreferenceView:
     by_key: dict[str, list[Candidate]] = {}
     for latest in reader.preferences(user):
         versions = reader.preference_history(user, latest.key, latest.condition)
-        by_key.setdefault(latest.key, []).extend(Candidate.of(v) for v in versions if not v.deleted)
+        by_key.setdefault(latest.key, []).extend(candidates(versions))
     conditions = {c.record.condition.key(): c.record.condition for v in by_key.values() for c in v}
     return PreferenceView(
         by_key={key: tuple(found) for key, found in by_key.items()},
