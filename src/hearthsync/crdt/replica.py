@@ -208,10 +208,19 @@ class Replica:
         forwarded but not shown, until the gap fills.  When Yrs has already shown some of it,
         the replica is `tainted`: its owner replaces it with `rebuilt` before anyone reads.
 
-        Raises `CorruptDocumentError` if the bytes are not a Yrs update.
+        Raises `CorruptDocumentError`, and changes nothing, if the bytes are not a Yrs update
+        as Yrs writes them (`updates.runs`).
         """
         if self._held and _key(update) in self._held:
             return None  # an update held aside already (sent on by every robot that got it)
+        try:
+            # read whole before Yrs sees it, into an empty document too (half a microsecond
+            # per struct): Yrs panics on some bytes, overflows its stack on values nested
+            # deeply enough (the process died), and ignores bytes after the update, which
+            # were kept, sent on, and read as a delete set later (found in review)
+            read = updates.runs(update)
+        except updates.UpdateFormatError as exc:
+            raise CorruptDocumentError(self.info.doc_id, str(exc)) from None
         self._refuse_too_many_clients(update)
         if self._sub is None and not self._aside and self.doc.get_state() == EMPTY_STATE:
             # nothing here yet: all of the update is new, so it is the delta (this also keeps
@@ -230,7 +239,7 @@ class Replica:
         self._capturing()
         self._captured.clear()
         try:
-            held = self._merge_or_hold(update)
+            held = self._merge_or_hold(update, read=read)
         except CorruptDocumentError:
             self._captured.clear()
             raise
@@ -288,7 +297,13 @@ class Replica:
         self._snapshot = None
         self._merge_ready()
 
-    def _merge_or_hold(self, update: bytes, *, snapshot: bool = False) -> bool:
+    def _merge_or_hold(
+        self,
+        update: bytes,
+        *,
+        snapshot: bool = False,
+        read: tuple[list[updates.Run], bytes] | None = None,
+    ) -> bool:
         """Merge what of ``update`` continues the document; hold aside what lies beyond a gap;
         return whether anything held is new here.
 
@@ -304,11 +319,12 @@ class Replica:
         never does (a revoked robot's last writes: its earlier value vanished from every robot;
         chaos seeds 2055, 490824).  What is held keeps the update's whole delete set, applied
         as its items show (`_merge_ready`).  A ``snapshot`` (`encode_state`) holds only
-        deletions that applied, or wait for what they delete: all of them apply.
+        deletions that applied, or wait for what they delete: all of them apply.  ``read``:
+        what `updates.runs` read of ``update`` already.
         """
         try:
-            found, delete_set = updates.runs(update)
-        except updates.UpdateFormatError:  # content kinds we never write: Yrs has the last word
+            found, delete_set = read or updates.runs(update)
+        except updates.UpdateFormatError:  # stored before `apply` refused it: Yrs has the last word
             self._merge(update)
             return self._hold_rest(update, update) | self._hold_deletions(
                 _delete_set(update, self.doc.get_state()), update

@@ -123,6 +123,8 @@ def _struct(data: bytes, pos: int) -> tuple[int, bool, int]:
     ref = info & 0x1F
     if ref in (_GC, _SKIP):
         length, pos = _uint(data, pos)
+        if not length:  # Yrs 0.28 panics dividing by a GC's (an item may be empty: "")
+            raise UpdateFormatError("a GC or Skip struct of no length")
         return length, ref == _SKIP, pos
     if info & 0x80:  # origin
         pos = _past_uint(data, _past_uint(data, pos))
@@ -167,7 +169,12 @@ def _struct(data: bytes, pos: int) -> tuple[int, bool, int]:
 
 
 def runs(update: bytes) -> tuple[list[Run], bytes]:
-    """The runs of structs ``update`` holds (a Skip ends one), and its delete set's bytes."""
+    """The runs of structs ``update`` holds (a Skip ends one), and its delete set's bytes.
+
+    Raises `UpdateFormatError` for bytes no Yrs writes, though Yrs may read them: a GC struct
+    of no length (Yrs 0.28 panics dividing by it), a value nested deeper than any record, bytes
+    after the delete set (Yrs ignores them), and a delete set `deletes_nothing` would misjudge
+    (a number written longer than it need be, a last client or range deleting nothing)."""
     try:
         return _runs(update)
     except IndexError:
@@ -223,7 +230,9 @@ def without(delete_set: bytes, ids: set[tuple[int, int]]) -> bytes:
 
 def deletes_nothing(update: bytes) -> bool:
     """Whether ``update`` deletes nothing, told from its last byte: an empty delete set is a
-    zero count, and a non-empty one ends with a range's length, whose last byte is never 0."""
+    zero count, and a non-empty one ends with a range's length, whose last byte is never 0.
+    True of every update Yrs writes, and of every update `runs` reads (a replica reads each
+    it is sent before it takes it): ``81 00``, 1 written in two bytes, would end in 0."""
     return update[-1:] == b"\x00"
 
 
@@ -271,7 +280,20 @@ def _runs(data: bytes) -> tuple[list[Run], bytes]:
             found.append(Run(client, start, clock, first, pos, n))
     if pos > len(data):
         raise UpdateFormatError("update ends in the middle of a value")
-    return found, data[pos:]
+    delete_set = data[pos:]
+    _check_delete_set(delete_set)
+    return found, delete_set
+
+
+def _check_delete_set(delete_set: bytes) -> None:
+    """`UpdateFormatError` unless ``delete_set`` is written as Yrs writes it, every number in
+    its shortest form, and `deletes_nothing` tells rightly whether it deletes anything."""
+    ranges = deleted_ranges(delete_set)  # nothing after it
+    if encode_delete_set(ranges) != delete_set:  # (or a client named twice)
+        raise UpdateFormatError("the delete set is not written in its shortest form")
+    deletes = any(end > start for spans in ranges.values() for start, end in spans)
+    if deletes == (delete_set[-1:] == b"\x00"):
+        raise UpdateFormatError("the delete set ends in a client or range deleting nothing")
 
 
 def encode(update: bytes, parts: list[Run], delete_set: bytes) -> bytes:
