@@ -7,6 +7,7 @@ once per (device, document) and persisted by the store (DESIGN invariant 2).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import itertools
 import logging
@@ -75,6 +76,28 @@ class _Piece:
     def seen(self, vector: statevector.StateVector) -> int:
         """How far ``vector`` has seen this run's client."""
         return vector.get(self.run.client, 0)
+
+
+class _Spans:
+    """Clock ranges per client, to tell at once whether one of them holds a given range."""
+
+    __slots__ = ("_by_client",)
+
+    def __init__(self, found: Iterable[updates.Run]) -> None:
+        by_client: dict[int, list[tuple[int, int]]] = {}
+        for run in found:
+            by_client.setdefault(run.client, []).append((run.start, run.end))
+        #: per client: the starts, sorted, and the greatest end of the ranges up to each
+        self._by_client: dict[int, tuple[list[int], list[int]]] = {}
+        for client, spans in by_client.items():
+            spans.sort()
+            ends = itertools.accumulate((end for _, end in spans), max)
+            self._by_client[client] = ([start for start, _ in spans], list(ends))
+
+    def covers(self, client: int, start: int, end: int) -> bool:
+        starts, reach = self._by_client.get(client, ([], []))
+        index = bisect.bisect_right(starts, start)  # the ranges that start at or before it
+        return index > 0 and reach[index - 1] >= end
 
 
 _SERIALS = itertools.count(1)
@@ -428,17 +451,21 @@ class Replica:
             return False  # Yrs merged it: it has the last word
         if vector is None:
             vector = statevector.decode(self.doc.get_state())
+        # what is held of each client already, looked up by halving: checked against every
+        # piece held, 20,000 ranges of one update kept the event loop for 40 s (found in review)
+        held = _Spans(p.run for p in self._aside if p.deletes)
+        key = _key(source)
+        added: set[tuple[int, int, int]] = set()  # and what this delete set names twice
         new = False
         for client, spans in ranges.items():
             seen = vector.get(client, 0)
             for start, end in spans:
-                if end <= seen:
+                start = max(start, seen)
+                if end <= seen or held.covers(client, start, end) or (client, start, end) in added:
                     continue
-                run = updates.Run(client, max(start, seen), end, 0, 0, 0)
-                if any(piece.covers(run, deletes=True) for piece in self._aside):
-                    continue
+                added.add((client, start, end))
+                run = updates.Run(client, start, end, 0, 0, 0)
                 data = updates.delete_set_of({client: [(run.start, run.end)]})
-                key = _key(source)
                 self._aside.append(_Piece(run, data, key, deletes=True))
                 self._held.add(key)
                 self._version += 1
