@@ -287,3 +287,33 @@ async def test_two_robots_each_far_behind_the_other_catch_up_both_ways(tmp_path:
         ):  # fmt: skip
             await until([a, b], lambda: len(a.events("alice")) == len(b.events("alice")) == 2400)
         assert converged([a, b])
+
+
+async def test_an_update_that_fails_unexpectedly_closes_only_its_link(
+    robots: list[Peer], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A link catches only the project's own errors from merging an update (a review asked
+    what becomes of anything else: a bug, a Yrs failure no check foresaw).  The service logs
+    it with its traceback, that link ends, and the robots sync again over the next one."""
+    home = BenchHome(users=USERS)
+    kitchen, hall, _ = robots
+    for robot in (kitchen, hall):
+        await robot.add_user("alice", name="Alice")
+    real = hall.receive_update
+    failed: list[str] = []
+
+    def fails_once(doc_id: str, update: bytes, *args: object, **kwargs: object) -> object:
+        if not failed and doc_id.endswith("/prefs"):
+            failed.append(doc_id)
+            raise RuntimeError("an unforeseen failure")
+        return real(doc_id, update, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(hall, "receive_update", fails_once)
+    await kitchen.set_preference("alice", "tea/mug", "green")
+    async with (
+        SyncService(kitchen, home.enrol(kitchen)) as hub,
+        SyncService(hall, home.enrol(hall), listen=None, peers=(("127.0.0.1", hub.port),)),
+    ):
+        await until([hall], lambda: hall.preference("alice", "tea/mug") is not None)
+    assert failed == ["user/alice/prefs"]
+    assert "an unforeseen failure" in caplog.text
