@@ -1424,3 +1424,32 @@ async def test_a_peer_close_cancelled_while_a_purge_runs_still_closes_its_docume
     assert docs._closed
     assert docs._flusher is not None
     assert docs._flusher.done()
+
+
+@pytest.mark.parametrize(
+    ("synchronous", "level"), [(None, 2), ("FULL", 2), ("NORMAL", 1), ("OFF", 0)]
+)
+async def test_a_store_is_a_wal_synced_as_asked_full_by_default(
+    tmp_path: Path, synchronous: Literal["FULL", "NORMAL", "OFF"] | None, level: int
+) -> None:
+    """A committed batch survives a power cut only if SQLite syncs it: WAL with
+    ``synchronous=FULL`` unless the caller asks for less.  A kill (`tests/test_crash.py`)
+    cannot tell them apart, so the settings themselves are checked (found by a mutant:
+    opening every store with ``synchronous=OFF`` passed every test)."""
+    path = tmp_path / "hearth.db"
+    for _ in range(2):  # a new file, then the same file reopened
+        if synchronous is None:
+            store = await SqliteStore.open(path)
+        else:
+            store = await SqliteStore.open(path, synchronous=synchronous)
+        try:
+            assert await store._rows("PRAGMA synchronous") == [(level,)]
+            assert await store._rows("PRAGMA journal_mode") == [("wal",)]
+            assert await store._rows("PRAGMA auto_vacuum") == [(2,)]  # incremental
+        finally:
+            await store.close()
+
+
+async def test_a_peer_syncs_every_commit_by_default(peer: Peer) -> None:
+    assert await peer._sqlite._rows("PRAGMA synchronous") == [(2,)]  # FULL
+    assert await peer._sqlite._rows("PRAGMA journal_mode") == [("wal",)]
