@@ -1453,3 +1453,28 @@ async def test_a_store_is_a_wal_synced_as_asked_full_by_default(
 async def test_a_peer_syncs_every_commit_by_default(peer: Peer) -> None:
     assert await peer._sqlite._rows("PRAGMA synchronous") == [(2,)]  # FULL
     assert await peer._sqlite._rows("PRAGMA journal_mode") == [("wal",)]
+
+
+async def test_a_compaction_whose_snapshot_fails_keeps_the_log(
+    peer: Peer, peer_path: Path, wall: FakeWall
+) -> None:
+    """A document's snapshot and the deletion of its log are one transaction: if writing the
+    snapshot fails (a full disk), the log stays, and every acknowledged write reopens even
+    after a crash (found by a mutant: the log deleted in a transaction of its own, before
+    the snapshot, passed every test)."""
+    await peer.set_preference("alice", "beverage/tea", "green")
+    before, logs = snapshot_of(peer), await peer._sqlite.sizes()
+    # on the peer's own connection, gone with it: SQLite fails the snapshot's UPDATE itself
+    await peer._sqlite._run(
+        "CREATE TEMP TRIGGER snapshot_fails BEFORE UPDATE OF snapshot ON docs "
+        "BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+    )
+    with pytest.raises(StoreError, match="disk I/O error"):
+        await peer.compact()
+    assert await peer._sqlite.sizes() == logs  # every log kept, no snapshot written
+    await peer.crash()
+    async with Peer.open(peer_path, wall=wall) as reopened:
+        assert reopened.corrupt == {}
+        assert snapshot_of(reopened) == before
+        assert reopened.users() == ["alice", "bob"]
+        assert reopened.preference("alice", "beverage/tea").value == "green"  # type: ignore[union-attr]
