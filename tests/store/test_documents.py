@@ -1478,3 +1478,24 @@ async def test_a_compaction_whose_snapshot_fails_keeps_the_log(
         assert snapshot_of(reopened) == before
         assert reopened.users() == ["alice", "bob"]
         assert reopened.preference("alice", "beverage/tea").value == "green"  # type: ignore[union-attr]
+
+
+async def test_a_crash_stores_nothing_of_a_document_that_just_arrived(
+    peer: Peer, peer_path: Path, tmp_path: Path, wall: FakeWall
+) -> None:
+    """`crash` drops what was not committed, as a kill does, and leaves nothing of the peer
+    running: not even the row of a document another robot's update just created (found by a
+    mutant: a crash that did not stop the flusher passed every test)."""
+    async with Peer.open(tmp_path / "b", device="b", wall=wall) as b:
+        await b.relate("alice", "owns", "green-mug")
+        update = b.diff("home/graph", peer.state_vector("home/graph"))
+    assert "home/graph" not in peer.document_ids()
+    landing = peer._docs.apply_remote(DocId("home/graph"), update, origin="b")
+    assert landing is not None
+    await peer.crash()
+    with pytest.raises(ClosedError):
+        await landing
+    running = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+    assert running == []
+    async with Peer.open(peer_path, wall=wall) as reopened:
+        assert "home/graph" not in reopened.document_ids()
