@@ -1499,3 +1499,15 @@ async def test_a_crash_stores_nothing_of_a_document_that_just_arrived(
     assert running == []
     async with Peer.open(peer_path, wall=wall) as reopened:
         assert "home/graph" not in reopened.document_ids()
+
+
+@pytest.mark.parametrize("stop", ["close", "crash"])
+async def test_a_write_to_a_stopped_peer_is_refused_not_left_waiting(
+    peer: Peer, stop: Literal["close", "crash"]
+) -> None:
+    """Found by a mutant: a write queued after the flusher had ended was never answered, and
+    no test saw it (its caller would wait for good, thinking it still might land)."""
+    await getattr(peer, stop)()
+    async with asyncio.timeout(10):
+        with pytest.raises(ClosedError):
+            await peer.set_preference("alice", "beverage/tea", "green")
