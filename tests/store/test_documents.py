@@ -1511,3 +1511,25 @@ async def test_a_write_to_a_stopped_peer_is_refused_not_left_waiting(
     async with asyncio.timeout(10):
         with pytest.raises(ClosedError):
             await peer.set_preference("alice", "beverage/tea", "green")
+
+
+async def test_a_new_client_id_is_stored_though_nothing_is_written_under_it(
+    tmp_path: Path, wall: FakeWall
+) -> None:
+    """A restored robot's new client id is a batch of its own when nothing else is written:
+    durable once a flush returns, though the robot crashes right after (found by a mutant: a
+    store that skipped a batch without updates passed every test; reopened, the robot would
+    write under the old id again, which the household has seen more of: invariant 2)."""
+    a_path, b_path = await restored_from_a_backup(tmp_path, wall)
+    doc = DocId("user/alice/prefs")
+    async with Peer.open(b_path) as b:
+        state = b.state_vector(doc)
+    a = await Peer.start(a_path, wall=wall)
+    try:
+        assert a._docs.renew_if_stale(doc, sv.decode(state))
+        fresh = a._docs.replicas[doc].client_id
+        await a.flush()
+    finally:
+        await a.crash()
+    async with Peer.open(a_path, wall=wall) as a:
+        assert a._docs.replicas[doc].client_id == fresh
