@@ -899,6 +899,14 @@ async def test_home_is_no_user_and_a_tombstone_of_home_takes_nothing(
         assert {"household", "home/graph", "home/spatial"} <= set(peer.document_ids())
 
 
+async def send_from_garden(source: Peer, target: Peer, prefix: str) -> None:
+    """What ``source`` holds of the documents whose ids start with ``prefix``, to ``target``."""
+    for doc_id in source.document_ids():
+        if doc_id.startswith(prefix):
+            diff = source.diff(doc_id, target.state_vector(doc_id))
+            await target.apply_update(doc_id, diff, origin="garden")
+
+
 async def test_what_a_robot_away_wrote_of_a_user_forgotten_meanwhile_is_purged_on_its_return(
     tmp_path: Path, wall: FakeWall
 ) -> None:
@@ -907,24 +915,18 @@ async def test_what_a_robot_away_wrote_of_a_user_forgotten_meanwhile_is_purged_o
     text stayed in its update log for good (its purge was over).  A home document's update
     naming a forgotten user makes the robot purge them again."""
 
-    async def send(source: Peer, target: Peer, prefix: str) -> None:
-        for doc_id in source.document_ids():
-            if doc_id.startswith(prefix):
-                diff = source.diff(doc_id, target.state_vector(doc_id))
-                await target.apply_update(doc_id, diff, origin="garden")
-
     async with (
         Peer.open(tmp_path / "owner", device="owner", wall=wall) as owner,
         Peer.open(tmp_path / "garden", device="garden", wall=wall) as garden,
     ):
         await owner.add_user("alice", name="Alice")
-        await send(owner, garden, "")
+        await send_from_garden(owner, garden, "")
         await garden.set_routine("alice-walk", f"walk {ALICE_SAYS}", user="alice")
         await garden.place("alice-hat", f"hat {ALICE_SAYS}", region="hall", owner="alice")
         await owner.forget("alice")
         assert owner.forgetting_remnants("alice") == []
 
-        await send(garden, owner, "home/")  # back, before it hears of the forgetting
+        await send_from_garden(garden, owner, "home/")  # back, before it hears of the forgetting
         async with asyncio.timeout(TIMEOUT):
             while owner._forgetting._tasks:
                 await asyncio.wait(list(owner._forgetting._tasks))
@@ -942,28 +944,22 @@ async def test_an_update_whose_text_only_contains_a_forgotten_id_purges_nothing_
     forgotten "al" in "meal" and "hallway") made the robot purge them again: a compaction
     and a VACUUM of the whole file for every such update.  Only a record naming them does."""
 
-    async def send(source: Peer, target: Peer, prefix: str) -> None:
-        for doc_id in source.document_ids():
-            if doc_id.startswith(prefix):
-                diff = source.diff(doc_id, target.state_vector(doc_id))
-                await target.apply_update(doc_id, diff, origin="garden")
-
     async with (
         Peer.open(tmp_path / "owner", device="owner", wall=wall) as owner,
         Peer.open(tmp_path / "garden", device="garden", wall=wall) as garden,
     ):
         await owner.add_user("al", name="Al")
         await owner.add_user("bob", name="Bob")
-        await send(owner, garden, "")
+        await send_from_garden(owner, garden, "")
         await owner.forget("al")  # garden, away, has not heard
         await garden.set_routine("bob-meal", "meal in the hallway", user="bob")
         await garden.place("salt", "salt", region="hall", owner="bob")
-        await send(garden, owner, "home/")
+        await send_from_garden(garden, owner, "home/")
         assert not owner._forgetting._tasks  # no purge started
         assert [r.id for r in owner.routines()] == ["bob-meal"]
 
         await garden.set_routine("al-walk", "walk", user="al")  # a record naming al: again
-        await send(garden, owner, "home/")
+        await send_from_garden(garden, owner, "home/")
         assert owner._forgetting._tasks
         async with asyncio.timeout(TIMEOUT):
             while owner._forgetting._tasks:

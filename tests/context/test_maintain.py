@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -104,14 +106,7 @@ async def test_a_consolidation_never_outranks_a_newer_statement_on_another_robot
     tmp_path: Path,
 ) -> None:
     kitchen_wall, hall_wall = FakeWall(clock(0)), FakeWall(clock(0))
-    async with (
-        Peer.open(tmp_path / "k", device="kitchen", wall=kitchen_wall, rng=random.Random(1)) as k,
-        Peer.open(tmp_path / "h", device="hall", wall=hall_wall, rng=random.Random(2)) as h,
-    ):
-        for peer in (k, h):
-            await peer.add_user("alice", name="Alice")
-        await correct(k, "alice", "tea/mug", "green-mug")
-        await _sync(k, h)
+    async with _corrected_then_synced(tmp_path, kitchen_wall, hall_wall) as (k, h):
         hall_wall.ms = clock(1)  # partitioned: the hall robot hears of the blue mug
         await correct(h, "alice", "tea/mug", "blue-mug", served="green-mug")
         kitchen_wall.ms = clock(2)  # the kitchen robot, unaware, consolidates green later
@@ -126,6 +121,22 @@ async def test_a_consolidation_never_outranks_a_newer_statement_on_another_robot
             assert mug is not None
             assert mug.value == "blue-mug"
             assert [a.reason for a in mug.set_aside] == ["an older statement, superseded"]
+
+
+@contextlib.asynccontextmanager
+async def _corrected_then_synced(
+    tmp_path: Path, kitchen_wall: FakeWall, hall_wall: FakeWall
+) -> AsyncIterator[tuple[Peer, Peer]]:
+    """A kitchen and a hall robot, alice told the kitchen robot the green mug, both synced."""
+    async with (
+        Peer.open(tmp_path / "k", device="kitchen", wall=kitchen_wall, rng=random.Random(1)) as k,
+        Peer.open(tmp_path / "h", device="hall", wall=hall_wall, rng=random.Random(2)) as h,
+    ):
+        for peer in (k, h):
+            await peer.add_user("alice", name="Alice")
+        await correct(k, "alice", "tea/mug", "green-mug")
+        await _sync(k, h)
+        yield k, h
 
 
 async def _sync(source: Peer, target: Peer) -> None:
@@ -275,14 +286,7 @@ async def test_confirmations_made_elsewhere_count_whenever_they_arrive(
     after the kitchen robot consolidated, were older (by hybrid time) than its copy and never
     counted anywhere: the count depended on the order events arrived in."""
     kitchen_wall, hall_wall = FakeWall(clock(0)), FakeWall(clock(0))
-    async with (
-        Peer.open(tmp_path / "k", device="kitchen", wall=kitchen_wall, rng=random.Random(1)) as k,
-        Peer.open(tmp_path / "h", device="hall", wall=hall_wall, rng=random.Random(2)) as h,
-    ):
-        for peer in (k, h):
-            await peer.add_user("alice", name="Alice")
-        await correct(k, "alice", "tea/mug", "green-mug")
-        await _sync(k, h)
+    async with _corrected_then_synced(tmp_path, kitchen_wall, hall_wall) as (k, h):
         for day in range(1, 6):  # partitioned: the hall robot serves her tea five mornings
             hall_wall.ms = clock(day, "07:30")
             await feedback(h, "alice", "tea/mug", "green-mug")
