@@ -331,3 +331,15 @@ def test_an_interrupt_while_shrinking_keeps_the_failures_found(
     assert report.interrupted
     assert report.failing_seeds == [1, 2]  # as they failed, not shrunk
     assert exit_code(report) == 1
+
+
+def test_a_run_that_measured_no_convergence_says_so_not_nan() -> None:
+    """Found in review: the summary printed "nan / nan s simulated" when no schedule got as
+    far as a measured convergence (an interrupted run, say); the JSON had null."""
+    from hearthsync.chaos.console import _rows
+    from hearthsync.chaos.harness import Report
+
+    rows = dict(_rows(Report(schedules=0, requested=3, interrupted=True), processes=False))
+    assert rows["time to converge p50 / p99"] == "not measured (no schedule got as far)"
+    rows = dict(_rows(Report(schedules=1, converge_s=[0.25]), processes=False))
+    assert rows["time to converge p50 / p99"] == "0.250 / 0.250 s simulated"

@@ -269,9 +269,13 @@ def _rows(report: Report, processes: bool) -> list[tuple[str, str]]:
             ("did not converge", _bad(report.unconverged)),
         ]
     unit = "s" if processes else "s simulated"
+    converged = (
+        f"{report.converge_p50_s:.3f} / {report.converge_p99_s:.3f} {unit}"
+        if report.converge_s
+        else "not measured (no schedule got as far)"  # it printed "nan / nan" (found in review)
+    )
     rows += [
-        ("time to converge p50 / p99",
-         f"{report.converge_p50_s:.3f} / {report.converge_p99_s:.3f} {unit}"),
+        ("time to converge p50 / p99", converged),
         ("elapsed", f"{report.elapsed_s:.1f} s ({report.schedules_per_minute:.0f} per minute)"),
     ]  # fmt: skip
     return rows
