@@ -343,3 +343,22 @@ def test_a_run_that_measured_no_convergence_says_so_not_nan() -> None:
     assert rows["time to converge p50 / p99"] == "not measured (no schedule got as far)"
     rows = dict(_rows(Report(schedules=1, converge_s=[0.25]), processes=False))
     assert rows["time to converge p50 / p99"] == "0.250 / 0.250 s simulated"
+
+
+def test_a_failure_whose_worker_died_is_not_said_to_need_no_fault() -> None:
+    """Found in review: a schedule failed because its worker died has no fault trace, and the
+    report said "no fault needed" of it, as of a schedule that fails with no fault at all."""
+    from rich.console import Console
+
+    from hearthsync.chaos.console import print_report
+    from hearthsync.chaos.harness import Failure, Report
+
+    died = Failure(
+        3, 5, ["error: a worker process died"], [], "hearth chaos --seed 3", traced=False
+    )
+    plain = Failure(4, 5, ["lost: r0 pref"], [], "hearth chaos --seed 4")
+    console = Console(record=True, width=200)
+    print_report(console, Report(schedules=1, failures=[died, plain]))
+    said = console.export_text()
+    assert said.count("no fault needed") == 1  # the plain one only
+    assert "fault trace not known: its worker died" in said

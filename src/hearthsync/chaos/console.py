@@ -226,7 +226,10 @@ def print_report(
             console.print(f"  {problem}", markup=False, highlight=False)
         if len(failure.problems) > PROBLEMS_SHOWN:
             console.print(f"  ... and {len(failure.problems) - PROBLEMS_SHOWN} more")
-        console.print("  minimal fault trace:" if failure.fault_trace else "  no fault needed")
+        if not failure.traced:  # "no fault needed" said of it was wrong (found in review)
+            console.print("  fault trace not known: its worker died; the replay runs it again")
+        else:
+            console.print("  minimal fault trace:" if failure.fault_trace else "  no fault needed")
         for line in failure.fault_trace:
             console.print(f"    {line}", markup=False, highlight=False)
         console.print(f"  replay: [bold]{failure.replay}[/bold]", highlight=False, soft_wrap=True)

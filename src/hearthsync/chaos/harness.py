@@ -59,6 +59,8 @@ class Failure:
     problems: list[str]
     fault_trace: list[str]  #: the minimal set of faults found, described, in order
     replay: str
+    #: whether ``fault_trace`` is known: not for a schedule whose worker died under it
+    traced: bool = True
 
 
 @dataclass
@@ -426,9 +428,12 @@ def run(
                 take(_worker(s, scenario, only_faults, keep_traces))
         else:
             _in_workers(
-                seeds, jobs, take, (scenario, only_faults, keep_traces),
+                seeds,
+                jobs,
+                take,
+                (scenario, only_faults, keep_traces),
                 ignore_later_signals=ignore_later_signals,
-            )  # fmt: skip
+            )
     except KeyboardInterrupt:
         if ignore_later_signals:
             _ignore_signals()
@@ -438,7 +443,12 @@ def run(
         report.errors += len(died.seeds)
         report.failures += [
             Failure(
-                s, make_plan(s, scenario).peers, [f"error: {died}"], [], replay_command(s, scenario)
+                s,
+                make_plan(s, scenario).peers,
+                [f"error: {died}"],
+                [],
+                replay_command(s, scenario),
+                traced=False,
             )
             for s in died.seeds
         ]
