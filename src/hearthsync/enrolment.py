@@ -34,7 +34,7 @@ from hearthsync.crypto.certificate import (
     TrustStore,
 )
 from hearthsync.crypto.household import Household
-from hearthsync.crypto.identity import KEY_FILE, DeviceIdentity, device_id_of
+from hearthsync.crypto.identity import KEY_FILE, DeviceIdentity, device_id_of, fsync_dir
 from hearthsync.crypto.keyring import Keyring, export_secret_keys, import_secret_keys
 from hearthsync.crypto.pairing import (
     NO_OPEN_INVITE,
@@ -256,11 +256,7 @@ def _write(folder: Path, state: HouseholdState) -> None:
     # the rename is durable only once the folder is: without this, a power cut could bring
     # back the credentials before it, a spent invite unspent or a new key epoch gone (found
     # in review)
-    directory = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    fsync_dir(folder)
     state.seen = _signature(path)
     _sweep_partial_writes(folder)
 

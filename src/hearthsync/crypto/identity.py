@@ -95,11 +95,12 @@ class DeviceIdentity:
             return cls.load_or_create(folder)
         finally:
             partial.unlink(missing_ok=True)
-        _fsync_dir(folder)
+        fsync_dir(folder)
         return cls(key)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a link in ``folder`` durable: the folder's entry is synced too."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
