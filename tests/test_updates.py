@@ -163,6 +163,101 @@ def test_bytes_that_are_not_an_update_are_refused_by_name(data: bytes) -> None:
         updates.runs(data)
 
 
+def read_struct_by_struct(data: bytes) -> tuple[list[updates.Run], bytes]:
+    """`updates.runs` as it read before its inline path: every struct by `updates._struct`."""
+    try:
+        found: list[updates.Run] = []
+        clients, pos = updates._uint(data, 0)
+        for _ in range(clients):
+            count, pos = updates._uint(data, pos)
+            client, pos = updates._uint(data, pos)
+            clock, pos = updates._uint(data, pos)
+            start, first, n = clock, pos, 0
+            for _ in range(count):
+                at = pos
+                length, is_skip, pos = updates._struct(data, pos)
+                if is_skip:
+                    if clock > start:
+                        found.append(updates.Run(client, start, clock, first, at, n))
+                    start, first, n = clock + length, pos, -1
+                clock += length
+                n += 1
+            if clock > start:
+                found.append(updates.Run(client, start, clock, first, pos, n))
+        if pos > len(data):
+            raise updates.UpdateFormatError("update ends in the middle of a value")
+        updates._check_delete_set(data[pos:])
+        return found, data[pos:]
+    except IndexError:
+        raise updates.UpdateFormatError("update ends in the middle of a value") from None
+    except UnicodeDecodeError:
+        raise updates.UpdateFormatError("a string is not UTF-8") from None
+
+
+def outcome(read: Any, data: bytes) -> object:
+    try:
+        return read(data)
+    except updates.UpdateFormatError as exc:
+        return ("refused", str(exc))
+
+
+def updates_of_every_shape(seed: int) -> list[bytes]:
+    """Deltas, whole states and diffs of documents holding strings of every length class (a
+    length in one, two and three bytes), long keys and root names, values that are not
+    strings, nested types and text: the shapes `updates.runs` reads inline and those it
+    leaves to `updates._struct`."""
+    rng = random.Random(seed)
+    docs: list[Doc[Any]] = [Doc(client_id=c) for c in (3, 200, 70_000)]
+    found: list[bytes] = []
+    for doc in docs:
+        doc.observe(lambda event: found.append(event.update))
+    for _ in range(rng.randrange(5, 40)):
+        doc = rng.choice(docs)
+        root = rng.choice(["m", "r" * 130])
+        ymap, array = doc.get(root, type=Map), doc.get("a", type=Array)
+        with doc.transaction():
+            for _ in range(rng.randrange(1, 4)):
+                value = rng.choice(
+                    ["", "x" * rng.choice([1, 127, 128, 200, 16_383, 16_384]), 7, None, [1, "s"]]
+                )
+                choice = rng.random()
+                if choice < 0.5:
+                    ymap[rng.choice(["k", "q" * 128, "é"])] = value
+                elif choice < 0.6 and len(ymap):
+                    ymap.pop(rng.choice(list(ymap.keys())))
+                elif choice < 0.8:
+                    array.insert(rng.randrange(len(array) + 1), value)
+                elif choice < 0.9 and len(array):
+                    del array[rng.randrange(len(array))]
+                else:
+                    ymap["nested"] = Map({"k": "v"})
+        if rng.random() < 0.4:
+            a, b = rng.sample(docs, 2)
+            b.apply_update(a.get_update(b.get_state()))
+    for doc in docs:
+        found.append(doc.get_update())
+        found += [doc.get_update(other.get_state()) for other in docs]
+    return found
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_inline_read_reads_every_update_as_struct_by_struct(seed: int) -> None:
+    """`updates.runs` reads the commonest struct inline: whatever the bytes, written by Yrs
+    or damaged anyhow, it finds what `updates._struct` alone finds, or refuses them alike."""
+    rng = random.Random(seed)
+    for update in updates_of_every_shape(seed):
+        assert outcome(updates.runs, update) == outcome(read_struct_by_struct, update)
+        for _ in range(20):
+            damaged = bytearray(update)
+            at = rng.randrange(len(damaged))
+            if rng.random() < 0.3:
+                damaged = damaged[:at]
+            else:
+                damaged[at] = rng.choice([0, 1, 0x7F, 0x80, 0xFF, 119, rng.randrange(256)])
+            data = bytes(damaged)
+            assert outcome(updates.runs, data) == outcome(read_struct_by_struct, data)
+
+
 # ------------------------------------------------------------------ replicas, any order
 
 

@@ -269,6 +269,52 @@ def _runs(data: bytes) -> tuple[list[Run], bytes]:
         start, first, n = clock, pos, 0
         for _ in range(count):
             at = pos
+            # The struct the documents are made of, an item holding one string (a map
+            # entry's record, a list's element), read here as `_struct` would read it, with
+            # no call per number: every remote update is read whole before Yrs sees it
+            # (`hearthsync.crdt.replica`), and this took a 10,000-edit catch-up's read from
+            # 11 ms to 5.  Anything else, or written otherwise, `_struct` reads.
+            info = data[pos]
+            if info & 0x1F == _ANY:
+                pos += 1
+                if info & 0x80:  # origin: an id, two varuints
+                    while data[pos] & 0x80:
+                        pos += 1
+                    pos += 1
+                    while data[pos] & 0x80:
+                        pos += 1
+                    pos += 1
+                if info & 0x40:  # right origin
+                    while data[pos] & 0x80:
+                        pos += 1
+                    pos += 1
+                    while data[pos] & 0x80:
+                        pos += 1
+                    pos += 1
+                inline = True
+                if not info & 0xC0:  # the parent: here, a root type named in one byte
+                    if data[pos] == 1 and not data[pos + 1] & 0x80:
+                        pos += 2 + data[pos + 1]
+                        if info & 0x20:  # the map key, its length in one byte
+                            if data[pos] & 0x80:
+                                inline = False
+                            else:
+                                pos += 1 + data[pos]
+                    else:
+                        inline = False
+                if inline and data[pos] == 1 and data[pos + 1] == 119:  # one string value
+                    size = data[pos + 2]
+                    if not size & 0x80:
+                        pos += 3 + size
+                        clock += 1
+                        n += 1
+                        continue
+                    if not data[pos + 3] & 0x80:  # its length in two bytes
+                        pos += 4 + (size & 0x7F | data[pos + 3] << 7)
+                        clock += 1
+                        n += 1
+                        continue
+                pos = at
             length, is_skip, pos = _struct(data, pos)
             if is_skip:
                 if clock > start:
