@@ -158,7 +158,9 @@ class Replica:
         #: the snapshot being loaded (`load`), replayed as one (`_replayed`)
         self._snapshot: bytes | None = None
         #: updates merged into an empty document, not yet checked for gaps (see `settle`)
-        self._unchecked: list[bytes] = []
+        #: updates merged into an empty document, not yet told (`settle`), each with what
+        #: `updates.runs` read of it when it came from a peer
+        self._unchecked: list[tuple[bytes, tuple[list[updates.Run], bytes] | None]] = []
         #: Yrs has shown content beyond a gap: replace this replica with `rebuilt`
         self.tainted = False
         #: counts changes to the document (every merge, every transaction that changed it),
@@ -249,12 +251,11 @@ class Replica:
             # nothing here yet: all of the update is new, so it is the delta (this also keeps
             # whatever Yrs holds pending for later, exactly as a captured delta would).  What
             # Yrs did not integrate (content beyond a gap, deletions of what is not here) is
-            # sorted later (`settle`), off the acknowledgement's path, but before anything
-            # reads the document (`DocumentSet.get`): telling costs a decode of the update,
-            # as much as merging it (a 10,000-edit catch-up)
+            # sorted later (`settle`, from what was read here), off the acknowledgement's
+            # path, but before anything reads the document (`DocumentSet.get`)
             self._merge(update)
             self._capturing()
-            self._unchecked.append(update)
+            self._unchecked.append((update, read))
             return update if update != EMPTY_UPDATE else None
         self.settle()
         if self.tainted:  # to be rebuilt: the replay (`_replayed`) needs this update too
@@ -310,7 +311,7 @@ class Replica:
             merged.insert(0, snapshot)
         for update in merged:
             self._merge(update)
-        self._unchecked.extend(merged)
+        self._unchecked.extend((update, None) for update in merged)
         self.settle()
         if self.tainted:  # not shared with anyone yet: replace the document in place
             fresh = self._replayed()
@@ -519,25 +520,35 @@ class Replica:
         """Tell whether the updates merged into an empty document since the last call hold
         anything beyond a gap (then hold it aside and mark the replica `tainted`).
 
-        Telling costs a decode of each update (5 ms for a 10,000-edit catch-up, as much as
-        merging it), so `apply` leaves it to whoever asks first: the owner calls this once the
-        merge is durable and acknowledged, off the path of the acknowledgement.
+        An update from a peer is told from what `updates.runs` read of it as it came (its
+        runs against the state vector); one loaded from the store costs a decode in Yrs (5 ms
+        for a 10,000-edit catch-up, as much as merging it).  So `apply` leaves it to whoever
+        asks first: the owner calls this once the merge is durable and acknowledged, off the
+        path of the acknowledgement.
         """
         if self._unchecked:
             unchecked, self._unchecked = self._unchecked, []
             state = self.doc.get_state()  # holding aside merges nothing: it stays as it is
             vector = statevector.decode(state)
             deletions: list[tuple[bytes, bytes]] = []
-            for update in unchecked:
-                rest = bytes(get_update(update, state))  # the one decode, in Yrs, as a rule
-                if rest[:1] == b"\x00":  # all of its structs integrated: the rest deletes
-                    if rest[1:2] != b"\x00":
-                        deletions.append((rest[1:], update))
-                    continue
+            for update, read in unchecked:
+                if read is not None:  # all of its structs integrated if the state covers them
+                    found, delete_set = read
+                    if all(run.end <= vector.get(run.client, 0) for run in found):
+                        if delete_set[:1] != b"\x00":  # the rest deletes
+                            deletions.append((delete_set, update))
+                        continue
+                else:
+                    rest = bytes(get_update(update, state))  # the one decode, in Yrs
+                    if rest[:1] == b"\x00":  # all of its structs integrated: the rest deletes
+                        if rest[1:2] != b"\x00":
+                            deletions.append((rest[1:], update))
+                        continue
                 self._hold_rest(update, update)
                 deleted = _delete_set(update, state)
                 try:  # not the deletions that wait with items held (`_merge_or_hold`)
-                    keep = _keep(_items(update, updates.runs(update)[0]), vector)
+                    found = read[0] if read is not None else updates.runs(update)[0]
+                    keep = _keep(_items(update, found), vector)
                 except updates.UpdateFormatError:
                     keep = set()
                 if keep:
@@ -546,7 +557,7 @@ class Replica:
             if self.tainted:  # they are all this document holds: `_replayed` reads them
                 # (and sorts their deletions: what Yrs showed beyond a gap counts as seen in
                 # the state read here, so what is deleted of it is told wrongly)
-                self._sources.extend(u for u in unchecked if u is not self._snapshot)
+                self._sources.extend(u for u, _ in unchecked if u is not self._snapshot)
             else:
                 for deleted, update in deletions:
                     self._hold_deletions(deleted, update, vector)
