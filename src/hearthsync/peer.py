@@ -899,8 +899,16 @@ class Peer:
         slot = PrefsDoc.slot_key(record)
 
         def change(_: Replica) -> Preference:
-            self._handle(doc_id, PrefsDoc).prefs.put(slot, record, record.device)
-            return record
+            prefs = self._handle(doc_id, PrefsDoc).prefs
+            # the newest deletion known, as the versions stand when the batch runs: this
+            # version overwrites the robot's own tombstone, which alone recorded it
+            cleared = max((v.set_at if v.deleted else v.cleared for v in prefs.versions(slot)),
+                          default="")  # fmt: skip
+            stored = record
+            if cleared > record.cleared:
+                stored = record.model_copy(update={"cleared": cleared})
+            prefs.put(slot, stored, stored.device)
+            return stored
 
         return self._write(doc_id, change)
 

@@ -390,3 +390,39 @@ async def test_a_value_deleted_on_another_robot_stays_deleted(tmp_path: Path) ->
         stored = k.preference("alice", "music/morning")
         assert stored is not None
         assert stored.value == "pop"
+
+
+async def test_a_value_deleted_and_then_written_again_by_one_robot_stays_deleted(
+    tmp_path: Path,
+) -> None:
+    """Found in review: the hall robot deleted Alice's explicit "jazz" (said to the kitchen
+    robot), then learned "pop" itself.  Its new version overwrote its own tombstone, the
+    deletion was recorded nowhere, and "jazz" came back on every robot (an explicit statement
+    beats a learned pattern).  A version keeps the newest deletion its writer knew of."""
+    wall = FakeWall(clock(0))
+    async with (
+        Peer.open(tmp_path / "k", device="kitchen", wall=wall, rng=random.Random(1)) as k,
+        Peer.open(tmp_path / "h", device="hall", wall=wall, rng=random.Random(2)) as h,
+    ):
+        for peer in (k, h):
+            await peer.add_user("alice", name="Alice")
+        await k.set_preference("alice", "music/morning", "jazz", confidence=0.9)
+        await _sync(k, h)
+        wall.ms = clock(1)
+        deleted = await h.delete_preference("alice", "music/morning")
+        wall.ms = clock(2)
+        learned = await h.set_preference(
+            "alice", "music/morning", "pop", source="learned", confidence=0.6
+        )
+        assert learned.cleared == deleted.set_at
+        await _sync(h, k)
+
+        for peer in (k, h):
+            context = await get_context(peer, "alice", task="general", time=at(clock(3)))
+            music = context.preference("music/morning")
+            assert music is not None
+            assert (music.value, [a.value for a in music.set_aside]) == ("pop", [])
+    async with Peer.open(tmp_path / "k", device="kitchen", wall=wall) as again:
+        stored = again.preference("alice", "music/morning")
+        assert stored is not None
+        assert stored.cleared == deleted.set_at  # durable, and sent as written

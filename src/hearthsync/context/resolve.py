@@ -98,9 +98,11 @@ def candidates(versions: Iterable[Preference]) -> list[Candidate]:
     """The live ``versions`` of one preference: not deleted, and stated after the newest
     deletion.  A deletion writes a tombstone into its robot's slot only: the other robots'
     older versions stayed, and came back as soon as any version was written after it (an
-    explicit one beating the new learned one; found in review)."""
+    explicit one beating the new learned one; found in review).  The newest deletion is a
+    tombstone's time or, once its robot wrote the key again over its tombstone, what that
+    version keeps of it (``cleared``; found in review too)."""
     held = list(versions)
-    deleted = max((v.set_at for v in held if v.deleted), default="")
+    deleted = max((v.set_at if v.deleted else v.cleared for v in held), default="")
     found = (Candidate.of(v) for v in held if not v.deleted)
     return [c for c in found if c.stated > deleted]
 

@@ -535,6 +535,9 @@ class Preference(Record):
 
     ``set_at`` is the writer's hybrid logical timestamp and ``device`` the robot that wrote it;
     both are filled in by the peer.  ``evidence`` lists the events that justify the value.
+    ``cleared`` is the newest deletion of the key its writer knew of when it wrote it (filled
+    in by the peer): a version overwrites its robot's own tombstone, and the deletion must
+    still hide the other robots' older versions (`hearthsync.context.resolve.candidates`).
     """
 
     SLOT_KEY_FIELD = "key"
@@ -554,6 +557,7 @@ class Preference(Record):
     ] = ()
     note: Annotated[str, Field(max_length=MAX_TEXT)] = ""
     deleted: bool = False
+    cleared: Hlc = ""
 
 
 class HealthRecord(Record):
