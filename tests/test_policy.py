@@ -119,7 +119,7 @@ async def test_only_admins_set_it_and_every_robot_obeys_theirs(household: list[P
         hall.identity, POLICY, TASKS, hall._stamp()[0], body=custom.to_json(),
         certificate=hall.household.certificate.to_wire(),
     )  # fmt: skip
-    await hall._docs.write(DocId("household"), lambda _: hall._settings.store(forged))
+    await hall._settings.write(forged)
     assert hall.policy() == DEFAULT_POLICY
 
     await owner.set_policy(custom)
@@ -287,6 +287,46 @@ async def test_a_member_cannot_roll_the_policy_back_to_an_older_statement(
         assert again.policy() == strict
 
 
+async def test_a_rollback_merged_before_any_read_is_undone_even_after_a_crash(
+    tmp_path: Path,
+) -> None:
+    """Found in review: the newest statement a robot held against rollback lived in memory,
+    and was taken only when something read the policy.  The hall robot merged the owner's
+    strict policy, then a member's rollback to the older loose one, reading neither, and
+    crashed: restarted, it obeyed the loose policy and gave the general assistant Mrs Chen's
+    health records.  A statement is held as it is merged, and kept with the robot's store."""
+    enrol_household(tmp_path, ["owner", "hall", "den"])
+    now_ms = int(time.time() * 1000)
+    loose = with_grant("general_assistant", "core", "health", "history")
+    strict = with_grant("general_assistant", "core")
+    async with (
+        Peer.open(tmp_path / "owner", device="owner", wall=FakeWall(now_ms)) as owner,
+        Peer.open(tmp_path / "den", device="den", wall=FakeWall(now_ms)) as den,
+    ):
+        await owner.add_user("chen", name="Mrs Chen")
+        await owner.set_health("chen", "medication/evening", "two pills after dinner")
+        await owner.set_policy(loose)
+        await send_all(owner, den)
+        slot = f"{TASKS}{SEP}{owner.device_id}"
+        older = den._household().settings[slot]
+        await owner.set_policy(strict)
+        hall = await Peer.start(tmp_path / "hall", device="hall", wall=FakeWall(now_ms))
+        await send_all(owner, hall)  # the strict statement: nothing reads it
+        await send_all(den, hall)
+        await send_all(hall, den)
+        await den._docs.write(DocId("household"), _put(den, slot, older))  # the rollback
+        await send_all(den, hall)
+        await hall.crash()
+        async with Peer.open(tmp_path / "hall", device="hall", wall=FakeWall(now_ms)) as hall:
+            assert hall.policy() == strict
+            context = await hall.get_context("chen", task="general_assistant")
+            assert context.health == ()
+            await hall.flush()  # and written back, for the others
+            assert hall._household().settings[slot] != older
+            await send_all(hall, den)
+            assert den.policy() == strict
+
+
 async def test_a_statement_on_another_subject_is_not_the_task_policy(
     household: list[Peer], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -308,9 +348,9 @@ async def test_a_statement_on_another_subject_is_not_the_task_policy(
 
     for text in (statement("rooms", loose.to_json()), statement(TASKS, "{")):
         await hall._docs.write(DocId("household"), _put(hall, slot, text))
-        await send_all(hall, owner)
         with caplog.at_level("WARNING", logger="hearthsync.settings"):
             caplog.clear()
+            await send_all(hall, owner)  # reported as it is merged (`hold`), or when read
             assert owner.policy() == DEFAULT_POLICY
         assert [r for r in caplog.records if "ignoring the task policy" in r.getMessage()]
 

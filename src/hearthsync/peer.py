@@ -85,7 +85,7 @@ from hearthsync.model.records import (
 )
 from hearthsync.offload import THREAD, Offload
 from hearthsync.protocol.session import DocMeta
-from hearthsync.settings import HouseholdSettings
+from hearthsync.settings import HELD, HouseholdSettings
 from hearthsync.store.documents import CommitListener, DocumentSet, ToEmbed
 from hearthsync.store.embedding import Embedder, default_embedder
 from hearthsync.store.lock import FolderLock
@@ -339,6 +339,7 @@ class Peer:
             peer._keeper = asyncio.create_task(peer._keep_time_forever(), name="hearthsync-time")
         try:
             peer.household = enrolment.load(folder, int(wall()))
+            peer._settings.load(await sqlite.meta_starting(HELD))
             # a purge a crash cut short is finished first (in the background where only the
             # caller commits: its writes could not land while this waited for them)
             await peer._forgetting.resume(wait=auto_commit)
@@ -640,6 +641,8 @@ class Peer:
 
     def _settings_changed(self, _: object) -> None:
         self._settings.changed()
+        # a statement is held once the transaction that brought it ends (it is read then)
+        asyncio.get_running_loop().call_soon(self._settings.hold)
 
     def _tombstones_changed(self, _: object) -> None:
         self._users = self._forgotten = None
@@ -1509,7 +1512,7 @@ class Peer:
     async def set_policy(self, policy: HouseholdPolicy) -> HouseholdPolicy:
         """Make ``policy`` the household's (owner or admin robots only; signed, synced)."""
         statement = self._settings.set_policy(policy)
-        await self._docs.write(DocId("household"), lambda _: self._settings.store(statement))
+        await self._settings.write(statement)
         return policy
 
     def device_names(self) -> dict[str, str]:

@@ -12,8 +12,10 @@ reported; with none, the built-in default policy applies.
 A signature does not stop a robot that may edit the document (any of the household's) from
 writing a device's *older* statement back into its slot, or removing it: so each robot holds
 the newest valid statement it has seen of each device, obeys it while it checks out, and writes
-it back into its slot when the document holds an older one (or none), where every robot, and
-this one after a restart, finds it again.
+it back into its slot when the document holds an older one (or none), where every robot finds
+it again.  A statement is held as soon as the document holds it, before anything reads the
+policy, and kept in the robot's store (``meta``, `HELD`) with the batch after the one that
+brought it: a rollback merged before any read, or a restart, undoes nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ TASKS = "tasks"  #: the subject of the task policy's statements
 ADMINS = ("owner", "admin")
 #: how far this robot's clock may move before the policy in force is checked again
 REREAD_S = 60.0
+#: the store's ``meta`` keys of the statements held (`HouseholdSettings.hold`): this, the slot
+HELD = "held:"
 
 
 class HouseholdSettings:
@@ -57,6 +61,31 @@ class HouseholdSettings:
     def changed(self) -> None:
         """The household's settings (or this robot's trust) changed: read them again."""
         self._policy = None
+
+    def load(self, held: dict[str, str]) -> None:
+        """The statements held when the robot last ran (the store's ``meta`` rows of `HELD`),
+        checked again whenever they are read."""
+        self._held.update({key.removeprefix(HELD): text for key, text in held.items()})
+        self._policy = None
+
+    def hold(self) -> None:
+        """Hold each valid statement the document holds that is newer than the one held for its
+        slot, and keep it in the store, now rather than when the policy is next read: a rollback
+        merged before that read, or across a restart, would find nothing held (found in review).
+        Called once the transaction that changed the settings has ended."""
+        if self._peer._closed:
+            return
+        newer: dict[str, str] = {}
+        for slot, text in self._settings().items():
+            if slot.partition(SEP)[0] != TASKS or text == self._held.get(slot):
+                continue
+            found = self._valid(slot, text)
+            held = self._held.get(slot)
+            kept = self._valid(slot, held) if held is not None else None
+            if found is not None and (kept is None or found[0].at > kept[0].at):
+                self._held[slot] = newer[slot] = text
+        if newer:
+            self._keep(newer)
 
     def policy(self) -> HouseholdPolicy:
         """The task policy in force: the newest valid statement's, else the default.
@@ -95,11 +124,27 @@ class HouseholdSettings:
         )
         return statement
 
-    def store(self, statement: Statement) -> None:
-        """Write ``statement`` into this device's slot (inside the write's transaction)."""
-        handle: HouseholdDoc = self._peer._handle(HOUSEHOLD, HouseholdDoc)
+    def write(self, statement: Statement) -> asyncio.Future[object]:
+        """Queue ``statement`` into its device's slot, held and kept with it."""
         slot = f"{statement.subject}{SEP}{statement.device}"
-        handle.settings[slot] = self._held[slot] = statement.to_text()
+        text = statement.to_text()
+
+        def store(_: object) -> None:
+            handle: HouseholdDoc = self._peer._handle(HOUSEHOLD, HouseholdDoc)
+            handle.settings[slot] = self._held[slot] = text
+
+        return self._peer._docs.write(HOUSEHOLD, store, meta={HELD + slot: text})
+
+    def _keep(self, held: dict[str, str]) -> None:
+        """Keep ``held`` (slot: statement) in the store, with the next batch."""
+        meta = {HELD + slot: text for slot, text in held.items()}
+        try:
+            asyncio.get_running_loop()
+            written = self._peer._docs.write(HOUSEHOLD, lambda _: None, meta=meta)
+        except (RuntimeError, HearthError) as exc:  # no loop, closed, or a corrupt document
+            log.warning("the task policy held could not be kept: %s", exc)
+            return
+        written.add_done_callback(_report)
 
     # ------------------------------------------------------------------ reading
 
@@ -129,15 +174,17 @@ class HouseholdSettings:
                 log.warning("the task policy in %r was set back or removed: restoring it", slot)
                 self._restore(kept[0])
                 return kept
-        if found is not None:
-            self._held[slot] = found[0].to_text()
+        if found is not None and self._held.get(slot) != text:
+            assert text is not None
+            self._held[slot] = text  # valid only now (its clock came), or its signer known
+            self._keep({slot: text})
         return found
 
     def _restore(self, statement: Statement) -> None:
         """Write ``statement`` back into its slot (when this robot can write: it is serving)."""
         try:
             asyncio.get_running_loop()
-            written = self._peer._docs.write(HOUSEHOLD, lambda _: self.store(statement))
+            written = self.write(statement)
         except (RuntimeError, HearthError) as exc:  # no loop, closed, or a corrupt document
             log.warning("the task policy could not be restored: %s", exc)
             return
@@ -177,7 +224,7 @@ class HouseholdSettings:
 
 def _report(written: asyncio.Future[object]) -> None:
     if not written.cancelled() and written.exception() is not None:
-        log.warning("the task policy could not be restored: %s", written.exception())
+        log.warning("the task policy held could not be written: %s", written.exception())
 
 
 def _not_ahead(statement: Statement, now: float) -> None:
