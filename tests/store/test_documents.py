@@ -492,7 +492,7 @@ async def test_an_update_naming_more_authors_than_a_document_may_hold_changes_no
     before = {d: peer.state_vector(d) for d in peer.document_ids()}
     update = _update_of_authors(sv.MAX_ENTRIES + 1)
 
-    with pytest.raises(CorruptDocumentError, match="4097"):
+    with pytest.raises(CorruptDocumentError, match="authors, over 4096"):
         await peer.apply_update(doc_id, update)
 
     assert {d: peer.state_vector(d) for d in peer.document_ids()} == before
@@ -502,6 +502,36 @@ async def test_an_update_naming_more_authors_than_a_document_may_hold_changes_no
     async with Peer.open(peer_path, wall=wall) as reopened:
         assert reopened.corrupt == {}
         assert reopened.preference("bob", "tea/cup") is not None
+
+
+async def test_authors_held_aside_count_toward_the_bound_of_a_document(
+    peer: Peer, peer_path: Path, wall: FakeWall
+) -> None:
+    """Found in review: the authors of what a document holds aside (here, overwrites waiting
+    for the entry they overwrite) were not counted.  Three updates of 1,400 authors each
+    passed, held aside; then the entry they wait for came, they all showed, and the
+    document held more authors than a state vector may name: every read of it raised."""
+    doc_id = "user/bob/prefs"
+    first: Doc = Doc(client_id=1)
+    first["prefs"] = Map({"k": "x"})
+    origin = first.get_update()
+    waiting = []
+    for client in range(1000, 1000 + 3 * 1400):
+        doc: Doc = Doc(client_id=client)
+        doc.apply_update(origin)
+        state = doc.get_state()
+        doc.get("prefs", type=Map)["k"] = f"v{client}"
+        waiting.append(doc.get_update(state))
+    for start in (0, 1400):
+        await peer.apply_update(doc_id, merge_updates(*waiting[start : start + 1400]))
+    with pytest.raises(CorruptDocumentError, match="4200 authors, over 4096"):  # 2,800 held
+        await peer.apply_update(doc_id, merge_updates(*waiting[2800:]))
+    await peer.apply_update(doc_id, origin)
+    assert len(sv.decode(peer.state_vector(doc_id))) == 1 + 2 * 1400
+    await peer.close()
+    async with Peer.open(peer_path, wall=wall) as reopened:
+        assert reopened.corrupt == {}
+        assert len(sv.decode(reopened.state_vector(doc_id))) == 1 + 2 * 1400
 
 
 async def test_a_stored_update_naming_too_many_authors_is_a_corrupt_document(
