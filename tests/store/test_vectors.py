@@ -699,3 +699,17 @@ def test_staged_ties_go_to_the_lower_rowid_and_windows_hold(tmp_path: Path) -> N
     window = index.search(query, k=5, since_ms=T0 + 40)
     assert [h.rowid for h in window] == [41, 42, 43, 44, 45]
     assert index.search(query, k=5, since_ms=T0 + 100) == []
+
+
+@pytest.mark.parametrize("scale", [1e-23, 1e30])
+def test_a_query_of_any_length_finds_what_its_direction_finds(tmp_path: Path, scale: float) -> None:
+    """Cosine ignores a query's length, and so must every path: normed in float32, a query
+    scaled by 1e-23 squared to 0 (no staged hit at all) and one by 1e30 overflowed (every
+    distance 0), while the graph answered them as the unit query (found in review)."""
+    index = staged_index(tmp_path, 600, 200)  # graph, staged, and windows searched exactly
+    for query in EMBEDDER.embed(QUERIES):
+        for since in (None, T0 + 60_000 * 100):
+            want = index.search(query, k=10, since_ms=since)
+            hits = index.search(query * scale, k=10, since_ms=since)
+            assert [h.rowid for h in hits] == [h.rowid for h in want]
+            assert np.allclose([h.distance for h in hits], [h.distance for h in want], atol=1e-6)

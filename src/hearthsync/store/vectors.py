@@ -509,7 +509,9 @@ class VectorIndex:
         query = np.asarray(vector, dtype=np.float32).reshape(-1)
         if query.size != self.dim or not np.all(np.isfinite(query)) or not query.any():
             raise ValidationError(f"query must be a finite non-zero {self.dim}-vector")
-        return query
+        # cosine ignores length, a float32 norm does not: the square of 1e-23 is 0 and that of
+        # 1e30 infinite, and the staged and exact scans then found nothing or anything
+        return (query / np.linalg.norm(query.astype(np.float64))).astype(np.float32)
 
     def _window(self, since_ms: int | None, until_ms: int | None) -> tuple[int, int]:
         """Positions [lo, hi) of the window in timestamp order."""
