@@ -327,6 +327,25 @@ async def test_a_power_cut_before_the_stamp_leaves_files_the_next_open_ignores(
     assert not any(p.exists() for p in left)  # ignored by the open, removed by the next save
 
 
+async def test_a_stamp_left_half_written_by_a_killed_save_is_removed_by_the_next(
+    tmp_path: Path,
+) -> None:
+    """A process killed while it wrote the stamp leaves its temporary file behind: the next
+    save removes it, as it removes generations no stamp names (each kill left one for good)."""
+    source, _ = await built(tmp_path)
+    killed = tmp_path / "alice.history.tmp-x1y2z3.tmp"  # as `tempfile.mkstemp` names it
+    killed.write_bytes(b'{"format": 1, "embed')
+    fill(source, 5, seed=3)
+    async with memory(source, tmp_path) as mem:
+        await mem.open_index("alice", "history")  # caught up, and saved
+    assert not killed.exists()
+    assert sorted(p.suffix for p in tmp_path.glob("alice.history.*")) == [
+        ".json",
+        ".npy",
+        ".usearch",
+    ]
+
+
 async def test_drop_deletes_only_that_users_files(tmp_path: Path) -> None:
     source = MemorySource()
     fill(source, 20)

@@ -705,6 +705,10 @@ class VectorIndex:
             generation = self._generation_of(path)
             if generation is not None and generation != keep:
                 path.unlink(missing_ok=True)
+        # and the stamps a process killed while writing them left (`_write_stamp`): saves are
+        # synchronous and the store is one process's, so none of them is being written now
+        for path in self.directory.glob(f"{self.name}.tmp-*.tmp"):
+            path.unlink(missing_ok=True)
 
     def delete_files(self) -> None:
         """Remove every file of this index (forgetting) and empty it."""
