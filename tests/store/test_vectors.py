@@ -450,6 +450,30 @@ async def test_malformed_rows_left_out_do_not_make_every_open_rebuild(tmp_path: 
         assert source.rows_read - read_before <= 3  # the new rows at most, never all of them
 
 
+async def test_a_malformed_last_row_does_not_make_every_open_rebuild(tmp_path: Path) -> None:
+    """The stamp counted a malformed row beyond the last row the index holds (its
+    ``last_rowid``), and the next open read that row again after it: one row too many, so
+    every open rebuilt the whole index, whether the row was read or staged by a commit."""
+    source = MemorySource()
+    fill(source, 20)
+    nan = np.full(DIM, np.nan, dtype="<f2").tobytes()
+    source.rows[NAME].append((source.next_rowid, T0, nan))
+    source.next_rowid += 1
+    async with memory(source, tmp_path) as mem:
+        await mem.open_index("alice", "history")
+        bad = (source.next_rowid, T0, nan)  # and one more, committed while it is open
+        source.rows[NAME].append(bad)
+        source.next_rowid += 1
+        assert mem.stage("alice", "history", [bad]) == 0
+    for _ in range(2):
+        read_before = source.rows_read
+        async with memory(source, tmp_path) as mem:
+            index = await mem.open_index("alice", "history")
+            assert mem.last_sync("alice", "history") == vectors.SyncReport("caught_up", 2)
+            assert (index.count, index.skipped) == (20, 2)
+        assert source.rows_read - read_before == 2  # the two left out, never all of them
+
+
 async def test_a_row_committed_while_its_index_is_being_opened_is_found(tmp_path: Path) -> None:
     # opening awaits after its last read of the table (inserting, saving): a batch committed
     # then is handed to the memory (`stage`), which must keep it for the index being opened

@@ -286,7 +286,8 @@ class VectorIndex:
         self._tail_ts: I64Array = np.empty(0, dtype=np.int64)
         self._tail_unit: F32Array = np.empty((0, self.dim), dtype=np.float32)
         self._lo = self._hi = 0
-        self._skipped = 0
+        self._skipped = 0  #: rows left out up to the stamp's last rowid, as it says
+        self._skipped_rows: set[int] = set()  #: rowids left out since (`_decoded`)
         self._dirty = self._stamp is not None
 
     def _new_index(self) -> Index:
@@ -316,15 +317,23 @@ class VectorIndex:
     @property
     def skipped(self) -> int:
         """Source rows left out as malformed (`IndexStamp.skipped`)."""
-        return self._skipped
+        return self._skipped + len(self._skipped_rows)
 
     def _decoded(self, rows: Sequence[Row]) -> tuple[I64Array, I64Array, F32Array]:
         decoded = decode_rows(rows, self.dim)
-        left_out = len(rows) - decoded[0].size
-        if left_out:
-            self._skipped += left_out
-            self._dirty = True  # the stamp must count them, or the next open rebuilds
+        if len(rows) > decoded[0].size:
+            left_out = {row[0] for row in rows}.difference(decoded[0].tolist())
+            # by rowid: a row staged and read again (`VectorMemory.open_index`) counts once
+            self._skipped_rows |= left_out
+            if min(left_out) < self.last_rowid:
+                self._dirty = True  # the stamp must count it, or the next open rebuilds
         return decoded
+
+    def _skipped_up_to(self, rowid: int) -> int:
+        """Rows left out up to ``rowid``: a stamp counts only these, as the next open reads
+        every row after its last rowid again (counted twice, the table looked one row short
+        and every open rebuilt when the last row was malformed; found in review)."""
+        return self._skipped + sum(1 for left_out in self._skipped_rows if left_out <= rowid)
 
     def add(self, rowids: npt.ArrayLike, ts_ms: npt.ArrayLike, vectors: npt.ArrayLike) -> int:
         """Add vectors under their rowids; rowids already present are skipped (idempotent)."""
@@ -657,7 +666,8 @@ class VectorIndex:
             whole = _file_fingerprint(index_path, full=True)[1]
             stamp = IndexStamp(
                 INDEX_FORMAT, self.embedder, self.dim, self.dtype, self.count, self.last_rowid,
-                generation, *index_fp, *times_fp, skipped=self._skipped, index_full_crc=whole,
+                generation, *index_fp, *times_fp, skipped=self._skipped_up_to(self.last_rowid),
+                index_full_crc=whole,
             )  # fmt: skip
             self._write_stamp(stamp)
         except (OSError, RuntimeError) as exc:  # usearch reports a failed write as RuntimeError
