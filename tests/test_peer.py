@@ -220,6 +220,28 @@ async def test_recall_finds_what_is_committed_before_the_graph_holds_it(
         assert reopened._vectors.last_sync("alice", "history").action == "loaded"
 
 
+async def test_events_of_a_user_heard_of_from_another_robot_go_into_the_graph(
+    tmp_path: Path,
+) -> None:
+    """The hall robot learns of Alice by sync, so her index was not open: every event of
+    hers merged since went unstaged, and the first recall rebuilt them all while it waited
+    (0.7 s at 5,000 events).  The indexer opens it once her first events are committed."""
+    async with kitchen_and_hall(tmp_path) as (kitchen, _, hall, _):
+        hall.index_idle_s = 0.01
+        texts = [f"task {i} in the kitchen" for i in range(30)]
+        for i, text in enumerate(texts):
+            await kitchen.record_event("alice", "COMMAND", "misc", text=text, ts=MONDAY_MS + i)
+        await send_all(kitchen, hall)
+        await hall.commit()
+        assert hall._indexer is not None
+        await asyncio.wait_for(hall._indexer, timeout=10)  # it ends when nothing is staged
+        assert hall._vectors.last_sync("alice", "history") is not None  # opened, not by recall
+        index = await hall._vectors.open_index("alice", "history")
+        assert (index.count, index.pending) == (30, 0)
+        hits = await hall.recall("alice", "task 7 in the kitchen", k=1)
+        assert [hit.event.text for hit in hits] == [texts[7]]
+
+
 async def test_what_is_staged_is_what_the_stored_rows_decode_to(peer: Peer) -> None:
     """The flusher stages the vectors its embedder made, not decoded again from the rows it
     committed: they must be the very vectors an open that stages those rows gets."""

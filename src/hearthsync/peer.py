@@ -214,6 +214,8 @@ class Peer:
         #: made here, or a tombstone received from another robot)
         self.on_forgotten: list[Callable[[str], None]] = []
         self._indexer: asyncio.Task[None] | None = None
+        #: indexes that were not open when rows of theirs were committed (`_index_vectors`)
+        self._to_open: set[tuple[str, str]] = set()
         self._keeper: asyncio.Task[None] | None = None  #: `_keep_time_forever`
         self._backlog = asyncio.Event()  #: set when more than `INDEX_BACKLOG` vectors wait
         #: seconds without a commit before the indexer inserts staged vectors into the graph
@@ -1121,6 +1123,10 @@ class Peer:
         for name, picked in by_index.items():
             user, _, scope = name.partition(".")
             batch = [(row.rowid, row.ts, row.vec) for row in map(rows.__getitem__, picked)]
+            if not self._vectors.is_open(user, scope):
+                # a user heard of from another robot: their index opens only here, or every
+                # event merged since went unstaged and the first recall rebuilt them all
+                self._to_open.add((user, scope))
             self._vectors.stage(user, scope, batch, matrix[picked])
         self._index_later()
 
@@ -1128,7 +1134,8 @@ class Peer:
         """Have the indexer insert what is staged (`_index_staged`), if anything is."""
         if self._vectors.pending >= INDEX_BACKLOG:
             self._backlog.set()
-        if self._vectors.pending and (self._indexer is None or self._indexer.done()):
+        busy = self._vectors.pending or self._to_open
+        if busy and (self._indexer is None or self._indexer.done()):
             self._indexer = asyncio.create_task(self._index_staged(), name="hearthsync-indexer")
 
     def _remote_events(self, info: DocInfo, texts: Sequence[str]) -> list[ToEmbed]:
@@ -1156,19 +1163,24 @@ class Peer:
         """Insert staged vectors into their graphs, `INDEX_CHUNK` at a time on the loop's own
         thread, once the store is idle (no batch committed for `index_idle_s`, none queued),
         or at once while more than `INDEX_BACKLOG` wait (their exact search grows with them).
+        Idle, it first opens the indexes rows were committed for while closed (`_to_open`).
 
         Not on a worker thread: usearch takes the GIL back for every vector it inserts, so
         while the loop is busy an insertion there waits a switch interval (5 ms) per vector,
         and a search waiting for it waited seconds (docs/explanation/vector-memory.md).
         """
         idle = False
-        while self._vectors.pending:
+        while self._vectors.pending or self._to_open:
             committed = self._docs.batches_committed
             if not idle and self._vectors.pending < INDEX_BACKLOG:
                 self._backlog.clear()
                 with contextlib.suppress(TimeoutError):  # a backlog ends the wait early
                     await asyncio.wait_for(self._backlog.wait(), self.index_idle_s)
                 idle = self._docs.batches_committed == committed and not self._docs.busy
+                continue
+            if self._to_open:  # what the table holds is read now, not at the first recall
+                with contextlib.suppress(NotFoundError):  # forgotten meanwhile
+                    await self._vectors.open_index(*self._to_open.pop())
                 continue
             async with self._vector_lock:
                 self._vectors.absorb(INDEX_CHUNK)

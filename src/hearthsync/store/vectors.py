@@ -809,6 +809,10 @@ class VectorMemory:
                 self._reports[name] = report
             return self._open[name]
 
+    def is_open(self, user: str, scope: str) -> bool:
+        """Whether the index of (user, scope) is open: rows reach it (`stage`, `add`)."""
+        return index_name(user, scope) in self._open
+
     def last_sync(self, user: str, scope: str) -> SyncReport | None:
         """How the index of (user, scope) was brought up to date when it was opened."""
         return self._reports.get(index_name(user, scope))
