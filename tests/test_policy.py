@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,9 +16,9 @@ from hearthsync.context import DEFAULT_POLICY, HouseholdPolicy, TaskGrant
 from hearthsync.crdt.handles import SEP
 from hearthsync.crypto.pairing import PendingInvite
 from hearthsync.crypto.statement import POLICY, Statement
-from hearthsync.errors import ValidationError
+from hearthsync.errors import StoreError, ValidationError
 from hearthsync.ids import DocId
-from hearthsync.settings import TASKS
+from hearthsync.settings import HELD, TASKS
 from hearthsync.transport.service import SyncService
 from tests.conftest import FakeWall
 from tests.test_forgetting import enrol_household
@@ -362,3 +363,49 @@ def _put(peer: Peer, slot: str, text: str) -> Callable[[object], None]:
         peer._household().settings[slot] = text
 
     return put
+
+
+async def test_a_statement_held_is_kept_though_the_batch_keeping_it_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: the statement held as it was merged was marked held in memory, and
+    the batch that was to keep it failed (a full disk): the next batches did not write it,
+    and after a crash the hall robot obeyed a member's rollback to the loose policy."""
+    enrol_household(tmp_path, ["owner", "hall", "den"])
+    now_ms = int(time.time() * 1000)
+    loose = with_grant("general_assistant", "core", "health", "history")
+    strict = with_grant("general_assistant", "core")
+    async with (
+        Peer.open(tmp_path / "owner", device="owner", wall=FakeWall(now_ms)) as owner,
+        Peer.open(tmp_path / "den", device="den", wall=FakeWall(now_ms)) as den,
+    ):
+        await owner.add_user("chen", name="Mrs Chen")
+        await owner.set_policy(loose)
+        await send_all(owner, den)
+        slot = f"{TASKS}{SEP}{owner.device_id}"
+        older = den._household().settings[slot]
+        await owner.set_policy(strict)
+        hall = await Peer.start(tmp_path / "hall", device="hall", wall=FakeWall(now_ms))
+        real_commit = hall._sqlite.commit
+        failed: list[object] = []
+
+        async def failing_once(batch: Any) -> None:
+            if not failed and any(key.startswith(HELD) for key in batch.meta):
+                failed.append(batch)
+                raise StoreError("write on hearth.db failed: disk I/O error")
+            await real_commit(batch)
+
+        monkeypatch.setattr(hall._sqlite, "commit", failing_once)
+        with pytest.raises(StoreError):  # the strict statement, held: its batch fails
+            await send_all(owner, hall)
+        await send_all(owner, hall)  # carried into the next batch, which lands
+        await send_all(den, hall)
+        await send_all(hall, den)
+        await hall.flush()
+        assert failed
+        await den._docs.write(DocId("household"), _put(den, slot, older))  # the rollback
+        await send_all(den, hall)
+        await hall.commit()
+        await hall.crash()
+        async with Peer.open(tmp_path / "hall", device="hall", wall=FakeWall(now_ms)) as hall:
+            assert hall.policy() == strict

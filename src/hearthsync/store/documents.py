@@ -655,6 +655,10 @@ class DocumentSet:
         # a renewed client id too, or memory writes on under the new id while the store
         # keeps the old one, which the next open reuses (invariant 2); one renewed since wins
         self._queue.client_ids = queue.client_ids | self._queue.client_ids
+        # and the rows of ``meta`` asked for with its writes (a policy statement held against
+        # rollback: dropped, it was lost for good, the robot believing it kept; found in
+        # review); those asked for since win
+        self._queue.meta = queue.meta | self._queue.meta
 
     async def _unembedded(self, docs: set[DocId], queued: list[ToEmbed]) -> list[ToEmbed]:
         """What to embed of these events documents: every event with no embedding yet (rare:
@@ -870,8 +874,9 @@ class DocumentSet:
         return self._flusher is not None and not self._flusher.done()
 
     def _unlanded(self) -> bool:
-        """Whether a failed batch left deltas or rows to replace for the next one to write."""
-        return bool(self._carry or self._replaced)
+        """Whether a failed batch left deltas, rows to replace or ``meta`` rows asked for by
+        its writes for the next one to write."""
+        return bool(self._carry or self._replaced or self._queue.meta)
 
 
 def _settle_interrupted(queue: _Queue) -> None:
