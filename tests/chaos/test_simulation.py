@@ -312,6 +312,9 @@ FOUND = {
     20089: "(edits 4, duration 5, fault rate 1.2: one of CI's) a write left out of a re-offer "
     "while a newer epoch's key was held, not its slot's, was never offered again on that "
     "session (2026-12-07)",
+    31200059: "a revoked robot's write, taken by a robot cut off with it that was revoked "
+    "later and passed on at the heal, was called a leak: the checker counted only the "
+    "robots members at the end as those that could pass it on (2026-12-07, the checker's bug)",
 }
 
 

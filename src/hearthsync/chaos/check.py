@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -291,7 +292,9 @@ def verify(
             if not due:
                 exempt += 1
                 taken_past_revocation.extend(
-                    _taken_past_revocation(write, members, holdings, revocation_known)
+                    _taken_past_revocation(
+                        write, members, holdings, revocation_known, revoked_indices
+                    )
                 )
                 continue
         else:
@@ -325,17 +328,28 @@ def _taken_past_revocation(
     members: list[Replica],
     holdings: dict[int, Holdings],
     known: dict[int, dict[int, float]] | None,
+    revoked: set[int],
 ) -> list[str]:
     """Members holding a revoked robot's ``write`` made once every member had processed its
     revocation: each refuses what that robot writes from then on, and none can have taken it
     from another member.  Without this, members that went on taking a revoked robot's
-    writes passed every checker (found in review: the list was enforced on grants only)."""
+    writes passed every checker (found in review: the list was enforced on grants only).
+
+    A robot revoked later counts as a member while the members had not all processed its own
+    revocation when the write was made: taken from the revoked robot before it heard of that
+    revocation, the write reached the members through it (seed 31200059: r2, cut off with r1,
+    took r1's writes and passed them on at the heal; r2's own revocation came later)."""
     if known is None or write.kind in ("user", "forget"):
         return []
     learnt = known.get(write.robot, {})
-    if any(m.index not in learnt for m in members):
+    relays = [m.index for m in members] + [
+        other
+        for other in sorted(revoked - {write.robot})
+        if any(known.get(other, {}).get(m.index, math.inf) >= write.started_at for m in members)
+    ]
+    if any(index not in learnt for index in relays):
         return []  # a member that never processed the revocation may rightly take it
-    if write.started_at <= max(learnt[m.index] for m in members):
+    if write.started_at <= max(learnt[index] for index in relays):
         return []
     # a slot (or an event) of the revoked robot's own: held only if taken from it
     takers = [f"r{m.index}" for m in members if holdings[m.index].holds(write)]
