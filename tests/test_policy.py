@@ -296,29 +296,15 @@ async def test_a_rollback_merged_before_any_read_is_undone_even_after_a_crash(
     strict policy, then a member's rollback to the older loose one, reading neither, and
     crashed: restarted, it obeyed the loose policy and gave the general assistant Mrs Chen's
     health records.  A statement is held as it is merged, and kept with the robot's store."""
-    enrol_household(tmp_path, ["owner", "hall", "den"])
-    now_ms = int(time.time() * 1000)
-    loose = with_grant("general_assistant", "core", "health", "history")
     strict = with_grant("general_assistant", "core")
-    async with (
-        Peer.open(tmp_path / "owner", device="owner", wall=FakeWall(now_ms)) as owner,
-        Peer.open(tmp_path / "den", device="den", wall=FakeWall(now_ms)) as den,
-    ):
-        await owner.add_user("chen", name="Mrs Chen")
-        await owner.set_health("chen", "medication/evening", "two pills after dinner")
-        await owner.set_policy(loose)
-        await send_all(owner, den)
-        slot = f"{TASKS}{SEP}{owner.device_id}"
-        older = den._household().settings[slot]
-        await owner.set_policy(strict)
-        hall = await Peer.start(tmp_path / "hall", device="hall", wall=FakeWall(now_ms))
+    async with _loose_then_strict(tmp_path, strict) as (owner, den, hall, slot, older):
         await send_all(owner, hall)  # the strict statement: nothing reads it
         await send_all(den, hall)
         await send_all(hall, den)
         await den._docs.write(DocId("household"), _put(den, slot, older))  # the rollback
         await send_all(den, hall)
         await hall.crash()
-        async with Peer.open(tmp_path / "hall", device="hall", wall=FakeWall(now_ms)) as hall:
+        async with Peer.open(tmp_path / "hall", device="hall") as hall:
             assert hall.policy() == strict
             context = await hall.get_context("chen", task="general_assistant")
             assert context.health == ()
@@ -371,21 +357,8 @@ async def test_a_statement_held_is_kept_though_the_batch_keeping_it_failed(
     """Found in review: the statement held as it was merged was marked held in memory, and
     the batch that was to keep it failed (a full disk): the next batches did not write it,
     and after a crash the hall robot obeyed a member's rollback to the loose policy."""
-    enrol_household(tmp_path, ["owner", "hall", "den"])
-    now_ms = int(time.time() * 1000)
-    loose = with_grant("general_assistant", "core", "health", "history")
     strict = with_grant("general_assistant", "core")
-    async with (
-        Peer.open(tmp_path / "owner", device="owner", wall=FakeWall(now_ms)) as owner,
-        Peer.open(tmp_path / "den", device="den", wall=FakeWall(now_ms)) as den,
-    ):
-        await owner.add_user("chen", name="Mrs Chen")
-        await owner.set_policy(loose)
-        await send_all(owner, den)
-        slot = f"{TASKS}{SEP}{owner.device_id}"
-        older = den._household().settings[slot]
-        await owner.set_policy(strict)
-        hall = await Peer.start(tmp_path / "hall", device="hall", wall=FakeWall(now_ms))
+    async with _loose_then_strict(tmp_path, strict) as (owner, den, hall, slot, older):
         real_commit = hall._sqlite.commit
         failed: list[object] = []
 
@@ -407,5 +380,29 @@ async def test_a_statement_held_is_kept_though_the_batch_keeping_it_failed(
         await send_all(den, hall)
         await hall.commit()
         await hall.crash()
-        async with Peer.open(tmp_path / "hall", device="hall", wall=FakeWall(now_ms)) as hall:
+        async with Peer.open(tmp_path / "hall", device="hall") as hall:
             assert hall.policy() == strict
+
+
+@asynccontextmanager
+async def _loose_then_strict(
+    tmp_path: Path, strict: HouseholdPolicy
+) -> AsyncIterator[tuple[Peer, Peer, Peer, str, str]]:
+    """The owner, a member (den) and a robot started anew (hall, the caller crashes or closes
+    it) of a household whose owner set a loose policy, which den kept, then ``strict``: yields
+    them, the owner's policy slot and the loose statement den kept."""
+    enrol_household(tmp_path, ["owner", "hall", "den"])
+    loose = with_grant("general_assistant", "core", "health", "history")
+    async with (
+        Peer.open(tmp_path / "owner", device="owner") as owner,
+        Peer.open(tmp_path / "den", device="den") as den,
+    ):
+        await owner.add_user("chen", name="Mrs Chen")
+        await owner.set_health("chen", "medication/evening", "two pills after dinner")
+        await owner.set_policy(loose)
+        await send_all(owner, den)
+        slot = f"{TASKS}{SEP}{owner.device_id}"
+        older = den._household().settings[slot]
+        await owner.set_policy(strict)
+        hall = await Peer.start(tmp_path / "hall", device="hall")
+        yield owner, den, hall, slot, older

@@ -277,17 +277,8 @@ def _runs(data: bytes) -> tuple[list[Run], bytes]:
             info = data[pos]
             if info & 0x1F == _ANY:
                 pos += 1
-                if info & 0x80:  # origin: an id, two varuints
-                    while data[pos] & 0x80:
-                        pos += 1
-                    pos += 1
-                    while data[pos] & 0x80:
-                        pos += 1
-                    pos += 1
-                if info & 0x40:  # right origin
-                    while data[pos] & 0x80:
-                        pos += 1
-                    pos += 1
+                # its origin and right origin, if it has them: an id each, two varuints
+                for _ in range(2 * ((info >> 7) + (info >> 6 & 1))):
                     while data[pos] & 0x80:
                         pos += 1
                     pos += 1
