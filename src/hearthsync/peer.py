@@ -342,6 +342,7 @@ class Peer:
         try:
             peer.household = enrolment.load(folder, int(wall()))
             peer._settings.load(await sqlite.meta_starting(HELD))
+            peer._settings.hold()  # a rollback merged before the last run ended is undone now
             # a purge a crash cut short is finished first (in the background where only the
             # caller commits: its writes could not land while this waited for them)
             await peer._forgetting.resume(wait=auto_commit)

@@ -69,23 +69,14 @@ class HouseholdSettings:
         self._policy = None
 
     def hold(self) -> None:
-        """Hold each valid statement the document holds that is newer than the one held for its
-        slot, and keep it in the store, now rather than when the policy is next read: a rollback
-        merged before that read, or across a restart, would find nothing held (found in review).
-        Called once the transaction that changed the settings has ended."""
-        if self._peer._closed:
-            return
-        newer: dict[str, str] = {}
-        for slot, text in self._settings().items():
-            if slot.partition(SEP)[0] != TASKS or text == self._held.get(slot):
-                continue
-            found = self._valid(slot, text)
-            held = self._held.get(slot)
-            kept = self._valid(slot, held) if held is not None else None
-            if found is not None and (kept is None or found[0].at > kept[0].at):
-                self._held[slot] = newer[slot] = text
-        if newer:
-            self._keep(newer)
+        """Read the settings now, rather than when the policy is next read: hold (and keep in
+        the store) each valid statement newer than the one held for its slot, and write back
+        the one held where the document holds an older one or none.  A rollback merged before
+        the next read, or across a restart, found nothing held (found in review), and writing
+        back from a read made `policy()` a write.  Called once the transaction that changed the
+        settings has ended, and when the robot starts."""
+        if not self._peer._closed:
+            self._policy, self._read_at = self._read_policy(), self._peer._wall()
 
     def policy(self) -> HouseholdPolicy:
         """The task policy in force: the newest valid statement's, else the default.
