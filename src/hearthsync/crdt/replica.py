@@ -377,7 +377,7 @@ class Replica:
         items = _items(update, found) if waiting and not snapshot else ()
         kept = b"\x00" if snapshot else delete_set  # a snapshot's deletions apply below
         held = False
-        holding = _Holding(self._aside, update)
+        holding = _Holding(self._aside, update) if waiting else None  # (it hashes the update)
         for run in waiting:
             held |= self._hold_run(run, update, kept, update, items, holding)
         if delete_set[:1] == b"\x00":
