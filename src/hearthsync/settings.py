@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from hearthsync.context.policy import DEFAULT_POLICY, HouseholdPolicy
@@ -129,13 +130,7 @@ class HouseholdSettings:
     def _keep(self, held: dict[str, str]) -> None:
         """Keep ``held`` (slot: statement) in the store, with the next batch."""
         meta = {HELD + slot: text for slot, text in held.items()}
-        try:
-            asyncio.get_running_loop()
-            written = self._peer._docs.write(HOUSEHOLD, lambda _: None, meta=meta)
-        except (RuntimeError, HearthError) as exc:  # no loop, closed, or a corrupt document
-            log.warning("the task policy held could not be kept: %s", exc)
-            return
-        written.add_done_callback(_report)
+        _queue(lambda: self._peer._docs.write(HOUSEHOLD, lambda _: None, meta=meta))
 
     # ------------------------------------------------------------------ reading
 
@@ -173,13 +168,7 @@ class HouseholdSettings:
 
     def _restore(self, statement: Statement) -> None:
         """Write ``statement`` back into its slot (when this robot can write: it is serving)."""
-        try:
-            asyncio.get_running_loop()
-            written = self.write(statement)
-        except (RuntimeError, HearthError) as exc:  # no loop, closed, or a corrupt document
-            log.warning("the task policy could not be restored: %s", exc)
-            return
-        written.add_done_callback(_report)
+        _queue(lambda: self.write(statement))
 
     def _settings(self) -> dict[str, str]:
         if self._peer._docs.get(HOUSEHOLD) is None:
@@ -211,6 +200,18 @@ class HouseholdSettings:
                 log.warning("ignoring the task policy in %r: %s", slot, exc)
             return None
         return statement, policy
+
+
+def _queue(write: Callable[[], asyncio.Future[object]]) -> None:
+    """Queue ``write`` (of a statement held, or of its keeping) where this robot can write (it
+    is serving); what fails, now or once its batch runs, is reported, never raised to a read."""
+    try:
+        asyncio.get_running_loop()
+        written = write()
+    except (RuntimeError, HearthError) as exc:  # no loop, closed, or a corrupt document
+        log.warning("the task policy held could not be written: %s", exc)
+        return
+    written.add_done_callback(_report)
 
 
 def _report(written: asyncio.Future[object]) -> None:

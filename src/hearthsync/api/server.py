@@ -23,6 +23,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from hearthsync.api.app import MIN_TOKEN, make_app
+from hearthsync.crypto.identity import fsync_dir
 from hearthsync.errors import StoreError, ValidationError
 from hearthsync.peer import Peer
 
@@ -78,11 +79,7 @@ def _write_whole(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(partial, path)
-    folder = os.open(path.parent, os.O_RDONLY)  # the rename, durable too
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    fsync_dir(path.parent)  # the rename, durable too
 
 
 def check_loopback(host: str) -> None:

@@ -173,7 +173,6 @@ class Replica:
         self._sources: list[bytes] = []
         #: the snapshot being loaded (`load`), replayed as one (`_replayed`)
         self._snapshot: bytes | None = None
-        #: updates merged into an empty document, not yet checked for gaps (see `settle`)
         #: updates merged into an empty document, not yet told (`settle`), each with what
         #: `updates.runs` read of it when it came from a peer
         self._unchecked: list[tuple[bytes, tuple[list[updates.Run], bytes] | None]] = []
@@ -377,9 +376,10 @@ class Replica:
         items = _items(update, found) if waiting and not snapshot else ()
         kept = b"\x00" if snapshot else delete_set  # a snapshot's deletions apply below
         held = False
-        holding = _Holding(self._aside, update) if waiting else None  # (it hashes the update)
-        for run in waiting:
-            held |= self._hold_run(run, update, kept, update, items, holding)
+        if waiting:  # (what holding reads hashes the update)
+            holding = _Holding(self._aside, update)
+            for run in waiting:
+                held |= self._hold_run(run, update, kept, update, items, holding)
         if delete_set[:1] == b"\x00":
             return held
         keep = _keep(items, after)
@@ -393,8 +393,8 @@ class Replica:
         update: bytes,
         delete_set: bytes,
         source: bytes,
-        items: tuple[tuple[int, int, tuple[int, int]], ...] = (),
-        holding: _Holding | None = None,
+        items: tuple[tuple[int, int, tuple[int, int]], ...],
+        holding: _Holding,
     ) -> bool:
         """Hold ``run`` of ``update`` aside, unless held already; ``source`` is the update as
         it came (``update`` may be a part of it), keyed to drop its repeats; ``items`` those
@@ -402,7 +402,6 @@ class Replica:
         with ``delete_set`` but for the entries that only the update's other items overwrite,
         whose deletions wait with those.  ``holding``: what was held before the update whose
         runs are held one by one (`_Holding`)."""
-        holding = holding or _Holding(self._aside, source)
         if holding.spans.covers(run.client, run.start, run.end):
             return False
         key = holding.key
