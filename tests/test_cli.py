@@ -436,3 +436,37 @@ def test_invite_refuses_a_ttl_over_30_days_in_one_line(tmp_path: Path) -> None:
     granted = hearth("invite", str(path), "--ttl", "30d", "--address", "127.0.0.1:7420")
     assert granted.returncode == 0, granted.stderr
     assert "CODE HS1-" in granted.stdout
+
+
+#: a `hearth` whose import of the command line takes a real SIGINT midway, as a Ctrl-C typed
+#: while the command starts does: the signal is sent by the import itself, so it lands there
+_CTRL_C_WHILE_LOADING = """
+import importlib.abc, os, signal, sys
+
+class Interrupting(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "hearthsync.cli":
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, Interrupting())
+sys.argv = ["hearth", "demo"]
+from importlib.metadata import entry_points
+(script,) = entry_points(group="console_scripts", name="hearth")
+sys.exit(script.load()())
+"""
+
+
+def test_ctrl_c_while_the_command_loads_stops_it_quietly_with_status_130() -> None:
+    # found by a user: a Ctrl-C in the first half second printed a traceback of the imports
+    done = subprocess.run(
+        [sys.executable, "-c", _CTRL_C_WHILE_LOADING],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": str(Path(sys.executable).parent), **PYTHONPATH},
+    )
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "KeyboardInterrupt" not in done.stderr
+    assert "reopened from disk" not in done.stdout  # the demo never ran
