@@ -4,6 +4,7 @@ that misbehave: one that never ends its request must not hold the robot."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -22,14 +23,19 @@ def unfinished(token: str) -> bytes:
 
 
 async def test_the_api_stops_while_a_client_holds_a_request_it_never_ends(
-    home: Peer, monkeypatch: pytest.MonkeyPatch
+    home: Peer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Found in review: SIGTERM to ``hearth run`` while a client held an unfinished request
     body: uvicorn waited for that request forever, and the robot never stopped (no flush, no
-    STOPPED, run.json left) until it was killed."""
+    STOPPED, run.json left) until it was killed.  The request is cancelled then, which uvicorn
+    reported as two errors, one with a traceback, as though the robot had crashed: it is one
+    warning now."""
     monkeypatch.setattr(server, "SHUTDOWN_GRACE_S", 1)
     served = serve_api(home, "127.0.0.1", 0)
     host, port = await served.__aenter__()
+    # uvicorn's loggers do not propagate, and its config replaces their handlers
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    uvicorn_log.addHandler(caplog.handler)
     reader, writer = await asyncio.open_connection(host, port)
     try:
         writer.write(unfinished(api_token(home.path)))
@@ -40,6 +46,14 @@ async def test_the_api_stops_while_a_client_holds_a_request_it_never_ends(
         assert not stopping.expired(), "the API did not stop within 10 s"
     finally:
         writer.close()
+        uvicorn_log.removeHandler(caplog.handler)
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert said == [
+        "the HTTP API stopped with 1 request(s) unanswered 1 s after the stop began: "
+        "cancelled, nothing of theirs acknowledged"
+    ]
+    assert not uvicorn_log.filters  # only while it serves
 
 
 @pytest.mark.parametrize("authorized", [False, True], ids=["no token", "token"])

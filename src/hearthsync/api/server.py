@@ -162,6 +162,33 @@ class _Protocol(H11Protocol):
         self.transport.close()
 
 
+#: what uvicorn says when it cancels the requests still running once `SHUTDOWN_GRACE_S` is up
+_CANCELLED = "timeout graceful shutdown exceeded"
+
+
+class _QuietCancel(logging.Filter):
+    """uvicorn's account of a stop that cancelled requests, as one warning of ours.
+
+    It logged an error and then, per request, an error with the traceback of the request's
+    cancellation ("Exception in ASGI application"): a stop doing what it should, reported
+    as a crash.  The cancelled requests acknowledged nothing (a write is answered only once
+    durable), so their clients retry; the warning says how many there were."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, asyncio.CancelledError) and _CANCELLED in str(exc):
+            return False  # the traceback of one cancelled request: counted in the line below
+        if isinstance(record.msg, str) and record.msg.startswith("Cancel %s running task"):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = (
+                "the HTTP API stopped with %s request(s) unanswered %s s after the stop began: "
+                "cancelled, nothing of theirs acknowledged"
+            )
+            count = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.args = (count, SHUTDOWN_GRACE_S)
+        return True
+
+
 class _Server(uvicorn.Server):
     """uvicorn inside ``hearth run``: the robot, not uvicorn, handles SIGINT and SIGTERM."""
 
@@ -184,11 +211,17 @@ async def serve_api(peer: Peer, host: str, port: int) -> AsyncIterator[tuple[str
         timeout_graceful_shutdown=SHUTDOWN_GRACE_S, http=_Protocol,
     )  # fmt: skip
     server = _Server(config)
+    quiet = _QuietCancel()
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    uvicorn_log.addFilter(quiet)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="hearthsync-api")
     try:
         yield str(bound[0]), int(bound[1])
     finally:
         server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        sock.close()
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        finally:
+            uvicorn_log.removeFilter(quiet)
+            sock.close()
