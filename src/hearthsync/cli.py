@@ -712,7 +712,7 @@ def chaos(
     if processes:
         report = run_in_processes(
             console, schedules=schedules, seed=seed, peers=peers or 3, edits=edits or 12,
-            netns=netns,
+            netns=netns, ignore_later_signals=True,
         )  # fmt: skip
     else:
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import itertools
 import os
 import random
 import select
@@ -579,7 +580,9 @@ def test_a_robot_that_dies_or_refuses_fails_its_schedule_which_keeps_its_folder(
     monkeypatch.setenv("PYTHONPATH", str(broken))  # the robots' processes only
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the run's folders go
     console = Console(file=io.StringIO(), width=200)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     report = run_in_processes(console, schedules=1, seed=0, peers=3, edits=12)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
     assert not report.ok
     assert report.errors == 1
     assert problem in report.failures[0].problems[0]
@@ -607,12 +610,11 @@ if len(sys.orig_argv) > 2 and sys.orig_argv[2] == "run":  # a robot: say so, wit
 """
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(120)
-@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="waits on pidfds (Linux)")
-def test_sigterm_stops_a_process_run_and_leaves_no_robot_and_no_folder(tmp_path: Path) -> None:
-    """Found in review: SIGTERM ended the run but left a robot listening (its parent pid 1)
-    and the run's folder behind."""
+def _stop_a_process_run(tmp_path: Path, signals: list[signal.Signals]) -> str:
+    """Start ``hearth chaos --processes``, and once a robot runs send it ``signals``, the
+    first alone and the others one at a time until it exits (each a further Ctrl-C or SIGTERM
+    while it stops); then check that it left no robot running and no folder.  Returns what it
+    printed, once it exited with status 130."""
     fifo = tmp_path / "started"
     os.mkfifo(fifo)
     inject = tmp_path / "inject"
@@ -621,21 +623,28 @@ def test_sigterm_stops_a_process_run_and_leaves_no_robot_and_no_folder(tmp_path:
     runs = tmp_path / "runs"
     runs.mkdir()
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # before any robot opens it to write
-    env = os.environ | {"PYTHONPATH": str(inject), "TMPDIR": str(runs)}
+    env = os.environ | {"PYTHONPATH": str(inject), "TMPDIR": str(runs), "COLUMNS": "200"}
     command = [hearth_script(), "chaos", "--processes", "--peers", "3"]
     pids: list[int] = []
     try:
         with subprocess.Popen(
-            [*command, "--schedules", "3"], env=env, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            [*command, "--schedules", "3"], env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         ) as runner:  # fmt: skip
             try:
                 ready, _, _ = select.select([reader], [], [], 60)
                 assert ready, "no robot started within 60 s"
                 pids += [int(line) for line in os.read(reader, 4096).split()]
                 assert pids, "a robot opened the pipe and said nothing"
-                runner.send_signal(signal.SIGTERM)
-                runner.wait(timeout=60)
+                first, *further = signals
+                runner.send_signal(first)
+                for again in itertools.cycle(further) if further else ():
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        runner.wait(timeout=0.02)
+                    if runner.returncode is not None:
+                        break
+                    runner.send_signal(again)
+                out = runner.communicate(timeout=60)[0].decode(errors="replace")
             finally:
                 runner.kill()
         with contextlib.suppress(BlockingIOError):
@@ -651,3 +660,29 @@ def test_sigterm_stops_a_process_run_and_leaves_no_robot_and_no_folder(tmp_path:
             finally:
                 os.close(fd)
     assert list(runs.iterdir()) == []
+    assert runner.returncode == 130, out
+    assert "Traceback" not in out, out
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="waits on pidfds (Linux)")
+def test_sigterm_stops_a_process_run_and_leaves_no_robot_and_no_folder(tmp_path: Path) -> None:
+    """Found in review: SIGTERM ended the run but left a robot listening (its parent pid 1)
+    and the run's folder behind."""
+    out = _stop_a_process_run(tmp_path, [signal.SIGTERM])
+    assert "interrupted" in out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="waits on pidfds (Linux)")
+def test_ctrl_c_again_and_again_while_a_process_run_stops_still_stops_it_cleanly(
+    tmp_path: Path,
+) -> None:
+    """A person presses Ctrl-C again while the run stops (and a supervisor sends SIGTERM):
+    the run stops its robots, removes its folder and prints its report all the same; it took
+    the second signal in the middle of that, with a traceback and robots left running."""
+    out = _stop_a_process_run(tmp_path, [signal.SIGINT, signal.SIGINT, signal.SIGTERM])
+    assert "interrupted" in out

@@ -15,12 +15,16 @@ raised; 1 otherwise.  ``--json FILE`` writes `Report.to_json`, one flat object.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
+import signal
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -91,26 +95,38 @@ def run_simulated(
 
 
 def run_in_processes(
-    console: Console, *, schedules: int, seed: int, peers: int, edits: int, netns: bool = False
-) -> Report:
+    console: Console, *, schedules: int, seed: int, peers: int, edits: int, netns: bool = False,
+    ignore_later_signals: bool = False,
+) -> Report:  # fmt: skip
     """Process mode: ``schedules`` runs of real ``hearth run`` processes behind fault
     proxies (`hearthsync.chaos.process`), or with ``netns`` in network namespaces on one
     bridge, one after the other, summed into one `Report`.
 
-    Interrupted (`KeyboardInterrupt`: Ctrl-C, or SIGTERM as ``hearth chaos`` maps it), the
-    run going on closes its robots, its folder is removed, and the report of the runs that
-    ended is printed and returned, marked ``interrupted``, as a simulated run's is."""
+    Stopped (Ctrl-C or SIGTERM, from the main thread), the run going on is cancelled: it
+    closes its robots and its folder is removed, and the report of the runs that ended is
+    printed and returned, marked ``interrupted``, as a simulated run's is.  Further signals
+    change nothing meanwhile (found in review: a second Ctrl-C broke off the closing of the
+    robots and the report); with ``ignore_later_signals`` (``hearth chaos``, which exits
+    once it has reported) they are ignored for good, else the handlers are restored."""
     report = Report(requested=schedules)
+    stop = _Stop()
     started = time.perf_counter()
-    with _progress(console) as progress:
+    with stop.handling(keep=ignore_later_signals), _progress(console) as progress:
         task = progress.add_task("process runs", total=schedules, failed=0)
         failures = 0
         for run_seed in range(seed, seed + schedules):
+            if stop.stopping:
+                report.interrupted = True
+                break
             folder = Path(tempfile.mkdtemp(prefix="hearth-chaos-processes-"))
             try:
                 found = asyncio.run(
-                    run_processes(folder, peers=peers, seed=run_seed, edits=edits, netns=netns)
+                    stop.cancelling(
+                        run_processes(folder, peers=peers, seed=run_seed, edits=edits, netns=netns)
+                    )
                 )
+                if found is None:
+                    raise KeyboardInterrupt
             except HearthError as exc:  # a robot that died: this schedule failed, not the run
                 add_process_error(report, run_seed, peers, edits, exc, folder, netns=netns)
                 failed = True
@@ -134,6 +150,63 @@ def run_in_processes(
     report.elapsed_s = time.perf_counter() - started
     print_report(console, report, processes=True, netns=netns)
     return report
+
+
+class _Stop:
+    """Ctrl-C and SIGTERM for process mode: the first cancels the run going on, so that it
+    closes its robots as a cancelled task does, and the others do nothing.
+
+    The handlers are Python's (`signal.signal`), not the event loop's: a loop puts back the
+    default handlers of the signals it handled when it closes, and a signal between that and
+    the next run would have raised wherever it landed.  asyncio.run leaves SIGINT to a handler
+    that is not Python's default."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self._running: tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = None
+
+    @contextlib.contextmanager
+    def handling(self, *, keep: bool) -> Iterator[None]:
+        """Handle the signals while inside (only the main thread may); then put the handlers
+        back, unless ``keep`` and a signal came: then they stay ignored."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # no handlers of ours: a signal raises KeyboardInterrupt where it lands
+            return
+        before = {signum: signal.getsignal(signum) for signum in self.SIGNALS}
+        for signum in self.SIGNALS:
+            signal.signal(signum, self._on_signal)
+        try:
+            yield
+        finally:
+            for signum, handler in before.items():
+                signal.signal(signum, signal.SIG_IGN if keep and self.stopping else handler)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        if self._running is not None:
+            loop, task = self._running
+            loop.call_soon_threadsafe(task.cancel)
+
+    async def cancelling(self, work: Coroutine[Any, Any, ProcessReport]) -> ProcessReport | None:
+        """``work``'s report, or None if a signal stopped it (it was cancelled, and ended)."""
+        if self.stopping:  # came while this run started
+            work.close()
+            return None
+        task = asyncio.current_task()
+        assert task is not None
+        self._running = (asyncio.get_running_loop(), task)
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if not self.stopping:
+                raise
+            return None
+        finally:
+            self._running = None
 
 
 def add_process_error(
