@@ -87,7 +87,7 @@ async def built(tmp_path: Path, n: int = 300) -> tuple[MemorySource, list[list[i
     async with memory(source, tmp_path) as mem:
         results = await recall_all(mem)
         assert mem.last_sync("alice", "history") == vectors.SyncReport(
-            "rebuilt", n, "missing file alice.history.stamp.json (never saved, or save cut short)"
+            "rebuilt", n, vectors.NEVER_SAVED
         )
     return source, results
 
@@ -165,6 +165,31 @@ async def test_damaged_files_are_rebuilt_with_the_same_results(
     assert report.action == "rebuilt"
     assert reason in (report.reason or "")
     assert source.rows_read == 300
+
+
+async def test_only_the_rebuild_of_an_index_this_robot_had_is_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first index of rows this robot never indexed (a user heard of from another robot,
+    whose events came by sync) is built quietly: the demo's second robot warned of a rebuild
+    for each user.  One that was saved and lost its stamp is still a warning."""
+    caplog.set_level(logging.DEBUG, logger=vectors.__name__)
+    source = MemorySource()
+    fill(source, 50)
+    async with memory(source, tmp_path) as mem:
+        await mem.open_index("alice", "history")
+        assert mem.last_sync("alice", "history") == vectors.SyncReport(
+            "rebuilt", 50, vectors.NEVER_SAVED
+        )
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO] == []
+    _delete_stamp(tmp_path)
+    async with memory(source, tmp_path) as mem:
+        await mem.open_index("alice", "history")
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == [
+        "rebuilt vector index alice.history from 50 rows: missing file "
+        "alice.history.stamp.json (save cut short, or removed)"
+    ]
 
 
 async def test_an_index_damaged_between_head_and_tail_is_rebuilt(tmp_path: Path) -> None:

@@ -46,6 +46,9 @@ from hearthsync.store.embedding import Embedder, HashingEmbedder
 
 log = logging.getLogger(__name__)
 
+#: why an index with no file here at all starts empty: it was never saved on this robot
+NEVER_SAVED = "never saved here"
+
 F32Array = npt.NDArray[np.float32]
 I64Array = npt.NDArray[np.int64]
 Row = tuple[int, int, bytes]
@@ -250,7 +253,7 @@ class VectorIndex:
         """Load the saved index if its files match their stamp, else start empty (``problem``)."""
         index = cls(directory, name, embedder=embedder, dim=dim, dtype=dtype, params=params)
         index.problem = index._load()
-        if index.problem is not None:
+        if index.problem not in (None, NEVER_SAVED):
             log.info("vector index %s unusable, starting empty: %s", name, index.problem)
         return index
 
@@ -599,7 +602,9 @@ class VectorIndex:
             if stamp.index_full_crc < 0:
                 self._dirty = True  # an older stamp: the next save keeps the whole file's crc
         except FileNotFoundError as exc:
-            return f"missing file {Path(exc.filename or '?').name} (never saved, or save cut short)"
+            if not any(self.directory.glob(f"{self.name}.*")):
+                return NEVER_SAVED
+            return f"missing file {Path(exc.filename or '?').name} (save cut short, or removed)"
         except (OSError, ValueError, RuntimeError) as exc:
             return f"unreadable: {exc}"
         self._keys, self._ts, self._stamp = keys, ts, stamp
@@ -832,8 +837,10 @@ class VectorMemory:
         if index.count:
             index.clear()
         read, _ = await self._pull(index, name, max_rowid)
-        # a brand-new index (no rows yet) is not news; a rebuild of real rows is
-        report = log.warning if read else log.debug
+        # a brand-new index (no rows yet) is not news, nor is the first index of rows this
+        # robot never indexed (a user it heard of from another robot, whose events arrived by
+        # sync: the demo's second robot warned of each); a rebuild of an index it had is
+        report = log.warning if read and reason != NEVER_SAVED else log.debug
         report("rebuilt vector index %s from %d rows: %s", name, read, reason)
         return SyncReport("rebuilt", read, reason)
 
