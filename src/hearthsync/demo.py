@@ -1,16 +1,25 @@
-"""``hearth demo``: one robot's memory of a few days in a household.
+"""``hearth demo``: a household's memory, on one robot and then on two.
 
 It writes Monday to Saturday of Alice's and Bob's life as a kitchen robot would see it (orders,
 a correction, quiet confirmation, the mugs on shelf 2, Bob's late nights), closes the store,
 opens it again from disk, and prints what the robot knows and why: the records, recall, and the
 context the reasoning layer asks for before making Alice's coffee on a weekday and at the
 weekend, with an explanation.
+
+Then, on Sunday, a second robot joins the household with a one-time invite code, granted every
+scope but ``health``, and syncs with the kitchen robot over websockets on this machine,
+end-to-end encrypted; the two are cut apart, each learns something the other does not, and once
+back in range both hold the same memory, except Bob's health record, which never leaves the
+robot holding its key.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -18,12 +27,20 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from hearthsync import enrolment
 from hearthsync.context import MaintenanceReport, correct, feedback
 from hearthsync.context.feedback import event_ids
 from hearthsync.model.records import Condition, ContextSnapshot
 from hearthsync.peer import Peer
+from hearthsync.transport.service import SyncService
 
 MONDAY = dt.datetime(2026, 3, 9, tzinfo=dt.UTC)
+SUNDAY = 6  #: the day the hall robot joins
+HOUSEHOLD = "Alice and Bob's home"
+LOOPBACK = "127.0.0.1"
+#: seconds the demo waits for the robots to link, sync or part on this machine before it says
+#: what did not happen (they take milliseconds)
+PATIENCE_S = 30.0
 KITCHEN = ContextSnapshot(location="kitchen", time_of_day="morning")
 WEEKDAY = Condition(days="weekday")
 
@@ -221,15 +238,18 @@ async def show_context(peer: Peer, console: Console) -> None:
 async def run_demo(folder: Path | None = None, console: Console | None = None) -> None:
     console = console or Console()
     with tempfile.TemporaryDirectory(prefix="hearth-demo-") as tmp:
-        path = folder or Path(tmp) / "kitchen-robot"
+        home = folder or Path(tmp)
+        path = home / "kitchen-robot"
         clock = StoryClock()
         console.print(
             Panel.fit(
-                "hearthsync demo: one robot's memory\n"
+                "hearthsync demo: one robot's memory, then a household of two\n"
                 f"writing Monday-Saturday of a household into {path}",
             )
         )
         async with Peer.open(path, device="kitchen-robot", wall=clock) as peer:
+            enrolment.create(path, peer.identity, HOUSEHOLD, "kitchen-robot", now=int(clock()))
+        async with Peer.open(path, wall=clock) as peer:
             report = await write_the_week(peer, clock)
             for change in report.changes:
                 console.print(f"the slow loop, Saturday 03:00 (maintain): {change.line()}")
@@ -237,3 +257,163 @@ async def run_demo(folder: Path | None = None, console: Console | None = None) -
         async with Peer.open(path, wall=clock) as peer:
             console.print("reopened from disk; this is what it remembers:\n")
             await show(peer, console)
+        await sunday(path, home / "hall-robot", clock, console)
+
+
+# ------------------------------------------------------------------ Sunday: a household of two
+
+
+async def sunday(kitchen_path: Path, hall_path: Path, clock: StoryClock, console: Console) -> None:
+    """A second robot joins, syncs, is cut off, and catches up: one memory on two robots."""
+    console.print(
+        Panel.fit(
+            "Sunday: a second robot joins the household\n"
+            f"{hall_path}, linked to the kitchen robot over websockets on {LOOPBACK}, "
+            "end-to-end encrypted"
+        )
+    )
+    clock.at(SUNDAY, "08:00")
+    async with Peer.open(kitchen_path, wall=clock) as kitchen:
+        await kitchen.set_health(
+            "bob", "medication/evening", "blood pressure tablet at 21:00",
+            note="for the medication task only",
+        )  # fmt: skip
+        state = kitchen.household
+        assert state is not None
+
+        async def enrol(request: bytes) -> bytes:  # as `hearth run` answers a join
+            return await asyncio.to_thread(
+                enrolment.enrol, kitchen_path, kitchen.identity, request, now=int(clock())
+            )
+
+        credentials = state.credentials(kitchen.identity)
+        async with SyncService(
+            kitchen, credentials, listen=(LOOPBACK, 0), join=enrol, clock=clock
+        ) as kitchen_sync:
+            invite = enrolment.add_invite(
+                kitchen_path, state, LOOPBACK, kitchen_sync.port,
+                scopes=("core", "history", "spatial"), ttl_s=600, now=int(clock()),
+            )  # fmt: skip
+            console.print(
+                f"kitchen-robot invites a robot for core, history and spatial, not health: "
+                f"code {invite.code[:12]}... (works once, for 10 minutes)",
+                markup=False,
+            )
+            async with Peer.open(hall_path, device="hall-robot", wall=clock) as hall:
+                joined = await enrolment.join(
+                    hall_path, hall.identity, invite.code, "hall-robot", now=int(clock())
+                )
+            console.print(
+                f"hall-robot ({hall.device_id}) joined {joined.household.name!r} with it",
+                markup=False,
+            )
+            async with Peer.open(hall_path, wall=clock) as hall:
+                await _together(kitchen, kitchen_sync, hall, clock, console)
+
+
+async def _together(
+    kitchen: Peer, kitchen_sync: SyncService, hall: Peer, clock: StoryClock, console: Console
+) -> None:
+    assert hall.household is not None
+    credentials = hall.household.credentials(hall.identity)
+    async with SyncService(
+        hall, credentials, listen=None, peers=((LOOPBACK, kitchen_sync.port),), clock=clock
+    ) as hall_sync:
+        started = time.perf_counter()
+        await _until(hall, lambda: _same(kitchen, hall), "hall-robot to sync")
+        console.print(
+            f"synced in {(time.perf_counter() - started) * 1000:.0f} ms: hall-robot holds "
+            f"{len(hall.document_ids())} documents, all of kitchen-robot's but Bob's health "
+            f"record (it was granted no health key); Alice's mug there: "
+            f"{_value(hall, 'alice', 'beverage/mug')}",
+            markup=False,
+        )
+
+        hall_sync.pause()  # the hall robot goes out of range
+        await _apart(kitchen_sync, hall_sync)
+        console.print("\nhall-robot goes out of range; each robot learns something alone:")
+        weekend = Condition(days="weekend")
+        clock.at(SUNDAY, "09:30")
+        await correct(
+            kitchen, "alice", "beverage/coffee", "oat cortado", served="cortado",
+            condition=weekend, text="a cortado, but with oat milk from now on",
+            context=KITCHEN, ts=clock.ms(),
+        )  # fmt: skip
+        console.print("  kitchen-robot, 09:30: Alice wants her weekend cortado with oat milk now")
+        clock.at(SUNDAY, "09:35")
+        await hall.set_region("hall-table", "Hall table")
+        await hall.place("blue-mug", "Blue mug", region="hall-table", owner="bob")
+        console.print("  hall-robot, 09:35: Bob left his blue mug on the hall table")
+
+        hall_sync.resume()  # back in range
+        started = time.perf_counter()
+        await _until(hall, lambda: _same(kitchen, hall), "the robots to catch up")
+        coffee = _value(hall, "alice", "beverage/coffee", weekend)
+        console.print(
+            f"back in range: caught up in {(time.perf_counter() - started) * 1000:.0f} ms; "
+            f"hall-robot now serves Alice a weekend {coffee}, kitchen-robot looks for the blue "
+            f"mug on the {_where(kitchen, 'blue-mug')}\n",
+            markup=False,
+        )
+        await _health_stays_home(kitchen, hall, console)
+
+
+async def _health_stays_home(kitchen: Peer, hall: Peer, console: Console) -> None:
+    table = Table(
+        title="Bob's evening medication, asked by each robot's medication task",
+        title_justify="left",
+    )
+    for column in ("robot", "health documents", "get_context(bob, task=medication_reminder)"):
+        table.add_column(column)
+    for robot in (kitchen, hall):
+        context = await robot.get_context("bob", task="medication_reminder", time=robot.now())
+        health = [h for h in context.to_prompt(400).splitlines() if "tablet" in h]
+        held = [d for d in robot.document_ids() if d.endswith("/health")]
+        table.add_row(
+            robot.device, ", ".join(held) or "none (no health key)",
+            health[0].strip() if health else "nothing of Bob's health",
+        )  # fmt: skip
+    console.print(table)
+
+
+def _same(kitchen: Peer, hall: Peer) -> bool:
+    """Whether the hall robot holds every document the kitchen robot may share with it, each
+    with the same content and state (the kitchen's health document is not for it)."""
+    shared = [d for d in kitchen.document_ids() if not d.endswith("/health")]
+    return set(hall.document_ids()) == set(shared) and all(
+        hall.docs.digest(d) == kitchen.docs.digest(d) for d in shared
+    )
+
+
+async def _until(peer: Peer, condition: Callable[[], bool], what: str) -> None:
+    """Wait for ``condition``, looked at again after each of ``peer``'s commits."""
+    changed = asyncio.Event()
+    off = peer.on_durable(lambda _: changed.set())
+    try:
+        async with asyncio.timeout(PATIENCE_S):
+            while not condition():
+                changed.clear()
+                await changed.wait()
+    except TimeoutError:
+        raise RuntimeError(f"the demo waited {PATIENCE_S:g} s for {what}") from None
+    finally:
+        off()
+
+
+async def _apart(kitchen_sync: SyncService, hall_sync: SyncService) -> None:
+    """Wait until neither robot has a link left."""
+    async with asyncio.timeout(PATIENCE_S):
+        await kitchen_sync.wait_until(lambda: not kitchen_sync.links)
+        await hall_sync.wait_until(lambda: not hall_sync.links)
+
+
+def _value(peer: Peer, user: str, key: str, condition: Condition | None = None) -> str:
+    found = peer.preference(user, key, condition)
+    return str(found.value) if found is not None else "nothing"
+
+
+def _where(peer: Peer, thing: str) -> str:
+    placement = peer.placement(thing)
+    region = placement.region if placement is not None else None
+    regions = {r.id: r.label for r in peer.regions()}
+    return regions.get(region or "", region or "nowhere").lower()
