@@ -320,7 +320,7 @@ async def _together(
         hall, credentials, listen=None, peers=((LOOPBACK, kitchen_sync.port),), clock=clock
     ) as hall_sync:
         started = time.perf_counter()
-        await _until(hall, lambda: _same(kitchen, hall), "hall-robot to sync")
+        await _until((kitchen, hall), lambda: _same(kitchen, hall), "hall-robot to sync")
         console.print(
             f"synced in {(time.perf_counter() - started) * 1000:.0f} ms: hall-robot holds "
             f"{len(hall.document_ids())} documents, all of kitchen-robot's but Bob's health "
@@ -347,7 +347,7 @@ async def _together(
 
         hall_sync.resume()  # back in range
         started = time.perf_counter()
-        await _until(hall, lambda: _same(kitchen, hall), "the robots to catch up")
+        await _until((kitchen, hall), lambda: _same(kitchen, hall), "the robots to catch up")
         coffee = _value(hall, "alice", "beverage/coffee", weekend)
         console.print(
             f"back in range: caught up in {(time.perf_counter() - started) * 1000:.0f} ms; "
@@ -385,10 +385,11 @@ def _same(kitchen: Peer, hall: Peer) -> bool:
     )
 
 
-async def _until(peer: Peer, condition: Callable[[], bool], what: str) -> None:
-    """Wait for ``condition``, looked at again after each of ``peer``'s commits."""
+async def _until(robots: tuple[Peer, ...], condition: Callable[[], bool], what: str) -> None:
+    """Wait for ``condition``, looked at again after each commit of any of ``robots`` (the
+    last to land may be either's)."""
     changed = asyncio.Event()
-    off = peer.on_durable(lambda _: changed.set())
+    offs = [robot.on_durable(lambda _: changed.set()) for robot in robots]
     try:
         async with asyncio.timeout(PATIENCE_S):
             while not condition():
@@ -397,7 +398,8 @@ async def _until(peer: Peer, condition: Callable[[], bool], what: str) -> None:
     except TimeoutError:
         raise RuntimeError(f"the demo waited {PATIENCE_S:g} s for {what}") from None
     finally:
-        off()
+        for off in offs:
+            off()
 
 
 async def _apart(kitchen_sync: SyncService, hall_sync: SyncService) -> None:
