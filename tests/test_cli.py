@@ -478,3 +478,19 @@ def test_ctrl_c_while_the_command_loads_stops_it_quietly_with_status_130() -> No
     assert "Traceback" not in done.stderr, done.stderr
     assert "KeyboardInterrupt" not in done.stderr
     assert "reopened from disk" not in done.stdout  # the demo never ran
+
+
+def test_the_command_line_loads_without_the_peer_until_a_command_needs_it() -> None:
+    # `hearth --help`, a mistyped option and tab completion waited 0.6 s for the peer, the
+    # CRDT library and numpy to load, and a Ctrl-C meanwhile had nothing to stop but imports
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, hearthsync.cli; print(sorted(sys.modules))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": str(Path(sys.executable).parent), **PYTHONPATH},
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    modules = set(loaded.stdout.strip().strip("[]").replace("'", "").split(", "))
+    assert "hearthsync.cli" in modules
+    assert not {"hearthsync.peer", "pycrdt", "numpy", "usearch"} & modules
